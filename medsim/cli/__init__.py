@@ -1,0 +1,16 @@
+"""The ``medsim`` command line.
+
+One module per command group; each defines its commands on the shared :data:`app`. Heavy
+imports (jax, numpyro, torch) happen inside the commands so that ``medsim --help`` is fast.
+The CLI is the only place that prints; the library returns values.
+"""
+
+from __future__ import annotations
+
+from medsim.cli.app import app, main
+
+# Importing a command module registers its commands on ``app``.
+from medsim.cli import data_cmds as _data_cmds  # noqa: E402,F401  isort: skip
+from medsim.cli import model_cmds as _model_cmds  # noqa: E402,F401  isort: skip
+
+__all__ = ["app", "main"]

@@ -1,0 +1,34 @@
+"""The shared typer application and the entry point."""
+
+from __future__ import annotations
+
+import typer
+
+app = typer.Typer(
+    name="medsim",
+    help=(
+        "medsim: fit Bayesian physiology models to irregularly measured cohorts, sample virtual "
+        "patients, and estimate how likely a treatment policy lets a patient leave the safe range "
+        "(including between measurements)."
+    ),
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+
+def main() -> None:
+    """Console-script entry point."""
+    app()
+
+
+@app.callback()
+def _root(
+    version: bool = typer.Option(False, "--version", help="Print medsim's version and exit.", is_eager=True),
+) -> None:
+    """medsim: fit → sample → evaluate a policy's risk, with its uncertainty."""
+    if version:
+        from medsim import __version__
+
+        typer.echo(__version__)
+        raise typer.Exit()
