@@ -10,7 +10,7 @@ from __future__ import annotations
 from medsim.cli.app import app, main
 
 # Importing a command module registers its commands on ``app``.
-from medsim.cli import data_cmds as _data_cmds  # noqa: E402,F401  isort: skip
-from medsim.cli import model_cmds as _model_cmds  # noqa: E402,F401  isort: skip
+from medsim.cli import data_cmds as _data_cmds  # noqa: F401  isort: skip
+from medsim.cli import model_cmds as _model_cmds  # noqa: F401  isort: skip
 
 __all__ = ["app", "main"]

@@ -54,27 +54,69 @@ class GlucoseInsulin(PhysiologyModel):
         State("glucose", "mg/dL", "plasma glucose concentration"),
     )
     parameters: tuple[Parameter, ...] = (
-        Parameter("tau_1", "min", 49.0, bsv=0.2, prior_log_sd=0.5, description="SC insulin absorption time constant", source=_SRC),
-        Parameter("tau_2", "min", 47.0, bsv=0.2, prior_log_sd=0.5, description="plasma insulin time constant", source=_SRC),
+        Parameter(
+            "tau_1",
+            "min",
+            49.0,
+            bsv=0.2,
+            prior_log_sd=0.5,
+            description="SC insulin absorption time constant",
+            source=_SRC,
+        ),
+        Parameter(
+            "tau_2", "min", 47.0, bsv=0.2, prior_log_sd=0.5, description="plasma insulin time constant", source=_SRC
+        ),
         Parameter("C_I", "mL/min", 2010.0, bsv=0.3, prior_log_sd=0.5, description="insulin clearance", source=_SRC),
-        Parameter("p_2", "1/min", 0.0106, bsv=0.3, prior_log_sd=0.5, description="insulin action rate constant", source=_SRC),
-        Parameter("S_I", "mL/uU/min", 8.11e-4, bsv=0.4, prior_log_sd=0.7, description="insulin sensitivity", source=_SRC),
-        Parameter("GEZI", "1/min", 2.20e-3, bsv=0.3, prior_log_sd=0.7, description="glucose effectiveness at zero insulin", source=_SRC),
-        Parameter("EGP", "mg/dL/min", 1.33, bsv=0.2, prior_log_sd=0.5, description="endogenous glucose production", source=_SRC),
-        Parameter("V_G", "dL", 253.0, bsv=0.2, prior_log_sd=0.5, description="glucose distribution volume", source=_SRC),
-        Parameter("tau_m", "min", 71.0, bsv=0.25, prior_log_sd=0.5, description="meal absorption time constant", source=_SRC),
-        Parameter("sigma_glucose", "1/sqrt(min)", 0.004, kind="process_noise", prior_sd=0.02,
-                  description="proportional process-noise scale on glucose"),
+        Parameter(
+            "p_2", "1/min", 0.0106, bsv=0.3, prior_log_sd=0.5, description="insulin action rate constant", source=_SRC
+        ),
+        Parameter(
+            "S_I", "mL/uU/min", 8.11e-4, bsv=0.4, prior_log_sd=0.7, description="insulin sensitivity", source=_SRC
+        ),
+        Parameter(
+            "GEZI",
+            "1/min",
+            2.20e-3,
+            bsv=0.3,
+            prior_log_sd=0.7,
+            description="glucose effectiveness at zero insulin",
+            source=_SRC,
+        ),
+        Parameter(
+            "EGP",
+            "mg/dL/min",
+            1.33,
+            bsv=0.2,
+            prior_log_sd=0.5,
+            description="endogenous glucose production",
+            source=_SRC,
+        ),
+        Parameter(
+            "V_G", "dL", 253.0, bsv=0.2, prior_log_sd=0.5, description="glucose distribution volume", source=_SRC
+        ),
+        Parameter(
+            "tau_m", "min", 71.0, bsv=0.25, prior_log_sd=0.5, description="meal absorption time constant", source=_SRC
+        ),
+        Parameter(
+            "sigma_glucose",
+            "1/sqrt(min)",
+            0.004,
+            kind="process_noise",
+            prior_sd=0.02,
+            description="proportional process-noise scale on glucose",
+        ),
     )
     observables: tuple[Observable, ...] = (
         Observable("glucose_mg_dL", "mg/dL", "plasma (or sensor) glucose", bridge_scale="log"),
         Observable("insulin_uU_mL", "uU/mL", "plasma insulin"),
     )
     covariates: tuple[Covariate, ...] = (Covariate("BASAL", "U/h", 1.2, "the patient's basal insulin rate"),)
-    residual: dict = field(default_factory=lambda: {
-        "glucose_mg_dL": ResidualError("combined", add=5.0, prop=0.05, add_unit="mg/dL"),
-        "insulin_uU_mL": ResidualError("proportional", prop=0.15),
-    })
+    residual: dict = field(
+        default_factory=lambda: {
+            "glucose_mg_dL": ResidualError("combined", add=5.0, prop=0.05, add_unit="mg/dL"),
+            "insulin_uU_mL": ResidualError("proportional", prop=0.15),
+        }
+    )
     dose_targets: dict = field(default_factory=lambda: {1: "insulin_sc", 2: "gut1"})
     dose_scale: dict = field(default_factory=lambda: {1: 1.0, 2: 1.0})
     dose_units: dict = field(default_factory=lambda: {1: "U insulin (RATE in U/min)", 2: "g carbohydrate"})
@@ -87,8 +129,14 @@ class GlucoseInsulin(PhysiologyModel):
         action = theta["S_I"] * insulin_p
         glucose = theta["EGP"] / (theta["GEZI"] + action)
         zero = 0.0 * glucose
-        return {"gut1": zero, "gut2": zero, "insulin_sc": insulin_sc, "insulin_p": insulin_p,
-                "action": action, "glucose": glucose}
+        return {
+            "gut1": zero,
+            "gut2": zero,
+            "insulin_sc": insulin_sc,
+            "insulin_p": insulin_p,
+            "action": action,
+            "glucose": glucose,
+        }
 
     def initial_state(self, theta):
         return self.steady_state(theta, theta["BASAL"] / 60.0)

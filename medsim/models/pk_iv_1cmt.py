@@ -34,18 +34,43 @@ class PKIV1Cmt(PhysiologyModel):
     description: str = "one compartment, IV bolus/infusion, CL and V scaled by weight, V shifted when APGR < 5"
     states: tuple[State, ...] = (State("central", "mg", "drug amount in the central compartment"),)
     parameters: tuple[Parameter, ...] = (
-        Parameter("CL", "L/h/kg", 0.00470, bsv=0.1715, prior_log_sd=1.0, description="clearance per kg body weight",
-                  source="NONMEM 7.5 FOCE-I pheno"),
-        Parameter("V", "L/kg", 0.984, bsv=0.1670, prior_log_sd=1.0, description="volume per kg body weight",
-                  source="NONMEM 7.5 FOCE-I pheno"),
-        Parameter("theta_apgr", "1", 0.159, kind="covariate_effect", prior_sd=0.5,
-                  description="fractional increase of V when APGR < 5", source="NONMEM 7.5 FOCE-I pheno"),
-        Parameter("sigma_central", "1/sqrt(h)", 0.01, kind="process_noise", prior_sd=0.1,
-                  description="proportional process-noise scale on the central amount"),
+        Parameter(
+            "CL",
+            "L/h/kg",
+            0.00470,
+            bsv=0.1715,
+            prior_log_sd=1.0,
+            description="clearance per kg body weight",
+            source="NONMEM 7.5 FOCE-I pheno",
+        ),
+        Parameter(
+            "V",
+            "L/kg",
+            0.984,
+            bsv=0.1670,
+            prior_log_sd=1.0,
+            description="volume per kg body weight",
+            source="NONMEM 7.5 FOCE-I pheno",
+        ),
+        Parameter(
+            "theta_apgr",
+            "1",
+            0.159,
+            kind="covariate_effect",
+            prior_sd=0.5,
+            description="fractional increase of V when APGR < 5",
+            source="NONMEM 7.5 FOCE-I pheno",
+        ),
+        Parameter(
+            "sigma_central",
+            "1/sqrt(h)",
+            0.01,
+            kind="process_noise",
+            prior_sd=0.1,
+            description="proportional process-noise scale on the central amount",
+        ),
     )
-    observables: tuple[Observable, ...] = (
-        Observable("conc", "mg/L", "serum concentration", bridge_scale="log"),
-    )
+    observables: tuple[Observable, ...] = (Observable("conc", "mg/L", "serum concentration", bridge_scale="log"),)
     covariates: tuple[Covariate, ...] = (
         Covariate("WGT", "kg", 1.3, "birth weight"),
         Covariate("APGR", "1", 7.0, "Apgar score at 5 minutes"),

@@ -38,18 +38,37 @@ class PKOral1Cmt(PhysiologyModel):
         State("central", "mg", "drug amount in the central compartment"),
     )
     parameters: tuple[Parameter, ...] = (
-        Parameter("ka", "1/h", 1.60, bsv=0.70, prior_log_sd=1.0, description="absorption rate constant",
-                  source="nlmixr2 FOCEi Theoph"),
-        Parameter("CL", "L/h", 2.75, bsv=0.27, prior_log_sd=1.0, description="clearance",
-                  source="nlmixr2 FOCEi Theoph"),
-        Parameter("V", "L", 31.9, bsv=0.14, prior_log_sd=1.0, description="volume of distribution",
-                  source="nlmixr2 FOCEi Theoph"),
-        Parameter("sigma_central", "1/sqrt(h)", 0.05, kind="process_noise", prior_sd=0.3,
-                  description="proportional process-noise scale on the central amount"),
+        Parameter(
+            "ka",
+            "1/h",
+            1.60,
+            bsv=0.70,
+            prior_log_sd=1.0,
+            description="absorption rate constant",
+            source="nlmixr2 FOCEi Theoph",
+        ),
+        Parameter(
+            "CL", "L/h", 2.75, bsv=0.27, prior_log_sd=1.0, description="clearance", source="nlmixr2 FOCEi Theoph"
+        ),
+        Parameter(
+            "V",
+            "L",
+            31.9,
+            bsv=0.14,
+            prior_log_sd=1.0,
+            description="volume of distribution",
+            source="nlmixr2 FOCEi Theoph",
+        ),
+        Parameter(
+            "sigma_central",
+            "1/sqrt(h)",
+            0.05,
+            kind="process_noise",
+            prior_sd=0.3,
+            description="proportional process-noise scale on the central amount",
+        ),
     )
-    observables: tuple[Observable, ...] = (
-        Observable("conc", "mg/L", "plasma concentration", bridge_scale="log"),
-    )
+    observables: tuple[Observable, ...] = (Observable("conc", "mg/L", "plasma concentration", bridge_scale="log"),)
     residual: dict = field(default_factory=lambda: {"conc": ResidualError("additive", add=0.694, add_unit="mg/L")})
     dose_targets: dict = field(default_factory=lambda: {1: "depot", 2: "central"})
     dose_scale: dict = field(default_factory=lambda: {1: 1.0, 2: 1.0})

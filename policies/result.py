@@ -1,0 +1,155 @@
+"""The record of a closed-loop rollout: what the risk estimators and reports consume.
+
+A rollout simulates ``N`` virtual patients under one policy over a horizon; patient ``n``
+has up to ``K`` interactions (padded, ``mask``). Interaction ``k`` starts at ``t_start[n, k]``
+(a measurement is taken there and the policy chooses an option) and ends at ``t_end[n, k]``
+(the next interaction). Everything is numpy; shapes are given per field. ``J`` is the number of
+bounds of the safety specification, in its order.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from medsim.simulate.types import Bound
+
+
+@dataclass(frozen=True)
+class RolloutResult:
+    """Per-interaction statistics of a batch of virtual patients under one policy.
+
+    Attributes
+    ----------
+    policy : str
+        Policy name with its parameters (as given on the command line).
+    bounds : tuple of Bound
+        The monitored bounds (``J`` of them).
+    horizon : float
+        Simulated horizon in ``time_unit``.
+    time_unit : str
+    draw : (N,) int
+        Posterior draw index of each virtual patient (same index = same epistemic parameters;
+        used to split epistemic from aleatoric uncertainty). ``-1`` where not applicable.
+    subject : (N,) str
+        Fitted subject a personalized patient twins, or ``""`` for population patients.
+    t_start, t_end : (N, K) float
+        Interaction interval ends; padded entries have ``mask`` False.
+    mask : (N, K) bool
+    measured : Mapping observable -> (N, K) float
+        The noisy measurement the policy saw at ``t_start`` (NaN where nothing was measured).
+    true_start : Mapping observable -> (N, K) float
+        The noise-free observable at ``t_start``.
+    obs_min, obs_max : Mapping observable -> (N, K) float
+        Running extremes over each interval's sub-step grid.
+    log_survival : (N, K, J) float
+        Bridge-corrected log probability of *not* crossing bound ``j`` within the interval.
+    grid_violation, end_violation : (N, K, J) bool
+        A sub-step grid point / the interval's end point lies outside the bound.
+    time_outside, first_outside, depth : (N, K, J) float
+        As in :class:`medsim.simulate.types.IntervalStats`.
+    treatment : Mapping str -> (N, K) float
+        What the policy gave at each interaction, named e.g. ``"bolus_cmt1"``, ``"rate_cmt1"``.
+    efficacy : Mapping str -> (N,) float
+        Per-patient efficacy metrics, e.g. ``"time_in_range"`` (fraction of the horizon).
+    out_of_support : (N, K) float
+        Fraction of each interval during which state or treatment lay outside what the fitted
+        cohort supported (0 where no support information was given).
+    path_time : (M, T) float, optional
+        Save-grid times for the first ``M`` patients (fan charts); ``None`` if not saved.
+    path : Mapping observable -> (M, T) float
+        Observables on that grid.
+    seed : int
+    provenance : Mapping
+        Model name/version, data hash, posterior file, package versions, simulator settings.
+    """
+
+    policy: str
+    bounds: tuple[Bound, ...]
+    horizon: float
+    time_unit: str
+    draw: np.ndarray
+    subject: np.ndarray
+    t_start: np.ndarray
+    t_end: np.ndarray
+    mask: np.ndarray
+    measured: Mapping[str, np.ndarray]
+    true_start: Mapping[str, np.ndarray]
+    obs_min: Mapping[str, np.ndarray]
+    obs_max: Mapping[str, np.ndarray]
+    log_survival: np.ndarray
+    grid_violation: np.ndarray
+    end_violation: np.ndarray
+    time_outside: np.ndarray
+    first_outside: np.ndarray
+    depth: np.ndarray
+    treatment: Mapping[str, np.ndarray] = field(default_factory=dict)
+    efficacy: Mapping[str, np.ndarray] = field(default_factory=dict)
+    out_of_support: np.ndarray | None = None
+    path_time: np.ndarray | None = None
+    path: Mapping[str, np.ndarray] = field(default_factory=dict)
+    seed: int = 0
+    provenance: Mapping = field(default_factory=dict)
+
+    @property
+    def n_patients(self) -> int:
+        return int(self.mask.shape[0])
+
+    def merge(self, other: RolloutResult) -> RolloutResult:
+        """Concatenate two rollouts of the same policy over disjoint patients (chunks).
+
+        Interaction axes are padded to the longer of the two, so chunks computed independently
+        (or on other machines) merge exactly.
+        """
+        if self.policy != other.policy or self.bounds != other.bounds:
+            raise ValueError("can only merge rollouts of the same policy and bounds")
+        k = max(self.mask.shape[1], other.mask.shape[1])
+
+        def pad(a: np.ndarray, fill) -> np.ndarray:
+            if a.ndim < 2 or a.shape[1] == k:
+                return a
+            widths = [(0, 0), (0, k - a.shape[1])] + [(0, 0)] * (a.ndim - 2)
+            return np.pad(a, widths, constant_values=fill)
+
+        def cat(a, b, fill=0):
+            return np.concatenate([pad(np.asarray(a), fill), pad(np.asarray(b), fill)], axis=0)
+
+        def catd(a, b, fill=0):
+            return {key: cat(a[key], b[key], fill) for key in a}
+
+        path_time = None
+        path = {}
+        if self.path_time is not None:
+            path_time, path = self.path_time, dict(self.path)
+        return RolloutResult(
+            policy=self.policy,
+            bounds=self.bounds,
+            horizon=self.horizon,
+            time_unit=self.time_unit,
+            draw=np.concatenate([self.draw, other.draw]),
+            subject=np.concatenate([self.subject, other.subject]),
+            t_start=cat(self.t_start, other.t_start, np.nan),
+            t_end=cat(self.t_end, other.t_end, np.nan),
+            mask=cat(self.mask, other.mask, False),
+            measured=catd(self.measured, other.measured, np.nan),
+            true_start=catd(self.true_start, other.true_start, np.nan),
+            obs_min=catd(self.obs_min, other.obs_min, np.nan),
+            obs_max=catd(self.obs_max, other.obs_max, np.nan),
+            log_survival=cat(self.log_survival, other.log_survival, 0.0),
+            grid_violation=cat(self.grid_violation, other.grid_violation, False),
+            end_violation=cat(self.end_violation, other.end_violation, False),
+            time_outside=cat(self.time_outside, other.time_outside, 0.0),
+            first_outside=cat(self.first_outside, other.first_outside, np.inf),
+            depth=cat(self.depth, other.depth, 0.0),
+            treatment=catd(self.treatment, other.treatment, 0.0),
+            efficacy={key: np.concatenate([self.efficacy[key], other.efficacy[key]]) for key in self.efficacy},
+            out_of_support=None
+            if self.out_of_support is None or other.out_of_support is None
+            else cat(self.out_of_support, other.out_of_support, 0.0),
+            path_time=path_time,
+            path=path,
+            seed=self.seed,
+            provenance=self.provenance,
+        )
