@@ -16,6 +16,7 @@ def models_command(
 ) -> None:
     """List the registered physiology models with their states, parameters and units."""
     from rich.console import Console
+    from rich.markup import escape
     from rich.table import Table
 
     import medsim.models as registry
@@ -47,9 +48,9 @@ def models_command(
             rtxt = "-" if r is None else f"{r.kind} (add={r.add:g}, prop={r.prop:g})"
             obs.add_row(o.name, o.unit, rtxt, o.description)
         console.print(obs)
-        doses = ", ".join(f"CMT {c} → {s} [{m.dose_units.get(c, '')}]" for c, s in m.dose_targets.items())
+        doses = escape(", ".join(f"CMT {c} → {s} [{m.dose_units.get(c, '')}]" for c, s in m.dose_targets.items()))
         observed = ", ".join(f"CMT {c} → {o}" for c, o in m.obs_targets.items())
         console.print(f"  doses: {doses}\n  observations: {observed}")
         if m.covariates:
-            console.print("  covariates: " + ", ".join(f"{c.name} [{c.unit}]" for c in m.covariates))
+            console.print("  covariates: " + escape(", ".join(f"{c.name} [{c.unit}]" for c in m.covariates)))
         console.print(f"  process noise on: {', '.join(m.noisy_states)}\n")

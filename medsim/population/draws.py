@@ -1,0 +1,95 @@
+"""Posterior draws in the form the virtual-population sampler needs.
+
+``inference`` produces posteriors (ArviZ InferenceData on disk); ``medsim`` must not import
+``inference``, so the sampler takes this plain, validated container of arrays instead. Chains
+are flattened: ``D`` draws in all, ``S`` fitted subjects.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from medsim.models.base import PhysiologyModel
+
+
+@dataclass(frozen=True)
+class PosteriorDraws:
+    """Draws of population and individual parameters.
+
+    Attributes
+    ----------
+    model : PhysiologyModel
+    population : mapping parameter -> (D,)
+        Every model parameter's population value (typical values of structural parameters,
+        covariate effects, process-noise scales).
+    omega : mapping structural parameter -> (D,)
+        Between-subject SD of the log-normal random effect (0 or absent = no BSV).
+    eta : mapping structural parameter -> (D, S)
+        Fitted subjects' random effects.
+    residual : mapping name -> (D,)
+        Residual-error parameters named ``"<observable>_add"`` / ``"<observable>_prop"``.
+    subject_ids : tuple of str, length S
+    covariates : mapping covariate -> (S,)
+        Fitted subjects' covariates (resampled for new population patients).
+    provenance : mapping
+        Model name/version, data hash, seed, backend, versions, diagnostics summary.
+    """
+
+    model: PhysiologyModel
+    population: Mapping[str, np.ndarray]
+    omega: Mapping[str, np.ndarray]
+    eta: Mapping[str, np.ndarray] = field(default_factory=dict)
+    residual: Mapping[str, np.ndarray] = field(default_factory=dict)
+    subject_ids: tuple[str, ...] = ()
+    covariates: Mapping[str, np.ndarray] = field(default_factory=dict)
+    provenance: Mapping = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        missing = [p.name for p in self.model.parameters if p.name not in self.population]
+        if missing:
+            raise ValueError(f"posterior draws for model {self.model.name!r} lack population parameters {missing}")
+        sizes = {k: np.shape(v)[0] for k, v in self.population.items()}
+        if len(set(sizes.values())) != 1:
+            raise ValueError(f"population draws have different lengths: {sizes}")
+        d = self.n_draws
+        s = len(self.subject_ids)
+        for name, arr in self.eta.items():
+            if np.shape(arr) != (d, s):
+                raise ValueError(f"eta_{name} has shape {np.shape(arr)}, expected (draws, subjects) = {(d, s)}")
+        for name, arr in self.covariates.items():
+            if np.shape(arr) != (s,):
+                raise ValueError(f"covariate {name} has shape {np.shape(arr)}, expected (subjects,) = {(s,)}")
+
+    @property
+    def n_draws(self) -> int:
+        return int(np.shape(next(iter(self.population.values())))[0])
+
+    @property
+    def n_subjects(self) -> int:
+        return len(self.subject_ids)
+
+    @classmethod
+    def from_prior(cls, model: PhysiologyModel, n_draws: int, *, seed: int) -> PosteriorDraws:
+        """Draws from the model's priors (no data): typical values log-normal around the model's
+        defaults, BSV fixed at the model's values. For simulation before any fit."""
+        rng = np.random.default_rng(seed)
+        population = {}
+        for p in model.parameters:
+            if p.kind == "structural":
+                population[p.name] = p.typical * np.exp(p.prior_log_sd * rng.standard_normal(n_draws))
+            elif p.kind == "covariate_effect":
+                population[p.name] = p.typical + p.prior_sd * rng.standard_normal(n_draws)
+            else:
+                population[p.name] = np.abs(p.prior_sd * rng.standard_normal(n_draws))
+        omega = {p.name: np.full(n_draws, p.bsv) for p in model.structural if p.bsv > 0}
+        residual = {}
+        for obs, r in model.residual.items():
+            if r.kind in ("additive", "combined"):
+                residual[f"{obs}_add"] = np.full(n_draws, r.add)
+            if r.kind in ("proportional", "combined"):
+                residual[f"{obs}_prop"] = np.full(n_draws, r.prop)
+        return cls(model=model, population=population, omega=omega, residual=residual,
+                   provenance={"source": "prior", "seed": seed})
