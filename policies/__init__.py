@@ -1,0 +1,53 @@
+"""Treatment policies and their evaluation.
+
+Owns the policy protocol (:mod:`policies.protocol`), the built-in policies
+(:mod:`policies.builtin`), policy specs and user-policy loading (:mod:`policies.loading`),
+disturbance scenarios (:mod:`policies.scenarios`), the closed-loop rollout
+(:mod:`policies.rollout`) and its record (:mod:`policies.result`), safety specifications and the
+chance-constraint risk estimators and reports. May import ``medsim`` (and read posteriors);
+nothing in ``medsim`` or ``inference`` imports it.
+"""
+
+from policies.builtin import BUILTINS, PID, TDM, BasalBolus, FixedDose, Flip, SafeTiming
+from policies.loading import FunctionPolicy, PolicySpecError, load_user_policy, parse_policy
+from policies.protocol import Observation, Option, Policy, PolicyContext, PolicyError
+from policies.report import write_report
+from policies.result import RolloutResult
+from policies.risk import Estimate, RiskReport, risk_report
+from policies.rollout import rollout, rollout_many, target_range
+from policies.scenarios import Meal, MealScenario, Scenario
+from policies.spec import SafetySpec, SpecError, TargetRange, parse_spec
+
+__all__ = [
+    "BUILTINS",
+    "PID",
+    "TDM",
+    "BasalBolus",
+    "Estimate",
+    "FixedDose",
+    "Flip",
+    "FunctionPolicy",
+    "Meal",
+    "MealScenario",
+    "Observation",
+    "Option",
+    "Policy",
+    "PolicyContext",
+    "PolicyError",
+    "PolicySpecError",
+    "RiskReport",
+    "RolloutResult",
+    "SafeTiming",
+    "SafetySpec",
+    "Scenario",
+    "SpecError",
+    "TargetRange",
+    "load_user_policy",
+    "parse_policy",
+    "parse_spec",
+    "risk_report",
+    "rollout",
+    "rollout_many",
+    "target_range",
+    "write_report",
+]

@@ -1,0 +1,191 @@
+"""Sampling virtual patients from posterior draws: digital twins and new population patients.
+
+* ``mode="personalized"``: every patient is one fitted subject under one posterior draw ``d``:
+  population values of draw ``d``, the subject's random effects ``eta[d, s]`` and its covariates.
+  The spread across patients is pure parameter uncertainty about that subject (plus, later, the
+  process and measurement noise of the rollout).
+* ``mode="population"``: new subjects. Draw ``d`` gives population values and between-subject
+  SDs ``omega_d``; each patient gets a new ``eta ~ Normal(0, omega_d)`` (the log-normal BSV of
+  :class:`~medsim.models.base.Parameter`) and covariates either given by the user or resampled
+  from the fitted cohort by drawing whole subjects (a bootstrap of covariate vectors keeps
+  correlations such as weight with Apgar score).
+
+Draw slots are chosen without replacement from the ``D`` available draws (cycling through fresh
+permutations when more slots than draws are asked for); see :mod:`medsim.population.virtual` for
+the patients-per-draw layout and its trade-off.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+
+import jax.numpy as jnp
+import numpy as np
+
+from medsim.population.draws import PosteriorDraws
+from medsim.population.streams import Stream
+from medsim.population.virtual import VirtualPopulation
+
+
+def default_patients_per_draw(n: int, n_draws: int) -> int:
+    """At least two patients per draw (so within-draw variance is estimable), more if draws run short."""
+    return max(1, min(n, max(2, math.ceil(n / max(n_draws, 1)))))
+
+
+def _draw_slots(rng: np.random.Generator, n_draws: int, n_slots: int) -> np.ndarray:
+    perms = [rng.permutation(n_draws) for _ in range(math.ceil(n_slots / n_draws))]
+    return np.concatenate(perms)[:n_slots]
+
+
+def _user_covariates(
+    covariates: Mapping[str, float | np.ndarray], n: int, valid: tuple[str, ...]
+) -> dict[str, np.ndarray]:
+    out = {}
+    for name, value in covariates.items():
+        if name not in valid:
+            raise ValueError(f"unknown covariate {name!r}; valid covariates: {', '.join(valid) or '(none)'}")
+        arr = np.asarray(value, dtype=np.float64)
+        if arr.ndim == 0:
+            arr = np.full(n, float(arr))
+        if arr.shape != (n,):
+            raise ValueError(f"covariate {name!r} has shape {arr.shape}; expected a scalar or ({n},)")
+        if not np.all(np.isfinite(arr)):
+            raise ValueError(f"covariate {name!r} has non-finite values")
+        out[name] = arr
+    return out
+
+
+def sample_population(
+    draws: PosteriorDraws,
+    n: int,
+    *,
+    mode: str = "population",
+    subject: str | None = None,
+    covariates: Mapping[str, float | np.ndarray] | None = None,
+    seed: int,
+    patients_per_draw: int | None = None,
+) -> VirtualPopulation:
+    """Sample ``n`` virtual patients from posterior (or prior) draws.
+
+    Parameters
+    ----------
+    draws : PosteriorDraws
+        ``D`` draws of population parameters, BSV SDs, fitted subjects' random effects and
+        covariates (``Posterior.draws()`` or ``PosteriorDraws.from_prior``).
+    n : int
+        Number of virtual patients.
+    mode : {"population", "personalized"}
+    subject : str, optional
+        The fitted subject to twin (required for, and only for, ``mode="personalized"``).
+    covariates : mapping name -> scalar or (n,), optional
+        Covariates for population patients (others are bootstrapped from the cohort, or take the
+        model's reference value when the draws carry no cohort).
+    seed : int
+        Same seed, same population.
+    patients_per_draw : int, optional
+        Patients sharing one draw (default: :func:`default_patients_per_draw`).
+
+    Returns
+    -------
+    VirtualPopulation
+
+    Raises
+    ------
+    ValueError
+        Naming the bad argument (unknown mode, subject or covariate, wrong shapes).
+    """
+    if int(n) != n or n < 1:
+        raise ValueError(f"n must be a positive integer, got {n!r}")
+    n = int(n)
+    if mode not in ("population", "personalized"):
+        raise ValueError(f"mode must be 'population' or 'personalized', got {mode!r}")
+    model = draws.model
+    d_total = draws.n_draws
+    m = default_patients_per_draw(n, d_total) if patients_per_draw is None else int(patients_per_draw)
+    if m < 1:
+        raise ValueError(f"patients_per_draw must be >= 1, got {patients_per_draw!r}")
+    # Independent generators for the three random choices, so e.g. changing the covariate source
+    # does not change which draws are used.
+    rng_draw, rng_eta, rng_cov = (
+        np.random.default_rng(s) for s in np.random.SeedSequence([int(seed), int(Stream.SAMPLING)]).spawn(3)
+    )
+    n_slots = math.ceil(n / m)
+    draw = np.repeat(_draw_slots(rng_draw, d_total, n_slots), m)[:n].astype(np.int64)
+    population = {k: np.asarray(v, np.float64)[draw] for k, v in draws.population.items()}
+
+    cohort_cov = {k: np.asarray(v, np.float64) for k, v in draws.covariates.items()}
+    valid_cov = tuple(dict.fromkeys([c.name for c in model.covariates] + list(cohort_cov)))
+    if mode == "personalized":
+        if subject is None:
+            raise ValueError("mode='personalized' needs subject=<fitted subject id>")
+        if covariates:
+            raise ValueError("personalized patients keep their fitted covariates; do not pass covariates")
+        if not draws.subject_ids or not draws.eta:
+            raise ValueError("these draws carry no fitted subjects (prior draws?); use mode='population'")
+        ids = [str(s) for s in draws.subject_ids]
+        if str(subject) not in ids:
+            shown = ", ".join(ids[:20]) + (" ..." if len(ids) > 20 else "")
+            raise ValueError(f"unknown subject {subject!r}; fitted subjects: {shown}")
+        s = ids.index(str(subject))
+        eta = {k: np.asarray(v, np.float64)[draw, s] for k, v in draws.eta.items()}
+        cov = {k: np.full(n, v[s]) for k, v in cohort_cov.items()}
+        subjects = np.full(n, str(subject), dtype=object)
+    else:
+        if subject is not None:
+            raise ValueError("subject is only used with mode='personalized'")
+        eta = {}
+        for p in model.structural:
+            omega = draws.omega.get(p.name)
+            if omega is not None:
+                eta[p.name] = np.asarray(omega, np.float64)[draw] * rng_eta.standard_normal(n)
+        cov = _user_covariates(covariates or {}, n, valid_cov)
+        rest = [k for k in cohort_cov if k not in cov]
+        if rest and draws.n_subjects > 0:
+            who = rng_cov.integers(0, draws.n_subjects, size=n)
+            cov.update({k: cohort_cov[k][who] for k in rest})
+        subjects = np.full(n, "", dtype=object)
+    for c in model.covariates:
+        cov.setdefault(c.name, np.full(n, float(c.reference)))
+
+    theta = model.individual_parameters(
+        {k: jnp.asarray(v) for k, v in population.items()},
+        {k: jnp.asarray(v) for k, v in eta.items()},
+        {k: jnp.asarray(v) for k, v in cov.items()},
+    )
+    params = {k: np.broadcast_to(np.asarray(v, np.float64), (n,)).copy() for k, v in theta.items()}
+    residual = {k: np.asarray(v, np.float64)[draw] for k, v in draws.residual.items()}
+    for obs, err in model.residual.items():
+        if err.kind in ("additive", "combined"):
+            residual.setdefault(f"{obs}_add", np.full(n, err.add))
+        if err.kind in ("proportional", "combined"):
+            residual.setdefault(f"{obs}_prop", np.full(n, err.prop))
+
+    from medsim import __version__
+
+    provenance = {
+        "posterior": dict(draws.provenance),
+        "model": model.name,
+        "model_version": model.version,
+        "n": n,
+        "mode": mode,
+        "subject": "" if subject is None else str(subject),
+        "seed": int(seed),
+        "patients_per_draw": m,
+        "n_posterior_draws": d_total,
+        "covariates_given": sorted(covariates or {}),
+        "medsim_version": __version__,
+    }
+    return VirtualPopulation(
+        model=model,
+        draw=draw,
+        subject=subjects,
+        params=params,
+        covariates=cov,
+        eta=eta,
+        residual=residual,
+        mode=mode,
+        seed=int(seed),
+        patients_per_draw=m,
+        provenance=provenance,
+    )

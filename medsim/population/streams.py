@@ -1,0 +1,101 @@
+"""Per-patient, counter-based random streams.
+
+Every random number a rollout uses for a virtual patient (measurement noise, process noise,
+meal scenarios, a stochastic policy's coin flips) is a pure function of
+``(seed, stream, patient, counter)``: the run's seed, a named stream, the patient's global index
+in the population and a counter (the interaction number, the meal number). Nothing depends on
+how the population is cut into chunks or which other patients share a batch, which gives
+
+* chunk-size invariance: the same seed gives the same numbers for any ``chunk_size``;
+* common random numbers: two policies evaluated on the same virtual patients see the same
+  measurement-noise draw at their ``k``-th look, the same meals and the same coin flips.
+
+The streams are JAX's counter-based Threefry keys (Salmon et al. 2011, "Parallel random numbers:
+as easy as 1, 2, 3"), derived with ``fold_in`` — statistically vetted, unlike an ad-hoc hash.
+"""
+
+from __future__ import annotations
+
+from enum import IntEnum
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+
+class Stream(IntEnum):
+    """Named, disjoint random streams (the second element of every key path)."""
+
+    MEASUREMENT = 1
+    PROCESS = 2
+    POLICY = 3
+    SCENARIO = 4
+    SAMPLING = 5
+
+
+def _counters(patient: np.ndarray, counter: np.ndarray | int) -> tuple[jax.Array, jax.Array]:
+    patient = np.asarray(patient, dtype=np.int64)
+    if patient.ndim != 1:
+        raise ValueError(f"patient must be a 1-d array of patient indices, got shape {patient.shape}")
+    if patient.size and (patient.min() < 0 or patient.max() >= 2**32):
+        raise ValueError("patient indices must lie in [0, 2**32)")
+    counter = np.broadcast_to(np.asarray(counter, dtype=np.int64), patient.shape)
+    if counter.size and (counter.min() < 0 or counter.max() >= 2**32):
+        raise ValueError("counters must lie in [0, 2**32)")
+    return jnp.asarray(patient.astype(np.uint32)), jnp.asarray(counter.astype(np.uint32))
+
+
+@jax.jit
+def _keys(root: jax.Array, stream: jax.Array, patient: jax.Array, counter: jax.Array) -> jax.Array:
+    base = jax.random.fold_in(root, stream)
+    return jax.vmap(lambda p, c: jax.random.fold_in(jax.random.fold_in(base, p), c))(patient, counter)
+
+
+def patient_keys(seed: int, stream: Stream | int, patient: np.ndarray, counter: np.ndarray | int) -> jax.Array:
+    """One JAX key per patient for ``(seed, stream, patient, counter)``.
+
+    Parameters
+    ----------
+    seed : int
+        The run's seed.
+    stream : Stream or int
+        Which stream (keeps e.g. measurement noise independent of process noise).
+    patient : (n,) int
+        Global patient indices in the virtual population.
+    counter : int or (n,) int
+        Per-patient counter (interaction number, meal number...).
+
+    Returns
+    -------
+    (n,) jax key array
+    """
+    p, c = _counters(patient, counter)
+    root = jax.random.key(int(seed) % 2**32)
+    return _keys(root, jnp.uint32(int(stream)), p, c)
+
+
+_normal = jax.jit(jax.vmap(lambda k, width: jax.random.normal(k, (width,)), in_axes=(0, None)), static_argnums=1)
+_uniform = jax.jit(
+    jax.vmap(lambda k, width: jax.random.uniform(k, (width,), minval=1e-7, maxval=1.0), in_axes=(0, None)),
+    static_argnums=1,
+)
+
+
+def patient_normal(
+    seed: int, stream: Stream | int, patient: np.ndarray, counter: np.ndarray | int, width: int = 1
+) -> np.ndarray:
+    """Standard normal draws, shape ``(n, width)``, one independent row per patient."""
+    keys = patient_keys(seed, stream, patient, counter)
+    if keys.shape[0] == 0:
+        return np.zeros((0, width))
+    return np.asarray(_normal(keys, int(width)), dtype=np.float64)
+
+
+def patient_uniform(
+    seed: int, stream: Stream | int, patient: np.ndarray, counter: np.ndarray | int, width: int = 1
+) -> np.ndarray:
+    """Uniform(0, 1) draws (never exactly 0), shape ``(n, width)``, one row per patient."""
+    keys = patient_keys(seed, stream, patient, counter)
+    if keys.shape[0] == 0:
+        return np.zeros((0, width))
+    return np.asarray(_uniform(keys, int(width)), dtype=np.float64)

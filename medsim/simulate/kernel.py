@@ -1,0 +1,225 @@
+"""The compiled inner loop: sub-steps of one chunk of patients, with fused interval statistics.
+
+One loop iteration advances every patient of the chunk by two sub-steps (the two outputs of one
+Threefry hash per noise channel, :mod:`medsim.simulate.noise`). Each patient carries its own clock
+on an aligned grid ``t0 + k dt``; a sub-step ends at the next grid point, the next breakpoint
+(event time, infusion end) or ``t1``, whichever comes first, so every event lands exactly on a step
+boundary. Patients past ``t1`` take exact no-op steps (``h = 0``; the state is selected unchanged).
+
+State, parameters and statistics are dicts / tuples of ``(B,)`` vectors (struct of arrays): XLA
+fuses the hash, the normal transform, the scheme and the statistics of a sub-step into a few loops
+over patients that run at the speed of the arithmetic, not of memory.
+
+Without saved paths the number of iterations is a runtime argument (a ``fori_loop`` with a
+dynamic trip count), so one compiled function serves every interval length. With saved paths it
+is a static ``scan`` length, bucketed by :func:`medsim.simulate.plan.bucket_steps`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from medsim.models.base import PhysiologyModel
+from medsim.simulate import bridge, noise, schemes
+from medsim.simulate.plan import GRID_TOLERANCE
+from medsim.simulate.types import IntervalStats
+
+
+class ChunkInputs(NamedTuple):
+    """Per-chunk arrays (``B`` patients, ``E`` interior event columns), all device arrays."""
+
+    x: dict[str, jax.Array]  # state -> (B,)
+    theta: dict[str, jax.Array]  # parameter -> (B,)
+    t0: jax.Array  # (B,)
+    t1: jax.Array  # (B,)
+    k1: jax.Array  # (B,) uint32 key word
+    k2: jax.Array  # (B,) uint32 key word
+    start: dict[str, jax.Array]  # state -> (B,) added at t0
+    rate: dict[str, jax.Array]  # state -> (B,) constant input
+    event_time: jax.Array  # (E, B)
+    event_end: jax.Array  # (E, B)
+    event_amount: dict[str, jax.Array]  # state -> (E, B)
+    event_rate: dict[str, jax.Array]  # state -> (E, B)
+
+
+class ChunkOutputs(NamedTuple):
+    x: dict[str, jax.Array]
+    stats: IntervalStats
+    t_end: jax.Array  # (B,) clock at the end (== t1 when the step budget sufficed)
+    path_time: jax.Array | None  # (S, B) grid times of the saved sub-steps, S = steps + 1
+    path_values: dict[str, jax.Array] | None  # observable -> (S, B)
+
+
+class _Carry(NamedTuple):
+    x: dict[str, jax.Array]
+    stats: bridge.StatsCarry
+    t: jax.Array
+    k: jax.Array  # index of the last grid point at or before t
+    draws: tuple  # (z_even, z_odd) per noise channel for the current iteration
+
+
+def make_chunk_fn(
+    model: PhysiologyModel,
+    scheme: str,
+    specs: tuple[bridge.BoundSpec, ...],
+    *,
+    with_events: bool,
+    uniform: bool,
+    saving: bool,
+    on_trace: Callable[[], None],
+    devices: tuple = (),
+) -> Callable:
+    """Build the jitted chunk function for one static configuration.
+
+    Parameters
+    ----------
+    with_events : bool
+        Interior dose events present (``E > 0``); otherwise the event arrays are ignored.
+    uniform : bool
+        Every patient of the chunk shares ``t0`` and ``t1`` and there are no interior events: the
+        clock is then one scalar instead of a ``(B,)`` vector (less work per sub-step).
+    saving : bool
+        Return the observables after every sub-step.
+    devices : tuple of jax devices
+        With more than one, the chunk is split over them along the patient axis (``shard_map``):
+        each device steps its own patients, no communication, one compiled program.
+
+    Returns
+    -------
+    callable
+        ``fn(inputs: ChunkInputs, dt, n_pairs) -> ChunkOutputs`` with ``dt`` a float32 scalar (the
+        grid step, a runtime value: one compiled function serves every step size). Without
+        ``saving`` ``n_pairs`` is a traced scalar (iterations of two sub-steps); with ``saving`` it
+        must be a static int.
+    """
+    noisy = model.noisy_states
+    floor = schemes.nonnegative_states(model)
+    bridged = bridge.bridged_observables(specs)
+
+    def clock(inp: ChunkInputs) -> tuple[jax.Array, jax.Array]:
+        return (inp.t0[0], inp.t1[0]) if uniform else (inp.t0, inp.t1)
+
+    def substep(inp: ChunkInputs, dt: jax.Array, c: _Carry, z: dict[str, jax.Array]) -> tuple[_Carry, tuple]:
+        t, k = c.t, c.k
+        t0, t1 = clock(inp)
+        tol = np.float32(GRID_TOLERANCE) * dt
+        grid_next = t0 + (k + 1).astype(jnp.float32) * dt
+        stop = t1
+        rate = dict(inp.rate)
+        if with_events:
+            # Next breakpoint strictly after t; infusions running over [t, next stop) add their rate.
+            for e in range(inp.event_time.shape[0]):
+                start_e, end_e = inp.event_time[e], inp.event_end[e]
+                stop = jnp.minimum(stop, jnp.where(start_e > t, start_e, jnp.inf))
+                stop = jnp.minimum(stop, jnp.where(end_e > t, end_e, jnp.inf))
+                running = (start_e <= t) & (t < end_e)
+                for s in rate:
+                    rate[s] = rate[s] + jnp.where(running, inp.event_rate[s][e], 0.0)
+        hit = stop <= grid_next + tol
+        active = t < t1
+        t_new = jnp.where(active, jnp.where(hit, stop, grid_next), t)
+        k_new = jnp.where(active & ~(hit & (stop < grid_next - tol)), k + 1, k)
+        h = t_new - t
+        x_step, g = schemes.sde_step(model, scheme, t, c.x, inp.theta, rate, h, z, floor)
+        x_new = {s: jnp.where(active, x_step[s], c.x[s]) for s in c.x}
+        y1, z1 = bridge.bridge_coordinates(model, bridged, x_new, inp.theta)
+        s2 = bridge.local_variance(model, bridged, c.x, inp.theta, g)
+        st = bridge.bridge_update(specs, c.stats, s2, z1, h, active)
+        st = bridge.grid_update(specs, st, y1, z1, t_new)
+        if with_events:
+            for e in range(inp.event_time.shape[0]):
+                here = active & (inp.event_time[e] == t_new)
+                for s in inp.event_amount:
+                    x_new[s] = x_new[s] + jnp.where(here, inp.event_amount[s][e], 0.0)
+            # Post-dose values are grid points too (a bolus can jump across a bound).
+            y1, z1 = bridge.bridge_coordinates(model, bridged, x_new, inp.theta)
+            st = bridge.grid_update(specs, st, y1, z1, t_new)
+        st = st._replace(z=z1)
+        return _Carry(x_new, st, t_new, k_new, c.draws), (t_new, y1)
+
+    def draw(inp: ChunkInputs, i: jax.Array) -> tuple:
+        # One complex64 vector per channel holds both draws of the pair, so one loop computes the hash
+        # once (XLA's CPU loops have a single output; two float outputs would hash twice).
+        return tuple(
+            jax.lax.complex(*noise.normal_pair(inp.k1, inp.k2, i.astype(jnp.uint32), ch)) for ch in range(len(noisy))
+        )
+
+    def pair(inp: ChunkInputs, dt: jax.Array, c: _Carry, i: jax.Array) -> tuple[_Carry, tuple]:
+        # The draws of this iteration were computed by the previous one and arrive through the loop
+        # carry (a materialised buffer): left in the same iteration, XLA re-derives the ~300-op hash
+        # inside every loop that consumes a draw.
+        draws = c.draws
+        c, out_even = substep(inp, dt, c, {s: jnp.real(d) for s, d in zip(noisy, draws, strict=True)})
+        c, out_odd = substep(inp, dt, c, {s: jnp.imag(d) for s, d in zip(noisy, draws, strict=True)})
+        return c._replace(draws=draw(inp, i + 1)), (out_even, out_odd)
+
+    def run(inp: ChunkInputs, dt: jax.Array, n_pairs) -> ChunkOutputs:
+        on_trace()
+        x = {s: v + inp.start[s] if s in inp.start else v for s, v in inp.x.items()}
+        y0, z0 = bridge.bridge_coordinates(model, bridged, x, inp.theta)
+        t0, _ = clock(inp)
+        c = _Carry(x, bridge.init_stats(specs, y0, z0), t0, jnp.zeros(t0.shape, jnp.int32), draw(inp, jnp.int32(0)))
+        path_time = path_values = None
+        if saving:
+            c, (even, odd) = jax.lax.scan(lambda cc, i: pair(inp, dt, cc, i), c, jnp.arange(n_pairs))
+
+            def interleave(a, b):  # (P, B) x 2 -> (2P, B) in sub-step order
+                a, b = jnp.broadcast_arrays(a, b)
+                return jnp.stack([a, b], axis=1).reshape(-1, *a.shape[1:])
+
+            times = jnp.concatenate([t0[None], interleave(even[0], odd[0])])
+            path_time = jnp.broadcast_to(times.reshape(times.shape[0], -1), (times.shape[0], inp.t0.shape[0]))
+            path_values = {o: jnp.concatenate([y0[o][None], interleave(even[1][o], odd[1][o])]) for o in y0}
+        else:
+            c = jax.lax.fori_loop(0, n_pairs, lambda i, cc: pair(inp, dt, cc, i)[0], c)
+        y_end = model.observe(c.x, inp.theta)
+        stats = bridge.finish_stats(specs, c.stats, y0, y_end, inp.t1 > inp.t0)
+        t_end = jnp.broadcast_to(c.t, inp.t0.shape)
+        return ChunkOutputs(c.x, stats, t_end, path_time, path_values)
+
+    if len(devices) > 1:
+        return _sharded(run, devices, saving)
+    if saving:
+        return jax.jit(run, static_argnums=2)
+    return jax.jit(run)
+
+
+def _sharded(run: Callable, devices: tuple, saving: bool) -> Callable:
+    """``run`` split over ``devices`` along the patient axis (inputs and outputs)."""
+    from jax.sharding import Mesh
+    from jax.sharding import PartitionSpec as P
+
+    mesh = Mesh(np.asarray(devices), ("patients",))
+    per_patient, per_event, replicated = P("patients"), P(None, "patients"), P()
+    in_specs = ChunkInputs(
+        *([per_patient] * 8), event_time=per_event, event_end=per_event, event_amount=per_event, event_rate=per_event
+    )
+    out_specs = ChunkOutputs(
+        per_patient, per_patient, per_patient, per_event if saving else None, per_event if saving else None
+    )
+
+    def build(n_pairs_static=None):
+        def body(inp, dt, n_pairs):
+            return run(inp, dt, n_pairs_static if saving else n_pairs)
+
+        # check_vma off: loop carries mix per-patient and per-shard values; nothing is communicated.
+        mapped = jax.shard_map(
+            body, mesh=mesh, in_specs=(in_specs, replicated, replicated), out_specs=out_specs, check_vma=False
+        )
+        return jax.jit(mapped)
+
+    if not saving:
+        return build()
+    cache: dict[int, Callable] = {}
+
+    def call(inp, dt, n_pairs: int):
+        if n_pairs not in cache:
+            cache[n_pairs] = build(n_pairs)
+        return cache[n_pairs](inp, dt, jnp.int32(n_pairs))
+
+    return call

@@ -1,0 +1,285 @@
+"""The batched SDE simulator: advance many virtual patients over one interaction interval.
+
+>>> sim = Simulator(model, dt=1.0, bounds=(Bound("glucose_mg_dL", 70.0, "lower"),))
+>>> res = sim.advance(state, params, t0, t1, key=key, events=events, rates={1: basal})
+>>> res.state, res.stats.p_cross  # end state and (B, K) bridge-corrected crossing probabilities
+
+A :class:`Simulator` is immutable; it compiles one kernel per static configuration (with or without
+interior dose events, with or without saved paths, compiled batch size) the first time that
+configuration is used, and reuses it afterwards (:attr:`Simulator.trace_count` counts traces so
+tests can guard against recompiles). Large batches are cut into chunks of at most
+``chunk_size`` patients (the last one padded) so memory stays flat; chunks are spread over the
+local JAX devices when there is more than one.
+
+Random numbers: patient ``i`` draws from its own counter-based stream (:mod:`.noise`). Pass one
+key per patient (shape ``(B,)``) to make a patient's path independent of the batch it is in; with
+a single key, patient ``i`` uses ``fold_in(key, i)``, ``i`` being its position in the batch. Either
+way the numbers do not depend on ``chunk_size``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from medsim.models.base import PhysiologyModel
+from medsim.simulate import bridge, kernel, noise, plan, schemes
+from medsim.simulate.types import Bound, DoseEvents, IntervalStats, SavedPath
+
+# Smallest number of patients per device worth splitting a batch over devices.
+_MIN_SPLIT = 512
+
+# Compiled kernels keyed by (model identity, scheme, bounds, static flags): shared between
+# simulators that differ only in dt or chunk size. Values hold the model to pin its identity.
+_KERNELS: dict[tuple, tuple[PhysiologyModel, object, list[int]]] = {}
+
+
+@dataclass(frozen=True)
+class AdvanceResult:
+    """Outcome of :meth:`Simulator.advance` for ``B`` patients.
+
+    Attributes
+    ----------
+    state : dict state -> (B,) float32
+        State at ``t1`` (doses at exactly ``t1`` are left to the next call).
+    stats : IntervalStats
+        Interval statistics, ``K = len(bounds)`` columns in the simulator's bound order.
+    path : SavedPath or None
+        Observables every ``save_every`` sub-steps (including ``t0``), when requested.
+    """
+
+    state: dict[str, jax.Array]
+    stats: IntervalStats
+    path: SavedPath | None = None
+
+
+@dataclass(frozen=True, eq=False)
+class Simulator:
+    """Fixed-step SDE simulator with fused Brownian-bridge interval statistics.
+
+    Parameters
+    ----------
+    model : PhysiologyModel
+    dt : float
+        Sub-step in the model's time unit (steps are shortened at events and at ``t1``).
+    bounds : tuple of Bound
+        Monitored safety bounds (``K`` of them).
+    scheme : {"milstein", "euler"}
+        Diagonal Milstein (strong order 1) or Euler–Maruyama (strong order 1/2); see
+        :mod:`medsim.simulate.schemes`.
+    chunk_size : int
+        Largest number of patients per compiled call.
+
+    Raises
+    ------
+    ValueError
+        On a non-positive ``dt``, an unknown scheme, a bad ``chunk_size`` or a bound on an unknown
+        observable; for Milstein on a model whose noise is not diagonal.
+    """
+
+    model: PhysiologyModel
+    dt: float
+    bounds: tuple[Bound, ...] = ()
+    scheme: str = "milstein"
+    chunk_size: int = 65536
+    _kernels: dict = field(default_factory=dict, init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        if not (isinstance(self.dt, int | float) and math.isfinite(self.dt) and self.dt > 0):
+            raise ValueError(f"dt: expected a finite step > 0 in {self.model.time_unit}, got {self.dt!r}")
+        if self.scheme not in schemes.SCHEMES:
+            raise ValueError(f"scheme: expected one of {schemes.SCHEMES}, got {self.scheme!r}")
+        if not (isinstance(self.chunk_size, int) and self.chunk_size >= 1):
+            raise ValueError(f"chunk_size: expected an int >= 1, got {self.chunk_size!r}")
+        object.__setattr__(self, "bounds", tuple(self.bounds))
+        object.__setattr__(self, "_specs", bridge.bound_specs(self.model, self.bounds))
+        if self.scheme == "milstein":
+            schemes.check_diagonal_noise(self.model)
+
+    @property
+    def trace_count(self) -> int:
+        """How many times the kernels this simulator has used were traced (compiled).
+
+        Kernels are shared by simulators of the same model object, scheme and bounds (``dt`` and
+        ``chunk_size`` are runtime values), so this counts their traces too.
+        """
+        return sum(_KERNELS[k][2][0] for k in self._kernels)
+
+    def _kernel(self, with_events: bool, uniform: bool, saving: bool, devices: tuple):
+        key = (id(self.model), self.scheme, self._specs, with_events, uniform, saving, devices)
+        hit = _KERNELS.get(key)
+        if hit is None or hit[0] is not self.model:
+            counter = [0]
+
+            def count() -> None:
+                counter[0] += 1
+
+            fn = kernel.make_chunk_fn(
+                self.model,
+                self.scheme,
+                self._specs,
+                with_events=with_events,
+                uniform=uniform,
+                saving=saving,
+                on_trace=count,
+                devices=devices,
+            )
+            hit = _KERNELS[key] = (self.model, fn, counter)
+        self._kernels[key] = True
+        return hit[1]
+
+    # ------------------------------------------------------------------ validation
+    def _batch_arrays(self, state: Mapping, params: Mapping) -> tuple[int, dict, dict]:
+        names = self.model.state_names
+        missing = [s for s in names if s not in state]
+        extra = [s for s in state if s not in names]
+        if missing or extra:
+            raise ValueError(
+                f"state: model {self.model.name!r} has states {list(names)}; missing {missing}, unknown {extra}"
+            )
+        x = {s: jnp.asarray(state[s], jnp.float32) for s in names}
+        shapes = {s: v.shape for s, v in x.items()}
+        if len(set(shapes.values())) != 1 or len(next(iter(shapes.values()))) != 1:
+            raise ValueError(f"state: every state must be a (B,) array of one length, got shapes {shapes}")
+        batch = next(iter(shapes.values()))[0]
+        absent = [p.name for p in self.model.parameters if p.name not in params]
+        if absent:
+            raise ValueError(f"params: missing parameters {absent} of model {self.model.name!r}")
+        theta = {}
+        for name, v in params.items():
+            v = jnp.asarray(v, jnp.float32)
+            if v.ndim == 0:
+                v = jnp.broadcast_to(v, (batch,))
+            if v.shape != (batch,):
+                raise ValueError(f"params[{name!r}]: expected a scalar or shape ({batch},), got {v.shape}")
+            theta[name] = v
+        return batch, x, theta
+
+    # ------------------------------------------------------------------ the call
+    def advance(
+        self,
+        state: Mapping[str, jax.Array],
+        params: Mapping[str, jax.Array],
+        t0,
+        t1,
+        *,
+        key: jax.Array,
+        events: DoseEvents | None = None,
+        rates: Mapping[int, jax.Array] | None = None,
+        save_every: int | None = None,
+    ) -> AdvanceResult:
+        """Advance every patient from ``t0`` to ``t1``.
+
+        Parameters
+        ----------
+        state : dict state name -> (B,)
+            Start state (``model.initial_state`` or a previous ``result.state``).
+        params : dict parameter name -> (B,) or scalar
+            Individual parameters, population-level ones and any covariates the model reads.
+        t0, t1 : scalar or (B,)
+            Absolute interval ends in the model time unit (``t1 >= t0``; ``t1 == t0`` is a no-op).
+        key : jax PRNG key
+            One key, or one per patient; see the module docstring.
+        events : DoseEvents, optional
+            Dose events in absolute time; only those acting in ``[t0, t1)`` matter. A bolus at
+            exactly ``t0`` is given before the first sub-step; infusions contribute over their overlap
+            with ``[t0, t1)``.
+        rates : dict CMT -> (B,) or scalar, optional
+            Constant extra input over the interval in dose units per time unit.
+        save_every : int, optional
+            Save the observables every that many sub-steps (``SavedPath`` of shape ``(B, T)``).
+
+        Returns
+        -------
+        AdvanceResult
+
+        Raises
+        ------
+        ValueError
+            Naming the argument that is malformed (missing state or parameter, shape, times,
+            compartments, negative doses, ``save_every``).
+        """
+        batch, x, theta = self._batch_arrays(state, params)
+        if save_every is not None and not (isinstance(save_every, int | np.integer) and save_every >= 1):
+            raise ValueError(f"save_every: expected None or an int >= 1, got {save_every!r}")
+        p = plan.plan_interval(self.model, float(self.dt), t0, t1, events, rates, batch)
+        k1, k2 = noise.patient_key_words(key, batch)
+        with_events = p.n_events > 0
+        saving = save_every is not None
+        uniform = not with_events and bool((p.t0 == p.t0[0]).all() and (p.t1 == p.t1[0]).all())
+        n_steps = plan.bucket_steps(p.n_steps) if saving else p.n_steps
+        n_pairs = n_steps // 2 if saving else jnp.int32(-(-n_steps // 2))
+
+        # With several local devices (e.g. jax_num_cpu_devices = cores) each chunk is split over
+        # them; batches too small to be worth it stay on one device.
+        devices = tuple(jax.local_devices())
+        if len(devices) == 1 or batch < _MIN_SPLIT * len(devices):
+            devices = devices[:1]
+        fn = self._kernel(with_events, uniform, saving, devices)
+        chunk = plan.bucket_batch(batch, self.chunk_size, multiple=len(devices))
+        n_chunks = -(-batch // chunk)
+        per_patient = {
+            "x": x,
+            "theta": theta,
+            "t0": jnp.asarray(p.t0),
+            "t1": jnp.asarray(p.t1),
+            "k1": k1,
+            "k2": k2,
+            "start": {s: jnp.asarray(v) for s, v in p.start.items()},
+            "rate": {s: jnp.asarray(v) for s, v in p.rate.items()},
+        }
+        per_event = {
+            "event_time": jnp.asarray(p.event_time),
+            "event_end": jnp.asarray(p.event_end),
+            "event_amount": {s: jnp.asarray(v) for s, v in p.event_amount.items()},
+            "event_rate": {s: jnp.asarray(v) for s, v in p.event_rate.items()},
+        }
+        outs = []
+        for c in range(n_chunks):
+            lo, hi = c * chunk, min((c + 1) * chunk, batch)
+            inp = kernel.ChunkInputs(
+                **jax.tree_util.tree_map(lambda a, lo=lo, hi=hi: _rows(a, lo, hi, chunk, axis=0), per_patient),
+                **jax.tree_util.tree_map(lambda a, lo=lo, hi=hi: _rows(a, lo, hi, chunk, axis=1), per_event),
+            )
+            out = fn(inp, jnp.float32(self.dt), n_pairs)
+            if len(devices) > 1:  # hand back arrays on one device, as a single-device run would
+                out = jax.device_put(out, devices[0])
+            outs.append(out)
+        out = jax.tree_util.tree_map(
+            lambda *a: _join(a, batch, axis=0), *[o._replace(path_time=None, path_values=None) for o in outs]
+        )
+        if not bool(jnp.all(out.t_end == jnp.asarray(p.t1))):
+            raise RuntimeError("simulator step budget exhausted before t1 (please report this as a medsim bug)")
+        path = None
+        if saving:
+            times = _join([o.path_time for o in outs], batch, axis=1)[::save_every].T
+            values = {
+                o: _join([r.path_values[o] for r in outs], batch, axis=1)[::save_every].T for o in outs[0].path_values
+            }
+            path = SavedPath(time=times, values=values)
+        return AdvanceResult(state=out.x, stats=out.stats, path=path)
+
+
+def _rows(a: jax.Array, lo: int, hi: int, size: int, axis: int) -> jax.Array:
+    """Patients ``lo:hi`` along ``axis``, padded to ``size`` by repeating the last patient."""
+    if lo == 0 and hi == a.shape[axis] == size:
+        return a
+    part = jax.lax.slice_in_dim(a, lo, hi, axis=axis)
+    if hi - lo < size:
+        widths = [(0, 0)] * a.ndim
+        widths[axis] = (0, size - (hi - lo))
+        part = jnp.pad(part, widths, mode="edge")
+    return part
+
+
+def _join(parts, batch: int, axis: int) -> jax.Array:
+    if len(parts) == 1:
+        a = parts[0]
+    else:
+        a = jnp.concatenate(parts, axis=axis)
+    return jax.lax.slice_in_dim(a, 0, batch, axis=axis) if a.shape[axis] != batch else a

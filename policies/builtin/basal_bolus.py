@@ -1,0 +1,105 @@
+"""``basal_bolus``: basal insulin by pump plus meal boluses from a bolus calculator (type-1 diabetes).
+
+Basal: the patient's own basal rate (covariate ``BASAL``, U/h) as a continuous pump rate into the
+insulin compartment. At each announced meal (carbohydrate ``C`` g) a bolus is given by the
+bolus-calculator rule of insulin pumps (Walsh & Roberts, *Pumping Insulin*, 6th ed., ch. 11):
+
+    bolus = max(0, C / CR + (G - target) / CF - IOB)
+
+with carb ratio ``CR`` (g/U), correction factor ``CF`` (mg/dL per U), the last measured glucose
+``G`` and the insulin on board ``IOB`` (U). Unless given, ``CR`` and ``CF`` follow the "500 rule"
+and "1800 rule" (CR = 500 / TDD, CF = 1800 / TDD) with the total daily dose estimated from the
+basal rate, TDD = 24 h x BASAL / ``basal_fraction`` (basal is about half of TDD). Insulin on
+board decays first-order with time constant ``iob_tau`` — a simplification of the curvilinear
+action curves pumps use. A fingerstick check happens every ``every`` time units between meals;
+with ``correct_between_meals`` it triggers a correction bolus when glucose is above target.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+
+import numpy as np
+
+from policies.protocol import Observation, Option, spec_string, units_per_hour
+
+
+@dataclass(frozen=True)
+class BasalBolus:
+    """Pump basal + bolus-calculator meal boluses (see the module docstring).
+
+    Parameters
+    ----------
+    target : float
+        Glucose target of the correction (mg/dL).
+    cr : float
+        Carb ratio (g/U); 0 = 500 rule.
+    cf : float
+        Correction factor (mg/dL per U); 0 = 1800 rule.
+    basal_fraction : float
+        Basal share of the total daily dose (for the 500/1800 rules).
+    every : float
+        Fingerstick interval between meals (model time unit; glucose_insulin: min).
+    iob_tau : float
+        Insulin-on-board decay time constant (model time unit).
+    correct_between_meals : bool
+    observable, basal_cmt, meal_cmt
+        Names of the glucose observable, the insulin and the meal compartments.
+    """
+
+    target: float = 120.0
+    cr: float = 0.0
+    cf: float = 0.0
+    basal_fraction: float = 0.5
+    every: float = 240.0
+    iob_tau: float = 90.0
+    correct_between_meals: bool = False
+    observable: str = "glucose_mg_dL"
+    basal_cmt: int = 1
+    meal_cmt: int = 2
+
+    def __post_init__(self) -> None:
+        if self.cr < 0 or self.cf < 0:
+            raise ValueError("basal_bolus: cr and cf must be >= 0 (0 = rule of thumb)")
+        if not 0 < self.basal_fraction <= 1:
+            raise ValueError(f"basal_bolus: basal_fraction must be in (0, 1], got {self.basal_fraction}")
+        if not (self.every > 0 and self.iob_tau > 0):
+            raise ValueError("basal_bolus: every and iob_tau must be > 0")
+
+    @property
+    def name(self) -> str:
+        changed = {f.name: getattr(self, f.name) for f in fields(self) if getattr(self, f.name) != f.default}
+        return spec_string("basal_bolus", changed)
+
+    def ratios(self, basal_u_per_h: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Carb ratio (g/U) and correction factor (mg/dL/U) per patient."""
+        tdd = 24.0 * np.asarray(basal_u_per_h, np.float64) / self.basal_fraction
+        cr = np.full_like(tdd, self.cr) if self.cr > 0 else 500.0 / tdd
+        cf = np.full_like(tdd, self.cf) if self.cf > 0 else 1800.0 / tdd
+        return cr, cf
+
+    def init(self, n: int, *, seed: int) -> dict[str, np.ndarray]:
+        """State per patient: insulin on board (U) and the time it was last updated."""
+        return {"iob": np.zeros(n), "t_last": np.zeros(n)}
+
+    def act(self, state: dict[str, np.ndarray], obs: Observation, *, rng: np.random.Generator):
+        if "BASAL" not in obs.covariates:
+            raise KeyError("basal_bolus needs the covariate BASAL (U/h)")
+        t = np.asarray(obs.time, np.float64)
+        basal_h = np.asarray(obs.covariates["BASAL"], np.float64)
+        cr, cf = self.ratios(basal_h)
+        iob = state["iob"] * np.exp(-(t - state["t_last"]) / self.iob_tau)
+        glucose = np.asarray(obs.measured.get(self.observable, np.full(obs.n, np.nan)), np.float64)
+        carbs = np.asarray(obs.announced.get(self.meal_cmt, np.zeros(obs.n)), np.float64)
+        meal = carbs > 0
+        correction = np.where(np.isnan(glucose), 0.0, (glucose - self.target) / cf)
+        bolus = np.where(meal, carbs / cr + correction - iob, 0.0)
+        if self.correct_between_meals:
+            bolus = np.where(~meal & (correction > iob), correction - iob, bolus)
+        bolus = np.where(obs.active, np.maximum(bolus, 0.0), 0.0)
+        option = Option(
+            interval=np.full(obs.n, float(self.every)),
+            bolus={self.basal_cmt: bolus},
+            rate={self.basal_cmt: basal_h / units_per_hour(obs.time_unit)},
+        )
+        return {"iob": iob + bolus, "t_last": t}, option

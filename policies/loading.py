@@ -1,0 +1,286 @@
+"""Policies from text: built-in specs (``"tdm:target=10,every=12"``) and user code.
+
+Spec grammar
+------------
+``NAME[:key=value,key=value,...]`` for a built-in (``medsim.policies.builtin.BUILTINS``).
+Values are numbers, ``true``/``false``, strings, or lists separated by ``;``
+(``measure_at=1;2;6``). Keys with a dotted prefix configure a component policy:
+``safe_timing:eps=0.05,base=tdm,base.target=10`` or ``flip:q=0.3,a=fixed,a.dose=400,b=fixed,b.dose=600``.
+
+User policies: ``package.module:attr[:key=value,...]`` or ``path/to/file.py[:attr][:key=value,...]``
+(``attr`` defaults to ``policy`` for files). ``attr`` may be
+
+* a class — instantiated with the key=value parameters (as strings converted like built-ins
+  when the class is a dataclass, passed as strings otherwise);
+* a function whose first parameter is named ``obs`` — a memoryless policy
+  ``f(obs, *, rng) -> Option``, wrapped in :class:`FunctionPolicy`;
+* any other function — a factory called with the parameters, returning a policy;
+* an object that already is a policy.
+
+Whatever comes out is checked against :class:`policies.protocol.Policy` with an error that says
+what is missing.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import importlib.util
+import inspect
+import math
+import sys
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from policies.protocol import Observation, Option, Policy, PolicyContext
+
+
+class PolicySpecError(ValueError):
+    """A policy spec or user policy could not be turned into a policy; the message says why."""
+
+
+@dataclass(frozen=True)
+class FunctionPolicy:
+    """A memoryless policy from a function ``f(obs, *, rng) -> Option``."""
+
+    function: Callable[..., Option]
+    name: str
+
+    def init(self, n: int, *, seed: int) -> None:
+        return None
+
+    def act(self, state: None, obs: Observation, *, rng: np.random.Generator) -> tuple[None, Option]:
+        return None, self.function(obs, rng=rng)
+
+
+# ---------------------------------------------------------------------------- values
+def parse_params(text: str) -> dict[str, str]:
+    """``"a=1,b=x"`` -> ``{"a": "1", "b": "x"}`` (errors name the bad item)."""
+    out: dict[str, str] = {}
+    if not text.strip():
+        return out
+    for item in text.split(","):
+        key, sep, value = item.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise PolicySpecError(f"policy parameter {item.strip()!r} is not of the form key=value")
+        if key in out:
+            raise PolicySpecError(f"policy parameter {key!r} is given twice")
+        out[key] = value.strip()
+    return out
+
+
+def _convert(kind: str, key: str, value: str, annotation: str) -> Any:
+    def bad(expected: str) -> PolicySpecError:
+        return PolicySpecError(f"policy {kind!r}: parameter {key}={value!r} is not {expected}")
+
+    ann = annotation.replace(" ", "")
+    if ann == "bool":
+        low = value.lower()
+        if low in ("true", "yes", "1", "on"):
+            return True
+        if low in ("false", "no", "0", "off"):
+            return False
+        raise bad("true or false")
+    if ann == "int":
+        try:
+            number = float(value)
+        except ValueError:
+            raise bad("an integer") from None
+        if not number.is_integer():
+            raise bad("an integer")
+        return int(number)
+    if ann == "float":
+        try:
+            number = float(value)
+        except ValueError:
+            raise bad("a number") from None
+        if math.isnan(number):
+            raise bad("a number")
+        return number
+    if ann.startswith("tuple[float"):
+        try:
+            return tuple(float(v) for v in value.split(";") if v.strip())
+        except ValueError:
+            raise bad("a list of numbers separated by ';'") from None
+    return value
+
+
+def build_dataclass(cls: type, kind: str, raw: Mapping[str, str]) -> Any:
+    """Instantiate dataclass ``cls`` from string parameters, converting by field annotation.
+
+    Raises
+    ------
+    PolicySpecError
+        On an unknown key (listing the valid ones), a value of the wrong type, or a value the
+        class rejects.
+    """
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
+    unknown = [k for k in raw if k not in fields]
+    if unknown:
+        raise PolicySpecError(
+            f"policy {kind!r}: unknown parameter {unknown[0]!r}; valid parameters: {', '.join(fields)}"
+        )
+
+    def annotation(t: Any) -> str:  # a string under postponed evaluation, else the type itself
+        return t.__name__ if isinstance(t, type) else str(t)
+
+    kwargs = {k: _convert(kind, k, v, annotation(fields[k].type)) for k, v in raw.items()}
+    try:
+        return cls(**kwargs)
+    except (ValueError, TypeError) as err:
+        raise PolicySpecError(f"policy {kind!r}: {err}") from None
+
+
+def split_components(raw: Mapping[str, str], prefixes: tuple[str, ...]) -> tuple[dict[str, str], dict[str, dict]]:
+    """Separate ``prefix.key=value`` entries (component parameters) from the policy's own."""
+    own: dict[str, str] = {}
+    parts: dict[str, dict[str, str]] = {p: {} for p in prefixes}
+    for key, value in raw.items():
+        head, dot, rest = key.partition(".")
+        if dot and head in parts:
+            parts[head][rest] = value
+        else:
+            own[key] = value
+    return own, parts
+
+
+def build_component(kind: str, raw: Mapping[str, str], context: PolicyContext) -> Policy:
+    """A component policy of a composite spec (``base=tdm,base.target=10`` -> ``tdm:target=10``)."""
+    body = ",".join(f"{k}={v}" for k, v in raw.items())
+    return parse_policy(f"{kind}:{body}" if body else kind, context=context)
+
+
+# ---------------------------------------------------------------------------- user code
+def check_policy(obj: Any, origin: str) -> Policy:
+    """Return ``obj`` if it satisfies the policy protocol, else raise naming what is missing."""
+    missing = [a for a in ("init", "act") if not callable(getattr(obj, a, None))]
+    if not isinstance(getattr(obj, "name", None), str):
+        missing.append("name (a str)")
+    if missing:
+        raise PolicySpecError(
+            f"{origin} is not a policy: it lacks {', '.join(missing)}; a policy has name: str, "
+            "init(n, *, seed) -> state and act(state, obs, *, rng) -> (state, Option)"
+        )
+    for method, needed in (("init", ("seed",)), ("act", ("rng",))):
+        params = inspect.signature(getattr(obj, method)).parameters
+        has_kwargs = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+        if not has_kwargs and any(k not in params for k in needed):
+            raise PolicySpecError(f"{origin}: {method}() must accept the keyword argument {needed[0]!r}")
+    return obj
+
+
+def _import_target(target: str) -> Any:
+    module_name, _, attr = target.partition(":")
+    if module_name.endswith(".py"):
+        path = Path(module_name)
+        if not path.is_file():
+            raise PolicySpecError(f"policy file {path} does not exist")
+        unique = f"medsim_user_policy_{abs(hash(str(path.resolve())))}"
+        spec = importlib.util.spec_from_file_location(unique, path)
+        if spec is None or spec.loader is None:
+            raise PolicySpecError(f"policy file {path} cannot be imported as a Python module")
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[unique] = module
+        try:
+            spec.loader.exec_module(module)
+        except Exception as err:
+            sys.modules.pop(unique, None)
+            raise PolicySpecError(f"policy file {path} failed to import: {type(err).__name__}: {err}") from err
+        attr = attr or "policy"
+    else:
+        if not attr:
+            raise PolicySpecError(f"user policy {target!r} must be 'module:attribute' or a .py file path")
+        try:
+            module = importlib.import_module(module_name)
+        except ImportError as err:
+            raise PolicySpecError(f"cannot import policy module {module_name!r}: {err}") from err
+    if not hasattr(module, attr):
+        public = [n for n in dir(module) if not n.startswith("_")]
+        raise PolicySpecError(f"{module_name} has no attribute {attr!r}; it has: {', '.join(public[:30])}")
+    return getattr(module, attr)
+
+
+def load_user_policy(target: str, raw: Mapping[str, str] | None = None) -> Policy:
+    """Load a user policy from ``module:attr`` or ``file.py[:attr]`` (see the module docstring)."""
+    raw = dict(raw or {})
+    obj = _import_target(target)
+    origin = f"user policy {target!r}"
+    if inspect.isclass(obj):
+        try:
+            made = build_dataclass(obj, target, raw) if dataclasses.is_dataclass(obj) else obj(**raw)
+        except TypeError as err:
+            raise PolicySpecError(f"{origin}: cannot instantiate with {raw}: {err}") from None
+        return check_policy(made, origin)
+    if inspect.isfunction(obj):
+        params = list(inspect.signature(obj).parameters)
+        if params and params[0] == "obs":
+            if raw:
+                raise PolicySpecError(f"{origin} is a memoryless policy function; it takes no parameters")
+            return FunctionPolicy(obj, name=target)
+        try:
+            made = obj(**raw)
+        except TypeError as err:
+            raise PolicySpecError(f"{origin}: factory call with {raw} failed: {err}") from None
+        return check_policy(made, origin)
+    if raw:
+        raise PolicySpecError(f"{origin} is an object; it takes no parameters")
+    return check_policy(obj, origin)
+
+
+# ---------------------------------------------------------------------------- specs
+def _split_spec(spec: str) -> tuple[str, str, str]:
+    """-> (kind, target, params): kind ``"builtin"`` or ``"user"``."""
+    from policies.builtin import BUILTINS
+
+    head, _, rest = spec.strip().partition(":")
+    if head in BUILTINS:
+        return "builtin", head, rest
+    if head.endswith(".py"):
+        attr, _, params = rest.partition(":")
+        if "=" in attr:
+            attr, params = "", rest
+        return "user", f"{head}:{attr}" if attr else head, params
+    if "." in head or rest:
+        attr, _, params = rest.partition(":")
+        if not attr or "=" in attr:
+            raise PolicySpecError(
+                f"unknown policy {head!r}; built-in policies: {', '.join(BUILTINS)}; user policies are "
+                "'module:attribute' or 'file.py'"
+            )
+        return "user", f"{head}:{attr}", params
+    raise PolicySpecError(f"unknown policy {head!r}; built-in policies: {', '.join(BUILTINS)}")
+
+
+def parse_policy(spec: str, *, context: PolicyContext | None = None) -> Policy:
+    """Build a policy from its spec string.
+
+    Parameters
+    ----------
+    spec : str
+        ``"fixed:dose=400,every=12"``, ``"mypkg.policies:MyPolicy:gain=2"``, ``"my_policy.py"``...
+    context : PolicyContext, optional
+        Model, bounds, posterior draws and step size for policies that need them (``safe_timing``).
+
+    Raises
+    ------
+    PolicySpecError
+        Naming the bad policy, key or value and listing the valid ones.
+    """
+    from policies.builtin import BUILTINS
+
+    if not isinstance(spec, str) or not spec.strip():
+        raise PolicySpecError(f"policy spec must be a non-empty string, got {spec!r}")
+    kind, target, params = _split_spec(spec)
+    raw = parse_params(params)
+    if kind == "user":
+        return load_user_policy(target, raw)
+    builder = BUILTINS[target]
+    from_spec = getattr(builder, "from_spec", None)
+    if from_spec is not None:
+        return from_spec(raw, context or PolicyContext())
+    return build_dataclass(builder, target, raw)

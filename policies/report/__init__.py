@@ -1,0 +1,20 @@
+"""Rendering of risk reports: JSON, Markdown and self-contained HTML with figures.
+
+Owns turning a :class:`policies.risk.RiskReport` (and, for trajectory fan charts, the rollouts
+behind it) into files. May import ``policies.risk``, ``policies.result``, ``policies.spec`` and
+matplotlib (Agg, off-screen); computes no statistics of its own.
+"""
+
+from policies.report.atomic import write_bytes_atomic, write_text_atomic
+from policies.report.html import render_html
+from policies.report.markdown import render_markdown
+from policies.report.write import ReportFiles, write_report
+
+__all__ = [
+    "ReportFiles",
+    "render_html",
+    "render_markdown",
+    "write_bytes_atomic",
+    "write_report",
+    "write_text_atomic",
+]

@@ -1,0 +1,283 @@
+"""The risk report: every estimate for every policy, their comparison, and provenance.
+
+:func:`risk_report` turns rollouts (one per policy, ideally on common random numbers) and a
+safety spec into a :class:`RiskReport`, a frozen dataclass tree that serialises to JSON and
+back without loss. Rendering (Markdown, HTML, figures) lives in :mod:`policies.report`.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, replace
+from typing import Any
+
+import numpy as np
+
+from policies.result import RolloutResult
+from policies.risk import intervals
+from policies.risk.codec import from_jsonable, to_jsonable
+from policies.risk.compare import PairedComparison, compare
+from policies.risk.curve import RiskCurve, censoring_time, first_grid_time, risk_curves
+from policies.risk.epistemic import EpistemicSplit, epistemic_split
+from policies.risk.estimate import Estimate
+from policies.risk.events import SpecMismatchError, patient_events
+from policies.risk.first_violation import FirstViolation, first_violation
+from policies.risk.margin import TighteningMargin, tightening_margins
+from policies.risk.probability import ViolationProbability, violation_probabilities
+from policies.risk.provenance import Provenance, make_provenance
+from policies.risk.sequential import SequentialResult, sequential_test
+from policies.risk.severity import JointCost, Severity, severities
+from policies.risk.support import DEFAULT_THRESHOLD, SupportFlag, support_flag
+from policies.risk.verdict import Verdict, verdict
+from policies.spec import SafetySpec, convert_time
+
+SCHEMA_VERSION = 1
+# Fewer posterior draws than this make the cluster-robust SE itself noisy (it has draws - 1
+# degrees of freedom); the t reference absorbs part of it, the warning says the rest.
+_FEW_DRAWS = 20
+
+
+@dataclass(frozen=True)
+class PolicyRisk:
+    """Everything estimated for one policy.
+
+    Attributes
+    ----------
+    policy : str
+    n_patients, n_draws : int
+        Virtual patients and distinct posterior draws among them.
+    seed : int
+    verdict : Verdict
+    sequential : SequentialResult
+    joint : ViolationProbability
+        Any bound violated (seen / grid / bridge, between-measurement split).
+    per_bound : tuple of ViolationProbability
+    curve : RiskCurve
+        P(first violation <= t), any bound.
+    curves_per_bound : tuple of RiskCurve
+    epistemic : EpistemicSplit or None
+    first_violation : tuple of FirstViolation
+        Any bound first, then per bound.
+    severity : tuple of Severity
+    cost : JointCost
+    margins : tuple of TighteningMargin
+    support : SupportFlag or None
+    efficacy : dict str -> Estimate
+        Mean of each per-patient efficacy metric of the rollout.
+    warnings : tuple of str
+    """
+
+    policy: str
+    n_patients: int
+    n_draws: int
+    seed: int
+    verdict: Verdict
+    sequential: SequentialResult
+    joint: ViolationProbability
+    per_bound: tuple[ViolationProbability, ...]
+    curve: RiskCurve
+    curves_per_bound: tuple[RiskCurve, ...]
+    epistemic: EpistemicSplit | None
+    first_violation: tuple[FirstViolation, ...]
+    severity: tuple[Severity, ...]
+    cost: JointCost
+    margins: tuple[TighteningMargin, ...]
+    support: SupportFlag | None
+    efficacy: dict[str, Estimate]
+    warnings: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class RiskReport:
+    """Risk of one or more policies under one safety spec.
+
+    Attributes
+    ----------
+    spec : SafetySpec
+        The spec, horizon in ``time_unit``.
+    time_unit : str
+    policies : tuple of PolicyRisk
+    comparisons : tuple of PairedComparison
+        Every pair of policies (``A - B`` for A listed before B).
+    provenance : Provenance
+    warnings : tuple of str
+        Report-level warnings (fit diagnostics first), loudest first.
+    schema_version : int
+    """
+
+    spec: SafetySpec
+    time_unit: str
+    policies: tuple[PolicyRisk, ...]
+    comparisons: tuple[PairedComparison, ...]
+    provenance: Provenance
+    warnings: tuple[str, ...]
+    schema_version: int = SCHEMA_VERSION
+
+    def policy(self, name: str) -> PolicyRisk:
+        """The entry of policy ``name`` (KeyError listing the policies otherwise)."""
+        for p in self.policies:
+            if p.policy == name:
+                return p
+        raise KeyError(f"no policy {name!r} in this report; it has {[p.policy for p in self.policies]}")
+
+    @property
+    def all_warnings(self) -> tuple[str, ...]:
+        """Report-level warnings followed by each policy's, prefixed with the policy name."""
+        return self.warnings + tuple(f"{p.policy}: {w}" for p in self.policies for w in p.warnings)
+
+    def to_dict(self) -> dict:
+        return to_jsonable(self)
+
+    def to_json(self, indent: int | None = 2) -> str:
+        """JSON text (non-finite numbers as the strings "inf", "-inf", "nan")."""
+        return json.dumps(self.to_dict(), indent=indent, allow_nan=False)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> RiskReport:
+        version = data.get("schema_version")
+        if version != SCHEMA_VERSION:
+            raise ValueError(f"risk report schema_version {version!r} is not the supported {SCHEMA_VERSION}")
+        return from_jsonable(cls, data)
+
+    @classmethod
+    def from_json(cls, text: str) -> RiskReport:
+        return cls.from_dict(json.loads(text))
+
+
+def _check_rollout(result: RolloutResult, spec: SafetySpec) -> None:
+    unit = result.time_unit
+    spec_h = spec.horizon if spec.time_unit is None else convert_time(spec.horizon, spec.time_unit, unit)
+    if not math.isclose(spec_h, float(result.horizon), rel_tol=1e-6):
+        raise SpecMismatchError(
+            f"spec {spec.source}: horizon {spec.horizon:g}{spec.time_unit or ''} = {spec_h:g} {unit}, but policy "
+            f"{result.policy!r} was simulated over {result.horizon:g} {unit}"
+        )
+
+
+def policy_risk(
+    result: RolloutResult, spec: SafetySpec, *, support_threshold: float = DEFAULT_THRESHOLD, n_curve: int = 49
+) -> tuple[PolicyRisk, np.ndarray]:
+    """All estimates for one rollout; also returns the per-patient joint bridge risk (N,).
+
+    Intervals are two-sided at level ``1 - delta`` unless an estimate says otherwise (the verdict
+    and the margins use one-sided ``1 - delta`` bounds).
+    """
+    _check_rollout(result, spec)
+    level = 1.0 - spec.delta
+    seed = int(result.seed)
+    ev = patient_events(result, spec)
+    joint, per_bound = violation_probabilities(ev, level=level, seed=seed)
+    curve, curves = risk_curves(result, spec, n_points=n_curve, level=level, seed=seed)
+    first = first_grid_time(result, spec)
+    censor = censoring_time(result)
+    fv = [first_violation("any", first.min(axis=1), censor, level=level, seed=seed)]
+    fv += [first_violation(b.name, first[:, j], censor, level=level, seed=seed) for j, b in enumerate(spec.bounds)]
+    sev, cost = severities(result, spec, ev, level=level, seed=seed)
+    draws = ev.draw[ev.draw >= 0]
+    n_draws = int(np.unique(draws).size)
+    efficacy = {}
+    for name, values in result.efficacy.items():
+        v = np.asarray(values, float)
+        ok = np.isfinite(v)
+        if ok.any():
+            efficacy[name] = intervals.mean(v[ok], ev.draw[ok], level=level, seed=seed)
+    support = support_flag(result, threshold=support_threshold, level=level, seed=seed)
+    warnings = []
+    if support is not None and support.flagged:
+        warnings.append(support.message)
+    if 2 <= n_draws < _FEW_DRAWS and n_draws < ev.n_patients:
+        warnings.append(
+            f"only {n_draws} posterior draws: the cluster-robust standard errors rest on {n_draws - 1} degrees of "
+            "freedom; sample more draws for a firmer verdict"
+        )
+    if ev.undefined_bridge:
+        warnings.append(
+            f"{ev.undefined_bridge} interval-bound pairs had an undefined bridge crossing probability (NaN from the "
+            "simulator); they were counted as crossings, so the continuous-time risk is over-stated"
+        )
+    if n_draws == 1 and ev.n_patients > 1:
+        warnings.append("all patients share one posterior draw: the epistemic uncertainty is not represented")
+    pr = PolicyRisk(
+        policy=result.policy,
+        n_patients=ev.n_patients,
+        n_draws=n_draws,
+        seed=seed,
+        verdict=verdict(ev.joint_bridge, ev.draw, epsilon=spec.epsilon, delta=spec.delta, seed=seed),
+        sequential=sequential_test(ev.joint_bridge, ev.draw, epsilon=spec.epsilon, delta=spec.delta),
+        joint=joint,
+        per_bound=per_bound,
+        curve=curve,
+        curves_per_bound=curves,
+        epistemic=epistemic_split(ev.joint_bridge, ev.draw, epsilon=spec.epsilon, level=level, seed=seed),
+        first_violation=tuple(fv),
+        severity=sev,
+        cost=cost,
+        margins=tightening_margins(result, spec, seed=seed),
+        support=support,
+        efficacy=efficacy,
+        warnings=tuple(warnings),
+    )
+    return pr, ev.joint_bridge
+
+
+def risk_report(
+    results: Sequence[RolloutResult],
+    spec: SafetySpec,
+    *,
+    provenance: Mapping[str, Any] | Provenance | None = None,
+    support_threshold: float = DEFAULT_THRESHOLD,
+) -> RiskReport:
+    """Build the :class:`RiskReport` of ``results`` (one rollout per policy) under ``spec``.
+
+    Parameters
+    ----------
+    results : sequence of RolloutResult
+        One per policy, all over the spec's bounds and horizon; on common random numbers for
+        paired comparisons.
+    spec : SafetySpec
+        Validated against the model (its horizon unit is converted to the rollouts' unit).
+    provenance : mapping or Provenance, keyword-only
+        Seed, model, data hash, posterior file, fit diagnostics; completed from the first
+        rollout's own provenance and the installed package versions.
+    support_threshold : float
+        Share of simulated time outside the fitted support above which a policy is flagged.
+
+    Raises
+    ------
+    ValueError
+        No results, rollouts in different time units, or duplicate policy names.
+    SpecMismatchError
+        A spec bound not monitored by a rollout, or a different horizon.
+    """
+    if not results:
+        raise ValueError("risk_report needs at least one rollout")
+    units = {r.time_unit for r in results}
+    if len(units) != 1:
+        raise ValueError(f"rollouts use different time units {sorted(units)}; evaluate one model at a time")
+    names = [r.policy for r in results]
+    dup = sorted({n for n in names if names.count(n) > 1})
+    if dup:
+        raise ValueError(f"policies {dup} appear more than once; give each rollout a distinct policy name")
+    unit = units.pop()
+    spec_h = spec.horizon if spec.time_unit is None else convert_time(spec.horizon, spec.time_unit, unit)
+    spec = replace(spec, horizon=spec_h, time_unit=unit)
+    per_policy = [policy_risk(r, spec, support_threshold=support_threshold) for r in results]
+    level = 1.0 - spec.delta
+    comparisons = tuple(
+        compare(results[i], results[k], per_policy[i][1], per_policy[k][1], level=level)
+        for i in range(len(results))
+        for k in range(i + 1, len(results))
+    )
+    prov = make_provenance(provenance, results[0].provenance)
+    if prov.seed is None:
+        prov = replace(prov, seed=int(results[0].seed))
+    return RiskReport(
+        spec=spec,
+        time_unit=unit,
+        policies=tuple(p for p, _ in per_policy),
+        comparisons=comparisons,
+        provenance=prov,
+        warnings=prov.warnings(),
+    )

@@ -1,0 +1,111 @@
+"""The chance-constraint verdict: is P(violation) <= epsilon, with confidence 1 - delta?
+
+The verdict is read off one-sided (1 - delta) confidence bounds on the joint, bridge-corrected
+violation probability (:mod:`policies.risk.events`; cluster-robust SE, zero-event floor):
+
+* PASS      when the upper bound <= epsilon;
+* FAIL      when the lower bound > epsilon;
+* UNDECIDED otherwise, with the number of additional patients that would make the interval
+  narrow enough at the current estimate: the standard error shrinks like 1/sqrt(n) at the
+  current patients-per-draw layout, so ``n_needed = n (z SE / |p - epsilon|)^2``; when the
+  estimate is below epsilon, also enough effective patients for the zero-event floor
+  ``1 - delta^(1/n_eff)`` to fall below epsilon. It is a planning figure, not a guarantee.
+
+The fixed-sample verdict is valid for the sample size chosen in advance. Looking at results and
+adding patients until the verdict comes out PASS would inflate the error; for that use the
+sequential test (:mod:`policies.risk.sequential`), whose error holds at every look.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+from scipy import stats
+
+from policies.risk import intervals
+from policies.risk.estimate import Estimate
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """Chance-constraint verdict for one policy.
+
+    Attributes
+    ----------
+    decision : str
+        ``"PASS"``, ``"FAIL"`` or ``"UNDECIDED"``.
+    epsilon, delta : float
+    estimate : Estimate
+        Joint bridge estimate whose ``lower``/``upper`` are the one-sided (1 - delta) bounds
+        (a two-sided interval at level 1 - 2 delta).
+    additional_patients : int or None
+        For UNDECIDED: estimated extra patients needed to decide (None if the estimate sits
+        exactly at epsilon, where no finite number suffices).
+    statement : str
+        The verdict in words.
+    """
+
+    decision: str
+    epsilon: float
+    delta: float
+    estimate: Estimate
+    additional_patients: int | None
+    statement: str
+
+
+def _pct(x: float) -> str:
+    return f"{100 * x:.3g}%"
+
+
+def verdict(p: np.ndarray, draw: np.ndarray | None, *, epsilon: float, delta: float, seed: int | None) -> Verdict:
+    """Chance-constraint verdict from per-patient violation probabilities.
+
+    Parameters
+    ----------
+    p : (N,) float in [0, 1]
+        Joint bridge violation probability per patient.
+    draw : (N,) int or None
+        Posterior-draw index (clusters).
+    epsilon, delta : float
+        Chance level and one minus the confidence.
+    seed : int or None
+        The rollout seed (recorded in the estimate).
+    """
+    level = 1.0 - 2.0 * delta
+    se, lo, hi = intervals.mean_bounds(np.asarray(p, float), draw, level=level, unit_interval=True)
+    method = "clt-cluster one-sided" if 2 <= se.n_clusters < se.n else "clt one-sided"
+    est = Estimate(float(se.mean), float(lo), float(hi), se.n, method, seed, 1.0 - delta, float(se.honest))
+    conf = _pct(1.0 - delta)
+    extra: int | None = None
+    if est.upper <= epsilon:
+        decision = "PASS"
+        statement = f"PASS: P(violation) <= {_pct(epsilon)} with {conf} confidence (upper bound {_pct(est.upper)})"
+    elif est.lower > epsilon:
+        decision = "FAIL"
+        statement = (
+            f"FAIL: P(violation) > {_pct(epsilon)} with {conf} confidence (lower bound {_pct(est.lower)}); "
+            f"the chance constraint is violated"
+        )
+    else:
+        decision = "UNDECIDED"
+        extra = additional_patients(est, se.design_effect, epsilon=epsilon, delta=delta)
+        more = "no finite number of patients decides it" if extra is None else f"about {extra:,} more patients needed"
+        statement = (
+            f"UNDECIDED: P(violation) = {_pct(est.value)} [{_pct(est.lower)}, {_pct(est.upper)}]; cannot tell "
+            f"whether it is <= {_pct(epsilon)} with {conf} confidence ({more})"
+        )
+    return Verdict(decision, float(epsilon), float(delta), est, extra, statement)
+
+
+def additional_patients(est: Estimate, design_effect: float, *, epsilon: float, delta: float) -> int | None:
+    """Extra patients for the one-sided (1 - delta) bound to clear epsilon at the current estimate."""
+    gap = abs(est.value - epsilon)
+    if gap == 0.0 or not math.isfinite(est.se):
+        return None
+    z = stats.norm.ppf(1.0 - delta)
+    needed = est.n * (z * est.se / gap) ** 2
+    if est.value < epsilon:
+        needed = max(needed, float(design_effect) * math.log(delta) / math.log1p(-epsilon))
+    return max(1, math.ceil(needed - est.n))

@@ -1,0 +1,467 @@
+"""The closed-loop rollout: virtual patients under a policy, simulated between interactions.
+
+The option loop of ``ARCHITECTURE.md``, for one chunk of patients at a time::
+
+    x = initial state of each patient;  t = 0
+    for k = 0, 1, ...  (while some patient is before the horizon)
+        y_k      = observe(x) + residual error   (only where the previous option asked to measure)
+        option_k = policy.act(state, Observation(t, y_k, announced meals, covariates, ...))
+        t1       = min(t + option.interval, next announced disturbance, horizon)
+        x, stats = simulator.advance(x, [t, t1), boluses at t, rates over [t, t1), disturbances)
+        record stats_k
+
+The Python loop runs once per interaction; each ``advance`` is one compiled call over the whole
+chunk, and patients that reached the horizon get ``t1 = t`` (a no-op). Each patient keeps its
+own clock: interactions are not synchronised across patients.
+
+Random numbers are per patient and counter-based (:mod:`medsim.population.streams`): the
+process noise of interaction ``k`` of patient ``i`` is keyed by ``(seed, PROCESS, i, k)``, its
+measurement noise by ``(seed, MEASUREMENT, i, k)``. Results therefore do not depend on
+``chunk_size``, and policies evaluated with the same seed on the same population share
+parameters, initial states, scenario and the noise of their ``k``-th interaction (common random
+numbers). Process noise is indexed by interaction, not by absolute time: once two policies'
+schedules diverge their Brownian paths differ.
+
+Efficacy and support are measured with extra bounds handed to the simulator (its exact
+trapezoid time-outside on the sub-step grid): the target range ``lo <= y <= hi`` becomes
+``y >= lo`` and ``y <= hi``; each support range likewise. They are not part of the result's
+``bounds``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import replace
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from medsim.models.base import PhysiologyModel
+from medsim.population.streams import Stream, patient_keys, patient_normal
+from medsim.population.virtual import VirtualPopulation
+from medsim.simulate.types import Bound, DoseEvents
+from policies.compiled import compiled_simulator
+from policies.paths import compress_segments, join_paths
+from policies.protocol import Observation, Policy, PolicyError
+from policies.result import RolloutResult
+from policies.scenarios import Scenario, announced_at, next_event_after
+from policies.targets import check_support, range_bounds, target_range
+
+Progress = Callable[[float, float], None]
+
+
+class _Setup:
+    """Everything a chunk needs that does not depend on the chunk (built once per rollout)."""
+
+    def __init__(
+        self, model, bounds, horizon, dt, seed, scenario, measurement_noise, target, support, scheme, max_interactions
+    ):
+        self.model, self.bounds, self.horizon, self.seed = model, tuple(bounds), float(horizon), int(seed)
+        self.scenario, self.noise, self.max_interactions = scenario, bool(measurement_noise), int(max_interactions)
+        self.target = target_range(model, self.bounds, target)
+        self.support = dict(support or {})
+        check_support(model, self.support)
+        self.target_bounds = () if self.target is None else range_bounds(model, *self.target, "target")
+        self.support_bounds = tuple(
+            b
+            for k, (lo, hi) in self.support.items()
+            if k in model.observable_names
+            for b in range_bounds(model, k, float(lo), float(hi), "support")
+        )
+        all_bounds = self.bounds + self.target_bounds + self.support_bounds
+        self.sim, self.observe = compiled_simulator(model, dt, all_bounds, scheme)
+        self.measured_obs = tuple(o for o in model.observable_names if o in model.residual)
+        self.cmts = tuple(sorted(model.dose_targets))
+        self.tol = 1e-9 * max(1.0, self.horizon)
+
+
+# Per-bound interval statistics copied into the result, with the value RolloutResult.merge pads with.
+_PER_BOUND = {
+    "log_survival": 0.0,
+    "grid_violation": False,
+    "end_violation": False,
+    "time_outside": 0.0,
+    "first_outside": np.inf,
+    "depth": 0.0,
+}
+
+
+def _measure(setup: _Setup, pop: VirtualPopulation, true: Mapping[str, np.ndarray], patient, k, take) -> dict:
+    """Noisy measurements ``y = f + sd(f) z`` with z from the (seed, MEASUREMENT, patient, k) stream."""
+    z = patient_normal(setup.seed, Stream.MEASUREMENT, patient, k, width=max(len(setup.measured_obs), 1))
+    out = {}
+    for j, name in enumerate(setup.measured_obs):
+        y = true[name] + pop.residual_sd(name, true[name]) * z[:, j] if setup.noise else true[name]
+        out[name] = np.where(take, y, np.nan)
+    return out
+
+
+def _check_finite(true: Mapping[str, np.ndarray], pop: VirtualPopulation, offset: int, t: np.ndarray) -> None:
+    """Stop at the first non-finite simulated value instead of letting NaN flow into risk estimates."""
+    for name, value in true.items():
+        bad = ~np.isfinite(value)
+        if bad.any():
+            i = int(np.flatnonzero(bad)[0])
+            params = ", ".join(f"{k}={v[i]:.4g}" for k, v in pop.params.items())
+            raise FloatingPointError(
+                f"patient {offset + i}: simulated {name} is {value[i]} at t={t[i]:g} {pop.model.time_unit} "
+                f"({params}); a smaller dt usually cures this (an explicit step of fast kinetics is unstable)"
+            )
+
+
+def _dose_events(setup: _Setup, t: np.ndarray, bolus: Mapping[int, np.ndarray], scen: DoseEvents | None):
+    """The policy's boluses at ``t`` (one column per compartment) followed by the scenario's events."""
+    time = np.stack([np.where(bolus[c] > 0, t, np.inf) for c in setup.cmts], 1)
+    cmt = np.broadcast_to(np.asarray(setup.cmts), time.shape)
+    events = DoseEvents.from_arrays(time, cmt, np.stack([bolus[c] for c in setup.cmts], 1))
+    if scen is None:
+        return events
+    return jax.tree_util.tree_map(lambda a, b: jnp.concatenate([a, b], axis=1), events, scen)
+
+
+def _run_chunk(
+    setup: _Setup,
+    pop: VirtualPopulation,
+    policy: Policy,
+    offset: int,
+    n_real: int,
+    n_paths: int,
+    save_every: int | None,
+    progress: Progress | None,
+    done: float,
+    total: float,
+) -> RolloutResult:
+    """The option loop for one chunk (global indices ``offset, offset + 1, ...``).
+
+    Only the first ``n_real`` patients are real; the rest pad the chunk to a bucketed width (so
+    that every compiled function sees few distinct shapes), are inactive from the start and are
+    dropped from the result.
+    """
+    model, n, horizon, J = setup.model, pop.n_patients, setup.horizon, len(setup.bounds)
+    patient = offset + np.arange(n, dtype=np.int64)
+    theta = {k: jnp.asarray(v, jnp.float32) for k, v in pop.simulation_parameters().items()}
+    x = {k: jnp.asarray(v, jnp.float32) for k, v in pop.initial_state().items()}
+    t, k = np.zeros(n), np.zeros(n, np.int64)
+    real = np.arange(n) < n_real
+    active, measure = real.copy(), real.copy()  # every rollout starts with a baseline look
+    scenario = setup.scenario
+    scen = None if scenario is None else scenario.events(patient, horizon, time_unit=model.time_unit)
+    announces = scen is not None and scenario.announced
+    covariates = {c: np.asarray(v, np.float64) for c, v in pop.covariates.items()}
+    policy_seed = int(np.random.SeedSequence([setup.seed, int(Stream.POLICY)]).generate_state(1)[0])
+    pstate = policy.init(n, seed=policy_seed)
+    rows: list[dict[str, Any]] = []
+    paths: list[tuple[np.ndarray, dict[str, np.ndarray]]] = []
+    outside_target = np.zeros((n, len(setup.target_bounds)))
+    while active.any():
+        if len(rows) >= setup.max_interactions:
+            raise PolicyError(f"policy {policy.name!r}: over {setup.max_interactions} interactions before the horizon")
+        true = {o: np.broadcast_to(np.asarray(v, np.float64), (n,)) for o, v in setup.observe(x, theta).items()}
+        _check_finite(true, pop, offset, t)
+        measured = _measure(setup, pop, true, patient, k, measure & active)
+        announced = {}
+        if announces:
+            announced = {c: np.where(active, a, 0.0) for c, a in announced_at(scen, t, setup.tol).items()}
+        obs = Observation(
+            time=t.copy(),
+            measured=measured,
+            announced=announced,
+            covariates=covariates,
+            active=active.copy(),
+            patient=patient,
+            index=k.copy(),
+            subject=np.asarray(pop.subject),
+            time_unit=model.time_unit,
+            horizon=horizon,
+        )
+        rng = np.random.default_rng([setup.seed, int(Stream.POLICY), offset, len(rows)])
+        pstate, option = policy.act(pstate, obs, rng=rng)
+        option = option.validated(n, model, active, policy.name)
+        t1 = np.minimum(t + option.interval, horizon)
+        if announces:
+            t1 = np.minimum(t1, next_event_after(scen, t, setup.tol))
+        t1 = np.where(active, np.where(horizon - t1 <= setup.tol, horizon, t1), t)
+        bolus = {c: option.bolus.get(c, np.zeros(n)) for c in setup.cmts}
+        rates = {c: option.rate.get(c, np.zeros(n)) for c in setup.cmts}
+        res = setup.sim.advance(
+            x,
+            theta,
+            jnp.asarray(t, jnp.float32),
+            jnp.asarray(t1, jnp.float32),
+            key=patient_keys(setup.seed, Stream.PROCESS, patient, k),
+            events=_dose_events(setup, t, bolus, scen),
+            rates={c: jnp.asarray(r, jnp.float32) for c, r in rates.items()},
+            save_every=save_every if n_paths > 0 else None,
+        )
+        st = jax.tree_util.tree_map(np.asarray, res.stats)
+        treatment = {f"bolus_cmt{c}": bolus[c] for c in setup.cmts}
+        treatment.update({f"rate_cmt{c}": rates[c] for c in setup.cmts})
+        extra = st.time_outside[:, J:]
+        n_target = len(setup.target_bounds)
+        outside_target += np.where(active[:, None], extra[:, :n_target], 0.0)
+        rows.append(
+            {
+                "t_start": t,
+                "t_end": t1,
+                "mask": active,
+                "measured": measured,
+                "true_start": true,
+                "obs_min": st.obs_min,
+                "obs_max": st.obs_max,
+                "treatment": treatment,
+                "out_of_support": _support_fraction(setup, extra[:, n_target:], treatment, t1 - t, active),
+                **{name: getattr(st, name)[:, :J] for name in _PER_BOUND},
+            }
+        )
+        if n_paths > 0:
+            saved = {o: np.asarray(v)[:n_paths] for o, v in res.path.values.items()}
+            paths.append((np.asarray(res.path.time)[:n_paths], saved))
+        x, t, k = res.state, t1, k + active
+        measure = option.measure_next
+        active = (t < horizon - setup.tol) & real
+        if progress is not None:
+            progress(done + float(np.sum(t[:n_real])), total)
+    return _assemble(setup, pop.take(slice(0, n_real)), policy, rows, outside_target[:n_real], paths, n_real)
+
+
+def _support_fraction(
+    setup: _Setup, outside: np.ndarray, treatment: Mapping[str, np.ndarray], length: np.ndarray, active: np.ndarray
+) -> np.ndarray:
+    """Fraction of each interval outside the cohort's support (see :func:`rollout`)."""
+    per_obs: dict[str, np.ndarray] = {}
+    for i, b in enumerate(setup.support_bounds):  # a lower and an upper excursion cannot overlap in time
+        per_obs[b.observable] = per_obs.get(b.observable, 0.0) + outside[:, i]
+    safe_length = np.where(length > 0, length, 1.0)
+    frac = np.zeros(length.shape)
+    for total in per_obs.values():
+        frac = np.maximum(frac, np.clip(total / safe_length, 0.0, 1.0))
+    for key, (lo, hi) in setup.support.items():
+        if key in treatment:
+            value = treatment[key]
+            given = value > 0 if key.startswith("bolus") else np.ones(value.shape, bool)
+            frac = np.where(given & ((value < lo) | (value > hi)), 1.0, frac)
+    return np.where(active & (length > 0), frac, 0.0)
+
+
+def _assemble(
+    setup: _Setup,
+    pop: VirtualPopulation,
+    policy: Policy,
+    rows: list[dict],
+    outside_target: np.ndarray,
+    paths: list,
+    n_real: int,
+) -> RolloutResult:
+    """Stack per-interaction rows of the ``n_real`` real patients into (N, K[, J]) arrays; entries
+    past a patient's horizon get the padding values of ``RolloutResult.merge``."""
+    mask = np.stack([r["mask"][:n_real] for r in rows], axis=1)
+
+    def stack(key: str, fill: Any = np.nan, dtype: Any = None) -> np.ndarray:
+        out = np.stack([r[key][:n_real] for r in rows], axis=1)
+        off = ~mask if out.ndim == 2 else ~mask[:, :, None]
+        return np.where(off, fill, out).astype(dtype or out.dtype)
+
+    def stackd(key: str, fill: float = np.nan, dtype: Any = np.float32) -> dict[str, np.ndarray]:
+        names = rows[0][key]
+        out = {name: np.stack([r[key][name][:n_real] for r in rows], axis=1) for name in names}
+        return {name: np.where(mask, v, fill).astype(dtype) for name, v in out.items()}
+
+    treatment = stackd("treatment", 0.0, np.float64)
+    length = np.where(mask, stack("t_end", 0.0) - stack("t_start", 0.0), 0.0)
+    efficacy = {
+        f"total_dose_cmt{c}": (treatment[f"bolus_cmt{c}"] + treatment[f"rate_cmt{c}"] * length).sum(1)
+        for c in setup.cmts
+    }
+    if setup.target is not None:
+        below = sum((outside_target[:, i] for i, b in enumerate(setup.target_bounds) if b.side == "lower"), 0.0)
+        above = sum((outside_target[:, i] for i, b in enumerate(setup.target_bounds) if b.side == "upper"), 0.0)
+        efficacy["time_below_range"] = np.zeros(mask.shape[0]) + below / setup.horizon
+        efficacy["time_above_range"] = np.zeros(mask.shape[0]) + above / setup.horizon
+        efficacy["time_in_range"] = 1.0 - efficacy["time_below_range"] - efficacy["time_above_range"]
+    path_time, path = compress_segments(paths)
+    return RolloutResult(
+        policy=policy.name,
+        bounds=setup.bounds,
+        horizon=setup.horizon,
+        time_unit=setup.model.time_unit,
+        draw=np.asarray(pop.draw),
+        subject=np.asarray(pop.subject),
+        t_start=stack("t_start"),
+        t_end=stack("t_end"),
+        mask=mask,
+        measured=stackd("measured"),
+        true_start=stackd("true_start"),
+        obs_min=stackd("obs_min"),
+        obs_max=stackd("obs_max"),
+        treatment=treatment,
+        efficacy=efficacy,
+        out_of_support=stack("out_of_support", 0.0),
+        path_time=path_time,
+        path=path,
+        seed=setup.seed,
+        **{name: stack(name, fill) for name, fill in _PER_BOUND.items()},
+    )
+
+
+def _merge_all(parts: list[RolloutResult]) -> RolloutResult:
+    """Pairwise (balanced) merge of chunk results: O(N log chunks) copying instead of O(N chunks)."""
+    while len(parts) > 1:
+        parts = [parts[i].merge(parts[i + 1]) if i + 1 < len(parts) else parts[i] for i in range(0, len(parts), 2)]
+    return parts[0]
+
+
+def _rollout(
+    setup: _Setup,
+    population: VirtualPopulation,
+    policy: Policy,
+    *,
+    chunk_size: int,
+    n_paths_saved: int,
+    progress: Progress | None,
+    path_points: int = 400,
+) -> RolloutResult:
+    n = population.n_patients
+    total = float(n) * setup.horizon
+    # Save about `path_points` points per path over the horizon (in simulator sub-steps).
+    save_every = max(1, round(setup.horizon / (path_points * setup.sim.dt))) if n_paths_saved > 0 else None
+    # Chunks have a bucketed width (a power of two, at most chunk_size); the last one is padded.
+    width = min(int(chunk_size), 1 << max(3, (n - 1).bit_length()))
+    parts = []
+    for offset in range(0, n, width):
+        n_real = min(width, n - offset)
+        chunk = population.take(np.minimum(np.arange(offset, offset + width), n - 1))
+        n_paths = int(np.clip(n_paths_saved - offset, 0, n_real))
+        done = float(offset) * setup.horizon
+        parts.append(_run_chunk(setup, chunk, policy, offset, n_real, n_paths, save_every, progress, done, total))
+    result = _merge_all(parts)
+    path_time, path = join_paths(parts)
+    from medsim import __version__
+
+    provenance = {
+        "model": setup.model.name,
+        "model_version": setup.model.version,
+        "population": dict(population.provenance),
+        "population_seed": population.seed,
+        "dt": float(setup.sim.dt),
+        "scheme": str(getattr(setup.sim, "scheme", "")),
+        "measurement_noise": setup.noise,
+        "target_range": setup.target,
+        "support": setup.support,
+        "scenario": repr(setup.scenario),
+        "medsim_version": __version__,
+    }
+    return replace(result, path_time=path_time, path=path, provenance=provenance)
+
+
+def rollout(
+    model: PhysiologyModel,
+    population: VirtualPopulation,
+    policy: Policy,
+    *,
+    bounds: Sequence[Bound],
+    horizon: float,
+    dt: float,
+    seed: int,
+    scenario: Scenario | None = None,
+    measurement_noise: bool = True,
+    n_paths_saved: int = 50,
+    chunk_size: int = 8192,
+    progress: Progress | None = None,
+    support: Mapping[str, tuple[float, float]] | None = None,
+    target: Any = None,
+    scheme: str = "milstein",
+    max_interactions: int = 100_000,
+) -> RolloutResult:
+    """Simulate ``population`` under ``policy`` up to ``horizon`` (see the module docstring).
+
+    Parameters
+    ----------
+    model : PhysiologyModel
+        The population's model.
+    population : VirtualPopulation
+        ``N`` virtual patients.
+    policy : Policy
+    bounds : sequence of Bound
+        Safety bounds to monitor (``J``); the result's per-bound arrays follow this order.
+    horizon : float
+        Simulated period (model time unit), starting at 0.
+    dt : float
+        Simulator sub-step (model time unit).
+    seed : int
+        Seed of every random number (process and measurement noise, policy coin flips).
+    scenario : Scenario, optional
+        Disturbances (e.g. :class:`~policies.scenarios.MealScenario`).
+    measurement_noise : bool
+        Add residual error (each patient's draw of the residual parameters) to measurements.
+    n_paths_saved : int
+        Observables of the first this many patients are saved on a grid of about 400 points
+        over the horizon (fan charts); consecutive intervals repeat their shared end point.
+    chunk_size : int
+        Patients simulated together; memory grows with it, results do not depend on it.
+    progress : callable(done, total), optional
+        Called after each interaction with the simulated patient-time done and in total.
+    support : mapping key -> (low, high), optional
+        Ranges seen in the fitted cohort for observables (by name) and treatments
+        (``"bolus_cmt1"``, ``"rate_cmt1"``). ``out_of_support[n, k]`` is the fraction of the
+        interval during which an observable lay outside its range (the simulator's grid
+        time-outside; the largest fraction over observables, a lower bound on their union), set
+        to 1 where the interval's treatment was outside its range (a bolus given outside it, or
+        a rate outside it).
+    target : (observable, low, high) or TargetRange, optional
+        Efficacy range (default :func:`target_range`); gives ``time_in_range``,
+        ``time_below_range`` and ``time_above_range`` (fractions of the horizon) in ``efficacy``,
+        next to ``total_dose_cmt<c>``.
+    scheme : str
+        Simulator scheme (``"milstein"`` or ``"euler"``).
+    max_interactions : int
+        Guard against a policy that never reaches the horizon.
+
+    Returns
+    -------
+    RolloutResult
+
+    Raises
+    ------
+    PolicyError
+        If the policy returns an unusable option (naming the field and patient).
+    ValueError
+        On inconsistent arguments (wrong model, bad support keys, non-positive horizon).
+    """
+    if population.model.name != model.name:
+        raise ValueError(f"population is for model {population.model.name!r}, not {model.name!r}")
+    if not (math.isfinite(horizon) and horizon > 0):
+        raise ValueError(f"horizon must be finite and > 0, got {horizon}")
+    if not dt > 0:
+        raise ValueError(f"dt must be > 0, got {dt}")
+    if int(chunk_size) < 1:
+        raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+    setup = _Setup(
+        model, bounds, horizon, dt, seed, scenario, measurement_noise, target, support, scheme, max_interactions
+    )
+    return _rollout(
+        setup, population, policy, chunk_size=int(chunk_size), n_paths_saved=n_paths_saved, progress=progress
+    )
+
+
+def rollout_many(
+    model: PhysiologyModel, population: VirtualPopulation, policies: Sequence[Policy], **options: Any
+) -> list[RolloutResult]:
+    """Evaluate several policies on the same virtual patients with common random numbers.
+
+    ``options`` are :func:`rollout`'s keyword arguments; the compiled simulator is shared (see
+    :func:`compiled_simulator`). Every policy sees the same parameters, initial states, scenario
+    and per-patient noise at its ``k``-th interaction, so differences between policies are not
+    swamped by Monte Carlo noise (common random numbers, Glasserman 2003, *Monte Carlo Methods in
+    Financial Engineering*, §4.2).
+
+    Returns
+    -------
+    list of RolloutResult
+        In the order of ``policies``.
+    """
+    if not policies:
+        raise ValueError("rollout_many needs at least one policy")
+    return [rollout(model, population, p, **options) for p in policies]

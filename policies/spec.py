@@ -1,0 +1,400 @@
+"""Safety specifications: which bounds must hold, over which horizon, with which chance level.
+
+A :class:`SafetySpec` is what a chance-constraint verdict is judged against: named bounds on a
+model's observables, the evaluation horizon, the chance level ``epsilon`` (the largest
+acceptable probability that a patient leaves the safe set at any time over the horizon) and the
+confidence ``1 - delta`` with which that claim must be supported. An optional efficacy target
+range is carried along for the reports.
+
+It is written in one of three ways::
+
+    conc<=20,conc>=5;horizon=72h;epsilon=0.05;delta=0.05;target=10<=conc<=15     (inline)
+
+    # spec.toml                                      // spec.json
+    horizon = "72h"                                  {"horizon": "72h",
+    epsilon = 0.05                                    "epsilon": 0.05, "delta": 0.05,
+    delta = 0.05                                      "bounds": ["conc<=20",
+    bounds = ["conc<=20", {observable = "conc",                 {"observable": "conc",
+              lower = 5}]                                         "lower": 5}],
+    target = "10<=conc<=15"                           "target": {"observable": "conc",
+                                                                 "low": 10, "high": 15}}
+
+Bound values are in the observable's unit; the horizon takes a unit suffix (``min``, ``h``,
+``d``) or, without one, the model's time unit. :meth:`SafetySpec.validate` checks the spec
+against a model and converts the horizon to the model's time unit.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from medsim.simulate.types import Bound
+
+# Minutes per unit; aliases map the spellings users write to the canonical unit.
+_MINUTES = {"min": 1.0, "h": 60.0, "d": 1440.0}
+_UNIT_ALIASES = {
+    alias: unit
+    for unit, aliases in {
+        "min": ("min", "mins", "minute", "minutes", "m"),
+        "h": ("h", "hr", "hrs", "hour", "hours"),
+        "d": ("d", "day", "days"),
+    }.items()
+    for alias in aliases
+}
+_NUMBER = r"[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?"
+_BOUND_RE = re.compile(rf"^\s*([A-Za-z_]\w*)\s*(<=|>=|<|>)\s*({_NUMBER})\s*$")
+_TARGET_RE = re.compile(rf"^\s*({_NUMBER})\s*<=?\s*([A-Za-z_]\w*)\s*<=?\s*({_NUMBER})\s*$")
+_HORIZON_RE = re.compile(rf"^\s*({_NUMBER})\s*([A-Za-z]*)\s*$")
+_KEYS = ("bounds", "horizon", "epsilon", "delta", "target", "time_unit")
+
+
+class SpecError(ValueError):
+    """A safety specification could not be read or does not fit the model.
+
+    The message names the source (file or ``inline``), the offending key and its value.
+    """
+
+
+@dataclass(frozen=True)
+class TargetRange:
+    """Efficacy target range ``low <= observable <= high`` (observable's unit)."""
+
+    observable: str
+    low: float
+    high: float
+
+    def __str__(self) -> str:
+        return f"{self.low:g}<={self.observable}<={self.high:g}"
+
+
+@dataclass(frozen=True)
+class SafetySpec:
+    """Bounds, horizon, chance level and confidence of a chance constraint.
+
+    The constraint reads: P(a patient's trajectory leaves the safe set at any time in
+    ``[0, horizon]``) <= ``epsilon``, to be shown with confidence ``1 - delta``.
+
+    Attributes
+    ----------
+    bounds : tuple of Bound
+        Safe set = intersection of the bounds (``J`` of them, in this order).
+    horizon : float
+        Evaluation horizon in ``time_unit``.
+    time_unit : str or None
+        ``"min"``, ``"h"`` or ``"d"``; ``None`` means the model's time unit (set by
+        :meth:`validate`).
+    epsilon : float
+        Chance level in (0, 1).
+    delta : float
+        One minus the confidence, in (0, 1).
+    target : TargetRange or None
+        Optional efficacy target range.
+    source : str
+        Where the spec came from (file path or ``"inline"``), for error messages and reports.
+    """
+
+    bounds: tuple[Bound, ...]
+    horizon: float
+    time_unit: str | None = None
+    epsilon: float = 0.05
+    delta: float = 0.05
+    target: TargetRange | None = None
+    source: str = "inline"
+
+    def __post_init__(self) -> None:
+        src = self.source
+        if not self.bounds:
+            raise SpecError(f"{src}: key 'bounds' is empty; give at least one bound such as 'conc<=20'")
+        _check_open_unit(src, "epsilon", self.epsilon)
+        _check_open_unit(src, "delta", self.delta)
+        if not (math.isfinite(self.horizon) and self.horizon > 0):
+            raise SpecError(f"{src}: key 'horizon' must be a positive, finite time, got {self.horizon!r}")
+        if self.time_unit is not None and self.time_unit not in _MINUTES:
+            raise SpecError(f"{src}: key 'time_unit' must be one of {sorted(_MINUTES)}, got {self.time_unit!r}")
+        names = [b.name for b in self.bounds]
+        dup = sorted({n for n in names if names.count(n) > 1})
+        if dup:
+            raise SpecError(f"{src}: key 'bounds' lists {dup} more than once")
+        if self.target is not None and not self.target.low < self.target.high:
+            raise SpecError(f"{src}: key 'target' needs low < high, got {self.target}")
+
+    @property
+    def confidence(self) -> float:
+        """``1 - delta``."""
+        return 1.0 - self.delta
+
+    @property
+    def observables(self) -> tuple[str, ...]:
+        """Observables the bounds refer to, in first-appearance order."""
+        return tuple(dict.fromkeys(b.observable for b in self.bounds))
+
+    def horizon_in(self, unit: str) -> float:
+        """The horizon converted to ``unit`` (``"min"``, ``"h"``, ``"d"``).
+
+        Raises
+        ------
+        SpecError
+            If the spec has no time unit yet or ``unit`` is not a known time unit.
+        """
+        if self.time_unit is None:
+            raise SpecError(f"{self.source}: key 'horizon' has no unit; validate the spec against a model first")
+        return convert_time(self.horizon, self.time_unit, unit, where=f"{self.source}: key 'horizon'")
+
+    def validate(self, model: Any) -> SafetySpec:
+        """Check the spec against a physiology model and express the horizon in its time unit.
+
+        Parameters
+        ----------
+        model : PhysiologyModel
+            Any object with ``name``, ``observable_names`` and ``time_unit``.
+
+        Returns
+        -------
+        SafetySpec
+            A copy whose ``time_unit`` is the model's and whose ``horizon`` is converted to it.
+
+        Raises
+        ------
+        SpecError
+            Unknown observable (the message lists the model's observables), a target range on
+            an unknown observable, or a horizon unit the model's unit cannot be converted to.
+        """
+        known = tuple(model.observable_names)
+        for b in self.bounds:
+            if b.observable not in known:
+                raise SpecError(
+                    f"{self.source}: key 'bounds' value {b.name!r}: model {model.name!r} has no observable "
+                    f"{b.observable!r}; its observables are {list(known)}"
+                )
+        if self.target is not None and self.target.observable not in known:
+            raise SpecError(
+                f"{self.source}: key 'target' value {str(self.target)!r}: model {model.name!r} has no observable "
+                f"{self.target.observable!r}; its observables are {list(known)}"
+            )
+        model_unit = _canonical_unit(model.time_unit, where=f"model {model.name!r} time_unit")
+        unit = model_unit if self.time_unit is None else self.time_unit
+        horizon = convert_time(self.horizon, unit, model_unit, where=f"{self.source}: key 'horizon'")
+        return replace(self, horizon=horizon, time_unit=model_unit)
+
+    def to_dict(self) -> dict:
+        """JSON-serialisable form (bounds as strings; round-trips through :func:`spec_from_mapping`)."""
+        out: dict[str, Any] = {
+            "bounds": [b.name for b in self.bounds],
+            "horizon": self.horizon if self.time_unit is None else f"{self.horizon:g}{self.time_unit}",
+            "epsilon": self.epsilon,
+            "delta": self.delta,
+            "source": self.source,
+        }
+        if self.target is not None:
+            out["target"] = str(self.target)
+        return out
+
+    def __str__(self) -> str:
+        parts = [",".join(b.name for b in self.bounds)]
+        parts.append(f"horizon={self.horizon:g}{self.time_unit or ''}")
+        parts.append(f"epsilon={self.epsilon:g}")
+        parts.append(f"delta={self.delta:g}")
+        if self.target is not None:
+            parts.append(f"target={self.target}")
+        return ";".join(parts)
+
+
+# ---------------------------------------------------------------------------------------- units
+def _canonical_unit(unit: str, *, where: str) -> str:
+    canon = _UNIT_ALIASES.get(unit.strip().lower())
+    if canon is None:
+        raise SpecError(f"{where}: unknown time unit {unit!r}; expected one of min, h, d")
+    return canon
+
+
+def convert_time(value: float, from_unit: str, to_unit: str, *, where: str = "time") -> float:
+    """Convert a duration between ``min``, ``h`` and ``d`` (aliases such as ``hours`` accepted)."""
+    src = _canonical_unit(from_unit, where=where)
+    dst = _canonical_unit(to_unit, where=where)
+    return float(value) * _MINUTES[src] / _MINUTES[dst]
+
+
+def _check_open_unit(src: str, key: str, value: float) -> None:
+    if not (isinstance(value, int | float) and 0.0 < value < 1.0):
+        raise SpecError(f"{src}: key {key!r} must lie strictly between 0 and 1, got {value!r}")
+
+
+# ---------------------------------------------------------------------------------------- parsing
+def parse_bound(text: str, *, where: str = "inline") -> Bound:
+    """Parse ``"conc<=20"`` / ``"glucose_mg_dL>=70"`` into a :class:`Bound`.
+
+    ``<`` and ``>`` are read as ``<=`` and ``>=``: for a continuous trajectory the event of
+    touching the bound has probability zero, so the two are the same constraint.
+    """
+    m = _BOUND_RE.match(text)
+    if m is None:
+        raise SpecError(
+            f"{where}: key 'bounds' value {text!r} is not a bound; expected OBSERVABLE<=VALUE or OBSERVABLE>=VALUE"
+        )
+    name, op, value = m.groups()
+    return Bound(name, float(value), "upper" if op.startswith("<") else "lower")
+
+
+def _bound_from_entry(entry: Any, *, where: str) -> Bound:
+    if isinstance(entry, str):
+        return parse_bound(entry, where=where)
+    if not isinstance(entry, Mapping):
+        raise SpecError(f"{where}: key 'bounds' entry {entry!r} must be a string or a table/object")
+    obs = entry.get("observable")
+    if not isinstance(obs, str):
+        raise SpecError(f"{where}: key 'bounds' entry {dict(entry)!r} needs an 'observable' name")
+    given = [k for k in ("upper", "lower", "value") if k in entry]
+    if len(given) != 1:
+        raise SpecError(
+            f"{where}: key 'bounds' entry {dict(entry)!r} needs exactly one of 'upper', 'lower' or 'value' (+ 'side')"
+        )
+    key = given[0]
+    side = entry.get("side", "upper") if key == "value" else key
+    value = _number(entry[key], where=where, key=f"bounds.{obs}.{key}")
+    try:
+        return Bound(obs, value, side, str(entry.get("name", "")))
+    except ValueError as err:
+        raise SpecError(f"{where}: key 'bounds' entry {dict(entry)!r}: {err}") from None
+
+
+def _number(value: Any, *, where: str, key: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float | str):
+        raise SpecError(f"{where}: key {key!r} must be a number, got {value!r}")
+    try:
+        out = float(value)
+    except ValueError:
+        raise SpecError(f"{where}: key {key!r} must be a number, got {value!r}") from None
+    if not math.isfinite(out):
+        raise SpecError(f"{where}: key {key!r} must be finite, got {value!r}")
+    return out
+
+
+def _horizon(value: Any, *, where: str) -> tuple[float, str | None]:
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return float(value), None
+    m = _HORIZON_RE.match(str(value))
+    if m is None:
+        raise SpecError(f"{where}: key 'horizon' value {value!r} is not a duration such as '72h', '3d' or '90min'")
+    number, unit = m.groups()
+    return float(number), (_canonical_unit(unit, where=f"{where}: key 'horizon'") if unit else None)
+
+
+def _target(value: Any, *, where: str) -> TargetRange:
+    if isinstance(value, str):
+        m = _TARGET_RE.match(value)
+        if m is None:
+            raise SpecError(f"{where}: key 'target' value {value!r} is not a range such as '10<=conc<=15'")
+        low, obs, high = m.groups()
+        return TargetRange(obs, float(low), float(high))
+    if isinstance(value, Mapping) and {"observable", "low", "high"} <= set(value):
+        return TargetRange(
+            str(value["observable"]),
+            _number(value["low"], where=where, key="target.low"),
+            _number(value["high"], where=where, key="target.high"),
+        )
+    raise SpecError(f"{where}: key 'target' value {value!r} must be '10<=conc<=15' or {{observable, low, high}}")
+
+
+def spec_from_mapping(data: Mapping[str, Any], *, source: str = "inline") -> SafetySpec:
+    """Build a :class:`SafetySpec` from a parsed JSON/TOML document.
+
+    Raises
+    ------
+    SpecError
+        Unknown or missing keys and malformed values, naming ``source``, the key and the value.
+    """
+    unknown = sorted(set(data) - set(_KEYS) - {"source"})
+    if unknown:
+        raise SpecError(f"{source}: unknown key(s) {unknown}; valid keys are {list(_KEYS)}")
+    for key in ("bounds", "horizon"):
+        if key not in data:
+            raise SpecError(f"{source}: missing key {key!r}")
+    raw_bounds = data["bounds"]
+    if isinstance(raw_bounds, str | Mapping):
+        raw_bounds = [raw_bounds]
+    if not isinstance(raw_bounds, list | tuple):
+        raise SpecError(f"{source}: key 'bounds' must be a list of bounds, got {raw_bounds!r}")
+    bounds = tuple(_bound_from_entry(b, where=source) for b in raw_bounds)
+    horizon, unit = _horizon(data["horizon"], where=source)
+    if "time_unit" in data:
+        if unit is not None:
+            raise SpecError(f"{source}: key 'time_unit' given although 'horizon' {data['horizon']!r} carries a unit")
+        unit = _canonical_unit(str(data["time_unit"]), where=f"{source}: key 'time_unit'")
+    target = None if data.get("target") is None else _target(data["target"], where=source)
+    return SafetySpec(
+        bounds=bounds,
+        horizon=horizon,
+        time_unit=unit,
+        epsilon=_number(data.get("epsilon", 0.05), where=source, key="epsilon"),
+        delta=_number(data.get("delta", 0.05), where=source, key="delta"),
+        target=target,
+        source=source,
+    )
+
+
+def parse_inline_spec(text: str) -> SafetySpec:
+    """Parse ``"conc<=20,conc>=5;horizon=72h;epsilon=0.05;delta=0.05"``.
+
+    Segments are separated by ``;``. A segment without ``=`` (or ``bounds=...``) is a
+    comma-separated list of bounds; the others are ``key=value`` pairs.
+    """
+    data: dict[str, Any] = {}
+    bounds: list[str] = []
+    for segment in (s.strip() for s in text.split(";")):
+        if not segment:
+            continue
+        key, sep, value = segment.partition("=")
+        key = key.strip()
+        looks_like_bounds = key not in ("target", "bounds") and ("<" in segment or ">" in segment)
+        if not sep or looks_like_bounds:
+            bounds.extend(b for b in (p.strip() for p in segment.split(",")) if b)
+            continue
+        if key == "bounds":
+            bounds.extend(b for b in (p.strip() for p in value.split(",")) if b)
+            continue
+        if key in data:
+            raise SpecError(f"inline: key {key!r} given twice")
+        data[key] = value.strip()
+    if bounds:
+        data["bounds"] = bounds
+    return spec_from_mapping(data, source="inline")
+
+
+def load_spec(path: str | Path) -> SafetySpec:
+    """Read a spec from a ``.json`` or ``.toml`` file.
+
+    Raises
+    ------
+    SpecError
+        Unreadable or malformed file, or bad keys/values (the message names the file).
+    """
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix not in (".json", ".toml"):
+        raise SpecError(f"{path}: a spec file must end in .json or .toml")
+    try:
+        raw = path.read_bytes()
+    except OSError as err:
+        raise SpecError(f"{path}: cannot read the spec file ({err.strerror})") from None
+    try:
+        data = json.loads(raw) if suffix == ".json" else tomllib.loads(raw.decode("utf-8"))
+    except (json.JSONDecodeError, tomllib.TOMLDecodeError, UnicodeDecodeError) as err:
+        raise SpecError(f"{path}: not valid {suffix[1:].upper()}: {err}") from None
+    if not isinstance(data, Mapping):
+        raise SpecError(f"{path}: the top level must be an object/table of keys {list(_KEYS)}")
+    return spec_from_mapping(data, source=str(path))
+
+
+def parse_spec(text_or_path: str | Path, *, model: Any = None) -> SafetySpec:
+    """Read a spec from a file path (``.json``/``.toml``) or an inline string; validate if ``model`` is given."""
+    text = str(text_or_path)
+    is_file = text.lower().endswith((".json", ".toml")) and "<" not in text and ">" not in text
+    spec = load_spec(text) if is_file else parse_inline_spec(text)
+    return spec if model is None else spec.validate(model)
