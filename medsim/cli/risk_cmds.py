@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import shlex
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -59,18 +59,14 @@ def _load_draws(posterior: Path | None, prior: str | None, prior_draws: int, see
     return draws, {"posterior_file": str(posterior), "data_hash": prov.get("data_hash", ""), "fit_diagnostics": fit}
 
 
-def _scenario(name: str, model: Any, seed: int) -> Any:
-    from policies.scenarios import MealScenario
-
-    meal_model = "glucose_mg_dL" in model.observable_names and 2 in model.dose_targets
-    if name == "none" or (name == "auto" and not meal_model):
+def _support(posterior: Path | None) -> dict | None:
+    """Observed ranges of the fitted cohort (for the out-of-support flag), if the posterior has them."""
+    if posterior is None:
         return None
-    if name in ("meals", "auto"):
-        if not meal_model:
-            _fail(f"--scenario meals needs a model with a meal compartment; {model.name!r} has none")
-        return MealScenario(seed=seed)
-    _fail(f"--scenario must be auto, meals or none, got {name!r}")
-    return None
+    from inference.posterior import Posterior
+
+    support = getattr(Posterior.load(posterior), "support", None)
+    return support() if callable(support) else support
 
 
 def summarise(report: Any, files: Any, console: Any) -> None:
@@ -97,20 +93,10 @@ def summarise(report: Any, files: Any, console: Any) -> None:
     console.print(f"report: {files.html}  (also {files.markdown.name}, {files.json.name})")
 
 
-def finish(
-    results: Sequence[Any],
-    spec: Any,
-    *,
-    provenance: Mapping[str, Any],
-    out: Path,
-    fail_on_violation: bool,
-    console: Any,
-) -> int:
-    """Build and write the risk report of ``results``; return the exit status."""
+def finish(report: Any, results: Sequence[Any], *, out: Path, fail_on_violation: bool, console: Any) -> int:
+    """Write the risk report, print its summary and return the exit status."""
     from policies.report import write_report
-    from policies.risk import risk_report
 
-    report = risk_report(list(results), spec, provenance=provenance)
     files = write_report(report, out, results=results)
     summarise(report, files, console)
     failed = any(p.verdict.decision == "FAIL" for p in report.policies)
@@ -142,11 +128,9 @@ def risk_command(
     from rich.console import Console
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-    from medsim.population import sample_population
-    from policies.loading import PolicySpecError, parse_policy
-    from policies.protocol import PolicyContext
-    from policies.rollout import rollout_many
-    from policies.spec import SpecError, convert_time, parse_spec
+    from policies.evaluate import evaluate_policies
+    from policies.loading import PolicySpecError
+    from policies.spec import SpecError, parse_spec
 
     console = Console(stderr=False)
     draws, prov = _load_draws(posterior, prior, prior_draws, seed)
@@ -155,53 +139,28 @@ def risk_command(
         spec = parse_spec(spec_text, model=model)
     except SpecError as err:
         _fail(str(err))
-    step = float(dt) if dt is not None else convert_time(1.0, "min", model.time_unit)
-    if not step > 0:
-        _fail(f"--dt must be > 0, got {dt}")
-    context = PolicyContext(model=model, bounds=spec.bounds, draws=draws, dt=step)
-    try:
-        policies = [parse_policy(p, context=context) for p in policy]
-    except PolicySpecError as err:
-        _fail(str(err))
-    try:
-        population = sample_population(
-            draws, n, mode=mode, subject=subject, seed=seed, patients_per_draw=patients_per_draw
-        )
-    except ValueError as err:
-        _fail(str(err))
-
+    prov = {**prov, "command": shlex.join(["medsim", *sys.argv[1:]])}
     columns = (TextColumn("{task.description}"), BarColumn(), TextColumn("{task.percentage:>5.1f}%"))
     with Progress(*columns, TimeElapsedColumn(), TimeRemainingColumn(), console=console) as bar:
-        task = bar.add_task(f"simulating {len(policies)} policies x {n} patients", total=len(policies))
-        state = {"policy": 0, "last": -1.0}
-
-        def progress(done: float, total: float) -> None:
-            # rollout_many restarts its count for each policy; a drop marks the next policy.
-            if done < state["last"]:
-                state["policy"] += 1
-            state["last"] = done
-            bar.update(task, completed=state["policy"] + (done / total if total > 0 else 1.0))
-
-        results = rollout_many(
-            model,
-            population,
-            policies,
-            bounds=spec.bounds,
-            horizon=spec.horizon,
-            dt=step,
-            seed=seed,
-            scenario=_scenario(scenario, model, seed),
-            target=spec.target,
-            progress=progress,
-        )
-        bar.update(task, completed=len(policies))
-    provenance = {
-        **prov,
-        "seed": seed,
-        "model": {"name": model.name, "version": model.version},
-        "population": f"{mode}{'' if subject is None else ' ' + subject}, n={n}",
-        "dt": f"{step:g} {model.time_unit}",
-        "command": shlex.join(["medsim", *sys.argv[1:]]),
-    }
-    code = finish(results, spec, provenance=provenance, out=out, fail_on_violation=fail_on_violation, console=console)
+        task = bar.add_task(f"simulating {len(policy)} policies x {n} patients", total=len(policy))
+        try:
+            report, results = evaluate_policies(
+                draws,
+                policy,
+                spec,
+                n=n,
+                seed=seed,
+                mode=mode,
+                subject=subject,
+                dt=dt,
+                scenario=scenario,
+                patients_per_draw=patients_per_draw,
+                support=_support(posterior),
+                provenance=prov,
+                progress=lambda done, total: bar.update(task, completed=done),
+            )
+        except (PolicySpecError, ValueError) as err:
+            _fail(str(err))
+        bar.update(task, completed=len(policy))
+    code = finish(report, results, out=out, fail_on_violation=fail_on_violation, console=console)
     raise typer.Exit(code)

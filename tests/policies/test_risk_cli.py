@@ -12,6 +12,7 @@ from typer.testing import CliRunner
 
 import medsim.cli.risk_cmds as risk_cmds  # registers the command on the shared app
 from medsim.cli import app
+from policies.risk import risk_report
 from policies.spec import parse_inline_spec
 
 runner = CliRunner()
@@ -83,9 +84,13 @@ def test_exit_status_follows_the_verdict_only_when_asked(tmp_path):
     kw = dict(n=400, n_intervals=2, substeps=4, draw=np.repeat(np.arange(40), 10))
     unsafe = [bm_rollout(x0=0.0, policy="unsafe", **kw)]
     safe = [bm_rollout(x0=-3.0, sigma=0.5, policy="safe", **kw)]
-    finish = risk_cmds.finish
+
+    def finish(results, out, fail_on_violation):
+        report = risk_report(results, spec, provenance={})
+        return risk_cmds.finish(report, results, out=out, fail_on_violation=fail_on_violation, console=console)
+
     with open(tmp_path / "log.txt", "w") as log:
         console = Console(file=log)
-        assert finish(unsafe, spec, provenance={}, out=tmp_path / "a", fail_on_violation=False, console=console) == 0
-        assert finish(unsafe, spec, provenance={}, out=tmp_path / "b", fail_on_violation=True, console=console) == 1
-        assert finish(safe, spec, provenance={}, out=tmp_path / "c", fail_on_violation=True, console=console) == 0
+        assert finish(unsafe, tmp_path / "a", fail_on_violation=False) == 0
+        assert finish(unsafe, tmp_path / "b", fail_on_violation=True) == 1
+        assert finish(safe, tmp_path / "c", fail_on_violation=True) == 0

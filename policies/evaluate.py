@@ -1,0 +1,126 @@
+"""Evaluate policies on virtual patients: population → rollouts (common random numbers) → risk report.
+
+The one function behind ``medsim risk`` and ``medsim demo``; it neither prints nor writes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+from medsim.population import PosteriorDraws, sample_population
+from policies.loading import parse_policy
+from policies.protocol import PolicyContext
+from policies.result import RolloutResult
+from policies.risk import RiskReport, risk_report
+from policies.rollout import rollout_many
+from policies.scenarios import MealScenario, Scenario
+from policies.spec import SafetySpec, convert_time
+
+Progress = Callable[[float, float], None]
+
+
+def default_scenario(model, name: str, seed: int) -> Scenario | None:
+    """The disturbance scenario ``name`` (``auto``, ``meals`` or ``none``) for ``model``.
+
+    ``auto`` gives announced meals for models with a meal compartment (CMT 2 into a gut state and a
+    glucose observable) and nothing otherwise.
+
+    Raises
+    ------
+    ValueError
+        For an unknown name, or meals on a model without a meal compartment.
+    """
+    meal_model = "glucose_mg_dL" in model.observable_names and 2 in model.dose_targets
+    if name == "none" or (name == "auto" and not meal_model):
+        return None
+    if name in ("meals", "auto"):
+        if not meal_model:
+            raise ValueError(f"scenario 'meals' needs a model with a meal compartment; {model.name!r} has none")
+        return MealScenario(seed=seed)
+    raise ValueError(f"scenario must be auto, meals or none, got {name!r}")
+
+
+def evaluate_policies(
+    draws: PosteriorDraws,
+    policy_specs: Sequence[str],
+    spec: SafetySpec,
+    *,
+    n: int,
+    seed: int,
+    mode: str = "population",
+    subject: str | None = None,
+    dt: float | None = None,
+    scenario: str = "auto",
+    patients_per_draw: int | None = None,
+    support: Mapping[str, tuple[float, float]] | None = None,
+    provenance: Mapping[str, Any] | None = None,
+    progress: Progress | None = None,
+) -> tuple[RiskReport, list[RolloutResult]]:
+    """Sample ``n`` virtual patients and evaluate every policy on them.
+
+    Parameters
+    ----------
+    draws : PosteriorDraws
+        Posterior (or prior) draws; ``draws.model`` is the physiology model.
+    policy_specs : sequence of str
+        Policy specs such as ``"tdm:target=10"`` (see :func:`policies.loading.parse_policy`).
+    spec : SafetySpec
+        Bounds, horizon, epsilon and delta (already validated against the model).
+    n, seed : int
+        Number of virtual patients and the seed of everything random.
+    mode, subject : str
+        ``"population"`` (new patients) or ``"personalized"`` (twins of ``subject``).
+    dt : float, optional
+        Simulator sub-step in the model's time unit (default: 1 minute).
+    scenario : str
+        Disturbances, see :func:`default_scenario`.
+    support : mapping, optional
+        Ranges the fitted cohort supported (observables and treatments), for the out-of-support flag.
+    provenance : mapping, optional
+        Posterior file, data hash, fit diagnostics; merged into the report's provenance.
+    progress : callable(done, total), optional
+        Called with the fraction of policies done (``total`` = number of policies).
+
+    Returns
+    -------
+    (RiskReport, list of RolloutResult)
+    """
+    model = draws.model
+    step = float(dt) if dt is not None else convert_time(1.0, "min", model.time_unit)
+    if not step > 0:
+        raise ValueError(f"dt must be > 0, got {dt}")
+    context = PolicyContext(model=model, bounds=spec.bounds, draws=draws, dt=step)
+    policies = [parse_policy(p, context=context) for p in policy_specs]
+    population = sample_population(draws, n, mode=mode, subject=subject, seed=seed, patients_per_draw=patients_per_draw)
+    state = {"policy": 0, "last": -1.0}
+
+    def each(done: float, total: float) -> None:
+        # rollout_many restarts its count for each policy; a drop marks the next policy.
+        if done < state["last"]:
+            state["policy"] += 1
+        state["last"] = done
+        if progress is not None:
+            progress(state["policy"] + (done / total if total > 0 else 1.0), float(len(policies)))
+
+    results = rollout_many(
+        model,
+        population,
+        policies,
+        bounds=spec.bounds,
+        horizon=spec.horizon,
+        dt=step,
+        seed=seed,
+        scenario=default_scenario(model, scenario, seed),
+        target=spec.target,
+        support=dict(support) if support else None,
+        progress=each,
+    )
+    full = {
+        **dict(provenance or {}),
+        "seed": seed,
+        "model": {"name": model.name, "version": model.version},
+        "population": f"{mode}{'' if subject is None else ' ' + subject}, n={n}",
+        "dt": f"{step:g} {model.time_unit}",
+    }
+    return risk_report(list(results), spec, provenance=full), list(results)
