@@ -52,7 +52,7 @@ _NUMBER = r"[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?"
 _BOUND_RE = re.compile(rf"^\s*([A-Za-z_]\w*)\s*(<=|>=|<|>)\s*({_NUMBER})\s*$")
 _TARGET_RE = re.compile(rf"^\s*({_NUMBER})\s*<=?\s*([A-Za-z_]\w*)\s*<=?\s*({_NUMBER})\s*$")
 _HORIZON_RE = re.compile(rf"^\s*({_NUMBER})\s*([A-Za-z]*)\s*$")
-_KEYS = ("bounds", "horizon", "epsilon", "delta", "target", "time_unit")
+_KEYS = ("bounds", "horizon", "from", "epsilon", "delta", "target", "time_unit")
 
 
 class SpecError(ValueError):
@@ -96,6 +96,11 @@ class SafetySpec:
         One minus the confidence, in (0, 1).
     target : TargetRange or None
         Optional efficacy target range.
+    monitor_from : float
+        Start of monitoring in ``time_unit`` (key ``from``, default 0): the bounds apply on
+        ``[monitor_from, horizon]``, e.g. a therapeutic window that applies once a regimen has
+        reached steady state. Monitoring starts at each patient's first interaction at or after
+        ``monitor_from``; choose it on the policies' interaction grid (e.g. a dosing time).
     source : str
         Where the spec came from (file path or ``"inline"``), for error messages and reports.
     """
@@ -107,6 +112,7 @@ class SafetySpec:
     delta: float = 0.05
     target: TargetRange | None = None
     source: str = "inline"
+    monitor_from: float = 0.0
 
     def __post_init__(self) -> None:
         src = self.source
@@ -118,6 +124,11 @@ class SafetySpec:
             raise SpecError(f"{src}: key 'horizon' must be a positive, finite time, got {self.horizon!r}")
         if self.time_unit is not None and self.time_unit not in _MINUTES:
             raise SpecError(f"{src}: key 'time_unit' must be one of {sorted(_MINUTES)}, got {self.time_unit!r}")
+        if not (math.isfinite(self.monitor_from) and 0.0 <= self.monitor_from < self.horizon):
+            raise SpecError(
+                f"{src}: key 'from' must be a time in [0, horizon), got {self.monitor_from!r}"
+                f" (horizon {self.horizon!r})"
+            )
         names = [b.name for b in self.bounds]
         dup = sorted({n for n in names if names.count(n) > 1})
         if dup:
@@ -181,7 +192,8 @@ class SafetySpec:
         model_unit = _canonical_unit(model.time_unit, where=f"model {model.name!r} time_unit")
         unit = model_unit if self.time_unit is None else self.time_unit
         horizon = convert_time(self.horizon, unit, model_unit, where=f"{self.source}: key 'horizon'")
-        return replace(self, horizon=horizon, time_unit=model_unit)
+        start = convert_time(self.monitor_from, unit, model_unit, where=f"{self.source}: key 'from'")
+        return replace(self, horizon=horizon, monitor_from=start, time_unit=model_unit)
 
     def to_dict(self) -> dict:
         """JSON-serialisable form (bounds as strings; round-trips through :func:`spec_from_mapping`)."""
@@ -194,11 +206,15 @@ class SafetySpec:
         }
         if self.target is not None:
             out["target"] = str(self.target)
+        if self.monitor_from > 0:
+            out["from"] = self.monitor_from if self.time_unit is None else f"{self.monitor_from:g}{self.time_unit}"
         return out
 
     def __str__(self) -> str:
         parts = [",".join(b.name for b in self.bounds)]
         parts.append(f"horizon={self.horizon:g}{self.time_unit or ''}")
+        if self.monitor_from > 0:
+            parts.append(f"from={self.monitor_from:g}{self.time_unit or ''}")
         parts.append(f"epsilon={self.epsilon:g}")
         parts.append(f"delta={self.delta:g}")
         if self.target is not None:
@@ -276,14 +292,14 @@ def _number(value: Any, *, where: str, key: str) -> float:
     return out
 
 
-def _horizon(value: Any, *, where: str) -> tuple[float, str | None]:
+def _horizon(value: Any, *, where: str, key: str = "horizon") -> tuple[float, str | None]:
     if isinstance(value, int | float) and not isinstance(value, bool):
         return float(value), None
     m = _HORIZON_RE.match(str(value))
     if m is None:
-        raise SpecError(f"{where}: key 'horizon' value {value!r} is not a duration such as '72h', '3d' or '90min'")
+        raise SpecError(f"{where}: key {key!r} value {value!r} is not a duration such as '72h', '3d' or '90min'")
     number, unit = m.groups()
-    return float(number), (_canonical_unit(unit, where=f"{where}: key 'horizon'") if unit else None)
+    return float(number), (_canonical_unit(unit, where=f"{where}: key {key!r}") if unit else None)
 
 
 def _target(value: Any, *, where: str) -> TargetRange:
@@ -328,6 +344,13 @@ def spec_from_mapping(data: Mapping[str, Any], *, source: str = "inline") -> Saf
             raise SpecError(f"{source}: key 'time_unit' given although 'horizon' {data['horizon']!r} carries a unit")
         unit = _canonical_unit(str(data["time_unit"]), where=f"{source}: key 'time_unit'")
     target = None if data.get("target") is None else _target(data["target"], where=source)
+    start = 0.0
+    if data.get("from") is not None:
+        start, start_unit = _horizon(data["from"], where=source, key="from")
+        if start_unit is not None and unit is None:
+            raise SpecError(f"{source}: key 'from' {data['from']!r} carries a unit but 'horizon' does not; give both")
+        if start_unit is not None:
+            start = convert_time(start, start_unit, unit, where=f"{source}: key 'from'")
     return SafetySpec(
         bounds=bounds,
         horizon=horizon,
@@ -336,6 +359,7 @@ def spec_from_mapping(data: Mapping[str, Any], *, source: str = "inline") -> Saf
         delta=_number(data.get("delta", 0.05), where=source, key="delta"),
         target=target,
         source=source,
+        monitor_from=start,
     )
 
 

@@ -159,7 +159,7 @@ def risk_command(
                 provenance=prov,
                 progress=lambda done, total: bar.update(task, completed=done),
             )
-        except (PolicySpecError, ValueError) as err:
+        except (PolicySpecError, ValueError, FloatingPointError) as err:
             _fail(str(err))
         bar.update(task, completed=len(policy))
     code = finish(report, results, out=out, fail_on_violation=fail_on_violation, console=console)

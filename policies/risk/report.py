@@ -222,6 +222,16 @@ def policy_risk(
     return pr, ev.joint_bridge
 
 
+def monitored(result: RolloutResult, start: float) -> RolloutResult:
+    """``result`` restricted to the monitoring window: intervals that begin before ``start`` are
+    masked out (see :attr:`policies.spec.SafetySpec.monitor_from`)."""
+    if start <= 0:
+        return result
+    tol = 1e-9 * max(1.0, abs(start))
+    keep = np.asarray(result.mask, bool) & (np.asarray(result.t_start, float) >= start - tol)
+    return replace(result, mask=keep)
+
+
 def risk_report(
     results: Sequence[RolloutResult],
     spec: SafetySpec,
@@ -262,7 +272,9 @@ def risk_report(
         raise ValueError(f"policies {dup} appear more than once; give each rollout a distinct policy name")
     unit = units.pop()
     spec_h = spec.horizon if spec.time_unit is None else convert_time(spec.horizon, spec.time_unit, unit)
-    spec = replace(spec, horizon=spec_h, time_unit=unit)
+    start = spec.monitor_from if spec.time_unit is None else convert_time(spec.monitor_from, spec.time_unit, unit)
+    spec = replace(spec, horizon=spec_h, monitor_from=start, time_unit=unit)
+    results = [monitored(r, start) for r in results]
     per_policy = [policy_risk(r, spec, support_threshold=support_threshold) for r in results]
     level = 1.0 - spec.delta
     comparisons = tuple(

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 from risk_fixtures import bm_rollout
@@ -237,3 +239,16 @@ def test_same_rollout_gives_the_same_report():
     for d in (a, b):
         d["provenance"].pop("created")
     assert a == b  # bootstrap and every other resampling is seeded from the rollout's seed
+
+
+def test_monitoring_window_ignores_intervals_before_it():
+    """A path started outside the bound violates at t = 0; with monitoring from the second
+    interval on, only what happens after counts (and the estimate can only go down)."""
+    from policies.risk.report import monitored
+
+    result = bm_rollout(n=200, n_intervals=4, substeps=8, x0=1.5, mu=-8.0, sigma=0.2, seed=3)
+    spec = parse_inline_spec("x<=1;horizon=1;from=0.25")
+    full = risk_report([result], replace(spec, monitor_from=0.0)).policies[0].joint.bridge.value
+    later = risk_report([result], spec).policies[0].joint.bridge.value
+    assert full == 1.0 and later < 0.05
+    assert monitored(result, 0.25).mask[:, 0].sum() == 0

@@ -127,3 +127,16 @@ def test_spec_without_unit_cannot_convert_until_validated():
     with pytest.raises(SpecError, match="validate the spec against a model"):
         spec.horizon_in("h")
     assert spec.validate(PK).horizon_in("d") == pytest.approx(3.0)
+
+
+def test_monitoring_start_parses_converts_and_validates():
+    spec = parse_inline_spec("conc<=20,conc>=5;horizon=3d;from=24h")
+    assert spec.monitor_from == pytest.approx(1.0) and spec.time_unit == "d"
+    checked = spec.validate(get("pk_oral_1cmt"))
+    assert checked.horizon == pytest.approx(72.0) and checked.monitor_from == pytest.approx(24.0)
+    assert "from=24h" in str(checked)
+    assert spec_from_mapping(checked.to_dict()).monitor_from == pytest.approx(24.0)
+    with pytest.raises(SpecError, match="key 'from'"):
+        parse_inline_spec("conc<=20;horizon=24h;from=30h")
+    with pytest.raises(SpecError, match="key 'from' value 'soon'"):
+        parse_inline_spec("conc<=20;horizon=24h;from=soon")
