@@ -8,7 +8,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from medsim.population import PosteriorDraws, sample_population
+from medsim.population import PosteriorDraws, VirtualPopulation, sample_population
 from policies.loading import parse_policy
 from policies.protocol import PolicyContext
 from policies.result import RolloutResult
@@ -42,7 +42,7 @@ def default_scenario(model, name: str, seed: int) -> Scenario | None:
 
 
 def evaluate_policies(
-    draws: PosteriorDraws,
+    draws: PosteriorDraws | None,
     policy_specs: Sequence[str],
     spec: SafetySpec,
     *,
@@ -56,13 +56,15 @@ def evaluate_policies(
     support: Mapping[str, tuple[float, float]] | None = None,
     provenance: Mapping[str, Any] | None = None,
     progress: Progress | None = None,
+    population: VirtualPopulation | None = None,
 ) -> tuple[RiskReport, list[RolloutResult]]:
     """Sample ``n`` virtual patients and evaluate every policy on them.
 
     Parameters
     ----------
-    draws : PosteriorDraws
-        Posterior (or prior) draws; ``draws.model`` is the physiology model.
+    draws : PosteriorDraws or None
+        Posterior (or prior) draws; ``draws.model`` is the physiology model. ``None`` together with
+        ``population`` (e.g. neural-model patients): posterior-aware policies are then unavailable.
     policy_specs : sequence of str
         Policy specs such as ``"tdm:target=10"`` (see :func:`policies.loading.parse_policy`).
     spec : SafetySpec
@@ -81,18 +83,25 @@ def evaluate_policies(
         Posterior file, data hash, fit diagnostics; merged into the report's provenance.
     progress : callable(done, total), optional
         Called with the fraction of policies done (``total`` = number of policies).
+    population : VirtualPopulation, optional
+        Evaluate on these patients instead of sampling ``n`` from ``draws``.
 
     Returns
     -------
     (RiskReport, list of RolloutResult)
     """
-    model = draws.model
+    if draws is None and population is None:
+        raise ValueError("evaluate_policies needs posterior draws or a virtual population")
+    model = population.model if population is not None else draws.model
     step = float(dt) if dt is not None else convert_time(1.0, "min", model.time_unit)
     if not step > 0:
         raise ValueError(f"dt must be > 0, got {dt}")
     context = PolicyContext(model=model, bounds=spec.bounds, draws=draws, dt=step)
     policies = [parse_policy(p, context=context) for p in policy_specs]
-    population = sample_population(draws, n, mode=mode, subject=subject, seed=seed, patients_per_draw=patients_per_draw)
+    if population is None:
+        population = sample_population(
+            draws, n, mode=mode, subject=subject, seed=seed, patients_per_draw=patients_per_draw
+        )
     state = {"policy": 0, "last": -1.0}
 
     def each(done: float, total: float) -> None:
@@ -120,7 +129,7 @@ def evaluate_policies(
         **dict(provenance or {}),
         "seed": seed,
         "model": {"name": model.name, "version": model.version},
-        "population": f"{mode}{'' if subject is None else ' ' + subject}, n={n}",
+        "population": f"{mode}{'' if subject is None else ' ' + subject}, n={population.n_patients}",
         "dt": f"{step:g} {model.time_unit}",
     }
     return risk_report(list(results), spec, provenance=full), list(results)

@@ -1,0 +1,49 @@
+"""The neural patient model: a neural-CDE encoder, a latent neural SDE driven by treatments, a decoder.
+
+Owns the torch model (:class:`NeuralPatientModel`), its configuration, the forecasting windows
+cut from a cohort, the torch simulator with the mechanistic ``advance`` contract
+(:class:`NeuralSimulator`), the export of a trained model as a JAX
+:class:`~medsim.models.base.PhysiologyModel` (:func:`export_model`), virtual-patient sampling
+(:func:`sample_neural_population`) and the calibration gate (:func:`require_calibrated`).
+
+This is the only place in ``medsim`` that imports torch; ``import medsim`` and
+``import medsim.models`` never load it. May import ``medsim.models``, ``medsim.data``,
+``medsim.simulate`` and ``medsim.population``; never ``inference`` or ``policies`` (training,
+calibration and checkpoints live in :mod:`inference.neural`).
+"""
+
+from medsim.models.neural.config import (
+    CovariateSpec,
+    DoseSpec,
+    NeuralConfig,
+    NeuralConfigError,
+    ObservableSpec,
+    config_from_cohort,
+)
+from medsim.models.neural.export import NeuralPhysiology, export_model, weights_digest
+from medsim.models.neural.gate import DEFAULT_FLOOR, MiscalibratedModelError, require_calibrated
+from medsim.models.neural.model import NeuralPatientModel
+from medsim.models.neural.population import sample_neural_population
+from medsim.models.neural.simulator import NeuralSimulator
+from medsim.models.neural.windows import WindowBatch, WindowSet, make_windows
+
+__all__ = [
+    "DEFAULT_FLOOR",
+    "CovariateSpec",
+    "DoseSpec",
+    "MiscalibratedModelError",
+    "NeuralConfig",
+    "NeuralConfigError",
+    "NeuralPatientModel",
+    "NeuralPhysiology",
+    "NeuralSimulator",
+    "ObservableSpec",
+    "WindowBatch",
+    "WindowSet",
+    "config_from_cohort",
+    "export_model",
+    "make_windows",
+    "require_calibrated",
+    "sample_neural_population",
+    "weights_digest",
+]

@@ -1,0 +1,110 @@
+"""The calibration gate: no virtual patients from a neural model that is not calibrated.
+
+A neural model can fit its training data and still be overconfident on new patients; its
+predictive intervals are then too narrow and every risk figure computed from it too small. The
+held-out calibration of :func:`inference.neural.calibrate` stores the empirical coverage of
+the model's 50% and 90% posterior predictive intervals in the model's configuration;
+:func:`require_calibrated` refuses to go on when the 90% coverage is below a floor (or was never
+measured), unless the caller forces it — and a forced use is recorded in provenance by the
+callers (:func:`medsim.models.neural.population.sample_neural_population`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+DEFAULT_FLOOR = 0.8
+"""Default floor of the pooled 90% coverage. With ``n`` held-out predictions the coverage of a
+calibrated model has standard error ``sqrt(0.9 * 0.1 / n)`` (0.03 at ``n = 100``), so 0.8 flags
+models more than three standard errors short at that size, not unlucky calibrated ones."""
+
+
+class MiscalibratedModelError(RuntimeError):
+    """A neural model's held-out coverage is below the floor (or unknown).
+
+    Attributes
+    ----------
+    coverage : float or None
+        Pooled empirical coverage of the 90% intervals (None if never calibrated).
+    floor : float
+    calibration : mapping
+        The stored calibration record (empty if none).
+    """
+
+    def __init__(self, message: str, *, coverage: float | None, floor: float, calibration: Mapping[str, Any]):
+        super().__init__(message)
+        self.coverage = coverage
+        self.floor = floor
+        self.calibration = dict(calibration)
+
+
+def calibration_of(model: Any) -> Mapping[str, Any]:
+    """The calibration record of a neural model, its exported physiology model, or a config."""
+    if isinstance(model, Mapping):
+        return model.get("calibration", model)
+    config = getattr(model, "config", None)
+    if config is not None and hasattr(config, "calibration"):
+        return config.calibration
+    if hasattr(model, "calibration"):
+        return model.calibration
+    neural = getattr(model, "neural_config", None)
+    if isinstance(neural, Mapping):
+        return neural.get("calibration", {})
+    raise TypeError(f"not a neural model or configuration: {type(model).__name__}")
+
+
+def require_calibrated(model: Any, *, floor: float = DEFAULT_FLOOR, force: bool = False) -> Mapping[str, Any]:
+    """Check a neural model's held-out 90% coverage against ``floor``.
+
+    Parameters
+    ----------
+    model : NeuralPatientModel, NeuralPhysiology, NeuralConfig or calibration mapping
+    floor : float
+        Smallest acceptable pooled coverage of the 90% predictive intervals, in (0, 1).
+    force : bool
+        Return the record instead of raising (the caller takes responsibility).
+
+    Returns
+    -------
+    mapping
+        The calibration record (possibly empty when forced).
+
+    Raises
+    ------
+    MiscalibratedModelError
+        If the model was never calibrated, or its 90% coverage is below ``floor``; the message
+        gives the coverage and width per step ahead and the number of held-out predictions.
+    ValueError
+        If ``floor`` is not in (0, 1).
+    """
+    if not 0.0 < floor < 1.0:
+        raise ValueError(f"calibration floor must be in (0, 1), got {floor}")
+    record = dict(calibration_of(model))
+    coverage = record.get("coverage", {}).get("0.9") if record else None
+    if coverage is None:
+        if force:
+            return record
+        raise MiscalibratedModelError(
+            "neural model has no held-out calibration; run `medsim calibrate CHECKPOINT COHORT` on held-out "
+            "subjects first (or pass force=True / --force to use it anyway)",
+            coverage=None,
+            floor=floor,
+            calibration=record,
+        )
+    if coverage < floor and not force:
+        by_step = record.get("coverage_by_step", {}).get("0.9", [])
+        width = record.get("width_by_step", {}).get("0.9", [])
+        steps = ", ".join(
+            f"{k + 1}: {c:.2f} (width {w:.3g})" for k, (c, w) in enumerate(zip(by_step, width, strict=False))
+        )
+        raise MiscalibratedModelError(
+            f"neural model is miscalibrated: 90% predictive intervals covered {coverage:.3f} of "
+            f"{record.get('n_predictions', '?')} held-out measurements ({record.get('n_subjects', '?')} subjects), "
+            f"below the floor {floor:.2f}; by steps ahead: {steps or 'n/a'}. Refusing to produce virtual patients "
+            "or risk figures from it (pass force=True / --force to override)",
+            coverage=float(coverage),
+            floor=floor,
+            calibration=record,
+        )
+    return record
