@@ -6,9 +6,12 @@ on an aligned grid ``t0 + k dt``; a sub-step ends at the next grid point, the ne
 (event time, infusion end) or ``t1``, whichever comes first, so every event lands exactly on a step
 boundary. Patients past ``t1`` take exact no-op steps (``h = 0``; the state is selected unchanged).
 
-State, parameters and statistics are dicts / tuples of ``(B,)`` vectors (struct of arrays): XLA
-fuses the hash, the normal transform, the scheme and the statistics of a sub-step into a few loops
-over patients that run at the speed of the arithmetic, not of memory.
+State, parameters and statistics are dicts / tuples of ``(B,)`` vectors (struct of arrays), so
+every operation is a vectorised loop over patients and XLA fuses them into elementwise loops, one
+per value carried to the next iteration. Two measures keep those loops few and cheap: the draws of
+an iteration are computed by the previous one and carried (otherwise XLA recomputes the ~300-op
+hash inside every loop that reads a draw), and values updated together travel as the real and
+imaginary parts of one complex64 vector (one loop instead of two).
 
 Without saved paths the number of iterations is a runtime argument (a ``fori_loop`` with a
 dynamic trip count), so one compiled function serves every interval length. With saved paths it
@@ -41,10 +44,9 @@ class ChunkInputs(NamedTuple):
     k2: jax.Array  # (B,) uint32 key word
     start: dict[str, jax.Array]  # state -> (B,) added at t0
     rate: dict[str, jax.Array]  # state -> (B,) constant input
-    event_time: jax.Array  # (E, B)
-    event_end: jax.Array  # (E, B)
-    event_amount: dict[str, jax.Array]  # state -> (E, B)
-    event_rate: dict[str, jax.Array]  # state -> (E, B)
+    event_time: jax.Array  # (E, B) bolus time / infusion start
+    event_end: jax.Array  # (E, B) infusion end
+    event_value: jax.Array  # (E, B) bolus amount / infusion rate, in state units
 
 
 class ChunkOutputs(NamedTuple):
@@ -60,7 +62,7 @@ class _Carry(NamedTuple):
     stats: bridge.StatsCarry
     t: jax.Array
     k: jax.Array  # index of the last grid point at or before t
-    draws: tuple  # (z_even, z_odd) per noise channel for the current iteration
+    draws: tuple  # per noise channel: z_even + i z_odd (complex64) for the current iteration
 
 
 def make_chunk_fn(
@@ -68,7 +70,7 @@ def make_chunk_fn(
     scheme: str,
     specs: tuple[bridge.BoundSpec, ...],
     *,
-    with_events: bool,
+    layout: tuple[tuple[str, bool], ...],
     uniform: bool,
     saving: bool,
     on_trace: Callable[[], None],
@@ -78,8 +80,9 @@ def make_chunk_fn(
 
     Parameters
     ----------
-    with_events : bool
-        Interior dose events present (``E > 0``); otherwise the event arrays are ignored.
+    layout : tuple of (state, is_infusion)
+        The interior event columns (:attr:`medsim.simulate.plan.IntervalPlan.event_layout`); empty
+        when no dose acts inside the interval.
     uniform : bool
         Every patient of the chunk shares ``t0`` and ``t1`` and there are no interior events: the
         clock is then one scalar instead of a ``(B,)`` vector (less work per sub-step).
@@ -111,15 +114,15 @@ def make_chunk_fn(
         grid_next = t0 + (k + 1).astype(jnp.float32) * dt
         stop = t1
         rate = dict(inp.rate)
-        if with_events:
-            # Next breakpoint strictly after t; infusions running over [t, next stop) add their rate.
-            for e in range(inp.event_time.shape[0]):
-                start_e, end_e = inp.event_time[e], inp.event_end[e]
-                stop = jnp.minimum(stop, jnp.where(start_e > t, start_e, jnp.inf))
+        # Next breakpoint strictly after t; infusions running over [t, next stop) add their rate.
+        for e, (state, infusion) in enumerate(layout):
+            start_e = inp.event_time[e]
+            stop = jnp.minimum(stop, jnp.where(start_e > t, start_e, jnp.inf))
+            if infusion:
+                end_e = inp.event_end[e]
                 stop = jnp.minimum(stop, jnp.where(end_e > t, end_e, jnp.inf))
                 running = (start_e <= t) & (t < end_e)
-                for s in rate:
-                    rate[s] = rate[s] + jnp.where(running, inp.event_rate[s][e], 0.0)
+                rate[state] = rate.get(state, 0.0) + jnp.where(running, inp.event_value[e], 0.0)
         hit = stop <= grid_next + tol
         active = t < t1
         t_new = jnp.where(active, jnp.where(hit, stop, grid_next), t)
@@ -131,11 +134,11 @@ def make_chunk_fn(
         s2 = bridge.local_variance(model, bridged, c.x, inp.theta, g)
         st = bridge.bridge_update(specs, c.stats, s2, z1, h, active)
         st = bridge.grid_update(specs, st, y1, z1, t_new)
-        if with_events:
-            for e in range(inp.event_time.shape[0]):
-                here = active & (inp.event_time[e] == t_new)
-                for s in inp.event_amount:
-                    x_new[s] = x_new[s] + jnp.where(here, inp.event_amount[s][e], 0.0)
+        boluses = [(e, state) for e, (state, infusion) in enumerate(layout) if not infusion]
+        for e, state in boluses:
+            here = active & (inp.event_time[e] == t_new)
+            x_new[state] = x_new[state] + jnp.where(here, inp.event_value[e], 0.0)
+        if boluses:
             # Post-dose values are grid points too (a bolus can jump across a bound).
             y1, z1 = bridge.bridge_coordinates(model, bridged, x_new, inp.theta)
             st = bridge.grid_update(specs, st, y1, z1, t_new)
@@ -182,11 +185,56 @@ def make_chunk_fn(
         t_end = jnp.broadcast_to(c.t, inp.t0.shape)
         return ChunkOutputs(c.x, stats, t_end, path_time, path_values)
 
+    blocked = _cache_blocked(run)
     if len(devices) > 1:
-        return _sharded(run, devices, saving)
+        return _sharded(blocked, devices, saving)
     if saving:
-        return jax.jit(run, static_argnums=2)
-    return jax.jit(run)
+        return jax.jit(blocked, static_argnums=2)
+    return jax.jit(blocked)
+
+
+# Patients per cache block: each block's ~40 carried (B,) vectors stay within a core's 1-2 MB L2
+# cache (measured 20 % faster per patient-step than 65536-patient blocks on the glucose model).
+CACHE_BLOCK = 8192
+
+
+def _cache_blocked(run: Callable) -> Callable:
+    """``run`` over consecutive blocks of ~:data:`CACHE_BLOCK` patients, one after another.
+
+    A chunk of ``B`` patients is cut into ``nb = ceil(B / CACHE_BLOCK)`` equal blocks when ``nb``
+    divides ``B`` (:func:`medsim.simulate.plan.bucket_batch` sizes chunks so that it does).
+    """
+
+    def blocked(inp: ChunkInputs, dt, n_pairs) -> ChunkOutputs:
+        size = inp.t0.shape[0]
+        nb = -(-size // CACHE_BLOCK)
+        if nb == 1 or size % nb:
+            return run(inp, dt, n_pairs)
+        block = size // nb
+
+        def split(a, axis):
+            shape = (*a.shape[:axis], nb, block, *a.shape[axis + 1 :])
+            return jnp.moveaxis(a.reshape(shape), axis, 0)
+
+        def merge(a, axis):  # (nb, ..., block at axis, ...) -> patients back at axis
+            a = jnp.moveaxis(a, 0, axis)
+            return a.reshape((*a.shape[:axis], size, *a.shape[axis + 2 :]))
+
+        events = ("event_time", "event_end", "event_value")
+        parts = {
+            f: jax.tree_util.tree_map(lambda a, f=f: split(a, 1 if f in events else 0), getattr(inp, f))
+            for f in ChunkInputs._fields
+        }
+        out = jax.lax.map(lambda part: run(ChunkInputs(**part), dt, n_pairs), parts)
+        return ChunkOutputs(
+            x=jax.tree_util.tree_map(lambda a: merge(a, 0), out.x),
+            stats=jax.tree_util.tree_map(lambda a: merge(a, 0), out.stats),
+            t_end=merge(out.t_end, 0),
+            path_time=None if out.path_time is None else merge(out.path_time, 1),
+            path_values=None if out.path_values is None else {k: merge(v, 1) for k, v in out.path_values.items()},
+        )
+
+    return blocked
 
 
 def _sharded(run: Callable, devices: tuple, saving: bool) -> Callable:
@@ -196,9 +244,7 @@ def _sharded(run: Callable, devices: tuple, saving: bool) -> Callable:
 
     mesh = Mesh(np.asarray(devices), ("patients",))
     per_patient, per_event, replicated = P("patients"), P(None, "patients"), P()
-    in_specs = ChunkInputs(
-        *([per_patient] * 8), event_time=per_event, event_end=per_event, event_amount=per_event, event_rate=per_event
-    )
+    in_specs = ChunkInputs(*([per_patient] * 8), event_time=per_event, event_end=per_event, event_value=per_event)
     out_specs = ChunkOutputs(
         per_patient, per_patient, per_patient, per_event if saving else None, per_event if saving else None
     )

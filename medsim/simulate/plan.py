@@ -4,9 +4,12 @@ Everything here runs in numpy on the concrete inputs before the compiled kernel 
 turns the caller's ``t0``/``t1``/:class:`DoseEvents`/``rates`` into what the kernel consumes:
 
 * doses at ``t0`` (boluses exactly at the interval start, added before the first sub-step);
-* interior events as columns ``(E, B)`` in state units: a bolus adds ``amount`` to its target state
-  when a patient's clock reaches ``time``; an infusion adds ``rate`` to the target's derivative on
-  ``[time, end)``. Infusions that started before ``t0`` but are still running count from ``t0``;
+* interior events as columns ``(E, B)`` in state units, each column of one kind for one target
+  state (its *layout*, a static part of the compiled kernel): a bolus column adds ``value`` to the
+  state when a patient's clock reaches ``time``; an infusion column adds ``value`` (a rate) to the
+  state's derivative on ``[time, end)``. Infusions that started before ``t0`` but are still
+  running count from ``t0``. Columns are grouped by layout and each group is padded to a size in
+  1, 2, 3, 4, 6, 8, 12, ... so that recompiles stay rare;
 * constant extra input rates per state (a pump's basal rate, a policy's infusion);
 * an upper bound on the number of sub-steps: each patient needs ``ceil((t1 - t0) / dt)`` grid
   steps plus one extra per breakpoint (event time or infusion end) inside ``(t0, t1)``.
@@ -37,8 +40,8 @@ class IntervalPlan:
     rate: dict[str, np.ndarray]  # state -> (B,) constant input rate (state units / time)
     event_time: np.ndarray  # (E, B) bolus time or infusion start; +inf padding
     event_end: np.ndarray  # (E, B) infusion end; -inf for boluses and padding
-    event_amount: dict[str, np.ndarray]  # state -> (E, B) bolus amount (state units)
-    event_rate: dict[str, np.ndarray]  # state -> (E, B) infusion rate (state units / time)
+    event_value: np.ndarray  # (E, B) bolus amount (state units) or infusion rate (state units / time)
+    event_layout: tuple[tuple[str, bool], ...]  # per column: (target state, is an infusion)
     n_steps: int  # sub-steps that cover every patient's interval
 
     @property
@@ -143,57 +146,70 @@ def plan_interval(
             target_of[cmt == c] = targets.index(s)
             scale_of[cmt == c] = model.dose_scale.get(int(c), 1.0)
             start[s] = start[s] + np.where(at_start & (cmt == c), scale_of * amount, 0.0).sum(axis=1, dtype=np.float32)
-        # Interior columns, one per (event column, target state) that acts in some patient's window.
+        # Interior columns: one per (event column, target state, kind) acting in some patient's window.
         for j in range(time.shape[1]):
             for ti, s in enumerate(targets):
                 mine = target_of[:, j] == ti
-                bol, inf = bolus_inside[:, j] & mine, inf_acting[:, j] & mine
-                if not (bol.any() or inf.any()):
-                    continue
-                cols.append(
-                    {
-                        "state": s,
-                        "time": np.where(bol | inf, time[:, j], np.inf),
-                        "end": np.where(inf, end[:, j], -np.inf),
-                        "amount": np.where(bol, scale_of[:, j] * amount[:, j], 0.0),
-                        "rate": np.where(inf, scale_of[:, j] * inf_rate[:, j], 0.0),
-                    }
-                )
-                n_break += bol | (inf & (time[:, j] > t0)) | (inf & (end[:, j] < t1))
-    event_time, event_end, event_amount, event_rate = _columns(cols, targets, batch)
+                for infusion, acting in ((False, bolus_inside[:, j] & mine), (True, inf_acting[:, j] & mine)):
+                    if not acting.any():
+                        continue
+                    value = scale_of[:, j] * (inf_rate[:, j] if infusion else amount[:, j])
+                    cols.append(
+                        {
+                            "layout": (s, infusion),
+                            "time": np.where(acting, time[:, j], np.inf),
+                            "end": np.where(acting, end[:, j], -np.inf) if infusion else np.full(batch, -np.inf),
+                            "value": np.where(acting, value, 0.0),
+                        }
+                    )
+                    n_break += acting & (time[:, j] > t0) if infusion else acting
+                    if infusion:
+                        n_break += acting & (end[:, j] < t1)
+    event_time, event_end, event_value, layout = _columns(cols, batch)
     span = float(np.max((t1.astype(np.float64) - t0) / dt)) if batch else 0.0
     n_steps = math.ceil(span - GRID_TOLERANCE) + int(n_break.max(initial=0)) + 1
-    return IntervalPlan(t0, t1, start, rate, event_time, event_end, event_amount, event_rate, max(n_steps, 1))
+    return IntervalPlan(t0, t1, start, rate, event_time, event_end, event_value, layout, max(n_steps, 1))
 
 
-def _columns(cols: list[dict], targets: tuple[str, ...], batch: int):
-    """Stack interior event columns to ``(E, B)`` arrays, padded to :func:`bucket_events` columns."""
-    pad = bucket_events(len(cols)) - len(cols)
-    zero = np.zeros(batch, np.float32)
-    cols = cols + [{"state": "", "time": zero + np.inf, "end": zero - np.inf, "amount": zero, "rate": zero}] * pad
+def _columns(cols: list[dict], batch: int):
+    """Group columns by layout, pad each group to :func:`bucket_events` columns, stack to ``(E, B)``."""
+    out = []
+    for layout in sorted({c["layout"] for c in cols}):
+        group = [c for c in cols if c["layout"] == layout]
+        inert = {"layout": layout, "time": np.full(batch, np.inf), "end": np.full(batch, -np.inf)}
+        group += [{**inert, "value": np.zeros(batch)}] * (bucket_events(len(group)) - len(group))
+        out += group
 
-    def stack(parts):
-        return np.stack(parts).astype(np.float32) if parts else np.zeros((0, batch), np.float32)
+    def stack(key):
+        return np.stack([c[key] for c in out]).astype(np.float32) if out else np.zeros((0, batch), np.float32)
 
-    amount = {u: stack([c["amount"] if c["state"] == u else zero for c in cols]) for u in targets}
-    rate = {u: stack([c["rate"] if c["state"] == u else zero for c in cols]) for u in targets}
-    return stack([c["time"] for c in cols]), stack([c["end"] for c in cols]), amount, rate
+    return stack("time"), stack("end"), stack("value"), tuple(c["layout"] for c in out)
 
 
 def bucket_events(n: int) -> int:
-    """Interior event columns are padded to 0, 1, 2, 4, 8, ... so that recompiles stay rare."""
-    return 0 if n == 0 else 1 << (n - 1).bit_length()
+    """Event columns of one layout are padded to 1, 2, 3, 4, 6, 8, 12, 16, ... (recompiles stay rare)."""
+    if n <= 2:
+        return n
+    top = 1 << (n - 1).bit_length()
+    return top * 3 // 4 if n <= top * 3 // 4 else top
 
 
-def bucket_batch(n: int, chunk_size: int, multiple: int = 1) -> int:
-    """Compiled batch size for ``n`` patients: at most 25 % padding, four sizes per octave, a
-    multiple of ``multiple`` (the number of devices a chunk is split over)."""
+def bucket_batch(n: int, chunk_size: int, multiple: int = 1, block: int = 8192) -> int:
+    """Compiled batch size for ``n`` patients: at most 25 % padding, four sizes per octave.
+
+    The size is a multiple of ``multiple`` (the number of devices a chunk is split over), and each
+    device's share splits into ``ceil(share / block)`` equal cache blocks whose size is a multiple
+    of 8 (see :func:`medsim.simulate.kernel.make_chunk_fn`).
+    """
     if n >= chunk_size:
         size = chunk_size
     else:
         quantum = max(1 << max(n.bit_length() - 3, 0), 8)
         size = min(-(-n // quantum) * quantum, chunk_size)
-    return -(-size // multiple) * multiple
+    share = -(-size // multiple)
+    n_blocks = -(-share // block)
+    share = n_blocks * (-(-share // (8 * n_blocks)) * 8)
+    return share * multiple
 
 
 def bucket_steps(n: int) -> int:

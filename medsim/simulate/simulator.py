@@ -4,12 +4,12 @@
 >>> res = sim.advance(state, params, t0, t1, key=key, events=events, rates={1: basal})
 >>> res.state, res.stats.p_cross  # end state and (B, K) bridge-corrected crossing probabilities
 
-A :class:`Simulator` is immutable; it compiles one kernel per static configuration (with or without
-interior dose events, with or without saved paths, compiled batch size) the first time that
-configuration is used, and reuses it afterwards (:attr:`Simulator.trace_count` counts traces so
-tests can guard against recompiles). Large batches are cut into chunks of at most
-``chunk_size`` patients (the last one padded) so memory stays flat; chunks are spread over the
-local JAX devices when there is more than one.
+A :class:`Simulator` is immutable; it compiles one kernel per static configuration (the layout of
+the dose events inside the interval, saved paths or not, compiled batch size) the first time that
+configuration is used, and reuses it afterwards: interval lengths, event times and ``dt`` are
+runtime values (:attr:`Simulator.trace_count` counts traces so tests can guard against
+recompiles). Large batches are cut into chunks of at most ``chunk_size`` patients (the last one
+padded) so memory stays flat; with several local JAX devices each chunk is split over them.
 
 Random numbers: patient ``i`` draws from its own counter-based stream (:mod:`.noise`). Pass one
 key per patient (shape ``(B,)``) to make a patient's path independent of the batch it is in; with
@@ -20,6 +20,7 @@ way the numbers do not depend on ``chunk_size``.
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
@@ -90,12 +91,18 @@ class Simulator:
     _kernels: dict = field(default_factory=dict, init=False, repr=False)
 
     def __post_init__(self) -> None:
-        if not (isinstance(self.dt, int | float) and math.isfinite(self.dt) and self.dt > 0):
+        if isinstance(self.dt, bool) or not (
+            isinstance(self.dt, numbers.Real) and math.isfinite(self.dt) and self.dt > 0
+        ):
             raise ValueError(f"dt: expected a finite step > 0 in {self.model.time_unit}, got {self.dt!r}")
         if self.scheme not in schemes.SCHEMES:
             raise ValueError(f"scheme: expected one of {schemes.SCHEMES}, got {self.scheme!r}")
-        if not (isinstance(self.chunk_size, int) and self.chunk_size >= 1):
+        if isinstance(self.chunk_size, bool) or not (
+            isinstance(self.chunk_size, numbers.Integral) and self.chunk_size >= 1
+        ):
             raise ValueError(f"chunk_size: expected an int >= 1, got {self.chunk_size!r}")
+        object.__setattr__(self, "dt", float(self.dt))
+        object.__setattr__(self, "chunk_size", int(self.chunk_size))
         object.__setattr__(self, "bounds", tuple(self.bounds))
         object.__setattr__(self, "_specs", bridge.bound_specs(self.model, self.bounds))
         if self.scheme == "milstein":
@@ -110,8 +117,8 @@ class Simulator:
         """
         return sum(_KERNELS[k][2][0] for k in self._kernels)
 
-    def _kernel(self, with_events: bool, uniform: bool, saving: bool, devices: tuple):
-        key = (id(self.model), self.scheme, self._specs, with_events, uniform, saving, devices)
+    def _kernel(self, layout: tuple, uniform: bool, saving: bool, devices: tuple):
+        key = (id(self.model), self.scheme, self._specs, layout, uniform, saving, devices)
         hit = _KERNELS.get(key)
         if hit is None or hit[0] is not self.model:
             counter = [0]
@@ -123,7 +130,7 @@ class Simulator:
                 self.model,
                 self.scheme,
                 self._specs,
-                with_events=with_events,
+                layout=layout,
                 uniform=uniform,
                 saving=saving,
                 on_trace=count,
@@ -209,9 +216,8 @@ class Simulator:
             raise ValueError(f"save_every: expected None or an int >= 1, got {save_every!r}")
         p = plan.plan_interval(self.model, float(self.dt), t0, t1, events, rates, batch)
         k1, k2 = noise.patient_key_words(key, batch)
-        with_events = p.n_events > 0
         saving = save_every is not None
-        uniform = not with_events and bool((p.t0 == p.t0[0]).all() and (p.t1 == p.t1[0]).all())
+        uniform = not p.event_layout and bool((p.t0 == p.t0[0]).all() and (p.t1 == p.t1[0]).all())
         n_steps = plan.bucket_steps(p.n_steps) if saving else p.n_steps
         n_pairs = n_steps // 2 if saving else jnp.int32(-(-n_steps // 2))
 
@@ -220,8 +226,8 @@ class Simulator:
         devices = tuple(jax.local_devices())
         if len(devices) == 1 or batch < _MIN_SPLIT * len(devices):
             devices = devices[:1]
-        fn = self._kernel(with_events, uniform, saving, devices)
-        chunk = plan.bucket_batch(batch, self.chunk_size, multiple=len(devices))
+        fn = self._kernel(p.event_layout, uniform, saving, devices)
+        chunk = plan.bucket_batch(batch, self.chunk_size, multiple=len(devices), block=kernel.CACHE_BLOCK)
         n_chunks = -(-batch // chunk)
         per_patient = {
             "x": x,
@@ -236,8 +242,7 @@ class Simulator:
         per_event = {
             "event_time": jnp.asarray(p.event_time),
             "event_end": jnp.asarray(p.event_end),
-            "event_amount": {s: jnp.asarray(v) for s, v in p.event_amount.items()},
-            "event_rate": {s: jnp.asarray(v) for s, v in p.event_rate.items()},
+            "event_value": jnp.asarray(p.event_value),
         }
         outs = []
         for c in range(n_chunks):

@@ -3,6 +3,8 @@ motion with drift, at a step coarse enough for the grid-only estimate to be visi
 
 from __future__ import annotations
 
+import itertools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -23,7 +25,7 @@ def _run(bounds, t_cuts=(0.0, T), seed=0):
     log_surv = np.zeros((N, len(bounds)))
     grid = np.zeros((N, len(bounds)), bool)
     results = []
-    for i, (a, b) in enumerate(zip(t_cuts[:-1], t_cuts[1:], strict=True)):
+    for i, (a, b) in enumerate(itertools.pairwise(t_cuts)):
         res = sim.advance(x, theta, a, b, key=jax.random.fold_in(jax.random.key(seed), i))
         log_surv += np.asarray(res.stats.log_survival, np.float64)
         grid |= np.asarray(res.stats.grid_violation) | np.asarray(res.stats.end_violation)

@@ -59,6 +59,17 @@ def test_results_do_not_depend_on_chunk_size():
     _assert_same(ref, _advance(Simulator(MODEL, dt=1.0, bounds=BOUNDS, chunk_size=32), key))
 
 
+def test_results_do_not_depend_on_cache_blocking(monkeypatch):
+    from medsim.simulate import kernel
+
+    key = jax.random.key(7)
+    ref = _advance(Simulator(MODEL, dt=1.0, bounds=BOUNDS), key)
+    # A fresh model object gets freshly traced kernels, here cutting the 96-patient chunk into three
+    # cache blocks of 32 run one after another.
+    monkeypatch.setattr(kernel, "CACHE_BLOCK", 32)
+    _assert_same(ref, _advance(Simulator(get("glucose_insulin"), dt=1.0, bounds=BOUNDS), key))
+
+
 def test_per_patient_keys_make_paths_independent_of_the_batch():
     sim = Simulator(MODEL, dt=1.0, bounds=BOUNDS)
     keys = jax.vmap(lambda i: jax.random.fold_in(jax.random.key(3), i))(jnp.arange(N))
@@ -72,10 +83,11 @@ def test_repeated_calls_do_not_retrace():
     sim = Simulator(MODEL, dt=1.0, bounds=BOUNDS)
     _advance(sim, jax.random.key(0))
     n = sim.trace_count
-    # New keys, new interval lengths, new event times and a new dt reuse the compiled kernel: the
-    # step count is a runtime loop bound and dt a runtime argument.
+    # New keys, new interval lengths, new event times and amounts and a new dt reuse the compiled
+    # kernel: the step count is a runtime loop bound, dt a runtime argument; only the event layout
+    # (one meal column here) is static.
     for i, t1 in enumerate((30.0, 45.5, 61.0, 200.0)):
-        ev = DoseEvents.from_arrays(np.full((N, 1), t1 / 3), np.full((N, 1), 1), np.full((N, 1), 1.0))
+        ev = DoseEvents.from_arrays(np.full((N, 1), t1 / 3), np.full((N, 1), 2), np.full((N, 1), 10.0 * i))
         sim.advance(X0, THETA, 0.0, t1, key=jax.random.key(i), events=ev, rates=RATES)
     Simulator(MODEL, dt=0.5, bounds=BOUNDS).advance(X0, THETA, 0.0, 30.0, key=jax.random.key(9), events=EVENTS)
     assert sim.trace_count == n
