@@ -12,6 +12,7 @@ from medsim.cli.app import app, main
 # Importing a command module registers its commands on ``app``.
 from medsim.cli import data_cmds as _data_cmds  # noqa: F401  isort: skip
 from medsim.cli import model_cmds as _model_cmds  # noqa: F401  isort: skip
+from medsim.cli import fit_cmds as _fit_cmds  # noqa: F401  isort: skip
 from medsim.cli import sample_cmds as _sample_cmds  # noqa: F401  isort: skip
 from medsim.cli import risk_cmds as _risk_cmds  # noqa: F401  isort: skip
 from medsim.cli import sim_cmds as _sim_cmds  # noqa: F401  isort: skip

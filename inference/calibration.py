@@ -1,0 +1,417 @@
+"""Calibration of the whole fit: simulation-based calibration and held-out predictive coverage.
+
+Simulation-based calibration (SBC; Talts et al. 2018, arXiv:1804.06788; Cook, Gelman & Rubin
+2006): draw parameters from the prior, simulate a cohort from them, fit it, and record the rank of
+the true value among posterior draws. If prior, simulator, likelihood and sampler agree, each rank
+is uniform on ``{0, ..., L}`` and every central credible interval covers the truth with its
+nominal probability. A rank histogram that is U-shaped (posteriors too narrow), humped (too wide)
+or tilted (biased) shows where they disagree.
+
+Each calibration cohort uses the same :class:`Design` (doses, sampling times), so the likelihood
+is compiled once and all cohorts x chains run as one vectorised NUTS program (numpyro's
+``hmc`` kernel under ``jax.vmap``). Data are simulated with the medsim simulator (fixed step
+``dt``), independently of the likelihood's extended Kalman filter, and the last ``held_out``
+measurements of every subject are kept out of the fit: the fraction of them inside the central
+90 % posterior predictive interval (:func:`inference.checks.posterior_predictive`) is a
+calibration check on the predictive scale.
+
+Prior range: the fixed-step RK4 filter and simulator are built for rates near the model's typical
+values; prior draws of a first-order absorption rate tens of times faster than typical make both
+inaccurate (and are physiologically implausible). :func:`narrowed_priors` keeps the model and its
+prior *form* but scales the prior widths down; SBC checks the fitting machinery, which does not
+depend on the prior widths.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from functools import partial
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from inference.checks.coverage import binomial_interval, rank_uniformity
+from inference.checks.heldout import heldout_coverage
+from inference.checks.predictive import draws_from_samples
+from inference.hierarchical import hierarchical_model, split_sites
+from inference.problem import FitData, prepare
+from medsim.models.base import PhysiologyModel
+from medsim.simulate import DoseEvents, simulate_schedule
+
+
+@dataclass(frozen=True)
+class Design:
+    """The study every calibration cohort repeats: one dose, fixed sampling times.
+
+    Attributes
+    ----------
+    n_subjects : int
+    obs_time : tuple of float
+        Sampling times (model time unit), increasing; the last ``held_out`` are not fitted.
+    dose_amount : float
+        Bolus amount at time 0, in the dose compartment's unit.
+    dose_cmt, obs_cmt : int
+        Dosed and observed compartments (the model's CMT numbers).
+    held_out : int
+        Measurements per subject kept out of the fit for the predictive-coverage check.
+    covariates : mapping name -> float
+        Covariate values shared by all subjects (missing ones: the model's reference values).
+    """
+
+    n_subjects: int = 6
+    obs_time: tuple[float, ...] = (0.25, 0.5, 1.0, 2.0, 3.5, 5.0, 7.0, 9.0, 12.0, 24.0)
+    dose_amount: float = 320.0
+    dose_cmt: int = 1
+    obs_cmt: int = 2
+    held_out: int = 1
+    covariates: Mapping[str, float] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        times = np.asarray(self.obs_time, float)
+        if self.n_subjects < 1 or times.ndim != 1 or (np.diff(times) <= 0).any() or (times < 0).any():
+            raise ValueError(f"Design: need n_subjects >= 1 and increasing times >= 0, got {self}")
+        if not 0 <= self.held_out < len(times):
+            raise ValueError(f"Design: held_out must leave at least one fitted time, got {self.held_out}")
+
+    def cohort(self, values: np.ndarray | None = None, *, fitted_only: bool = True):
+        """A ``medsim.data.Cohort`` of the design (values 0 unless given, shape (S, T))."""
+        from medsim.data import Cohort
+
+        n_time = len(self.obs_time) - (self.held_out if fitted_only else 0)
+        times = np.tile(np.asarray(self.obs_time[:n_time], float), (self.n_subjects, 1))
+        values = np.zeros_like(times) if values is None else np.asarray(values, float)[:, :n_time]
+        return Cohort.from_arrays(
+            [f"sim{i + 1}" for i in range(self.n_subjects)],
+            times,
+            values,
+            self.obs_cmt,
+            dose_time=np.zeros((self.n_subjects, 1)),
+            dose_amount=np.full((self.n_subjects, 1), self.dose_amount),
+            dose_cmt=self.dose_cmt,
+            covariates={k: np.full(self.n_subjects, v) for k, v in self.covariates.items()},
+            name="calibration design",
+        )
+
+
+def narrowed_priors(model: PhysiologyModel, *, prior_log_sd: float = 0.5, max_bsv: float = 0.35) -> PhysiologyModel:
+    """``model`` with typical-value priors of log-SD at most ``prior_log_sd`` and BSV at most ``max_bsv``.
+
+    The omega prior scale follows the BSV (see :mod:`inference.priors`), so this also narrows the
+    prior of the between-subject SDs. Everything else (equations, residual error, process noise)
+    is unchanged.
+    """
+    parameters = tuple(
+        dataclasses.replace(p, prior_log_sd=min(p.prior_log_sd, prior_log_sd), bsv=min(p.bsv, max_bsv))
+        if p.kind == "structural"
+        else p
+        for p in model.parameters
+    )
+    return dataclasses.replace(model, parameters=parameters)
+
+
+@dataclass(frozen=True)
+class CalibrationResult:
+    """Outcome of :func:`run_calibration` over ``C`` simulated cohorts.
+
+    Attributes
+    ----------
+    sites : tuple of str
+        Checked quantities: every population site and the first subject's ``eta_<p>``.
+    truth : dict site -> (C,)
+        Values drawn from the prior.
+    ranks : dict site -> (C,) int
+        Rank of the truth among ``n_rank_draws`` thinned posterior draws (0 ... ``n_rank_draws``).
+    n_rank_draws : int
+    covered : dict level -> dict site -> (C,) bool
+        Truth inside the central credible interval of mass ``level`` (all draws).
+    heldout_covered : (C, S, H) bool
+        Held-out measurement inside its central 90 % posterior predictive interval.
+    divergences : (C,) int
+    settings : dict
+        Design, sampler settings, seed, wall time.
+    """
+
+    sites: tuple[str, ...]
+    truth: dict[str, np.ndarray]
+    ranks: dict[str, np.ndarray]
+    n_rank_draws: int
+    covered: dict[float, dict[str, np.ndarray]]
+    heldout_covered: np.ndarray
+    divergences: np.ndarray
+    settings: dict[str, Any]
+
+    @property
+    def n_cohorts(self) -> int:
+        return len(self.divergences)
+
+    def summary(self, *, n_bins: int = 10, confidence: float = 0.99) -> dict[str, Any]:
+        """JSON-ready summary: per-site coverage with exact binomial intervals and rank uniformity tests."""
+        per_site = {}
+        for site in self.sites:
+            entry = {"rank_test": rank_uniformity(self.ranks[site], self.n_rank_draws, n_bins=n_bins)}
+            for level, hits in self.covered.items():
+                entry[f"coverage_{round(100 * level)}"] = binomial_interval(
+                    int(hits[site].sum()), hits[site].size, confidence=confidence
+                )
+            per_site[site] = entry
+        held = self.heldout_covered
+        return {
+            "n_cohorts": self.n_cohorts,
+            "n_rank_draws": self.n_rank_draws,
+            "sites": per_site,
+            "heldout_coverage_90": binomial_interval(int(held.sum()), held.size, confidence=confidence),
+            "divergences": int(self.divergences.sum()),
+            "settings": self.settings,
+        }
+
+
+def _simulate(data: FitData, design: Design, values: dict, *, key: jax.Array, dt: float) -> np.ndarray:
+    """(C, S, T) measurements of every cohort at every design time (residual error included).
+
+    ``values``: population sites (C, 1) and ``eta_<p>`` (C, S), as :func:`split_sites` reads them.
+    """
+    model = data.model
+    population, eta, _, residual = split_sites(data.priors, values)
+    n_cohorts = int(np.shape(values[data.priors.sites[0].site])[0])
+    shape = (n_cohorts, design.n_subjects)
+    covariates = {k: jnp.asarray(v, jnp.float32)[None, :] for k, v in data.covariates.items()}
+    theta = model.individual_parameters(population, eta, covariates)
+    flat = {k: jnp.broadcast_to(jnp.asarray(v, jnp.float32), shape).reshape(-1) for k, v in theta.items()}
+    batch = n_cohorts * design.n_subjects
+    events = DoseEvents.from_arrays(
+        np.zeros((batch, 1)), np.full((batch, 1), design.dose_cmt), np.full((batch, 1), design.dose_amount)
+    )
+    times = np.tile(np.asarray(design.obs_time, float), (batch, 1))
+    k_path, k_res = jax.random.split(key)
+    name = model.obs_targets[design.obs_cmt]
+    paths = simulate_schedule(model, flat, events, times, key=k_path, dt=dt)[name].reshape(*shape, -1)
+    add, prop = residual.get(f"{name}_add"), residual.get(f"{name}_prop")
+    sd = model.residual[name].sd(
+        paths, None if add is None else add[..., None], None if prop is None else prop[..., None]
+    )
+    return np.asarray(paths + sd * jax.random.normal(k_res, paths.shape), float)
+
+
+def _prior_draws(data: FitData, n_cohorts: int, *, key: jax.Array) -> dict[str, jax.Array]:
+    """Population sites (C, 1), ``eta_<p>_decentered`` and ``eta_<p>`` (C, S) drawn from the prior."""
+    priors = data.priors
+    keys = jax.random.split(key, len(priors.sites) + len(priors.random_effects))
+    values = {s.site: s.numpyro().sample(k, (n_cohorts, 1)) for s, k in zip(priors.sites, keys, strict=False)}
+    for p, k in zip(priors.random_effects, keys[len(priors.sites) :], strict=True):
+        z = jax.random.normal(k, (n_cohorts, data.n_subjects))
+        values[f"eta_{p}_decentered"] = z
+        values[f"eta_{p}"] = values[f"omega_{p}"] * z
+    return values
+
+
+def _vectorised_nuts(
+    data: FitData,
+    obs_slots: np.ndarray,
+    *,
+    key: jax.Array,
+    chains: int,
+    warmup: int,
+    draws: int,
+    target_accept: float,
+    max_tree_depth: int,
+    init_radius: float,
+) -> tuple[dict, np.ndarray]:
+    """NUTS on every cohort (C of them) x chain in one vmapped program.
+
+    Returns constrained draws site -> (C, chains * draws, ...) (``eta_<p>`` included) and
+    sampler statistics: divergent transitions per cohort (C,), the mean number of leapfrog steps
+    per iteration and the mean over iterations of the batch's largest number (the cost).
+    """
+    from numpyro.distributions.transforms import biject_to
+    from numpyro.infer.hmc import hmc
+    from numpyro.infer.util import potential_energy
+
+    def model(obs_value):
+        timeline = dataclasses.replace(data.timeline, obs_value=obs_value)
+        hierarchical_model(dataclasses.replace(data, timeline=timeline))
+
+    n_cohorts = obs_slots.shape[0]
+    batch = n_cohorts * chains
+    k_init, k_run = jax.random.split(key)
+    obs = jnp.asarray(np.repeat(obs_slots, chains, axis=0), data.timeline.time.dtype)
+    priors = data.priors
+    transforms = {s.site: biject_to(s.numpyro().support) for s in priors.sites}
+    keys = jax.random.split(k_init, len(priors.sites) + 1)
+    # Start like the numpyro backend: prior medians plus a uniform jitter on the unconstrained scale.
+    init = {
+        s.site: transforms[s.site].inv(jnp.asarray(s.median(), jnp.float32))
+        + jax.random.uniform(k, (batch,), minval=-init_radius, maxval=init_radius)
+        for s, k in zip(priors.sites, keys, strict=False)
+    }
+    for i, p in enumerate(priors.random_effects):
+        init[f"eta_{p}_decentered"] = jax.random.uniform(
+            jax.random.fold_in(keys[-1], i), (batch, data.n_subjects), minval=-init_radius, maxval=init_radius
+        )
+
+    def potential_fn_gen(y):  # the potential of one cohort's data, as numpyro's MCMC builds it
+        return partial(potential_energy, model, (y,), {})
+
+    init_kernel, sample_kernel = hmc(potential_fn_gen=potential_fn_gen, algo="NUTS")
+
+    def one_chain(rng, z0, y):
+        state = init_kernel(
+            z0, warmup, target_accept_prob=target_accept, max_tree_depth=max_tree_depth, model_args=(y,), rng_key=rng
+        )
+
+        def step(state, _):
+            state = sample_kernel(state, model_args=(y,))
+            return state, (state.z, state.diverging, state.num_steps)
+
+        _, (z, diverging, steps) = jax.lax.scan(step, state, None, length=warmup + draws)
+        return jax.tree.map(lambda a: a[warmup:], z), diverging[warmup:], steps
+
+    z, diverging, steps = jax.jit(jax.vmap(one_chain))(jax.random.split(k_run, batch), init, obs)
+    out = {}
+    for name, value in z.items():
+        value = transforms[name](value) if name in transforms else value
+        value = np.asarray(value).reshape(n_cohorts, chains * draws, *np.shape(value)[2:])
+        out[name] = value
+    for p in priors.random_effects:
+        out[f"eta_{p}"] = out[f"omega_{p}"][..., None] * out[f"eta_{p}_decentered"]
+    steps = np.asarray(steps)  # (batch, iterations) leapfrog steps
+    stats = {
+        "divergences": np.asarray(diverging).reshape(n_cohorts, -1).sum(axis=1),
+        "mean_steps": float(steps.mean()),
+        # every iteration of the vmapped program costs the batch's longest trajectory
+        "mean_batch_max_steps": float(steps.max(axis=0).mean()),
+    }
+    return out, stats
+
+
+def run_calibration(
+    model: PhysiologyModel,
+    design: Design,
+    *,
+    n_cohorts: int,
+    seed: int,
+    chains: int = 2,
+    warmup: int = 300,
+    draws: int = 300,
+    n_rank_draws: int = 99,
+    levels: tuple[float, ...] = (0.5, 0.9),
+    process_noise: bool = False,
+    target_accept: float = 0.8,
+    max_tree_depth: int = 7,
+    init_radius: float = 0.5,
+    n_predictive_draws: int = 200,
+    dt: float | None = None,
+) -> CalibrationResult:
+    """Simulation-based calibration and held-out coverage over ``n_cohorts`` simulated cohorts.
+
+    Parameters
+    ----------
+    model : PhysiologyModel
+        Often ``narrowed_priors(model)`` (see the module docstring).
+    design : Design
+    n_cohorts : int
+    seed : int
+        Seeds prior draws, simulation, sampler and predictive draws (same seed, same result).
+    chains, warmup, draws : int
+        NUTS settings per cohort.
+    n_rank_draws : int
+        Posterior draws (evenly spaced over all chains, i.e. thinned) the truth is ranked among.
+    levels : tuple of float
+        Central credible-interval masses whose coverage is recorded.
+    process_noise : bool
+        Fit (and simulate) the SDE model; False: the ODE limit.
+    target_accept, init_radius : float
+        As in :func:`inference.backends.numpyro_nuts.run_nuts`.
+    max_tree_depth : int
+        NUTS tree-depth cap. All cohorts advance in lock step, so each iteration costs the deepest
+        tree of the batch; a cap of 7 (128 leapfrog steps) bounds that cost. It leaves NUTS a valid
+        (if less efficient) kernel: too little mixing would show up as non-uniform ranks.
+    n_predictive_draws : int
+        Draws used for the held-out predictive intervals.
+    dt : float, optional
+        Simulator step for the data and the predictions; default a hundredth of the
+        likelihood's RK4 step, so that simulation error is negligible next to residual error.
+
+    Returns
+    -------
+    CalibrationResult
+    """
+    from inference.likelihood.timeline import default_max_substep
+
+    if n_cohorts < 1 or draws * chains < n_rank_draws:
+        raise ValueError(
+            f"need n_cohorts >= 1 and chains * draws >= n_rank_draws, got {n_cohorts}, {draws}, {n_rank_draws}"
+        )
+    start = time.perf_counter()
+    dt = 0.02 * default_max_substep(model) if dt is None else float(dt)
+    data = prepare(design.cohort(), model, process_noise=process_noise)
+    k_prior, k_sim, k_fit, k_pred = jax.random.split(jax.random.key(seed), 4)
+    truth = _prior_draws(data, n_cohorts, key=k_prior)
+    measured = _simulate(data, design, truth, key=k_sim, dt=dt)  # (C, S, T)
+    n_fit = len(design.obs_time) - design.held_out
+    slots = np.zeros((n_cohorts, *data.timeline.time.shape))
+    rows = np.arange(design.n_subjects)[:, None]
+    slots[:, rows, np.asarray(data.timeline.obs_slot)] = measured[:, :, :n_fit]
+    samples, stats = _vectorised_nuts(
+        data,
+        slots,
+        key=k_fit,
+        chains=chains,
+        warmup=warmup,
+        draws=draws,
+        target_accept=target_accept,
+        max_tree_depth=max_tree_depth,
+        init_radius=init_radius,
+    )
+    checked = {s.site: (s.site, ()) for s in data.priors.sites}
+    checked.update({f"eta_{p}[0]": (f"eta_{p}", (0,)) for p in data.priors.random_effects})
+    thin = np.round(np.linspace(0, chains * draws - 1, n_rank_draws)).astype(int)
+    ranks, covered, true_values = {}, {level: {} for level in levels}, {}
+    for label, (site, index) in checked.items():
+        post = samples[site][(slice(None), slice(None), *index)]  # (C, D)
+        true = np.asarray(truth[site])[(slice(None), *(index or (0,)))]
+        true_values[label] = true
+        ranks[label] = (post[:, thin] < true[:, None]).sum(axis=1)
+        for level in levels:
+            lo, hi = np.quantile(post, [(1 - level) / 2, (1 + level) / 2], axis=1)
+            covered[level][label] = (lo <= true) & (true <= hi)
+    held = np.zeros((n_cohorts, design.n_subjects, design.held_out), bool)
+    for c in range(n_cohorts):
+        coverage = heldout_coverage(
+            draws_from_samples(data, {k: v[c] for k, v in samples.items()}),
+            design.cohort(measured[c], fitted_only=False),
+            design.held_out,
+            key=jax.random.fold_in(k_pred, c),
+            n_draws=n_predictive_draws,
+            dt=dt,
+        )
+        held[c] = coverage.inside[:, n_fit:]
+    settings = {
+        "model": model.name,
+        "design": dataclasses.asdict(design),
+        "priors": data.priors.to_json(),
+        "process_noise": process_noise,
+        "max_tree_depth": max_tree_depth,
+        "chains": chains,
+        "warmup": warmup,
+        "draws": draws,
+        "seed": seed,
+        "simulator_dt": dt,
+        "mean_leapfrog_steps": stats["mean_steps"],
+        "mean_batch_max_leapfrog_steps": stats["mean_batch_max_steps"],
+        "wall_time_s": time.perf_counter() - start,
+    }
+    return CalibrationResult(
+        sites=tuple(checked),
+        truth=true_values,
+        ranks=ranks,
+        n_rank_draws=n_rank_draws,
+        covered=covered,
+        heldout_covered=held,
+        divergences=stats["divergences"],
+        settings=settings,
+    )

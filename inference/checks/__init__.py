@@ -1,0 +1,36 @@
+"""Predictive checks of fitted models: posterior predictive simulation, individual fits, VPC, LOO.
+
+Owns simulation of replicate measurements from a posterior (:func:`posterior_predictive`),
+individual-fit small multiples (:func:`individual_fits`), visual predictive checks (:func:`vpc`),
+PSIS-LOO model comparison on the stored pointwise log-likelihood (:func:`loo_compare`) and the
+PNG writer the CLI calls (:func:`write_check_figures`). Functions return frozen dataclasses of
+numpy arrays; ``plot_*`` functions turn them into matplotlib figures (never pyplot state).
+
+May import ``medsim`` (models, simulator, posterior draws), ``inference.likelihood``, jax, numpy,
+arviz and matplotlib; nothing in ``inference`` imports this package except the CLI entry points.
+"""
+
+from inference.checks.figures import save_figure, write_check_figures
+from inference.checks.individual import IndividualFits, individual_fits, plot_individual_fits
+from inference.checks.loo import LooComparison, LooError, loo_compare, plot_loo_compare, pointwise_log_likelihood
+from inference.checks.predictive import PredictiveError, PredictiveSample, posterior_predictive
+from inference.checks.vpc import VPCResult, plot_vpc, vpc
+
+__all__ = [
+    "IndividualFits",
+    "LooComparison",
+    "LooError",
+    "PredictiveError",
+    "PredictiveSample",
+    "VPCResult",
+    "individual_fits",
+    "loo_compare",
+    "plot_individual_fits",
+    "plot_loo_compare",
+    "plot_vpc",
+    "pointwise_log_likelihood",
+    "posterior_predictive",
+    "save_figure",
+    "vpc",
+    "write_check_figures",
+]

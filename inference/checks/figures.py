@@ -1,0 +1,76 @@
+"""Write the predictive-check figures of a fit as PNG files (what ``medsim check --figures`` calls)."""
+
+from __future__ import annotations
+
+import os
+import secrets
+from pathlib import Path
+from typing import Any
+
+import jax
+from matplotlib.figure import Figure
+
+from inference.checks.individual import individual_fits, plot_individual_fits
+from inference.checks.vpc import plot_vpc, vpc
+
+
+def save_figure(fig: Figure, path: str | os.PathLike, *, dpi: int = 130) -> Path:
+    """Save ``fig`` as PNG atomically: a temporary file in the same folder, then ``os.replace``.
+
+    Returns
+    -------
+    Path
+        ``path``; on failure no partial file is left behind.
+    """
+    path = Path(path)
+    tmp = path.parent / f".{path.name}.{secrets.token_hex(6)}.tmp"
+    # os.open with mode 0o666 lets the umask decide the permissions, as for any new file.
+    handle = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+    try:
+        with os.fdopen(handle, "wb") as out:
+            fig.savefig(out, format="png", dpi=dpi)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def write_check_figures(
+    posterior: Any,
+    cohort: Any,
+    out_dir: str | os.PathLike,
+    *,
+    seed: int = 0,
+    n_draws: int = 200,
+    log_y: bool = False,
+) -> dict[str, Path]:
+    """Individual fits and VPC of a fit, as PNG files in ``out_dir`` (created if needed).
+
+    Parameters
+    ----------
+    posterior : Posterior or PosteriorDraws
+    cohort : Cohort
+        The fitted cohort.
+    out_dir : path
+    seed : int
+        Seed of the simulations (the same seed gives the same figures).
+    n_draws : int
+        Posterior draws simulated for the individual fits and replicate studies for the VPC.
+    log_y : bool
+        Logarithmic observable axis.
+
+    Returns
+    -------
+    dict name -> Path
+        ``{"individual_fits": ..., "vpc": ...}``.
+    """
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    k_fits, k_vpc = jax.random.split(jax.random.key(seed))
+    fits = individual_fits(posterior, cohort, key=k_fits, n_draws=n_draws)
+    check = vpc(posterior, cohort, key=k_vpc, n_replicates=n_draws)
+    return {
+        "individual_fits": save_figure(plot_individual_fits(fits, log_y=log_y), out / "individual_fits.png"),
+        "vpc": save_figure(plot_vpc(check, log_y=log_y), out / "vpc.png"),
+    }

@@ -1,0 +1,152 @@
+"""Held-out measurements: fit without each subject's last measurements, then check they are predicted.
+
+:func:`split_last` removes the last ``n_last`` measurements of every subject; after fitting the
+rest, :func:`heldout_coverage` simulates the fitted subjects forward
+(:func:`~inference.checks.predictive.posterior_predictive`, individual mode, residual error
+included) and counts how often a held-out measurement falls inside its central posterior
+predictive interval. For a calibrated model the count is binomial with the nominal rate, up to
+the dependence between subjects through the shared population parameters.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import jax
+import numpy as np
+
+from inference.checks.coverage import binomial_interval
+from inference.checks.predictive import PredictiveError, padded_of, posterior_predictive
+
+
+@dataclass(frozen=True)
+class HeldoutCoverage:
+    """Which held-out measurements fell inside their predictive interval.
+
+    Attributes
+    ----------
+    inside : (S, N) bool
+        True where a held-out measurement is inside its central ``level`` interval.
+    heldout : (S, N) bool
+        The held-out measurements (padded layout of the full cohort).
+    lower, upper : (S, N) float
+        Interval bounds (observable unit; meaningful where ``heldout``).
+    level : float
+    interval : dict
+        ``binomial_interval(hits, n)``: observed rate and its exact 99 % interval.
+    """
+
+    inside: np.ndarray
+    heldout: np.ndarray
+    lower: np.ndarray
+    upper: np.ndarray
+    level: float
+    interval: dict
+
+
+def heldout_mask(cohort: Any, n_last: int) -> np.ndarray:
+    """(S, N) mask of each subject's last ``n_last`` measurements (padded layout).
+
+    Raises
+    ------
+    PredictiveError
+        If a subject would keep no measurement to fit.
+    """
+    padded = padded_of(cohort)
+    mask = np.asarray(padded.obs_mask, bool)
+    counts = mask.sum(axis=1)
+    short = [str(padded.ids[s]) for s in np.nonzero(counts <= n_last)[0]]
+    if n_last < 1 or short:
+        raise PredictiveError(f"holding out the last {n_last} measurements leaves nothing to fit for subjects {short}")
+    position = np.cumsum(mask, axis=1)  # 1-based rank of each real measurement within its subject
+    return mask & (position > (counts - n_last)[:, None])
+
+
+def split_last(cohort: Any, n_last: int) -> Any:
+    """``cohort`` without each subject's last ``n_last`` measurements (doses and covariates kept).
+
+    Parameters
+    ----------
+    cohort : medsim.data.Cohort
+    n_last : int
+
+    Returns
+    -------
+    medsim.data.Cohort
+    """
+    from medsim.data import Cohort
+
+    padded = padded_of(cohort)
+    keep = np.asarray(padded.obs_mask, bool) & ~heldout_mask(padded, n_last)
+    dose = np.asarray(padded.dose_mask, bool)
+
+    def rows(name: str, mask: np.ndarray) -> list[np.ndarray]:
+        return [np.asarray(v)[m] for v, m in zip(getattr(padded, name), mask, strict=True)]
+
+    return Cohort.from_arrays(
+        padded.ids,
+        rows("obs_time", keep),
+        rows("obs_value", keep),
+        rows("obs_cmt", keep),
+        dose_time=rows("dose_time", dose),
+        dose_amount=rows("dose_amount", dose),
+        dose_cmt=rows("dose_cmt", dose),
+        dose_rate=rows("dose_rate", dose),
+        covariates=dict(padded.covariates),
+        units=dict(getattr(cohort, "units", {}) or {}),
+        name=f"{getattr(cohort, 'name', '')} without the last {n_last} measurements per subject".strip(),
+    )
+
+
+def heldout_coverage(
+    posterior: Any,
+    cohort: Any,
+    n_last: int,
+    *,
+    key: jax.Array,
+    level: float = 0.9,
+    n_draws: int | None = 200,
+    dt: float | None = None,
+    confidence: float = 0.99,
+) -> HeldoutCoverage:
+    """Coverage of held-out measurements by central posterior predictive intervals.
+
+    Parameters
+    ----------
+    posterior : Posterior or PosteriorDraws
+        Fitted to ``split_last(cohort, n_last)``.
+    cohort : Cohort
+        The full cohort (same subjects, same order).
+    n_last : int
+        Measurements held out per subject.
+    key : jax PRNG key
+    level : float
+        Central interval mass.
+    n_draws : int or None
+        Posterior draws simulated.
+    dt : float, optional
+        Simulator step.
+    confidence : float
+        Confidence of the reported binomial interval.
+
+    Returns
+    -------
+    HeldoutCoverage
+    """
+    if not 0 < level < 1:
+        raise PredictiveError(f"level must be in (0, 1), got {level}")
+    held = heldout_mask(cohort, n_last)
+    sample = posterior_predictive(posterior, cohort, key=key, n_draws=n_draws, mode="individual", dt=dt)
+    lower, upper = np.quantile(sample.replicate, [(1 - level) / 2, (1 + level) / 2], axis=0)
+    y = np.asarray(padded_of(cohort).obs_value, float)
+    inside = held & (lower <= y) & (y <= upper)
+    hits, n = int(inside.sum()), int(held.sum())
+    return HeldoutCoverage(
+        inside=inside,
+        heldout=held,
+        lower=lower,
+        upper=upper,
+        level=level,
+        interval=binomial_interval(hits, n, confidence=confidence),
+    )

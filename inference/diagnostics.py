@@ -1,0 +1,171 @@
+"""Sampler diagnostics via ArviZ: R-hat, bulk/tail ESS, divergences, E-BFMI.
+
+Thresholds follow Vehtari et al. (2021, *Bayesian Analysis* 16:667): rank-normalised split
+R-hat <= 1.01 and bulk and tail ESS >= 100 per chain (400 for four chains); no divergent
+transitions (Betancourt 2017, arXiv:1701.02434); E-BFMI >= 0.3 for every chain (Betancourt
+2016, arXiv:1604.00695). They apply to the sampled coordinates (population sites and the
+standardised random effects ``eta_<p>_decentered``); deterministic quantities inherit them.
+Variational (SVI) fits have no such diagnostics: :func:`diagnose` says so and reports the ELBO.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+
+RHAT_MAX = 1.01
+ESS_PER_CHAIN_MIN = 100
+EBFMI_MIN = 0.3
+
+
+@dataclass(frozen=True)
+class ParameterDiagnostics:
+    """Worst-case diagnostics over the elements of one posterior variable."""
+
+    rhat: float
+    ess_bulk: float
+    ess_tail: float
+
+
+@dataclass(frozen=True)
+class Diagnostics:
+    """Convergence diagnostics of a fit.
+
+    Attributes
+    ----------
+    method : str
+        ``"nuts"`` or ``"svi"``.
+    applicable : bool
+        False for SVI (no Markov chains to diagnose).
+    chains, draws : int
+        Chains and kept draws per chain.
+    rhat_max, ess_bulk_min, ess_tail_min : float or None
+        Worst values over all sampled coordinates.
+    divergences : int
+        Divergent transitions after warmup.
+    ebfmi_min : float or None
+        Smallest per-chain E-BFMI.
+    elbo : float or None
+        Final evidence lower bound (SVI), nats.
+    parameters : dict name -> ParameterDiagnostics
+    problems : tuple of str
+        Human-readable failures; empty when every threshold is met.
+    thresholds : dict
+    """
+
+    method: str
+    applicable: bool
+    chains: int
+    draws: int
+    rhat_max: float | None = None
+    ess_bulk_min: float | None = None
+    ess_tail_min: float | None = None
+    divergences: int = 0
+    ebfmi_min: float | None = None
+    elbo: float | None = None
+    parameters: dict[str, ParameterDiagnostics] = field(default_factory=dict)
+    problems: tuple[str, ...] = ()
+    thresholds: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        """True when no threshold failed (always True for SVI, whose checks do not apply)."""
+        return not self.problems
+
+    def to_dict(self) -> dict:
+        out = asdict(self)
+        out["ok"] = self.ok
+        return out
+
+    def lines(self) -> list[str]:
+        """A short human-readable report."""
+        if not self.applicable:
+            elbo = "n/a" if self.elbo is None else f"{self.elbo:.2f}"
+            return [f"{self.method}: MCMC diagnostics not applicable (variational fit); final ELBO {elbo} nats"]
+        head = (
+            f"{self.chains} chains x {self.draws} draws: max R-hat {self.rhat_max:.3f}, min bulk ESS "
+            f"{self.ess_bulk_min:.0f}, min tail ESS {self.ess_tail_min:.0f}, {self.divergences} divergences, "
+            f"min E-BFMI {self.ebfmi_min:.2f}"
+        )
+        return [head, *(f"PROBLEM: {p}" for p in self.problems)] if self.problems else [head, "all checks passed"]
+
+
+def sampled_variables(idata) -> list[str]:
+    """Posterior variables that are sampler coordinates (not individual parameters or scaled etas)."""
+    names = []
+    for name in idata.posterior.data_vars:
+        if name.endswith("_i") or (name.startswith("eta_") and not name.endswith("_decentered")):
+            continue
+        names.append(str(name))
+    return names
+
+
+def diagnose(idata, *, method: str, elbo: float | None = None) -> Diagnostics:
+    """Diagnostics of the posterior in ``idata`` (an ArviZ InferenceData).
+
+    Parameters
+    ----------
+    idata : arviz.InferenceData
+        With a ``posterior`` group, and ``sample_stats`` for MCMC.
+    method : {"nuts", "svi"}
+    elbo : float, optional
+        Final ELBO of an SVI fit.
+    """
+    from inference.assemble import import_arviz
+
+    chains = int(idata.posterior.sizes["chain"])
+    draws = int(idata.posterior.sizes["draw"])
+    thresholds = {"rhat_max": RHAT_MAX, "ess_min": float(ESS_PER_CHAIN_MIN * chains), "ebfmi_min": EBFMI_MIN}
+    if method != "nuts":
+        return Diagnostics(
+            method=method, applicable=False, chains=chains, draws=draws, elbo=elbo, thresholds=thresholds
+        )
+    az = import_arviz()
+    names = sampled_variables(idata)
+    rhat = az.rhat(idata, var_names=names)
+    bulk = az.ess(idata, var_names=names, method="bulk")
+    tail = az.ess(idata, var_names=names, method="tail")
+    parameters = {
+        n: ParameterDiagnostics(
+            rhat=float(np.nanmax(rhat[n].values)),
+            ess_bulk=float(np.nanmin(bulk[n].values)),
+            ess_tail=float(np.nanmin(tail[n].values)),
+        )
+        for n in names
+    }
+    divergences = int(np.sum(idata.sample_stats["diverging"].values))
+    ebfmi = np.asarray(az.bfmi(idata), float)
+    problems = []
+    ess_min = thresholds["ess_min"]
+    for n, d in parameters.items():
+        if not d.rhat <= RHAT_MAX:
+            problems.append(
+                f"R-hat of {n} is {d.rhat:.3f} > {RHAT_MAX} (chains disagree; run longer or check the model)"
+            )
+        if not d.ess_bulk >= ess_min:
+            problems.append(f"bulk ESS of {n} is {d.ess_bulk:.0f} < {ess_min:.0f}")
+        if not d.ess_tail >= ess_min:
+            problems.append(f"tail ESS of {n} is {d.ess_tail:.0f} < {ess_min:.0f}")
+    if divergences:
+        problems.append(
+            f"{divergences} divergent transitions of {chains * draws} (posterior geometry the sampler cannot "
+            "follow; raise target_accept or reparametrise)"
+        )
+    for c, value in enumerate(ebfmi):
+        if not value >= EBFMI_MIN:
+            problems.append(f"E-BFMI of chain {c} is {value:.2f} < {EBFMI_MIN} (heavy-tailed energy; slow exploration)")
+    return Diagnostics(
+        method=method,
+        applicable=True,
+        chains=chains,
+        draws=draws,
+        rhat_max=max(d.rhat for d in parameters.values()),
+        ess_bulk_min=min(d.ess_bulk for d in parameters.values()),
+        ess_tail_min=min(d.ess_tail for d in parameters.values()),
+        divergences=divergences,
+        ebfmi_min=float(np.min(ebfmi)),
+        parameters=parameters,
+        problems=tuple(problems),
+        thresholds=thresholds,
+    )

@@ -1,0 +1,137 @@
+"""``inference.fit``: cohort + model -> Posterior, with diagnostics and provenance."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import numpy as np
+
+from inference.assemble import build_inference_data
+from inference.backends import BACKENDS, Progress, run_nuts, run_svi
+from inference.diagnostics import diagnose
+from inference.posterior import FORMAT_VERSION, Posterior, json_attr
+from inference.problem import FitData, prepare
+from inference.provenance import package_versions, utc_timestamp
+from medsim.models.base import PhysiologyModel
+
+
+class FitConfigError(ValueError):
+    """Fit options that are invalid or not available (names the option and the allowed values)."""
+
+
+def fit(
+    cohort: Any,
+    model: PhysiologyModel,
+    *,
+    backend: Literal["numpyro", "pymc"] = "numpyro",
+    method: Literal["nuts", "svi"] = "nuts",
+    chains: int = 4,
+    draws: int = 1000,
+    warmup: int = 1000,
+    seed: int = 0,
+    process_noise: bool = True,
+    progress: Progress | None = None,
+    chain_method: Literal["vectorized", "parallel", "sequential"] = "vectorized",
+    svi_steps: int = 5000,
+    substeps: int = 4,
+    max_substep: float | None = None,
+) -> Posterior:
+    """Fit the hierarchical SDE model ``model`` to ``cohort``.
+
+    Parameters
+    ----------
+    cohort : medsim.data.Cohort or PaddedCohort
+    model : PhysiologyModel
+    backend : {"numpyro"}
+        ``"pymc"`` is reserved for the PyMC backend (not part of this release).
+    method : {"nuts", "svi"}
+        NUTS (exact up to Monte Carlo error, with diagnostics) or SVI (fast, approximate).
+    chains, draws, warmup : int
+        NUTS chains, kept draws per chain and warmup iterations per chain. SVI returns one
+        "chain" of ``draws`` draws from the fitted guide and ignores ``chains``/``warmup``.
+    seed : int
+        Same seed, same draws.
+    process_noise : bool
+        False fits the ODE limit (process-noise scales fixed at 0).
+    progress : callable(done, total), optional
+        Progress callback (sampler iterations summed over chains, or SVI steps).
+    chain_method : {"vectorized", "parallel", "sequential"}
+        How NUTS runs its chains (see :mod:`inference.backends.numpyro_nuts`).
+    svi_steps : int
+        Optimisation steps of SVI.
+    substeps, max_substep
+        Filter discretisation (see :func:`inference.likelihood.build_timeline`).
+
+    Returns
+    -------
+    Posterior
+        Diagnostics at fit time are stored in its attributes (``diagnostics``,
+        ``diagnostics_ok``); a failing fit is returned, flagged, not raised.
+
+    Raises
+    ------
+    FitConfigError
+        Unknown or unavailable backend/method, or non-positive sizes.
+    FitDataError, TimelineError
+        A cohort the model cannot be fitted to.
+    """
+    if backend not in BACKENDS:
+        available = ", ".join(BACKENDS)
+        raise FitConfigError(
+            f"backend {backend!r} is not available in this installation (available: {available})"
+            if backend == "pymc"
+            else f"unknown backend {backend!r}; choose one of: {available}"
+        )
+    if method not in BACKENDS[backend]:
+        raise FitConfigError(f"backend {backend!r} has no method {method!r}; choose one of {BACKENDS[backend]}")
+    if draws < 1 or (method == "nuts" and (chains < 1 or warmup < 0)):
+        raise FitConfigError(f"need chains >= 1, draws >= 1 and warmup >= 0; got {chains}, {draws}, {warmup}")
+    data = prepare(cohort, model, process_noise=process_noise, substeps=substeps, max_substep=max_substep)
+    if method == "nuts":
+        out = run_nuts(
+            data, chains=chains, draws=draws, warmup=warmup, seed=seed, chain_method=chain_method, progress=progress
+        )
+    else:
+        out = run_svi(data, draws=draws, steps=svi_steps, seed=seed, progress=progress)
+    info = {k: v for k, v in out.info.items() if k != "elbo_trace"}
+    attrs = provenance_attrs(data, backend=backend, method=method, seed=seed, info=info)
+    attrs.update(
+        chains=chains if method == "nuts" else 1,
+        draws=draws,
+        warmup=warmup if method == "nuts" else 0,
+        wall_time_s=float(out.wall_time_s),
+    )
+    if method == "svi":
+        attrs["elbo"] = float(out.info["elbo"])
+        attrs["svi_steps"] = int(svi_steps)
+    idata = build_inference_data(data, out.samples, out.sample_stats or None, attrs)
+    diagnostics = diagnose(idata, method=method, elbo=attrs.get("elbo"))
+    idata.posterior.attrs["diagnostics"] = json_attr(diagnostics.to_dict())
+    idata.posterior.attrs["diagnostics_ok"] = int(diagnostics.ok)
+    return Posterior(idata=idata, model=model)
+
+
+def provenance_attrs(data: FitData, *, backend: str, method: str, seed: int, info: dict) -> dict[str, Any]:
+    """The provenance attributes every posterior carries (see :mod:`inference.posterior`)."""
+    return {
+        "medsim_posterior": FORMAT_VERSION,
+        "model_name": data.model.name,
+        "model_version": str(data.model.version),
+        "cohort_name": data.cohort_name,
+        "data_hash": data.data_hash,
+        "priors": data.priors.to_json(),
+        "process_noise": int(data.priors.process_noise or not data.model.params_of_kind("process_noise")),
+        "backend": backend,
+        "method": method,
+        "seed": int(seed),
+        "sampler": json_attr(info),
+        "filter": json_attr(
+            {
+                "substeps": data.timeline.substeps,
+                "slots": data.timeline.n_slots,
+                "dtype": str(np.dtype(data.timeline.time.dtype)),
+            }
+        ),
+        "versions": json_attr(package_versions()),
+        "created": utc_timestamp(),
+    }

@@ -1,0 +1,129 @@
+"""The hierarchical SDE model as a numpyro program, built from a PriorSpec (no per-dataset code).
+
+Sample sites are named after the model's parameters (``ka``, ``CL``, ``omega_ka``,
+``eta_ka_decentered`` in the ``subject`` plate, ``sigma_central``, ``res_add_conc``...); see
+:mod:`inference.priors` for the distributions. The data enter through one ``numpyro.factor``: the
+extended Kalman filter integrates the process noise out, so the factor is the marginal
+likelihood of every subject's observations given the subject's parameters.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from functools import partial
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import numpyro
+import numpyro.distributions as dist
+
+from inference.priors import PriorSpec, residual_key
+from inference.problem import FitData
+
+Array = jax.Array
+
+
+def split_sites(
+    priors: PriorSpec, values: Mapping[str, Array]
+) -> tuple[dict[str, Array], dict[str, Array], dict[str, Array] | None, dict[str, Array]]:
+    """Group site values into the likelihood's arguments.
+
+    Parameters
+    ----------
+    priors : PriorSpec
+    values : mapping site -> array
+        Values of the population sites and of ``eta_<p>`` (the scaled random effects, (S,)).
+        Leading batch axes are allowed as long as they broadcast.
+
+    Returns
+    -------
+    population : dict parameter -> array
+        Every model parameter (fixed process-noise scales included).
+    eta : dict structural parameter -> (..., S)
+    noise : dict process-noise parameter -> array, or None in the ODE limit
+    residual : dict "<observable>_add" / "<observable>_prop" -> array
+    """
+    population = {s.target: values[s.site] for s in priors.by_role("typical", "covariate_effect", "process_noise")}
+    population.update({k: jnp.asarray(v) for k, v in priors.fixed.items()})
+    noise = {s.target: values[s.site] for s in priors.by_role("process_noise")} if priors.process_noise else None
+    eta = {p: values[f"eta_{p}"] for p in priors.random_effects}
+    residual = {residual_key(s.target, "add"): values[s.site] for s in priors.by_role("residual_add")}
+    residual.update({residual_key(s.target, "prop"): values[s.site] for s in priors.by_role("residual_prop")})
+    return population, eta, noise, residual
+
+
+def pointwise_loglik(data: FitData, values: Mapping[str, Array]) -> Array:
+    """(S, N) log predictive density of each observation given one draw of the sites."""
+    population, eta, noise, residual = split_sites(data.priors, values)
+    covariates = {k: jnp.asarray(v, data.timeline.time.dtype) for k, v in data.covariates.items()}
+    theta = data.model.individual_parameters(population, eta, covariates)
+    return data.loglik(theta, noise, residual)
+
+
+def individual_parameters(data: FitData, values: Mapping[str, Array]) -> dict[str, Array]:
+    """Subject parameters (S,) of every structural parameter, covariate effects applied."""
+    population, eta, _, _ = split_sites(data.priors, values)
+    covariates = {k: jnp.asarray(v, data.timeline.time.dtype) for k, v in data.covariates.items()}
+    theta = data.model.individual_parameters(population, eta, covariates)
+    shape = (data.n_subjects,)
+    return {p.name: jnp.broadcast_to(theta[p.name], shape) for p in data.model.structural}
+
+
+def hierarchical_model(data: FitData) -> None:
+    """numpyro model: priors of :attr:`FitData.priors`, EKF marginal likelihood of the cohort."""
+    values: dict[str, Array] = {}
+    for site in data.priors.sites:
+        values[site.site] = numpyro.sample(site.site, site.numpyro())
+    with numpyro.plate("subject", data.n_subjects):
+        for p in data.priors.random_effects:
+            z = numpyro.sample(f"eta_{p}_decentered", dist.Normal(0.0, 1.0))
+            values[f"eta_{p}"] = numpyro.deterministic(f"eta_{p}", values[f"omega_{p}"] * z)
+    numpyro.factor("log_likelihood", jnp.sum(pointwise_loglik(data, values)))
+
+
+def potential_fn(data: FitData) -> Callable[[Mapping[str, Array]], Array]:
+    """Jitted potential energy (negative log posterior density, up to a constant) of the model.
+
+    Takes the *unconstrained* values of the sample sites (log scale for positive sites), as
+    numpyro's samplers do; the log-Jacobians of the transforms are included. Jitting it here
+    means a sampler's eager start-up calls compile the whole density once instead of tracing the
+    filter op by op.
+    """
+    from numpyro.infer.util import potential_energy
+
+    model = partial(hierarchical_model, data)
+    return jax.jit(lambda u: potential_energy(model, (), {}, u))
+
+
+def unconstrained_sites(data: FitData) -> tuple[str, ...]:
+    """Names of the sampled sites (population sites, then the standardised random effects)."""
+    return tuple(s.site for s in data.priors.sites) + tuple(f"eta_{p}_decentered" for p in data.priors.random_effects)
+
+
+def constrain(data: FitData, unconstrained: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Constrained site values and the scaled random effects ``eta_<p>`` from unconstrained draws.
+
+    Parameters
+    ----------
+    unconstrained : mapping site -> (..., ) or (..., S) array
+        Any leading batch shape (e.g. ``(chains, draws)``).
+
+    Returns
+    -------
+    dict site -> array
+        Population sites on their natural scale, ``eta_<p>_decentered`` unchanged and
+        ``eta_<p> = omega_<p> * eta_<p>_decentered``.
+    """
+    out = {s.site: s.from_unconstrained(np.asarray(unconstrained[s.site])) for s in data.priors.sites}
+    for p in data.priors.random_effects:
+        out[f"eta_{p}_decentered"] = np.asarray(unconstrained[f"eta_{p}_decentered"])
+    return with_random_effects(data, out)
+
+
+def with_random_effects(data: FitData, constrained: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Add ``eta_<p> = omega_<p> * eta_<p>_decentered`` to constrained site values (any batch shape)."""
+    out = {k: np.asarray(v) for k, v in constrained.items()}
+    for p in data.priors.random_effects:
+        out[f"eta_{p}"] = out[f"omega_{p}"][..., None] * out[f"eta_{p}_decentered"]
+    return out

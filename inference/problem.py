@@ -1,0 +1,167 @@
+"""What a fit needs from a cohort and a model, checked and converted once.
+
+:func:`prepare` takes a ``medsim.data.Cohort`` (or anything with its ``padded()``,
+``data_hash()`` and ``name``; a bare ``PaddedCohort`` also works) and returns a
+:class:`FitData`: the event timeline for the likelihood, the subjects' covariates, the prior
+specification and the observation arrays the posterior file keeps.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import cached_property
+from typing import Any
+
+import jax
+import numpy as np
+
+from inference.likelihood.ekf import cohort_loglik
+from inference.likelihood.timeline import Timeline, build_timeline
+from inference.priors import PriorSpec, build_priors
+from medsim.models.base import PhysiologyModel
+
+
+class FitDataError(ValueError):
+    """A cohort that the chosen model cannot be fitted to (names the subject, column or covariate)."""
+
+
+@dataclass(frozen=True)
+class FitData:
+    """A cohort prepared for fitting ``model`` (``S`` subjects, ``N`` padded observations).
+
+    Attributes
+    ----------
+    model : PhysiologyModel
+    priors : PriorSpec
+    timeline : Timeline
+    subject_ids : tuple of str, length S
+    covariates : dict name -> (S,) float
+        The model's covariates, per subject.
+    extra_covariates : dict name -> (S,) float
+        The cohort's other covariates (kept in the posterior file for reference).
+    obs_time, obs_value : (S, N) float
+        Observation times (model time unit) and values (observable unit).
+    obs_observable : (S, N) int
+        Index into ``timeline.observables``.
+    obs_mask : (S, N) bool
+    cohort_name, data_hash : str
+    """
+
+    model: PhysiologyModel
+    priors: PriorSpec
+    timeline: Timeline
+    subject_ids: tuple[str, ...]
+    covariates: dict[str, np.ndarray]
+    extra_covariates: dict[str, np.ndarray]
+    obs_time: np.ndarray
+    obs_value: np.ndarray
+    obs_observable: np.ndarray
+    obs_mask: np.ndarray
+    cohort_name: str
+    data_hash: str
+
+    @property
+    def n_subjects(self) -> int:
+        return len(self.subject_ids)
+
+    @property
+    def observed(self) -> tuple[str, ...]:
+        return self.timeline.observed_observables()
+
+    @cached_property
+    def loglik(self) -> Callable[..., jax.Array]:
+        """Jitted :func:`~inference.likelihood.ekf.cohort_loglik` of this cohort and model:
+        ``loglik(individual_params, noise, residual) -> (S, N)``. Compiled once per shape when
+        called eagerly (sampler start-up); inlined when traced inside a larger jitted function."""
+        model = self.model
+        # The timeline is an argument (not a closure constant) so that a FitData whose timeline
+        # is itself traced (e.g. vmapped over simulated cohorts) never leaks tracers into the cache.
+        jitted = jax.jit(
+            lambda timeline, theta, noise, residual: cohort_loglik(model, timeline, theta, noise, residual)
+        )
+        return lambda theta, noise, residual: jitted(self.timeline, theta, noise, residual)
+
+
+def prepare(
+    cohort: Any,
+    model: PhysiologyModel,
+    *,
+    process_noise: bool = True,
+    substeps: int = 4,
+    max_substep: float | None = None,
+    dtype: Any = np.float32,
+) -> FitData:
+    """Check ``cohort`` against ``model`` and build everything a fit needs.
+
+    Parameters
+    ----------
+    cohort : Cohort or PaddedCohort
+    model : PhysiologyModel
+    process_noise : bool
+        False fits the ODE limit (process-noise scales fixed at 0).
+    substeps, max_substep : see :func:`~inference.likelihood.timeline.build_timeline`.
+    dtype : numpy floating dtype of the likelihood arrays.
+
+    Raises
+    ------
+    FitDataError
+        No subjects or observations, a covariate the model needs is missing or not finite.
+    TimelineError
+        Records the model cannot represent (see :func:`build_timeline`).
+    """
+    padded = cohort.padded() if hasattr(cohort, "padded") else cohort
+    ids = tuple(str(i) for i in padded.ids)
+    obs_mask = np.asarray(padded.obs_mask, bool)
+    if not ids or not obs_mask.any():
+        raise FitDataError("the cohort has no subjects with observations; nothing to fit")
+    empty = [ids[s] for s in range(len(ids)) if not obs_mask[s].any()]
+    if empty:
+        raise FitDataError(f"subjects without observations cannot be fitted: {empty[:10]}")
+    available = {k: np.asarray(v, float) for k, v in dict(padded.covariates).items()}
+    covariates = {}
+    for c in model.covariates:
+        if c.name not in available:
+            raise FitDataError(
+                f"model {model.name!r} needs covariate {c.name!r} [{c.unit}], which the cohort lacks "
+                f"(it has {sorted(available)})"
+            )
+        values = available[c.name]
+        bad = [ids[s] for s in np.nonzero(~np.isfinite(values))[0]]
+        if bad:
+            raise FitDataError(f"covariate {c.name!r} is missing or not finite for subjects {bad[:10]}")
+        covariates[c.name] = values
+    timeline = build_timeline(model, padded, substeps=substeps, max_substep=max_substep, dtype=dtype)
+    obs_observable = np.zeros(obs_mask.shape, np.int32)
+    for s in range(len(ids)):
+        obs_observable[s] = np.asarray(timeline.obs_observable)[s, np.asarray(timeline.obs_slot)[s]]
+    observed = timeline.observed_observables()
+    priors = build_priors(model, observed, process_noise=process_noise)
+    return FitData(
+        model=model,
+        priors=priors,
+        timeline=timeline,
+        subject_ids=ids,
+        covariates=covariates,
+        extra_covariates={k: v for k, v in available.items() if k not in covariates},
+        obs_time=np.asarray(padded.obs_time, float),
+        obs_value=np.asarray(padded.obs_value, float),
+        obs_observable=obs_observable,
+        obs_mask=obs_mask,
+        cohort_name=str(getattr(cohort, "name", "") or ""),
+        data_hash=cohort.data_hash() if hasattr(cohort, "data_hash") else padded_hash(padded),
+    )
+
+
+def padded_hash(padded: Any) -> str:
+    """sha256 of the padded arrays (for cohorts given without their own ``data_hash``)."""
+    digest = hashlib.sha256()
+    digest.update("\x1f".join(str(i) for i in padded.ids).encode())
+    for name in ("obs_time", "obs_value", "obs_cmt", "obs_mask", "dose_time", "dose_cmt", "dose_amount", "dose_rate"):
+        digest.update(name.encode())
+        digest.update(np.ascontiguousarray(getattr(padded, name), np.float64).tobytes())
+    for name in sorted(padded.covariates):
+        digest.update(name.encode())
+        digest.update(np.ascontiguousarray(padded.covariates[name], np.float64).tobytes())
+    return digest.hexdigest()

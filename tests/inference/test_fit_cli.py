@@ -1,0 +1,70 @@
+"""``medsim fit`` on an event-table file, and the command's usage errors."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from inference_synthetic import oral_cohort
+from typer.testing import CliRunner
+
+import medsim.cli.fit_cmds  # noqa: F401  (registers `fit` and `check` on the app)
+from inference import Posterior
+from medsim.cli import app
+from medsim.data import Cohort, write_event_table
+
+
+@pytest.fixture(scope="module")
+def table(tmp_path_factory):
+    padded = oral_cohort(3).padded()
+    cohort = Cohort.from_arrays(
+        padded.ids,
+        padded.obs_time,
+        padded.obs_value,
+        2,
+        dose_time=padded.dose_time,
+        dose_amount=padded.dose_amount,
+        dose_cmt=1,
+        units={"TIME": "h", "DV": "mg/L", "AMT": "mg"},
+        name="three subjects",
+    )
+    return write_event_table(cohort, tmp_path_factory.mktemp("cohort") / "cohort.csv")
+
+
+def test_fit_an_event_table_with_svi_and_check_it(table, tmp_path):
+    out = tmp_path / "post.nc"
+    args = ["fit", str(table), "--model", "pk_oral_1cmt", "--method", "svi", "--svi-steps", "300"]
+    result = CliRunner().invoke(app, [*args, "--draws", "100", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert "not applicable" in result.output and out.exists()
+    posterior = Posterior.load(out)
+    assert posterior.attrs["method"] == "svi" and posterior.attrs["svi_steps"] == 300
+    checked = CliRunner().invoke(app, ["check", str(out), "--json"])
+    assert checked.exit_code == 0, checked.output
+    report = json.loads(checked.output)
+    assert report["method"] == "svi" and report["diagnostics"]["applicable"] is False
+    cl = report["parameters"]["CL"]
+    assert cl["hdi_low"] <= cl["median"] <= cl["hdi_high"] and cl["r_hat"] is None and cl["unit"] == "L/h"
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["fit", "no_such_dataset", "--model", "pk_oral_1cmt"], "neither an existing event-table file nor"),
+        (["fit", "theoph", "--model", "no_such_model"], "unknown model 'no_such_model'"),
+        (["fit", "theoph", "--model", "pk_iv_1cmt"], "needs covariate 'WGT'"),
+        (["fit", "theoph", "--model", "pk_oral_1cmt", "--backend", "stan"], "unknown backend 'stan'"),
+    ],
+)
+def test_usage_errors_exit_2_with_a_message(args, message, tmp_path):
+    result = CliRunner().invoke(app, [*args, "--out", str(tmp_path / "x.nc"), "--chain-method", "vectorized"])
+    assert result.exit_code == 2
+    assert message in result.output
+    assert not (tmp_path / "x.nc").exists()
+
+
+def test_check_rejects_a_file_that_is_not_a_posterior(tmp_path):
+    bogus = tmp_path / "bogus.nc"
+    bogus.write_bytes(b"\x89HDF\r\n")
+    result = CliRunner().invoke(app, ["check", str(bogus)])
+    assert result.exit_code == 2 and "not a netCDF InferenceData file" in result.output
