@@ -41,12 +41,14 @@ def _log(msg: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
 
 
-def _fit_summary(data, out, wall: float) -> tuple[dict, object]:
+def _fit_summary(data, out, wall: float, *, backend: str, seed: int) -> tuple[dict, object]:
     """Diagnostics and timings of one sampler run; returns (figures, InferenceData)."""
     from inference.assemble import build_inference_data
     from inference.diagnostics import diagnose
+    from inference.fitting import provenance_attrs
 
-    idata = build_inference_data(data, out.samples, out.sample_stats, {})
+    attrs = provenance_attrs(data, backend=backend, method="nuts", seed=seed, info=out.info)
+    idata = build_inference_data(data, out.samples, out.sample_stats, attrs)
     diag = diagnose(idata, method="nuts")
     return {
         "wall_time_s": wall,
@@ -75,7 +77,7 @@ def speed(cohort, model, *, chains: int, draws: int, warmup: int, seed: int) -> 
         data = prepare(cohort, model, process_noise=True)
         out = run(data, chains=chains, draws=draws, warmup=warmup, seed=seed)
         wall = time.perf_counter() - start
-        results[backend], idatas[backend] = _fit_summary(data, out, wall)
+        results[backend], idatas[backend] = _fit_summary(data, out, wall, backend=backend, seed=seed)
         results[backend]["load_average_before"] = load
         results[backend]["load_average_after"] = os.getloadavg()[0]
         _log(f"{backend}: {json.dumps(results[backend])}")
@@ -96,7 +98,7 @@ def process_noise(cohort, model, sde_idata, *, chains: int, draws: int, warmup: 
     data = prepare(cohort, model, process_noise=False)
     start = time.perf_counter()
     out = run_nuts(data, chains=chains, draws=draws, warmup=warmup, seed=seed)
-    ode, ode_idata = _fit_summary(data, out, time.perf_counter() - start)
+    ode, ode_idata = _fit_summary(data, out, time.perf_counter() - start, backend="numpyro", seed=seed)
     result = {"ode_fit": ode}
     for unit in ("observation", "subject"):
         comparison = loo_compare({"SDE": sde_idata, "ODE": ode_idata}, unit=unit)
@@ -108,7 +110,7 @@ def process_noise(cohort, model, sde_idata, *, chains: int, draws: int, warmup: 
             "p_loo": {name: float(table.loc[name, "p_loo"]) for name in table.index},
             "elpd_diff": float(table["elpd_diff"].max()),
             "dse": float(table.loc[table["elpd_diff"].idxmax(), "dse"]),
-            "pareto_k_above_0.7": comparison.pareto_k_above,
+            "pareto_k_above_threshold": comparison.pareto_k_above,
             "n_points": comparison.n_points,
         }
     sigma = np.asarray(sde_idata.posterior["sigma_central"]).ravel()
@@ -125,17 +127,20 @@ def heldout(cohort, model, *, chains: int, draws: int, warmup: int, seed: int, n
     """Fit without each subject's last ``n_last`` samples; 90 % predictive coverage of them."""
     import jax
 
-    from inference.backends.numpyro_nuts import run_nuts
     from inference.checks.heldout import heldout_coverage, split_last
-    from inference.checks.predictive import draws_from_samples
-    from inference.problem import prepare
+    from inference.fitting import fit
 
     _log(f"held-out check: SDE fit without the last {n_last} samples of each subject")
-    data = prepare(split_last(cohort, n_last), model, process_noise=True)
-    out = run_nuts(data, chains=chains, draws=draws, warmup=warmup, seed=seed)
-    flat = {k: v.reshape(-1, *v.shape[2:]) for k, v in out.samples.items()}
-    coverage = heldout_coverage(draws_from_samples(data, flat), cohort, n_last, key=jax.random.key(seed))
-    return {"n_last": n_last, "level": 0.9, **coverage.interval}
+    posterior = fit(split_last(cohort, n_last), model, chains=chains, draws=draws, warmup=warmup, seed=seed)
+    coverage = heldout_coverage(posterior, cohort, n_last, key=jax.random.key(seed))
+    diag = posterior.diagnostics
+    return {
+        "n_last": n_last,
+        "level": 0.9,
+        "rhat_max": diag.rhat_max,
+        "divergences": diag.divergences,
+        **coverage.interval,
+    }
 
 
 def calibration(*, quick: bool, seed: int) -> dict:
@@ -240,29 +245,27 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 def _figures(results: dict) -> list[dict]:
-    """The headline numbers as a flat list of {name, value, unit}."""
+    """The headline numbers of the sections done so far, as a flat list of {name, value, unit}."""
     out = []
-    for backend in ("numpyro", "pymc"):
-        r = results["speed"][backend]
+    if "speed" in results:
+        for backend in ("numpyro", "pymc"):
+            r = results["speed"][backend]
+            out += [
+                {"name": f"theoph_sde_{backend}_wall_time", "value": r["wall_time_s"], "unit": "s"},
+                {"name": f"theoph_sde_{backend}_ess_bulk_per_s", "value": r["ess_bulk_per_s"], "unit": "1/s"},
+                {"name": f"theoph_sde_{backend}_rhat_max", "value": r["rhat_max"], "unit": "1"},
+                {"name": f"theoph_sde_{backend}_divergences", "value": r["divergences"], "unit": "count"},
+            ]
+        out += [{"name": k, "value": v, "unit": "1"} for k, v in results["speed"]["ratios"].items()]
+    if "process_noise" in results:
+        noise = results["process_noise"]
         out += [
-            {"name": f"theoph_sde_{backend}_wall_time", "value": r["wall_time_s"], "unit": "s"},
-            {"name": f"theoph_sde_{backend}_ess_bulk_per_s", "value": r["ess_bulk_per_s"], "unit": "1/s"},
-            {"name": f"theoph_sde_{backend}_rhat_max", "value": r["rhat_max"], "unit": "1"},
-            {"name": f"theoph_sde_{backend}_divergences", "value": r["divergences"], "unit": "count"},
+            {"name": "theoph_loo_elpd_sde", "value": noise["loo_observation"]["elpd_loo"]["SDE"], "unit": "nats"},
+            {"name": "theoph_loo_elpd_ode", "value": noise["loo_observation"]["elpd_loo"]["ODE"], "unit": "nats"},
+            {"name": "theoph_sigma_central_median", "value": noise["sigma_central"]["median"], "unit": "1/sqrt(h)"},
         ]
-    ratios = results["speed"]["ratios"]
-    out += [{"name": k, "value": v, "unit": "1"} for k, v in ratios.items()]
-    loo = results["process_noise"]["loo_observation"]
-    out += [
-        {"name": "theoph_loo_elpd_sde", "value": loo["elpd_loo"]["SDE"], "unit": "nats"},
-        {"name": "theoph_loo_elpd_ode", "value": loo["elpd_loo"]["ODE"], "unit": "nats"},
-        {
-            "name": "theoph_sigma_central_median",
-            "value": results["process_noise"]["sigma_central"]["median"],
-            "unit": "1/sqrt(h)",
-        },
-        {"name": "theoph_heldout_coverage_90", "value": results["heldout"]["rate"], "unit": "1"},
-    ]
+    if "heldout" in results:
+        out.append({"name": "theoph_heldout_coverage_90", "value": results["heldout"]["rate"], "unit": "1"})
     if "calibration" in results:
         cal = results["calibration"]
         out += [

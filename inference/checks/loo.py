@@ -52,7 +52,8 @@ class LooComparison:
     loo : dict name -> arviz.ELPDData
         Each model's PSIS-LOO estimate, with pointwise values and Pareto k.
     pareto_k_above : dict name -> int
-        Points with Pareto k > 0.7, where PSIS is unreliable (Vehtari et al. 2024, JMLR 25:72).
+        Points with Pareto k above ArviZ's threshold ``min(1 - 1 / log10(draws), 0.7)``, where
+        PSIS is unreliable (Vehtari et al. 2024, JMLR 25:72).
     unit : str
     n_points : int
     """
@@ -188,7 +189,10 @@ def loo_compare(
     with warnings.catch_warnings():  # ArviZ 0.23 sorts with pandas' deprecated inplace=True
         warnings.filterwarnings("ignore", message="The inplace keyword")
         table = az.compare(loo, ic="loo")
-    above = {name: int(np.sum(np.asarray(result.pareto_k) > 0.7)) for name, result in loo.items()}
+    # ArviZ's reliability threshold for k depends on the number of draws S: min(1 - 1/log10 S, 0.7).
+    above = {
+        name: int(np.sum(np.asarray(result.pareto_k) > getattr(result, "good_k", 0.7))) for name, result in loo.items()
+    }
     return LooComparison(table=table, loo=loo, pareto_k_above=above, unit=unit, n_points=next(iter(sizes.values())))
 
 

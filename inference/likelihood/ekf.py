@@ -44,9 +44,6 @@ from inference.likelihood.timeline import Timeline
 from medsim.models.base import PhysiologyModel
 
 Array = jax.Array
-import os
-_UNROLL_SUB = os.environ.get('USUB') == '1'
-_UNROLL_SCAN = int(os.environ.get('USCAN', '1'))
 _LOG_2PI = math.log(2.0 * math.pi)
 _SLOT_FIELDS = ("time", "is_obs", "obs_value", "obs_observable", "bolus", "infusion_rate")
 
@@ -231,11 +228,7 @@ def subject_loglik(
         t = slot["time"]
         h = (t - t_prev) / timeline.substeps
         rates = input_rates(slot["infusion_rate"])
-        if _UNROLL_SUB:
-            for i in range(timeline.substeps):
-                m, p = lawson_rk4(t_prev + i * h, m, p, h, rates)
-        else:
-            m, p = jax.lax.fori_loop(0, timeline.substeps, lambda i, mp: lawson_rk4(t_prev + i * h, *mp, h, rates), (m, p))
+        m, p = jax.lax.fori_loop(0, timeline.substeps, lambda i, mp: lawson_rk4(t_prev + i * h, *mp, h, rates), (m, p))
         m_obs, p_obs, ll = update(m, p, slot["obs_value"], slot["obs_observable"], slot["is_obs"])
         m, p = jax.tree.map(lambda a, b: jnp.where(slot["is_obs"], a, b), (m_obs, p_obs), (m, p))
         m, p = apply_boluses(m, p, slot["bolus"])
@@ -243,7 +236,7 @@ def subject_loglik(
 
     m0 = as_dict(model.initial_state(theta))
     p0 = tuple(jnp.zeros((), dtype) for _ in pairs) if covariance else ()
-    _, ll = jax.lax.scan(step, (jnp.zeros((), dtype), m0, p0), {k: slots[k] for k in _SLOT_FIELDS}, unroll=_UNROLL_SCAN)
+    _, ll = jax.lax.scan(step, (jnp.zeros((), dtype), m0, p0), {k: slots[k] for k in _SLOT_FIELDS})
     return ll
 
 
