@@ -90,8 +90,19 @@ def fit_command(
         "parallel", "--chain-method", help="parallel (one chain per CPU thread), vectorized or sequential."
     ),
     svi_steps: int = typer.Option(5000, "--svi-steps", min=1, help="Optimisation steps of --method svi."),
+    template: str = typer.Option(
+        None, "--template", help="With --model neural: name observables and doses after this mechanistic model."
+    ),
 ) -> None:
-    """Fit a Bayesian SDE model to a cohort and write the posterior (with diagnostics)."""
+    """Fit a Bayesian SDE model to a cohort and write the posterior (with diagnostics).
+
+    ``--model neural`` trains the neural CDE/SDE patient model instead (checkpoint + JSON config,
+    calibrated on held-out subjects; exit status 1 when its 90% coverage is below the floor).
+    """
+    if model == "neural":
+        from medsim.cli.neural_cmds import fit_neural_cli
+
+        raise typer.Exit(fit_neural_cli(cohort, out=out, template=template, seed=seed))
     if chain_method == "parallel":
         _request_host_devices(chains)  # before anything below starts JAX
     from rich.console import Console
