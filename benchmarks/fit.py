@@ -1,12 +1,14 @@
 """Fitting: numpyro NUTS against PyMC NUTS on the theophylline SDE fit, plus calibration checks.
 
-Run: ``.venv/bin/python benchmarks/fit.py [--quick] [--no-calibration] [--figures DIR]``.
-Writes ``benchmarks/results/fit.json`` (atomically). Sections:
+Run: ``.venv/bin/python benchmarks/fit.py [--quick] [--sections speed,...] [--no-calibration]
+[--figures DIR]``. Writes ``benchmarks/results/fit.json`` (atomically, after every section).
+Sections:
 
 1. **Speed**: the hierarchical SDE model ``pk_oral_1cmt`` fitted to R's ``Theoph`` (12 subjects)
-   by numpyro NUTS (4 chains vectorised in one process) and by PyMC's NUTS on the same model
-   (priors from one ``PriorSpec``, the same JAX extended-Kalman-filter likelihood through a
-   PyTensor op; 4 chains in 2 worker processes). Wall time includes model building and
+   by numpyro NUTS (4 chains vectorised in one program, and one chain per JAX CPU device with
+   ``chain_method="parallel"``) and by PyMC's NUTS on the same model (priors from one
+   ``PriorSpec``, the same JAX extended-Kalman-filter likelihood through a PyTensor op; 4 chains
+   in 2 worker processes). Wall time includes model building and
    compilation (and PyMC's worker start-up); ESS/s is the smallest bulk ESS over the sampled
    coordinates divided by that wall time. R-hat, ESS and E-BFMI come from ArviZ via
    :func:`inference.diagnostics.diagnose`.
@@ -32,9 +34,19 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
+CHAINS = 4
+PARALLEL_CHILD = "--numpyro-parallel-child"
+if PARALLEL_CHILD in sys.argv:
+    import jax
+
+    # numpyro's chain_method="parallel" puts one chain on each JAX CPU device; the device count
+    # must be set before JAX starts, so that run happens in a child process of its own (the rest
+    # of the benchmark keeps the default single device).
+    jax.config.update("jax_num_cpu_devices", CHAINS)
+import numpy as np  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results" / "fit.json"
+SECTIONS = ("speed", "process_noise", "heldout", "calibration")
 
 
 def _log(msg: str) -> None:
@@ -64,28 +76,74 @@ def _fit_summary(data, out, wall: float, *, backend: str, seed: int) -> tuple[di
 
 
 def speed(cohort, model, *, chains: int, draws: int, warmup: int, seed: int) -> tuple[dict, dict]:
-    """numpyro vs PyMC on the same SDE fit; returns (figures, {backend: InferenceData})."""
+    """numpyro (chains vectorised, and one chain per device) vs PyMC on the same SDE fit.
+
+    Returns (figures, {run name: InferenceData}).
+    """
+    from functools import partial
+
     from inference.backends.numpyro_nuts import run_nuts
     from inference.backends.pymc_backend import run_pymc
     from inference.problem import prepare
 
+    runs = {
+        "numpyro_vectorized": ("numpyro", partial(run_nuts, chain_method="vectorized")),
+        "numpyro_parallel": ("numpyro", None),
+        "pymc": ("pymc", partial(run_pymc, cores=min(2, chains))),
+    }
     results, idatas = {}, {}
-    for backend, run in (("numpyro", run_nuts), ("pymc", run_pymc)):
-        _log(f"{backend}: {chains} chains x ({warmup} warmup + {draws} draws), theoph SDE")
+    for name, (backend, run) in runs.items():
+        _log(f"{name}: {chains} chains x ({warmup} warmup + {draws} draws), theoph SDE")
         load = os.getloadavg()[0]
-        start = time.perf_counter()
-        data = prepare(cohort, model, process_noise=True)
-        out = run(data, chains=chains, draws=draws, warmup=warmup, seed=seed)
-        wall = time.perf_counter() - start
-        results[backend], idatas[backend] = _fit_summary(data, out, wall, backend=backend, seed=seed)
-        results[backend]["load_average_before"] = load
-        results[backend]["load_average_after"] = os.getloadavg()[0]
-        _log(f"{backend}: {json.dumps(results[backend])}")
+        if run is None:
+            results[name] = _parallel_in_child(chains=chains, draws=draws, warmup=warmup, seed=seed)
+        else:
+            start = time.perf_counter()
+            data = prepare(cohort, model, process_noise=True)
+            out = run(data, chains=chains, draws=draws, warmup=warmup, seed=seed)
+            wall = time.perf_counter() - start
+            results[name], idatas[name] = _fit_summary(data, out, wall, backend=backend, seed=seed)
+        results[name]["load_average_before"] = load
+        results[name]["load_average_after"] = os.getloadavg()[0]
+        _log(f"{name}: {json.dumps(results[name])}")
+    fastest = max(("numpyro_vectorized", "numpyro_parallel"), key=lambda k: results[k]["ess_bulk_per_s"])
     results["ratios"] = {
-        "pymc_over_numpyro_wall_time": results["pymc"]["wall_time_s"] / results["numpyro"]["wall_time_s"],
-        "numpyro_over_pymc_ess_per_s": results["numpyro"]["ess_bulk_per_s"] / results["pymc"]["ess_bulk_per_s"],
+        "best_numpyro": fastest,
+        "pymc_over_numpyro_wall_time": results["pymc"]["wall_time_s"] / results[fastest]["wall_time_s"],
+        "numpyro_over_pymc_ess_per_s": results[fastest]["ess_bulk_per_s"] / results["pymc"]["ess_bulk_per_s"],
     }
     return results, idatas
+
+
+def _parallel_in_child(*, chains: int, draws: int, warmup: int, seed: int) -> dict:
+    """Run the numpyro ``parallel`` fit in a child process with one JAX device per chain."""
+    import subprocess
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as folder:
+        out = Path(folder) / "parallel.json"
+        command = [sys.executable, __file__, PARALLEL_CHILD, str(out)]
+        command += ["--draws", str(draws), "--warmup", str(warmup), "--seed", str(seed)]
+        subprocess.run(command, check=True)
+        return json.loads(out.read_text())
+
+
+def _parallel_child(out: Path, *, draws: int, warmup: int, seed: int) -> None:
+    """Body of the child process started by :func:`_parallel_in_child`."""
+    import medsim.data
+    from inference.backends.numpyro_nuts import run_nuts
+    from inference.problem import prepare
+    from medsim.models import get
+
+    cohort, model = medsim.data.load("theoph"), get("pk_oral_1cmt")
+    start = time.perf_counter()
+    data = prepare(cohort, model, process_noise=True)
+    result = run_nuts(data, chains=CHAINS, draws=draws, warmup=warmup, seed=seed, chain_method="parallel")
+    figures, _ = _fit_summary(data, result, time.perf_counter() - start, backend="numpyro", seed=seed)
+    import jax
+
+    figures["jax_devices"] = len(jax.local_devices())
+    _write_atomic(out, figures)
 
 
 def process_noise(cohort, model, sde_idata, *, chains: int, draws: int, warmup: int, seed: int) -> dict:
@@ -150,7 +208,7 @@ def calibration(*, quick: bool, seed: int) -> dict:
     settings = (
         {"n_cohorts": 20, "chains": 1, "warmup": 200, "draws": 200, "n_rank_draws": 49}
         if quick
-        else {"n_cohorts": 100, "chains": 1, "warmup": 300, "draws": 300, "n_rank_draws": 99}
+        else {"n_cohorts": 60, "chains": 1, "warmup": 300, "draws": 300, "n_rank_draws": 59}
     )
     _log(f"simulation-based calibration: {settings}")
     result = run_calibration(
@@ -194,53 +252,84 @@ def _write_atomic(path: Path, payload: dict) -> None:
 
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--quick", action="store_true", help="short chains and 20 calibration cohorts (minutes)")
+    parser.add_argument(
+        "--quick", action="store_true", help="4 x 200 draws and 20 calibration cohorts (full: 4 x 1000, 60 cohorts)"
+    )
+    parser.add_argument("--sections", default=",".join(SECTIONS), help=f"comma-separated subset of {SECTIONS}")
     parser.add_argument("--no-calibration", action="store_true", help="skip simulation-based calibration")
     parser.add_argument("--figures", type=Path, default=None, help="write individual-fit and VPC PNGs here")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument(PARALLEL_CHILD, type=Path, default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--draws", type=int, default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--warmup", type=int, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.numpyro_parallel_child is not None:
+        _parallel_child(args.numpyro_parallel_child, draws=args.draws, warmup=args.warmup, seed=args.seed)
+        return {}
+    sections = [s for s in args.sections.split(",") if s and not (args.no_calibration and s == "calibration")]
+    unknown = sorted(set(sections) - set(SECTIONS))
+    if unknown:
+        parser.error(f"unknown sections {unknown}; choose from {SECTIONS}")
 
     import medsim.data
     from medsim.models import get
 
     cohort = medsim.data.load("theoph")
     model = get("pk_oral_1cmt")
-    sizes = {"chains": 4, "draws": 200, "warmup": 200} if args.quick else {"chains": 4, "draws": 1000, "warmup": 1000}
+    sizes = {"chains": CHAINS, "draws": 200 if args.quick else 1000, "warmup": 200 if args.quick else 1000}
     started = time.perf_counter()
-    results = {"speed": None}
-    results["speed"], idatas = speed(cohort, model, seed=args.seed, **sizes)
-    results["process_noise"] = process_noise(cohort, model, idatas["numpyro"], seed=args.seed, **sizes)
-    results["heldout"] = heldout(cohort, model, seed=args.seed, **sizes)
-    if not args.no_calibration:
-        results["calibration"] = calibration(quick=args.quick, seed=args.seed)
-    if args.figures is not None:
-        from inference.checks import write_check_figures
-        from inference.posterior import Posterior
-
-        paths = write_check_figures(Posterior(idata=idatas["numpyro"], model=model), cohort, args.figures)
-        results["figures_written"] = {k: str(v) for k, v in paths.items()}
+    argv_used = sys.argv[1:] if argv is None else argv
     payload = {
         "benchmark": "fit",
-        "command": " ".join(
-            shlex.quote(a) for a in ["benchmarks/fit.py", *(argv if argv is not None else sys.argv[1:])]
-        ),
+        "command": " ".join(shlex.quote(a) for a in [".venv/bin/python", "benchmarks/fit.py", *argv_used]),
         "settings": {**sizes, "seed": args.seed, "quick": args.quick, "cohort": "theoph", "model": model.name},
         "machine": _machine(),
         "versions": _versions(),
-        "total_wall_time_s": time.perf_counter() - started,
-        "figures": _figures(results),
-        "results": results,
     }
-    _write_atomic(args.out, payload)
-    np_, pm_, ratios = results["speed"]["numpyro"], results["speed"]["pymc"], results["speed"]["ratios"]
-    print(
-        f"theoph SDE, {sizes['chains']} chains x {sizes['draws']} draws: "
-        f"numpyro {np_['wall_time_s']:.1f} s ({np_['ess_bulk_per_s']:.1f} ESS/s), "
-        f"PyMC {pm_['wall_time_s']:.1f} s ({pm_['ess_bulk_per_s']:.1f} ESS/s); "
-        f"PyMC/numpyro wall time {ratios['pymc_over_numpyro_wall_time']:.1f}x, "
-        f"numpyro/PyMC ESS/s {ratios['numpyro_over_pymc_ess_per_s']:.1f}x. Written: {args.out}"
-    )
+    results: dict = {}
+
+    def save(final: bool = False) -> None:
+        # Written after every section (atomically), so a long run that stops late keeps its figures.
+        payload.update(results=results, figures=_figures(results), complete=final)
+        payload["total_wall_time_s"] = time.perf_counter() - started
+        _write_atomic(args.out, payload)
+
+    idatas = {}
+    if "speed" in sections:
+        results["speed"], idatas = speed(cohort, model, seed=args.seed, **sizes)
+        save()
+        if args.figures is not None:
+            from inference.checks import write_check_figures
+            from inference.posterior import Posterior
+
+            posterior = Posterior(idata=idatas["numpyro_vectorized"], model=model)
+            paths = write_check_figures(posterior, cohort, args.figures)
+            results["figures_written"] = {k: str(v) for k, v in paths.items()}
+    if "process_noise" in sections:
+        if not idatas:
+            parser.error("the process_noise section compares against the speed section's SDE fit")
+        sde = idatas["numpyro_vectorized"]  # same posterior as the parallel run (which ran in a child)
+        results["process_noise"] = process_noise(cohort, model, sde, seed=args.seed, **sizes)
+        save()
+    if "heldout" in sections:
+        results["heldout"] = heldout(cohort, model, seed=args.seed, **sizes)
+        save()
+    if "calibration" in sections:
+        results["calibration"] = calibration(quick=args.quick, seed=args.seed)
+    save(final=True)
+    if "speed" in results:
+        speed_ = results["speed"]
+        for name in ("numpyro_vectorized", "numpyro_parallel", "pymc"):
+            r = speed_[name]
+            rate, rhat = r["ess_bulk_per_s"], r["rhat_max"]
+            print(f"theoph SDE {name}: {r['wall_time_s']:.1f} s, {rate:.2f} ESS/s, R-hat {rhat:.3f}")
+        ratios = speed_["ratios"]
+        print(
+            f"PyMC / {ratios['best_numpyro']} wall time {ratios['pymc_over_numpyro_wall_time']:.2f}x; "
+            f"{ratios['best_numpyro']} / PyMC ESS per second {ratios['numpyro_over_pymc_ess_per_s']:.2f}x"
+        )
+    print(f"written: {args.out}")
     return payload
 
 
@@ -248,7 +337,7 @@ def _figures(results: dict) -> list[dict]:
     """The headline numbers of the sections done so far, as a flat list of {name, value, unit}."""
     out = []
     if "speed" in results:
-        for backend in ("numpyro", "pymc"):
+        for backend in ("numpyro_vectorized", "numpyro_parallel", "pymc"):
             r = results["speed"][backend]
             out += [
                 {"name": f"theoph_sde_{backend}_wall_time", "value": r["wall_time_s"], "unit": "s"},
@@ -256,7 +345,9 @@ def _figures(results: dict) -> list[dict]:
                 {"name": f"theoph_sde_{backend}_rhat_max", "value": r["rhat_max"], "unit": "1"},
                 {"name": f"theoph_sde_{backend}_divergences", "value": r["divergences"], "unit": "count"},
             ]
-        out += [{"name": k, "value": v, "unit": "1"} for k, v in results["speed"]["ratios"].items()]
+        out += [
+            {"name": k, "value": v, "unit": "1"} for k, v in results["speed"]["ratios"].items() if k != "best_numpyro"
+        ]
     if "process_noise" in results:
         noise = results["process_noise"]
         out += [

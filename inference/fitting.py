@@ -31,8 +31,9 @@ def fit(
     seed: int = 0,
     process_noise: bool = True,
     progress: Progress | None = None,
-    chain_method: Literal["vectorized", "parallel", "sequential"] = "vectorized",
+    chain_method: Literal["auto", "vectorized", "parallel", "sequential"] = "auto",
     svi_steps: int = 5000,
+    target_accept: float = 0.9,
     substeps: int = 4,
     max_substep: float | None = None,
 ) -> Posterior:
@@ -42,8 +43,8 @@ def fit(
     ----------
     cohort : medsim.data.Cohort or PaddedCohort
     model : PhysiologyModel
-    backend : {"numpyro"}
-        ``"pymc"`` is reserved for the PyMC backend (not part of this release).
+    backend : {"numpyro", "pymc"}
+        ``"pymc"`` runs PyMC's NUTS on the same prior and likelihood (method ``"nuts"`` only).
     method : {"nuts", "svi"}
         NUTS (exact up to Monte Carlo error, with diagnostics) or SVI (fast, approximate).
     chains, draws, warmup : int
@@ -55,10 +56,13 @@ def fit(
         False fits the ODE limit (process-noise scales fixed at 0).
     progress : callable(done, total), optional
         Progress callback (sampler iterations summed over chains, or SVI steps).
-    chain_method : {"vectorized", "parallel", "sequential"}
-        How NUTS runs its chains (see :mod:`inference.backends.numpyro_nuts`).
+    chain_method : {"auto", "vectorized", "parallel", "sequential"}
+        How numpyro's NUTS runs its chains (see :mod:`inference.backends.numpyro_nuts`); ``"auto"`` uses a
+        device per chain when JAX has them, else runs the chains one after the other.
     svi_steps : int
         Optimisation steps of SVI.
+    target_accept : float
+        NUTS step-size adaptation target; raise it (0.9, 0.95) when a fit reports divergences.
     substeps, max_substep
         Filter discretisation (see :func:`inference.likelihood.build_timeline`).
 
@@ -76,20 +80,30 @@ def fit(
         A cohort the model cannot be fitted to.
     """
     if backend not in BACKENDS:
-        available = ", ".join(BACKENDS)
-        raise FitConfigError(
-            f"backend {backend!r} is not available in this installation (available: {available})"
-            if backend == "pymc"
-            else f"unknown backend {backend!r}; choose one of: {available}"
-        )
+        raise FitConfigError(f"unknown backend {backend!r}; choose one of: {', '.join(BACKENDS)}")
     if method not in BACKENDS[backend]:
         raise FitConfigError(f"backend {backend!r} has no method {method!r}; choose one of {BACKENDS[backend]}")
     if draws < 1 or (method == "nuts" and (chains < 1 or warmup < 0)):
         raise FitConfigError(f"need chains >= 1, draws >= 1 and warmup >= 0; got {chains}, {draws}, {warmup}")
     data = prepare(cohort, model, process_noise=process_noise, substeps=substeps, max_substep=max_substep)
-    if method == "nuts":
+    if backend == "pymc":
+        try:
+            from inference.backends.pymc_backend import run_pymc
+        except ImportError as err:
+            raise FitConfigError(f"backend 'pymc' is not available in this installation ({err})") from None
+        out = run_pymc(
+            data, chains=chains, draws=draws, warmup=warmup, seed=seed, target_accept=target_accept, progress=progress
+        )
+    elif method == "nuts":
         out = run_nuts(
-            data, chains=chains, draws=draws, warmup=warmup, seed=seed, chain_method=chain_method, progress=progress
+            data,
+            chains=chains,
+            draws=draws,
+            warmup=warmup,
+            seed=seed,
+            chain_method=chain_method,
+            target_accept=target_accept,
+            progress=progress,
         )
     else:
         out = run_svi(data, draws=draws, steps=svi_steps, seed=seed, progress=progress)

@@ -4,11 +4,14 @@ The sampler runs on the jitted potential of :func:`inference.hierarchical.potent
 (unconstrained sites), so its start-up compiles the density once; draws are mapped back to the
 constrained scale with :func:`inference.hierarchical.constrain`.
 
-Chains run ``"vectorized"`` (one compiled loop, chains batched), ``"parallel"`` (one chain per
-JAX device) or ``"sequential"``. ``"parallel"`` needs as many host devices as chains, which must
-be requested before JAX starts (``numpyro.set_host_device_count``; XLA CPU devices are threads,
-so four devices on two cores is fine): the CLI does it for ``--chain-method parallel``; the
-library never changes global JAX configuration. ``docs/fitting.md`` compares the methods.
+Chains run ``"parallel"`` (one chain per JAX device), ``"sequential"`` (one after the other in
+one compiled loop) or ``"vectorized"`` (chains batched in one loop). ``"auto"`` (the default)
+picks parallel when there is a device per chain, else sequential: vectorized chains advance in
+lock step, so every iteration costs the longest of the chains' trajectories, and on the
+theophylline fit it used 3x the CPU time of parallel chains (``docs/fitting.md``). Parallel
+chains need host devices requested before JAX starts (``numpyro.set_host_device_count``; XLA
+CPU devices are threads, so four devices on two cores is fine): the CLI does that; the library
+never changes global JAX configuration.
 
 Initialisation: every chain starts at the prior medians of the population sites (the model's
 literature values) and standardised random effects near 0, each jittered uniformly by
@@ -32,7 +35,7 @@ from inference.backends.progress import Progress, ProgressCounter
 from inference.hierarchical import constrain, potential_fn
 from inference.problem import FitData
 
-ChainMethod = Literal["vectorized", "parallel", "sequential"]
+ChainMethod = Literal["auto", "vectorized", "parallel", "sequential"]
 
 
 @dataclass(frozen=True)
@@ -111,8 +114,8 @@ def run_nuts(
     draws: int = 1000,
     warmup: int = 1000,
     seed: int = 0,
-    chain_method: ChainMethod = "vectorized",
-    target_accept: float = 0.8,
+    chain_method: ChainMethod = "auto",
+    target_accept: float = 0.9,
     max_tree_depth: int = 10,
     dense_mass: bool = True,
     init_radius: float = 0.5,
@@ -127,7 +130,8 @@ def run_nuts(
         Number of chains, kept draws per chain and warmup (adaptation) iterations per chain.
     seed : int
         Seeds the initial jitter (numpy) and the chains' JAX keys; same seed, same draws.
-    chain_method : {"vectorized", "parallel", "sequential"}
+    chain_method : {"auto", "vectorized", "parallel", "sequential"}
+        ``"auto"``: ``"parallel"`` when JAX has a device per chain, else ``"sequential"``.
     target_accept : float
         Target acceptance probability of the step-size adaptation.
     max_tree_depth : int
@@ -144,8 +148,10 @@ def run_nuts(
     """
     if chains < 1 or draws < 1 or warmup < 0:
         raise ValueError(f"need chains >= 1, draws >= 1, warmup >= 0; got {chains}, {draws}, {warmup}")
-    if chain_method not in ("vectorized", "parallel", "sequential"):
-        raise ValueError(f"chain_method must be 'vectorized', 'parallel' or 'sequential', got {chain_method!r}")
+    if chain_method not in ("auto", "vectorized", "parallel", "sequential"):
+        raise ValueError(f"chain_method must be 'auto', 'vectorized', 'parallel' or 'sequential', got {chain_method!r}")
+    if chain_method == "auto":
+        chain_method = "parallel" if jax.local_device_count() >= chains else "sequential"
     if chain_method == "parallel" and jax.local_device_count() < chains:
         raise ValueError(
             f"chain_method='parallel' needs {chains} JAX devices, found {jax.local_device_count()}; call "

@@ -8,8 +8,10 @@ Filtering Theory*, §9.5; the CD-EKF used for SDE mixed-effects models by Tornø
     dm/dt = f(t, m)
     dP/dt = F P + P F^T + G(m) G(m)^T,        F = df/dx at m,   G = diag(diffusion at m)
 
-with a fixed number of classical RK4 steps per interval (the step is the interval length over
-``substeps``, so irregular spacing costs nothing at compile time). Doses are exact jumps
+with a fixed number of integrating-factor RK4 steps per interval (Lawson 1967: the decaying part
+of the Jacobian's diagonal is integrated exactly, classical RK4 handles the rest; see
+``lawson_rk4``). The step is the interval length over ``substeps``, so irregular spacing costs
+nothing at compile time. Doses are exact jumps
 ``m <- dose(m)``, ``P <- J P J^T`` (``J`` = Jacobian of the dose map; the identity for additive
 doses); infusions enter ``f`` as input rates. At an observation of observable ``o`` with value
 ``y``::
@@ -24,8 +26,12 @@ Without process noise ``P`` stays exactly zero, ``S = R`` and the filter *is* th
 Layout: the mean is a tuple of ``n`` scalars and the covariance a tuple of its ``n (n + 1) / 2``
 upper-triangle entries, and the small matrix algebra is written out entry by entry. Under
 ``vmap`` every quantity is then one contiguous ``(subjects,)`` vector and XLA fuses each RK4
-stage into a few vectorised loops; stacking ``(subjects, n, n)`` matrices instead was 3-4x slower
+stage into a few vectorised loops; stacking ``(subjects, n, n)`` matrices instead was 3-5x slower
 on CPU (measured on the theophylline cohort, see ``docs/fitting.md``).
+
+Gradients: :func:`cohort_loglik` differentiates each subject's filter in forward mode (one pass
+carrying a tangent per subject parameter) behind a ``custom_vjp``, so reverse-mode callers
+(samplers) never walk back through the time steps.
 
 Precision: the filter runs in the dtype of its inputs. The covariance is symmetric by
 construction and ``S`` has a floor of ``1e-6 R`` against round-off in float32; tests that compare
@@ -273,6 +279,12 @@ def cohort_loglik(
     (S, N) array
         ``log p(y_j | y_<j)`` for each real observation (the one-step-ahead predictive density,
         so the sum over a subject is its marginal log-likelihood); 0 where ``obs_mask`` is False.
+
+    Notes
+    -----
+    Differentiable in reverse mode (``jax.grad``, ``jax.vjp``): each subject's Jacobian is
+    computed in forward mode behind a ``custom_vjp``. Forward-mode transformations of the result
+    (``jax.jvp``, ``jax.jacfwd``, ``jax.hessian``) are therefore not available through it.
     """
     dtype = timeline.time.dtype
     theta = dict(individual_params)

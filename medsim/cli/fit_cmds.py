@@ -79,7 +79,7 @@ def fit_command(
     cohort: str = typer.Argument(..., help="Bundled dataset name (see `medsim datasets`) or an event-table path."),
     model: str = typer.Option(..., "--model", "-m", help="Registered model name (see `medsim models`)."),
     out: Path = typer.Option(..., "--out", "-o", help="Posterior file to write (netCDF, e.g. posterior.nc)."),
-    backend: str = typer.Option("numpyro", "--backend", help="numpyro (pymc where installed)."),
+    backend: str = typer.Option("numpyro", "--backend", help="numpyro (nuts, svi) or pymc (nuts)."),
     method: str = typer.Option("nuts", "--method", help="nuts (exact up to Monte Carlo error) or svi (fast)."),
     chains: int = typer.Option(4, "--chains", min=1, help="NUTS chains."),
     draws: int = typer.Option(1000, "--draws", min=1, help="Kept draws per chain."),
@@ -90,6 +90,9 @@ def fit_command(
         "parallel", "--chain-method", help="parallel (one chain per CPU thread), vectorized or sequential."
     ),
     svi_steps: int = typer.Option(5000, "--svi-steps", min=1, help="Optimisation steps of --method svi."),
+    target_accept: float = typer.Option(
+        0.9, "--target-accept", min=0.5, max=0.99, help="NUTS adaptation target; raise it if a fit reports divergences."
+    ),
     template: str = typer.Option(
         None, "--template", help="With --model neural: name observables and doses after this mechanistic model."
     ),
@@ -119,7 +122,7 @@ def fit_command(
     import jax
 
     if chain_method == "parallel" and jax.local_device_count() < chains:
-        chain_method = "vectorized"  # JAX was started before the request could take effect
+        chain_method = "sequential"  # JAX was started before the request could take effect
     console = Console(stderr=True)
     unit = "iterations (all chains)" if method == "nuts" else "optimisation steps"
     with Progress(
@@ -149,6 +152,7 @@ def fit_command(
                 progress=progress,
                 chain_method=chain_method,
                 svi_steps=svi_steps,
+                target_accept=target_accept,
             )
         except (FitConfigError, FitDataError, TimelineError) as err:
             _fail(str(err))

@@ -39,6 +39,10 @@ def test_fit_an_event_table_with_svi_and_check_it(table, tmp_path):
     assert "not applicable" in result.output and out.exists()
     posterior = Posterior.load(out)
     assert posterior.attrs["method"] == "svi" and posterior.attrs["svi_steps"] == 300
+    d = posterior.diagnostics()
+    assert not d.applicable and d.ok and d.elbo == pytest.approx(posterior.attrs["elbo"])
+    assert "sample_stats" not in posterior.idata.groups()
+    assert posterior.draws().n_draws == 100
     checked = CliRunner().invoke(app, ["check", str(out), "--json"])
     assert checked.exit_code == 0, checked.output
     report = json.loads(checked.output)

@@ -1,4 +1,8 @@
-"""SVI: the fast approximate fit (ELBO, determinism, layout) and fit-option errors."""
+"""SVI: the fast approximate fit (ELBO, determinism, layout) and fit-option errors.
+
+The SVI posterior file and its "diagnostics not applicable" report are checked through the CLI in
+``test_fit_cli.py``.
+"""
 
 from __future__ import annotations
 
@@ -37,12 +41,10 @@ def test_elbo_improves_and_flattens(svi_out):
     assert abs(b.mean() - a.mean()) < 3 * se + 1.0
 
 
-def test_same_seed_same_draws_and_another_seed_differs(data, svi_out):
+def test_same_seed_gives_the_same_draws(data, svi_out):
     again = run_svi(data, draws=300, steps=STEPS, seed=2)
     for name, values in svi_out.samples.items():
         np.testing.assert_array_equal(values, again.samples[name])
-    other = run_svi(data, draws=300, steps=STEPS, seed=3)
-    assert not np.array_equal(other.samples["CL"], svi_out.samples["CL"])
 
 
 def test_svi_draws_recover_the_simulated_typical_clearance(svi_out):
@@ -51,15 +53,6 @@ def test_svi_draws_recover_the_simulated_typical_clearance(svi_out):
     low, high = np.quantile(svi_out.samples["CL"], [0.005, 0.995])
     assert low < 2.75 < high
     assert svi_out.samples["eta_CL"].shape == (1, 300, 3)
-
-
-def test_svi_posterior_says_mcmc_diagnostics_do_not_apply():
-    post = inference.fit(oral_cohort(3), get("pk_oral_1cmt"), method="svi", draws=200, svi_steps=500, seed=0)
-    d = post.diagnostics()
-    assert not d.applicable and d.ok and d.elbo == pytest.approx(post.attrs["elbo"])
-    assert "not applicable" in d.lines()[0]
-    assert "sample_stats" not in post.idata.groups()
-    assert post.draws().n_draws == 200
 
 
 @pytest.mark.parametrize(

@@ -176,6 +176,18 @@ def test_pymc_and_numpyro_agree_within_monte_carlo_error(ode_data):
         assert pymc_out.samples[name].shape == value.shape, name
     for out in (numpyro_out, pymc_out):
         assert out.sample_stats["diverging"].sum() <= 3  # a stray divergence, not a broken sampler
+    # The posterior file layout is the same whichever sampler produced the draws.
+    from inference.assemble import build_inference_data
+    from inference.fitting import provenance_attrs
+    from inference.posterior import Posterior
+
+    layouts = []
+    for backend, out in (("numpyro", numpyro_out), ("pymc", pymc_out)):
+        attrs = provenance_attrs(ode_data, backend=backend, method="nuts", seed=11, info=out.info)
+        idata = build_inference_data(ode_data, out.samples, out.sample_stats, attrs)
+        layouts.append({g: {v: idata[g][v].dims for v in idata[g].data_vars} for g in idata.groups()})
+        assert Posterior(idata=idata, model=ode_data.model).draws().n_draws == 600
+    assert layouts[0] == layouts[1]
 
     sites = [s.site for s in ode_data.priors.sites] + [f"eta_{p}" for p in ode_data.priors.random_effects]
     posteriors = [az.convert_to_dataset({k: out.samples[k] for k in sites}) for out in (numpyro_out, pymc_out)]
