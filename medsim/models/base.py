@@ -229,6 +229,18 @@ class PhysiologyModel(ABC):
         """Multiplicative covariate effect on structural ``parameter`` (default: none)."""
         return jnp.asarray(1.0)
 
+    def titrated_covariates(self, theta: Values, donor_theta: Values) -> dict[str, Array]:
+        """Covariates that are treatment settings titrated to the patient (default: none).
+
+        A new virtual patient borrows its covariates from a fitted subject (the *donor*). Most
+        covariates are traits (weight, age) and carry over unchanged; a few are therapy settings
+        that a clinician tunes to the patient's physiology (a pump's basal rate). For those the
+        model returns the value the new patient would be titrated to, given its own parameters
+        ``theta`` and the donor's ``donor_theta`` (both dicts of arrays with the same shape, the
+        donor's including its own covariates). Names returned here replace the borrowed values.
+        """
+        return {}
+
     # ------------------------------------------------------------------ dynamics
     @abstractmethod
     def initial_state(self, theta: Values) -> dict[str, Array]:

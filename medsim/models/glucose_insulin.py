@@ -28,6 +28,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import jax.numpy as jnp
+import numpy as np
+
 from medsim.models.base import Covariate, Observable, Parameter, PhysiologyModel, ResidualError, State
 
 _SRC = "Kanderian et al. 2009, JDST 3:1047, Table 2"
@@ -140,6 +143,34 @@ class GlucoseInsulin(PhysiologyModel):
 
     def initial_state(self, theta):
         return self.steady_state(theta, theta["BASAL"] / 60.0)
+
+    def fasting_glucose(self, theta):
+        """Steady-state glucose (mg/dL) under the patient's basal rate and no meal."""
+        return self.steady_state(theta, theta["BASAL"] / 60.0)["glucose"]
+
+    def basal_for_fasting_glucose(self, theta, target_mg_dl):
+        """Basal rate (U/h) whose steady state puts fasting glucose at ``target_mg_dl``.
+
+        The steady state inverted: action = EGP / G - GEZI, plasma insulin = action / S_I, basal
+        (U/min) = plasma insulin * C_I / 1e6. Clipped to 0.2-4 U/h, the usual adult pump range
+        (a patient whose endogenous production needs no insulin to reach the target still gets
+        the smallest rate a pump delivers).
+        """
+        # numpy in, numpy out (float64 stays float64); traced or jax arrays go through jnp.
+        xp = np if all(isinstance(theta[k], np.ndarray | float) for k in ("EGP", "GEZI", "S_I", "C_I")) else jnp
+        action = theta["EGP"] / target_mg_dl - theta["GEZI"]
+        insulin_p = xp.maximum(action, 1e-4) / theta["S_I"]
+        return xp.clip(60.0 * insulin_p * theta["C_I"] / 1e6, 0.2, 4.0)
+
+    def titrated_covariates(self, theta, donor_theta):
+        """``BASAL`` is titrated: the new patient gets the basal rate that gives it the donor's fasting glucose.
+
+        Borrowing the donor's basal rate unchanged would pair it with different insulin
+        sensitivity and endogenous production, and a sensitive patient would start the
+        simulation hypoglycaemic before any policy acts. Matching the fasting glucose keeps the
+        cohort's distribution of basal control (how well the fitted subjects' pumps were tuned).
+        """
+        return {"BASAL": self.basal_for_fasting_glucose(theta, self.fasting_glucose(donor_theta))}
 
     def individual_parameters(self, population, eta, covariates):
         out = super().individual_parameters(population, eta, covariates)

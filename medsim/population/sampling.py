@@ -8,7 +8,10 @@
   SDs ``omega_d``; each patient gets a new ``eta ~ Normal(0, omega_d)`` (the log-normal BSV of
   :class:`~medsim.models.base.Parameter`) and covariates either given by the user or resampled
   from the fitted cohort by drawing whole subjects (a bootstrap of covariate vectors keeps
-  correlations such as weight with Apgar score).
+  correlations such as weight with Apgar score). Covariates that are therapy settings rather
+  than traits (the glucose model's pump basal rate) are then re-titrated to the new patient's
+  own parameters by :meth:`~medsim.models.base.PhysiologyModel.titrated_covariates`, aiming at
+  what the donor subject's setting achieved; user-given covariates are kept as given.
 
 Draw slots are chosen without replacement from the ``D`` available draws (cycling through fresh
 permutations when more slots than draws are asked for); see :mod:`medsim.population.virtual` for
@@ -54,6 +57,16 @@ def _user_covariates(
             raise ValueError(f"covariate {name!r} has non-finite values")
         out[name] = arr
     return out
+
+
+def _individual(model, population: Mapping, eta: Mapping, cov: Mapping, n: int) -> dict[str, np.ndarray]:
+    """Individual parameters (n,) of every model parameter, as float64 numpy arrays."""
+    theta = model.individual_parameters(
+        {k: jnp.asarray(v) for k, v in population.items()},
+        {k: jnp.asarray(v) for k, v in eta.items()},
+        {k: jnp.asarray(v) for k, v in cov.items()},
+    )
+    return {k: np.broadcast_to(np.asarray(v, np.float64), (n,)).copy() for k, v in theta.items()}
 
 
 def sample_population(
@@ -116,6 +129,7 @@ def sample_population(
 
     cohort_cov = {k: np.asarray(v, np.float64) for k, v in draws.covariates.items()}
     valid_cov = tuple(dict.fromkeys([c.name for c in model.covariates] + list(cohort_cov)))
+    who = None  # the donor subject of each new patient's covariates (population mode)
     if mode == "personalized":
         if subject is None:
             raise ValueError("mode='personalized' needs subject=<fitted subject id>")
@@ -148,12 +162,20 @@ def sample_population(
     for c in model.covariates:
         cov.setdefault(c.name, np.full(n, float(c.reference)))
 
-    theta = model.individual_parameters(
-        {k: jnp.asarray(v) for k, v in population.items()},
-        {k: jnp.asarray(v) for k, v in eta.items()},
-        {k: jnp.asarray(v) for k, v in cov.items()},
-    )
-    params = {k: np.broadcast_to(np.asarray(v, np.float64), (n,)).copy() for k, v in theta.items()}
+    theta = _individual(model, population, eta, cov, n)
+    titrated: list[str] = []
+    if mode == "population" and who is not None and draws.eta:
+        # Therapy-setting covariates (a pump's basal rate) are re-titrated to the new patient's
+        # physiology, aiming at what the donor subject's setting achieved under the same draw.
+        donor_eta = {k: np.asarray(v, np.float64)[draw, who] for k, v in draws.eta.items()}
+        donor = _individual(model, population, donor_eta, {k: v[who] for k, v in cohort_cov.items()}, n)
+        new = {k: np.asarray(v, np.float64) for k, v in model.titrated_covariates(theta, donor).items()}
+        new = {k: v for k, v in new.items() if k not in (covariates or {})}
+        if new:
+            cov.update(new)
+            titrated = sorted(new)
+            theta = _individual(model, population, eta, cov, n)
+    params = theta
     residual = {k: np.asarray(v, np.float64)[draw] for k, v in draws.residual.items()}
     for obs, err in model.residual.items():
         if err.kind in ("additive", "combined"):
@@ -174,6 +196,7 @@ def sample_population(
         "patients_per_draw": m,
         "n_posterior_draws": d_total,
         "covariates_given": sorted(covariates or {}),
+        "covariates_titrated": titrated,
         "medsim_version": __version__,
     }
     return VirtualPopulation(

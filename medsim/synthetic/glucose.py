@@ -53,12 +53,10 @@ class SyntheticCohort:
 def matched_basal_u_per_h(params: dict, target_mg_dl: np.ndarray | float) -> np.ndarray:
     """Basal rate (U/h) whose steady state puts fasting glucose at ``target_mg_dl``.
 
-    From the model's steady state: action = EGP / G - GEZI, plasma insulin = action / S_I,
-    basal (U/min) = plasma insulin * C_I / 1e6. Clipped to 0.2-4 U/h, the usual pump range.
+    See :meth:`~medsim.models.glucose_insulin.GlucoseInsulin.basal_for_fasting_glucose`.
     """
-    action = np.asarray(params["EGP"]) / target_mg_dl - np.asarray(params["GEZI"])
-    insulin_p = np.maximum(action, 1e-4) / np.asarray(params["S_I"])
-    return np.clip(60.0 * insulin_p * np.asarray(params["C_I"]) / 1e6, 0.2, 4.0)
+    theta = {k: np.asarray(params[k], np.float64) for k in ("EGP", "GEZI", "S_I", "C_I")}
+    return np.asarray(get_model("glucose_insulin").basal_for_fasting_glucose(theta, target_mg_dl), np.float64)
 
 
 def glucose_cohort(

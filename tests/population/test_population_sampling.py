@@ -153,3 +153,49 @@ def test_prior_population_wraps_into_a_virtual_population():
     np.testing.assert_array_equal(pop.covariates["APGR"], 7.0)  # the model's reference value
     np.testing.assert_array_equal(pop.residual["conc_prop"], 0.1149)  # the model's default residual error
     np.testing.assert_allclose(pop.params["CL"], np.asarray(params["CL"]))
+
+
+def glucose_draws(n_draws: int = 20, seed: int = 0) -> PosteriorDraws:
+    """Posterior-like draws of glucose_insulin with 4 fitted subjects, each on its own basal rate."""
+    model = registry.get("glucose_insulin")
+    rng = np.random.default_rng(seed)
+    population = {p.name: np.full(n_draws, p.typical) for p in model.parameters}
+    omega = {p.name: np.full(n_draws, p.bsv) for p in model.structural if p.bsv > 0}
+    eta = {k: rng.normal(0, v[0], (n_draws, 4)) for k, v in omega.items()}
+    return PosteriorDraws(
+        model=model,
+        population=population,
+        omega=omega,
+        eta=eta,
+        subject_ids=("a", "b", "c", "d"),
+        covariates={"BASAL": np.array([0.6, 0.9, 1.2, 1.8])},
+    )
+
+
+def test_new_glucose_patients_get_a_basal_rate_titrated_to_their_donors_fasting_glucose():
+    draws = glucose_draws()
+    model = draws.model
+    pop = sample_population(draws, 400, seed=5)
+    assert pop.provenance["covariates_titrated"] == ["BASAL"]
+    # Each new patient's fasting glucose equals one of the donors' fasting glucoses under the same
+    # draw (up to the 0.2-4 U/h pump range), instead of whatever the donor's rate would give them.
+    fasting = np.asarray(model.fasting_glucose(pop.params))
+    donors = []
+    for s in range(4):
+        theta_s = {k: draws.population[k][pop.draw] for k in draws.population}
+        for k, e in draws.eta.items():
+            theta_s[k] = theta_s[k] * np.exp(e[pop.draw, s])
+        theta_s["BASAL"] = np.full(pop.n_patients, draws.covariates["BASAL"][s])
+        donors.append(np.asarray(model.fasting_glucose(theta_s)))
+    inside = (pop.covariates["BASAL"] > 0.2 + 1e-6) & (pop.covariates["BASAL"] < 4.0 - 1e-6)
+    assert inside.mean() > 0.5  # most patients need a rate inside the pump range; the check below is not vacuous
+    gap = np.min(np.abs(np.stack(donors) - fasting), axis=0)
+    # float32 evaluation of the steady state: relative round-off ~1e-6, allow 1e-4 relative.
+    assert np.all(gap[inside] < 1e-4 * fasting[inside])
+    np.testing.assert_allclose(pop.params["BASAL"], pop.covariates["BASAL"])
+
+
+def test_a_user_given_basal_rate_is_not_retitrated():
+    pop = sample_population(glucose_draws(), 50, seed=5, covariates={"BASAL": 1.1})
+    assert pop.provenance["covariates_titrated"] == []
+    np.testing.assert_allclose(pop.covariates["BASAL"], 1.1)
