@@ -4,8 +4,10 @@
   model's predictive intervals and stores them in the checkpoint (the calibration gate reads
   them before any virtual patient is produced).
 * :func:`fit_neural_cli` is what ``medsim fit COHORT --model neural --out NAME`` runs.
-* :func:`is_neural_checkpoint` and :func:`neural_population_cli` let ``medsim sample`` and
-  ``medsim risk`` accept a neural checkpoint where they take a posterior file.
+* :func:`checkpoint_argument` and :func:`neural_population_cli` let ``medsim sample`` and
+  ``medsim risk`` accept a neural checkpoint where they take a posterior file: the calibration
+  gate first, then virtual patients whose provenance names the checkpoint (weights and
+  configuration digests, training data hash, calibration, whether the gate was forced).
 
 torch is imported inside the functions only, so ``medsim --help`` stays fast.
 """
@@ -13,11 +15,14 @@ torch is imported inside the functions only, so ``medsim --help`` stays fast.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import typer
 
 from medsim.cli.app import app
+
+if TYPE_CHECKING:
+    from inference.neural.checkpoint import Checkpoint
 
 
 def _fail(message: str, code: int = 2) -> None:
@@ -31,7 +36,10 @@ def load_cohort(source: str) -> Any:
     if path.exists():
         from medsim.data.eventtable import read_event_table
 
-        return read_event_table(path)
+        try:
+            return read_event_table(path)
+        except (ValueError, OSError) as err:
+            _fail(str(err))
     from medsim.data.datasets import UnknownDatasetError, load
 
     try:
@@ -55,6 +63,34 @@ def is_neural_checkpoint(path: Path | None) -> bool:
     except CheckpointFormatError:
         return False
     return True
+
+
+def checkpoint_argument(path: Path | None) -> Path | None:
+    """The JSON file of the neural checkpoint ``path`` names, or None if it names none.
+
+    A path ending in ``.json`` or ``.safetensors`` claims to be a checkpoint: when it is not a
+    readable one the command stops with the reason (exit status 2) instead of trying to read it
+    as a posterior file.
+    """
+    claims = path is not None and path.suffix in (".json", ".safetensors")
+    if path is None or not (claims or path.with_name(path.name + ".json").exists()):
+        return None  # a posterior file: decided without importing torch (checkpoint names: NAME[.json])
+    from inference.neural.checkpoint import CheckpointFormatError, checkpoint_paths, read_record
+
+    weights, json_path = checkpoint_paths(path)
+    if not json_path.exists():
+        if claims and weights.exists():
+            _fail(f"{json_path}: not found; the weights {weights.name} need the checkpoint's JSON record next to them")
+        if claims:
+            _fail(f"{path}: no such checkpoint file")
+        return None
+    try:
+        read_record(json_path)
+    except CheckpointFormatError as err:
+        if claims:
+            _fail(str(err))
+        return None
+    return json_path
 
 
 def _set_threads(threads: int) -> None:
@@ -242,6 +278,55 @@ def calibrate_command(
     raise typer.Exit(_verdict(console, report.to_dict(), floor))
 
 
+def _cohort_quietly(name: str) -> Any:
+    """The cohort ``name`` (file or bundled dataset), or None when there is no such thing."""
+    from medsim.data.datasets import UnknownDatasetError
+
+    if not Path(name).exists():
+        from medsim.data.datasets import info
+
+        try:
+            info(name)
+        except UnknownDatasetError:
+            return None
+    return load_cohort(name)
+
+
+def cohort_for(loaded: Checkpoint, cohort: str | None) -> tuple[Any, str]:
+    """The cohort to twin or resample covariates from, and a label saying which it is.
+
+    ``cohort`` when given; otherwise the training cohort the checkpoint records (a bundled
+    dataset, or a file still present), provided its data hash still matches the one recorded at
+    training. ``(None, why)`` when neither is available.
+    """
+    if cohort is not None:
+        return load_cohort(cohort), cohort
+    source = str(loaded.provenance.get("cohort_source") or "")
+    if not source:
+        return None, "the checkpoint records no training cohort"
+    data = _cohort_quietly(source.removeprefix("medsim:"))
+    if data is None:
+        return None, f"the training cohort {source} recorded in the checkpoint was not found"
+    recorded = str(loaded.provenance.get("data_hash") or "")
+    if recorded and data.data_hash() != recorded:
+        return None, (
+            f"the training cohort {source} has changed since training (data hash {data.data_hash()[:12]}, "
+            f"checkpoint records {recorded[:12]})"
+        )
+    return data, f"the training cohort {source}"
+
+
+def checkpoint_provenance(loaded: Checkpoint) -> dict[str, Any]:
+    """What a population or report records about the checkpoint its patients come from."""
+    prov = loaded.provenance
+    keys = ("cohort", "data_hash", "best_epoch", "epochs_run", "best_validation_elbo_per_observation", "n_weights")
+    return {
+        "checkpoint": str(loaded.path),
+        "checkpoint_weights_sha256": loaded.weights_sha256,
+        **{f"training_{k}" if k == "cohort" else k: prov[k] for k in keys if prov.get(k) is not None},
+    }
+
+
 def neural_population_cli(
     checkpoint: Path,
     n: int,
@@ -256,18 +341,38 @@ def neural_population_cli(
 ) -> Any:
     """A gated :class:`VirtualPopulation` from a neural checkpoint, for ``medsim sample`` / ``medsim risk``.
 
-    ``cohort`` supplies the twin's record (personalized) or the covariates to resample
-    (population). Exits with status 2 and the gate's message when the model is miscalibrated
-    and ``force`` is False.
+    The calibration gate comes first: a model whose held-out 90% coverage is below ``floor`` (or
+    was never measured) stops the command with status 2 and the measured 50% / 90% coverage,
+    unless ``force``. ``cohort`` (default: the training cohort recorded in the checkpoint, see
+    :func:`cohort_for`) supplies the twin's record (personalized) or the covariate vectors to
+    resample (population; without a cohort, every new patient gets the training means).
+    The population's provenance names the checkpoint (:func:`checkpoint_provenance`), the gate's
+    outcome (:func:`medsim.models.neural.gate.gate_summary`) and where the covariates came from.
     """
+    from dataclasses import replace
+
     from inference.neural import CheckpointFormatError, MiscalibratedModelError, load_checkpoint
-    from medsim.models.neural import sample_neural_population
+    from medsim.models.neural import require_calibrated, sample_neural_population
 
     try:
         loaded = load_checkpoint(checkpoint)
     except CheckpointFormatError as err:
         _fail(str(err))
-    data = load_cohort(cohort) if cohort is not None else None
+    try:
+        require_calibrated(loaded.model, floor=floor, force=force)
+    except MiscalibratedModelError as err:
+        _fail(f"{loaded.path}: {err}; --coverage-floor sets the floor")
+    except ValueError as err:
+        _fail(f"--coverage-floor: {err}")
+    data, label = cohort_for(loaded, cohort)
+    if mode == "personalized":
+        if subject is None:
+            _fail("--mode personalized needs --subject ID (the subject to twin)")
+        if data is None:
+            _fail(f"--mode personalized needs the subject's record: pass --cohort COHORT ({label})")
+        if str(subject) not in data.ids:
+            some = ", ".join(repr(i) for i in list(data.ids)[:10])
+            _fail(f"--subject {subject!r} is not in {label}; its subject IDs include {some}")
     try:
         population = sample_neural_population(
             loaded.model,
@@ -280,10 +385,14 @@ def neural_population_cli(
             floor=floor,
             force=force,
         )
-    except MiscalibratedModelError as err:
+    except KeyError as err:  # str() of a KeyError quotes its message
+        _fail(str(err.args[0]) if err.args else repr(err))
+    except (MiscalibratedModelError, ValueError) as err:
         _fail(str(err))
-    except (ValueError, KeyError) as err:
-        _fail(str(err))
-    from dataclasses import replace
+    source = label if data is not None else f"training means ({label})"
+    extra = {**checkpoint_provenance(loaded), "cohort_used": source}
+    if data is not None:  # observed ranges, for the risk report's out-of-support flag
+        from policies.examples import support_of
 
-    return replace(population, provenance={**population.provenance, "checkpoint": str(loaded.path)})
+        extra["data_support"] = {k: [lo, hi] for k, (lo, hi) in support_of(data, population.model).items()}
+    return replace(population, provenance={**population.provenance, **extra})

@@ -1,16 +1,23 @@
 """``medsim risk``: evaluate treatment policies' chance-constraint risk on virtual patients.
 
-posterior (or a model's priors) -> virtual population -> closed-loop rollouts of every policy on
-common random numbers -> risk report (``report.json``, ``report.md``, ``report.html``).
+posterior (or a model's priors, or a neural checkpoint) -> virtual population -> closed-loop
+rollouts of every policy on common random numbers -> risk report (``report.json``,
+``report.md``, ``report.html``).
+
+A neural checkpoint passes the calibration gate first (refused, with its measured coverage,
+unless ``--force``). Its report names the checkpoint (weights and configuration digests,
+training data hash, calibration) in the provenance and opens with a warning that the patients
+come from a learned model, and a second one when the gate was forced.
+
 Exit status: 0 on success whatever the verdicts, 1 with ``--fail-on-violation`` when a policy
-FAILs its chance constraint, 2 on bad input.
+FAILs its chance constraint, 2 on bad input (a miscalibrated neural model included).
 """
 
 from __future__ import annotations
 
 import shlex
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -69,6 +76,75 @@ def _support(posterior: Path | None) -> dict | None:
     return support() if callable(support) else support
 
 
+def _coverage_text(prov: Mapping[str, Any]) -> str:
+    c90, c50 = prov.get("calibration_coverage_90"), prov.get("calibration_coverage_50")
+    if c90 is None:
+        return "it was never calibrated on held-out subjects"
+    c50_text = "n/a" if c50 is None else f"{c50:.3f}"
+    return (
+        f"its held-out 90% predictive intervals covered {c90:.3f} and its 50% intervals {c50_text} of "
+        f"{prov.get('calibration_n_predictions', '?')} measurements ({prov.get('calibration_n_subjects', '?')} "
+        "subjects)"
+    )
+
+
+def neural_report_context(prov: Mapping[str, Any]) -> tuple[dict[str, Any], tuple[str, ...]]:
+    """Report provenance and report-level warnings for patients sampled from a neural checkpoint.
+
+    Parameters
+    ----------
+    prov : mapping
+        The population's provenance from :func:`medsim.cli.neural_cmds.neural_population_cli`.
+
+    Returns
+    -------
+    (dict, tuple of str)
+        Provenance for :func:`policies.evaluate.evaluate_policies` (checkpoint as the posterior
+        file, the training data hash, training summary as the fit, the checkpoint's digests and
+        calibration as settings), and the warnings to put first: that the model is learned, and
+        that the calibration gate was overridden if it was.
+    """
+    floor = float(prov["calibration_floor"])
+    coverage = _coverage_text(prov)
+    passed = bool(prov["calibration_passed"])
+    gate = "passed" if passed else f"FORCED past the gate (--force): {coverage}, floor {floor:.2f}"
+    training = ("best_epoch", "epochs_run", "best_validation_elbo_per_observation", "n_weights")
+    out = {
+        "posterior_file": prov["checkpoint"],
+        "data_hash": prov.get("data_hash", ""),
+        # R-hat and ESS do not apply: the weights are a variational fit with early stopping; the
+        # held-out calibration is this model's check, reported under the calibration entries.
+        "fit_diagnostics": {
+            "ok": None,
+            "problems": (),
+            "summary": {"method": "neural SDE, variational training", **{k: prov[k] for k in training if k in prov}},
+        },
+        "model_kind": "learned (neural CDE encoder + latent neural SDE; no mechanistic structure)",
+        "neural_checkpoint": prov["checkpoint"],
+        "neural_weights_sha256": prov.get("checkpoint_weights_sha256", ""),
+        "neural_config_sha256": prov.get("config_sha256", ""),
+        "neural_training_cohort": prov.get("training_cohort", ""),
+        "neural_cohort_used": prov.get("cohort_used", ""),
+        "calibration_coverage_90": prov.get("calibration_coverage_90"),
+        "calibration_coverage_50": prov.get("calibration_coverage_50"),
+        "calibration_n_predictions": prov.get("calibration_n_predictions"),
+        "calibration_floor": floor,
+        "calibration_gate": gate,
+    }
+    warnings = [
+        f"LEARNED MODEL: these virtual patients come from the neural model {prov['model']!r} "
+        f"({prov['checkpoint']}), not from a mechanistic model; {coverage}. It knows only the doses, "
+        "schedules and covariates it was trained on; validate its risk figures against observed "
+        "exceedances before acting on them."
+    ]
+    if not passed:
+        warnings.append(
+            f"CALIBRATION GATE OVERRIDDEN (--force): {coverage}, below the floor {floor:.2f}. Its predictive "
+            "intervals are too narrow or unchecked, so every risk figure and interval below is likely too small."
+        )
+    return out, tuple(warnings)
+
+
 def summarise(report: Any, files: Any, console: Any) -> None:
     """Print the verdicts, the warnings and where the report went."""
     from rich.table import Table
@@ -105,7 +181,9 @@ def finish(report: Any, results: Sequence[Any], *, out: Path, fail_on_violation:
 
 @app.command("risk")
 def risk_command(
-    posterior: Path = typer.Argument(None, help="Posterior file (netCDF) written by `medsim fit`."),
+    posterior: Path = typer.Argument(
+        None, help="Posterior file (netCDF) written by `medsim fit`, or a neural checkpoint (NAME.json)."
+    ),
     policy: list[str] = typer.Option(..., "--policy", help="Policy NAME[:params]; repeat to compare policies."),
     spec_text: str = typer.Option(
         ..., "--spec", help="Safety spec: a .toml/.json file or inline 'conc<=20,conc>=5;horizon=72h;epsilon=0.05'."
@@ -123,18 +201,50 @@ def risk_command(
     fail_on_violation: bool = typer.Option(
         False, "--fail-on-violation", help="Exit with status 1 when any policy FAILs its chance constraint."
     ),
+    cohort: str = typer.Option(
+        None, "--cohort", help="Neural checkpoints: cohort to twin or resample covariates from (default: training)."
+    ),
+    force: bool = typer.Option(False, "--force", help="Neural checkpoints: report even if miscalibrated (recorded)."),
+    coverage_floor: float = typer.Option(
+        0.8, "--coverage-floor", help="Neural checkpoints: smallest acceptable held-out 90% coverage."
+    ),
 ) -> None:
     """Estimate each policy's probability of leaving the safe range, between measurements included."""
+    from dataclasses import replace
+
     from rich.console import Console
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
+    from medsim.cli.neural_cmds import checkpoint_argument, neural_population_cli
     from policies.evaluate import evaluate_policies
     from policies.loading import PolicySpecError
     from policies.spec import SpecError, parse_spec
 
     console = Console(stderr=False)
-    draws, prov = _load_draws(posterior, prior, prior_draws, seed)
-    model = draws.model
+    if (posterior is None) == (prior is None):
+        _fail("give either a POSTERIOR file or --prior MODEL (not both)")
+    checkpoint = checkpoint_argument(posterior)
+    population, notices = None, ()
+    if checkpoint is not None:
+        population = neural_population_cli(
+            checkpoint,
+            n,
+            seed=seed,
+            mode=mode,
+            subject=subject,
+            cohort=cohort,
+            patients_per_draw=patients_per_draw,
+            floor=coverage_floor,
+            force=force,
+        )
+        draws, model = None, population.model
+        prov, notices = neural_report_context(population.provenance)
+        support = {k: tuple(v) for k, v in population.provenance.get("data_support", {}).items()} or None
+    else:
+        if cohort is not None:
+            _fail("--cohort applies to neural checkpoints only; a posterior file carries its fitted subjects")
+        draws, prov = _load_draws(posterior, prior, prior_draws, seed)
+        model, support = draws.model, _support(posterior)
     try:
         spec = parse_spec(spec_text, model=model)
     except SpecError as err:
@@ -155,12 +265,24 @@ def risk_command(
                 dt=dt,
                 scenario=scenario,
                 patients_per_draw=patients_per_draw,
-                support=_support(posterior),
+                support=support,
                 provenance=prov,
                 progress=lambda done, total: bar.update(task, completed=done),
+                population=population,
             )
         except (PolicySpecError, ValueError, FloatingPointError) as err:
-            _fail(str(err))
+            hint = " (a neural checkpoint has none)" if checkpoint is not None and "posterior draws" in str(err) else ""
+            _fail(f"{err}{hint}")
+        except KeyError as err:
+            message = str(err.args[0]) if err.args else ""
+            if "covariate" not in message:
+                raise
+            # Built-in policies name a covariate they need only when they first act.
+            have = sorted(population.covariates) if population is not None else [c.name for c in model.covariates]
+            source = f"the neural model {model.name!r} is conditioned on" if checkpoint is not None else "patients have"
+            _fail(f"{message}; {source} covariates {have or '(none)'}")
         bar.update(task, completed=len(policy))
+    if notices:
+        report = replace(report, warnings=(*notices, *report.warnings))
     code = finish(report, results, out=out, fail_on_violation=fail_on_violation, console=console)
     raise typer.Exit(code)

@@ -1,8 +1,15 @@
-"""``medsim sample``: draw a virtual population from a posterior (or from a model's priors)."""
+"""``medsim sample``: draw a virtual population from a posterior, a model's priors, or a neural checkpoint.
+
+A neural checkpoint (``NAME``, ``NAME.json`` or ``NAME.safetensors`` written by ``medsim fit
+--model neural``) goes through the calibration gate first: a model whose held-out 90% coverage is
+below ``--coverage-floor`` is refused (exit status 2, with the measured coverage) unless
+``--force``, which the population file records. Exit status 2 on bad input.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import typer
 
@@ -16,7 +23,9 @@ def _fail(message: str) -> None:
 
 @app.command("sample")
 def sample_command(
-    posterior: Path = typer.Argument(None, help="Posterior file (netCDF) written by `medsim fit`."),
+    posterior: Path = typer.Argument(
+        None, help="Posterior file (netCDF) written by `medsim fit`, or a neural checkpoint (NAME.json)."
+    ),
     n: int = typer.Option(..., "--n", min=1, help="Number of virtual patients."),
     out: Path = typer.Option(..., "--out", help="Where to write the virtual population (netCDF)."),
     mode: str = typer.Option("population", "--mode", help="population (new patients) or personalized (twins)."),
@@ -27,6 +36,13 @@ def sample_command(
     ),
     prior: str = typer.Option(None, "--prior", help="Sample from this model's priors instead of a posterior."),
     prior_draws: int = typer.Option(1000, "--prior-draws", min=1, help="Prior draws to use with --prior."),
+    cohort: str = typer.Option(
+        None, "--cohort", help="Neural checkpoints: cohort to twin or resample covariates from (default: training)."
+    ),
+    force: bool = typer.Option(False, "--force", help="Neural checkpoints: sample even if miscalibrated (recorded)."),
+    coverage_floor: float = typer.Option(
+        0.8, "--coverage-floor", help="Neural checkpoints: smallest acceptable held-out 90% coverage."
+    ),
 ) -> None:
     """Sample N virtual patients (population or personalized) and write them to a netCDF file."""
     from dataclasses import replace
@@ -35,11 +51,75 @@ def sample_command(
     from rich.console import Console
     from rich.table import Table
 
-    import medsim.models as registry
-    from medsim.population import PosteriorDraws, sample_population
+    from medsim.cli.neural_cmds import checkpoint_argument, neural_population_cli
 
     if (posterior is None) == (prior is None):
         _fail("give either a POSTERIOR file or --prior MODEL (not both)")
+    checkpoint = checkpoint_argument(posterior)
+    if checkpoint is None and cohort is not None:
+        _fail("--cohort applies to neural checkpoints only; a posterior file carries its fitted subjects")
+    console = Console()
+    if checkpoint is not None:
+        population = neural_population_cli(
+            checkpoint,
+            n,
+            seed=seed,
+            mode=mode,
+            subject=subject,
+            cohort=cohort,
+            patients_per_draw=patients_per_draw,
+            floor=coverage_floor,
+            force=force,
+        )
+        _announce_neural(console, population.provenance)
+    else:
+        population = _mechanistic(posterior, prior, prior_draws, n, mode, subject, seed, patients_per_draw)
+    source = f"prior:{prior}" if prior is not None else str(checkpoint or posterior)
+    population = replace(population, provenance={**population.provenance, "source_file": source})
+    population.save(out)
+    model = population.model
+    console.print(
+        f"wrote {population.n_patients} {population.mode} virtual patients of [bold]{model.name}[/bold] "
+        f"({len(np.unique(population.draw))} draws x {population.patients_per_draw} patients per draw) to {out}"
+    )
+    table = Table("parameter", "unit", "median", "5%", "95%", show_edge=False)
+    units = {p.name: p.unit for p in model.parameters}
+    for name, values in population.params.items():
+        q5, q50, q95 = np.quantile(values, [0.05, 0.5, 0.95])
+        table.add_row(name, units.get(name, ""), f"{q50:.4g}", f"{q5:.4g}", f"{q95:.4g}")
+    console.print(table)
+
+
+def _announce_neural(console: Any, provenance: dict) -> None:
+    """Say that the patients come from a learned model, how it calibrated, and whether the gate was forced."""
+    c90, c50 = provenance.get("calibration_coverage_90"), provenance.get("calibration_coverage_50")
+    floor = provenance["calibration_floor"]
+    measured = "never calibrated" if c90 is None else f"held-out 90% coverage {c90:.3f} (50%: {c50:.3f})"
+    console.print(
+        f"neural model [bold]{provenance['model']}[/bold] from {provenance['checkpoint']}: {measured}, "
+        f"floor {floor:.2f}; covariates / record from {provenance['cohort_used']}"
+    )
+    if not provenance["calibration_passed"]:
+        console.print(
+            "[bold white on red] WARNING [/] [bold red]calibration gate overridden with --force: the model's "
+            "predictive intervals are not known to be wide enough; the file records it[/]"
+        )
+
+
+def _mechanistic(
+    posterior: Path | None,
+    prior: str | None,
+    prior_draws: int,
+    n: int,
+    mode: str,
+    subject: str | None,
+    seed: int,
+    patients_per_draw: int | None,
+) -> Any:
+    """Virtual patients from a posterior file or from a registered model's priors."""
+    import medsim.models as registry
+    from medsim.population import PosteriorDraws, sample_population
+
     if prior is not None:
         try:
             draws = PosteriorDraws.from_prior(registry.get(prior), prior_draws, seed=seed)
@@ -57,23 +137,7 @@ def sample_command(
         except (ValueError, OSError, KeyError) as err:  # a malformed or foreign file: say so, no traceback
             _fail(f"{posterior}: {err}")
     try:
-        population = sample_population(
-            draws, n, mode=mode, subject=subject, seed=seed, patients_per_draw=patients_per_draw
-        )
+        return sample_population(draws, n, mode=mode, subject=subject, seed=seed, patients_per_draw=patients_per_draw)
     except ValueError as err:
         _fail(str(err))
-    source = f"prior:{prior}" if prior is not None else str(posterior)
-    population = replace(population, provenance={**population.provenance, "source_file": source})
-    population.save(out)
-    console = Console()
-    model = population.model
-    console.print(
-        f"wrote {population.n_patients} {population.mode} virtual patients of [bold]{model.name}[/bold] "
-        f"({len(np.unique(population.draw))} draws x {population.patients_per_draw} patients per draw) to {out}"
-    )
-    table = Table("parameter", "unit", "median", "5%", "95%", show_edge=False)
-    units = {p.name: p.unit for p in model.parameters}
-    for name, values in population.params.items():
-        q5, q50, q95 = np.quantile(values, [0.05, 0.5, 0.95])
-        table.add_row(name, units.get(name, ""), f"{q50:.4g}", f"{q5:.4g}", f"{q95:.4g}")
-    console.print(table)
+    return None

@@ -6,7 +6,8 @@ held-out calibration of :func:`inference.neural.calibrate` stores the empirical 
 the model's 50% and 90% posterior predictive intervals in the model's configuration;
 :func:`require_calibrated` refuses to go on when the 90% coverage is below a floor (or was never
 measured), unless the caller forces it — and a forced use is recorded in provenance by the
-callers (:func:`medsim.models.neural.population.sample_neural_population`).
+callers (:func:`medsim.models.neural.population.sample_neural_population`, through
+:func:`gate_summary`).
 """
 
 from __future__ import annotations
@@ -74,7 +75,8 @@ def require_calibrated(model: Any, *, floor: float = DEFAULT_FLOOR, force: bool 
     ------
     MiscalibratedModelError
         If the model was never calibrated, or its 90% coverage is below ``floor``; the message
-        gives the coverage and width per step ahead and the number of held-out predictions.
+        gives the pooled 90% and 50% coverage, the 90% coverage and width per step ahead and the
+        number of held-out predictions.
     ValueError
         If ``floor`` is not in (0, 1).
     """
@@ -98,13 +100,49 @@ def require_calibrated(model: Any, *, floor: float = DEFAULT_FLOOR, force: bool 
         steps = ", ".join(
             f"{k + 1}: {c:.2f} (width {w:.3g})" for k, (c, w) in enumerate(zip(by_step, width, strict=False))
         )
+        half = record.get("coverage", {}).get("0.5")
+        half_text = "n/a" if half is None else f"{half:.3f}"
         raise MiscalibratedModelError(
             f"neural model is miscalibrated: 90% predictive intervals covered {coverage:.3f} of "
             f"{record.get('n_predictions', '?')} held-out measurements ({record.get('n_subjects', '?')} subjects), "
-            f"below the floor {floor:.2f}; by steps ahead: {steps or 'n/a'}. Refusing to produce virtual patients "
-            "or risk figures from it (pass force=True / --force to override)",
+            f"below the floor {floor:.2f} (50% intervals covered {half_text}); by steps ahead: {steps or 'n/a'}. "
+            "Refusing to produce virtual patients or risk figures from it (pass force=True / --force to override)",
             coverage=float(coverage),
             floor=floor,
             calibration=record,
         )
     return record
+
+
+def gate_summary(model: Any, *, floor: float = DEFAULT_FLOOR, force: bool = False) -> dict[str, Any]:
+    """The calibration gate's inputs and outcome as flat JSON-friendly provenance entries.
+
+    Parameters
+    ----------
+    model : NeuralPatientModel, NeuralPhysiology, NeuralConfig or calibration mapping
+    floor : float
+        Floor of the pooled 90% coverage the gate applied.
+    force : bool
+        Whether the caller overrode the gate.
+
+    Returns
+    -------
+    dict
+        ``calibration_coverage_90`` and ``calibration_coverage_50`` (pooled empirical coverage of
+        the held-out 90% / 50% predictive intervals, None if never calibrated),
+        ``calibration_n_predictions``, ``calibration_n_subjects`` (None if unknown),
+        ``calibration_floor``, ``calibration_passed`` (coverage measured and at least the floor)
+        and ``forced``.
+    """
+    record = dict(calibration_of(model))
+    coverage = record.get("coverage") or {}
+    c90, c50 = coverage.get("0.9"), coverage.get("0.5")
+    return {
+        "calibration_coverage_90": None if c90 is None else float(c90),
+        "calibration_coverage_50": None if c50 is None else float(c50),
+        "calibration_n_predictions": record.get("n_predictions"),
+        "calibration_n_subjects": record.get("n_subjects"),
+        "calibration_floor": float(floor),
+        "calibration_passed": c90 is not None and float(c90) >= floor,
+        "forced": bool(force),
+    }

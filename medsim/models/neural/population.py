@@ -18,18 +18,24 @@ population files treat it like a mechanistic one. Layout as there: patients
   Covariates are given, or resampled (whole subjects) from ``subjects``, or the training means.
 
 Every sample passes the calibration gate first (:func:`medsim.models.neural.gate.require_calibrated`).
+The population's provenance identifies the model (name, weights version, :func:`config_digest`)
+and records the gate's outcome (:func:`medsim.models.neural.gate.gate_summary`), a forced use
+included, so a population file or risk report made from it says what it came from.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 from collections.abc import Mapping, Sequence
 
 import numpy as np
 import torch
 
+from medsim.models.neural.config import NeuralConfig
 from medsim.models.neural.dose_filter import filter_values
 from medsim.models.neural.export import export_model
-from medsim.models.neural.gate import DEFAULT_FLOOR, require_calibrated
+from medsim.models.neural.gate import DEFAULT_FLOOR, gate_summary, require_calibrated
 from medsim.models.neural.model import NeuralPatientModel
 from medsim.models.neural.windows import WindowBatch, make_windows
 from medsim.population.sampling import default_patients_per_draw
@@ -39,6 +45,16 @@ from medsim.population.virtual import VirtualPopulation
 def mean_device(model: NeuralPatientModel) -> torch.device:
     """The device of the model's weights."""
     return next(model.parameters()).device
+
+
+def config_digest(config: NeuralConfig) -> str:
+    """SHA-256 (hex) of a configuration's architecture, units and normalisation.
+
+    The held-out calibration is left out: re-calibrating a model (``medsim calibrate``) changes
+    what the gate decides, not the model, so it must not change the model's identity.
+    """
+    described = {k: v for k, v in config.to_dict().items() if k != "calibration"}
+    return hashlib.sha256(json.dumps(described, sort_keys=True, default=str).encode()).hexdigest()
 
 
 def _empty_history(model: NeuralPatientModel, standardised: np.ndarray) -> WindowBatch:
@@ -202,18 +218,19 @@ def sample_neural_population(
     for j, o in enumerate(cfg.observables):
         residual[f"{o.name}_add"] = np.full(n, float(add[j]))
         residual[f"{o.name}_prop"] = np.full(n, float(prop[j]))
+    exported = export_model(model)
     provenance = {
         "source": "neural",
         "model": cfg.name,
+        "model_version": exported.version,
+        "config_sha256": config_digest(cfg),
         "mode": mode,
         "subject": "" if subject is None else str(subject),
         "n_draws": draws,
-        "calibration_coverage_90": (record.get("coverage") or {}).get("0.9"),
-        "calibration_floor": floor,
-        "forced": bool(force),
+        **gate_summary(record, floor=floor, force=force),
     }
     return VirtualPopulation(
-        model=export_model(model),
+        model=exported,
         draw=draw.astype(np.int64),
         subject=subject_ids.astype(str),
         params=params,
