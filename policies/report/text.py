@@ -219,14 +219,16 @@ def first_violation_line(p: PolicyRisk, time_unit: str) -> str:
 def provenance_rows(report: RiskReport) -> list[list[str]]:
     pv = report.provenance
     fit = pv.fit
-    fit_txt = {True: "passed", False: "FAILED", None: "not applicable / unknown"}[fit.ok]
+    learned = "model_kind" in pv.settings  # a neural checkpoint: no MCMC diagnostics, a training record
+    unknown = "not applicable (trained model; see the calibration rows)" if learned else "not applicable / unknown"
+    fit_txt = {True: "passed", False: "FAILED", None: unknown}[fit.ok]
     if fit.problems:
         fit_txt += ": " + "; ".join(fit.problems)
     rows = [
         ["seed", str(pv.seed)],
         ["model", f"{pv.model} v{pv.model_version}" if pv.model_version else pv.model],
         ["data hash", pv.data_hash or "n/a"],
-        ["posterior file", pv.posterior_file or "n/a"],
+        ["checkpoint" if learned else "posterior file", pv.posterior_file or "n/a"],
         ["fit diagnostics", fit_txt],
         *[[f"fit: {k}", str(v)] for k, v in fit.summary.items()],
         ["created (UTC)", pv.created],

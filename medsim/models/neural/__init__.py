@@ -21,9 +21,9 @@ from medsim.models.neural.config import (
     config_from_cohort,
 )
 from medsim.models.neural.export import NeuralPhysiology, export_model, weights_digest
-from medsim.models.neural.gate import DEFAULT_FLOOR, MiscalibratedModelError, require_calibrated
+from medsim.models.neural.gate import DEFAULT_FLOOR, MiscalibratedModelError, gate_summary, require_calibrated
 from medsim.models.neural.model import NeuralPatientModel
-from medsim.models.neural.population import sample_neural_population
+from medsim.models.neural.population import config_digest, sample_neural_population
 from medsim.models.neural.simulator import NeuralSimulator
 from medsim.models.neural.windows import WindowBatch, WindowSet, make_windows
 
@@ -40,8 +40,10 @@ __all__ = [
     "ObservableSpec",
     "WindowBatch",
     "WindowSet",
+    "config_digest",
     "config_from_cohort",
     "export_model",
+    "gate_summary",
     "make_windows",
     "require_calibrated",
     "sample_neural_population",
