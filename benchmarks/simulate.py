@@ -368,6 +368,9 @@ def main() -> None:
         if name == "glucose_insulin" and not q:
             f["medsim_euler"] = bench_medsim(name, n_med, reps, scheme="euler")
             f["medsim_meal_events"] = bench_medsim(name, n_med, reps, meals=True)
+        if name == "pk_oral_1cmt" and not q:  # the stiff-absorption scheme next to the explicit one
+            f["medsim_euler"] = bench_medsim(name, n_med, reps, scheme="euler")
+            f["medsim_exponential"] = bench_medsim(name, n_med, reps, scheme="exponential")
         _log(f"{name}: numpy loop")
         f["numpy_loop"] = bench_numpy(name, n_loop)
         _log(f"{name}: torchsde")

@@ -57,6 +57,7 @@ def evaluate_policies(
     provenance: Mapping[str, Any] | None = None,
     progress: Progress | None = None,
     population: VirtualPopulation | None = None,
+    scheme: str = "milstein",
 ) -> tuple[RiskReport, list[RolloutResult]]:
     """Sample ``n`` virtual patients and evaluate every policy on them.
 
@@ -85,6 +86,9 @@ def evaluate_policies(
         Called with the fraction of policies done (``total`` = number of policies).
     population : VirtualPopulation, optional
         Evaluate on these patients instead of sampling ``n`` from ``draws``.
+    scheme : str
+        Simulator scheme: ``"milstein"`` (default), ``"euler"`` or ``"exponential"`` (for stiff
+        first-order rates such as fast absorption; see :mod:`medsim.simulate.schemes`).
 
     Returns
     -------
@@ -96,7 +100,7 @@ def evaluate_policies(
     step = float(dt) if dt is not None else convert_time(1.0, "min", model.time_unit)
     if not step > 0:
         raise ValueError(f"dt must be > 0, got {dt}")
-    context = PolicyContext(model=model, bounds=spec.bounds, draws=draws, dt=step)
+    context = PolicyContext(model=model, bounds=spec.bounds, draws=draws, dt=step, scheme=scheme)
     policies = [parse_policy(p, context=context) for p in policy_specs]
     if population is None:
         population = sample_population(
@@ -124,6 +128,7 @@ def evaluate_policies(
         target=spec.target,
         support=dict(support) if support else None,
         progress=each,
+        scheme=scheme,
     )
     full = {
         **dict(provenance or {}),
@@ -131,5 +136,6 @@ def evaluate_policies(
         "model": {"name": model.name, "version": model.version},
         "population": f"{mode}{'' if subject is None else ' ' + subject}, n={population.n_patients}",
         "dt": f"{step:g} {model.time_unit}",
+        "scheme": scheme,
     }
     return risk_report(list(results), spec, provenance=full), list(results)

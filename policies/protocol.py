@@ -179,12 +179,16 @@ class PolicyContext:
         Posterior draws (for posterior-aware policies such as ``safe_timing``).
     dt : float, optional
         Simulator sub-step (model time unit).
+    scheme : str
+        Simulator scheme (see :data:`medsim.simulate.schemes.SCHEMES`), so that policies which
+        simulate predict with the same discretisation as the rollout.
     """
 
     model: PhysiologyModel | None = None
     bounds: tuple[Bound, ...] = ()
     draws: Any = None
     dt: float | None = None
+    scheme: str = "milstein"
 
 
 _PER_HOUR = {"h": 1.0, "hour": 1.0, "hours": 1.0, "min": 60.0, "minute": 60.0, "minutes": 60.0, "d": 1 / 24.0}

@@ -415,7 +415,7 @@ def rollout(
         ``time_below_range`` and ``time_above_range`` (fractions of the horizon) in ``efficacy``,
         next to ``total_dose_cmt<c>``.
     scheme : str
-        Simulator scheme (``"milstein"`` or ``"euler"``).
+        Simulator scheme (``"milstein"``, ``"euler"`` or ``"exponential"``).
     max_interactions : int
         Guard against a policy that never reaches the horizon.
 

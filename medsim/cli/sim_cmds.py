@@ -129,6 +129,11 @@ def simulate_command(
     n: int = typer.Option(1000, "--n", min=1, help="Number of virtual patients."),
     hours: float = typer.Option(24.0, "--hours", min=0.0, help="Simulated horizon in hours."),
     dt: float = typer.Option(None, "--dt", help="Sub-step in the model's time unit (default: 1 minute)."),
+    scheme: str = typer.Option(
+        "milstein",
+        "--scheme",
+        help="SDE scheme: milstein, euler or exponential (stable for fast absorption/elimination at large --dt).",
+    ),
     seed: int = typer.Option(0, "--seed", help="Seed for the patients and their process noise."),
     bound: list[str] = typer.Option(None, "--bound", help="Safety bound, e.g. 'glucose_mg_dL>=70' (repeatable)."),
     plot: Path = typer.Option(None, "--plot", help="Write a fan chart of the first bounded observable (PNG)."),
@@ -151,7 +156,7 @@ def simulate_command(
         bounds = tuple(parse_bound(b) for b in (bound or DEFAULT_BOUNDS.get(model_name, ())))
         per_hour = 60.0 if model.time_unit == "min" else 1.0
         step = float(dt) if dt is not None else per_hour / 60.0
-        sim = Simulator(model, dt=step, bounds=bounds)
+        sim = Simulator(model, dt=step, bounds=bounds, scheme=scheme)
     except (registry.UnknownModelError, ValueError) as err:
         typer.echo(f"error: {err}", err=True)
         raise typer.Exit(2) from None

@@ -80,6 +80,9 @@ def make_chunk_fn(
 
     Parameters
     ----------
+    scheme : str
+        One of :data:`medsim.simulate.schemes.SCHEMES`; every scheme hands the bridge statistics
+        the model's diffusion at the sub-step start (see :func:`medsim.simulate.schemes.sde_step`).
     layout : tuple of (state, is_infusion)
         The interior event columns (:attr:`medsim.simulate.plan.IntervalPlan.event_layout`); empty
         when no dose acts inside the interval.

@@ -70,9 +70,10 @@ class Simulator:
         Sub-step in the model's time unit (steps are shortened at events and at ``t1``).
     bounds : tuple of Bound
         Monitored safety bounds (``K`` of them).
-    scheme : {"milstein", "euler"}
-        Diagonal Milstein (strong order 1) or Euler–Maruyama (strong order 1/2); see
-        :mod:`medsim.simulate.schemes`.
+    scheme : {"milstein", "euler", "exponential"}
+        Diagonal Milstein (strong order 1), Euler–Maruyama (strong order 1/2) or exponential
+        Euler (strong order 1/2, stable for any first-order decay rate: for stiff absorption or
+        elimination); see :mod:`medsim.simulate.schemes`.
     chunk_size : int
         Largest number of patients per compiled call.
 

@@ -79,6 +79,8 @@ class SafeTiming:
         Particles per patient.
     dt : float
         Simulator sub-step for the predictions (model time unit).
+    scheme : str
+        Simulator scheme for the predictions (the rollout's, when built from a spec).
     """
 
     base: Policy
@@ -89,6 +91,7 @@ class SafeTiming:
     grid: tuple[float, ...] = (1.0, 2.0, 4.0, 8.0, 12.0)
     particles: int = 64
     dt: float = 0.1
+    scheme: str = "milstein"
     _sim: Any = field(default=None, init=False, repr=False, compare=False)
     _observe: Any = field(default=None, init=False, repr=False, compare=False)
 
@@ -108,7 +111,7 @@ class SafeTiming:
             raise ValueError(f"safe_timing: draws are for {self.draws.model.name!r}, not {self.model.name!r}")
         object.__setattr__(self, "grid", grid)
         object.__setattr__(self, "bounds", tuple(self.bounds))
-        sim, observe = compiled_simulator(self.model, self.dt, self.bounds)
+        sim, observe = compiled_simulator(self.model, self.dt, self.bounds, self.scheme)
         object.__setattr__(self, "_sim", sim)
         object.__setattr__(self, "_observe", observe)
 
@@ -125,7 +128,14 @@ class SafeTiming:
         if context.dt is not None:
             own.setdefault("dt", str(context.dt))
         options = build_dataclass(_Options, "safe_timing", own)
-        return cls(base=base, model=context.model, draws=context.draws, bounds=tuple(context.bounds), **vars(options))
+        return cls(
+            base=base,
+            model=context.model,
+            draws=context.draws,
+            bounds=tuple(context.bounds),
+            scheme=context.scheme,
+            **vars(options),
+        )
 
     @property
     def name(self) -> str:
