@@ -194,6 +194,11 @@ def risk_command(
     subject: str = typer.Option(None, "--subject", help="Fitted subject ID to twin (with --mode personalized)."),
     seed: int = typer.Option(0, "--seed", help="Random seed; the same seed gives the same report."),
     dt: float = typer.Option(None, "--dt", help="Simulator sub-step in the model's time unit (default: 1 minute)."),
+    scheme: str = typer.Option(
+        "milstein",
+        "--scheme",
+        help="SDE scheme: milstein, euler, or exponential (stable for fast first-order rates at coarse --dt).",
+    ),
     scenario: str = typer.Option("auto", "--scenario", help="Disturbances: auto (meals for glucose), meals, none."),
     patients_per_draw: int = typer.Option(None, "--patients-per-draw", min=1, help="Patients sharing one draw."),
     prior: str = typer.Option(None, "--prior", help="Use this model's priors instead of a posterior (no fit)."),
@@ -269,6 +274,7 @@ def risk_command(
                 provenance=prov,
                 progress=lambda done, total: bar.update(task, completed=done),
                 population=population,
+                scheme=scheme,
             )
         except (PolicySpecError, ValueError, FloatingPointError) as err:
             hint = " (a neural checkpoint has none)" if checkpoint is not None and "posterior draws" in str(err) else ""
