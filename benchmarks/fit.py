@@ -1,14 +1,14 @@
 """Fitting: numpyro NUTS against PyMC NUTS on the theophylline SDE fit, plus calibration checks.
 
 Run: ``.venv/bin/python benchmarks/fit.py [--quick] [--sections speed,...] [--no-calibration]
-[--figures DIR]``. Writes ``benchmarks/results/fit.json`` (atomically, after every section).
+[--with-vectorized] [--figures DIR]``. Writes ``benchmarks/results/fit.json`` (atomically, after every section).
 Sections:
 
 1. **Speed**: the hierarchical SDE model ``pk_oral_1cmt`` fitted to R's ``Theoph`` (12 subjects)
-   by numpyro NUTS (4 chains vectorised in one program, and one chain per JAX CPU device with
-   ``chain_method="parallel"``) and by PyMC's NUTS on the same model (priors from one
-   ``PriorSpec``, the same JAX extended-Kalman-filter likelihood through a PyTensor op; 4 chains
-   in 2 worker processes). Wall time includes model building and
+   by numpyro NUTS (one chain per JAX CPU device, ``chain_method="parallel"``; with
+   ``--with-vectorized`` also all 4 chains vectorised in one program) and by PyMC's NUTS on the
+   same model (priors from one ``PriorSpec``, the same JAX extended-Kalman-filter likelihood
+   through a PyTensor op; 4 chains in 2 worker processes). Wall time includes model building and
    compilation (and PyMC's worker start-up); ESS/s is the smallest bulk ESS over the sampled
    coordinates divided by that wall time. R-hat, ESS and E-BFMI come from ArviZ via
    :func:`inference.diagnostics.diagnose`.
@@ -35,14 +35,12 @@ import time
 from pathlib import Path
 
 CHAINS = 4
-PARALLEL_CHILD = "--numpyro-parallel-child"
-if PARALLEL_CHILD in sys.argv:
-    import jax
+TARGET_ACCEPT = 0.95  # the default of `medsim fit` / inference.fit
+import jax  # noqa: E402
 
-    # numpyro's chain_method="parallel" puts one chain on each JAX CPU device; the device count
-    # must be set before JAX starts, so that run happens in a child process of its own (the rest
-    # of the benchmark keeps the default single device).
-    jax.config.update("jax_num_cpu_devices", CHAINS)
+# numpyro's chain_method="parallel" puts one chain on each JAX CPU device; the device count must be
+# set before JAX starts. Every fit below then runs its chains in parallel over the 2 cores.
+jax.config.update("jax_num_cpu_devices", CHAINS)
 import numpy as np  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results" / "fit.json"
@@ -75,8 +73,8 @@ def _fit_summary(data, out, wall: float, *, backend: str, seed: int) -> tuple[di
     }, idata
 
 
-def speed(cohort, model, *, chains: int, draws: int, warmup: int, seed: int) -> tuple[dict, dict]:
-    """numpyro (chains vectorised, and one chain per device) vs PyMC on the same SDE fit.
+def speed(cohort, model, *, chains: int, draws: int, warmup: int, seed: int, vectorized: bool) -> tuple[dict, dict]:
+    """numpyro (one chain per device; optionally also all chains vectorised) vs PyMC on the same SDE fit.
 
     Returns (figures, {run name: InferenceData}).
     """
@@ -84,29 +82,26 @@ def speed(cohort, model, *, chains: int, draws: int, warmup: int, seed: int) -> 
 
     from inference.backends.numpyro_nuts import run_nuts
     from inference.backends.pymc_backend import run_pymc
+    from inference.hierarchical import with_centering
     from inference.problem import prepare
 
-    runs = {
-        "numpyro_vectorized": ("numpyro", partial(run_nuts, chain_method="vectorized")),
-        "numpyro_parallel": ("numpyro", None),
-        "pymc": ("pymc", partial(run_pymc, cores=min(2, chains))),
-    }
+    runs = {"numpyro_parallel": ("numpyro", partial(run_nuts, chain_method="parallel"))}
+    if vectorized:
+        runs["numpyro_vectorized"] = ("numpyro", partial(run_nuts, chain_method="vectorized"))
+    runs["pymc"] = ("pymc", partial(run_pymc, cores=min(2, chains)))
     results, idatas = {}, {}
     for name, (backend, run) in runs.items():
         _log(f"{name}: {chains} chains x ({warmup} warmup + {draws} draws), theoph SDE")
         load = os.getloadavg()[0]
-        if run is None:
-            results[name] = _parallel_in_child(chains=chains, draws=draws, warmup=warmup, seed=seed)
-        else:
-            start = time.perf_counter()
-            data = prepare(cohort, model, process_noise=True)
-            out = run(data, chains=chains, draws=draws, warmup=warmup, seed=seed)
-            wall = time.perf_counter() - start
-            results[name], idatas[name] = _fit_summary(data, out, wall, backend=backend, seed=seed)
+        start = time.perf_counter()
+        data = with_centering(prepare(cohort, model, process_noise=True))  # as `medsim fit` does
+        out = run(data, chains=chains, draws=draws, warmup=warmup, seed=seed, target_accept=TARGET_ACCEPT)
+        wall = time.perf_counter() - start
+        results[name], idatas[name] = _fit_summary(data, out, wall, backend=backend, seed=seed)
         results[name]["load_average_before"] = load
         results[name]["load_average_after"] = os.getloadavg()[0]
         _log(f"{name}: {json.dumps(results[name])}")
-    fastest = max(("numpyro_vectorized", "numpyro_parallel"), key=lambda k: results[k]["ess_bulk_per_s"])
+    fastest = max((k for k in runs if k != "pymc"), key=lambda k: results[k]["ess_bulk_per_s"])
     results["ratios"] = {
         "best_numpyro": fastest,
         "pymc_over_numpyro_wall_time": results["pymc"]["wall_time_s"] / results[fastest]["wall_time_s"],
@@ -115,47 +110,17 @@ def speed(cohort, model, *, chains: int, draws: int, warmup: int, seed: int) -> 
     return results, idatas
 
 
-def _parallel_in_child(*, chains: int, draws: int, warmup: int, seed: int) -> dict:
-    """Run the numpyro ``parallel`` fit in a child process with one JAX device per chain."""
-    import subprocess
-    import tempfile
-
-    with tempfile.TemporaryDirectory() as folder:
-        out = Path(folder) / "parallel.json"
-        command = [sys.executable, __file__, PARALLEL_CHILD, str(out)]
-        command += ["--draws", str(draws), "--warmup", str(warmup), "--seed", str(seed)]
-        subprocess.run(command, check=True)
-        return json.loads(out.read_text())
-
-
-def _parallel_child(out: Path, *, draws: int, warmup: int, seed: int) -> None:
-    """Body of the child process started by :func:`_parallel_in_child`."""
-    import medsim.data
-    from inference.backends.numpyro_nuts import run_nuts
-    from inference.problem import prepare
-    from medsim.models import get
-
-    cohort, model = medsim.data.load("theoph"), get("pk_oral_1cmt")
-    start = time.perf_counter()
-    data = prepare(cohort, model, process_noise=True)
-    result = run_nuts(data, chains=CHAINS, draws=draws, warmup=warmup, seed=seed, chain_method="parallel")
-    figures, _ = _fit_summary(data, result, time.perf_counter() - start, backend="numpyro", seed=seed)
-    import jax
-
-    figures["jax_devices"] = len(jax.local_devices())
-    _write_atomic(out, figures)
-
-
 def process_noise(cohort, model, sde_idata, *, chains: int, draws: int, warmup: int, seed: int) -> dict:
     """LOO of the SDE fit against the ODE limit, and the process-noise posterior."""
     from inference.backends.numpyro_nuts import run_nuts
     from inference.checks import loo_compare
+    from inference.hierarchical import with_centering
     from inference.problem import prepare
 
     _log("ODE-limit fit for the LOO comparison")
-    data = prepare(cohort, model, process_noise=False)
     start = time.perf_counter()
-    out = run_nuts(data, chains=chains, draws=draws, warmup=warmup, seed=seed)
+    data = with_centering(prepare(cohort, model, process_noise=False))
+    out = run_nuts(data, chains=chains, draws=draws, warmup=warmup, seed=seed, target_accept=TARGET_ACCEPT)
     ode, ode_idata = _fit_summary(data, out, time.perf_counter() - start, backend="numpyro", seed=seed)
     result = {"ode_fit": ode}
     for unit in ("observation", "subject"):
@@ -260,13 +225,12 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--figures", type=Path, default=None, help="write individual-fit and VPC PNGs here")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=RESULTS)
-    parser.add_argument(PARALLEL_CHILD, type=Path, default=None, help=argparse.SUPPRESS)
-    parser.add_argument("--draws", type=int, default=None, help=argparse.SUPPRESS)
-    parser.add_argument("--warmup", type=int, default=None, help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--with-vectorized",
+        action="store_true",
+        help="also time numpyro with all chains vectorised on one device (about 5x slower on CPU)",
+    )
     args = parser.parse_args(argv)
-    if args.numpyro_parallel_child is not None:
-        _parallel_child(args.numpyro_parallel_child, draws=args.draws, warmup=args.warmup, seed=args.seed)
-        return {}
     sections = [s for s in args.sections.split(",") if s and not (args.no_calibration and s == "calibration")]
     unknown = sorted(set(sections) - set(SECTIONS))
     if unknown:
@@ -297,19 +261,19 @@ def main(argv: list[str] | None = None) -> dict:
 
     idatas = {}
     if "speed" in sections:
-        results["speed"], idatas = speed(cohort, model, seed=args.seed, **sizes)
+        results["speed"], idatas = speed(cohort, model, seed=args.seed, vectorized=args.with_vectorized, **sizes)
         save()
         if args.figures is not None:
             from inference.checks import write_check_figures
             from inference.posterior import Posterior
 
-            posterior = Posterior(idata=idatas["numpyro_vectorized"], model=model)
+            posterior = Posterior(idata=idatas["numpyro_parallel"], model=model)
             paths = write_check_figures(posterior, cohort, args.figures)
             results["figures_written"] = {k: str(v) for k, v in paths.items()}
     if "process_noise" in sections:
         if not idatas:
             parser.error("the process_noise section compares against the speed section's SDE fit")
-        sde = idatas["numpyro_vectorized"]  # same posterior as the parallel run (which ran in a child)
+        sde = idatas["numpyro_parallel"]
         results["process_noise"] = process_noise(cohort, model, sde, seed=args.seed, **sizes)
         save()
     if "heldout" in sections:
@@ -320,7 +284,9 @@ def main(argv: list[str] | None = None) -> dict:
     save(final=True)
     if "speed" in results:
         speed_ = results["speed"]
-        for name in ("numpyro_vectorized", "numpyro_parallel", "pymc"):
+        for name in ("numpyro_parallel", "numpyro_vectorized", "pymc"):
+            if name not in speed_:
+                continue
             r = speed_[name]
             rate, rhat = r["ess_bulk_per_s"], r["rhat_max"]
             print(f"theoph SDE {name}: {r['wall_time_s']:.1f} s, {rate:.2f} ESS/s, R-hat {rhat:.3f}")
@@ -337,7 +303,9 @@ def _figures(results: dict) -> list[dict]:
     """The headline numbers of the sections done so far, as a flat list of {name, value, unit}."""
     out = []
     if "speed" in results:
-        for backend in ("numpyro_vectorized", "numpyro_parallel", "pymc"):
+        for backend in ("numpyro_parallel", "numpyro_vectorized", "pymc"):
+            if backend not in results["speed"]:
+                continue
             r = results["speed"][backend]
             out += [
                 {"name": f"theoph_sde_{backend}_wall_time", "value": r["wall_time_s"], "unit": "s"},

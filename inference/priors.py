@@ -22,9 +22,14 @@ Choices
 * ``omega`` ~ HalfNormal with scale twice the model's BSV: the model's value (a literature
   estimate) sits at the 38th percentile, values three times larger keep 13 % prior mass, and the
   density is positive at 0 so a data set without BSV can say so.
-* The random effects are non-centred (``eta = omega * z``) because cohorts with a handful of
-  observations per subject give funnel-shaped centred posteriors (Betancourt & Girolami 2015,
-  arXiv:1312.0906).
+* The random effects are non-centred (``eta = omega * z``) by default because cohorts with a
+  handful of observations per subject give funnel-shaped centred posteriors (Betancourt &
+  Girolami 2015, arXiv:1312.0906). When every subject's data pin its own parameter down (rich
+  sampling, as in Theoph), the non-centred form has the opposite problem: small ``omega`` forces
+  large ``z``, a funnel in the other direction. ``PriorSpec.centered`` lists the parameters
+  sampled centred instead (``eta_<p>[i] ~ Normal(0, omega_<p>)``);
+  :func:`inference.hierarchical.choose_centering` picks them from the data
+  (Papaspiliopoulos, Roberts & Sköld 2007, *Statist. Sci.* 22:59).
 * Residual-error parameters get log-normal priors centred on the model's defaults with a log-SD
   of 1 (a factor of e either way at one SD): weakly informative, and bounded away from 0, which
   keeps the sampler out of the degenerate corner where process noise explains every residual.
@@ -123,6 +128,9 @@ class PriorSpec:
         ``eta_<p>_decentered`` ~ Normal(0, 1) with ``eta_<p> = omega_<p> * eta_<p>_decentered``.
     fixed : dict name -> float
         Parameters held fixed (the process-noise scales when fitting the ODE limit).
+    centered : tuple of str
+        Random effects sampled centred (site ``eta_<p>`` ~ Normal(0, omega_<p>)) instead of
+        non-centred; the prior is the same, only the sampler's coordinates differ.
     """
 
     model: str
@@ -130,6 +138,19 @@ class PriorSpec:
     sites: tuple[SitePrior, ...]
     random_effects: tuple[str, ...]
     fixed: dict[str, float]
+    centered: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        unknown = [p for p in self.centered if p not in self.random_effects]
+        if unknown:
+            raise PriorError(
+                f"cannot centre {unknown}: not random effects of {self.model!r} "
+                f"(random effects: {list(self.random_effects)})"
+            )
+
+    def eta_site(self, parameter: str) -> str:
+        """The sampled site of ``parameter``'s random effects (``eta_<p>`` or ``eta_<p>_decentered``)."""
+        return f"eta_{parameter}" if parameter in self.centered else f"eta_{parameter}_decentered"
 
     @property
     def process_noise(self) -> bool:
@@ -152,6 +173,7 @@ class PriorSpec:
                 "sites": [asdict(s) for s in self.sites],
                 "random_effects": list(self.random_effects),
                 "fixed": self.fixed,
+                "centered": list(self.centered),
             },
             sort_keys=True,
         )
@@ -167,6 +189,7 @@ class PriorSpec:
                 sites=tuple(SitePrior(**s) for s in raw["sites"]),
                 random_effects=tuple(raw["random_effects"]),
                 fixed={k: float(v) for k, v in raw["fixed"].items()},
+                centered=tuple(raw.get("centered", ())),  # files written before the option: none
             )
         except (json.JSONDecodeError, KeyError, TypeError) as err:
             raise PriorError(f"not a medsim prior specification: {err!r}") from None

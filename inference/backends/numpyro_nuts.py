@@ -198,12 +198,16 @@ def run_nuts(
 def initial_unconstrained(data: FitData, chains: int, radius: float, *, seed: int) -> dict[str, np.ndarray]:
     """Per-chain starting points on the unconstrained scale (what ``MCMC.run`` takes as
     ``init_params``): prior medians plus uniform jitter; standardised random effects uniform
-    in ``[-radius, radius]``. Leading axis = chain."""
+    in ``[-radius, radius]`` (times the prior median of ``omega`` for centred ones). Leading
+    axis = chain."""
     rng = np.random.default_rng([seed, 0x1A17])  # a stream of its own, separate from the sampler's key
     values: dict[str, np.ndarray] = {}
     for site in data.priors.sites:
         centre = site.to_unconstrained(site.median())
         values[site.site] = (centre + rng.uniform(-radius, radius, chains)).astype(np.float32)
     for p in data.priors.random_effects:
-        values[f"eta_{p}_decentered"] = rng.uniform(-radius, radius, (chains, data.n_subjects)).astype(np.float32)
+        jitter = rng.uniform(-radius, radius, (chains, data.n_subjects))
+        if p in data.priors.centered:  # eta itself: scale the standardised jitter by the prior median of omega
+            jitter = jitter * data.priors.site(f"omega_{p}").median()
+        values[data.priors.eta_site(p)] = jitter.astype(np.float32)
     return values

@@ -64,7 +64,7 @@ def run_svi(
     model = partial(hierarchical_model, data)
     start_values = {s.site: float(s.median()) for s in data.priors.sites}
     start_values.update(
-        {f"eta_{p}_decentered": np.zeros(data.n_subjects, np.float32) for p in data.priors.random_effects}
+        {data.priors.eta_site(p): np.zeros(data.n_subjects, np.float32) for p in data.priors.random_effects}
     )
     guide = AutoMultivariateNormal(model, init_loc_fn=init_to_value(values=start_values), init_scale=0.05)
     svi = SVI(model, guide, Adam(learning_rate), Trace_ELBO())

@@ -68,7 +68,9 @@ def build_pymc_model(data: FitData):
 
     Sites (see :mod:`inference.priors` for the distributions): every population site of
     ``data.priors``; ``eta_<p>_decentered`` ~ Normal(0, 1) with dims ``("subject",)``; the
-    deterministic ``eta_<p> = omega_<p> * eta_<p>_decentered`` (log-scale random effect, (S,));
+    deterministic ``eta_<p> = omega_<p> * eta_<p>_decentered`` (log-scale random effect, (S,))
+    — or, for parameters in ``data.priors.centered``, ``eta_<p>`` ~ Normal(0, omega_<p>) and the
+    deterministic ``eta_<p>_decentered``;
     and the potential ``log_likelihood``, the EKF marginal log-likelihood of the cohort.
 
     Parameters
@@ -86,8 +88,13 @@ def build_pymc_model(data: FitData):
     with pm.Model(coords={"subject": list(data.subject_ids)}) as model:
         values = {site.site: _pymc_prior(site) for site in data.priors.sites}
         for p in data.priors.random_effects:
-            z = pm.Normal(f"eta_{p}_decentered", mu=0.0, sigma=1.0, dims="subject")
-            values[f"eta_{p}"] = pm.Deterministic(f"eta_{p}", values[f"omega_{p}"] * z, dims="subject")
+            omega = values[f"omega_{p}"]
+            if p in data.priors.centered:
+                values[f"eta_{p}"] = pm.Normal(f"eta_{p}", mu=0.0, sigma=omega, dims="subject")
+                pm.Deterministic(f"eta_{p}_decentered", values[f"eta_{p}"] / omega, dims="subject")
+            else:
+                z = pm.Normal(f"eta_{p}_decentered", mu=0.0, sigma=1.0, dims="subject")
+                values[f"eta_{p}"] = pm.Deterministic(f"eta_{p}", omega * z, dims="subject")
         outputs = op(*(values[name] for name in op.sites))
         pm.Potential("log_likelihood", outputs[0])
     return model
@@ -109,7 +116,11 @@ def initial_values(data: FitData, chains: int, radius: float, *, seed: int) -> l
             median = site.median()
             point[site.site] = np.asarray(median + u if site.distribution == "normal" else median * math.exp(u))
         for p in data.priors.random_effects:
-            point[f"eta_{p}_decentered"] = rng.uniform(-radius, radius, data.n_subjects)
+            u = rng.uniform(-radius, radius, data.n_subjects)
+            if p in data.priors.centered:
+                point[f"eta_{p}"] = u * data.priors.site(f"omega_{p}").median()
+            else:
+                point[f"eta_{p}_decentered"] = u
         points.append(point)
     return points
 

@@ -74,6 +74,16 @@ def _announce_failure(console, diagnostics, path: Path) -> None:
     )
 
 
+def _centering(value: str) -> str | tuple[str, ...]:
+    """``--centered``: "auto", "none" or a comma-separated list of parameter names."""
+    value = value.strip()
+    if value in ("auto", ""):
+        return "auto"
+    if value == "none":
+        return ()
+    return tuple(v.strip() for v in value.split(",") if v.strip())
+
+
 @app.command("fit")
 def fit_command(
     cohort: str = typer.Argument(..., help="Bundled dataset name (see `medsim datasets`) or an event-table path."),
@@ -91,10 +101,15 @@ def fit_command(
     ),
     svi_steps: int = typer.Option(5000, "--svi-steps", min=1, help="Optimisation steps of --method svi."),
     target_accept: float = typer.Option(
-        0.9, "--target-accept", min=0.5, max=0.99, help="NUTS adaptation target; raise it if a fit reports divergences."
+        0.95, "--target-accept", min=0.5, max=0.99, help="NUTS adaptation target; raise it if a fit diverges."
     ),
     template: str = typer.Option(
         None, "--template", help="With --model neural: name observables and doses after this mechanistic model."
+    ),
+    centered: str = typer.Option(
+        "auto",
+        "--centered",
+        help="Random effects sampled centred: auto (those the subjects' data determine well), none, or e.g. CL,V.",
     ),
 ) -> None:
     """Fit a Bayesian SDE model to a cohort and write the posterior (with diagnostics).
@@ -153,13 +168,18 @@ def fit_command(
                 chain_method=chain_method,
                 svi_steps=svi_steps,
                 target_accept=target_accept,
+                centered=_centering(centered),
             )
         except (FitConfigError, FitDataError, TimelineError) as err:
             _fail(str(err))
     path = posterior.save(out)
     diagnostics = posterior.diagnostics()
     console = Console()
-    console.print(f"wrote {path} ({posterior.attrs['wall_time_s']:.1f} s sampling, chain method {chain_method})")
+    centred = ", ".join(posterior.priors.centered) or "none"
+    console.print(
+        f"wrote {path} ({posterior.attrs['wall_time_s']:.1f} s sampling, chain method {chain_method}; "
+        f"centred random effects: {centred})"
+    )
     _print_diagnostics(console, posterior, diagnostics)
     if not diagnostics.ok:
         _announce_failure(console, diagnostics, path)
