@@ -92,6 +92,7 @@ def prepare(
     substeps: int = 4,
     max_substep: float | None = None,
     dtype: Any = np.float32,
+    layout: str = "auto",
 ) -> FitData:
     """Check ``cohort`` against ``model`` and build everything a fit needs.
 
@@ -103,13 +104,16 @@ def prepare(
         False fits the ODE limit (process-noise scales fixed at 0).
     substeps, max_substep : see :func:`~inference.likelihood.timeline.build_timeline`.
     dtype : numpy floating dtype of the likelihood arrays.
+    layout : {"auto", "entries", "matrix"}
+        Storage of the filter's mean and covariance (see :mod:`inference.likelihood.ekf`);
+        ``"auto"`` picks by the number of states. Kept in ``FitData.timeline.layout``.
 
     Raises
     ------
     FitDataError
         No subjects or observations, a covariate the model needs is missing or not finite.
     TimelineError
-        Records the model cannot represent (see :func:`build_timeline`).
+        Records the model cannot represent, or an unknown ``layout`` (see :func:`build_timeline`).
     """
     padded = cohort.padded() if hasattr(cohort, "padded") else cohort
     ids = tuple(str(i) for i in padded.ids)
@@ -132,7 +136,7 @@ def prepare(
         if bad:
             raise FitDataError(f"covariate {c.name!r} is missing or not finite for subjects {bad[:10]}")
         covariates[c.name] = values
-    timeline = build_timeline(model, padded, substeps=substeps, max_substep=max_substep, dtype=dtype)
+    timeline = build_timeline(model, padded, substeps=substeps, max_substep=max_substep, dtype=dtype, layout=layout)
     obs_observable = np.zeros(obs_mask.shape, np.int32)
     for s in range(len(ids)):
         obs_observable[s] = np.asarray(timeline.obs_observable)[s, np.asarray(timeline.obs_slot)[s]]

@@ -23,11 +23,21 @@ doses); infusions enter ``f`` as input rates. At an observation of observable ``
 Without process noise ``P`` stays exactly zero, ``S = R`` and the filter *is* the ODE likelihood;
 :func:`cohort_loglik` with ``noise=None`` skips the covariance altogether (the ODE limit, cheaper).
 
-Layout: the mean is a tuple of ``n`` scalars and the covariance a tuple of its ``n (n + 1) / 2``
-upper-triangle entries, and the small matrix algebra is written out entry by entry. Under
-``vmap`` every quantity is then one contiguous ``(subjects,)`` vector and XLA fuses each RK4
-stage into a few vectorised loops; stacking ``(subjects, n, n)`` matrices instead was 3-5x slower
-on CPU (measured on the theophylline cohort, see ``docs/fitting.md``).
+Layouts: the same algorithm is stored in one of two ways (``layout``; shared parts in
+:mod:`inference.likelihood.filtering`).
+
+* ``"entries"`` (this module): the mean is a tuple of ``n`` named scalars and the covariance a
+  tuple of its ``n (n + 1) / 2`` upper-triangle entries, with the small matrix algebra written
+  out. Under ``vmap`` every quantity is one contiguous ``(subjects,)`` vector and XLA fuses each
+  RK4 stage into a few vectorised loops; for 1-2 states this is 3-5x faster than stacked
+  ``(subjects, n, n)`` matrices on CPU (measured on the theophylline cohort, ``docs/fitting.md``).
+  The traced graph grows like ``n^3`` per RK4 stage, so compilation time grows quickly with ``n``.
+* ``"matrix"`` (:mod:`inference.likelihood.ekf_matrix`): an ``(n,)`` mean and an ``(n, n)``
+  covariance, ``F P`` as JVPs of the drift along the columns of ``P``; the graph no longer
+  grows with ``n``, which is what makes the 6-state glucose model compile in seconds (its
+  gradient took minutes in the entries layout).
+* ``"auto"`` picks ``"matrix"`` from :data:`~inference.likelihood.filtering.MATRIX_FROM_STATES`
+  states on when the covariance is propagated, and ``"entries"`` for the ODE limit.
 
 Gradients: :func:`cohort_loglik` differentiates each subject's filter in forward mode (one pass
 carrying a tangent per subject parameter) behind a ``custom_vjp``, so reverse-mode callers
@@ -40,18 +50,18 @@ with exact filters run in float64 under ``jax.enable_x64``.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
 
 import jax
 import jax.numpy as jnp
 
+from inference.likelihood import filtering
+from inference.likelihood.ekf_matrix import matrix_loglik
+from inference.likelihood.filtering import SLOT_FIELDS, forward_jacobian_vjp, resolve_layout
 from inference.likelihood.timeline import Timeline
 from medsim.models.base import PhysiologyModel
 
 Array = jax.Array
-_LOG_2PI = math.log(2.0 * math.pi)
-_SLOT_FIELDS = ("time", "is_obs", "obs_value", "obs_observable", "bolus", "infusion_rate")
 
 
 def _jacobian_columns(fn, x: dict[str, Array], names: tuple[str, ...]) -> tuple[dict, list[dict]]:
@@ -72,6 +82,7 @@ def subject_loglik(
     slots: Mapping[str, Array],
     *,
     covariance: bool = True,
+    layout: str = "auto",
 ) -> Array:
     """Log predictive density of each slot's observation for one subject.
 
@@ -90,12 +101,26 @@ def subject_loglik(
         ``obs_observable``, ``bolus``, ``infusion_rate``).
     covariance : bool
         Propagate the state covariance (False: the ODE limit, ``P = 0``).
+    layout : {"auto", "entries", "matrix"}
+        Storage of mean and covariance (see the module docstring); the results agree to round-off.
 
     Returns
     -------
     (K,) array
         Log density (of the observation, in its unit) at observation slots, 0 elsewhere.
+
+    Raises
+    ------
+    ValueError
+        Unknown ``layout``.
     """
+    if resolve_layout(layout, len(model.state_names), covariance=covariance) == "matrix":
+        return matrix_loglik(model, timeline, theta, residual, slots, covariance=covariance)
+    return _entries_loglik(model, timeline, theta, residual, slots, covariance=covariance)
+
+
+def _entries_loglik(model, timeline, theta, residual, slots, *, covariance):
+    """:func:`subject_loglik` with the mean and the upper triangle of ``P`` as tuples of scalars."""
     names = model.state_names
     n = len(names)
     pairs = [(i, j) for i in range(n) for j in range(i, n)]  # upper triangle of P
@@ -108,21 +133,15 @@ def subject_loglik(
     def as_dict(values):
         return {s: jnp.asarray(values[s], dtype) for s in names}
 
-    def input_rates(rate_c):
-        rates: dict[str, Array] = {}
-        for c, cmt in enumerate(timeline.dose_cmts):
-            target = model.dose_targets[cmt]
-            rates[target] = rates.get(target, 0.0) + model.dose_scale.get(cmt, 1.0) * rate_c[c]
-        return rates
-
     def drift_jacobian(t, m, rates):
         def drift(x):
             return as_dict(model.drift(t, x, theta, rates))
 
         return _jacobian_columns(drift, m, names)  # cols[k][names[i]] = F[i, k]
 
-    def remainder(t, m, p, rates, decay, start=None):
+    def remainder(t, y, rates, decay, start=None):
         """``N(y) = f(y) - L y`` for the mean and ``F P + P F^T + G G^T - L_P P`` for the covariance."""
+        m, p = y
         if start is not None:
             dm, cols = start
         elif covariance:
@@ -142,47 +161,22 @@ def subject_loglik(
             dp.append(value)
         return nm, tuple(dp)
 
-    def lawson_rk4(t, m, p, h, rates):
-        """One integrating-factor RK4 step (Lawson 1967, SIAM J Numer Anal 4:372).
-
-        The decaying part of the Jacobian's diagonal, ``L = min(diag F(m_start), 0)``, is
-        integrated exactly and classical RK4 is applied to the remainder. The method is 4th
-        order for any constant ``L``; with ``L`` taken from the Jacobian, first-order
-        elimination such as a fast absorption rate cannot make the step unstable, which keeps
-        the likelihood finite far into the tails of the posterior where RK4 would overflow.
-        """
-        start = drift_jacobian(t, m, rates)
+    def rk4_step(t, y, h, rate_c):
+        rates = filtering.input_rates(model, timeline, rate_c)
+        start = drift_jacobian(t, y[0], rates)
         decay = [jnp.minimum(start[1][i][s], 0.0) for i, s in enumerate(names)]
         half = (
             {s: jnp.exp(decay[i] * h / 2) for i, s in enumerate(names)},
             tuple(jnp.exp((decay[i] + decay[j]) * h / 2) for i, j in pairs) if covariance else (),
         )
-        full = jax.tree.map(jnp.square, half)
-        y = (m, p)
+        k1 = remainder(t, y, rates, decay, start if covariance else (start[0], None))
+        return filtering.lawson_rk4(lambda tt, yy: remainder(tt, yy, rates, decay), t, y, h, half, k1)
 
-        def scale(e, v):
-            return jax.tree.map(jnp.multiply, e, v)
+    def apply_boluses(y, amounts):
+        m, p = y
 
-        k1 = remainder(t, m, p, rates, decay, start if covariance else (start[0], None))
-        k2 = remainder(t + h / 2, *scale(half, _axpy(h / 2, k1, y)), rates, decay)
-        k3 = remainder(t + h / 2, *_axpy(h / 2, k2, scale(half, y)), rates, decay)
-        k4 = remainder(t + h, *_axpy(h, scale(half, k3), scale(full, y)), rates, decay)
-        return jax.tree.map(
-            lambda y0, e, e2, a, b, c, d: e2 * y0 + h / 6 * (e2 * a + 2 * e * (b + c) + d),
-            y,
-            half,
-            full,
-            k1,
-            k2,
-            k3,
-            k4,
-        )
-
-    def apply_boluses(m, p, amounts):
         def dose_map(x):
-            for c, cmt in enumerate(timeline.dose_cmts):
-                x = model.dose(x, cmt, amounts[c])
-            return as_dict(x)
+            return as_dict(filtering.dose_all(model, timeline, x, amounts))
 
         if not covariance:
             return dose_map(m), p
@@ -191,64 +185,38 @@ def subject_loglik(
         jp = [[sum(cols[k][names[i]] * entry(p, k, j) for k in range(n)) for j in range(n)] for i in range(n)]
         return m_new, tuple(sum(jp[i][k] * cols[k][names[j]] for k in range(n)) for i, j in pairs)
 
-    def residual_var(prediction, which):
-        var = jnp.zeros((), dtype)
-        for o, spec in model.residual.items():
-            if o not in timeline.observables:
-                continue
-            sd = spec.sd(prediction[o], residual.get(f"{o}_add"), residual.get(f"{o}_prop"))
-            var = var + jnp.where(which == timeline.observables.index(o), sd * sd, 0.0)
-        return var
+    def observe(x):
+        return {o: jnp.asarray(v, dtype) for o, v in model.observe(x, theta).items()}
 
-    def update(m, p, y, which, is_obs):
-        def observe(x):
-            return {o: jnp.asarray(v, dtype) for o, v in model.observe(x, theta).items()}
+    def update(y, obs, which, is_obs):
+        m, p = y
 
-        def select(values):  # the observed observable's entry, by index (static loop, no gather)
-            out = jnp.zeros((), dtype)
-            for i, o in enumerate(timeline.observables):
-                out = out + jnp.where(which == i, values[o], 0.0)
-            return out
+        def select(values):
+            return filtering.select(timeline, values, which, dtype)
 
         # Off observation slots the result is discarded; a unit variance there keeps the
         # discarded branch finite so that its gradient cannot turn into NaN.
         if not covariance:
             prediction = observe(m)
-            r = jnp.where(is_obs, residual_var(prediction, which), 1.0)
-            return m, p, -0.5 * (_LOG_2PI + jnp.log(r) + jnp.square(y - select(prediction)) / r)
+            r = jnp.where(is_obs, filtering.residual_var(model, timeline, residual, prediction, which, dtype), 1.0)
+            return y, filtering.gaussian_logpdf(obs - select(prediction), r)
         prediction, cols = _jacobian_columns(observe, m, names)
-        h = select(prediction)
-        r = jnp.where(is_obs, residual_var(prediction, which), 1.0)
+        r = jnp.where(is_obs, filtering.residual_var(model, timeline, residual, prediction, which, dtype), 1.0)
         row = [select(cols[k]) for k in range(n)]  # H = d observe_o / dx
         ph = [sum(entry(p, i, k) * row[k] for k in range(n)) for i in range(n)]
         s = jnp.maximum(sum(row[i] * ph[i] for i in range(n)) + r, 1e-6 * r)
         gain = [v / s for v in ph]
-        innovation = y - h
+        innovation = obs - select(prediction)
         # Joseph form (I - K H) P (I - K H)^T + K R K^T, written as P - K H P - P H^T K^T + K S K^T
         p_new = tuple(entry(p, i, j) - gain[i] * ph[j] - ph[i] * gain[j] + gain[i] * s * gain[j] for i, j in pairs)
         m_new = {x: m[x] + gain[i] * innovation for i, x in enumerate(names)}
-        return m_new, p_new, -0.5 * (_LOG_2PI + jnp.log(s) + jnp.square(innovation) / s)
-
-    def step(carry, slot):
-        t_prev, m, p = carry
-        t = slot["time"]
-        h = (t - t_prev) / timeline.substeps
-        rates = input_rates(slot["infusion_rate"])
-        m, p = jax.lax.fori_loop(0, timeline.substeps, lambda i, mp: lawson_rk4(t_prev + i * h, *mp, h, rates), (m, p))
-        m_obs, p_obs, ll = update(m, p, slot["obs_value"], slot["obs_observable"], slot["is_obs"])
-        m, p = jax.tree.map(lambda a, b: jnp.where(slot["is_obs"], a, b), (m_obs, p_obs), (m, p))
-        m, p = apply_boluses(m, p, slot["bolus"])
-        return (t, m, p), jnp.where(slot["is_obs"], ll, 0.0)
+        return (m_new, p_new), filtering.gaussian_logpdf(innovation, s)
 
     m0 = as_dict(model.initial_state(theta))
     p0 = tuple(jnp.zeros((), dtype) for _ in pairs) if covariance else ()
-    _, ll = jax.lax.scan(step, (jnp.zeros((), dtype), m0, p0), {k: slots[k] for k in _SLOT_FIELDS})
-    return ll
-
-
-def _axpy(a, k, y):
-    """``y + a * k`` over the (mean, covariance) pytree."""
-    return jax.tree.map(lambda yi, ki: yi + a * ki, y, k)
+    return filtering.scan_slots(
+        timeline, slots, (m0, p0), rk4_step=rk4_step, update=update, apply_boluses=apply_boluses, dtype=dtype
+    )
 
 
 def cohort_loglik(
@@ -257,6 +225,8 @@ def cohort_loglik(
     individual_params: Mapping[str, Array],
     noise: Mapping[str, Array] | None,
     residual: Mapping[str, Array],
+    *,
+    layout: str | None = None,
 ) -> Array:
     """Pointwise log-likelihood of every observation of every subject (vmapped over subjects).
 
@@ -273,12 +243,20 @@ def cohort_loglik(
         every process-noise parameter is 0 and the covariance is not propagated.
     residual : mapping "<observable>_add" / "<observable>_prop" -> scalar
         Residual-error parameters (missing ones take the model's defaults).
+    layout : {"auto", "entries", "matrix"}, optional
+        Storage of the filter's mean and covariance (see the module docstring); default
+        ``timeline.layout``. Both layouts give the same numbers to round-off.
 
     Returns
     -------
     (S, N) array
         ``log p(y_j | y_<j)`` for each real observation (the one-step-ahead predictive density,
         so the sum over a subject is its marginal log-likelihood); 0 where ``obs_mask`` is False.
+
+    Raises
+    ------
+    ValueError
+        Unknown ``layout``.
 
     Notes
     -----
@@ -287,6 +265,10 @@ def cohort_loglik(
     (``jax.jvp``, ``jax.jacfwd``, ``jax.hessian``) are therefore not available through it.
     """
     dtype = timeline.time.dtype
+    covariance = noise is not None
+    layout = resolve_layout(
+        timeline.layout if layout is None else layout, len(model.state_names), covariance=covariance
+    )
     theta = dict(individual_params)
     if noise is None:
         theta.update({p.name: jnp.zeros((), dtype) for p in model.params_of_kind("process_noise")})
@@ -294,48 +276,21 @@ def cohort_loglik(
         theta.update(noise)
     n_subjects = timeline.time.shape[0]
     theta = {k: jnp.broadcast_to(jnp.asarray(v, dtype), (n_subjects,)) for k, v in theta.items()}
-    slots = {k: jnp.asarray(getattr(timeline, k)) for k in _SLOT_FIELDS}
+    slots = {k: jnp.asarray(getattr(timeline, k)) for k in SLOT_FIELDS}
 
-    covariance = noise is not None
     keys = tuple(sorted(theta)) + tuple(f"residual:{k}" for k in sorted(residual))
 
     def one(vec, slots_s):
         values = dict(zip(keys, vec, strict=True))
         theta_s = {k: values[k] for k in sorted(theta)}
         residual_s = {k: values[f"residual:{k}"] for k in sorted(residual)}
-        return subject_loglik(model, timeline, theta_s, residual_s, slots_s, covariance=covariance)
+        return subject_loglik(model, timeline, theta_s, residual_s, slots_s, covariance=covariance, layout=layout)
 
     vec = jnp.stack(
         [theta[k] for k in sorted(theta)]
         + [jnp.broadcast_to(jnp.asarray(residual[k], dtype), (n_subjects,)) for k in sorted(residual)],
         axis=-1,
     )
-    per_slot = jax.vmap(_forward_jacobian_vjp(one))(vec, slots)
+    per_slot = jax.vmap(forward_jacobian_vjp(one))(vec, slots)
     pointwise = per_slot[jnp.arange(n_subjects)[:, None], jnp.asarray(timeline.obs_slot)]
     return jnp.where(jnp.asarray(timeline.obs_mask), pointwise, 0.0)
-
-
-def _forward_jacobian_vjp(fn):
-    """``fn(vec, slots) -> (K,)`` whose reverse-mode derivative is computed in forward mode.
-
-    A subject's likelihood depends on a handful of parameters (``d``) but runs through hundreds
-    of sequential filter steps. Reverse mode stores every step and walks back through them;
-    forward mode carries the ``d`` tangents along with the filter in one pass, so the Jacobian
-    ``(d, K)`` costs about one widened forward pass and the cotangent is a small product.
-    """
-
-    @jax.custom_vjp
-    def wrapped(vec, slots):
-        return fn(vec, slots)
-
-    def forward(vec, slots):
-        basis = jnp.eye(vec.shape[-1], dtype=vec.dtype)
-        # The primal does not depend on the tangent, so it comes out unbatched (out_axes None).
-        value, jacobian = jax.vmap(lambda t: jax.jvp(lambda v: fn(v, slots), (vec,), (t,)), out_axes=(None, 0))(basis)
-        return value, jacobian
-
-    def backward(jacobian, cotangent):
-        return jacobian @ cotangent, None
-
-    wrapped.defvjp(forward, backward)
-    return wrapped

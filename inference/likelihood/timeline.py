@@ -27,6 +27,7 @@ from typing import Any
 import jax
 import numpy as np
 
+from inference.likelihood.filtering import check_layout
 from medsim.models.base import PhysiologyModel
 
 # Slot kinds at equal times are processed in this order (see the module docstring).
@@ -68,6 +69,8 @@ class Timeline:
         The model's observables, in the order ``obs_observable`` indexes.
     substeps : int
         RK4 steps the filter takes per interval.
+    layout : {"auto", "entries", "matrix"}
+        Storage of the filter's mean and covariance (see :mod:`inference.likelihood.ekf`).
     """
 
     time: Any
@@ -81,6 +84,7 @@ class Timeline:
     dose_cmts: tuple[int, ...] = field(metadata={"static": True}, default=())
     observables: tuple[str, ...] = field(metadata={"static": True}, default=())
     substeps: int = field(metadata={"static": True}, default=4)
+    layout: str = field(metadata={"static": True}, default="auto")
 
     @property
     def n_subjects(self) -> int:
@@ -129,6 +133,7 @@ def build_timeline(
     substeps: int = 4,
     max_substep: float | None = None,
     dtype: Any = np.float32,
+    layout: str = "auto",
 ) -> Timeline:
     """Merge each subject's observations and doses into one padded timeline (numpy, done once).
 
@@ -145,6 +150,10 @@ def build_timeline(
         Largest RK4 step in the model's time unit; default :func:`default_max_substep`.
     dtype : numpy dtype
         Floating dtype of the returned arrays (float32, or float64 under ``jax.enable_x64``).
+    layout : {"auto", "entries", "matrix"}
+        Storage of the filter's mean and covariance, the default of every filter run on this
+        timeline (see :mod:`inference.likelihood.ekf`; ``"auto"`` decides per run from the
+        number of states and whether the covariance is propagated).
 
     Returns
     -------
@@ -155,8 +164,12 @@ def build_timeline(
     TimelineError
         Negative or non-finite times, a CMT the model neither observes nor doses, a non-finite
         observation or dose amount, or a negative infusion rate; the message names the subject
-        and record.
+        and record; an unknown ``layout``.
     """
+    try:
+        check_layout(layout)
+    except ValueError as err:
+        raise TimelineError(str(err)) from None
     if substeps < 1:
         raise TimelineError(f"substeps must be >= 1, got {substeps}")
     h_max = default_max_substep(model) if max_substep is None else float(max_substep)
@@ -195,6 +208,7 @@ def build_timeline(
         dose_cmts=dose_cmts,
         observables=observables,
         substeps=int(substeps),
+        layout=layout,
     )
 
 

@@ -1,0 +1,205 @@
+"""Pieces shared by the two layouts of the extended Kalman filter (``ekf`` and ``ekf_matrix``).
+
+Both layouts run the same algorithm (see :mod:`inference.likelihood.ekf`) and differ only in how
+the mean and covariance are stored: as named scalars and the upper triangle of ``P`` written out
+entry by entry (``"entries"``), or as an ``(n,)`` vector and an ``(n, n)`` array (``"matrix"``).
+Everything that does not depend on that storage lives here: the slot loop, the integrating-factor
+RK4 step, dose input rates, residual variances, the selection of the observed observable, the
+forward-mode gradient, and the rule that picks a layout from the number of states.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any
+
+import jax
+import jax.numpy as jnp
+
+from medsim.models.base import PhysiologyModel
+
+if TYPE_CHECKING:  # the timeline module imports check_layout from here
+    from inference.likelihood.timeline import Timeline
+
+Array = jax.Array
+LOG_2PI = math.log(2.0 * math.pi)
+SLOT_FIELDS = ("time", "is_obs", "obs_value", "obs_observable", "bolus", "infusion_rate")
+LAYOUTS = ("auto", "entries", "matrix")
+
+#: ``layout="auto"`` propagates the covariance in the matrix layout from this many states on.
+#: Written-out entries cost O(n^3) traced operations per RK4 stage, the matrix layout a few
+#: batched ones: the matrix layout compiles faster from 3 states and runs faster from 4
+#: (docs/fitting.md, "Layout"). Without a covariance (the ODE limit) ``"auto"`` always means
+#: entries: only the Jacobian's diagonal is used there, and written out the rest of it is
+#: removed as dead code, which ``jax.jacfwd`` on the stacked state does not allow (4x faster
+#: gradients on the glucose model).
+MATRIX_FROM_STATES = 4
+
+
+def check_layout(layout: str) -> str:
+    """``layout`` if it is one of :data:`LAYOUTS`.
+
+    Raises
+    ------
+    ValueError
+        Any other value, named.
+    """
+    if layout not in LAYOUTS:
+        raise ValueError(f"EKF layout must be one of {', '.join(map(repr, LAYOUTS))}; got {layout!r}")
+    return layout
+
+
+def resolve_layout(layout: str, n_states: int, *, covariance: bool = True) -> str:
+    """The layout that runs: ``"entries"`` or ``"matrix"`` (``"auto"`` decided as described above).
+
+    Raises
+    ------
+    ValueError
+        ``layout`` is not one of ``"auto"``, ``"entries"``, ``"matrix"``.
+    """
+    if check_layout(layout) == "auto":
+        return "matrix" if covariance and n_states >= MATRIX_FROM_STATES else "entries"
+    return layout
+
+
+def input_rates(model: PhysiologyModel, timeline: Timeline, rate_c: Array) -> dict[str, Array]:
+    """Infusion rates ``(C,)`` per dose compartment -> input rate per dosed state (state unit / time)."""
+    rates: dict[str, Array] = {}
+    for c, cmt in enumerate(timeline.dose_cmts):
+        target = model.dose_targets[cmt]
+        rates[target] = rates.get(target, 0.0) + model.dose_scale.get(cmt, 1.0) * rate_c[c]
+    return rates
+
+
+def dose_all(model: PhysiologyModel, timeline: Timeline, x: Mapping[str, Array], amounts: Array) -> dict:
+    """State after the boluses ``amounts`` ``(C,)`` into every dose compartment of the timeline."""
+    x = dict(x)
+    for c, cmt in enumerate(timeline.dose_cmts):
+        x = model.dose(x, cmt, amounts[c])
+    return x
+
+
+def select(timeline: Timeline, values: Mapping[str, Array], which: Array, dtype: Any) -> Array:
+    """The entry of ``values`` (keyed by observable) that ``which`` indexes; a static loop, no gather."""
+    out = jnp.zeros((), dtype)
+    for i, o in enumerate(timeline.observables):
+        out = out + jnp.where(which == i, values[o], 0.0)
+    return out
+
+
+def residual_var(
+    model: PhysiologyModel,
+    timeline: Timeline,
+    residual: Mapping[str, Array],
+    prediction: Mapping[str, Array],
+    which: Array,
+    dtype: Any,
+) -> Array:
+    """Residual variance ``R`` (observable unit squared) of the observable ``which`` at ``prediction``."""
+    var = jnp.zeros((), dtype)
+    for o, spec in model.residual.items():
+        if o not in timeline.observables:
+            continue
+        sd = spec.sd(prediction[o], residual.get(f"{o}_add"), residual.get(f"{o}_prop"))
+        var = var + jnp.where(which == timeline.observables.index(o), sd * sd, 0.0)
+    return var
+
+
+def gaussian_logpdf(innovation: Array, variance: Array) -> Array:
+    """``log Normal(innovation; 0, variance)``."""
+    return -0.5 * (LOG_2PI + jnp.log(variance) + jnp.square(innovation) / variance)
+
+
+def lawson_rk4(remainder: Callable, t: Array, y: Any, h: Array, half: Any, k1: Any) -> Any:
+    """One integrating-factor RK4 step (Lawson 1967, SIAM J Numer Anal 4:372) on a pytree ``y``.
+
+    The caller splits the vector field into a decaying linear part ``L`` (integrated exactly)
+    and the remainder ``N(t, y) = rhs(t, y) - L y``; ``half`` holds ``exp(L h / 2)`` with the
+    structure of ``y`` and ``k1 = N(t, y)``. The method is 4th order for any constant ``L``;
+    with ``L = min(diag F(m_start), 0)`` first-order elimination such as a fast absorption rate
+    cannot make the step unstable, which keeps the likelihood finite far into the tails of the
+    posterior where plain RK4 would overflow.
+    """
+    full = jax.tree.map(jnp.square, half)
+
+    def scale(e, v):
+        return jax.tree.map(jnp.multiply, e, v)
+
+    k2 = remainder(t + h / 2, scale(half, _axpy(h / 2, k1, y)))
+    k3 = remainder(t + h / 2, _axpy(h / 2, k2, scale(half, y)))
+    k4 = remainder(t + h, _axpy(h, scale(half, k3), scale(full, y)))
+    return jax.tree.map(
+        lambda y0, e, e2, a, b, c, d: e2 * y0 + h / 6 * (e2 * a + 2 * e * (b + c) + d),
+        y,
+        half,
+        full,
+        k1,
+        k2,
+        k3,
+        k4,
+    )
+
+
+def _axpy(a, k, y):
+    """``y + a * k`` over a pytree."""
+    return jax.tree.map(lambda yi, ki: yi + a * ki, y, k)
+
+
+def scan_slots(
+    timeline: Timeline,
+    slots: Mapping[str, Array],
+    state0: Any,
+    *,
+    rk4_step: Callable,
+    update: Callable,
+    apply_boluses: Callable,
+    dtype: Any,
+) -> Array:
+    """Run a filter over one subject's slots and return each slot's log predictive density ``(K,)``.
+
+    Per slot: ``timeline.substeps`` steps ``state = rk4_step(t, state, h, rate_c)`` up to the slot
+    time, the Kalman update ``update(state, y, which, is_obs) -> (state, loglik)`` kept only at
+    observation slots, then the boluses ``apply_boluses(state, amounts)`` (so a sample at a dose
+    time is a pre-dose measurement, as the timeline orders them).
+    """
+
+    def step(carry, slot):
+        t_prev, state = carry
+        t = slot["time"]
+        h = (t - t_prev) / timeline.substeps
+        rate_c = slot["infusion_rate"]
+        state = jax.lax.fori_loop(0, timeline.substeps, lambda i, s: rk4_step(t_prev + i * h, s, h, rate_c), state)
+        observed, ll = update(state, slot["obs_value"], slot["obs_observable"], slot["is_obs"])
+        state = jax.tree.map(lambda a, b: jnp.where(slot["is_obs"], a, b), observed, state)
+        state = apply_boluses(state, slot["bolus"])
+        return (t, state), jnp.where(slot["is_obs"], ll, 0.0)
+
+    _, ll = jax.lax.scan(step, (jnp.zeros((), dtype), state0), {k: slots[k] for k in SLOT_FIELDS})
+    return ll
+
+
+def forward_jacobian_vjp(fn: Callable[[Array, Any], Array]) -> Callable[[Array, Any], Array]:
+    """``fn(vec, slots) -> (K,)`` whose reverse-mode derivative is computed in forward mode.
+
+    A subject's likelihood depends on a handful of parameters (``d``) but runs through hundreds
+    of sequential filter steps. Reverse mode stores every step and walks back through them;
+    forward mode carries the ``d`` tangents along with the filter in one pass, so the Jacobian
+    ``(d, K)`` costs about one widened forward pass and the cotangent is a small product.
+    """
+
+    @jax.custom_vjp
+    def wrapped(vec, slots):
+        return fn(vec, slots)
+
+    def forward(vec, slots):
+        basis = jnp.eye(vec.shape[-1], dtype=vec.dtype)
+        # The primal does not depend on the tangent, so it comes out unbatched (out_axes None).
+        value, jacobian = jax.vmap(lambda t: jax.jvp(lambda v: fn(v, slots), (vec,), (t,)), out_axes=(None, 0))(basis)
+        return value, jacobian
+
+    def backward(jacobian, cotangent):
+        return jacobian @ cotangent, None
+
+    wrapped.defvjp(forward, backward)
+    return wrapped
