@@ -72,6 +72,10 @@ THEOPH = ExampleSettings(
     # patient for the fixed and TDM policies.
     dt=0.1,
     scheme="exponential",
+    # The CLI's default fit size: 4 x 500 draws left the tail ESS of omega_CL / omega_V (weakly
+    # identified by 12 subjects) just under the 400 the diagnostics require.
+    draws=1000,
+    warmup=1000,
 )
 
 GLUCOSE = ExampleSettings(
