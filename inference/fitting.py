@@ -11,6 +11,7 @@ from inference.assemble import build_inference_data
 from inference.backends import BACKENDS, Progress, run_nuts, run_svi
 from inference.diagnostics import diagnose
 from inference.hierarchical import with_centering
+from inference.likelihood.filtering import resolve_layout
 from inference.posterior import FORMAT_VERSION, Posterior, json_attr
 from inference.priors import PriorError
 from inference.problem import FitData, prepare
@@ -157,6 +158,9 @@ def provenance_attrs(data: FitData, *, backend: str, method: str, seed: int, inf
             {
                 "substeps": data.timeline.substeps,
                 "slots": data.timeline.n_slots,
+                "layout": resolve_layout(
+                    data.timeline.layout, len(data.model.state_names), covariance=data.priors.process_noise
+                ),
                 "dtype": str(np.dtype(data.timeline.time.dtype)),
             }
         ),
