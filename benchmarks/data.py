@@ -62,16 +62,22 @@ def main() -> None:
         "validate_over_pandas": t_validate / t_pandas,
         "read_over_pandas": t_read / t_pandas,
     }
-    print(f"{args.rows} rows: pandas.read_csv {t_pandas:.3f} s | validate {t_validate:.3f} s "
-          f"({figures['validate_over_pandas']:.1f}x) | read_event_table {t_read:.3f} s "
-          f"({figures['read_over_pandas']:.1f}x)")
+    print(
+        f"{args.rows} rows: pandas.read_csv {t_pandas:.3f} s | validate {t_validate:.3f} s "
+        f"({figures['validate_over_pandas']:.1f}x) | read_event_table {t_read:.3f} s "
+        f"({figures['read_over_pandas']:.1f}x)"
+    )
     out = Path(__file__).parent / "results" / "data.json"
     out.parent.mkdir(exist_ok=True)
-    payload = {"benchmark": "data", "rows": args.rows, "figures": figures, "units": "seconds (best of 3)",
-               "machine": {"platform": platform.platform(), "processor": platform.processor(),
-                           "cores": os.cpu_count()},
-               "versions": {"pandas": pd.__version__, "numpy": np.__version__},
-               "command": f"python benchmarks/data.py --rows {args.rows}"}
+    payload = {
+        "benchmark": "data",
+        "rows": args.rows,
+        "figures": figures,
+        "units": "seconds (best of 3)",
+        "machine": {"platform": platform.platform(), "processor": platform.processor(), "cores": os.cpu_count()},
+        "versions": {"pandas": pd.__version__, "numpy": np.__version__},
+        "command": f"python benchmarks/data.py --rows {args.rows}",
+    }
     tmp_out = out.with_suffix(".json.tmp")
     tmp_out.write_text(json.dumps(payload, indent=2))
     os.replace(tmp_out, out)

@@ -91,5 +91,10 @@ class PosteriorDraws:
                 residual[f"{obs}_add"] = np.full(n_draws, r.add)
             if r.kind in ("proportional", "combined"):
                 residual[f"{obs}_prop"] = np.full(n_draws, r.prop)
-        return cls(model=model, population=population, omega=omega, residual=residual,
-                   provenance={"source": "prior", "seed": seed})
+        return cls(
+            model=model,
+            population=population,
+            omega=omega,
+            residual=residual,
+            provenance={"source": "prior", "seed": seed},
+        )
