@@ -242,7 +242,7 @@ def _cache_blocked(run: Callable) -> Callable:
 
 def _sharded(run: Callable, devices: tuple, saving: bool) -> Callable:
     """``run`` split over ``devices`` along the patient axis (inputs and outputs)."""
-    from jax.sharding import Mesh
+    from jax.sharding import Mesh, NamedSharding
     from jax.sharding import PartitionSpec as P
 
     mesh = Mesh(np.asarray(devices), ("patients",))
@@ -257,10 +257,24 @@ def _sharded(run: Callable, devices: tuple, saving: bool) -> Callable:
             return run(inp, dt, n_pairs_static if saving else n_pairs)
 
         # check_vma off: loop carries mix per-patient and per-shard values; nothing is communicated.
-        mapped = jax.shard_map(
-            body, mesh=mesh, in_specs=(in_specs, replicated, replicated), out_specs=out_specs, check_vma=False
+        mapped = jax.jit(
+            jax.shard_map(
+                body, mesh=mesh, in_specs=(in_specs, replicated, replicated), out_specs=out_specs, check_vma=False
+            )
         )
-        return jax.jit(mapped)
+
+        def placed(inp, dt, n_pairs):
+            # Inputs committed to one device (e.g. the state a previous interval handed back on
+            # device 0) would clash with the mesh: place every field on its shards explicitly.
+            inp = ChunkInputs(
+                *(
+                    jax.device_put(getattr(inp, f), NamedSharding(mesh, spec))
+                    for f, spec in zip(ChunkInputs._fields, in_specs, strict=True)
+                )
+            )
+            return mapped(inp, dt, n_pairs)
+
+        return placed
 
     if not saving:
         return build()
