@@ -22,6 +22,11 @@ runner = CliRunner()
 RISK = ["--policy", "fixed:dose=320,every=6", "--spec", "conc<=8;horizon=12h;epsilon=0.2", "--dt", "0.25"]
 
 
+def _text(result) -> str:
+    """The command's output with line breaks undone (rich wraps at the terminal width, 80 in CI)."""
+    return " ".join(result.output.split())
+
+
 @pytest.fixture(scope="module")
 def files(tmp_path_factory, cohort, trained):
     """A calibrated checkpoint trained on an event-table file, and a miscalibrated copy of it.
@@ -61,7 +66,7 @@ def test_sample_writes_a_population_that_round_trips(files, floor_ok, tmp_path):
     args = ["sample", str(files["good"]), "--n", "6", "--seed", "3", "--coverage-floor", str(floor_ok)]
     result = runner.invoke(app, [*args, "--out", str(out)])
     assert result.exit_code == 0, result.output
-    assert "neural model tiny" in result.output and "held-out 90% coverage" in result.output
+    assert "neural model tiny" in _text(result) and "held-out 90% coverage" in _text(result)
     loaded = load_checkpoint(files["good"])
     back = load_population(out, model=export_model(loaded.model))
     # the same seed through the library, with covariates resampled from the training cohort
@@ -94,7 +99,7 @@ def test_risk_on_a_checkpoint_writes_a_report_naming_the_learned_model(files, fl
     args = ["risk", str(files["good"]), *RISK, "--n", "8", "--seed", "1", "--coverage-floor", str(floor_ok)]
     result = runner.invoke(app, [*args, "--out", str(out)])
     assert result.exit_code == 0, result.output
-    assert "LEARNED MODEL" in result.output
+    assert "LEARNED MODEL" in _text(result)
     for name in ("report.json", "report.md", "report.html"):
         assert "LEARNED MODEL" in (out / name).read_text()
     data = json.loads((out / "report.json").read_text())
@@ -118,8 +123,8 @@ def test_a_miscalibrated_checkpoint_is_refused_unless_forced(files, tmp_path):
         result = runner.invoke(app, [*command, "--n", "4"])
         assert result.exit_code == 2
         # the measured 90% and 50% coverage and the floor, in the words a user reads
-        assert "covered 0.550 of" in result.output and "floor 0.80" in result.output
-        assert "50% intervals covered 0.250" in result.output and "--force" in result.output
+        assert "covered 0.550 of" in _text(result) and "floor 0.80" in _text(result)
+        assert "50% intervals covered 0.250" in _text(result) and "--force" in _text(result)
     assert not (tmp_path / "p.nc").exists() and not (tmp_path / "report.json").exists()
     # a floor below the recorded coverage lets it through without --force
     lenient = runner.invoke(
@@ -128,7 +133,7 @@ def test_a_miscalibrated_checkpoint_is_refused_unless_forced(files, tmp_path):
     assert lenient.exit_code == 0, lenient.output
     forced = runner.invoke(app, ["sample", bad, "--n", "4", "--force", "--out", str(tmp_path / "f.nc")])
     assert forced.exit_code == 0, forced.output
-    assert "calibration gate overridden" in forced.output
+    assert "calibration gate overridden" in _text(forced)
     prov = load_population(tmp_path / "f.nc", model=export_model(load_checkpoint(bad).model)).provenance
     assert prov["forced"] is True and prov["calibration_passed"] is False and prov["calibration_coverage_90"] == 0.55
 
@@ -150,7 +155,7 @@ def test_clear_errors(files, floor_ok, tmp_path):
     def run(*args: str) -> str:
         result = runner.invoke(app, list(args))
         assert result.exit_code == 2, result.output
-        return result.output
+        return _text(result)
 
     foreign = tmp_path / "settings.json"
     foreign.write_text('{"epochs": 3}')
@@ -186,7 +191,7 @@ def test_a_changed_training_cohort_is_not_used_silently(files, trained, floor_ok
     update_calibration(stale, record["config"]["calibration"])
     twin = ["--n", "2", "--mode", "personalized", "--subject", "2", "--coverage-floor", str(floor_ok)]
     result = runner.invoke(app, ["sample", str(stale), *twin, "--out", str(tmp_path / "x.nc")])
-    assert result.exit_code == 2 and "has changed since training" in result.output
+    assert result.exit_code == 2 and "has changed since training" in _text(result)
     # naming the cohort explicitly is the way out
     result = runner.invoke(
         app, ["sample", str(stale), *twin, "--cohort", str(files["table"]), "--out", str(tmp_path / "x.nc")]
