@@ -156,7 +156,7 @@ def heldout(cohort, model, *, chains: int, draws: int, warmup: int, seed: int, n
     _log(f"held-out check: SDE fit without the last {n_last} samples of each subject")
     posterior = fit(split_last(cohort, n_last), model, chains=chains, draws=draws, warmup=warmup, seed=seed)
     coverage = heldout_coverage(posterior, cohort, n_last, key=jax.random.key(seed))
-    diag = posterior.diagnostics
+    diag = posterior.diagnostics()
     return {
         "n_last": n_last,
         "level": 0.9,
@@ -230,6 +230,9 @@ def main(argv: list[str] | None = None) -> dict:
         action="store_true",
         help="also time numpyro with all chains vectorised on one device (about 5x slower on CPU)",
     )
+    parser.add_argument(
+        "--update", action="store_true", help="keep the other sections already in --out (same settings)"
+    )
     args = parser.parse_args(argv)
     sections = [s for s in args.sections.split(",") if s and not (args.no_calibration and s == "calibration")]
     unknown = sorted(set(sections) - set(SECTIONS))
@@ -252,6 +255,13 @@ def main(argv: list[str] | None = None) -> dict:
         "versions": _versions(),
     }
     results: dict = {}
+    if args.update and args.out.exists():
+        # Keep the sections recorded earlier (same settings), replace the ones run now.
+        previous = json.loads(args.out.read_text())
+        if previous.get("settings") != payload["settings"]:
+            parser.error(f"--update: {args.out} was written with other settings {previous.get('settings')}")
+        results.update(previous.get("results", {}))
+        payload["command"] = f"{previous.get('command', '')} ; then {payload['command']}"
 
     def save(final: bool = False) -> None:
         # Written after every section (atomically), so a long run that stops late keeps its figures.
