@@ -65,6 +65,20 @@ def is_neural_checkpoint(path: Path | None) -> bool:
     return True
 
 
+def model_source(posterior: Path | None, prior: str | None, cohort: str | None) -> Path | None:
+    """Check the model arguments of ``medsim sample`` / ``medsim risk``; the checkpoint's JSON, if any.
+
+    Exactly one of a POSTERIOR file (or neural checkpoint) and ``--prior`` must be given, and
+    ``--cohort`` only applies to a checkpoint; otherwise the command stops with status 2.
+    """
+    if (posterior is None) == (prior is None):
+        _fail("give either a POSTERIOR file or --prior MODEL (not both)")
+    checkpoint = checkpoint_argument(posterior)
+    if checkpoint is None and cohort is not None:
+        _fail("--cohort applies to neural checkpoints only; a posterior file carries its fitted subjects")
+    return checkpoint
+
+
 def checkpoint_argument(path: Path | None) -> Path | None:
     """The JSON file of the neural checkpoint ``path`` names, or None if it names none.
 

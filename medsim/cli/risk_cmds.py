@@ -220,15 +220,13 @@ def risk_command(
     from rich.console import Console
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-    from medsim.cli.neural_cmds import checkpoint_argument, neural_population_cli
+    from medsim.cli.neural_cmds import model_source, neural_population_cli
     from policies.evaluate import evaluate_policies
     from policies.loading import PolicySpecError
     from policies.spec import SpecError, parse_spec
 
     console = Console(stderr=False)
-    if (posterior is None) == (prior is None):
-        _fail("give either a POSTERIOR file or --prior MODEL (not both)")
-    checkpoint = checkpoint_argument(posterior)
+    checkpoint = model_source(posterior, prior, cohort)
     population, notices = None, ()
     if checkpoint is not None:
         population = neural_population_cli(
@@ -246,8 +244,6 @@ def risk_command(
         prov, notices = neural_report_context(population.provenance)
         support = {k: tuple(v) for k, v in population.provenance.get("data_support", {}).items()} or None
     else:
-        if cohort is not None:
-            _fail("--cohort applies to neural checkpoints only; a posterior file carries its fitted subjects")
         draws, prov = _load_draws(posterior, prior, prior_draws, seed)
         model, support = draws.model, _support(posterior)
     try:

@@ -51,13 +51,9 @@ def sample_command(
     from rich.console import Console
     from rich.table import Table
 
-    from medsim.cli.neural_cmds import checkpoint_argument, neural_population_cli
+    from medsim.cli.neural_cmds import model_source, neural_population_cli
 
-    if (posterior is None) == (prior is None):
-        _fail("give either a POSTERIOR file or --prior MODEL (not both)")
-    checkpoint = checkpoint_argument(posterior)
-    if checkpoint is None and cohort is not None:
-        _fail("--cohort applies to neural checkpoints only; a posterior file carries its fitted subjects")
+    checkpoint = model_source(posterior, prior, cohort)
     console = Console()
     if checkpoint is not None:
         population = neural_population_cli(
