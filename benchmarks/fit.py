@@ -5,7 +5,7 @@ Run: ``.venv/bin/python benchmarks/fit.py [--quick] [--sections speed,...] [--no
 Sections:
 
 1. **Speed**: the hierarchical SDE model ``pk_oral_1cmt`` fitted to R's ``Theoph`` (12 subjects)
-   by numpyro NUTS (one chain per JAX CPU device, ``chain_method="parallel"``; with
+   by numpyro NUTS (chains spread over one JAX CPU device per core, ``chain_method="parallel"``; with
    ``--with-vectorized`` also all 4 chains vectorised in one program) and by PyMC's NUTS on the
    same model (priors from one ``PriorSpec``, the same JAX extended-Kalman-filter likelihood
    through a PyTensor op; 4 chains in 2 worker processes). Wall time includes model building and
@@ -38,9 +38,10 @@ CHAINS = 4
 TARGET_ACCEPT = 0.95  # the default of `medsim fit` / inference.fit
 import jax  # noqa: E402
 
-# numpyro's chain_method="parallel" puts one chain on each JAX CPU device; the device count must be
-# set before JAX starts. Every fit below then runs its chains in parallel over the 2 cores.
-jax.config.update("jax_num_cpu_devices", CHAINS)
+# chain_method="parallel" spreads the chains over the JAX CPU devices, one per core as `medsim fit`
+# sets them; the device count must be set before JAX starts. Every fit below then runs its chains
+# in parallel over the cores (2 x 2 chains on two cores).
+jax.config.update("jax_num_cpu_devices", max(1, min(CHAINS, os.cpu_count() or 1)))
 import numpy as np  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results" / "fit.json"
@@ -74,7 +75,7 @@ def _fit_summary(data, out, wall: float, *, backend: str, seed: int) -> tuple[di
 
 
 def speed(cohort, model, *, chains: int, draws: int, warmup: int, seed: int, vectorized: bool) -> tuple[dict, dict]:
-    """numpyro (one chain per device; optionally also all chains vectorised) vs PyMC on the same SDE fit.
+    """numpyro (chains over the devices; optionally also all chains vectorised) vs PyMC on the same SDE fit.
 
     Returns (figures, {run name: InferenceData}).
     """

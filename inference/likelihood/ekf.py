@@ -57,7 +57,7 @@ import jax.numpy as jnp
 
 from inference.likelihood import filtering
 from inference.likelihood.ekf_matrix import matrix_loglik
-from inference.likelihood.filtering import SLOT_FIELDS, forward_jacobian_vjp, resolve_layout
+from inference.likelihood.filtering import SLOT_FIELDS, covariance_block, forward_jacobian_vjp, resolve_layout
 from inference.likelihood.timeline import Timeline
 from medsim.models.base import PhysiologyModel
 
@@ -83,6 +83,7 @@ def subject_loglik(
     *,
     covariance: bool = True,
     layout: str = "auto",
+    covariance_states: str = "reachable",
 ) -> Array:
     """Log predictive density of each slot's observation for one subject.
 
@@ -103,6 +104,9 @@ def subject_loglik(
         Propagate the state covariance (False: the ODE limit, ``P = 0``).
     layout : {"auto", "entries", "matrix"}
         Storage of mean and covariance (see the module docstring); the results agree to round-off.
+    covariance_states : {"reachable", "all"}
+        Store the covariance of the noise-reachable states only (the rest of ``P`` is exactly 0;
+        :mod:`inference.likelihood.reachable`), or of every state. Same results either way.
 
     Returns
     -------
@@ -112,18 +116,21 @@ def subject_loglik(
     Raises
     ------
     ValueError
-        Unknown ``layout``.
+        Unknown ``layout`` or ``covariance_states``.
     """
+    kwargs = {"covariance": covariance, "covariance_states": covariance_states}
     if resolve_layout(layout, len(model.state_names), covariance=covariance) == "matrix":
-        return matrix_loglik(model, timeline, theta, residual, slots, covariance=covariance)
-    return _entries_loglik(model, timeline, theta, residual, slots, covariance=covariance)
+        return matrix_loglik(model, timeline, theta, residual, slots, **kwargs)
+    return _entries_loglik(model, timeline, theta, residual, slots, **kwargs)
 
 
-def _entries_loglik(model, timeline, theta, residual, slots, *, covariance):
+def _entries_loglik(model, timeline, theta, residual, slots, *, covariance, covariance_states):
     """:func:`subject_loglik` with the mean and the upper triangle of ``P`` as tuples of scalars."""
     names = model.state_names
-    n = len(names)
-    pairs = [(i, j) for i in range(n) for j in range(i, n)]  # upper triangle of P
+    # Only the noise-reachable block of P is stored (the rest is identically 0, see
+    # inference.likelihood.reachable); sums over states run over that block.
+    block = covariance_block(model, timeline, covariance_states) if covariance else ()
+    pairs = [(i, j) for i in block for j in block if j >= i]  # upper triangle of the block
     index = {pair: k for k, pair in enumerate(pairs)}
     dtype = jnp.result_type(slots["time"].dtype, jnp.float32)
 
@@ -152,10 +159,10 @@ def _entries_loglik(model, timeline, theta, residual, slots, *, covariance):
         if not covariance:
             return nm, p
         g = model.diffusion(t, m, theta)
-        fp = [[sum(cols[k][names[i]] * entry(p, k, j) for k in range(n)) for j in range(n)] for i in range(n)]
+        fp = {(i, j): sum(cols[k][names[i]] * entry(p, k, j) for k in block) for i in block for j in block}
         dp = []
         for (i, j), p_ij in zip(pairs, p, strict=True):
-            value = fp[i][j] + fp[j][i] - (decay[i] + decay[j]) * p_ij
+            value = fp[i, j] + fp[j, i] - (decay[i] + decay[j]) * p_ij
             if i == j and names[i] in g:
                 value = value + jnp.square(g[names[i]])
             dp.append(value)
@@ -182,8 +189,8 @@ def _entries_loglik(model, timeline, theta, residual, slots, *, covariance):
             return dose_map(m), p
         m_new, cols = _jacobian_columns(dose_map, m, names)
         # P <- J P J^T with J[i, k] = cols[k][names[i]]
-        jp = [[sum(cols[k][names[i]] * entry(p, k, j) for k in range(n)) for j in range(n)] for i in range(n)]
-        return m_new, tuple(sum(jp[i][k] * cols[k][names[j]] for k in range(n)) for i, j in pairs)
+        jp = {(i, j): sum(cols[k][names[i]] * entry(p, k, j) for k in block) for i in block for j in block}
+        return m_new, tuple(sum(jp[i, k] * cols[k][names[j]] for k in block) for i, j in pairs)
 
     def observe(x):
         return {o: jnp.asarray(v, dtype) for o, v in model.observe(x, theta).items()}
@@ -202,14 +209,14 @@ def _entries_loglik(model, timeline, theta, residual, slots, *, covariance):
             return y, filtering.gaussian_logpdf(obs - select(prediction), r)
         prediction, cols = _jacobian_columns(observe, m, names)
         r = jnp.where(is_obs, filtering.residual_var(model, timeline, residual, prediction, which, dtype), 1.0)
-        row = [select(cols[k]) for k in range(n)]  # H = d observe_o / dx
-        ph = [sum(entry(p, i, k) * row[k] for k in range(n)) for i in range(n)]
-        s = jnp.maximum(sum(row[i] * ph[i] for i in range(n)) + r, 1e-6 * r)
-        gain = [v / s for v in ph]
+        row = {k: select(cols[k]) for k in block}  # H = d observe_o / dx
+        ph = {i: sum(entry(p, i, k) * row[k] for k in block) for i in block}
+        s = jnp.maximum(sum(row[i] * ph[i] for i in block) + r, 1e-6 * r)
+        gain = {i: v / s for i, v in ph.items()}  # 0 outside the block
         innovation = obs - select(prediction)
         # Joseph form (I - K H) P (I - K H)^T + K R K^T, written as P - K H P - P H^T K^T + K S K^T
         p_new = tuple(entry(p, i, j) - gain[i] * ph[j] - ph[i] * gain[j] + gain[i] * s * gain[j] for i, j in pairs)
-        m_new = {x: m[x] + gain[i] * innovation for i, x in enumerate(names)}
+        m_new = {x: m[x] + gain[i] * innovation if i in gain else m[x] for i, x in enumerate(names)}
         return (m_new, p_new), filtering.gaussian_logpdf(innovation, s)
 
     m0 = as_dict(model.initial_state(theta))
@@ -227,6 +234,7 @@ def cohort_loglik(
     residual: Mapping[str, Array],
     *,
     layout: str | None = None,
+    covariance_states: str = "reachable",
 ) -> Array:
     """Pointwise log-likelihood of every observation of every subject (vmapped over subjects).
 
@@ -246,6 +254,8 @@ def cohort_loglik(
     layout : {"auto", "entries", "matrix"}, optional
         Storage of the filter's mean and covariance (see the module docstring); default
         ``timeline.layout``. Both layouts give the same numbers to round-off.
+    covariance_states : {"reachable", "all"}
+        See :func:`subject_loglik`; same numbers either way.
 
     Returns
     -------
@@ -256,7 +266,7 @@ def cohort_loglik(
     Raises
     ------
     ValueError
-        Unknown ``layout``.
+        Unknown ``layout`` or ``covariance_states``.
 
     Notes
     -----
@@ -284,7 +294,16 @@ def cohort_loglik(
         values = dict(zip(keys, vec, strict=True))
         theta_s = {k: values[k] for k in sorted(theta)}
         residual_s = {k: values[f"residual:{k}"] for k in sorted(residual)}
-        return subject_loglik(model, timeline, theta_s, residual_s, slots_s, covariance=covariance, layout=layout)
+        return subject_loglik(
+            model,
+            timeline,
+            theta_s,
+            residual_s,
+            slots_s,
+            covariance=covariance,
+            layout=layout,
+            covariance_states=covariance_states,
+        )
 
     vec = jnp.stack(
         [theta[k] for k in sorted(theta)]

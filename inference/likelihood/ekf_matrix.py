@@ -25,6 +25,7 @@ from collections.abc import Mapping
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from inference.likelihood import filtering
 from inference.likelihood.timeline import Timeline
@@ -41,13 +42,16 @@ def matrix_loglik(
     slots: Mapping[str, Array],
     *,
     covariance: bool = True,
+    covariance_states: str = "reachable",
 ) -> Array:
     """Log predictive density of each slot's observation for one subject, matrix layout.
 
     Parameters
     ----------
-    model, timeline, theta, residual, slots, covariance
-        As for :func:`inference.likelihood.ekf.subject_loglik`.
+    model, timeline, theta, residual, slots, covariance, covariance_states
+        As for :func:`inference.likelihood.ekf.subject_loglik`. The covariance is stored for
+        the ``r`` states of the block (``(r, r)``); products with ``F``, ``J`` and ``H`` act on
+        its columns embedded in the full state space.
 
     Returns
     -------
@@ -56,6 +60,11 @@ def matrix_loglik(
     """
     names = model.state_names
     dtype = jnp.result_type(slots["time"].dtype, jnp.float32)
+    block = np.asarray(filtering.covariance_block(model, timeline, covariance_states) if covariance else (), int)
+
+    def embed(p):
+        """Columns of the ``(r, c)`` array ``p`` as full-state vectors: ``(n, c)``, 0 off the block."""
+        return jnp.zeros((len(names), p.shape[1]), p.dtype).at[block].set(p)
 
     def named(x):
         return dict(zip(names, x, strict=True))
@@ -81,17 +90,20 @@ def matrix_loglik(
 
         if not covariance:
             return drift(m) - decay * m, p
-        dm, fp = times(drift, m, p)
-        dp = fp + fp.T - (decay[:, None] + decay[None, :]) * p + jnp.diag(diffusion_var(t, m))
+        dm, fp = times(drift, m, embed(p))
+        fp = fp[block]  # (F P)[block, block]
+        decay_b = decay[block]
+        dp = fp + fp.T - (decay_b[:, None] + decay_b[None, :]) * p + jnp.diag(diffusion_var(t, m)[block])
         return dm - decay * m, dp
 
     def rk4_step(t, y, h, rate_c):
         rates = filtering.input_rates(model, timeline, rate_c)
         jacobian = jax.jacfwd(lambda x: stacked(model.drift(t, named(x), theta, rates)))(y[0])
         decay = jnp.minimum(jnp.diagonal(jacobian), 0.0)
+        decay_b = decay[block]
         half = (
             jnp.exp(decay * h / 2),
-            jnp.exp((decay[:, None] + decay[None, :]) * h / 2) if covariance else (),
+            jnp.exp((decay_b[:, None] + decay_b[None, :]) * h / 2) if covariance else (),
         )
         return filtering.lawson_rk4(
             lambda tt, yy: remainder(tt, yy, rates, decay), t, y, h, half, remainder(t, y, rates, decay)
@@ -105,8 +117,9 @@ def matrix_loglik(
 
         if not covariance:
             return dose_map(m), p
-        m_new, jp = times(dose_map, m, p)
-        _, jpj = times(dose_map, m, jp.T)  # J (J P)^T = J P J^T
+        m_new, jp = times(dose_map, m, embed(p))
+        _, jpj = times(dose_map, m, embed(jp[block].T))  # J (J P)^T = J P J^T
+        jpj = jpj[block]
         return m_new, 0.5 * (jpj + jpj.T)
 
     def update(y, obs, which, is_obs):
@@ -128,17 +141,17 @@ def matrix_loglik(
 
         h, prediction = observed(m)
         r = jnp.where(is_obs, filtering.residual_var(model, timeline, residual, prediction, which, dtype), 1.0)
-        _, ph = times(h_of, m, p)  # H P = (P H^T)^T, H = d observe_o / dx
-        s = jnp.maximum(jax.jvp(h_of, (m,), (ph,))[1] + r, 1e-6 * r)
-        gain = ph / s
+        _, ph = times(h_of, m, embed(p))  # H P = (P H^T)^T, H = d observe_o / dx, on the block
+        s = jnp.maximum(jax.jvp(h_of, (m,), (embed(ph[:, None])[:, 0],))[1] + r, 1e-6 * r)
+        gain = ph / s  # the gain is 0 off the block
         innovation = obs - h
         # Joseph form (I - K H) P (I - K H)^T + K R K^T, written as P - K H P - P H^T K^T + K S K^T
         cross = jnp.outer(gain, ph)
         p_new = p - cross - cross.T + s * jnp.outer(gain, gain)
-        return (m + gain * innovation, p_new), filtering.gaussian_logpdf(innovation, s)
+        return (m.at[block].add(gain * innovation), p_new), filtering.gaussian_logpdf(innovation, s)
 
     m0 = stacked(model.initial_state(theta))
-    p0 = jnp.zeros((len(names), len(names)), dtype) if covariance else ()
+    p0 = jnp.zeros((block.size, block.size), dtype) if covariance else ()
     return filtering.scan_slots(
         timeline, slots, (m0, p0), rk4_step=rk4_step, update=update, apply_boluses=apply_boluses, dtype=dtype
     )

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 import jax
 import jax.numpy as jnp
 
+from inference.likelihood.reachable import noise_reachable_states
 from medsim.models.base import PhysiologyModel
 
 if TYPE_CHECKING:  # the timeline module imports check_layout from here
@@ -26,6 +27,7 @@ Array = jax.Array
 LOG_2PI = math.log(2.0 * math.pi)
 SLOT_FIELDS = ("time", "is_obs", "obs_value", "obs_observable", "bolus", "infusion_rate")
 LAYOUTS = ("auto", "entries", "matrix")
+COVARIANCE_STATES = ("reachable", "all")
 
 #: ``layout="auto"`` propagates the covariance in the matrix layout from this many states on.
 #: Written-out entries cost O(n^3) traced operations per RK4 stage, the matrix layout a few
@@ -61,6 +63,25 @@ def resolve_layout(layout: str, n_states: int, *, covariance: bool = True) -> st
     if check_layout(layout) == "auto":
         return "matrix" if covariance and n_states >= MATRIX_FROM_STATES else "entries"
     return layout
+
+
+def covariance_block(model: PhysiologyModel, timeline: Timeline, covariance_states: str) -> tuple[int, ...]:
+    """States (indices in ``model.state_names`` order) whose covariance block the filter stores.
+
+    ``"reachable"``: the noise-reachable states (:mod:`inference.likelihood.reachable`; the
+    rest of ``P`` is identically 0, so the likelihood is the same); ``"all"``: every state (the
+    textbook filter, kept for testing that equality).
+
+    Raises
+    ------
+    ValueError
+        Any other ``covariance_states``.
+    """
+    if covariance_states == "all":
+        return tuple(range(len(model.state_names)))
+    if covariance_states == "reachable":
+        return noise_reachable_states(model, timeline.dose_cmts)
+    raise ValueError(f"covariance_states must be one of {COVARIANCE_STATES}; got {covariance_states!r}")
 
 
 def input_rates(model: PhysiologyModel, timeline: Timeline, rate_c: Array) -> dict[str, Array]:

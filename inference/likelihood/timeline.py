@@ -7,9 +7,13 @@ consumes for every subject and every posterior draw.
 
 Rules
 -----
-* Every observation, every dose and the end of every infusion is a *slot*. Slots at the same time
-  are ordered observation → infusion end → dose, so a sample taken at a dose time is a pre-dose
-  (trough) measurement, the usual clinical meaning of such records.
+* Every observation, every dose and the end of every infusion is an event. Events at the same
+  time are ordered observation → infusion end → dose, so a sample taken at a dose time is a
+  pre-dose (trough) measurement, the usual clinical meaning of such records.
+* Events at the same time share one *slot* as long as it holds at most one observation: the
+  filter updates on a slot's observation and then applies its boluses, which is that order, and
+  a trough sample with its dose costs one slot instead of two (each slot costs ``substeps``
+  filter steps, even over a zero-length interval).
 * Long gaps are split by grid slots (no action) so that no interval exceeds
   ``substeps * max_substep``; the filter takes ``substeps`` RK4 steps per interval, so its step
   never exceeds ``max_substep`` (an explicit method is only stable for ``|lambda| h < 2.78``).
@@ -177,7 +181,9 @@ def build_timeline(
         raise TimelineError(f"max_substep must be > 0, got {max_substep}")
     observables = model.observable_names
     dose_cmts = tuple(sorted(model.dose_targets))
-    subjects = [_subject_slots(model, padded, s, observables, dose_cmts) for s in range(len(padded.ids))]
+    subjects = [
+        _merge_simultaneous(_subject_slots(model, padded, s, observables, dose_cmts)) for s in range(len(padded.ids))
+    ]
     subjects = [_split_long_gaps(slots, substeps * h_max) for slots in subjects]
     n_slots = max(1, max(len(slots["time"]) for slots in subjects))
     n_subjects, n_obs = np.shape(padded.obs_time)
@@ -274,6 +280,25 @@ def _subject_slots(model, padded, s, observables, dose_cmts) -> dict[str, np.nda
             slots["infusion_rate"][start + 1 : k + 1, payload[1]] += payload[2]
     slots["obs_index"] = np.asarray(slots["obs_index"], np.int64)
     return slots
+
+
+def _merge_simultaneous(slots: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Join runs of slots at one time into one slot holding at most one observation (module docstring).
+
+    Within a run the slots are already in processing order with the observation first, so the
+    joined slot keeps it and sums the boluses; its input rate is that of the run's first slot
+    (the interval before the run), the later ones covering zero-length intervals.
+    """
+    times, is_obs = slots["time"], slots["is_obs"]
+    starts = [k for k in range(len(times)) if k == 0 or times[k] != times[k - 1] or is_obs[k]]
+    if len(starts) == len(times):
+        return slots
+    group = np.cumsum(np.isin(np.arange(len(times)), starts)) - 1  # slot -> joined slot
+    out = {name: slots[name][starts] for name in ("time", "is_obs", "obs_value", "obs_observable", "infusion_rate")}
+    out["bolus"] = np.zeros((len(starts), slots["bolus"].shape[1]))
+    np.add.at(out["bolus"], group, slots["bolus"])
+    out["obs_index"] = slots["obs_index"]
+    return out
 
 
 def _split_long_gaps(slots: dict[str, np.ndarray], max_interval: float) -> dict[str, np.ndarray]:

@@ -38,8 +38,9 @@ def _load_cohort(cohort: str):
 
 
 def _request_host_devices(chains: int) -> None:
-    """Ask XLA for one CPU device per chain; only effective before JAX starts its backend."""
-    flag = f"--xla_force_host_platform_device_count={chains}"
+    """Ask XLA for one CPU device per core (at most one per chain); only effective before JAX
+    starts its backend. More devices than cores would only make the chains share the cores."""
+    flag = f"--xla_force_host_platform_device_count={max(1, min(chains, os.cpu_count() or 1))}"
     flags = " ".join(f for f in os.environ.get("XLA_FLAGS", "").split() if "host_platform_device_count" not in f)
     os.environ["XLA_FLAGS"] = f"{flags} {flag}".strip()
 
@@ -97,7 +98,7 @@ def fit_command(
     seed: int = typer.Option(0, "--seed", help="Random seed (same seed, same draws)."),
     no_process_noise: bool = typer.Option(False, "--no-process-noise", help="Fit the ODE limit."),
     chain_method: str = typer.Option(
-        "parallel", "--chain-method", help="parallel (one chain per CPU thread), vectorized or sequential."
+        "parallel", "--chain-method", help="parallel (chains spread over the CPU cores), vectorized or sequential."
     ),
     svi_steps: int = typer.Option(5000, "--svi-steps", min=1, help="Optimisation steps of --method svi."),
     target_accept: float = typer.Option(
@@ -136,8 +137,8 @@ def fit_command(
     data = _load_cohort(cohort)
     import jax
 
-    if chain_method == "parallel" and jax.local_device_count() < chains:
-        chain_method = "sequential"  # JAX was started before the request could take effect
+    if chain_method == "parallel" and jax.local_device_count() < 2:
+        chain_method = "sequential"  # one core, or JAX was started before the request could take effect
     console = Console(stderr=True)
     unit = "iterations (all chains)" if method == "nuts" else "optimisation steps"
     with Progress(

@@ -2,7 +2,8 @@
 
 * On the PK models (Theoph and pheno subsets, with process noise) the ``"matrix"`` layout must
   reproduce the ``"entries"`` layout to round-off, values and reverse-mode gradients: the two run
-  the same arithmetic in a different order.
+  the same arithmetic in a different order. Likewise the filter that stores only the
+  noise-reachable block of the covariance (the default) and the one that stores all of it.
 * On the 6-state glucose model (where only the matrix layout's gradient compiles in seconds):
   values equal to the entries layout, the ODE limit against an independent scipy solution, and
   gradients against central finite differences.
@@ -18,7 +19,8 @@ from scipy.integrate import solve_ivp
 
 import medsim.data
 from inference.likelihood import TimelineError, build_timeline, cohort_loglik
-from inference.likelihood.filtering import MATRIX_FROM_STATES, resolve_layout
+from inference.likelihood.filtering import MATRIX_FROM_STATES, covariance_block, resolve_layout
+from inference.likelihood.reachable import input_dependencies, noise_reachable_states
 from inference.problem import prepare
 from medsim.models import get
 from medsim.synthetic import glucose_cohort
@@ -30,11 +32,13 @@ def float64():
         yield
 
 
-def loglik_and_gradient(model, timeline, layout, weights):
+def loglik_and_gradient(model, timeline, layout, weights, covariance_states="reachable"):
     """Jitted ``(theta, noise, residual) -> (pointwise loglik (S, N), gradient of sum(weights * loglik))``."""
 
     def pointwise(theta, noise, residual):
-        return cohort_loglik(model, timeline, theta, noise, residual, layout=layout)
+        return cohort_loglik(
+            model, timeline, theta, noise, residual, layout=layout, covariance_states=covariance_states
+        )
 
     @jax.jit
     def run(theta, noise, residual):
@@ -65,17 +69,30 @@ def test_matrix_layout_equals_entries_layout_on_pk_models(case):
     theta = {k: v * np.linspace(0.8, 1.25, len(ids)) for k, v in theta.items()}
     theta.pop("sigma_central", None)
     weights = np.random.default_rng(0).standard_normal(data.obs_value.shape)  # exercises every observation
-    out = {
-        layout: loglik_and_gradient(model, data.timeline, layout, weights)(theta, noise, residual)
-        for layout in ("entries", "matrix")
-    }
-    (ll_e, grad_e), (ll_m, grad_m) = out["entries"], out["matrix"]
+    ll_e, grad_e = loglik_and_gradient(model, data.timeline, "entries", weights, "all")(theta, noise, residual)
     assert np.isfinite(np.asarray(ll_e)).all() and float(np.sum(ll_e)) < 0
-    # Same operations in a different order: float64 round-off (eps 2.2e-16) accumulated over a few
-    # hundred sequential filter steps stays far below 1e-10 (measured: ~1e-14 on these subsets).
-    np.testing.assert_allclose(np.asarray(ll_m), np.asarray(ll_e), rtol=1e-10, atol=1e-10)
-    for got, want in zip(jax.tree.leaves(grad_m), jax.tree.leaves(grad_e), strict=True):
-        np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-9, atol=1e-10)
+    for layout, states in (("entries", "reachable"), ("matrix", "reachable"), ("matrix", "all")):
+        ll, grad = loglik_and_gradient(model, data.timeline, layout, weights, states)(theta, noise, residual)
+        # Same operations in a different order (and, for the reachable block, without terms that
+        # are exactly 0): float64 round-off (eps 2.2e-16) accumulated over a few hundred
+        # sequential filter steps stays far below 1e-10 (measured: ~1e-14 on these subsets).
+        np.testing.assert_allclose(np.asarray(ll), np.asarray(ll_e), rtol=1e-10, atol=1e-10)
+        for got, want in zip(jax.tree.leaves(grad), jax.tree.leaves(grad_e), strict=True):
+            np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-9, atol=1e-10)
+
+
+def test_noise_reachable_states_follow_the_couplings():
+    # pk_oral_1cmt: noise on the central amount; the depot's drift reads only the depot
+    assert noise_reachable_states(get("pk_oral_1cmt"), (1, 2)) == (1,)
+    # glucose: insulin and meal states never read glucose, so only glucose carries variance
+    glucose = get("glucose_insulin")
+    assert noise_reachable_states(glucose, tuple(glucose.dose_targets)) == (glucose.state_names.index("glucose"),)
+    # a dependency shows even where it is numerically 0 (a where-branch not taken at the probe)
+    deps = input_dependencies(lambda a, b, c: [jnp.where(b > 1e9, c, 0.0) + a, b], 3)
+    assert deps == [frozenset({0, 1, 2}), frozenset({1})]
+    with pytest.raises(ValueError, match="covariance_states"):
+        oral = get("pk_oral_1cmt")
+        covariance_block(oral, build_timeline(oral, medsim.data.load("theoph").subset(("1",)).padded()), "some")
 
 
 def test_auto_layout_follows_the_states_and_the_covariance_and_bad_layouts_are_named():
@@ -135,6 +152,17 @@ def test_glucose_matrix_layout_equals_entries_layout(glucose):
     assert np.isfinite(np.asarray(ll_m)).all()
     # round-off only, as on the PK models (measured: ~1e-13)
     np.testing.assert_allclose(np.asarray(ll_m), np.asarray(ll_e), rtol=1e-10, atol=1e-10)
+
+
+def test_glucose_reachable_block_equals_the_full_covariance(glucose):
+    model, timeline = glucose["model"], glucose["timeline"]
+    noise = {"sigma_glucose": 0.02}
+    ll_block, _ = glucose["matrix"](glucose["truth"], noise, GLUCOSE_RESIDUAL)  # default: 1 x 1 block
+    full = jax.jit(
+        lambda th: cohort_loglik(model, timeline, th, noise, GLUCOSE_RESIDUAL, layout="matrix", covariance_states="all")
+    )
+    # the 6 x 6 filter's extra entries stay exactly 0, so only round-off differs
+    np.testing.assert_allclose(np.asarray(ll_block), np.asarray(full(glucose["truth"])), rtol=1e-10, atol=1e-10)
 
 
 def ode_reference_loglik(model, padded, theta, residual) -> np.ndarray:

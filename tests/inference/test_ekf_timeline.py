@@ -33,11 +33,30 @@ def test_observation_at_a_dose_time_is_a_trough_and_slots_are_sorted():
     padded = one_subject([0.0, 2.0, 12.0], [0.0, 17.3, 9.0], [1, 1, 1], [12.0, 0.0], [1, 1], [3.5, 25.0], [0, 0])
     tl = build_timeline(model, padded, max_substep=100.0)
     assert np.all(np.diff(tl.time[0]) >= 0)
-    # slots: obs@0, dose@0, obs@2, obs@12, dose@12 (observation first at equal times)
-    np.testing.assert_array_equal(tl.is_obs[0], [True, False, True, True, False])
-    np.testing.assert_allclose(tl.bolus[0, :, 0], [0.0, 25.0, 0.0, 0.0, 3.5])
-    np.testing.assert_array_equal(tl.obs_slot[0], [0, 2, 3])
+    # events: obs@0, dose@0, obs@2, obs@12, dose@12 (observation first at equal times); a trough
+    # sample and its dose share a slot (the filter updates on the sample, then gives the dose)
+    np.testing.assert_allclose(tl.time[0], [0.0, 2.0, 12.0])
+    np.testing.assert_array_equal(tl.is_obs[0], [True, True, True])
+    np.testing.assert_allclose(tl.bolus[0, :, 0], [25.0, 0.0, 3.5])
+    np.testing.assert_array_equal(tl.obs_slot[0], [0, 1, 2])
     assert tl.observed_observables() == ("conc",)
+
+
+def test_simultaneous_events_share_a_slot_with_at_most_one_observation():
+    model = get("pk_iv_1cmt")
+    # two samples at 6 h (a duplicate assay), two boluses at 6 h, an infusion ending at 6 h
+    padded = one_subject(
+        [6.0, 6.0, 8.0], [1.0, 1.1, 2.0], [1, 1, 1], [6.0, 6.0, 2.0], [1, 1, 1], [5.0, 7.0, 8.0], [0, 0, 2.0]
+    )
+    tl = build_timeline(model, padded, max_substep=100.0)
+    # infusion start@2 | end@6 + first sample@6 | second sample@6 + both boluses | sample@8
+    np.testing.assert_allclose(tl.time[0], [2.0, 6.0, 6.0, 8.0])
+    np.testing.assert_array_equal(tl.is_obs[0], [False, True, True, True])
+    np.testing.assert_allclose(tl.obs_value[0], [0.0, 1.0, 1.1, 2.0])
+    np.testing.assert_allclose(tl.bolus[0, :, 0], [0.0, 0.0, 12.0, 0.0])
+    # rate over the interval that ends at the slot (the third one's interval has length 0)
+    np.testing.assert_allclose(tl.infusion_rate[0, :, 0], [0.0, 2.0, 2.0, 0.0])
+    np.testing.assert_array_equal(tl.obs_slot[0], [1, 2, 3])
 
 
 def test_infusion_rate_is_active_exactly_between_its_start_and_end():
