@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, Literal
 
 import numpy as np
@@ -40,7 +40,7 @@ def fit(
     target_accept: float = 0.95,
     substeps: int = 4,
     max_substep: float | None = None,
-    centered: Sequence[str] | Literal["auto"] = "auto",
+    centered: Sequence[str] | Mapping[str, float] | Literal["auto"] = "auto",
 ) -> Posterior:
     """Fit the hierarchical SDE model ``model`` to ``cohort``.
 
@@ -71,11 +71,12 @@ def fit(
         between-subject SDs; raise it to 0.99 when a fit still reports divergences).
     substeps, max_substep
         Filter discretisation (see :func:`inference.likelihood.build_timeline`).
-    centered : "auto" or sequence of str
-        Random effects sampled in the centred parametrisation (the rest non-centred); the prior
-        is the same either way. ``"auto"`` centres those that the subjects' own data determine
-        better than the prior does (:func:`inference.hierarchical.choose_centering`); ``()``
-        samples every random effect non-centred. Recorded in the posterior's ``priors``.
+    centered : "auto", mapping parameter -> weight, or sequence of str
+        Centring of the random effects (the prior is the same whatever it is): ``"auto"`` gives
+        each a weight in [0, 1] from how well the subjects' own data determine it (partially
+        non-centred, :func:`inference.hierarchical.choose_centering`); a mapping sets the
+        weights; a sequence names the fully centred effects (``()``: all non-centred). Recorded
+        in the posterior's ``priors``.
 
     Returns
     -------

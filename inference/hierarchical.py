@@ -78,11 +78,10 @@ def hierarchical_model(data: FitData) -> None:
         values[site.site] = numpyro.sample(site.site, site.numpyro())
     with numpyro.plate("subject", data.n_subjects):
         for p in data.priors.random_effects:
-            if p in data.priors.centered:
-                values[f"eta_{p}"] = numpyro.sample(f"eta_{p}", dist.Normal(0.0, values[f"omega_{p}"]))
-            else:
-                z = numpyro.sample(f"eta_{p}_decentered", dist.Normal(0.0, 1.0))
-                values[f"eta_{p}"] = numpyro.deterministic(f"eta_{p}", values[f"omega_{p}"] * z)
+            # the sampled coordinate u ~ Normal(0, omega^w) and eta = omega^(1 - w) u (PriorSpec.centering)
+            sd, factor = data.priors.eta_scales(p, values[f"omega_{p}"])
+            u = numpyro.sample(data.priors.eta_site(p), dist.Normal(0.0, sd))
+            values[f"eta_{p}"] = u if data.priors.weight(p) == 1.0 else numpyro.deterministic(f"eta_{p}", factor * u)
     numpyro.factor("log_likelihood", jnp.sum(pointwise_loglik(data, values)))
 
 
@@ -116,8 +115,8 @@ def constrain(data: FitData, unconstrained: Mapping[str, np.ndarray]) -> dict[st
     Returns
     -------
     dict site -> array
-        Population sites on their natural scale, ``eta_<p>_decentered`` unchanged and
-        ``eta_<p> = omega_<p> * eta_<p>_decentered``.
+        Population sites on their natural scale, ``eta_<p>`` and ``eta_<p>_decentered``
+        (``eta_<p> / omega_<p>``) whatever the sampled coordinate was.
     """
     out = {s.site: s.from_unconstrained(np.asarray(unconstrained[s.site])) for s in data.priors.sites}
     for p in data.priors.random_effects:
@@ -127,19 +126,21 @@ def constrain(data: FitData, unconstrained: Mapping[str, np.ndarray]) -> dict[st
 
 
 def with_random_effects(data: FitData, constrained: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """Complete ``eta_<p>`` and ``eta_<p>_decentered`` from whichever was sampled (any batch shape).
-
-    Non-centred parameters: ``eta_<p> = omega_<p> * eta_<p>_decentered``; centred ones (see
-    :attr:`PriorSpec.centered`): ``eta_<p>_decentered = eta_<p> / omega_<p>``.
+    """Complete ``eta_<p>`` and ``eta_<p>_decentered`` from whichever coordinate was sampled
+    (:meth:`PriorSpec.eta_site`; any batch shape). A partially centred coordinate
+    ``eta_<p>_partial`` is replaced by the two, so posteriors keep one layout whatever the weights.
     """
     out = {k: np.asarray(v) for k, v in constrained.items()}
     for p in data.priors.random_effects:
         omega = out[f"omega_{p}"][..., None]
-        if p in data.priors.centered:
-            with np.errstate(divide="ignore", invalid="ignore"):
-                out[f"eta_{p}_decentered"] = out[f"eta_{p}"] / omega
-        else:
-            out[f"eta_{p}"] = omega * out[f"eta_{p}_decentered"]
+        site = data.priors.eta_site(p)
+        if site == f"eta_{p}_decentered":
+            out[f"eta_{p}"] = omega * out[site]
+            continue
+        if site != f"eta_{p}":
+            out[f"eta_{p}"] = data.priors.eta_scales(p, omega)[1] * out.pop(site)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            out[f"eta_{p}_decentered"] = out[f"eta_{p}"] / omega
     return out
 
 
@@ -172,35 +173,48 @@ def data_information(data: FitData, *, step: float = 0.01) -> dict[str, np.ndarr
     return {p: np.maximum(np.asarray(c, np.float64), 0.0) for p, c in curvatures.items()}
 
 
-def choose_centering(data: FitData, *, threshold: float = 1.0) -> tuple[tuple[str, ...], dict[str, float]]:
-    """Random effects to sample centred: those the subjects' own data determine better than the prior.
+def choose_centering(data: FitData) -> tuple[dict[str, float], dict[str, float]]:
+    """Centring weight of each random effect, from how well the subjects' own data determine it.
 
-    In the normal hierarchical model the centred parametrisation mixes better when a subject's
-    data information about its effect exceeds the prior's, ``I_i * omega^2 > 1``, and the
-    non-centred one when it falls short (Papaspiliopoulos, Roberts & Sköld 2007, *Statist. Sci.*
-    22:59; Betancourt & Girolami 2015). The rule uses the median subject's information
-    (:func:`data_information`) and the prior median of ``omega_<p>``.
+    In the normal hierarchy ``y_i | eta_i ~ Normal(eta_i, 1 / I_i)``, ``eta_i ~ Normal(0,
+    omega^2)``, the coordinate ``eta_i / omega^(1 - w)`` with ``w = I omega^2 / (1 + I omega^2)``
+    makes it a posteriori independent of ``omega`` (the partially non-centred parametrisation of
+    Papaspiliopoulos, Roberts & Sköld 2003, *Bayesian Statistics 7*, 307; 2007, *Statist. Sci.*
+    22:59): ``w`` near 1 (centred) when the data dominate the prior, near 0 (non-centred) when
+    the prior does, and in between where either extreme leaves a funnel. The rule uses the
+    median subject's information (:func:`data_information`) and the prior median of
+    ``omega_<p>``; the weight is rounded to 3 decimals (it is stored with the posterior).
 
     Returns
     -------
-    centred : tuple of str
-    ratios : dict parameter -> median_i(I_i) * median(omega_p)^2 (what the decision used)
+    weights : dict parameter -> w in [0, 1]
+    ratios : dict parameter -> median_i(I_i) * median(omega_p)^2 (what the weights come from)
     """
     information = data_information(data)
     ratios = {
         p: float(np.median(information[p]) * data.priors.site(f"omega_{p}").median() ** 2)
         for p in data.priors.random_effects
     }
-    return tuple(p for p in data.priors.random_effects if ratios[p] > threshold), ratios
+    return {p: round(r / (1.0 + r), 3) for p, r in ratios.items()}, ratios
 
 
-def with_centering(data: FitData, centered: Sequence[str] | str = "auto") -> FitData:
-    """``data`` with :attr:`PriorSpec.centered` set: ``"auto"`` (:func:`choose_centering`) or names.
+def with_centering(data: FitData, centered: Sequence[str] | Mapping[str, float] | str = "auto") -> FitData:
+    """``data`` with :attr:`PriorSpec.centering` set.
+
+    ``centered``: ``"auto"`` (:func:`choose_centering`), a mapping parameter -> weight, or a
+    sequence of names sampled fully centred (weight 1; the others non-centred).
 
     Raises
     ------
     PriorError
-        A name that is not a random effect of the model.
+        A name that is not a random effect of the model, or a weight outside [0, 1].
     """
-    chosen = choose_centering(data)[0] if centered == "auto" else tuple(centered)
-    return dataclasses.replace(data, priors=dataclasses.replace(data.priors, centered=chosen))
+    if isinstance(centered, str) and centered == "auto":
+        weights = choose_centering(data)[0]
+    elif isinstance(centered, str):  # comma-separated names
+        weights = {p.strip(): 1.0 for p in centered.split(",") if p.strip()}
+    elif isinstance(centered, Mapping):
+        weights = {p: float(w) for p, w in centered.items()}
+    else:
+        weights = {p: 1.0 for p in centered}
+    return dataclasses.replace(data, priors=dataclasses.replace(data.priors, centering=weights))

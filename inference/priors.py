@@ -10,7 +10,8 @@ The hierarchy (for a subject ``i``; units are the model's)::
 
     <p>          ~ LogNormal(log typical_p, prior_log_sd_p)      structural typical value
     omega_<p>    ~ HalfNormal(OMEGA_SCALE_FACTOR * bsv_p)         BSV (SD of log p_i), if bsv_p > 0
-    eta_<p>_decentered[i] ~ Normal(0, 1);  eta_<p>[i] = omega_<p> * eta_<p>_decentered[i]
+    eta_<p>[i] ~ Normal(0, omega_<p>), sampled as  u[i] ~ Normal(0, omega_<p>^w),
+                 eta_<p>[i] = omega_<p>^(1 - w) * u[i]           (centring weight w, see below)
     <c>          ~ Normal(typical_c, prior_sd_c)                 covariate effect
     <s>          ~ HalfNormal(prior_sd_s)                        process-noise scale (or fixed at 0)
     res_add_<o>  ~ LogNormal(log add_o, RESIDUAL_LOG_SD)          additive residual SD
@@ -22,14 +23,17 @@ Choices
 * ``omega`` ~ HalfNormal with scale twice the model's BSV: the model's value (a literature
   estimate) sits at the 38th percentile, values three times larger keep 13 % prior mass, and the
   density is positive at 0 so a data set without BSV can say so.
-* The random effects are non-centred (``eta = omega * z``) by default because cohorts with a
-  handful of observations per subject give funnel-shaped centred posteriors (Betancourt &
-  Girolami 2015, arXiv:1312.0906). When every subject's data pin its own parameter down (rich
-  sampling, as in Theoph), the non-centred form has the opposite problem: small ``omega`` forces
-  large ``z``, a funnel in the other direction. ``PriorSpec.centered`` lists the parameters
-  sampled centred instead (``eta_<p>[i] ~ Normal(0, omega_<p>)``);
-  :func:`inference.hierarchical.choose_centering` picks them from the data
-  (Papaspiliopoulos, Roberts & Sköld 2007, *Statist. Sci.* 22:59).
+* The random effects are non-centred (``w = 0``: ``eta = omega * z``, site
+  ``eta_<p>_decentered``) by default because cohorts with a handful of observations per subject
+  give funnel-shaped centred posteriors (Betancourt & Girolami 2015, arXiv:1312.0906). When
+  every subject's data pin its own parameter down (rich sampling, as in Theoph), the non-centred
+  form has the opposite problem: small ``omega`` forces large ``z``, a funnel in the other
+  direction. ``PriorSpec.centering`` gives each random effect a weight ``w`` in [0, 1]: ``w = 1``
+  samples ``eta_<p>`` itself (centred), ``0 < w < 1`` the partially non-centred
+  ``eta_<p>_partial = eta_<p> / omega_<p>^(1 - w)`` (Papaspiliopoulos, Roberts & Sköld 2003,
+  *Bayesian Statistics 7*, 307; 2007, *Statist. Sci.* 22:59).
+  :func:`inference.hierarchical.choose_centering` sets the weights from the data. The prior is
+  the same for every ``w``; only the sampler's coordinates differ.
 * Residual-error parameters get log-normal priors centred on the model's defaults with a log-SD
   of 1 (a factor of e either way at one SD): weakly informative, and bounded away from 0, which
   keeps the sampler out of the degenerate corner where process noise explains every residual.
@@ -40,7 +44,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Literal
 
 import numpy as np
@@ -128,9 +132,10 @@ class PriorSpec:
         ``eta_<p>_decentered`` ~ Normal(0, 1) with ``eta_<p> = omega_<p> * eta_<p>_decentered``.
     fixed : dict name -> float
         Parameters held fixed (the process-noise scales when fitting the ODE limit).
-    centered : tuple of str
-        Random effects sampled centred (site ``eta_<p>`` ~ Normal(0, omega_<p>)) instead of
-        non-centred; the prior is the same, only the sampler's coordinates differ.
+    centering : dict random effect -> float in [0, 1]
+        Centring weight ``w`` of each random effect (missing: 0, non-centred): the sampler's
+        coordinate is ``eta_<p> / omega_<p>^(1 - w)``, distributed ``Normal(0, omega_<p>^w)``.
+        The prior is the same for every ``w``; only the sampler's coordinates differ.
     """
 
     model: str
@@ -138,19 +143,45 @@ class PriorSpec:
     sites: tuple[SitePrior, ...]
     random_effects: tuple[str, ...]
     fixed: dict[str, float]
-    centered: tuple[str, ...] = ()
+    centering: dict[str, float] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        unknown = [p for p in self.centered if p not in self.random_effects]
+        unknown = [p for p in self.centering if p not in self.random_effects]
         if unknown:
             raise PriorError(
                 f"cannot centre {unknown}: not random effects of {self.model!r} "
                 f"(random effects: {list(self.random_effects)})"
             )
+        bad = {p: w for p, w in self.centering.items() if not 0.0 <= w <= 1.0}
+        if bad:
+            raise PriorError(f"centring weights must lie in [0, 1]; got {bad}")
+
+    def weight(self, parameter: str) -> float:
+        """Centring weight of ``parameter``'s random effects (0: non-centred, 1: centred)."""
+        return float(self.centering.get(parameter, 0.0))
+
+    @property
+    def centered(self) -> tuple[str, ...]:
+        """Random effects sampled fully centred (weight 1)."""
+        return tuple(p for p in self.random_effects if self.weight(p) == 1.0)
 
     def eta_site(self, parameter: str) -> str:
-        """The sampled site of ``parameter``'s random effects (``eta_<p>`` or ``eta_<p>_decentered``)."""
-        return f"eta_{parameter}" if parameter in self.centered else f"eta_{parameter}_decentered"
+        """The sampled site of ``parameter``'s random effects: ``eta_<p>`` (weight 1),
+        ``eta_<p>_decentered`` (weight 0) or ``eta_<p>_partial`` (in between)."""
+        w = self.weight(parameter)
+        if w == 1.0:
+            return f"eta_{parameter}"
+        return f"eta_{parameter}_decentered" if w == 0.0 else f"eta_{parameter}_partial"
+
+    def eta_scales(self, parameter: str, omega):
+        """``(omega^w, omega^(1 - w))`` for ``parameter``'s weight ``w``: the SD of its sampled
+        coordinate and the factor that turns that coordinate into ``eta_<p>`` (exact at 0 and 1)."""
+        w = self.weight(parameter)
+        if w == 0.0:
+            return 1.0, omega
+        if w == 1.0:
+            return omega, 1.0
+        return omega**w, omega ** (1.0 - w)
 
     @property
     def process_noise(self) -> bool:
@@ -173,7 +204,7 @@ class PriorSpec:
                 "sites": [asdict(s) for s in self.sites],
                 "random_effects": list(self.random_effects),
                 "fixed": self.fixed,
-                "centered": list(self.centered),
+                "centering": self.centering,
             },
             sort_keys=True,
         )
@@ -189,7 +220,10 @@ class PriorSpec:
                 sites=tuple(SitePrior(**s) for s in raw["sites"]),
                 random_effects=tuple(raw["random_effects"]),
                 fixed={k: float(v) for k, v in raw["fixed"].items()},
-                centered=tuple(raw.get("centered", ())),  # files written before the option: none
+                # files written before weights: "centered" lists the fully centred effects
+                centering={
+                    k: float(v) for k, v in raw.get("centering", {p: 1.0 for p in raw.get("centered", ())}).items()
+                },
             )
         except (json.JSONDecodeError, KeyError, TypeError) as err:
             raise PriorError(f"not a medsim prior specification: {err!r}") from None

@@ -67,10 +67,10 @@ def build_pymc_model(data: FitData):
     """The hierarchical model of ``data`` as a ``pymc.Model``.
 
     Sites (see :mod:`inference.priors` for the distributions): every population site of
-    ``data.priors``; ``eta_<p>_decentered`` ~ Normal(0, 1) with dims ``("subject",)``; the
-    deterministic ``eta_<p> = omega_<p> * eta_<p>_decentered`` (log-scale random effect, (S,))
-    — or, for parameters in ``data.priors.centered``, ``eta_<p>`` ~ Normal(0, omega_<p>) and the
-    deterministic ``eta_<p>_decentered``;
+    ``data.priors``; per random effect the sampled coordinate ``data.priors.eta_site(p)`` ~
+    Normal(0, omega_<p>^w) with dims ``("subject",)`` (``w`` its centring weight), and the
+    deterministics ``eta_<p> = omega_<p>^(1 - w) * coordinate`` (log-scale random effect, (S,))
+    and ``eta_<p>_decentered = eta_<p> / omega_<p>`` (whichever of the two is not the coordinate);
     and the potential ``log_likelihood``, the EKF marginal log-likelihood of the cohort.
 
     Parameters
@@ -89,12 +89,14 @@ def build_pymc_model(data: FitData):
         values = {site.site: _pymc_prior(site) for site in data.priors.sites}
         for p in data.priors.random_effects:
             omega = values[f"omega_{p}"]
-            if p in data.priors.centered:
-                values[f"eta_{p}"] = pm.Normal(f"eta_{p}", mu=0.0, sigma=omega, dims="subject")
-                pm.Deterministic(f"eta_{p}_decentered", values[f"eta_{p}"] / omega, dims="subject")
-            else:
-                z = pm.Normal(f"eta_{p}_decentered", mu=0.0, sigma=1.0, dims="subject")
-                values[f"eta_{p}"] = pm.Deterministic(f"eta_{p}", omega * z, dims="subject")
+            sd, factor = data.priors.eta_scales(p, omega)
+            site = data.priors.eta_site(p)
+            u = pm.Normal(site, mu=0.0, sigma=sd, dims="subject")
+            if site == f"eta_{p}_decentered":
+                values[f"eta_{p}"] = pm.Deterministic(f"eta_{p}", factor * u, dims="subject")
+                continue
+            values[f"eta_{p}"] = u if site == f"eta_{p}" else pm.Deterministic(f"eta_{p}", factor * u, dims="subject")
+            pm.Deterministic(f"eta_{p}_decentered", values[f"eta_{p}"] / omega, dims="subject")
         outputs = op(*(values[name] for name in op.sites))
         pm.Potential("log_likelihood", outputs[0])
     return model
@@ -103,9 +105,9 @@ def build_pymc_model(data: FitData):
 def initial_values(data: FitData, chains: int, radius: float, *, seed: int) -> list[dict[str, np.ndarray]]:
     """Per-chain starting points (constrained scale): prior medians jittered on the unconstrained scale.
 
-    Positive sites start at ``median * exp(u)``, real sites at ``median + u``, and
-    ``eta_<p>_decentered`` at ``u`` per subject, with ``u ~ Uniform(-radius, radius)`` — the
-    numpyro backend's scheme, drawn from ``numpy.random.default_rng(seed)``.
+    Positive sites start at ``median * exp(u)``, real sites at ``median + u``, and each random
+    effect's sampled coordinate at ``u`` per subject, with ``u ~ Uniform(-radius, radius)`` —
+    the numpyro backend's scheme, drawn from ``numpy.random.default_rng(seed)``.
     """
     rng = np.random.default_rng(seed)
     points = []
@@ -117,10 +119,7 @@ def initial_values(data: FitData, chains: int, radius: float, *, seed: int) -> l
             point[site.site] = np.asarray(median + u if site.distribution == "normal" else median * math.exp(u))
         for p in data.priors.random_effects:
             u = rng.uniform(-radius, radius, data.n_subjects)
-            if p in data.priors.centered:
-                point[f"eta_{p}"] = u * data.priors.site(f"omega_{p}").median()
-            else:
-                point[f"eta_{p}_decentered"] = u
+            point[data.priors.eta_site(p)] = u
         points.append(point)
     return points
 
@@ -222,7 +221,11 @@ def run_pymc(
         )
     wall = time.perf_counter() - start
     counter.finish()
-    samples = {name: np.asarray(idata.posterior[name].values) for name in idata.posterior.data_vars}
+    # eta_<p> and eta_<p>_decentered are kept; a partially centred coordinate is only the sampler's
+    partial = {f"eta_{p}_partial" for p in data.priors.random_effects}
+    samples = {
+        name: np.asarray(idata.posterior[name].values) for name in idata.posterior.data_vars if name not in partial
+    }
     stats = {out: np.asarray(idata.sample_stats[name].values, dtype) for name, (out, dtype) in _STATS.items()}
     info = {
         "sampler": f"pymc {pm.__version__} NUTS",

@@ -110,7 +110,8 @@ def fit_command(
     centered: str = typer.Option(
         "auto",
         "--centered",
-        help="Random effects sampled centred: auto (those the subjects' data determine well), none, or e.g. CL,V.",
+        help="Centring of the random effects: auto (a weight per effect from how well the subjects' data "
+        "determine it), none (all non-centred), or e.g. CL,V (those fully centred).",
     ),
 ) -> None:
     """Fit a Bayesian SDE model to a cohort and write the posterior (with diagnostics).
@@ -176,10 +177,11 @@ def fit_command(
     path = posterior.save(out)
     diagnostics = posterior.diagnostics()
     console = Console()
-    centred = ", ".join(posterior.priors.centered) or "none"
+    priors = posterior.priors
+    weights = ", ".join(f"{p} {priors.weight(p):g}" for p in priors.random_effects) or "none"
     console.print(
         f"wrote {path} ({posterior.attrs['wall_time_s']:.1f} s sampling, chain method {chain_method}; "
-        f"centred random effects: {centred})"
+        f"centring weights (0 non-centred, 1 centred): {weights})"
     )
     _print_diagnostics(console, posterior, diagnostics)
     if not diagnostics.ok:

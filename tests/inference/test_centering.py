@@ -27,44 +27,58 @@ def oral():
     return prepare(oral_cohort(n_subjects=4, seed=3), get("pk_oral_1cmt"))
 
 
-def test_the_choice_round_trips_through_json_and_names_must_be_random_effects(oral):
-    spec = dataclasses.replace(oral.priors, centered=("V",))
-    assert PriorSpec.from_json(spec.to_json()).centered == ("V",)
+def test_the_weights_round_trip_through_json_and_are_checked(oral):
+    spec = dataclasses.replace(oral.priors, centering={"V": 0.7, "ka": 1.0})
+    back = PriorSpec.from_json(spec.to_json())
+    assert back.centering == {"V": 0.7, "ka": 1.0} and back.centered == ("ka",)
+    assert [back.eta_site(p) for p in ("ka", "CL", "V")] == ["eta_ka", "eta_CL_decentered", "eta_V_partial"]
+    # files written before weights list the fully centred effects
+    old = spec.to_json().replace('"centering": {"V": 0.7, "ka": 1.0}', '"centered": ["V"]')
+    assert PriorSpec.from_json(old).centering == {"V": 1.0}
     with pytest.raises(PriorError, match="sigma_central"):
-        dataclasses.replace(oral.priors, centered=("sigma_central",))
+        dataclasses.replace(oral.priors, centering={"sigma_central": 1.0})
+    with pytest.raises(PriorError, match=r"\[0, 1\]"):
+        dataclasses.replace(oral.priors, centering={"V": 1.5})
 
 
-def test_centred_and_noncentred_densities_differ_only_by_the_jacobian(oral):
-    """log p(omega, eta) = log p(omega, z = eta / omega) - S log omega for each centred parameter.
+def test_densities_of_any_centring_differ_only_by_the_jacobian(oral):
+    """The coordinate of weight w is u = eta / omega^(1 - w) = z * omega^w, so
+    log p(omega, u) = log p(omega, z) - S w log omega for each random effect.
 
-    The two parametrisations are the same prior; numpyro's potential must differ exactly by the
+    Every weight is the same prior; numpyro's potential must differ exactly by the
     change-of-variables term (float32 evaluation: a few 1e-5 relative on a potential of ~1e2).
     """
-    centred = with_centering(oral, ("ka", "V"))
+    weights = {"ka": 1.0, "CL": 0.25, "V": 0.6}
+    centred = with_centering(oral, weights)
     rng = np.random.default_rng(0)
     u_nc = {s.site: np.float32(s.to_unconstrained(s.median()) + rng.uniform(-0.3, 0.3)) for s in oral.priors.sites}
     for p in oral.priors.random_effects:
         u_nc[f"eta_{p}_decentered"] = rng.normal(size=oral.n_subjects).astype(np.float32)
     values = constrain(oral, u_nc)
-    u_c = {k: v for k, v in u_nc.items() if k not in ("eta_ka_decentered", "eta_V_decentered")}
-    u_c["eta_ka"], u_c["eta_V"] = values["eta_ka"], values["eta_V"]
+    u_c = {k: v for k, v in u_nc.items() if not k.startswith("eta_")}
+    for p, w in weights.items():
+        u_c[centred.priors.eta_site(p)] = values[f"eta_{p}_decentered"] * values[f"omega_{p}"] ** w
     assert set(u_c) == set(unconstrained_sites(centred))
-    jacobian = oral.n_subjects * (np.log(values["omega_ka"]) + np.log(values["omega_V"]))
+    jacobian = oral.n_subjects * sum(w * np.log(values[f"omega_{p}"]) for p, w in weights.items())
     nc = float(potential_fn(oral)({k: jnp.asarray(v) for k, v in u_nc.items()}))
     c = float(potential_fn(centred)({k: jnp.asarray(v) for k, v in u_c.items()}))
     assert c == pytest.approx(nc + jacobian, rel=1e-4, abs=1e-3)
-    # And the centred sites map back to the same individual effects.
+    # And every coordinate maps back to the same individual effects (and no partial site is kept).
     back = constrain(centred, u_c)
+    assert "eta_V_partial" not in back and "eta_CL_partial" not in back
     for p in ("ka", "CL", "V"):
-        np.testing.assert_allclose(back[f"eta_{p}"], values[f"eta_{p}"], rtol=1e-6)
+        np.testing.assert_allclose(back[f"eta_{p}"], values[f"eta_{p}"], rtol=1e-5)
         np.testing.assert_allclose(back[f"eta_{p}_decentered"], values[f"eta_{p}_decentered"], rtol=1e-5)
 
 
-def test_auto_centres_what_each_subjects_data_pin_down():
-    """Theophylline (11 samples per subject) pins down each subject's V; pheno's 1-3 samples per
-    neonate say little about an individual CL, so CL stays non-centred there."""
+def test_auto_weights_follow_what_each_subjects_data_pin_down():
+    """Theophylline (11 samples per subject) pins down each subject's ka and V; pheno's 1-3
+    samples per neonate say little about an individual CL, so CL stays (nearly) non-centred."""
     theoph, ratios_t = choose_centering(prepare(medsim.data.load("theoph"), get("pk_oral_1cmt")))
     pheno, ratios_p = choose_centering(prepare(medsim.data.load("pheno"), get("pk_iv_1cmt")))
-    assert "V" in theoph and "V" in pheno
-    assert "CL" not in pheno and ratios_p["CL"] < 0.1 < 1.0 < ratios_p["V"]
-    assert all(r >= 0 for r in [*ratios_t.values(), *ratios_p.values()])
+    assert theoph["ka"] > 0.9 and 0.5 < theoph["V"] < 0.9 and theoph["CL"] < 0.5
+    assert pheno["CL"] < 0.05 and pheno["V"] > 0.5
+    # w = r / (1 + r), the partially non-centred weight of the normal hierarchy
+    for weights, ratios in ((theoph, ratios_t), (pheno, ratios_p)):
+        for p, r in ratios.items():
+            assert r >= 0 and weights[p] == pytest.approx(r / (1 + r), abs=5e-4)
