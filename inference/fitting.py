@@ -40,7 +40,7 @@ def fit(
     target_accept: float = 0.95,
     substeps: int = 4,
     max_substep: float | None = None,
-    centered: Sequence[str] | Mapping[str, float] | Literal["auto"] = "auto",
+    centered: Sequence[str] | Mapping[str, float] | Literal["auto", "partial"] = "auto",
 ) -> Posterior:
     """Fit the hierarchical SDE model ``model`` to ``cohort``.
 
@@ -72,11 +72,11 @@ def fit(
     substeps, max_substep
         Filter discretisation (see :func:`inference.likelihood.build_timeline`).
     centered : "auto", mapping parameter -> weight, or sequence of str
-        Centring of the random effects (the prior is the same whatever it is): ``"auto"`` gives
-        each a weight in [0, 1] from how well the subjects' own data determine it (partially
-        non-centred, :func:`inference.hierarchical.choose_centering`); a mapping sets the
-        weights; a sequence names the fully centred effects (``()``: all non-centred). Recorded
-        in the posterior's ``priors``.
+        Centring of the random effects (the prior is the same whatever it is): ``"auto"``
+        centres those that the subjects' own data determine better than the prior does
+        (:func:`inference.hierarchical.choose_centering`); ``"partial"`` gives each a weight in
+        [0, 1] instead (partially non-centred); a mapping sets the weights; a sequence names the
+        fully centred effects (``()``: all non-centred). Recorded in the posterior's ``priors``.
 
     Returns
     -------

@@ -76,10 +76,12 @@ def _announce_failure(console, diagnostics, path: Path) -> None:
 
 
 def _centering(value: str) -> str | tuple[str, ...]:
-    """``--centered``: "auto", "none" or a comma-separated list of parameter names."""
+    """``--centered``: "auto", "partial", "none" or a comma-separated list of parameter names."""
     value = value.strip()
     if value in ("auto", ""):
         return "auto"
+    if value == "partial":
+        return "partial"
     if value == "none":
         return ()
     return tuple(v.strip() for v in value.split(",") if v.strip())
@@ -110,8 +112,8 @@ def fit_command(
     centered: str = typer.Option(
         "auto",
         "--centered",
-        help="Centring of the random effects: auto (a weight per effect from how well the subjects' data "
-        "determine it), none (all non-centred), or e.g. CL,V (those fully centred).",
+        help="Centring of the random effects: auto (centred where the subjects' data determine them well), "
+        "partial (a weight per effect in between), none (all non-centred), or e.g. CL,V (those centred).",
     ),
 ) -> None:
     """Fit a Bayesian SDE model to a cohort and write the posterior (with diagnostics).

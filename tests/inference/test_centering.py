@@ -71,14 +71,19 @@ def test_densities_of_any_centring_differ_only_by_the_jacobian(oral):
         np.testing.assert_allclose(back[f"eta_{p}_decentered"], values[f"eta_{p}_decentered"], rtol=1e-5)
 
 
-def test_auto_weights_follow_what_each_subjects_data_pin_down():
+def test_auto_centring_follows_what_each_subjects_data_pin_down():
     """Theophylline (11 samples per subject) pins down each subject's ka and V; pheno's 1-3
-    samples per neonate say little about an individual CL, so CL stays (nearly) non-centred."""
-    theoph, ratios_t = choose_centering(prepare(medsim.data.load("theoph"), get("pk_oral_1cmt")))
-    pheno, ratios_p = choose_centering(prepare(medsim.data.load("pheno"), get("pk_iv_1cmt")))
-    assert theoph["ka"] > 0.9 and 0.5 < theoph["V"] < 0.9 and theoph["CL"] < 0.5
-    assert pheno["CL"] < 0.05 and pheno["V"] > 0.5
-    # w = r / (1 + r), the partially non-centred weight of the normal hierarchy
-    for weights, ratios in ((theoph, ratios_t), (pheno, ratios_p)):
+    samples per neonate say little about an individual CL, so CL stays non-centred."""
+    theoph_data = prepare(medsim.data.load("theoph"), get("pk_oral_1cmt"))
+    pheno_data = prepare(medsim.data.load("pheno"), get("pk_iv_1cmt"))
+    theoph, ratios_t = choose_centering(theoph_data)
+    pheno, ratios_p = choose_centering(pheno_data)
+    # the default rule: fully centred where the median subject's I * omega^2 exceeds 1
+    assert theoph == {"ka": 1.0, "CL": 0.0, "V": 1.0} and pheno == {"CL": 0.0, "V": 1.0}
+    assert ratios_p["CL"] < 0.1 < 1.0 < ratios_p["V"]
+    # partial=True: w = r / (1 + r), the partially non-centred weight of the normal hierarchy
+    for data, ratios in ((theoph_data, ratios_t), (pheno_data, ratios_p)):
+        weights = choose_centering(data, partial=True)[0]
         for p, r in ratios.items():
             assert r >= 0 and weights[p] == pytest.approx(r / (1 + r), abs=5e-4)
+    assert with_centering(theoph_data, "partial").priors.eta_site("V") == "eta_V_partial"
