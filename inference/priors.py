@@ -32,8 +32,9 @@ Choices
   samples ``eta_<p>`` itself (centred), ``0 < w < 1`` the partially non-centred
   ``eta_<p>_partial = eta_<p> / omega_<p>^(1 - w)`` (Papaspiliopoulos, Roberts & Sköld 2003,
   *Bayesian Statistics 7*, 307; 2007, *Statist. Sci.* 22:59).
-  :func:`inference.hierarchical.choose_centering` sets the weights from the data. The prior is
-  the same for every ``w``; only the sampler's coordinates differ.
+  :func:`inference.hierarchical.choose_centering` sets the weights from the data (0 or 1 by
+  default, the partial weights on request). The prior is the same for every ``w``; only the
+  sampler's coordinates differ.
 * Residual-error parameters get log-normal priors centred on the model's defaults with a log-SD
   of 1 (a factor of e either way at one SD): weakly informative, and bounded away from 0, which
   keeps the sampler out of the degenerate corner where process noise explains every residual.
