@@ -211,18 +211,21 @@ def with_centering(data: FitData, centered: Sequence[str] | Mapping[str, float] 
     """``data`` with :attr:`PriorSpec.centering` set.
 
     ``centered``: ``"auto"`` (:func:`choose_centering`: each effect fully centred or not),
-    ``"partial"`` (its partially non-centred weights), a mapping parameter -> weight, or a
-    sequence of names sampled fully centred (weight 1; the others non-centred).
+    ``"partial"`` (its partially non-centred weights), ``"none"``, a mapping parameter ->
+    weight, or names sampled fully centred (weight 1; the others non-centred), as a sequence or
+    a comma-separated string.
 
     Raises
     ------
     PriorError
         A name that is not a random effect of the model, or a weight outside [0, 1].
     """
-    if isinstance(centered, str) and centered in ("auto", "partial"):
-        weights = choose_centering(data, partial=centered == "partial")[0]
-    elif isinstance(centered, str):  # comma-separated names
-        weights = {p.strip(): 1.0 for p in centered.split(",") if p.strip()}
+    if isinstance(centered, str):  # as `medsim fit --centered` takes it
+        centered = centered.strip()
+        if centered in ("auto", "partial", ""):
+            weights = choose_centering(data, partial=centered == "partial")[0]
+        else:  # "none" or comma-separated names
+            weights = {p.strip(): 1.0 for p in centered.split(",") if p.strip() and centered != "none"}
     elif isinstance(centered, Mapping):
         weights = {p: float(w) for p, w in centered.items()}
     else:

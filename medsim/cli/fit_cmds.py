@@ -75,18 +75,6 @@ def _announce_failure(console, diagnostics, path: Path) -> None:
     )
 
 
-def _centering(value: str) -> str | tuple[str, ...]:
-    """``--centered``: "auto", "partial", "none" or a comma-separated list of parameter names."""
-    value = value.strip()
-    if value in ("auto", ""):
-        return "auto"
-    if value == "partial":
-        return "partial"
-    if value == "none":
-        return ()
-    return tuple(v.strip() for v in value.split(",") if v.strip())
-
-
 @app.command("fit")
 def fit_command(
     cohort: str = typer.Argument(..., help="Bundled dataset name (see `medsim datasets`) or an event-table path."),
@@ -172,7 +160,7 @@ def fit_command(
                 chain_method=chain_method,
                 svi_steps=svi_steps,
                 target_accept=target_accept,
-                centered=_centering(centered),
+                centered=centered,
             )
         except (FitConfigError, FitDataError, TimelineError) as err:
             _fail(str(err))
