@@ -10,7 +10,7 @@ import numpy as np
 from inference.assemble import build_inference_data
 from inference.backends import BACKENDS, Progress, run_nuts, run_svi
 from inference.diagnostics import diagnose
-from inference.hierarchical import with_centering
+from inference.hierarchical import data_information, with_centering
 from inference.likelihood.filtering import resolve_layout
 from inference.posterior import FORMAT_VERSION, Posterior, json_attr
 from inference.priors import PriorError
@@ -71,12 +71,15 @@ def fit(
         between-subject SDs; raise it to 0.99 when a fit still reports divergences).
     substeps, max_substep
         Filter discretisation (see :func:`inference.likelihood.build_timeline`).
-    centered : "auto", mapping parameter -> weight, or sequence of str
-        Centring of the random effects (the prior is the same whatever it is): ``"auto"``
-        centres those that the subjects' own data determine better than the prior does
+    centered : "auto", "rule", "partial", "none", mapping parameter -> weight, or sequence of str
+        The random effects' sampler coordinates (the prior is the same whatever they are):
+        ``"auto"`` samples each in the scaled coordinate, centred where the subjects' own data
+        determine it and non-centred as its BSV goes to 0 (:mod:`inference.priors`);
+        ``"rule"`` centres fully those that the data determine better than the prior does
         (:func:`inference.hierarchical.choose_centering`); ``"partial"`` gives each a weight in
         [0, 1] instead (partially non-centred); a mapping sets the weights; a sequence names the
-        fully centred effects (``()``: all non-centred). Recorded in the posterior's ``priors``.
+        fully centred effects (``()`` or ``"none"``: all non-centred). Recorded in the
+        posterior's ``priors``.
 
     Returns
     -------
@@ -98,8 +101,12 @@ def fit(
     if draws < 1 or (method == "nuts" and (chains < 1 or warmup < 0)):
         raise FitConfigError(f"need chains >= 1, draws >= 1 and warmup >= 0; got {chains}, {draws}, {warmup}")
     data = prepare(cohort, model, process_noise=process_noise, substeps=substeps, max_substep=max_substep)
+    # Each subject's information about its random effects sets the centring ("auto", "partial")
+    # and numpyro's first mass matrix; one compiled gradient serves both.
+    rule = isinstance(centered, str) and centered.strip() in ("auto", "rule", "partial", "")
+    information = data_information(data) if rule or (backend == "numpyro" and method == "nuts") else None
     try:
-        data = with_centering(data, centered)
+        data = with_centering(data, centered, information=information)
     except PriorError as err:
         raise FitConfigError(str(err)) from None
     if backend == "pymc":
@@ -119,6 +126,7 @@ def fit(
             seed=seed,
             chain_method=chain_method,
             target_accept=target_accept,
+            information=information,
             progress=progress,
         )
     else:

@@ -10,6 +10,7 @@ likelihood of every subject's observations given the subject's parameters.
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Callable, Mapping, Sequence
 from functools import partial
 
@@ -75,13 +76,15 @@ def hierarchical_model(data: FitData) -> None:
     """numpyro model: priors of :attr:`FitData.priors`, EKF marginal likelihood of the cohort."""
     values: dict[str, Array] = {}
     for site in data.priors.sites:
-        values[site.site] = numpyro.sample(site.site, site.numpyro())
+        value = numpyro.sample(site.sampled_site, site.sampled_prior())
+        values[site.site] = numpyro.deterministic(site.site, jnp.abs(value)) if site.signed else value
     with numpyro.plate("subject", data.n_subjects):
         for p in data.priors.random_effects:
-            # the sampled coordinate u ~ Normal(0, omega^w) and eta = omega^(1 - w) u (PriorSpec.centering)
+            # the sampled coordinate u ~ Normal(0, sd) and eta = factor * u (PriorSpec.eta_scales)
             sd, factor = data.priors.eta_scales(p, values[f"omega_{p}"])
-            u = numpyro.sample(data.priors.eta_site(p), dist.Normal(0.0, sd))
-            values[f"eta_{p}"] = u if data.priors.weight(p) == 1.0 else numpyro.deterministic(f"eta_{p}", factor * u)
+            site = data.priors.eta_site(p)
+            u = numpyro.sample(site, dist.Normal(0.0, sd))
+            values[f"eta_{p}"] = u if site == f"eta_{p}" else numpyro.deterministic(f"eta_{p}", factor * u)
     numpyro.factor("log_likelihood", jnp.sum(pointwise_loglik(data, values)))
 
 
@@ -100,8 +103,9 @@ def potential_fn(data: FitData) -> Callable[[Mapping[str, Array]], Array]:
 
 
 def unconstrained_sites(data: FitData) -> tuple[str, ...]:
-    """Names of the sampled sites (population sites, then the standardised random effects)."""
-    return tuple(s.site for s in data.priors.sites) + tuple(data.priors.eta_site(p) for p in data.priors.random_effects)
+    """Names of the sampled sites (population sites, then the random effects' coordinates)."""
+    priors = data.priors
+    return tuple(s.sampled_site for s in priors.sites) + tuple(priors.eta_site(p) for p in priors.random_effects)
 
 
 def constrain(data: FitData, unconstrained: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -118,7 +122,7 @@ def constrain(data: FitData, unconstrained: Mapping[str, np.ndarray]) -> dict[st
         Population sites on their natural scale, ``eta_<p>`` and ``eta_<p>_decentered``
         (``eta_<p> / omega_<p>``) whatever the sampled coordinate was.
     """
-    out = {s.site: s.from_unconstrained(np.asarray(unconstrained[s.site])) for s in data.priors.sites}
+    out = {s.sampled_site: s.from_unconstrained(np.asarray(unconstrained[s.sampled_site])) for s in data.priors.sites}
     for p in data.priors.random_effects:
         site = data.priors.eta_site(p)
         out[site] = np.asarray(unconstrained[site])
@@ -127,10 +131,14 @@ def constrain(data: FitData, unconstrained: Mapping[str, np.ndarray]) -> dict[st
 
 def with_random_effects(data: FitData, constrained: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
     """Complete ``eta_<p>`` and ``eta_<p>_decentered`` from whichever coordinate was sampled
-    (:meth:`PriorSpec.eta_site`; any batch shape). A partially centred coordinate
-    ``eta_<p>_partial`` is replaced by the two, so posteriors keep one layout whatever the weights.
+    (:meth:`PriorSpec.eta_site`; any batch shape), and each signed process-noise scale from its
+    ``<s>_signed`` coordinate. Sampler-only coordinates (``eta_<p>_partial``, ``eta_<p>_scaled``,
+    ``<s>_signed``) are replaced, so posteriors keep one layout whatever the parametrisation.
     """
     out = {k: np.asarray(v) for k, v in constrained.items()}
+    for s in data.priors.sites:
+        if s.signed and s.sampled_site in out:
+            out[s.site] = np.abs(out.pop(s.sampled_site))
     for p in data.priors.random_effects:
         omega = out[f"omega_{p}"][..., None]
         site = data.priors.eta_site(p)
@@ -173,15 +181,73 @@ def data_information(data: FitData, *, step: float = 0.01) -> dict[str, np.ndarr
     return {p: np.maximum(np.asarray(c, np.float64), 0.0) for p, c in curvatures.items()}
 
 
-def choose_centering(data: FitData, *, partial: bool = False) -> tuple[dict[str, float], dict[str, float]]:
+def approximate_posterior_variances(data: FitData, information: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Rough posterior variance of every sampled coordinate (unconstrained scale), for a sampler's
+    initial mass matrix.
+
+    Normal-approximation arguments at the prior medians ``omega_hat`` of the BSV SDs, with
+    ``I_i`` the information of subject ``i``'s data about its own random effect
+    (:func:`data_information`) and ``r_i = I_i omega_hat^2``; precisions add to the prior's
+    (``pi^2 / 8`` is the variance of ``log |Z|`` for a half-normal site):
+
+    - random-effect coordinate of weight ``w``: ``omega_hat^(-2 (1 - w)) / (I_i + omega_hat^-2)``
+      (exact in the normal-normal hierarchy); scaled with information ``I``:
+      ``(1 + I omega_hat^2) / (1 + r_i)``;
+    - typical value with BSV: precision ``sum_i I_i / (1 + r_i)`` (each subject's estimate of
+      ``log theta`` has variance ``omega^2 + 1 / I_i``);
+    - ``log omega``: precision ``sum_i 2 (r_i / (1 + r_i))^2`` (Fisher information of ``n``
+      effects each known to a variance ``1 / I_i``);
+    - residual SD of an observable with ``N`` observations and ``k`` residual sites: ``2 N / k``;
+    - covariate effects, typical values without BSV and process-noise scales: the prior alone
+      (a signed process-noise coordinate: ``prior_sd^2``).
+
+    These are starting values that the warmup replaces at its first adaptation window; on the
+    theophylline fit they halved the leapfrog steps of the first 100 warmup iterations
+    (``docs/fitting.md``).
+
+    Returns
+    -------
+    dict sampled site -> float or (S,) array, the sites of :func:`unconstrained_sites`.
+    """
+    priors = data.priors
+    omega = {p: priors.site(f"omega_{p}").median() for p in priors.random_effects}
+    info = {p: np.asarray(information[p], np.float64) for p in priors.random_effects}
+    ratio = {p: info[p] * omega[p] ** 2 for p in priors.random_effects}
+    out: dict[str, np.ndarray] = {}
+    for s in priors.sites:
+        log_halfnormal = s.distribution == "halfnormal" and not s.signed
+        precision = 1.0 / ((math.pi**2 / 8) if log_halfnormal else s.scale**2)
+        if s.role == "typical" and s.target in priors.random_effects:
+            precision += float(np.sum(info[s.target] / (1.0 + ratio[s.target])))
+        elif s.role == "omega":
+            precision += float(np.sum(2.0 * np.square(ratio[s.target] / (1.0 + ratio[s.target]))))
+        elif s.role in ("residual_add", "residual_prop"):
+            observables = data.timeline.observables
+            which = observables.index(s.target) if s.target in observables else -1
+            n_obs = int(np.sum(data.obs_mask & (data.obs_observable == which)))
+            sharing = len([t for t in priors.by_role("residual_add", "residual_prop") if t.target == s.target])
+            precision += 2.0 * n_obs / sharing
+        out[s.sampled_site] = np.asarray(1.0 / precision)
+    for p in priors.random_effects:
+        if p in priors.scaling:
+            out[priors.eta_site(p)] = (1.0 + priors.scaling[p] * omega[p] ** 2) / (1.0 + ratio[p])
+            continue
+        w = priors.weight(p)
+        out[priors.eta_site(p)] = omega[p] ** (-2.0 * (1.0 - w)) / (info[p] + omega[p] ** -2.0)
+    return out
+
+
+def choose_centering(
+    data: FitData, *, partial: bool = False, information: Mapping[str, np.ndarray] | None = None
+) -> tuple[dict[str, float], dict[str, float]]:
     """Centring weight of each random effect, from how well the subjects' own data determine it.
 
     With ``r = I omega^2`` (the median subject's information about its own effect times the
-    prior median of ``omega_<p>^2``), the default rule centres an effect fully when ``r > 1``
-    and leaves it non-centred otherwise (weights 1 or 0). ``partial=True`` gives the partially
-    non-centred weight ``w = r / (1 + r)`` instead (below); on the theophylline fits it removed
-    the divergences of the SDE fit at 4 of 5 seeds but added 3 to the ODE-limit fit and failed
-    PyMC's tail-ESS check (``docs/fitting.md``), so it is an option, not the default.
+    prior median of ``omega_<p>^2``), the rule centres an effect fully when ``r > 1`` and leaves
+    it non-centred otherwise (weights 1 or 0; ``--centered rule``). ``partial=True`` gives the
+    partially non-centred weight ``w = r / (1 + r)`` instead (below; ``--centered partial``).
+    Both are options: the default is the scaled coordinate (:func:`information_scaling`), which
+    adapts to ``omega`` rather than to its prior median.
 
     In the normal hierarchy ``y_i | eta_i ~ Normal(eta_i, 1 / I_i)``, ``eta_i ~ Normal(0,
     omega^2)``, the coordinate ``eta_i / omega^(1 - w)`` with ``w = I omega^2 / (1 + I omega^2)``
@@ -191,13 +257,14 @@ def choose_centering(data: FitData, *, partial: bool = False) -> tuple[dict[str,
     the prior does, and in between where either extreme leaves a funnel. The rule uses the
     median subject's information (:func:`data_information`) and the prior median of
     ``omega_<p>``; the weight is rounded to 3 decimals (it is stored with the posterior).
+    ``information``: :func:`data_information` of ``data`` when the caller has it already.
 
     Returns
     -------
     weights : dict parameter -> w in [0, 1]
     ratios : dict parameter -> median_i(I_i) * median(omega_p)^2 (what the weights come from)
     """
-    information = data_information(data)
+    information = data_information(data) if information is None else information
     ratios = {
         p: float(np.median(information[p]) * data.priors.site(f"omega_{p}").median() ** 2)
         for p in data.priors.random_effects
@@ -207,27 +274,50 @@ def choose_centering(data: FitData, *, partial: bool = False) -> tuple[dict[str,
     return {p: 1.0 if r > 1.0 else 0.0 for p, r in ratios.items()}, ratios
 
 
-def with_centering(data: FitData, centered: Sequence[str] | Mapping[str, float] | str = "auto") -> FitData:
-    """``data`` with :attr:`PriorSpec.centering` set.
+def information_scaling(data: FitData, information: Mapping[str, np.ndarray] | None = None) -> dict[str, float]:
+    """:attr:`PriorSpec.scaling` of every random effect: the median subject's information about
+    its own effect (:func:`data_information`; ``information`` if the caller has it), rounded to 4
+    significant digits since it is stored with the posterior."""
+    information = data_information(data) if information is None else information
+    out = {}
+    for p in data.priors.random_effects:
+        value = float(np.median(information[p]))
+        out[p] = float(f"{value:.4g}") if math.isfinite(value) else 0.0
+    return out
 
-    ``centered``: ``"auto"`` (:func:`choose_centering`: each effect fully centred or not),
-    ``"partial"`` (its partially non-centred weights), ``"none"``, a mapping parameter ->
-    weight, or names sampled fully centred (weight 1; the others non-centred), as a sequence or
-    a comma-separated string.
+
+def with_centering(
+    data: FitData,
+    centered: Sequence[str] | Mapping[str, float] | str = "auto",
+    *,
+    information: Mapping[str, np.ndarray] | None = None,
+) -> FitData:
+    """``data`` with the random effects' sampler coordinates set (:attr:`PriorSpec.scaling`,
+    :attr:`PriorSpec.centering`).
+
+    ``centered``: ``"auto"`` (every effect in the scaled coordinate, :func:`information_scaling`),
+    ``"rule"`` (:func:`choose_centering`: each effect fully centred or not), ``"partial"`` (its
+    partially non-centred weights), ``"none"``, a mapping parameter -> weight, or names sampled
+    fully centred (weight 1; the others non-centred), as a sequence or a comma-separated string.
+    ``information``: :func:`data_information` of ``data``, if already computed (``"auto"``,
+    ``"rule"`` and ``"partial"`` need it).
 
     Raises
     ------
     PriorError
         A name that is not a random effect of the model, or a weight outside [0, 1].
     """
+    scaling: dict[str, float] = {}
     if isinstance(centered, str):  # as `medsim fit --centered` takes it
         centered = centered.strip()
-        if centered in ("auto", "partial", ""):
-            weights = choose_centering(data, partial=centered == "partial")[0]
+        if centered in ("auto", ""):
+            weights, scaling = {}, information_scaling(data, information)
+        elif centered in ("rule", "partial"):
+            weights = choose_centering(data, partial=centered == "partial", information=information)[0]
         else:  # "none" or comma-separated names
             weights = {p.strip(): 1.0 for p in centered.split(",") if p.strip() and centered != "none"}
     elif isinstance(centered, Mapping):
         weights = {p: float(w) for p, w in centered.items()}
     else:
         weights = {p: 1.0 for p in centered}
-    return dataclasses.replace(data, priors=dataclasses.replace(data.priors, centering=weights))
+    return dataclasses.replace(data, priors=dataclasses.replace(data.priors, centering=weights, scaling=scaling))

@@ -62,7 +62,7 @@ def run_svi(
     if draws < 1 or steps < 1:
         raise ValueError(f"need draws >= 1 and steps >= 1; got {draws}, {steps}")
     model = partial(hierarchical_model, data)
-    start_values = {s.site: float(s.median()) for s in data.priors.sites}
+    start_values = {s.sampled_site: float(s.median()) for s in data.priors.sites}
     start_values.update(
         {data.priors.eta_site(p): np.zeros(data.n_subjects, np.float32) for p in data.priors.random_effects}
     )

@@ -51,9 +51,13 @@ _STATS = {
 
 
 def _pymc_prior(site: SitePrior):
-    """The PyMC random variable of one population site (inside a model context)."""
+    """The PyMC random variable of one population site (inside a model context); a signed site
+    (:attr:`SitePrior.signed`) is ``Normal(0, scale)`` under its ``sampled_site`` name with the
+    site itself its absolute value, as in the numpyro model."""
     import pymc as pm
 
+    if site.signed:
+        return pm.Deterministic(site.site, pm.math.abs(pm.Normal(site.sampled_site, mu=0.0, sigma=site.scale)))
     if site.distribution == "lognormal":
         return pm.LogNormal(site.site, mu=site.loc, sigma=site.scale)
     if site.distribution == "normal":
@@ -116,7 +120,7 @@ def initial_values(data: FitData, chains: int, radius: float, *, seed: int) -> l
         for site in data.priors.sites:
             u = rng.uniform(-radius, radius)
             median = site.median()
-            point[site.site] = np.asarray(median + u if site.distribution == "normal" else median * math.exp(u))
+            point[site.sampled_site] = np.asarray(median + u if site.distribution == "normal" else median * math.exp(u))
         for p in data.priors.random_effects:
             u = rng.uniform(-radius, radius, data.n_subjects)
             point[data.priors.eta_site(p)] = u
@@ -221,10 +225,14 @@ def run_pymc(
         )
     wall = time.perf_counter() - start
     counter.finish()
-    # eta_<p> and eta_<p>_decentered are kept; a partially centred coordinate is only the sampler's
-    partial = {f"eta_{p}_partial" for p in data.priors.random_effects}
+    # eta_<p>, eta_<p>_decentered and the sites are kept; other coordinates are only the sampler's
+    priors = data.priors
+    coordinates = {priors.eta_site(p) for p in priors.random_effects} | {s.sampled_site for s in priors.sites}
+    kept = {f"eta_{p}" for p in priors.random_effects} | {f"eta_{p}_decentered" for p in priors.random_effects}
+    kept |= {s.site for s in priors.sites}
+    dropped = coordinates - kept
     samples = {
-        name: np.asarray(idata.posterior[name].values) for name in idata.posterior.data_vars if name not in partial
+        name: np.asarray(idata.posterior[name].values) for name in idata.posterior.data_vars if name not in dropped
     }
     stats = {out: np.asarray(idata.sample_stats[name].values, dtype) for name, (out, dtype) in _STATS.items()}
     info = {

@@ -100,8 +100,9 @@ def fit_command(
     centered: str = typer.Option(
         "auto",
         "--centered",
-        help="Centring of the random effects: auto (centred where the subjects' data determine them well), "
-        "partial (a weight per effect in between), none (all non-centred), or e.g. CL,V (those centred).",
+        help="Sampler coordinates of the random effects: auto (scaled: centred where the subjects' data "
+        "determine them, non-centred as their BSV goes to 0), rule (each fully centred or not), partial (a "
+        "weight per effect in between), none (all non-centred), or e.g. CL,V (those centred).",
     ),
 ) -> None:
     """Fit a Bayesian SDE model to a cohort and write the posterior (with diagnostics).
@@ -168,10 +169,9 @@ def fit_command(
     diagnostics = posterior.diagnostics()
     console = Console()
     priors = posterior.priors
-    weights = ", ".join(f"{p} {priors.weight(p):g}" for p in priors.random_effects) or "none"
     console.print(
         f"wrote {path} ({posterior.attrs['wall_time_s']:.1f} s sampling, chain method {chain_method}; "
-        f"centring weights (0 non-centred, 1 centred): {weights})"
+        f"random effects: {priors.describe_coordinates()})"
     )
     _print_diagnostics(console, posterior, diagnostics)
     if not diagnostics.ok:

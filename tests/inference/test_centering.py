@@ -13,11 +13,12 @@ import medsim.data
 from inference.hierarchical import (
     choose_centering,
     constrain,
+    data_information,
     potential_fn,
     unconstrained_sites,
     with_centering,
 )
-from inference.priors import PriorError, PriorSpec
+from inference.priors import PriorError, PriorSpec, build_priors
 from inference.problem import prepare
 from medsim.models import get
 
@@ -51,7 +52,9 @@ def test_densities_of_any_centring_differ_only_by_the_jacobian(oral):
     weights = {"ka": 1.0, "CL": 0.25, "V": 0.6}
     centred = with_centering(oral, weights)
     rng = np.random.default_rng(0)
-    u_nc = {s.site: np.float32(s.to_unconstrained(s.median()) + rng.uniform(-0.3, 0.3)) for s in oral.priors.sites}
+    u_nc = {
+        s.sampled_site: np.float32(s.to_unconstrained(s.median()) + rng.uniform(-0.3, 0.3)) for s in oral.priors.sites
+    }
     for p in oral.priors.random_effects:
         u_nc[f"eta_{p}_decentered"] = rng.normal(size=oral.n_subjects).astype(np.float32)
     values = constrain(oral, u_nc)
@@ -69,6 +72,61 @@ def test_densities_of_any_centring_differ_only_by_the_jacobian(oral):
     for p in ("ka", "CL", "V"):
         np.testing.assert_allclose(back[f"eta_{p}"], values[f"eta_{p}"], rtol=1e-5)
         np.testing.assert_allclose(back[f"eta_{p}_decentered"], values[f"eta_{p}_decentered"], rtol=1e-5)
+
+
+def test_scaled_coordinates_differ_only_by_the_jacobian(oral):
+    """The scaled coordinate is u = eta / s(omega) = z sqrt(1 + I omega^2), so the potential
+    differs from the non-centred one by S/2 log(1 + I omega^2) per random effect (float32: same
+    tolerance as above), and maps back to the same effects."""
+    info = {"ka": 30.0, "CL": 2.0, "V": 80.0}
+    scaled = dataclasses.replace(oral, priors=dataclasses.replace(oral.priors, scaling=info))
+    assert [scaled.priors.eta_site(p) for p in ("ka", "CL", "V")] == ["eta_ka_scaled", "eta_CL_scaled", "eta_V_scaled"]
+    rng = np.random.default_rng(1)
+    u_nc = {
+        s.sampled_site: np.float32(s.to_unconstrained(s.median()) + rng.uniform(-0.3, 0.3)) for s in oral.priors.sites
+    }
+    for p in oral.priors.random_effects:
+        u_nc[f"eta_{p}_decentered"] = rng.normal(size=oral.n_subjects).astype(np.float32)
+    values = constrain(oral, u_nc)
+    u_s = {k: v for k, v in u_nc.items() if not k.startswith("eta_")}
+    for p, i in info.items():
+        u_s[f"eta_{p}_scaled"] = values[f"eta_{p}_decentered"] * np.sqrt(1 + i * values[f"omega_{p}"] ** 2)
+    assert set(u_s) == set(unconstrained_sites(scaled))
+    jacobian = oral.n_subjects * sum(0.5 * np.log1p(i * values[f"omega_{p}"] ** 2) for p, i in info.items())
+    nc = float(potential_fn(oral)({k: jnp.asarray(v) for k, v in u_nc.items()}))
+    s = float(potential_fn(scaled)({k: jnp.asarray(v) for k, v in u_s.items()}))
+    assert s == pytest.approx(nc + jacobian, rel=1e-4, abs=1e-3)
+    back = constrain(scaled, u_s)
+    assert not any(k.endswith("_scaled") or k.endswith("_signed") for k in back)
+    for p in info:
+        np.testing.assert_allclose(back[f"eta_{p}"], values[f"eta_{p}"], rtol=1e-5)
+    assert float(back["sigma_central"]) == pytest.approx(abs(float(u_nc["sigma_central_signed"])))
+
+
+def test_scaling_is_validated_and_stored():
+    spec = build_priors(get("pk_oral_1cmt"), ["conc"])
+    scaled = dataclasses.replace(spec, scaling={"ka": 32.4, "V": 0.0})
+    assert PriorSpec.from_json(scaled.to_json()) == scaled
+    assert scaled.describe_coordinates() == "ka scaled (I 32.4), CL centring 0, V scaled (I 0)"
+    with pytest.raises(PriorError, match="not random effects"):
+        dataclasses.replace(spec, scaling={"res_add_conc": 1.0})
+    with pytest.raises(PriorError, match=">= 0"):
+        dataclasses.replace(spec, scaling={"ka": -1.0})
+    with pytest.raises(PriorError, match="both"):
+        dataclasses.replace(spec, scaling={"ka": 1.0}, centering={"ka": 1.0})
+
+
+def test_auto_scales_every_effect_by_the_median_subjects_information():
+    data = prepare(medsim.data.load("theoph"), get("pk_oral_1cmt"))
+    information = data_information(data)
+    auto = with_centering(data, "auto", information=information).priors
+    assert auto.centering == {} and set(auto.scaling) == set(data.priors.random_effects)
+    for p, value in auto.scaling.items():
+        assert value == pytest.approx(float(np.median(information[p])), rel=1e-3)
+    # ka and V are pinned down by each subject's 11 samples far better than CL (the rule below)
+    assert auto.scaling["V"] > auto.scaling["ka"] > 10 * auto.scaling["CL"]
+    assert with_centering(data, "rule", information=information).priors.centering == {"ka": 1.0, "CL": 0.0, "V": 1.0}
+    assert with_centering(data, "none").priors.scaling == {}
 
 
 def test_auto_centring_follows_what_each_subjects_data_pin_down():

@@ -160,7 +160,7 @@ def test_jitted_potential_gradient_matches_finite_differences():
     u = {k: jnp.asarray(v, jnp.float64)[0] for k, v in initial_unconstrained(data, 1, 0.5, seed=3).items()}
     value, grad = jax.jit(jax.value_and_grad(potential))(u)
     assert float(value) == pytest.approx(float(potential(u)), rel=1e-12)
-    for site in ("CL", "omega_ka", "sigma_central", "res_add_conc"):
+    for site in ("CL", "omega_ka", "sigma_central_signed", "res_add_conc"):
         h = 1e-6
         fd = (potential({**u, site: u[site] + h}) - potential({**u, site: u[site] - h})) / (2 * h)
         # same finite-difference budget as above

@@ -43,7 +43,8 @@ def test_unconstrained_maps_match_numpyro_bijections():
 
     for site in build_priors(get("pk_iv_1cmt"), ["conc"]).sites:
         value = site.median() * 1.3
-        expected = float(biject_to(site.numpyro().support).inv(jnp.asarray(value)))
+        # the sampler's coordinate: a signed process-noise scale is sampled on the real line
+        expected = float(biject_to(site.sampled_prior().support).inv(jnp.asarray(value)))
         assert site.to_unconstrained(value) == pytest.approx(expected, rel=1e-6)
         assert site.from_unconstrained(site.to_unconstrained(value)) == pytest.approx(value, rel=1e-6)
 
@@ -53,8 +54,13 @@ def test_numpyro_program_has_named_sites_with_a_subject_plate():
 
     data = prepare(oral_cohort(3), get("pk_oral_1cmt"))
     trace = handlers.trace(handlers.seed(hierarchical_model, jax.random.key(0))).get_trace(data)
-    for name in ("ka", "CL", "V", "omega_ka", "omega_CL", "omega_V", "sigma_central", "res_add_conc"):
+    for name in ("ka", "CL", "V", "omega_ka", "omega_CL", "omega_V", "sigma_central_signed", "res_add_conc"):
         assert trace[name]["type"] == "sample" and jnp.shape(trace[name]["value"]) == ()
+    # the process-noise scale is the absolute value of its signed coordinate, whose prior is
+    # Normal(0, scale): |z| is then HalfNormal(scale), the stated prior
+    assert trace["sigma_central"]["type"] == "deterministic"
+    assert float(trace["sigma_central"]["value"]) == abs(float(trace["sigma_central_signed"]["value"]))
+    assert trace["sigma_central_signed"]["fn"].scale == data.priors.site("sigma_central").scale
     assert trace["eta_ka_decentered"]["value"].shape == (3,)
     assert trace["eta_ka_decentered"]["cond_indep_stack"][0].name == "subject"
     assert trace["eta_ka"]["type"] == "deterministic"

@@ -55,13 +55,23 @@ def _unconstrained_point(data, seed: int) -> dict[str, np.ndarray]:
     """A random point on the unconstrained scale (log of positive sites)."""
     rng = np.random.default_rng(seed)
     point = {
-        s.site: rng.normal(np.log(s.median()) if s.distribution != "normal" else s.loc, 0.3) for s in data.priors.sites
+        s.sampled_site: rng.normal(np.log(s.median()) if s.distribution != "normal" else s.loc, 0.3)
+        for s in data.priors.sites
     }
-    point.update({f"eta_{p}_decentered": rng.normal(size=data.n_subjects) for p in data.priors.random_effects})
+    point.update({data.priors.eta_site(p): rng.normal(size=data.n_subjects) for p in data.priors.random_effects})
     return point
 
 
-@pytest.mark.parametrize("which", ["ode_data", "sde_data"])
+@pytest.fixture(scope="module")
+def sde_scaled(sde_data):
+    """The SDE model with every random effect in the scaled coordinate (the CLI's default)."""
+    import dataclasses
+
+    priors = dataclasses.replace(sde_data.priors, scaling={"ka": 30.0, "CL": 2.0, "V": 80.0})
+    return dataclasses.replace(sde_data, priors=priors)
+
+
+@pytest.mark.parametrize("which", ["ode_data", "sde_data", "sde_scaled"])
 def test_log_density_and_gradient_match_numpyro(which, request):
     """PyMC's model log density equals minus numpyro's potential energy, gradient included.
 
@@ -102,7 +112,8 @@ def test_sites_and_dims_match_numpyro(ode_data):
     """Same free sites (numpyro's sample sites), the deterministic eta_<p>, subject dims."""
     model = build_pymc_model(ode_data)
     free = {v.name for v in model.free_RVs}
-    expected = {s.site for s in ode_data.priors.sites} | {f"eta_{p}_decentered" for p in ode_data.priors.random_effects}
+    expected = {s.sampled_site for s in ode_data.priors.sites}
+    expected |= {ode_data.priors.eta_site(p) for p in ode_data.priors.random_effects}
     assert free == expected
     assert {v.name for v in model.deterministics} == {f"eta_{p}" for p in ode_data.priors.random_effects}
     assert model.named_vars_to_dims["eta_ka"] == ("subject",)
