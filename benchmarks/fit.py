@@ -35,7 +35,7 @@ import time
 from pathlib import Path
 
 CHAINS = 4
-TARGET_ACCEPT = 0.95  # the default of `medsim fit` / inference.fit
+TARGET_ACCEPT = 0.9  # the default of `medsim fit` / inference.fit
 import jax  # noqa: E402
 
 # chain_method="parallel" spreads the chains over the JAX CPU devices, one per core as `medsim fit`

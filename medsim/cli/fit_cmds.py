@@ -92,7 +92,7 @@ def fit_command(
     ),
     svi_steps: int = typer.Option(5000, "--svi-steps", min=1, help="Optimisation steps of --method svi."),
     target_accept: float = typer.Option(
-        0.95, "--target-accept", min=0.5, max=0.99, help="NUTS adaptation target; raise it if a fit diverges."
+        0.9, "--target-accept", min=0.5, max=0.99, help="NUTS adaptation target; raise it if a fit diverges."
     ),
     template: str = typer.Option(
         None, "--template", help="With --model neural: name observables and doses after this mechanistic model."

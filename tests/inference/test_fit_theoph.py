@@ -1,10 +1,11 @@
 """`medsim fit theoph --model pk_oral_1cmt`, exactly as a user runs it: convergence and agreement
 with nlmixr2.
 
-Slow (about a minute on 2 cores): 4 chains x (1000 warmup + 1000 draws) of NUTS on 12 subjects
-with every default of the command (seed 0, chains spread over one JAX device per core, automatic
-centring weights, target_accept 0.95). It runs in a subprocess because the CLI sets the JAX
-device count before JAX starts, which a test process that already imported JAX cannot do.
+Slow (about 30 s on 2 cores): 4 chains x (1000 warmup + 1000 draws) of NUTS on 12 subjects
+with every default of the command (seed 0, chains spread over one JAX device per core, random
+effects in the scaled coordinate, signed process-noise scale, target_accept 0.9). It runs in a
+subprocess because the CLI sets the JAX device count before JAX starts, which a test process
+that already imported JAX cannot do.
 """
 
 from __future__ import annotations
