@@ -83,8 +83,7 @@ def speed(cohort, model, *, chains: int, draws: int, warmup: int, seed: int, vec
 
     from inference.backends.numpyro_nuts import run_nuts
     from inference.backends.pymc_backend import run_pymc
-    from inference.hierarchical import data_information, with_centering
-    from inference.problem import prepare
+    from inference.fitting import prepare_fit
 
     runs = {"numpyro_parallel": ("numpyro", partial(run_nuts, chain_method="parallel"))}
     if vectorized:
@@ -95,9 +94,7 @@ def speed(cohort, model, *, chains: int, draws: int, warmup: int, seed: int, vec
         _log(f"{name}: {chains} chains x ({warmup} warmup + {draws} draws), theoph SDE")
         load = os.getloadavg()[0]
         start = time.perf_counter()
-        data = prepare(cohort, model, process_noise=True)
-        information = data_information(data)  # as `medsim fit` does: for the centring and numpyro's metric
-        data = with_centering(data, information=information)
+        data, information = prepare_fit(cohort, model, process_noise=True)  # as `medsim fit` does
         extra = {"information": information} if backend == "numpyro" else {}
         out = run(data, chains=chains, draws=draws, warmup=warmup, seed=seed, target_accept=TARGET_ACCEPT, **extra)
         wall = time.perf_counter() - start
@@ -118,14 +115,11 @@ def process_noise(cohort, model, sde_idata, *, chains: int, draws: int, warmup: 
     """LOO of the SDE fit against the ODE limit, and the process-noise posterior."""
     from inference.backends.numpyro_nuts import run_nuts
     from inference.checks import loo_compare
-    from inference.hierarchical import data_information, with_centering
-    from inference.problem import prepare
+    from inference.fitting import prepare_fit
 
     _log("ODE-limit fit for the LOO comparison")
     start = time.perf_counter()
-    data = prepare(cohort, model, process_noise=False)
-    information = data_information(data)
-    data = with_centering(data, information=information)
+    data, information = prepare_fit(cohort, model, process_noise=False)
     out = run_nuts(
         data, chains=chains, draws=draws, warmup=warmup, seed=seed, target_accept=TARGET_ACCEPT, information=information
     )

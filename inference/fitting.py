@@ -102,13 +102,16 @@ def fit(
         raise FitConfigError(f"backend {backend!r} has no method {method!r}; choose one of {BACKENDS[backend]}")
     if draws < 1 or (method == "nuts" and (chains < 1 or warmup < 0)):
         raise FitConfigError(f"need chains >= 1, draws >= 1 and warmup >= 0; got {chains}, {draws}, {warmup}")
-    data = prepare(cohort, model, process_noise=process_noise, substeps=substeps, max_substep=max_substep)
-    # Each subject's information about its random effects sets the centring ("auto", "partial")
-    # and numpyro's first mass matrix; one compiled gradient serves both.
-    rule = isinstance(centered, str) and centered.strip() in ("auto", "rule", "partial", "")
-    information = data_information(data) if rule or (backend == "numpyro" and method == "nuts") else None
     try:
-        data = with_centering(data, centered, information=information)
+        data, information = prepare_fit(
+            cohort,
+            model,
+            process_noise=process_noise,
+            centered=centered,
+            metric=backend == "numpyro" and method == "nuts",
+            substeps=substeps,
+            max_substep=max_substep,
+        )
     except PriorError as err:
         raise FitConfigError(str(err)) from None
     if backend == "pymc":
@@ -149,6 +152,36 @@ def fit(
     idata.posterior.attrs["diagnostics"] = json_attr(diagnostics.to_dict())
     idata.posterior.attrs["diagnostics_ok"] = int(diagnostics.ok)
     return Posterior(idata=idata, model=model)
+
+
+def prepare_fit(
+    cohort: Any,
+    model: PhysiologyModel,
+    *,
+    process_noise: bool = True,
+    centered: Sequence[str] | Mapping[str, float] | str = "auto",
+    metric: bool = True,
+    substeps: int = 4,
+    max_substep: float | None = None,
+) -> tuple[FitData, dict[str, np.ndarray] | None]:
+    """What :func:`fit` samples: the prepared cohort with its random effects' coordinates set
+    (``centered`` as in :func:`fit`), and each subject's information about its random effects
+    (:func:`inference.hierarchical.data_information`), which sets the ``"auto"``, ``"rule"`` and
+    ``"partial"`` coordinates and, with ``metric``, numpyro's first mass matrix (pass it to
+    :func:`~inference.backends.run_nuts`); one compiled gradient serves both. ``None`` when
+    neither needs it.
+
+    Raises
+    ------
+    PriorError
+        ``centered`` names something that is not a random effect, or a weight outside [0, 1].
+    FitDataError, TimelineError
+        A cohort the model cannot be fitted to.
+    """
+    data = prepare(cohort, model, process_noise=process_noise, substeps=substeps, max_substep=max_substep)
+    rule = isinstance(centered, str) and centered.strip() in ("auto", "rule", "partial", "")
+    information = data_information(data) if rule or metric else None
+    return with_centering(data, centered, information=information), information
 
 
 def provenance_attrs(data: FitData, *, backend: str, method: str, seed: int, info: dict) -> dict[str, Any]:

@@ -28,6 +28,18 @@ def oral():
     return prepare(oral_cohort(n_subjects=4, seed=3), get("pk_oral_1cmt"))
 
 
+def _non_centred_point(data, *, seed: int) -> dict[str, np.ndarray]:
+    """Sampler coordinates with every random effect non-centred: population sites near their
+    prior medians (unconstrained scale), standard-normal ``eta_<p>_decentered``."""
+    rng = np.random.default_rng(seed)
+    point = {
+        s.sampled_site: np.float32(s.to_unconstrained(s.median()) + rng.uniform(-0.3, 0.3)) for s in data.priors.sites
+    }
+    for p in data.priors.random_effects:
+        point[f"eta_{p}_decentered"] = rng.normal(size=data.n_subjects).astype(np.float32)
+    return point
+
+
 def test_the_weights_round_trip_through_json_and_are_checked(oral):
     spec = dataclasses.replace(oral.priors, centering={"V": 0.7, "ka": 1.0})
     back = PriorSpec.from_json(spec.to_json())
@@ -51,12 +63,7 @@ def test_densities_of_any_centring_differ_only_by_the_jacobian(oral):
     """
     weights = {"ka": 1.0, "CL": 0.25, "V": 0.6}
     centred = with_centering(oral, weights)
-    rng = np.random.default_rng(0)
-    u_nc = {
-        s.sampled_site: np.float32(s.to_unconstrained(s.median()) + rng.uniform(-0.3, 0.3)) for s in oral.priors.sites
-    }
-    for p in oral.priors.random_effects:
-        u_nc[f"eta_{p}_decentered"] = rng.normal(size=oral.n_subjects).astype(np.float32)
+    u_nc = _non_centred_point(oral, seed=0)
     values = constrain(oral, u_nc)
     u_c = {k: v for k, v in u_nc.items() if not k.startswith("eta_")}
     for p, w in weights.items():
@@ -81,12 +88,7 @@ def test_scaled_coordinates_differ_only_by_the_jacobian(oral):
     info = {"ka": 30.0, "CL": 2.0, "V": 80.0}
     scaled = dataclasses.replace(oral, priors=dataclasses.replace(oral.priors, scaling=info))
     assert [scaled.priors.eta_site(p) for p in ("ka", "CL", "V")] == ["eta_ka_scaled", "eta_CL_scaled", "eta_V_scaled"]
-    rng = np.random.default_rng(1)
-    u_nc = {
-        s.sampled_site: np.float32(s.to_unconstrained(s.median()) + rng.uniform(-0.3, 0.3)) for s in oral.priors.sites
-    }
-    for p in oral.priors.random_effects:
-        u_nc[f"eta_{p}_decentered"] = rng.normal(size=oral.n_subjects).astype(np.float32)
+    u_nc = _non_centred_point(oral, seed=1)
     values = constrain(oral, u_nc)
     u_s = {k: v for k, v in u_nc.items() if not k.startswith("eta_")}
     for p, i in info.items():
