@@ -167,10 +167,10 @@ def data_information(data: FitData, *, step: float = 0.01) -> dict[str, np.ndarr
     -------
     dict parameter -> (S,) array, in 1 / (log-unit)^2 (negative curvature clipped at 0).
     """
-    values = {
-        s.site: jnp.asarray(0.0 if s.role == "process_noise" else s.median(), data.timeline.time.dtype)
-        for s in data.priors.sites
-    }
+    # at zero noise the filter's likelihood is the ODE limit's (tests/inference/test_ekf_exact.py);
+    # the ODE-limit filter carries no covariance, which halves the compilation (2.3 -> 1.3 s)
+    data = dataclasses.replace(data, priors=data.priors.ode_limit())
+    values = {s.site: jnp.asarray(s.median(), data.timeline.time.dtype) for s in data.priors.sites}
     effects = data.priors.random_effects
 
     def gradient(etas):  # (E, S) random effects -> (E, S) gradient of the cohort log-likelihood

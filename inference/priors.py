@@ -60,7 +60,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Literal
 
 import numpy as np
@@ -248,6 +248,13 @@ class PriorSpec:
         if w == 1.0:
             return omega, 1.0
         return omega**w, omega ** (1.0 - w)
+
+    def ode_limit(self) -> PriorSpec:
+        """The same prior with every process-noise scale fixed at 0 (as
+        ``build_priors(..., process_noise=False)`` builds it)."""
+        noise = {s.target: 0.0 for s in self.by_role("process_noise")}
+        sites = tuple(s for s in self.sites if s.role != "process_noise")
+        return replace(self, sites=sites, fixed={**self.fixed, **noise})
 
     @property
     def process_noise(self) -> bool:

@@ -129,6 +129,12 @@ def test_auto_scales_every_effect_by_the_median_subjects_information():
     assert auto.scaling["V"] > auto.scaling["CL"] > auto.scaling["ka"] > 10.0
     assert with_centering(data, "rule", information=information).priors.centering == {"ka": 1.0, "CL": 1.0, "V": 1.0}
     assert with_centering(data, "none").priors.scaling == {}
+    # the information is taken without process noise: the ODE limit's data give the same
+    ode = data_information(prepare(medsim.data.load("theoph"), get("pk_oral_1cmt"), process_noise=False))
+    for p in data.priors.random_effects:
+        np.testing.assert_allclose(ode[p], information[p], rtol=1e-6)
+    spec = data.priors.ode_limit()
+    assert spec == build_priors(get("pk_oral_1cmt"), ["conc"], process_noise=False)
 
 
 def test_rule_centring_follows_what_each_subjects_data_pin_down():
