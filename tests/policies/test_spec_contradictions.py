@@ -70,7 +70,7 @@ def test_nested_levels_on_one_side_stay_allowed():
         ("conc<=20;horizon=72h;delta=-0.1", r"key 'delta' must lie strictly between 0 and 1"),
         ("conc<=20;horizon=72h;delta=nan", r"key 'delta' must be finite"),
         ("conc<=20,conc<=20.0;horizon=72h", r"lists \['conc<=20'\] more than once"),
-        ("conc<=8;horizon=72h;target=10<=conc<=15", r"key 'target' '10<=conc<=15' lies outside the safe set \(conc<=8\)"),
+        ("conc<=8;horizon=72h;target=10<=conc<=15", r"'10<=conc<=15' lies outside the safe set \(conc<=8\)"),
         ("conc>=16;horizon=72h;target=10<=conc<=15", r"lies outside the safe set \(conc>=16\)"),
         ("conc<=20;horizon=72h;target=1e400<=conc<=1e401", r"key 'target' needs an observable name and finite"),
     ],
