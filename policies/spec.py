@@ -215,16 +215,18 @@ class SafetySpec:
     def to_dict(self) -> dict:
         """JSON-serialisable form (bounds as strings; round-trips through :func:`spec_from_mapping`)."""
         out: dict[str, Any] = {
-            "bounds": [b.name for b in self.bounds],
-            "horizon": self.horizon if self.time_unit is None else f"{self.horizon:g}{self.time_unit}",
+            "bounds": [_bound_text(b) for b in self.bounds],
+            "horizon": self.horizon if self.time_unit is None else f"{_exact(self.horizon)}{self.time_unit}",
             "epsilon": self.epsilon,
             "delta": self.delta,
             "source": self.source,
         }
         if self.target is not None:
-            out["target"] = str(self.target)
+            t = self.target
+            out["target"] = f"{_exact(t.low)}<={t.observable}<={_exact(t.high)}"
         if self.monitor_from > 0:
-            out["from"] = self.monitor_from if self.time_unit is None else f"{self.monitor_from:g}{self.time_unit}"
+            start = self.monitor_from
+            out["from"] = start if self.time_unit is None else f"{_exact(start)}{self.time_unit}"
         return out
 
     def __str__(self) -> str:
@@ -237,6 +239,17 @@ class SafetySpec:
         if self.target is not None:
             parts.append(f"target={self.target}")
         return ";".join(parts)
+
+
+def _exact(value: float) -> str:
+    """``f"{value:g}"`` where that reads back as ``value``, else the shortest exact form."""
+    short = f"{value:g}"
+    return short if float(short) == value else repr(float(value))
+
+
+def _bound_text(bound: Bound) -> str:
+    """The bound as text that parses back to the same value (its name, unless ``:g`` rounds it)."""
+    return f"{bound.observable}{'<=' if bound.side == 'upper' else '>='}{_exact(bound.value)}"
 
 
 def derived_name(bound: Bound) -> str:
