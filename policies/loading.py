@@ -83,9 +83,12 @@ def _convert(kind: str, key: str, value: str, annotation: str) -> Any:
         return number
     if ann.startswith("tuple[float"):
         try:
-            return tuple(float(v) for v in value.split(";") if v.strip())
+            numbers = tuple(float(v) for v in value.split(";") if v.strip())
         except ValueError:
             raise bad("a list of numbers separated by ';'") from None
+        if any(math.isnan(x) for x in numbers):
+            raise bad("a list of numbers separated by ';'")
+        return numbers
     return value
 
 

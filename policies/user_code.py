@@ -208,7 +208,7 @@ def _make(target: str, obj: Any, raw: dict[str, str]) -> Any:
             raise PolicySpecError(
                 f"{origin} is a function that is neither a policy function f(obs, *, rng) -> Option nor a policy "
                 "factory; medsim calls only factories named make_policy, annotated '-> Policy' (or a policy class) "
-                "or decorated with @policies.loading.policy_factory"
+                "or decorated with @policies.policy_factory"
             )
         _bind(obj, raw, origin)
         return run_user_code(f"{origin}: making the policy", lambda: obj(**raw))

@@ -184,7 +184,16 @@ def risk_command(
     posterior: Path = typer.Argument(
         None, help="Posterior file (netCDF) written by `medsim fit`, or a neural checkpoint (NAME.json)."
     ),
-    policy: list[str] = typer.Option(..., "--policy", help="Policy NAME[:params]; repeat to compare policies."),
+    policy: list[str] = typer.Option(
+        ...,
+        "--policy",
+        help=(
+            "Policy: a built-in NAME[:key=value,...] (fixed, tdm, basal_bolus, pid, flip, safe_timing) or your own "
+            "Python code as module:attr[:key=value,...] or file.py[:attr]. Loading your code imports and runs it: "
+            "name only code you trust (medsim then calls only policy classes, policy functions and factories "
+            "named make_policy or marked @policy_factory). Repeat to compare policies."
+        ),
+    ),
     spec_text: str = typer.Option(
         ..., "--spec", help="Safety spec: a .toml/.json file or inline 'conc<=20,conc>=5;horizon=72h;epsilon=0.05'."
     ),
