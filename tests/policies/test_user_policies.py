@@ -305,3 +305,10 @@ def test_the_readme_policy_runs(working_folder, pk_draws):
     result = rollout(PK, population, policy, bounds=(Bound("conc", 20.0),), horizon=24.0, dt=0.5, seed=0)
     assert result.policy == "my_policy"
     np.testing.assert_array_equal(result.treatment["bolus_cmt1"], 320.0)  # doses at 0 and 12 h
+
+
+def test_help_says_that_policy_runs_user_code():
+    result = CliRunner().invoke(app, ["risk", "--help"], env={"COLUMNS": "200"})
+    assert result.exit_code == 0
+    text = " ".join(result.output.replace("│", " ").split())
+    assert "Loading your code imports and runs it: name only code you trust" in text
