@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -35,6 +34,7 @@ import numpy as np
 from inference.assemble import import_arviz
 from inference.diagnostics import Diagnostics, diagnose
 from inference.priors import PriorError, PriorSpec, residual_key
+from medsim.io import atomic_write
 from medsim.models.base import PhysiologyModel
 from medsim.population.draws import PosteriorDraws
 
@@ -145,18 +145,7 @@ class Posterior:
     # ------------------------------------------------------------------ files
     def save(self, path: str | os.PathLike) -> Path:
         """Write the posterior to ``path`` (netCDF) atomically; returns the path."""
-        path = Path(path)
-        folder = path.parent if str(path.parent) else Path(".")
-        folder.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{path.name}.", suffix=".tmp")
-        os.close(fd)
-        try:
-            self.idata.to_netcdf(tmp, engine="h5netcdf")
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
-        return path
+        return atomic_write(path, lambda tmp: self.idata.to_netcdf(str(tmp), engine="h5netcdf"))
 
     @classmethod
     def load(cls, path: str | os.PathLike, model: PhysiologyModel | None = None) -> Posterior:
