@@ -16,6 +16,8 @@ them)::
     wall_time_s        sampling wall time, seconds
     created            UTC timestamp (ISO 8601)
     versions           package versions (JSON)
+    cohort_support     observed ranges of the fitted cohort (JSON, inference.cohort_support);
+                       absent in files written before it was recorded: support then unknown
 
 Files are written to a temporary name in the destination folder and renamed (atomic on POSIX);
 they are read without pickle (netCDF through h5netcdf).
@@ -32,6 +34,7 @@ from typing import Any
 import numpy as np
 
 from inference.assemble import import_arviz
+from inference.cohort_support import SUPPORT_ATTR, support_ranges
 from inference.diagnostics import Diagnostics, diagnose
 from inference.priors import PriorError, PriorSpec, residual_key
 from medsim.io import atomic_write
@@ -82,6 +85,26 @@ class Posterior:
     @property
     def n_draws(self) -> int:
         return int(self.idata.posterior.sizes["chain"] * self.idata.posterior.sizes["draw"])
+
+    # ------------------------------------------------------------------ cohort support
+    def support_record(self) -> dict[str, Any] | None:
+        """The fitted cohort's observed ranges (:func:`inference.cohort_support.cohort_support`),
+        or None for a file that does not record them."""
+        raw = self.attrs.get(SUPPORT_ATTR)
+        if raw is None:
+            return None
+        try:
+            record = json.loads(str(raw))
+            support_ranges(record)
+        except (ValueError, TypeError, AttributeError) as err:
+            raise PosteriorFormatError(f"posterior attribute {SUPPORT_ATTR!r} is not a valid record ({err})") from None
+        return record
+
+    def support(self) -> dict[str, tuple[float, float]] | None:
+        """Ranges of observables and treatments the fitted cohort covered, for the rollout's
+        out-of-support check; None (unknown) when the file does not record them."""
+        record = self.support_record()
+        return None if record is None else support_ranges(record)
 
     # ------------------------------------------------------------------ diagnostics
     def diagnostics(self) -> Diagnostics:

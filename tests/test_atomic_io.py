@@ -78,7 +78,7 @@ def test_failed_write_keeps_the_old_file_and_leaves_no_temporary(tmp_path):
         atomic_write(target, half)
     assert target.read_bytes() == b"old"
     assert [p.name for p in tmp_path.iterdir()] == ["post.nc"]
-    with pytest.raises(TypeError, match="post.nc: expected bytes"):
+    with pytest.raises(TypeError, match=r"post\.nc: expected bytes"):
         write_bytes(target, "text")
 
 

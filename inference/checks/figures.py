@@ -22,7 +22,12 @@ def save_figure(fig: Figure, path: str | os.PathLike, *, dpi: int = 130) -> Path
     Path
         ``path``; on failure no partial file is left behind.
     """
-    return atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=dpi))
+
+    def save(tmp: Path) -> None:
+        with open(tmp, "wb") as out:
+            fig.savefig(out, format="png", dpi=dpi)
+
+    return atomic_write(path, save)
 
 
 def write_check_figures(
