@@ -25,7 +25,15 @@ from collections.abc import Callable, Collection, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-__all__ = ["FolderWriteError", "atomic_folder", "atomic_write", "clean_stale", "write_bytes", "write_text"]
+__all__ = [
+    "FolderWriteError",
+    "atomic_folder",
+    "atomic_write",
+    "check_folder",
+    "clean_stale",
+    "write_bytes",
+    "write_text",
+]
 
 _SUFFIXES = ("tmp", "new", "old")
 _TEMP_ENDINGS = tuple(f".{k}" for k in _SUFFIXES)
@@ -44,7 +52,7 @@ def _pattern(name: str) -> re.Pattern[str]:
 
 
 def _alive(pid: int) -> bool:
-    if pid == os.getpid():
+    if pid == os.getpid() or os.name == "nt":  # on Windows os.kill(pid, 0) would end the process
         return True
     try:
         os.kill(pid, 0)
@@ -186,6 +194,19 @@ def _carry_over(old: Path, new: Path, owned: Collection[str] | None) -> None:
             shutil.copy2(entry, new / entry.name)
 
 
+def check_folder(path: str | os.PathLike, *, owned: Collection[str] | None = None) -> None:
+    """Raise :class:`FolderWriteError` now if :func:`atomic_folder` would refuse ``path``.
+
+    Call it before long work whose result goes to ``path``, so that a bad output folder is
+    reported before the work rather than after.
+    """
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise FolderWriteError(f"{path}: exists and is not a folder; give a folder for the output")
+    if owned is not None and path.is_dir():
+        _check_foreign(path, owned)
+
+
 @contextmanager
 def atomic_folder(path: str | os.PathLike, *, owned: Collection[str] | None = None) -> Iterator[Path]:
     """Write a folder as one unit: yields an empty temporary sibling folder to fill, then swaps it in.
@@ -213,15 +234,12 @@ def atomic_folder(path: str | os.PathLike, *, owned: Collection[str] | None = No
     """
     path = Path(os.path.abspath(path))
     parent = path.parent
-    if path.exists() and not path.is_dir():
-        raise FolderWriteError(f"{path}: exists and is not a folder; give a folder for the output")
+    check_folder(path, owned=owned)
     parent.mkdir(parents=True, exist_ok=True)
     clean_stale(parent, path.name)
     new = parent / _temp_name(path.name, "new")
     new.mkdir()
     try:
-        if owned is not None and path.exists():  # refuse early, before the caller does any work
-            _check_foreign(path, owned)
         yield new
         _carry_over(path, new, owned)
         _fsync_folder(new)

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from medsim.io import FolderWriteError, atomic_folder, atomic_write, clean_stale, write_bytes, write_text
+from medsim.io import FolderWriteError, atomic_folder, atomic_write, check_folder, clean_stale, write_bytes, write_text
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -148,6 +148,9 @@ def test_folders_that_are_not_reports_are_refused_before_any_work(tmp_path):
         with atomic_folder(home, owned=("report.json",)):
             called.append(1)
     assert called == [] and (home / "projects").is_dir()
+    with pytest.raises(FolderWriteError, match="projects"):
+        check_folder(home, owned=("report.json",))
+    check_folder(home)  # replacing it entirely (no carry-over) is the caller's explicit choice
     (tmp_path / "file").write_text("x")
     with pytest.raises(FolderWriteError, match="file: exists and is not a folder"):
         with atomic_folder(tmp_path / "file"):

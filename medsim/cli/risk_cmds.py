@@ -178,9 +178,13 @@ def summarise(report: Any, files: Any, console: Any) -> None:
 
 def finish(report: Any, results: Sequence[Any], *, out: Path, fail_on_violation: bool, console: Any) -> int:
     """Write the risk report, print its summary and return the exit status."""
+    from medsim.io import FolderWriteError
     from policies.report import write_report
 
-    files = write_report(report, out, results=results)
+    try:
+        files = write_report(report, out, results=results)
+    except FolderWriteError as err:
+        _fail(str(err))
     summarise(report, files, console)
     failed = any(p.verdict.decision == "FAIL" for p in report.policies)
     return 1 if (fail_on_violation and failed) else 0

@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from medsim.io import atomic_folder, write_bytes, write_text
+from medsim.io import atomic_folder, check_folder, write_bytes, write_text
 from policies.report.figures import report_figures
 from policies.report.html import render_html
 from policies.report.markdown import render_markdown
@@ -16,6 +16,12 @@ from policies.risk.report import RiskReport
 # What a report folder holds; other files in an existing folder (a posterior beside its report)
 # are kept, other sub-folders make the writer refuse the folder.
 REPORT_ENTRIES = ("report.json", "report.md", "report.html", "figures")
+
+
+def check_report_folder(out_dir: str | Path) -> None:
+    """Raise :class:`medsim.io.FolderWriteError` now if :func:`write_report` would refuse ``out_dir``
+    (a file, or a folder holding sub-folders that are not part of a report): call it before the work."""
+    check_folder(out_dir, owned=REPORT_ENTRIES)
 
 
 @dataclass(frozen=True)
