@@ -220,8 +220,13 @@ def epistemic_lines(p: PolicyRisk, epsilon: float) -> list[str]:
 def first_violation_line(p: PolicyRisk, time_unit: str) -> str:
     f = p.first_violation[0]
     km = f.km_quantiles
+    reasons = {v.no_interval for v in km.values()}
+    head = f"Time to first violation (any bound, Kaplan-Meier, {f.n_events} events): "
+    if len(reasons) == 1 and "" not in reasons:  # one reason for all: say it once
+        parts = [f"{k[1:]}%: {num(v.value, time_unit, inf='> horizon')}" for k, v in km.items()]
+        return head + "; ".join(parts) + f" (intervals not estimable: {reasons.pop()})."
     parts = [f"{k[1:]}%: {time_ci(v, time_unit)}" for k, v in km.items()]
-    return f"Time to first violation (any bound, Kaplan-Meier, {f.n_events} events): " + "; ".join(parts) + "."
+    return head + "; ".join(parts) + "."
 
 
 def provenance_rows(report: RiskReport) -> list[list[str]]:

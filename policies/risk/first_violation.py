@@ -122,7 +122,11 @@ def first_violation(
         lo = _first_reaching(t, f_hi, q)
         hi = _first_reaching(t, f_lo, q)
         key = f"q{round(q * 100):02d}"
-        if max(value, hi) >= undefined_from and np.isfinite(value):
+        if t.size == 0:
+            why = f"none of the {n} patients violated within the horizon, and the Kaplan-Meier band needs events"
+            km[key] = Estimate.without_interval(value, n, "kaplan-meier", why, seed, level)
+            continue
+        if np.isfinite(undefined_from) and np.isfinite(value) and max(value, hi) >= undefined_from:
             why = (
                 f"Greenwood variance undefined from t = {undefined_from:g}, where every one of the patients still "
                 f"at risk violated ({int(event.sum())} events in {n} patients)"

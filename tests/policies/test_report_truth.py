@@ -96,7 +96,12 @@ def test_kaplan_meier_quantile_with_defined_variance_keeps_its_interval():
     t = rng.uniform(0, 10, 200)
     fv = first_violation("any", t, np.full(200, 20.0), level=0.95, seed=0)
     q25 = fv.km_quantiles["q25"]  # the curve reaches 0.25 long before every patient at risk violates
-    assert q25.has_interval and q25.lower < q25.value < q25.upper
+    assert q25.has_interval and q25.lower < q25.value < q25.upper  # the band had collapsed onto the estimate
+    few = first_violation("any", np.r_[1.0, 2.0, np.full(8, np.inf)], np.full(10, 10.0), level=0.95, seed=0)
+    assert few.km_quantiles["q50"].value == np.inf and few.km_quantiles["q50"].has_interval
+    assert few.km_quantiles["q05"].has_interval and few.km_quantiles["q05"].lower == 1.0
+    none = first_violation("any", np.full(10, np.inf), np.full(10, 10.0), level=0.95, seed=0)
+    assert all("needs events" in e.no_interval for e in none.km_quantiles.values())
 
 
 def test_per_draw_quantiles_of_two_patients_per_draw_have_no_interval():
