@@ -26,6 +26,11 @@ import typer
 from medsim.cli.app import app
 
 _COLORS = {"PASS": "green", "FAIL": "red", "UNDECIDED": "yellow"}
+_SUPPORT_UNKNOWN = {
+    "posterior": "{} records no cohort support (written by an earlier medsim); refit to check it",
+    "prior": "patients are drawn from the model's priors, there is no fitted cohort to compare with",
+    "checkpoint": "the checkpoint {} records no training-data ranges",
+}
 
 
 def _fail(message: str) -> None:
@@ -72,8 +77,10 @@ def _support(posterior: Path | None) -> dict | None:
         return None
     from inference.posterior import Posterior
 
-    support = getattr(Posterior.load(posterior), "support", None)
-    return support() if callable(support) else support
+    try:
+        return Posterior.load(posterior).support()
+    except ValueError as err:
+        _fail(str(err))
 
 
 def _coverage_text(prov: Mapping[str, Any]) -> str:
@@ -171,9 +178,13 @@ def summarise(report: Any, files: Any, console: Any) -> None:
 
 def finish(report: Any, results: Sequence[Any], *, out: Path, fail_on_violation: bool, console: Any) -> int:
     """Write the risk report, print its summary and return the exit status."""
+    from medsim.io import FolderWriteError
     from policies.report import write_report
 
-    files = write_report(report, out, results=results)
+    try:
+        files = write_report(report, out, results=results)
+    except FolderWriteError as err:
+        _fail(str(err))
     summarise(report, files, console)
     failed = any(p.verdict.decision == "FAIL" for p in report.policies)
     return 1 if (fail_on_violation and failed) else 0
@@ -255,6 +266,9 @@ def risk_command(
     else:
         draws, prov = _load_draws(posterior, prior, prior_draws, seed)
         model, support = draws.model, _support(posterior)
+    if support is None:  # reported as "not checked" with this reason, never as 0 % outside
+        source = "checkpoint" if checkpoint is not None else "prior" if prior is not None else "posterior"
+        prov["support_unknown"] = _SUPPORT_UNKNOWN[source].format(posterior)
     try:
         spec = parse_spec(spec_text, model=model)
     except SpecError as err:
