@@ -8,11 +8,14 @@ and DataFrames keep their column types. Nothing here interprets the cells; that 
 
 from __future__ import annotations
 
+import csv
 import gzip
+import io
 import json
 import os
 import re
 import tempfile
+import zlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -105,6 +108,8 @@ def read_units_sidecar(path: Path) -> dict[str, str]:
         return {}
     try:
         units = json.loads(sidecar.read_text(encoding="utf-8"))
+    except OSError as err:
+        raise _fail(str(sidecar), f"cannot be read ({err.strerror or err}); expected a JSON file of units") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise _fail(str(sidecar), f'not valid JSON ({err}); expected an object such as {{"TIME": "h"}}') from None
     if not isinstance(units, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in units.items()):
@@ -112,20 +117,131 @@ def read_units_sidecar(path: Path) -> dict[str, str]:
     return units
 
 
-def _parser_problem(path: Path, err: Exception) -> CohortFormatError:
-    """A CSV parser error as a problem naming the line and quoting it."""
-    text = " ".join(str(err).split())
-    fields = re.search(r"Expected (\d+) fields in line (\d+), saw (\d+)", text)
-    if fields is None:
-        return _fail(str(path), f"cannot be parsed as CSV ({text}); expected comma-separated values")
-    expected, line, seen = (int(g) for g in fields.groups())
-    opener = gzip.open if path.name.lower().endswith(".gz") else open
-    with opener(path, "rt", encoding="utf-8-sig", errors="replace") as handle:
-        content = next((ln.rstrip("\r\n") for k, ln in enumerate(handle, start=1) if k == line), None)
-    problem = Problem(
-        line, None, content, f"this line has {seen} fields; expected {expected}, as many as the header has columns"
-    )
-    return CohortFormatError(ValidationReport(str(path), problems=(problem,)))
+#: Leading bytes of files that are not CSV text, and what to tell the user.
+_NOT_CSV = (
+    (b"PK\x03\x04", "a ZIP archive or an Excel workbook (.xlsx), not CSV text; export the sheet as 'CSV UTF-8'"),
+    (b"PAR1", "a Parquet file, not CSV text; give it a .parquet name"),
+    (b"\xff\xfe", "UTF-16 text, not UTF-8; save the table as UTF-8 CSV"),
+    (b"\xfe\xff", "UTF-16 text, not UTF-8; save the table as UTF-8 CSV"),
+)
+GZIP_MAGIC = b"\x1f\x8b"
+
+
+def _read_bytes(path: Path) -> bytes:
+    """The file's bytes, gunzipped for ``.gz`` names; a problem for anything that is not CSV text."""
+    source = str(path)
+    try:
+        data = path.read_bytes()
+    except OSError as err:
+        raise _fail(source, f"cannot be read ({err.strerror or err}); expected a readable event table file") from None
+    if path.name.lower().endswith(".gz"):
+        if not data.startswith(GZIP_MAGIC):
+            raise _fail(source, "the name ends in .gz but the file is not gzip-compressed; rename it to end in .csv")
+        try:
+            data = gzip.decompress(data)
+        except (OSError, EOFError, zlib.error) as err:
+            raise _fail(source, f"a damaged gzip file ({err}); expected a complete .csv.gz") from None
+    elif data.startswith(GZIP_MAGIC):
+        raise _fail(
+            source,
+            "the file is gzip-compressed although its name ends in .csv; rename it to end in .csv.gz "
+            "(read transparently) or decompress it (gunzip)",
+        )
+    for magic, what in _NOT_CSV:
+        if data.startswith(magic):
+            raise _fail(source, f"the file looks like {what}")
+    return data
+
+
+def _decode(data: bytes, source: str) -> str:
+    """UTF-8 text (a leading BOM dropped); a problem naming the line of the first bad byte."""
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as err:
+        line = data.count(b"\n", 0, err.start) + 1
+        column = err.start - (data.rfind(b"\n", 0, err.start) + 1) + 1
+        byte = data[err.start : err.start + 1]
+        legacy = byte.decode("cp1252", errors="replace")
+        text = data[data.rfind(b"\n", 0, err.start) + 1 :].split(b"\n", 1)[0].rstrip(b"\r")
+        problem = Problem(
+            line,
+            None,
+            text.decode("cp1252", errors="replace"),
+            f"line {line} is not UTF-8 text (byte 0x{byte.hex()} at character {column}, {legacy!r} in "
+            "Latin-1/Windows-1252); the file looks saved in a legacy encoding such as Latin-1 (ISO-8859-1) or "
+            "Windows-1252; expected UTF-8: save it as 'CSV UTF-8' or convert it, e.g. iconv -f latin1 -t utf-8",
+        )
+        raise CohortFormatError(ValidationReport(source, problems=(problem,))) from None
+
+
+def _records(text: str, source: str) -> tuple[list[list[str]], list[tuple[int, int]]]:
+    """CSV records (quotes, CRLF and embedded newlines handled) and the lines each spans."""
+    reader = csv.reader(io.StringIO(text, newline=""))
+    records: list[list[str]] = []
+    spans: list[tuple[int, int]] = []
+    previous = 0
+    try:
+        for record in reader:
+            records.append(record)
+            spans.append((previous + 1, reader.line_num))
+            previous = reader.line_num
+    except csv.Error as err:
+        raise _fail(
+            source, f"line {reader.line_num + 1} cannot be parsed as CSV ({err})", row=reader.line_num + 1
+        ) from None
+    return records, spans
+
+
+def _is_blank(record: list[str]) -> bool:
+    return all(not cell.strip() for cell in record)
+
+
+def _parse_csv(path: Path) -> tuple[tuple[str, ...], pd.DataFrame]:
+    """Header and text cells of a CSV file; every record must have as many fields as the header.
+
+    A record with fewer fields is a problem like one with more: filling the missing cells with
+    NONMEM defaults would silently move an observation to CMT 1 or drop a covariate.
+    """
+    source = str(path)
+    text = _decode(_read_bytes(path), source)
+    records, spans = _records(text, source)
+    if not records or all(_is_blank(r) for r in records):
+        raise _fail(source, "the file is empty; expected a header row (ID,TIME,DV,...) and records", row=1)
+    if _is_blank(records[0]):
+        raise _fail(source, "the first line is blank; expected the header (ID,TIME,DV,...) on line 1", row=1)
+    header = tuple(h.strip() for h in records[0])
+    width = len(header)
+    lines: list[str] | None = None
+    problems = []
+    for k, record in enumerate(records[1:], start=1):
+        if len(record) == width:
+            continue
+        if _is_blank(record):
+            records[k] = [""] * width  # a blank line: kept as a record so rows equal lines
+            continue
+        if lines is None:
+            lines = re.split(r"\r\n|\r|\n", text)
+        first, last = spans[k]
+        quoted = "\n".join(lines[first - 1 : last])
+        hint = (
+            " (a short line is not filled with defaults; write each missing value as '.')"
+            if len(record) < width
+            else ""
+        )
+        problems.append(
+            Problem(
+                k + 1,
+                None,
+                quoted,
+                f"this line has {len(record)} fields; expected {width}, as many as the header has columns{hint}",
+            )
+        )
+    if problems:
+        raise CohortFormatError(ValidationReport(source, problems=tuple(problems)))
+    frame = pd.DataFrame(records[1:], columns=range(width), dtype=object) if len(records) > 1 else None
+    if frame is None:
+        frame = pd.DataFrame({k: pd.Series([], dtype=object) for k in range(width)})
+    return header, frame
 
 
 def read_raw(table: str | os.PathLike | pd.DataFrame) -> RawTable:
@@ -138,7 +254,9 @@ def read_raw(table: str | os.PathLike | pd.DataFrame) -> RawTable:
     ValueError
         If the file name has no known table suffix.
     CohortFormatError
-        If the file cannot be parsed as a table (the problem names the line).
+        If the path is a folder or not a regular file, cannot be read, is not UTF-8 CSV text (a
+        gzip file named ``.csv``, a workbook, another encoding: the problem says which and on
+        which line), or a record has more or fewer fields than the header (each such row named).
     """
     if isinstance(table, pd.DataFrame):
         frame = table.reset_index(drop=True)
@@ -146,9 +264,13 @@ def read_raw(table: str | os.PathLike | pd.DataFrame) -> RawTable:
         frame.columns = list(header)
         return RawTable(frame, header, "<DataFrame>", "", {})
     path = Path(table)
+    if path.is_dir():
+        raise _fail(str(path), "is a folder, not a file; expected the path of an event table (.csv, .csv.gz, .parquet)")
     kind = table_format(path)
-    if not path.is_file():
+    if not path.exists():
         raise FileNotFoundError(f"event table not found: {path}")
+    if not path.is_file():
+        raise _fail(str(path), "is not a regular file (a device, pipe or socket); expected an event table file")
     source = str(path)
     if kind == "parquet":
         try:
@@ -159,28 +281,7 @@ def read_raw(table: str | os.PathLike | pd.DataFrame) -> RawTable:
         frame = frame.reset_index(drop=True)
         frame.columns = list(header)
     else:
-        try:
-            # header=None keeps duplicate header names visible; skip_blank_lines=False keeps the row
-            # numbering equal to the file's line numbers.
-            cells = pd.read_csv(
-                path,
-                header=None,
-                dtype=str,
-                na_filter=False,
-                skip_blank_lines=False,
-                encoding="utf-8-sig",
-                compression="infer",
-            )
-        except pd.errors.EmptyDataError:
-            raise _fail(
-                source, "the file is empty; expected a header row (ID,TIME,DV,...) and records", row=1
-            ) from None
-        except pd.errors.ParserError as err:
-            raise _parser_problem(path, err) from None
-        except UnicodeDecodeError as err:
-            raise _fail(source, f"not UTF-8 text ({err}); save the table as UTF-8 CSV") from None
-        header = tuple(str(h).strip() for h in cells.iloc[0])
-        frame = cells.iloc[1:].reset_index(drop=True)
+        header, frame = _parse_csv(path)
         frame.columns = list(header) if len(set(header)) == len(header) else list(range(len(header)))
     return RawTable(frame, header, source, table_stem(path), read_units_sidecar(path))
 
