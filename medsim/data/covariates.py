@@ -111,7 +111,9 @@ def select_covariates(
         missing = active & cells.missing
         infinite = active & ~cells.missing & ~cells.bad & ~np.isfinite(values)
         extreme = active & ~cells.missing & ~cells.bad & beyond_limits(values)
-        baseline = _first_per_subject(np.where(active, values, np.nan), np.where(active, subject, -1), n_subjects)
+        baseline = _first_per_subject(
+            np.where(active & ~extreme, values, np.nan), np.where(active, subject, -1), n_subjects
+        )
         first = np.append(baseline, np.nan)[subject]  # subject -1 (ignored line) -> NaN
         changes = active & ~bad & ~missing & ~infinite & ~extreme & (values != first) & np.isfinite(first)
         if name in strict:

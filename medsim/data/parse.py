@@ -90,7 +90,7 @@ def canonical_ids(series: pd.Series) -> tuple[np.ndarray, np.ndarray]:
         integral = (
             np.isfinite(cells.values)
             & (cells.values == np.round(cells.values))
-            & (np.abs(cells.values) <= MAX_NUMERIC_ID)
+            & (np.abs(cells.values) < MAX_NUMERIC_ID)
         )
     if integral.any():
         ids[integral] = pd.Series(cells.values[integral]).astype(np.int64).astype(str).to_numpy(dtype=object)

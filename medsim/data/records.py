@@ -93,7 +93,8 @@ def check_records(p: Parsed, time_unit: str = "") -> RecordKinds:
     same_block = ~starts
     t_idx = time[idx]
     t_prev = np.where(prev >= 0, time[np.maximum(prev, 0)], np.nan)
-    decreasing = same_block & (t_idx < t_prev)
+    time_ok = ok("TIME")
+    decreasing = same_block & (t_idx < t_prev) & time_ok[idx] & time_ok[np.maximum(prev, 0)]
     if decreasing.any():
         for j in np.flatnonzero(decreasing):
             i, q = idx[j], prev[j]
