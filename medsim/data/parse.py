@@ -70,8 +70,8 @@ def missing_cells(series: pd.Series) -> np.ndarray:
     return (text.isna() | text.isin(MISSING_TOKENS)).to_numpy(dtype=bool)
 
 
-#: Whole-number IDs up to this magnitude are compared as numbers; larger ones (beyond float64's
-#: exact integers, 2**53) are kept as written, so two long hospital numbers never merge.
+#: Whole-number IDs below this magnitude are compared as numbers; from 2**53 on (where float64
+#: stops representing every integer) they are kept as written, so two long hospital numbers never merge.
 MAX_NUMERIC_ID = 2.0**53
 
 
