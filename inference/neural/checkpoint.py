@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import torch
 from safetensors import SafetensorError
 from safetensors.torch import load as load_safetensors
 from safetensors.torch import save as save_safetensors
@@ -243,6 +244,15 @@ def load_checkpoint(path: str | os.PathLike, *, device: str = "cpu") -> Checkpoi
         raise CheckpointFormatError(
             f"{weights_path}: tensors do not match the configured architecture; missing {missing[:5]}, "
             f"unexpected {unexpected[:5]}, wrong shape {wrong[:5]}"
+        )
+    broken = sorted(k for k, t in tensors.items() if t.is_floating_point() and not bool(torch.isfinite(t).all()))
+    if broken:
+        # A diverged training run saves NaN weights; they would surface far away (a residual
+        # error "needs add > 0", NaN trajectories), so they are refused here, by name.
+        raise CheckpointFormatError(
+            f"{weights_path}: tensors {broken[:5]}{' ...' if len(broken) > 5 else ''} hold NaN or infinite "
+            "values; expected finite weights (the training that saved them diverged: retrain, e.g. with a "
+            "smaller learning rate)"
         )
     model.load_state_dict(tensors, strict=True)
     model.to(device).eval()

@@ -134,3 +134,17 @@ def test_calibrate_command_reports_a_wrong_type_without_traceback(saved, tmp_pat
     assert result.exit_code == 2, result.output
     assert result.exception is None or isinstance(result.exception, SystemExit)
     assert "config.latent_dim: expected an integer" in result.output
+
+
+def test_nan_weights_are_refused_by_name(config, tmp_path):
+    """Reported: NaN weights surfaced as "combined residual error needs add > 0" far from the cause."""
+    torch.manual_seed(0)
+    model = NeuralPatientModel(config)
+    with torch.no_grad():
+        model.decoder.raw_add.fill_(float("nan"))
+    path = save_checkpoint(model, tmp_path / "nan")
+    with pytest.raises(CheckpointFormatError) as err:
+        load_checkpoint(path)
+    message = str(err.value)
+    assert "decoder.raw_add" in message and "NaN or infinite" in message
+    assert "needs add" not in message
