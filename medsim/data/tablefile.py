@@ -186,9 +186,8 @@ def _records(text: str, source: str) -> tuple[list[list[str]], list[tuple[int, i
             spans.append((previous + 1, reader.line_num))
             previous = reader.line_num
     except csv.Error as err:
-        raise _fail(
-            source, f"line {reader.line_num + 1} cannot be parsed as CSV ({err})", row=reader.line_num + 1
-        ) from None
+        line = max(reader.line_num, 1)  # the reader has counted the line it failed on
+        raise _fail(source, f"line {line} cannot be parsed as CSV ({err})", row=line) from None
     return records, spans
 
 
@@ -223,17 +222,20 @@ def _parse_csv(path: Path) -> tuple[tuple[str, ...], pd.DataFrame]:
             lines = re.split(r"\r\n|\r|\n", text)
         first, last = spans[k]
         quoted = "\n".join(lines[first - 1 : last])
-        hint = (
-            " (a short line is not filled with defaults; write each missing value as '.')"
-            if len(record) < width
-            else ""
-        )
+        hint = " (a short line is not filled with defaults; write each missing value as '.')"
+        if len(record) > width:
+            hint = ""
+        if quoted.count('"') % 2:
+            hint = f" (a quote '\"' is never closed, so it swallows the rest of the file from line {first})"
+        elif last > first:
+            hint = f" (a quote '\"' opened on line {first} is closed only on line {last}, joining the lines)"
+        fields = f"{len(record)} field{'s' if len(record) != 1 else ''}"
         problems.append(
             Problem(
                 k + 1,
                 None,
                 quoted,
-                f"this line has {len(record)} fields; expected {width}, as many as the header has columns{hint}",
+                f"this line has {fields}; expected {width}, as many as the header has columns{hint}",
             )
         )
     if problems:

@@ -190,3 +190,16 @@ def test_bom_and_crlf_are_read(tmp_path):
     path.write_bytes(("\ufeff" + f"{HEADER}\r\n{DOSE}\r\n1,1,3,0,0,2\r\n").encode("utf-8"))
     cohort = read_event_table(path)
     assert cohort.subjects[0].obs_value.tolist() == [3.0]
+
+
+def test_unclosed_quote_is_named(write_text):
+    path = write_text("t.csv", f'{HEADER}\n"1,0,.,100,1,1\n1,1,3,0,0,2\n')
+    problem = one_problem(path)
+    assert problem.row == 2
+    assert "never closed" in problem.message and "line 2" in problem.message
+
+
+def test_csv_parser_errors_name_the_line(write_text):
+    path = write_text("t.csv", f"{HEADER}\n{DOSE}\n1,1,{'9' * 200_000},0,0,2\n")
+    problem = one_problem(path)
+    assert problem.row == 3 and "line 3 cannot be parsed as CSV" in problem.message
