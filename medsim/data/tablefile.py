@@ -8,14 +8,9 @@ and DataFrames keep their column types. Nothing here interprets the cells; that 
 
 from __future__ import annotations
 
-import csv
-import gzip
-import io
 import json
 import os
-import re
 import tempfile
-import zlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from medsim.data.csvtext import parse_csv
 from medsim.data.report import CohortFormatError, Problem, ValidationReport
 
 CSV_SUFFIXES = (".csv", ".csv.gz")
@@ -117,135 +113,6 @@ def read_units_sidecar(path: Path) -> dict[str, str]:
     return units
 
 
-#: Leading bytes of files that are not CSV text, and what to tell the user.
-_NOT_CSV = (
-    (b"PK\x03\x04", "a ZIP archive or an Excel workbook (.xlsx), not CSV text; export the sheet as 'CSV UTF-8'"),
-    (b"PAR1", "a Parquet file, not CSV text; give it a .parquet name"),
-    (b"\xff\xfe", "UTF-16 text, not UTF-8; save the table as UTF-8 CSV"),
-    (b"\xfe\xff", "UTF-16 text, not UTF-8; save the table as UTF-8 CSV"),
-)
-GZIP_MAGIC = b"\x1f\x8b"
-
-
-def _read_bytes(path: Path) -> bytes:
-    """The file's bytes, gunzipped for ``.gz`` names; a problem for anything that is not CSV text."""
-    source = str(path)
-    try:
-        data = path.read_bytes()
-    except OSError as err:
-        raise _fail(source, f"cannot be read ({err.strerror or err}); expected a readable event table file") from None
-    if path.name.lower().endswith(".gz"):
-        if not data.startswith(GZIP_MAGIC):
-            raise _fail(source, "the name ends in .gz but the file is not gzip-compressed; rename it to end in .csv")
-        try:
-            data = gzip.decompress(data)
-        except (OSError, EOFError, zlib.error) as err:
-            raise _fail(source, f"a damaged gzip file ({err}); expected a complete .csv.gz") from None
-    elif data.startswith(GZIP_MAGIC):
-        raise _fail(
-            source,
-            "the file is gzip-compressed although its name ends in .csv; rename it to end in .csv.gz "
-            "(read transparently) or decompress it (gunzip)",
-        )
-    for magic, what in _NOT_CSV:
-        if data.startswith(magic):
-            raise _fail(source, f"the file looks like {what}")
-    return data
-
-
-def _decode(data: bytes, source: str) -> str:
-    """UTF-8 text (a leading BOM dropped); a problem naming the line of the first bad byte."""
-    try:
-        return data.decode("utf-8-sig")
-    except UnicodeDecodeError as err:
-        line = data.count(b"\n", 0, err.start) + 1
-        column = err.start - (data.rfind(b"\n", 0, err.start) + 1) + 1
-        byte = data[err.start : err.start + 1]
-        legacy = byte.decode("cp1252", errors="replace")
-        text = data[data.rfind(b"\n", 0, err.start) + 1 :].split(b"\n", 1)[0].rstrip(b"\r")
-        problem = Problem(
-            line,
-            None,
-            text.decode("cp1252", errors="replace"),
-            f"line {line} is not UTF-8 text (byte 0x{byte.hex()} at character {column}, {legacy!r} in "
-            "Latin-1/Windows-1252); the file looks saved in a legacy encoding such as Latin-1 (ISO-8859-1) or "
-            "Windows-1252; expected UTF-8: save it as 'CSV UTF-8' or convert it, e.g. iconv -f latin1 -t utf-8",
-        )
-        raise CohortFormatError(ValidationReport(source, problems=(problem,))) from None
-
-
-def _records(text: str, source: str) -> tuple[list[list[str]], list[tuple[int, int]]]:
-    """CSV records (quotes, CRLF and embedded newlines handled) and the lines each spans."""
-    reader = csv.reader(io.StringIO(text, newline=""))
-    records: list[list[str]] = []
-    spans: list[tuple[int, int]] = []
-    previous = 0
-    try:
-        for record in reader:
-            records.append(record)
-            spans.append((previous + 1, reader.line_num))
-            previous = reader.line_num
-    except csv.Error as err:
-        line = max(reader.line_num, 1)  # the reader has counted the line it failed on
-        raise _fail(source, f"line {line} cannot be parsed as CSV ({err})", row=line) from None
-    return records, spans
-
-
-def _is_blank(record: list[str]) -> bool:
-    return all(not cell.strip() for cell in record)
-
-
-def _parse_csv(path: Path) -> tuple[tuple[str, ...], pd.DataFrame]:
-    """Header and text cells of a CSV file; every record must have as many fields as the header.
-
-    A record with fewer fields is a problem like one with more: filling the missing cells with
-    NONMEM defaults would silently move an observation to CMT 1 or drop a covariate.
-    """
-    source = str(path)
-    text = _decode(_read_bytes(path), source)
-    records, spans = _records(text, source)
-    if not records or all(_is_blank(r) for r in records):
-        raise _fail(source, "the file is empty; expected a header row (ID,TIME,DV,...) and records", row=1)
-    if _is_blank(records[0]):
-        raise _fail(source, "the first line is blank; expected the header (ID,TIME,DV,...) on line 1", row=1)
-    header = tuple(h.strip() for h in records[0])
-    width = len(header)
-    lines: list[str] | None = None
-    problems = []
-    for k, record in enumerate(records[1:], start=1):
-        if len(record) == width:
-            continue
-        if _is_blank(record):
-            records[k] = [""] * width  # a blank line: kept as a record so rows equal lines
-            continue
-        if lines is None:
-            lines = re.split(r"\r\n|\r|\n", text)
-        first, last = spans[k]
-        quoted = "\n".join(lines[first - 1 : last])
-        hint = " (a short line is not filled with defaults; write each missing value as '.')"
-        if len(record) > width:
-            hint = ""
-        if quoted.count('"') % 2:
-            hint = f" (a quote '\"' is never closed, so it swallows the rest of the file from line {first})"
-        elif last > first:
-            hint = f" (a quote '\"' opened on line {first} is closed only on line {last}, joining the lines)"
-        fields = f"{len(record)} field{'s' if len(record) != 1 else ''}"
-        problems.append(
-            Problem(
-                k + 1,
-                None,
-                quoted,
-                f"this line has {fields}; expected {width}, as many as the header has columns{hint}",
-            )
-        )
-    if problems:
-        raise CohortFormatError(ValidationReport(source, problems=tuple(problems)))
-    frame = pd.DataFrame(records[1:], columns=range(width), dtype=object) if len(records) > 1 else None
-    if frame is None:
-        frame = pd.DataFrame({k: pd.Series([], dtype=object) for k in range(width)})
-    return header, frame
-
-
 def read_raw(table: str | os.PathLike | pd.DataFrame) -> RawTable:
     """Read a CSV (``.csv``, ``.csv.gz``), a Parquet file or a DataFrame without interpreting it.
 
@@ -283,7 +150,7 @@ def read_raw(table: str | os.PathLike | pd.DataFrame) -> RawTable:
         frame = frame.reset_index(drop=True)
         frame.columns = list(header)
     else:
-        header, frame = _parse_csv(path)
+        header, frame = parse_csv(path)
         frame.columns = list(header) if len(set(header)) == len(header) else list(range(len(header)))
     return RawTable(frame, header, source, table_stem(path), read_units_sidecar(path))
 

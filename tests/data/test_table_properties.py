@@ -183,3 +183,25 @@ def test_any_dataframe_gets_a_report_or_a_typed_error(columns):
             return
     assert report.ok, report.format()
     assert_usable(cohort)
+
+
+@settings(max_examples=100, deadline=None)
+@given(data=csv_tables() | nearly_valid_tables())
+def test_fast_and_quote_aware_parsers_agree_on_quote_free_text(data: bytes):
+    """Quote-free files take pandas' C parser; the csv module must read the same cells."""
+    from medsim.data.csvtext import _quoted_records, parse_csv
+
+    text = data.decode("utf-8-sig", errors="replace")
+    if '"' in text or "\x00" in text:
+        return
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "t.csv"
+        path.write_text(text, encoding="utf-8")
+        try:
+            header, frame = parse_csv(path)
+        except CohortFormatError:
+            return
+    records, _ = _quoted_records(text, "t.csv")
+    assert header == tuple(h.strip() for h in records[0])
+    expected = [r if any(c.strip() for c in r) else [""] * len(header) for r in records[1:]]
+    assert frame.to_numpy().tolist() == expected
