@@ -210,3 +210,27 @@ def test_huge_unquoted_number_is_not_finite(write_text):
     path = write_text("t.csv", f"{HEADER}\n{DOSE}\n1,1,{'9' * 400},0,0,2\n")
     problem = one_problem(path)
     assert (problem.row, problem.column) == (3, "DV") and "not finite" in problem.message
+
+
+def _cohort(ids):
+    from medsim.data import Cohort
+
+    n = len(ids)
+    return Cohort.from_arrays(ids, obs_time=[[1.0]] * n, obs_value=[[3.0]] * n, obs_cmt=2)
+
+
+def test_writer_refuses_ids_that_would_read_back_as_one_subject(tmp_path):
+    from medsim.data import write_event_table
+
+    with pytest.raises(ValueError, match="'1' and '01' are the same number"):
+        write_event_table(_cohort(["1", "01"]), tmp_path / "t.csv")
+    assert not (tmp_path / "t.csv").exists()
+
+
+def test_long_numeric_ids_round_trip_exactly(tmp_path):
+    """Such IDs used to pass through int64 when written (1e20 overflows it)."""
+    from medsim.data import write_event_table
+
+    ids = ["99999999999999999999", str(2**53 + 1), "7"]
+    path = write_event_table(_cohort(ids), tmp_path / "t.csv")
+    assert read_event_table(path).ids == tuple(ids)
