@@ -9,6 +9,7 @@ is wrong.
 from __future__ import annotations
 
 import gzip
+import json
 from pathlib import Path
 
 import numpy as np
@@ -234,3 +235,27 @@ def test_long_numeric_ids_round_trip_exactly(tmp_path):
     ids = ["99999999999999999999", str(2**53 + 1), "7"]
     path = write_event_table(_cohort(ids), tmp_path / "t.csv")
     assert read_event_table(path).ids == tuple(ids)
+
+
+@pytest.mark.parametrize(
+    ("make", "fragment"),
+    [
+        (lambda p: p.write_text(f"{HEADER}\n{DOSE}\n1,1,1e308,0,0,2\n"), "outside the range medsim computes with"),
+        (lambda p: p.write_text(f"{HEADER}\n{DOSE}\n1,1,3,0,0\n"), "this line has 5 fields; expected 6"),
+        (lambda p: p.mkdir(), "is a folder"),
+        (lambda p: p.write_bytes(gzip.compress(f"{HEADER}\n{DOSE}\n".encode())), "gzip-compressed"),
+        (lambda p: p.write_bytes(f"{HEADER},S\n{DOSE},é\n".encode("latin-1")), "line 2 is not UTF-8"),
+    ],
+)
+def test_validate_command_answers_hostile_tables_without_traceback(tmp_path, make, fragment):
+    from typer.testing import CliRunner
+
+    from medsim.cli import app
+
+    path = tmp_path / "t.csv"
+    make(path)
+    result = CliRunner().invoke(app, ["validate", str(path), "--json"])
+    assert result.exit_code == 1, result.output
+    assert isinstance(result.exception, SystemExit)
+    report = json.loads(result.output)
+    assert not report["ok"] and fragment in report["problems"][0]["message"]
