@@ -17,6 +17,9 @@ from collections.abc import Callable, Mapping
 from dataclasses import MISSING, fields
 from typing import Any
 
+#: Largest magnitude of a number in a configuration (a float32 network computes with them).
+MAX_NUMBER = 1e30
+
 _JSON_KIND = {bool: "true/false", int: "integer", float: "number", str: "text", list: "array", dict: "object"}
 
 
@@ -42,7 +45,10 @@ def _integer(value: Any) -> bool:
 
 
 def _finite(value: Any) -> bool:
-    return _is_number(value) and math.isfinite(value)
+    try:
+        return _is_number(value) and math.isfinite(value) and abs(value) <= MAX_NUMBER
+    except OverflowError:  # an integer beyond float range
+        return False
 
 
 def _boolean(value: Any) -> bool:
@@ -62,7 +68,7 @@ CHECKS: Mapping[str, tuple[Callable[[Any], bool], str]] = {
     "str": (_text, "text"),
     "Interpolation": (_text, "text"),
     "int": (_integer, "an integer"),
-    "float": (_finite, "a finite number"),
+    "float": (_finite, f"a finite number of magnitude at most {MAX_NUMBER:g}"),
     "bool": (_boolean, "true or false"),
     "tuple[int, ...]": (_integers, "an array of integers"),
     "Mapping[str, Any]": (_object, "an object"),
