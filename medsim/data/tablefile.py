@@ -1,8 +1,9 @@
 """Reading an event table's cells as they are, and writing files atomically.
 
 Reading keeps every CSV cell as text (so a message can quote exactly what the user wrote) and
-keeps blank lines as records (so row numbers equal the lines an editor shows). Parquet files
-and DataFrames keep their column types. Nothing here interprets the cells; that is
+keeps blank lines as records (so row numbers equal the lines an editor shows); how bytes become
+CSV cells, and what is refused on the way, is :mod:`medsim.data.csvtext`. Parquet files and
+DataFrames keep their column types. Nothing here interprets the cells; that is
 :mod:`medsim.data.validate`'s job.
 """
 
