@@ -19,6 +19,9 @@ Limits
 * CMT is a whole number from 1 to :data:`MAX_CMT` (compartment numbers index model states).
 * ADDL is a whole number from 0 to :data:`MAX_ADDL` (each additional dose becomes a record in
   memory; a year of five-minute insulin pulses is ~105,000).
+* A :class:`~medsim.data.Subject` built in Python refuses magnitudes above
+  :data:`MAX_MAGNITUDE` too (the lower limit applies to tables only: a simulated float32
+  value may legitimately be subnormal).
 * Signs are checked by the record rules (:mod:`medsim.data.records`): TIME >= 0, AMT > 0 on
   doses, RATE, DUR and II >= 0. DV may be negative (a change from baseline).
 """

@@ -259,3 +259,13 @@ def test_validate_command_answers_hostile_tables_without_traceback(tmp_path, mak
     assert isinstance(result.exception, SystemExit)
     report = json.loads(result.output)
     assert not report["ok"] and fragment in report["problems"][0]["message"]
+
+
+@pytest.mark.parametrize("field", ["obs_value", "obs_time", "dose_amount"])
+def test_subjects_built_in_python_refuse_values_beyond_float32_range(field):
+    from medsim.data import Subject
+
+    arrays = {"obs_time": [1.0], "obs_value": [3.0], "obs_cmt": [2], "dose_time": [0.0], "dose_amount": [100.0]}
+    arrays[field] = [1e308]
+    with pytest.raises(ValueError, match=rf"{field} contains 1e\+308; expected magnitudes at most 1e\+15"):
+        Subject("1", **arrays, dose_cmt=[1], dose_rate=[0.0])
