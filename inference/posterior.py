@@ -189,6 +189,8 @@ class Posterior:
             or variable, or a model that does not match.
         """
         path = Path(path)
+        if path.is_dir():
+            raise PosteriorFormatError(f"{path}: is a folder; expected a posterior file (netCDF) written by medsim fit")
         if not path.is_file():
             raise FileNotFoundError(f"posterior file {str(path)!r} does not exist")
         az = import_arviz()

@@ -106,10 +106,11 @@ class ResidualError:
     def __post_init__(self) -> None:
         if self.kind not in ("additive", "proportional", "combined"):
             raise ValueError(f"unknown residual error kind {self.kind!r}")
-        if self.kind in ("additive", "combined") and not self.add > 0:
-            raise ValueError(f"{self.kind} residual error needs add > 0")
-        if self.kind in ("proportional", "combined") and not self.prop > 0:
-            raise ValueError(f"{self.kind} residual error needs prop > 0")
+        for name, needed in (("add", ("additive", "combined")), ("prop", ("proportional", "combined"))):
+            value = getattr(self, name)
+            if self.kind in needed and not (math.isfinite(value) and value > 0):
+                what = "not a number" if math.isnan(value) else "infinite" if math.isinf(value) else "not positive"
+                raise ValueError(f"{self.kind} residual error needs {name} > 0, got {name} = {value} ({what})")
 
     def sd(self, prediction: Array, add: Array | float | None = None, prop: Array | float | None = None) -> Array:
         """Residual SD at ``prediction``; ``add``/``prop`` override the defaults (e.g. posterior draws)."""
