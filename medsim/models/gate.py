@@ -18,7 +18,8 @@ The rule (thresholds below; ``docs/calibration.md`` explains them):
   held-out measurements at most 0.8. A ratio of 1 is the interval anyone gets from the
   cohort's spread alone (no skill); an interval wide enough to cover everything fails here
   even though its coverage is high.
-* **CRPS skill** over the cohort's own held-out distribution (climatology) above 0.
+* **CRPS skill** over the cohort's own held-out distribution (climatology) above 0. Sharpness
+  and CRPS skill need at least 20 held-out points (else *not checked*).
 * **events** (leaving the safe range in the held-out window): Brier skill over the constant
   forecast at the cohort's event rate above 0, checked only when at least two subjects had
   an event and two had none.
@@ -49,6 +50,9 @@ MAX_BINOMIAL_TOLERANCE = 0.15
 cannot tell a calibrated model from one covering 75 %: the criterion is *not checked*."""
 RELATIVE_WIDTH_LIMIT = 0.8
 """Largest mean 90 % width as a share of the held-out measurements' 5–95 % range (1: no skill)."""
+MIN_SPREAD_POINTS = 20
+"""Held-out points needed to judge sharpness and CRPS skill: with fewer, the empirical 5 % and
+95 % quantiles of the held-out measurements are (interpolated) extremes, not a spread."""
 MIN_EVENT_CLASS = 2
 """Subjects with and without an event needed before event forecasts are judged."""
 JUDGED_LEVELS = (0.9, 0.5)
@@ -215,8 +219,11 @@ def _coverage(figures: Mapping[str, float | None], level: float, n: int, floor: 
     return Criterion(name, value, lo, hi, "passed" if ok else "failed", why)
 
 
-def _width(figures: Mapping[str, float | None], unit: str) -> Criterion:
+def _width(figures: Mapping[str, float | None], unit: str, n: int) -> Criterion:
     ratio, width, spread = (figures.get(k) for k in ("relative_width_0.9", "width_0.9", "spread_5_95"))
+    if ratio is not None and n < MIN_SPREAD_POINTS:
+        why = f"{n} held-out points are too few for a 5-95% range (need {MIN_SPREAD_POINTS}): sharpness not judged"
+        return Criterion("relative_width_0.9", ratio, None, RELATIVE_WIDTH_LIMIT, "not_checked", why)
     if ratio is None or not math.isfinite(ratio):
         why = "sharpness not measured"
         return Criterion("relative_width_0.9", None, None, RELATIVE_WIDTH_LIMIT, "not_checked", why)
@@ -278,8 +285,14 @@ def judge(
     criteria = (
         _coverage(figures, 0.9, n_points, coverage_floor),
         _coverage(figures, 0.5, n_points, None),
-        _width(figures, unit),
-        _skill(figures, "crps_skill", "CRPS skill over the cohort's held-out distribution", True, ""),
+        _width(figures, unit, n_points),
+        _skill(
+            figures,
+            "crps_skill",
+            "CRPS skill over the cohort's held-out distribution",
+            n_points >= MIN_SPREAD_POINTS,
+            f"{n_points} held-out points are too few for a climatological reference (need {MIN_SPREAD_POINTS})",
+        ),
         _skill(figures, "brier_skill", "Brier skill over the constant forecast", enough, events_short),
     )
     if coverage_floor is not None:
