@@ -64,5 +64,6 @@ def test_forcing_keeps_the_verdict_and_records_it(rollout):
 def test_an_unchecked_model_says_so_first(rollout):
     rep = risk_report([rollout], SPEC, provenance={"calibration": CalibrationGate.unchecked("no check stored")})
     p = rep.policies[0]
-    assert p.verdict.decision == "PASS" and p.verdict.statement.endswith("(model calibration not checked on held-out data)")
+    assert p.verdict.decision == "PASS"
+    assert p.verdict.statement.endswith("(model calibration not checked on held-out data)")
     assert rep.warnings[0].startswith("CALIBRATION NOT CHECKED")
