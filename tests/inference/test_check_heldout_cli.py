@@ -102,3 +102,16 @@ def test_check_refuses_foreign_data_and_compare_ranks_fits(files, tmp_path):
     scores = {m["heldout_log_score"] for m in compared["models"].values()}
     assert len(scores) == 1  # the same fit, the same seed: the same held-out log score
     assert runner.invoke(app, ["check", str(a), str(b)]).exit_code == 2  # two files need --compare
+
+
+@pytest.mark.slow
+def test_refit_settings_reproduce_the_recorded_fit(files):
+    import inspect
+
+    from medsim.cli.check_cmds import refit_settings
+
+    posterior = Posterior.load(files["posterior"])
+    settings = refit_settings(posterior)
+    assert settings["method"] == "svi" and settings["svi_steps"] == 200 and settings["draws"] == 60
+    assert settings["seed"] == 1 and settings["centered"] == "auto" and settings["process_noise"] is True
+    inspect.signature(fit).bind(None, None, **settings)  # every key is an argument of inference.fit
