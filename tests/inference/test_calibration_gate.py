@@ -162,3 +162,18 @@ def test_heldout_check_passes_the_truth_and_fails_wrong_noise(truth):
     wide = check(3.0)  # six times the truth's noise: covers everything, tells nothing
     assert wide.status == "failed" and _status(wide)["relative_width_0.9"] == "failed"
     assert wide.figure("coverage_0.9") > 0.98
+
+
+def test_the_neural_gate_is_the_same_rule_with_a_floor():
+    from medsim.models.neural.gate import MiscalibratedModelError, gate_of, gate_summary, require_calibrated
+
+    record = {"coverage": {"0.9": 0.93, "0.5": 0.55}, "width": {"0.9": 12.0}, "n_predictions": 100, "n_subjects": 5}
+    assert gate_of(record).status == "passed" and gate_summary(record)["calibration_passed"] is True
+    # the same record with the sharpness figures calibrate() now stores: too wide to be useful
+    wide = {**record, "sharpness": {"relative_width_0.9": 1.2, "spread_5_95": 10.0, "crps_skill": 0.1}}
+    gate = gate_of(wide)
+    assert gate.status == "failed" and _status(gate)["relative_width_0.9"] == "failed"
+    with pytest.raises(MiscalibratedModelError, match="failed its calibration gate: MISCALIBRATED"):
+        require_calibrated(wide)
+    assert require_calibrated(wide, force=True) == wide
+    assert gate_of({}).status == "not_checked"

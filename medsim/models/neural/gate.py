@@ -57,9 +57,9 @@ def gate_of(model: Any, *, floor: float = DEFAULT_FLOOR) -> CalibrationGate:
     for name in ("coverage", "width"):
         for level, value in (record.get(name) or {}).items():
             figures[f"{name}_{float(level):g}"] = None if value is None else float(value)
-    for key, value in record.items():
-        if isinstance(value, int | float) and not isinstance(value, bool) and key not in ("seed", "samples"):
-            figures.setdefault(key, float(value))
+    for key, value in (record.get("sharpness") or {}).items():
+        figures[key] = None if value is None else float(value)
+    figures["rmse"] = record.get("rmse")
     return judge(
         figures,
         n_points=int(record.get("n_predictions") or 0),
