@@ -16,6 +16,8 @@ them)::
     wall_time_s        sampling wall time, seconds
     created            UTC timestamp (ISO 8601)
     versions           package versions (JSON)
+    cohort_support     observed ranges of the fitted cohort (JSON, inference.cohort_support);
+                       absent in files written before it was recorded: support then unknown
     calibration        held-out calibration gate (JSON of medsim.models.gate.CalibrationGate),
                        written by ``medsim check --heldout``; absent: never checked
 
@@ -27,7 +29,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -35,8 +36,10 @@ from typing import Any
 import numpy as np
 
 from inference.assemble import import_arviz
+from inference.cohort_support import SUPPORT_ATTR, support_ranges
 from inference.diagnostics import Diagnostics, diagnose
 from inference.priors import PriorError, PriorSpec, residual_key
+from medsim.io import atomic_write
 from medsim.models.base import PhysiologyModel
 from medsim.models.gate import CalibrationGate
 from medsim.population.draws import PosteriorDraws
@@ -87,6 +90,26 @@ class Posterior:
     def n_draws(self) -> int:
         return int(self.idata.posterior.sizes["chain"] * self.idata.posterior.sizes["draw"])
 
+    # ------------------------------------------------------------------ cohort support
+    def support_record(self) -> dict[str, Any] | None:
+        """The fitted cohort's observed ranges (:func:`inference.cohort_support.cohort_support`),
+        or None for a file that does not record them."""
+        raw = self.attrs.get(SUPPORT_ATTR)
+        if raw is None:
+            return None
+        try:
+            record = json.loads(str(raw))
+            support_ranges(record)
+        except (ValueError, TypeError, AttributeError) as err:
+            raise PosteriorFormatError(f"posterior attribute {SUPPORT_ATTR!r} is not a valid record ({err})") from None
+        return record
+
+    def support(self) -> dict[str, tuple[float, float]] | None:
+        """Ranges of observables and treatments the fitted cohort covered, for the rollout's
+        out-of-support check; None (unknown) when the file does not record them."""
+        record = self.support_record()
+        return None if record is None else support_ranges(record)
+
     # ------------------------------------------------------------------ diagnostics
     def diagnostics(self) -> Diagnostics:
         """Convergence diagnostics (recomputed from the draws; see :mod:`inference.diagnostics`)."""
@@ -111,7 +134,7 @@ class Posterior:
             raise PosteriorFormatError(f"attribute {CALIBRATION_ATTR!r}: {err}") from None
 
     def with_calibration(self, gate: CalibrationGate) -> Posterior:
-        """A copy whose ``calibration`` attribute holds ``gate`` (the draws are shared, not copied)."""
+        """A copy of this posterior whose ``calibration`` attribute holds ``gate``."""
         idata = self.idata.copy()
         idata.posterior.attrs = {**dict(self.idata.posterior.attrs), CALIBRATION_ATTR: gate.to_json()}
         return Posterior(idata=idata, model=self.model)
@@ -172,18 +195,7 @@ class Posterior:
     # ------------------------------------------------------------------ files
     def save(self, path: str | os.PathLike) -> Path:
         """Write the posterior to ``path`` (netCDF) atomically; returns the path."""
-        path = Path(path)
-        folder = path.parent if str(path.parent) else Path(".")
-        folder.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{path.name}.", suffix=".tmp")
-        os.close(fd)
-        try:
-            self.idata.to_netcdf(tmp, engine="h5netcdf")
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
-        return path
+        return atomic_write(path, lambda tmp: self.idata.to_netcdf(str(tmp), engine="h5netcdf"))
 
     @classmethod
     def load(cls, path: str | os.PathLike, model: PhysiologyModel | None = None) -> Posterior:

@@ -298,7 +298,8 @@ def _assemble(
         obs_max=stackd("obs_max"),
         treatment=treatment,
         efficacy=efficacy,
-        out_of_support=stack("out_of_support", 0.0),
+        # without support ranges nothing was checked: None (unknown), never 0 (inside)
+        out_of_support=stack("out_of_support", 0.0) if setup.support else None,
         path_time=path_time,
         path=path,
         seed=setup.seed,

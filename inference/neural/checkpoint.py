@@ -20,7 +20,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +29,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load as load_safetensors
 from safetensors.torch import save as save_safetensors
 
+from medsim.io import atomic_write
 from medsim.models.neural.config import NeuralConfig, NeuralConfigError
 from medsim.models.neural.model import NeuralPatientModel
 
@@ -64,18 +64,11 @@ def checkpoint_paths(path: str | os.PathLike) -> tuple[Path, Path]:
 
 
 def _atomic_write(path: Path, write: Callable[[Any], None], mode: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, mode) as handle:
+    def fill(tmp: Path) -> None:
+        with open(tmp, mode, **({} if "b" in mode else {"encoding": "utf-8"})) as handle:
             write(handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+
+    atomic_write(path, fill)
 
 
 def _record(config: NeuralConfig, provenance: Mapping[str, Any], weights: Path, digest: str) -> dict[str, Any]:

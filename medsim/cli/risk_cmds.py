@@ -30,6 +30,11 @@ import typer
 from medsim.cli.app import app
 
 _COLORS = {"PASS": "green", "FAIL": "red", "UNDECIDED": "yellow"}
+_SUPPORT_UNKNOWN = {
+    "posterior": "{} records no cohort support (written by an earlier medsim); refit to check it",
+    "prior": "patients are drawn from the model's priors, there is no fitted cohort to compare with",
+    "checkpoint": "the checkpoint {} records no training-data ranges",
+}
 
 
 def _fail(message: str) -> None:
@@ -80,8 +85,10 @@ def _support(posterior: Path | None) -> dict | None:
         return None
     from inference.posterior import Posterior
 
-    support = getattr(Posterior.load(posterior), "support", None)
-    return support() if callable(support) else support
+    try:
+        return Posterior.load(posterior).support()
+    except ValueError as err:
+        _fail(str(err))
 
 
 def _coverage_text(prov: Mapping[str, Any]) -> str:
@@ -179,9 +186,13 @@ def summarise(report: Any, files: Any, console: Any) -> None:
 
 def finish(report: Any, results: Sequence[Any], *, out: Path, fail_on_violation: bool, console: Any) -> int:
     """Write the risk report, print its summary and return the exit status."""
+    from medsim.io import FolderWriteError
     from policies.report import write_report
 
-    files = write_report(report, out, results=results)
+    try:
+        files = write_report(report, out, results=results)
+    except FolderWriteError as err:
+        _fail(str(err))
     summarise(report, files, console)
     failed = any(p.verdict.decision == "FAIL" for p in report.policies)
     return 1 if (fail_on_violation and failed) else 0
@@ -192,7 +203,16 @@ def risk_command(
     posterior: Path = typer.Argument(
         None, help="Posterior file (netCDF) written by `medsim fit`, or a neural checkpoint (NAME.json)."
     ),
-    policy: list[str] = typer.Option(..., "--policy", help="Policy NAME[:params]; repeat to compare policies."),
+    policy: list[str] = typer.Option(
+        ...,
+        "--policy",
+        help=(
+            "Policy: a built-in NAME[:key=value,...] (fixed, tdm, basal_bolus, pid, flip, safe_timing) or your own "
+            "Python code as module:attr[:key=value,...] or file.py[:attr]. Loading your code imports and runs it: "
+            "name only code you trust (medsim then calls only policy classes, policy functions and factories "
+            "named make_policy or marked @policy_factory). Repeat to compare policies."
+        ),
+    ),
     spec_text: str = typer.Option(
         ..., "--spec", help="Safety spec: a .toml/.json file or inline 'conc<=20,conc>=5;horizon=72h;epsilon=0.05'."
     ),
@@ -258,6 +278,9 @@ def risk_command(
     else:
         draws, prov = _load_draws(posterior, prior, prior_draws, seed)
         model, support = draws.model, _support(posterior)
+    if support is None:  # reported as "not checked" with this reason, never as 0 % outside
+        source = "checkpoint" if checkpoint is not None else "prior" if prior is not None else "posterior"
+        prov["support_unknown"] = _SUPPORT_UNKNOWN[source].format(posterior)
     try:
         spec = parse_spec(spec_text, model=model)
     except SpecError as err:

@@ -113,14 +113,12 @@ def _write_fan_chart(path: Path, time_h, values, bounds, observable: str, unit: 
     ax.set_title(f"{n} virtual patients from the prior")
     ax.legend(loc="upper right", fontsize=8)
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}.png")
+    from medsim.io import atomic_write
+
     try:
-        fig.savefig(tmp, dpi=120)
-        os.replace(tmp, path)
+        atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=120, format="png"))
     finally:
         plt.close(fig)
-        tmp.unlink(missing_ok=True)
 
 
 @app.command("simulate")

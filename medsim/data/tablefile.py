@@ -12,8 +12,7 @@ import gzip
 import json
 import os
 import re
-import tempfile
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,6 +20,7 @@ import numpy as np
 import pandas as pd
 
 from medsim.data.report import CohortFormatError, Problem, ValidationReport
+from medsim.io import atomic_write  # noqa: F401  (re-exported for the table writers)
 
 CSV_SUFFIXES = (".csv", ".csv.gz")
 PARQUET_SUFFIXES = (".parquet", ".pq")
@@ -188,21 +188,3 @@ def read_raw(table: str | os.PathLike | pd.DataFrame) -> RawTable:
 def column_cells(raw: RawTable, position: int) -> pd.Series:
     """The cells of the column at ``position`` (robust to duplicate header names)."""
     return raw.frame.iloc[:, position]
-
-
-def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
-    """Call ``write(tmp)`` on a temporary file in ``path``'s folder, then rename it to ``path``.
-
-    A reader never sees a half-written file: the rename is atomic on POSIX and Windows file
-    systems (``os.replace``). The temporary file is removed if ``write`` fails.
-    """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    tmp = Path(tmp_name)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise

@@ -36,7 +36,7 @@ def every_hour(obs, *, rng):
     return Option(interval=np.ones(obs.n))
 
 
-def make(dose="3"):
+def make(dose="3") -> Doubling:  # the annotation marks it as a policy factory
     return Doubling(dose=float(dose))
 
 
@@ -107,7 +107,7 @@ def test_user_policies_from_a_file(user_file):
     made = parse_policy(f"{user_file}:make:dose=4")
     assert made.dose == 4.0
     fn = parse_policy(f"{user_file}:every_hour")
-    assert isinstance(fn, FunctionPolicy)
+    assert isinstance(fn.policy, FunctionPolicy)
     _, option = fn.act(fn.init(2, seed=0), _obs(2), rng=np.random.default_rng(0))
     np.testing.assert_array_equal(option.interval, [1.0, 1.0])
 
