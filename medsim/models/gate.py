@@ -55,9 +55,9 @@ MIN_SPREAD_POINTS = 20
 95 % quantiles of the held-out measurements are (interpolated) extremes, not a spread."""
 MIN_EVENT_CLASS = 2
 """Subjects with and without an event needed before event forecasts are judged."""
-JUDGED_LEVELS = (0.9, 0.5)
 HEADLINES = {"passed": "CALIBRATED", "failed": "MISCALIBRATED", "not_checked": "CALIBRATION NOT CHECKED"}
 LEVELS = (0.5, 0.8, 0.9, 0.95)
+"""Central interval levels whose coverage and width the held-out check reports (0.9 and 0.5 are judged)."""
 
 
 @dataclass(frozen=True)
