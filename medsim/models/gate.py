@@ -34,9 +34,8 @@ import json
 import math
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, fields, replace
+from statistics import NormalDist
 from typing import Any, Literal
-
-from scipy import stats
 
 GateStatus = Literal["passed", "failed", "not_checked"]
 
@@ -191,7 +190,7 @@ def _finite(value: Any) -> Any:
 
 def coverage_tolerance(level: float, n: int, design_effect: float = 1.0) -> tuple[float, float]:
     """(binomial half-width, tolerance) of the coverage of ``n`` held-out points at ``level``."""
-    z = float(stats.norm.ppf(0.5 + CONFIDENCE / 2))
+    z = NormalDist().inv_cdf(0.5 + CONFIDENCE / 2)
     binomial = z * math.sqrt(level * (1 - level) * max(1.0, design_effect) / max(n, 1))
     return binomial, max(PRACTICAL_TOLERANCE, binomial)
 
