@@ -177,3 +177,25 @@ def test_the_neural_gate_is_the_same_rule_with_a_floor():
         require_calibrated(wide)
     assert require_calibrated(wide, force=True) == wide
     assert gate_of({}).status == "not_checked"
+
+
+@pytest.mark.parametrize("design_effect", [1.0, 20.0])
+def test_the_reported_wide_glucose_fit_fails(design_effect):
+    # The fit that the old check passed ("coverage 1.00"): 12 patients, CGM every 15 min over a
+    # held-out day (1152 points), 90 % intervals covering 0.98 at 240 mg/dL against a held-out
+    # glucose range of about 230 mg/dL. With strongly autocorrelated CGM misses (design effect
+    # 20) the coverage tolerance reaches 0.98, so sharpness alone must fail it.
+    figures = {
+        "coverage_0.9": 0.98,
+        "coverage_0.5": 0.7,
+        "design_effect_0.9": design_effect,
+        "design_effect_0.5": design_effect,
+        "width_0.9": 240.0,
+        "spread_5_95": 230.0,
+        "relative_width_0.9": 240.0 / 230.0,
+    }
+    gate = judge(figures, n_points=1152, n_subjects=12, unit="mg/dL")
+    assert gate.status == "failed" and _status(gate)["relative_width_0.9"] == "failed"
+    if design_effect > 1:
+        assert _status(gate)["coverage_0.9"] == "passed"  # tolerance 2.576 sqrt(0.09 x 20 / 1152) = 0.10
+    assert "mean 90% width 240 mg/dL = 1.04 x the held-out 5-95% range 230 mg/dL" in gate.summary()
