@@ -18,6 +18,8 @@ them)::
     versions           package versions (JSON)
     cohort_support     observed ranges of the fitted cohort (JSON, inference.cohort_support);
                        absent in files written before it was recorded: support then unknown
+    calibration        held-out calibration gate (JSON of medsim.models.gate.CalibrationGate),
+                       written by ``medsim check --heldout``; absent: never checked
 
 Files are written to a temporary name in the destination folder and renamed (atomic on POSIX);
 they are read without pickle (netCDF through h5netcdf).
@@ -39,9 +41,11 @@ from inference.diagnostics import Diagnostics, diagnose
 from inference.priors import PriorError, PriorSpec, residual_key
 from medsim.io import atomic_write
 from medsim.models.base import PhysiologyModel
+from medsim.models.gate import CalibrationGate
 from medsim.population.draws import PosteriorDraws
 
 FORMAT_VERSION = "1"
+CALIBRATION_ATTR = "calibration"
 REQUIRED_GROUPS = ("posterior", "log_likelihood", "observed_data", "constant_data")
 REQUIRED_ATTRS = ("medsim_posterior", "model_name", "model_version", "priors", "method", "backend", "data_hash")
 
@@ -111,6 +115,29 @@ class Posterior:
         """Convergence diagnostics (recomputed from the draws; see :mod:`inference.diagnostics`)."""
         elbo = self.attrs.get("elbo")
         return diagnose(self.idata, method=self.method, elbo=None if elbo is None else float(elbo))
+
+    # ------------------------------------------------------------------ calibration gate
+    def calibration(self) -> CalibrationGate | None:
+        """The stored held-out calibration gate (None when the model was never checked).
+
+        Raises
+        ------
+        PosteriorFormatError
+            If the ``calibration`` attribute is not a gate record.
+        """
+        text = self.attrs.get(CALIBRATION_ATTR)
+        if text is None:
+            return None
+        try:
+            return CalibrationGate.from_json(str(text))
+        except ValueError as err:
+            raise PosteriorFormatError(f"attribute {CALIBRATION_ATTR!r}: {err}") from None
+
+    def with_calibration(self, gate: CalibrationGate) -> Posterior:
+        """A copy of this posterior whose ``calibration`` attribute holds ``gate``."""
+        idata = self.idata.copy()
+        idata.posterior.attrs = {**dict(self.idata.posterior.attrs), CALIBRATION_ATTR: gate.to_json()}
+        return Posterior(idata=idata, model=self.model)
 
     # ------------------------------------------------------------------ conversion
     def draws(self) -> PosteriorDraws:

@@ -4,8 +4,12 @@ posterior (or a model's priors, or a neural checkpoint) -> virtual population ->
 rollouts of every policy on common random numbers -> risk report (``report.json``,
 ``report.md``, ``report.html``).
 
-A neural checkpoint passes the calibration gate first (refused, with its measured coverage,
-unless ``--force``). Its report names the checkpoint (weights and configuration digests,
+Every model's calibration gate (:mod:`medsim.models.gate`) goes into the report: for a posterior
+file, the record ``medsim check --heldout-...`` stored in it; a model that failed it gets no PASS
+verdict and the report leads with MISCALIBRATED and the gate's figures, unless ``--force``
+(recorded in the report's provenance); an unchecked model's report says so first. A neural
+checkpoint passes the calibration gate first (refused, with its measured coverage, unless
+``--force``). Its report names the checkpoint (weights and configuration digests,
 training data hash, calibration) in the provenance and opens with a warning that the patients
 come from a learned model, and a second one when the gate was forced.
 
@@ -41,6 +45,7 @@ def _fail(message: str) -> None:
 def _load_draws(posterior: Path | None, prior: str | None, prior_draws: int, seed: int) -> tuple[Any, dict]:
     """Posterior draws and the provenance that goes with them (data hash, fit diagnostics)."""
     import medsim.models as registry
+    from medsim.models.gate import CalibrationGate
     from medsim.population import PosteriorDraws
 
     if (posterior is None) == (prior is None):
@@ -51,7 +56,8 @@ def _load_draws(posterior: Path | None, prior: str | None, prior_draws: int, see
         except registry.UnknownModelError as err:
             _fail(str(err))
         fit = {"ok": None, "problems": (), "summary": {"source": "model priors (no fit)"}}
-        return draws, {"posterior_file": f"prior:{prior}", "fit_diagnostics": fit}
+        gate = CalibrationGate.unchecked("patients drawn from the model's priors: no fit, no held-out check")
+        return draws, {"posterior_file": f"prior:{prior}", "fit_diagnostics": fit, "calibration": gate}
     if not posterior.exists():
         _fail(f"{posterior}: no such posterior file")
     try:
@@ -61,6 +67,7 @@ def _load_draws(posterior: Path | None, prior: str | None, prior_draws: int, see
     try:
         post = Posterior.load(posterior)
         draws = post.draws()
+        gate = post.calibration() or CalibrationGate.unchecked(f"{posterior} holds no held-out calibration check")
     except ValueError as err:
         _fail(str(err))
     prov = dict(draws.provenance)
@@ -68,7 +75,8 @@ def _load_draws(posterior: Path | None, prior: str | None, prior_draws: int, see
     diagnostics = getattr(post, "diagnostics", None)
     if fit is None and diagnostics is not None:
         fit = diagnostics() if callable(diagnostics) else diagnostics
-    return draws, {"posterior_file": str(posterior), "data_hash": prov.get("data_hash", ""), "fit_diagnostics": fit}
+    out = {"posterior_file": str(posterior), "data_hash": prov.get("data_hash", ""), "fit_diagnostics": fit}
+    return draws, {**out, "calibration": gate}
 
 
 def _support(posterior: Path | None) -> dict | None:
@@ -229,7 +237,9 @@ def risk_command(
     cohort: str = typer.Option(
         None, "--cohort", help="Neural checkpoints: cohort to twin or resample covariates from (default: training)."
     ),
-    force: bool = typer.Option(False, "--force", help="Neural checkpoints: report even if miscalibrated (recorded)."),
+    force: bool = typer.Option(
+        False, "--force", help="Give verdicts even from a model that failed its calibration gate (recorded)."
+    ),
     coverage_floor: float = typer.Option(
         0.8, "--coverage-floor", help="Neural checkpoints: smallest acceptable held-out 90% coverage."
     ),
@@ -241,6 +251,7 @@ def risk_command(
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
     from medsim.cli.neural_cmds import model_source, neural_population_cli
+    from medsim.models.neural.gate import gate_of
     from policies.evaluate import evaluate_policies
     from policies.loading import PolicySpecError
     from policies.spec import SpecError, parse_spec
@@ -262,6 +273,7 @@ def risk_command(
         )
         draws, model = None, population.model
         prov, notices = neural_report_context(population.provenance)
+        prov["calibration"] = gate_of(population.model, floor=coverage_floor)
         support = {k: tuple(v) for k, v in population.provenance.get("data_support", {}).items()} or None
     else:
         draws, prov = _load_draws(posterior, prior, prior_draws, seed)
@@ -273,7 +285,7 @@ def risk_command(
         spec = parse_spec(spec_text, model=model)
     except SpecError as err:
         _fail(str(err))
-    prov = {**prov, "command": shlex.join(["medsim", *sys.argv[1:]])}
+    prov = {**prov, "calibration_forced": force, "command": shlex.join(["medsim", *sys.argv[1:]])}
     columns = (TextColumn("{task.description}"), BarColumn(), TextColumn("{task.percentage:>5.1f}%"))
     with Progress(*columns, TimeElapsedColumn(), TimeRemainingColumn(), console=console) as bar:
         task = bar.add_task(f"simulating {len(policy)} policies x {n} patients", total=len(policy))

@@ -30,7 +30,7 @@ from policies.risk.provenance import Provenance, make_provenance
 from policies.risk.sequential import SequentialResult, sequential_test
 from policies.risk.severity import JointCost, Severity, severities
 from policies.risk.support import DEFAULT_THRESHOLD, SupportFlag, support_flag
-from policies.risk.verdict import Verdict, verdict
+from policies.risk.verdict import Verdict, gated, verdict
 from policies.spec import SafetySpec, convert_time
 
 SCHEMA_VERSION = 1
@@ -234,6 +234,16 @@ def policy_risk(
     return pr, ev.joint_bridge
 
 
+def calibration_gated(risk: PolicyRisk, prov: Provenance) -> PolicyRisk:
+    """``risk`` with its verdicts under the model's calibration gate (:func:`~policies.risk.verdict.gated`):
+    a miscalibrated model's PASS, fixed-sample or sequential, becomes UNDECIDED unless forced."""
+    gate, forced = prov.calibration, prov.calibration_forced
+    sequential = risk.sequential
+    if gate is not None and gate.failed and not forced and sequential.decision == "PASS":
+        sequential = replace(sequential, decision="UNDECIDED")
+    return replace(risk, verdict=gated(risk.verdict, gate, forced=forced), sequential=sequential)
+
+
 def monitored(result: RolloutResult, start: float) -> RolloutResult:
     """``result`` restricted to the monitoring window: intervals that begin before ``start`` are
     masked out (see :attr:`policies.spec.SafetySpec.monitor_from`)."""
@@ -306,7 +316,7 @@ def risk_report(
     return RiskReport(
         spec=spec,
         time_unit=unit,
-        policies=tuple(p for p, _ in per_policy),
+        policies=tuple(calibration_gated(p, prov) for p, _ in per_policy),
         comparisons=comparisons,
         provenance=prov,
         warnings=prov.warnings(),
