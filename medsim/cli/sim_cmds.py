@@ -102,6 +102,36 @@ def _planned_memory(model, n: int, n_events: int, n_bounds: int, n_intervals: in
     return 2.0 * n * per_patient
 
 
+def _check_work(model, n: int, hours: float, per_hour_steps: float, n_bounds: int, save_every, limits) -> None:
+    """Refuse (``WorkLimitError``) a run whose hourly intervals or memory exceed ``limits``, before any work."""
+    import numpy as np
+
+    from medsim.simulate import budget
+
+    detail = f"{n} patients over {hours:g} h in hourly intervals"
+    options = {"interactions_option": "--max-interactions", "memory_option": "--max-memory"}
+    n_intervals = math.ceil(hours)
+    # Intervals first: the regimen below has as many doses as the horizon has days.
+    budget.check_work(
+        interactions=n_intervals, memory=0.0, max_interactions=limits[0], max_memory=limits[1], detail=detail, **options
+    )
+    typical = {
+        k: np.asarray(v)[None] for k, v in {**model.reference_covariates(), **model.typical_parameters()}.items()
+    }
+    one, _ = default_regimen(model, typical, 1, hours * (60.0 if model.time_unit == "min" else 1.0))
+    saved = 0 if save_every is None else math.ceil(per_hour_steps / save_every) + 1
+    n_events = 0 if one is None else int(one.time.shape[1])
+    memory = _planned_memory(model, n, n_events, n_bounds, n_intervals, saved)
+    budget.check_work(
+        interactions=n_intervals,
+        memory=memory,
+        max_interactions=limits[0],
+        max_memory=limits[1],
+        detail=detail,
+        **options,
+    )
+
+
 def _use_all_cores() -> None:
     import jax
 
@@ -198,40 +228,10 @@ def simulate_command(
         if not math.isfinite(hours):
             raise ValueError(f"--hours: expected a finite number of hours, got {hours}")
         sim = Simulator(model, dt=step, bounds=bounds, scheme="milstein" if scheme == "auto" else scheme)
-        memory_limit = None if max_memory is None else budget.parse_memory(max_memory)
-        n_intervals = math.ceil(hours)
-        detail = f"{n} patients over {hours:g} h in hourly intervals"
-        budget.check_work(
-            interactions=n_intervals,
-            memory=0.0,
-            max_interactions=max_interactions,
-            max_memory=memory_limit,
-            detail=detail,
-            interactions_option="--max-interactions",
-            memory_option="--max-memory",
-        )
         horizon = hours * per_hour
-        typical = {
-            k: np.asarray(v)[None] for k, v in {**model.reference_covariates(), **model.typical_parameters()}.items()
-        }
-        one, _ = default_regimen(model, typical, 1, horizon)
         save_every = max(1, round(per_hour / 12 / step)) if plot else None  # ~5-minute resolution
-        budget.check_work(
-            interactions=n_intervals,
-            memory=_planned_memory(
-                model,
-                n,
-                0 if one is None else int(one.time.shape[1]),
-                len(bounds),
-                n_intervals,
-                0 if save_every is None else math.ceil(per_hour / step / save_every) + 1,
-            ),
-            max_interactions=max_interactions,
-            max_memory=memory_limit,
-            detail=detail,
-            interactions_option="--max-interactions",
-            memory_option="--max-memory",
-        )
+        limits = (max_interactions, None if max_memory is None else budget.parse_memory(max_memory))
+        _check_work(model, n, hours, per_hour / step, len(bounds), save_every, limits)
     except (registry.UnknownModelError, ValueError) as err:
         fail(err)
     key = jax.random.key(seed)
@@ -306,6 +306,7 @@ def simulate_command(
         "time_unit": model.time_unit,
         "seed": seed,
         "scheme": sim.scheme,
+        **({"scheme_requested": "auto"} if scheme == "auto" else {}),
         "bounds": [],
         "seconds": elapsed,
         "patient_days_per_s": days / elapsed if elapsed > 0 else None,

@@ -170,8 +170,9 @@ def check_physical(
             step = f" at dt = {dt:g} {model.time_unit} ({scheme})" if dt is not None else ""
             raise RunawayStateError(
                 f"patient {who}: state {s.name} = {x[i]:.4g} {s.unit} {_when(t0, t1, i, model.time_unit)}, outside "
-                f"its physical range {span} ({describe_patient(p)}): the simulation{step} ran away; use a smaller "
-                "dt or the exponential scheme, and check the patient's parameters",
+                f"its physical range {span} ({describe_patient(p)}): the simulation{step} does not follow the model "
+                "(an explicit step overshoots once rate x dt > 1 and diverges once it exceeds 2); use a smaller dt or "
+                "the exponential scheme, and check the patient's parameters",
                 patient=who,
                 name=s.name,
                 value=float(x[i]),
