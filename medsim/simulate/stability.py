@@ -9,6 +9,14 @@ lambda`` per step, which decays only while ``|1 + h lambda| < 1``, i.e. (for ``R
 (absolute stability of the explicit Euler method: Hairer & Wanner, *Solving ODEs II*, 1996,
 sec. IV.2). Past it the state oscillates with growing amplitude and, in float32, ends as finite
 nonsense or NaN. Modes with ``Re lambda >= 0`` (growth the model itself describes) set no limit.
+
+States that cannot be negative (a declared physical range starting at 0: amounts,
+concentrations) need more: the step multiplies such a state's own part by ``1 + h J_ii``, which
+turns negative once ``h > 1 / |J_ii|`` (a depot emptied past zero and refilled with a negative
+amount). For compartment models, whose Jacobian has nonnegative off-diagonal entries, ``h <= 1 /
+|J_ii|`` for every such state is exactly the condition for the explicit step to keep them
+nonnegative (Horváth, *Appl. Numer. Math.* 28:309, 1998). The limit reported is the smaller of
+the two.
 The Jacobian is taken with :func:`jax.jacfwd` at each patient's start state and parameters, so
 the check knows nothing about any particular model: for linear kinetics (the PK models) it is
 exact; for nonlinear ones it is the limit at the start state, and
@@ -64,8 +72,8 @@ class StepLimit:
         Largest stable step over the batch (``inf`` when no mode decays).
     patient : int
         Index (or global index) of the patient with the smallest limit.
-    eigenvalue : complex
-        That patient's limiting eigenvalue of the drift's Jacobian (1 / time unit).
+    reason : str
+        What sets the limit for that patient (its rate and the criterion), for messages.
     triangular : bool
         Every patient's Jacobian has its diagonal as its eigenvalues (the exponential scheme is
         then stable at any step).
@@ -75,7 +83,7 @@ class StepLimit:
 
     max_dt: float
     patient: int
-    eigenvalue: complex
+    reason: str
     triangular: bool
     params: dict
 
@@ -129,18 +137,31 @@ def step_limit(
         )
     lam = np.linalg.eigvals(jac)  # (B, n)
     re, mag2 = lam.real, np.abs(lam) ** 2
-    limit = np.where(re < 0, -2.0 * re / np.where(mag2 > 0, mag2, 1.0), np.inf)  # per mode
-    per_patient = limit.min(axis=1)
+    stable = np.where(re < 0, -2.0 * re / np.where(mag2 > 0, mag2, 1.0), np.inf)  # per mode
+    diag = np.diagonal(jac, axis1=1, axis2=2)  # (B, n)
+    nonneg = np.array([s.physical_range[0] == 0 for s in model.states])
+    positive = np.where(nonneg & (diag < 0), 1.0 / np.where(diag < 0, -diag, 1.0), np.inf)  # per state
+    per_patient = np.minimum(stable.min(axis=1), positive.min(axis=1))
     i = int(np.argmin(per_patient))
-    diag = np.sort(np.diagonal(jac, axis1=1, axis2=2), axis=1)
-    eig = np.sort(lam.real, axis=1)
-    scale = np.maximum(np.abs(diag).max(axis=1, keepdims=True), 1e-30)
-    triangular = bool(np.all(np.abs(lam.imag) <= 1e-6 * scale) and np.all(np.abs(eig - diag) <= 1e-6 * scale))
+    unit = model.time_unit
+    if positive[i].min() <= stable[i].min():
+        j = int(np.argmin(positive[i]))
+        reason = (
+            f"a first-order rate of {-diag[i, j]:.4g} /{unit} on {names[j]}, which an explicit step keeps "
+            "nonnegative only while rate x dt <= 1"
+        )
+    else:
+        mode = lam[i, int(np.argmin(stable[i]))]
+        rate = f"a first-order rate of {-mode.real:.4g} /{unit}" if mode.imag == 0 else f"a mode {mode:.4g} /{unit}"
+        reason = f"{rate} (drift Jacobian), which an explicit step follows stably only while rate x dt < 2"
+    eig, sdiag = np.sort(lam.real, axis=1), np.sort(diag, axis=1)
+    scale = np.maximum(np.abs(sdiag).max(axis=1, keepdims=True), 1e-30)
+    triangular = bool(np.all(np.abs(lam.imag) <= 1e-6 * scale) and np.all(np.abs(eig - sdiag) <= 1e-6 * scale))
     who = int(patients[i]) if patients is not None else i
     return StepLimit(
         max_dt=float(per_patient[i]),
         patient=who,
-        eigenvalue=complex(lam[i, int(np.argmin(limit[i]))]),
+        reason=reason,
         triangular=triangular,
         params=patient_params(params, i),
     )
@@ -152,19 +173,16 @@ def check_step(model: PhysiologyModel, scheme: str, dt: float, limit: StepLimit)
     The message gives the largest stable step and, when the Jacobian is triangular, suggests the
     exponential scheme. The exponential scheme itself is not limited here (module docstring).
     """
-    if scheme not in EXPLICIT or dt < limit.max_dt:
+    if scheme not in EXPLICIT or dt <= limit.max_dt:
         return
     unit = model.time_unit
-    lam = limit.eigenvalue
-    rate = f"a first-order rate of {-lam.real:.4g} /{unit}" if lam.imag == 0 else f"an oscillating mode {lam:.4g}"
-    advice = f"use dt < {limit.max_dt:.4g} {unit}"
+    advice = f"use dt <= {limit.max_dt:.4g} {unit}"
     if limit.triangular:
         advice += " or the exponential scheme, which integrates first-order decay exactly at any step"
     raise UnstableStepError(
         f"dt = {dt:g} {unit} is beyond the stability limit of the {scheme} scheme: patient {limit.patient} "
-        f"({describe_patient(limit.params)}) has {rate} (an eigenvalue of the drift's Jacobian at its start "
-        f"state), and an explicit step stays stable only while rate x dt < 2; the largest stable step for "
-        f"these patients is {limit.max_dt:.4g} {unit}: {advice}",
+        f"({describe_patient(limit.params)}) has {limit.reason} (at its start state); the largest stable step "
+        f"for these patients is {limit.max_dt:.4g} {unit}: {advice}",
         dt=dt,
         max_stable_dt=limit.max_dt,
         patient=limit.patient,
@@ -180,7 +198,7 @@ def choose_scheme(model: PhysiologyModel, dt: float, limit: StepLimit, preferred
     UnstableStepError
         When neither is stable at ``dt`` (the message is :func:`check_step`'s).
     """
-    if dt < limit.max_dt:
+    if dt <= limit.max_dt:
         return preferred
     if limit.triangular:
         return "exponential"

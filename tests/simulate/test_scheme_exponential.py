@@ -102,10 +102,10 @@ def test_oral_pk_matches_bateman_where_euler_diverges():
     # what is left is float32 rounding: ~60 sub-steps of a few ulp (6e-8) each, below 1e-5 relative.
     np.testing.assert_allclose(conc, exact, rtol=1e-5, atol=1e-5 * exact.max())
     # Euler's depot factor is 1 - ka h = -3 per sub-step: |depot| grows 3^60-fold. The simulator
-    # refuses the step beforehand (largest stable step 2 / ka = 0.1 h) and, run anyway, stops at
-    # the negative depot instead of returning it.
+    # refuses the step beforehand (largest step keeping the depot nonnegative: 1 / ka = 0.05 h) and,
+    # run anyway, stops at the negative depot instead of returning it.
     euler = Simulator(PK_ORAL, dt=0.2, scheme="euler")
-    with pytest.raises(UnstableStepError, match=r"largest stable step for these patients is 0\.1 h"):
+    with pytest.raises(UnstableStepError, match=r"largest stable step for these patients is 0\.05 h"):
         euler.check_step(x0, theta)
     with pytest.raises(RunawayStateError, match="patient 0: state depot"):
         euler.advance(x0, theta, 0.0, 12.0, key=jax.random.key(0), events=events)

@@ -63,12 +63,13 @@ def test_pk_milstein_at_dt_2_is_refused_with_the_largest_stable_step():
     assert result.exit_code == 2, result.output
     assert "NaN" not in result.output and "p_bridge" not in result.output
     theta = _prior(PK, 300)
-    # Linear kinetics: the Jacobian's eigenvalues are -ka and -CL/V, so the limit is 2 / max rate.
+    # Linear kinetics: the Jacobian's diagonal is -ka, -CL/V; both amounts must stay nonnegative,
+    # so the limit is 1 / max rate (half the stability limit 2 / max rate).
     rates = np.maximum(theta["ka"], theta["CL"] / theta["V"])
     worst = int(np.argmax(rates))
     stable = float(re_number(result.output, r"largest stable step for these patients is ([0-9.e+-]+) h"))
     # float32 Jacobian and the message's 4 significant digits: 1e-3 relative.
-    assert stable == pytest.approx(2.0 / rates[worst], rel=1e-3)
+    assert stable == pytest.approx(1.0 / rates[worst], rel=1e-3)
     assert f"patient {worst} (" in result.output and "exponential scheme" in result.output
 
 
@@ -88,12 +89,13 @@ def test_glucose_euler_at_dt_120_is_refused():
     theta = _prior(GLUCOSE, 300)
     x0 = {k: np.asarray(v, np.float64) for k, v in GLUCOSE.initial_state(theta).items()}
     # The chain gut1 -> gut2, depot -> plasma insulin -> action -> glucose is triangular: its
-    # eigenvalues are the diagonal rates 1/tau_m (twice), 1/tau_1, 1/tau_2, p_2 and GEZI + action.
+    # eigenvalues are the diagonal rates 1/tau_m (twice), 1/tau_1, 1/tau_2, p_2 and GEZI + action,
+    # and every state is nonnegative, so the limit is 1 / the largest of them.
     rates = np.stack(
         [1 / theta["tau_m"], 1 / theta["tau_1"], 1 / theta["tau_2"], theta["p_2"], theta["GEZI"] + x0["action"]]
     )
     stable = float(re_number(result.output, r"largest stable step for these patients is ([0-9.e+-]+) min"))
-    assert stable == pytest.approx(2.0 / rates.max(), rel=1e-3)  # float32 Jacobian, 4 printed digits
+    assert stable == pytest.approx(1.0 / rates.max(), rel=1e-3)  # float32 Jacobian, 4 printed digits
     assert stable < 120.0
 
 
@@ -164,9 +166,9 @@ def test_a_nan_patient_fails_medsim_simulate_instead_of_counting_as_safe(monkeyp
 # ---------------------------------------------------------------- runaway states
 def test_an_overshooting_explicit_step_is_a_runaway_state():
     # ka * dt = 1.5: stable (below 2) but the depot is multiplied by -0.5 every step; after an odd
-    # number of steps (9) it is a negative drug amount, which is not a result. (States are checked
-    # at interval ends, so an even number of steps would pass: the check is a backstop behind the
-    # stability check, not a replacement for it.)
+    # number of steps (9) it is a negative drug amount, which is not a result. check_step refuses
+    # this step beforehand (ka * dt > 1); the state check is the backstop when a rate grows along
+    # the path (states are checked at interval ends: an even number of steps would pass).
     theta, x0, events = _pk_batch(3, ka=(1, 15.0))
     sim = Simulator(PK, dt=0.1, scheme="euler")
     with pytest.raises(RunawayStateError, match=r"patient 1: state depot = -[0-9.]+.* mg .*physical range \[0, inf\]"):
@@ -177,9 +179,11 @@ def test_an_overshooting_explicit_step_is_a_runaway_state():
 
 def test_check_step_names_the_patient_and_its_rate():
     theta, x0, _ = _pk_batch(4, ka=(2, 40.0))
-    with pytest.raises(UnstableStepError, match=r"patient 2 \(ka=40.*largest stable step .* 0\.05 h") as err:
+    nonnegative = r"patient 2 \(ka=40.*rate of 40 /h on depot.*nonnegative only while rate x dt <= 1.* 0\.025 h"
+    with pytest.raises(UnstableStepError, match=nonnegative) as err:
         Simulator(PK, dt=0.1).check_step(x0, theta)
-    assert err.value.max_stable_dt == pytest.approx(2.0 / 40.0, rel=1e-6)  # float32 rate: 1e-6 relative
+    assert err.value.max_stable_dt == pytest.approx(1.0 / 40.0, rel=1e-6)  # float32 rate: 1e-6 relative
+    Simulator(PK, dt=0.025).check_step(x0, theta)  # at the limit: accepted
     Simulator(PK, dt=0.1, scheme="exponential").check_step(x0, theta)  # no explicit limit for it
 
 
