@@ -22,6 +22,14 @@ parameters, initial states, scenario and the noise of their ``k``-th interaction
 numbers). Process noise is indexed by interaction, not by absolute time: once two policies'
 schedules diverge their Brownian paths differ.
 
+Before the first sub-step each chunk is checked: the work (interactions from the horizon and the
+first interval the policy asks for, memory of the per-interaction statistics) against
+``max_interactions`` / ``max_memory`` (:mod:`medsim.simulate.budget`), and ``dt`` against the
+scheme's stability limit for these patients (:mod:`medsim.simulate.stability`). Every interval's
+result is checked by the simulator (finite, inside the states' physical ranges) and every
+observation by the same :func:`medsim.simulate.checks.check_finite`, so no NaN or blown-up
+patient reaches the risk estimates.
+
 Efficacy and support are measured with extra bounds handed to the simulator (its exact
 trapezoid time-outside on the sub-step grid): the target range ``lo <= y <= hi`` becomes
 ``y >= lo`` and ``y <= hi``; each support range likewise. They are not part of the result's
