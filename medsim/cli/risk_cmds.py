@@ -243,6 +243,19 @@ def risk_command(
     coverage_floor: float = typer.Option(
         0.8, "--coverage-floor", help="Neural checkpoints: smallest acceptable held-out 90% coverage."
     ),
+    max_interactions: int = typer.Option(
+        None,
+        "--max-interactions",
+        min=1,
+        help="Most policy interactions per patient (horizon / interval); default 100000. Larger runs are refused "
+        "before any work unless this is raised.",
+    ),
+    max_memory: str = typer.Option(
+        None,
+        "--max-memory",
+        help="Most memory a policy's rollout may plan to use, e.g. 8GiB (default: half the machine's memory). "
+        "Larger runs are refused before any work unless this is raised.",
+    ),
 ) -> None:
     """Estimate each policy's probability of leaving the safe range, between measurements included."""
     from dataclasses import replace
@@ -252,11 +265,16 @@ def risk_command(
 
     from medsim.cli.neural_cmds import model_source, neural_population_cli
     from medsim.models.neural.gate import gate_of
+    from medsim.simulate.budget import parse_memory
     from policies.evaluate import evaluate_policies
     from policies.loading import PolicySpecError
     from policies.spec import SpecError, parse_spec
 
     console = Console(stderr=False)
+    try:
+        memory_limit = None if max_memory is None else parse_memory(max_memory)
+    except ValueError as err:
+        _fail(f"--max-memory: {err}")
     checkpoint = model_source(posterior, prior, cohort)
     population, notices = None, ()
     if checkpoint is not None:
@@ -306,6 +324,8 @@ def risk_command(
                 progress=lambda done, total: bar.update(task, completed=done),
                 population=population,
                 scheme=scheme,
+                max_interactions=max_interactions,
+                max_memory=memory_limit,
             )
         except (PolicySpecError, ValueError, FloatingPointError) as err:
             hint = " (a neural checkpoint has none)" if checkpoint is not None and "posterior draws" in str(err) else ""

@@ -34,11 +34,16 @@ class State:
     ----------
     name, unit, description
         ``name`` is a Python identifier used as the key in state mappings.
+    physical_range : (low, high)
+        Values the state can physically take (``None``: unbounded on that side), e.g. ``(0.0,
+        None)`` for an amount. A simulated state outside it is a numerical blow-up, not a
+        result: the simulator stops with :class:`medsim.simulate.checks.RunawayStateError`.
     """
 
     name: str
     unit: str
     description: str = ""
+    physical_range: tuple[float | None, float | None] = (None, None)
 
 
 @dataclass(frozen=True)
