@@ -39,6 +39,16 @@ import pandas as pd
 from medsim.data.cohort import Cohort
 from medsim.data.report import CohortFormatError, CohortWarning, Notice, Problem, ValidationReport
 from medsim.data.t1d_columns import T1DColumns, resolve_t1d_columns
+from medsim.data.t1d_rows import (
+    MAX_ROWS_PER_CHECK,
+    flag,
+    flag_subject,
+    infusions,
+    numeric,
+    row_intervals,
+    split_insulin,
+    weighted_median,
+)
 from medsim.data.tablefile import RawTable, read_raw
 from medsim.data.validate import check_table
 
@@ -56,80 +66,10 @@ MAX_BOLUS_U = 50.0
 MAX_MEAL_G = 300.0
 MAX_CARBS_G_PER_DAY = 800.0
 WEIGHT_RANGE_KG = (2.0, 250.0)
-#: At most this many rows are listed per check (the count of the rest follows).
-MAX_ROWS_PER_CHECK = 20
 
 
 class T1DTableWarning(CohortWarning):
     """Something in a tidy T1D table that is suspicious but usable (units, basal covariate)."""
-
-
-def _numeric(raw: RawTable, header: str, problems: list[Problem], *, required: bool) -> np.ndarray:
-    """The column as float64 (NaN where missing); a problem per non-numeric (or missing required) cell."""
-    cells = raw.frame[header]
-    text = cells.astype("string").str.strip()
-    missing = text.isna() | text.isin(["", ".", "NA", "NaN", "nan"])
-    values = pd.to_numeric(text.where(~missing), errors="coerce").to_numpy(np.float64)
-    bad = (~missing.to_numpy()) & ~np.isfinite(values)
-    _flag(problems, raw.rows, bad, header, text.to_numpy(), "expected a number")
-    if required:
-        _flag(problems, raw.rows, missing.to_numpy(), header, text.to_numpy(), "missing; expected a number")
-    return values
-
-
-def _flag(problems: list[Problem], rows: np.ndarray, mask: np.ndarray, column: str, values, message: str) -> None:
-    where = np.flatnonzero(mask)
-    for i in where[:MAX_ROWS_PER_CHECK]:
-        problems.append(Problem(int(rows[i]), column, str(values[i]), message))
-    if where.size > MAX_ROWS_PER_CHECK:
-        problems.append(Problem(None, column, None, f"… and {where.size - MAX_ROWS_PER_CHECK} more rows: {message}"))
-
-
-def _flag_subject(
-    problems: list[Problem], rows: np.ndarray, mask: np.ndarray, column: str, values, sid: str, message: str
-) -> None:
-    """One problem per subject and check: the first offending row, with the count of the others."""
-    where = np.flatnonzero(mask)
-    if where.size:
-        more = f" ({where.size} rows of subject {sid}; the first is shown)" if where.size > 1 else f" (subject {sid})"
-        problems.append(Problem(int(rows[where[0]]), column, f"{values[where[0]]:.6g}", message + more))
-
-
-def _split_insulin(rate: np.ndarray, dt: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Total insulin rate per row (U/min) -> (basal rate per row in U/min, bolus per row in U)."""
-    padded = np.concatenate([rate[:1], rate, rate[-1:]])
-    median3 = np.median(np.stack([padded[:-2], padded[1:-1], padded[2:]]), axis=0)
-    basal = np.minimum(rate, median3)
-    return basal, (rate - basal) * dt
-
-
-def _infusions(time: np.ndarray, dt: np.ndarray, basal: np.ndarray) -> list[tuple[float, float, float]]:
-    """Runs of constant basal rate -> (start, amount U, rate U/min), zero runs skipped."""
-    rounded = np.round(basal, 10)
-    change = np.concatenate([[True], rounded[1:] != rounded[:-1]])
-    starts = np.flatnonzero(change)
-    ends = np.concatenate([starts[1:], [rounded.size]])
-    out = []
-    for a, b in zip(starts, ends, strict=True):
-        if rounded[a] > 0:
-            duration = float(dt[a:b].sum())
-            if duration > 0:
-                out.append((float(time[a]), float(rounded[a]) * duration, float(rounded[a])))
-    return out
-
-
-def _weighted_median(values: np.ndarray, weights: np.ndarray) -> float:
-    order = np.argsort(values)
-    cum = np.cumsum(weights[order])
-    return float(values[order][np.searchsorted(cum, 0.5 * cum[-1])])
-
-
-def _interval(time: np.ndarray) -> np.ndarray:
-    """Minutes from each row to the next of the same subject; the last row gets the median spacing."""
-    if time.size < 2:
-        return np.zeros_like(time)
-    gaps = np.diff(time)
-    return np.concatenate([gaps, [np.median(gaps)]])
 
 
 def check_t1d_table(
@@ -227,12 +167,12 @@ def _event_frame(
 ) -> pd.DataFrame | None:
     rows = raw.rows
     ids = raw.frame[cols.subject.header].astype("string").str.strip()
-    _flag(problems, rows, (ids.isna() | (ids == "")).to_numpy(), cols.subject.header, ids.to_numpy(), "missing ID")
-    time = _numeric(raw, cols.time.header, problems, required=True) * (60.0 if cols.time.unit == "h" else 1.0)
-    _flag(problems, rows, time < 0, cols.time.header, time, "negative time; expected time >= 0")
+    flag(problems, rows, (ids.isna() | (ids == "")).to_numpy(), cols.subject.header, ids.to_numpy(), "missing ID")
+    time = numeric(raw, cols.time.header, problems, required=True) * (60.0 if cols.time.unit == "h" else 1.0)
+    flag(problems, rows, time < 0, cols.time.header, time, "negative time; expected time >= 0")
 
     def column(c, required=False):
-        return None if c is None else _numeric(raw, c.header, problems, required=required)
+        return None if c is None else numeric(raw, c.header, problems, required=required)
 
     cgm, carbs, insulin = column(cols.cgm), column(cols.carbs), column(cols.insulin)
     basal_col, bolus_col, weight = column(cols.basal), column(cols.bolus), column(cols.weight)
@@ -244,13 +184,13 @@ def _event_frame(
     if cgm is not None:
         out = np.isfinite(cgm) & ((cgm < CGM_RANGE_MG_DL[0]) | (cgm > CGM_RANGE_MG_DL[1]))
         hint = " (values like these are mmol/L: name the column cgm_mmol_L)" if np.nanmax(cgm, initial=0) < 35 else ""
-        _flag(problems, rows, out, cols.cgm.header, cgm, f"CGM glucose outside {CGM_RANGE_MG_DL} mg/dL{hint}")
+        flag(problems, rows, out, cols.cgm.header, cgm, f"CGM glucose outside {CGM_RANGE_MG_DL} mg/dL{hint}")
     for c, values in ((cols.carbs, carbs), (cols.insulin, insulin), (cols.basal, basal_col), (cols.bolus, bolus_col)):
         if values is not None:
-            _flag(problems, rows, values < 0, c.header, values, "negative; expected >= 0")
+            flag(problems, rows, values < 0, c.header, values, "negative; expected >= 0")
     if weight is not None:
         bad = np.isfinite(weight) & ((weight < WEIGHT_RANGE_KG[0]) | (weight > WEIGHT_RANGE_KG[1]))
-        _flag(problems, rows, bad, cols.weight.header, weight, f"body weight outside {WEIGHT_RANGE_KG} kg")
+        flag(problems, rows, bad, cols.weight.header, weight, f"body weight outside {WEIGHT_RANGE_KG} kg")
     if problems:
         return None
 
@@ -281,7 +221,7 @@ def _event_frame(
             )
         if back.size:
             continue
-        dt = _interval(t)
+        dt = row_intervals(t)
         days = max(float(t[-1] + dt[-1] - t[0]), 1.0) / 1440.0
         sub_rows = rows[idx]
         # insulin: a basal rate per row (U/min) and boluses (U)
@@ -289,7 +229,7 @@ def _event_frame(
             u = np.nan_to_num(insulin[idx])
             rate = u / np.where(dt > 0, dt, np.inf) if cols.insulin.unit == "U" else u
             rate = rate / 60.0 if cols.insulin.unit == "U/h" else rate
-            basal, bolus = _split_insulin(rate, dt)
+            basal, bolus = split_insulin(rate, dt)
             source_col = cols.insulin.header
         else:
             basal = np.zeros(idx.size)
@@ -302,7 +242,7 @@ def _event_frame(
         unit_hint = (
             "" if per_hour else f"; if {source_col!r} is in U/h rather than U/min, name it so (e.g. insulin_U_per_h)"
         )
-        _flag_subject(
+        flag_subject(
             problems,
             sub_rows,
             basal * 60.0 > MAX_BASAL_U_PER_H,
@@ -311,7 +251,7 @@ def _event_frame(
             sid,
             f"basal rate above {MAX_BASAL_U_PER_H:g} U/h (value shown in U/h){unit_hint}",
         )
-        _flag_subject(
+        flag_subject(
             problems, sub_rows, bolus > MAX_BOLUS_U, source_col, bolus, sid, f"bolus above {MAX_BOLUS_U:g} U in one row"
         )
         # carbohydrate (g per row)
@@ -320,7 +260,7 @@ def _event_frame(
             c = np.nan_to_num(carbs[idx])
             grams = c * dt if cols.carbs.unit == "g/min" else c
             hint = "; if the column is grams per row, name it cho_g" if cols.carbs.unit == "g/min" else ""
-            _flag_subject(
+            flag_subject(
                 problems,
                 sub_rows,
                 grams > MAX_MEAL_G,
@@ -340,7 +280,7 @@ def _event_frame(
                 )
         # covariates
         cov: dict[str, float] = {}
-        recorded = _weighted_median(basal * 60.0, dt) if dt.sum() > 0 else 0.0
+        recorded = weighted_median(basal * 60.0, dt) if dt.sum() > 0 else 0.0
         if 0 < recorded < MIN_BASAL_U_PER_H:
             problems.append(
                 Problem(
@@ -413,7 +353,7 @@ def _event_frame(
                 continue
             cov[weight_cov] = float(w[0])
         base = {"ID": sid, **cov}
-        for start, amount, r in _infusions(t, dt, basal):
+        for start, amount, r in infusions(t, dt, basal):
             records.append(base | {"TIME": start, "AMT": amount, "EVID": 1, "CMT": insulin_cmt, "RATE": r})
         for j in np.flatnonzero(bolus > 1e-9):
             records.append(
