@@ -152,7 +152,7 @@ def run_one(tidy: pd.DataFrame, model_name: str, method: str, args) -> dict:
     from medsim.data.t1d import read_t1d_table
 
     model = medsim.models.get(model_name)
-    full = read_t1d_table(tidy, cgm_every=args.cgm_every, model=model)
+    full = read_t1d_table(tidy.drop(columns=["bg_true"]), cgm_every=args.cgm_every, model=model)
     t_train = args.train_days * MINUTES_PER_DAY
     t0, t1 = (args.test_day - 1) * MINUTES_PER_DAY, args.test_day * MINUTES_PER_DAY
     train = truncate(full, t_train)
@@ -175,16 +175,15 @@ def run_one(tidy: pd.DataFrame, model_name: str, method: str, args) -> dict:
         posterior, full, key=k_grid, n_draws=args.n_draws, times=truth["grid"], observable="glucose_mg_dL"
     )
     scores = score(at_cgm.prediction, at_cgm.replicate, on_grid.prediction, truth)
-    population = {}
     draws = posterior.draws()
-    for name, values in {**draws.population, **draws.omega}.items():
-        population[name] = float(np.median(np.asarray(values)))
+    medians = {name: float(np.median(np.asarray(v))) for name, v in draws.population.items()}
+    medians |= {f"omega_{name}": float(np.median(np.asarray(v))) for name, v in draws.omega.items()}
     return {
         "model": model_name,
         "method": method,
         "fit_seconds": fit_s,
         "total_seconds": time.perf_counter() - start,
-        "posterior_medians": population,
+        "posterior_medians": medians,
         "diagnostics_ok": getattr(posterior.diagnostics(), "ok", None),
         **scores,
     }
