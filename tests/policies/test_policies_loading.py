@@ -82,7 +82,10 @@ def test_composite_specs():
 @pytest.mark.parametrize(
     ("spec", "message"),
     [
-        ("tmd:target=10", "unknown policy 'tmd'; built-in policies: fixed, tdm, basal_bolus, pid, flip, safe_timing"),
+        (
+            "tmd:target=10",
+            "unknown policy 'tmd'; built-in policies: fixed, tdm, basal_bolus, pid, flip, safe_timing, replay",
+        ),
         ("tdm:traget=10", "policy 'tdm': unknown parameter 'traget'; valid parameters: target, every, dose"),
         ("tdm:target=ten", r"policy 'tdm': parameter target='ten' is not a number"),
         ("tdm:adjust_after=1.5", "parameter adjust_after='1.5' is not an integer"),
