@@ -14,6 +14,7 @@ from pathlib import Path
 import typer
 
 from medsim.cli.app import app
+from medsim.cli.outputs import output_dir, output_file
 
 
 def _fail(message: str, code: int = 2) -> None:
@@ -111,9 +112,13 @@ def fit_command(
     calibrated on held-out subjects; exit status 1 when its 90% coverage is below the floor).
     """
     if model == "neural":
+        from inference.neural.checkpoint import checkpoint_paths
         from medsim.cli.neural_cmds import fit_neural_cli
 
+        for path in checkpoint_paths(out):
+            output_file(path, "--out")
         raise typer.Exit(fit_neural_cli(cohort, out=out, template=template, seed=seed))
+    output_file(out, "--out")
     if chain_method == "parallel":
         _request_host_devices(chains)  # before anything below starts JAX
     from rich.console import Console
@@ -191,6 +196,8 @@ def check_command(
     from inference import Posterior, PosteriorFormatError
     from inference.summary import summarize
 
+    if figures is not None:
+        output_dir(figures, "--figures")
     try:
         posterior = Posterior.load(posterior_file)
     except (FileNotFoundError, PosteriorFormatError) as err:

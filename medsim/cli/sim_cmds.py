@@ -140,6 +140,10 @@ def simulate_command(
     as_json: bool = typer.Option(False, "--json", help="Print a machine-readable summary."),
 ) -> None:
     """Simulate virtual patients from a model's prior under a default regimen and report crossing risk."""
+    if plot is not None:
+        from medsim.cli.outputs import output_file
+
+        output_file(plot, "--plot")
     _use_all_cores()
     import jax
     import numpy as np
