@@ -132,18 +132,13 @@ def prepare_output_dir(path: str | os.PathLike, option: str) -> Path:
     return target
 
 
-def _exit(err: OutputPathError) -> None:
-    typer.echo(f"error: {err}", err=True)
-    raise typer.Exit(2)
-
-
 def output_file(path: str | os.PathLike, option: str) -> Path:
     """:func:`prepare_output_file` for a command: on failure print the reason and exit with status 2."""
     try:
         return prepare_output_file(path, option)
     except OutputPathError as err:
-        _exit(err)
-        raise  # unreachable: _exit raises
+        typer.echo(f"error: {err}", err=True)
+        raise typer.Exit(2) from None
 
 
 def output_dir(path: str | os.PathLike, option: str) -> Path:
@@ -151,5 +146,5 @@ def output_dir(path: str | os.PathLike, option: str) -> Path:
     try:
         return prepare_output_dir(path, option)
     except OutputPathError as err:
-        _exit(err)
-        raise  # unreachable: _exit raises
+        typer.echo(f"error: {err}", err=True)
+        raise typer.Exit(2) from None
