@@ -7,6 +7,7 @@ from pathlib import Path
 import typer
 
 from medsim.cli.app import app
+from medsim.cli.outputs import output_dir
 
 
 @app.command("demo")
@@ -33,6 +34,9 @@ def demo_command(
     if unknown:
         typer.echo(f"error: unknown example(s) {unknown}; choose from {list(examples)}", err=True)
         raise typer.Exit(2)
+    output_dir(out, "--out")
+    for name in chosen:
+        output_dir(out / name, "--out")
     console = Console()
     columns = (TextColumn("{task.description:<60}"), BarColumn(), TextColumn("{task.percentage:>5.1f}%"))
     for name in chosen:

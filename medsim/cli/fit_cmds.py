@@ -16,6 +16,7 @@ from pathlib import Path
 import typer
 
 from medsim.cli.app import app
+from medsim.cli.outputs import output_dir, output_file
 
 
 def _fail(message: str, code: int = 2) -> None:
@@ -113,9 +114,13 @@ def fit_command(
     calibrated on held-out subjects; exit status 1 when its 90% coverage is below the floor).
     """
     if model == "neural":
+        from inference.neural.checkpoint import checkpoint_paths
         from medsim.cli.neural_cmds import fit_neural_cli
 
+        for path in checkpoint_paths(out):
+            output_file(path, "--out")
         raise typer.Exit(fit_neural_cli(cohort, out=out, template=template, seed=seed))
+    output_file(out, "--out")
     if chain_method == "parallel":
         _request_host_devices(chains)  # before anything below starts JAX
     from rich.console import Console
@@ -215,6 +220,8 @@ def check_command(
     from inference.summary import summarize
     from medsim.cli import check_cmds
 
+    if figures is not None:
+        output_dir(figures, "--figures")
     try:
         posteriors = [Posterior.load(f) for f in posterior_files]
     except (FileNotFoundError, PosteriorFormatError) as err:

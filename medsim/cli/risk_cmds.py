@@ -258,6 +258,9 @@ def risk_command(
     ),
 ) -> None:
     """Estimate each policy's probability of leaving the safe range, between measurements included."""
+    from medsim.cli.outputs import output_dir
+
+    output_dir(out, "--out")
     from dataclasses import replace
 
     from rich.console import Console

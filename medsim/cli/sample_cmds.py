@@ -17,6 +17,7 @@ from typing import Any
 import typer
 
 from medsim.cli.app import app
+from medsim.cli.outputs import output_file
 
 
 def _fail(message: str) -> None:
@@ -48,6 +49,7 @@ def sample_command(
     ),
 ) -> None:
     """Sample N virtual patients (population or personalized) and write them to a netCDF file."""
+    output_file(out, "--out")
     from dataclasses import replace
 
     import numpy as np

@@ -202,6 +202,10 @@ def simulate_command(
     ),
 ) -> None:
     """Simulate virtual patients from a model's prior under a default regimen and report crossing risk."""
+    if plot is not None:
+        from medsim.cli.outputs import output_file
+
+        output_file(plot, "--plot")
     _use_all_cores()
     import jax
     import numpy as np
