@@ -13,8 +13,8 @@ readings are not mistaken for plasma glucose::
     d gut2       = (gut1 - gut2) / tau_m dt                                       (g)
     d insulin_sc = (-insulin_sc / tau_1) dt + insulin delivery                    (U)
     d insulin_p  = (1e6 * insulin_sc / (tau_1 * C_I) - insulin_p) / tau_2 dt      (uU/mL)
-    d action     = p_2 * (S_I * exp(si_log) * insulin_p - action) dt              (1/min)
-    d glucose    = (-(GEZI + action) * glucose + EGP * exp(egp_log) + R_a) dt
+    d action     = p_2 * (S_I * insulin_p - action) dt                            (1/min)
+    d glucose    = (-(GEZI + exp(si_log) * action) * glucose + EGP * exp(egp_log) + R_a) dt
                    + sigma_glucose * glucose dW_G                                 (mg/dL)
     d si_log     = -si_log / T_SI dt + sigma_SI dW_SI                             (log-multiplier)
     d egp_log    = -egp_log / T_EGP dt + sigma_EGP dW_EGP                         (log-multiplier)
@@ -24,6 +24,12 @@ readings are not mistaken for plasma glucose::
 
     cgm_mg_dL     = glucose_ig + cgm_error      (+ white residual error)
     glucose_mg_dL = glucose                     (+ fingerstick / SMBG residual error)
+
+The insulin-sensitivity disturbance multiplies the insulin action where it acts on glucose,
+which is ``S_I * exp(si_log)`` for a disturbance slower than the action's own time constant
+``1 / p_2`` (about 1.5 h, against ``T_SI`` of 5 h). Placed there rather than inside the ``action``
+equation it leaves ``action`` a deterministic function of the insulin inputs, so the filter's
+covariance block (the states noise can reach) has 5 states instead of 6.
 
 An OU state ``dz = -z / T dt + s dW`` has stationary SD ``s * sqrt(T / 2)`` and autocorrelation
 ``exp(-lag / T)``; the disturbances are log-multipliers, so insulin sensitivity and endogenous
@@ -188,15 +194,15 @@ class GlucoseOU(GlucoseInsulin):
 
     def drift(self, t, x, theta, rate):
         ra = 1000.0 * x["gut2"] / (theta["V_G"] * theta["tau_m"])
-        s_i = theta["S_I"] * jnp.exp(x["si_log"])
+        action = jnp.exp(x["si_log"]) * x["action"]
         egp = theta["EGP"] * jnp.exp(x["egp_log"])
         return {
             "gut1": -x["gut1"] / theta["tau_m"] + rate.get("gut1", 0.0),
             "gut2": (x["gut1"] - x["gut2"]) / theta["tau_m"],
             "insulin_sc": -x["insulin_sc"] / theta["tau_1"] + rate.get("insulin_sc", 0.0),
             "insulin_p": (1e6 * x["insulin_sc"] / (theta["tau_1"] * theta["C_I"]) - x["insulin_p"]) / theta["tau_2"],
-            "action": theta["p_2"] * (s_i * x["insulin_p"] - x["action"]),
-            "glucose": -(theta["GEZI"] + x["action"]) * x["glucose"] + egp + ra,
+            "action": theta["p_2"] * (theta["S_I"] * x["insulin_p"] - x["action"]),
+            "glucose": -(theta["GEZI"] + action) * x["glucose"] + egp + ra,
             "si_log": -x["si_log"] / theta["T_SI"],
             "egp_log": -x["egp_log"] / theta["T_EGP"],
             "glucose_ig": (x["glucose"] - x["glucose_ig"]) / theta["tau_ig"],
