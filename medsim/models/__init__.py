@@ -26,6 +26,7 @@ from medsim.models.base import (
     State,
 )
 from medsim.models.glucose_insulin import GlucoseInsulin
+from medsim.models.glucose_ou import GlucoseOU
 from medsim.models.pk_iv_1cmt import PKIV1Cmt
 from medsim.models.pk_oral_1cmt import PKOral1Cmt
 
@@ -33,6 +34,7 @@ _REGISTRY: dict[str, Callable[[], PhysiologyModel]] = {
     "pk_oral_1cmt": PKOral1Cmt,
     "pk_iv_1cmt": PKIV1Cmt,
     "glucose_insulin": GlucoseInsulin,
+    "t1d_ou": GlucoseOU,
 }
 
 

@@ -1,0 +1,231 @@
+"""Type-1 diabetes IVP model with mean-reverting disturbances and a CGM sensor model.
+
+The glucose-insulin part is :mod:`medsim.models.glucose_insulin` (Kanderian et al. 2009: Bergman
+minimal model, two-compartment subcutaneous insulin, two-compartment meal absorption). White
+noise on glucose alone treats every structural misfit as independent from minute to minute; real
+disturbances (insulin sensitivity drifting over the day, hepatic output rising at night) persist
+for hours. Following the stochastic grey-box approach of Duun-Henriksen et al. (2013), which puts
+the diffusion on the model's latent states and estimates it with an extended Kalman filter, this
+model adds Ornstein–Uhlenbeck (OU) states for those disturbances, and a sensor model so that CGM
+readings are not mistaken for plasma glucose::
+
+    d gut1       = (-gut1 / tau_m) dt + meals                                     (g)
+    d gut2       = (gut1 - gut2) / tau_m dt                                       (g)
+    d insulin_sc = (-insulin_sc / tau_1) dt + insulin delivery                    (U)
+    d insulin_p  = (1e6 * insulin_sc / (tau_1 * C_I) - insulin_p) / tau_2 dt      (uU/mL)
+    d action     = p_2 * (S_I * insulin_p - action) dt                            (1/min)
+    d glucose    = (-(GEZI + exp(si_log) * action) * glucose + EGP * exp(egp_log) + R_a) dt
+                   + sigma_glucose * glucose dW_G                                 (mg/dL)
+    d si_log     = -si_log / T_SI dt + sigma_SI dW_SI                             (log-multiplier)
+    d egp_log    = -egp_log / T_EGP dt + sigma_EGP dW_EGP                         (log-multiplier)
+    d glucose_ig = (glucose - glucose_ig) / tau_ig dt                             (mg/dL)
+    d cgm_error  = -cgm_error / T_CGM dt + sigma_CGM dW_CGM                       (mg/dL)
+    R_a          = 1000 * gut2 / (V_G * tau_m)                                    (mg/dL/min)
+
+    cgm_mg_dL     = glucose_ig + cgm_error      (+ white residual error)
+    glucose_mg_dL = glucose                     (+ fingerstick / SMBG residual error)
+
+The insulin-sensitivity disturbance multiplies the insulin action where it acts on glucose,
+which is ``S_I * exp(si_log)`` for a disturbance slower than the action's own time constant
+``1 / p_2`` (about 1.5 h, against ``T_SI`` of 5 h). Placed there rather than inside the ``action``
+equation it leaves ``action`` a deterministic function of the insulin inputs, so the filter's
+covariance block (the states noise can reach) has 5 states instead of 6.
+
+An OU state ``dz = -z / T dt + s dW`` has stationary SD ``s * sqrt(T / 2)`` and autocorrelation
+``exp(-lag / T)``; the disturbances are log-multipliers, so insulin sensitivity and endogenous
+production stay positive. With every diffusion scale at 0 (the ODE limit) the disturbances stay
+at 0 and the model is ``glucose_insulin`` with a sensor delay.
+
+Values and sources
+------------------
+* Glucose-insulin parameters and their between-subject SDs: those of ``glucose_insulin``
+  (Kanderian et al. 2009, JDST 3:1047, Table 2).
+* ``tau_ig``: the blood-to-interstitium transport of Breton & Kovatchev (2008, JDST 2:853, their
+  Eq. 1, one first-order lag for physiology and sensor, estimated at about 5 min); other sensor
+  studies (Facchinetti et al. 2014, IEEE TBME 61:620) put it between about 5 and 15 min. Typical
+  7 min with a prior wide enough for both.
+* ``T_CGM`` and ``sigma_CGM``: Breton & Kovatchev's sensor error is AR(1) on a 15-min grid,
+  ``e_n = 0.7 (e_{n-1} + v_n)``, so the OU time constant is ``15 / -ln 0.7 = 42`` min; its
+  Johnson-SU marginal (lambda 15.96, delta 1.69, gamma -0.54) has an SD of about 12 mg/dL, which
+  gives ``sigma_CGM = 12 * sqrt(2 / 42) = 2.6`` mg/dL/sqrt(min). The OU error is Gaussian: the
+  skew of the Johnson marginal is not represented (the extended Kalman filter is Gaussian).
+* ``T_SI``, ``T_EGP`` and their scales: insulin sensitivity in type-1 diabetes varies within the
+  day on a scale of hours (Hinshaw et al. 2013, Diabetes 62:2223; Visentin et al. 2015, DTT
+  17:1), and hepatic output rises over the night (the dawn phenomenon). The time constants
+  (5 h and 3 h) and the stationary SDs they imply (0.3 on log S_I, 0.2 on log EGP) are modelling
+  choices within those scales, not fitted values; their priors are wide and the data inform them.
+* ``sigma_glucose``: kept small (half the ``glucose_insulin`` default) for what the disturbances
+  do not explain; it also keeps the filter's glucose variance away from 0.
+* Residual errors: CGM white error 3 mg/dL on top of the OU error (modelling choice);
+  fingerstick 5 mg/dL + 5 % (within the ISO 15197:2013 accuracy of ±15 mg/dL / ±15 % for 95 %
+  of readings).
+
+Observation compartments: CMT 3 is the CGM (the compartment a tidy T1D table's glucose column
+uses), CMT 4 plasma insulin, CMT 5 fingerstick (SMBG) or reference plasma glucose. Doses as in
+``glucose_insulin``: CMT 1 insulin (U; basal infusion RATE in U/min), CMT 2 carbohydrate (g).
+The initial state is the steady state under the basal rate (covariate ``BASAL``, U/h) with no
+meal and every disturbance at 0, where the interstitial glucose equals plasma glucose.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import jax.numpy as jnp
+
+from medsim.models.base import Observable, Parameter, ResidualError, State
+from medsim.models.glucose_insulin import GlucoseInsulin
+
+_CHOICE = "modelling choice (see module docstring)"
+_SENSOR = "Breton & Kovatchev 2008, JDST 2:853"
+
+
+@dataclass(frozen=True)
+class GlucoseOU(GlucoseInsulin):
+    """IVP model + OU disturbances on S_I and EGP + CGM sensor (see module docstring)."""
+
+    name: str = "t1d_ou"
+    version: str = "1"
+    citation: str = (
+        "Kanderian SS et al. (2009) J Diabetes Sci Technol 3:1047; Duun-Henriksen AK et al. (2013) "
+        "J Diabetes Sci Technol 7:431; Breton M & Kovatchev B (2008) J Diabetes Sci Technol 2:853"
+    )
+    description: str = (
+        "glucose_insulin + Ornstein-Uhlenbeck disturbances on insulin sensitivity and glucose production "
+        "+ CGM sensor (interstitial delay, autocorrelated error) and a fingerstick observable"
+    )
+    states: tuple[State, ...] = (
+        *GlucoseInsulin.states,
+        State("si_log", "1", "log-multiplier on insulin sensitivity (OU disturbance)"),
+        State("egp_log", "1", "log-multiplier on endogenous glucose production (OU disturbance)"),
+        State("glucose_ig", "mg/dL", "interstitial glucose seen by the CGM"),
+        State("cgm_error", "mg/dL", "autocorrelated CGM sensor error (OU)"),
+    )
+    parameters: tuple[Parameter, ...] = (
+        *tuple(p for p in GlucoseInsulin.parameters if p.name != "sigma_glucose"),
+        Parameter(
+            "tau_ig",
+            "min",
+            7.0,
+            prior_log_sd=0.5,
+            description="plasma-to-interstitial glucose time constant (sensor delay)",
+            source=_SENSOR + "; Facchinetti et al. 2014, IEEE TBME 61:620",
+        ),
+        Parameter(
+            "T_SI",
+            "min",
+            300.0,
+            prior_log_sd=0.7,
+            description="time constant of the insulin-sensitivity disturbance",
+            source=_CHOICE + "; Hinshaw et al. 2013, Diabetes 62:2223",
+        ),
+        Parameter(
+            "T_EGP",
+            "min",
+            180.0,
+            prior_log_sd=0.7,
+            description="time constant of the glucose-production disturbance",
+            source=_CHOICE,
+        ),
+        Parameter(
+            "T_CGM",
+            "min",
+            42.0,
+            prior_log_sd=0.5,
+            description="time constant of the CGM sensor error",
+            source=_SENSOR + " (AR(1) coefficient 0.7 per 15 min)",
+        ),
+        Parameter(
+            "sigma_glucose",
+            "1/sqrt(min)",
+            0.002,
+            kind="process_noise",
+            prior_sd=0.01,
+            description="proportional white process noise on glucose",
+            source=_CHOICE,
+        ),
+        Parameter(
+            "sigma_SI",
+            "1/sqrt(min)",
+            0.0245,
+            kind="process_noise",
+            prior_sd=0.05,
+            description="diffusion scale of log S_I (stationary SD = sigma_SI * sqrt(T_SI / 2))",
+            source=_CHOICE + " (stationary SD 0.3)",
+        ),
+        Parameter(
+            "sigma_EGP",
+            "1/sqrt(min)",
+            0.0211,
+            kind="process_noise",
+            prior_sd=0.05,
+            description="diffusion scale of log EGP (stationary SD = sigma_EGP * sqrt(T_EGP / 2))",
+            source=_CHOICE + " (stationary SD 0.2)",
+        ),
+        Parameter(
+            "sigma_CGM",
+            "mg/dL/sqrt(min)",
+            2.6,
+            kind="process_noise",
+            prior_sd=5.0,
+            description="diffusion scale of the CGM error (stationary SD = sigma_CGM * sqrt(T_CGM / 2))",
+            source=_SENSOR + " (Johnson-SU error SD about 12 mg/dL)",
+        ),
+    )
+    observables: tuple[Observable, ...] = (
+        Observable("glucose_mg_dL", "mg/dL", "plasma glucose (fingerstick / SMBG)", bridge_scale="log"),
+        Observable("cgm_mg_dL", "mg/dL", "CGM reading: interstitial glucose + sensor error"),
+        Observable("insulin_uU_mL", "uU/mL", "plasma insulin"),
+    )
+    residual: dict = field(
+        default_factory=lambda: {
+            "glucose_mg_dL": ResidualError("combined", add=5.0, prop=0.05, add_unit="mg/dL"),
+            "cgm_mg_dL": ResidualError("additive", add=3.0, add_unit="mg/dL"),
+            "insulin_uU_mL": ResidualError("proportional", prop=0.15),
+        }
+    )
+    obs_targets: dict = field(default_factory=lambda: {3: "cgm_mg_dL", 4: "insulin_uU_mL", 5: "glucose_mg_dL"})
+
+    def steady_state(self, theta, basal_u_per_min):
+        """Steady state under a constant basal rate (U/min), no meal and every disturbance at 0."""
+        x = super().steady_state(theta, basal_u_per_min)
+        zero = x["gut1"]
+        return {**x, "si_log": zero, "egp_log": zero, "glucose_ig": x["glucose"], "cgm_error": zero}
+
+    def drift(self, t, x, theta, rate):
+        ra = 1000.0 * x["gut2"] / (theta["V_G"] * theta["tau_m"])
+        action = jnp.exp(x["si_log"]) * x["action"]
+        egp = theta["EGP"] * jnp.exp(x["egp_log"])
+        return {
+            "gut1": -x["gut1"] / theta["tau_m"] + rate.get("gut1", 0.0),
+            "gut2": (x["gut1"] - x["gut2"]) / theta["tau_m"],
+            "insulin_sc": -x["insulin_sc"] / theta["tau_1"] + rate.get("insulin_sc", 0.0),
+            "insulin_p": (1e6 * x["insulin_sc"] / (theta["tau_1"] * theta["C_I"]) - x["insulin_p"]) / theta["tau_2"],
+            "action": theta["p_2"] * (theta["S_I"] * x["insulin_p"] - x["action"]),
+            "glucose": -(theta["GEZI"] + action) * x["glucose"] + egp + ra,
+            "si_log": -x["si_log"] / theta["T_SI"],
+            "egp_log": -x["egp_log"] / theta["T_EGP"],
+            "glucose_ig": (x["glucose"] - x["glucose_ig"]) / theta["tau_ig"],
+            "cgm_error": -x["cgm_error"] / theta["T_CGM"],
+        }
+
+    def diffusion(self, t, x, theta):
+        # additive noise on the OU states (unbounded, log-scale or signed): zero-free by design
+        return {
+            "glucose": theta["sigma_glucose"] * x["glucose"],
+            "si_log": theta["sigma_SI"] + 0.0 * x["si_log"],
+            "egp_log": theta["sigma_EGP"] + 0.0 * x["egp_log"],
+            "cgm_error": theta["sigma_CGM"] + 0.0 * x["cgm_error"],
+        }
+
+    def observe(self, x, theta):
+        return {
+            "glucose_mg_dL": x["glucose"],
+            "cgm_mg_dL": x["glucose_ig"] + x["cgm_error"],
+            "insulin_uU_mL": x["insulin_p"],
+        }
+
+    @staticmethod
+    def stationary_sd(sigma, time_constant):
+        """Stationary SD ``sigma * sqrt(T / 2)`` of an OU state with diffusion ``sigma`` and time constant ``T``."""
+        return sigma * jnp.sqrt(time_constant / 2.0)

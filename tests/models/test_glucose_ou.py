@@ -1,0 +1,185 @@
+"""The ``t1d_ou`` model: equations against an independent ODE solve, steady state, OU statistics, EKF."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from scipy.integrate import solve_ivp
+
+from inference.likelihood import build_timeline, cohort_loglik
+from inference.likelihood.filtering import covariance_block
+from medsim.models import get
+from medsim.simulate import Bound, DoseEvents, Simulator, simulate_schedule
+from medsim.synthetic import glucose_cohort
+
+NOISE = ("sigma_glucose", "sigma_SI", "sigma_EGP", "sigma_CGM")
+
+
+@pytest.fixture(scope="module")
+def model():
+    return get("t1d_ou")
+
+
+def subject(model, **overrides):
+    theta = model.individual_parameters(model.typical_parameters(), {}, {"BASAL": 1.0})
+    return {k: jnp.asarray(v, jnp.float32) for k, v in {**theta, **overrides}.items()}
+
+
+def reference_rhs(theta, basal_u_per_min):
+    """The module docstring's noise-free equations, written again in numpy (independent of the model's code)."""
+    p = {k: float(v) for k, v in theta.items()}
+
+    def rhs(t, y):
+        gut1, gut2, isc, ip, act, g, si, egp, ig, err = y
+        ra = 1000.0 * gut2 / (p["V_G"] * p["tau_m"])
+        return [
+            -gut1 / p["tau_m"],
+            (gut1 - gut2) / p["tau_m"],
+            -isc / p["tau_1"] + basal_u_per_min,
+            (1e6 * isc / (p["tau_1"] * p["C_I"]) - ip) / p["tau_2"],
+            p["p_2"] * (p["S_I"] * ip - act),
+            -(p["GEZI"] + np.exp(si) * act) * g + p["EGP"] * np.exp(egp) + ra,
+            -si / p["T_SI"],
+            -egp / p["T_EGP"],
+            (g - ig) / p["tau_ig"],
+            -err / p["T_CGM"],
+        ]
+
+    return rhs
+
+
+def test_noise_free_simulation_matches_an_independent_ode_solve(model):
+    """Meal, bolus and basal with every disturbance displaced from 0; process noise off."""
+    theta = subject(model, **{n: 0.0 for n in NOISE})
+    x0 = model.initial_state(theta)
+    x0 = {**x0, "si_log": jnp.float32(0.3), "egp_log": jnp.float32(-0.2), "cgm_error": jnp.float32(8.0)}
+    x0 = {**x0, "gut1": jnp.float32(60.0), "insulin_sc": x0["insulin_sc"] + 6.0}  # meal and bolus at t = 0
+    times = np.arange(0.0, 481.0, 30.0)
+    y0 = [float(x0[s]) for s in model.state_names]
+    ref = solve_ivp(reference_rhs(theta, 1.0 / 60.0), (0.0, times[-1]), y0, t_eval=times, rtol=1e-10, atol=1e-10)
+    basal = DoseEvents.from_arrays(np.zeros((1, 1)), np.ones((1, 1)), np.full((1, 1), 10.0), np.full((1, 1), 1 / 60))
+    errors = {}
+    for dt in (1.0, 0.5):
+        out = simulate_schedule(
+            model,
+            {k: v[None] for k, v in theta.items()},
+            basal,
+            times[None],
+            key=jax.random.key(0),
+            dt=dt,
+            x0={k: v[None] for k, v in x0.items()},
+            scheme="euler",
+        )
+        plasma, cgm = ref.y[5], ref.y[8] + ref.y[9]
+        errors[dt] = max(
+            np.abs(np.asarray(out["glucose_mg_dL"][0]) - plasma).max(),
+            np.abs(np.asarray(out["cgm_mg_dL"][0]) - cgm).max(),
+        )
+    # the solve_ivp error (rtol 1e-10) is negligible; Euler is first order, so halving the step
+    # halves the error (ratio 0.5 up to O(dt) terms and float32 round-off, ~1e-5 of 200 mg/dL)
+    assert errors[1.0] < 1.0, errors  # mg/dL on excursions of ~100 mg/dL (measured: 0.35)
+    assert 0.4 < errors[0.5] / errors[1.0] < 0.6, errors
+
+
+def test_initial_state_is_a_fixed_point_with_disturbances_at_zero(model):
+    theta = subject(model)
+    x = model.initial_state(theta)
+    dx = model.drift(0.0, x, theta, {"insulin_sc": theta["BASAL"] / 60.0})
+    for name, value in dx.items():
+        # float32 cancellation in terms of size ~|x|/tau: relative 1e-6 of the largest term
+        assert abs(float(value)) < 1e-5 * (1.0 + abs(float(x[name]))), name
+    for name in ("si_log", "egp_log", "cgm_error"):
+        assert float(x[name]) == 0.0
+    assert float(x["glucose_ig"]) == float(x["glucose"])
+    y = model.observe(x, theta)
+    assert float(y["cgm_mg_dL"]) == float(y["glucose_mg_dL"])
+
+
+def test_zero_noise_plasma_glucose_is_glucose_insulin(model):
+    """In the ODE limit the disturbances stay at 0 and plasma glucose is the parent model's."""
+    parent = get("glucose_insulin")
+    theta = subject(model, **{n: 0.0 for n in NOISE})
+    x = model.initial_state(theta)
+    x = {**x, "gut1": jnp.float32(50.0), "insulin_sc": x["insulin_sc"] + 5.0, "glucose_ig": jnp.float32(150.0)}
+    dx = model.drift(0.0, x, theta, {"insulin_sc": jnp.float32(0.02)})
+    dx_parent = parent.drift(0.0, {k: x[k] for k in parent.state_names}, theta, {"insulin_sc": jnp.float32(0.02)})
+    for name in parent.state_names:
+        assert float(dx[name]) == pytest.approx(float(dx_parent[name]), rel=1e-6), name
+    assert set(model.diffusion(0.0, x, theta)) == {"glucose", "si_log", "egp_log", "cgm_error"}
+
+
+@pytest.mark.parametrize("scheme", ["milstein", "euler", pytest.param("exponential", marks=pytest.mark.slow)])
+def test_simulator_runs_with_each_scheme(model, scheme):
+    n = 64
+    theta = {k: jnp.broadcast_to(v, (n,)) for k, v in subject(model).items()}
+    sim = Simulator(model, dt=2.0, bounds=(Bound("glucose_mg_dL", 70.0, "lower"),), scheme=scheme)
+    meal = DoseEvents.from_arrays(np.full((n, 1), 10.0), np.full((n, 1), 2), np.full((n, 1), 60.0), np.zeros((n, 1)))
+    out = sim.advance(
+        model.initial_state(theta), theta, 0.0, 240.0, key=jax.random.key(1), events=meal, rates={1: 1 / 60}
+    )
+    for name in model.state_names:
+        assert np.isfinite(np.asarray(out.state[name])).all(), name
+    # the meal raised glucose in every patient (the noise over 4 h is far smaller than the meal)
+    assert (np.asarray(out.state["glucose"]) > np.asarray(model.initial_state(theta)["glucose"])).all()
+
+
+def test_ou_states_have_their_stationary_variance(model):
+    """Variance of each OU state after 8 time constants against ``sigma^2 T / 2``.
+
+    Euler–Maruyama turns ``dz = -z/T dt + s dW`` into ``z' = (1 - h/T) z + s sqrt(h) xi``, whose
+    stationary variance is ``s^2 h / (1 - (1 - h/T)^2)`` (exact for the recursion; ``s^2 T / 2``
+    up to a factor ``1 + h / (2T)``). With ``n`` patients the sample variance has relative
+    standard error ``sqrt(2 / (n - 1))``; the test allows 4 of them (false alarm ~6e-5 per state).
+    """
+    n, h = 4000, 2.0
+    theta = {k: jnp.broadcast_to(v, (n,)) for k, v in subject(model).items()}
+    sim = Simulator(model, dt=h, bounds=(), scheme="euler")
+    horizon = 8.0 * max(float(theta[t][0]) for t in ("T_SI", "T_EGP", "T_CGM"))
+    out = sim.advance(model.initial_state(theta), theta, 0.0, horizon, key=jax.random.key(2), rates={1: 1 / 60})
+    rse = np.sqrt(2.0 / (n - 1))
+    for state, sigma, tau in (
+        ("si_log", "sigma_SI", "T_SI"),
+        ("egp_log", "sigma_EGP", "T_EGP"),
+        ("cgm_error", "sigma_CGM", "T_CGM"),
+    ):
+        s, t = float(theta[sigma][0]), float(theta[tau][0])
+        expected = s**2 * h / (1.0 - (1.0 - h / t) ** 2)
+        z = np.asarray(out.state[state], np.float64)
+        assert abs(z.var(ddof=1) / expected - 1.0) < 4 * rse, (state, z.var(ddof=1), expected)
+        assert abs(z.mean()) < 4 * np.sqrt(expected / n), state
+        # the continuous-time value the docstring states, to the scheme's O(h / T)
+        assert float(model.stationary_sd(s, t)) ** 2 == pytest.approx(expected, rel=h / t)
+
+
+@pytest.fixture(scope="module")
+def tiny_cohort():
+    """2 subjects, 12 h, a reading every hour (CMT 3: the CGM compartment of ``t1d_ou``)."""
+    return glucose_cohort(2, 0.5, seed=3, obs_every=60.0).cohort.padded()
+
+
+def test_noise_reachable_block_is_the_disturbances_glucose_and_sensor(model, tiny_cohort):
+    timeline = build_timeline(model, tiny_cohort)
+    block = {model.state_names[i] for i in covariance_block(model, timeline, "reachable")}
+    # insulin and meal states are deterministic given the inputs; action too (the S_I disturbance
+    # multiplies it where it acts on glucose)
+    assert block == {"glucose", "si_log", "egp_log", "glucose_ig", "cgm_error"}
+
+
+@pytest.mark.slow  # 20-50 s: compiling the gradient of a 5-state covariance block
+def test_ekf_loglik_and_gradient_are_finite(model, tiny_cohort):
+    timeline = build_timeline(model, tiny_cohort)
+    theta = subject(model)
+    noise = {n: theta[n] for n in NOISE}
+    structural = {p.name: theta[p.name] for p in model.structural}
+
+    def total(structural, noise):
+        return jnp.sum(cohort_loglik(model, timeline, {**theta, **structural}, noise, {}))
+
+    value, (g_struct, g_noise) = jax.jit(jax.value_and_grad(total, argnums=(0, 1)))(structural, noise)
+    assert np.isfinite(float(value))
+    for name, g in {**g_struct, **g_noise}.items():
+        assert np.isfinite(np.asarray(g)).all(), name
+    # the disturbances are informed by the readings: their scales get a non-zero gradient
+    assert all(float(jnp.abs(g_noise[n])) > 0 for n in ("sigma_SI", "sigma_EGP", "sigma_CGM"))
