@@ -151,9 +151,11 @@ def read_t1d_table(
 
 
 def _cmt(targets: Mapping[int, str], wanted: tuple[str, ...], model: object) -> int:
-    for cmt, name in sorted(targets.items()):
-        if name in wanted:
-            return int(cmt)
+    """The compartment of the first name in ``wanted`` (in that order of preference) the model has."""
+    for name in wanted:
+        for cmt, target in sorted(targets.items()):
+            if target == name:
+                return int(cmt)
     raise ValueError(f"model {getattr(model, 'name', model)!r} has no compartment among {wanted}")
 
 
@@ -196,7 +198,8 @@ def _event_frame(
 
     insulin_cmt = _cmt(model.dose_targets, ("insulin_sc",), model)
     meal_cmt = _cmt(model.dose_targets, ("gut1", "meal", "stomach"), model)
-    glucose_cmt = _cmt(model.obs_targets, ("glucose_mg_dL",), model)
+    # A model with a sensor observable reads CGM there; otherwise CGM stands for plasma glucose.
+    glucose_cmt = _cmt(model.obs_targets, ("cgm_mg_dL", "glucose_mg_dL"), model)
     cov_names = {c.name for c in model.covariates}
     weight_cov = next((c.name for c in model.covariates if c.unit == "kg"), None)
     if weight is not None and weight_cov is None:
