@@ -265,3 +265,16 @@ def test_random_tidy_tables_give_a_cohort_or_a_typed_error_naming_row_or_column(
     else:
         assert cohort.n_subjects >= 1
         assert all(s.covariates["BASAL"] > 0 for s in cohort.subjects)
+
+
+def test_cgm_goes_to_the_sensor_observable_of_a_model_that_has_one():
+    """t1d_ou reads CGM on its interstitial sensor (cgm_mg_dL), not on the fingerstick (glucose_mg_dL)."""
+    import medsim.models
+
+    model = medsim.models.get("t1d_ou")
+    sensor = next(c for c, name in model.obs_targets.items() if name == "cgm_mg_dL")
+    plasma = next(c for c, name in model.obs_targets.items() if name == "glucose_mg_dL")
+    assert sensor != plasma
+    cohort = read_quietly(tidy(), cgm_every=15, model="t1d_ou")
+    for s in cohort.subjects:
+        assert s.n_obs == 97 and np.all(s.obs_cmt == sensor)
