@@ -13,6 +13,8 @@ them)::
     sampler            backend settings (JSON)
     diagnostics        Diagnostics at fit time (JSON); diagnostics_ok 1/0
     elbo               final ELBO (SVI only)
+    elbo_trace         the ELBO at every optimisation step (JSON list, SVI only)
+    noise_profile      process-noise posterior against its likelihood profile (JSON, SVI only)
     wall_time_s        sampling wall time, seconds
     created            UTC timestamp (ISO 8601)
     versions           package versions (JSON)
@@ -33,7 +35,7 @@ from typing import Any
 import numpy as np
 
 from inference.assemble import import_arviz
-from inference.diagnostics import Diagnostics, diagnose
+from inference.diagnostics import Diagnostics, diagnose_posterior_attrs
 from inference.priors import PriorError, PriorSpec, residual_key
 from medsim.models.base import PhysiologyModel
 from medsim.population.draws import PosteriorDraws
@@ -86,8 +88,7 @@ class Posterior:
     # ------------------------------------------------------------------ diagnostics
     def diagnostics(self) -> Diagnostics:
         """Convergence diagnostics (recomputed from the draws; see :mod:`inference.diagnostics`)."""
-        elbo = self.attrs.get("elbo")
-        return diagnose(self.idata, method=self.method, elbo=None if elbo is None else float(elbo))
+        return diagnose_posterior_attrs(self.idata, self.method)
 
     # ------------------------------------------------------------------ conversion
     def draws(self) -> PosteriorDraws:
