@@ -37,7 +37,7 @@ def test_svi_keeps_the_between_subject_sds(fitted):
     for p in COLLAPSED:
         truth = model.parameter(p).bsv
         median = float(np.median(post[f"omega_{p}"].values))
-        # in the scaled coordinates SVI gave 0.036, 0.040 and 0.053 on this very cohort (a tenth
+        # in NUTS's coordinates SVI gave 0.036, 0.040 and 0.053 on this very cohort (a tenth
         # to a quarter of the truth; 0.011-0.015 on 8 subjects); three subjects leave the
         # posterior near its prior (median 1.35 x truth), so a third of the truth separates them
         assert median > truth / 3, (p, median)
