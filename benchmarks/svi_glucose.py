@@ -1,7 +1,7 @@
 """Do SVI's posteriors of the BSV SDs and the process-noise scale cover the truth on glucose cohorts?
 
 Run: ``.venv/bin/python benchmarks/svi_glucose.py [--cohorts 12] [--subjects 6] [--days 1.5]
-[--obs-every 60] [--steps 1500] [--centered auto] [--json benchmarks/results/svi_glucose.json]``.
+[--obs-every 60] [--steps 1500] [--learning-rate 0.01] [--centered auto] [--json benchmarks/results/svi_glucose.json]``.
 
 Each of ``--cohorts`` synthetic type-1 cohorts (:func:`medsim.synthetic.glucose_cohort`, seeds
 ``--seed``, ``--seed + 1``, ...) is simulated from ``glucose_insulin`` with its typical values,
@@ -67,6 +67,7 @@ def one_cohort(args, model, seed: int) -> dict:
         method="svi",
         svi_steps=args.steps,
         svi_particles=args.particles,
+        svi_learning_rate=args.learning_rate,
         guide=args.guide,
         centered=args.centered,
         max_substep=args.max_substep,
@@ -78,6 +79,7 @@ def one_cohort(args, model, seed: int) -> dict:
     diagnostics = posterior.diagnostics()
     row = {"seed": seed, "wall_s": wall, "elbo": float(posterior.attrs["elbo"]), "ok": diagnostics.ok}
     row["problems"] = list(diagnostics.problems)
+    row["noise_profile_peak"] = {k: v["peak"] for k, v in json.loads(posterior.attrs["noise_profile"]).items()}
     row["parameters"] = {}
     for name, truth in truths(model).items():
         draws = np.asarray(post[name].values, float).ravel()
@@ -121,6 +123,7 @@ def main(argv=None) -> int:
     parser.add_argument("--obs-every", type=float, default=60.0)
     parser.add_argument("--steps", type=int, default=1500)
     parser.add_argument("--particles", type=int, default=1)
+    parser.add_argument("--learning-rate", type=float, default=0.01)
     parser.add_argument("--guide", default="mvn")
     parser.add_argument("--centered", default="auto")
     parser.add_argument("--max-substep", type=float, default=10.0)
