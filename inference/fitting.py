@@ -11,6 +11,7 @@ import numpy as np
 from inference.assemble import build_inference_data
 from inference.backends import BACKENDS, Progress, run_nuts, run_svi
 from inference.backends.numpyro_svi import GUIDES
+from inference.cohort_support import SUPPORT_ATTR, cohort_support
 from inference.diagnostics import diagnose_posterior_attrs
 from inference.hierarchical import data_information, with_centering
 from inference.likelihood.filtering import resolve_layout
@@ -178,6 +179,7 @@ def fit(
         warmup=warmup if method == "nuts" else 0,
         wall_time_s=float(out.wall_time_s),
     )
+    attrs[SUPPORT_ATTR] = json_attr(cohort_support(cohort, model))
     if method == "svi":
         attrs["elbo"] = float(out.info["elbo"])
         attrs["svi_steps"] = int(svi_steps)

@@ -18,6 +18,10 @@ them)::
     wall_time_s        sampling wall time, seconds
     created            UTC timestamp (ISO 8601)
     versions           package versions (JSON)
+    cohort_support     observed ranges of the fitted cohort (JSON, inference.cohort_support);
+                       absent in files written before it was recorded: support then unknown
+    calibration        held-out calibration gate (JSON of medsim.models.gate.CalibrationGate),
+                       written by ``medsim check --heldout``; absent: never checked
 
 Files are written to a temporary name in the destination folder and renamed (atomic on POSIX);
 they are read without pickle (netCDF through h5netcdf).
@@ -27,7 +31,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -35,12 +38,16 @@ from typing import Any
 import numpy as np
 
 from inference.assemble import import_arviz
+from inference.cohort_support import SUPPORT_ATTR, support_ranges
 from inference.diagnostics import Diagnostics, diagnose_posterior_attrs
 from inference.priors import PriorError, PriorSpec, residual_key
+from medsim.io import atomic_write
 from medsim.models.base import PhysiologyModel
+from medsim.models.gate import CalibrationGate
 from medsim.population.draws import PosteriorDraws
 
 FORMAT_VERSION = "1"
+CALIBRATION_ATTR = "calibration"
 REQUIRED_GROUPS = ("posterior", "log_likelihood", "observed_data", "constant_data")
 REQUIRED_ATTRS = ("medsim_posterior", "model_name", "model_version", "priors", "method", "backend", "data_hash")
 
@@ -85,10 +92,53 @@ class Posterior:
     def n_draws(self) -> int:
         return int(self.idata.posterior.sizes["chain"] * self.idata.posterior.sizes["draw"])
 
+    # ------------------------------------------------------------------ cohort support
+    def support_record(self) -> dict[str, Any] | None:
+        """The fitted cohort's observed ranges (:func:`inference.cohort_support.cohort_support`),
+        or None for a file that does not record them."""
+        raw = self.attrs.get(SUPPORT_ATTR)
+        if raw is None:
+            return None
+        try:
+            record = json.loads(str(raw))
+            support_ranges(record)
+        except (ValueError, TypeError, AttributeError) as err:
+            raise PosteriorFormatError(f"posterior attribute {SUPPORT_ATTR!r} is not a valid record ({err})") from None
+        return record
+
+    def support(self) -> dict[str, tuple[float, float]] | None:
+        """Ranges of observables and treatments the fitted cohort covered, for the rollout's
+        out-of-support check; None (unknown) when the file does not record them."""
+        record = self.support_record()
+        return None if record is None else support_ranges(record)
+
     # ------------------------------------------------------------------ diagnostics
     def diagnostics(self) -> Diagnostics:
         """Convergence diagnostics (recomputed from the draws; see :mod:`inference.diagnostics`)."""
         return diagnose_posterior_attrs(self.idata, self.method)
+
+    # ------------------------------------------------------------------ calibration gate
+    def calibration(self) -> CalibrationGate | None:
+        """The stored held-out calibration gate (None when the model was never checked).
+
+        Raises
+        ------
+        PosteriorFormatError
+            If the ``calibration`` attribute is not a gate record.
+        """
+        text = self.attrs.get(CALIBRATION_ATTR)
+        if text is None:
+            return None
+        try:
+            return CalibrationGate.from_json(str(text))
+        except ValueError as err:
+            raise PosteriorFormatError(f"attribute {CALIBRATION_ATTR!r}: {err}") from None
+
+    def with_calibration(self, gate: CalibrationGate) -> Posterior:
+        """A copy of this posterior whose ``calibration`` attribute holds ``gate``."""
+        idata = self.idata.copy()
+        idata.posterior.attrs = {**dict(self.idata.posterior.attrs), CALIBRATION_ATTR: gate.to_json()}
+        return Posterior(idata=idata, model=self.model)
 
     # ------------------------------------------------------------------ conversion
     def draws(self) -> PosteriorDraws:
@@ -146,18 +196,7 @@ class Posterior:
     # ------------------------------------------------------------------ files
     def save(self, path: str | os.PathLike) -> Path:
         """Write the posterior to ``path`` (netCDF) atomically; returns the path."""
-        path = Path(path)
-        folder = path.parent if str(path.parent) else Path(".")
-        folder.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{path.name}.", suffix=".tmp")
-        os.close(fd)
-        try:
-            self.idata.to_netcdf(tmp, engine="h5netcdf")
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
-        return path
+        return atomic_write(path, lambda tmp: self.idata.to_netcdf(str(tmp), engine="h5netcdf"))
 
     @classmethod
     def load(cls, path: str | os.PathLike, model: PhysiologyModel | None = None) -> Posterior:
@@ -178,6 +217,8 @@ class Posterior:
             or variable, or a model that does not match.
         """
         path = Path(path)
+        if path.is_dir():
+            raise PosteriorFormatError(f"{path}: is a folder; expected a posterior file (netCDF) written by medsim fit")
         if not path.is_file():
             raise FileNotFoundError(f"posterior file {str(path)!r} does not exist")
         az = import_arviz()

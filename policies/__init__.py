@@ -9,7 +9,7 @@ nothing in ``medsim`` or ``inference`` imports it.
 """
 
 from policies.builtin import BUILTINS, PID, TDM, BasalBolus, FixedDose, Flip, SafeTiming
-from policies.loading import FunctionPolicy, PolicySpecError, load_user_policy, parse_policy
+from policies.loading import FunctionPolicy, PolicySpecError, load_user_policy, parse_policy, policy_factory
 from policies.protocol import Observation, Option, Policy, PolicyContext, PolicyError
 from policies.report import write_report
 from policies.result import RolloutResult
@@ -45,6 +45,7 @@ __all__ = [
     "load_user_policy",
     "parse_policy",
     "parse_spec",
+    "policy_factory",
     "risk_report",
     "rollout",
     "rollout_many",

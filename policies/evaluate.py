@@ -9,6 +9,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from medsim.population import PosteriorDraws, VirtualPopulation, sample_population
+from medsim.simulate import budget
 from policies.loading import parse_policy
 from policies.protocol import PolicyContext
 from policies.result import RolloutResult
@@ -58,6 +59,8 @@ def evaluate_policies(
     progress: Progress | None = None,
     population: VirtualPopulation | None = None,
     scheme: str = "milstein",
+    max_interactions: int | None = None,
+    max_memory: int | None = None,
 ) -> tuple[RiskReport, list[RolloutResult]]:
     """Sample ``n`` virtual patients and evaluate every policy on them.
 
@@ -89,10 +92,18 @@ def evaluate_policies(
     scheme : str
         Simulator scheme: ``"milstein"`` (default), ``"euler"`` or ``"exponential"`` (for stiff
         first-order rates such as fast absorption; see :mod:`medsim.simulate.schemes`).
+    max_interactions, max_memory : int, optional
+        Limits on the work of each policy's rollout (interaction intervals per patient, bytes);
+        checked before sampling and simulating (:func:`policies.rollout.rollout`).
 
     Returns
     -------
     (RiskReport, list of RolloutResult)
+
+    Raises
+    ------
+    WorkLimitError
+        When the population or a rollout would exceed ``max_memory`` or ``max_interactions``.
     """
     if draws is None and population is None:
         raise ValueError("evaluate_policies needs posterior draws or a virtual population")
@@ -103,6 +114,16 @@ def evaluate_policies(
     context = PolicyContext(model=model, bounds=spec.bounds, draws=draws, dt=step, scheme=scheme)
     policies = [parse_policy(p, context=context) for p in policy_specs]
     if population is None:
+        # Parameters, covariates, random effects and states of every patient, float64, a few copies.
+        width = len(model.parameters) + len(model.covariates) + len(model.state_names) + 8
+        budget.check_work(
+            interactions=0,
+            memory=4.0 * 8 * width * n,
+            max_interactions=max_interactions,
+            max_memory=max_memory,
+            detail=f"{n} virtual patients of {model.name}",
+            memory_option="max_memory (medsim risk: --max-memory)",
+        )
         population = sample_population(
             draws, n, mode=mode, subject=subject, seed=seed, patients_per_draw=patients_per_draw
         )
@@ -129,6 +150,8 @@ def evaluate_policies(
         support=dict(support) if support else None,
         progress=each,
         scheme=scheme,
+        max_interactions=max_interactions,
+        max_memory=max_memory,
     )
     full = {
         **dict(provenance or {}),

@@ -7,54 +7,33 @@ Values are numbers, ``true``/``false``, strings, or lists separated by ``;``
 (``measure_at=1;2;6``). Keys with a dotted prefix configure a component policy:
 ``safe_timing:eps=0.05,base=tdm,base.target=10`` or ``flip:q=0.3,a=fixed,a.dose=400,b=fixed,b.dose=600``.
 
-User policies: ``package.module:attr[:key=value,...]`` or ``path/to/file.py[:attr][:key=value,...]``
-(``attr`` defaults to ``policy`` for files). ``attr`` may be
-
-* a class — instantiated with the key=value parameters (as strings converted like built-ins
-  when the class is a dataclass, passed as strings otherwise);
-* a function whose first parameter is named ``obs`` — a memoryless policy
-  ``f(obs, *, rng) -> Option``, wrapped in :class:`FunctionPolicy`;
-* any other function — a factory called with the parameters, returning a policy;
-* an object that already is a policy.
-
-Whatever comes out is checked against :class:`policies.protocol.Policy` with an error that says
-what is missing.
+User policies: ``package.module:attr[:key=value,...]`` or ``path/to/file.py[:attr][:key=value,...]``,
+loaded by :func:`policies.user_code.load_user_policy` (what ``attr`` may be, and which functions
+medsim agrees to call, is described there).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import importlib
-import importlib.util
-import inspect
 import math
-import sys
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass
-from pathlib import Path
+from collections.abc import Mapping
 from typing import Any
 
-import numpy as np
+from policies.protocol import Policy, PolicyContext, PolicySpecError
+from policies.user_code import FunctionPolicy, check_policy, load_user_policy, policy_factory
 
-from policies.protocol import Observation, Option, Policy, PolicyContext
-
-
-class PolicySpecError(ValueError):
-    """A policy spec or user policy could not be turned into a policy; the message says why."""
-
-
-@dataclass(frozen=True)
-class FunctionPolicy:
-    """A memoryless policy from a function ``f(obs, *, rng) -> Option``."""
-
-    function: Callable[..., Option]
-    name: str
-
-    def init(self, n: int, *, seed: int) -> None:
-        return None
-
-    def act(self, state: None, obs: Observation, *, rng: np.random.Generator) -> tuple[None, Option]:
-        return None, self.function(obs, rng=rng)
+__all__ = [
+    "FunctionPolicy",
+    "PolicySpecError",
+    "build_component",
+    "build_dataclass",
+    "check_policy",
+    "load_user_policy",
+    "parse_params",
+    "parse_policy",
+    "policy_factory",
+    "split_components",
+]
 
 
 # ---------------------------------------------------------------------------- values
@@ -104,9 +83,12 @@ def _convert(kind: str, key: str, value: str, annotation: str) -> Any:
         return number
     if ann.startswith("tuple[float"):
         try:
-            return tuple(float(v) for v in value.split(";") if v.strip())
+            numbers = tuple(float(v) for v in value.split(";") if v.strip())
         except ValueError:
             raise bad("a list of numbers separated by ';'") from None
+        if any(math.isnan(x) for x in numbers):
+            raise bad("a list of numbers separated by ';'")
+        return numbers
     return value
 
 
@@ -155,83 +137,6 @@ def build_component(kind: str, raw: Mapping[str, str], context: PolicyContext) -
     return parse_policy(f"{kind}:{body}" if body else kind, context=context)
 
 
-# ---------------------------------------------------------------------------- user code
-def check_policy(obj: Any, origin: str) -> Policy:
-    """Return ``obj`` if it satisfies the policy protocol, else raise naming what is missing."""
-    missing = [a for a in ("init", "act") if not callable(getattr(obj, a, None))]
-    if not isinstance(getattr(obj, "name", None), str):
-        missing.append("name (a str)")
-    if missing:
-        raise PolicySpecError(
-            f"{origin} is not a policy: it lacks {', '.join(missing)}; a policy has name: str, "
-            "init(n, *, seed) -> state and act(state, obs, *, rng) -> (state, Option)"
-        )
-    for method, needed in (("init", ("seed",)), ("act", ("rng",))):
-        params = inspect.signature(getattr(obj, method)).parameters
-        has_kwargs = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
-        if not has_kwargs and any(k not in params for k in needed):
-            raise PolicySpecError(f"{origin}: {method}() must accept the keyword argument {needed[0]!r}")
-    return obj
-
-
-def _import_target(target: str) -> Any:
-    module_name, _, attr = target.partition(":")
-    if module_name.endswith(".py"):
-        path = Path(module_name)
-        if not path.is_file():
-            raise PolicySpecError(f"policy file {path} does not exist")
-        unique = f"medsim_user_policy_{abs(hash(str(path.resolve())))}"
-        spec = importlib.util.spec_from_file_location(unique, path)
-        if spec is None or spec.loader is None:
-            raise PolicySpecError(f"policy file {path} cannot be imported as a Python module")
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[unique] = module
-        try:
-            spec.loader.exec_module(module)
-        except Exception as err:
-            sys.modules.pop(unique, None)
-            raise PolicySpecError(f"policy file {path} failed to import: {type(err).__name__}: {err}") from err
-        attr = attr or "policy"
-    else:
-        if not attr:
-            raise PolicySpecError(f"user policy {target!r} must be 'module:attribute' or a .py file path")
-        try:
-            module = importlib.import_module(module_name)
-        except ImportError as err:
-            raise PolicySpecError(f"cannot import policy module {module_name!r}: {err}") from err
-    if not hasattr(module, attr):
-        public = [n for n in dir(module) if not n.startswith("_")]
-        raise PolicySpecError(f"{module_name} has no attribute {attr!r}; it has: {', '.join(public[:30])}")
-    return getattr(module, attr)
-
-
-def load_user_policy(target: str, raw: Mapping[str, str] | None = None) -> Policy:
-    """Load a user policy from ``module:attr`` or ``file.py[:attr]`` (see the module docstring)."""
-    raw = dict(raw or {})
-    obj = _import_target(target)
-    origin = f"user policy {target!r}"
-    if inspect.isclass(obj):
-        try:
-            made = build_dataclass(obj, target, raw) if dataclasses.is_dataclass(obj) else obj(**raw)
-        except TypeError as err:
-            raise PolicySpecError(f"{origin}: cannot instantiate with {raw}: {err}") from None
-        return check_policy(made, origin)
-    if inspect.isfunction(obj):
-        params = list(inspect.signature(obj).parameters)
-        if params and params[0] == "obs":
-            if raw:
-                raise PolicySpecError(f"{origin} is a memoryless policy function; it takes no parameters")
-            return FunctionPolicy(obj, name=target)
-        try:
-            made = obj(**raw)
-        except TypeError as err:
-            raise PolicySpecError(f"{origin}: factory call with {raw} failed: {err}") from None
-        return check_policy(made, origin)
-    if raw:
-        raise PolicySpecError(f"{origin} is an object; it takes no parameters")
-    return check_policy(obj, origin)
-
-
 # ---------------------------------------------------------------------------- specs
 def _split_spec(spec: str) -> tuple[str, str, str]:
     """-> (kind, target, params): kind ``"builtin"`` or ``"user"``."""
@@ -278,7 +183,7 @@ def parse_policy(spec: str, *, context: PolicyContext | None = None) -> Policy:
     kind, target, params = _split_spec(spec)
     raw = parse_params(params)
     if kind == "user":
-        return load_user_policy(target, raw)
+        return load_user_policy(target, raw, context=context)
     builder = BUILTINS[target]
     from_spec = getattr(builder, "from_spec", None)
     if from_spec is not None:

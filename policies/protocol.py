@@ -37,7 +37,11 @@ from medsim.simulate.types import Bound
 
 
 class PolicyError(ValueError):
-    """A policy returned something the rollout cannot use; the message names the policy and field."""
+    """A policy failed or returned something the rollout cannot use; the message names the policy and field."""
+
+
+class PolicySpecError(ValueError):
+    """A policy spec or user policy could not be turned into a policy; the message says why."""
 
 
 @dataclass(frozen=True)
@@ -106,27 +110,54 @@ class Option:
     rate: Mapping[int, np.ndarray] = field(default_factory=dict)
     measure_next: np.ndarray | None = None
 
-    def validated(self, n: int, model: PhysiologyModel, active: np.ndarray, policy: str) -> Option:
+    def validated(self, n: int, model: PhysiologyModel | None, active: np.ndarray, policy: str) -> Option:
         """This option as float64/bool arrays of shape (n,), checked against ``model``.
+
+        Parameters
+        ----------
+        n : int
+            Number of patients.
+        model : PhysiologyModel or None
+            Dose compartments are checked against ``model.dose_targets``; ``None`` skips that check.
+        active : (n,) bool
+            Patients whose treatment counts (the others' values are ignored and set to 0).
+        policy : str
+            The policy's name, for messages.
 
         Raises
         ------
         PolicyError
-            Naming the policy, the field and the first offending patient.
+            Naming the policy, the field and the first offending patient, or what was given where
+            an array or a mapping was expected.
         """
 
         def arr(name: str, value: Any, dtype=np.float64) -> np.ndarray:
-            out = np.asarray(value, dtype=dtype)
+            kind = "numbers" if dtype is np.float64 else "booleans"
+            try:
+                out = np.asarray(value, dtype=dtype)
+            except (TypeError, ValueError, OverflowError):
+                raise PolicyError(
+                    f"policy {policy!r}: option.{name} must be an array of {kind}, got {type(value).__name__}"
+                ) from None
             if out.ndim == 0:
                 out = np.full(n, out, dtype=dtype)
             if out.shape != (n,):
                 raise PolicyError(f"policy {policy!r}: option.{name} has shape {out.shape}, expected ({n},)")
             return out
 
-        def amounts(name: str, values: Mapping[int, Any], allow_inf: bool = False) -> dict[int, np.ndarray]:
+        def amounts(name: str, values: Any) -> dict[int, np.ndarray]:
+            if not isinstance(values, Mapping):
+                raise PolicyError(
+                    f"policy {policy!r}: option.{name} must be a mapping compartment -> (n,) array, "
+                    f"got {type(values).__name__}"
+                )
             out = {}
             for cmt, value in values.items():
-                if int(cmt) not in model.dose_targets:
+                if isinstance(cmt, bool) or not isinstance(cmt, int | np.integer):
+                    raise PolicyError(
+                        f"policy {policy!r}: option.{name} key {cmt!r} must be a compartment number (int)"
+                    )
+                if model is not None and int(cmt) not in model.dose_targets:
                     raise PolicyError(
                         f"policy {policy!r}: option.{name} uses compartment {cmt}; model {model.name!r} doses "
                         f"into {sorted(model.dose_targets)}"
@@ -141,6 +172,7 @@ class Option:
                 out[int(cmt)] = np.where(active, a, 0.0)
             return out
 
+        active = np.broadcast_to(np.asarray(active, bool), (n,))
         interval = arr("interval", self.interval)
         bad = active & ~(interval > 0)
         if bad.any():

@@ -56,7 +56,7 @@ class RolloutResult:
         Per-patient efficacy metrics, e.g. ``"time_in_range"`` (fraction of the horizon).
     out_of_support : (N, K) float
         Fraction of each interval during which state or treatment lay outside what the fitted
-        cohort supported (0 where no support information was given).
+        cohort supported; None when no support ranges were given (nothing was checked).
     path_time : (M, T) float, optional
         Save-grid times for the first ``M`` patients (fan charts); ``None`` if not saved.
     path : Mapping observable -> (M, T) float

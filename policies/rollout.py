@@ -22,6 +22,14 @@ parameters, initial states, scenario and the noise of their ``k``-th interaction
 numbers). Process noise is indexed by interaction, not by absolute time: once two policies'
 schedules diverge their Brownian paths differ.
 
+Before the first sub-step each chunk is checked: the work (interactions from the horizon and the
+first interval the policy asks for, memory of the per-interaction statistics) against
+``max_interactions`` / ``max_memory`` (:mod:`medsim.simulate.budget`), and ``dt`` against the
+scheme's stability limit for these patients (:mod:`medsim.simulate.stability`). Every interval's
+result is checked by the simulator (finite, inside the states' physical ranges) and every
+observation by the same :func:`medsim.simulate.checks.check_finite`, so no NaN or blown-up
+patient reaches the risk estimates.
+
 Efficacy and support are measured with extra bounds handed to the simulator (its exact
 trapezoid time-outside on the sub-step grid): the target range ``lo <= y <= hi`` becomes
 ``y >= lo`` and ``y <= hi``; each support range likewise. They are not part of the result's
@@ -42,6 +50,8 @@ import numpy as np
 from medsim.models.base import PhysiologyModel
 from medsim.population.streams import Stream, patient_keys, patient_normal
 from medsim.population.virtual import VirtualPopulation
+from medsim.simulate import budget
+from medsim.simulate.checks import check_finite
 from medsim.simulate.types import Bound, DoseEvents
 from policies.compiled import compiled_simulator
 from policies.paths import compress_segments, join_paths
@@ -57,10 +67,24 @@ class _Setup:
     """Everything a chunk needs that does not depend on the chunk (built once per rollout)."""
 
     def __init__(
-        self, model, bounds, horizon, dt, seed, scenario, measurement_noise, target, support, scheme, max_interactions
+        self,
+        model,
+        bounds,
+        horizon,
+        dt,
+        seed,
+        scenario,
+        measurement_noise,
+        target,
+        support,
+        scheme,
+        max_interactions,
+        max_memory=None,
     ):
         self.model, self.bounds, self.horizon, self.seed = model, tuple(bounds), float(horizon), int(seed)
         self.scenario, self.noise, self.max_interactions = scenario, bool(measurement_noise), int(max_interactions)
+        self.max_memory = max_memory
+        self.n_total = 0  # patients of the whole rollout (set by _rollout), for the memory estimate
         self.target = target_range(model, self.bounds, target)
         self.support = dict(support or {})
         check_support(model, self.support)
@@ -99,17 +123,26 @@ def _measure(setup: _Setup, pop: VirtualPopulation, true: Mapping[str, np.ndarra
     return out
 
 
-def _check_finite(true: Mapping[str, np.ndarray], pop: VirtualPopulation, offset: int, t: np.ndarray) -> None:
-    """Stop at the first non-finite simulated value instead of letting NaN flow into risk estimates."""
-    for name, value in true.items():
-        bad = ~np.isfinite(value)
-        if bad.any():
-            i = int(np.flatnonzero(bad)[0])
-            params = ", ".join(f"{k}={v[i]:.4g}" for k, v in pop.params.items())
-            raise FloatingPointError(
-                f"patient {offset + i}: simulated {name} is {value[i]} at t={t[i]:g} {pop.model.time_unit} "
-                f"({params}); a smaller dt usually cures this (an explicit step of fast kinetics is unstable)"
-            )
+def _row_bytes(setup: _Setup) -> int:
+    """Bytes kept per patient and interaction: the row, its stacked copy and the merged result."""
+    n_obs, n_measured = len(setup.model.observable_names), len(setup.measured_obs)
+    floats = 3 + n_measured + 3 * n_obs + 2 * len(setup.cmts) + 4 * len(setup.bounds)
+    return 3 * (8 * floats + 3 * max(len(setup.bounds), 1))
+
+
+def _check_work(setup: _Setup, policy: Policy, interactions: float, n_events: int, why: str) -> None:
+    """Refuse a rollout whose interactions or memory exceed the limits, before simulating it."""
+    n, unit = max(setup.n_total, 1), setup.model.time_unit
+    memory = n * (interactions * _row_bytes(setup) + 16 * 3 * n_events)
+    budget.check_work(
+        interactions=interactions,
+        memory=memory,
+        max_interactions=setup.max_interactions,
+        max_memory=setup.max_memory,
+        detail=f"policy {policy.name!r} on {n} patients over a {setup.horizon:g} {unit} horizon ({why})",
+        interactions_option="max_interactions (medsim risk: --max-interactions)",
+        memory_option="max_memory (medsim risk: --max-memory)",
+    )
 
 
 def _dose_events(setup: _Setup, t: np.ndarray, bolus: Mapping[int, np.ndarray], scen: DoseEvents | None):
@@ -148,7 +181,13 @@ def _run_chunk(
     real = np.arange(n) < n_real
     active, measure = real.copy(), real.copy()  # every rollout starts with a baseline look
     scenario = setup.scenario
+    if scenario is not None:  # one patient's events first: their number is known before all are built
+        probe = scenario.events(patient[:1], horizon, time_unit=model.time_unit)
+        n_events = int(np.isfinite(np.asarray(probe.time)).sum())
+        why = f"{n_events} scenario events per patient"
+        _check_work(setup, policy, n_events if scenario.announced else 0, n_events, why)
     scen = None if scenario is None else scenario.events(patient, horizon, time_unit=model.time_unit)
+    setup.sim.check_step(x, theta, patients=patient)
     announces = scen is not None and scenario.announced
     covariates = {c: np.asarray(v, np.float64) for c, v in pop.covariates.items()}
     policy_seed = int(np.random.SeedSequence([setup.seed, int(Stream.POLICY)]).generate_state(1)[0])
@@ -158,9 +197,12 @@ def _run_chunk(
     outside_target = np.zeros((n, len(setup.target_bounds)))
     while active.any():
         if len(rows) >= setup.max_interactions:
-            raise PolicyError(f"policy {policy.name!r}: over {setup.max_interactions} interactions before the horizon")
+            raise PolicyError(
+                f"policy {policy.name!r}: over {setup.max_interactions} interactions before the horizon; raise "
+                "max_interactions (medsim risk: --max-interactions) if the policy means to act that often"
+            )
         true = {o: np.broadcast_to(np.asarray(v, np.float64), (n,)) for o, v in setup.observe(x, theta).items()}
-        _check_finite(true, pop, offset, t)
+        check_finite(true, pop.params, t, time_unit=model.time_unit, patients=patient)
         measured = _measure(setup, pop, true, patient, k, measure & active)
         announced = {}
         if announces:
@@ -180,6 +222,11 @@ def _run_chunk(
         rng = np.random.default_rng([setup.seed, int(Stream.POLICY), offset, len(rows)])
         pstate, option = policy.act(pstate, obs, rng=rng)
         option = option.validated(n, model, active, policy.name)
+        if not rows:  # the first interval the policy asks for tells how many interactions the horizon needs
+            interval = float(np.min(np.asarray(option.interval, np.float64)[active], initial=np.inf))
+            n_events = 0 if scen is None else int(scen.time.shape[1])
+            interactions = max(budget.interaction_count(horizon, interval), n_events if announces else 0)
+            _check_work(setup, policy, interactions, n_events, f"an interaction every {interval:g} {model.time_unit}")
         t1 = np.minimum(t + option.interval, horizon)
         if announces:
             t1 = np.minimum(t1, next_event_after(scen, t, setup.tol))
@@ -195,6 +242,7 @@ def _run_chunk(
             events=_dose_events(setup, t, bolus, scen),
             rates={c: jnp.asarray(r, jnp.float32) for c, r in rates.items()},
             save_every=save_every if n_paths > 0 else None,
+            patients=patient,
         )
         st = jax.tree_util.tree_map(np.asarray, res.stats)
         treatment = {f"bolus_cmt{c}": bolus[c] for c in setup.cmts}
@@ -298,7 +346,8 @@ def _assemble(
         obs_max=stackd("obs_max"),
         treatment=treatment,
         efficacy=efficacy,
-        out_of_support=stack("out_of_support", 0.0),
+        # without support ranges nothing was checked: None (unknown), never 0 (inside)
+        out_of_support=stack("out_of_support", 0.0) if setup.support else None,
         path_time=path_time,
         path=path,
         seed=setup.seed,
@@ -324,6 +373,7 @@ def _rollout(
     path_points: int = 400,
 ) -> RolloutResult:
     n = population.n_patients
+    setup.n_total = n
     total = float(n) * setup.horizon
     # Save about `path_points` points per path over the horizon (in simulator sub-steps).
     save_every = max(1, round(setup.horizon / (path_points * setup.sim.dt))) if n_paths_saved > 0 else None
@@ -373,7 +423,8 @@ def rollout(
     support: Mapping[str, tuple[float, float]] | None = None,
     target: Any = None,
     scheme: str = "milstein",
-    max_interactions: int = 100_000,
+    max_interactions: int | None = None,
+    max_memory: int | None = None,
 ) -> RolloutResult:
     """Simulate ``population`` under ``policy`` up to ``horizon`` (see the module docstring).
 
@@ -416,8 +467,14 @@ def rollout(
         next to ``total_dose_cmt<c>``.
     scheme : str
         Simulator scheme (``"milstein"``, ``"euler"`` or ``"exponential"``).
-    max_interactions : int
-        Guard against a policy that never reaches the horizon.
+    max_interactions : int, optional
+        Most interaction intervals per patient (default
+        :data:`medsim.simulate.budget.DEFAULT_MAX_INTERACTIONS`). Checked before simulating
+        (the horizon divided by the first interval the policy asks for, or the number of announced
+        scenario events) and during the run (a policy that never reaches the horizon).
+    max_memory : int, optional
+        Most bytes the rollout may plan to keep (per-interaction statistics of every patient);
+        default :func:`medsim.simulate.budget.default_max_memory`.
 
     Returns
     -------
@@ -429,6 +486,14 @@ def rollout(
         If the policy returns an unusable option (naming the field and patient).
     ValueError
         On inconsistent arguments (wrong model, bad support keys, non-positive horizon).
+    WorkLimitError
+        When the planned interactions or memory exceed ``max_interactions`` / ``max_memory``
+        (before simulating; the message gives the estimate and how to raise the limit).
+    UnstableStepError
+        When ``dt`` is beyond the scheme's stability limit for some patient (before simulating).
+    NonFiniteStateError, RunawayStateError
+        When a simulated value is not finite or a state leaves its physical range, naming the
+        patient, its parameters and the time.
     """
     if population.model.name != model.name:
         raise ValueError(f"population is for model {population.model.name!r}, not {model.name!r}")
@@ -438,8 +503,11 @@ def rollout(
         raise ValueError(f"dt must be > 0, got {dt}")
     if int(chunk_size) < 1:
         raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+    limit = budget.DEFAULT_MAX_INTERACTIONS if max_interactions is None else int(max_interactions)
+    if limit < 1:
+        raise ValueError(f"max_interactions must be >= 1, got {max_interactions}")
     setup = _Setup(
-        model, bounds, horizon, dt, seed, scenario, measurement_noise, target, support, scheme, max_interactions
+        model, bounds, horizon, dt, seed, scenario, measurement_noise, target, support, scheme, limit, max_memory
     )
     return _rollout(
         setup, population, policy, chunk_size=int(chunk_size), n_paths_saved=n_paths_saved, progress=progress

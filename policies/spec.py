@@ -53,6 +53,8 @@ _BOUND_RE = re.compile(rf"^\s*([A-Za-z_]\w*)\s*(<=|>=|<|>)\s*({_NUMBER})\s*$")
 _TARGET_RE = re.compile(rf"^\s*({_NUMBER})\s*<=?\s*([A-Za-z_]\w*)\s*<=?\s*({_NUMBER})\s*$")
 _HORIZON_RE = re.compile(rf"^\s*({_NUMBER})\s*([A-Za-z]*)\s*$")
 _KEYS = ("bounds", "horizon", "from", "epsilon", "delta", "target", "time_unit")
+_BOUND_KEYS = ("observable", "upper", "lower", "value", "side", "name")
+_OBSERVABLE_RE = re.compile(r"^[A-Za-z_]\w*$")
 
 
 class SpecError(ValueError):
@@ -129,12 +131,27 @@ class SafetySpec:
                 f"{src}: key 'from' must be a time in [0, horizon), got {self.monitor_from!r}"
                 f" (horizon {self.horizon!r})"
             )
+        for b in self.bounds:
+            if not isinstance(b, Bound):
+                raise SpecError(f"{src}: key 'bounds' entry {b!r} is not a Bound")
+            if b.name != derived_name(b):
+                raise SpecError(
+                    f"{src}: key 'bounds' entry named {b.name!r} is the bound {derived_name(b)!r}; a bound's "
+                    "name is derived from its observable, side and value"
+                )
         names = [b.name for b in self.bounds]
         dup = sorted({n for n in names if names.count(n) > 1})
         if dup:
             raise SpecError(f"{src}: key 'bounds' lists {dup} more than once")
-        if self.target is not None and not self.target.low < self.target.high:
-            raise SpecError(f"{src}: key 'target' needs low < high, got {self.target}")
+        for obs in self.observables:
+            low, high = _safe_interval(self.bounds, obs)
+            if low[0] >= high[0]:
+                raise SpecError(
+                    f"{src}: key 'bounds' leaves no safe value of {obs!r}: {low[1]} and {high[1]} cannot both "
+                    "hold (every patient would violate them)"
+                )
+        if self.target is not None:
+            _check_target(src, self.target, self.bounds)
 
     @property
     def confidence(self) -> float:
@@ -198,16 +215,18 @@ class SafetySpec:
     def to_dict(self) -> dict:
         """JSON-serialisable form (bounds as strings; round-trips through :func:`spec_from_mapping`)."""
         out: dict[str, Any] = {
-            "bounds": [b.name for b in self.bounds],
-            "horizon": self.horizon if self.time_unit is None else f"{self.horizon:g}{self.time_unit}",
+            "bounds": [_bound_text(b) for b in self.bounds],
+            "horizon": self.horizon if self.time_unit is None else f"{_exact(self.horizon)}{self.time_unit}",
             "epsilon": self.epsilon,
             "delta": self.delta,
             "source": self.source,
         }
         if self.target is not None:
-            out["target"] = str(self.target)
+            t = self.target
+            out["target"] = f"{_exact(t.low)}<={t.observable}<={_exact(t.high)}"
         if self.monitor_from > 0:
-            out["from"] = self.monitor_from if self.time_unit is None else f"{self.monitor_from:g}{self.time_unit}"
+            start = self.monitor_from
+            out["from"] = start if self.time_unit is None else f"{_exact(start)}{self.time_unit}"
         return out
 
     def __str__(self) -> str:
@@ -220,6 +239,44 @@ class SafetySpec:
         if self.target is not None:
             parts.append(f"target={self.target}")
         return ";".join(parts)
+
+
+def _exact(value: float) -> str:
+    """``f"{value:g}"`` where that reads back as ``value``, else the shortest exact form."""
+    short = f"{value:g}"
+    return short if float(short) == value else repr(float(value))
+
+
+def _bound_text(bound: Bound) -> str:
+    """The bound as text that parses back to the same value (its name, unless ``:g`` rounds it)."""
+    return f"{bound.observable}{'<=' if bound.side == 'upper' else '>='}{_exact(bound.value)}"
+
+
+def derived_name(bound: Bound) -> str:
+    """The name a bound is shown under: ``observable<=value`` or ``observable>=value``."""
+    return Bound(bound.observable, bound.value, bound.side).name
+
+
+def _safe_interval(bounds: tuple[Bound, ...], observable: str) -> tuple[tuple[float, str], tuple[float, str]]:
+    """Tightest ``(value, name)`` lower and upper bounds on ``observable`` (``-inf``/``inf`` if none)."""
+    lows = [(b.value, b.name) for b in bounds if b.observable == observable and b.side == "lower"]
+    highs = [(b.value, b.name) for b in bounds if b.observable == observable and b.side == "upper"]
+    return max(lows, default=(-math.inf, "")), min(highs, default=(math.inf, ""))
+
+
+def _check_target(src: str, target: TargetRange, bounds: tuple[Bound, ...]) -> None:
+    if not (_OBSERVABLE_RE.match(str(target.observable)) and _finite(target.low) and _finite(target.high)):
+        raise SpecError(f"{src}: key 'target' needs an observable name and finite low and high, got {target!r}")
+    if not target.low < target.high:
+        raise SpecError(f"{src}: key 'target' needs low < high, got {target}")
+    (low, low_name), (high, high_name) = _safe_interval(bounds, target.observable)
+    if target.high <= low or target.low >= high:
+        limit = low_name if target.high <= low else high_name
+        raise SpecError(f"{src}: key 'target' {str(target)!r} lies outside the safe set ({limit})")
+
+
+def _finite(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
 
 
 # ---------------------------------------------------------------------------------------- units
@@ -255,6 +312,8 @@ def parse_bound(text: str, *, where: str = "inline") -> Bound:
             f"{where}: key 'bounds' value {text!r} is not a bound; expected OBSERVABLE<=VALUE or OBSERVABLE>=VALUE"
         )
     name, op, value = m.groups()
+    if not math.isfinite(float(value)):
+        raise SpecError(f"{where}: key 'bounds' value {text!r}: the bound must be a finite number, got {value}")
     return Bound(name, float(value), "upper" if op.startswith("<") else "lower")
 
 
@@ -263,8 +322,14 @@ def _bound_from_entry(entry: Any, *, where: str) -> Bound:
         return parse_bound(entry, where=where)
     if not isinstance(entry, Mapping):
         raise SpecError(f"{where}: key 'bounds' entry {entry!r} must be a string or a table/object")
+    unknown = sorted(str(k) for k in entry if k not in _BOUND_KEYS)
+    if unknown:
+        raise SpecError(
+            f"{where}: key 'bounds' entry {dict(entry)!r} has unknown key(s) {unknown}; valid keys are "
+            f"{list(_BOUND_KEYS)}"
+        )
     obs = entry.get("observable")
-    if not isinstance(obs, str):
+    if not (isinstance(obs, str) and _OBSERVABLE_RE.match(obs)):
         raise SpecError(f"{where}: key 'bounds' entry {dict(entry)!r} needs an 'observable' name")
     given = [k for k in ("upper", "lower", "value") if k in entry]
     if len(given) != 1:
@@ -272,12 +337,29 @@ def _bound_from_entry(entry: Any, *, where: str) -> Bound:
             f"{where}: key 'bounds' entry {dict(entry)!r} needs exactly one of 'upper', 'lower' or 'value' (+ 'side')"
         )
     key = given[0]
+    if key != "value" and "side" in entry:
+        raise SpecError(f"{where}: key 'bounds' entry {dict(entry)!r}: 'side' goes with 'value', not with {key!r}")
     side = entry.get("side", "upper") if key == "value" else key
+    if side not in ("upper", "lower"):
+        raise SpecError(f"{where}: key 'bounds' entry {dict(entry)!r}: 'side' must be 'upper' or 'lower'")
     value = _number(entry[key], where=where, key=f"bounds.{obs}.{key}")
-    try:
-        return Bound(obs, value, side, str(entry.get("name", "")))
-    except ValueError as err:
-        raise SpecError(f"{where}: key 'bounds' entry {dict(entry)!r}: {err}") from None
+    bound = Bound(obs, value, side)
+    if "name" in entry:
+        # The name is what reports show; one that disagrees with the bound would mislabel every
+        # figure and verdict, so it must describe the same bound (e.g. "conc >= 5" for conc>=5).
+        given_name = entry["name"]
+        same = False
+        if isinstance(given_name, str) and _BOUND_RE.match(given_name):
+            try:
+                same = parse_bound(given_name, where=where) == bound
+            except SpecError:
+                same = False
+        if not same:
+            raise SpecError(
+                f"{where}: key 'bounds' entry {dict(entry)!r}: 'name' {given_name!r} does not describe the bound "
+                f"{bound.name!r}; leave 'name' out, it is derived from the bound"
+            )
+    return bound
 
 
 def _number(value: Any, *, where: str, key: str) -> float:
@@ -285,7 +367,7 @@ def _number(value: Any, *, where: str, key: str) -> float:
         raise SpecError(f"{where}: key {key!r} must be a number, got {value!r}")
     try:
         out = float(value)
-    except ValueError:
+    except (ValueError, OverflowError):
         raise SpecError(f"{where}: key {key!r} must be a number, got {value!r}") from None
     if not math.isfinite(out):
         raise SpecError(f"{where}: key {key!r} must be finite, got {value!r}")
@@ -294,8 +376,8 @@ def _number(value: Any, *, where: str, key: str) -> float:
 
 def _horizon(value: Any, *, where: str, key: str = "horizon") -> tuple[float, str | None]:
     if isinstance(value, int | float) and not isinstance(value, bool):
-        return float(value), None
-    m = _HORIZON_RE.match(str(value))
+        return _number(value, where=where, key=key), None
+    m = _HORIZON_RE.match(value) if isinstance(value, str) else None
     if m is None:
         raise SpecError(f"{where}: key {key!r} value {value!r} is not a duration such as '72h', '3d' or '90min'")
     number, unit = m.groups()
@@ -309,9 +391,11 @@ def _target(value: Any, *, where: str) -> TargetRange:
             raise SpecError(f"{where}: key 'target' value {value!r} is not a range such as '10<=conc<=15'")
         low, obs, high = m.groups()
         return TargetRange(obs, float(low), float(high))
-    if isinstance(value, Mapping) and {"observable", "low", "high"} <= set(value):
+    if isinstance(value, Mapping) and set(value) == {"observable", "low", "high"}:
+        if not (isinstance(value["observable"], str) and _OBSERVABLE_RE.match(value["observable"])):
+            raise SpecError(f"{where}: key 'target' value {value!r} needs an observable name")
         return TargetRange(
-            str(value["observable"]),
+            value["observable"],
             _number(value["low"], where=where, key="target.low"),
             _number(value["high"], where=where, key="target.high"),
         )
@@ -407,9 +491,13 @@ def load_spec(path: str | Path) -> SafetySpec:
         raw = path.read_bytes()
     except OSError as err:
         raise SpecError(f"{path}: cannot read the spec file ({err.strerror})") from None
+    except ValueError as err:  # e.g. a NUL character in the path
+        raise SpecError(f"{path!r}: not a usable file name ({err})") from None
     try:
         data = json.loads(raw) if suffix == ".json" else tomllib.loads(raw.decode("utf-8"))
-    except (json.JSONDecodeError, tomllib.TOMLDecodeError, UnicodeDecodeError) as err:
+    except RecursionError:
+        raise SpecError(f"{path}: not valid {suffix[1:].upper()}: nested too deeply") from None
+    except ValueError as err:  # JSON/TOML syntax, undecodable bytes, integers past Python's digit limit
         raise SpecError(f"{path}: not valid {suffix[1:].upper()}: {err}") from None
     if not isinstance(data, Mapping):
         raise SpecError(f"{path}: the top level must be an object/table of keys {list(_KEYS)}")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import secrets
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +11,7 @@ from matplotlib.figure import Figure
 
 from inference.checks.individual import individual_fits, plot_individual_fits
 from inference.checks.vpc import plot_vpc, vpc
+from medsim.io import atomic_write
 
 
 def save_figure(fig: Figure, path: str | os.PathLike, *, dpi: int = 130) -> Path:
@@ -22,18 +22,12 @@ def save_figure(fig: Figure, path: str | os.PathLike, *, dpi: int = 130) -> Path
     Path
         ``path``; on failure no partial file is left behind.
     """
-    path = Path(path)
-    tmp = path.parent / f".{path.name}.{secrets.token_hex(6)}.tmp"
-    # os.open with mode 0o666 lets the umask decide the permissions, as for any new file.
-    handle = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-    try:
-        with os.fdopen(handle, "wb") as out:
+
+    def save(tmp: Path) -> None:
+        with open(tmp, "wb") as out:
             fig.savefig(out, format="png", dpi=dpi)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+
+    return atomic_write(path, save)
 
 
 def write_check_figures(

@@ -1,7 +1,8 @@
-"""Held-out measurements: fit without each subject's last measurements, then check they are predicted.
+"""Held-out measurements: fit without each subject's later measurements, then check they are predicted.
 
-:func:`split_last` removes the last ``n_last`` measurements of every subject; after fitting the
-rest, :func:`heldout_coverage` simulates the fitted subjects forward
+:func:`split_last` removes the last ``n_last`` measurements of every subject, :func:`split_after`
+every measurement after a time (or after a fraction of each subject's observation span); after
+fitting the rest, :func:`heldout_coverage` simulates the fitted subjects forward
 (:func:`~inference.checks.predictive.posterior_predictive`, individual mode, residual error
 included) and counts how often a held-out measurement falls inside its central posterior
 predictive interval. For a calibrated model the count is binomial with the nominal rate, up to
@@ -63,6 +64,56 @@ def heldout_mask(cohort: Any, n_last: int) -> np.ndarray:
     return mask & (position > (counts - n_last)[:, None])
 
 
+def window_mask(cohort: Any, *, after: float | None = None, fraction: float | None = None) -> np.ndarray:
+    """(S, N) mask of the measurements in each subject's held-out time window (padded layout).
+
+    Parameters
+    ----------
+    cohort : Cohort or PaddedCohort
+    after : float, optional
+        Hold out measurements at times strictly after ``after`` (model time unit).
+    fraction : float in (0, 1), optional
+        Hold out measurements after ``t_first + (1 - fraction) (t_last - t_first)`` of each
+        subject's own measurement times: the last ``fraction`` of its observation span.
+
+    Raises
+    ------
+    PredictiveError
+        Not exactly one of ``after`` / ``fraction``, a fraction outside (0, 1), a window that
+        leaves a subject nothing to fit, or one that holds out nothing at all.
+    """
+    if (after is None) == (fraction is None):
+        raise PredictiveError("give exactly one of after= (a time) or fraction= (a share of each subject's span)")
+    padded = padded_of(cohort)
+    mask = np.asarray(padded.obs_mask, bool)
+    time = np.asarray(padded.obs_time, float)
+    if fraction is not None:
+        if not 0.0 < fraction < 1.0:
+            raise PredictiveError(f"held-out fraction must be in (0, 1), got {fraction}")
+        first = np.where(mask, time, np.inf).min(axis=1)
+        last = np.where(mask, time, -np.inf).max(axis=1)
+        cut = first + (1.0 - fraction) * (last - first)
+    else:
+        cut = np.full(mask.shape[0], float(after))
+    held = mask & (time > cut[:, None])
+    short = [str(padded.ids[s]) for s in np.nonzero((mask & ~held).sum(axis=1) == 0)[0]]
+    if short:
+        raise PredictiveError(f"the held-out window leaves nothing to fit for subjects {short[:10]}")
+    if not held.any():
+        raise PredictiveError("the held-out window contains no measurement of any subject")
+    return held
+
+
+def split_after(cohort: Any, *, after: float | None = None, fraction: float | None = None) -> tuple[Any, np.ndarray]:
+    """``cohort`` without its held-out time window (:func:`window_mask`), and that window's mask.
+
+    Doses and covariates are kept: predictions of the window use the recorded inputs.
+    """
+    held = window_mask(cohort, after=after, fraction=fraction)
+    what = f"after t = {after:g}" if after is not None else f"the last {fraction:.0%} of each subject's span"
+    return without(cohort, held, f"without measurements {what}"), held
+
+
 def split_last(cohort: Any, n_last: int) -> Any:
     """``cohort`` without each subject's last ``n_last`` measurements (doses and covariates kept).
 
@@ -75,10 +126,15 @@ def split_last(cohort: Any, n_last: int) -> Any:
     -------
     medsim.data.Cohort
     """
+    return without(cohort, heldout_mask(cohort, n_last), f"without the last {n_last} measurements per subject")
+
+
+def without(cohort: Any, held: np.ndarray, description: str) -> Any:
+    """``cohort`` without the measurements ``held`` (S, N) marks; doses and covariates kept."""
     from medsim.data import Cohort
 
     padded = padded_of(cohort)
-    keep = np.asarray(padded.obs_mask, bool) & ~heldout_mask(padded, n_last)
+    keep = np.asarray(padded.obs_mask, bool) & ~np.asarray(held, bool)
     dose = np.asarray(padded.dose_mask, bool)
 
     def rows(name: str, mask: np.ndarray) -> list[np.ndarray]:
@@ -95,7 +151,7 @@ def split_last(cohort: Any, n_last: int) -> Any:
         dose_rate=rows("dose_rate", dose),
         covariates=dict(padded.covariates),
         units=dict(getattr(cohort, "units", {}) or {}),
-        name=f"{getattr(cohort, 'name', '')} without the last {n_last} measurements per subject".strip(),
+        name=f"{getattr(cohort, 'name', '')} {description}".strip(),
     )
 
 

@@ -67,6 +67,8 @@ class PredictiveSample:
     mode : {"individual", "population"}
     seed_key : (2,) uint32
         Raw words of the PRNG key used (provenance).
+    residual_sd : (R, S, T) float or None
+        SD of the simulated residual error at each point (0 where the observable has none).
     """
 
     subject_ids: tuple[str, ...]
@@ -80,6 +82,7 @@ class PredictiveSample:
     draw_index: np.ndarray
     mode: str
     seed_key: np.ndarray
+    residual_sd: np.ndarray | None = None
 
 
 def draws_of(posterior: Any) -> PosteriorDraws:
@@ -297,6 +300,7 @@ def posterior_predictive(
         raise PredictiveError(f"cannot simulate the cohort's schedule: {err}") from None
     prediction = np.zeros((n_rep, n_sub, time.shape[1]))
     replicate = np.zeros_like(prediction)
+    residual_sd = np.zeros_like(prediction)
     noise = np.asarray(jax.random.normal(k_res, prediction.shape))
     for i, name in enumerate(model.observable_names):
         at = obs_index == i
@@ -313,6 +317,7 @@ def posterior_predictive(
             sd = np.asarray(spec.sd(jnp.asarray(values), add, prop), float)
         prediction = np.where(at, values, prediction)
         replicate = np.where(at, values + sd * noise, replicate)
+        residual_sd = np.where(at, sd, residual_sd)
     return PredictiveSample(
         subject_ids=ids,
         time=time,
@@ -325,6 +330,7 @@ def posterior_predictive(
         draw_index=idx,
         mode=mode,
         seed_key=key_words(key),
+        residual_sd=residual_sd,
     )
 
 

@@ -13,20 +13,25 @@ intervals of the ``M`` simulated measurements are compared with what was measure
 * RMSE of the predictive mean (observable unit).
 
 This is the coverage/width metric of Bayesian neural CDEs (Hess et al. 2024, §5), per step
-ahead and pooled. Its Monte Carlo error: with ``M`` samples the interval end points are
+ahead and pooled. The pooled predictions are also scored as the calibration gate scores every
+model (:func:`inference.checks.calibration_gate.interval_figures`: width relative to the
+held-out measurements' 5–95 % range, CRPS and its skill over their own distribution), so the
+gate (:mod:`medsim.models.gate`) judges the neural model's sharpness too.
+Its Monte Carlo error: with ``M`` samples the interval end points are
 empirical quantiles, so coverage is biased by ``O(1/M)``; ``M = 200`` keeps that below 0.01.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import jax
 import numpy as np
 import torch
 
+from inference.checks.calibration_gate import interval_figures
 from medsim.models.neural.dose_filter import filter_values
 from medsim.models.neural.model import NeuralPatientModel
 from medsim.models.neural.simulator import NeuralSimulator
@@ -34,6 +39,15 @@ from medsim.models.neural.windows import make_windows
 from medsim.simulate.types import DoseEvents
 
 LEVELS = (0.5, 0.9)
+SHARPNESS = (
+    "spread_5_95",
+    "relative_width_0.9",
+    "interval_score_0.9",
+    "interval_score_0.9_climatology",
+    "crps",
+    "crps_climatology",
+    "crps_skill",
+)
 
 
 @dataclass(frozen=True)
@@ -48,6 +62,10 @@ class CalibrationReport:
         Entry ``k`` is ``k + 1`` steps ahead.
     rmse_by_step : list of float
         RMSE of the predictive mean, per step ahead (observable unit; pooled over observables).
+    sharpness : dict str -> float
+        The calibration gate's figures of the pooled predictions: ``spread_5_95``,
+        ``relative_width_0.9``, ``interval_score_0.9`` (and ``_climatology``), ``crps``,
+        ``crps_climatology``, ``crps_skill`` (module docstring; empty in records written before).
     n_by_step : list of int
         Predictions per step ahead.
     n_predictions, n_subjects, n_windows, steps_ahead, samples, seed : int
@@ -72,6 +90,7 @@ class CalibrationReport:
     seed: int
     dt: float
     subjects: list[str]
+    sharpness: dict[str, float] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -173,7 +192,7 @@ def interval_metrics(simulated: np.ndarray, measured: np.ndarray, mask: np.ndarr
     -------
     dict
         ``coverage``, ``width`` (pooled, per level), ``coverage_by_step``, ``width_by_step``,
-        ``rmse_by_step``, ``rmse``, ``n_by_step``, ``n_predictions`` (the
+        ``rmse_by_step``, ``rmse``, ``n_by_step``, ``n_predictions``, ``sharpness`` (the
         :class:`CalibrationReport` fields of the same names).
 
     Raises
@@ -199,6 +218,8 @@ def interval_metrics(simulated: np.ndarray, measured: np.ndarray, mask: np.ndarr
         cov_step[key] = per_step(inside)
         width_step[key] = per_step(hi - lo)
     squared = (simulated.mean(axis=-1) - measured) ** 2
+    window = np.broadcast_to(np.arange(mask.shape[0])[:, None], mask.shape)[mask]
+    pooled = interval_figures(np.moveaxis(simulated[mask], -1, 0), measured[mask], window)
     return {
         "coverage": coverage,
         "width": width,
@@ -208,6 +229,7 @@ def interval_metrics(simulated: np.ndarray, measured: np.ndarray, mask: np.ndarr
         "rmse": float(np.sqrt(squared[mask].mean())),
         "n_by_step": [int(v) for v in mask.sum(axis=0)],
         "n_predictions": int(mask.sum()),
+        "sharpness": {k: pooled[k] for k in SHARPNESS},
     }
 
 

@@ -20,18 +20,21 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import torch
 from safetensors import SafetensorError
 from safetensors.torch import load as load_safetensors
 from safetensors.torch import save as save_safetensors
 
+from medsim.io import atomic_write
 from medsim.models.neural.config import NeuralConfig, NeuralConfigError
 from medsim.models.neural.model import NeuralPatientModel
+from medsim.models.neural.schema import expect
 
 FORMAT = "medsim-neural-checkpoint"
 FORMAT_VERSION = 1
@@ -64,18 +67,11 @@ def checkpoint_paths(path: str | os.PathLike) -> tuple[Path, Path]:
 
 
 def _atomic_write(path: Path, write: Callable[[Any], None], mode: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, mode) as handle:
+    def fill(tmp: Path) -> None:
+        with open(tmp, mode, **({} if "b" in mode else {"encoding": "utf-8"})) as handle:
             write(handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+
+    atomic_write(path, fill)
 
 
 def _record(config: NeuralConfig, provenance: Mapping[str, Any], weights: Path, digest: str) -> dict[str, Any]:
@@ -118,25 +114,82 @@ def _json_default(value: Any) -> Any:
     raise TypeError(f"cannot store {type(value).__name__} in a checkpoint's JSON")
 
 
+#: Provenance entries the commands read, with their JSON type (others are kept as they are).
+_PROVENANCE_LISTS = ("train_ids", "validation_ids", "test_ids")
+_PROVENANCE_TEXT = ("cohort_source", "data_hash", "cohort")
+
+
+def _check_weights_file(name: Any, json_path: Path) -> None:
+    """``weights_file`` must name a ``.safetensors`` file in the checkpoint's own folder."""
+    where = f"{json_path}: weights_file"
+    expect(isinstance(name, str) and bool(name), where, "a file name", name, CheckpointFormatError)
+    plain = name not in (".", "..") and not any(c in name for c in "/\\\0") and Path(name).name == name
+    if not plain or Path(name).is_absolute():
+        raise CheckpointFormatError(
+            f"{where}: expected the name of a file in the checkpoint's folder (no folder part, no absolute "
+            f"path), got {name!r}"
+        )
+    if not name.endswith(".safetensors"):
+        raise CheckpointFormatError(f"{where}: expected a .safetensors file name, got {name!r}")
+
+
+def _check_record(record: dict[str, Any], json_path: Path) -> None:
+    """The types of the record's entries (the configuration is checked when it is built)."""
+    where = str(json_path)
+    for key in ("config", "weights_file", "weights_sha256"):
+        if key not in record:
+            raise CheckpointFormatError(f"{where}: missing key {key!r}")
+    config = record["config"]
+    expect(isinstance(config, dict), f"{where}: config", "an object", config, CheckpointFormatError)
+    _check_weights_file(record["weights_file"], json_path)
+    digest = record["weights_sha256"]
+    is_digest = isinstance(digest, str) and re.fullmatch(r"[0-9a-f]{64}", digest) is not None
+    expect(is_digest, f"{where}: weights_sha256", "64 hexadecimal digits (a SHA-256)", digest, CheckpointFormatError)
+    provenance = record.get("provenance", {})
+    expect(isinstance(provenance, dict), f"{where}: provenance", "an object", provenance, CheckpointFormatError)
+    for key in _PROVENANCE_LISTS:
+        value = provenance.get(key, [])
+        ok = isinstance(value, list) and all(isinstance(v, str) for v in value)
+        expect(ok, f"{where}: provenance.{key}", "an array of subject IDs (text)", value, CheckpointFormatError)
+    for key in _PROVENANCE_TEXT:
+        value = provenance.get(key)
+        expect(
+            value is None or isinstance(value, str), f"{where}: provenance.{key}", "text", value, CheckpointFormatError
+        )
+
+
 def read_record(path: str | os.PathLike) -> dict[str, Any]:
-    """The checkpoint's JSON record, validated (without loading weights)."""
+    """The checkpoint's JSON record, validated (without loading weights).
+
+    Raises
+    ------
+    CheckpointFormatError
+        If the file is missing, unreadable or not JSON, is not a medsim checkpoint of this format
+        version, or an entry has the wrong type: the message names the file and the entry
+        (``config``, ``weights_file``, ``provenance.test_ids`` ...) and what was expected.
+        ``weights_file`` must be a ``.safetensors`` file name in the checkpoint's own folder.
+    """
     _, json_path = checkpoint_paths(path)
     try:
-        record = json.loads(json_path.read_text())
+        record = json.loads(json_path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise CheckpointFormatError(f"{json_path}: no such checkpoint file") from None
-    except json.JSONDecodeError as err:
+    except IsADirectoryError:
+        raise CheckpointFormatError(f"{json_path}: is a folder; expected a checkpoint's JSON file") from None
+    except OSError as err:
+        raise CheckpointFormatError(f"{json_path}: cannot be read ({err.strerror or err})") from None
+    except UnicodeDecodeError:
+        raise CheckpointFormatError(f"{json_path}: not UTF-8 text; expected a checkpoint's JSON record") from None
+    except (json.JSONDecodeError, RecursionError) as err:
         raise CheckpointFormatError(f"{json_path}: not valid JSON ({err})") from None
     if not isinstance(record, dict) or record.get("format") != FORMAT:
         raise CheckpointFormatError(f"{json_path}: not a medsim neural checkpoint (expected format {FORMAT!r})")
-    if record.get("format_version") != FORMAT_VERSION:
+    if record.get("format_version") != FORMAT_VERSION or isinstance(record.get("format_version"), bool):
         raise CheckpointFormatError(
             f"{json_path}: checkpoint format version {record.get('format_version')!r}, this medsim reads "
             f"{FORMAT_VERSION}"
         )
-    for key in ("config", "weights_file", "weights_sha256"):
-        if key not in record:
-            raise CheckpointFormatError(f"{json_path}: missing key {key!r}")
+    _check_record(record, json_path)
     return record
 
 
@@ -161,6 +214,10 @@ def load_checkpoint(path: str | os.PathLike, *, device: str = "cpu") -> Checkpoi
         blob = weights_path.read_bytes()
     except FileNotFoundError:
         raise CheckpointFormatError(f"{weights_path}: weights file of {json_path.name} not found") from None
+    except OSError as err:
+        raise CheckpointFormatError(
+            f"{weights_path}: weights file of {json_path.name} cannot be read ({err.strerror or err})"
+        ) from None
     digest = hashlib.sha256(blob).hexdigest()
     if digest != record["weights_sha256"]:
         raise CheckpointFormatError(
@@ -180,6 +237,15 @@ def load_checkpoint(path: str | os.PathLike, *, device: str = "cpu") -> Checkpoi
         raise CheckpointFormatError(
             f"{weights_path}: tensors do not match the configured architecture; missing {missing[:5]}, "
             f"unexpected {unexpected[:5]}, wrong shape {wrong[:5]}"
+        )
+    broken = sorted(k for k, t in tensors.items() if t.is_floating_point() and not bool(torch.isfinite(t).all()))
+    if broken:
+        # A diverged training run saves NaN weights; they would surface far away (a residual
+        # error "needs add > 0", NaN trajectories), so they are refused here, by name.
+        raise CheckpointFormatError(
+            f"{weights_path}: tensors {broken[:5]}{' ...' if len(broken) > 5 else ''} hold NaN or infinite "
+            "values; expected finite weights (the training that saved them diverged: retrain, e.g. with a "
+            "smaller learning rate)"
         )
     model.load_state_dict(tensors, strict=True)
     model.to(device).eval()

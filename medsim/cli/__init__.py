@@ -18,5 +18,6 @@ from medsim.cli import risk_cmds as _risk_cmds  # noqa: F401  isort: skip
 from medsim.cli import sim_cmds as _sim_cmds  # noqa: F401  isort: skip
 from medsim.cli import demo_cmds as _demo_cmds  # noqa: F401  isort: skip
 from medsim.cli import neural_cmds as _neural_cmds  # noqa: F401  isort: skip
+from medsim.cli import t1d_cmds as _t1d_cmds  # noqa: F401  isort: skip
 
 __all__ = ["app", "main"]

@@ -22,13 +22,19 @@ def main() -> None:
     app()
 
 
-@app.callback()
-def _root(
-    version: bool = typer.Option(False, "--version", help="Print medsim's version and exit.", is_eager=True),
-) -> None:
-    """medsim: fit → sample → evaluate a policy's risk, with its uncertainty."""
-    if version:
+def _print_version(value: bool) -> None:
+    """Eager ``--version``: runs while the options are parsed, so it needs no command after it."""
+    if value:
         from medsim import __version__
 
         typer.echo(__version__)
         raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: bool = typer.Option(
+        False, "--version", help="Print medsim's version and exit.", is_eager=True, callback=_print_version
+    ),
+) -> None:
+    """medsim: fit → sample → evaluate a policy's risk, with its uncertainty."""

@@ -7,6 +7,7 @@ from pathlib import Path
 import typer
 
 from medsim.cli.app import app
+from medsim.cli.outputs import output_dir
 
 
 @app.command("demo")
@@ -16,10 +17,11 @@ def demo_command(
     seed: int = typer.Option(1, "--seed", help="Seed of the fits, populations and rollouts."),
     n: int = typer.Option(None, "--n", min=10, help="Override the number of virtual patients per example."),
 ) -> None:
-    """Fit Theoph and a synthetic T1D cohort, compare policies on virtual patients, write risk reports.
+    """Fit Theoph and a T1D cohort from an independent simulator, compare policies on virtual patients, write reports.
 
     theoph: fixed q12h vs TDM titration vs posterior-aware safe timing against 5 <= conc <= 20 mg/L.
-    glucose: basal-bolus vs PID, sparse vs dense measurement, against glucose >= 70 mg/dL.
+    glucose: the bundled t1d_sim cohort (6 patients simulated by simglucose, CGM every 15 min) fitted
+    with glucose_insulin; basal-bolus vs PID, sparse vs dense measurement, against glucose >= 70 mg/dL.
     """
     from rich.console import Console
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
@@ -32,6 +34,9 @@ def demo_command(
     if unknown:
         typer.echo(f"error: unknown example(s) {unknown}; choose from {list(examples)}", err=True)
         raise typer.Exit(2)
+    output_dir(out, "--out")
+    for name in chosen:
+        output_dir(out / name, "--out")
     console = Console()
     columns = (TextColumn("{task.description:<60}"), BarColumn(), TextColumn("{task.percentage:>5.1f}%"))
     for name in chosen:

@@ -1,6 +1,8 @@
 """``medsim fit`` (fit a hierarchical SDE model to a cohort) and ``medsim check`` (diagnose a fit).
 
-Exit status: 0 when the fit's diagnostics pass, 1 when they fail (the posterior file is still
+``medsim check`` also runs the held-out calibration gate and compares fits
+(:mod:`medsim.cli.check_cmds`). Exit status: 0 when the fit's diagnostics (and a stored
+calibration gate) pass, 1 when they fail (the posterior file is still
 written, flagged with ``diagnostics_ok = 0``), 2 for usage errors (unknown dataset, model,
 backend or method; unreadable table or posterior file).
 """
@@ -14,6 +16,7 @@ from pathlib import Path
 import typer
 
 from medsim.cli.app import app
+from medsim.cli.outputs import output_dir, output_file
 
 
 def _fail(message: str, code: int = 2) -> None:
@@ -126,9 +129,13 @@ def fit_command(
     calibrated on held-out subjects; exit status 1 when its 90% coverage is below the floor).
     """
     if model == "neural":
+        from inference.neural.checkpoint import checkpoint_paths
         from medsim.cli.neural_cmds import fit_neural_cli
 
+        for path in checkpoint_paths(out):
+            output_file(path, "--out")
         raise typer.Exit(fit_neural_cli(cohort, out=out, template=template, seed=seed))
+    output_file(out, "--out")
     if chain_method == "parallel":
         _request_host_devices(chains)  # before anything below starts JAX
     from rich.console import Console
@@ -201,20 +208,55 @@ def fit_command(
 
 @app.command("check")
 def check_command(
-    posterior_file: Path = typer.Argument(..., help="Posterior file written by `medsim fit`."),
+    posterior_files: list[Path] = typer.Argument(
+        ..., help="Posterior file written by `medsim fit` (two or more with --compare)."
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print per-parameter statistics and diagnostics as JSON."),
     figures: Path = typer.Option(None, "--figures", help="Write trace/rank/energy plots into this folder."),
+    cohort: str = typer.Option(
+        None, "--cohort", help="Cohort of the held-out check (default: the posterior's, if it is a bundled dataset)."
+    ),
+    heldout_fraction: float = typer.Option(
+        None, "--heldout-fraction", help="Held-out check: predict the last FRACTION of each subject's time span."
+    ),
+    heldout_after: float = typer.Option(
+        None, "--heldout-after", help="Held-out check: predict measurements after this time (model time unit)."
+    ),
+    heldout_last: int = typer.Option(None, "--heldout-last", min=1, help="Held-out check: the last N per subject."),
+    bound: list[str] = typer.Option(
+        None, "--bound", help="Held-out check: event bound such as 'glucose_mg_dL>=70' (repeatable)."
+    ),
+    seed: int = typer.Option(0, "--seed", help="Seed of the held-out predictive simulation."),
+    compare: bool = typer.Option(False, "--compare", help="Compare the posteriors: PSIS-LOO and held-out log score."),
 ) -> None:
-    """Print a posterior's convergence diagnostics (exit 1 if they fail)."""
+    """Print a posterior's convergence diagnostics and calibration (exit 1 if either fails).
+
+    With --heldout-fraction / --heldout-after / --heldout-last, run the held-out calibration gate
+    first and store its result in the posterior file (see docs/calibration.md).
+    """
     from rich.console import Console
 
     from inference import Posterior, PosteriorFormatError
     from inference.summary import summarize
+    from medsim.cli import check_cmds
 
+    if figures is not None:
+        output_dir(figures, "--figures")
     try:
-        posterior = Posterior.load(posterior_file)
+        posteriors = [Posterior.load(f) for f in posterior_files]
     except (FileNotFoundError, PosteriorFormatError) as err:
         _fail(str(err))
+    if compare:
+        _compare(posterior_files, posteriors, as_json)
+        return
+    if len(posteriors) != 1:
+        _fail("give one posterior file (or several with --compare)")
+    posterior_file, posterior = posterior_files[0], posteriors[0]
+    if any(x is not None for x in (heldout_fraction, heldout_after, heldout_last)):
+        posterior = _heldout(
+            posterior_file, posterior, cohort, heldout_after, heldout_fraction, heldout_last, bound or [], seed
+        )
+    gate = posterior.calibration()
     diagnostics = posterior.diagnostics()
     if figures is not None:
         from inference.diagnostic_figures import write_figures
@@ -235,6 +277,7 @@ def check_command(
             "divergences": diagnostics.divergences,
             "diagnostics": diagnostics.to_dict(),
             "parameters": summarize(posterior),
+            "calibration": None if gate is None else json.loads(gate.to_json()),
         }
         typer.echo(json.dumps(report, indent=2, default=float))
     else:
@@ -246,9 +289,76 @@ def check_command(
             f"in {float(attrs.get('wall_time_s', float('nan'))):.1f} s"
         )
         _print_diagnostics(console, posterior, diagnostics)
+        if gate is None:
+            console.print(
+                "[bold yellow]calibration not checked[/]: run `medsim check POSTERIOR --cohort COHORT "
+                "--heldout-fraction 0.25` (docs/calibration.md)"
+            )
+        else:
+            check_cmds.print_gate(console, gate)
         if figures is not None:
             console.print("figures: " + ", ".join(str(p) for p in written))
         if not diagnostics.ok:
             _announce_failure(console, diagnostics, posterior_file)
-    if not diagnostics.ok:
+    if not diagnostics.ok or (gate is not None and gate.failed):
         raise typer.Exit(1)
+
+
+def _heldout(path: Path, posterior, cohort, after, fraction, last, bounds, seed):
+    """Run the held-out calibration gate and store it in ``path``; returns the updated posterior."""
+    from rich.console import Console
+
+    from inference import FitConfigError, FitDataError, TimelineError
+    from inference.checks.predictive import PredictiveError
+    from medsim.cli import check_cmds
+    from policies.spec import SpecError, parse_bound
+
+    name = cohort or str(posterior.attrs.get("cohort_name", ""))
+    if not name:
+        _fail("the held-out check needs the cohort: give --cohort (the posterior does not name one)")
+    data = _load_cohort(name)
+    try:
+        parsed = [parse_bound(b, where="--bound") for b in bounds]
+    except SpecError as err:
+        _fail(str(err))
+    Console(stderr=True).print(f"held-out check of {path}: fitting the training part of {name} ...")
+    try:
+        gate, _, _ = check_cmds.heldout_gate(
+            posterior, data, after=after, fraction=fraction, last=last, bounds=parsed, seed=seed
+        )
+    except (PredictiveError, FitConfigError, FitDataError, TimelineError) as err:
+        _fail(str(err))
+    updated = posterior.with_calibration(gate)
+    updated.save(path)
+    return updated
+
+
+def _compare(files: list[Path], posteriors: list, as_json: bool) -> None:
+    """Print PSIS-LOO and held-out log scores of several posteriors."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from inference.checks.loo import LooError
+    from medsim.cli import check_cmds
+
+    try:
+        result = check_cmds.comparison(files, posteriors)
+    except LooError as err:
+        _fail(str(err))
+    if as_json:
+        typer.echo(json.dumps(result, indent=2, default=float))
+        return
+    console = Console()
+    table = Table("posterior", "ELPD (PSIS-LOO)", "difference", "held-out log score / point", "gate", show_edge=False)
+    for name, r in result["models"].items():
+        score = "-" if r["heldout_log_score"] is None else f"{r['heldout_log_score']:.3f} ({r['heldout_points']} pts)"
+        table.add_row(
+            name, f"{r['elpd_loo']:.1f} +- {r['se']:.1f}", f"{r['elpd_diff']:.1f} +- {r['dse']:.1f}", score, r["gate"]
+        )
+    console.print(table)
+    console.print(f"best by PSIS-LOO ({result['unit']}s left out, {result['n_points']} points): {result['best_loo']}")
+    if not result["heldout_comparable"]:
+        console.print(
+            "held-out log scores are not comparable: check every posterior on the same cohort and window "
+            "(`medsim check FILE --cohort COHORT --heldout-...`)"
+        )

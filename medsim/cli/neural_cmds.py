@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 import typer
 
 from medsim.cli.app import app
+from medsim.cli.outputs import output_file
 
 if TYPE_CHECKING:
     from inference.neural.checkpoint import Checkpoint
@@ -264,6 +265,7 @@ def calibrate_command(
         loaded = load_checkpoint(checkpoint)
     except CheckpointFormatError as err:
         _fail(str(err))
+    output_file(loaded.path, "CHECKPOINT")  # the calibration is stored in it
     data = load_cohort(cohort)
     if subjects == "test":
         wanted = [i for i in loaded.provenance.get("test_ids", []) if i in data.ids]

@@ -4,8 +4,12 @@ posterior (or a model's priors, or a neural checkpoint) -> virtual population ->
 rollouts of every policy on common random numbers -> risk report (``report.json``,
 ``report.md``, ``report.html``).
 
-A neural checkpoint passes the calibration gate first (refused, with its measured coverage,
-unless ``--force``). Its report names the checkpoint (weights and configuration digests,
+Every model's calibration gate (:mod:`medsim.models.gate`) goes into the report: for a posterior
+file, the record ``medsim check --heldout-...`` stored in it; a model that failed it gets no PASS
+verdict and the report leads with MISCALIBRATED and the gate's figures, unless ``--force``
+(recorded in the report's provenance); an unchecked model's report says so first. A neural
+checkpoint passes the calibration gate first (refused, with its measured coverage, unless
+``--force``). Its report names the checkpoint (weights and configuration digests,
 training data hash, calibration) in the provenance and opens with a warning that the patients
 come from a learned model, and a second one when the gate was forced.
 
@@ -26,6 +30,11 @@ import typer
 from medsim.cli.app import app
 
 _COLORS = {"PASS": "green", "FAIL": "red", "UNDECIDED": "yellow"}
+_SUPPORT_UNKNOWN = {
+    "posterior": "{} records no cohort support (written by an earlier medsim); refit to check it",
+    "prior": "patients are drawn from the model's priors, there is no fitted cohort to compare with",
+    "checkpoint": "the checkpoint {} records no training-data ranges",
+}
 
 
 def _fail(message: str) -> None:
@@ -36,6 +45,7 @@ def _fail(message: str) -> None:
 def _load_draws(posterior: Path | None, prior: str | None, prior_draws: int, seed: int) -> tuple[Any, dict]:
     """Posterior draws and the provenance that goes with them (data hash, fit diagnostics)."""
     import medsim.models as registry
+    from medsim.models.gate import CalibrationGate
     from medsim.population import PosteriorDraws
 
     if (posterior is None) == (prior is None):
@@ -46,7 +56,8 @@ def _load_draws(posterior: Path | None, prior: str | None, prior_draws: int, see
         except registry.UnknownModelError as err:
             _fail(str(err))
         fit = {"ok": None, "problems": (), "summary": {"source": "model priors (no fit)"}}
-        return draws, {"posterior_file": f"prior:{prior}", "fit_diagnostics": fit}
+        gate = CalibrationGate.unchecked("patients drawn from the model's priors: no fit, no held-out check")
+        return draws, {"posterior_file": f"prior:{prior}", "fit_diagnostics": fit, "calibration": gate}
     if not posterior.exists():
         _fail(f"{posterior}: no such posterior file")
     try:
@@ -56,6 +67,7 @@ def _load_draws(posterior: Path | None, prior: str | None, prior_draws: int, see
     try:
         post = Posterior.load(posterior)
         draws = post.draws()
+        gate = post.calibration() or CalibrationGate.unchecked(f"{posterior} holds no held-out calibration check")
     except ValueError as err:
         _fail(str(err))
     prov = dict(draws.provenance)
@@ -63,7 +75,8 @@ def _load_draws(posterior: Path | None, prior: str | None, prior_draws: int, see
     diagnostics = getattr(post, "diagnostics", None)
     if fit is None and diagnostics is not None:
         fit = diagnostics() if callable(diagnostics) else diagnostics
-    return draws, {"posterior_file": str(posterior), "data_hash": prov.get("data_hash", ""), "fit_diagnostics": fit}
+    out = {"posterior_file": str(posterior), "data_hash": prov.get("data_hash", ""), "fit_diagnostics": fit}
+    return draws, {**out, "calibration": gate}
 
 
 def _support(posterior: Path | None) -> dict | None:
@@ -72,8 +85,10 @@ def _support(posterior: Path | None) -> dict | None:
         return None
     from inference.posterior import Posterior
 
-    support = getattr(Posterior.load(posterior), "support", None)
-    return support() if callable(support) else support
+    try:
+        return Posterior.load(posterior).support()
+    except ValueError as err:
+        _fail(str(err))
 
 
 def _coverage_text(prov: Mapping[str, Any]) -> str:
@@ -171,9 +186,13 @@ def summarise(report: Any, files: Any, console: Any) -> None:
 
 def finish(report: Any, results: Sequence[Any], *, out: Path, fail_on_violation: bool, console: Any) -> int:
     """Write the risk report, print its summary and return the exit status."""
+    from medsim.io import FolderWriteError
     from policies.report import write_report
 
-    files = write_report(report, out, results=results)
+    try:
+        files = write_report(report, out, results=results)
+    except FolderWriteError as err:
+        _fail(str(err))
     summarise(report, files, console)
     failed = any(p.verdict.decision == "FAIL" for p in report.policies)
     return 1 if (fail_on_violation and failed) else 0
@@ -184,7 +203,16 @@ def risk_command(
     posterior: Path = typer.Argument(
         None, help="Posterior file (netCDF) written by `medsim fit`, or a neural checkpoint (NAME.json)."
     ),
-    policy: list[str] = typer.Option(..., "--policy", help="Policy NAME[:params]; repeat to compare policies."),
+    policy: list[str] = typer.Option(
+        ...,
+        "--policy",
+        help=(
+            "Policy: a built-in NAME[:key=value,...] (fixed, tdm, basal_bolus, pid, flip, safe_timing) or your own "
+            "Python code as module:attr[:key=value,...] or file.py[:attr]. Loading your code imports and runs it: "
+            "name only code you trust (medsim then calls only policy classes, policy functions and factories "
+            "named make_policy or marked @policy_factory). Repeat to compare policies."
+        ),
+    ),
     spec_text: str = typer.Option(
         ..., "--spec", help="Safety spec: a .toml/.json file or inline 'conc<=20,conc>=5;horizon=72h;epsilon=0.05'."
     ),
@@ -209,23 +237,47 @@ def risk_command(
     cohort: str = typer.Option(
         None, "--cohort", help="Neural checkpoints: cohort to twin or resample covariates from (default: training)."
     ),
-    force: bool = typer.Option(False, "--force", help="Neural checkpoints: report even if miscalibrated (recorded)."),
+    force: bool = typer.Option(
+        False, "--force", help="Give verdicts even from a model that failed its calibration gate (recorded)."
+    ),
     coverage_floor: float = typer.Option(
         0.8, "--coverage-floor", help="Neural checkpoints: smallest acceptable held-out 90% coverage."
     ),
+    max_interactions: int = typer.Option(
+        None,
+        "--max-interactions",
+        min=1,
+        help="Most policy interactions per patient (horizon / interval); default 100000. Larger runs are refused "
+        "before any work unless this is raised.",
+    ),
+    max_memory: str = typer.Option(
+        None,
+        "--max-memory",
+        help="Most memory a policy's rollout may plan to use, e.g. 8GiB (default: half the machine's memory). "
+        "Larger runs are refused before any work unless this is raised.",
+    ),
 ) -> None:
     """Estimate each policy's probability of leaving the safe range, between measurements included."""
+    from medsim.cli.outputs import output_dir
+
+    output_dir(out, "--out")
     from dataclasses import replace
 
     from rich.console import Console
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
     from medsim.cli.neural_cmds import model_source, neural_population_cli
+    from medsim.models.neural.gate import gate_of
+    from medsim.simulate.budget import parse_memory
     from policies.evaluate import evaluate_policies
     from policies.loading import PolicySpecError
     from policies.spec import SpecError, parse_spec
 
     console = Console(stderr=False)
+    try:
+        memory_limit = None if max_memory is None else parse_memory(max_memory)
+    except ValueError as err:
+        _fail(f"--max-memory: {err}")
     checkpoint = model_source(posterior, prior, cohort)
     population, notices = None, ()
     if checkpoint is not None:
@@ -242,15 +294,19 @@ def risk_command(
         )
         draws, model = None, population.model
         prov, notices = neural_report_context(population.provenance)
+        prov["calibration"] = gate_of(population.model, floor=coverage_floor)
         support = {k: tuple(v) for k, v in population.provenance.get("data_support", {}).items()} or None
     else:
         draws, prov = _load_draws(posterior, prior, prior_draws, seed)
         model, support = draws.model, _support(posterior)
+    if support is None:  # reported as "not checked" with this reason, never as 0 % outside
+        source = "checkpoint" if checkpoint is not None else "prior" if prior is not None else "posterior"
+        prov["support_unknown"] = _SUPPORT_UNKNOWN[source].format(posterior)
     try:
         spec = parse_spec(spec_text, model=model)
     except SpecError as err:
         _fail(str(err))
-    prov = {**prov, "command": shlex.join(["medsim", *sys.argv[1:]])}
+    prov = {**prov, "calibration_forced": force, "command": shlex.join(["medsim", *sys.argv[1:]])}
     columns = (TextColumn("{task.description}"), BarColumn(), TextColumn("{task.percentage:>5.1f}%"))
     with Progress(*columns, TimeElapsedColumn(), TimeRemainingColumn(), console=console) as bar:
         task = bar.add_task(f"simulating {len(policy)} policies x {n} patients", total=len(policy))
@@ -271,6 +327,8 @@ def risk_command(
                 progress=lambda done, total: bar.update(task, completed=done),
                 population=population,
                 scheme=scheme,
+                max_interactions=max_interactions,
+                max_memory=memory_limit,
             )
         except (PolicySpecError, ValueError, FloatingPointError) as err:
             hint = " (a neural checkpoint has none)" if checkpoint is not None and "posterior draws" in str(err) else ""

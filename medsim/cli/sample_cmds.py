@@ -3,7 +3,10 @@
 A neural checkpoint (``NAME``, ``NAME.json`` or ``NAME.safetensors`` written by ``medsim fit
 --model neural``) goes through the calibration gate first: a model whose held-out 90% coverage is
 below ``--coverage-floor`` is refused (exit status 2, with the measured coverage) unless
-``--force``, which the population file records. Exit status 2 on bad input.
+``--force``, which the population file records. A posterior file's stored calibration gate
+(``medsim check --heldout-...``) is recorded in the population's provenance
+(``calibration_gate``: passed, failed or not_checked, and its summary) and announced when it did
+not pass. Exit status 2 on bad input.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ from typing import Any
 import typer
 
 from medsim.cli.app import app
+from medsim.cli.outputs import output_file
 
 
 def _fail(message: str) -> None:
@@ -45,6 +49,7 @@ def sample_command(
     ),
 ) -> None:
     """Sample N virtual patients (population or personalized) and write them to a netCDF file."""
+    output_file(out, "--out")
     from dataclasses import replace
 
     import numpy as np
@@ -70,6 +75,7 @@ def sample_command(
         _announce_neural(console, population.provenance)
     else:
         population = _mechanistic(posterior, prior, prior_draws, n, mode, subject, seed, patients_per_draw)
+        _announce_gate(console, population.provenance.get("posterior", {}))
     source = f"prior:{prior}" if prior is not None else str(checkpoint or posterior)
     population = replace(population, provenance={**population.provenance, "source_file": source})
     population.save(out)
@@ -102,6 +108,15 @@ def _announce_neural(console: Any, provenance: dict) -> None:
         )
 
 
+def _announce_gate(console: Any, provenance: dict) -> None:
+    """Warn when the posterior's calibration gate failed or was never run."""
+    status = provenance.get("calibration_gate")
+    if status == "failed":
+        console.print(f"[bold white on red] MISCALIBRATED [/] [bold red]{provenance['calibration_summary']}[/]")
+    elif status == "not_checked":
+        console.print(f"[bold yellow]calibration not checked:[/] {provenance['calibration_summary']}")
+
+
 def _mechanistic(
     posterior: Path | None,
     prior: str | None,
@@ -113,7 +128,10 @@ def _mechanistic(
     patients_per_draw: int | None,
 ) -> Any:
     """Virtual patients from a posterior file or from a registered model's priors."""
+    from dataclasses import replace
+
     import medsim.models as registry
+    from medsim.models.gate import CalibrationGate
     from medsim.population import PosteriorDraws, sample_population
 
     if prior is not None:
@@ -129,9 +147,19 @@ def _mechanistic(
         except ImportError as err:
             _fail(f"reading posterior files needs the inference package ({err}); use --prior MODEL meanwhile")
         try:
-            draws = Posterior.load(posterior).draws()
+            post = Posterior.load(posterior)
+            draws = post.draws()
+            gate = post.calibration() or CalibrationGate.unchecked(f"{posterior} holds no held-out calibration check")
         except (ValueError, OSError, KeyError) as err:  # a malformed or foreign file: say so, no traceback
             _fail(f"{posterior}: {err}")
+        draws = replace(
+            draws,
+            provenance={
+                **draws.provenance,
+                "calibration_gate": gate.status,
+                "calibration_summary": gate.summary(),
+            },
+        )
     try:
         return sample_population(draws, n, mode=mode, subject=subject, seed=seed, patients_per_draw=patients_per_draw)
     except ValueError as err:

@@ -11,9 +11,10 @@ May import numpy, pandas and pyarrow; :mod:`medsim.models` only for a model's me
 validation (imported lazily there). Never prints, never loads pickles.
 
 Module map: ``subject``/``cohort``/``padded`` (types), ``tablefile`` (raw cells, atomic
-writes), ``columns`` (names and aliases), ``parse`` (numbers and NONMEM defaults), ``records``
-(record rules), ``covariates`` (covariate rules), ``build`` (ADDL expansion, grouping),
-``validate`` and ``eventtable`` (public entry points), ``datasets`` (bundled data).
+writes), ``columns`` (names and aliases), ``limits`` (the range of usable numbers), ``parse``
+(numbers and NONMEM defaults), ``records`` (record rules), ``covariates`` (covariate rules),
+``build`` (ADDL expansion, grouping), ``validate`` and ``eventtable`` (public entry points),
+``datasets`` (bundled data).
 """
 
 from medsim.data.cohort import Cohort, PaddedCohort, Subject

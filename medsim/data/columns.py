@@ -3,7 +3,8 @@
 Canonical columns
 -----------------
 ====== ======================================================================================
-ID     subject identifier (numbers or text; numeric IDs are compared as numbers, so ``01`` = ``1``)
+ID     subject identifier (numbers or text; whole numbers are compared as numbers, so ``01`` = ``1``,
+       but each subject must be written one way: ``02`` and ``2`` in one table is an error)
 TIME   time of the record, non-decreasing within a subject, in the cohort's time unit
 DV     dependent variable (the measurement) on observation records
 AMT    dose amount on dose records

@@ -13,6 +13,8 @@ Rules
   that is not declared constant and does change is reduced to its baseline value (the
   subject's first record) and a notice names the subjects.
 * Columns a model needs (``required``) are checked as if listed explicitly and constant.
+* A value outside the range of :mod:`medsim.data.limits` is a problem in a checked covariate
+  and a reason to ignore an automatic one (with a notice).
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from medsim.data.columns import RESERVED
+from medsim.data.limits import RANGE_TEXT, beyond_limits
 from medsim.data.parse import Parsed, parse_cells
 from medsim.data.report import Notice, format_rows
 from medsim.data.tablefile import column_cells
@@ -107,13 +110,21 @@ def select_covariates(
         bad = active & cells.bad
         missing = active & cells.missing
         infinite = active & ~cells.missing & ~cells.bad & ~np.isfinite(values)
-        baseline = _first_per_subject(np.where(active, values, np.nan), np.where(active, subject, -1), n_subjects)
+        extreme = active & ~cells.missing & ~cells.bad & beyond_limits(values)
+        baseline = _first_per_subject(
+            np.where(active & ~extreme, values, np.nan), np.where(active, subject, -1), n_subjects
+        )
         first = np.append(baseline, np.nan)[subject]  # subject -1 (ignored line) -> NaN
-        changes = active & ~bad & ~missing & ~infinite & (values != first) & np.isfinite(first)
+        changes = active & ~bad & ~missing & ~infinite & ~extreme & (values != first) & np.isfinite(first)
         if name in strict:
             p.flag(bad, name, f"not a number; expected a numeric value of covariate {name}")
             p.flag(missing, name, f"covariate {name} is missing; expected a value on every record")
             p.flag(infinite, name, f"not finite; expected a finite value of covariate {name}")
+            p.flag(
+                extreme,
+                name,
+                f"covariate {name} is outside the range medsim computes with (float32); expected {RANGE_TEXT}",
+            )
             if name in constant:
                 first_change = _first_in_group(changes, subject)
                 p.flag(
@@ -141,6 +152,9 @@ def select_covariates(
                 reason = f"it holds text (e.g. {p.text(name, i)!r} on row {p.rows[i]})"
             elif (missing | infinite).any():
                 reason = f"it has missing or non-finite values (rows {format_rows(p.rows[missing | infinite])})"
+            elif extreme.any():
+                i = int(np.flatnonzero(extreme)[0])
+                reason = f"it holds {p.text(name, i)!r} on row {p.rows[i]}, outside {RANGE_TEXT}"
             elif changes.any():
                 reason = f"it changes within subjects (first on row {p.rows[np.flatnonzero(changes)[0]]})"
             if reason is not None:

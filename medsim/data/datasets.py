@@ -82,6 +82,31 @@ _DATASETS: tuple[DatasetInfo, ...] = (
         units=MappingProxyType({"TIME": "h", "DV": "mg/L", "AMT": "mg", "RATE": "mg/h", "WGT": "kg", "APGR": "1"}),
         covariates=("WGT", "APGR"),
     ),
+    DatasetInfo(
+        name="t1d_sim",
+        description=(
+            "6 type-1 patients (2 adults, 2 adolescents, 2 children) simulated for 3 days by simglucose's "
+            "UVA/Padova model: CGM every 15 min (CMT 3), pump insulin (CMT 1: basal infusions, boluses), "
+            "meal carbohydrate (CMT 2)"
+        ),
+        n_subjects=6,
+        n_observations=1734,
+        n_doses=150,
+        model="glucose_insulin",
+        source="simglucose 0.2.11 (Xie 2018; UVA/Padova T1D simulator), benchmarks/t1d_cohort.py bundled_cohort()",
+        licence="simglucose is MIT; the simulated data are distributed with medsim (BSD-3-Clause)",
+        filename="t1d_sim.csv",
+        units=MappingProxyType(
+            {
+                "TIME": "min",
+                "DV": "mg/dL",
+                "AMT": "U insulin (CMT 1) / g carbohydrate (CMT 2)",
+                "RATE": "U/min",
+                "BASAL": "U/h",
+            }
+        ),
+        covariates=("BASAL",),
+    ),
 )
 
 

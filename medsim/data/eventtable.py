@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -26,6 +27,7 @@ import numpy as np
 import pandas as pd
 
 from medsim.data.cohort import Cohort
+from medsim.data.parse import MAX_NUMERIC_ID, canonical_ids
 from medsim.data.report import CohortFormatError, CohortWarning
 from medsim.data.tablefile import atomic_write, read_raw, table_format, units_sidecar
 from medsim.data.validate import check_table
@@ -92,12 +94,31 @@ def read_event_table(
 
 
 def _for_file(frame: pd.DataFrame) -> pd.DataFrame:
-    """Integral-valued ID/EVID/CMT/MDV as integers so NONMEM-style tools read them as such."""
+    """Whole-number IDs as integers so NONMEM-style tools read them as such.
+
+    Raises
+    ------
+    ValueError
+        If two subject IDs are the same number written two ways (``"1"`` and ``"01"``): the
+        file would be read back as one subject, or refused.
+    """
     out = frame.copy()
     ids = out["ID"].astype(str)
-    numeric = pd.to_numeric(ids, errors="coerce")
-    if len(ids) and numeric.notna().all() and (numeric == np.round(numeric)).all():
-        out["ID"] = numeric.astype(np.int64)
+    unique = pd.unique(ids)
+    canonical, _ = canonical_ids(pd.Series(unique, dtype=object))
+    seen: dict[str, str] = {}
+    for sid, number in zip(unique, canonical, strict=True):
+        if seen.setdefault(number, sid) != sid:
+            raise ValueError(
+                f"subject IDs {seen[number]!r} and {sid!r} are the same number; an event table compares "
+                "whole-number IDs as numbers, so they would be read back as one subject; expected distinct IDs"
+            )
+    whole = [
+        c == s and re.fullmatch(r"-?\d+", s) is not None and abs(int(s)) < MAX_NUMERIC_ID
+        for s, c in zip(unique, canonical, strict=True)
+    ]
+    if len(ids) and all(whole):
+        out["ID"] = ids.astype(np.int64)  # whole numbers below 2**53, written as the reader writes them
     return out
 
 
@@ -123,7 +144,8 @@ def write_event_table(cohort: Cohort, path: str | os.PathLike) -> Path:
     Raises
     ------
     ValueError
-        If the suffix is not a known table format.
+        If the suffix is not a known table format, or two subject IDs are the same number
+        written two ways (``"1"`` and ``"01"``).
     """
     path = Path(path)
     kind = table_format(path)

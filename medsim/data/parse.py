@@ -6,6 +6,12 @@ MDV = 0 on observations and 1 on other records; CMT defaults to 1; AMT, RATE, DU
 and CENS default to 0. A missing cell (``.``, empty, ``NA``) in AMT, RATE, DUR, ADDL, II, SS or
 CENS means 0, as in NONMEM; a missing cell in EVID, MDV or CMT gets the column default and a
 notice lists those rows.
+
+Numbers outside the range medsim computes with are problems (limits and reasons in
+:mod:`medsim.data.limits`). Subject IDs are compared as numbers when they are whole numbers
+(``01`` and ``1`` are the same subject), but one subject written two ways (``02`` on one row,
+``2.0`` on another) is a problem naming both rows: silently merging them could join two
+patients a spreadsheet kept apart.
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from medsim.data.columns import RESERVED, ColumnResolution
+from medsim.data.limits import MAGNITUDE_CHECKED, beyond_limits, range_message
 from medsim.data.report import Notice, Problem
 from medsim.data.tablefile import MISSING_TOKENS, RawTable, column_cells
 
@@ -63,6 +70,11 @@ def missing_cells(series: pd.Series) -> np.ndarray:
     return (text.isna() | text.isin(MISSING_TOKENS)).to_numpy(dtype=bool)
 
 
+#: Whole-number IDs below this magnitude are compared as numbers; from 2**53 on (where float64
+#: stops representing every integer) they are kept as written, so two long hospital numbers never merge.
+MAX_NUMERIC_ID = 2.0**53
+
+
 def canonical_ids(series: pd.Series) -> tuple[np.ndarray, np.ndarray]:
     """Subject IDs as text, numeric IDs written as integers (``"01"``, ``1.0`` -> ``"1"``).
 
@@ -74,12 +86,40 @@ def canonical_ids(series: pd.Series) -> tuple[np.ndarray, np.ndarray]:
     cells = parse_cells(series)
     text = series.astype("string").str.strip().fillna("")
     ids = text.to_numpy(dtype=object, na_value="")
-    integral = np.isfinite(cells.values) & (cells.values == np.round(cells.values))
+    with np.errstate(invalid="ignore"):
+        integral = (
+            np.isfinite(cells.values)
+            & (cells.values == np.round(cells.values))
+            & (np.abs(cells.values) < MAX_NUMERIC_ID)
+        )
     if integral.any():
         ids[integral] = pd.Series(cells.values[integral]).astype(np.int64).astype(str).to_numpy(dtype=object)
     missing = cells.missing
     ids[missing] = ""
     return ids, missing
+
+
+def id_spellings(series: pd.Series, ids: np.ndarray, use: np.ndarray) -> list[tuple[int, int]]:
+    """Records where a subject's ID is spelled differently from its first record.
+
+    Returns
+    -------
+    list of (i, j)
+        ``i``: first record of each further spelling; ``j``: first record of the first spelling
+        of the same ID. Empty for a numeric column (one spelling per number).
+    """
+    if pd.api.types.is_bool_dtype(series.dtype) or pd.api.types.is_numeric_dtype(series.dtype):
+        return []
+    idx = np.flatnonzero(use)
+    text = series.astype("string").str.strip().fillna("").to_numpy(dtype=object, na_value="")
+    frame = pd.DataFrame({"id": ids[idx], "text": text[idx], "i": idx})
+    firsts = frame.drop_duplicates(["id", "text"], keep="first")
+    several = firsts[firsts.duplicated("id", keep=False)]
+    out = []
+    for _, group in several.groupby("id", sort=False):
+        positions = group["i"].to_numpy()
+        out += [(int(i), int(positions[0])) for i in positions[1:]]
+    return sorted(out)
 
 
 @dataclass
@@ -159,6 +199,15 @@ def parse_table(raw: RawTable, columns: ColumnResolution) -> Parsed:
     parsed.note(blank, "blank lines are ignored")
     parsed.note(comment, "comment records (C column is 'C' or '#') are ignored, as NONMEM's IGNORE=C does", "C")
     parsed.flag(active & id_missing, "ID", "ID is missing; expected the subject identifier on every record")
+    if "ID" in positions:
+        for i, j in id_spellings(column_cells(raw, positions["ID"]), ids, active & ~id_missing):
+            parsed.flag_at(
+                i,
+                "ID",
+                f"subject {ids[i]} is written {parsed.text('ID', i)!r} here but {parsed.text('ID', j)!r} on row "
+                f"{rows[j]}; medsim compares whole-number IDs as numbers, so both would become one subject; "
+                "expected one spelling per subject (write the ID the same way on every record)",
+            )
     for name, c in cells.items():
         hint = " as elapsed time (clock times and dates are not supported)" if name == "TIME" else ""
         parsed.flag(
@@ -167,6 +216,8 @@ def parse_table(raw: RawTable, columns: ColumnResolution) -> Parsed:
         parsed.flag(
             active & ~c.missing & ~c.bad & ~np.isfinite(c.values), name, f"not finite; expected a finite {name}"
         )
+        if name in MAGNITUDE_CHECKED:
+            parsed.flag(active & ~c.missing & ~c.bad & beyond_limits(c.values), name, range_message(name))
 
     def column(name: str, default: float) -> tuple[np.ndarray, np.ndarray]:
         """Values with missing cells (or a missing column) set to ``default``; and the missing mask."""

@@ -13,6 +13,7 @@ import numpy as np
 import pandas as pd
 
 from medsim.data.columns import RESERVED
+from medsim.data.limits import MAGNITUDE_CHECKED, MAX_ADDL, MAX_CMT, MAX_MAGNITUDE, RANGE_TEXT, beyond_limits
 from medsim.data.parse import Parsed
 from medsim.data.report import Notice
 
@@ -50,7 +51,11 @@ def check_records(p: Parsed, time_unit: str = "") -> RecordKinds:
     unit = f" {time_unit}" if time_unit else ""
     evid, mdv, amt, rate, dur = v["EVID"], v["MDV"], v["AMT"], v["RATE"], v["DUR"]
     time, addl, ii, cmt = v["TIME"], v["ADDL"], v["II"], v["CMT"]
-    parsed_ok = {name: ~(c.bad | ~np.isfinite(np.where(c.missing, 0.0, c.values))) for name, c in p.cells.items()}
+    parsed_ok = {
+        name: ~(c.bad | ~np.isfinite(np.where(c.missing, 0.0, c.values)))
+        & ~(beyond_limits(c.values) if name in MAGNITUDE_CHECKED else False)
+        for name, c in p.cells.items()
+    }
 
     def ok(name: str) -> np.ndarray:
         return parsed_ok.get(name, np.ones(p.n, dtype=bool)) & act
@@ -88,7 +93,8 @@ def check_records(p: Parsed, time_unit: str = "") -> RecordKinds:
     same_block = ~starts
     t_idx = time[idx]
     t_prev = np.where(prev >= 0, time[np.maximum(prev, 0)], np.nan)
-    decreasing = same_block & (t_idx < t_prev)
+    time_ok = ok("TIME")
+    decreasing = same_block & (t_idx < t_prev) & time_ok[idx] & time_ok[np.maximum(prev, 0)]
     if decreasing.any():
         for j in np.flatnonzero(decreasing):
             i, q = idx[j], prev[j]
@@ -177,8 +183,16 @@ def check_records(p: Parsed, time_unit: str = "") -> RecordKinds:
         "DUR",
         "both RATE and DUR are given; expected one of them (RATE = AMT / DUR)",
     )
-    with np.errstate(divide="ignore", invalid="ignore"):
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
         effective_rate = np.where((dur > 0) & (rate == 0), amt / dur, np.maximum(rate, 0.0))
+    p.flag(
+        is_dose & ok("AMT") & ok("DUR") & ok("RATE") & (dur > 0) & (rate == 0) & beyond_limits(effective_rate),
+        "DUR",
+        lambda i: (
+            f"the infusion rate AMT / DUR = {effective_rate[i]:.3g} is outside the range medsim computes "
+            f"with (float32); expected {RANGE_TEXT} - check the units of AMT and DUR"
+        ),
+    )
     dv_given = ~dv_missing & (np.nan_to_num(v["DV"]) != 0)
     p.note(
         is_dose & ((mdv == 0) | dv_given),
@@ -186,7 +200,21 @@ def check_records(p: Parsed, time_unit: str = "") -> RecordKinds:
     )
 
     # --- additional doses
-    p.flag(ok("ADDL") & ((addl < 0) | ~_is_int(addl)), "ADDL", "expected ADDL to be a whole number >= 0")
+    p.flag(
+        ok("ADDL") & ((addl < 0) | ~_is_int(addl) | (addl > MAX_ADDL)),
+        "ADDL",
+        f"expected ADDL to be a whole number >= 0 and at most {MAX_ADDL} (each additional dose is held in memory)",
+    )
+    with np.errstate(invalid="ignore", over="ignore"):
+        last_dose = time + addl * ii
+    p.flag(
+        is_dose & ok("TIME") & ok("ADDL") & ok("II") & (addl > 0) & (addl <= MAX_ADDL) & ~(last_dose <= MAX_MAGNITUDE),
+        "ADDL",
+        lambda i: (
+            f"the last additional dose falls at TIME + ADDL x II = {last_dose[i]:.3g}, beyond "
+            f"{MAX_MAGNITUDE:g}, the largest time medsim computes with; expected fewer doses or a shorter II"
+        ),
+    )
     p.flag(ok("II") & (ii < 0), "II", "negative interdose interval; expected II > 0 with ADDL")
     p.flag(
         act & ~is_dose & ok("ADDL") & (addl != 0),
@@ -208,9 +236,9 @@ def check_records(p: Parsed, time_unit: str = "") -> RecordKinds:
     # --- compartments
     used = is_obs | is_dose
     p.flag(
-        used & ok("CMT") & ((cmt <= 0) | ~_is_int(cmt)),
+        used & ok("CMT") & ((cmt <= 0) | ~_is_int(cmt) | (cmt > MAX_CMT)),
         "CMT",
-        "expected CMT to be a positive whole number (the compartment the model doses or observes)",
+        f"expected CMT to be a positive whole number (the compartment the model doses or observes), at most {MAX_CMT}",
     )
 
     # --- duplicates: the same record twice double-weights a measurement or doubles a dose.

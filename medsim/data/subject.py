@@ -9,6 +9,8 @@ from typing import Any
 
 import numpy as np
 
+from medsim.data.limits import MAX_MAGNITUDE
+
 
 def _frozen(values: Any, dtype: type, what: str, subject: str) -> np.ndarray:
     array = np.array(values, dtype=dtype, copy=True)
@@ -89,10 +91,23 @@ class Subject:
             if not good.all():
                 bad = arrays[name][~good][0].item()
                 raise ValueError(f"subject {sid!r}: {name} contains {bad!r}; expected {expected}")
+        for name in ("obs_time", "obs_value", "dose_time", "dose_amount", "dose_rate"):
+            # Beyond this a value is inf in float32 (or its square is), which the simulator and the
+            # fit compute in; see medsim.data.limits.
+            huge = np.abs(arrays[name]) > MAX_MAGNITUDE
+            if huge.any():
+                raise ValueError(
+                    f"subject {sid!r}: {name} contains {arrays[name][huge][0].item()!r}; expected magnitudes at "
+                    f"most {MAX_MAGNITUDE:g} (the range medsim computes with in float32)"
+                )
         covariates = {str(k): float(v) for k, v in self.covariates.items()}
         for name, value in covariates.items():
             if not np.isfinite(value):
                 raise ValueError(f"subject {sid!r}: covariate {name!r} is {value}; expected a finite number")
+            if abs(value) > MAX_MAGNITUDE:
+                raise ValueError(
+                    f"subject {sid!r}: covariate {name!r} is {value!r}; expected a magnitude at most {MAX_MAGNITUDE:g}"
+                )
         # Canonical record order (np.lexsort sorts by the last key first).
         obs = np.lexsort((arrays["obs_value"], arrays["obs_cmt"], arrays["obs_time"]))
         dose = np.lexsort((arrays["dose_rate"], arrays["dose_amount"], arrays["dose_cmt"], arrays["dose_time"]))

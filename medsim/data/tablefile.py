@@ -1,26 +1,26 @@
 """Reading an event table's cells as they are, and writing files atomically.
 
 Reading keeps every CSV cell as text (so a message can quote exactly what the user wrote) and
-keeps blank lines as records (so row numbers equal the lines an editor shows). Parquet files
-and DataFrames keep their column types. Nothing here interprets the cells; that is
+keeps blank lines as records (so row numbers equal the lines an editor shows); how bytes become
+CSV cells, and what is refused on the way, is :mod:`medsim.data.csvtext`. Parquet files and
+DataFrames keep their column types. Nothing here interprets the cells; that is
 :mod:`medsim.data.validate`'s job.
 """
 
 from __future__ import annotations
 
-import gzip
 import json
 import os
-import re
-import tempfile
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
+from medsim.data.csvtext import parse_csv
 from medsim.data.report import CohortFormatError, Problem, ValidationReport
+from medsim.io import atomic_write  # noqa: F401  (re-exported for the table writers)
 
 CSV_SUFFIXES = (".csv", ".csv.gz")
 PARQUET_SUFFIXES = (".parquet", ".pq")
@@ -105,27 +105,13 @@ def read_units_sidecar(path: Path) -> dict[str, str]:
         return {}
     try:
         units = json.loads(sidecar.read_text(encoding="utf-8"))
+    except OSError as err:
+        raise _fail(str(sidecar), f"cannot be read ({err.strerror or err}); expected a JSON file of units") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise _fail(str(sidecar), f'not valid JSON ({err}); expected an object such as {{"TIME": "h"}}') from None
     if not isinstance(units, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in units.items()):
         raise _fail(str(sidecar), 'expected a JSON object of column name -> unit text, such as {"TIME": "h"}')
     return units
-
-
-def _parser_problem(path: Path, err: Exception) -> CohortFormatError:
-    """A CSV parser error as a problem naming the line and quoting it."""
-    text = " ".join(str(err).split())
-    fields = re.search(r"Expected (\d+) fields in line (\d+), saw (\d+)", text)
-    if fields is None:
-        return _fail(str(path), f"cannot be parsed as CSV ({text}); expected comma-separated values")
-    expected, line, seen = (int(g) for g in fields.groups())
-    opener = gzip.open if path.name.lower().endswith(".gz") else open
-    with opener(path, "rt", encoding="utf-8-sig", errors="replace") as handle:
-        content = next((ln.rstrip("\r\n") for k, ln in enumerate(handle, start=1) if k == line), None)
-    problem = Problem(
-        line, None, content, f"this line has {seen} fields; expected {expected}, as many as the header has columns"
-    )
-    return CohortFormatError(ValidationReport(str(path), problems=(problem,)))
 
 
 def read_raw(table: str | os.PathLike | pd.DataFrame) -> RawTable:
@@ -138,7 +124,9 @@ def read_raw(table: str | os.PathLike | pd.DataFrame) -> RawTable:
     ValueError
         If the file name has no known table suffix.
     CohortFormatError
-        If the file cannot be parsed as a table (the problem names the line).
+        If the path is a folder or not a regular file, cannot be read, is not UTF-8 CSV text (a
+        gzip file named ``.csv``, a workbook, another encoding: the problem says which and on
+        which line), or a record has more or fewer fields than the header (each such row named).
     """
     if isinstance(table, pd.DataFrame):
         frame = table.reset_index(drop=True)
@@ -146,9 +134,13 @@ def read_raw(table: str | os.PathLike | pd.DataFrame) -> RawTable:
         frame.columns = list(header)
         return RawTable(frame, header, "<DataFrame>", "", {})
     path = Path(table)
+    if path.is_dir():
+        raise _fail(str(path), "is a folder, not a file; expected the path of an event table (.csv, .csv.gz, .parquet)")
     kind = table_format(path)
-    if not path.is_file():
+    if not path.exists():
         raise FileNotFoundError(f"event table not found: {path}")
+    if not path.is_file():
+        raise _fail(str(path), "is not a regular file (a device, pipe or socket); expected an event table file")
     source = str(path)
     if kind == "parquet":
         try:
@@ -159,28 +151,7 @@ def read_raw(table: str | os.PathLike | pd.DataFrame) -> RawTable:
         frame = frame.reset_index(drop=True)
         frame.columns = list(header)
     else:
-        try:
-            # header=None keeps duplicate header names visible; skip_blank_lines=False keeps the row
-            # numbering equal to the file's line numbers.
-            cells = pd.read_csv(
-                path,
-                header=None,
-                dtype=str,
-                na_filter=False,
-                skip_blank_lines=False,
-                encoding="utf-8-sig",
-                compression="infer",
-            )
-        except pd.errors.EmptyDataError:
-            raise _fail(
-                source, "the file is empty; expected a header row (ID,TIME,DV,...) and records", row=1
-            ) from None
-        except pd.errors.ParserError as err:
-            raise _parser_problem(path, err) from None
-        except UnicodeDecodeError as err:
-            raise _fail(source, f"not UTF-8 text ({err}); save the table as UTF-8 CSV") from None
-        header = tuple(str(h).strip() for h in cells.iloc[0])
-        frame = cells.iloc[1:].reset_index(drop=True)
+        header, frame = parse_csv(path)
         frame.columns = list(header) if len(set(header)) == len(header) else list(range(len(header)))
     return RawTable(frame, header, source, table_stem(path), read_units_sidecar(path))
 
@@ -188,21 +159,3 @@ def read_raw(table: str | os.PathLike | pd.DataFrame) -> RawTable:
 def column_cells(raw: RawTable, position: int) -> pd.Series:
     """The cells of the column at ``position`` (robust to duplicate header names)."""
     return raw.frame.iloc[:, position]
-
-
-def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
-    """Call ``write(tmp)`` on a temporary file in ``path``'s folder, then rename it to ``path``.
-
-    A reader never sees a half-written file: the rename is atomic on POSIX and Windows file
-    systems (``os.replace``). The temporary file is removed if ``write`` fails.
-    """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    tmp = Path(tmp_name)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise

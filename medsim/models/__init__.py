@@ -1,6 +1,7 @@
 """Physiology models: named states, parameters and observables with units, as pure JAX functions.
 
-Owns the :class:`PhysiologyModel` contract and the registry. May import jax and numpy only.
+Owns the :class:`PhysiologyModel` contract, the registry and the calibration gate every model's
+held-out check is judged by (:mod:`medsim.models.gate`). May import jax and numpy only.
 
 Adding a model
 --------------

@@ -34,11 +34,16 @@ class State:
     ----------
     name, unit, description
         ``name`` is a Python identifier used as the key in state mappings.
+    physical_range : (low, high)
+        Values the state can physically take (``None``: unbounded on that side), e.g. ``(0.0,
+        None)`` for an amount. A simulated state outside it is a numerical blow-up, not a
+        result: the simulator stops with :class:`medsim.simulate.checks.RunawayStateError`.
     """
 
     name: str
     unit: str
     description: str = ""
+    physical_range: tuple[float | None, float | None] = (None, None)
 
 
 @dataclass(frozen=True)
@@ -106,10 +111,11 @@ class ResidualError:
     def __post_init__(self) -> None:
         if self.kind not in ("additive", "proportional", "combined"):
             raise ValueError(f"unknown residual error kind {self.kind!r}")
-        if self.kind in ("additive", "combined") and not self.add > 0:
-            raise ValueError(f"{self.kind} residual error needs add > 0")
-        if self.kind in ("proportional", "combined") and not self.prop > 0:
-            raise ValueError(f"{self.kind} residual error needs prop > 0")
+        for name, needed in (("add", ("additive", "combined")), ("prop", ("proportional", "combined"))):
+            value = getattr(self, name)
+            if self.kind in needed and not (math.isfinite(value) and value > 0):
+                what = "not a number" if math.isnan(value) else "infinite" if math.isinf(value) else "not positive"
+                raise ValueError(f"{self.kind} residual error needs {name} > 0, got {name} = {value} ({what})")
 
     def sd(self, prediction: Array, add: Array | float | None = None, prop: Array | float | None = None) -> Array:
         """Residual SD at ``prediction``; ``add``/``prop`` override the defaults (e.g. posterior draws)."""

@@ -49,12 +49,13 @@ class GlucoseInsulin(PhysiologyModel):
     )
     description: str = "Bergman minimal model + 2-compartment SC insulin + 2-compartment meal absorption"
     states: tuple[State, ...] = (
-        State("gut1", "g", "carbohydrate in the first gut compartment"),
-        State("gut2", "g", "carbohydrate in the second gut compartment"),
-        State("insulin_sc", "U", "insulin in the subcutaneous depot"),
-        State("insulin_p", "uU/mL", "plasma insulin concentration"),
-        State("action", "1/min", "effective insulin action on glucose"),
-        State("glucose", "mg/dL", "plasma glucose concentration"),
+        State("gut1", "g", "carbohydrate in the first gut compartment", (0.0, None)),
+        State("gut2", "g", "carbohydrate in the second gut compartment", (0.0, None)),
+        State("insulin_sc", "U", "insulin in the subcutaneous depot", (0.0, None)),
+        State("insulin_p", "uU/mL", "plasma insulin concentration", (0.0, None)),
+        State("action", "1/min", "effective insulin action on glucose", (0.0, None)),
+        # 10 000 mg/dL: several times the highest glucose reported in a living patient.
+        State("glucose", "mg/dL", "plasma glucose concentration", (0.0, 10_000.0)),
     )
     parameters: tuple[Parameter, ...] = (
         Parameter(

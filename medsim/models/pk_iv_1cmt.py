@@ -32,7 +32,7 @@ class PKIV1Cmt(PhysiologyModel):
         "fit of the pheno data (NONMEM user guide example)"
     )
     description: str = "one compartment, IV bolus/infusion, CL and V scaled by weight, V shifted when APGR < 5"
-    states: tuple[State, ...] = (State("central", "mg", "drug amount in the central compartment"),)
+    states: tuple[State, ...] = (State("central", "mg", "drug amount in the central compartment", (0.0, None)),)
     parameters: tuple[Parameter, ...] = (
         Parameter(
             "CL",

@@ -34,8 +34,8 @@ class PKOral1Cmt(PhysiologyModel):
     )
     description: str = "one compartment, first-order absorption, proportional process noise"
     states: tuple[State, ...] = (
-        State("depot", "mg", "drug amount in the absorption (gut) compartment"),
-        State("central", "mg", "drug amount in the central compartment"),
+        State("depot", "mg", "drug amount in the absorption (gut) compartment", (0.0, None)),
+        State("central", "mg", "drug amount in the central compartment", (0.0, None)),
     )
     parameters: tuple[Parameter, ...] = (
         Parameter(

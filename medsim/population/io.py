@@ -10,12 +10,11 @@ Nothing is pickled.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
+from medsim.io import atomic_write
 from medsim.models.base import PhysiologyModel
 from medsim.population.virtual import VirtualPopulation
 
@@ -63,16 +62,7 @@ def save_population(population: VirtualPopulation, path: str | Path) -> Path:
         "provenance": json.dumps(population.provenance, default=str, sort_keys=True),
     }
     ds = xr.Dataset(data, coords={"patient": np.arange(n)}, attrs=attrs)
-    folder = path.parent if str(path.parent) else Path(".")
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder)
-    os.close(fd)
-    try:
-        ds.to_netcdf(tmp, engine="h5netcdf")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return atomic_write(path, lambda tmp: ds.to_netcdf(tmp, engine="h5netcdf"))
 
 
 def load_population(path: str | Path, model: PhysiologyModel | None = None) -> VirtualPopulation:

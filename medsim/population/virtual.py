@@ -91,6 +91,18 @@ class VirtualPopulation:
                     raise ValueError(f"{group}[{name!r}] has shape {np.shape(arr)}, expected ({n},)")
                 if group != "eta" and not np.all(np.isfinite(arr)):
                     raise ValueError(f"{group}[{name!r}] has non-finite values")
+        for p in self.model.params_of_kind("structural"):
+            # Structural parameters (volumes, clearances, rate constants) are positive by the
+            # model's definition; a negative one would be simulated into a plausible-looking or
+            # diverging trajectory instead of being named.
+            values = np.asarray(self.params[p.name])
+            bad = np.flatnonzero(~(values > 0))
+            if bad.size:
+                i = int(bad[0])
+                raise ValueError(
+                    f"params[{p.name!r}] is {values[i]:g} for patient {i} ({bad.size} of {n} patients); structural "
+                    f"parameter {p.name} ({p.unit}) of model {self.model.name!r} must be > 0"
+                )
         if self.patients_per_draw < 1:
             raise ValueError(f"patients_per_draw must be >= 1, got {self.patients_per_draw}")
 

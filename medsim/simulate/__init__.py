@@ -1,13 +1,17 @@
 """The batched SDE simulator: sub-steps, dose events and interval statistics for virtual patients.
 
 Owns stepping (Euler–Maruyama, diagonal Milstein), counter-based per-patient Brownian increments,
-dose-event handling, the fused Brownian-bridge interval statistics and noise-free schedules for
-predictive checks. May import ``medsim.models`` (and jax / numpy); never ``inference`` or
+dose-event handling, the fused Brownian-bridge interval statistics, noise-free schedules for
+predictive checks, and the checks that a simulated number can be trusted (finite, physical, a
+stable step, bounded work). May import ``medsim.models`` (and jax / numpy); never ``inference`` or
 ``policies``.
 """
 
+from medsim.simulate.budget import WorkLimitError
+from medsim.simulate.checks import NonFiniteStateError, RunawayStateError, SimulationError
 from medsim.simulate.schedule import simulate_schedule
 from medsim.simulate.simulator import AdvanceResult, Simulator
+from medsim.simulate.stability import UnstableStepError
 from medsim.simulate.types import Bound, DoseEvents, IntervalStats, SavedPath
 
 __all__ = [
@@ -15,7 +19,12 @@ __all__ = [
     "Bound",
     "DoseEvents",
     "IntervalStats",
+    "NonFiniteStateError",
+    "RunawayStateError",
     "SavedPath",
+    "SimulationError",
     "Simulator",
+    "UnstableStepError",
+    "WorkLimitError",
     "simulate_schedule",
 ]

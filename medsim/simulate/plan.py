@@ -29,6 +29,9 @@ from medsim.simulate.types import DoseEvents
 # A breakpoint within this fraction of dt of a grid point is merged with it (no sliver steps).
 GRID_TOLERANCE = 1e-3
 
+# Most sub-steps one interval may take (the compiled loop counts pairs of them in int32).
+MAX_STEPS = 2**30
+
 
 @dataclass(frozen=True)
 class IntervalPlan:
@@ -167,6 +170,12 @@ def plan_interval(
                         n_break += acting & (end[:, j] < t1)
     event_time, event_end, event_value, layout = _columns(cols, batch)
     span = float(np.max((t1.astype(np.float64) - t0) / dt)) if batch else 0.0
+    if not span < MAX_STEPS:  # the kernel counts sub-steps in int32
+        raise ValueError(
+            f"an interval of {float(np.max(t1.astype(np.float64) - t0)):g} {model.time_unit} needs {span:.3g} "
+            f"sub-steps of dt = {dt:g}, more than the {MAX_STEPS} one call can take: use a larger dt or "
+            "shorter interaction intervals"
+        )
     n_steps = math.ceil(span - GRID_TOLERANCE) + int(n_break.max(initial=0)) + 1
     return IntervalPlan(t0, t1, start, rate, event_time, event_end, event_value, layout, max(n_steps, 1))
 

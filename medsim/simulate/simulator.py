@@ -29,7 +29,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from medsim.models.base import PhysiologyModel
-from medsim.simulate import bridge, kernel, noise, plan, schemes
+from medsim.simulate import bridge, checks, kernel, noise, plan, schemes, stability
 from medsim.simulate.types import Bound, DoseEvents, IntervalStats, SavedPath
 
 # Smallest number of patients per device worth splitting a batch over devices.
@@ -90,6 +90,7 @@ class Simulator:
     scheme: str = "milstein"
     chunk_size: int = 65536
     _kernels: dict = field(default_factory=dict, init=False, repr=False)
+    _jacobian: dict = field(default_factory=dict, init=False, repr=False)
 
     def __post_init__(self) -> None:
         if isinstance(self.dt, bool) or not (
@@ -168,6 +169,28 @@ class Simulator:
             theta[name] = v
         return batch, x, theta
 
+    # ------------------------------------------------------------------ stability
+    def step_limit(self, state: Mapping, params: Mapping, *, patients=None) -> stability.StepLimit:
+        """The largest stable explicit step for these patients at ``state`` (:mod:`.stability`)."""
+        if "fn" not in self._jacobian:
+            self._jacobian["fn"] = stability.jacobian_fn(self.model)
+        return stability.step_limit(self.model, state, params, patients=patients, jacobian=self._jacobian["fn"])
+
+    def check_step(self, state: Mapping, params: Mapping, *, patients=None) -> stability.StepLimit:
+        """Refuse ``dt`` when it is beyond the scheme's stability limit for these patients.
+
+        Call it before simulating, with the start state and the patients' parameters; the rates
+        come from the drift's Jacobian (:mod:`medsim.simulate.stability`).
+
+        Raises
+        ------
+        UnstableStepError
+            Naming the limiting patient, its parameters and the largest stable step.
+        """
+        limit = self.step_limit(state, params, patients=patients)
+        stability.check_step(self.model, self.scheme, self.dt, limit)
+        return limit
+
     # ------------------------------------------------------------------ the call
     def advance(
         self,
@@ -180,6 +203,7 @@ class Simulator:
         events: DoseEvents | None = None,
         rates: Mapping[int, jax.Array] | None = None,
         save_every: int | None = None,
+        patients=None,
     ) -> AdvanceResult:
         """Advance every patient from ``t0`` to ``t1``.
 
@@ -201,6 +225,8 @@ class Simulator:
             Constant extra input over the interval in dose units per time unit.
         save_every : int, optional
             Save the observables every that many sub-steps (``SavedPath`` of shape ``(B, T)``).
+        patients : (B,) int, optional
+            Global index of each patient, used to name a patient in errors (default: position).
 
         Returns
         -------
@@ -211,6 +237,9 @@ class Simulator:
         ValueError
             Naming the argument that is malformed (missing state or parameter, shape, times,
             compartments, negative doses, ``save_every``).
+        NonFiniteStateError, RunawayStateError
+            When a state or interval statistic at ``t1`` is not finite, or a state left its
+            physical range (:mod:`medsim.simulate.checks`), naming the patient and its parameters.
         """
         batch, x, theta = self._batch_arrays(state, params)
         if save_every is not None and not (isinstance(save_every, int | np.integer) and save_every >= 1):
@@ -261,6 +290,7 @@ class Simulator:
         )
         if not bool(jnp.all(out.t_end == jnp.asarray(p.t1))):
             raise RuntimeError("simulator step budget exhausted before t1 (please report this as a medsim bug)")
+        self._check_result(out, theta, p, patients)
         path = None
         if saving:
             times = _join([o.path_time for o in outs], batch, axis=1)[::save_every].T
@@ -269,6 +299,17 @@ class Simulator:
             }
             path = SavedPath(time=times, values=values)
         return AdvanceResult(state=out.x, stats=out.stats, path=path)
+
+    def _check_result(self, out: kernel.ChunkOutputs, theta: Mapping, p: plan.IntervalPlan, patients) -> None:
+        """Host-side checks of one interval's result (between intervals, never per sub-step)."""
+        st = out.stats
+        unit = self.model.time_unit
+        values = {**out.x, **{f"{o} at t1": v for o, v in st.obs_end.items()}}
+        checks.check_finite(values, theta, p.t0, p.t1, time_unit=unit, patients=patients)
+        # log_survival is -inf after a certain crossing; the probability it encodes must be finite.
+        stats = {"crossing probability": st.p_cross, "depth": st.depth, "time outside": st.time_outside}
+        checks.check_finite(stats, theta, p.t0, p.t1, time_unit=unit, patients=patients, what="interval statistic")
+        checks.check_physical(self.model, out.x, theta, p.t0, p.t1, patients=patients, dt=self.dt, scheme=self.scheme)
 
 
 def _rows(a: jax.Array, lo: int, hi: int, size: int, axis: int) -> jax.Array:

@@ -8,6 +8,7 @@ from policies.builtin.basal_bolus import BasalBolus
 from policies.builtin.fixed import FixedDose
 from policies.builtin.flip import Flip
 from policies.builtin.pid import PID
+from policies.builtin.replay import Replay
 from policies.builtin.safe_timing import SafeTiming
 from policies.builtin.tdm import TDM
 
@@ -18,6 +19,7 @@ BUILTINS: dict[str, type] = {
     "pid": PID,
     "flip": Flip,
     "safe_timing": SafeTiming,
+    "replay": Replay,
 }
 
-__all__ = ["BUILTINS", "PID", "TDM", "BasalBolus", "FixedDose", "Flip", "SafeTiming"]
+__all__ = ["BUILTINS", "PID", "TDM", "BasalBolus", "FixedDose", "Flip", "Replay", "SafeTiming"]

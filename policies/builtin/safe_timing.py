@@ -99,10 +99,12 @@ class SafeTiming:
         from policies.compiled import compiled_simulator
 
         grid = tuple(float(c) for c in self.grid)
-        if not grid or any(c <= 0 for c in grid) or any(b <= a for a, b in itertools.pairwise(grid)):
+        if not grid or not all(0 < c < np.inf for c in grid) or any(b <= a for a, b in itertools.pairwise(grid)):
             raise ValueError(f"safe_timing: grid must be positive and increasing, got {self.grid}")
         if not 0 < self.eps < 1:
             raise ValueError(f"safe_timing: eps must be in (0, 1), got {self.eps}")
+        if not 0 < self.dt < np.inf:
+            raise ValueError(f"safe_timing: dt must be positive and finite, got {self.dt}")
         if self.particles < 2:
             raise ValueError(f"safe_timing: particles must be >= 2, got {self.particles}")
         if not self.bounds:
@@ -128,14 +130,17 @@ class SafeTiming:
         if context.dt is not None:
             own.setdefault("dt", str(context.dt))
         options = build_dataclass(_Options, "safe_timing", own)
-        return cls(
-            base=base,
-            model=context.model,
-            draws=context.draws,
-            bounds=tuple(context.bounds),
-            scheme=context.scheme,
-            **vars(options),
-        )
+        try:
+            return cls(
+                base=base,
+                model=context.model,
+                draws=context.draws,
+                bounds=tuple(context.bounds),
+                scheme=context.scheme,
+                **vars(options),
+            )
+        except ValueError as err:
+            raise PolicySpecError(str(err)) from None
 
     @property
     def name(self) -> str:

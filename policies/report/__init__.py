@@ -5,13 +5,15 @@ behind it) into files. May import ``policies.risk``, ``policies.result``, ``poli
 matplotlib (Agg, off-screen); computes no statistics of its own.
 """
 
-from policies.report.atomic import write_bytes_atomic, write_text_atomic
+from medsim.io import write_bytes as write_bytes_atomic
+from medsim.io import write_text as write_text_atomic
 from policies.report.html import render_html
 from policies.report.markdown import render_markdown
-from policies.report.write import ReportFiles, write_report
+from policies.report.write import ReportFiles, check_report_folder, write_report
 
 __all__ = [
     "ReportFiles",
+    "check_report_folder",
     "render_html",
     "render_markdown",
     "write_bytes_atomic",

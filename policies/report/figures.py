@@ -154,8 +154,9 @@ def efficacy_risk_figure(report: RiskReport) -> bytes | None:
         ax.errorbar(
             [r.value],
             [e.value],
-            xerr=[[r.value - r.lower], [r.upper - r.value]],
-            yerr=[[e.value - e.lower], [e.upper - e.value]],
+            # an estimate without an interval gets no bar (never a zero-width one)
+            xerr=[[r.value - r.lower], [r.upper - r.value]] if r.has_interval else None,
+            yerr=[[e.value - e.lower], [e.upper - e.value]] if e.has_interval else None,
             fmt="o",
             color=_COLORS[i % len(_COLORS)],
             capsize=3,

@@ -118,8 +118,7 @@ def render_html(report: RiskReport, figures: Mapping[str, bytes] | None = None) 
             "<h3>Tightening margin for checks at interaction times</h3>",
             _table(*text.margin_rows(p, report.time_unit)),
         ]
-        if p.support is not None:
-            parts.append(f"<p>Support: {_e(p.support.message)}.</p>")
+        parts.append(f"<p>{_e(text.support_line(p))}</p>")
         parts.append("</section>")
     parts += ["<h2>Provenance</h2>", _table(["item", "value"], text.provenance_rows(report)), "</body></html>"]
     return "\n".join(x for x in parts if x)

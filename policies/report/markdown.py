@@ -86,7 +86,6 @@ def render_markdown(report: RiskReport, figures: Mapping[str, str] | None = None
         out += [_cell(f"Expected time outside the safe set: {cost} ({frac} of the horizon)."), ""]
         h, rows = text.margin_rows(p, report.time_unit)
         out += ["### Tightening margin for checks at interaction times", "", _table(h, rows), ""]
-        if p.support is not None:
-            out += [f"Support: {_cell(p.support.message)}.", ""]
+        out += [_cell(text.support_line(p)), ""]
     out += ["## Provenance", "", _table(["item", "value"], text.provenance_rows(report)), ""]
     return "\n".join(out)

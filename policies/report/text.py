@@ -24,6 +24,8 @@ def pct(x: float) -> str:
 def pct_ci(e: Estimate | None) -> str:
     if e is None:
         return "n/a"
+    if e.no_interval:
+        return f"{pct(e.value)} (interval not estimable: {e.no_interval})"
     return f"{pct(e.value)} [{pct(e.lower)}, {pct(e.upper)}]"
 
 
@@ -39,6 +41,8 @@ def num(x: float, unit: str = "", *, inf: str = "∞") -> str:
 def num_ci(e: Estimate | None, unit: str = "", *, inf: str = "∞") -> str:
     if e is None or math.isnan(e.value):
         return "n/a"
+    if e.no_interval:
+        return f"{num(e.value, unit, inf=inf)} (interval not estimable: {e.no_interval})"
     return f"{num(e.value, unit, inf=inf)} [{num(e.lower, inf=inf)}, {num(e.upper, inf=inf)}]"
 
 
@@ -126,7 +130,11 @@ def comparison_rows(report: RiskReport) -> tuple[list[str], list[list[str]]]:
     rows = []
     for c in report.comparisons:
         d = c.risk_difference
-        diff = f"{100 * d.value:+.3g} pp [{100 * d.lower:+.3g}, {100 * d.upper:+.3g}]"
+        diff = (
+            f"{100 * d.value:+.3g} pp (interval not estimable: {d.no_interval})"
+            if d.no_interval
+            else f"{100 * d.value:+.3g} pp [{100 * d.lower:+.3g}, {100 * d.upper:+.3g}]"
+        )
         rows.append(
             [
                 c.policy_a,
@@ -182,7 +190,7 @@ def margin_rows(p: PolicyRisk, time_unit: str) -> tuple[list[str], list[list[str
             m.bound,
             pct(m.quantile),
             num(m.margin.value),
-            num(m.margin.upper),
+            num(m.margin.upper) if m.margin.has_interval else f"not estimable: {m.margin.no_interval}",
             f"{num(m.lipschitz_margin.value)} (L = {num(m.lipschitz_rate.value)}/{time_unit}, "
             f"dt = {num(m.median_interval)} {time_unit})",
         ]
@@ -212,8 +220,13 @@ def epistemic_lines(p: PolicyRisk, epsilon: float) -> list[str]:
 def first_violation_line(p: PolicyRisk, time_unit: str) -> str:
     f = p.first_violation[0]
     km = f.km_quantiles
+    reasons = {v.no_interval for v in km.values()}
+    head = f"Time to first violation (any bound, Kaplan-Meier, {f.n_events} events): "
+    if len(reasons) == 1 and "" not in reasons:  # one reason for all: say it once
+        parts = [f"{k[1:]}%: {num(v.value, time_unit, inf='> horizon')}" for k, v in km.items()]
+        return head + "; ".join(parts) + f" (intervals not estimable: {reasons.pop()})."
     parts = [f"{k[1:]}%: {time_ci(v, time_unit)}" for k, v in km.items()]
-    return f"Time to first violation (any bound, Kaplan-Meier, {f.n_events} events): " + "; ".join(parts) + "."
+    return head + "; ".join(parts) + "."
 
 
 def provenance_rows(report: RiskReport) -> list[list[str]]:
@@ -237,3 +250,13 @@ def provenance_rows(report: RiskReport) -> list[list[str]]:
         ["spec source", report.spec.source],
     ]
     return rows
+
+
+def support_line(p: PolicyRisk) -> str:
+    """The out-of-support sentence; an unchecked support reads "not checked" with the reason, never 0 %."""
+    s = p.support
+    if s is None:
+        return "Support: not checked (this report records no support check)."
+    if not s.checked:
+        return f"Support: not checked: {s.reason}."
+    return f"Support: {s.message}."

@@ -69,7 +69,15 @@ def _difference(
     else:
         se, df, se_paired, method = se_unpaired, min(sa.df, sb.df), np.nan, "unpaired clt"
     half = float(stats.t.ppf(0.5 + level / 2.0, df)) * se
-    est = Estimate(diff, diff - half, diff + half, sa.n, method, seed, level, se)
+    if not (half > 0 and np.isfinite(half)):
+        why = (
+            "one patient: no spread to estimate a standard error from"
+            if sa.n < 2
+            else "the difference is the same for every patient: no spread to estimate a standard error from"
+        )
+        return Estimate.without_interval(diff, sa.n, method, why, seed, level, se), se_paired, se_unpaired
+    # a difference of two probabilities lies in [-1, 1]
+    est = Estimate(diff, max(diff - half, -1.0), min(diff + half, 1.0), sa.n, method, seed, level, se)
     return est, se_paired, se_unpaired
 
 

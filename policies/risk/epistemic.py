@@ -16,6 +16,12 @@ Variance decomposition of the violation indicator Y (law of total variance)::
 subtracted (the one-way random-effects ANOVA estimator; Searle, Casella & McCulloch,
 *Variance Components*, 1992, §3.5) and the result clipped at 0; the aleatoric part is the
 remainder. Intervals come from a bootstrap over draws (the draws are the independent units).
+
+The quantiles of ``p(theta)`` across draws are those of the estimates ``p_d``; they say something
+about the epistemic spread only when that spread exceeds the Monte Carlo noise of each ``p_d``.
+When it does not (few patients per draw, e.g. 2), or when the ``p_d`` tie so that the
+order-statistic interval collapses to a point (a per-draw mean of 2 patients takes few
+values), the quantiles carry no interval and say why.
 """
 
 from __future__ import annotations
@@ -95,6 +101,30 @@ def _decompose(m: np.ndarray, mean: np.ndarray, within: np.ndarray) -> tuple[np.
     return total, epistemic, aleatoric, share, noise
 
 
+def _draw_quantile(
+    mean: np.ndarray, q: float, m: np.ndarray, noise: float, *, level: float, seed: int, corrected: bool
+) -> Estimate:
+    """Quantile of the per-draw risks, without an interval where it would measure noise (module doc)."""
+    est = intervals.quantile(mean, q, level=level, seed=seed, method="order-statistic")
+    if not est.has_interval:
+        return est
+    between = float(np.var(mean, ddof=1)) if mean.size > 1 else 0.0
+    per = f"{float(m.mean()):.3g} patients per draw"
+    if not corrected:
+        why = "one patient per draw: each per-draw risk is one patient's, its spread is not only epistemic"
+    elif noise >= between:
+        why = (
+            f"{per}: the Monte Carlo noise of each per-draw risk (SE about {np.sqrt(noise):.2g}) is as large as "
+            "the spread between draws"
+        )
+    elif not est.width > 0:
+        ties = int(np.sum(mean == est.value))
+        why = f"{ties} of {mean.size} per-draw risks tie at {est.value:.3g} ({per}): the interval collapses to a point"
+    else:
+        return est
+    return Estimate.without_interval(est.value, est.n, est.method, why, seed, level)
+
+
 def epistemic_split(
     p: np.ndarray,
     draw: np.ndarray,
@@ -140,10 +170,13 @@ def epistemic_split(
     def est(value: np.ndarray, reps: np.ndarray) -> Estimate:
         lo, hi = np.quantile(reps, [a, 1.0 - a])
         value = float(value)
+        if not max(hi, value) > min(lo, value):
+            why = f"every bootstrap replicate gives {value:.3g}: the bootstrap shows no uncertainty at this boundary"
+            return Estimate.without_interval(value, d, "cluster-bootstrap", why, seed, level, float(reps.std()))
         return Estimate(value, min(lo, value), max(hi, value), d, "cluster-bootstrap", seed, level, float(reps.std()))
 
     quantiles = {
-        f"q{round(q * 100):02d}": intervals.quantile(mean, q, level=level, seed=seed, method="order-statistic")
+        f"q{round(q * 100):02d}": _draw_quantile(mean, q, m, noise, level=level, seed=seed, corrected=corrected)
         for q in (0.05, 0.25, 0.5, 0.75, 0.95)
     }
     exceed = intervals.proportion(mean > epsilon, None, level=level, seed=seed)

@@ -37,6 +37,10 @@ class Estimate:
         Confidence level of the interval.
     se : float
         Standard error where one exists (nan otherwise).
+    no_interval : str
+        Why no interval could be estimated (empty when it was): e.g. one patient, all values
+        equal, an undefined variance. ``lower`` and ``upper`` are then nan, and renderings print
+        "interval not estimable: <reason>" instead of an interval.
     """
 
     value: float
@@ -47,15 +51,38 @@ class Estimate:
     seed: int | None = None
     level: float = 0.95
     se: float = math.nan
+    no_interval: str = ""
 
     def __post_init__(self) -> None:
         for name in ("value", "lower", "upper", "level", "se"):
             object.__setattr__(self, name, float(getattr(self, name)))
+        object.__setattr__(self, "no_interval", str(self.no_interval))
+        if self.no_interval:
+            object.__setattr__(self, "lower", math.nan)
+            object.__setattr__(self, "upper", math.nan)
         object.__setattr__(self, "n", int(self.n))
         if self.seed is not None:
             object.__setattr__(self, "seed", int(self.seed))
         if self.lower > self.upper:
             raise ValueError(f"estimate ({self.method}): lower {self.lower} exceeds upper {self.upper}")
+
+    @classmethod
+    def without_interval(
+        cls,
+        value: float,
+        n: int,
+        method: str,
+        reason: str,
+        seed: int | None = None,
+        level: float = 0.95,
+        se: float = math.nan,
+    ) -> Estimate:
+        """A point estimate whose interval cannot be estimated, saying why (``reason``)."""
+        return cls(value, math.nan, math.nan, n, method, seed, level, se, no_interval=reason)
+
+    @property
+    def has_interval(self) -> bool:
+        return not self.no_interval
 
     @property
     def width(self) -> float:
@@ -75,6 +102,7 @@ class Estimate:
             "seed": self.seed,
             "level": self.level,
             "se": encode_float(self.se),
+            "no_interval": self.no_interval or None,
         }
 
     @classmethod
@@ -88,6 +116,7 @@ class Estimate:
             seed=None if data.get("seed") is None else int(data["seed"]),
             level=float(data.get("level", 0.95)),
             se=decode_float(data.get("se")),
+            no_interval=data.get("no_interval") or "",
         )
 
     def format(self, scale: float = 1.0, digits: int = 3, unit: str = "") -> str:
@@ -96,6 +125,8 @@ class Estimate:
         def f(x: float) -> str:
             return f"{x * scale:.{digits}g}{unit}" if math.isfinite(x) else ("n/a" if math.isnan(x) else str(x))
 
+        if self.no_interval:
+            return f"{f(self.value)} (interval not estimable: {self.no_interval})"
         return f"{f(self.value)} [{f(self.lower)}, {f(self.upper)}]"
 
     def __str__(self) -> str:

@@ -8,6 +8,9 @@ pointwise intervals (Kalbfleisch & Prentice 2002, §1.4), and a quantile's inter
 of times where that band crosses the quantile level (Brookmeyer & Crowley 1982, Biometrics 38:29).
 Quantiles beyond the share that violate within the horizon are ``+inf`` ("later than the
 horizon"). Among patients who did violate, plain order-statistic quantiles are given too.
+Greenwood's variance is undefined from the first time at which every patient still at risk
+violates (the estimate of S drops to 0); a quantile whose interval would rest on that part of
+the curve has none ("interval not estimable"), never the zero-width one the band collapses to.
 
 Grid times detect a crossing up to one sub-step late and miss excursions shorter than a
 sub-step; the bridge estimator covers those (:mod:`policies.risk.curve`).
@@ -73,10 +76,11 @@ def kaplan_meier(time: np.ndarray, event: np.ndarray, *, level: float) -> tuple[
     with np.errstate(divide="ignore", invalid="ignore"):
         green = np.cumsum(d / (at_risk * (at_risk - d)))
         z = stats.norm.ppf(0.5 + level / 2.0)
-        # Greenwood on log(-log S): var = green / (log S)^2; the band is S^exp(+-z sd).
+        # Greenwood on log(-log S): var = green / (log S)^2; the band is S^exp(+-z sd). A larger
+        # log(-log S) is a smaller S, so the lower end of S takes the + sign.
         sd = np.sqrt(green) / np.abs(np.log(surv))
-        s_lo = surv ** np.exp(-z * sd)
-        s_hi = surv ** np.exp(z * sd)
+        s_lo = surv ** np.exp(z * sd)
+        s_hi = surv ** np.exp(-z * sd)
     s_lo = np.where(surv > 0, np.nan_to_num(s_lo, nan=0.0), 0.0)
     s_hi = np.where(surv > 0, np.nan_to_num(s_hi, nan=1.0), np.nan_to_num(s_hi, nan=0.0))
     f = 1.0 - surv
@@ -86,6 +90,14 @@ def kaplan_meier(time: np.ndarray, event: np.ndarray, *, level: float) -> tuple[
 def _first_reaching(t: np.ndarray, f: np.ndarray, q: float) -> float:
     hit = np.nonzero(f >= q - 1e-12)[0]
     return float(t[hit[0]]) if hit.size else np.inf
+
+
+def _variance_undefined_from(time: np.ndarray, event: np.ndarray) -> float:
+    """First event time at which every patient still at risk violates (Greenwood undefined from there)."""
+    t, d = np.unique(time[event], return_counts=True)
+    at_risk = time.size - np.searchsorted(np.sort(time), t, side="left")
+    bad = np.nonzero(d >= at_risk)[0]
+    return float(t[bad[0]]) if bad.size else np.inf
 
 
 def first_violation(
@@ -103,12 +115,25 @@ def first_violation(
     observed = np.where(event, first_time, censor_time)
     t, f, f_lo, f_hi = kaplan_meier(observed, event, level=level)
     n = first_time.size
+    undefined_from = _variance_undefined_from(observed, event)
     km = {}
     for q in QUANTILES:
         value = _first_reaching(t, f, q)
         lo = _first_reaching(t, f_hi, q)
         hi = _first_reaching(t, f_lo, q)
-        km[f"q{round(q * 100):02d}"] = Estimate(value, min(lo, value), max(hi, value), n, "kaplan-meier", seed, level)
+        key = f"q{round(q * 100):02d}"
+        if t.size == 0:
+            why = f"none of the {n} patients violated within the horizon, and the Kaplan-Meier band needs events"
+            km[key] = Estimate.without_interval(value, n, "kaplan-meier", why, seed, level)
+            continue
+        if np.isfinite(undefined_from) and np.isfinite(value) and max(value, hi) >= undefined_from:
+            why = (
+                f"Greenwood variance undefined from t = {undefined_from:g}, where every one of the patients still "
+                f"at risk violated ({int(event.sum())} events in {n} patients)"
+            )
+            km[key] = Estimate.without_interval(value, n, "kaplan-meier", why, seed, level)
+            continue
+        km[key] = Estimate(value, min(lo, value), max(hi, value), n, "kaplan-meier", seed, level)
     cond = {
         f"q{round(q * 100):02d}": intervals.quantile(first_time[event], q, level=level, seed=seed)
         for q in (0.25, 0.5, 0.75)

@@ -185,12 +185,23 @@ def mean(
 
     ``nonnegative`` clips the lower end at 0 for quantities that cannot be negative (durations,
     depths): the symmetric CLT interval would otherwise reach below 0 when most values are 0.
+
+    Without spread to estimate a standard error from (one patient, or all values equal) the
+    estimate carries no interval and says why, unless ``unit_interval`` gives an honest one
+    (the zero-event bound, or [0, 1] for one patient); a zero-width interval is never returned.
     """
     x = np.asarray(x, dtype=float)
     se, lo, hi = mean_bounds(x, cluster, level=level, unit_interval=unit_interval)
     if nonnegative:
         lo = np.maximum(lo, 0.0)
     method = "clt-cluster" if se.n_clusters >= 2 and se.n_clusters < se.n else "clt"
+    if not float(hi) - float(lo) > 0 or not np.isfinite(float(hi) - float(lo)):
+        why = (
+            "one patient: no spread to estimate a standard error from"
+            if se.n < 2
+            else f"all {se.n} values equal {float(se.mean):g}: no spread to estimate a standard error from"
+        )
+        return Estimate.without_interval(float(se.mean), se.n, method, why, seed, level, float(se.honest))
     return Estimate(float(se.mean), float(lo), float(hi), se.n, method, seed, level, float(se.honest))
 
 
@@ -208,12 +219,21 @@ def quantile_ranks(n: int, q: float, level: float) -> tuple[int, int]:
 
 
 def quantile(x: np.ndarray, q: float, *, level: float, seed: int | None, method: str = "order-statistic") -> Estimate:
-    """Sample ``q``-quantile of ``x`` (N,) with its distribution-free order-statistic interval."""
+    """Sample ``q``-quantile of ``x`` (N,) with its distribution-free order-statistic interval.
+
+    Too few values to bound the quantile on either side at ``level`` give no interval (saying
+    so) rather than ``[-inf, inf]``. Ties may make the interval zero-width; for a variable with
+    atoms (a grid time, a movement of exactly 0) that interval still has its coverage.
+    """
     xs = np.sort(np.asarray(x, dtype=float).ravel())
     n = xs.size
     if n == 0:
-        return Estimate(np.nan, np.nan, np.nan, 0, method, seed, level)
+        return Estimate.without_interval(np.nan, 0, method, "no values", seed, level)
     lo_rank, hi_rank = quantile_ranks(n, q, level)
+    if lo_rank < 1 and hi_rank > n:
+        value = float(np.quantile(xs, q, method="inverted_cdf"))
+        why = f"only {n} value{'s' if n != 1 else ''}: too few to bound the {q:g}-quantile at level {level:g}"
+        return Estimate.without_interval(value, n, method, why, seed, level)
     lo = xs[lo_rank - 1] if lo_rank >= 1 else -np.inf
     hi = xs[hi_rank - 1] if hi_rank <= n else np.inf
     value = float(np.quantile(xs, q, method="inverted_cdf"))

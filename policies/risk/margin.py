@@ -81,6 +81,15 @@ def tightening_margins(result: RolloutResult, spec: SafetySpec, *, seed: int | N
         move, length = np.maximum(move[ok], 0.0), dt[ok]
         margin = intervals.quantile(move, q, level=level, seed=seed, method="order-statistic one-sided")
         rate = intervals.quantile(move / length, q, level=level, seed=seed, method="order-statistic one-sided")
-        lip = Estimate(rate.value * med, rate.lower * med, rate.upper * med, rate.n, "lipschitz rule", seed, level)
+        lip = Estimate(
+            rate.value * med,
+            rate.lower * med,
+            rate.upper * med,
+            rate.n,
+            "lipschitz rule",
+            seed,
+            level,
+            no_interval=rate.no_interval,
+        )
         out.append(TighteningMargin(b.name, q, margin, lip, rate, med))
     return tuple(out)

@@ -78,11 +78,18 @@ def ratio_of_means(
     den = np.asarray(den, float)
     d = den.mean()
     if not d > 0:
-        return Estimate(np.nan, np.nan, np.nan, num.size, "ratio-delta", seed, level)
+        return Estimate.without_interval(
+            np.nan, num.size, "ratio-delta", "no violation probability to share", seed, level
+        )
     r = num.mean() / d
     se = intervals.standard_errors((num - r * den) / d, cluster)
     t = stats.t.ppf(0.5 + level / 2.0, se.df)
     half = float(t * se.honest)
+    if not (half > 0 and np.isfinite(half)):
+        why = "one patient" if num.size < 2 else "every patient has the same share"
+        return Estimate.without_interval(
+            r, num.size, "ratio-delta", f"{why}: no spread to estimate a standard error from", seed, level
+        )
     lo, hi = max(0.0, r - half), min(1.0, r + half)
     return Estimate(r, min(lo, r), max(hi, r), num.size, "ratio-delta", seed, level, float(se.honest))
 

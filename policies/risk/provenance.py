@@ -2,7 +2,9 @@
 
 A risk estimate is only as good as the posterior behind it. The fit's diagnostics travel with
 the report, and a fit that failed them (R-hat, ESS, divergences, E-BFMI) turns into a loud
-warning at the top of every rendering.
+warning at the top of every rendering; so does a model that failed its held-out calibration
+gate (:class:`medsim.models.gate.CalibrationGate`, its figures in the warning) or whose
+calibration was never checked.
 """
 
 from __future__ import annotations
@@ -13,6 +15,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from importlib import metadata
 from typing import Any
+
+from medsim.models.gate import CalibrationGate
 
 _PACKAGES = ("medsim", "numpy", "scipy", "jax", "numpyro", "arviz", "torch", "matplotlib")
 
@@ -56,6 +60,10 @@ class Provenance:
         ISO 8601 UTC timestamp.
     settings : dict str -> str
         Anything else that was given (simulator step, scheme, population mode, command line).
+    calibration : CalibrationGate or None
+        The model's held-out calibration gate (None: not stated by the caller).
+    calibration_forced : bool
+        The gate was overridden (``--force``).
     """
 
     seed: int | None = None
@@ -67,16 +75,33 @@ class Provenance:
     versions: dict[str, str] = field(default_factory=dict)
     created: str = ""
     settings: dict[str, str] = field(default_factory=dict)
+    calibration: CalibrationGate | None = None
+    calibration_forced: bool = False
 
     def warnings(self) -> tuple[str, ...]:
-        """Loud warnings to show first (failed fit diagnostics)."""
+        """Loud warnings to show first (failed calibration gate, failed fit diagnostics)."""
+        out = []
+        gate = self.calibration
+        if gate is not None and gate.failed:
+            tail = (
+                "The gate was overridden with --force: the verdicts stand, but every risk figure below rests on "
+                "intervals known to be wrong."
+                if self.calibration_forced
+                else "No verdict below reads PASS; fix the model (or override with --force, recorded)."
+            )
+            out.append(f"{gate.summary()}. {tail}")
+        elif gate is not None and gate.status == "not_checked":
+            out.append(
+                f"{gate.summary()}. Nothing shows that this model predicts new measurements honestly; run "
+                "`medsim check POSTERIOR --cohort COHORT --heldout-fraction 0.25` before relying on these figures."
+            )
         if self.fit.ok is False:
             detail = "; ".join(self.fit.problems) or "see the fit's diagnostics"
-            return (
+            out.append(
                 "FIT DIAGNOSTICS FAILED: the posterior these patients were drawn from did not pass its "
-                f"convergence checks ({detail}). Every risk number below inherits that problem.",
+                f"convergence checks ({detail}). Every risk number below inherits that problem."
             )
-        return ()
+        return tuple(out)
 
 
 def package_versions() -> dict[str, str]:
@@ -134,6 +159,10 @@ def make_provenance(
         version = version or str(getattr(model, "version", ""))
         model = str(model.name)
     fit = _fit(merged.pop("fit_diagnostics", merged.pop("diagnostics", None)))
+    gate = merged.pop("calibration", None)
+    if isinstance(gate, str):
+        gate = CalibrationGate.from_json(gate)
+    forced = bool(merged.pop("calibration_forced", False))
     seed = merged.pop("seed", None)
     versions = {**package_versions(), **{str(k): str(v) for k, v in dict(merged.pop("versions", {}) or {}).items()}}
     return Provenance(
@@ -146,4 +175,6 @@ def make_provenance(
         versions=versions,
         created=_dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
         settings={str(k): str(v) for k, v in merged.items()},
+        calibration=gate,
+        calibration_forced=forced,
     )

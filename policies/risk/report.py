@@ -30,7 +30,7 @@ from policies.risk.provenance import Provenance, make_provenance
 from policies.risk.sequential import SequentialResult, sequential_test
 from policies.risk.severity import JointCost, Severity, severities
 from policies.risk.support import DEFAULT_THRESHOLD, SupportFlag, support_flag
-from policies.risk.verdict import Verdict, verdict
+from policies.risk.verdict import Verdict, gated, verdict
 from policies.spec import SafetySpec, convert_time
 
 SCHEMA_VERSION = 1
@@ -64,6 +64,7 @@ class PolicyRisk:
     cost : JointCost
     margins : tuple of TighteningMargin
     support : SupportFlag or None
+        None only in reports written before unchecked support was recorded as such.
     efficacy : dict str -> Estimate
         Mean of each per-patient efficacy metric of the rollout.
     warnings : tuple of str
@@ -157,12 +158,18 @@ def _check_rollout(result: RolloutResult, spec: SafetySpec) -> None:
 
 
 def policy_risk(
-    result: RolloutResult, spec: SafetySpec, *, support_threshold: float = DEFAULT_THRESHOLD, n_curve: int = 49
+    result: RolloutResult,
+    spec: SafetySpec,
+    *,
+    support_threshold: float = DEFAULT_THRESHOLD,
+    n_curve: int = 49,
+    support_unknown: str | None = None,
 ) -> tuple[PolicyRisk, np.ndarray]:
     """All estimates for one rollout; also returns the per-patient joint bridge risk (N,).
 
     Intervals are two-sided at level ``1 - delta`` unless an estimate says otherwise (the verdict
-    and the margins use one-sided ``1 - delta`` bounds).
+    and the margins use one-sided ``1 - delta`` bounds). ``support_unknown`` says why a rollout
+    without support ranges was not checked against the cohort's support.
     """
     _check_rollout(result, spec)
     level = 1.0 - spec.delta
@@ -182,10 +189,15 @@ def policy_risk(
         v = np.asarray(values, float)
         ok = np.isfinite(v)
         if ok.any():
-            efficacy[name] = intervals.mean(v[ok], ev.draw[ok], level=level, seed=seed)
-    support = support_flag(result, threshold=support_threshold, level=level, seed=seed)
+            # time shares (time in / below / above range) lie in [0, 1]; doses are non-negative
+            share = name.startswith("time_") and bool(((v[ok] >= 0) & (v[ok] <= 1)).all())
+            nonneg = name.startswith("total_dose") and bool((v[ok] >= 0).all())
+            efficacy[name] = intervals.mean(
+                v[ok], ev.draw[ok], level=level, seed=seed, unit_interval=share, nonnegative=nonneg
+            )
+    support = support_flag(result, threshold=support_threshold, level=level, seed=seed, unknown_reason=support_unknown)
     warnings = []
-    if support is not None and support.flagged:
+    if support.flagged:
         warnings.append(support.message)
     if 2 <= n_draws < _FEW_DRAWS and n_draws < ev.n_patients:
         warnings.append(
@@ -222,6 +234,16 @@ def policy_risk(
     return pr, ev.joint_bridge
 
 
+def calibration_gated(risk: PolicyRisk, prov: Provenance) -> PolicyRisk:
+    """``risk`` with its verdicts under the model's calibration gate (:func:`~policies.risk.verdict.gated`):
+    a miscalibrated model's PASS, fixed-sample or sequential, becomes UNDECIDED unless forced."""
+    gate, forced = prov.calibration, prov.calibration_forced
+    sequential = risk.sequential
+    if gate is not None and gate.failed and not forced and sequential.decision == "PASS":
+        sequential = replace(sequential, decision="UNDECIDED")
+    return replace(risk, verdict=gated(risk.verdict, gate, forced=forced), sequential=sequential)
+
+
 def monitored(result: RolloutResult, start: float) -> RolloutResult:
     """``result`` restricted to the monitoring window: intervals that begin before ``start`` are
     masked out (see :attr:`policies.spec.SafetySpec.monitor_from`)."""
@@ -253,6 +275,8 @@ def risk_report(
         rollout's own provenance and the installed package versions.
     support_threshold : float
         Share of simulated time outside the fitted support above which a policy is flagged.
+        A provenance entry ``support_unknown`` says why rollouts without support ranges were not
+        checked (e.g. the posterior file records no cohort support); it is kept in the settings.
 
     Raises
     ------
@@ -275,7 +299,11 @@ def risk_report(
     start = spec.monitor_from if spec.time_unit is None else convert_time(spec.monitor_from, spec.time_unit, unit)
     spec = replace(spec, horizon=spec_h, monitor_from=start, time_unit=unit)
     results = [monitored(r, start) for r in results]
-    per_policy = [policy_risk(r, spec, support_threshold=support_threshold) for r in results]
+    unknown = provenance.get("support_unknown") if isinstance(provenance, Mapping) else None
+    per_policy = [
+        policy_risk(r, spec, support_threshold=support_threshold, support_unknown=unknown and str(unknown))
+        for r in results
+    ]
     level = 1.0 - spec.delta
     comparisons = tuple(
         compare(results[i], results[k], per_policy[i][1], per_policy[k][1], level=level)
@@ -288,7 +316,7 @@ def risk_report(
     return RiskReport(
         spec=spec,
         time_unit=unit,
-        policies=tuple(p for p, _ in per_policy),
+        policies=tuple(calibration_gated(p, prov) for p, _ in per_policy),
         comparisons=comparisons,
         provenance=prov,
         warnings=prov.warnings(),

@@ -94,7 +94,7 @@ def severities(
             t_if = intervals.mean(outside[hit, j], cl_hit, **nn)
             d_if = intervals.mean(depth[hit, j], cl_hit, **nn)
         else:
-            t_if = d_if = Estimate(np.nan, np.nan, np.nan, 0, "none violated", seed, level)
+            t_if = d_if = Estimate.without_interval(np.nan, 0, "none violated", "no patient violated", seed, level)
         out.append(
             Severity(
                 bound=b.name,

@@ -11,6 +11,12 @@ violation probability (:mod:`policies.risk.events`; cluster-robust SE, zero-even
   estimate is below epsilon, also enough effective patients for the zero-event floor
   ``1 - delta^(1/n_eff)`` to fall below epsilon. It is a planning figure, not a guarantee.
 
+A verdict is only as honest as the model behind it: :func:`gated` applies the model's
+calibration gate (:class:`medsim.models.gate.CalibrationGate`). A model that failed it gets no
+PASS — the verdict becomes UNDECIDED and its statement leads with MISCALIBRATED and the gate's
+figures — unless the gate was overridden (``--force``), which the statement then says; a model
+whose calibration was never checked keeps its verdict with that said in the statement.
+
 The fixed-sample verdict is valid for the sample size chosen in advance. Looking at results and
 adding patients until the verdict comes out PASS would inflate the error; for that use the
 sequential test (:mod:`policies.risk.sequential`), whose error holds at every look.
@@ -24,6 +30,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import stats
 
+from medsim.models.gate import CalibrationGate
 from policies.risk import intervals
 from policies.risk.estimate import Estimate
 
@@ -109,3 +116,32 @@ def additional_patients(est: Estimate, design_effect: float, *, epsilon: float, 
     if est.value < epsilon:
         needed = max(needed, float(design_effect) * math.log(delta) / math.log1p(-epsilon))
     return max(1, math.ceil(needed - est.n))
+
+
+def gated(v: Verdict, gate: CalibrationGate | None, *, forced: bool = False) -> Verdict:
+    """``v`` under the model's calibration gate (see the module docstring).
+
+    Parameters
+    ----------
+    v : Verdict
+    gate : CalibrationGate or None
+        None: the caller said nothing about calibration (the verdict is returned unchanged).
+    forced : bool
+        The gate was overridden by the user (``--force``).
+    """
+    from dataclasses import replace
+
+    if gate is None or gate.passed:
+        return v
+    if gate.status == "not_checked":
+        return replace(v, statement=f"{v.statement} (model calibration not checked on held-out data)")
+    if forced:
+        return replace(v, statement=f"{v.statement} (MISCALIBRATED model: calibration gate overridden with --force)")
+    if v.decision != "PASS":
+        return replace(v, statement=f"MISCALIBRATED model: {v.statement}")
+    statement = (
+        f"MISCALIBRATED model, no PASS: the chance constraint reads P(violation) <= {_pct(v.epsilon)} (upper bound "
+        f"{_pct(v.estimate.upper)}), but the model failed its held-out calibration gate, so that bound cannot be "
+        "trusted (see the calibration warning; --force overrides, recorded)"
+    )
+    return replace(v, decision="UNDECIDED", additional_patients=None, statement=statement)

@@ -22,7 +22,7 @@ def pheno():
 
 def test_available_matches_what_load_returns():
     infos = {d.name: d for d in available()}
-    assert set(infos) == {"theoph", "pheno"}
+    assert set(infos) == {"theoph", "pheno", "t1d_sim"}
     for name, info in infos.items():
         cohort = load(name)
         assert (cohort.n_subjects, cohort.n_observations, cohort.n_doses) == (
@@ -34,7 +34,9 @@ def test_available_matches_what_load_returns():
         assert dict(cohort.units) == dict(info.units)
         assert cohort.source == f"medsim:{name}" and cohort.name == name
         assert info.licence and info.source and info.model
-    with pytest.raises(UnknownDatasetError, match="no bundled dataset 'warfarin'; bundled datasets: theoph, pheno"):
+    with pytest.raises(
+        UnknownDatasetError, match="no bundled dataset 'warfarin'; bundled datasets: theoph, pheno, t1d_sim"
+    ):
         load("warfarin")
 
 

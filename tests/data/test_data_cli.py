@@ -23,7 +23,7 @@ def test_datasets_lists_the_bundled_data():
     result = runner.invoke(app, ["datasets", "--json"])
     assert result.exit_code == 0, result.output
     names = [d["name"] for d in json.loads(result.output)]
-    assert names == ["theoph", "pheno"]
+    assert names == ["theoph", "pheno", "t1d_sim"]
     table = runner.invoke(app, ["datasets"], env={"COLUMNS": "200"})
     assert table.exit_code == 0 and "theoph" in table.output and "pk_iv_1cmt" in table.output
 

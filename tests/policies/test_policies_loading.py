@@ -36,7 +36,7 @@ def every_hour(obs, *, rng):
     return Option(interval=np.ones(obs.n))
 
 
-def make(dose="3"):
+def make(dose="3") -> Doubling:  # the annotation marks it as a policy factory
     return Doubling(dose=float(dose))
 
 
@@ -82,7 +82,10 @@ def test_composite_specs():
 @pytest.mark.parametrize(
     ("spec", "message"),
     [
-        ("tmd:target=10", "unknown policy 'tmd'; built-in policies: fixed, tdm, basal_bolus, pid, flip, safe_timing"),
+        (
+            "tmd:target=10",
+            "unknown policy 'tmd'; built-in policies: fixed, tdm, basal_bolus, pid, flip, safe_timing, replay",
+        ),
         ("tdm:traget=10", "policy 'tdm': unknown parameter 'traget'; valid parameters: target, every, dose"),
         ("tdm:target=ten", r"policy 'tdm': parameter target='ten' is not a number"),
         ("tdm:adjust_after=1.5", "parameter adjust_after='1.5' is not an integer"),
@@ -107,7 +110,7 @@ def test_user_policies_from_a_file(user_file):
     made = parse_policy(f"{user_file}:make:dose=4")
     assert made.dose == 4.0
     fn = parse_policy(f"{user_file}:every_hour")
-    assert isinstance(fn, FunctionPolicy)
+    assert isinstance(fn.policy, FunctionPolicy)
     _, option = fn.act(fn.init(2, seed=0), _obs(2), rng=np.random.default_rng(0))
     np.testing.assert_array_equal(option.interval, [1.0, 1.0])
 

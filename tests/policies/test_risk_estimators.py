@@ -167,7 +167,8 @@ def test_tightening_margin_and_support_on_tiny_rollout():
     assert s.share_of_time.value == pytest.approx(5 / 12)
     assert s.patients_affected.value == pytest.approx(2 / 3)
     assert s.flagged
-    assert support_flag(tiny_rollout(out_of_support=None), level=0.95, seed=0) is None
+    unknown = support_flag(tiny_rollout(out_of_support=None), level=0.95, seed=0)
+    assert not unknown.checked and unknown.share_of_time is None and not unknown.flagged
 
 
 def test_curve_is_monotone_and_ends_at_the_horizon_estimate():

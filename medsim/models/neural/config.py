@@ -17,12 +17,18 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Literal
 
 import numpy as np
 
+from medsim.models.neural.schema import check_calibration, typed_fields
+
 Interpolation = Literal["linear", "hermite"]
+
+
+#: Largest layer width or dimension a configuration may ask for (a 4096 x 4096 layer is 64 MB).
+MAX_WIDTH = 4096
 
 
 class NeuralConfigError(ValueError):
@@ -168,6 +174,10 @@ class NeuralConfig:
         for key in ("embedding_dim", "weight_rank"):
             if getattr(self, key) < 0:
                 raise NeuralConfigError(f"neural config: {key} must be >= 0, got {getattr(self, key)}")
+        for key in ("latent_dim", "hidden", "cde_hidden", "context_dim", "embedding_dim", "weight_rank"):
+            if getattr(self, key) > MAX_WIDTH:
+                # The network is allocated before its weights are read: a typo must not exhaust memory.
+                raise NeuralConfigError(f"neural config: {key} must be at most {MAX_WIDTH}, got {getattr(self, key)}")
         for key in ("time_scale", "horizon", "dt", "weight_prior_scale", "min_diffusion"):
             value = getattr(self, key)
             if not (math.isfinite(value) and value > 0):
@@ -242,25 +252,16 @@ class NeuralConfig:
         Raises
         ------
         NeuralConfigError
-            Naming ``source`` and the missing or unexpected key.
+            Naming ``source`` and the field (``source.latent_dim``) that is missing, unexpected,
+            of the wrong JSON type or out of range (see :mod:`medsim.models.neural.schema`).
         """
-        data = dict(data)
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise NeuralConfigError(f"{source}: unexpected keys {unknown}; expected a subset of {sorted(known)}")
-        for key in ("name", "time_unit", "observables"):
-            if key not in data:
-                raise NeuralConfigError(f"{source}: missing key {key!r}")
+        nested = {"observables": ObservableSpec, "doses": DoseSpec, "covariates": CovariateSpec}
+        values = typed_fields(cls, data, source, NeuralConfigError, nested)
+        check_calibration(values.get("calibration", {}), f"{source}.calibration", NeuralConfigError)
         try:
-            data["observables"] = tuple(
-                ObservableSpec(**{**o, "cmts": tuple(int(c) for c in o["cmts"])}) for o in data["observables"]
-            )
-            data["doses"] = tuple(DoseSpec(**d) for d in data.get("doses", ()))
-            data["covariates"] = tuple(CovariateSpec(**c) for c in data.get("covariates", ()))
-        except (TypeError, KeyError) as err:
-            raise NeuralConfigError(f"{source}: malformed observable/dose/covariate entry ({err})") from None
-        return cls(**data)
+            return cls(**values)
+        except NeuralConfigError as err:
+            raise NeuralConfigError(f"{source}: {str(err).removeprefix('neural config: ')}") from None
 
 
 def config_from_cohort(

@@ -1,4 +1,4 @@
-"""The calibration gate: no virtual patients from a neural model that is not calibrated.
+"""The calibration gate applied to neural models: no virtual patients from one that is not calibrated.
 
 A neural model can fit its training data and still be overconfident on new patients; its
 predictive intervals are then too narrow and every risk figure computed from it too small. The
@@ -8,6 +8,10 @@ the model's 50% and 90% posterior predictive intervals in the model's configurat
 measured), unless the caller forces it — and a forced use is recorded in provenance by the
 callers (:func:`medsim.models.neural.population.sample_neural_population`, through
 :func:`gate_summary`).
+
+The rule is the one gate of every model (:func:`medsim.models.gate.judge`) with the 90%
+coverage judged against the floor; figures a calibration record carries beyond coverage (width
+relative to the held-out spread, CRPS skill) are judged as for mechanistic models.
 """
 
 from __future__ import annotations
@@ -15,29 +19,14 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from medsim.models.gate import CalibrationGate, MiscalibratedModelError, judge
+
+__all__ = ["DEFAULT_FLOOR", "MiscalibratedModelError", "gate_of", "gate_summary", "require_calibrated"]
+
 DEFAULT_FLOOR = 0.8
 """Default floor of the pooled 90% coverage. With ``n`` held-out predictions the coverage of a
 calibrated model has standard error ``sqrt(0.9 * 0.1 / n)`` (0.03 at ``n = 100``), so 0.8 flags
 models more than three standard errors short at that size, not unlucky calibrated ones."""
-
-
-class MiscalibratedModelError(RuntimeError):
-    """A neural model's held-out coverage is below the floor (or unknown).
-
-    Attributes
-    ----------
-    coverage : float or None
-        Pooled empirical coverage of the 90% intervals (None if never calibrated).
-    floor : float
-    calibration : mapping
-        The stored calibration record (empty if none).
-    """
-
-    def __init__(self, message: str, *, coverage: float | None, floor: float, calibration: Mapping[str, Any]):
-        super().__init__(message)
-        self.coverage = coverage
-        self.floor = floor
-        self.calibration = dict(calibration)
 
 
 def calibration_of(model: Any) -> Mapping[str, Any]:
@@ -53,6 +42,32 @@ def calibration_of(model: Any) -> Mapping[str, Any]:
     if isinstance(neural, Mapping):
         return neural.get("calibration", {})
     raise TypeError(f"not a neural model or configuration: {type(model).__name__}")
+
+
+def gate_of(model: Any, *, floor: float = DEFAULT_FLOOR) -> CalibrationGate:
+    """The :class:`~medsim.models.gate.CalibrationGate` of a neural model's stored calibration.
+
+    The record's pooled figures (``coverage``, ``width`` per level, and any of the gate's other
+    figures it carries) are judged with the 90% coverage against ``floor``.
+    """
+    record = dict(calibration_of(model))
+    if not record.get("coverage"):
+        return CalibrationGate.unchecked("the neural model has no held-out calibration")
+    figures: dict[str, float | None] = {}
+    for name in ("coverage", "width"):
+        for level, value in (record.get(name) or {}).items():
+            figures[f"{name}_{float(level):g}"] = None if value is None else float(value)
+    for key, value in (record.get("sharpness") or {}).items():
+        figures[key] = None if value is None else float(value)
+    figures["rmse"] = record.get("rmse")
+    return judge(
+        figures,
+        n_points=int(record.get("n_predictions") or 0),
+        n_subjects=int(record.get("n_subjects") or 0),
+        coverage_floor=floor,
+        heldout=f"held-out subjects {record.get('subjects', [])}",
+        method="neural forecasts 1..N measurements ahead from each origin (inference.neural.calibrate)",
+    )
 
 
 def require_calibrated(model: Any, *, floor: float = DEFAULT_FLOOR, force: bool = False) -> Mapping[str, Any]:
@@ -94,6 +109,7 @@ def require_calibrated(model: Any, *, floor: float = DEFAULT_FLOOR, force: bool 
             floor=floor,
             calibration=record,
         )
+    gate = gate_of(record, floor=floor)
     if coverage < floor and not force:
         by_step = record.get("coverage_by_step", {}).get("0.9", [])
         width = record.get("width_by_step", {}).get("0.9", [])
@@ -107,6 +123,16 @@ def require_calibrated(model: Any, *, floor: float = DEFAULT_FLOOR, force: bool 
             f"{record.get('n_predictions', '?')} held-out measurements ({record.get('n_subjects', '?')} subjects), "
             f"below the floor {floor:.2f} (50% intervals covered {half_text}); by steps ahead: {steps or 'n/a'}. "
             "Refusing to produce virtual patients or risk figures from it (pass force=True / --force to override)",
+            gate=gate,
+            coverage=float(coverage),
+            floor=floor,
+            calibration=record,
+        )
+    if gate.failed and not force:
+        raise MiscalibratedModelError(
+            f"neural model failed its calibration gate: {gate.summary()}. Refusing to produce virtual patients "
+            "or risk figures from it (pass force=True / --force to override)",
+            gate=gate,
             coverage=float(coverage),
             floor=floor,
             calibration=record,
@@ -143,6 +169,6 @@ def gate_summary(model: Any, *, floor: float = DEFAULT_FLOOR, force: bool = Fals
         "calibration_n_predictions": record.get("n_predictions"),
         "calibration_n_subjects": record.get("n_subjects"),
         "calibration_floor": float(floor),
-        "calibration_passed": c90 is not None and float(c90) >= floor,
+        "calibration_passed": gate_of(record, floor=floor).passed,
         "forced": bool(force),
     }

@@ -1,0 +1,280 @@
+"""medsim's glucose models on an independent simulator: fit days 1-2, forecast day 3 from the recorded inputs.
+
+Run: ``.venv/bin/python benchmarks/external_t1d.py [--quick] [--cohort CSV] [--train-days 2]
+[--test-day 3] [--cgm-every 15] [--json OUT] [--models glucose_insulin] [--methods svi,nuts]``.
+
+Without ``--cohort`` two cohorts are generated with simglucose (``benchmarks/t1d_cohort.py``):
+12 patients (4 adults, 4 adolescents, 4 children), 3 days, random meals, and the same patients
+with every bolus of day 3 1.5x too large (hypoglycaemia common). With ``--cohort`` the given
+tidy table is used (``patient, time_min, bg_true, cgm, cho_g_per_min, insulin_U_per_min``,
+3-minute rows), so the check can be repeated on other patients.
+
+For each cohort, glucose model and sampler: the cohort is read with
+:func:`medsim.data.t1d.read_t1d_table` (CGM every ``--cgm-every`` minutes), the model is fitted
+to the CGM readings of the training days (inputs up to their end), and each patient's twin
+(individual posterior predictive, :func:`inference.checks.predictive.posterior_predictive`) is
+simulated from time 0 through the test day with all recorded meals and insulin. Scores on the
+test day (``benchmarks/t1d_metrics.py``):
+
+* coverage and mean width of central 50 % and 90 % intervals for the true glucose (``bg_true``,
+  latent prediction) and for the CGM readings (prediction plus measurement error), at the CGM
+  times;
+* RMSE of the predictive median for the true glucose against the naive forecast (the last CGM
+  reading of the training days, carried forward);
+* P(min true glucose < 70 mg/dL on the test day), from the latent paths on a 3-minute grid:
+  Brier score (and the constant forecast's), AUC, and the summed probability against the
+  observed count with its 95 % binomial range.
+
+The JSON (``--json``) holds every run and, at the top level, the figures of medsim's recommended
+T1D set-up (the first model and sampler on the first cohort): ``coverage90_bg``, ``width90_bg``,
+``coverage90_cgm``, ``brier_hypo``, ``brier_constant``, ``auc_hypo``, ``sum_p_hypo``,
+``n_hypo_observed``, ``n_patients``. ``--quick``: 3 patients (one per group), 300 SVI steps,
+50 predictive draws.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from benchmarks.t1d_metrics import auc, brier, brier_constant, count_check, event_probability, interval_scores, rmse
+
+HYPO_MG_DL = 70.0
+MINUTES_PER_DAY = 1440.0
+#: The glucose example's fit (policies/examples.py, GLUCOSE): SVI, filter step at most 10 min.
+RECOMMENDED = {"svi": {"svi_steps": 1500, "max_substep": 10.0}, "nuts": {"max_substep": 10.0}}
+
+
+def truncate(cohort, t_end: float):
+    """``cohort`` with observations before ``t_end`` and the inputs delivered before it.
+
+    Infusions running at ``t_end`` are cut there (amount = rate x time delivered), so the
+    filter does not walk the test day's events.
+    """
+    from medsim.data import Cohort, Subject
+
+    subjects = []
+    for s in cohort.subjects:
+        keep_obs = s.obs_time < t_end
+        start = s.dose_time < t_end
+        amount = np.where(
+            s.dose_rate > 0, np.minimum(s.dose_amount, s.dose_rate * (t_end - s.dose_time)), s.dose_amount
+        )
+        subjects.append(
+            Subject(
+                s.id,
+                s.obs_time[keep_obs],
+                s.obs_value[keep_obs],
+                s.obs_cmt[keep_obs],
+                s.dose_time[start],
+                s.dose_cmt[start],
+                amount[start],
+                s.dose_rate[start],
+                dict(s.covariates),
+            )
+        )
+    return Cohort(tuple(subjects), cohort.name, cohort.units, cohort.covariate_names, cohort.source)
+
+
+def test_day_truth(tidy: pd.DataFrame, ids: tuple[str, ...], t0: float, t1: float, cgm_every: float) -> dict:
+    """True glucose on the 3-minute grid and at the CGM times of ``[t0, t1)``, per subject (rows in ``ids`` order)."""
+    grid, bg, cgm_t, cgm, bg_at_cgm, last_cgm = [], [], [], [], [], []
+    for sid in ids:
+        rows = tidy[tidy["patient"].astype(str) == sid]
+        day = rows[(rows["time_min"] >= t0) & (rows["time_min"] < t1)]
+        grid.append(day["time_min"].to_numpy(float))
+        bg.append(day["bg_true"].to_numpy(float))
+        at = np.isclose(np.remainder(day["time_min"].to_numpy(float) + 1e-6, cgm_every), 0.0, atol=1e-4)
+        cgm_t.append(day["time_min"].to_numpy(float)[at])
+        cgm.append(day["cgm"].to_numpy(float)[at])
+        bg_at_cgm.append(day["bg_true"].to_numpy(float)[at])
+        before = rows[rows["time_min"] < t0]
+        before = before[np.isclose(np.remainder(before["time_min"].to_numpy(float) + 1e-6, cgm_every), 0.0, atol=1e-4)]
+        last_cgm.append(float(before["cgm"].dropna().iloc[-1]))
+    width = min(len(g) for g in grid)
+    cw = min(len(c) for c in cgm_t)
+    return {
+        "grid": np.stack([g[:width] for g in grid]),
+        "bg_grid": np.stack([b[:width] for b in bg]),
+        "cgm_time": np.stack([c[:cw] for c in cgm_t]),
+        "cgm": np.stack([c[:cw] for c in cgm]),
+        "bg_cgm": np.stack([b[:cw] for b in bg_at_cgm]),
+        "naive": np.asarray(last_cgm),
+    }
+
+
+def score(pred_cgm_latent, pred_cgm_replicate, paths_grid, truth: dict) -> dict:
+    """The test-day scores from predictive draws ``(R, S, T)`` (see the module docstring)."""
+    out = {}
+    for level in (0.5, 0.9):
+        tag = int(level * 100)
+        r = pred_cgm_latent.shape[0]
+        bg = interval_scores(pred_cgm_latent.reshape(r, -1), truth["bg_cgm"].reshape(-1), level)
+        cg = interval_scores(pred_cgm_replicate.reshape(r, -1), truth["cgm"].reshape(-1), level)
+        out |= {f"coverage{tag}_bg": bg["coverage"], f"width{tag}_bg": bg["width"]}
+        out |= {f"coverage{tag}_cgm": cg["coverage"], f"width{tag}_cgm": cg["width"]}
+    median = np.median(pred_cgm_latent, axis=0)
+    naive = np.broadcast_to(truth["naive"][:, None], truth["bg_cgm"].shape)
+    out["rmse_median_bg"] = rmse(median, truth["bg_cgm"])
+    out["rmse_naive_bg"] = rmse(naive, truth["bg_cgm"])
+    p = event_probability(paths_grid, HYPO_MG_DL)
+    event = truth["bg_grid"].min(axis=1) < HYPO_MG_DL
+    counts = count_check(p, event)
+    out |= {
+        "brier_hypo": brier(p, event),
+        "brier_constant": brier_constant(event),
+        "auc_hypo": auc(p, event),
+        "sum_p_hypo": counts["sum_p"],
+        "n_hypo_observed": counts["observed"],
+        "hypo_count_range95": [counts["low"], counts["high"]],
+        "sum_p_inside_range": counts["inside"],
+        "n_patients": int(event.size),
+        "p_hypo": [float(x) for x in p],
+        "hypo_observed": [bool(x) for x in event],
+        "min_bg_true": [float(x) for x in truth["bg_grid"].min(axis=1)],
+    }
+    return out
+
+
+def run_one(tidy: pd.DataFrame, model_name: str, method: str, args) -> dict:
+    """Fit one model with one sampler on the training days and score the test day."""
+    import jax
+
+    import inference
+    import medsim.models
+    from inference.checks.predictive import posterior_predictive
+    from medsim.data.t1d import read_t1d_table
+
+    model = medsim.models.get(model_name)
+    full = read_t1d_table(tidy.drop(columns=["bg_true"]), cgm_every=args.cgm_every, model=model)
+    t_train = args.train_days * MINUTES_PER_DAY
+    t0, t1 = (args.test_day - 1) * MINUTES_PER_DAY, args.test_day * MINUTES_PER_DAY
+    train = truncate(full, t_train)
+    options = dict(RECOMMENDED[method])
+    if method == "svi":
+        options["svi_steps"] = args.svi_steps
+    start = time.perf_counter()
+    posterior = inference.fit(
+        train, model, method=method, seed=args.seed, chains=args.chains, draws=args.draws, warmup=args.warmup, **options
+    )
+    fit_s = time.perf_counter() - start
+    truth = test_day_truth(tidy, full.ids, t0, t1, args.cgm_every)
+    key = jax.random.key(args.seed)
+    k_cgm, k_grid = jax.random.split(key)
+    # One simulation per time grid; both start at time 0 from the fitted twin and use every recorded input.
+    at_cgm = posterior_predictive(
+        posterior, full, key=k_cgm, n_draws=args.n_draws, times=truth["cgm_time"], observable="glucose_mg_dL"
+    )
+    on_grid = posterior_predictive(
+        posterior, full, key=k_grid, n_draws=args.n_draws, times=truth["grid"], observable="glucose_mg_dL"
+    )
+    scores = score(at_cgm.prediction, at_cgm.replicate, on_grid.prediction, truth)
+    draws = posterior.draws()
+    medians = {name: float(np.median(np.asarray(v))) for name, v in draws.population.items()}
+    medians |= {f"omega_{name}": float(np.median(np.asarray(v))) for name, v in draws.omega.items()}
+    return {
+        "model": model_name,
+        "method": method,
+        "fit_seconds": fit_s,
+        "total_seconds": time.perf_counter() - start,
+        "posterior_medians": medians,
+        "diagnostics_ok": getattr(posterior.diagnostics(), "ok", None),
+        **scores,
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--cohort", type=Path, action="append", help="tidy CSV (repeatable); default: simglucose")
+    parser.add_argument("--train-days", type=int, default=2)
+    parser.add_argument("--test-day", type=int, default=3)
+    parser.add_argument("--cgm-every", type=float, default=15.0)
+    parser.add_argument("--json", type=Path, help="write the results here (atomically)")
+    parser.add_argument("--models", default="glucose_insulin", help="comma-separated registered glucose models")
+    parser.add_argument("--methods", default="svi", help="comma-separated samplers: svi, nuts")
+    parser.add_argument("--quick", action="store_true", help="3 patients, 300 SVI steps, 50 draws")
+    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--svi-steps", type=int, default=None)
+    parser.add_argument("--chains", type=int, default=2)
+    parser.add_argument("--draws", type=int, default=None)
+    parser.add_argument("--warmup", type=int, default=None)
+    parser.add_argument("--n-draws", type=int, default=None, help="posterior draws simulated per patient")
+    parser.add_argument("--write-cohorts", type=Path, help="folder to keep the generated tidy CSVs in")
+    args = parser.parse_args(argv)
+    args.svi_steps = args.svi_steps or (300 if args.quick else RECOMMENDED["svi"]["svi_steps"])
+    args.draws = args.draws or (100 if args.quick else 500)
+    args.warmup = args.warmup or (100 if args.quick else 500)
+    args.n_draws = args.n_draws or (50 if args.quick else 200)
+    if args.test_day <= args.train_days:
+        parser.error("--test-day must come after the training days")
+
+    cohorts: dict[str, pd.DataFrame] = {}
+    generation_s = 0.0
+    if args.cohort:
+        for path in args.cohort:
+            cohorts[path.stem] = pd.read_csv(path)
+    else:
+        from benchmarks.t1d_cohort import PATIENTS_12, Scenario, generate_cohort
+
+        patients = ("adult#001", "adolescent#001", "child#001") if args.quick else PATIENTS_12
+        start = time.perf_counter()
+        for name, factor in (("meals", 1.0), ("overdose_day3", 1.5)):
+            scenario = Scenario(days=args.test_day, seed=args.seed, bolus_factor=factor, factor_from_day=args.test_day)
+            cohorts[name] = generate_cohort(patients, scenario)
+            if args.write_cohorts:
+                from medsim.data.tablefile import atomic_write
+
+                path = args.write_cohorts / f"{name}.csv"
+                atomic_write(path, lambda tmp, t=cohorts[name]: t.to_csv(tmp, index=False, float_format="%.6g"))
+        generation_s = time.perf_counter() - start
+    runs = []
+    for cohort_name, tidy in cohorts.items():
+        for model_name in args.models.split(","):
+            for method in args.methods.split(","):
+                result = {"cohort": cohort_name, **run_one(tidy, model_name.strip(), method.strip(), args)}
+                runs.append(result)
+                print(
+                    f"{cohort_name} {result['model']} {result['method']}: 90% cover bg {result['coverage90_bg']:.2f} "
+                    f"(width {result['width90_bg']:.0f}), cgm {result['coverage90_cgm']:.2f}; Brier "
+                    f"{result['brier_hypo']:.3f} (const {result['brier_constant']:.3f}), AUC {result['auc_hypo']}, "
+                    f"sum p {result['sum_p_hypo']:.1f} vs {result['n_hypo_observed']}; {result['total_seconds']:.0f} s",
+                    file=sys.stderr,
+                )
+    headline = {
+        k: runs[0][k]
+        for k in (
+            "coverage90_bg",
+            "width90_bg",
+            "coverage90_cgm",
+            "brier_hypo",
+            "brier_constant",
+            "auc_hypo",
+            "sum_p_hypo",
+            "n_hypo_observed",
+            "n_patients",
+        )
+    }
+    out = {
+        **headline,
+        "setup": {"cohort": runs[0]["cohort"], "model": runs[0]["model"], "method": runs[0]["method"]},
+        "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+        "generation_seconds": generation_s,
+        "runs": runs,
+    }
+    if args.json:
+        from medsim.data.tablefile import atomic_write
+
+        text = json.dumps(out, indent=2, default=str)
+        atomic_write(args.json, lambda tmp: tmp.write_text(text))
+    print(json.dumps(headline, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

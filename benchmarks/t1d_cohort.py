@@ -1,0 +1,184 @@
+"""A type-1 diabetes cohort from an independent simulator (simglucose, the UVA/Padova T1D model).
+
+simglucose (Xie 2018, https://github.com/jxx123/simglucose, MIT licence) implements the
+UVA/Padova simulator of Dalla Man et al. 2007 / Kovatchev et al. 2009 with its 30 published
+virtual patients (10 adults, 10 adolescents, 10 children), a CGM sensor with autocorrelated
+error (Breton & Kovatchev 2008) and insulin pumps. Nothing in it shares code or equations with
+medsim's glucose models, which is the point: a cohort from it tests medsim on data it did not
+generate.
+
+Each patient is simulated with simglucose's random meal scenario (3 main meals and up to 3
+snacks a day, seeded), the Dexcom CGM (3-minute readings, seeded), the Insulet pump and
+simglucose's basal-bolus controller (basal from the patient's steady-state insulin, meal
+boluses from the carbohydrate ratio plus a correction above 150 mg/dL). ``bolus_factor`` scales
+every bolus from ``factor_from_day`` on (1.5 = boluses 50 % too large, which makes
+hypoglycaemia common on those days).
+
+The result is simglucose's own tidy shape: ``patient, time_min, bg_true, cgm, cho_g_per_min,
+insulin_U_per_min`` with 3-minute rows, rates over the row's 3 minutes (the last row's rates
+are empty), ``bg_true`` the simulator's subcutaneous-site glucose (what the sensor measures
+before its error). ``python benchmarks/t1d_cohort.py OUT.csv`` writes one; the bundled
+``t1d_sim`` dataset was made with :func:`bundled_cohort`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+TIDY_COLUMNS = ("patient", "time_min", "bg_true", "cgm", "cho_g_per_min", "insulin_U_per_min")
+START = datetime(2026, 1, 1, 0, 0)
+
+#: 4 adults, 4 adolescents, 4 children of simglucose's 30 virtual patients.
+PATIENTS_12 = tuple(f"{group}#{i:03d}" for group in ("adult", "adolescent", "child") for i in range(1, 5))
+#: The bundled demo cohort: 2 of each group.
+PATIENTS_6 = tuple(f"{group}#{i:03d}" for group in ("adult", "adolescent", "child") for i in range(1, 3))
+
+
+@dataclass(frozen=True)
+class Scenario:
+    """How a cohort is generated (recorded in the output's provenance)."""
+
+    days: int = 3
+    seed: int = 1
+    bolus_factor: float = 1.0
+    factor_from_day: int = 3
+
+    def patient_seed(self, index: int) -> int:
+        """Meal scenario, CGM noise and patient seed of the ``index``-th patient."""
+        return 1000 * self.seed + index
+
+
+def simglucose_version() -> str:
+    from importlib.metadata import version
+
+    return version("simglucose")
+
+
+def simulate_patient(name: str, seed: int, scenario: Scenario) -> pd.DataFrame:
+    """One simglucose patient, in the tidy shape (``TIDY_COLUMNS``)."""
+    logging.getLogger("simglucose").setLevel(logging.WARNING)
+    from simglucose.actuator.pump import InsulinPump
+    from simglucose.controller.basal_bolus_ctrller import BBController
+    from simglucose.controller.base import Action
+    from simglucose.patient.t1dpatient import T1DPatient
+    from simglucose.sensor.cgm import CGMSensor
+    from simglucose.simulation.env import T1DSimEnv
+    from simglucose.simulation.scenario_gen import RandomScenario
+    from simglucose.simulation.sim_engine import SimObj
+
+    factor_from = START + timedelta(days=scenario.factor_from_day - 1)
+
+    class ScaledBolus(BBController):
+        """simglucose's basal-bolus controller with boluses scaled from ``factor_from`` on."""
+
+        def policy(self, observation, reward, done, **info):
+            action = super().policy(observation, reward, done, **info)
+            if info.get("time", START) >= factor_from:
+                return Action(basal=action.basal, bolus=action.bolus * scenario.bolus_factor)
+            return action
+
+    env = T1DSimEnv(
+        T1DPatient.withName(name, seed=seed),
+        CGMSensor.withName("Dexcom", seed=seed),
+        InsulinPump.withName("Insulet"),
+        RandomScenario(start_time=START, seed=seed),
+    )
+    sim = SimObj(env, ScaledBolus(), timedelta(days=scenario.days), animate=False, path=None)
+    sim.simulate()
+    history = sim.results()
+    minutes = (history.index - START).total_seconds().to_numpy() / 60.0
+    return pd.DataFrame(
+        {
+            "patient": name,
+            "time_min": np.round(minutes, 6),
+            "bg_true": history["BG"].to_numpy(),
+            "cgm": history["CGM"].to_numpy(),
+            "cho_g_per_min": history["CHO"].to_numpy(),
+            "insulin_U_per_min": history["insulin"].to_numpy(),
+        }
+    )
+
+
+def generate_cohort(patients: tuple[str, ...], scenario: Scenario) -> pd.DataFrame:
+    """The tidy table of ``patients`` under ``scenario`` (patients one after the other)."""
+    frames = [simulate_patient(name, scenario.patient_seed(i), scenario) for i, name in enumerate(patients)]
+    return pd.concat(frames, ignore_index=True)
+
+
+def provenance(patients: tuple[str, ...], scenario: Scenario) -> dict:
+    """What made the cohort: simulator, version, patients, seeds, scenario."""
+    return {
+        "simulator": "simglucose (UVA/Padova T1D simulator), MIT licence",
+        "simglucose_version": simglucose_version(),
+        "patients": list(patients),
+        "seeds": [scenario.patient_seed(i) for i in range(len(patients))],
+        "days": scenario.days,
+        "scenario": "simglucose RandomScenario (meals), Dexcom CGM, Insulet pump, BBController",
+        "bolus_factor": scenario.bolus_factor,
+        "factor_from_day": scenario.factor_from_day,
+    }
+
+
+def bundled_cohort() -> tuple[pd.DataFrame, dict]:
+    """The tidy table behind the bundled ``t1d_sim`` dataset, and its provenance."""
+    scenario = Scenario(days=3, seed=1)
+    return generate_cohort(PATIENTS_6, scenario), provenance(PATIENTS_6, scenario)
+
+
+BUNDLED_PATH = Path(__file__).resolve().parents[1] / "medsim" / "data" / "bundled" / "t1d_sim.csv"
+BUNDLED_CGM_EVERY = 15.0
+
+
+def write_bundled(tidy: pd.DataFrame, path: Path = BUNDLED_PATH) -> Path:
+    """The bundled event table: CGM every 15 minutes (rounded to 0.1 mg/dL), meals and insulin as recorded."""
+    from medsim.data import write_event_table
+    from medsim.data.t1d import read_t1d_table
+    from medsim.data.tablefile import units_sidecar
+
+    table = tidy.assign(cgm=tidy["cgm"].round(1))
+    cohort = read_t1d_table(table.drop(columns=["bg_true"]), cgm_every=BUNDLED_CGM_EVERY)
+    written = write_event_table(cohort, path)
+    units_sidecar(written).unlink(missing_ok=True)  # units are declared in medsim/data/datasets.py
+    return written
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("out", type=Path, nargs="?", help="tidy CSV to write")
+    parser.add_argument(
+        "--bundled",
+        action="store_true",
+        help=f"write the bundled t1d_sim dataset ({BUNDLED_PATH.name}) from bundled_cohort() (or --from-tidy)",
+    )
+    parser.add_argument("--from-tidy", type=Path, help="with --bundled: a tidy CSV made by bundled_cohort()")
+    parser.add_argument("--patients", nargs="*", default=list(PATIENTS_12), help="simglucose patient names")
+    parser.add_argument("--days", type=int, default=3)
+    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--bolus-factor", type=float, default=1.0)
+    parser.add_argument("--factor-from-day", type=int, default=3)
+    args = parser.parse_args(argv)
+    if args.bundled:
+        tidy = pd.read_csv(args.from_tidy) if args.from_tidy else bundled_cohort()[0]
+        print(f"wrote {write_bundled(tidy)}", file=sys.stderr)
+        return 0
+    if args.out is None:
+        parser.error("give OUT (a tidy CSV to write) or --bundled")
+    scenario = Scenario(args.days, args.seed, args.bolus_factor, args.factor_from_day)
+    from medsim.data.tablefile import atomic_write
+
+    table = generate_cohort(tuple(args.patients), scenario)
+    atomic_write(args.out, lambda tmp: table.to_csv(tmp, index=False, float_format="%.6g"))
+    print(f"{args.out}: {len(table)} rows, {table['patient'].nunique()} patients", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

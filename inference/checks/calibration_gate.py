@@ -1,0 +1,209 @@
+"""The held-out calibration check of a fitted model, judged by the calibration gate.
+
+A posterior fitted on each subject's earlier measurements (:func:`~inference.checks.heldout.split_after`
+or :func:`~inference.checks.heldout.split_last`) predicts the held-out later ones from the
+recorded doses (:func:`~inference.checks.predictive.posterior_predictive`, individual mode:
+each subject's own random effects, process noise and residual error simulated). The
+predictive draws are scored (:mod:`inference.checks.scores`) for calibration and sharpness:
+
+* coverage of the central 50/80/90/95 % intervals, with the design effect of points within a
+  subject (cluster-robust variance of the hit rate, subjects as clusters);
+* mean interval width, and the 90 % width relative to the held-out measurements' 5–95 % range;
+* interval score and CRPS, each against the climatological forecast (the held-out
+  measurements' own distribution, the same for every point: in-sample, so a conservative
+  reference);
+* the held-out log score: the mean over points of ``log (1/R) sum_r N(y; f_r, sd_r)``, the
+  Monte Carlo log predictive density with the residual error integrated exactly (for model
+  comparison on the same held-out points);
+* PIT histogram;
+* for event bounds (a subject's held-out measurements leaving the safe range): the predicted
+  probability (share of replicate data sets with an event), Brier score against the constant
+  forecast at the cohort's event rate, AUC and a reliability curve.
+
+:func:`medsim.models.gate.judge` turns the figures into the typed
+:class:`~medsim.models.gate.CalibrationGate`.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+from collections.abc import Sequence
+from typing import Any
+
+import jax
+import numpy as np
+
+from inference.checks import scores
+from inference.checks.predictive import PredictiveError, posterior_predictive
+from medsim.models.gate import LEVELS, CalibrationGate, judge
+from medsim.simulate.types import Bound
+
+_MAX_REFERENCE = 2000  # climatological CRPS: at most this many reference quantiles (memory n x ref)
+
+
+def design_effect(inside: np.ndarray, subject: np.ndarray) -> float:
+    """Cluster-robust over binomial variance of a hit rate (subjects as clusters), at least 1.
+
+    ``var_cluster = S / (S - 1) sum_s (h_s - p n_s)^2 / N^2`` (the ratio-estimator variance of
+    ``p = sum h_s / N``), divided by the binomial ``p (1 - p) / N``; 1 when there is only one
+    subject or ``p`` is 0 or 1 (no variance to compare).
+    """
+    inside = np.asarray(inside, float)
+    ids = np.unique(subject)
+    n, p = inside.size, inside.mean()
+    if ids.size < 2 or p in (0.0, 1.0):
+        return 1.0
+    resid = np.array([inside[subject == s].sum() - p * (subject == s).sum() for s in ids])
+    var_cluster = ids.size / (ids.size - 1) * (resid**2).sum() / n**2
+    return float(max(1.0, var_cluster / (p * (1 - p) / n)))
+
+
+def interval_figures(draws: np.ndarray, y: np.ndarray, subject: np.ndarray) -> dict[str, float]:
+    """Coverage, width, interval score, CRPS and PIT figures of held-out points.
+
+    Parameters
+    ----------
+    draws : (R, n) predictive draws of the ``n`` held-out measurements
+    y : (n,) measurements
+    subject : (n,) subject index of each point (clusters of the design effect)
+    """
+    out: dict[str, float] = {}
+    for level in LEVELS:
+        lo, hi = scores.central_intervals(draws, level)
+        inside = (lo <= y) & (y <= hi)
+        out[f"coverage_{level:g}"] = float(inside.mean())
+        out[f"width_{level:g}"] = float((hi - lo).mean())
+        out[f"design_effect_{level:g}"] = design_effect(inside, subject)
+    lo90, hi90 = scores.central_intervals(draws, 0.9)
+    q05, q95 = np.quantile(y, [0.05, 0.95])
+    spread = float(q95 - q05)
+    out["spread_5_95"] = spread
+    out["relative_width_0.9"] = out["width_0.9"] / spread if spread > 0 else float("inf")
+    out["interval_score_0.9"] = float(scores.interval_score(lo90, hi90, y, 0.9).mean())
+    out["interval_score_0.9_climatology"] = float(scores.interval_score(q05, q95, y, 0.9).mean())
+    reference = np.quantile(y, np.linspace(0, 1, min(y.size, _MAX_REFERENCE)))
+    out["crps"] = float(scores.crps(draws, y).mean())
+    climatology = np.broadcast_to(reference[:, None], (reference.size, y.size))
+    out["crps_climatology"] = float(scores.crps(climatology, y).mean())
+    clim = out["crps_climatology"]
+    out["crps_skill"] = 1.0 - out["crps"] / clim if clim > 0 else float("nan")
+    out["rmse"] = float(np.sqrt(((draws.mean(axis=0) - y) ** 2).mean()))
+    return out
+
+
+def log_score(prediction: np.ndarray, sd: np.ndarray, y: np.ndarray) -> float | None:
+    """Mean over points of ``log (1/R) sum_r N(y; prediction_r, sd_r)`` (None without residual error)."""
+    if not np.all(sd > 0):
+        return None
+    z = (y - prediction) / sd
+    log_density = -0.5 * z**2 - np.log(sd) - 0.5 * np.log(2 * np.pi)
+    r = prediction.shape[0]
+    top = log_density.max(axis=0)
+    return float((top + np.log(np.exp(log_density - top).sum(axis=0)) - np.log(r)).mean())
+
+
+def event_figures(probability: np.ndarray, event: np.ndarray) -> tuple[dict[str, float | None], tuple]:
+    """Brier score and skill over the constant forecast, AUC and reliability of event forecasts."""
+    rate = float(event.mean())
+    b = scores.brier(probability, event)
+    constant = rate * (1 - rate)  # Brier score of forecasting the event rate for everyone
+    figures: dict[str, float | None] = {
+        "n_events": float(event.sum()),
+        "n_no_events": float((~event).sum()),
+        "event_rate": rate,
+        "mean_probability": float(probability.mean()),
+        "brier": b,
+        "brier_constant": constant,
+        "brier_skill": 1.0 - b / constant if constant > 0 else None,
+        "auc": scores.auc(probability, event),
+    }
+    return figures, scores.reliability(probability, event)
+
+
+def heldout_check(
+    posterior: Any,
+    cohort: Any,
+    heldout: np.ndarray,
+    *,
+    key: jax.Array,
+    bounds: Sequence[Bound] = (),
+    n_draws: int | None = 200,
+    dt: float | None = None,
+    description: str = "",
+) -> CalibrationGate:
+    """Score a posterior's predictions of held-out measurements and judge them.
+
+    Parameters
+    ----------
+    posterior : Posterior or PosteriorDraws
+        Fitted without the held-out measurements, to the same subjects in the same order.
+    cohort : Cohort
+        The full cohort (doses of the held-out window included).
+    heldout : (S, N) bool
+        Held-out measurements in the padded layout (:func:`~inference.checks.heldout.window_mask`).
+    key : jax PRNG key
+    bounds : sequence of Bound
+        Safe-range bounds defining events; empty: no event forecasts.
+    n_draws : int or None
+        Posterior draws simulated.
+    dt : float, optional
+        Simulator step.
+    description : str
+        What was held out (stored in the record).
+
+    Returns
+    -------
+    CalibrationGate
+
+    Raises
+    ------
+    PredictiveError
+        No held-out measurement, or bounds on an observable the model does not have.
+    """
+    held = np.asarray(heldout, bool)
+    if not held.any():
+        raise PredictiveError("nothing is held out: the held-out mask selects no measurement")
+    sample = posterior_predictive(posterior, cohort, key=key, n_draws=n_draws, mode="individual", dt=dt)
+    y = np.asarray(sample.observed, float)[held]
+    draws = sample.replicate[:, held]
+    subject = np.broadcast_to(np.arange(held.shape[0])[:, None], held.shape)[held]
+    figures: dict[str, float | None] = dict(interval_figures(draws, y, subject))
+    sd = sample.residual_sd[:, held] if sample.residual_sd is not None else np.zeros_like(draws)
+    figures["log_score"] = log_score(sample.prediction[:, held], sd, y)
+    pit_counts = np.histogram(scores.pit(draws, y), bins=10, range=(0.0, 1.0))[0]
+    reliability: tuple = ()
+    names = sample.observables
+    units = {o.name: o.unit for o in getattr(getattr(posterior, "model", None), "observables", ())}
+    if bounds:
+        missing = [b.name for b in bounds if b.observable not in names]
+        if missing:
+            raise PredictiveError(f"event bounds {missing} name observables the model lacks; it has {list(names)}")
+        outside = np.zeros(sample.replicate.shape, bool)
+        observed_out = np.zeros(held.shape, bool)
+        measured = np.zeros(held.shape, bool)
+        for b in bounds:
+            at = held & (sample.observable == names.index(b.observable))
+            measured |= at
+            outside |= at & b.outside(sample.replicate)
+            observed_out |= at & b.outside(np.asarray(sample.observed, float))
+        has = measured.any(axis=1)
+        event = observed_out.any(axis=1)[has]
+        probability = outside.any(axis=2).mean(axis=0)[has]
+        event_figs, reliability = event_figures(probability, event)
+        figures.update(event_figs)
+    observed_names = sorted({names[i] for i in np.unique(sample.observable[held])})
+    unit = ", ".join(units.get(n, "") for n in observed_names if units.get(n))
+    data_hash = cohort.data_hash() if callable(getattr(cohort, "data_hash", None)) else ""
+    return judge(
+        figures,
+        n_points=int(held.sum()),
+        n_subjects=int(held.any(axis=1).sum()),
+        unit=unit,
+        reliability=reliability,
+        pit_counts=tuple(int(c) for c in pit_counts),
+        heldout=description or f"{int(held.sum())} held-out measurements",
+        method=f"individual posterior predictive of {', '.join(observed_names)} ({sample.prediction.shape[0]} draws)",
+        events=", ".join(b.name for b in bounds) + (" (any held-out measurement outside)" if bounds else ""),
+        data_hash=str(data_hash),
+        created=_dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
+    )

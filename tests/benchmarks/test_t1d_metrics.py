@@ -1,0 +1,81 @@
+"""The scores of benchmarks/external_t1d.py on inputs small enough to compute by hand."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from benchmarks.external_t1d import score, truncate
+from benchmarks.t1d_metrics import auc, brier, brier_constant, count_check, event_probability, interval_scores, rmse
+
+
+def test_interval_scores_by_hand():
+    # 5 draws 0..4 of two quantities; central 50 %: numpy's linear quantiles 1 and 3 (width 2).
+    draws = np.array([[0.0, 10.0], [1.0, 11.0], [2.0, 12.0], [3.0, 13.0], [4.0, 14.0]])
+    out = interval_scores(draws, np.array([2.5, 14.5]), 0.5)
+    assert out == {"coverage": 0.5, "width": 2.0, "n": 2}  # 2.5 in [1, 3]; 14.5 not in [11, 13]
+    out90 = interval_scores(draws, np.array([0.1, 14.5]), 0.9)  # [0.2, 3.8] and [10.2, 13.8]
+    assert out90["coverage"] == 0.0 and out90["width"] == pytest.approx(3.6)
+
+
+def test_rmse_brier_and_the_constant_forecast_by_hand():
+    assert rmse(np.array([1.0, 2.0]), np.array([4.0, 6.0])) == pytest.approx(np.sqrt((9 + 16) / 2))
+    p, y = np.array([0.9, 0.2, 0.6, 0.0]), np.array([1, 0, 0, 0])
+    assert brier(p, y) == pytest.approx((0.01 + 0.04 + 0.36 + 0.0) / 4)
+    assert brier_constant(y) == pytest.approx(0.25 * 0.75)  # the observed rate, 1 in 4
+    assert brier(np.full(4, 0.25), y) == pytest.approx(brier_constant(y))
+
+
+def test_auc_by_hand_with_ties():
+    # events 0.8, 0.4; non-events 0.4, 0.1: pairs (0.8>0.4) (0.8>0.1) (0.4=0.4 -> 1/2) (0.4>0.1) = 3.5 of 4
+    assert auc(np.array([0.8, 0.4, 0.4, 0.1]), np.array([1, 1, 0, 0])) == pytest.approx(3.5 / 4)
+    assert auc(np.array([0.1, 0.9]), np.array([1, 0])) == 0.0
+    assert auc(np.array([0.3, 0.5]), np.array([0, 0])) is None
+
+
+def test_count_check_uses_the_binomial_range_of_the_observed_count():
+    # 5 of 12 observed: Binomial(12, 5/12) central 95 % range is 2..8 (scipy.stats.binom.ppf).
+    y = np.array([1] * 5 + [0] * 7)
+    inside = count_check(np.full(12, 0.5), y)  # expected count 6
+    assert (inside["low"], inside["high"], inside["observed"], inside["inside"]) == (2.0, 8.0, 5, True)
+    assert inside["sum_p"] == pytest.approx(6.0)
+    assert count_check(np.full(12, 0.8), y)["inside"] is False  # 9.6, as in the collapsed fits
+
+
+def test_event_probability_is_the_share_of_paths_whose_minimum_crosses():
+    paths = np.array([[[80.0, 69.0], [100.0, 90.0]], [[75.0, 72.0], [60.0, 90.0]]])  # (R=2, S=2, T=2)
+    np.testing.assert_allclose(event_probability(paths, 70.0), [0.5, 0.5])
+
+
+def test_score_puts_the_pieces_together():
+    # one subject, two CGM times, three grid points; every draw equals the truth -> full coverage, width 0
+    truth = {
+        "bg_cgm": np.array([[100.0, 65.0]]),
+        "cgm": np.array([[102.0, 66.0]]),
+        "bg_grid": np.array([[100.0, 80.0, 65.0]]),
+        "naive": np.array([110.0]),
+    }
+    latent = np.repeat(truth["bg_cgm"][None], 4, axis=0)
+    out = score(latent, latent + 2.0 * np.array([[[1.0, 0.5]]]), np.repeat(truth["bg_grid"][None], 4, axis=0), truth)
+    assert out["coverage90_bg"] == 1.0 and out["width90_bg"] == 0.0
+    assert out["coverage90_cgm"] == 1.0
+    assert out["rmse_median_bg"] == 0.0 and out["rmse_naive_bg"] == pytest.approx(np.sqrt((100 + 45**2) / 2))
+    assert out["p_hypo"] == [1.0] and out["n_hypo_observed"] == 1 and out["brier_hypo"] == 0.0
+    assert out["brier_constant"] == 0.0 and out["auc_hypo"] is None and out["n_patients"] == 1
+
+
+def test_truncate_cuts_a_running_infusion_at_the_end_of_training():
+    from medsim.data import Cohort
+
+    cohort = Cohort.from_arrays(
+        ["a"],
+        obs_time=[np.array([0.0, 100.0, 200.0])],
+        obs_value=[np.array([1.0, 2.0, 3.0])],
+        dose_time=[np.array([0.0, 50.0, 150.0])],
+        dose_amount=[np.array([3.0, 5.0, 7.0])],
+        dose_rate=[np.array([0.01, 0.0, 0.0])],
+    )
+    s = truncate(cohort, 120.0).subjects[0]
+    np.testing.assert_allclose(s.obs_time, [0.0, 100.0])
+    np.testing.assert_allclose(s.dose_time, [0.0, 50.0])
+    np.testing.assert_allclose(s.dose_amount, [1.2, 5.0])  # 0.01 U/min for 120 min; the bolus at 150 dropped
