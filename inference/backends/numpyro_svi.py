@@ -141,6 +141,9 @@ def run_svi(
     info = {
         "guide": type(auto).__name__ + (f"(rank={rank})" if guide == "lowrank" and rank else ""),
         "optimizer": f"Adam({learning_rate} -> {learning_rate * decay:g}, exponential)",
+        "guide_kind": guide,
+        "rank": rank,
+        "learning_rate": learning_rate,
         "particles": particles,
         "steps": steps,
         "elbo": float(np.mean(tail)),
