@@ -5,14 +5,20 @@ R-hat <= 1.01 and bulk and tail ESS >= 100 per chain (400 for four chains); no d
 transitions (Betancourt 2017, arXiv:1701.02434); E-BFMI >= 0.3 for every chain (Betancourt
 2016, arXiv:1604.00695). They apply to the sampled coordinates (population sites and the
 standardised random effects ``eta_<p>_decentered``); deterministic quantities inherit them.
-Variational (SVI) fits have no such diagnostics: :func:`diagnose` says so and reports the ELBO.
+Variational (SVI) fits have no such diagnostics: :func:`diagnose` says so and checks instead
+the ELBO trace (:mod:`inference.svi_diagnostics`) and the process-noise posterior against the
+likelihood profile (:mod:`inference.noise_profile`); an SVI fit with nothing checked fails.
 """
 
 from __future__ import annotations
 
+import json
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
+
+from inference.noise_profile import profile_problems
+from inference.svi_diagnostics import elbo_checks
 
 RHAT_MAX = 1.01
 ESS_PER_CHAIN_MIN = 100
@@ -52,6 +58,8 @@ class Diagnostics:
     problems : tuple of str
         Human-readable failures; empty when every threshold is met.
     thresholds : dict
+    checks : tuple of str
+        What was checked of an SVI fit (ELBO convergence, process-noise profile), with figures.
     """
 
     method: str
@@ -67,11 +75,12 @@ class Diagnostics:
     parameters: dict[str, ParameterDiagnostics] = field(default_factory=dict)
     problems: tuple[str, ...] = ()
     thresholds: dict[str, float] = field(default_factory=dict)
+    checks: tuple[str, ...] = ()
 
     @property
     def ok(self) -> bool:
-        """True when no threshold failed (always True for SVI, whose checks do not apply)."""
-        return not self.problems
+        """True when something was checked and nothing failed."""
+        return not self.problems and (self.applicable or bool(self.checks))
 
     def to_dict(self) -> dict:
         out = asdict(self)
@@ -82,7 +91,12 @@ class Diagnostics:
         """A short human-readable report."""
         if not self.applicable:
             elbo = "n/a" if self.elbo is None else f"{self.elbo:.2f}"
-            return [f"{self.method}: MCMC diagnostics not applicable (variational fit); final ELBO {elbo} nats"]
+            head = (
+                f"{self.method}: MCMC diagnostics (R-hat, ESS, divergences, E-BFMI) not applicable to a variational "
+                f"fit; final ELBO {elbo} nats"
+            )
+            verdict = [f"PROBLEM: {p}" for p in self.problems] or ["all SVI checks passed"]
+            return [head, *(f"checked: {c}" for c in self.checks), *verdict]
         head = (
             f"{self.chains} chains x {self.draws} draws: max R-hat {self.rhat_max:.3f}, min bulk ESS "
             f"{self.ess_bulk_min:.0f}, min tail ESS {self.ess_tail_min:.0f}, {self.divergences} divergences, "
@@ -101,7 +115,26 @@ def sampled_variables(idata) -> list[str]:
     return names
 
 
-def diagnose(idata, *, method: str, elbo: float | None = None) -> Diagnostics:
+def diagnose_posterior_attrs(idata, method: str) -> Diagnostics:
+    """:func:`diagnose` with what a posterior file stores about its fit (``idata.posterior.attrs``:
+    ``elbo``, ``elbo_trace``, ``noise_profile`` of an SVI fit)."""
+    attrs = idata.posterior.attrs
+    elbo = attrs.get("elbo")
+    trace = json.loads(attrs["elbo_trace"]) if "elbo_trace" in attrs else None
+    profile = json.loads(attrs["noise_profile"]) if "noise_profile" in attrs else None
+    return diagnose(
+        idata, method=method, elbo=None if elbo is None else float(elbo), elbo_trace=trace, noise_profile=profile
+    )
+
+
+def diagnose(
+    idata,
+    *,
+    method: str,
+    elbo: float | None = None,
+    elbo_trace=None,
+    noise_profile: dict | None = None,
+) -> Diagnostics:
     """Diagnostics of the posterior in ``idata`` (an ArviZ InferenceData).
 
     Parameters
@@ -111,6 +144,11 @@ def diagnose(idata, *, method: str, elbo: float | None = None) -> Diagnostics:
     method : {"nuts", "svi"}
     elbo : float, optional
         Final ELBO of an SVI fit.
+    elbo_trace : sequence of float, optional
+        An SVI fit's ELBO at every step (:func:`inference.svi_diagnostics.elbo_checks`); without
+        it an SVI fit fails (nothing checked).
+    noise_profile : dict, optional
+        :func:`inference.noise_profile.noise_profile` of an SVI fit.
     """
     from inference.assemble import import_arviz
 
@@ -118,8 +156,27 @@ def diagnose(idata, *, method: str, elbo: float | None = None) -> Diagnostics:
     draws = int(idata.posterior.sizes["draw"])
     thresholds = {"rhat_max": RHAT_MAX, "ess_min": float(ESS_PER_CHAIN_MIN * chains), "ebfmi_min": EBFMI_MIN}
     if method != "nuts":
+        from inference.noise_profile import PROFILE_GAIN_NATS
+        from inference.svi_diagnostics import ELBO_REL_TOL
+
+        checks, problems, _ = elbo_checks(None if elbo_trace is None else np.asarray(elbo_trace, float))
+        if noise_profile:
+            problems += profile_problems(noise_profile)
+            checks += [
+                f"{site} posterior median {p['posterior'][1]:.3g} against its likelihood profile's peak "
+                f"{p['peak']:.3g} ({p['gain']:.1f} nats higher)"
+                for site, p in noise_profile.items()
+            ]
+        thresholds = {"elbo_rel_tol": ELBO_REL_TOL, "profile_gain_nats": PROFILE_GAIN_NATS}
         return Diagnostics(
-            method=method, applicable=False, chains=chains, draws=draws, elbo=elbo, thresholds=thresholds
+            method=method,
+            applicable=False,
+            chains=chains,
+            draws=draws,
+            elbo=elbo,
+            problems=tuple(problems),
+            thresholds=thresholds,
+            checks=tuple(checks),
         )
     az = import_arviz()
     names = sampled_variables(idata)

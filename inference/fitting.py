@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping, Sequence
 from typing import Any, Literal
 
@@ -9,10 +10,12 @@ import numpy as np
 
 from inference.assemble import build_inference_data
 from inference.backends import BACKENDS, Progress, run_nuts, run_svi
+from inference.backends.numpyro_svi import GUIDES
 from inference.cohort_support import SUPPORT_ATTR, cohort_support
-from inference.diagnostics import diagnose
+from inference.diagnostics import diagnose_posterior_attrs
 from inference.hierarchical import data_information, with_centering
 from inference.likelihood.filtering import resolve_layout
+from inference.noise_profile import noise_profile
 from inference.posterior import FORMAT_VERSION, Posterior, json_attr
 from inference.priors import PriorError
 from inference.problem import FitData, prepare
@@ -42,6 +45,9 @@ def fit(
     substeps: int = 4,
     max_substep: float | None = None,
     centered: Sequence[str] | Mapping[str, float] | Literal["auto", "partial"] = "auto",
+    guide: Literal["mvn", "lowrank"] = "mvn",
+    svi_particles: int = 1,
+    svi_learning_rate: float = 0.01,
 ) -> Posterior:
     """Fit the hierarchical SDE model ``model`` to ``cohort``.
 
@@ -67,6 +73,13 @@ def fit(
         device per chain when JAX has them, else runs the chains one after the other.
     svi_steps : int
         Optimisation steps of SVI.
+    guide : {"mvn", "lowrank"}
+        SVI's guide: full-covariance or low-rank multivariate normal
+        (:mod:`inference.backends.numpyro_svi`).
+    svi_particles : int
+        Monte Carlo draws per ELBO gradient.
+    svi_learning_rate : float
+        Adam's first step size (it decays tenfold over the run).
     target_accept : float
         NUTS step-size adaptation target. 0.9: with the scaled random-effect coordinates and the
         signed process-noise scale the theophylline SDE fit has no funnel left to need smaller
@@ -74,10 +87,13 @@ def fit(
         when a fit reports divergences.
     substeps, max_substep
         Filter discretisation (see :func:`inference.likelihood.build_timeline`).
-    centered : "auto", "rule", "partial", "none", mapping parameter -> weight, or sequence of str
+    centered : "auto", "scaled", "rule", "partial", "none", mapping parameter -> weight, or sequence of str
         The random effects' sampler coordinates (the prior is the same whatever they are):
-        ``"auto"`` samples each in the scaled coordinate, centred where the subjects' own data
-        determine it and non-centred as its BSV goes to 0 (:mod:`inference.priors`);
+        ``"auto"`` is, for NUTS, the scaled coordinate of each, centred where the subjects' own
+        data determine it and non-centred as its BSV goes to 0 (:mod:`inference.priors`), and for
+        SVI the non-centred one (in the scaled coordinates SVI collapsed the BSV SDs of the
+        best-informed effects to 0 on glucose cohorts; ``docs/fitting.md``, "SVI"); ``"scaled"``
+        is the scaled coordinate for either method;
         ``"rule"`` centres fully those that the data determine better than the prior does
         (:func:`inference.hierarchical.choose_centering`); ``"partial"`` gives each a weight in
         [0, 1] instead (partially non-centred); a mapping sets the weights; a sequence names the
@@ -103,6 +119,13 @@ def fit(
         raise FitConfigError(f"backend {backend!r} has no method {method!r}; choose one of {BACKENDS[backend]}")
     if draws < 1 or (method == "nuts" and (chains < 1 or warmup < 0)):
         raise FitConfigError(f"need chains >= 1, draws >= 1 and warmup >= 0; got {chains}, {draws}, {warmup}")
+    if method == "svi" and (svi_steps < 1 or svi_particles < 1 or guide not in GUIDES):
+        raise FitConfigError(
+            f"need svi_steps >= 1, svi_particles >= 1 and guide in {GUIDES}; "
+            f"got {svi_steps}, {svi_particles}, {guide!r}"
+        )
+    if method == "svi" and isinstance(centered, str) and centered.strip() in ("auto", ""):
+        centered = "none"  # SVI's coordinates (docstring)
     try:
         data, information = prepare_fit(
             cohort,
@@ -115,6 +138,8 @@ def fit(
         )
     except PriorError as err:
         raise FitConfigError(str(err)) from None
+    if method == "svi":
+        data = dataclasses.replace(data, priors=data.priors.with_log_noise())
     if backend == "pymc":
         try:
             from inference.backends.pymc_backend import run_pymc
@@ -136,7 +161,16 @@ def fit(
             progress=progress,
         )
     else:
-        out = run_svi(data, draws=draws, steps=svi_steps, seed=seed, progress=progress)
+        out = run_svi(
+            data,
+            draws=draws,
+            steps=svi_steps,
+            seed=seed,
+            progress=progress,
+            guide=guide,
+            particles=svi_particles,
+            learning_rate=svi_learning_rate,
+        )
     info = {k: v for k, v in out.info.items() if k != "elbo_trace"}
     attrs = provenance_attrs(data, backend=backend, method=method, seed=seed, info=info)
     attrs.update(
@@ -149,8 +183,10 @@ def fit(
     if method == "svi":
         attrs["elbo"] = float(out.info["elbo"])
         attrs["svi_steps"] = int(svi_steps)
+        attrs["elbo_trace"] = json_attr([round(float(v), 2) for v in out.info["elbo_trace"]])
+        attrs["noise_profile"] = json_attr(noise_profile(data, out.samples))
     idata = build_inference_data(data, out.samples, out.sample_stats or None, attrs)
-    diagnostics = diagnose(idata, method=method, elbo=attrs.get("elbo"))
+    diagnostics = diagnose_posterior_attrs(idata, method)
     idata.posterior.attrs["diagnostics"] = json_attr(diagnostics.to_dict())
     idata.posterior.attrs["diagnostics_ok"] = int(diagnostics.ok)
     return Posterior(idata=idata, model=model)
@@ -181,7 +217,7 @@ def prepare_fit(
         A cohort the model cannot be fitted to.
     """
     data = prepare(cohort, model, process_noise=process_noise, substeps=substeps, max_substep=max_substep)
-    rule = isinstance(centered, str) and centered.strip() in ("auto", "rule", "partial", "")
+    rule = isinstance(centered, str) and centered.strip() in ("auto", "scaled", "rule", "partial", "")
     information = data_information(data) if rule or metric else None
     return with_centering(data, centered, information=information), information
 

@@ -307,7 +307,8 @@ def with_centering(
     """``data`` with the random effects' sampler coordinates set (:attr:`PriorSpec.scaling`,
     :attr:`PriorSpec.centering`).
 
-    ``centered``: ``"auto"`` (every effect in the scaled coordinate, :func:`information_scaling`),
+    ``centered``: ``"auto"`` or ``"scaled"`` (every effect in the scaled coordinate,
+    :func:`information_scaling`),
     ``"rule"`` (:func:`choose_centering`: each effect fully centred or not), ``"partial"`` (its
     partially non-centred weights), ``"none"``, a mapping parameter -> weight, or names sampled
     fully centred (weight 1; the others non-centred), as a sequence or a comma-separated string.
@@ -322,7 +323,7 @@ def with_centering(
     scaling: dict[str, float] = {}
     if isinstance(centered, str):  # as `medsim fit --centered` takes it
         centered = centered.strip()
-        if centered in ("auto", ""):
+        if centered in ("auto", "scaled", ""):
             weights, scaling = {}, information_scaling(data, information)
         elif centered in ("rule", "partial"):
             weights = choose_centering(data, partial=centered == "partial", information=information)[0]

@@ -13,6 +13,8 @@ them)::
     sampler            backend settings (JSON)
     diagnostics        Diagnostics at fit time (JSON); diagnostics_ok 1/0
     elbo               final ELBO (SVI only)
+    elbo_trace         the ELBO at every optimisation step (JSON list, SVI only)
+    noise_profile      process-noise posterior against its likelihood profile (JSON, SVI only)
     wall_time_s        sampling wall time, seconds
     created            UTC timestamp (ISO 8601)
     versions           package versions (JSON)
@@ -37,7 +39,7 @@ import numpy as np
 
 from inference.assemble import import_arviz
 from inference.cohort_support import SUPPORT_ATTR, support_ranges
-from inference.diagnostics import Diagnostics, diagnose
+from inference.diagnostics import Diagnostics, diagnose_posterior_attrs
 from inference.priors import PriorError, PriorSpec, residual_key
 from medsim.io import atomic_write
 from medsim.models.base import PhysiologyModel
@@ -113,8 +115,7 @@ class Posterior:
     # ------------------------------------------------------------------ diagnostics
     def diagnostics(self) -> Diagnostics:
         """Convergence diagnostics (recomputed from the draws; see :mod:`inference.diagnostics`)."""
-        elbo = self.attrs.get("elbo")
-        return diagnose(self.idata, method=self.method, elbo=None if elbo is None else float(elbo))
+        return diagnose_posterior_attrs(self.idata, self.method)
 
     # ------------------------------------------------------------------ calibration gate
     def calibration(self) -> CalibrationGate | None:

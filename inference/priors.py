@@ -49,7 +49,9 @@ Choices
   point instead of the end of an infinitely long ``log <s>`` tail, which the data cannot cut
   short when they do not detect process noise (theophylline): on the log scale that tail is
   where R-hat of ``sigma_central`` failed. ``<s>_signed`` is the sampler's coordinate only;
-  posteriors hold ``<s>``.
+  posteriors hold ``<s>``. SVI samples ``log <s>`` instead (:meth:`PriorSpec.with_log_noise`): a
+  Gaussian guide on the signed coordinate has to straddle the two mirror-image modes ``+-<s>``,
+  and on the glucose cohorts its ``<s>`` came out as wide as the prior.
 * Residual-error parameters get log-normal priors centred on the model's defaults with a log-SD
   of 1 (a factor of e either way at one SD): weakly informative, and bounded away from 0, which
   keeps the sampler out of the degenerate corner where process noise explains every residual.
@@ -96,6 +98,9 @@ class SitePrior:
     target : str
         The model parameter (or, for residual sites, the observable) the site belongs to.
     unit : str
+    log_coordinate : bool
+        A half-normal process-noise scale sampled on the log scale (as SVI samples it) instead of
+        as a signed value (module docstring, "Choices").
     """
 
     site: str
@@ -105,12 +110,13 @@ class SitePrior:
     role: Role
     target: str
     unit: str
+    log_coordinate: bool = False
 
     @property
     def signed(self) -> bool:
         """A half-normal process-noise scale: sampled as ``<site>_signed ~ Normal(0, scale)``,
-        the site being its absolute value (module docstring)."""
-        return self.role == "process_noise" and self.distribution == "halfnormal"
+        the site being its absolute value (module docstring), unless :attr:`log_coordinate`."""
+        return self.role == "process_noise" and self.distribution == "halfnormal" and not self.log_coordinate
 
     @property
     def sampled_site(self) -> str:
@@ -248,6 +254,13 @@ class PriorSpec:
         if w == 1.0:
             return omega, 1.0
         return omega**w, omega ** (1.0 - w)
+
+    def with_log_noise(self) -> PriorSpec:
+        """The same prior with every process-noise scale sampled on the log scale
+        (:attr:`SitePrior.log_coordinate`): the coordinate for a Gaussian variational guide, which
+        cannot follow the two mirror-image modes of the signed coordinate."""
+        sites = tuple(replace(s, log_coordinate=True) if s.role == "process_noise" else s for s in self.sites)
+        return replace(self, sites=sites)
 
     def ode_limit(self) -> PriorSpec:
         """The same prior with every process-noise scale fixed at 0 (as

@@ -1,17 +1,28 @@
 """Stochastic variational inference (numpyro): the fast, approximate alternative to NUTS.
 
-The guide is a multivariate normal on the unconstrained scale over all sites
-(``AutoMultivariateNormal``), so posterior correlations between typical values, BSV SDs and
-random effects are kept (a mean-field guide would understate the uncertainty of derived
-quantities). The ELBO is maximised with Adam; the guide starts at the prior medians (random
-effects at 0) with a small scale. Draws come from the fitted guide. SVI has no convergence
-diagnostics in the MCMC sense; the ELBO trace is returned so its flatness can be checked.
+The guide is a multivariate normal on the unconstrained scale over all sites, so posterior
+correlations between typical values, BSV SDs and random effects are kept (a mean-field guide
+would understate the uncertainty of derived quantities): full covariance
+(``AutoMultivariateNormal``, ``guide="mvn"``) or a diagonal plus a rank-``r`` factor
+(``AutoLowRankMultivariateNormal``, ``guide="lowrank"``), whose cost grows linearly rather than
+quadratically with the number of coordinates (large cohorts).
+
+The ELBO is maximised with Adam, whose step size decays exponentially from ``learning_rate``
+to ``learning_rate * decay`` over the run: the late small steps average out the gradient noise
+of the ELBO estimate, which otherwise leaves the guide's location jittering by about one step's
+worth around the optimum. The guide starts at the prior medians (random effects at 0) with a
+small scale. Draws come from the fitted guide. The whole ELBO trace is returned; the checks on
+it are in :mod:`inference.diagnostics`.
+
+Coordinates: SVI is meant to run on the non-centred random effects and the log process-noise
+scales (:func:`inference.fitting.fit` sets them; ``docs/fitting.md``, "SVI").
 """
 
 from __future__ import annotations
 
 import time
 from functools import partial
+from typing import Literal
 
 import jax
 import numpy as np
@@ -21,6 +32,29 @@ from inference.backends.progress import Progress, ProgressCounter
 from inference.hierarchical import hierarchical_model, with_random_effects
 from inference.problem import FitData
 
+GUIDES = ("mvn", "lowrank")
+INIT_SCALE = 0.05
+
+
+def make_guide(model, kind: str, init_values: dict, *, rank: int | None = None):
+    """The numpyro autoguide ``kind`` (one of :data:`GUIDES`) started at ``init_values``."""
+    from numpyro.infer import init_to_value
+    from numpyro.infer.autoguide import AutoLowRankMultivariateNormal, AutoMultivariateNormal
+
+    init = init_to_value(values=init_values)
+    if kind == "mvn":
+        return AutoMultivariateNormal(model, init_loc_fn=init, init_scale=INIT_SCALE)
+    if kind == "lowrank":
+        return AutoLowRankMultivariateNormal(model, init_loc_fn=init, init_scale=INIT_SCALE, rank=rank)
+    raise ValueError(f"unknown SVI guide {kind!r}; choose one of {GUIDES}")
+
+
+def start_values(data: FitData) -> dict[str, np.ndarray | float]:
+    """Where the guide starts: every population site at its prior median, random effects at 0."""
+    values: dict[str, np.ndarray | float] = {s.sampled_site: float(s.median()) for s in data.priors.sites}
+    values.update({data.priors.eta_site(p): np.zeros(data.n_subjects, np.float32) for p in data.priors.random_effects})
+    return values
+
 
 def run_svi(
     data: FitData,
@@ -28,11 +62,15 @@ def run_svi(
     draws: int = 1000,
     steps: int = 5000,
     learning_rate: float = 0.01,
+    decay: float = 0.1,
+    particles: int = 1,
+    guide: Literal["mvn", "lowrank"] = "mvn",
+    rank: int | None = None,
     seed: int = 0,
     progress: Progress | None = None,
     chunk: int = 250,
 ) -> SamplerOutput:
-    """Fit an ``AutoMultivariateNormal`` guide and draw from it.
+    """Fit a multivariate-normal guide and draw from it.
 
     Parameters
     ----------
@@ -40,9 +78,18 @@ def run_svi(
     draws : int
         Draws taken from the fitted guide (returned as one "chain").
     steps : int
-        Optimisation steps (one ELBO particle each).
+        Optimisation steps.
     learning_rate : float
-        Adam step size.
+        Adam's first step size.
+    decay : float in (0, 1]
+        Adam's last step size is ``learning_rate * decay`` (exponential schedule; 1: constant).
+    particles : int
+        Monte Carlo draws per ELBO gradient (more: less gradient noise, proportionally slower).
+    guide : {"mvn", "lowrank"}
+        Full-covariance or low-rank-plus-diagonal multivariate normal.
+    rank : int, optional
+        Rank of the ``"lowrank"`` guide (numpyro's default: about the square root of the number
+        of coordinates).
     seed : int
     progress : callable(done, total), optional
         Receives optimisation steps completed.
@@ -55,19 +102,17 @@ def run_svi(
         ``samples`` with shape (1, draws, ...); ``sample_stats`` empty; ``info["elbo"]`` is the
         mean ELBO (nats) over the last 10 % of steps and ``info["elbo_trace"]`` every step's.
     """
-    from numpyro.infer import SVI, Trace_ELBO, init_to_value
-    from numpyro.infer.autoguide import AutoMultivariateNormal
+    from numpyro.infer import SVI, Trace_ELBO
     from numpyro.optim import Adam
 
-    if draws < 1 or steps < 1:
-        raise ValueError(f"need draws >= 1 and steps >= 1; got {draws}, {steps}")
+    if draws < 1 or steps < 1 or particles < 1:
+        raise ValueError(f"need draws, steps and particles >= 1; got {draws}, {steps}, {particles}")
+    if not 0.0 < decay <= 1.0 or not learning_rate > 0.0:
+        raise ValueError(f"need learning_rate > 0 and 0 < decay <= 1; got {learning_rate}, {decay}")
     model = partial(hierarchical_model, data)
-    start_values = {s.sampled_site: float(s.median()) for s in data.priors.sites}
-    start_values.update(
-        {data.priors.eta_site(p): np.zeros(data.n_subjects, np.float32) for p in data.priors.random_effects}
-    )
-    guide = AutoMultivariateNormal(model, init_loc_fn=init_to_value(values=start_values), init_scale=0.05)
-    svi = SVI(model, guide, Adam(learning_rate), Trace_ELBO())
+    auto = make_guide(model, guide, start_values(data), rank=rank)
+    schedule = lambda i: learning_rate * decay ** (i / steps)  # noqa: E731
+    svi = SVI(model, auto, Adam(schedule), Trace_ELBO(num_particles=particles))
     # The SVI state carries its own key (split from key_init) for the ELBO particles.
     key_init, key_draws = jax.random.split(jax.random.key(seed))
     counter = ProgressCounter(progress, steps, every=chunk)
@@ -87,15 +132,19 @@ def run_svi(
         done += n
         counter.add(n)
     params = svi.get_params(state)
-    constrained = guide.sample_posterior(key_draws, params, sample_shape=(draws,))
+    constrained = auto.sample_posterior(key_draws, params, sample_shape=(draws,))
     samples = with_random_effects(data, {k: np.asarray(v)[None] for k, v in constrained.items()})
     wall = time.perf_counter() - start
     counter.finish()
     trace = -np.concatenate(losses)
     tail = trace[-max(1, steps // 10) :]
     info = {
-        "guide": "AutoMultivariateNormal",
-        "optimizer": f"Adam({learning_rate})",
+        "guide": type(auto).__name__ + (f"(rank={rank})" if guide == "lowrank" and rank else ""),
+        "optimizer": f"Adam({learning_rate} -> {learning_rate * decay:g}, exponential)",
+        "guide_kind": guide,
+        "rank": rank,
+        "learning_rate": learning_rate,
+        "particles": particles,
         "steps": steps,
         "elbo": float(np.mean(tail)),
         "elbo_trace": trace,

@@ -67,6 +67,10 @@ def refit_settings(posterior: Any) -> dict[str, Any]:
     }
     if "svi_steps" in attrs:
         settings["svi_steps"] = int(attrs["svi_steps"])
+    if "guide_kind" in sampler:  # SVI fits since the guide became a choice
+        settings["guide"] = str(sampler["guide_kind"])
+        settings["svi_particles"] = int(sampler["particles"])
+        settings["svi_learning_rate"] = float(sampler["learning_rate"])
     if "target_accept" in sampler:
         settings["target_accept"] = float(sampler["target_accept"])
     substeps = json.loads(attrs.get("filter", "{}") or "{}").get("substeps")

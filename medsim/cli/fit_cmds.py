@@ -94,6 +94,21 @@ def fit_command(
         "parallel", "--chain-method", help="parallel (chains spread over the CPU cores), vectorized or sequential."
     ),
     svi_steps: int = typer.Option(5000, "--svi-steps", min=1, help="Optimisation steps of --method svi."),
+    guide: str = typer.Option(
+        "mvn", "--guide", help="SVI guide: mvn (full-covariance normal) or lowrank (low-rank plus diagonal)."
+    ),
+    svi_particles: int = typer.Option(1, "--svi-particles", min=1, help="Monte Carlo draws per SVI ELBO gradient."),
+    svi_learning_rate: float = typer.Option(
+        0.01, "--svi-learning-rate", min=1e-6, help="Adam's first step size (decays tenfold over the run)."
+    ),
+    max_substep: float = typer.Option(
+        None,
+        "--max-substep",
+        min=0.0,
+        help="Largest filter (RK4) step in the model's time unit, e.g. 10 (min) for glucose_insulin; long "
+        "gaps between events are split so no step exceeds it (default: from the model's fastest rate).",
+    ),
+    substeps: int = typer.Option(4, "--substeps", min=1, help="Filter (RK4) steps per interval between events."),
     target_accept: float = typer.Option(
         0.9, "--target-accept", min=0.5, max=0.99, help="NUTS adaptation target; raise it if a fit diverges."
     ),
@@ -103,9 +118,9 @@ def fit_command(
     centered: str = typer.Option(
         "auto",
         "--centered",
-        help="Sampler coordinates of the random effects: auto (scaled: centred where the subjects' data "
-        "determine them, non-centred as their BSV goes to 0), rule (each fully centred or not), partial (a "
-        "weight per effect in between), none (all non-centred), or e.g. CL,V (those centred).",
+        help="Sampler coordinates of the random effects: auto (NUTS: scaled, centred where the subjects' data "
+        "determine them, non-centred as their BSV goes to 0; SVI: non-centred), rule (each fully centred or "
+        "not), partial (a weight per effect in between), none (all non-centred), or e.g. CL,V (those centred).",
     ),
 ) -> None:
     """Fit a Bayesian SDE model to a cohort and write the posterior (with diagnostics).
@@ -169,6 +184,11 @@ def fit_command(
                 svi_steps=svi_steps,
                 target_accept=target_accept,
                 centered=centered,
+                guide=guide,
+                svi_particles=svi_particles,
+                svi_learning_rate=svi_learning_rate,
+                substeps=substeps,
+                max_substep=max_substep,
             )
         except (FitConfigError, FitDataError, TimelineError) as err:
             _fail(str(err))

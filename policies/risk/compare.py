@@ -57,7 +57,15 @@ def is_paired(a: RolloutResult, b: RolloutResult) -> bool:
 
 
 def _difference(
-    xa: np.ndarray, xb: np.ndarray, cla: np.ndarray, clb: np.ndarray, paired: bool, *, level: float, seed: int | None
+    xa: np.ndarray,
+    xb: np.ndarray,
+    cla: np.ndarray,
+    clb: np.ndarray,
+    paired: bool,
+    *,
+    level: float,
+    seed: int | None,
+    probability: bool = True,
 ) -> tuple[Estimate, float, float]:
     sa = intervals.standard_errors(xa, cla)
     sb = intervals.standard_errors(xb, clb)
@@ -76,8 +84,10 @@ def _difference(
             else "the difference is the same for every patient: no spread to estimate a standard error from"
         )
         return Estimate.without_interval(diff, sa.n, method, why, seed, level, se), se_paired, se_unpaired
-    # a difference of two probabilities lies in [-1, 1]
-    est = Estimate(diff, max(diff - half, -1.0), min(diff + half, 1.0), sa.n, method, seed, level, se)
+    # a difference of two probabilities lies in [-1, 1]; other quantities (efficacy metrics in
+    # mg/dL or hours) are not clipped
+    low, high = (max(diff - half, -1.0), min(diff + half, 1.0)) if probability else (diff - half, diff + half)
+    est = Estimate(diff, low, high, sa.n, method, seed, level, se)
     return est, se_paired, se_unpaired
 
 
@@ -98,5 +108,5 @@ def compare(
     for name in sorted(set(a.efficacy) & set(b.efficacy)):
         ea = np.asarray(a.efficacy[name], float)
         eb = np.asarray(b.efficacy[name], float)
-        eff[name] = _difference(ea, eb, cla, clb, paired, **kw)[0]
+        eff[name] = _difference(ea, eb, cla, clb, paired, probability=False, **kw)[0]
     return PairedComparison(a.policy, b.policy, paired, risk, se_p, se_u, eff)

@@ -113,5 +113,7 @@ def test_refit_settings_reproduce_the_recorded_fit(files):
     posterior = Posterior.load(files["posterior"])
     settings = refit_settings(posterior)
     assert settings["method"] == "svi" and settings["svi_steps"] == 200 and settings["draws"] == 60
-    assert settings["seed"] == 1 and settings["centered"] == "auto" and settings["process_noise"] is True
+    # SVI runs non-centred whatever "auto" means for NUTS: () reproduces that
+    assert settings["seed"] == 1 and settings["centered"] == () and settings["process_noise"] is True
+    assert settings["guide"] == "mvn" and settings["svi_particles"] == 1 and settings["svi_learning_rate"] == 0.01
     inspect.signature(fit).bind(None, None, **settings)  # every key is an argument of inference.fit

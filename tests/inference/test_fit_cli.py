@@ -72,3 +72,21 @@ def test_check_rejects_a_file_that_is_not_a_posterior(tmp_path):
     bogus.write_bytes(b"\x89HDF\r\n")
     result = CliRunner().invoke(app, ["check", str(bogus)])
     assert result.exit_code == 2 and "not a netCDF InferenceData file" in result.output
+
+
+def test_fit_passes_the_filter_step_and_svi_options(monkeypatch, tmp_path):
+    import inference
+
+    seen = {}
+
+    def fake_fit(cohort, model, **options):
+        seen.update(options)
+        raise inference.FitConfigError("stopped after reading the options")
+
+    monkeypatch.setattr(inference, "fit", fake_fit)
+    args = ["fit", "theoph", "--model", "pk_oral_1cmt", "--method", "svi", "--out", str(tmp_path / "x.nc")]
+    options = ["--max-substep", "10", "--substeps", "2", "--guide", "lowrank", "--svi-particles", "4"]
+    result = CliRunner().invoke(app, [*args, *options, "--svi-learning-rate", "0.02", "--chain-method", "vectorized"])
+    assert result.exit_code == 2 and "stopped after reading the options" in result.output
+    assert seen["max_substep"] == 10.0 and seen["substeps"] == 2 and seen["guide"] == "lowrank"
+    assert seen["svi_particles"] == 4 and seen["svi_learning_rate"] == 0.02 and seen["method"] == "svi"

@@ -61,8 +61,25 @@ def test_svi_draws_recover_the_simulated_typical_clearance(svi_out):
         ({"backend": "stan"}, "unknown backend 'stan'"),
         ({"method": "laplace"}, "backend 'numpyro' has no method 'laplace'"),
         ({"draws": 0}, "need chains >= 1, draws >= 1"),
+        ({"method": "svi", "guide": "flow"}, "guide in"),
+        ({"method": "svi", "svi_particles": 0}, "svi_particles >= 1"),
     ],
 )
 def test_bad_fit_options_are_named(options, message):
     with pytest.raises(FitConfigError, match=message):
         inference.fit(oral_cohort(3), get("pk_oral_1cmt"), **options)
+
+
+def test_low_rank_guide_runs_and_is_recorded(data):
+    out = run_svi(data, draws=50, steps=200, seed=0, guide="lowrank", rank=2)
+    assert out.info["guide"] == "AutoLowRankMultivariateNormal(rank=2)"
+    assert out.samples["eta_CL"].shape == (1, 50, 3) and np.isfinite(out.info["elbo"])
+
+
+def test_svi_samples_the_noise_scale_on_the_log_scale(data):
+    # a Gaussian guide on the signed coordinate straddles its two mirror modes (docs/fitting.md)
+    logged = data.priors.with_log_noise()
+    noise = logged.by_role("process_noise")
+    assert noise and all(not s.signed and s.sampled_site == s.site for s in noise)
+    assert all(s.signed for s in data.priors.by_role("process_noise"))  # NUTS keeps the signed one
+    assert type(logged).from_json(logged.to_json()) == logged
