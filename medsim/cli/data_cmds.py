@@ -12,6 +12,7 @@ from pathlib import Path
 import typer
 
 from medsim.cli.app import app
+from medsim.cli.pairs import parse_pairs
 
 
 @app.command("datasets")
@@ -44,17 +45,6 @@ def datasets_command(
     Console().print(table)
 
 
-def _parse_map(entries: list[str]) -> dict[str, str]:
-    mapping = {}
-    for entry in entries:
-        name, sep, target = entry.partition("=")
-        if not sep or not name.strip() or not target.strip():
-            typer.echo(f"error: --map expects FILE_COLUMN=NAME (e.g. --map Subject=ID), got {entry!r}", err=True)
-            raise typer.Exit(2)
-        mapping[name.strip()] = target.strip()
-    return mapping
-
-
 @app.command("validate")
 def validate_command(
     table: Path = typer.Argument(..., help="Event table: .csv, .csv.gz or .parquet (NONMEM columns ID,TIME,DV,...)."),
@@ -72,7 +62,7 @@ def validate_command(
     from medsim.data import validate_event_table
     from medsim.data.report import ROW_CONVENTION
 
-    mapping = _parse_map(column_map)
+    mapping = parse_pairs(column_map, "--map", "FILE_COLUMN=NAME (e.g. --map Subject=ID)")
     physiology = None
     if model is not None:
         import medsim.models as registry

@@ -14,17 +14,7 @@ from pathlib import Path
 import typer
 
 from medsim.cli.app import app
-
-
-def _parse_units(entries: list[str]) -> dict[str, str]:
-    units = {}
-    for entry in entries:
-        name, sep, unit = entry.partition("=")
-        if not sep or not name.strip() or not unit.strip():
-            typer.echo(f"error: --unit expects COLUMN=UNIT (e.g. --unit insulin=U/min), got {entry!r}", err=True)
-            raise typer.Exit(2)
-        units[name.strip()] = unit.strip()
-    return units
+from medsim.cli.pairs import parse_pairs
 
 
 @app.command("import-t1d")
@@ -54,7 +44,7 @@ def import_t1d_command(
     from medsim.data.report import ROW_CONVENTION
     from medsim.data.t1d import check_t1d_table
 
-    units = _parse_units(unit)
+    units = parse_pairs(unit, "--unit", "COLUMN=UNIT (e.g. --unit insulin=U/min)")
     try:
         physiology = registry.get(model)
     except registry.UnknownModelError as err:
