@@ -74,6 +74,7 @@ def render_html(report: RiskReport, figures: Mapping[str, bytes] | None = None) 
     for w in report.all_warnings:
         parts.append(f'<div class="warning">WARNING: {_e(w)}</div>')
     parts.append(f"<p>{_e(text.spec_line(report))}</p>")
+    parts.append(f"<p>Model calibration: {_e(text.calibration_text(report.provenance))}</p>")
     parts += ["<h2>Policies</h2>", _table(text.SUMMARY_HEADER, text.summary_rows(report), decision_col=1)]
     parts.append(
         '<p class="note">Continuous time: Brownian-bridge corrected probability of leaving the safe set at any '

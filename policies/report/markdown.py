@@ -37,6 +37,7 @@ def render_markdown(report: RiskReport, figures: Mapping[str, str] | None = None
     for w in report.all_warnings:
         out += [f"> **WARNING:** {_cell(w)}", ""]
     out += [_cell(text.spec_line(report)), ""]
+    out += [_cell("Model calibration: " + text.calibration_text(report.provenance)), ""]
     out += ["## Policies", "", _table(text.SUMMARY_HEADER, text.summary_rows(report)), ""]
     out += [
         "*Continuous time* is the Brownian-bridge corrected probability of leaving the safe set at any time; "

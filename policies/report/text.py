@@ -243,6 +243,7 @@ def provenance_rows(report: RiskReport) -> list[list[str]]:
         ["data hash", pv.data_hash or "n/a"],
         ["checkpoint" if learned else "posterior file", pv.posterior_file or "n/a"],
         ["fit diagnostics", fit_txt],
+        ["calibration gate", calibration_text(pv)],
         *[[f"fit: {k}", str(v)] for k, v in fit.summary.items()],
         ["created (UTC)", pv.created],
         ["versions", ", ".join(f"{k} {v}" for k, v in pv.versions.items())],
@@ -250,6 +251,15 @@ def provenance_rows(report: RiskReport) -> list[list[str]]:
         ["spec source", report.spec.source],
     ]
     return rows
+
+
+def calibration_text(pv) -> str:
+    """The model's held-out calibration gate in one line; a missing record reads "not checked"."""
+    gate = pv.calibration
+    if gate is None:
+        return "not checked (no held-out calibration record with this model)"
+    forced = " (overridden with --force)" if pv.calibration_forced and gate.failed else ""
+    return gate.summary() + forced
 
 
 def support_line(p: PolicyRisk) -> str:

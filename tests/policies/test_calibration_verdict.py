@@ -67,3 +67,18 @@ def test_an_unchecked_model_says_so_first(rollout):
     assert p.verdict.decision == "PASS"
     assert p.verdict.statement.endswith("(model calibration not checked on held-out data)")
     assert rep.warnings[0].startswith("CALIBRATION NOT CHECKED")
+
+
+def test_every_report_states_the_gate_beside_the_safe_set(rollout):
+    """A passed gate is shown with its figures, a missing record reads "not checked", never nothing."""
+    passed = CalibrationGate(
+        status="passed",
+        criteria=(Criterion("coverage_0.9", 0.9, 0.85, 1.0, "passed", "90% intervals covered 0.900"),),
+        n_points=120,
+        n_subjects=12,
+    )
+    for prov, expected in (({"calibration": passed}, "90% intervals covered 0.900"), ({}, "not checked")):
+        rep = risk_report([rollout], SPEC, provenance=prov)
+        for text in (render_markdown(rep), render_html(rep)):
+            line = text[text.index("Model calibration:") :].split("\n")[0]
+            assert expected in line
