@@ -21,6 +21,7 @@ import os
 import re
 import secrets
 import shutil
+import tempfile
 from collections.abc import Callable, Collection, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -192,6 +193,20 @@ def _carry_over(old: Path, new: Path, owned: Collection[str] | None) -> None:
             os.link(entry, new / entry.name)
         except OSError:
             shutil.copy2(entry, new / entry.name)
+
+
+def probe_writable(folder: str | os.PathLike) -> None:
+    """Create and remove a temporary file in ``folder``: the only reliable test that files can be written there.
+
+    Raises
+    ------
+    OSError
+        The file could not be created (read-only, immutable or virtual file systems such as
+        ``/proc``) or not removed.
+    """
+    fd, name = tempfile.mkstemp(prefix=".medsim-write-test.", suffix=".tmp", dir=folder)
+    os.close(fd)
+    os.unlink(name)
 
 
 def check_folder(path: str | os.PathLike, *, owned: Collection[str] | None = None) -> None:

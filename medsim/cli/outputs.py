@@ -15,10 +15,11 @@ in the same folder, then a rename), which is why the probe is made in that folde
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 
 import typer
+
+from medsim.io import probe_writable
 
 __all__ = ["OutputPathError", "output_dir", "output_file", "prepare_output_dir", "prepare_output_file"]
 
@@ -51,19 +52,11 @@ def _make_folder(folder: Path, option: str, role: str) -> None:
 
 
 def _probe(folder: Path, option: str, role: str) -> None:
-    """Create and remove a temporary file in ``folder``: the only reliable test that files can be written there."""
     try:
-        fd, name = tempfile.mkstemp(prefix=".medsim-write-test.", suffix=".tmp", dir=folder)
+        probe_writable(folder)
     except OSError as err:
         raise OutputPathError(
             f"{option} {role}: cannot create files in the folder {folder} ({err.strerror or err})"
-        ) from None
-    os.close(fd)
-    try:
-        os.unlink(name)
-    except OSError as err:
-        raise OutputPathError(
-            f"{option} {role}: a test file {name} could be created but not removed ({err.strerror or err})"
         ) from None
 
 

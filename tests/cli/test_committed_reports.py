@@ -105,6 +105,11 @@ def report_differences(committed: dict, produced: dict) -> list[str]:
     prov_a, prov_b = (
         {k: v for k, v in r.get("provenance", {}).items() if k not in VOLATILE} for r in (committed, produced)
     )
+    # The calibration gate: its decisions exactly; its figures come from posterior draws (Monte
+    # Carlo, no standard error stored) and its record carries a creation time.
+    gates = [p.pop("calibration", None) or {} for p in (prov_a, prov_b)]
+    decisions = [(g.get("status"), [(c["name"], c["status"]) for c in g.get("criteria", [])]) for g in gates]
+    _walk("provenance.calibration", *decisions, problems, exact=True)
     _walk("provenance", prov_a, prov_b, problems, exact=True)
     policies_a, policies_b = committed.get("policies", []), produced.get("policies", [])
     if [p["policy"] for p in policies_a] != [p["policy"] for p in policies_b]:
