@@ -54,9 +54,10 @@ from medsim.simulate import budget
 from medsim.simulate.checks import check_finite
 from medsim.simulate.types import Bound, DoseEvents
 from policies.compiled import compiled_simulator
-from policies.paths import compress_segments, join_paths
+from policies.paths import join_paths
 from policies.protocol import Observation, Policy, PolicyError
 from policies.result import RolloutResult
+from policies.rollout_assemble import PER_BOUND, assemble, merge_all, support_fraction
 from policies.scenarios import Scenario, announced_at, next_event_after
 from policies.targets import check_support, range_bounds, target_range
 
@@ -100,17 +101,6 @@ class _Setup:
         self.measured_obs = tuple(o for o in model.observable_names if o in model.residual)
         self.cmts = tuple(sorted(model.dose_targets))
         self.tol = 1e-9 * max(1.0, self.horizon)
-
-
-# Per-bound interval statistics copied into the result, with the value RolloutResult.merge pads with.
-_PER_BOUND = {
-    "log_survival": 0.0,
-    "grid_violation": False,
-    "end_violation": False,
-    "time_outside": 0.0,
-    "first_outside": np.inf,
-    "depth": 0.0,
-}
 
 
 def _measure(setup: _Setup, pop: VirtualPopulation, true: Mapping[str, np.ndarray], patient, k, take) -> dict:
@@ -260,8 +250,8 @@ def _run_chunk(
                 "obs_min": st.obs_min,
                 "obs_max": st.obs_max,
                 "treatment": treatment,
-                "out_of_support": _support_fraction(setup, extra[:, n_target:], treatment, t1 - t, active),
-                **{name: getattr(st, name)[:, :J] for name in _PER_BOUND},
+                "out_of_support": support_fraction(setup, extra[:, n_target:], treatment, t1 - t, active),
+                **{name: getattr(st, name)[:, :J] for name in PER_BOUND},
             }
         )
         if n_paths > 0:
@@ -272,94 +262,7 @@ def _run_chunk(
         active = (t < horizon - setup.tol) & real
         if progress is not None:
             progress(done + float(np.sum(t[:n_real])), total)
-    return _assemble(setup, pop.take(slice(0, n_real)), policy, rows, outside_target[:n_real], paths, n_real)
-
-
-def _support_fraction(
-    setup: _Setup, outside: np.ndarray, treatment: Mapping[str, np.ndarray], length: np.ndarray, active: np.ndarray
-) -> np.ndarray:
-    """Fraction of each interval outside the cohort's support (see :func:`rollout`)."""
-    per_obs: dict[str, np.ndarray] = {}
-    for i, b in enumerate(setup.support_bounds):  # a lower and an upper excursion cannot overlap in time
-        per_obs[b.observable] = per_obs.get(b.observable, 0.0) + outside[:, i]
-    safe_length = np.where(length > 0, length, 1.0)
-    frac = np.zeros(length.shape)
-    for total in per_obs.values():
-        frac = np.maximum(frac, np.clip(total / safe_length, 0.0, 1.0))
-    for key, (lo, hi) in setup.support.items():
-        if key in treatment:
-            value = treatment[key]
-            given = value > 0 if key.startswith("bolus") else np.ones(value.shape, bool)
-            frac = np.where(given & ((value < lo) | (value > hi)), 1.0, frac)
-    return np.where(active & (length > 0), frac, 0.0)
-
-
-def _assemble(
-    setup: _Setup,
-    pop: VirtualPopulation,
-    policy: Policy,
-    rows: list[dict],
-    outside_target: np.ndarray,
-    paths: list,
-    n_real: int,
-) -> RolloutResult:
-    """Stack per-interaction rows of the ``n_real`` real patients into (N, K[, J]) arrays; entries
-    past a patient's horizon get the padding values of ``RolloutResult.merge``."""
-    mask = np.stack([r["mask"][:n_real] for r in rows], axis=1)
-
-    def stack(key: str, fill: Any = np.nan, dtype: Any = None) -> np.ndarray:
-        out = np.stack([r[key][:n_real] for r in rows], axis=1)
-        off = ~mask if out.ndim == 2 else ~mask[:, :, None]
-        return np.where(off, fill, out).astype(dtype or out.dtype)
-
-    def stackd(key: str, fill: float = np.nan, dtype: Any = np.float32) -> dict[str, np.ndarray]:
-        names = rows[0][key]
-        out = {name: np.stack([r[key][name][:n_real] for r in rows], axis=1) for name in names}
-        return {name: np.where(mask, v, fill).astype(dtype) for name, v in out.items()}
-
-    treatment = stackd("treatment", 0.0, np.float64)
-    length = np.where(mask, stack("t_end", 0.0) - stack("t_start", 0.0), 0.0)
-    efficacy = {
-        f"total_dose_cmt{c}": (treatment[f"bolus_cmt{c}"] + treatment[f"rate_cmt{c}"] * length).sum(1)
-        for c in setup.cmts
-    }
-    if setup.target is not None:
-        below = sum((outside_target[:, i] for i, b in enumerate(setup.target_bounds) if b.side == "lower"), 0.0)
-        above = sum((outside_target[:, i] for i, b in enumerate(setup.target_bounds) if b.side == "upper"), 0.0)
-        efficacy["time_below_range"] = np.zeros(mask.shape[0]) + below / setup.horizon
-        efficacy["time_above_range"] = np.zeros(mask.shape[0]) + above / setup.horizon
-        efficacy["time_in_range"] = 1.0 - efficacy["time_below_range"] - efficacy["time_above_range"]
-    path_time, path = compress_segments(paths)
-    return RolloutResult(
-        policy=policy.name,
-        bounds=setup.bounds,
-        horizon=setup.horizon,
-        time_unit=setup.model.time_unit,
-        draw=np.asarray(pop.draw),
-        subject=np.asarray(pop.subject),
-        t_start=stack("t_start"),
-        t_end=stack("t_end"),
-        mask=mask,
-        measured=stackd("measured"),
-        true_start=stackd("true_start"),
-        obs_min=stackd("obs_min"),
-        obs_max=stackd("obs_max"),
-        treatment=treatment,
-        efficacy=efficacy,
-        # without support ranges nothing was checked: None (unknown), never 0 (inside)
-        out_of_support=stack("out_of_support", 0.0) if setup.support else None,
-        path_time=path_time,
-        path=path,
-        seed=setup.seed,
-        **{name: stack(name, fill) for name, fill in _PER_BOUND.items()},
-    )
-
-
-def _merge_all(parts: list[RolloutResult]) -> RolloutResult:
-    """Pairwise (balanced) merge of chunk results: O(N log chunks) copying instead of O(N chunks)."""
-    while len(parts) > 1:
-        parts = [parts[i].merge(parts[i + 1]) if i + 1 < len(parts) else parts[i] for i in range(0, len(parts), 2)]
-    return parts[0]
+    return assemble(setup, pop.take(slice(0, n_real)), policy, rows, outside_target[:n_real], paths, n_real)
 
 
 def _rollout(
@@ -386,7 +289,7 @@ def _rollout(
         n_paths = int(np.clip(n_paths_saved - offset, 0, n_real))
         done = float(offset) * setup.horizon
         parts.append(_run_chunk(setup, chunk, policy, offset, n_real, n_paths, save_every, progress, done, total))
-    result = _merge_all(parts)
+    result = merge_all(parts)
     path_time, path = join_paths(parts)
     from medsim import __version__
 

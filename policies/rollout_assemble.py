@@ -1,0 +1,119 @@
+"""Rollout results from per-interaction rows: the support fraction of each interval, the stacking
+of a chunk's rows into a :class:`~policies.result.RolloutResult`, and the merge of chunks.
+
+Split from :mod:`policies.rollout`, which owns the option loop; this module only reshapes what the
+loop recorded.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from medsim.population.virtual import VirtualPopulation
+from policies.paths import compress_segments
+from policies.protocol import Policy
+from policies.result import RolloutResult
+
+if TYPE_CHECKING:
+    from policies.rollout import _Setup
+
+
+# Per-bound interval statistics copied into the result, with the value RolloutResult.merge pads with.
+PER_BOUND = {
+    "log_survival": 0.0,
+    "grid_violation": False,
+    "end_violation": False,
+    "time_outside": 0.0,
+    "first_outside": np.inf,
+    "depth": 0.0,
+}
+
+
+def support_fraction(
+    setup: _Setup, outside: np.ndarray, treatment: Mapping[str, np.ndarray], length: np.ndarray, active: np.ndarray
+) -> np.ndarray:
+    """Fraction of each interval outside the cohort's support (see :func:`rollout`)."""
+    per_obs: dict[str, np.ndarray] = {}
+    for i, b in enumerate(setup.support_bounds):  # a lower and an upper excursion cannot overlap in time
+        per_obs[b.observable] = per_obs.get(b.observable, 0.0) + outside[:, i]
+    safe_length = np.where(length > 0, length, 1.0)
+    frac = np.zeros(length.shape)
+    for total in per_obs.values():
+        frac = np.maximum(frac, np.clip(total / safe_length, 0.0, 1.0))
+    for key, (lo, hi) in setup.support.items():
+        if key in treatment:
+            value = treatment[key]
+            given = value > 0 if key.startswith("bolus") else np.ones(value.shape, bool)
+            frac = np.where(given & ((value < lo) | (value > hi)), 1.0, frac)
+    return np.where(active & (length > 0), frac, 0.0)
+
+
+def assemble(
+    setup: _Setup,
+    pop: VirtualPopulation,
+    policy: Policy,
+    rows: list[dict],
+    outside_target: np.ndarray,
+    paths: list,
+    n_real: int,
+) -> RolloutResult:
+    """Stack per-interaction rows of the ``n_real`` real patients into (N, K[, J]) arrays; entries
+    past a patient's horizon get the padding values of ``RolloutResult.merge``."""
+    mask = np.stack([r["mask"][:n_real] for r in rows], axis=1)
+
+    def stack(key: str, fill: Any = np.nan, dtype: Any = None) -> np.ndarray:
+        out = np.stack([r[key][:n_real] for r in rows], axis=1)
+        off = ~mask if out.ndim == 2 else ~mask[:, :, None]
+        return np.where(off, fill, out).astype(dtype or out.dtype)
+
+    def stackd(key: str, fill: float = np.nan, dtype: Any = np.float32) -> dict[str, np.ndarray]:
+        names = rows[0][key]
+        out = {name: np.stack([r[key][name][:n_real] for r in rows], axis=1) for name in names}
+        return {name: np.where(mask, v, fill).astype(dtype) for name, v in out.items()}
+
+    treatment = stackd("treatment", 0.0, np.float64)
+    length = np.where(mask, stack("t_end", 0.0) - stack("t_start", 0.0), 0.0)
+    efficacy = {
+        f"total_dose_cmt{c}": (treatment[f"bolus_cmt{c}"] + treatment[f"rate_cmt{c}"] * length).sum(1)
+        for c in setup.cmts
+    }
+    if setup.target is not None:
+        below = sum((outside_target[:, i] for i, b in enumerate(setup.target_bounds) if b.side == "lower"), 0.0)
+        above = sum((outside_target[:, i] for i, b in enumerate(setup.target_bounds) if b.side == "upper"), 0.0)
+        efficacy["time_below_range"] = np.zeros(mask.shape[0]) + below / setup.horizon
+        efficacy["time_above_range"] = np.zeros(mask.shape[0]) + above / setup.horizon
+        efficacy["time_in_range"] = 1.0 - efficacy["time_below_range"] - efficacy["time_above_range"]
+    path_time, path = compress_segments(paths)
+    return RolloutResult(
+        policy=policy.name,
+        bounds=setup.bounds,
+        horizon=setup.horizon,
+        time_unit=setup.model.time_unit,
+        draw=np.asarray(pop.draw),
+        subject=np.asarray(pop.subject),
+        t_start=stack("t_start"),
+        t_end=stack("t_end"),
+        mask=mask,
+        measured=stackd("measured"),
+        true_start=stackd("true_start"),
+        obs_min=stackd("obs_min"),
+        obs_max=stackd("obs_max"),
+        treatment=treatment,
+        efficacy=efficacy,
+        # without support ranges nothing was checked: None (unknown), never 0 (inside)
+        out_of_support=stack("out_of_support", 0.0) if setup.support else None,
+        path_time=path_time,
+        path=path,
+        seed=setup.seed,
+        **{name: stack(name, fill) for name, fill in PER_BOUND.items()},
+    )
+
+
+def merge_all(parts: list[RolloutResult]) -> RolloutResult:
+    """Pairwise (balanced) merge of chunk results: O(N log chunks) copying instead of O(N chunks)."""
+    while len(parts) > 1:
+        parts = [parts[i].merge(parts[i + 1]) if i + 1 < len(parts) else parts[i] for i in range(0, len(parts), 2)]
+    return parts[0]
