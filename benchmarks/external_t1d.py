@@ -43,7 +43,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from benchmarks.t1d_metrics import auc, brier, brier_constant, count_check, event_probability, interval_scores, rmse
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:  # run as a script from a clone: benchmarks/ is importable as a package
+    sys.path.insert(0, str(ROOT))
+
+from benchmarks.t1d_metrics import auc, brier, brier_constant, count_check, event_probability, interval_scores, rmse  # noqa: E402
 
 HYPO_MG_DL = 70.0
 MINUTES_PER_DAY = 1440.0
