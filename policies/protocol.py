@@ -34,6 +34,7 @@ import numpy as np
 
 from medsim.models.base import PhysiologyModel
 from medsim.simulate.types import Bound
+from medsim.units import units_per_hour  # noqa: F401  (policies read their clock through it)
 
 
 class PolicyError(ValueError):
@@ -221,17 +222,6 @@ class PolicyContext:
     draws: Any = None
     dt: float | None = None
     scheme: str = "milstein"
-
-
-_PER_HOUR = {"h": 1.0, "hour": 1.0, "hours": 1.0, "min": 60.0, "minute": 60.0, "minutes": 60.0, "d": 1 / 24.0}
-
-
-def units_per_hour(time_unit: str) -> float:
-    """How many model time units make one hour (``"min"`` -> 60, ``"h"`` -> 1, ``"d"`` -> 1/24)."""
-    try:
-        return _PER_HOUR[time_unit]
-    except KeyError:
-        raise ValueError(f"unknown time unit {time_unit!r}; known: {', '.join(_PER_HOUR)}") from None
 
 
 def spec_string(kind: str, params: Mapping[str, Any]) -> str:

@@ -35,19 +35,10 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from medsim import units
 from medsim.simulate.types import Bound
+from medsim.units import UnknownTimeUnitError, canonical_unit
 
-# Minutes per unit; aliases map the spellings users write to the canonical unit.
-_MINUTES = {"min": 1.0, "h": 60.0, "d": 1440.0}
-_UNIT_ALIASES = {
-    alias: unit
-    for unit, aliases in {
-        "min": ("min", "mins", "minute", "minutes", "m"),
-        "h": ("h", "hr", "hrs", "hour", "hours"),
-        "d": ("d", "day", "days"),
-    }.items()
-    for alias in aliases
-}
 _NUMBER = r"[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?"
 _BOUND_RE = re.compile(rf"^\s*([A-Za-z_]\w*)\s*(<=|>=|<|>)\s*({_NUMBER})\s*$")
 _TARGET_RE = re.compile(rf"^\s*({_NUMBER})\s*<=?\s*([A-Za-z_]\w*)\s*<=?\s*({_NUMBER})\s*$")
@@ -124,8 +115,8 @@ class SafetySpec:
         _check_open_unit(src, "delta", self.delta)
         if not (math.isfinite(self.horizon) and self.horizon > 0):
             raise SpecError(f"{src}: key 'horizon' must be a positive, finite time, got {self.horizon!r}")
-        if self.time_unit is not None and self.time_unit not in _MINUTES:
-            raise SpecError(f"{src}: key 'time_unit' must be one of {sorted(_MINUTES)}, got {self.time_unit!r}")
+        if self.time_unit is not None and self.time_unit not in units.MINUTES:
+            raise SpecError(f"{src}: key 'time_unit' must be one of {sorted(units.MINUTES)}, got {self.time_unit!r}")
         if not (math.isfinite(self.monitor_from) and 0.0 <= self.monitor_from < self.horizon):
             raise SpecError(
                 f"{src}: key 'from' must be a time in [0, horizon), got {self.monitor_from!r}"
@@ -281,17 +272,18 @@ def _finite(value: Any) -> bool:
 
 # ---------------------------------------------------------------------------------------- units
 def _canonical_unit(unit: str, *, where: str) -> str:
-    canon = _UNIT_ALIASES.get(unit.strip().lower())
-    if canon is None:
-        raise SpecError(f"{where}: unknown time unit {unit!r}; expected one of min, h, d")
-    return canon
+    try:
+        return canonical_unit(unit)
+    except UnknownTimeUnitError as err:
+        raise SpecError(f"{where}: {err}") from None
 
 
 def convert_time(value: float, from_unit: str, to_unit: str, *, where: str = "time") -> float:
     """Convert a duration between ``min``, ``h`` and ``d`` (aliases such as ``hours`` accepted)."""
-    src = _canonical_unit(from_unit, where=where)
-    dst = _canonical_unit(to_unit, where=where)
-    return float(value) * _MINUTES[src] / _MINUTES[dst]
+    try:
+        return units.convert_time(value, from_unit, to_unit)
+    except UnknownTimeUnitError as err:
+        raise SpecError(f"{where}: {err}") from None
 
 
 def _check_open_unit(src: str, key: str, value: float) -> None:

@@ -42,6 +42,7 @@ from pathlib import Path
 import typer
 
 from medsim.cli.app import app
+from medsim.units import convert_time
 
 _BOUND = re.compile(r"^\s*([A-Za-z_][A-Za-z0-9_]*)\s*(<=|>=|<|>)\s*([-+0-9.eE]+)\s*$")
 
@@ -71,7 +72,7 @@ def default_regimen(model, theta: dict, n: int, horizon: float):
 
     rows: list[tuple[float, int, np.ndarray]] = []
     rates = {}
-    day = 1440.0 if model.time_unit == "min" else 24.0
+    day = convert_time(1.0, "d", model.time_unit)
     if model.name == "glucose_insulin":
         rates[1] = np.asarray(theta["BASAL"], np.float64) / 60.0  # U/h -> U/min
         for d in range(int(np.ceil(horizon / day))):
