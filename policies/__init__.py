@@ -16,7 +16,8 @@ from policies.result import RolloutResult
 from policies.risk import Estimate, RiskReport, risk_report
 from policies.rollout import rollout, rollout_many, target_range
 from policies.scenarios import Meal, MealScenario, Scenario
-from policies.spec import SafetySpec, SpecError, TargetRange, parse_spec
+from policies.spec import SafetySpec, SpecError, TargetRange
+from policies.spec_file import parse_spec
 
 __all__ = [
     "BUILTINS",

@@ -23,7 +23,7 @@ import numpy as np
 
 from policies.evaluate import evaluate_policies
 from policies.report import write_report
-from policies.spec import parse_spec
+from policies.spec_file import parse_spec
 
 #: ``stage(name)`` announces a stage, ``progress(done, total)`` reports within it.
 Stage = Callable[[str], None]

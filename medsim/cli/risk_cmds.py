@@ -271,7 +271,8 @@ def risk_command(
     from medsim.simulate.budget import parse_memory
     from policies.evaluate import evaluate_policies
     from policies.loading import PolicySpecError
-    from policies.spec import SpecError, parse_spec
+    from policies.spec import SpecError
+    from policies.spec_file import parse_spec
 
     console = Console(stderr=False)
     try:

@@ -21,7 +21,7 @@ from medsim.population import PosteriorDraws, sample_population
 from policies.protocol import Option
 from policies.risk import patient_events, risk_report
 from policies.rollout import rollout_many
-from policies.spec import parse_spec
+from policies.spec_file import parse_spec
 
 MU, SIGMA, BOUND, HORIZON, EVERY = 0.5, 1.0, 1.0, 1.0, 0.25
 Z = 4.0  # standard errors allowed: two-sided false-failure probability 6e-5

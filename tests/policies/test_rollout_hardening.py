@@ -21,7 +21,7 @@ from medsim.simulate.types import Bound
 from policies.builtin import FixedDose
 from policies.evaluate import evaluate_policies
 from policies.rollout import rollout
-from policies.spec import parse_spec
+from policies.spec_file import parse_spec
 
 PK = registry.get("pk_oral_1cmt")
 BOUNDS = (Bound("conc", 20.0, "upper"),)

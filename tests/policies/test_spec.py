@@ -12,11 +12,10 @@ from policies.spec import (
     SafetySpec,
     SpecError,
     TargetRange,
-    load_spec,
     parse_inline_spec,
-    parse_spec,
     spec_from_mapping,
 )
+from policies.spec_file import load_spec, parse_spec
 
 PK = get("pk_oral_1cmt")  # time in h, observable "conc"
 GLUCOSE = get("glucose_insulin")  # time in min, observable "glucose_mg_dL"
