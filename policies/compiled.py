@@ -2,19 +2,13 @@
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 import jax
 
 from medsim.models.base import PhysiologyModel
+from medsim.simulate.cache import cached, model_key
 from medsim.simulate.types import Bound
-
-# Compiled simulators by configuration: rollouts with the same model, step, bounds and scheme (e.g.
-# the policies of rollout_many, or repeated evaluations) reuse one set of compiled kernels. The
-# model enters the key by class and full description, so differently parametrised instances differ.
-_COMPILED: dict[tuple, tuple[Any, Any]] = {}
-_COMPILED_MAX = 8
 
 
 def compiled_simulator(
@@ -22,14 +16,13 @@ def compiled_simulator(
 ) -> tuple[Any, Any]:
     """A shared ``(Simulator, jitted model.observe)`` for this configuration (compiled once).
 
-    Used by the rollout and by policies that simulate (``safe_timing``).
+    Used by the rollout and by policies that simulate (``safe_timing``). Rollouts with an equal
+    model, step, bounds and scheme (the policies of ``rollout_many``, repeated evaluations) reuse
+    one set of compiled kernels; they are kept in medsim's one compile cache
+    (:mod:`medsim.simulate.cache`, emptied by ``clear_caches()``).
     """
     from medsim.simulate import Simulator
 
     bounds = tuple(bounds)
-    key = (type(model), json.dumps(model.describe(), sort_keys=True, default=str), float(dt), bounds, scheme)
-    if key not in _COMPILED:
-        if len(_COMPILED) >= _COMPILED_MAX:
-            _COMPILED.pop(next(iter(_COMPILED)))
-        _COMPILED[key] = (Simulator(model, dt=dt, bounds=bounds, scheme=scheme), jax.jit(model.observe))
-    return _COMPILED[key]
+    key = ("rollout-simulator", model_key(model), float(dt), bounds, scheme)
+    return cached(key, lambda: (Simulator(model, dt=dt, bounds=bounds, scheme=scheme), jax.jit(model.observe)))

@@ -2,12 +2,14 @@
 
 Owns stepping (Euler–Maruyama, diagonal Milstein), counter-based per-patient Brownian increments,
 dose-event handling, the fused Brownian-bridge interval statistics, noise-free schedules for
-predictive checks, and the checks that a simulated number can be trusted (finite, physical, a
+predictive checks, medsim's one cache of compiled kernels (``clear_caches``), the chunk sizing per
+device, and the checks that a simulated number can be trusted (finite, physical, a
 stable step, bounded work). May import ``medsim.models`` (and jax / numpy); never ``inference`` or
 ``policies``.
 """
 
 from medsim.simulate.budget import WorkLimitError
+from medsim.simulate.cache import clear_caches
 from medsim.simulate.checks import NonFiniteStateError, RunawayStateError, SimulationError
 from medsim.simulate.schedule import simulate_schedule
 from medsim.simulate.simulator import AdvanceResult, Simulator
@@ -26,5 +28,6 @@ __all__ = [
     "Simulator",
     "UnstableStepError",
     "WorkLimitError",
+    "clear_caches",
     "simulate_schedule",
 ]

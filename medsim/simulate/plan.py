@@ -24,6 +24,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from medsim.models.base import PhysiologyModel
+from medsim.simulate.device import CACHE_BLOCK
 from medsim.simulate.types import DoseEvents
 
 # A breakpoint within this fraction of dt of a grid point is merged with it (no sliver steps).
@@ -203,7 +204,7 @@ def bucket_events(n: int) -> int:
     return top * 3 // 4 if n <= top * 3 // 4 else top
 
 
-def bucket_batch(n: int, chunk_size: int, multiple: int = 1, block: int = 8192) -> int:
+def bucket_batch(n: int, chunk_size: int, multiple: int = 1, block: int = CACHE_BLOCK) -> int:
     """Compiled batch size for ``n`` patients: at most 25 % padding, four sizes per octave.
 
     The size is a multiple of ``multiple`` (the number of devices a chunk is split over), and each

@@ -16,20 +16,15 @@ import jax.numpy as jnp
 import numpy as np
 
 from medsim.models.base import PhysiologyModel
+from medsim.simulate.cache import cached, model_key
 from medsim.simulate.simulator import Simulator
 from medsim.simulate.types import DoseEvents
 
-# Compiled simulators reused across calls, keyed by (model identity, dt, scheme).
-_SIMULATORS: dict[tuple[int, float, str], tuple[PhysiologyModel, Simulator]] = {}
-
 
 def _simulator(model: PhysiologyModel, dt: float, scheme: str) -> Simulator:
-    key = (id(model), float(dt), scheme)
-    hit = _SIMULATORS.get(key)
-    if hit is None or hit[0] is not model:
-        hit = (model, Simulator(model, dt=float(dt), bounds=(), scheme=scheme))
-        _SIMULATORS[key] = hit
-    return hit[1]
+    """A simulator shared by calls with an equal model, step and scheme (medsim's compile cache)."""
+    key = ("schedule-simulator", model_key(model), float(dt), scheme)
+    return cached(key, lambda: Simulator(model, dt=float(dt), bounds=(), scheme=scheme))
 
 
 def simulate_schedule(

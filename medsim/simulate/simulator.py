@@ -8,8 +8,12 @@ A :class:`Simulator` is immutable; it compiles one kernel per static configurati
 the dose events inside the interval, saved paths or not, compiled batch size) the first time that
 configuration is used, and reuses it afterwards: interval lengths, event times and ``dt`` are
 runtime values (:attr:`Simulator.trace_count` counts traces so tests can guard against
-recompiles). Large batches are cut into chunks of at most ``chunk_size`` patients (the last one
-padded) so memory stays flat; with several local JAX devices each chunk is split over them.
+recompiles). Kernels live in medsim's one compile cache (:mod:`medsim.simulate.cache`, emptied by
+:func:`~medsim.simulate.cache.clear_caches`), keyed by the model's value, so simulators of equal
+models share them. Large batches are cut into chunks of at most ``chunk_size`` patients (the last
+one padded) so memory stays flat; with several local JAX devices each chunk is split over them.
+By default the chunk and the cache blocking follow the device (:mod:`medsim.simulate.device`):
+cache-sized blocks on CPU, one fused loop over a chunk sized from the device's memory on GPUs.
 
 Random numbers: patient ``i`` draws from its own counter-based stream (:mod:`.noise`). Pass one
 key per patient (shape ``(B,)``) to make a patient's path independent of the batch it is in; with
@@ -23,21 +27,18 @@ import math
 import numbers
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from functools import cached_property
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from medsim.models.base import PhysiologyModel
-from medsim.simulate import bridge, checks, kernel, noise, plan, schemes, stability
+from medsim.simulate import bridge, cache, checks, device, kernel, noise, plan, schemes, stability
 from medsim.simulate.types import Bound, DoseEvents, IntervalStats, SavedPath
 
 # Smallest number of patients per device worth splitting a batch over devices.
 _MIN_SPLIT = 512
-
-# Compiled kernels keyed by (model identity, scheme, bounds, static flags): shared between
-# simulators that differ only in dt or chunk size. Values hold the model to pin its identity.
-_KERNELS: dict[tuple, tuple[PhysiologyModel, object, list[int]]] = {}
 
 
 @dataclass(frozen=True)
@@ -74,8 +75,12 @@ class Simulator:
         Diagonal Milstein (strong order 1), Euler–Maruyama (strong order 1/2) or exponential
         Euler (strong order 1/2, stable for any first-order decay rate: for stiff absorption or
         elimination); see :mod:`medsim.simulate.schemes`.
-    chunk_size : int
-        Largest number of patients per compiled call.
+    chunk_size : int, optional
+        Largest number of patients per compiled call (default: from the device,
+        :func:`medsim.simulate.device.sizing_for`). Results do not depend on it.
+    block : int, optional
+        Patients per sequential cache block inside a call (default: from the device; a value at
+        least ``chunk_size`` runs each chunk as one loop). Results do not depend on it.
 
     Raises
     ------
@@ -88,9 +93,10 @@ class Simulator:
     dt: float
     bounds: tuple[Bound, ...] = ()
     scheme: str = "milstein"
-    chunk_size: int = 65536
-    _kernels: dict = field(default_factory=dict, init=False, repr=False)
-    _jacobian: dict = field(default_factory=dict, init=False, repr=False)
+    chunk_size: int | None = None
+    block: int | None = None
+    # Trace counters of the kernels this simulator used (bookkeeping for trace_count only).
+    _traces: dict = field(default_factory=dict, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if isinstance(self.dt, bool) or not (
@@ -99,30 +105,41 @@ class Simulator:
             raise ValueError(f"dt: expected a finite step > 0 in {self.model.time_unit}, got {self.dt!r}")
         if self.scheme not in schemes.SCHEMES:
             raise ValueError(f"scheme: expected one of {schemes.SCHEMES}, got {self.scheme!r}")
-        if isinstance(self.chunk_size, bool) or not (
-            isinstance(self.chunk_size, numbers.Integral) and self.chunk_size >= 1
-        ):
-            raise ValueError(f"chunk_size: expected an int >= 1, got {self.chunk_size!r}")
+        for name in ("chunk_size", "block"):
+            value = getattr(self, name)
+            if value is not None and (
+                isinstance(value, bool) or not (isinstance(value, numbers.Integral) and value >= 1)
+            ):
+                raise ValueError(f"{name}: expected None or an int >= 1, got {value!r}")
+        # Normalising the arguments of a frozen dataclass while it is being built (the instance is
+        # not shared yet) is the documented dataclasses idiom; nothing is assigned after __init__.
         object.__setattr__(self, "dt", float(self.dt))
-        object.__setattr__(self, "chunk_size", int(self.chunk_size))
         object.__setattr__(self, "bounds", tuple(self.bounds))
-        object.__setattr__(self, "_specs", bridge.bound_specs(self.model, self.bounds))
+        self._specs  # noqa: B018  validates the bounds now (unknown observable -> ValueError)
         if self.scheme == "milstein":
             schemes.check_diagonal_noise(self.model)
+
+    @cached_property
+    def _specs(self) -> tuple[bridge.BoundSpec, ...]:
+        return bridge.bound_specs(self.model, self.bounds)
+
+    @cached_property
+    def _model_key(self) -> tuple[str, str]:
+        return cache.model_key(self.model)
 
     @property
     def trace_count(self) -> int:
         """How many times the kernels this simulator has used were traced (compiled).
 
-        Kernels are shared by simulators of the same model object, scheme and bounds (``dt`` and
+        Kernels are shared by simulators of equal models with the same scheme and bounds (``dt``,
         ``chunk_size`` are runtime values), so this counts their traces too.
         """
-        return sum(_KERNELS[k][2][0] for k in self._kernels)
+        return sum(counter[0] for counter in self._traces.values())
 
-    def _kernel(self, layout: tuple, uniform: bool, saving: bool, devices: tuple):
-        key = (id(self.model), self.scheme, self._specs, layout, uniform, saving, devices)
-        hit = _KERNELS.get(key)
-        if hit is None or hit[0] is not self.model:
+    def _kernel(self, layout: tuple, uniform: bool, saving: bool, devices: tuple, block: int):
+        key = ("kernel", self._model_key, self.scheme, self._specs, layout, uniform, saving, devices, block)
+
+        def build():
             counter = [0]
 
             def count() -> None:
@@ -137,10 +154,34 @@ class Simulator:
                 saving=saving,
                 on_trace=count,
                 devices=devices,
+                block=block,
             )
-            hit = _KERNELS[key] = (self.model, fn, counter)
-        self._kernels[key] = True
-        return hit[1]
+            return fn, counter
+
+        fn, counter = cache.cached(key, build)
+        self._traces[key] = counter
+        return fn
+
+    def sizing(self, devices: tuple, *, n_events: int = 0, saved_steps: int = 0) -> device.ChunkSizing:
+        """Chunk and cache-block sizes for a batch on ``devices`` (explicit arguments win).
+
+        From :func:`medsim.simulate.device.device_sizing` of the first device; on accelerators the
+        chunk is per device, so a chunk split over several of them is that many times larger.
+        """
+        per_patient = device.bytes_per_patient(
+            len(self.model.state_names),
+            len(self.model.parameters) + len(self.model.covariates),
+            len(self._specs),
+            n_events,
+            saved_steps,
+        )
+        auto = device.device_sizing(devices[0], per_patient)
+        if devices[0].platform != "cpu":
+            auto = device.ChunkSizing(chunk=auto.chunk * len(devices), block=auto.block)
+        return device.ChunkSizing(
+            chunk=auto.chunk if self.chunk_size is None else int(self.chunk_size),
+            block=auto.block if self.block is None else int(self.block),
+        )
 
     # ------------------------------------------------------------------ validation
     def _batch_arrays(self, state: Mapping, params: Mapping) -> tuple[int, dict, dict]:
@@ -172,9 +213,8 @@ class Simulator:
     # ------------------------------------------------------------------ stability
     def step_limit(self, state: Mapping, params: Mapping, *, patients=None) -> stability.StepLimit:
         """The largest stable explicit step for these patients at ``state`` (:mod:`.stability`)."""
-        if "fn" not in self._jacobian:
-            self._jacobian["fn"] = stability.jacobian_fn(self.model)
-        return stability.step_limit(self.model, state, params, patients=patients, jacobian=self._jacobian["fn"])
+        jacobian = cache.cached(("jacobian", self._model_key), lambda: stability.jacobian_fn(self.model))
+        return stability.step_limit(self.model, state, params, patients=patients, jacobian=jacobian)
 
     def check_step(self, state: Mapping, params: Mapping, *, patients=None) -> stability.StepLimit:
         """Refuse ``dt`` when it is beyond the scheme's stability limit for these patients.
@@ -256,8 +296,9 @@ class Simulator:
         devices = tuple(jax.local_devices())
         if len(devices) == 1 or batch < _MIN_SPLIT * len(devices):
             devices = devices[:1]
-        fn = self._kernel(p.event_layout, uniform, saving, devices)
-        chunk = plan.bucket_batch(batch, self.chunk_size, multiple=len(devices), block=kernel.CACHE_BLOCK)
+        size = self.sizing(devices, n_events=p.n_events, saved_steps=n_steps if saving else 0)
+        fn = self._kernel(p.event_layout, uniform, saving, devices, size.block)
+        chunk = plan.bucket_batch(batch, size.chunk, multiple=len(devices), block=size.block)
         n_chunks = -(-batch // chunk)
         per_patient = {
             "x": x,

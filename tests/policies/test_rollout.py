@@ -183,13 +183,10 @@ def test_tdm_brings_troughs_to_target():
 
 
 def test_repeated_rollouts_do_not_recompile(population, fixed_result):
-    import importlib
-
-    # The package re-exports the function `rollout`, which shadows the submodule attribute.
-    compiled_module = importlib.import_module("policies.compiled")
+    from medsim.simulate import cache
 
     def traces() -> int:
-        return sum(sim.trace_count for sim, _ in compiled_module._COMPILED.values())
+        return sum(sim.trace_count for sim, _ in cache.entries("rollout-simulator"))
 
     before = traces()
     # Another dose and seed on the same schedule: the kernels compiled for `fixed_result` are reused

@@ -59,15 +59,12 @@ def test_results_do_not_depend_on_chunk_size():
     _assert_same(ref, _advance(Simulator(MODEL, dt=1.0, bounds=BOUNDS, chunk_size=32), key))
 
 
-def test_results_do_not_depend_on_cache_blocking(monkeypatch):
-    from medsim.simulate import kernel
-
+def test_results_do_not_depend_on_cache_blocking():
     key = jax.random.key(7)
     ref = _advance(Simulator(MODEL, dt=1.0, bounds=BOUNDS), key)
-    # A fresh model object gets freshly traced kernels, here cutting the 96-patient chunk into three
-    # cache blocks of 32 run one after another.
-    monkeypatch.setattr(kernel, "CACHE_BLOCK", 32)
-    _assert_same(ref, _advance(Simulator(get("glucose_insulin"), dt=1.0, bounds=BOUNDS), key))
+    # The 96-patient chunk cut into three cache blocks of 32 run one after another (the CPU path
+    # with a small block); equal to one unblocked loop, bit for bit.
+    _assert_same(ref, _advance(Simulator(MODEL, dt=1.0, bounds=BOUNDS, block=32), key))
 
 
 def test_per_patient_keys_make_paths_independent_of_the_batch():
