@@ -6,12 +6,16 @@ disturbance scenarios (:mod:`policies.scenarios`), the closed-loop rollout
 (:mod:`policies.rollout`) and its record (:mod:`policies.result`), safety specifications and the
 chance-constraint risk estimators and reports. May import ``medsim`` (and read posteriors);
 nothing in ``medsim`` or ``inference`` imports it.
+
+Report rendering (matplotlib, HTML) is imported on first use of ``write_report``, so evaluating
+policies does not pay for it.
 """
+
+from typing import Any
 
 from policies.builtin import BUILTINS, PID, TDM, BasalBolus, FixedDose, Flip, SafeTiming
 from policies.loading import FunctionPolicy, PolicySpecError, load_user_policy, parse_policy, policy_factory
 from policies.protocol import Observation, Option, Policy, PolicyContext, PolicyError
-from policies.report import write_report
 from policies.result import RolloutResult
 from policies.risk import Estimate, RiskReport, risk_report
 from policies.rollout import rollout, rollout_many, target_range
@@ -53,3 +57,11 @@ __all__ = [
     "target_range",
     "write_report",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    if name == "write_report":  # lazily: it imports matplotlib
+        from policies.report import write_report
+
+        return write_report
+    raise AttributeError(f"module 'policies' has no attribute {name!r}")

@@ -36,5 +36,23 @@ def _root(
     version: bool = typer.Option(
         False, "--version", help="Print medsim's version and exit.", is_eager=True, callback=_print_version
     ),
+    compile_cache: str = typer.Option(
+        None,
+        "--compile-cache",
+        help="Folder for compiled programs reused by later runs, or 'off' (default: $MEDSIM_COMPILE_CACHE, else "
+        "$XDG_CACHE_HOME/medsim/jax or ~/.cache/medsim/jax).",
+    ),
 ) -> None:
     """medsim: fit → sample → evaluate a policy's risk, with its uncertainty."""
+    # Before any command imports JAX: the settings reach it through the environment (lazily).
+    from medsim.compile_cache import ENV, CompileCacheError, enable
+
+    if compile_cache is not None:
+        import os
+
+        os.environ[ENV] = compile_cache
+    try:
+        enable()
+    except CompileCacheError as err:
+        typer.echo(f"error: {err}", err=True)
+        raise typer.Exit(2) from None

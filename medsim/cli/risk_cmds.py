@@ -267,7 +267,6 @@ def risk_command(
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
     from medsim.cli.neural_cmds import model_source, neural_population_cli
-    from medsim.models.neural.gate import gate_of
     from medsim.simulate.budget import parse_memory
     from policies.evaluate import evaluate_policies
     from policies.loading import PolicySpecError
@@ -295,6 +294,8 @@ def risk_command(
         )
         draws, model = None, population.model
         prov, notices = neural_report_context(population.provenance)
+        from medsim.models.neural.gate import gate_of  # imports torch: only for neural checkpoints
+
         prov["calibration"] = gate_of(population.model, floor=coverage_floor)
         support = {k: tuple(v) for k, v in population.provenance.get("data_support", {}).items()} or None
     else:
