@@ -61,6 +61,7 @@ def evaluate_policies(
     scheme: str = "milstein",
     max_interactions: int | None = None,
     max_memory: int | None = None,
+    client: Any = None,
 ) -> tuple[RiskReport, list[RolloutResult]]:
     """Sample ``n`` virtual patients and evaluate every policy on them.
 
@@ -95,6 +96,10 @@ def evaluate_policies(
     max_interactions, max_memory : int, optional
         Limits on the work of each policy's rollout (interaction intervals per patient, bytes);
         checked before sampling and simulating (:func:`policies.rollout.rollout`).
+    client : distributed.Client, optional
+        Run the rollouts on this Dask cluster: patients (and with them posterior draws) are
+        sharded over its workers and the results merged in order, so the report is identical to
+        the one computed in this process (:mod:`policies.distribute`; needs the ``dask`` extra).
 
     Returns
     -------
@@ -127,6 +132,73 @@ def evaluate_policies(
         population = sample_population(
             draws, n, mode=mode, subject=subject, seed=seed, patients_per_draw=patients_per_draw
         )
+    if client is not None:
+        from policies.distribute import rollouts_on_cluster
+
+        results = rollouts_on_cluster(
+            client,
+            draws,
+            population,
+            list(policy_specs),
+            spec,
+            dt=step,
+            seed=seed,
+            scenario=scenario,
+            support=support,
+            scheme=scheme,
+            max_interactions=max_interactions,
+            max_memory=max_memory,
+            progress=progress,
+        )
+    else:
+        results = run_policies(
+            population,
+            policies,
+            spec,
+            dt=step,
+            seed=seed,
+            scenario=scenario,
+            support=support,
+            scheme=scheme,
+            max_interactions=max_interactions,
+            max_memory=max_memory,
+            progress=progress,
+        )
+    full = {
+        **dict(provenance or {}),
+        "seed": seed,
+        "model": {"name": model.name, "version": model.version},
+        "population": f"{mode}{'' if subject is None else ' ' + subject}, n={population.n_patients}",
+        "dt": f"{step:g} {model.time_unit}",
+        "scheme": scheme,
+    }
+    return risk_report(list(results), spec, provenance=full), list(results)
+
+
+def run_policies(
+    population: VirtualPopulation,
+    policies: Sequence[Any],
+    spec: SafetySpec,
+    *,
+    dt: float,
+    seed: int,
+    scenario: str = "auto",
+    support: Mapping[str, tuple[float, float]] | None = None,
+    scheme: str = "milstein",
+    max_interactions: int | None = None,
+    max_memory: int | None = None,
+    progress: Progress | None = None,
+    first_patient: int = 0,
+    chunk_size: int | None = None,
+    pad_to: int | None = None,
+) -> list[RolloutResult]:
+    """The closed loop of every policy on ``population`` (common random numbers), no report.
+
+    What :func:`evaluate_policies` runs in this process, and each Dask worker on its shard of
+    patients (``first_patient``, ``chunk_size`` and ``pad_to`` as in
+    :func:`policies.rollout.rollout`). ``progress(done, total)`` gets the fraction of policies done.
+    """
+    model = population.model
     state = {"policy": 0, "last": -1.0}
 
     def each(done: float, total: float) -> None:
@@ -137,13 +209,14 @@ def evaluate_policies(
         if progress is not None:
             progress(state["policy"] + (done / total if total > 0 else 1.0), float(len(policies)))
 
-    results = rollout_many(
+    chunking = {} if chunk_size is None else {"chunk_size": int(chunk_size)}
+    return rollout_many(
         model,
         population,
         policies,
         bounds=spec.bounds,
         horizon=spec.horizon,
-        dt=step,
+        dt=dt,
         seed=seed,
         scenario=default_scenario(model, scenario, seed),
         target=spec.target,
@@ -152,13 +225,7 @@ def evaluate_policies(
         scheme=scheme,
         max_interactions=max_interactions,
         max_memory=max_memory,
+        first_patient=first_patient,
+        pad_to=pad_to,
+        **chunking,
     )
-    full = {
-        **dict(provenance or {}),
-        "seed": seed,
-        "model": {"name": model.name, "version": model.version},
-        "population": f"{mode}{'' if subject is None else ' ' + subject}, n={population.n_patients}",
-        "dt": f"{step:g} {model.time_unit}",
-        "scheme": scheme,
-    }
-    return risk_report(list(results), spec, provenance=full), list(results)

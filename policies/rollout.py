@@ -274,6 +274,8 @@ def _rollout(
     n_paths_saved: int,
     progress: Progress | None,
     path_points: int = 400,
+    first_patient: int = 0,
+    pad_to: int | None = None,
 ) -> RolloutResult:
     n = population.n_patients
     setup.n_total = n
@@ -281,14 +283,16 @@ def _rollout(
     # Save about `path_points` points per path over the horizon (in simulator sub-steps).
     save_every = max(1, round(setup.horizon / (path_points * setup.sim.dt))) if n_paths_saved > 0 else None
     # Chunks have a bucketed width (a power of two, at most chunk_size); the last one is padded.
-    width = min(int(chunk_size), 1 << max(3, (n - 1).bit_length()))
+    step = min(int(chunk_size), 1 << max(3, (n - 1).bit_length()))
+    width = max(step, int(pad_to or 0))
     parts = []
-    for offset in range(0, n, width):
-        n_real = min(width, n - offset)
+    for offset in range(0, n, step):
+        n_real = min(step, n - offset)
         chunk = population.take(np.minimum(np.arange(offset, offset + width), n - 1))
-        n_paths = int(np.clip(n_paths_saved - offset, 0, n_real))
+        first = first_patient + offset  # global index: a shard's patients keep their random streams
+        n_paths = int(np.clip(n_paths_saved - first, 0, n_real))
         done = float(offset) * setup.horizon
-        parts.append(_run_chunk(setup, chunk, policy, offset, n_real, n_paths, save_every, progress, done, total))
+        parts.append(_run_chunk(setup, chunk, policy, first, n_real, n_paths, save_every, progress, done, total))
     result = merge_all(parts)
     path_time, path = join_paths(parts)
     from medsim import __version__
@@ -328,6 +332,8 @@ def rollout(
     scheme: str = "milstein",
     max_interactions: int | None = None,
     max_memory: int | None = None,
+    first_patient: int = 0,
+    pad_to: int | None = None,
 ) -> RolloutResult:
     """Simulate ``population`` under ``policy`` up to ``horizon`` (see the module docstring).
 
@@ -378,6 +384,16 @@ def rollout(
     max_memory : int, optional
         Most bytes the rollout may plan to keep (per-interaction statistics of every patient);
         default :func:`medsim.simulate.budget.default_max_memory`.
+    first_patient : int
+        Index of ``population``'s first patient in a larger population this one is a shard of
+        (:mod:`policies.distribute`): patient ``i`` draws from the streams of patient
+        ``first_patient + i``, its chunks start where the whole population's would, and only the
+        saved paths of the first ``n_paths_saved`` patients of the whole population are kept,
+        so merging the shards' results in order gives the whole population's result.
+    pad_to : int, optional
+        Compiled width of every chunk (default: the population's own, a power of two up to
+        ``chunk_size``). A shard pads to the whole population's width, so that every worker runs
+        the programs one process would run (compiled once, shared through the compilation cache).
 
     Returns
     -------
@@ -406,6 +422,8 @@ def rollout(
         raise ValueError(f"dt must be > 0, got {dt}")
     if int(chunk_size) < 1:
         raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+    if int(first_patient) < 0:
+        raise ValueError(f"first_patient must be >= 0, got {first_patient}")
     limit = budget.DEFAULT_MAX_INTERACTIONS if max_interactions is None else int(max_interactions)
     if limit < 1:
         raise ValueError(f"max_interactions must be >= 1, got {max_interactions}")
@@ -413,7 +431,14 @@ def rollout(
         model, bounds, horizon, dt, seed, scenario, measurement_noise, target, support, scheme, limit, max_memory
     )
     return _rollout(
-        setup, population, policy, chunk_size=int(chunk_size), n_paths_saved=n_paths_saved, progress=progress
+        setup,
+        population,
+        policy,
+        chunk_size=int(chunk_size),
+        n_paths_saved=n_paths_saved,
+        progress=progress,
+        first_patient=int(first_patient),
+        pad_to=pad_to,
     )
 
 

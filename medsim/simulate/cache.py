@@ -19,6 +19,7 @@ layer below this one and is not touched.
 from __future__ import annotations
 
 import json
+import threading
 from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any, TypeVar
@@ -30,6 +31,8 @@ T = TypeVar("T")
 MAX_ENTRIES = 64
 
 _ENTRIES: OrderedDict[tuple, Any] = OrderedDict()
+# Threads of one process (e.g. Dask workers run as threads) build each entry once.
+_LOCK = threading.RLock()
 
 
 def model_key(model: Any) -> tuple[str, str]:
@@ -48,19 +51,21 @@ def cached(key: tuple, build: Callable[[], T]) -> T:
     build : callable
         Makes the entry (typically a jitted function or a simulator).
     """
-    if key in _ENTRIES:
-        _ENTRIES.move_to_end(key)
-        return _ENTRIES[key]
-    value = build()
-    _ENTRIES[key] = value
-    while len(_ENTRIES) > MAX_ENTRIES:
-        _ENTRIES.popitem(last=False)
-    return value
+    with _LOCK:
+        if key in _ENTRIES:
+            _ENTRIES.move_to_end(key)
+            return _ENTRIES[key]
+        value = build()
+        _ENTRIES[key] = value
+        while len(_ENTRIES) > MAX_ENTRIES:
+            _ENTRIES.popitem(last=False)
+        return value
 
 
 def entries(kind: str | None = None) -> list[Any]:
     """The cached entries (of one ``kind``, the key's first element), oldest first."""
-    return [v for k, v in _ENTRIES.items() if kind is None or k[0] == kind]
+    with _LOCK:
+        return [v for k, v in _ENTRIES.items() if kind is None or k[0] == kind]
 
 
 def clear_caches() -> None:
@@ -70,7 +75,8 @@ def clear_caches() -> None:
     when it is enabled). Simulators built before the call stay usable: they fetch or rebuild their
     kernels through this cache on their next call.
     """
-    _ENTRIES.clear()
+    with _LOCK:
+        _ENTRIES.clear()
     import jax
 
     jax.clear_caches()

@@ -1,0 +1,124 @@
+"""Dask: the same report from one process and from a 2-worker LocalCluster on the same seed; the
+tasks carry names, specs, seeds and numpy arrays only."""
+
+from __future__ import annotations
+
+import io
+import json
+import pickle
+
+import numpy as np
+import pytest
+
+distributed = pytest.importorskip("distributed")
+
+from medsim.models import get  # noqa: E402
+from medsim.population import PosteriorDraws, sample_population  # noqa: E402
+from policies.distribute import (  # noqa: E402
+    DistributionError,
+    ShardTask,
+    WorkerOptions,
+    _draws_data,
+    _population_data,
+    shard_bounds,
+)
+from policies.evaluate import evaluate_policies  # noqa: E402
+from policies.risk.codec import to_jsonable  # noqa: E402
+from policies.spec_file import parse_spec  # noqa: E402
+
+MODEL = get("glucose_insulin")
+SPEC = parse_spec("glucose_mg_dL>=70;horizon=3h;epsilon=0.05", model=MODEL)
+POLICIES = ["pid:every=60", "pid:every=30"]
+N, SEED = 40, 3
+
+
+@pytest.fixture(scope="module")
+def draws():
+    return PosteriorDraws.from_prior(MODEL, 20, seed=SEED)
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    # Two workers as threads of this process: the sharding, the task payloads, the worker-side
+    # rebuild and the merge are the ones of a process cluster; the compiled kernels are shared, so
+    # the test stays small (benchmarks/startup.py runs spawned worker processes).
+    with (
+        distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=False, dashboard_address=None) as c,
+        distributed.Client(c) as client,
+    ):
+        yield client
+
+
+def _report_json(report) -> str:
+    data = to_jsonable(report)
+    data["provenance"].pop("created")  # the wall-clock time the report was made
+    return json.dumps(data, sort_keys=True, default=str)
+
+
+@pytest.mark.slow  # two rollouts' compilation (~15 s on 2 shared cores); the workers reuse the kernels
+def test_two_workers_give_the_one_process_report(draws, cluster):
+    one, one_results = evaluate_policies(draws, POLICIES, SPEC, n=N, seed=SEED)
+    two, two_results = evaluate_policies(draws, POLICIES, SPEC, n=N, seed=SEED, client=cluster)
+    assert len(shard_bounds(N, 2)) == 3  # patients 0-15, 16-31, 32-39 on two workers
+    assert _report_json(one) == _report_json(two)
+    for a, b in zip(one_results, two_results, strict=True):
+        np.testing.assert_array_equal(a.log_survival, b.log_survival)
+        np.testing.assert_array_equal(a.obs_min["glucose_mg_dL"], b.obs_min["glucose_mg_dL"])
+        np.testing.assert_array_equal(a.path_time, b.path_time)
+        assert a.provenance == b.provenance
+
+
+def test_shards_cover_the_patients_in_order():
+    for n, workers in ((1, 1), (40, 2), (100_000, 3), (8193, 8)):
+        bounds = shard_bounds(n, workers)
+        assert bounds[0][0] == 0 and bounds[-1][1] == n
+        assert all(a[1] == b[0] for a, b in zip(bounds, bounds[1:], strict=False))
+    # Large populations are cut into the rollout's own chunks.
+    assert {b - a for a, b in shard_bounds(100_000, 3)[:-1]} == {8192}
+    with pytest.raises(DistributionError, match="n >= 1"):
+        shard_bounds(0, 2)
+
+
+def test_tasks_carry_no_code_and_no_model_objects(draws):
+    pop = sample_population(draws, 16, seed=SEED)
+    task = ShardTask(
+        model=MODEL.name,
+        model_description="{}",
+        population=_population_data(pop.take(slice(0, 8))),
+        first_patient=0,
+        chunk_size=8,
+        pad_to=16,
+        policies=tuple(POLICIES),
+        spec=SPEC,
+        dt=1.0,
+        seed=SEED,
+        scenario="auto",
+        support=None,
+        scheme="milstein",
+        max_interactions=None,
+        max_memory=None,
+        options=WorkerOptions(threads=1),
+    )
+    found: set[str] = set()
+
+    class Recorder(pickle.Unpickler):
+        def find_class(self, module, name):
+            found.add(f"{module}.{name}")
+            return super().find_class(module, name)
+
+    Recorder(io.BytesIO(pickle.dumps((task, _draws_data(draws))))).load()
+    # Only numpy arrays, builtins and medsim's plain specification types: no jax, no model class,
+    # no policy object, no function.
+    assert not any("jax" in c or ".models." in c or ".builtin." in c or "function" in c for c in found), found
+    assert {c.split(".")[0] for c in found} <= {"numpy", "builtins", "policies", "medsim", "copyreg", "_codecs"}, found
+
+
+def test_unregistered_models_and_bad_options_are_refused(draws, cluster):
+    with pytest.raises(DistributionError, match="memory fraction"):
+        WorkerOptions(memory_fraction=1.5)
+    pop = sample_population(draws, 8, seed=SEED)
+    renamed = type(MODEL)()
+    object.__setattr__(renamed, "name", "my_glucose")  # a model the workers' registry does not know
+    pop = type(pop)(**{**pop.__dict__, "model": renamed})
+    with pytest.raises(DistributionError, match="'my_glucose' is not registered"):
+        evaluate_policies(None, ["pid:every=60"], SPEC, n=8, seed=SEED, population=pop, client=cluster)
