@@ -4,6 +4,7 @@ tasks carry names, specs, seeds and numpy arrays only."""
 from __future__ import annotations
 
 import io
+import itertools
 import json
 import pickle
 
@@ -72,7 +73,7 @@ def test_shards_cover_the_patients_in_order():
     for n, workers in ((1, 1), (40, 2), (100_000, 3), (8193, 8)):
         bounds = shard_bounds(n, workers)
         assert bounds[0][0] == 0 and bounds[-1][1] == n
-        assert all(a[1] == b[0] for a, b in zip(bounds, bounds[1:], strict=False))
+        assert all(a[1] == b[0] for a, b in itertools.pairwise(bounds))
     # Large populations are cut into the rollout's own chunks.
     assert {b - a for a, b in shard_bounds(100_000, 3)[:-1]} == {8192}
     with pytest.raises(DistributionError, match="n >= 1"):
