@@ -115,7 +115,10 @@ def enable(folder: str | Path | None = None, *, env: Mapping[str, str] | None = 
         import jax
 
         for name, value in settings.items():
-            jax.config.update(name, value)
+            # Only changes: some of these settings are part of JAX's tracing context, and setting
+            # them, even to the same value, would make every jitted function trace again.
+            if getattr(jax.config, name) != value:
+                jax.config.update(name, value)
     else:
         for name, value in settings.items():
             os.environ[name.upper()] = str(value).lower() if isinstance(value, bool) else str(value)

@@ -280,11 +280,10 @@ def rollouts_on_cluster(
     options = options or WorkerOptions()
     workers = max(len(client.scheduler_info().get("workers", {})), 1)
     bounds = shard_bounds(population.n_patients, workers, shard=shard)
+    # Shards are powers of two; the last one pads to the same width, so every shard runs the same
+    # compiled programs (one compilation per cluster with a shared cache). For large populations
+    # they are also the programs one process runs (chunks of DEFAULT_SHARD).
     chunk = bounds[0][1] - bounds[0][0]
-    # The chunk width one process compiles for this population (policies.rollout): every shard
-    # pads to it, so workers run the same programs (and can load them from a shared cache).
-    n = population.n_patients
-    width = min(DEFAULT_SHARD, 1 << max(3, (n - 1).bit_length()))
     draws_data = None if draws is None else client.scatter(_draws_data(draws), broadcast=True)
     description = model_key(model)[1]
     futures, sizes = [], {}
@@ -295,7 +294,7 @@ def rollouts_on_cluster(
             population=_population_data(population.take(slice(start, stop))),
             first_patient=start,
             chunk_size=chunk,
-            pad_to=width,
+            pad_to=chunk,
             policies=tuple(policy_specs),
             spec=spec,
             dt=float(dt),

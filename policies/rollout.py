@@ -392,8 +392,8 @@ def rollout(
         so merging the shards' results in order gives the whole population's result.
     pad_to : int, optional
         Compiled width of every chunk (default: the population's own, a power of two up to
-        ``chunk_size``). A shard pads to the whole population's width, so that every worker runs
-        the programs one process would run (compiled once, shared through the compilation cache).
+        ``chunk_size``). The last, shorter shard of a population pads to the width of the others,
+        so that every worker runs the same compiled programs.
 
     Returns
     -------

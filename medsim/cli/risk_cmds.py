@@ -21,7 +21,8 @@ from __future__ import annotations
 
 import shlex
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -198,6 +199,28 @@ def finish(report: Any, results: Sequence[Any], *, out: Path, fail_on_violation:
     return 1 if (fail_on_violation and failed) else 0
 
 
+@contextmanager
+def _cluster(workers: int | None, scheduler: str | None, threads: int | None, memory: float | None) -> Iterator[Any]:
+    """The Dask client ``--workers`` / ``--scheduler`` ask for, or ``None`` (this process)."""
+    if workers is None and scheduler is None:
+        yield None
+        return
+    import os
+
+    from policies.distribute import DistributionError, WorkerOptions, dask_client
+
+    if threads is None and workers is not None:
+        threads = max(1, (os.cpu_count() or 1) // workers)
+    try:
+        options = WorkerOptions(threads=threads, memory_fraction=memory)
+        with dask_client(workers=workers, scheduler=scheduler, options=options) as client:
+            yield client
+    except DistributionError as err:
+        _fail(str(err))
+    except OSError as err:  # an unreachable scheduler
+        _fail(f"--scheduler {scheduler}: {err}")
+
+
 @app.command("risk")
 def risk_command(
     posterior: Path = typer.Argument(
@@ -256,6 +279,27 @@ def risk_command(
         help="Most memory a policy's rollout may plan to use, e.g. 8GiB (default: half the machine's memory). "
         "Larger runs are refused before any work unless this is raised.",
     ),
+    workers: int = typer.Option(
+        None,
+        "--workers",
+        min=1,
+        help="Shard the patients over this many local Dask worker processes (needs medsim[dask]); the report is "
+        "the one a single process gives.",
+    ),
+    scheduler: str = typer.Option(
+        None,
+        "--scheduler",
+        help="Shard the patients over an existing Dask cluster at this address (e.g. tcp://host:8786; SLURM via "
+        "dask-jobqueue, see docs/scale.md).",
+    ),
+    worker_threads: int = typer.Option(
+        None, "--worker-threads", min=1, help="CPU threads per worker (default: the machine's cores / --workers)."
+    ),
+    worker_memory: float = typer.Option(
+        None,
+        "--worker-memory-fraction",
+        help="Fraction of an accelerator's memory each worker may take (several workers sharing one GPU).",
+    ),
 ) -> None:
     """Estimate each policy's probability of leaving the safe range, between measurements included."""
     from medsim.cli.outputs import output_dir
@@ -309,8 +353,13 @@ def risk_command(
     except SpecError as err:
         _fail(str(err))
     prov = {**prov, "calibration_forced": force, "command": shlex.join(["medsim", *sys.argv[1:]])}
+    if workers is not None and scheduler is not None:
+        _fail("give --workers N (a local cluster) or --scheduler ADDRESS (an existing one), not both")
     columns = (TextColumn("{task.description}"), BarColumn(), TextColumn("{task.percentage:>5.1f}%"))
-    with Progress(*columns, TimeElapsedColumn(), TimeRemainingColumn(), console=console) as bar:
+    with (
+        _cluster(workers, scheduler, worker_threads, worker_memory) as client,
+        Progress(*columns, TimeElapsedColumn(), TimeRemainingColumn(), console=console) as bar,
+    ):
         task = bar.add_task(f"simulating {len(policy)} policies x {n} patients", total=len(policy))
         try:
             report, results = evaluate_policies(
@@ -331,6 +380,7 @@ def risk_command(
                 scheme=scheme,
                 max_interactions=max_interactions,
                 max_memory=memory_limit,
+                client=client,
             )
         except (PolicySpecError, ValueError, FloatingPointError) as err:
             hint = " (a neural checkpoint has none)" if checkpoint is not None and "posterior draws" in str(err) else ""

@@ -58,8 +58,8 @@ def _report_json(report) -> str:
 
 @pytest.mark.slow  # two rollouts' compilation (~15 s on 2 shared cores); the workers reuse the kernels
 def test_two_workers_give_the_one_process_report(draws, cluster):
-    one, one_results = evaluate_policies(draws, POLICIES, SPEC, n=N, seed=SEED)
-    two, two_results = evaluate_policies(draws, POLICIES, SPEC, n=N, seed=SEED, client=cluster)
+    one, one_results = evaluate_policies(draws, POLICIES, SPEC, n=N, seed=SEED, scenario="none")
+    two, two_results = evaluate_policies(draws, POLICIES, SPEC, n=N, seed=SEED, scenario="none", client=cluster)
     assert len(shard_bounds(N, 2)) == 3  # patients 0-15, 16-31, 32-39 on two workers
     assert _report_json(one) == _report_json(two)
     for a, b in zip(one_results, two_results, strict=True):
@@ -123,3 +123,15 @@ def test_unregistered_models_and_bad_options_are_refused(draws, cluster):
     pop = type(pop)(**{**pop.__dict__, "model": renamed})
     with pytest.raises(DistributionError, match="'my_glucose' is not registered"):
         evaluate_policies(None, ["pid:every=60"], SPEC, n=8, seed=SEED, population=pop, client=cluster)
+
+
+def test_cli_takes_a_local_cluster_or_a_scheduler_not_both(tmp_path):
+    from typer.testing import CliRunner
+
+    from medsim.cli import app
+
+    args = ["risk", "--prior", "glucose_insulin", "--policy", "pid:every=60", "--n", "8", "--out", str(tmp_path)]
+    args += ["--spec", "glucose_mg_dL>=70;horizon=3h", "--workers", "2", "--scheduler", "tcp://127.0.0.1:1"]
+    done = CliRunner().invoke(app, args)
+    assert done.exit_code == 2
+    assert "not both" in done.output
