@@ -1,0 +1,111 @@
+"""``medsim risk`` as a user runs it: first run, second run (persistent compilation cache), workers.
+
+Usage: ``python benchmarks/startup.py [--quick] [--n 5000] [--workers 2]``. Runs, each in a fresh
+process with a throwaway compilation cache folder::
+
+    medsim --compile-cache DIR risk --prior glucose_insulin --n N --policy pid:every=60 \
+        --spec "glucose_mg_dL>=70;horizon=24h;epsilon=0.05" --out OUT [--workers W]
+
+1. ``medsim --help`` (the command line's own start-up);
+2. the imports a ``medsim risk`` run needs (jax, the simulator, policies, the risk estimators);
+3. the first run, with an empty cache folder;
+4. the same command again: nothing compiled (the number of new cache entries is recorded);
+5. the same command with ``--workers W`` (a local Dask cluster of spawned processes, same
+   cache folder), whose report must equal the one-process report.
+
+Prints the wall times and the ratios and writes ``benchmarks/results/startup.json`` atomically.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+SPEC = "glucose_mg_dL>=70;horizon=24h;epsilon=0.05"
+POLICY = "pid:every=60"
+IMPORTS = "import jax, medsim.simulate, policies.evaluate, policies.risk, medsim.cli.risk_cmds"
+
+
+def _wall(cmd: list[str], env: dict[str, str]) -> float:
+    start = time.perf_counter()
+    done = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True, check=False)
+    elapsed = time.perf_counter() - start
+    if done.returncode != 0:
+        raise SystemExit(f"{' '.join(cmd)} failed ({done.returncode}):\n{done.stderr[-3000:]}")
+    return elapsed
+
+
+def _entries(folder: Path) -> set[str]:
+    return {p.name for p in folder.iterdir() if not p.name.endswith("-atime")} if folder.exists() else set()
+
+
+def _report(folder: Path) -> dict:
+    data = json.loads((folder / "report.json").read_text())
+    data["provenance"].pop("created", None)  # wall-clock time
+    data["provenance"].get("settings", {}).pop("command", None)  # the command line differs by --workers
+    return data
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="500 patients instead of --n")
+    parser.add_argument("--n", type=int, default=5000)
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "startup.json")
+    args = parser.parse_args()
+    n = 500 if args.quick else args.n
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    py = sys.executable
+    with tempfile.TemporaryDirectory() as tmp:
+        cache = Path(tmp) / "jax-cache"
+        base = [py, "-m", "medsim.cli", "--compile-cache", str(cache), "risk", "--prior", "glucose_insulin"]
+        base += ["--n", str(n), "--policy", POLICY, "--spec", SPEC]
+        figures: dict[str, float | int | bool] = {}
+        figures["help_s"] = _wall([py, "-m", "medsim.cli", "--help"], env)
+        figures["imports_s"] = _wall([py, "-c", IMPORTS], env)
+        print(f"medsim --help {figures['help_s']:.1f} s; imports of a risk run {figures['imports_s']:.1f} s")
+        figures["first_run_s"] = _wall([*base, "--out", f"{tmp}/first"], env)
+        compiled = _entries(cache)
+        figures["cache_entries_first"] = len(compiled)
+        print(f"first run {figures['first_run_s']:.1f} s ({len(compiled)} programs compiled and cached)")
+        figures["second_run_s"] = _wall([*base, "--out", f"{tmp}/second"], env)
+        figures["cache_entries_added_by_second"] = len(_entries(cache) - compiled)
+        print(f"second run {figures['second_run_s']:.1f} s ({figures['cache_entries_added_by_second']} new programs)")
+        workers = [*base, "--out", f"{tmp}/workers", "--workers", str(args.workers)]
+        figures["workers_run_s"] = _wall(workers, env)
+        figures["workers_report_identical"] = _report(Path(tmp) / "second") == _report(Path(tmp) / "workers")
+        print(
+            f"{args.workers} workers {figures['workers_run_s']:.1f} s (same report: {figures['workers_report_identical']})"
+        )
+    figures["second_over_first"] = figures["second_run_s"] / figures["first_run_s"]
+    figures["workers_over_one_process"] = figures["workers_run_s"] / figures["second_run_s"]
+    print(
+        f"second / first = {figures['second_over_first']:.2f}; "
+        f"{args.workers} workers / 1 process (both with a warm cache) = {figures['workers_over_one_process']:.2f}"
+    )
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
+    payload = {
+        "command": " ".join(["python", "benchmarks/startup.py", *sys.argv[1:]]),
+        "risk_command": f"medsim risk --prior glucose_insulin --n {n} --policy {POLICY} --spec '{SPEC}'",
+        "workers": args.workers,
+        "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "load_average_1min_at_end": load},
+        "figures": figures,
+    }
+    sys.path.insert(0, str(ROOT))
+    from medsim.io import write_text
+
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    write_text(args.out, json.dumps(payload, indent=2) + "\n")
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
