@@ -82,9 +82,8 @@ def main() -> None:
         workers = [*base, "--out", f"{tmp}/workers", "--workers", str(args.workers)]
         figures["workers_run_s"] = _wall(workers, env)
         figures["workers_report_identical"] = _report(Path(tmp) / "second") == _report(Path(tmp) / "workers")
-        print(
-            f"{args.workers} workers {figures['workers_run_s']:.1f} s (same report: {figures['workers_report_identical']})"
-        )
+        same = figures["workers_report_identical"]
+        print(f"{args.workers} workers {figures['workers_run_s']:.1f} s (same report: {same})")
     figures["second_over_first"] = figures["second_run_s"] / figures["first_run_s"]
     figures["workers_over_one_process"] = figures["workers_run_s"] / figures["second_run_s"]
     print(
