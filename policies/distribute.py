@@ -90,7 +90,8 @@ class WorkerOptions:
         env: dict[str, str] = {}
         if self.threads is not None:
             t = str(int(self.threads))
-            env["XLA_FLAGS"] = f"--xla_cpu_multi_thread_eigen={'true' if int(t) > 1 else 'false'}"
+            eigen = f"--xla_cpu_multi_thread_eigen={'true' if int(t) > 1 else 'false'}"
+            env["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {eigen}".strip()  # keeps the user's flags
             env.update({k: t for k in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")})
         if self.memory_fraction is not None:
             env["XLA_PYTHON_CLIENT_MEM_FRACTION"] = f"{float(self.memory_fraction):g}"

@@ -182,6 +182,28 @@ def test_tdm_brings_troughs_to_target():
     assert (tdm.treatment["bolus_cmt1"][:, -1] > 400.0).all()
 
 
+def test_shards_with_first_patient_merge_into_the_whole_rollout(population, fixed_result):
+    from policies.distribute import merge_shards
+
+    policy = FixedDose(dose=400.0, every=12.0)
+    # Patients 0-3 and 4-5 simulated apart (as two Dask workers would), each padded to the whole
+    # population's 8-wide chunk so the fixture's compiled kernels serve them.
+    shards = [
+        [rollout(PK, population.take(slice(a, b)), policy, seed=5, first_patient=a, pad_to=8, **SETTINGS)]
+        for a, b in ((0, 4), (4, 6))
+    ]
+    (merged,) = merge_shards(shards, population)
+    for field in ("t_start", "mask", "log_survival", "time_outside", "depth", "path_time"):
+        np.testing.assert_array_equal(getattr(merged, field), getattr(fixed_result, field), err_msg=field)
+    for group in ("measured", "obs_max", "path"):
+        for name, value in getattr(fixed_result, group).items():
+            np.testing.assert_array_equal(getattr(merged, group)[name], value, err_msg=f"{group}[{name}]")
+    assert merged.provenance == fixed_result.provenance
+    # Without first_patient the second shard would reuse patients 0-1's random streams.
+    alone = rollout(PK, population.take(slice(4, 6)), policy, seed=5, pad_to=8, **SETTINGS)
+    assert not np.array_equal(alone.measured["conc"], fixed_result.measured["conc"][4:])
+
+
 def test_repeated_rollouts_do_not_recompile(population, fixed_result):
     from medsim.simulate import cache
 
