@@ -2,8 +2,9 @@
 
 ``evaluate_policies(..., client=client)`` and ``medsim risk --workers N`` / ``--scheduler ADDRESS``
 run here. The population is sampled once, by the caller; it is then cut into *shards* of
-consecutive patients (whole rollout chunks, so posterior draws travel with their patients: a
-draw's patients are consecutive). Each worker gets, per shard, only data and specifications:
+consecutive patients (the rollout's chunks for large populations, one per worker for small ones;
+posterior draws travel with their patients, since a draw's patients are consecutive). Each worker
+gets, per shard, only data and specifications:
 
 * the model's registered name and its description (checked on the worker: an equal model),
 * the posterior draws and the shard's patients as plain numpy arrays,
@@ -18,9 +19,9 @@ closed loop :func:`policies.evaluate.run_policies` runs, for its shard, with
 Shard results come back in patient order and merge by concatenation
 (:func:`policies.rollout_assemble.merge_all`), so the report equals, number for number, the
 one a single process computes with the same seed. (Python policies that draw from the ``rng``
-argument get one generator per chunk; shards are chunks of :data:`DEFAULT_SHARD` patients when
-the population is large enough, as in one process; for smaller populations such policies
-see other coin flips. Built-in policies use per-patient streams and are unaffected.)
+argument get one generator per chunk; above :data:`DEFAULT_SHARD` patients shards are the chunks
+of one process; for smaller populations such policies see other coin flips. Built-in policies use
+per-patient streams and are unaffected.)
 
 Workers are configured per process before JAX starts (:class:`WorkerOptions`: CPU threads, the
 fraction of an accelerator's memory, the compilation cache folder). The embedded cluster
@@ -118,16 +119,24 @@ def configure_worker(options: WorkerOptions) -> None:
 def shard_bounds(n: int, workers: int, *, shard: int | None = None) -> list[tuple[int, int]]:
     """Consecutive ``[start, stop)`` patient ranges for ``workers`` workers.
 
-    Shards are :data:`DEFAULT_SHARD` patients (the rollout's chunk) when there are enough
-    patients for two per worker; otherwise the largest power of two (at least :data:`MIN_SHARD`)
-    that still gives every worker two shards, so a slow shard does not leave others idle.
+    Above :data:`DEFAULT_SHARD` patients the shards are the rollout's own chunks of that many
+    patients (what one process runs, chunk for chunk). Smaller populations are cut into one shard
+    per worker (a multiple of 8 patients); each is padded to the width one process compiles for
+    the whole population (:func:`compiled_width`), so it runs the same compiled programs.
     """
     if n < 1 or workers < 1:
         raise DistributionError(f"need n >= 1 patients and >= 1 workers, got n={n}, workers={workers}")
     if shard is None:
-        per = -(-n // (2 * workers))
-        shard = min(DEFAULT_SHARD, max(MIN_SHARD, 1 << max(per - 1, 0).bit_length()))
+        per_worker = -(-n // workers)
+        shard = DEFAULT_SHARD if n > DEFAULT_SHARD else max(MIN_SHARD, -(-per_worker // 8) * 8)
     return [(a, min(a + shard, n)) for a in range(0, n, shard)]
+
+
+def compiled_width(n: int) -> int:
+    """Patients per compiled rollout chunk of a population of ``n`` (as :func:`policies.rollout.rollout`
+    chooses it with its default ``chunk_size``): a power of two, at least 8, at most
+    :data:`DEFAULT_SHARD`."""
+    return min(DEFAULT_SHARD, 1 << max(3, (n - 1).bit_length()))
 
 
 def _draws_data(draws: PosteriorDraws) -> dict[str, Any]:
@@ -281,10 +290,10 @@ def rollouts_on_cluster(
     options = options or WorkerOptions()
     workers = max(len(client.scheduler_info().get("workers", {})), 1)
     bounds = shard_bounds(population.n_patients, workers, shard=shard)
-    # Shards are powers of two; the last one pads to the same width, so every shard runs the same
-    # compiled programs (one compilation per cluster with a shared cache). For large populations
-    # they are also the programs one process runs (chunks of DEFAULT_SHARD).
+    # Every shard pads to the chunk width one process compiles for this population: all workers and
+    # a one-process run share their compiled programs (through the persistent compilation cache).
     chunk = bounds[0][1] - bounds[0][0]
+    width = compiled_width(population.n_patients)
     draws_data = None if draws is None else client.scatter(_draws_data(draws), broadcast=True)
     description = model_key(model)[1]
     futures, sizes = [], {}
@@ -295,7 +304,7 @@ def rollouts_on_cluster(
             population=_population_data(population.take(slice(start, stop))),
             first_patient=start,
             chunk_size=chunk,
-            pad_to=chunk,
+            pad_to=width,
             policies=tuple(policy_specs),
             spec=spec,
             dt=float(dt),

@@ -60,7 +60,7 @@ def _report_json(report) -> str:
 def test_two_workers_give_the_one_process_report(draws, cluster):
     one, one_results = evaluate_policies(draws, POLICIES, SPEC, n=N, seed=SEED, scenario="none")
     two, two_results = evaluate_policies(draws, POLICIES, SPEC, n=N, seed=SEED, scenario="none", client=cluster)
-    assert len(shard_bounds(N, 2)) == 3  # patients 0-15, 16-31, 32-39 on two workers
+    assert shard_bounds(N, 2) == [(0, 24), (24, 40)]  # one shard per worker, each run 64 wide
     assert _report_json(one) == _report_json(two)
     for a, b in zip(one_results, two_results, strict=True):
         np.testing.assert_array_equal(a.log_survival, b.log_survival)
@@ -70,12 +70,13 @@ def test_two_workers_give_the_one_process_report(draws, cluster):
 
 
 def test_shards_cover_the_patients_in_order():
-    for n, workers in ((1, 1), (40, 2), (100_000, 3), (8193, 8)):
+    for n, workers in ((1, 1), (40, 2), (5000, 2), (100_000, 3), (8193, 8)):
         bounds = shard_bounds(n, workers)
         assert bounds[0][0] == 0 and bounds[-1][1] == n
         assert all(a[1] == b[0] for a, b in itertools.pairwise(bounds))
-    # Large populations are cut into the rollout's own chunks.
+    # Large populations are cut into the rollout's own chunks; small ones into one shard per worker.
     assert {b - a for a, b in shard_bounds(100_000, 3)[:-1]} == {8192}
+    assert shard_bounds(5000, 2) == [(0, 2504), (2504, 5000)]
     with pytest.raises(DistributionError, match="n >= 1"):
         shard_bounds(0, 2)
 
