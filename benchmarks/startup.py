@@ -80,10 +80,13 @@ def main() -> None:
         figures["cache_entries_added_by_second"] = len(_entries(cache) - compiled)
         print(f"second run {figures['second_run_s']:.1f} s ({figures['cache_entries_added_by_second']} new programs)")
         workers = [*base, "--out", f"{tmp}/workers", "--workers", str(args.workers)]
+        before = _entries(cache)
         figures["workers_run_s"] = _wall(workers, env)
+        figures["cache_entries_added_by_workers"] = len(_entries(cache) - before)
         figures["workers_report_identical"] = _report(Path(tmp) / "second") == _report(Path(tmp) / "workers")
         same = figures["workers_report_identical"]
-        print(f"{args.workers} workers {figures['workers_run_s']:.1f} s (same report: {same})")
+        added = figures["cache_entries_added_by_workers"]
+        print(f"{args.workers} workers {figures['workers_run_s']:.1f} s (same report: {same}; {added} new programs)")
     figures["second_over_first"] = figures["second_run_s"] / figures["first_run_s"]
     figures["workers_over_one_process"] = figures["workers_run_s"] / figures["second_run_s"]
     print(

@@ -64,7 +64,7 @@ class WorkerOptions:
     Attributes
     ----------
     threads : int, optional
-        CPU threads each worker's XLA and BLAS may use (default: theirs). With several workers
+        CPU threads of each worker's BLAS / OpenMP pools (default: theirs). With several workers
         per machine, ``cores / workers`` avoids oversubscription.
     memory_fraction : float, optional
         Fraction of an accelerator's memory each worker's JAX may take (``0 < f <= 1``), e.g.
@@ -90,9 +90,10 @@ class WorkerOptions:
 
         env: dict[str, str] = {}
         if self.threads is not None:
+            # Thread pools of numpy's BLAS and OpenMP. XLA_FLAGS are left alone: they are part of
+            # the compilation cache's key, and workers with other flags than the client would
+            # compile every program again instead of loading it.
             t = str(int(self.threads))
-            eigen = f"--xla_cpu_multi_thread_eigen={'true' if int(t) > 1 else 'false'}"
-            env["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {eigen}".strip()  # keeps the user's flags
             env.update({k: t for k in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")})
         if self.memory_fraction is not None:
             env["XLA_PYTHON_CLIENT_MEM_FRACTION"] = f"{float(self.memory_fraction):g}"
