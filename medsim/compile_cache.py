@@ -73,6 +73,14 @@ def _settings(folder: Path | None) -> dict[str, object]:
     }
 
 
+def environ(folder: Path | None) -> dict[str, str]:
+    """The ``JAX_*`` environment variables that set the cache up in a process started with them."""
+    return {
+        name.upper(): str(value).lower() if isinstance(value, bool) else str(value)
+        for name, value in _settings(folder).items()
+    }
+
+
 def enable(folder: str | Path | None = None, *, env: Mapping[str, str] | None = None) -> Path | None:
     """Turn JAX's persistent compilation cache on (or off), in ``folder`` or :func:`cache_dir`.
 
@@ -120,6 +128,5 @@ def enable(folder: str | Path | None = None, *, env: Mapping[str, str] | None = 
             if getattr(jax.config, name) != value:
                 jax.config.update(name, value)
     else:
-        for name, value in settings.items():
-            os.environ[name.upper()] = str(value).lower() if isinstance(value, bool) else str(value)
+        os.environ.update(environ(path))
     return path

@@ -36,6 +36,7 @@ import sys
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -86,7 +87,7 @@ class WorkerOptions:
 
     def environ(self) -> dict[str, str]:
         """Environment variables that carry these settings into a worker process."""
-        from medsim.compile_cache import ENV, cache_dir
+        from medsim.compile_cache import ENV, OFF, cache_dir, environ
 
         env: dict[str, str] = {}
         if self.threads is not None:
@@ -99,7 +100,10 @@ class WorkerOptions:
             env["XLA_PYTHON_CLIENT_MEM_FRACTION"] = f"{float(self.memory_fraction):g}"
             env["XLA_PYTHON_CLIENT_PREALLOCATE"] = "false"
         folder = self.compile_cache if self.compile_cache is not None else cache_dir()
+        if folder is not None and str(folder).strip().lower() in OFF:
+            folder = None
         env[ENV] = "off" if folder is None else str(folder)
+        env.update(environ(None if folder is None else Path(folder)))  # read by JAX when it starts
         return env
 
 
