@@ -136,3 +136,14 @@ def test_cli_takes_a_local_cluster_or_a_scheduler_not_both(tmp_path):
     done = CliRunner().invoke(app, args)
     assert done.exit_code == 2
     assert "not both" in done.output
+
+
+def test_worker_environment_carries_threads_memory_and_the_compile_cache(tmp_path):
+    env = WorkerOptions(threads=2, memory_fraction=0.45, compile_cache=str(tmp_path)).environ()
+    assert env["OMP_NUM_THREADS"] == env["OPENBLAS_NUM_THREADS"] == "2"
+    assert env["XLA_PYTHON_CLIENT_MEM_FRACTION"] == "0.45" and env["XLA_PYTHON_CLIENT_PREALLOCATE"] == "false"
+    # Read by JAX when the worker starts; XLA flags untouched (they are part of the cache key).
+    assert env["JAX_COMPILATION_CACHE_DIR"] == str(tmp_path) and env["JAX_ENABLE_COMPILATION_CACHE"] == "true"
+    assert "XLA_FLAGS" not in env
+    off = WorkerOptions(compile_cache="off").environ()
+    assert off["JAX_ENABLE_COMPILATION_CACHE"] == "false" and off["MEDSIM_COMPILE_CACHE"] == "off"
