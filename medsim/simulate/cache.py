@@ -3,8 +3,8 @@
 Compiling a kernel takes seconds; running it takes milliseconds. Everything that compiles for a
 model (the simulator's chunk kernels, the simulators shared by rollouts, schedules and policies
 that simulate) stores what it built here, under a key that starts with what the entry is and
-:func:`model_key` of the model. The key is the model's *value* (class and full description, which
-for a neural model includes its weights' digest), never ``id(model)``: two equal model objects
+:func:`model_key` of the model. The key is the model's *value* (class and every field, a neural
+model's weights by their digest), never ``id(model)``: two equal model objects
 share one compiled kernel, and a model that was garbage collected cannot hand its kernel to a new
 object that happens to reuse its address.
 
@@ -18,11 +18,15 @@ layer below this one and is not touched.
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import json
 import threading
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
+
+import numpy as np
 
 T = TypeVar("T")
 
@@ -35,10 +39,29 @@ _ENTRIES: OrderedDict[tuple, Any] = OrderedDict()
 _LOCK = threading.RLock()
 
 
+def _canonical(value: Any) -> Any:
+    """A JSON-able stand-in for a model field: arrays by shape, dtype and content digest."""
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: _canonical(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    if isinstance(value, Mapping):
+        return {str(k): _canonical(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_canonical(v) for v in value]
+    if hasattr(value, "__array__") and not isinstance(value, str | bytes | int | float | bool):
+        arr = np.ascontiguousarray(np.asarray(value))
+        return {"shape": arr.shape, "dtype": str(arr.dtype), "sha256": hashlib.sha256(arr.tobytes()).hexdigest()}
+    return value if isinstance(value, str | int | float | bool | type(None)) else repr(value)
+
+
 def model_key(model: Any) -> tuple[str, str]:
-    """The cache key of a model: its class and its full JSON description (``model.describe()``)."""
+    """The cache key of a model: its class and the value of every field (arrays by digest).
+
+    Everything the compiled functions close over is a field of the model (a frozen dataclass),
+    so equal keys mean equal programs; a neural model's weights enter by their SHA-256.
+    """
     kind = f"{type(model).__module__}.{type(model).__qualname__}"
-    return kind, json.dumps(model.describe(), sort_keys=True, default=str)
+    value = _canonical(model) if dataclasses.is_dataclass(model) else model.describe()
+    return kind, json.dumps(value, sort_keys=True, default=str)
 
 
 def cached(key: tuple, build: Callable[[], T]) -> T:

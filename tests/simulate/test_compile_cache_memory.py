@@ -56,3 +56,15 @@ def test_cache_is_bounded(monkeypatch):
     cache.cached(("test", 2), lambda: -1)  # a hit refreshes, does not rebuild
     assert cache.entries("test") == [9, 16, 4]
     clear_caches()
+
+
+def test_models_that_differ_in_any_field_get_their_own_kernels():
+    import dataclasses
+
+    base = get("glucose_insulin")
+    assert cache.model_key(base) == cache.model_key(get("glucose_insulin"))
+    # dose_scale is not part of describe(); it changes the compiled drift all the same.
+    scaled = dataclasses.replace(base, dose_scale={1: 2.0, 2: 1.0})
+    assert cache.model_key(scaled) != cache.model_key(base)
+    # Array-valued fields (a neural model's weights) enter by content.
+    assert cache._canonical({"w": np.zeros(3)}) != cache._canonical({"w": np.ones(3)})
