@@ -8,7 +8,6 @@ import numpy as np
 import pytest
 
 from medsim.models import get
-from medsim.population.prior import prior_population
 from medsim.simulate import Bound, Simulator, device
 
 MODEL = get("glucose_insulin")
@@ -58,18 +57,23 @@ def test_sizes_must_be_positive_ints(bad):
 
 
 def test_accelerator_sizing_gives_the_cpu_numbers():
+    # A small model keeps the two compilations (blocked and unblocked kernels) short.
+    model = get("pk_oral_1cmt")
     n = 90
-    theta = prior_population(MODEL, n, key=jax.random.key(4))
-    x0 = MODEL.initial_state(theta)
-    rates = {1: theta["BASAL"] / 60.0}
-    cpu = Simulator(MODEL, dt=1.0, bounds=BOUNDS, block=32)  # three cache blocks of 32 in one chunk
+    theta = {p.name: np.full(n, p.typical, np.float32) for p in model.parameters}
+    theta["ka"] = np.linspace(0.5, 3.0, n, dtype=np.float32)
+    x0 = {s: np.zeros(n, np.float32) for s in model.state_names}
+    x0["depot"] = np.full(n, 320.0, np.float32)
+    bounds = (Bound("conc", 5.0, "upper"),)
+    cpu = Simulator(model, dt=0.05, bounds=bounds, block=32)  # three cache blocks of 32 in one chunk
     assert cpu.sizing(tuple(jax.local_devices())) == device.ChunkSizing(device.CPU_CHUNK, 32)
     # The accelerator layout: no blocking, several chunks (memory-sized on a GPU, 32 here).
-    gpu = Simulator(MODEL, dt=1.0, bounds=BOUNDS, chunk_size=32, block=device.sizing_for("gpu", None, 1).block)
-    a = cpu.advance(x0, theta, 0.0, 45.0, key=jax.random.key(2), rates=rates)
-    b = gpu.advance(x0, theta, 0.0, 45.0, key=jax.random.key(2), rates=rates)
+    gpu = Simulator(model, dt=0.05, bounds=bounds, chunk_size=32, block=device.sizing_for("gpu", None, 1).block)
+    a = cpu.advance(x0, theta, 0.0, 3.0, key=jax.random.key(2))
+    b = gpu.advance(x0, theta, 0.0, 3.0, key=jax.random.key(2))
     # Counter-based per-patient noise and elementwise kernels: identical bits, not just close.
-    for s in MODEL.state_names:
+    for s in model.state_names:
         np.testing.assert_array_equal(np.asarray(a.state[s]), np.asarray(b.state[s]), err_msg=s)
     np.testing.assert_array_equal(np.asarray(a.stats.p_cross), np.asarray(b.stats.p_cross))
     np.testing.assert_array_equal(np.asarray(a.stats.depth), np.asarray(b.stats.depth))
+    assert np.unique(np.asarray(a.state["central"])).size == n  # every patient on its own path
