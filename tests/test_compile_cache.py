@@ -66,3 +66,16 @@ def test_second_process_compiles_nothing(tmp_path):
     assert sorted(p.name for p in folder.iterdir() if not p.name.endswith("-atime")) == sorted(
         n for n in written if not n.endswith("-atime")
     )
+
+
+def test_cli_option_names_an_unusable_folder(tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    from medsim.cli import app
+
+    monkeypatch.setenv(compile_cache.ENV, "off")  # restored after the test (the option sets it)
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    done = CliRunner().invoke(app, ["--compile-cache", str(blocker / "jax"), "models"])
+    assert done.exit_code == 2
+    assert "cannot create it" in done.output

@@ -45,14 +45,16 @@ def _root(
 ) -> None:
     """medsim: fit → sample → evaluate a policy's risk, with its uncertainty."""
     # Before any command imports JAX: the settings reach it through the environment (lazily).
+    import os
+
     from medsim.compile_cache import ENV, CompileCacheError, enable
 
     if compile_cache is not None:
-        import os
-
         os.environ[ENV] = compile_cache
     try:
         enable()
     except CompileCacheError as err:
-        typer.echo(f"error: {err}", err=True)
-        raise typer.Exit(2) from None
+        if ENV in os.environ:  # asked for by name: say why it cannot be used
+            typer.echo(f"error: {err}", err=True)
+            raise typer.Exit(2) from None
+        enable("off")  # the default folder is not writable (e.g. a read-only home): run without it
