@@ -1,6 +1,6 @@
 """The closed-loop rollout: virtual patients under a policy, simulated between interactions.
 
-The option loop of ``ARCHITECTURE.md``, for one chunk of patients at a time::
+The option loop of ``docs/architecture.md``, for one chunk of patients at a time::
 
     x = initial state of each patient;  t = 0
     for k = 0, 1, ...  (while some patient is before the horizon)

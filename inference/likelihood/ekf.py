@@ -29,7 +29,7 @@ Layouts: the same algorithm is stored in one of two ways (``layout``; shared par
 * ``"entries"`` (this module): the mean is a tuple of ``n`` named scalars and the covariance a
   tuple of its ``n (n + 1) / 2`` upper-triangle entries, with the small matrix algebra written
   out. Under ``vmap`` every quantity is one contiguous ``(subjects,)`` vector and XLA fuses each
-  RK4 stage into a few vectorised loops; for 1-2 states this is 3-5x faster than stacked
+  RK4 stage into a few vectorised loops; for 1-2 states this is faster than stacked
   ``(subjects, n, n)`` matrices on CPU (measured on the theophylline cohort, ``docs/fitting.md``).
   The traced graph grows like ``n^3`` per RK4 stage, so compilation time grows quickly with ``n``.
 * ``"matrix"`` (:mod:`inference.likelihood.ekf_matrix`): an ``(n,)`` mean and an ``(n, n)``

@@ -31,11 +31,10 @@ COVARIANCE_STATES = ("reachable", "all")
 
 #: ``layout="auto"`` propagates the covariance in the matrix layout from this many states on.
 #: Written-out entries cost O(n^3) traced operations per RK4 stage, the matrix layout a few
-#: batched ones: the matrix layout compiles faster from 3 states and runs faster from 4
-#: (docs/fitting.md, "Layout"). Without a covariance (the ODE limit) ``"auto"`` always means
+#: batched ones, so the matrix layout wins from a few states on (the crossover is measured in
+#: docs/fitting.md, "Layout"). Without a covariance (the ODE limit) ``"auto"`` always means
 #: entries: only the Jacobian's diagonal is used there, and written out the rest of it is
-#: removed as dead code, which ``jax.jacfwd`` on the stacked state does not allow (4x faster
-#: gradients on the glucose model).
+#: removed as dead code, which ``jax.jacfwd`` on the stacked state does not allow.
 MATRIX_FROM_STATES = 4
 
 
