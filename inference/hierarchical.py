@@ -20,8 +20,9 @@ import numpy as np
 import numpyro
 import numpyro.distributions as dist
 
-from inference.priors import PriorSpec, residual_key
+from inference.priors import PriorSpec
 from inference.problem import FitData
+from medsim.models.base import residual_key
 
 Array = jax.Array
 

@@ -40,9 +40,9 @@ import numpy as np
 from inference.assemble import import_arviz
 from inference.cohort_support import SUPPORT_ATTR, support_ranges
 from inference.diagnostics import Diagnostics, diagnose_posterior_attrs
-from inference.priors import PriorError, PriorSpec, residual_key
+from inference.priors import PriorError, PriorSpec
 from medsim.io import atomic_write
-from medsim.models.base import PhysiologyModel
+from medsim.models.base import PhysiologyModel, residual_key
 from medsim.models.gate import CalibrationGate
 from medsim.population.draws import PosteriorDraws
 

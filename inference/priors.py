@@ -317,11 +317,6 @@ class PriorSpec:
             raise PriorError(f"not a medsim prior specification: {err!r}") from None
 
 
-def residual_key(observable: str, kind: Literal["add", "prop"]) -> str:
-    """Key of a residual parameter in likelihood and draw mappings (``"conc_add"``)."""
-    return f"{observable}_{kind}"
-
-
 def build_priors(model: PhysiologyModel, observed: Sequence[str], *, process_noise: bool = True) -> PriorSpec:
     """Prior of the hierarchical model for ``model`` fitted to observations of ``observed``.
 

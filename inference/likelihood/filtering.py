@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 
 from inference.likelihood.reachable import noise_reachable_states
-from medsim.models.base import PhysiologyModel
+from medsim.models.base import PhysiologyModel, residual_key
 
 if TYPE_CHECKING:  # the timeline module imports check_layout from here
     from inference.likelihood.timeline import Timeline
@@ -121,7 +121,7 @@ def residual_var(
     for o, spec in model.residual.items():
         if o not in timeline.observables:
             continue
-        sd = spec.sd(prediction[o], residual.get(f"{o}_add"), residual.get(f"{o}_prop"))
+        sd = spec.sd(prediction[o], residual.get(residual_key(o, "add")), residual.get(residual_key(o, "prop")))
         var = var + jnp.where(which == timeline.observables.index(o), sd * sd, 0.0)
     return var
 

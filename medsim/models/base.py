@@ -95,6 +95,11 @@ class Observable:
     bridge_scale: Literal["linear", "log"] = "linear"
 
 
+def residual_key(observable: str, kind: Literal["add", "prop"]) -> str:
+    """Name of a residual-error parameter in likelihood, draw and population mappings (``"conc_add"``)."""
+    return f"{observable}_{kind}"
+
+
 @dataclass(frozen=True)
 class ResidualError:
     """Measurement (residual) error on an observable.

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from medsim.models.base import PhysiologyModel
+from medsim.models.base import PhysiologyModel, residual_key
 
 
 @dataclass(frozen=True)
@@ -88,9 +88,9 @@ class PosteriorDraws:
         residual = {}
         for obs, r in model.residual.items():
             if r.kind in ("additive", "combined"):
-                residual[f"{obs}_add"] = np.full(n_draws, r.add)
+                residual[residual_key(obs, "add")] = np.full(n_draws, r.add)
             if r.kind in ("proportional", "combined"):
-                residual[f"{obs}_prop"] = np.full(n_draws, r.prop)
+                residual[residual_key(obs, "prop")] = np.full(n_draws, r.prop)
         return cls(
             model=model,
             population=population,

@@ -26,6 +26,7 @@ from collections.abc import Mapping
 import jax.numpy as jnp
 import numpy as np
 
+from medsim.models.base import residual_key
 from medsim.population.draws import PosteriorDraws
 from medsim.population.streams import Stream
 from medsim.population.virtual import VirtualPopulation
@@ -179,9 +180,9 @@ def sample_population(
     residual = {k: np.asarray(v, np.float64)[draw] for k, v in draws.residual.items()}
     for obs, err in model.residual.items():
         if err.kind in ("additive", "combined"):
-            residual.setdefault(f"{obs}_add", np.full(n, err.add))
+            residual.setdefault(residual_key(obs, "add"), np.full(n, err.add))
         if err.kind in ("proportional", "combined"):
-            residual.setdefault(f"{obs}_prop", np.full(n, err.prop))
+            residual.setdefault(residual_key(obs, "prop"), np.full(n, err.prop))
 
     from medsim import __version__
 

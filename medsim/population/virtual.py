@@ -27,7 +27,7 @@ from pathlib import Path
 import jax.numpy as jnp
 import numpy as np
 
-from medsim.models.base import PhysiologyModel
+from medsim.models.base import PhysiologyModel, residual_key
 
 MODES = ("population", "personalized", "prior")
 
@@ -128,9 +128,9 @@ class VirtualPopulation:
         residual = {}
         for obs, err in model.residual.items():
             if err.kind in ("additive", "combined"):
-                residual[f"{obs}_add"] = np.full(n, err.add)
+                residual[residual_key(obs, "add")] = np.full(n, err.add)
             if err.kind in ("proportional", "combined"):
-                residual[f"{obs}_prop"] = np.full(n, err.prop)
+                residual[residual_key(obs, "prop")] = np.full(n, err.prop)
         return cls(
             model=model,
             draw=np.full(n, -1, np.int64),
@@ -187,8 +187,8 @@ class VirtualPopulation:
     def residual_sd(self, observable: str, prediction: np.ndarray) -> np.ndarray:
         """Measurement-error SD of ``observable`` at ``prediction`` (N,), with each patient's draw."""
         err = self.model.residual[observable]
-        add = self.residual.get(f"{observable}_add")
-        prop = self.residual.get(f"{observable}_prop")
+        add = self.residual.get(residual_key(observable, "add"))
+        prop = self.residual.get(residual_key(observable, "prop"))
         return np.asarray(err.sd(jnp.asarray(prediction), add=add, prop=prop), np.float64)
 
     # ------------------------------------------------------------------ files
