@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 import jax.numpy as jnp
+import numpy as np
 
 Array = jnp.ndarray
 Values = Mapping[str, Array]
@@ -144,6 +145,36 @@ class Covariate:
 
 
 @dataclass(frozen=True)
+class SafetyLimit:
+    """A default safety bound of a model: ``observable >= value`` (``"lower"``) or ``<= value`` (``"upper"``).
+
+    What ``medsim simulate`` monitors when the user names no bound; ``source`` says where the
+    value comes from (a guideline, a label).
+    """
+
+    observable: str
+    side: Literal["lower", "upper"]
+    value: float
+    source: str = ""
+
+    def __post_init__(self) -> None:
+        if self.side not in ("lower", "upper"):
+            raise ValueError(f"SafetyLimit {self.observable!r}: side must be 'lower' or 'upper', got {self.side!r}")
+        if not math.isfinite(self.value):
+            raise ValueError(f"SafetyLimit {self.observable!r}: value must be finite, got {self.value!r}")
+
+
+@dataclass(frozen=True)
+class TargetRange:
+    """The efficacy range ``low <= observable <= high`` whose time-in-range reports show."""
+
+    observable: str
+    low: float
+    high: float
+    source: str = ""
+
+
+@dataclass(frozen=True)
 class PhysiologyModel(ABC):
     """Abstract physiology model: an SDE ``dx = f(t, x, theta, u) dt + g(t, x, theta) dW``.
 
@@ -169,6 +200,12 @@ class PhysiologyModel(ABC):
     dose_scale: Mapping[int, float] = field(default_factory=dict)
     dose_units: Mapping[int, str] = field(default_factory=dict)
     obs_targets: Mapping[int, str] = field(default_factory=dict)
+    #: Defaults a model declares so that no command needs to know models by name: the safety
+    #: bounds ``medsim simulate`` monitors, the efficacy range reports use, and the compartment
+    #: announced disturbances (meals) enter (``None``: the model has none).
+    safety_limits: tuple[SafetyLimit, ...] = ()
+    target_range: TargetRange | None = None
+    meal_cmt: int | None = None
 
     # ------------------------------------------------------------------ metadata helpers
     @property
@@ -198,6 +235,25 @@ class PhysiologyModel(ABC):
             if p.name == name:
                 return p
         raise KeyError(f"model {self.name!r} has no parameter {name!r}; it has {[p.name for p in self.parameters]}")
+
+    def default_regimen(self, theta: Mapping, horizon: float) -> tuple[list[tuple[float, int, np.ndarray]], dict]:
+        """The dosing regimen ``medsim simulate`` gives virtual patients when the user names none.
+
+        Parameters
+        ----------
+        theta : mapping name -> (n,) array
+            The patients' parameters and covariates (a regimen may depend on weight or basal rate).
+        horizon : float
+            In the model's time unit.
+
+        Returns
+        -------
+        doses : list of (time, cmt, (n,) amounts)
+        rates : dict cmt -> (n,) constant rate over the whole horizon (dose unit per time unit)
+
+        The base model gives no doses; a model overrides this and documents its regimen.
+        """
+        return [], {}
 
     def observable(self, name: str) -> Observable:
         for o in self.observables:
