@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
+from inference.cohort_support import cohort_support, support_ranges
 from policies.evaluate import evaluate_policies
 from policies.report import write_report
 from policies.spec_file import parse_spec
@@ -129,22 +130,6 @@ def _cohort(settings: ExampleSettings):
     return medsim.data.load(settings.dataset)
 
 
-def support_of(cohort, model) -> dict[str, tuple[float, float]]:
-    """Observed ranges of the cohort: each observed observable and the bolus sizes per compartment."""
-    padded = cohort.padded()
-    out: dict[str, tuple[float, float]] = {}
-    for cmt, name in model.obs_targets.items():
-        values = padded.obs_value[padded.obs_mask & (padded.obs_cmt == cmt)]
-        if values.size:
-            lo, hi = out.get(name, (np.inf, -np.inf))
-            out[name] = (min(lo, float(values.min())), max(hi, float(values.max())))
-    for cmt in model.dose_targets:
-        amounts = padded.dose_amount[padded.dose_mask & (padded.dose_cmt == cmt) & (padded.dose_rate == 0)]
-        if amounts.size:
-            out[f"bolus_cmt{cmt}"] = (float(amounts.min()), float(amounts.max()))
-    return out
-
-
 def run_example(
     settings: ExampleSettings,
     out_dir: str | Path,
@@ -233,7 +218,7 @@ def run_example(
         seed=seed,
         dt=settings.dt,
         scheme=settings.scheme,
-        support=support_of(fitted, model),
+        support=support_ranges(cohort_support(fitted, model)),
         provenance={
             "posterior_file": Path(posterior_file).name,
             "data_hash": fitted.data_hash(),
