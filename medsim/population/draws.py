@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from medsim.models.base import PhysiologyModel, residual_key
+from medsim.models.prior import parameter_prior
 
 
 @dataclass(frozen=True)
@@ -73,17 +74,16 @@ class PosteriorDraws:
 
     @classmethod
     def from_prior(cls, model: PhysiologyModel, n_draws: int, *, seed: int) -> PosteriorDraws:
-        """Draws from the model's priors (no data): typical values log-normal around the model's
-        defaults, BSV fixed at the model's values. For simulation before any fit."""
+        """Draws of the population values from the model's prior (no data), for simulation before any fit.
+
+        Typical values, covariate effects and process-noise scales are drawn from the same prior a
+        fit uses (:mod:`medsim.models.prior`). The BSV SDs are held at the model's literature
+        values rather than drawn from their weakly informative half-normal: a prior-predictive
+        population should spread patients as the literature does, not as wide as the fit's prior
+        allows. Residual errors likewise take the model's values.
+        """
         rng = np.random.default_rng(seed)
-        population = {}
-        for p in model.parameters:
-            if p.kind == "structural":
-                population[p.name] = p.typical * np.exp(p.prior_log_sd * rng.standard_normal(n_draws))
-            elif p.kind == "covariate_effect":
-                population[p.name] = p.typical + p.prior_sd * rng.standard_normal(n_draws)
-            else:
-                population[p.name] = np.abs(p.prior_sd * rng.standard_normal(n_draws))
+        population = {p.name: parameter_prior(p).sample(rng, n_draws) for p in model.parameters}
         omega = {p.name: np.full(n_draws, p.bsv) for p in model.structural if p.bsv > 0}
         residual = {}
         for obs, r in model.residual.items():
