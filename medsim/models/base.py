@@ -236,6 +236,16 @@ class PhysiologyModel(ABC):
                 return p
         raise KeyError(f"model {self.name!r} has no parameter {name!r}; it has {[p.name for p in self.parameters]}")
 
+    def residual_values(self, n: int) -> dict[str, np.ndarray]:
+        """The model's residual-error parameters for ``n`` patients, named by :func:`residual_key`."""
+        out = {}
+        for obs, err in self.residual.items():
+            if err.kind in ("additive", "combined"):
+                out[residual_key(obs, "add")] = np.full(n, err.add)
+            if err.kind in ("proportional", "combined"):
+                out[residual_key(obs, "prop")] = np.full(n, err.prop)
+        return out
+
     def default_regimen(self, theta: Mapping, horizon: float) -> tuple[list[tuple[float, int, np.ndarray]], dict]:
         """The dosing regimen ``medsim simulate`` gives virtual patients when the user names none.
 

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from medsim.models.base import PhysiologyModel, residual_key
+from medsim.models.base import PhysiologyModel
 from medsim.models.prior import parameter_prior
 
 
@@ -85,12 +85,7 @@ class PosteriorDraws:
         rng = np.random.default_rng(seed)
         population = {p.name: parameter_prior(p).sample(rng, n_draws) for p in model.parameters}
         omega = {p.name: np.full(n_draws, p.bsv) for p in model.structural if p.bsv > 0}
-        residual = {}
-        for obs, r in model.residual.items():
-            if r.kind in ("additive", "combined"):
-                residual[residual_key(obs, "add")] = np.full(n_draws, r.add)
-            if r.kind in ("proportional", "combined"):
-                residual[residual_key(obs, "prop")] = np.full(n_draws, r.prop)
+        residual = model.residual_values(n_draws)
         return cls(
             model=model,
             population=population,

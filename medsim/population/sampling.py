@@ -26,7 +26,6 @@ from collections.abc import Mapping
 import jax.numpy as jnp
 import numpy as np
 
-from medsim.models.base import residual_key
 from medsim.population.draws import PosteriorDraws
 from medsim.population.streams import Stream
 from medsim.population.virtual import VirtualPopulation
@@ -177,12 +176,8 @@ def sample_population(
             titrated = sorted(new)
             theta = _individual(model, population, eta, cov, n)
     params = theta
-    residual = {k: np.asarray(v, np.float64)[draw] for k, v in draws.residual.items()}
-    for obs, err in model.residual.items():
-        if err.kind in ("additive", "combined"):
-            residual.setdefault(residual_key(obs, "add"), np.full(n, err.add))
-        if err.kind in ("proportional", "combined"):
-            residual.setdefault(residual_key(obs, "prop"), np.full(n, err.prop))
+    # the posterior's residual draws where it has them, the model's values otherwise
+    residual = {**model.residual_values(n), **{k: np.asarray(v, np.float64)[draw] for k, v in draws.residual.items()}}
 
     from medsim import __version__
 

@@ -125,12 +125,7 @@ class VirtualPopulation:
         n = int(np.shape(next(iter(theta.values())))[0])
         cov = {c.name: np.full(n, float(c.reference)) for c in model.covariates}
         cov.update({k: np.broadcast_to(np.asarray(v, np.float64), (n,)).copy() for k, v in (covariates or {}).items()})
-        residual = {}
-        for obs, err in model.residual.items():
-            if err.kind in ("additive", "combined"):
-                residual[residual_key(obs, "add")] = np.full(n, err.add)
-            if err.kind in ("proportional", "combined"):
-                residual[residual_key(obs, "prop")] = np.full(n, err.prop)
+        residual = model.residual_values(n)
         return cls(
             model=model,
             draw=np.full(n, -1, np.int64),
