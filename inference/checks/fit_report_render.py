@@ -21,7 +21,7 @@ from inference.diagnostics import EBFMI_MIN, ESS_PER_CHAIN_MIN, RHAT_MAX
 
 NOT_ESTIMABLE = "not estimable"
 
-Block = tuple  # ("p", text) | ("table", header, rows) | ("figure", stem, caption)
+Block = tuple  # ("p", text) | ("list", items) | ("table", header, rows) | ("figure", stem, caption)
 
 
 def number(value: Any, unit: str = "", digits: int = 3) -> str:
@@ -103,7 +103,7 @@ def _diagnostics(report: Any) -> list[Block]:
     if not d.applicable:
         lines = [("p", "R-hat, ESS, divergences and E-BFMI are not applicable: the fit is variational (SVI).")]
         lines += [("p", f"Checked: {c}") for c in d.checks]
-        lines += [("p", f"PROBLEM: {p}") for p in d.problems] or [("p", "All SVI checks passed.")]
+        lines += [("list", [f"PROBLEM: {p}" for p in d.problems])] if d.problems else [("p", "All SVI checks passed.")]
         return lines
     ess_min = ESS_PER_CHAIN_MIN * d.chains
     rows = [
@@ -113,7 +113,9 @@ def _diagnostics(report: Any) -> list[Block]:
         ["divergent transitions", f"{d.divergences} of {d.chains * d.draws} draws", "0"],
         ["smallest E-BFMI (over chains)", number(d.ebfmi_min), f">= {EBFMI_MIN}"],
     ]
-    verdict = [("p", f"PROBLEM: {p}") for p in d.problems] or [("p", "All sampler diagnostics passed.")]
+    verdict = (
+        [("list", [f"PROBLEM: {p}" for p in d.problems])] if d.problems else [("p", "All sampler diagnostics passed.")]
+    )
     head = f"{d.chains} chains x {d.draws} kept draws (Vehtari et al. 2021; Betancourt 2016, 2017)."
     return [("p", head), ("table", ["diagnostic", "value", "required"], rows), *verdict]
 
@@ -121,7 +123,9 @@ def _diagnostics(report: Any) -> list[Block]:
 def _vpc(report: Any) -> list[Block]:
     v = report.vpc
     checked = int(np.isfinite(v.observed).sum())
-    kind = "Prediction-corrected visual predictive check (pcVPC)" if v.prediction_corrected else "Visual predictive check"
+    kind = (
+        "Prediction-corrected visual predictive check (pcVPC)" if v.prediction_corrected else "Visual predictive check"
+    )
     why = (
         " The subjects' doses differ, so every value is scaled by the median population prediction of its time "
         "bin over its own population prediction (Bergstrand et al. 2011)."
@@ -241,9 +245,16 @@ def sections(report: Any) -> tuple[str, list[str], list[tuple[str, list[Block]]]
     d = report.diagnostics
     gate = report.gate
     status = "not checked" if gate is None else gate.status.replace("_", " ")
+    cwres = report.cwres_summary()
     summary = [
         ("p", f"Sampler diagnostics: {'passed' if d.ok else 'FAILED (' + str(len(d.problems)) + ' problems)'}."),
         ("p", f"Held-out calibration gate: {status}."),
+        (
+            "p",
+            f"VPC: {int(report.vpc.outside.sum())} of {int(np.isfinite(report.vpc.observed).sum())} observed "
+            f"percentiles outside their {100 * report.vpc.level:.0f} % band.",
+        ),
+        ("p", f"CWRES: mean {number(cwres['mean'])}, SD {number(cwres['sd'])} (0 and 1 for a model that fits)."),
     ]
     parts = [
         ("Summary", summary),
@@ -289,6 +300,8 @@ def render_markdown(report: Any, figure_paths: Mapping[str, str]) -> str:
         for block in blocks:
             if block[0] == "p":
                 body += [block[1], ""]
+            elif block[0] == "list":
+                body += [*(f"* {item}" for item in block[1]), ""]
             elif block[0] == "table":
                 body += ["| " + " | ".join(_md_cell(h) for h in block[1]) + " |"]
                 body += ["|" + "---|" * len(block[1])]
@@ -330,6 +343,8 @@ def render_html(report: Any, figures: Mapping[str, bytes]) -> str:
         for block in blocks:
             if block[0] == "p":
                 body.append(f"<p>{_e(block[1])}</p>")
+            elif block[0] == "list":
+                body.append("<ul>" + "".join(f"<li>{_e(item)}</li>" for item in block[1]) + "</ul>")
             elif block[0] == "table":
                 head = "".join(f"<th>{_e(h)}</th>" for h in block[1])
                 rows = "".join("<tr>" + "".join(f"<td>{_e(c)}</td>" for c in row) + "</tr>" for row in block[2])
