@@ -8,7 +8,8 @@ held-out calibration check judged by the calibration gate (:func:`heldout_check`
 goodness of fit with CWRES (:func:`goodness_of_fit`), shrinkage, and the pharmacometric fit report
 ``medsim check --report`` and ``--figures`` write (:func:`build_fit_report`, :func:`write_fit_report`;
 :func:`write_check_figures` writes the simulated figures for draws without a sampler).
-Functions return frozen dataclasses of numpy arrays; ``plot_*`` functions turn them into matplotlib figures (never pyplot state).
+Functions return frozen dataclasses of numpy arrays; ``plot_*`` functions turn them into
+matplotlib figures (never pyplot state).
 
 May import ``medsim`` (models, simulator, posterior draws), ``inference.likelihood``, jax, numpy,
 arviz and matplotlib; nothing in ``inference`` imports this package except the CLI entry points.
