@@ -24,8 +24,12 @@ def _png(fig) -> bytes:
     return buffer.getvalue()
 
 
-def diagnostic_pngs(posterior) -> dict[str, bytes]:
-    """``trace`` (and, for NUTS, ``rank`` and ``energy``) plots as PNG bytes, by name."""
+def diagnostic_pngs(posterior, *, max_draws: int | None = None) -> dict[str, bytes]:
+    """``trace`` (and, for NUTS, ``rank`` and ``energy``) plots as PNG bytes, by name.
+
+    ``max_draws`` thins the trace plot to at most that many draws per chain (a trace of thousands
+    of draws is a block of ink and a large image); rank and energy plots use every draw.
+    """
     import matplotlib
 
     matplotlib.use("Agg", force=False)
@@ -35,7 +39,10 @@ def diagnostic_pngs(posterior) -> dict[str, bytes]:
     names = population_variables(posterior)
     out = {}
     try:
-        axes = az.plot_trace(posterior.idata, var_names=names, compact=True)
+        draws = posterior.idata.posterior.sizes["draw"]
+        step = 1 if max_draws is None else max(1, -(-draws // max_draws))
+        thinned = posterior.idata.posterior.isel(draw=slice(None, None, step))
+        axes = az.plot_trace(thinned, var_names=names, compact=True)
         out["trace"] = _png(np.atleast_1d(axes).ravel()[0].figure)
         plt.close("all")
         if posterior.method == "nuts":

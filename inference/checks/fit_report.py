@@ -34,6 +34,8 @@ from medsim.io import atomic_folder, check_folder, write_bytes, write_text
 
 #: What a fit-report folder holds; other files in an existing folder are kept.
 FIT_REPORT_ENTRIES = ("fit_report.json", "fit_report.md", "fit_report.html", "fit_figures")
+TRACE_DRAWS = 500
+"""Draws per chain shown in the report's trace plot (thinned evenly)."""
 FIGURE_ORDER = ("vpc", "individual_fits", "goodness_of_fit", "trace", "rank", "energy")
 
 
@@ -255,7 +257,7 @@ def fit_figures(report: FitReport, posterior: Any | None = None, *, log_y: bool 
     if posterior is not None:
         from inference.diagnostic_figures import diagnostic_pngs
 
-        out.update(diagnostic_pngs(posterior))
+        out.update(diagnostic_pngs(posterior, max_draws=TRACE_DRAWS))
     return {k: out[k] for k in FIGURE_ORDER if k in out}
 
 

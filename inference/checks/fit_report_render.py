@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from inference.checks.fit_report import TRACE_DRAWS
 from inference.diagnostics import EBFMI_MIN, ESS_PER_CHAIN_MIN, RHAT_MAX
 
 NOT_ESTIMABLE = "not estimable"
@@ -30,6 +31,13 @@ def number(value: Any, unit: str = "", digits: int = 3) -> str:
         return NOT_ESTIMABLE
     text = f"{float(value):.{digits}g}"
     return f"{text} {unit}".rstrip() if unit not in ("", "1") else text
+
+
+def fixed(value: Any, decimals: int = 3) -> str:
+    """``value`` with ``decimals`` decimals (an R-hat: 1.004, not 1); "not estimable" for None or NaN."""
+    if value is None or not math.isfinite(float(value)):
+        return NOT_ESTIMABLE
+    return f"{float(value):.{decimals}f}"
 
 
 def whole(value: Any, unit: str = "") -> str:
@@ -79,7 +87,7 @@ def _parameters(report: Any) -> list[Block]:
                 "SD of log (dimensionless)" if r["kind"] == "omega" else _unit(unit),
                 number(r["median"]),
                 f"{number(r['hdi_low'])} to {number(r['hdi_high'])}",
-                number(r["r_hat"], digits=4) if nuts else na,
+                fixed(r["r_hat"]) if nuts else na,
                 whole(r["ess_bulk"]) if nuts else na,
                 whole(r["ess_tail"]) if nuts else na,
                 shrink,
@@ -107,7 +115,7 @@ def _diagnostics(report: Any) -> list[Block]:
         return lines
     ess_min = ESS_PER_CHAIN_MIN * d.chains
     rows = [
-        ["largest R-hat", number(d.rhat_max, digits=4), f"<= {RHAT_MAX}"],
+        ["largest R-hat", fixed(d.rhat_max), f"<= {RHAT_MAX}"],
         ["smallest bulk ESS", whole(d.ess_bulk_min, "draws"), f">= {ess_min} draws ({ESS_PER_CHAIN_MIN} per chain)"],
         ["smallest tail ESS", whole(d.ess_tail_min, "draws"), f">= {ess_min} draws ({ESS_PER_CHAIN_MIN} per chain)"],
         ["divergent transitions", f"{d.divergences} of {d.chains * d.draws} draws", "0"],
@@ -278,7 +286,11 @@ def sections(report: Any) -> tuple[str, list[str], list[tuple[str, list[Block]]]
         (
             "Sampler figures",
             [
-                ("figure", "trace", "Trace plots of the population parameters"),
+                (
+                    "figure",
+                    "trace",
+                    f"Trace plots of the population parameters (at most {TRACE_DRAWS} draws per chain)",
+                ),
                 ("figure", "rank", "Rank plots (uniform when the chains mix)"),
                 ("figure", "energy", "Energy distributions (E-BFMI)"),
             ],
