@@ -20,7 +20,7 @@ from medsim.io import write_bytes
 
 def _png(fig) -> bytes:
     buffer = io.BytesIO()
-    fig.savefig(buffer, dpi=110, bbox_inches="tight", format="png")
+    fig.savefig(buffer, dpi=90, bbox_inches="tight", format="png")
     return buffer.getvalue()
 
 
@@ -42,7 +42,8 @@ def diagnostic_pngs(posterior, *, max_draws: int | None = None) -> dict[str, byt
         draws = posterior.idata.posterior.sizes["draw"]
         step = 1 if max_draws is None else max(1, -(-draws // max_draws))
         thinned = posterior.idata.posterior.isel(draw=slice(None, None, step))
-        axes = az.plot_trace(thinned, var_names=names, compact=True)
+        layout = {"constrained_layout": True}  # titles clear of the tick labels above them
+        axes = az.plot_trace(thinned, var_names=names, compact=True, backend_kwargs=layout)
         out["trace"] = _png(np.atleast_1d(axes).ravel()[0].figure)
         plt.close("all")
         if posterior.method == "nuts":

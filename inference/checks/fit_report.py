@@ -34,7 +34,7 @@ from medsim.io import atomic_folder, check_folder, write_bytes, write_text
 
 #: What a fit-report folder holds; other files in an existing folder are kept.
 FIT_REPORT_ENTRIES = ("fit_report.json", "fit_report.md", "fit_report.html", "fit_figures")
-TRACE_DRAWS = 500
+TRACE_DRAWS = 250
 """Draws per chain shown in the report's trace plot (thinned evenly)."""
 FIGURE_ORDER = ("vpc", "individual_fits", "goodness_of_fit", "trace", "rank", "energy")
 
@@ -276,6 +276,9 @@ def check_fit_report_folder(out_dir: str | os.PathLike) -> None:
 def write_fit_report(report: FitReport, out_dir: str | os.PathLike, figures: dict[str, bytes]) -> dict[str, Path]:
     """Write the report into ``out_dir`` as one unit (:func:`medsim.io.atomic_folder`).
 
+    ``figures`` come from :func:`fit_figures`; the trace plot is left out when rank plots are
+    there (``medsim check --figures`` still writes it).
+
     Returns
     -------
     dict
@@ -284,6 +287,8 @@ def write_fit_report(report: FitReport, out_dir: str | os.PathLike, figures: dic
     from inference.checks.fit_report_render import render_html, render_markdown
 
     out = Path(out_dir)
+    if "rank" in figures:  # rank plots show mixing better (Vehtari et al. 2021); a trace of 4000 draws is 0.7 MB
+        figures = {k: v for k, v in figures.items() if k != "trace"}
     rel = {stem: f"fit_figures/{stem}.png" for stem in figures}
     with atomic_folder(out, owned=FIT_REPORT_ENTRIES) as tmp:
         for stem, png in figures.items():

@@ -291,7 +291,11 @@ def sections(report: Any) -> tuple[str, list[str], list[tuple[str, list[Block]]]
                     "trace",
                     f"Trace plots of the population parameters (at most {TRACE_DRAWS} draws per chain)",
                 ),
-                ("figure", "rank", "Rank plots (uniform when the chains mix)"),
+                (
+                    "figure",
+                    "rank",
+                    "Rank plots of the population parameters (uniform when the chains mix; Vehtari et al. 2021)",
+                ),
                 ("figure", "energy", "Energy distributions (E-BFMI)"),
             ],
         ),
