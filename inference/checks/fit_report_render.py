@@ -262,7 +262,11 @@ def sections(report: Any) -> tuple[str, list[str], list[tuple[str, list[Block]]]
             f"VPC: {int(report.vpc.outside.sum())} of {int(np.isfinite(report.vpc.observed).sum())} observed "
             f"percentiles outside their {100 * report.vpc.level:.0f} % band.",
         ),
-        ("p", f"CWRES: mean {number(cwres['mean'])}, SD {number(cwres['sd'])} (0 and 1 for a model that fits)."),
+        (
+            "p",
+            f"CWRES (dimensionless): mean {number(cwres['mean'])}, SD {number(cwres['sd'])} "
+            "(0 and 1 for a model that fits).",
+        ),
     ]
     parts = [
         ("Summary", summary),

@@ -193,6 +193,22 @@ def test_check_writes_the_fit_report_and_its_figures(fitted, tmp_path):
     text = re.sub(r"data:image/png;base64,[A-Za-z0-9+/=]+", "", markdown + html)
     assert not re.search(r"\b(nan|NaN|None|inf)\b", text)  # unestimable values are said in words
 
+    # A variational fit has no R-hat or ESS: the report says so instead of printing numbers (the
+    # simulations are compiled already, in this process).
+    from dataclasses import replace
+
+    from inference import Posterior
+    from inference.checks.fit_report import build_fit_report
+    from inference.checks.fit_report_render import render_markdown
+    from inference.diagnostics import Diagnostics
+    from medsim.data import read_event_table
+
+    built = build_fit_report(Posterior.load(fitted["posterior"]), read_event_table(fitted["table"]), n_draws=10)
+    svi = Diagnostics(method="svi", applicable=False, chains=1, draws=200, elbo=-120.5, checks=("ELBO flat",))
+    text = render_markdown(replace(built, diagnostics=svi), {})
+    assert "| not applicable (SVI) | not applicable (SVI) | not applicable (SVI) |" in text
+    assert "Checked: ELBO flat" in text and not re.search(r"\b(nan|None)\b", text)
+
     # Refused before any work: a file as --report, a cohort the posterior was not fitted to.
     (tmp_path / "file").write_text("x")
     assert runner.invoke(app, [*args, "--report", str(tmp_path / "file")]).exit_code == 2
