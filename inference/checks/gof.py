@@ -73,7 +73,7 @@ class GoodnessOfFit:
     n_draws: int
 
 
-def typical_draws(posterior: Any, eta: dict[str, np.ndarray] | None = None) -> PosteriorDraws:
+def typical_draws(posterior: Any, eta: dict[str, np.ndarray] | None = None, *, n: int = 1) -> PosteriorDraws:
     """Draws at the posterior-median population, residual and BSV parameters, without process noise.
 
     Parameters
@@ -81,12 +81,14 @@ def typical_draws(posterior: Any, eta: dict[str, np.ndarray] | None = None) -> P
     posterior : Posterior or PosteriorDraws
     eta : dict random effect -> (R, S), optional
         Random effects of the ``R`` returned draws (default: one draw with every ``eta`` 0: PRED).
+    n : int
+        Draws returned when the model has no random effects (otherwise ``R``).
     """
     draws = draws_of(posterior)
     model = draws.model
     if eta is None:
         eta = {p: np.zeros((1, len(draws.subject_ids))) for p in draws.eta}
-    n = len(next(iter(eta.values()))) if eta else 1
+    n = len(next(iter(eta.values()))) if eta else n
     noise = {p.name for p in model.params_of_kind("process_noise")}
     population = {
         k: np.full(n, 0.0 if k in noise else float(np.median(np.asarray(v)))) for k, v in draws.population.items()
@@ -171,17 +173,19 @@ def goodness_of_fit(
     idx = individual.draw_index
     eta_hat = {p: np.asarray(draws.eta[p], float)[idx].mean(axis=0) for p in effects}
     n_sub, k = len(individual.subject_ids), len(effects)
-    rows = [np.zeros((len(effects), n_sub)), np.stack([eta_hat[p] for p in effects])]
+    centre = np.array([eta_hat[p] for p in effects]).reshape(k, n_sub)  # (K, S); K = 0 without random effects
+    rows = [np.zeros((k, n_sub)), centre]
     for j in range(k):
         for sign in (1.0, -1.0):
-            shifted = np.stack([eta_hat[p] for p in effects])
+            shifted = centre.copy()
             shifted[j] += sign * ETA_STEP
             rows.append(shifted)
     stacked = np.stack(rows)  # (2 + 2K, K, S)
-    typical = typical_draws(draws, {p: stacked[:, j] for j, p in enumerate(effects)})
+    typical = typical_draws(draws, {p: stacked[:, j] for j, p in enumerate(effects)}, n=len(stacked))
     sim = posterior_predictive(typical, padded, key=jax.random.key(0), n_draws=None, mode="individual", dt=dt)
     pred, f_hat = sim.prediction[0], sim.prediction[1]
-    jac = np.stack([(sim.prediction[2 + 2 * j] - sim.prediction[3 + 2 * j]) / (2 * ETA_STEP) for j in range(k)], -1)
+    steps = [(sim.prediction[2 + 2 * j] - sim.prediction[3 + 2 * j]) / (2 * ETA_STEP) for j in range(k)]
+    jac = np.stack(steps, -1) if k else np.zeros((*pred.shape, 0))  # (S, T, K)
     omega2 = np.array([float(np.median(draws.omega[p])) ** 2 for p in effects]) if k else np.zeros(0)
     spec = model.residual[name]
     add = typical.residual.get(residual_key(name, "add"))
