@@ -59,6 +59,9 @@ class ExampleSettings:
     #: events; the risk report then carries the gate's verdict. None: the whole cohort is fitted
     #: and the report says calibration was not checked.
     heldout_after: float | None = None
+    #: Also write the pharmacometric fit report (:mod:`inference.checks.fit_report`) of the fit,
+    #: into the folder ``<example>-fit`` beside the risk report (:func:`write_example_fit_report`).
+    fit_report: bool = False
 
 
 THEOPH = ExampleSettings(
@@ -86,6 +89,7 @@ THEOPH = ExampleSettings(
     # identified by 12 subjects) just under the 400 the diagnostics require.
     draws=1000,
     warmup=1000,
+    fit_report=True,
 )
 
 GLUCOSE = ExampleSettings(
@@ -128,6 +132,25 @@ def _cohort(settings: ExampleSettings):
     import medsim.data
 
     return medsim.data.load(settings.dataset)
+
+
+def write_example_fit_report(
+    settings: ExampleSettings, posterior_file: str | Path, out_dir: str | Path, *, seed: int = 1
+) -> Path:
+    """Write the fit report of an example's fitted posterior into ``out_dir``; returns its HTML file.
+
+    The posterior must be the fit of the whole bundled dataset (an example with a held-out window
+    fits only its training part, whose report would need that part).
+    """
+    import medsim.data
+    from inference import Posterior
+    from inference.checks.fit_report import build_fit_report, fit_figures, write_fit_report
+
+    posterior = Posterior.load(posterior_file)
+    cohort = medsim.data.load(settings.dataset)
+    source = f"{Path(posterior_file).parent.name}/{Path(posterior_file).name}"
+    report = build_fit_report(posterior, cohort, seed=seed, source=source)
+    return write_fit_report(report, out_dir, fit_figures(report, posterior))["html"]
 
 
 def run_example(
