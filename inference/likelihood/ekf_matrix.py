@@ -43,7 +43,8 @@ def matrix_loglik(
     *,
     covariance: bool = True,
     covariance_states: str = "reachable",
-) -> Array:
+    final: bool = False,
+) -> Array | tuple[Array, tuple[Array, Array, Array]]:
     """Log predictive density of each slot's observation for one subject, matrix layout.
 
     Parameters
@@ -52,11 +53,17 @@ def matrix_loglik(
         As for :func:`inference.likelihood.ekf.subject_loglik`. The covariance is stored for
         the ``r`` states of the block (``(r, r)``); products with ``F``, ``J`` and ``H`` act on
         its columns embedded in the full state space.
+    final : bool
+        Also return the filtered state after the subject's last slot.
 
     Returns
     -------
     (K,) array
         Log density (of the observation, in its unit) at observation slots, 0 elsewhere.
+    (K,) array, (time, mean (n,), covariance (n, n))
+        With ``final``: the same and the filter's time, mean and full covariance (0 outside the
+        noise-reachable block; all 0 without ``covariance``) after the last slot, states in
+        ``model.state_names`` order.
     """
     names = model.state_names
     dtype = jnp.result_type(slots["time"].dtype, jnp.float32)
@@ -152,6 +159,20 @@ def matrix_loglik(
 
     m0 = stacked(model.initial_state(theta))
     p0 = jnp.zeros((block.size, block.size), dtype) if covariance else ()
-    return filtering.scan_slots(
-        timeline, slots, (m0, p0), rk4_step=rk4_step, update=update, apply_boluses=apply_boluses, dtype=dtype
+    out = filtering.scan_slots(
+        timeline,
+        slots,
+        (m0, p0),
+        rk4_step=rk4_step,
+        update=update,
+        apply_boluses=apply_boluses,
+        dtype=dtype,
+        final=final,
     )
+    if not final:
+        return out
+    ll, (t_last, (m_last, p_last)) = out
+    full = jnp.zeros((len(names), len(names)), dtype)
+    if covariance:
+        full = full.at[block[:, None], block[None, :]].set(p_last)
+    return ll, (t_last, m_last, full)

@@ -176,13 +176,18 @@ def scan_slots(
     update: Callable,
     apply_boluses: Callable,
     dtype: Any,
-) -> Array:
+    final: bool = False,
+) -> Array | tuple[Array, tuple[Array, Any]]:
     """Run a filter over one subject's slots and return each slot's log predictive density ``(K,)``.
 
     Per slot: ``timeline.substeps`` steps ``state = rk4_step(t, state, h, rate_c)`` up to the slot
     time, the Kalman update ``update(state, y, which, is_obs) -> (state, loglik)`` kept only at
     observation slots, then the boluses ``apply_boluses(state, amounts)`` (so a sample at a dose
     time is a pre-dose measurement, as the timeline orders them).
+
+    With ``final`` the result is ``(loglik, (t_last, state_last))``: also the filter's state after
+    the subject's last slot (padding slots repeat the last time and leave it unchanged), i.e. the
+    state given every measurement of the record, at the time of its last event.
     """
 
     def step(carry, slot):
@@ -196,8 +201,8 @@ def scan_slots(
         state = apply_boluses(state, slot["bolus"])
         return (t, state), jnp.where(slot["is_obs"], ll, 0.0)
 
-    _, ll = jax.lax.scan(step, (jnp.zeros((), dtype), state0), {k: slots[k] for k in SLOT_FIELDS})
-    return ll
+    last, ll = jax.lax.scan(step, (jnp.zeros((), dtype), state0), {k: slots[k] for k in SLOT_FIELDS})
+    return (ll, last) if final else ll
 
 
 def forward_jacobian_vjp(fn: Callable[[Array, Any], Array]) -> Callable[[Array, Any], Array]:
