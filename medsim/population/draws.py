@@ -75,7 +75,8 @@ class PosteriorDraws:
         if self.state:
             n = len(self.model.state_names)
             if sorted(self.state) != sorted(self.model.state_names):
-                raise ValueError(f"filtered state names {sorted(self.state)} are not the model's {self.model.state_names}")
+                names = self.model.state_names
+                raise ValueError(f"filtered state names {sorted(self.state)} are not the model's {names}")
             for name, arr in self.state.items():
                 if np.shape(arr) != (d, s):
                     raise ValueError(f"filtered state {name} has shape {np.shape(arr)}, expected {(d, s)}")

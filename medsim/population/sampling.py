@@ -141,7 +141,7 @@ def sample_population(
     if start not in (None, "filtered", "initial"):
         raise ValueError(f"start must be 'filtered' or 'initial', got {start!r}")
     if start is not None and mode != "personalized":
-        raise ValueError("start is only used with mode='personalized' (new patients start at the model's initial state)")
+        raise ValueError("start is only used with mode='personalized' (new patients start at the initial state)")
     if start == "filtered" and not draws.state:
         raise ValueError("start='filtered' needs draws with the fitted subjects' filtered states (refit to store them)")
     n_slots = math.ceil(n / m)

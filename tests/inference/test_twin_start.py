@@ -53,7 +53,7 @@ def simulate_subjects(seed: int = 3) -> tuple[np.ndarray, np.ndarray]:
         x = x @ f.T + rng.standard_normal(x.shape) @ root.T
         path.append(x)
     conc = np.stack(path, axis=1)[..., 1] / TRUTH["V"]  # (S, grid)
-    at = {t: int(round(t / dt)) for t in (*TRAIN, *HELD_OUT)}
+    at = {t: round(t / dt) for t in (*TRAIN, *HELD_OUT)}
     train = conc[:, [at[t] for t in TRAIN]] + RESIDUAL_SD * rng.standard_normal((N_SUBJECTS, len(TRAIN)))
     return train, conc[:, [at[t] for t in HELD_OUT]]
 
