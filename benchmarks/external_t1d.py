@@ -1,7 +1,8 @@
 """medsim's glucose models on an independent simulator: fit days 1-2, forecast day 3 from the recorded inputs.
 
 Run: ``.venv/bin/python benchmarks/external_t1d.py [--quick] [--cohort CSV] [--train-days 2]
-[--test-day 3] [--cgm-every 15] [--json OUT] [--models glucose_insulin] [--methods svi,nuts]``.
+[--test-day 3] [--cgm-every 15] [--cgm-limits 39 400] [--json OUT] [--models glucose_insulin]
+[--methods svi,nuts]``.
 
 Without ``--cohort`` two cohorts are generated with simglucose (``benchmarks/t1d_cohort.py``):
 12 patients (4 adults, 4 adolescents, 4 children), 3 days, random meals, and the same patients
@@ -166,7 +167,8 @@ def run_one(tidy: pd.DataFrame, model_name: str, method: str, args) -> dict:
     from medsim.data.t1d import read_t1d_table
 
     model = medsim.models.get(model_name)
-    full = read_t1d_table(tidy.drop(columns=["bg_true"]), cgm_every=args.cgm_every, model=model)
+    limits = tuple(args.cgm_limits) if args.cgm_limits else None
+    full = read_t1d_table(tidy.drop(columns=["bg_true"]), cgm_every=args.cgm_every, model=model, cgm_limits=limits)
     t_train = args.train_days * MINUTES_PER_DAY
     t0, t1 = (args.test_day - 1) * MINUTES_PER_DAY, args.test_day * MINUTES_PER_DAY
     train = truncate(full, t_train)
@@ -227,6 +229,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--draws", type=int, default=None)
     parser.add_argument("--warmup", type=int, default=None)
     parser.add_argument("--n-draws", type=int, default=None, help="posterior draws simulated per patient")
+    parser.add_argument(
+        "--cgm-limits",
+        type=float,
+        nargs=2,
+        metavar=("FLOOR", "CEILING"),
+        help="fit CGM readings at the sensor's floor/ceiling (mg/dL; simglucose's Dexcom: 39 400) as censored (M3)",
+    )
     parser.add_argument("--write-cohorts", type=Path, help="folder to keep the generated tidy CSVs in")
     args = parser.parse_args(argv)
     args.svi_steps = args.svi_steps or (300 if args.quick else RECOMMENDED["svi"]["svi_steps"])

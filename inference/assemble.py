@@ -42,6 +42,7 @@ def import_arviz():
 
     return arviz
 
+
 #: Names of the filtered state's variables (posterior and constant_data groups).
 FILTERED_PREFIX, FILTERED_COV, FILTERED_TIME = "filtered_", "filtered_cov", "filtered_time"
 

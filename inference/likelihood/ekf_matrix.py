@@ -129,7 +129,7 @@ def matrix_loglik(
         jpj = jpj[block]
         return m_new, 0.5 * (jpj + jpj.T)
 
-    def update(y, obs, which, is_obs):
+    def update(y, obs, which, is_obs, cens):
         m, p = y
 
         def observed(x):
@@ -141,7 +141,7 @@ def matrix_loglik(
         if not covariance:
             h, prediction = observed(m)
             r = jnp.where(is_obs, filtering.residual_var(model, timeline, residual, prediction, which, dtype), 1.0)
-            return y, filtering.gaussian_logpdf(obs - h, r)
+            return y, filtering.observation_update(obs - h, r, cens)[0]
 
         def h_of(x):
             return observed(x)[0]
@@ -151,11 +151,12 @@ def matrix_loglik(
         _, ph = times(h_of, m, embed(p))  # H P = (P H^T)^T, H = d observe_o / dx, on the block
         s = jnp.maximum(jax.jvp(h_of, (m,), (embed(ph[:, None])[:, 0],))[1] + r, 1e-6 * r)
         gain = ph / s  # the gain is 0 off the block
-        innovation = obs - h
-        # Joseph form (I - K H) P (I - K H)^T + K R K^T, written as P - K H P - P H^T K^T + K S K^T
+        loglik, shift, var_y = filtering.observation_update(obs - h, s, cens)
+        # Joseph form (I - K H) P (I - K H)^T + K R K^T, written as P - K H P - P H^T K^T + K S K^T;
+        # a censored value gives back Var[y | censored] (filtering.observation_update)
         cross = jnp.outer(gain, ph)
-        p_new = p - cross - cross.T + s * jnp.outer(gain, gain)
-        return (m.at[block].add(gain * innovation), p_new), filtering.gaussian_logpdf(innovation, s)
+        p_new = p - cross - cross.T + (s + var_y) * jnp.outer(gain, gain)
+        return (m.at[block].add(gain * shift), p_new), loglik
 
     m0 = stacked(model.initial_state(theta))
     p0 = jnp.zeros((block.size, block.size), dtype) if covariance else ()

@@ -76,7 +76,7 @@ def cohort_filter(
     n_subjects = timeline.time.shape[0]
     theta = {k: jnp.broadcast_to(jnp.asarray(v, dtype), (n_subjects,)) for k, v in theta.items()}
     residual = {k: jnp.broadcast_to(jnp.asarray(v, dtype), (n_subjects,)) for k, v in residual.items()}
-    slots = {k: jnp.asarray(getattr(timeline, k)) for k in SLOT_FIELDS}
+    slots = {k: jnp.asarray(getattr(timeline, k)) for k in SLOT_FIELDS if getattr(timeline, k) is not None}
 
     def one(theta_s, residual_s, slots_s):
         return matrix_loglik(model, timeline, theta_s, residual_s, slots_s, covariance=covariance, final=True)
