@@ -64,6 +64,17 @@ def pointwise_loglik(data: FitData, values: Mapping[str, Array]) -> Array:
     return data.loglik(theta, noise, residual)
 
 
+def pointwise_and_filtered(data: FitData, values: Mapping[str, Array]) -> tuple[Array, tuple[Array, Array, Array]]:
+    """:func:`pointwise_loglik` and, from the same filter pass, each subject's filtered state after
+    its last event: ``(time (S,), mean (S, n), cov (S, n, n))`` (:mod:`inference.likelihood.filtered`)."""
+    from inference.likelihood.filtered import cohort_filter
+
+    population, eta, noise, residual = split_sites(data.priors, values)
+    covariates = {k: jnp.asarray(v, data.timeline.time.dtype) for k, v in data.covariates.items()}
+    theta = data.model.individual_parameters(population, eta, covariates)
+    return cohort_filter(data.model, data.timeline, theta, noise, residual)
+
+
 def individual_parameters(data: FitData, values: Mapping[str, Array]) -> dict[str, Array]:
     """Subject parameters (S,) of every structural parameter, covariate effects applied."""
     population, eta, _, _ = split_sites(data.priors, values)

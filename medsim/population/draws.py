@@ -37,6 +37,13 @@ class PosteriorDraws:
         Fitted subjects' covariates (resampled for new population patients).
     provenance : mapping
         Model name/version, data hash, seed, backend, versions, diagnostics summary.
+    state : mapping state -> (D, S)
+        Filtered state mean of each fitted subject after its record's last event (the extended
+        Kalman filter's ``E[x(t_last) | data]`` under each draw); empty when not known.
+    state_cov : (D, S, n, n) or None
+        Its covariance, states in ``model.state_names`` order.
+    state_time : (S,) or None
+        Time of each subject's last event (model time unit): where a twin's forecast starts.
     """
 
     model: PhysiologyModel
@@ -47,6 +54,9 @@ class PosteriorDraws:
     subject_ids: tuple[str, ...] = ()
     covariates: Mapping[str, np.ndarray] = field(default_factory=dict)
     provenance: Mapping = field(default_factory=dict)
+    state: Mapping[str, np.ndarray] = field(default_factory=dict)
+    state_cov: np.ndarray | None = None
+    state_time: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         missing = [p.name for p in self.model.parameters if p.name not in self.population]
@@ -63,6 +73,18 @@ class PosteriorDraws:
         for name, arr in self.covariates.items():
             if np.shape(arr) != (s,):
                 raise ValueError(f"covariate {name} has shape {np.shape(arr)}, expected (subjects,) = {(s,)}")
+        if self.state:
+            n = len(self.model.state_names)
+            if sorted(self.state) != sorted(self.model.state_names):
+                names = self.model.state_names
+                raise ValueError(f"filtered state names {sorted(self.state)} are not the model's {names}")
+            for name, arr in self.state.items():
+                if np.shape(arr) != (d, s):
+                    raise ValueError(f"filtered state {name} has shape {np.shape(arr)}, expected {(d, s)}")
+            if np.shape(self.state_cov) != (d, s, n, n):
+                raise ValueError(f"state_cov has shape {np.shape(self.state_cov)}, expected {(d, s, n, n)}")
+            if np.shape(self.state_time) != (s,):
+                raise ValueError(f"state_time has shape {np.shape(self.state_time)}, expected {(s,)}")
 
     @property
     def n_draws(self) -> int:

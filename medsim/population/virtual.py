@@ -30,6 +30,9 @@ import numpy as np
 from medsim.models.base import PhysiologyModel, residual_key
 
 MODES = ("population", "personalized", "prior")
+#: A parameter ``initial_<state>`` sets that state at rollout time 0 (twins that start from the
+#: filtered state of their subject, and the neural twins' encoded start).
+INITIAL_PREFIX = "initial_"
 
 
 @dataclass(frozen=True)
@@ -174,9 +177,15 @@ class VirtualPopulation:
         }
 
     def initial_state(self) -> dict[str, np.ndarray]:
-        """Each patient's state at time 0 (``model.initial_state`` of its parameters), (N,) per state."""
-        theta = {k: jnp.asarray(v, jnp.float32) for k, v in self.simulation_parameters().items()}
-        x0 = self.model.initial_state(theta)
+        """Each patient's state at time 0, (N,) per state.
+
+        ``model.initial_state`` of its parameters, except for states given as parameters
+        ``initial_<state>`` (a twin started from its subject's filtered state).
+        """
+        params = self.simulation_parameters()
+        theta = {k: jnp.asarray(v, jnp.float32) for k, v in params.items()}
+        x0 = dict(self.model.initial_state(theta))
+        x0.update({k: params[f"{INITIAL_PREFIX}{k}"] for k in x0 if f"{INITIAL_PREFIX}{k}" in params})
         return {k: np.broadcast_to(np.asarray(v, np.float64), (self.n_patients,)).copy() for k, v in x0.items()}
 
     def residual_sd(self, observable: str, prediction: np.ndarray) -> np.ndarray:
