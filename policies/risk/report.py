@@ -266,9 +266,7 @@ def _glucose(
     step = float(result.trace_step)
     t = np.arange(trace.shape[1]) * step
     inside = np.where((t >= spec.monitor_from - 1e-9 * max(1.0, step))[None, :], trace, np.nan)
-    metrics = glucose_metrics(
-        inside, result.draw, step_min=convert_time(step, unit, "min"), level=level, seed=seed
-    )
+    metrics = glucose_metrics(inside, result.draw, step_min=convert_time(step, unit, "min"), level=level, seed=seed)
     agp = ambulatory_profile(
         trace,
         convert_time(step, unit, "h"),
