@@ -71,6 +71,6 @@ def agp_note(report: RiskReport) -> str:
     return (
         "Ambulatory glucose profile: percentiles 5, 25, 50, 75 and 95 of every virtual patient's glucose by time "
         f"of day (15-minute bins); the shaded band around the median is its two-sided {c} interval from "
-        "resampling posterior draws (the epistemic spread of the median). The bar shows the mean time in each consensus "
-        "range (below 54, 54-69, 70-180, 181-250 and above 250 mg/dL)."
+        "resampling posterior draws (the epistemic spread of the median). The bar shows the mean time in each "
+        "consensus range (below 54, 54-69, 70-180, 181-250 and above 250 mg/dL)."
     )

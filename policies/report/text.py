@@ -36,13 +36,25 @@ def pct_ci(e: Estimate | None) -> str:
     return f"{pct(e.value)} [{pct(e.lower)}, {pct(e.upper)}]"
 
 
+def plain(x: float, digits: int = 3) -> str:
+    """``x`` to ``digits`` significant digits in positional notation (``1250``, ``0.0000807``), never
+    ``1.25e+03``."""
+    short = f"{x:.{digits}g}"
+    if "e" not in short or not math.isfinite(x):
+        return short
+    exponent = math.floor(math.log10(abs(x)))
+    decimals = max(digits - 1 - exponent, 0)
+    out = f"{round(x, decimals):.{decimals}f}"
+    return out.rstrip("0").rstrip(".") if "." in out else out
+
+
 def num(x: float, unit: str = "", *, inf: str = "∞") -> str:
     """Number with 3 significant digits; ``inf`` is the text for +infinity (e.g. "> horizon")."""
     if math.isnan(x):
         return "n/a"
     if math.isinf(x):
         return inf if x > 0 else "-∞"
-    return f"{x:.3g}{(' ' + unit) if unit else ''}"
+    return f"{plain(x)}{(' ' + unit) if unit else ''}"
 
 
 def num_ci(e: Estimate | None, unit: str = "", *, inf: str = "∞") -> str:
@@ -212,6 +224,16 @@ def efficacy_rows(report: RiskReport) -> tuple[list[str], list[list[str]]]:
     return ["policy", *header], rows
 
 
+def pp(x: float, *, signed: bool = False) -> str:
+    """A difference of probabilities in percentage points: 3 significant digits, fixed below 0.01 pp."""
+    if math.isnan(x):
+        return "n/a"
+    v = 100.0 * x
+    if abs(v) < 0.01:
+        return f"{v:+.2f}" if signed else f"{v:.2f}"
+    return f"{v:+.3g}" if signed else f"{v:.3g}"
+
+
 def comparison_rows(report: RiskReport) -> tuple[list[str], list[list[str]]]:
     header = ["A", "B", "P_A - P_B", "SE paired", "SE unpaired", "common random numbers"]
     labels = policy_labels(report)
@@ -219,17 +241,17 @@ def comparison_rows(report: RiskReport) -> tuple[list[str], list[list[str]]]:
     for c in report.comparisons:
         d = c.risk_difference
         diff = (
-            f"{100 * d.value:+.3g} pp (interval not estimable: {d.no_interval})"
+            f"{pp(d.value, signed=True)} pp (interval not estimable: {d.no_interval})"
             if d.no_interval
-            else f"{100 * d.value:+.3g} pp [{100 * d.lower:+.3g}, {100 * d.upper:+.3g}]"
+            else f"{pp(d.value, signed=True)} pp [{pp(d.lower, signed=True)}, {pp(d.upper, signed=True)}]"
         )
         rows.append(
             [
                 labels.get(c.policy_a, c.policy_a),
                 labels.get(c.policy_b, c.policy_b),
                 diff,
-                "n/a" if math.isnan(c.se_paired) else f"{100 * c.se_paired:.3g} pp",
-                f"{100 * c.se_unpaired:.3g} pp",
+                f"{pp(c.se_paired)} pp" if math.isfinite(c.se_paired) else "n/a",
+                f"{pp(c.se_unpaired)} pp",
                 "yes" if c.paired else "no",
             ]
         )
