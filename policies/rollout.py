@@ -127,6 +127,8 @@ def _check_work(setup: _Setup, policy: Policy, interactions: float, n_events: in
     """Refuse a rollout whose interactions or memory exceed the limits, before simulating it."""
     n, unit = max(setup.n_total, 1), setup.model.time_unit
     memory = n * (interactions * _row_bytes(setup) + 16 * 3 * n_events)
+    if setup.trace_grid is not None:  # float32 traces: the chunk's buffer and the merged copy
+        memory += n * 2 * 4 * setup.trace_grid.n_points * len(setup.trace_grid.observables)
     budget.check_work(
         interactions=interactions,
         memory=memory,

@@ -32,7 +32,7 @@ def agp_figure(report: RiskReport) -> bytes | None:
     labels = policy_labels(report)
     cols = min(2, len(entries))
     rows = -(-len(entries) // cols)
-    fig = Figure(figsize=(4.6 * cols + 0.6, 2.9 * rows))
+    fig = Figure(figsize=(4.6 * cols + 0.6, 3.0 * rows), layout="constrained")
     axes = np.atleast_1d(fig.subplots(rows, cols, squeeze=False, sharey=True).ravel())
     top = max(np.nanmax(np.asarray(p.agp.percentiles["p95"], float), initial=250.0) for p in entries)
     for ax, p in zip(axes, entries, strict=False):

@@ -72,7 +72,7 @@ def render_html(report: RiskReport, figures: Mapping[str, bytes] | None = None) 
     ]
     for decision, sentence in text.headline(report):
         parts.append(f'<div class="verdict {_e(decision)}">{_e(sentence)}</div>')
-    for w in report.all_warnings:
+    for w in text.warnings(report):
         parts.append(f'<div class="warning">WARNING: {_e(w)}</div>')
     parts.append(f"<p>{_e(text.spec_line(report))}</p>")
     parts.append(f"<p>Model calibration: {_e(text.calibration_text(report.provenance))}</p>")

@@ -35,7 +35,7 @@ def render_markdown(report: RiskReport, figures: Mapping[str, str] | None = None
         mark = {"PASS": "✅", "FAIL": "❌"}.get(decision, "⚠️")
         out.append(f"**{mark} {_cell(sentence)}**  ")
     out.append("")
-    for w in report.all_warnings:
+    for w in text.warnings(report):
         out += [f"> **WARNING:** {_cell(w)}", ""]
     out += [_cell(text.spec_line(report)), ""]
     out += [_cell("Model calibration: " + text.calibration_text(report.provenance)), ""]

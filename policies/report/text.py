@@ -128,6 +128,12 @@ def headline(report: RiskReport) -> list[tuple[str, str]]:
     return [(p.verdict.decision, f"{labels[p.policy]}: {p.verdict.statement}") for p in report.policies]
 
 
+def warnings(report: RiskReport) -> list[str]:
+    """Report-level warnings, then each policy's, prefixed with the policy's short label."""
+    labels = policy_labels(report)
+    return [*report.warnings, *(f"{labels[p.policy]}: {w}" for p in report.policies for w in p.warnings)]
+
+
 def confidence_note(report: RiskReport) -> str:
     """What the verdict's bound and the tables' intervals are (one-sided vs two-sided)."""
     c = f"{100 * (1 - report.spec.delta):g}%"
