@@ -130,7 +130,8 @@ POPULATION = {
 #: group geometric mean of the table's steady-state rate ``u2ss * BW / 100``).
 GROUPS = {"adult": (45.0, 84.6, 1.232), "adolescent": (16.0, 47.13, 0.750), "child": (10.0, 35.33, 0.403)}
 HEB, F_ABS, KE1, KE2, FSNC = 0.6, 0.9, 0.0005, 339.0, 1.0
-EAT_RATE, PLATE_SCALE, RESET_RATE, RESET_SCALE, MEMORY_RATE = 5.0, 10.0, 1.0, 0.5, 0.2
+EAT_RATE, PLATE_SCALE, EATING_SCALE = 5.0, 10.0, 0.5
+RESET_RATE, MEMORY_RISE, MEMORY_DECAY, MEAL_DECAY = 1.0, 1.0, 0.1, 0.2
 _CHILD_MAX_AGE, _ADOLESCENT_MAX_AGE = 13.0, 20.0
 #: Johnson SU sensor error and its AR(1) coefficient per 15 min (Breton & Kovatchev 2008).
 JOHNSON = {"xi": -5.47, "lambda": 15.9574, "delta": 1.6898, "gamma": -0.5444}
@@ -201,7 +202,8 @@ class UvaPadova(PhysiologyModel):
         State("liquid", "g", "liquid (ground) carbohydrate in the stomach (Q_sto2)", (0.0, None)),
         State("gut", "g", "carbohydrate in the intestine (Q_gut)", (0.0, None)),
         State("emptied", "g", "carbohydrate emptied from the stomach since the last meal", (0.0, None)),
-        State("eating", "1", "recent eating (lags the eating indicator; resets 'emptied')", (0.0, None)),
+        State("emptied_meal", "g", "carbohydrate emptied since eating started (clears between meals)", (0.0, None)),
+        State("meal_memory", "1", "recent eating: rises while eating, decays over 10 min after", (0.0, 1.0)),
         # 20 000 mg/kg: about 10 000 mg/dL at Vg = 1.84 dL/kg, the bound glucose_insulin uses.
         State("glucose_p", "mg/kg", "glucose mass in plasma and fast tissues (Gp)", (0.0, 20_000.0)),
         State("glucose_t", "mg/kg", "glucose mass in slow tissues (Gt)", (0.0, 20_000.0)),
@@ -303,7 +305,8 @@ class UvaPadova(PhysiologyModel):
             "liquid": zero,
             "gut": zero,
             "emptied": zero,
-            "eating": zero,
+            "emptied_meal": zero,
+            "meal_memory": zero,
             "glucose_p": dv["gpb"],
             "glucose_t": dv["gtb"],
             "insulin_p": dv["ipb"],
@@ -337,9 +340,14 @@ class UvaPadova(PhysiologyModel):
         dv = self.derived(theta)
         bw = theta["WT"]
         eat = EAT_RATE * jnp.tanh(x["plate"] / PLATE_SCALE)
-        eating = jnp.tanh((eat + rate.get("stomach", 0.0)) / RESET_SCALE)
+        eating = jnp.tanh((eat + rate.get("stomach", 0.0)) / EATING_SCALE)
+        memory = x["meal_memory"]
+        recent = jnp.maximum(eating, memory)
+        counting = jnp.clip(20.0 * recent, 0.0, 1.0)
+        resetting = jnp.clip(2.0 * recent - 1.0, 0.0, 1.0)
         q = x["stomach"] + x["liquid"]
-        k_empt = self.gastric_emptying(theta, q, q + x["emptied"])
+        emptied = resetting * x["emptied_meal"] + (1.0 - resetting) * x["emptied"]
+        k_empt = self.gastric_emptying(theta, q, q + emptied)
         emptying = k_empt * x["liquid"]
         ra = 1000.0 * F_ABS * theta["kabs"] * x["gut"] / bw
         gp, gt = x["glucose_p"], x["glucose_t"]
@@ -353,8 +361,9 @@ class UvaPadova(PhysiologyModel):
             "stomach": -theta["kmax"] * x["stomach"] + eat + rate.get("stomach", 0.0),
             "liquid": theta["kmax"] * x["stomach"] - emptying,
             "gut": emptying - theta["kabs"] * x["gut"],
-            "emptied": emptying - RESET_RATE * jnp.maximum(eating - x["eating"], 0.0) * x["emptied"],
-            "eating": MEMORY_RATE * (eating - x["eating"]),
+            "emptied": emptying - RESET_RATE * resetting * (x["emptied"] - x["emptied_meal"]),
+            "emptied_meal": counting * emptying - MEAL_DECAY * (1.0 - counting) * x["emptied_meal"],
+            "meal_memory": MEMORY_RISE * eating * (1.0 - memory) - MEMORY_DECAY * (1.0 - eating) * memory,
             "glucose_p": egp * jnp.exp(x["egp_log"]) + ra - FSNC - renal - theta["k1"] * gp + theta["k2"] * gt,
             "glucose_t": -vmax * gt / (theta["Km0"] + gt) + theta["k1"] * gp - theta["k2"] * gt,
             "insulin_p": -(dv["m2"] + dv["m4"]) * x["insulin_p"] + theta["m1"] * x["insulin_l"] + rai,
