@@ -127,12 +127,13 @@ def test_insulin_and_glucose_kinetics_match_simglucose_to_solver_error(runs):
 
     simglucose integrates each minute with dopri5 at its default tolerances (relative 1e-6), medsim's
     drift here with RK4 at h = 0.1 min in float32 (local error O(h^5) ~ 1e-7 of the state, rounding
-    ~1e-7 per step over 6000 steps): both well under 0.05 mg/dL on glucose of 100-300 mg/dL.
+    ~1e-7 per step over 2400 steps). Measured 2e-4 mg/dL; the bound 0.01 mg/dL is 1e-4 of glucose.
     """
+    before = slice(0, FIRST_MEAL)
     (sg_plasma, sg_sensor), (ms_plasma, ms_sensor) = runs["simglucose"], runs["medsim"]
-    assert np.ptp(sg_plasma, axis=1).min() > 20.0  # the insulin moved glucose: the comparison is not vacuous
-    np.testing.assert_allclose(ms_plasma, sg_plasma, atol=0.05)
-    np.testing.assert_allclose(ms_sensor, sg_sensor, atol=0.05)
+    assert np.ptp(sg_plasma[:, before], axis=1).min() > 20.0  # insulin moved glucose: the check is not vacuous
+    np.testing.assert_allclose(ms_plasma[:, before], sg_plasma[:, before], atol=0.01)
+    np.testing.assert_allclose(ms_sensor[:, before], sg_sensor[:, before], atol=0.01)
 
 
 def test_meal_response_matches_simglucose(runs):
