@@ -46,14 +46,27 @@ whatever that rate is, and a rate above or below it acts as the deviation. This 
 simulator's convention (each virtual patient's basal rate is the steady-state one).
 
 Gastric emptying and the last meal ``D``. ``k_empt`` depends on the amount ``D`` of the last meal,
-which the papers define per meal; a state-space model must carry it. ``D = Q + emptied``, where the
-state ``emptied`` (g) accumulates what left the stomach, ``d emptied = k_empt liquid - k_r w
-emptied`` and is reset while the patient eats (``w = tanh((eat + intake) / 0.5 g/min)``,
-``k_r = 0.5 /min``): for a meal eaten into an empty stomach ``D`` is the amount eaten, and for one
-eaten on a partly full stomach the stomach content plus the meal, as the UVA/Padova simulator's
-implementation in simglucose sets it (its ``Dbar``). Meals on CMT 2 are served on a ``plate`` and
-eaten at up to ``r_eat = 5`` g/min (simglucose's eating rate); CMT 6 takes carbohydrate as eaten,
-as an infusion (g/min; a bolus there is eaten at once but does not reset ``D``).
+which the papers define per meal; a state-space model must carry it. The UVA/Padova simulator (as
+implemented in simglucose, its ``Dbar``) sets ``D`` when eating starts to the stomach content
+then plus what is eaten from then on, i.e. ``D = Q + (what left the stomach since eating
+started)``. Three states carry that without a discontinuity: ``emptied`` (g) counts what left the
+stomach; ``emptied_meal`` (g) counts it only around meals and clears between them (rate 0.2 /min);
+``meal_memory`` rises at 1 /min while eating and decays at 0.1 /min after. With ``w = tanh((eat +
+intake) / 0.5 g/min)`` (eating), ``v = max(w, meal_memory)``, ``c = clip(20 v, 0, 1)`` and ``s =
+clip(2 v - 1, 0, 1)``::
+
+    d emptied      = k_empt liquid - k_r s (emptied - emptied_meal)         k_r = 1 /min
+    d emptied_meal = c k_empt liquid - 0.2 (1 - c) emptied_meal
+    D              = Q + s emptied_meal + (1 - s) emptied
+
+From the first moment of eating ``s = c = 1``: ``D`` counts from there, while ``emptied`` relaxes
+onto ``emptied_meal`` (to within ``exp(-7)`` by the time ``s`` returns to 0, about 7 min after the
+meal; a 20-g snack included) and carries on from there. The rates keep every explicit step of 1 min
+stable. Meals less than ~30 min apart count as one. simglucose updates ``D`` once a minute,
+counting the minute's food at its start; the model's ``D`` follows the food continuously. Meals on
+CMT 2 are served on a ``plate`` and eaten at up to ``r_eat = 5`` g/min (simglucose's eating rate);
+CMT 6 takes carbohydrate as eaten, as an infusion in g/min (a bolus there is eaten at once and does
+not start a meal's ``D``).
 
 Disturbances (process noise) and the CGM. As in :mod:`medsim.models.glucose_ou` (Duun-Henriksen
 et al. 2013), Ornstein–Uhlenbeck log-multipliers act on insulin-stimulated utilisation

@@ -151,3 +151,84 @@ def test_meal_response_matches_simglucose(runs):
     assert excursion.min() > 20.0
     for got, want in ((ms_plasma, sg_plasma), (ms_sensor, sg_sensor)):
         assert (np.abs(got - want).max(axis=1) <= 0.03 * excursion).all(), np.abs(got - want).max(axis=1)
+
+
+@pytest.mark.parametrize("name", ["uva_padova", "uva_padova_adolescent", "uva_padova_child"])
+def test_basal_state_is_a_fixed_point_at_the_basal_glucose(name):
+    """Under its own basal rate every patient rests at ``Gb`` (the steady-state conditions of the docstring)."""
+    model = registry.get(name)
+    theta = {k: jnp.asarray(v, jnp.float32) for k, v in model.individual_parameters(
+        model.typical_parameters(), {}, {}).items()}
+    x = model.initial_state(theta)
+    dx = model.drift(0.0, x, theta, {"insulin_sc": theta["BASAL"] / 60.0})
+    for state, value in dx.items():
+        # float32 cancellation of terms of size |x| * rate (rates <= 0.5 /min): relative 1e-6
+        assert abs(float(value)) < 1e-5 * (1.0 + abs(float(x[state]))), state
+    y = model.observe(x, theta)
+    assert float(y["glucose_mg_dL"]) == pytest.approx(float(theta["Gb"]), rel=1e-6)
+    assert float(y["glucose_ig_mg_dL"]) == pytest.approx(float(theta["Gb"]), rel=1e-6)
+
+
+def test_age_selects_the_group_population():
+    """Typical values of a child are the adult ones times the table's child / adult ratio."""
+    model = registry.get("uva_padova")
+    adult = model.individual_parameters(model.typical_parameters(), {}, {"AGE": 40.0})
+    teen = model.individual_parameters(model.typical_parameters(), {}, {"AGE": 15.0})
+    child = model.individual_parameters(model.typical_parameters(), {}, {"AGE": 9.0})
+    for p, (_, mean, r_teen, r_child, _, _) in POPULATION.items():
+        assert float(adult[p]) == pytest.approx(mean, rel=1e-6)
+        assert float(teen[p]) == pytest.approx(mean * r_teen, rel=1e-6)
+        assert float(child[p]) == pytest.approx(mean * r_child, rel=1e-6)
+    assert registry.get("uva_padova_child").reference_covariates()["AGE"] < 13.0
+
+
+def test_stability_limit_names_the_fast_absorption():
+    """The drift's Jacobian limit: a 1-min step is stable for the typical patients of each group, and a
+    patient with the table's fastest intestinal absorption (kabs = 1.23 /min, adolescent#005) is held
+    to 1 / kabs (the explicit step keeps the gut nonnegative only while kabs dt <= 1)."""
+    model = registry.get("uva_padova")
+    jacobian = stability.jacobian_fn(model)
+
+    def limit_of(theta):
+        theta = {k: jnp.asarray([v], jnp.float32) for k, v in theta.items()}
+        return stability.step_limit(model, model.initial_state(theta), theta, jacobian=jacobian)
+
+    for age in (40.0, 15.0, 9.0):
+        limit = limit_of(model.individual_parameters(model.typical_parameters(), {}, {"AGE": age}))
+        assert limit.max_dt >= 1.0, (age, limit.reason)
+    theta = table_theta(model, "adolescent#005")
+    limit = limit_of(theta)
+    assert "gut" in limit.reason and limit.max_dt == pytest.approx(1.0 / theta["kabs"], rel=1e-5)
+    with pytest.raises(stability.UnstableStepError, match="stability limit"):
+        stability.check_step(model, "milstein", 1.0, limit)
+
+
+def test_simulated_cgm_error_has_the_published_marginal_and_autocorrelation(model):
+    """Breton & Kovatchev (2008): Johnson SU marginal and AR(1) coefficient 0.7 per 15 min.
+
+    Only the sensor driver is noisy (glucose stays at its basal value), so ``cgm - glucose_ig`` is
+    the sensor error. Euler-Maruyama at h = 1 min turns the OU driver into an AR(1) with stationary
+    variance ``1 / (1 - h / (2 T))`` = 1.012 and a 15-step autocorrelation ``(1 - h / T)^15`` =
+    0.697 (against 1 and 0.700): both far inside the Monte Carlo error of n = 2000 patients
+    (Kolmogorov-Smirnov p-value > 1e-3; autocorrelation SE (1 - rho^2) / sqrt(n) = 0.011, 4 SE
+    allowed).
+    """
+    from scipy import stats
+
+    n = 2000
+    theta = {k: jnp.full((n,), v, jnp.float32) for k, v in model.typical_parameters().items()}
+    theta.update({k: jnp.zeros((n,), jnp.float32) for k in NOISE if k != "sigma_CGM"})
+    sim = Simulator(model, dt=1.0, bounds=(), scheme="euler")
+    rates = {1: np.asarray(theta["BASAL"]) / 60.0}
+    burn = sim.advance(model.initial_state(theta), theta, 0.0, 8 * T_CGM, key=jax.random.key(5), rates=rates)
+    out = sim.advance(burn.state, theta, 0.0, 60.0, key=jax.random.key(6), rates=rates, save_every=15)
+    error = np.asarray(out.path.values["cgm_mg_dL"], np.float64) - np.asarray(
+        out.path.values["glucose_ig_mg_dL"], np.float64
+    )  # (n, 5): every 15 min
+    johnson = stats.johnsonsu(JOHNSON["gamma"], JOHNSON["delta"], loc=JOHNSON["xi"], scale=JOHNSON["lambda"])
+    assert stats.kstest(error[:, 0], johnson.cdf).pvalue > 1e-3
+    assert stats.kstest(error[:, 0], stats.norm(error[:, 0].mean(), error[:, 0].std()).cdf).pvalue < 1e-3  # skewed
+    driver = JOHNSON["gamma"] + JOHNSON["delta"] * np.arcsinh((error - JOHNSON["xi"]) / JOHNSON["lambda"])
+    rho = np.mean([np.corrcoef(driver[:, k], driver[:, k + 1])[0, 1] for k in range(driver.shape[1] - 1)])
+    assert abs(rho - 0.7) < 4 * 0.011
+    assert np.exp(-15.0 / T_CGM) == pytest.approx(0.7, rel=1e-12)
