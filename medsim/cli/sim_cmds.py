@@ -6,6 +6,10 @@ Default regimens (simulation starts at time 0 = midnight; doses every day of the
   50 / 70 / 80 g carbohydrate at 07:00 / 12:00 / 18:00 with a bolus of 1 U per 10 g (a fixed
   carbohydrate ratio) at each meal. Default bounds: the consensus target range 70-180 mg/dL
   (Battelino et al., *Diabetes Care* 42:1593, 2019).
+* ``uva_padova`` (and its ``_adolescent`` / ``_child`` populations) — the same basal and meals, eaten
+  at up to 5 g/min, with the bolus from the "500 rule" carbohydrate ratio (CR = 500 / TDD g/U, TDD =
+  48 h x BASAL: basal about half the daily dose; Walsh & Roberts, *Pumping Insulin*), which gives
+  8.5 g/U for the adult reference basal rate and 26 g/U for the child's. Same default bounds.
 * ``pk_oral_1cmt`` (theophylline) — 320 mg orally every 12 h from 0 h (the ``Theoph`` study dose,
   ~4.5 mg/kg). Default bound: 20 mg/L, the usual upper end of the therapeutic range.
 * ``pk_iv_1cmt`` (neonatal phenobarbital) — 20 mg/kg IV loading dose at 0 h, then 2.5 mg/kg every
@@ -46,8 +50,10 @@ from medsim.units import convert_time
 
 _BOUND = re.compile(r"^\s*([A-Za-z_][A-Za-z0-9_]*)\s*(<=|>=|<|>)\s*([-+0-9.eE]+)\s*$")
 
+UVA_PADOVA = ("uva_padova", "uva_padova_adolescent", "uva_padova_child")
 DEFAULT_BOUNDS = {
     "glucose_insulin": ("glucose_mg_dL>=70", "glucose_mg_dL<=180"),
+    **{m: ("glucose_mg_dL>=70", "glucose_mg_dL<=180") for m in UVA_PADOVA},
     "pk_oral_1cmt": ("conc<=20",),
     "pk_iv_1cmt": ("conc<=40",),
 }
@@ -79,6 +85,14 @@ def default_regimen(model, theta: dict, n: int, horizon: float):
             for hour, carbs in ((7, 50.0), (12, 70.0), (18, 80.0)):
                 t = d * day + hour * 60.0
                 rows += [(t, 2, np.full(n, carbs)), (t, 1, np.full(n, carbs / 10.0))]
+    elif model.name in UVA_PADOVA:
+        basal = np.asarray(theta["BASAL"], np.float64)
+        rates[1] = basal / 60.0  # U/h -> U/min
+        carb_ratio = 500.0 / (48.0 * basal)  # g/U
+        for d in range(int(np.ceil(horizon / day))):
+            for hour, carbs in ((7, 50.0), (12, 70.0), (18, 80.0)):
+                t = d * day + hour * 60.0
+                rows += [(t, 2, np.full(n, carbs)), (t, 1, carbs / carb_ratio)]
     elif model.name == "pk_oral_1cmt":
         rows += [(t, 1, np.full(n, 320.0)) for t in np.arange(0.0, horizon, 12.0)]
     elif model.name == "pk_iv_1cmt":
