@@ -93,7 +93,11 @@ Values and sources
   SD of the log values, ``prior_log_sd`` the standard error of a 10-patient log mean (at least
   0.1). The constant ``HEb = 0.6``, ``f = 0.9``, ``ke1 = 0.0005 /min``, ``ke2 = 339 mg/kg``,
   ``Fsnc = 1 mg/kg/min`` are the values of every virtual patient (Dalla Man et al. 2007: renal
-  threshold and insulin-independent utilisation). ``b`` and ``d`` are clipped to (0.01, 0.99).
+  threshold and insulin-independent utilisation). ``b`` and ``d`` are clipped to (0.01, 0.99), and
+  ``kabs`` (log-SD 1.05 across the table) acts at most at 1.25 /min, just above the table's fastest
+  (1.23): beyond it the intestine passes carbohydrate on within a minute, far faster than gastric
+  emptying (``kmax`` < 0.07 /min) delivers it, so glucose barely depends on it, while the step a
+  simulation needs (``<= 1 / kabs``) would.
 * Sensor error: Breton & Kovatchev 2008 (xi -5.47, lambda 15.96 mg/dL, delta 1.69, gamma -0.544,
   AR coefficient 0.7 per 15 min); ``ksc`` per patient from the same table.
 * Disturbance time constants and scales: modelling choices as in ``t1d_ou`` (stationary SD 0.3 on
@@ -146,6 +150,8 @@ HEB, F_ABS, KE1, KE2, FSNC = 0.6, 0.9, 0.0005, 339.0, 1.0
 EAT_RATE, PLATE_SCALE, EATING_SCALE = 5.0, 10.0, 0.5
 RESET_RATE, MEMORY_RISE, MEMORY_DECAY, MEAL_DECAY = 1.0, 1.0, 0.1, 0.2
 _CHILD_MAX_AGE, _ADOLESCENT_MAX_AGE = 13.0, 20.0
+#: Intestinal absorption faster than this (1/min) acts as ``kabs = KABS_MAX`` (docstring).
+KABS_MAX = 1.25
 #: Johnson SU sensor error and its AR(1) coefficient per 15 min (Breton & Kovatchev 2008).
 JOHNSON = {"xi": -5.47, "lambda": 15.9574, "delta": 1.6898, "gamma": -0.5444}
 T_CGM = -15.0 / math.log(0.7)
@@ -362,10 +368,13 @@ class UvaPadova(PhysiologyModel):
         emptied = resetting * x["emptied_meal"] + (1.0 - resetting) * x["emptied"]
         k_empt = self.gastric_emptying(theta, q, q + emptied)
         emptying = k_empt * x["liquid"]
-        ra = 1000.0 * F_ABS * theta["kabs"] * x["gut"] / bw
+        kabs = jnp.minimum(theta["kabs"], KABS_MAX)
+        ra = 1000.0 * F_ABS * kabs * x["gut"] / bw
         gp, gt = x["glucose_p"], x["glucose_t"]
         insulin = x["insulin_p"] / theta["Vi"]
-        egp = jnp.maximum(theta["EGPb"] - theta["kp2"] * (gp - dv["gpb"]) - theta["kp3"] * (x["insulin_d"] - dv["ib"]), 0.0)
+        egp = jnp.maximum(
+            theta["EGPb"] - theta["kp2"] * (gp - dv["gpb"]) - theta["kp3"] * (x["insulin_d"] - dv["ib"]), 0.0
+        )
         renal = KE1 * jnp.maximum(gp - KE2, 0.0)
         vmax = dv["vm0"] + theta["Vmx"] * jnp.exp(x["si_log"]) * x["action"]
         rai = 6000.0 * (theta["ka1"] * x["insulin_sc"] + theta["ka2"] * x["insulin_sc2"]) / bw
@@ -373,7 +382,7 @@ class UvaPadova(PhysiologyModel):
             "plate": -eat + rate.get("plate", 0.0),
             "stomach": -theta["kmax"] * x["stomach"] + eat + rate.get("stomach", 0.0),
             "liquid": theta["kmax"] * x["stomach"] - emptying,
-            "gut": emptying - theta["kabs"] * x["gut"],
+            "gut": emptying - kabs * x["gut"],
             "emptied": emptying - RESET_RATE * resetting * (x["emptied"] - x["emptied_meal"]),
             "emptied_meal": counting * emptying - MEAL_DECAY * (1.0 - counting) * x["emptied_meal"],
             "meal_memory": MEMORY_RISE * eating * (1.0 - memory) - MEMORY_DECAY * (1.0 - eating) * memory,

@@ -10,14 +10,13 @@ from types import SimpleNamespace
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pandas as pd
 import pytest
 
 import medsim.models as registry
 from medsim.models.uva_padova import JOHNSON, POPULATION, T_CGM
 from medsim.simulate import Simulator, stability
 
-simglucose = pytest.importorskip("simglucose")
-pd = pytest.importorskip("pandas")
 
 PATIENTS = ("adult#001", "adolescent#001", "child#001")
 NOISE = ("sigma_glucose", "sigma_SI", "sigma_EGP", "sigma_CGM")
@@ -29,6 +28,7 @@ SUBSTEPS = 10  # RK4 steps per minute (h = 0.1 min)
 
 def table_theta(model, name: str) -> dict[str, float]:
     """The model's parameters for simglucose patient ``name`` (its parameter table, process noise off)."""
+    pytest.importorskip("simglucose")  # the test extra installs it; its package data is the table
     table = pd.read_csv(files("simglucose") / "params" / "vpatient_params.csv")
     row = table.loc[table.Name == name].iloc[0]
     theta = {k: float(v) for k, v in model.typical_parameters().items()}
@@ -157,8 +157,10 @@ def test_meal_response_matches_simglucose(runs):
 def test_basal_state_is_a_fixed_point_at_the_basal_glucose(name):
     """Under its own basal rate every patient rests at ``Gb`` (the steady-state conditions of the docstring)."""
     model = registry.get(name)
-    theta = {k: jnp.asarray(v, jnp.float32) for k, v in model.individual_parameters(
-        model.typical_parameters(), {}, {}).items()}
+    theta = {
+        k: jnp.asarray(v, jnp.float32)
+        for k, v in model.individual_parameters(model.typical_parameters(), {}, {}).items()
+    }
     x = model.initial_state(theta)
     dx = model.drift(0.0, x, theta, {"insulin_sc": theta["BASAL"] / 60.0})
     for state, value in dx.items():
@@ -201,6 +203,8 @@ def test_stability_limit_names_the_fast_absorption():
     assert "gut" in limit.reason and limit.max_dt == pytest.approx(1.0 / theta["kabs"], rel=1e-5)
     with pytest.raises(stability.UnstableStepError, match="stability limit"):
         stability.check_step(model, "milstein", 1.0, limit)
+    # not triangular (plasma <-> liver insulin), yet the exponential step is stable there: --scheme auto
+    assert not limit.triangular and stability.choose_scheme(model, 1.0, limit) == "exponential"
 
 
 def test_simulated_cgm_error_has_the_published_marginal_and_autocorrelation(model):
