@@ -8,7 +8,7 @@ hepatic insulin extraction, and a first-order plasma-to-interstitium glucose tra
 sensor. Time in min; glucose masses per kg body weight (BW, covariate ``WT``) as in the papers::
 
     gastro-intestinal tract (g carbohydrate; the papers' mg / 1000)
-    d plate    = -eat + meals (CMT 2),   eat = r_eat * tanh(plate / plate_s)
+    d meal     = -eat + meals (CMT 2),   eat = r_eat * tanh(meal / 10 g)
     d stomach  = -kmax * stomach + eat + intake (CMT 6, g/min)          Q_sto1
     d liquid   = kmax * stomach - k_empt(Q, D) * liquid                 Q_sto2
     d gut      = k_empt(Q, D) * liquid - kabs * gut                     Q_gut
@@ -64,7 +64,8 @@ onto ``emptied_meal`` (to within ``exp(-7)`` by the time ``s`` returns to 0, abo
 meal; a 20-g snack included) and carries on from there. The rates keep every explicit step of 1 min
 stable. Meals less than ~30 min apart count as one. simglucose updates ``D`` once a minute,
 counting the minute's food at its start; the model's ``D`` follows the food continuously. Meals on
-CMT 2 are served on a ``plate`` and eaten at up to ``r_eat = 5`` g/min (simglucose's eating rate);
+CMT 2 are served (state ``meal``, the food on the plate) and eaten at up to ``r_eat = 5`` g/min
+(simglucose's eating rate; medsim's T1D table reader puts recorded carbohydrate there);
 CMT 6 takes carbohydrate as eaten, as an infusion in g/min (a bolus there is eaten at once and does
 not start a meal's ``D``).
 
@@ -88,16 +89,16 @@ Values and sources
 ------------------
 * Typical values: geometric means over the 10 adult virtual patients of the UVA/Padova academic
   simulator as distributed in simglucose 0.2.11 (``simglucose/params/vpatient_params.csv``, MIT
-  licence; Xie 2018), used as data; adolescents and children differ by the ratios of their group
-  means (covariate ``AGE``: child < 13 y, adolescent < 20 y), ``bsv`` is the pooled within-group
-  SD of the log values, ``prior_log_sd`` the standard error of a 10-patient log mean (at least
-  0.1). The constant ``HEb = 0.6``, ``f = 0.9``, ``ke1 = 0.0005 /min``, ``ke2 = 339 mg/kg``,
-  ``Fsnc = 1 mg/kg/min`` are the values of every virtual patient (Dalla Man et al. 2007: renal
-  threshold and insulin-independent utilisation). ``b`` and ``d`` are clipped to (0.01, 0.99), and
-  ``kabs`` (log-SD 1.05 across the table) acts at most at 1.25 /min, just above the table's fastest
-  (1.23): beyond it the intestine passes carbohydrate on within a minute, far faster than gastric
-  emptying (``kmax`` < 0.07 /min) delivers it, so glucose barely depends on it, while the step a
-  simulation needs (``<= 1 / kabs``) would.
+  licence; Xie 2018), used as data; the adolescent and child populations (``group``; registered as
+  ``uva_padova_adolescent`` and ``uva_padova_child``) scale them by the ratios of their group means,
+  ``bsv`` is the pooled within-group SD of the log values, ``prior_log_sd`` the standard error of a
+  10-patient log mean (at least 0.1). The constants ``HEb = 0.6``, ``f = 0.9``, ``ke1 = 0.0005
+  /min``, ``ke2 = 339 mg/kg``, ``Fsnc = 1 mg/kg/min`` are the values of every virtual patient (Dalla
+  Man et al. 2007: renal threshold and insulin-independent utilisation). ``b`` and ``d`` are clipped
+  to (0.01, 0.99), and ``kabs`` (log-SD 1.05 across the table) acts at most at 1.25 /min, just above
+  the table's fastest (1.23): beyond it the intestine passes carbohydrate on within a minute, far
+  faster than gastric emptying (``kmax`` < 0.07 /min) delivers it, so glucose barely depends on it,
+  while the step a simulation needs (``<= 1 / kabs``) would.
 * Sensor error: Breton & Kovatchev 2008 (xi -5.47, lambda 15.96 mg/dL, delta 1.69, gamma -0.544,
   AR coefficient 0.7 per 15 min); ``ksc`` per patient from the same table.
 * Disturbance time constants and scales: modelling choices as in ``t1d_ou`` (stationary SD 0.3 on
@@ -143,13 +144,12 @@ POPULATION = {
     "ka2": ("1/min", 0.01526, 1.079, 1.199, 0.32, "absorption rate from depot 2"),
     "ksc": ("1/min", 0.09211, 0.894, 0.947, 0.27, "plasma-to-interstitium glucose rate (sensor)"),
 }
-#: Reference covariates per group: age (y), weight (kg; group geometric mean) and basal rate (U/h,
-#: group geometric mean of the table's steady-state rate ``u2ss * BW / 100``).
-GROUPS = {"adult": (45.0, 84.6, 1.232), "adolescent": (16.0, 47.13, 0.750), "child": (10.0, 35.33, 0.403)}
+#: Reference covariates per group: weight (kg; group geometric mean) and basal rate (U/h, group
+#: geometric mean of the table's steady-state rate ``u2ss * BW / 100``).
+GROUPS = {"adult": (84.6, 1.232), "adolescent": (47.13, 0.750), "child": (35.33, 0.403)}
 HEB, F_ABS, KE1, KE2, FSNC = 0.6, 0.9, 0.0005, 339.0, 1.0
 EAT_RATE, PLATE_SCALE, EATING_SCALE = 5.0, 10.0, 0.5
 RESET_RATE, MEMORY_RISE, MEMORY_DECAY, MEAL_DECAY = 1.0, 1.0, 0.1, 0.2
-_CHILD_MAX_AGE, _ADOLESCENT_MAX_AGE = 13.0, 20.0
 #: Intestinal absorption faster than this (1/min) acts as ``kabs = KABS_MAX`` (docstring).
 KABS_MAX = 1.25
 #: Johnson SU sensor error and its AR(1) coefficient per 15 min (Breton & Kovatchev 2008).
@@ -198,9 +198,9 @@ def _noise() -> tuple[Parameter, ...]:
 class UvaPadova(PhysiologyModel):
     """UVA/Padova T1D model with OU disturbances and the Breton-Kovatchev CGM (module docstring).
 
-    ``group`` only sets the reference covariates (age, weight, basal rate) used where a patient
-    has none, e.g. for virtual patients drawn from the priors; a cohort's ``AGE`` covariate picks
-    each subject's group.
+    ``group`` (``"adult"``, ``"adolescent"``, ``"child"``) picks the population: its typical values
+    and the reference covariates (weight, basal rate) used where a patient has none. The registry
+    has one name per group.
     """
 
     group: str = "adult"
@@ -216,7 +216,7 @@ class UvaPadova(PhysiologyModel):
         "on insulin sensitivity and glucose production + CGM with Johnson-SU autocorrelated error"
     )
     states: tuple[State, ...] = (
-        State("plate", "g", "carbohydrate served and not yet eaten", (0.0, None)),
+        State("meal", "g", "carbohydrate served and not yet eaten", (0.0, None)),
         State("stomach", "g", "solid carbohydrate in the stomach (Q_sto1)", (0.0, None)),
         State("liquid", "g", "liquid (ground) carbohydrate in the stomach (Q_sto2)", (0.0, None)),
         State("gut", "g", "carbohydrate in the intestine (Q_gut)", (0.0, None)),
@@ -254,7 +254,7 @@ class UvaPadova(PhysiologyModel):
             "insulin_pmol_L": ResidualError("proportional", prop=0.15),
         }
     )
-    dose_targets: dict = field(default_factory=lambda: {1: "insulin_sc", 2: "plate", 6: "stomach"})
+    dose_targets: dict = field(default_factory=lambda: {1: "insulin_sc", 2: "meal", 6: "stomach"})
     dose_scale: dict = field(default_factory=lambda: {1: 1.0, 2: 1.0, 6: 1.0})
     dose_units: dict = field(
         default_factory=lambda: {
@@ -270,26 +270,24 @@ class UvaPadova(PhysiologyModel):
     def __post_init__(self) -> None:
         if self.group not in GROUPS:
             raise ValueError(f"group: expected one of {sorted(GROUPS)}, got {self.group!r}")
-        age, weight, basal = GROUPS[self.group]
+        weight, basal = GROUPS[self.group]
         covs = (
             Covariate("BASAL", "U/h", basal, "the patient's basal insulin rate"),
             Covariate("WT", "kg", weight, "body weight"),
-            Covariate("AGE", "y", age, "age: selects the child (< 13), adolescent (< 20) or adult population"),
         )
         object.__setattr__(self, "covariates", covs)
 
     # ------------------------------------------------------------------ parameters
     def covariate_effect(self, parameter, population, covariates):
-        if parameter not in POPULATION:
+        if parameter not in POPULATION or self.group == "adult":
             return jnp.asarray(1.0)
         _, _, adolescent, child, _, _ = POPULATION[parameter]
-        age = jnp.asarray(covariates["AGE"])
-        return jnp.where(age < _CHILD_MAX_AGE, child, jnp.where(age < _ADOLESCENT_MAX_AGE, adolescent, 1.0))
+        return jnp.asarray(adolescent if self.group == "adolescent" else child)
 
     def individual_parameters(self, population, eta, covariates):
         out = super().individual_parameters(population, eta, covariates)
         cov = {**self.reference_covariates(), **covariates}
-        for c in ("BASAL", "WT", "AGE"):
+        for c in ("BASAL", "WT"):
             out[c] = jnp.asarray(cov[c]) + 0.0 * out["Gb"]
         return out
 
@@ -319,7 +317,7 @@ class UvaPadova(PhysiologyModel):
         sc1 = u / (theta["kd"] + theta["ka1"])
         zero = 0.0 * dv["gpb"]
         return {
-            "plate": zero,
+            "meal": zero,
             "stomach": zero,
             "liquid": zero,
             "gut": zero,
@@ -358,7 +356,7 @@ class UvaPadova(PhysiologyModel):
     def drift(self, t, x, theta, rate):
         dv = self.derived(theta)
         bw = theta["WT"]
-        eat = EAT_RATE * jnp.tanh(x["plate"] / PLATE_SCALE)
+        eat = EAT_RATE * jnp.tanh(x["meal"] / PLATE_SCALE)
         eating = jnp.tanh((eat + rate.get("stomach", 0.0)) / EATING_SCALE)
         memory = x["meal_memory"]
         recent = jnp.maximum(eating, memory)
@@ -379,7 +377,7 @@ class UvaPadova(PhysiologyModel):
         vmax = dv["vm0"] + theta["Vmx"] * jnp.exp(x["si_log"]) * x["action"]
         rai = 6000.0 * (theta["ka1"] * x["insulin_sc"] + theta["ka2"] * x["insulin_sc2"]) / bw
         return {
-            "plate": -eat + rate.get("plate", 0.0),
+            "meal": -eat + rate.get("meal", 0.0),
             "stomach": -theta["kmax"] * x["stomach"] + eat + rate.get("stomach", 0.0),
             "liquid": theta["kmax"] * x["stomach"] - emptying,
             "gut": emptying - kabs * x["gut"],

@@ -17,7 +17,6 @@ import medsim.models as registry
 from medsim.models.uva_padova import JOHNSON, POPULATION, T_CGM
 from medsim.simulate import Simulator, stability
 
-
 PATIENTS = ("adult#001", "adolescent#001", "child#001")
 NOISE = ("sigma_glucose", "sigma_SI", "sigma_EGP", "sigma_CGM")
 MINUTES = 600
@@ -33,7 +32,7 @@ def table_theta(model, name: str) -> dict[str, float]:
     row = table.loc[table.Name == name].iloc[0]
     theta = {k: float(v) for k, v in model.typical_parameters().items()}
     theta.update({k: float(row[k]) for k in POPULATION})
-    theta.update({"WT": float(row.BW), "BASAL": float(row.u2ss * row.BW / 100.0), "AGE": 40.0})
+    theta.update({"WT": float(row.BW), "BASAL": float(row.u2ss * row.BW / 100.0)})
     theta.update({k: 0.0 for k in NOISE})
     return theta
 
@@ -171,17 +170,18 @@ def test_basal_state_is_a_fixed_point_at_the_basal_glucose(name):
     assert float(y["glucose_ig_mg_dL"]) == pytest.approx(float(theta["Gb"]), rel=1e-6)
 
 
-def test_age_selects_the_group_population():
-    """Typical values of a child are the adult ones times the table's child / adult ratio."""
-    model = registry.get("uva_padova")
-    adult = model.individual_parameters(model.typical_parameters(), {}, {"AGE": 40.0})
-    teen = model.individual_parameters(model.typical_parameters(), {}, {"AGE": 15.0})
-    child = model.individual_parameters(model.typical_parameters(), {}, {"AGE": 9.0})
+def test_each_group_has_its_population_means():
+    """Typical values of the adolescent and child models are the adult ones times the table's group ratios."""
+    models = {
+        g: registry.get(n)
+        for g, n in (("adult", "uva_padova"), ("teen", "uva_padova_adolescent"), ("child", "uva_padova_child"))
+    }
+    typical = {g: m.individual_parameters(m.typical_parameters(), {}, {}) for g, m in models.items()}
     for p, (_, mean, r_teen, r_child, _, _) in POPULATION.items():
-        assert float(adult[p]) == pytest.approx(mean, rel=1e-6)
-        assert float(teen[p]) == pytest.approx(mean * r_teen, rel=1e-6)
-        assert float(child[p]) == pytest.approx(mean * r_child, rel=1e-6)
-    assert registry.get("uva_padova_child").reference_covariates()["AGE"] < 13.0
+        assert float(typical["adult"][p]) == pytest.approx(mean, rel=1e-6)
+        assert float(typical["teen"][p]) == pytest.approx(mean * r_teen, rel=1e-6)
+        assert float(typical["child"][p]) == pytest.approx(mean * r_child, rel=1e-6)
+    assert float(models["child"].reference_covariates()["WT"]) < float(models["adult"].reference_covariates()["WT"])
 
 
 def test_stability_limit_names_the_fast_absorption():
@@ -195,9 +195,10 @@ def test_stability_limit_names_the_fast_absorption():
         theta = {k: jnp.asarray([v], jnp.float32) for k, v in theta.items()}
         return stability.step_limit(model, model.initial_state(theta), theta, jacobian=jacobian)
 
-    for age in (40.0, 15.0, 9.0):
-        limit = limit_of(model.individual_parameters(model.typical_parameters(), {}, {"AGE": age}))
-        assert limit.max_dt >= 1.0, (age, limit.reason)
+    for name in ("uva_padova", "uva_padova_adolescent", "uva_padova_child"):
+        group = registry.get(name)
+        limit = limit_of(group.individual_parameters(group.typical_parameters(), {}, {}))
+        assert limit.max_dt >= 1.0, (name, limit.reason)
     theta = table_theta(model, "adolescent#005")
     limit = limit_of(theta)
     assert "gut" in limit.reason and limit.max_dt == pytest.approx(1.0 / theta["kabs"], rel=1e-5)
