@@ -2,9 +2,9 @@
 
 Glucose-insulin system of Dalla Man, Rizza & Cobelli (2007, IEEE TBME 54:1740, "Meal simulation
 model of the glucose-insulin system") with the type-1 adaptations of the UVA/Padova simulator
-(Kovatchev et al. 2009, JDST 3:44; Dalla Man et al. 2007b, JDST 1:323 for the subcutaneous
-insulin): no endogenous insulin secretion, insulin enters from a subcutaneous depot, constant
-hepatic insulin extraction, and a first-order plasma-to-interstitium glucose transfer seen by the
+(Kovatchev et al. 2009, JDST 3:44, with its two-depot subcutaneous insulin kinetics): no
+endogenous insulin secretion, insulin enters from a subcutaneous depot, constant hepatic insulin
+extraction, and a first-order plasma-to-interstitium glucose transfer seen by the
 sensor. Time in min; glucose masses per kg body weight (BW, covariate ``WT``) as in the papers::
 
     gastro-intestinal tract (g carbohydrate; the papers' mg / 1000)
