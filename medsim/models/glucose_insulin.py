@@ -45,7 +45,12 @@ from medsim.models.base import (
 _SRC = "Kanderian et al. 2009, JDST 3:1047, Table 2"
 
 _CONSENSUS = "Battelino et al., Diabetes Care 42:1593 (2019), consensus target range"
-_TARGET = TargetRange("glucose_mg_dL", 70.0, 180.0, _CONSENSUS)
+#: The consensus target range 70-180 mg/dL, as a target and as safety limits (glucose models share them).
+CONSENSUS_TARGET = TargetRange("glucose_mg_dL", 70.0, 180.0, _CONSENSUS)
+CONSENSUS_LIMITS = (
+    SafetyLimit("glucose_mg_dL", "lower", 70.0, _CONSENSUS),
+    SafetyLimit("glucose_mg_dL", "upper", 180.0, _CONSENSUS),
+)
 
 
 @dataclass(frozen=True)
@@ -139,11 +144,8 @@ class GlucoseInsulin(PhysiologyModel):
     dose_units: dict = field(default_factory=lambda: {1: "U", 2: "g"})
     dose_labels: dict = field(default_factory=lambda: {1: "insulin", 2: "carbohydrate"})
     obs_targets: dict = field(default_factory=lambda: {3: "glucose_mg_dL", 4: "insulin_uU_mL"})
-    safety_limits: tuple[SafetyLimit, ...] = (
-        SafetyLimit("glucose_mg_dL", "lower", 70.0, _CONSENSUS),
-        SafetyLimit("glucose_mg_dL", "upper", 180.0, _CONSENSUS),
-    )
-    target_range: TargetRange | None = _TARGET
+    safety_limits: tuple[SafetyLimit, ...] = CONSENSUS_LIMITS
+    target_range: TargetRange | None = CONSENSUS_TARGET
     meal_cmt: int | None = 2
 
     def default_regimen(self, theta, horizon):
