@@ -1,7 +1,8 @@
 """medsim's glucose models on an independent simulator: fit days 1-2, forecast day 3 from the recorded inputs.
 
 Run: ``.venv/bin/python benchmarks/external_t1d.py [--quick] [--cohort CSV] [--train-days 2]
-[--test-day 3] [--cgm-every 15] [--json OUT] [--models glucose_insulin] [--methods svi,nuts]``.
+[--test-day 3] [--cgm-every 15] [--cgm-limits 39 400] [--json OUT] [--models glucose_insulin]
+[--methods svi,nuts]``.
 
 Without ``--cohort`` two cohorts are generated with simglucose (``benchmarks/t1d_cohort.py``):
 12 patients (4 adults, 4 adolescents, 4 children), 3 days, random meals, and the same patients
@@ -17,8 +18,9 @@ simulated from time 0 through the test day with all recorded meals and insulin. 
 test day (``benchmarks/t1d_metrics.py``):
 
 * coverage and mean width of central 50 % and 90 % intervals for the true glucose (``bg_true``,
-  latent prediction) and for the CGM readings (prediction plus measurement error), at the CGM
-  times;
+  latent prediction of ``glucose_mg_dL``) and for the CGM readings (the model's CGM observable,
+  ``cgm_mg_dL`` for a model with a sensor model such as ``t1d_ou``, ``glucose_mg_dL`` otherwise,
+  plus its measurement error), at the CGM times;
 * RMSE of the predictive median for the true glucose against the naive forecast (the last CGM
   reading of the training days, carried forward);
 * P(min true glucose < 70 mg/dL on the test day), from the latent paths on a 3-minute grid:
@@ -146,6 +148,15 @@ def score(pred_cgm_latent, pred_cgm_replicate, paths_grid, truth: dict) -> dict:
     return out
 
 
+def cgm_observable(model) -> str:
+    """The observable a CGM reading is predicted by (the rule of :func:`medsim.data.t1d.read_t1d_table`).
+
+    A model with a sensor observable (``cgm_mg_dL``: interstitial glucose plus sensor error)
+    predicts CGM readings there; otherwise CGM stands for plasma glucose (``glucose_mg_dL``).
+    """
+    return "cgm_mg_dL" if "cgm_mg_dL" in model.observable_names else "glucose_mg_dL"
+
+
 def run_one(tidy: pd.DataFrame, model_name: str, method: str, args) -> dict:
     """Fit one model with one sampler on the training days and score the test day."""
     import jax
@@ -156,7 +167,8 @@ def run_one(tidy: pd.DataFrame, model_name: str, method: str, args) -> dict:
     from medsim.data.t1d import read_t1d_table
 
     model = medsim.models.get(model_name)
-    full = read_t1d_table(tidy.drop(columns=["bg_true"]), cgm_every=args.cgm_every, model=model)
+    limits = tuple(args.cgm_limits) if args.cgm_limits else None
+    full = read_t1d_table(tidy.drop(columns=["bg_true"]), cgm_every=args.cgm_every, model=model, cgm_limits=limits)
     t_train = args.train_days * MINUTES_PER_DAY
     t0, t1 = (args.test_day - 1) * MINUTES_PER_DAY, args.test_day * MINUTES_PER_DAY
     train = truncate(full, t_train)
@@ -175,10 +187,18 @@ def run_one(tidy: pd.DataFrame, model_name: str, method: str, args) -> dict:
     at_cgm = posterior_predictive(
         posterior, full, key=k_cgm, n_draws=args.n_draws, times=truth["cgm_time"], observable="glucose_mg_dL"
     )
+    cgm_replicate = at_cgm.replicate
+    sensor = cgm_observable(model)
+    if sensor != "glucose_mg_dL":
+        # Same key, same paths: the model's sensor observable (interstitial glucose + sensor
+        # error) plus its residual error is what a CGM reading is predicted to be.
+        cgm_replicate = posterior_predictive(
+            posterior, full, key=k_cgm, n_draws=args.n_draws, times=truth["cgm_time"], observable=sensor
+        ).replicate
     on_grid = posterior_predictive(
         posterior, full, key=k_grid, n_draws=args.n_draws, times=truth["grid"], observable="glucose_mg_dL"
     )
-    scores = score(at_cgm.prediction, at_cgm.replicate, on_grid.prediction, truth)
+    scores = score(at_cgm.prediction, cgm_replicate, on_grid.prediction, truth)
     draws = posterior.draws()
     medians = {name: float(np.median(np.asarray(v))) for name, v in draws.population.items()}
     medians |= {f"omega_{name}": float(np.median(np.asarray(v))) for name, v in draws.omega.items()}
@@ -209,6 +229,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--draws", type=int, default=None)
     parser.add_argument("--warmup", type=int, default=None)
     parser.add_argument("--n-draws", type=int, default=None, help="posterior draws simulated per patient")
+    parser.add_argument(
+        "--cgm-limits",
+        type=float,
+        nargs=2,
+        metavar=("FLOOR", "CEILING"),
+        help="fit CGM readings at the sensor's floor/ceiling (mg/dL; simglucose's Dexcom: 39 400) as censored (M3)",
+    )
     parser.add_argument("--write-cohorts", type=Path, help="folder to keep the generated tidy CSVs in")
     args = parser.parse_args(argv)
     args.svi_steps = args.svi_steps or (300 if args.quick else RECOMMENDED["svi"]["svi_steps"])

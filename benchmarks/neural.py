@@ -14,7 +14,8 @@ Run: ``.venv/bin/python benchmarks/neural.py [--quick] [--device cuda]``. Writes
 2. **Training time** per epoch of the neural model (PK cohort above; a synthetic one-day CGM
    glucose cohort).
 3. **Simulation throughput** in virtual patient-days per second (1-minute sub-steps, interval
-   statistics for 70 and 180 mg/dL, meals and pump): the neural model stepped in torch, the same
+   statistics for 70 and 180 mg/dL, meals and pump): the neural model stepped in torch (the reference
+   stepper in ``tests/neural/torch_simulator.py``), the same
    trained model exported to JAX and stepped by the mechanistic simulator, and the mechanistic
    glucose-insulin model.
 """
@@ -39,7 +40,6 @@ from inference.neural import TrainSettings, fit_neural, interval_metrics, predic
 from medsim.data.cohort import Cohort
 from medsim.models.glucose_insulin import GlucoseInsulin
 from medsim.models.neural import (
-    NeuralSimulator,
     config_from_cohort,
     export_model,
     make_windows,
@@ -48,6 +48,11 @@ from medsim.models.neural import (
 from medsim.models.pk_oral_1cmt import PKOral1Cmt
 from medsim.population.prior import prior_population
 from medsim.simulate import Bound, DoseEvents, Simulator, simulate_schedule
+
+# The torch reference stepper of the neural prior SDE lives with the tests (medsim itself simulates
+# neural patients through their JAX export); the throughput section still times it for comparison.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from tests.neural.torch_simulator import NeuralSimulator
 
 RESULTS = Path(__file__).parent / "results" / "neural.json"
 NOMINAL = np.array([0.25, 0.5, 1, 2, 3.5, 5, 7, 9, 12, 14, 16, 24, 28, 36])
@@ -247,7 +252,7 @@ def risk(n: int, model, seed: int, *, neural: bool, dt: float = 0.05, draws=None
     if neural:
         pop = sample_neural_population(model, n, seed=seed, force=True)
         theta = {k: np.asarray(v, np.float32) for k, v in pop.simulation_parameters().items()}
-        res = NeuralSimulator(model, dt=dt, bounds=bound).advance(
+        res = Simulator(export_model(model), dt=dt, bounds=bound, scheme="euler").advance(
             pop.initial_state(), theta, 0.0, 36.0, key=jax.random.key(seed), events=events
         )
     elif draws is not None:

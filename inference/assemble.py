@@ -12,6 +12,11 @@ Layout (dimension names in brackets)::
     constant_data    <observable>_time, <observable>_subject [<observable>_obs]; the subjects'
                      covariates [subject]
 
+    posterior        filtered_<state> [chain, draw, subject] and filtered_cov [chain, draw,
+                     subject, state, state_to]: the filter's mean and covariance after each
+                     subject's last event (:mod:`inference.likelihood.filtered`), where a
+                     personalized forecast starts; constant_data filtered_time [subject] is its time
+
 The ``subject`` coordinate holds the subject ids. Provenance lives in the posterior group's
 attributes (see :mod:`inference.posterior`).
 """
@@ -25,7 +30,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from inference.hierarchical import individual_parameters, pointwise_loglik
+from inference.hierarchical import individual_parameters, pointwise_and_filtered
 from inference.problem import FitData
 
 
@@ -36,6 +41,10 @@ def import_arviz():
         import arviz
 
     return arviz
+
+
+#: Names of the filtered state's variables (posterior and constant_data groups).
+FILTERED_PREFIX, FILTERED_COV, FILTERED_TIME = "filtered_", "filtered_cov", "filtered_time"
 
 
 def _per_draw(data: FitData, samples: Mapping[str, np.ndarray], fn, *, chunk: int = 256):
@@ -90,13 +99,22 @@ def build_inference_data(
     for p in data.priors.random_effects:
         dims[f"eta_{p}"] = ["subject"]
         dims[f"eta_{p}_decentered"] = ["subject"]
-    per_draw = _per_draw(data, samples, lambda d, v: (individual_parameters(d, v), pointwise_loglik(d, v)))
-    individual, pointwise = per_draw  # dict of (chains, draws, S); (chains, draws, S, N)
+    per_draw = _per_draw(data, samples, lambda d, v: (individual_parameters(d, v), pointwise_and_filtered(d, v)))
+    # dict of (chains, draws, S); (chains, draws, S, N); the filtered state after each record
+    individual, (pointwise, (last_time, last_mean, last_cov)) = per_draw
     for name, values in individual.items():
         posterior[f"{name}_i"] = values
         dims[f"{name}_i"] = ["subject"]
+    names = tuple(data.model.state_names)
+    for j, name in enumerate(names):
+        posterior[f"{FILTERED_PREFIX}{name}"] = last_mean[..., j]
+        dims[f"{FILTERED_PREFIX}{name}"] = ["subject"]
+    posterior[FILTERED_COV] = last_cov
+    dims[FILTERED_COV] = ["subject", "state", "state_to"]
     log_likelihood, observed, constant = {}, {}, {}
-    coords: dict[str, object] = {"subject": list(data.subject_ids)}
+    coords: dict[str, object] = {"subject": list(data.subject_ids), "state": list(names), "state_to": list(names)}
+    constant[FILTERED_TIME] = np.asarray(last_time, float).reshape(-1, data.n_subjects)[0]
+    dims[FILTERED_TIME] = ["subject"]
     for o in data.observed:
         subj, col = observation_index(data, o)
         log_likelihood[o] = pointwise[:, :, subj, col]

@@ -40,7 +40,7 @@ from inference.checks.heldout import heldout_coverage
 from inference.checks.predictive import default_dt, draws_from_samples
 from inference.hierarchical import hierarchical_model, split_sites
 from inference.problem import FitData, prepare
-from medsim.models.base import PhysiologyModel
+from medsim.models.base import PhysiologyModel, residual_key
 from medsim.simulate import DoseEvents, simulate_schedule
 
 
@@ -190,7 +190,7 @@ def _simulate(data: FitData, design: Design, values: dict, *, key: jax.Array, dt
     k_path, k_res = jax.random.split(key)
     name = model.obs_targets[design.obs_cmt]
     paths = simulate_schedule(model, flat, events, times, key=k_path, dt=dt)[name].reshape(*shape, -1)
-    add, prop = residual.get(f"{name}_add"), residual.get(f"{name}_prop")
+    add, prop = residual.get(residual_key(name, "add")), residual.get(residual_key(name, "prop"))
     sd = model.residual[name].sd(
         paths, None if add is None else add[..., None], None if prop is None else prop[..., None]
     )

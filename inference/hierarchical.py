@@ -20,8 +20,9 @@ import numpy as np
 import numpyro
 import numpyro.distributions as dist
 
-from inference.priors import PriorSpec, residual_key
+from inference.priors import PriorSpec
 from inference.problem import FitData
+from medsim.models.base import residual_key
 
 Array = jax.Array
 
@@ -61,6 +62,17 @@ def pointwise_loglik(data: FitData, values: Mapping[str, Array]) -> Array:
     covariates = {k: jnp.asarray(v, data.timeline.time.dtype) for k, v in data.covariates.items()}
     theta = data.model.individual_parameters(population, eta, covariates)
     return data.loglik(theta, noise, residual)
+
+
+def pointwise_and_filtered(data: FitData, values: Mapping[str, Array]) -> tuple[Array, tuple[Array, Array, Array]]:
+    """:func:`pointwise_loglik` and, from the same filter pass, each subject's filtered state after
+    its last event: ``(time (S,), mean (S, n), cov (S, n, n))`` (:mod:`inference.likelihood.filtered`)."""
+    from inference.likelihood.filtered import cohort_filter
+
+    population, eta, noise, residual = split_sites(data.priors, values)
+    covariates = {k: jnp.asarray(v, data.timeline.time.dtype) for k, v in data.covariates.items()}
+    theta = data.model.individual_parameters(population, eta, covariates)
+    return cohort_filter(data.model, data.timeline, theta, noise, residual)
 
 
 def individual_parameters(data: FitData, values: Mapping[str, Array]) -> dict[str, Array]:
@@ -168,7 +180,7 @@ def data_information(data: FitData, *, step: float = 0.01) -> dict[str, np.ndarr
     dict parameter -> (S,) array, in 1 / (log-unit)^2 (negative curvature clipped at 0).
     """
     # at zero noise the filter's likelihood is the ODE limit's (tests/inference/test_ekf_exact.py);
-    # the ODE-limit filter carries no covariance, which halves the compilation (2.3 -> 1.3 s)
+    # the ODE-limit filter carries no covariance, which makes it much cheaper to compile
     data = dataclasses.replace(data, priors=data.priors.ode_limit())
     values = {s.site: jnp.asarray(s.median(), data.timeline.time.dtype) for s in data.priors.sites}
     effects = data.priors.random_effects
@@ -207,13 +219,11 @@ def approximate_posterior_variances(data: FitData, information: Mapping[str, np.
     - covariate effects, typical values without BSV: the prior alone;
     - a signed process-noise coordinate: ``(prior_sd / 10)^2``. Its posterior scale depends on
       whether the data detect noise, which nothing cheap tells; a guess too wide forces a small
-      step on every coordinate until the first adaptation window (the first 100 theophylline
-      iterations took 120 leapfrog steps each with the prior SD, 64 with a tenth of it), one too
-      narrow only slows this coordinate until then.
+      step on every coordinate until the first adaptation window, one too narrow only slows this
+      coordinate until then.
 
-    These are starting values that the warmup replaces at its first adaptation window; on the
-    theophylline fit they halved the leapfrog steps of the first 100 warmup iterations
-    (``docs/fitting.md``).
+    These are starting values that the warmup replaces at its first adaptation window; what they
+    save in warmup is measured in ``docs/fitting.md``.
 
     Returns
     -------

@@ -37,12 +37,12 @@ from typing import Any
 
 import numpy as np
 
-from inference.assemble import import_arviz
+from inference.assemble import FILTERED_COV, FILTERED_PREFIX, FILTERED_TIME, import_arviz
 from inference.cohort_support import SUPPORT_ATTR, support_ranges
 from inference.diagnostics import Diagnostics, diagnose_posterior_attrs
-from inference.priors import PriorError, PriorSpec, residual_key
+from inference.priors import PriorError, PriorSpec
 from medsim.io import atomic_write
-from medsim.models.base import PhysiologyModel
+from medsim.models.base import PhysiologyModel, residual_key
 from medsim.models.gate import CalibrationGate
 from medsim.population.draws import PosteriorDraws
 
@@ -182,6 +182,13 @@ class Posterior:
         keys = ("model_name", "model_version", "cohort_name", "data_hash", "seed", "backend", "method", "created")
         provenance = {k: self.attrs[k] for k in keys if k in self.attrs}
         provenance["diagnostics_ok"] = bool(int(self.attrs.get("diagnostics_ok", 1)))
+        state, state_cov, state_time = {}, None, None
+        names = self.model.state_names
+        if FILTERED_COV in post.data_vars and FILTERED_TIME in const.data_vars:
+            # files written before the filtered state was stored have none: twins then start at time 0
+            state = {s: flat(f"{FILTERED_PREFIX}{s}") for s in names}
+            state_cov = flat(FILTERED_COV)
+            state_time = np.asarray(const[FILTERED_TIME].values, float)
         return PosteriorDraws(
             model=self.model,
             population=population,
@@ -191,6 +198,9 @@ class Posterior:
             subject_ids=self.subject_ids,
             covariates=covariates,
             provenance=provenance,
+            state=state,
+            state_cov=state_cov,
+            state_time=state_time,
         )
 
     # ------------------------------------------------------------------ files

@@ -68,11 +68,17 @@ from typing import Literal
 import numpy as np
 
 from medsim.models.base import PhysiologyModel
+from medsim.models.prior import (
+    OMEGA_SCALE_FACTOR,
+    RESIDUAL_LOG_SD,
+    DistributionName,
+    Prior,
+    omega_prior,
+    parameter_prior,
+    residual_priors,
+)
 
-OMEGA_SCALE_FACTOR = 2.0
-RESIDUAL_LOG_SD = 1.0
-
-DistributionName = Literal["lognormal", "normal", "halfnormal"]
+__all__ = ["OMEGA_SCALE_FACTOR", "RESIDUAL_LOG_SD", "PriorError", "PriorSpec", "SitePrior", "build_priors"]
 Role = Literal["typical", "covariate_effect", "process_noise", "omega", "residual_add", "residual_prop"]
 
 
@@ -152,11 +158,7 @@ class SitePrior:
 
     def median(self) -> float:
         """Prior median (used to initialise samplers)."""
-        if self.distribution == "lognormal":
-            return math.exp(self.loc)
-        if self.distribution == "normal":
-            return self.loc
-        return self.scale * 0.6744897501960817  # HalfNormal median = scale * Phi^-1(0.75)
+        return Prior(self.distribution, self.loc, self.scale).median()
 
 
 @dataclass(frozen=True)
@@ -317,11 +319,6 @@ class PriorSpec:
             raise PriorError(f"not a medsim prior specification: {err!r}") from None
 
 
-def residual_key(observable: str, kind: Literal["add", "prop"]) -> str:
-    """Key of a residual parameter in likelihood and draw mappings (``"conc_add"``)."""
-    return f"{observable}_{kind}"
-
-
 def build_priors(model: PhysiologyModel, observed: Sequence[str], *, process_noise: bool = True) -> PriorSpec:
     """Prior of the hierarchical model for ``model`` fitted to observations of ``observed``.
 
@@ -338,32 +335,30 @@ def build_priors(model: PhysiologyModel, observed: Sequence[str], *, process_noi
     PriorError
         An observed observable without a residual-error model.
     """
-    sites: list[SitePrior] = []
-    for p in model.structural:
-        sites.append(SitePrior(p.name, "lognormal", math.log(p.typical), p.prior_log_sd, "typical", p.name, p.unit))
-    for p in model.params_of_kind("covariate_effect"):
-        sites.append(SitePrior(p.name, "normal", p.typical, p.prior_sd, "covariate_effect", p.name, p.unit))
+
+    # The distributions come from the model's declarations (medsim.models.prior); here they become
+    # sample sites with a role, in the order the hierarchical model samples them.
+    def site(name: str, prior: Prior, role: Role, target: str, unit: str) -> SitePrior:
+        return SitePrior(name, prior.distribution, prior.loc, prior.scale, role, target, unit)
+
+    sites = [site(p.name, parameter_prior(p), "typical", p.name, p.unit) for p in model.structural]
+    sites += [
+        site(p.name, parameter_prior(p), "covariate_effect", p.name, p.unit)
+        for p in model.params_of_kind("covariate_effect")
+    ]
     fixed: dict[str, float] = {}
     for p in model.params_of_kind("process_noise"):
         if process_noise:
-            sites.append(SitePrior(p.name, "halfnormal", 0.0, p.prior_sd, "process_noise", p.name, p.unit))
+            sites.append(site(p.name, parameter_prior(p), "process_noise", p.name, p.unit))
         else:
             fixed[p.name] = 0.0
     random_effects = tuple(p.name for p in model.structural if p.bsv > 0)
-    for name in random_effects:
-        bsv = model.parameter(name).bsv
-        sites.append(SitePrior(f"omega_{name}", "halfnormal", 0.0, OMEGA_SCALE_FACTOR * bsv, "omega", name, "1"))
+    sites += [site(f"omega_{q}", omega_prior(model.parameter(q)), "omega", q, "1") for q in random_effects]
     for o in observed:
         spec = model.residual.get(o)
         if spec is None:
             raise PriorError(f"model {model.name!r} has no residual-error model for observed observable {o!r}")
-        unit = model.observable(o).unit
-        if spec.kind in ("additive", "combined"):
-            sites.append(
-                SitePrior(f"res_add_{o}", "lognormal", math.log(spec.add), RESIDUAL_LOG_SD, "residual_add", o, unit)
-            )
-        if spec.kind in ("proportional", "combined"):
-            sites.append(
-                SitePrior(f"res_prop_{o}", "lognormal", math.log(spec.prop), RESIDUAL_LOG_SD, "residual_prop", o, "1")
-            )
+        units = {"add": model.observable(o).unit, "prop": "1"}
+        for kind, prior in residual_priors(spec).items():
+            sites.append(site(f"res_{kind}_{o}", prior, f"residual_{kind}", o, units[kind]))
     return PriorSpec(model.name, model.version, tuple(sites), random_effects, fixed)

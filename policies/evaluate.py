@@ -24,21 +24,21 @@ Progress = Callable[[float, float], None]
 def default_scenario(model, name: str, seed: int) -> Scenario | None:
     """The disturbance scenario ``name`` (``auto``, ``meals`` or ``none``) for ``model``.
 
-    ``auto`` gives announced meals for models with a meal compartment (CMT 2 into a gut state and a
-    glucose observable) and nothing otherwise.
+    ``auto`` gives announced meals for models that declare a meal compartment (``model.meal_cmt``)
+    and nothing otherwise.
 
     Raises
     ------
     ValueError
         For an unknown name, or meals on a model without a meal compartment.
     """
-    meal_model = "glucose_mg_dL" in model.observable_names and 2 in model.dose_targets
+    meal_model = model.meal_cmt is not None
     if name == "none" or (name == "auto" and not meal_model):
         return None
     if name in ("meals", "auto"):
         if not meal_model:
             raise ValueError(f"scenario 'meals' needs a model with a meal compartment; {model.name!r} has none")
-        return MealScenario(seed=seed)
+        return MealScenario(seed=seed, cmt=model.meal_cmt)
     raise ValueError(f"scenario must be auto, meals or none, got {name!r}")
 
 
@@ -172,7 +172,7 @@ def evaluate_policies(
         "dt": f"{step:g} {model.time_unit}",
         "scheme": scheme,
     }
-    return risk_report(list(results), spec, provenance=full), list(results)
+    return risk_report(list(results), spec, provenance=full, model=model), list(results)
 
 
 def run_policies(

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
+from inference.cohort_support import cohort_support, support_ranges
 from policies.evaluate import evaluate_policies
 from policies.report import write_report
 from policies.spec_file import parse_spec
@@ -58,6 +59,9 @@ class ExampleSettings:
     #: events; the risk report then carries the gate's verdict. None: the whole cohort is fitted
     #: and the report says calibration was not checked.
     heldout_after: float | None = None
+    #: Also write the pharmacometric fit report (:mod:`inference.checks.fit_report`) of the fit,
+    #: into the folder ``<example>-fit`` beside the risk report (:func:`write_example_fit_report`).
+    fit_report: bool = False
 
 
 THEOPH = ExampleSettings(
@@ -85,6 +89,7 @@ THEOPH = ExampleSettings(
     # identified by 12 subjects) just under the 400 the diagnostics require.
     draws=1000,
     warmup=1000,
+    fit_report=True,
 )
 
 GLUCOSE = ExampleSettings(
@@ -129,20 +134,23 @@ def _cohort(settings: ExampleSettings):
     return medsim.data.load(settings.dataset)
 
 
-def support_of(cohort, model) -> dict[str, tuple[float, float]]:
-    """Observed ranges of the cohort: each observed observable and the bolus sizes per compartment."""
-    padded = cohort.padded()
-    out: dict[str, tuple[float, float]] = {}
-    for cmt, name in model.obs_targets.items():
-        values = padded.obs_value[padded.obs_mask & (padded.obs_cmt == cmt)]
-        if values.size:
-            lo, hi = out.get(name, (np.inf, -np.inf))
-            out[name] = (min(lo, float(values.min())), max(hi, float(values.max())))
-    for cmt in model.dose_targets:
-        amounts = padded.dose_amount[padded.dose_mask & (padded.dose_cmt == cmt) & (padded.dose_rate == 0)]
-        if amounts.size:
-            out[f"bolus_cmt{cmt}"] = (float(amounts.min()), float(amounts.max()))
-    return out
+def write_example_fit_report(
+    settings: ExampleSettings, posterior_file: str | Path, out_dir: str | Path, *, seed: int = 1
+) -> Path:
+    """Write the fit report of an example's fitted posterior into ``out_dir``; returns its HTML file.
+
+    The posterior must be the fit of the whole bundled dataset (an example with a held-out window
+    fits only its training part, whose report would need that part).
+    """
+    import medsim.data
+    from inference import Posterior
+    from inference.checks.fit_report import build_fit_report, fit_figures, write_fit_report
+
+    posterior = Posterior.load(posterior_file)
+    cohort = medsim.data.load(settings.dataset)
+    source = f"{Path(posterior_file).parent.name}/{Path(posterior_file).name}"
+    report = build_fit_report(posterior, cohort, seed=seed, source=source)
+    return write_fit_report(report, out_dir, fit_figures(report, posterior))["html"]
 
 
 def run_example(
@@ -233,7 +241,7 @@ def run_example(
         seed=seed,
         dt=settings.dt,
         scheme=settings.scheme,
-        support=support_of(fitted, model),
+        support=support_ranges(cohort_support(fitted, model)),
         provenance={
             "posterior_file": Path(posterior_file).name,
             "data_hash": fitted.data_hash(),

@@ -41,6 +41,22 @@ class PolicyError(ValueError):
     """A policy failed or returned something the rollout cannot use; the message names the policy and field."""
 
 
+class MissingCovariateError(KeyError):
+    """A policy needs a patient covariate the population does not have (e.g. ``BASAL`` for insulin dosing).
+
+    Attributes
+    ----------
+    policy, covariate : str
+    """
+
+    def __init__(self, policy: str, covariate: str, unit: str = "") -> None:
+        self.policy, self.covariate = policy, covariate
+        super().__init__(f"{policy} needs the covariate {covariate}" + (f" ({unit})" if unit else ""))
+
+    def __str__(self) -> str:  # a KeyError's str() would quote the message
+        return str(self.args[0])
+
+
 class PolicySpecError(ValueError):
     """A policy spec or user policy could not be turned into a policy; the message says why."""
 

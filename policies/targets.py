@@ -15,10 +15,6 @@ from typing import Any
 from medsim.models.base import PhysiologyModel
 from medsim.simulate.types import Bound
 
-#: Time-in-range target of the international consensus on CGM metrics (Battelino et al.,
-#: *Diabetes Care* 42:1593, 2019): 70-180 mg/dL.
-GLUCOSE_TARGET = ("glucose_mg_dL", 70.0, 180.0)
-
 
 def target_range(
     model: PhysiologyModel, bounds: Sequence[Bound], target: Any = None
@@ -26,8 +22,9 @@ def target_range(
     """The efficacy range ``(observable, lo, hi)``.
 
     ``target`` may be a tuple or an object with ``observable``/``low``/``high`` (a spec's
-    ``TargetRange``). Default: 70-180 mg/dL for glucose models; otherwise the tightest bounds on
-    the first bounded observable (one side may be open).
+    ``TargetRange``). Default: the range the model declares (``model.target_range``, e.g. the
+    consensus 70-180 mg/dL of the glucose models); otherwise the tightest bounds on the first
+    bounded observable (one side may be open).
     """
     if target is not None:
         if hasattr(target, "observable"):
@@ -38,8 +35,9 @@ def target_range(
         if not float(lo) < float(hi):
             raise ValueError(f"target range on {name!r}: need low < high, got {lo}, {hi}")
         return str(name), float(lo), float(hi)
-    if GLUCOSE_TARGET[0] in model.observable_names:
-        return GLUCOSE_TARGET
+    declared = model.target_range
+    if declared is not None:
+        return declared.observable, float(declared.low), float(declared.high)
     if not bounds:
         return None
     name = bounds[0].observable

@@ -7,11 +7,11 @@ constrained scale with :func:`inference.hierarchical.constrain`.
 Chains run ``"parallel"`` (spread over the JAX devices), ``"sequential"`` (one after the other
 in one compiled loop) or ``"vectorized"`` (chains batched in one loop). Parallel chains use as
 many devices as divide the number of chains evenly and run the rest one after the other on each
-device: 4 chains on 2 devices are 2 x 2, which on two cores was 15 % faster than 4 devices
-sharing them (``docs/fitting.md``). ``"auto"`` (the default) picks parallel when there are at
+device: 4 chains on 2 devices are 2 x 2, which avoids two chains time-sharing one core
+(measured in ``docs/fitting.md``). ``"auto"`` (the default) picks parallel when there are at
 least 2 devices, else sequential: vectorized chains advance in lock step, so every iteration
-costs the longest of the chains' trajectories, and on the theophylline fit it used 3x the CPU
-time of parallel chains. Parallel chains need host devices requested before JAX starts
+costs the longest of the chains' trajectories (its CPU cost against parallel chains is in
+``docs/fitting.md``). Parallel chains need host devices requested before JAX starts
 (``jax_num_cpu_devices``, one per core; XLA CPU devices are threads): the CLI does that; the
 library never changes global JAX configuration.
 
@@ -21,8 +21,8 @@ literature values) and standardised random effects near 0, each jittered uniform
 can detect non-convergence) but where the filter is well behaved.
 
 Mass matrix ("metric"): dense by default (the typical values, BSV SDs and random effects are
-correlated a posteriori; on the theophylline fit a dense matrix needed 40 % fewer leapfrog steps
-than a diagonal one, see ``docs/fitting.md``). Two changes to numpyro's (Stan's) windowed
+correlated a posteriori, so a dense matrix needs fewer leapfrog steps than a diagonal one; see
+``docs/fitting.md``). Two changes to numpyro's (Stan's) windowed
 adaptation make its warmup cheaper without touching the kept draws:
 
 - the first metric is not the identity but a diagonal of rough posterior variances from each
@@ -33,10 +33,9 @@ adaptation make its warmup cheaper without touching the kept draws:
   Schäfer–Strimmer intensity (:func:`shrink_correlations`): the first windows hold 25 and 50
   draws of a 44-dimensional posterior (theophylline), whose sample covariance is singular, and
   Stan's regularisation toward ``1e-3 I`` leaves the sampler crawling along the missing
-  directions (125 leapfrog steps per iteration instead of 50).
+  directions.
 
-Together they took the theophylline fit from 158k–198k to 126k–129k leapfrog steps on the busiest
-device (3 seeds, ``docs/fitting.md``).
+What each change saves on the theophylline fit is measured in ``docs/fitting.md``.
 """
 
 from __future__ import annotations

@@ -1,4 +1,9 @@
-"""Write the predictive-check figures of a fit as PNG files (what ``medsim check --figures`` calls)."""
+"""Write the predictive-check figures of a fit as PNG files.
+
+``medsim check --figures`` writes these and the sampler plots through the fit report
+(:func:`inference.checks.fit_report.fit_figures`); :func:`write_check_figures` is the same set
+for a ``PosteriorDraws`` (no sampler to plot), e.g. in ``benchmarks/fit.py``.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +14,7 @@ from typing import Any
 import jax
 from matplotlib.figure import Figure
 
+from inference.checks.gof import goodness_of_fit, plot_goodness_of_fit
 from inference.checks.individual import individual_fits, plot_individual_fits
 from inference.checks.vpc import plot_vpc, vpc
 from medsim.io import atomic_write
@@ -39,7 +45,7 @@ def write_check_figures(
     n_draws: int = 200,
     log_y: bool = False,
 ) -> dict[str, Path]:
-    """Individual fits and VPC of a fit, as PNG files in ``out_dir`` (created if needed).
+    """Individual fits, VPC and goodness of fit of a fit, as PNG files in ``out_dir`` (created if needed).
 
     Parameters
     ----------
@@ -57,14 +63,16 @@ def write_check_figures(
     Returns
     -------
     dict name -> Path
-        ``{"individual_fits": ..., "vpc": ...}``.
+        ``{"individual_fits": ..., "vpc": ..., "goodness_of_fit": ...}``.
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    k_fits, k_vpc = jax.random.split(jax.random.key(seed))
+    k_fits, k_vpc, k_gof = jax.random.split(jax.random.key(seed), 3)
     fits = individual_fits(posterior, cohort, key=k_fits, n_draws=n_draws)
     check = vpc(posterior, cohort, key=k_vpc, n_replicates=n_draws)
+    gof = goodness_of_fit(posterior, cohort, key=k_gof, n_draws=n_draws)
     return {
         "individual_fits": save_figure(plot_individual_fits(fits, log_y=log_y), out / "individual_fits.png"),
         "vpc": save_figure(plot_vpc(check, log_y=log_y), out / "vpc.png"),
+        "goodness_of_fit": save_figure(plot_goodness_of_fit(gof), out / "goodness_of_fit.png"),
     }

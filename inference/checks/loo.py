@@ -145,6 +145,62 @@ def pointwise_log_likelihood(posterior: Any, *, unit: Unit = "observation", var_
     return xr.DataArray(values, dims=(*_SAMPLE_DIMS, "point"))
 
 
+@dataclass(frozen=True)
+class LooSummary:
+    """PSIS-LOO of one posterior.
+
+    Attributes
+    ----------
+    elpd, se : float
+        Expected log predictive density (sum over left-out units, nats) and its standard error.
+    p_loo : float
+        Effective number of parameters.
+    n_points : int
+    pareto_k_above : int
+        Left-out units whose Pareto k exceeds ``k_threshold`` (their terms are unreliable).
+    k_threshold : float
+    unit : {"observation", "subject"}
+    """
+
+    elpd: float
+    se: float
+    p_loo: float
+    n_points: int
+    pareto_k_above: int
+    k_threshold: float
+    unit: str
+
+
+def loo_summary(posterior: Any, *, unit: Unit = "observation", var_name: str | None = None) -> LooSummary:
+    """PSIS-LOO of ``posterior``'s stored pointwise log-likelihood (see :func:`loo_compare`).
+
+    Raises
+    ------
+    LooError
+        No ``log_likelihood`` group or no way to tell the subject of each observation.
+    """
+    import arviz as az
+
+    ll = pointwise_log_likelihood(posterior, unit=unit, var_name=var_name)
+    groups = {"log_likelihood": xr.Dataset({"y": ll})}
+    source = inference_data_of(posterior)
+    if "posterior" in source.groups():
+        groups["posterior"] = source.posterior
+    with warnings.catch_warnings():  # ArviZ warns about high Pareto k; the count below reports it
+        warnings.simplefilter("ignore", UserWarning)
+        result = az.loo(az.InferenceData(**groups), pointwise=True, reff=None if "posterior" in groups else 1.0)
+    threshold = float(getattr(result, "good_k", 0.7))
+    return LooSummary(
+        elpd=float(result.elpd_loo),
+        se=float(result.se),
+        p_loo=float(result.p_loo),
+        n_points=int(ll.sizes["point"]),
+        pareto_k_above=int(np.sum(np.asarray(result.pareto_k) > threshold)),
+        k_threshold=threshold,
+        unit=unit,
+    )
+
+
 def loo_compare(
     posteriors: Mapping[str, Any], *, unit: Unit = "observation", var_name: str | None = None
 ) -> LooComparison:

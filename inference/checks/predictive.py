@@ -30,7 +30,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from inference.likelihood.timeline import default_max_substep
-from medsim.models.base import PhysiologyModel
+from medsim.models.base import PhysiologyModel, residual_key
 from medsim.population.draws import PosteriorDraws
 from medsim.simulate import DoseEvents, simulate_schedule
 
@@ -310,8 +310,8 @@ def posterior_predictive(
         spec = model.residual.get(name)
         sd = np.zeros_like(values)
         if spec is not None:
-            add = draws.residual.get(f"{name}_add")
-            prop = draws.residual.get(f"{name}_prop")
+            add = draws.residual.get(residual_key(name, "add"))
+            prop = draws.residual.get(residual_key(name, "prop"))
             add = None if add is None else np.asarray(add)[idx, None, None]
             prop = None if prop is None else np.asarray(prop)[idx, None, None]
             sd = np.asarray(spec.sd(jnp.asarray(values), add, prop), float)

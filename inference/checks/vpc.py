@@ -9,6 +9,14 @@ replicates, summarised by its median and a central band (Holford 2005, "The visu
 check", PAGE 14, abstr. 738; Bergstrand et al. 2011, *AAPS J* 13:143). An observed percentile
 outside its band more often than ``1 - level`` of the bins points at misfit in that part of the
 distribution (e.g. the 90th percentile: between-subject variability too small).
+
+When subjects got different doses (amounts, times, routes or rates), a bin mixes measurements
+that the model expects to differ, and the plain VPC's bands widen with the dose spread rather
+than the variability. The *prediction-corrected* VPC (Bergstrand et al. 2011, eq. 1 with a
+lower bound of 0) then scales every observed and simulated value by ``PRED_bin / PRED_ij``: the
+median population prediction in its bin over its own population prediction
+(:func:`inference.checks.gof.population_prediction`). Measurements whose ``PRED`` is 0 (before
+the first dose reaches the compartment) cannot be corrected and are left out (counted).
 """
 
 from __future__ import annotations
@@ -21,7 +29,7 @@ import jax
 import numpy as np
 from matplotlib.figure import Figure
 
-from inference.checks.predictive import PredictiveError, draws_of, posterior_predictive
+from inference.checks.predictive import PredictiveError, draws_of, padded_of, posterior_predictive
 
 
 @dataclass(frozen=True)
@@ -49,6 +57,10 @@ class VPCResult:
         The ``M`` measurements of the observable (for the scatter).
     observable, unit, time_unit : str
     n_replicates : int
+    prediction_corrected : bool
+        Values are prediction-corrected (pcVPC, see the module docstring).
+    n_excluded : int
+        Measurements left out of a pcVPC because their population prediction was 0.
     """
 
     bin_edges: np.ndarray
@@ -67,6 +79,32 @@ class VPCResult:
     unit: str
     time_unit: str
     n_replicates: int
+    prediction_corrected: bool = False
+    n_excluded: int = 0
+
+
+PRED_FLOOR = 1e-6
+"""Population predictions below this fraction of the largest one count as 0 in a pcVPC."""
+
+
+def doses_vary(cohort: Any) -> bool:
+    """True when the subjects' dosing schedules differ (number, time, compartment, amount or rate)."""
+    padded = padded_of(cohort)
+    mask = np.asarray(padded.dose_mask, bool)
+    columns = [np.asarray(getattr(padded, f), float) for f in ("dose_time", "dose_cmt", "dose_amount", "dose_rate")]
+    first = [c[0][mask[0]] for c in columns]
+    for s in range(1, mask.shape[0]):
+        if mask[s].sum() != mask[0].sum():
+            return True
+        if not all(np.allclose(c[s][mask[s]], f, rtol=1e-6, atol=0.0) for c, f in zip(columns, first, strict=True)):
+            return True
+    return False
+
+
+def _prediction_correct(values: np.ndarray, pred: np.ndarray, which: np.ndarray, n_bins: int) -> np.ndarray:
+    """``values * PRED_bin / PRED`` (Bergstrand et al. 2011 eq. 1, lower bound 0); ``values`` (..., M)."""
+    pred_bin = np.array([np.median(pred[which == b]) if (which == b).any() else np.nan for b in range(n_bins)])
+    return values * (pred_bin[which] / pred)
 
 
 def time_bins(times: np.ndarray, n_bins: int) -> np.ndarray:
@@ -158,6 +196,7 @@ def vpc(
     level: float = 0.9,
     observable: str | None = None,
     dt: float | None = None,
+    prediction_corrected: bool | None = None,
 ) -> VPCResult:
     """Visual predictive check of ``cohort`` against a fitted model.
 
@@ -179,6 +218,9 @@ def vpc(
         Observable checked (default: the cohort's only measured observable).
     dt : float, optional
         Simulator step; see :func:`~inference.checks.predictive.posterior_predictive`.
+    prediction_corrected : bool, optional
+        Prediction-correct the values (pcVPC); default: when the subjects' doses differ
+        (:func:`doses_vary`).
 
     Returns
     -------
@@ -205,11 +247,25 @@ def vpc(
     obs_time = sample.time[at]
     obs_value = sample.observed[at]
     simulated = sample.replicate[:, at]  # (R, M)
+    corrected = doses_vary(cohort) if prediction_corrected is None else bool(prediction_corrected)
+    excluded = 0
+    if corrected:
+        from inference.checks.gof import population_prediction
+
+        pred = population_prediction(posterior, cohort, dt=dt)[at]
+        keep = pred > PRED_FLOOR * max(float(np.max(pred)), 0.0)
+        if not keep.any():
+            raise PredictiveError("every population prediction is 0: nothing to prediction-correct")
+        excluded = int((~keep).sum())
+        obs_time, obs_value, simulated, pred = obs_time[keep], obs_value[keep], simulated[:, keep], pred[keep]
     edges = time_bins(obs_time, bins) if isinstance(bins, int) else np.asarray(bins, float)
     if edges.ndim != 1 or len(edges) < 2 or (np.diff(edges) <= 0).any():
         raise PredictiveError(f"bins: expected increasing edges, got {edges.tolist()}")
     which = _bin_of(obs_time, edges)
     n_bins = len(edges) - 1
+    if corrected:
+        obs_value = _prediction_correct(obs_value, pred, which, n_bins)
+        simulated = _prediction_correct(simulated, pred, which, n_bins)
     observed = _binned_percentiles(obs_value, which, n_bins, q)
     sim = _binned_percentiles(simulated, which, n_bins, q)  # (R, P, B)
     tail = 100 * (1 - level) / 2
@@ -235,6 +291,8 @@ def vpc(
         unit=model.observable(name).unit,
         time_unit=model.time_unit,
         n_replicates=sim.shape[0],
+        prediction_corrected=corrected,
+        n_excluded=excluded,
     )
 
 
@@ -270,10 +328,14 @@ def plot_vpc(result: VPCResult, *, log_y: bool = False) -> Figure:
     if log_y:
         ax.set_yscale("log")
     ax.set_xlabel(f"time [{result.time_unit}]")
-    ax.set_ylabel(f"{result.observable} [{result.unit}]")
+    corrected = "prediction-corrected " if result.prediction_corrected else ""
+    ax.set_ylabel(f"{corrected}{result.observable} [{result.unit}]")
     ax.set_title(
-        f"Visual predictive check ({result.n_replicates} simulated studies; "
-        f"{int(result.outside.sum())} of {int(np.isfinite(result.observed).sum())} observed percentiles outside)",
+        f"{'Prediction-corrected visual' if result.prediction_corrected else 'Visual'} predictive check\n"
+        f"({result.n_replicates} simulated studies; "
+        f"{int(result.outside.sum())} of {int(np.isfinite(result.observed).sum())} observed percentiles outside"
+        + (f"; {result.n_excluded} measurements with PRED 0 left out" if result.n_excluded else "")
+        + ")",
         fontsize=9,
     )
     ax.legend(fontsize=7, loc="upper right")

@@ -29,7 +29,7 @@ Layouts: the same algorithm is stored in one of two ways (``layout``; shared par
 * ``"entries"`` (this module): the mean is a tuple of ``n`` named scalars and the covariance a
   tuple of its ``n (n + 1) / 2`` upper-triangle entries, with the small matrix algebra written
   out. Under ``vmap`` every quantity is one contiguous ``(subjects,)`` vector and XLA fuses each
-  RK4 stage into a few vectorised loops; for 1-2 states this is 3-5x faster than stacked
+  RK4 stage into a few vectorised loops; for 1-2 states this is faster than stacked
   ``(subjects, n, n)`` matrices on CPU (measured on the theophylline cohort, ``docs/fitting.md``).
   The traced graph grows like ``n^3`` per RK4 stage, so compilation time grows quickly with ``n``.
 * ``"matrix"`` (:mod:`inference.likelihood.ekf_matrix`): an ``(n,)`` mean and an ``(n, n)``
@@ -195,7 +195,7 @@ def _entries_loglik(model, timeline, theta, residual, slots, *, covariance, cova
     def observe(x):
         return {o: jnp.asarray(v, dtype) for o, v in model.observe(x, theta).items()}
 
-    def update(y, obs, which, is_obs):
+    def update(y, obs, which, is_obs, cens):
         m, p = y
 
         def select(values):
@@ -206,18 +206,21 @@ def _entries_loglik(model, timeline, theta, residual, slots, *, covariance, cova
         if not covariance:
             prediction = observe(m)
             r = jnp.where(is_obs, filtering.residual_var(model, timeline, residual, prediction, which, dtype), 1.0)
-            return y, filtering.gaussian_logpdf(obs - select(prediction), r)
+            return y, filtering.observation_update(obs - select(prediction), r, cens)[0]
         prediction, cols = _jacobian_columns(observe, m, names)
         r = jnp.where(is_obs, filtering.residual_var(model, timeline, residual, prediction, which, dtype), 1.0)
         row = {k: select(cols[k]) for k in block}  # H = d observe_o / dx
         ph = {i: sum(entry(p, i, k) * row[k] for k in block) for i in block}
         s = jnp.maximum(sum(row[i] * ph[i] for i in block) + r, 1e-6 * r)
         gain = {i: v / s for i, v in ph.items()}  # 0 outside the block
-        innovation = obs - select(prediction)
-        # Joseph form (I - K H) P (I - K H)^T + K R K^T, written as P - K H P - P H^T K^T + K S K^T
-        p_new = tuple(entry(p, i, j) - gain[i] * ph[j] - ph[i] * gain[j] + gain[i] * s * gain[j] for i, j in pairs)
-        m_new = {x: m[x] + gain[i] * innovation if i in gain else m[x] for i, x in enumerate(names)}
-        return (m_new, p_new), filtering.gaussian_logpdf(innovation, s)
+        loglik, shift, var_y = filtering.observation_update(obs - select(prediction), s, cens)
+        # Joseph form (I - K H) P (I - K H)^T + K R K^T, written as P - K H P - P H^T K^T + K S K^T;
+        # a censored value gives back Var[y | censored] (filtering.observation_update)
+        p_new = tuple(
+            entry(p, i, j) - gain[i] * ph[j] - ph[i] * gain[j] + gain[i] * (s + var_y) * gain[j] for i, j in pairs
+        )
+        m_new = {x: m[x] + gain[i] * shift if i in gain else m[x] for i, x in enumerate(names)}
+        return (m_new, p_new), loglik
 
     m0 = as_dict(model.initial_state(theta))
     p0 = tuple(jnp.zeros((), dtype) for _ in pairs) if covariance else ()
@@ -286,7 +289,7 @@ def cohort_loglik(
         theta.update(noise)
     n_subjects = timeline.time.shape[0]
     theta = {k: jnp.broadcast_to(jnp.asarray(v, dtype), (n_subjects,)) for k, v in theta.items()}
-    slots = {k: jnp.asarray(getattr(timeline, k)) for k in SLOT_FIELDS}
+    slots = {k: jnp.asarray(getattr(timeline, k)) for k in SLOT_FIELDS if getattr(timeline, k) is not None}
 
     keys = tuple(sorted(theta)) + tuple(f"residual:{k}" for k in sorted(residual))
 

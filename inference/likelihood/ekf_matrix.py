@@ -43,7 +43,8 @@ def matrix_loglik(
     *,
     covariance: bool = True,
     covariance_states: str = "reachable",
-) -> Array:
+    final: bool = False,
+) -> Array | tuple[Array, tuple[Array, Array, Array]]:
     """Log predictive density of each slot's observation for one subject, matrix layout.
 
     Parameters
@@ -52,11 +53,17 @@ def matrix_loglik(
         As for :func:`inference.likelihood.ekf.subject_loglik`. The covariance is stored for
         the ``r`` states of the block (``(r, r)``); products with ``F``, ``J`` and ``H`` act on
         its columns embedded in the full state space.
+    final : bool
+        Also return the filtered state after the subject's last slot.
 
     Returns
     -------
     (K,) array
         Log density (of the observation, in its unit) at observation slots, 0 elsewhere.
+    (K,) array, (time, mean (n,), covariance (n, n))
+        With ``final``: the same and the filter's time, mean and full covariance (0 outside the
+        noise-reachable block; all 0 without ``covariance``) after the last slot, states in
+        ``model.state_names`` order.
     """
     names = model.state_names
     dtype = jnp.result_type(slots["time"].dtype, jnp.float32)
@@ -122,7 +129,7 @@ def matrix_loglik(
         jpj = jpj[block]
         return m_new, 0.5 * (jpj + jpj.T)
 
-    def update(y, obs, which, is_obs):
+    def update(y, obs, which, is_obs, cens):
         m, p = y
 
         def observed(x):
@@ -134,7 +141,7 @@ def matrix_loglik(
         if not covariance:
             h, prediction = observed(m)
             r = jnp.where(is_obs, filtering.residual_var(model, timeline, residual, prediction, which, dtype), 1.0)
-            return y, filtering.gaussian_logpdf(obs - h, r)
+            return y, filtering.observation_update(obs - h, r, cens)[0]
 
         def h_of(x):
             return observed(x)[0]
@@ -144,14 +151,29 @@ def matrix_loglik(
         _, ph = times(h_of, m, embed(p))  # H P = (P H^T)^T, H = d observe_o / dx, on the block
         s = jnp.maximum(jax.jvp(h_of, (m,), (embed(ph[:, None])[:, 0],))[1] + r, 1e-6 * r)
         gain = ph / s  # the gain is 0 off the block
-        innovation = obs - h
-        # Joseph form (I - K H) P (I - K H)^T + K R K^T, written as P - K H P - P H^T K^T + K S K^T
+        loglik, shift, var_y = filtering.observation_update(obs - h, s, cens)
+        # Joseph form (I - K H) P (I - K H)^T + K R K^T, written as P - K H P - P H^T K^T + K S K^T;
+        # a censored value gives back Var[y | censored] (filtering.observation_update)
         cross = jnp.outer(gain, ph)
-        p_new = p - cross - cross.T + s * jnp.outer(gain, gain)
-        return (m.at[block].add(gain * innovation), p_new), filtering.gaussian_logpdf(innovation, s)
+        p_new = p - cross - cross.T + (s + var_y) * jnp.outer(gain, gain)
+        return (m.at[block].add(gain * shift), p_new), loglik
 
     m0 = stacked(model.initial_state(theta))
     p0 = jnp.zeros((block.size, block.size), dtype) if covariance else ()
-    return filtering.scan_slots(
-        timeline, slots, (m0, p0), rk4_step=rk4_step, update=update, apply_boluses=apply_boluses, dtype=dtype
+    out = filtering.scan_slots(
+        timeline,
+        slots,
+        (m0, p0),
+        rk4_step=rk4_step,
+        update=update,
+        apply_boluses=apply_boluses,
+        dtype=dtype,
+        final=final,
     )
+    if not final:
+        return out
+    ll, (t_last, (m_last, p_last)) = out
+    full = jnp.zeros((len(names), len(names)), dtype)
+    if covariance:
+        full = full.at[block[:, None], block[None, :]].set(p_last)
+    return ll, (t_last, m_last, full)

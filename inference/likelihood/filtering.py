@@ -18,24 +18,23 @@ import jax
 import jax.numpy as jnp
 
 from inference.likelihood.reachable import noise_reachable_states
-from medsim.models.base import PhysiologyModel
+from medsim.models.base import PhysiologyModel, residual_key
 
 if TYPE_CHECKING:  # the timeline module imports check_layout from here
     from inference.likelihood.timeline import Timeline
 
 Array = jax.Array
 LOG_2PI = math.log(2.0 * math.pi)
-SLOT_FIELDS = ("time", "is_obs", "obs_value", "obs_observable", "bolus", "infusion_rate")
+SLOT_FIELDS = ("time", "is_obs", "obs_value", "obs_observable", "obs_cens", "bolus", "infusion_rate")
 LAYOUTS = ("auto", "entries", "matrix")
 COVARIANCE_STATES = ("reachable", "all")
 
 #: ``layout="auto"`` propagates the covariance in the matrix layout from this many states on.
 #: Written-out entries cost O(n^3) traced operations per RK4 stage, the matrix layout a few
-#: batched ones: the matrix layout compiles faster from 3 states and runs faster from 4
-#: (docs/fitting.md, "Layout"). Without a covariance (the ODE limit) ``"auto"`` always means
+#: batched ones, so the matrix layout wins from a few states on (the crossover is measured in
+#: docs/fitting.md, "Layout"). Without a covariance (the ODE limit) ``"auto"`` always means
 #: entries: only the Jacobian's diagonal is used there, and written out the rest of it is
-#: removed as dead code, which ``jax.jacfwd`` on the stacked state does not allow (4x faster
-#: gradients on the glucose model).
+#: removed as dead code, which ``jax.jacfwd`` on the stacked state does not allow.
 MATRIX_FROM_STATES = 4
 
 
@@ -122,7 +121,7 @@ def residual_var(
     for o, spec in model.residual.items():
         if o not in timeline.observables:
             continue
-        sd = spec.sd(prediction[o], residual.get(f"{o}_add"), residual.get(f"{o}_prop"))
+        sd = spec.sd(prediction[o], residual.get(residual_key(o, "add")), residual.get(residual_key(o, "prop")))
         var = var + jnp.where(which == timeline.observables.index(o), sd * sd, 0.0)
     return var
 
@@ -130,6 +129,42 @@ def residual_var(
 def gaussian_logpdf(innovation: Array, variance: Array) -> Array:
     """``log Normal(innovation; 0, variance)``."""
     return -0.5 * (LOG_2PI + jnp.log(variance) + jnp.square(innovation) / variance)
+
+
+def observation_update(innovation: Array, variance: Array, cens: Array) -> tuple[Array, Array, Array]:
+    """Log-likelihood and the moments that update the filter, for a measured or censored value.
+
+    The filter's predictive for the measurement is ``y ~ Normal(h, S)`` (``innovation = y - h``,
+    ``variance = S``). A measured value (``cens = 0``) contributes ``log Normal(y; h, S)``. A value
+    censored at a limit ``L`` held in ``y`` contributes the probability of the event, Beal's M3
+    method (Beal 2001, *J Pharmacokinet Pharmacodyn* 28:481): ``log P(y < L) = log Phi(z)`` below
+    (``cens = 1``), ``log P(y > L) = log Phi(-z)`` above (``cens = -1``), ``z = (L - h) / sqrt(S)``.
+
+    The state update conditions on the event instead of a value: with ``(x, y)`` jointly
+    Gaussian and ``K = P H^T / S``, ``E[x | A] = m + K (E[y | A] - h)`` and
+    ``Cov[x | A] = P - (S - Var[y | A]) K K^T``, the moments of the truncated normal
+    ``y | A`` (Johnson, Kotz & Balakrishnan 1994, §10.1; the Tobit Kalman filter of Allik et
+    al. 2016, IEEE TSP 64:3204). A measured value is the limit ``E[y | A] = y``, ``Var[y | A] = 0``.
+
+    Returns
+    -------
+    loglik : array
+    shift : array
+        ``E[y | A] - h``, the innovation the mean is updated with.
+    var_y : array
+        ``Var[y | A]``, which the covariance update gives back (0 for a measured value).
+    """
+    censored = cens != 0
+    sd = jnp.sqrt(variance)
+    direction = jnp.where(censored, cens, 1).astype(innovation.dtype)
+    # the untaken branch is evaluated too: keep it finite (z = 0) so no NaN reaches a gradient
+    z = jnp.where(censored, direction * innovation / sd, 0.0)
+    log_p = jax.scipy.special.log_ndtr(z)
+    ratio = jnp.exp(-0.5 * (LOG_2PI + jnp.square(z)) - log_p)  # phi(z) / Phi(z)
+    loglik = jnp.where(censored, log_p, gaussian_logpdf(innovation, variance))
+    shift = jnp.where(censored, -direction * sd * ratio, innovation)
+    var_y = jnp.where(censored, variance * (1.0 - z * ratio - jnp.square(ratio)), 0.0)
+    return loglik, shift, var_y
 
 
 def lawson_rk4(remainder: Callable, t: Array, y: Any, h: Array, half: Any, k1: Any) -> Any:
@@ -176,13 +211,18 @@ def scan_slots(
     update: Callable,
     apply_boluses: Callable,
     dtype: Any,
-) -> Array:
+    final: bool = False,
+) -> Array | tuple[Array, tuple[Array, Any]]:
     """Run a filter over one subject's slots and return each slot's log predictive density ``(K,)``.
 
     Per slot: ``timeline.substeps`` steps ``state = rk4_step(t, state, h, rate_c)`` up to the slot
-    time, the Kalman update ``update(state, y, which, is_obs) -> (state, loglik)`` kept only at
+    time, the Kalman update ``update(state, y, which, is_obs, cens) -> (state, loglik)`` kept only at
     observation slots, then the boluses ``apply_boluses(state, amounts)`` (so a sample at a dose
     time is a pre-dose measurement, as the timeline orders them).
+
+    With ``final`` the result is ``(loglik, (t_last, state_last))``: also the filter's state after
+    the subject's last slot (padding slots repeat the last time and leave it unchanged), i.e. the
+    state given every measurement of the record, at the time of its last event.
     """
 
     def step(carry, slot):
@@ -191,13 +231,15 @@ def scan_slots(
         h = (t - t_prev) / timeline.substeps
         rate_c = slot["infusion_rate"]
         state = jax.lax.fori_loop(0, timeline.substeps, lambda i, s: rk4_step(t_prev + i * h, s, h, rate_c), state)
-        observed, ll = update(state, slot["obs_value"], slot["obs_observable"], slot["is_obs"])
+        observed, ll = update(state, slot["obs_value"], slot["obs_observable"], slot["is_obs"], slot["obs_cens"])
         state = jax.tree.map(lambda a, b: jnp.where(slot["is_obs"], a, b), observed, state)
         state = apply_boluses(state, slot["bolus"])
         return (t, state), jnp.where(slot["is_obs"], ll, 0.0)
 
-    _, ll = jax.lax.scan(step, (jnp.zeros((), dtype), state0), {k: slots[k] for k in SLOT_FIELDS})
-    return ll
+    fields = {k: slots[k] for k in SLOT_FIELDS if k != "obs_cens"}
+    fields["obs_cens"] = slots["obs_cens"] if "obs_cens" in slots else jnp.zeros_like(slots["obs_observable"])
+    last, ll = jax.lax.scan(step, (jnp.zeros((), dtype), state0), fields)
+    return (ll, last) if final else ll
 
 
 def forward_jacobian_vjp(fn: Callable[[Array, Any], Array]) -> Callable[[Array, Any], Array]:

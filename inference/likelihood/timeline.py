@@ -63,6 +63,9 @@ class Timeline:
     infusion_rate : (S, K, C) float
         Zero-order input rate (dose unit per time unit) into each compartment over the interval
         that *ends* at the slot.
+    obs_cens : (S, K) int
+        Censoring of the slot's observation: 0 measured, 1 below the limit held in
+        ``obs_value``, -1 above it (Beal's M3 method; see :func:`inference.likelihood.filtering.observation_update`).
     obs_slot : (S, N) int
         Slot of each of the cohort's ``N`` padded observations (to map per-slot results back).
     obs_mask : (S, N) bool
@@ -85,6 +88,7 @@ class Timeline:
     infusion_rate: Any
     obs_slot: Any
     obs_mask: Any
+    obs_cens: Any = None
     dose_cmts: tuple[int, ...] = field(metadata={"static": True}, default=())
     observables: tuple[str, ...] = field(metadata={"static": True}, default=())
     substeps: int = field(metadata={"static": True}, default=4)
@@ -192,13 +196,14 @@ def build_timeline(
         "is_obs": np.zeros((n_subjects, n_slots), bool),
         "obs_value": np.zeros((n_subjects, n_slots)),
         "obs_observable": np.zeros((n_subjects, n_slots), np.int32),
+        "obs_cens": np.zeros((n_subjects, n_slots), np.int32),
         "bolus": np.zeros((n_subjects, n_slots, len(dose_cmts))),
         "infusion_rate": np.zeros((n_subjects, n_slots, len(dose_cmts))),
         "obs_slot": np.zeros((n_subjects, n_obs), np.int32),
     }
     for s, slots in enumerate(subjects):
         k = len(slots["time"])
-        for name in ("time", "is_obs", "obs_value", "obs_observable", "bolus", "infusion_rate"):
+        for name in ("time", "is_obs", "obs_value", "obs_observable", "obs_cens", "bolus", "infusion_rate"):
             out[name][s, :k] = slots[name]
         out["time"][s, k:] = slots["time"][-1] if k else 0.0
         out["obs_slot"][s, slots["obs_index"]] = np.nonzero(slots["is_obs"])[0]
@@ -211,6 +216,7 @@ def build_timeline(
         infusion_rate=out["infusion_rate"].astype(dtype),
         obs_slot=out["obs_slot"],
         obs_mask=np.asarray(padded.obs_mask, bool),
+        obs_cens=out["obs_cens"],
         dose_cmts=dose_cmts,
         observables=observables,
         substeps=int(substeps),
@@ -223,6 +229,8 @@ def _subject_slots(model, padded, s, observables, dose_cmts) -> dict[str, np.nda
     sid = padded.ids[s]
     rows = []  # (time, kind, record index, payload)
     obs_mask = np.asarray(padded.obs_mask[s], bool)
+    cens = getattr(padded, "obs_cens", None)
+    cens = np.zeros(obs_mask.shape, np.int32) if cens is None else np.asarray(cens[s])
     for j in np.nonzero(obs_mask)[0]:
         t, y, cmt = float(padded.obs_time[s, j]), float(padded.obs_value[s, j]), int(padded.obs_cmt[s, j])
         _check_time(t, sid, "observation", j)
@@ -233,7 +241,11 @@ def _subject_slots(model, padded, s, observables, dose_cmts) -> dict[str, np.nda
             )
         if not np.isfinite(y):
             raise TimelineError(f"subject {sid!r}, observation {j}: DV must be finite, got {y}")
-        rows.append((t, _OBS, j, (y, observables.index(model.obs_targets[cmt]))))
+        if cens[j] not in (0, 1, -1):
+            raise TimelineError(
+                f"subject {sid!r}, observation {j}: censoring code {cens[j]}; expected 0, 1 (below DV) or -1 (above DV)"
+            )
+        rows.append((t, _OBS, j, (y, observables.index(model.obs_targets[cmt]), int(cens[j]))))
     for d in np.nonzero(np.asarray(padded.dose_mask[s], bool))[0]:
         t, cmt = float(padded.dose_time[s, d]), int(padded.dose_cmt[s, d])
         amount, rate = float(padded.dose_amount[s, d]), float(padded.dose_rate[s, d])
@@ -262,6 +274,7 @@ def _subject_slots(model, padded, s, observables, dose_cmts) -> dict[str, np.nda
         "is_obs": np.zeros(n, bool),
         "obs_value": np.zeros(n),
         "obs_observable": np.zeros(n, np.int32),
+        "obs_cens": np.zeros(n, np.int32),
         "bolus": np.zeros((n, n_cmt)),
         "infusion_rate": np.zeros((n, n_cmt)),
         "obs_index": [],
@@ -270,7 +283,7 @@ def _subject_slots(model, padded, s, observables, dose_cmts) -> dict[str, np.nda
         _, kind, record, payload = rows[i]
         if kind == _OBS:
             slots["is_obs"][k] = True
-            slots["obs_value"][k], slots["obs_observable"][k] = payload
+            slots["obs_value"][k], slots["obs_observable"][k], slots["obs_cens"][k] = payload
             slots["obs_index"].append(record)
         elif payload[0] == "bolus":
             slots["bolus"][k, payload[1]] += payload[2]
@@ -294,7 +307,8 @@ def _merge_simultaneous(slots: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     if len(starts) == len(times):
         return slots
     group = np.cumsum(np.isin(np.arange(len(times)), starts)) - 1  # slot -> joined slot
-    out = {name: slots[name][starts] for name in ("time", "is_obs", "obs_value", "obs_observable", "infusion_rate")}
+    kept = ("time", "is_obs", "obs_value", "obs_observable", "obs_cens", "infusion_rate")
+    out = {name: slots[name][starts] for name in kept}
     out["bolus"] = np.zeros((len(starts), slots["bolus"].shape[1]))
     np.add.at(out["bolus"], group, slots["bolus"])
     out["obs_index"] = slots["obs_index"]
@@ -307,7 +321,7 @@ def _split_long_gaps(slots: dict[str, np.ndarray], max_interval: float) -> dict[
     pieces = np.maximum(1, np.ceil(np.diff(edges) / max_interval - 1e-9).astype(int))
     if np.all(pieces == 1):
         return slots
-    out: dict[str, list] = {name: [] for name in ("time", "is_obs", "obs_value", "obs_observable")}
+    out: dict[str, list] = {name: [] for name in ("time", "is_obs", "obs_value", "obs_observable", "obs_cens")}
     out["bolus"], out["infusion_rate"] = [], []
     for k, n in enumerate(pieces):
         for i in range(1, n):  # grid slots inside the gap: no action, same infusion rate
@@ -315,6 +329,7 @@ def _split_long_gaps(slots: dict[str, np.ndarray], max_interval: float) -> dict[
             out["is_obs"].append(False)
             out["obs_value"].append(0.0)
             out["obs_observable"].append(0)
+            out["obs_cens"].append(0)
             out["bolus"].append(np.zeros_like(slots["bolus"][k]))
             out["infusion_rate"].append(slots["infusion_rate"][k])
         for name in out:
@@ -322,6 +337,7 @@ def _split_long_gaps(slots: dict[str, np.ndarray], max_interval: float) -> dict[
     result = {name: np.asarray(values) for name, values in out.items()}
     result["is_obs"] = result["is_obs"].astype(bool)
     result["obs_observable"] = result["obs_observable"].astype(np.int32)
+    result["obs_cens"] = result["obs_cens"].astype(np.int32)
     result["obs_index"] = slots["obs_index"]
     return result
 

@@ -4,8 +4,9 @@ For every held-out subject and forecast origin (each observation in turn, and th
 history), the model predicts the next ``N`` measurements (1..N steps ahead) by simulation:
 ``M`` patients per window, each with its own draw of the drift weights ``delta ~ q``, of the
 latent state and embedding from the encoder's conditional prior given the history, a Brownian
-path of the prior SDE through the window's doses (:class:`NeuralSimulator`, the code that runs
-rollouts), and measurement noise from the residual-error model. The central 50% and 90%
+path of the prior SDE through the window's doses (the model exported to JAX,
+:func:`~medsim.models.neural.export.export_model`, stepped by :class:`~medsim.simulate.Simulator`:
+the same code that runs rollouts), and measurement noise from the residual-error model. The central 50% and 90%
 intervals of the ``M`` simulated measurements are compared with what was measured:
 
 * coverage — the share of measurements inside their interval (0.5 / 0.9 when calibrated);
@@ -33,9 +34,10 @@ import torch
 
 from inference.checks.calibration_gate import interval_figures
 from medsim.models.neural.dose_filter import filter_values
+from medsim.models.neural.export import export_model
 from medsim.models.neural.model import NeuralPatientModel
-from medsim.models.neural.simulator import NeuralSimulator
 from medsim.models.neural.windows import make_windows
+from medsim.simulate.simulator import Simulator
 from medsim.simulate.types import DoseEvents
 
 LEVELS = (0.5, 0.9)
@@ -143,6 +145,7 @@ def predictive_samples(
     state.update({n: np.repeat(filters[:, i].numpy(), m) for i, n in enumerate(model.filter_names)})
     params = {n: embedding[:, i].numpy() for i, n in enumerate(model.embedding_names)}
     params.update({n: delta[:, i].numpy() for i, n in enumerate(model.delta_names)})
+    params.update({f"initial_{n}": v for n, v in state.items()})  # the exported model's start-state parameters
     # Planned doses of each window from its origin on (earlier ones are in the filter state).
     future = windows.dose_mask & (windows.dose_time >= 0)
     cmts = np.array([d.cmt for d in cfg.doses], dtype=np.int64)
@@ -152,7 +155,8 @@ def predictive_samples(
         np.repeat(np.where(future, windows.dose_amount, 0.0), m, axis=0),
         np.repeat(np.where(future, windows.dose_rate, 0.0), m, axis=0),
     )
-    sim = NeuralSimulator(model, dt=cfg.dt if dt is None else dt)
+    # Euler–Maruyama, the scheme the model was trained with (its ELBO steps the prior SDE so).
+    sim = Simulator(export_model(model), dt=cfg.dt if dt is None else dt, scheme="euler")
     simulated = np.zeros((n_win, steps_ahead, m))
     measured = np.zeros((n_win, steps_ahead))
     mask = np.zeros((n_win, steps_ahead), dtype=bool)

@@ -15,6 +15,9 @@ record says how well the same procedure predicted the later measurements of thes
 ``medsim check A.nc B.nc --compare`` compares fitted models on the same data: PSIS-LOO of their
 stored pointwise log-likelihood, and their stored held-out log scores when both were checked on
 the same held-out window.
+
+``medsim check POSTERIOR --report DIR`` writes the pharmacometric fit report
+(:mod:`inference.checks.fit_report`); ``--figures DIR`` writes its figures.
 """
 
 from __future__ import annotations
@@ -198,3 +201,34 @@ def comparison(files: Sequence[Path], posteriors: Sequence[Any]) -> dict[str, An
         "models": rows,
         "heldout_comparable": same,
     }
+
+
+def write_fit_outputs(
+    path: Path, posterior: Any, cohort: Any, *, report: Path | None, figures: Path | None, seed: int, draws: int
+) -> list[str]:
+    """Build the fit report once; write it (``report``) and its figures (``figures``); lines to print.
+
+    Without the fitted ``cohort`` only the sampler plots go into ``figures`` (the VPC, individual
+    fits and goodness of fit simulate the cohort).
+
+    Raises
+    ------
+    inference.checks.predictive.PredictiveError
+        A cohort the model cannot simulate.
+    """
+    from inference.checks.fit_report import build_fit_report, fit_figures, write_fit_figures, write_fit_report
+    from inference.diagnostic_figures import write_figures
+
+    if cohort is None:
+        written = write_figures(posterior, figures)
+        note = "(VPC, individual fits and goodness of fit need the fitted cohort: give --cohort)"
+        return ["figures: " + ", ".join(str(p) for p in written) + " " + note]
+    built = build_fit_report(posterior, cohort, seed=seed, n_draws=draws, source=str(path))
+    pngs = fit_figures(built, posterior)
+    lines = []
+    if figures is not None:
+        lines.append("figures: " + ", ".join(str(p) for p in write_fit_figures(pngs, figures)))
+    if report is not None:
+        files = write_fit_report(built, report, pngs)
+        lines.append(f"fit report: {files['html']} (and {files['markdown'].name}, {files['json'].name})")
+    return lines

@@ -37,6 +37,8 @@ def demo_command(
     output_dir(out, "--out")
     for name in chosen:
         output_dir(out / name, "--out")
+        if examples[name].fit_report:
+            output_dir(out / f"{name}-fit", "--out")
     console = Console()
     columns = (TextColumn("{task.description:<60}"), BarColumn(), TextColumn("{task.percentage:>5.1f}%"))
     for name in chosen:
@@ -50,9 +52,18 @@ def demo_command(
                 bar.update(task, completed=done, total=max(total, 1e-12))
 
             result = run_example(examples[name], out / name, seed=seed, n_patients=n, stage=stage, progress=progress)
+            if examples[name].fit_report:
+                from policies.examples import write_example_fit_report
+
+                stage(f"{name}: fit report (VPC, individual fits, goodness of fit)")
+                fit_html = write_example_fit_report(
+                    examples[name], result.posterior_file, out / f"{name}-fit", seed=seed
+                )
         if result.fit_ok is False:
             console.print(f"[bold red]{name}: the fit failed its diagnostics; see {result.out_dir / 'report.html'}[/]")
         for policy, decision in result.verdicts.items():
             color = {"PASS": "green", "FAIL": "red"}.get(decision, "yellow")
             console.print(f"  {policy}: [{color}]{decision}[/]")
         console.print(f"{name}: report in {result.out_dir / 'report.html'} (and report.md, report.json)")
+        if examples[name].fit_report:
+            console.print(f"{name}: fit report in {fit_html} (and fit_report.md, fit_report.json)")

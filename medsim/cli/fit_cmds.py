@@ -212,9 +212,26 @@ def check_command(
         ..., help="Posterior file written by `medsim fit` (two or more with --compare)."
     ),
     as_json: bool = typer.Option(False, "--json", help="Print per-parameter statistics and diagnostics as JSON."),
-    figures: Path = typer.Option(None, "--figures", help="Write trace/rank/energy plots into this folder."),
+    figures: Path = typer.Option(
+        None,
+        "--figures",
+        help="Write the fit report's figures into this folder: VPC, individual fits, goodness of fit (these need "
+        "the fitted cohort, see --cohort) and trace/rank/energy plots.",
+    ),
+    report: Path = typer.Option(
+        None,
+        "--report",
+        help="Write the fit report into this folder: fit_report.html, .md, .json and fit_figures/ (parameters with "
+        "shrinkage, diagnostics, VPC, individual fits, CWRES, held-out check, PSIS-LOO).",
+    ),
+    predictive_draws: int = typer.Option(
+        200, "--predictive-draws", min=10, help="Posterior draws simulated for the report's VPC and predictions."
+    ),
     cohort: str = typer.Option(
-        None, "--cohort", help="Cohort of the held-out check (default: the posterior's, if it is a bundled dataset)."
+        None,
+        "--cohort",
+        help="The fitted cohort, for the held-out check, --report and --figures (default: the posterior's, if it "
+        "is a bundled dataset).",
     ),
     heldout_fraction: float = typer.Option(
         None, "--heldout-fraction", help="Held-out check: predict the last FRACTION of each subject's time span."
@@ -226,13 +243,14 @@ def check_command(
     bound: list[str] = typer.Option(
         None, "--bound", help="Held-out check: event bound such as 'glucose_mg_dL>=70' (repeatable)."
     ),
-    seed: int = typer.Option(0, "--seed", help="Seed of the held-out predictive simulation."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the held-out and report predictive simulations."),
     compare: bool = typer.Option(False, "--compare", help="Compare the posteriors: PSIS-LOO and held-out log score."),
 ) -> None:
     """Print a posterior's convergence diagnostics and calibration (exit 1 if either fails).
 
     With --heldout-fraction / --heldout-after / --heldout-last, run the held-out calibration gate
-    first and store its result in the posterior file (see docs/calibration.md).
+    first and store its result in the posterior file (see docs/calibration.md). With --report,
+    write the pharmacometric fit report (docs/fitting.md, "Fit report").
     """
     from rich.console import Console
 
@@ -242,6 +260,8 @@ def check_command(
 
     if figures is not None:
         output_dir(figures, "--figures")
+    if report is not None:
+        _report_folder(report)
     try:
         posteriors = [Posterior.load(f) for f in posterior_files]
     except (FileNotFoundError, PosteriorFormatError) as err:
@@ -252,16 +272,23 @@ def check_command(
     if len(posteriors) != 1:
         _fail("give one posterior file (or several with --compare)")
     posterior_file, posterior = posterior_files[0], posteriors[0]
+    fitted = _fitted_cohort(posterior, cohort, required=report is not None) if report or figures else None
     if any(x is not None for x in (heldout_fraction, heldout_after, heldout_last)):
         posterior = _heldout(
             posterior_file, posterior, cohort, heldout_after, heldout_fraction, heldout_last, bound or [], seed
         )
     gate = posterior.calibration()
     diagnostics = posterior.diagnostics()
-    if figures is not None:
-        from inference.diagnostic_figures import write_figures
+    written = []
+    if report is not None or figures is not None:
+        from inference.checks.predictive import PredictiveError
 
-        written = write_figures(posterior, figures)
+        try:
+            written = check_cmds.write_fit_outputs(
+                posterior_file, posterior, fitted, report=report, figures=figures, seed=seed, draws=predictive_draws
+            )
+        except PredictiveError as err:
+            _fail(str(err))
     if as_json:
         attrs = posterior.attrs
         report = {
@@ -296,12 +323,50 @@ def check_command(
             )
         else:
             check_cmds.print_gate(console, gate)
-        if figures is not None:
-            console.print("figures: " + ", ".join(str(p) for p in written))
+        for line in written:
+            console.print(line)
         if not diagnostics.ok:
             _announce_failure(console, diagnostics, posterior_file)
     if not diagnostics.ok or (gate is not None and gate.failed):
         raise typer.Exit(1)
+
+
+def _report_folder(folder: Path) -> None:
+    """Check the --report folder before any work."""
+    from inference.checks.fit_report import check_fit_report_folder
+    from medsim.io import FolderWriteError
+
+    output_dir(folder, "--report")
+    try:
+        check_fit_report_folder(folder)
+    except FolderWriteError as err:
+        _fail(f"--report {err}")
+
+
+def _fitted_cohort(posterior, cohort: str | None, *, required: bool):
+    """The cohort ``posterior`` was fitted to (--cohort, else its bundled dataset), checked by data hash.
+
+    None when it cannot be found and is not ``required`` (--figures then writes the sampler plots only).
+    """
+    from inference.checks.fit_report import FitReportError, check_fitted_cohort
+
+    name = cohort or str(posterior.attrs.get("cohort_name", ""))
+    if not name or not (cohort or Path(name).exists() or name in _bundled()):
+        if required:
+            _fail("--report needs the fitted cohort: give --cohort (the posterior does not name a bundled dataset)")
+        return None
+    data = _load_cohort(name)
+    try:
+        check_fitted_cohort(posterior, data)
+    except FitReportError as err:
+        _fail(f"--cohort {name}: {err}")
+    return data
+
+
+def _bundled() -> list[str]:
+    import medsim.data as data
+
+    return [d.name for d in data.available()]
 
 
 def _heldout(path: Path, posterior, cohort, after, fraction, last, bounds, seed):

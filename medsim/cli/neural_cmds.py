@@ -408,7 +408,8 @@ def neural_population_cli(
     source = label if data is not None else f"training means ({label})"
     extra = {**checkpoint_provenance(loaded), "cohort_used": source}
     if data is not None:  # observed ranges, for the risk report's out-of-support flag
-        from policies.examples import support_of
+        from inference.cohort_support import cohort_support, support_ranges
 
-        extra["data_support"] = {k: [lo, hi] for k, (lo, hi) in support_of(data, population.model).items()}
+        ranges = support_ranges(cohort_support(data, population.model))
+        extra["data_support"] = {k: [lo, hi] for k, (lo, hi) in ranges.items()}
     return replace(population, provenance={**population.provenance, **extra})

@@ -314,6 +314,7 @@ def risk_command(
     from medsim.simulate.budget import parse_memory
     from policies.evaluate import evaluate_policies
     from policies.loading import PolicySpecError
+    from policies.protocol import MissingCovariateError
     from policies.spec import SpecError
     from policies.spec_file import parse_spec
 
@@ -385,10 +386,8 @@ def risk_command(
         except (PolicySpecError, ValueError, FloatingPointError) as err:
             hint = " (a neural checkpoint has none)" if checkpoint is not None and "posterior draws" in str(err) else ""
             _fail(f"{err}{hint}")
-        except KeyError as err:
-            message = str(err.args[0]) if err.args else ""
-            if "covariate" not in message:
-                raise
+        except MissingCovariateError as err:
+            message = str(err)
             # Built-in policies name a covariate they need only when they first act.
             have = sorted(population.covariates) if population is not None else [c.name for c in model.covariates]
             source = f"the neural model {model.name!r} is conditioned on" if checkpoint is not None else "patients have"

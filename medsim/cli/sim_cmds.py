@@ -1,18 +1,12 @@
 """``medsim simulate``: the simulator tour — virtual patients from a model's prior under a default regimen.
 
-Default regimens (simulation starts at time 0 = midnight; doses every day of the horizon):
+The regimen and the monitored bounds are the ones each model declares
+(:meth:`~medsim.models.base.PhysiologyModel.default_regimen` and ``safety_limits``, documented in
+the model's file; simulation starts at time 0 = midnight): for example the glucose models' basal
+rate, three meals and carbohydrate-ratio boluses with the consensus range 70-180 mg/dL, or
+theophylline's 320 mg every 12 h with 20 mg/L. ``--bound`` replaces the bounds.
 
-* ``glucose_insulin`` — the patient's basal rate (covariate ``BASAL``, U/h) from a pump, meals of
-  50 / 70 / 80 g carbohydrate at 07:00 / 12:00 / 18:00 with a bolus of 1 U per 10 g (a fixed
-  carbohydrate ratio) at each meal. Default bounds: the consensus target range 70-180 mg/dL
-  (Battelino et al., *Diabetes Care* 42:1593, 2019).
-* ``pk_oral_1cmt`` (theophylline) — 320 mg orally every 12 h from 0 h (the ``Theoph`` study dose,
-  ~4.5 mg/kg). Default bound: 20 mg/L, the usual upper end of the therapeutic range.
-* ``pk_iv_1cmt`` (neonatal phenobarbital) — 20 mg/kg IV loading dose at 0 h, then 2.5 mg/kg every
-  12 h from 12 h. Default bound: 40 mg/L, above which sedation and respiratory depression become
-  likely in neonates.
-
-Other models run without doses. The population is advanced in hourly interaction intervals; the
+A model that declares no regimen runs without doses. The population is advanced in hourly interaction intervals; the
 crossing probability of each bound over the horizon is reported from the Brownian-bridge estimator
 (mean of ``1 - exp(sum log_survival)``) next to the grid-only estimate (a crossing seen on the
 sub-step grid), each with its Monte Carlo standard error (``null`` with a reason in ``--json`` when
@@ -35,61 +29,33 @@ import itertools
 import json
 import math
 import os
-import re
 import time
 from pathlib import Path
 
 import typer
 
 from medsim.cli.app import app
-from medsim.units import convert_time
-
-_BOUND = re.compile(r"^\s*([A-Za-z_][A-Za-z0-9_]*)\s*(<=|>=|<|>)\s*([-+0-9.eE]+)\s*$")
-
-DEFAULT_BOUNDS = {
-    "glucose_insulin": ("glucose_mg_dL>=70", "glucose_mg_dL<=180"),
-    "pk_oral_1cmt": ("conc<=20",),
-    "pk_iv_1cmt": ("conc<=40",),
-}
 
 
-def parse_bound(text: str):
-    """``"glucose_mg_dL>=70"`` -> ``Bound("glucose_mg_dL", 70.0, "lower")`` (``<=``/``<``: upper)."""
+def default_bounds(model) -> tuple:
+    """The model's declared safety limits (``PhysiologyModel.safety_limits``) as simulator bounds."""
     from medsim.simulate import Bound
 
-    m = _BOUND.match(text)
-    if m is None:
-        raise ValueError(f"--bound {text!r}: expected OBSERVABLE>=VALUE or OBSERVABLE<=VALUE, e.g. glucose_mg_dL>=70")
-    name, op, value = m.groups()
-    return Bound(name, float(value), "lower" if op.startswith(">") else "upper")
+    return tuple(Bound(lim.observable, lim.value, lim.side) for lim in model.safety_limits)
 
 
-def default_regimen(model, theta: dict, n: int, horizon: float):
-    """Dose events and constant rates of the default regimen (see the module docstring)."""
+def regimen_events(model, theta: dict, n: int, horizon: float):
+    """The model's default regimen (``PhysiologyModel.default_regimen``) as dose events and rates."""
     import numpy as np
 
     from medsim.simulate import DoseEvents
 
-    rows: list[tuple[float, int, np.ndarray]] = []
-    rates = {}
-    day = convert_time(1.0, "d", model.time_unit)
-    if model.name == "glucose_insulin":
-        rates[1] = np.asarray(theta["BASAL"], np.float64) / 60.0  # U/h -> U/min
-        for d in range(int(np.ceil(horizon / day))):
-            for hour, carbs in ((7, 50.0), (12, 70.0), (18, 80.0)):
-                t = d * day + hour * 60.0
-                rows += [(t, 2, np.full(n, carbs)), (t, 1, np.full(n, carbs / 10.0))]
-    elif model.name == "pk_oral_1cmt":
-        rows += [(t, 1, np.full(n, 320.0)) for t in np.arange(0.0, horizon, 12.0)]
-    elif model.name == "pk_iv_1cmt":
-        weight = np.asarray(theta["WGT"], np.float64)
-        rows.append((0.0, 1, 20.0 * weight))
-        rows += [(t, 1, 2.5 * weight) for t in np.arange(12.0, horizon, 12.0)]
+    rows, rates = model.default_regimen(theta, horizon)
     if not rows:
         return None, rates
     time_ = np.tile([r[0] for r in rows], (n, 1))
     cmt = np.tile([r[1] for r in rows], (n, 1))
-    amount = np.stack([r[2] for r in rows], axis=1)
+    amount = np.stack([np.broadcast_to(np.asarray(r[2], np.float64), (n,)) for r in rows], axis=1)
     return DoseEvents.from_arrays(time_, cmt, amount), rates
 
 
@@ -119,7 +85,7 @@ def _check_work(model, n: int, hours: float, per_hour_steps: float, n_bounds: in
     typical = {
         k: np.asarray(v)[None] for k, v in {**model.reference_covariates(), **model.typical_parameters()}.items()
     }
-    one, _ = default_regimen(model, typical, 1, hours * (60.0 if model.time_unit == "min" else 1.0))
+    one, _ = regimen_events(model, typical, 1, hours * (60.0 if model.time_unit == "min" else 1.0))
     saved = 0 if save_every is None else math.ceil(per_hour_steps / save_every) + 1
     n_events = 0 if one is None else int(one.time.shape[1])
     memory = _planned_memory(model, n, n_events, n_bounds, n_intervals, saved)
@@ -218,6 +184,7 @@ def simulate_command(
     from medsim.population.prior import prior_population
     from medsim.simulate import SimulationError, Simulator, budget, stability
     from medsim.simulate import checks as sim_checks
+    from policies.spec import parse_bound
 
     def fail(err: Exception) -> None:
         typer.echo(f"error: {err}", err=True)
@@ -225,7 +192,7 @@ def simulate_command(
 
     try:
         model = registry.get(model_name)
-        bounds = tuple(parse_bound(b) for b in (bound or DEFAULT_BOUNDS.get(model_name, ())))
+        bounds = tuple(parse_bound(b, where="--bound") for b in bound) if bound else default_bounds(model)
         per_hour = 60.0 if model.time_unit == "min" else 1.0
         step = float(dt) if dt is not None else per_hour / 60.0
         if not math.isfinite(hours):
@@ -239,7 +206,7 @@ def simulate_command(
         fail(err)
     key = jax.random.key(seed)
     theta = prior_population(model, n, key=jax.random.fold_in(key, 0))
-    events, rates = default_regimen(model, theta, n, horizon)
+    events, rates = regimen_events(model, theta, n, horizon)
     x = model.initial_state(theta)
     try:
         limit = sim.step_limit(x, theta)

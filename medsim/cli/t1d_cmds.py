@@ -28,6 +28,12 @@ def import_t1d_command(
         None, "--cgm-every", min=0.0, help="Keep CGM readings only at multiples of this many minutes (e.g. 15)."
     ),
     model: str = typer.Option("glucose_insulin", "--model", "-m", help="The glucose model the cohort is for."),
+    cgm_floor: float = typer.Option(
+        None, "--cgm-floor", help="Sensor floor (mg/dL, e.g. 39): readings at or below it are censored (M3)."
+    ),
+    cgm_ceiling: float = typer.Option(
+        None, "--cgm-ceiling", help="Sensor ceiling (mg/dL, e.g. 400): readings at or above it are censored (M3)."
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print the report as JSON."),
 ) -> None:
     """Convert a tidy T1D table (simglucose's patient,time_min,cgm,cho_g_per_min,insulin_U_per_min, or pump
@@ -53,7 +59,12 @@ def import_t1d_command(
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            report, cohort = check_t1d_table(table, units=units, cgm_every=cgm_every, model=physiology)
+            limits = None
+            if cgm_floor is not None or cgm_ceiling is not None:
+                limits = (0.0 if cgm_floor is None else cgm_floor, float("inf") if cgm_ceiling is None else cgm_ceiling)
+            report, cohort = check_t1d_table(
+                table, units=units, cgm_every=cgm_every, model=physiology, cgm_limits=limits
+            )
     except (FileNotFoundError, ValueError) as err:
         typer.echo(f"error: {err}", err=True)
         raise typer.Exit(2) from None

@@ -79,6 +79,7 @@ def build_cohort(
                 dose_amount=v["AMT"][d],
                 dose_rate=kinds.rate[d],
                 covariates={c: float(covariates.per_subject[c][s]) for c in covariates.names},
+                obs_cens=v["CENS"][o].astype(np.int64) if "CENS" in v else None,
             )
         )
     return Cohort(tuple(subjects), name=name, units=units, covariate_names=covariates.names, source=source)

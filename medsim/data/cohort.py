@@ -166,7 +166,8 @@ class Cohort:
 
     # ------------------------------------------------------------------ views
     def to_event_table(self) -> pd.DataFrame:
-        """Canonical event table: ``ID, TIME, DV, AMT, EVID, CMT, MDV, RATE`` + covariates.
+        """Canonical event table: ``ID, TIME, DV, AMT, EVID, CMT, MDV, RATE`` (+ ``CENS`` when an
+        observation is censored) + covariates.
 
         One record per observation (EVID 0) and per dose (EVID 1, DV missing). Within a subject
         records are in time order, observations before doses at the same time (pre-dose samples,
@@ -198,6 +199,9 @@ class Cohort:
                 "RATE": np.concatenate([np.zeros(n_o), cat("dose_rate", np.float64)])[sort],
             }
         )
+        cens = np.concatenate([cat("obs_cens", np.int64), np.zeros(n_d, np.int64)])[sort]
+        if cens.any():  # written only when used, so uncensored tables keep the canonical columns
+            frame["CENS"] = cens
         for name in self.covariate_names:
             values = np.array([s.covariates[name] for s in self.subjects], dtype=np.float64)
             frame[name] = values[subject_of[sort]] if len(sort) else np.zeros(0)
@@ -273,6 +277,7 @@ class Cohort:
         units: Mapping[str, str] | None = None,
         name: str = "",
         source: str = "",
+        obs_cens: Any = None,
     ) -> Cohort:
         """Build a cohort from per-subject arrays (for synthesised cohorts).
 
@@ -293,6 +298,9 @@ class Cohort:
             e.g. ``{"TIME": "min", "DV": "mg/dL"}``.
         name, source : str
             Provenance (e.g. ``"synthetic T1D, seed 3"``).
+        obs_cens : int, or per-subject like ``obs_time``, optional
+            Censoring codes (:class:`Subject`): 0 measured, 1 below / -1 above the limit held in
+            ``obs_value``; default none censored.
 
         Raises
         ------
@@ -319,6 +327,7 @@ class Cohort:
         for k, v in covariates.items():
             if v.shape != (n,):
                 raise ValueError(f"from_arrays: covariate {k!r} has shape {v.shape}; expected ({n},), one per subject")
+        o_cens = _broadcast(0 if obs_cens is None else obs_cens, [len(t) for t in o_time], "obs_cens")
         subjects = tuple(
             Subject(
                 ids[i],
@@ -330,6 +339,7 @@ class Cohort:
                 d_amount[i],
                 d_rate[i],
                 {k: float(v[i]) for k, v in covariates.items()},
+                o_cens[i],
             )
             for i in range(n)
         )

@@ -16,8 +16,9 @@ ADDL   number of additional doses, each ``II`` after the previous one
 II     interdose interval for ``ADDL``
 SS     steady-state flag (unsupported: any non-zero value is an error)
 DUR    infusion duration (nlmixr2 ``dur``, Monolix ``tinf``); RATE = AMT / DUR
-CENS   censoring flag (BLQ); non-zero values are an error, see :mod:`medsim.data.validate`
-LIMIT  censoring limit; only meaningful with CENS, ignored
+CENS   censoring flag (BLQ): 0 measured, 1 below the lower limit in DV, -1 above the upper limit in
+       DV (M3 likelihood), see :mod:`medsim.data.validate`
+LIMIT  second censoring limit (interval censoring); not supported, ignored with a notice
 C      NONMEM comment column: records whose C is ``C`` or ``#`` are ignored
 ====== ======================================================================================
 

@@ -39,6 +39,8 @@ class PaddedCohort:
     dose_mask : (S, max_dose) bool
         True for real doses.
     covariates : dict name -> (S,) float64
+    obs_cens : (S, max_obs) int64
+        Censoring code of each observation (:class:`~medsim.data.Subject`); padding 0.
     """
 
     ids: tuple[str, ...]
@@ -52,6 +54,7 @@ class PaddedCohort:
     dose_rate: np.ndarray
     dose_mask: np.ndarray
     covariates: dict[str, np.ndarray]
+    obs_cens: np.ndarray | None = None
 
     @property
     def n_subjects(self) -> int:
@@ -82,6 +85,7 @@ class PaddedCohort:
             dose_cmt=rows(self.dose_cmt, self.dose_mask),
             dose_rate=rows(self.dose_rate, self.dose_mask),
             covariates=self.covariates,
+            obs_cens=None if self.obs_cens is None else rows(self.obs_cens, self.obs_mask),
             units=units,
             name=name,
             source=source,
@@ -149,4 +153,5 @@ def pad_cohort(
         dose_rate=fill(dose_rate, dose_mask, "dose_rate"),
         dose_mask=dose_mask,
         covariates=covariates,
+        obs_cens=fill(np.zeros((n, w_obs), np.int64), obs_mask, "obs_cens"),
     )

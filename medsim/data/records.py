@@ -16,6 +16,7 @@ from medsim.data.columns import RESERVED
 from medsim.data.limits import MAGNITUDE_CHECKED, MAX_ADDL, MAX_CMT, MAX_MAGNITUDE, RANGE_TEXT, beyond_limits
 from medsim.data.parse import Parsed
 from medsim.data.report import Notice
+from medsim.data.subject import CENS_VALUES
 
 
 @dataclass(frozen=True)
@@ -149,14 +150,28 @@ def check_records(p: Parsed, time_unit: str = "") -> RecordKinds:
     p.flag(is_obs & ok("DUR") & (dur != 0), "DUR", "an observation record (EVID 0) carries a DUR; expected 0 or '.'")
     if "CENS" in p.cells:
         p.flag(
-            is_obs & ok("CENS") & (v["CENS"] != 0),
+            is_obs & ok("CENS") & ~np.isin(v["CENS"], CENS_VALUES),
             "CENS",
-            "censored (below-LOQ) observation; medsim cannot fit "
-            "censored data (no M3 likelihood); expected CENS/BLQ = 0 - drop the record or set MDV = 1 "
-            "(NONMEM's M1 method) if that is the analysis you intend",
+            lambda i: (
+                f"CENS = {v['CENS'][i]:g} on an observation; expected 0 (measured), 1 (below the lower limit of "
+                "quantification or a sensor floor, DV = that limit) or -1 (above an upper limit or sensor ceiling, "
+                "DV = that limit)"
+            ),
+        )
+        p.flag(
+            act & ~is_obs & ok("CENS") & (v["CENS"] != 0),
+            "CENS",
+            "CENS on a record that is not a used observation (EVID 0, MDV 0); expected 0 or '.'",
         )
     if p.columns.has("LIMIT"):
-        p.notices.append(Notice("column ignored (censoring limits are not used)", (), p.columns.label("LIMIT")))
+        p.notices.append(
+            Notice(
+                "column ignored (a censored record's limit is its DV, NONMEM's M3 convention; interval censoring "
+                "with a second limit is not supported)",
+                (),
+                p.columns.label("LIMIT"),
+            )
+        )
 
     # --- doses
     amt_missing = p.cells["AMT"].missing if "AMT" in p.cells else np.ones(p.n, dtype=bool)

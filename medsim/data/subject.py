@@ -53,6 +53,11 @@ class Subject:
         unit), lasting ``amount / rate``.
     covariates : mapping str -> float
         Time-constant covariates (read-only).
+    obs_cens : (n_obs,) int64
+        Censoring of each observation (NONMEM's CENS): 0 measured; 1 below a lower limit (a
+        sensor floor, a limit of quantification) that ``obs_value`` holds; -1 above an upper
+        limit (a sensor ceiling) that ``obs_value`` holds. Default: none censored. Fits use the
+        probability of being beyond the limit (Beal's M3 method, :mod:`inference.likelihood`).
     """
 
     id: str
@@ -64,19 +69,25 @@ class Subject:
     dose_amount: np.ndarray = field(default_factory=lambda: np.zeros(0))
     dose_rate: np.ndarray = field(default_factory=lambda: np.zeros(0))
     covariates: Mapping[str, float] = field(default_factory=dict)
+    obs_cens: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         sid = str(self.id)
+        cens = np.zeros(np.shape(self.obs_time), np.int64) if self.obs_cens is None else self.obs_cens
         arrays = {
             "obs_time": _frozen(self.obs_time, np.float64, "obs_time", sid),
             "obs_value": _frozen(self.obs_value, np.float64, "obs_value", sid),
             "obs_cmt": _frozen(self.obs_cmt, np.int64, "obs_cmt", sid),
+            "obs_cens": _frozen(cens, np.float64, "obs_cens", sid),
             "dose_time": _frozen(self.dose_time, np.float64, "dose_time", sid),
             "dose_cmt": _frozen(self.dose_cmt, np.int64, "dose_cmt", sid),
             "dose_amount": _frozen(self.dose_amount, np.float64, "dose_amount", sid),
             "dose_rate": _frozen(self.dose_rate, np.float64, "dose_rate", sid),
         }
-        for group in (("obs_time", "obs_value", "obs_cmt"), ("dose_time", "dose_cmt", "dose_amount", "dose_rate")):
+        for group in (
+            ("obs_time", "obs_value", "obs_cmt", "obs_cens"),
+            ("dose_time", "dose_cmt", "dose_amount", "dose_rate"),
+        ):
             lengths = {name: arrays[name].shape[0] for name in group}
             if len(set(lengths.values())) > 1:
                 raise ValueError(f"subject {sid!r}: {', '.join(group)} must have equal lengths, got {lengths}")
@@ -87,6 +98,13 @@ class Subject:
             ("dose_amount", np.isfinite(arrays["dose_amount"]) & (arrays["dose_amount"] > 0), "amounts > 0"),
             ("dose_rate", np.isfinite(arrays["dose_rate"]) & (arrays["dose_rate"] >= 0), "rates >= 0 (0 = bolus)"),
         )
+        bad_cens = ~np.isin(arrays["obs_cens"], CENS_VALUES)
+        if bad_cens.any():
+            raise ValueError(
+                f"subject {sid!r}: obs_cens contains {arrays['obs_cens'][bad_cens][0].item()!r}; expected 0 "
+                "(measured), 1 (below the lower limit held in obs_value) or -1 (above the upper limit)"
+            )
+        arrays["obs_cens"] = _frozen(arrays["obs_cens"], np.int64, "obs_cens", sid)
         for name, good, expected in checks:
             if not good.all():
                 bad = arrays[name][~good][0].item()
@@ -109,7 +127,7 @@ class Subject:
                     f"subject {sid!r}: covariate {name!r} is {value!r}; expected a magnitude at most {MAX_MAGNITUDE:g}"
                 )
         # Canonical record order (np.lexsort sorts by the last key first).
-        obs = np.lexsort((arrays["obs_value"], arrays["obs_cmt"], arrays["obs_time"]))
+        obs = np.lexsort((arrays["obs_cens"], arrays["obs_value"], arrays["obs_cmt"], arrays["obs_time"]))
         dose = np.lexsort((arrays["dose_rate"], arrays["dose_amount"], arrays["dose_cmt"], arrays["dose_time"]))
         object.__setattr__(self, "id", sid)
         for name, array in arrays.items():
@@ -133,7 +151,7 @@ class Subject:
             return NotImplemented
         return (
             self.id == other.id
-            and all(np.array_equal(getattr(self, f), getattr(other, f)) for f in _ARRAY_FIELDS)
+            and all(np.array_equal(getattr(self, f), getattr(other, f)) for f in (*_ARRAY_FIELDS, "obs_cens"))
             and dict(self.covariates) == dict(other.covariates)
         )
 
@@ -141,10 +159,12 @@ class Subject:
 
     def __reduce__(self) -> tuple:
         # MappingProxyType cannot be pickled; rebuild from plain values (used by multiprocessing).
-        return (Subject, (self.id, *(getattr(self, f) for f in _ARRAY_FIELDS), dict(self.covariates)))
+        return (Subject, (self.id, *(getattr(self, f) for f in _ARRAY_FIELDS), dict(self.covariates), self.obs_cens))
 
     def __repr__(self) -> str:
         return f"Subject(id={self.id!r}, n_obs={self.n_obs}, n_dose={self.n_dose}, covariates={dict(self.covariates)})"
 
 
+#: Allowed censoring codes (NONMEM CENS): measured, below a lower limit, above an upper limit.
+CENS_VALUES = (0, 1, -1)
 _ARRAY_FIELDS = ("obs_time", "obs_value", "obs_cmt", "dose_time", "dose_cmt", "dose_amount", "dose_rate")

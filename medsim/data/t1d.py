@@ -9,6 +9,7 @@ What becomes of each quantity (the glucose models' compartments, ``medsim models
 
 * CGM glucose (mg/dL; mmol/L converted with 18.016 mg/dL per mmol/L) -> observations on the
   model's glucose CMT, at every row or, with ``cgm_every``, at times that are multiples of it;
+  with ``cgm_limits``, readings at the sensor's floor or ceiling are censored observations;
 * carbohydrate -> grams per row (a rate in g/min times the row's interval) -> a meal into the
   model's carbohydrate CMT;
 * insulin -> a rate per row (U/min). A total-insulin column is split into a basal part (the
@@ -78,6 +79,7 @@ def check_t1d_table(
     units: Mapping[str, str] | None = None,
     cgm_every: float | None = None,
     model: object = "glucose_insulin",
+    cgm_limits: tuple[float, float] | None = None,
 ) -> tuple[ValidationReport, Cohort | None]:
     """Check a tidy T1D table and build the cohort; never raises for problems in the table.
 
@@ -92,6 +94,12 @@ def check_t1d_table(
         simglucose's 3-minute rows); default every reading.
     model : PhysiologyModel or str
         The glucose model the cohort is for (its CMTs and covariates).
+    cgm_limits : (floor, ceiling), optional
+        The sensor's reporting range in mg/dL (e.g. ``(39, 400)`` for simglucose's Dexcom and
+        many real sensors, ``(40, 400)`` for others). A reading at or below the floor is a
+        censored observation (the true value is somewhere below, ``CENS`` 1 with DV = floor), at
+        or above the ceiling censored above (``CENS`` -1); fits then use the probability of
+        being beyond the limit (M3), not the limit as a value. Default: every reading exact.
 
     Returns
     -------
@@ -106,13 +114,26 @@ def check_t1d_table(
     columns, problems, notices = resolve_t1d_columns(raw.header, units)
     if cgm_every is not None and not cgm_every > 0:
         problems.append(Problem(None, None, str(cgm_every), "cgm_every must be > 0 minutes"))
+    if cgm_limits is not None and not (
+        len(cgm_limits) == 2 and not np.isnan(cgm_limits).any() and 0 <= cgm_limits[0] < cgm_limits[1]
+    ):
+        problems.append(
+            Problem(
+                None,
+                None,
+                str(cgm_limits),
+                "cgm_limits must be (floor, ceiling) in mg/dL with 0 <= floor < ceiling (inf: no ceiling)",
+            )
+        )
     if problems:
         return ValidationReport(raw.source, tuple(problems), tuple(notices)), None
-    frame = _event_frame(raw, columns, cgm_every, model, problems, notices)
+    frame = _event_frame(raw, columns, cgm_every, model, problems, notices, cgm_limits)
     if problems or frame is None:
         problems.sort(key=lambda pr: (pr.row is not None, pr.row or 0))
         return ValidationReport(raw.source, tuple(problems), tuple(notices)), None
-    covariates = [c for c in frame.columns if c not in ("ID", "TIME", "DV", "AMT", "EVID", "CMT", "MDV", "RATE")]
+    covariates = [
+        c for c in frame.columns if c not in ("ID", "TIME", "DV", "AMT", "EVID", "CMT", "MDV", "RATE", "CENS")
+    ]
     event_units = {"TIME": "min", "DV": "mg/dL", "AMT": "U insulin / g carbohydrate", "RATE": "U/min", "BASAL": "U/h"}
     event_units.update({c: "kg" for c in covariates if c != "BASAL"})
     report, cohort = check_table(read_raw(frame), model=model, units=event_units, covariates=covariates)
@@ -129,6 +150,7 @@ def read_t1d_table(
     units: Mapping[str, str] | None = None,
     cgm_every: float | None = None,
     model: object = "glucose_insulin",
+    cgm_limits: tuple[float, float] | None = None,
 ) -> Cohort:
     """Read a tidy T1D table into a :class:`~medsim.data.Cohort` (arguments as :func:`check_t1d_table`).
 
@@ -142,7 +164,7 @@ def read_t1d_table(
     T1DTableWarning
         Once per notice (unused columns, suspicious units, basal covariate disagreements).
     """
-    report, cohort = check_t1d_table(table, units=units, cgm_every=cgm_every, model=model)
+    report, cohort = check_t1d_table(table, units=units, cgm_every=cgm_every, model=model, cgm_limits=cgm_limits)
     if cohort is None:
         raise CohortFormatError(report)
     for line in report.warnings:
@@ -166,6 +188,7 @@ def _event_frame(
     model: object,
     problems: list[Problem],
     notices: list[Notice],
+    cgm_limits: tuple[float, float] | None = None,
 ) -> pd.DataFrame | None:
     rows = raw.rows
     ids = raw.frame[cols.subject.header].astype("string").str.strip()
@@ -370,15 +393,22 @@ def _event_frame(
             keep = np.isfinite(cgm[idx])
             if cgm_every is not None:
                 keep &= np.isclose(np.remainder(t + 1e-6, cgm_every), 0.0, atol=1e-4)
+            low, high = (-np.inf, np.inf) if cgm_limits is None else cgm_limits
             for j in np.flatnonzero(keep):
-                records.append(base | {"TIME": t[j], "DV": float(cgm[idx][j]), "EVID": 0, "CMT": glucose_cmt})
+                value = float(cgm[idx][j])
+                cens = 1 if value <= low else (-1 if value >= high else 0)  # beyond the sensor's range: M3
+                value = low if cens == 1 else (high if cens == -1 else value)
+                records.append(base | {"TIME": t[j], "DV": value, "EVID": 0, "CMT": glucose_cmt, "CENS": cens})
     if problems:
         return None
     frame = pd.DataFrame.from_records(records)
-    for name, default in (("DV", np.nan), ("AMT", 0.0), ("RATE", 0.0)):
+    for name, default in (("DV", np.nan), ("AMT", 0.0), ("RATE", 0.0), ("CENS", 0)):
         frame[name] = frame[name].fillna(default) if name in frame else default
     frame["MDV"] = frame["EVID"]
     frame["_id"] = pd.Categorical(frame["ID"], categories=list(uniques), ordered=True)
     frame = frame.sort_values(["_id", "TIME", "EVID"], kind="stable").drop(columns=["_id"])
+    frame["CENS"] = frame["CENS"].astype(int)
+    if not frame["CENS"].any():
+        frame = frame.drop(columns=["CENS"])
     lead = ["ID", "TIME", "DV", "AMT", "EVID", "CMT", "MDV", "RATE"]
     return frame[lead + [c for c in frame.columns if c not in lead]].reset_index(drop=True)

@@ -6,10 +6,12 @@ checks and raises :class:`~medsim.data.CohortFormatError` listing the problems.
 
 Choices a NONMEM user should know
 ---------------------------------
-* Censoring (a ``CENS`` or ``BLQ`` column with a non-zero value on an observation) is an
-  **error**: medsim's likelihoods have no censored (M3) term, treating a below-LOQ value as a
-  measurement biases the fit, and dropping it (M1) is an analysis decision to make explicitly
-  (set MDV = 1 on those records, which is then reported as an ignored record).
+* Censoring follows NONMEM's M3 convention: ``CENS`` (or ``BLQ``) = 1 on an observation says
+  the value was below a lower limit (a limit of quantification, a CGM floor) and DV holds that
+  limit; -1 says it was above an upper limit (a CGM ceiling) held in DV; 0 is a measurement.
+  Fits use the probability of lying beyond the limit (Beal 2001, M3), never the limit as a
+  value. Any other CENS value, or CENS on a record that is not a used observation, is an error.
+  Dropping such records instead (M1) is an analysis decision to make explicitly (MDV = 1).
 * Steady state (``SS``), reset events (EVID 3/4) and modelled rates (RATE -1/-2) are errors
   ("not supported"), never silently approximated.
 * Ignored records (EVID 2, MDV = 1 observations, blank lines, ``C`` comment records) and

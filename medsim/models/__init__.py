@@ -29,12 +29,16 @@ from medsim.models.glucose_insulin import GlucoseInsulin
 from medsim.models.glucose_ou import GlucoseOU
 from medsim.models.pk_iv_1cmt import PKIV1Cmt
 from medsim.models.pk_oral_1cmt import PKOral1Cmt
+from medsim.models.uva_padova import UvaPadova
 
 _REGISTRY: dict[str, Callable[[], PhysiologyModel]] = {
     "pk_oral_1cmt": PKOral1Cmt,
     "pk_iv_1cmt": PKIV1Cmt,
     "glucose_insulin": GlucoseInsulin,
     "t1d_ou": GlucoseOU,
+    "uva_padova": UvaPadova,
+    "uva_padova_adolescent": lambda: UvaPadova(group="adolescent", name="uva_padova_adolescent"),
+    "uva_padova_child": lambda: UvaPadova(group="child", name="uva_padova_child"),
 }
 
 

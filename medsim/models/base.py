@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 import jax.numpy as jnp
+import numpy as np
 
 Array = jnp.ndarray
 Values = Mapping[str, Array]
@@ -95,6 +96,11 @@ class Observable:
     bridge_scale: Literal["linear", "log"] = "linear"
 
 
+def residual_key(observable: str, kind: Literal["add", "prop"]) -> str:
+    """Name of a residual-error parameter in likelihood, draw and population mappings (``"conc_add"``)."""
+    return f"{observable}_{kind}"
+
+
 @dataclass(frozen=True)
 class ResidualError:
     """Measurement (residual) error on an observable.
@@ -139,6 +145,36 @@ class Covariate:
 
 
 @dataclass(frozen=True)
+class SafetyLimit:
+    """A default safety bound of a model: ``observable >= value`` (``"lower"``) or ``<= value`` (``"upper"``).
+
+    What ``medsim simulate`` monitors when the user names no bound; ``source`` says where the
+    value comes from (a guideline, a label).
+    """
+
+    observable: str
+    side: Literal["lower", "upper"]
+    value: float
+    source: str = ""
+
+    def __post_init__(self) -> None:
+        if self.side not in ("lower", "upper"):
+            raise ValueError(f"SafetyLimit {self.observable!r}: side must be 'lower' or 'upper', got {self.side!r}")
+        if not math.isfinite(self.value):
+            raise ValueError(f"SafetyLimit {self.observable!r}: value must be finite, got {self.value!r}")
+
+
+@dataclass(frozen=True)
+class TargetRange:
+    """The efficacy range ``low <= observable <= high`` whose time-in-range reports show."""
+
+    observable: str
+    low: float
+    high: float
+    source: str = ""
+
+
+@dataclass(frozen=True)
 class PhysiologyModel(ABC):
     """Abstract physiology model: an SDE ``dx = f(t, x, theta, u) dt + g(t, x, theta) dW``.
 
@@ -163,7 +199,16 @@ class PhysiologyModel(ABC):
     dose_targets: Mapping[int, str] = field(default_factory=dict)
     dose_scale: Mapping[int, float] = field(default_factory=dict)
     dose_units: Mapping[int, str] = field(default_factory=dict)
+    #: What a reader calls each dose compartment's input ("insulin", "carbohydrate"); reports
+    #: name treatments by it, with the unit from ``dose_units`` (see :meth:`dose_label`).
+    dose_labels: Mapping[int, str] = field(default_factory=dict)
     obs_targets: Mapping[int, str] = field(default_factory=dict)
+    #: Defaults a model declares so that no command needs to know models by name: the safety
+    #: bounds ``medsim simulate`` monitors, the efficacy range reports use, and the compartment
+    #: announced disturbances (meals) enter (``None``: the model has none).
+    safety_limits: tuple[SafetyLimit, ...] = ()
+    target_range: TargetRange | None = None
+    meal_cmt: int | None = None
 
     # ------------------------------------------------------------------ metadata helpers
     @property
@@ -193,6 +238,35 @@ class PhysiologyModel(ABC):
             if p.name == name:
                 return p
         raise KeyError(f"model {self.name!r} has no parameter {name!r}; it has {[p.name for p in self.parameters]}")
+
+    def residual_values(self, n: int) -> dict[str, np.ndarray]:
+        """The model's residual-error parameters for ``n`` patients, named by :func:`residual_key`."""
+        out = {}
+        for obs, err in self.residual.items():
+            if err.kind in ("additive", "combined"):
+                out[residual_key(obs, "add")] = np.full(n, err.add)
+            if err.kind in ("proportional", "combined"):
+                out[residual_key(obs, "prop")] = np.full(n, err.prop)
+        return out
+
+    def default_regimen(self, theta: Mapping, horizon: float) -> tuple[list[tuple[float, int, np.ndarray]], dict]:
+        """The dosing regimen ``medsim simulate`` gives virtual patients when the user names none.
+
+        Parameters
+        ----------
+        theta : mapping name -> (n,) array
+            The patients' parameters and covariates (a regimen may depend on weight or basal rate).
+        horizon : float
+            In the model's time unit.
+
+        Returns
+        -------
+        doses : list of (time, cmt, (n,) amounts)
+        rates : dict cmt -> (n,) constant rate over the whole horizon (dose unit per time unit)
+
+        The base model gives no doses; a model overrides this and documents its regimen.
+        """
+        return [], {}
 
     def observable(self, name: str) -> Observable:
         for o in self.observables:
@@ -279,6 +353,12 @@ class PhysiologyModel(ABC):
         out[target] = x[target] + self.dose_scale.get(cmt, 1.0) * amount
         return out
 
+    def dose_label(self, cmt: int) -> str:
+        """``"insulin (U)"``: the compartment's ``dose_labels`` name (else "dose into <state>") and unit."""
+        name = self.dose_labels.get(cmt) or f"dose into {self.dose_targets.get(cmt, f'CMT {cmt}')}"
+        unit = self.dose_units.get(cmt, "")
+        return f"{name} ({unit})" if unit else name
+
     # ------------------------------------------------------------------ description
     def describe(self) -> dict:
         """JSON-serialisable description (for ``medsim models`` and provenance)."""
@@ -295,6 +375,7 @@ class PhysiologyModel(ABC):
             "residual": {k: vars(v) for k, v in self.residual.items()},
             "dose_targets": {str(k): v for k, v in self.dose_targets.items()},
             "dose_units": {str(k): v for k, v in self.dose_units.items()},
+            "dose_labels": {str(k): v for k, v in self.dose_labels.items()},
             "obs_targets": {str(k): v for k, v in self.obs_targets.items()},
             "noisy_states": list(self.noisy_states),
         }

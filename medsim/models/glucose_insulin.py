@@ -31,9 +31,26 @@ from dataclasses import dataclass, field
 import jax.numpy as jnp
 import numpy as np
 
-from medsim.models.base import Covariate, Observable, Parameter, PhysiologyModel, ResidualError, State
+from medsim.models.base import (
+    Covariate,
+    Observable,
+    Parameter,
+    PhysiologyModel,
+    ResidualError,
+    SafetyLimit,
+    State,
+    TargetRange,
+)
 
 _SRC = "Kanderian et al. 2009, JDST 3:1047, Table 2"
+
+_CONSENSUS = "Battelino et al., Diabetes Care 42:1593 (2019), consensus target range"
+#: The consensus target range 70-180 mg/dL, as a target and as safety limits (glucose models share them).
+CONSENSUS_TARGET = TargetRange("glucose_mg_dL", 70.0, 180.0, _CONSENSUS)
+CONSENSUS_LIMITS = (
+    SafetyLimit("glucose_mg_dL", "lower", 70.0, _CONSENSUS),
+    SafetyLimit("glucose_mg_dL", "upper", 180.0, _CONSENSUS),
+)
 
 
 @dataclass(frozen=True)
@@ -123,8 +140,26 @@ class GlucoseInsulin(PhysiologyModel):
     )
     dose_targets: dict = field(default_factory=lambda: {1: "insulin_sc", 2: "gut1"})
     dose_scale: dict = field(default_factory=lambda: {1: 1.0, 2: 1.0})
-    dose_units: dict = field(default_factory=lambda: {1: "U insulin (RATE in U/min)", 2: "g carbohydrate"})
+    # Boluses in these units; an infusion RATE in the unit per minute (the model's time unit).
+    dose_units: dict = field(default_factory=lambda: {1: "U", 2: "g"})
+    dose_labels: dict = field(default_factory=lambda: {1: "insulin", 2: "carbohydrate"})
     obs_targets: dict = field(default_factory=lambda: {3: "glucose_mg_dL", 4: "insulin_uU_mL"})
+    safety_limits: tuple[SafetyLimit, ...] = CONSENSUS_LIMITS
+    target_range: TargetRange | None = CONSENSUS_TARGET
+    meal_cmt: int | None = 2
+
+    def default_regimen(self, theta, horizon):
+        """Basal rate ``BASAL`` (U/h) from a pump; meals of 50 / 70 / 80 g carbohydrate at 07:00 /
+        12:00 / 18:00 every day (time 0 is midnight), each with a bolus of 1 U per 10 g (a fixed
+        carbohydrate ratio)."""
+        basal = np.asarray(theta["BASAL"], np.float64)
+        n = basal.shape[0] if basal.ndim else 1
+        doses = []
+        for d in range(int(np.ceil(horizon / 1440.0))):
+            for hour, carbs in ((7, 50.0), (12, 70.0), (18, 80.0)):
+                t = d * 1440.0 + hour * 60.0
+                doses += [(t, 2, np.full(n, carbs)), (t, 1, np.full(n, carbs / 10.0))]
+        return doses, {1: basal / 60.0}  # U/h -> U/min
 
     def steady_state(self, theta, basal_u_per_min):
         """Steady state under a constant basal rate (U/min) and no meal."""

@@ -16,8 +16,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import jax.numpy as jnp
+import numpy as np
 
-from medsim.models.base import Covariate, Observable, Parameter, PhysiologyModel, ResidualError, State
+from medsim.models.base import Covariate, Observable, Parameter, PhysiologyModel, ResidualError, SafetyLimit, State
 
 
 @dataclass(frozen=True)
@@ -79,7 +80,18 @@ class PKIV1Cmt(PhysiologyModel):
     dose_targets: dict = field(default_factory=lambda: {1: "central"})
     dose_scale: dict = field(default_factory=lambda: {1: 1.0})
     dose_units: dict = field(default_factory=lambda: {1: "mg"})
+    dose_labels: dict = field(default_factory=lambda: {1: "intravenous dose"})
     obs_targets: dict = field(default_factory=lambda: {1: "conc"})
+    safety_limits: tuple[SafetyLimit, ...] = (
+        SafetyLimit(
+            "conc", "upper", 40.0, "above 40 mg/L sedation and respiratory depression become likely in neonates"
+        ),
+    )
+
+    def default_regimen(self, theta, horizon):
+        """20 mg/kg IV loading dose at 0 h, then 2.5 mg/kg every 12 h from 12 h (weight ``WGT``)."""
+        weight = np.atleast_1d(np.asarray(theta["WGT"], np.float64))
+        return [(0.0, 1, 20.0 * weight)] + [(float(t), 1, 2.5 * weight) for t in np.arange(12.0, horizon, 12.0)], {}
 
     def covariate_effect(self, parameter, population, covariates):
         weight = covariates["WGT"]

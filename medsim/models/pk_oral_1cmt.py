@@ -18,7 +18,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from medsim.models.base import Observable, Parameter, PhysiologyModel, ResidualError, State
+import numpy as np
+
+from medsim.models.base import Observable, Parameter, PhysiologyModel, ResidualError, SafetyLimit, State
 
 
 @dataclass(frozen=True)
@@ -73,7 +75,16 @@ class PKOral1Cmt(PhysiologyModel):
     dose_targets: dict = field(default_factory=lambda: {1: "depot", 2: "central"})
     dose_scale: dict = field(default_factory=lambda: {1: 1.0, 2: 1.0})
     dose_units: dict = field(default_factory=lambda: {1: "mg", 2: "mg"})
+    dose_labels: dict = field(default_factory=lambda: {1: "oral dose", 2: "intravenous dose"})
     obs_targets: dict = field(default_factory=lambda: {2: "conc", 1: "conc"})
+    safety_limits: tuple[SafetyLimit, ...] = (
+        SafetyLimit("conc", "upper", 20.0, "upper end of the usual theophylline therapeutic range (10-20 mg/L)"),
+    )
+
+    def default_regimen(self, theta, horizon):
+        """320 mg orally every 12 h from 0 h (the ``Theoph`` study dose, ~4.5 mg/kg)."""
+        n = np.asarray(theta["V"]).shape[0] if np.ndim(theta["V"]) else 1
+        return [(float(t), 1, np.full(n, 320.0)) for t in np.arange(0.0, horizon, 12.0)], {}
 
     def initial_state(self, theta):
         zero = 0.0 * theta["V"]

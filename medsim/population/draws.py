@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from medsim.models.base import PhysiologyModel
+from medsim.models.prior import parameter_prior
 
 
 @dataclass(frozen=True)
@@ -36,6 +37,13 @@ class PosteriorDraws:
         Fitted subjects' covariates (resampled for new population patients).
     provenance : mapping
         Model name/version, data hash, seed, backend, versions, diagnostics summary.
+    state : mapping state -> (D, S)
+        Filtered state mean of each fitted subject after its record's last event (the extended
+        Kalman filter's ``E[x(t_last) | data]`` under each draw); empty when not known.
+    state_cov : (D, S, n, n) or None
+        Its covariance, states in ``model.state_names`` order.
+    state_time : (S,) or None
+        Time of each subject's last event (model time unit): where a twin's forecast starts.
     """
 
     model: PhysiologyModel
@@ -46,6 +54,9 @@ class PosteriorDraws:
     subject_ids: tuple[str, ...] = ()
     covariates: Mapping[str, np.ndarray] = field(default_factory=dict)
     provenance: Mapping = field(default_factory=dict)
+    state: Mapping[str, np.ndarray] = field(default_factory=dict)
+    state_cov: np.ndarray | None = None
+    state_time: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         missing = [p.name for p in self.model.parameters if p.name not in self.population]
@@ -62,6 +73,18 @@ class PosteriorDraws:
         for name, arr in self.covariates.items():
             if np.shape(arr) != (s,):
                 raise ValueError(f"covariate {name} has shape {np.shape(arr)}, expected (subjects,) = {(s,)}")
+        if self.state:
+            n = len(self.model.state_names)
+            if sorted(self.state) != sorted(self.model.state_names):
+                names = self.model.state_names
+                raise ValueError(f"filtered state names {sorted(self.state)} are not the model's {names}")
+            for name, arr in self.state.items():
+                if np.shape(arr) != (d, s):
+                    raise ValueError(f"filtered state {name} has shape {np.shape(arr)}, expected {(d, s)}")
+            if np.shape(self.state_cov) != (d, s, n, n):
+                raise ValueError(f"state_cov has shape {np.shape(self.state_cov)}, expected {(d, s, n, n)}")
+            if np.shape(self.state_time) != (s,):
+                raise ValueError(f"state_time has shape {np.shape(self.state_time)}, expected {(s,)}")
 
     @property
     def n_draws(self) -> int:
@@ -73,24 +96,18 @@ class PosteriorDraws:
 
     @classmethod
     def from_prior(cls, model: PhysiologyModel, n_draws: int, *, seed: int) -> PosteriorDraws:
-        """Draws from the model's priors (no data): typical values log-normal around the model's
-        defaults, BSV fixed at the model's values. For simulation before any fit."""
+        """Draws of the population values from the model's prior (no data), for simulation before any fit.
+
+        Typical values, covariate effects and process-noise scales are drawn from the same prior a
+        fit uses (:mod:`medsim.models.prior`). The BSV SDs are held at the model's literature
+        values rather than drawn from their weakly informative half-normal: a prior-predictive
+        population should spread patients as the literature does, not as wide as the fit's prior
+        allows. Residual errors likewise take the model's values.
+        """
         rng = np.random.default_rng(seed)
-        population = {}
-        for p in model.parameters:
-            if p.kind == "structural":
-                population[p.name] = p.typical * np.exp(p.prior_log_sd * rng.standard_normal(n_draws))
-            elif p.kind == "covariate_effect":
-                population[p.name] = p.typical + p.prior_sd * rng.standard_normal(n_draws)
-            else:
-                population[p.name] = np.abs(p.prior_sd * rng.standard_normal(n_draws))
+        population = {p.name: parameter_prior(p).sample(rng, n_draws) for p in model.parameters}
         omega = {p.name: np.full(n_draws, p.bsv) for p in model.structural if p.bsv > 0}
-        residual = {}
-        for obs, r in model.residual.items():
-            if r.kind in ("additive", "combined"):
-                residual[f"{obs}_add"] = np.full(n_draws, r.add)
-            if r.kind in ("proportional", "combined"):
-                residual[f"{obs}_prop"] = np.full(n_draws, r.prop)
+        residual = model.residual_values(n_draws)
         return cls(
             model=model,
             population=population,

@@ -34,7 +34,11 @@ def prior_population(
     key: jax.Array,
     covariates: Mapping[str, object] | None = None,
 ) -> dict[str, jax.Array]:
-    """Individual parameters of ``n`` virtual patients drawn from the model's prior.
+    """Individual parameters of ``n`` virtual patients of the model's *typical-value population*.
+
+    Population values are fixed at the model's typical values and patients differ by the
+    literature between-subject variability only (the three prior populations are compared in
+    :mod:`medsim.models.prior`).
 
     Parameters
     ----------

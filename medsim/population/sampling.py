@@ -4,6 +4,15 @@
   population values of draw ``d``, the subject's random effects ``eta[d, s]`` and its covariates.
   The spread across patients is pure parameter uncertainty about that subject (plus, later, the
   process and measurement noise of the rollout).
+  When the draws carry the fitted subjects' filtered states (``PosteriorDraws.state``: the
+  extended Kalman filter's mean and covariance after the subject's last recorded event, under
+  each draw), a twin starts *there*: its state at rollout time 0 is drawn from
+  ``Normal(mean[d, s], cov[d, s])``, one draw per patient (what the measurements leave open
+  about the current state given the parameters is, like process noise, part of the within-draw
+  spread), and rollout time 0 stands for the subject's time ``state_time[s]`` (recorded in the
+  provenance). The states are stored as ``initial_<state>`` parameters, the convention of the
+  neural twins, which :meth:`VirtualPopulation.initial_state` honours. ``start="initial"``
+  keeps the model's own initial state (the basal steady state at time 0).
 * ``mode="population"``: new subjects. Draw ``d`` gives population values and between-subject
   SDs ``omega_d``; each patient gets a new ``eta ~ Normal(0, omega_d)`` (the log-normal BSV of
   :class:`~medsim.models.base.Parameter`) and covariates either given by the user or resampled
@@ -28,7 +37,7 @@ import numpy as np
 
 from medsim.population.draws import PosteriorDraws
 from medsim.population.streams import Stream
-from medsim.population.virtual import VirtualPopulation
+from medsim.population.virtual import INITIAL_PREFIX, VirtualPopulation
 
 
 def default_patients_per_draw(n: int, n_draws: int) -> int:
@@ -78,6 +87,7 @@ def sample_population(
     covariates: Mapping[str, float | np.ndarray] | None = None,
     seed: int,
     patients_per_draw: int | None = None,
+    start: str | None = None,
 ) -> VirtualPopulation:
     """Sample ``n`` virtual patients from posterior (or prior) draws.
 
@@ -98,6 +108,10 @@ def sample_population(
         Same seed, same population.
     patients_per_draw : int, optional
         Patients sharing one draw (default: :func:`default_patients_per_draw`).
+    start : {"filtered", "initial"}, optional
+        Where twins start (``mode="personalized"`` only): the subject's filtered state after its
+        last recorded event, or the model's initial state at time 0. Default: ``"filtered"``
+        when the draws carry filtered states, else ``"initial"``.
 
     Returns
     -------
@@ -120,9 +134,16 @@ def sample_population(
         raise ValueError(f"patients_per_draw must be >= 1, got {patients_per_draw!r}")
     # Independent generators for the three random choices, so e.g. changing the covariate source
     # does not change which draws are used.
-    rng_draw, rng_eta, rng_cov = (
-        np.random.default_rng(s) for s in np.random.SeedSequence([int(seed), int(Stream.SAMPLING)]).spawn(3)
+    # (children of a SeedSequence depend on their index only: the fourth leaves the first three as they were)
+    rng_draw, rng_eta, rng_cov, rng_state = (
+        np.random.default_rng(s) for s in np.random.SeedSequence([int(seed), int(Stream.SAMPLING)]).spawn(4)
     )
+    if start not in (None, "filtered", "initial"):
+        raise ValueError(f"start must be 'filtered' or 'initial', got {start!r}")
+    if start is not None and mode != "personalized":
+        raise ValueError("start is only used with mode='personalized' (new patients start at the initial state)")
+    if start == "filtered" and not draws.state:
+        raise ValueError("start='filtered' needs draws with the fitted subjects' filtered states (refit to store them)")
     n_slots = math.ceil(n / m)
     draw = np.repeat(_draw_slots(rng_draw, d_total, n_slots), m)[:n].astype(np.int64)
     population = {k: np.asarray(v, np.float64)[draw] for k, v in draws.population.items()}
@@ -176,12 +197,12 @@ def sample_population(
             titrated = sorted(new)
             theta = _individual(model, population, eta, cov, n)
     params = theta
-    residual = {k: np.asarray(v, np.float64)[draw] for k, v in draws.residual.items()}
-    for obs, err in model.residual.items():
-        if err.kind in ("additive", "combined"):
-            residual.setdefault(f"{obs}_add", np.full(n, err.add))
-        if err.kind in ("proportional", "combined"):
-            residual.setdefault(f"{obs}_prop", np.full(n, err.prop))
+    origin = None
+    if mode == "personalized" and draws.state and start != "initial":
+        params = {**theta, **filtered_start(draws, draw, s, rng_state)}
+        origin = float(np.asarray(draws.state_time)[s])
+    # the posterior's residual draws where it has them, the model's values otherwise
+    residual = {**model.residual_values(n), **{k: np.asarray(v, np.float64)[draw] for k, v in draws.residual.items()}}
 
     from medsim import __version__
 
@@ -197,6 +218,8 @@ def sample_population(
         "n_posterior_draws": d_total,
         "covariates_given": sorted(covariates or {}),
         "covariates_titrated": titrated,
+        "start": "initial state at time 0" if origin is None else "filtered state after the subject's last event",
+        "start_time": 0.0 if origin is None else origin,
         "medsim_version": __version__,
     }
     return VirtualPopulation(
@@ -212,3 +235,20 @@ def sample_population(
         patients_per_draw=m,
         provenance=provenance,
     )
+
+
+def filtered_start(draws: PosteriorDraws, draw: np.ndarray, subject: int, rng: np.random.Generator) -> dict:
+    """``initial_<state>`` (n,) per state: one draw per patient from ``Normal(mean[d, s], cov[d, s])``.
+
+    The covariance's square root comes from its eigen-decomposition with negative round-off
+    eigenvalues set to 0 (states no process noise reaches have exactly zero variance, so a
+    Cholesky factor does not exist).
+    """
+    names = draws.model.state_names
+    mean = np.stack([np.asarray(draws.state[k], np.float64)[draw, subject] for k in names], axis=-1)
+    cov = np.asarray(draws.state_cov, np.float64)[draw, subject]
+    cov = 0.5 * (cov + np.swapaxes(cov, -1, -2))
+    values, vectors = np.linalg.eigh(cov)
+    root = vectors * np.sqrt(np.clip(values, 0.0, None))[..., None, :]
+    x0 = mean + np.einsum("nij,nj->ni", root, rng.standard_normal(mean.shape))
+    return {f"{INITIAL_PREFIX}{k}": x0[:, j] for j, k in enumerate(names)}

@@ -27,9 +27,12 @@ from pathlib import Path
 import jax.numpy as jnp
 import numpy as np
 
-from medsim.models.base import PhysiologyModel
+from medsim.models.base import PhysiologyModel, residual_key
 
 MODES = ("population", "personalized", "prior")
+#: A parameter ``initial_<state>`` sets that state at rollout time 0 (twins that start from the
+#: filtered state of their subject, and the neural twins' encoded start).
+INITIAL_PREFIX = "initial_"
 
 
 @dataclass(frozen=True)
@@ -125,12 +128,7 @@ class VirtualPopulation:
         n = int(np.shape(next(iter(theta.values())))[0])
         cov = {c.name: np.full(n, float(c.reference)) for c in model.covariates}
         cov.update({k: np.broadcast_to(np.asarray(v, np.float64), (n,)).copy() for k, v in (covariates or {}).items()})
-        residual = {}
-        for obs, err in model.residual.items():
-            if err.kind in ("additive", "combined"):
-                residual[f"{obs}_add"] = np.full(n, err.add)
-            if err.kind in ("proportional", "combined"):
-                residual[f"{obs}_prop"] = np.full(n, err.prop)
+        residual = model.residual_values(n)
         return cls(
             model=model,
             draw=np.full(n, -1, np.int64),
@@ -179,16 +177,22 @@ class VirtualPopulation:
         }
 
     def initial_state(self) -> dict[str, np.ndarray]:
-        """Each patient's state at time 0 (``model.initial_state`` of its parameters), (N,) per state."""
-        theta = {k: jnp.asarray(v, jnp.float32) for k, v in self.simulation_parameters().items()}
-        x0 = self.model.initial_state(theta)
+        """Each patient's state at time 0, (N,) per state.
+
+        ``model.initial_state`` of its parameters, except for states given as parameters
+        ``initial_<state>`` (a twin started from its subject's filtered state).
+        """
+        params = self.simulation_parameters()
+        theta = {k: jnp.asarray(v, jnp.float32) for k, v in params.items()}
+        x0 = dict(self.model.initial_state(theta))
+        x0.update({k: params[f"{INITIAL_PREFIX}{k}"] for k in x0 if f"{INITIAL_PREFIX}{k}" in params})
         return {k: np.broadcast_to(np.asarray(v, np.float64), (self.n_patients,)).copy() for k, v in x0.items()}
 
     def residual_sd(self, observable: str, prediction: np.ndarray) -> np.ndarray:
         """Measurement-error SD of ``observable`` at ``prediction`` (N,), with each patient's draw."""
         err = self.model.residual[observable]
-        add = self.residual.get(f"{observable}_add")
-        prop = self.residual.get(f"{observable}_prop")
+        add = self.residual.get(residual_key(observable, "add"))
+        prop = self.residual.get(residual_key(observable, "prop"))
         return np.asarray(err.sd(jnp.asarray(prediction), add=add, prop=prop), np.float64)
 
     # ------------------------------------------------------------------ files

@@ -21,7 +21,7 @@ from dataclasses import dataclass, fields
 
 import numpy as np
 
-from policies.protocol import Observation, Option, spec_string, units_per_hour
+from policies.protocol import MissingCovariateError, Observation, Option, spec_string, units_per_hour
 
 
 @dataclass(frozen=True)
@@ -84,7 +84,7 @@ class BasalBolus:
 
     def act(self, state: dict[str, np.ndarray], obs: Observation, *, rng: np.random.Generator):
         if "BASAL" not in obs.covariates:
-            raise KeyError("basal_bolus needs the covariate BASAL (U/h)")
+            raise MissingCovariateError("basal_bolus", "BASAL", "U/h")
         t = np.asarray(obs.time, np.float64)
         basal_h = np.asarray(obs.covariates["BASAL"], np.float64)
         cr, cf = self.ratios(basal_h)

@@ -25,7 +25,7 @@ from dataclasses import dataclass, fields
 
 import numpy as np
 
-from policies.protocol import Observation, Option, spec_string, units_per_hour
+from policies.protocol import MissingCovariateError, Observation, Option, spec_string, units_per_hour
 
 
 @dataclass(frozen=True)
@@ -82,7 +82,7 @@ class PID:
 
     def act(self, state: dict[str, np.ndarray], obs: Observation, *, rng: np.random.Generator):
         if "BASAL" not in obs.covariates:
-            raise KeyError("pid needs the covariate BASAL (U/h)")
+            raise MissingCovariateError("pid", "BASAL", "U/h")
         t = np.asarray(obs.time, np.float64)
         glucose = np.asarray(obs.measured.get(self.observable, np.full(obs.n, np.nan)), np.float64)
         seen = ~np.isnan(glucose) & obs.active

@@ -46,7 +46,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from medsim.models.base import PhysiologyModel
+from medsim.models.base import PhysiologyModel, residual_key
 from medsim.population.draws import PosteriorDraws
 from medsim.population.streams import Stream, patient_keys, patient_normal, patient_uniform
 from medsim.simulate.types import Bound, DoseEvents
@@ -170,8 +170,8 @@ class SafeTiming:
         theta = {k: jnp.broadcast_to(jnp.asarray(v, jnp.float32), (n * m,)) for k, v in theta.items()}
         residual = {}
         for obs_name, err in model.residual.items():
-            add = draws.residual.get(f"{obs_name}_add")
-            prop = draws.residual.get(f"{obs_name}_prop")
+            add = draws.residual.get(residual_key(obs_name, "add"))
+            prop = draws.residual.get(residual_key(obs_name, "prop"))
             residual[obs_name] = (
                 np.full(n * m, err.add) if add is None else np.asarray(add)[d],
                 np.full(n * m, err.prop) if prop is None else np.asarray(prop)[d],

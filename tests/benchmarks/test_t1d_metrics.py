@@ -79,3 +79,13 @@ def test_truncate_cuts_a_running_infusion_at_the_end_of_training():
     np.testing.assert_allclose(s.obs_time, [0.0, 100.0])
     np.testing.assert_allclose(s.dose_time, [0.0, 50.0])
     np.testing.assert_allclose(s.dose_amount, [1.2, 5.0])  # 0.01 U/min for 120 min; the bolus at 150 dropped
+
+
+def test_cgm_readings_are_predicted_on_the_models_sensor_observable():
+    # t1d_ou's CGM readings are interstitial glucose plus sensor error (cgm_mg_dL); scoring them
+    # against plasma glucose (glucose_mg_dL) was the benchmark's earlier defect.
+    import medsim.models
+    from benchmarks.external_t1d import cgm_observable
+
+    assert cgm_observable(medsim.models.get("t1d_ou")) == "cgm_mg_dL"
+    assert cgm_observable(medsim.models.get("glucose_insulin")) == "glucose_mg_dL"

@@ -41,7 +41,7 @@ CASES = [
     ("ii_without_addl.csv", {}, 2, "II", "12", "II without ADDL"),
     ("addl_not_whole.csv", {}, 2, "ADDL", "2.5", "expected ADDL to be a whole number >= 0"),
     ("addl_on_observation.csv", {}, 3, "ADDL", "2", "ADDL on a record that is not a dose"),
-    ("censored_blq.csv", {}, 4, "BLQ", "1", "medsim cannot fit censored data"),
+    ("censored_bad_code.csv", {}, 4, "BLQ", "2", "expected 0 (measured), 1 (below the lower limit"),
     ("negative_duration.csv", {}, 2, "DUR", "-2", "expected DUR = 0 (bolus) or > 0"),
     ("rate_and_duration.csv", {}, 2, "DUR", "2", "both RATE and DUR are given"),
     (

@@ -278,3 +278,20 @@ def test_cgm_goes_to_the_sensor_observable_of_a_model_that_has_one():
     cohort = read_quietly(tidy(), cgm_every=15, model="t1d_ou")
     for s in cohort.subjects:
         assert s.n_obs == 97 and np.all(s.obs_cmt == sensor)
+
+
+def test_readings_at_the_sensor_floor_and_ceiling_are_censored():
+    table = tidy(n_rows=21, patients=("a",))
+    table.loc[[2, 5], "cgm"] = [39.0, 38.5]  # at and below a 39 mg/dL floor
+    table.loc[9, "cgm"] = 401.0  # above a 400 mg/dL ceiling
+    cohort = read_quietly(table, cgm_limits=(39.0, 400.0))
+    s = cohort.subjects[0]
+    assert s.obs_cens.tolist() == [1 if k in (2, 5) else (-1 if k == 9 else 0) for k in range(21)]
+    # a censored reading holds its limit (M3), not what the sensor printed
+    np.testing.assert_allclose(s.obs_value[[2, 5, 9]], [39.0, 39.0, 400.0])
+    # without limits every reading is a measurement, as before
+    assert not read_quietly(table).subjects[0].obs_cens.any()
+    report, _ = check_t1d_table(table, cgm_limits=(400.0, 39.0))
+    assert [p.message for p in report.problems] == [
+        "cgm_limits must be (floor, ceiling) in mg/dL with 0 <= floor < ceiling (inf: no ceiling)"
+    ]

@@ -138,6 +138,7 @@ def assert_usable(cohort: Cohort) -> None:
             assert np.all(np.isfinite(single)) and np.all((single != 0) == (values != 0)), s
             assert np.all(np.abs(values) <= MAX_MAGNITUDE), s
         assert np.all(s.dose_amount > 0) and np.all(s.obs_time >= 0) and np.all(s.dose_rate >= 0)
+        assert np.all(np.isin(s.obs_cens, (0, 1, -1))), s  # a censoring code the likelihood knows
 
 
 @SETTINGS

@@ -61,7 +61,13 @@ class LinearOral(PhysiologyModel):
 
 
 def exact_kalman_loglik(theta, residual_sd, obs_time, obs_value, doses):
-    """Log predictive density of each observation, exactly.
+    """Log predictive density of each observation, exactly (see :func:`exact_kalman_filter`)."""
+    return exact_kalman_filter(theta, residual_sd, obs_time, obs_value, doses)[0]
+
+
+def exact_kalman_filter(theta, residual_sd, obs_time, obs_value, doses):
+    """Log predictive density of each observation, and the filtered mean and covariance after the
+    last event (and its time), exactly.
 
     Parameters
     ----------
@@ -123,4 +129,6 @@ def exact_kalman_loglik(theta, residual_sd, obs_time, obs_value, doses):
             if rate == 0:
                 m = m.copy()
                 m[state] += amount
-    return out
+    last = max(breakpoints)
+    m, p = propagate(m, p, t_now, last)  # an infusion may end after the last observation or dose
+    return out, m, p, last

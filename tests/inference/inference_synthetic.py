@@ -25,6 +25,7 @@ class Padded:
     dose_rate: np.ndarray
     dose_mask: np.ndarray
     covariates: dict = field(default_factory=dict)
+    obs_cens: np.ndarray | None = None
 
 
 @dataclass(frozen=True)

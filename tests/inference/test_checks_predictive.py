@@ -200,10 +200,11 @@ def test_vpc_accepts_the_true_model_and_flags_too_little_variability():
 def test_write_check_figures_is_atomic(tmp_path):
     draws = point_mass(ETA, n_draws=20)
     paths = write_check_figures(draws, cohort(true_conc(TIMES)), tmp_path / "figs", n_draws=20)
-    assert set(paths) == {"individual_fits", "vpc"}
+    assert set(paths) == {"individual_fits", "vpc", "goodness_of_fit"}
     for path in paths.values():
         assert Path(path).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert sorted(os.listdir(tmp_path / "figs")) == ["individual_fits.png", "vpc.png"]  # no temporary files
+    written = ["goodness_of_fit.png", "individual_fits.png", "vpc.png"]
+    assert sorted(os.listdir(tmp_path / "figs")) == written  # no temporary files
 
     class Broken(Figure):
         def savefig(self, out, **kwargs):
@@ -212,4 +213,4 @@ def test_write_check_figures_is_atomic(tmp_path):
 
     with pytest.raises(RuntimeError, match="disk full"):
         save_figure(Broken(), tmp_path / "figs" / "broken.png")
-    assert sorted(os.listdir(tmp_path / "figs")) == ["individual_fits.png", "vpc.png"]
+    assert sorted(os.listdir(tmp_path / "figs")) == written

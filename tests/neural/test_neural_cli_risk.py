@@ -82,7 +82,8 @@ def test_sample_writes_a_population_that_round_trips(files, floor_ok, tmp_path):
     assert prov["data_hash"] == files["data"].data_hash() and prov["cohort_used"].startswith("the training cohort")
     assert prov["calibration_coverage_90"] == files["record"]["coverage"]["0.9"]
     assert prov["calibration_passed"] is True and prov["forced"] is False
-    assert set(prov["data_support"]) == {"conc", "bolus_cmt1"}
+    # the same ranges a posterior stores (inference.cohort_support): infusion rates included
+    assert set(prov["data_support"]) == {"conc", "bolus_cmt1", "rate_cmt1"}
 
 
 def test_sample_a_digital_twin_of_a_training_subject(files, floor_ok, tmp_path):

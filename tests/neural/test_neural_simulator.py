@@ -10,10 +10,11 @@ import pytest
 import torch
 
 from inference.neural.elbo import GridBrownian
-from medsim.models.neural import NeuralSimulator, export_model
+from medsim.models.neural import export_model
 from medsim.models.neural.dose_filter import filter_values
-from medsim.models.neural.stepping import brownian_normals
 from medsim.simulate import Bound, DoseEvents, Simulator
+from tests.neural.torch_simulator import NeuralSimulator
+from tests.neural.torch_stepping import brownian_normals
 
 B = 64
 BOUNDS = (Bound("conc", 6.0, "upper"), Bound("conc", 2.0, "lower"))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 from typer.testing import CliRunner
 
@@ -49,7 +50,7 @@ def test_table_output_for_a_pk_model():
     ("args", "message"),
     [
         (["--model", "nope"], "unknown model 'nope'"),
-        (["--bound", "glucose_mg_dL=>70"], "expected OBSERVABLE>=VALUE"),
+        (["--bound", "glucose_mg_dL=>70"], "expected OBSERVABLE<=VALUE or OBSERVABLE>=VALUE"),
         (["--bound", "insulin>=5"], "no observable 'insulin'"),
     ],
 )
@@ -59,6 +60,24 @@ def test_bad_arguments_exit_with_a_message(args, message):
     assert message in result.output
 
 
-def test_parse_bound():
-    assert sim_cmds.parse_bound("glucose_mg_dL >= 70") == Bound("glucose_mg_dL", 70.0, "lower")
-    assert sim_cmds.parse_bound("conc<2e1") == Bound("conc", 20.0, "upper")
+def test_bounds_come_from_the_model_declarations():
+    # every registered model's declared limits become simulator bounds; no command lists models by name
+    import medsim.models as registry
+
+    assert sim_cmds.default_bounds(registry.get("glucose_insulin")) == (
+        Bound("glucose_mg_dL", 70.0, "lower"),
+        Bound("glucose_mg_dL", 180.0, "upper"),
+    )
+    assert sim_cmds.default_bounds(registry.get("pk_oral_1cmt")) == (Bound("conc", 20.0, "upper"),)
+    # t1d_ou inherits the glucose model's limits, regimen and meal compartment (it had none before)
+    ou = registry.get("t1d_ou")
+    assert sim_cmds.default_bounds(ou) == sim_cmds.default_bounds(registry.get("glucose_insulin"))
+    events, rates = sim_cmds.regimen_events(ou, {"BASAL": np.array([1.2, 0.6])}, 2, 1440.0)
+    assert events.time.shape == (2, 6) and np.allclose(rates[1], [0.02, 0.01])
+    assert ou.meal_cmt == 2
+
+
+def test_bound_option_uses_the_spec_parser():
+    result = RUNNER.invoke(app, ["simulate", "--n", "4", "--hours", "1", "--bound", "glucose<<3"])
+    assert result.exit_code == 2
+    assert "--bound" in result.output and "OBSERVABLE<=VALUE" in result.output

@@ -1,9 +1,10 @@
 """The neural patient model: a neural-CDE encoder, a latent neural SDE driven by treatments, a decoder.
 
 Owns the torch model (:class:`NeuralPatientModel`), its configuration, the forecasting windows
-cut from a cohort, the torch simulator with the mechanistic ``advance`` contract
-(:class:`NeuralSimulator`), the export of a trained model as a JAX
-:class:`~medsim.models.base.PhysiologyModel` (:func:`export_model`), virtual-patient sampling
+cut from a cohort, the export of a trained model as a JAX
+:class:`~medsim.models.base.PhysiologyModel` (:func:`export_model`: every simulation of a neural
+patient, rollouts and the calibration gate alike, runs through it in
+:class:`medsim.simulate.Simulator`), virtual-patient sampling
 (:func:`sample_neural_population`) and the calibration gate (:func:`require_calibrated`).
 
 This is the only place in ``medsim`` that imports torch; ``import medsim`` and
@@ -24,7 +25,6 @@ from medsim.models.neural.export import NeuralPhysiology, export_model, weights_
 from medsim.models.neural.gate import DEFAULT_FLOOR, MiscalibratedModelError, gate_summary, require_calibrated
 from medsim.models.neural.model import NeuralPatientModel
 from medsim.models.neural.population import config_digest, sample_neural_population
-from medsim.models.neural.simulator import NeuralSimulator
 from medsim.models.neural.windows import WindowBatch, WindowSet, make_windows
 
 __all__ = [
@@ -36,7 +36,6 @@ __all__ = [
     "NeuralConfigError",
     "NeuralPatientModel",
     "NeuralPhysiology",
-    "NeuralSimulator",
     "ObservableSpec",
     "WindowBatch",
     "WindowSet",

@@ -5,9 +5,9 @@ dose filters, its decoder and its residual error — a few small dense layers. W
 ``jax.numpy`` they satisfy the :class:`PhysiologyModel` contract exactly (named states and
 parameters, elementwise drift / diagonal diffusion / observe, one dose target per compartment),
 so the mechanistic JAX :class:`~medsim.simulate.Simulator`, the virtual-population container and
-the closed-loop rollout run a neural patient with no special case, and the torch
-:class:`~medsim.models.neural.simulator.NeuralSimulator` has an independent implementation to be
-checked against.
+the closed-loop rollout and the calibration gate run a neural patient with no special case. The tests
+keep an independent torch stepper of the same prior SDE (``tests/neural/torch_simulator.py``) to
+check this export against.
 
 Per-patient parameters (all dimensionless, prior ``N(0, 1)``; :class:`Parameter` kind
 ``covariate_effect`` is used only because it is the real-valued kind):

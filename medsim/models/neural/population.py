@@ -32,6 +32,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 import torch
 
+from medsim.models.base import residual_key
 from medsim.models.neural.config import NeuralConfig
 from medsim.models.neural.dose_filter import filter_values
 from medsim.models.neural.export import export_model
@@ -216,8 +217,8 @@ def sample_neural_population(
     add, prop = model.decoder.residual_add.detach().cpu().numpy(), model.decoder.residual_prop.detach().cpu().numpy()
     residual = {}
     for j, o in enumerate(cfg.observables):
-        residual[f"{o.name}_add"] = np.full(n, float(add[j]))
-        residual[f"{o.name}_prop"] = np.full(n, float(prop[j]))
+        residual[residual_key(o.name, "add")] = np.full(n, float(add[j]))
+        residual[residual_key(o.name, "prop")] = np.full(n, float(prop[j]))
     exported = export_model(model)
     provenance = {
         "source": "neural",

@@ -1,4 +1,7 @@
-"""The neural simulator: the mechanistic ``advance`` contract, for the neural patient model.
+"""A torch reference stepper for the neural patient model, with the mechanistic ``advance`` contract.
+
+medsim simulates neural patients through their JAX export in :class:`medsim.simulate.Simulator`;
+this independent torch implementation lives with the tests to check that export against.
 
 ``NeuralSimulator(model, dt=, bounds=).advance(state, params, t0, t1, *, key, events, rates,
 save_every)`` advances a batch of virtual patients through the *prior* latent SDE
@@ -32,9 +35,9 @@ import torch
 
 from medsim.models.neural.dose_filter import propagate
 from medsim.models.neural.model import NeuralPatientModel
-from medsim.models.neural.stepping import StepPlan, brownian_normals, plan_steps
 from medsim.simulate.simulator import AdvanceResult
 from medsim.simulate.types import Bound, DoseEvents, IntervalStats, SavedPath
+from tests.neural.torch_stepping import StepPlan, brownian_normals, plan_steps
 
 _LOG_SURVIVAL_FLOOR = -100.0
 
