@@ -50,7 +50,11 @@ def _canonical(value: Any) -> Any:
     if hasattr(value, "__array__") and not isinstance(value, str | bytes | int | float | bool):
         arr = np.ascontiguousarray(np.asarray(value))
         return {"shape": arr.shape, "dtype": str(arr.dtype), "sha256": hashlib.sha256(arr.tobytes()).hexdigest()}
-    return value if isinstance(value, str | int | float | bool | type(None)) else repr(value)
+    if isinstance(value, str | int | float | bool | type(None)):
+        return value
+    if callable(value):  # by name: a repr would carry the object's address, different in every process
+        return f"{getattr(value, '__module__', '')}.{getattr(value, '__qualname__', type(value).__qualname__)}"
+    return repr(value)
 
 
 def model_key(model: Any) -> tuple[str, str]:
