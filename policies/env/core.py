@@ -321,17 +321,44 @@ def observation_vector(params: EnvParams, state: EnvState) -> np.ndarray:
 
 
 def observation_from(params: EnvParams, obs: Observation, last: np.ndarray) -> np.ndarray:
-    """The observation vector of a protocol :class:`Observation` and the last treatment.
+    """The observation vector of a protocol :class:`Observation` and the last treatment."""
+    return features(params.observation_names, obs, last)
 
-    Shared by the environment and by learned policies evaluated in ``medsim risk``, so a trained
-    agent sees the same features in both. Missing measurements are 0.
+
+def features(names: tuple[str, ...], obs: Observation, last: np.ndarray) -> np.ndarray:
+    """The feature vector ``(n, len(names))`` float32 named by ``names`` (:attr:`EnvParams.observation_names`).
+
+    ``measured:<observable>``, ``announced:cmt<c>``, ``last:<treatment label>`` (the column of
+    ``last`` in order of appearance), ``time_fraction`` (time / horizon) and
+    ``covariate:<name>``. Shared by the environment and by learned policies evaluated in
+    ``medsim risk`` (:mod:`policies.learned`), so a trained agent sees the same features in
+    both. A missing measurement reads 0, and so does a noisy one below 0 (features are >= 0).
+
+    Raises
+    ------
+    TaskError
+        For a name of no known kind, or a covariate or observable the observation lacks.
     """
-    cols = [np.nan_to_num(np.asarray(obs.measured[o], np.float64)) for o in params.setup.measured_obs]
-    cols += [np.asarray(obs.announced.get(c, np.zeros(obs.n)), np.float64) for c in params.announced_cmts]
-    cols += [np.asarray(last, np.float64)[:, j] for j in range(len(params.task.treatments))]
-    cols.append(np.asarray(obs.time, np.float64) / params.horizon)
-    cols += [np.asarray(obs.covariates[c.name], np.float64) for c in params.model.covariates]
-    # Features are non-negative; a noisy measurement below 0 is read as 0 (the observation space's low).
+    cols, j = [], 0
+    for name in names:
+        kind, _, what = name.partition(":")
+        if kind == "measured" and what in obs.measured:
+            cols.append(np.nan_to_num(np.asarray(obs.measured[what], np.float64)))
+        elif kind == "announced" and what.startswith("cmt"):
+            cols.append(np.asarray(obs.announced.get(int(what[3:]), np.zeros(obs.n)), np.float64))
+        elif kind == "last":
+            cols.append(np.asarray(last, np.float64)[:, j])
+            j += 1
+        elif name == "time_fraction":
+            cols.append(np.asarray(obs.time, np.float64) / float(obs.horizon))
+        elif kind == "covariate" and what in obs.covariates:
+            cols.append(np.asarray(obs.covariates[what], np.float64))
+        else:
+            raise TaskError(
+                f"observation feature {name!r}: not one of measured:<observable>, announced:cmt<c>, last:<treatment>, "
+                f"time_fraction, covariate:<name> available here (measured {sorted(obs.measured)}, covariates "
+                f"{sorted(obs.covariates)})"
+            )
     return np.maximum(np.stack(cols, axis=1), 0.0).astype(np.float32)
 
 
@@ -374,12 +401,11 @@ def option_action(params: EnvParams, option: Option) -> np.ndarray:
     return np.stack(cols, axis=1)
 
 
-def action_option(params: EnvParams, action: np.ndarray) -> tuple[Option, np.ndarray]:
-    """An action ``(n, treatments + 1)`` as an :class:`Option`, clipped to the declared bounds.
+def action_option(task: EnvTask, action: np.ndarray) -> tuple[Option, np.ndarray]:
+    """An action ``(n, treatments + 1)`` as an :class:`Option`, clipped to the task's declared bounds.
 
     Returns the option and, per row, whether clipping changed the action.
     """
-    task = params.task
     a = np.asarray(action, np.float64)
     if a.ndim != 2 or a.shape[1] != len(task.treatments) + 1:
         raise TaskError(f"action: expected shape (n, {len(task.treatments) + 1}) ({task.action_names}), got {a.shape}")
@@ -401,7 +427,7 @@ def step(params: EnvParams, state: EnvState, action: np.ndarray) -> tuple[np.nda
     Rows already at the horizon stay where they are (a no-op interval of length 0).
     """
     setup, n = params.setup, state.t.size
-    option, clipped = action_option(params, action)
+    option, clipped = action_option(params.task, action)
     active = state.t < params.horizon - setup.tol
     t = state.t
     t1 = np.minimum(t + option.interval, params.horizon)
