@@ -61,7 +61,7 @@ def test_medsim_risk_evaluates_a_learned_policy_beside_builtins(tmp_path):
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
     data = json.loads((out / "report.json").read_text())
-    assert [p["policy"] for p in data["policies"]] == [f"learned:{path}", "fixed:dose=300,every=12"]
+    assert [p["policy"] for p in data["policies"]] == [f"learned:{path}", "fixed:dose=300"]
 
 
 def test_wrong_model_is_refused(tmp_path):
