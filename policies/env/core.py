@@ -78,7 +78,7 @@ class EnvParams:
     cost: str
     reward: Callable[..., np.ndarray] | None
     observation_names: tuple[str, ...]
-    theta: Mapping[str, jax.Array]
+    theta: Mapping[str, np.ndarray]
     n_events: int
 
     @property
@@ -251,7 +251,8 @@ def make_params(
         "time_fraction",
         *(f"covariate:{c.name}" for c in model.covariates),
     )
-    theta = {k: jnp.asarray(v, jnp.float32) for k, v in pool.simulation_parameters().items()}
+    # numpy, not jax: gathering a batch's rows is a host index, not one dispatched gather per parameter.
+    theta = {k: np.asarray(v, np.float32) for k, v in pool.simulation_parameters().items()}
     n_events = 0
     if scenario is not None:
         n_events = int(scenario.events(np.arange(1), spec.horizon, time_unit=model.time_unit).time.shape[1]) + 1
@@ -277,8 +278,8 @@ def _slot(params: EnvParams, episode: np.ndarray) -> np.ndarray:
     return np.asarray(episode, np.int64) % params.pool.n_patients
 
 
-def _theta(params: EnvParams, episode: np.ndarray) -> dict[str, jax.Array]:
-    idx = jnp.asarray(_slot(params, episode))
+def _theta(params: EnvParams, episode: np.ndarray) -> dict[str, np.ndarray]:
+    idx = _slot(params, episode)
     return {k: v[idx] for k, v in params.theta.items()}
 
 
@@ -505,3 +506,26 @@ def _margins(params: EnvParams, st) -> tuple[np.ndarray, np.ndarray]:
             margin.append(np.maximum(start - st.obs_min[b.observable], 0.0))
             slack.append(start - b.value)
     return np.stack(margin, axis=1), np.stack(slack, axis=1)
+
+
+def put_rows(state: EnvState, rows: np.ndarray, fresh: EnvState) -> EnvState:
+    """``state`` with rows ``rows`` replaced by the rows of ``fresh`` (e.g. episodes just reset)."""
+    rows = np.asarray(rows, np.int64)
+
+    def put(a, b):
+        if isinstance(a, jax.Array):
+            return a.at[jnp.asarray(rows)].set(jnp.asarray(b, a.dtype))
+        out = np.array(a, copy=True)
+        out[rows] = b
+        return out
+
+    return EnvState(
+        episode=put(state.episode, fresh.episode),
+        x={s: put(v, fresh.x[s]) for s, v in state.x.items()},
+        t=put(state.t, fresh.t),
+        k=put(state.k, fresh.k),
+        measured={o: put(v, fresh.measured[o]) for o, v in state.measured.items()},
+        announced={c: put(v, fresh.announced[c]) for c, v in state.announced.items()},
+        last=put(state.last, fresh.last),
+        events=None if state.events is None else jax.tree_util.tree_map(put, state.events, fresh.events),
+    )
