@@ -508,16 +508,32 @@ def _margins(params: EnvParams, st) -> tuple[np.ndarray, np.ndarray]:
     return np.stack(margin, axis=1), np.stack(slack, axis=1)
 
 
+def reset_rows(
+    params: EnvParams, state: EnvState, rows: np.ndarray, episode: np.ndarray
+) -> tuple[np.ndarray, EnvState]:
+    """Start episodes ``episode`` in rows ``rows`` of ``state``; returns their observations and the new state.
+
+    The fresh episodes are built in a batch padded to a power of two, so that the jitted helpers
+    (noise streams, initial states) see few distinct shapes however many rows end together.
+    """
+    rows, episode = np.asarray(rows, np.int64), np.asarray(episode, np.int64)
+    m = rows.size
+    width = max(8, 1 << (m - 1).bit_length())
+    obs, fresh = reset(params, np.concatenate([episode, np.full(width - m, episode[-1])]))
+    return obs[:m], put_rows(state, rows, fresh)
+
+
 def put_rows(state: EnvState, rows: np.ndarray, fresh: EnvState) -> EnvState:
-    """``state`` with rows ``rows`` replaced by the rows of ``fresh`` (e.g. episodes just reset)."""
+    """``state`` with rows ``rows`` replaced by the first ``len(rows)`` rows of ``fresh``."""
     rows = np.asarray(rows, np.int64)
 
-    def put(a, b):
-        if isinstance(a, jax.Array):
-            return a.at[jnp.asarray(rows)].set(jnp.asarray(b, a.dtype))
+    m = rows.size
+
+    def put(a, b):  # ``fresh`` may hold more rows than ``rows`` (a padded batch): its first m are used
+        # On the host: a jax scatter would compile once per number of rows.
         out = np.array(a, copy=True)
-        out[rows] = b
-        return out
+        out[rows] = np.asarray(b)[:m]
+        return jnp.asarray(out) if isinstance(a, jax.Array) else out
 
     return EnvState(
         episode=put(state.episode, fresh.episode),

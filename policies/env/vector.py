@@ -98,8 +98,7 @@ class MedsimVectorEnv(VectorEnv):
         reward, cost, truncated = out.reward.copy(), out.cost.copy(), out.truncated.copy()
         rows = np.flatnonzero(self._autoreset)
         if rows.size:  # NEXT_STEP autoreset: these rows ended last step; their action is ignored
-            fresh_obs, fresh = core.reset(self.params, self._episodes(rows.size))
-            state = core.put_rows(state, rows, fresh)
+            fresh_obs, state = core.reset_rows(self.params, state, rows, self._episodes(rows.size))
             obs = obs.copy()
             obs[rows] = fresh_obs
             reward[rows], cost[rows], truncated[rows] = 0.0, 0.0, False
