@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from dataclasses import replace
 
 import gymnasium
 import numpy as np
@@ -30,6 +31,7 @@ def test_check_env_passes_for_every_registered_task(env_id):
         check_env(env.unwrapped, skip_render_check=True)
 
 
+@pytest.mark.slow
 def test_make_works_without_importing_medsim_first():
     # gymnasium 1.x loads a package named before ':' in the id; a fresh interpreter proves the
     # registration does not depend on an earlier import.
@@ -60,7 +62,9 @@ def test_safety_six_tuple_and_gymnasium_five_tuple_agree():
 def test_env_reproduces_the_rollout_of_a_builtin_policy():
     # Episode i is patient i of the pool, with the rollout's counter-based streams: driving
     # basal_bolus through the environment must give the rollout's interval statistics.
-    params = core.make_params(penv.GLUCOSE, seed=3, pool_size=3, prior_draws=4)
+    # Nine hours: the basal rate, a fingerstick every 4 h and breakfast (a meal bolus) are all covered.
+    task = replace(penv.GLUCOSE, spec="glucose_mg_dL>=70,glucose_mg_dL<=250;horizon=9h;epsilon=0.05")
+    params = core.make_params(task, seed=3, pool_size=3, prior_draws=4)
     policy = BasalBolus()
     steps = list(behaviour_steps(params, policy, np.arange(3)))
     res = rollout(
@@ -76,6 +80,7 @@ def test_env_reproduces_the_rollout_of_a_builtin_policy():
         n_paths_saved=0,
     )
     assert res.mask.shape[1] == len(steps)
+    assert any((s.action[:, 0] > 0).any() for s in steps)  # a meal bolus was given: events are covered
     p_env = np.stack([s.outcome.p_cross for s in steps], axis=1)
     p_roll = -np.expm1(res.log_survival)
     # float32 simulation on both sides of one compiled kernel: equal up to float32 rounding of the
