@@ -134,8 +134,7 @@ def load_learned(path: str | Path) -> LearnedPolicy:
     """
     from safetensors.numpy import load_file
 
-    from policies.env.gym_env import resolve_task
-    from policies.env.task import TaskError
+    from policies.env.task import TaskError, resolve_task
 
     path = Path(path)
     try:

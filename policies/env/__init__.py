@@ -9,20 +9,27 @@ is imported here, minari only by :mod:`.offline`.
 
 Importing this package registers the environments (``gymnasium.make("medsim/Glucose-v0")``);
 without importing it first, ``gymnasium.make("policies.env:medsim/Glucose-v0")`` imports it.
+Without gymnasium (the ``rl`` extra) the tasks, the core and learned policies still work.
 """
 
 from __future__ import annotations
 
-import gymnasium
+from policies.env.task import GLUCOSE, TASKS, THEOPHYLLINE, EnvTask, TaskError, Treatment, resolve_task
 
-from policies.env.gym_env import MedsimEnv, SafetyAPI
-from policies.env.task import GLUCOSE, TASKS, THEOPHYLLINE, EnvTask, TaskError, Treatment
+try:
+    import gymnasium
+except ImportError:  # no rl extra: nothing to register
+    gymnasium = None
+else:
+    from policies.env.gym_env import MedsimEnv, SafetyAPI
 
 NAMESPACE = "medsim"
 
 
 def register_envs() -> None:
     """Register every task as ``medsim/<Task>-v0`` (idempotent; also gymnasium's plugin entry point)."""
+    if gymnasium is None:
+        return
     for name in TASKS:
         env_id = f"{NAMESPACE}/{name}"
         if env_id in gymnasium.registry:
@@ -48,4 +55,5 @@ __all__ = [
     "TaskError",
     "Treatment",
     "register_envs",
+    "resolve_task",
 ]

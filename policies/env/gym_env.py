@@ -37,17 +37,7 @@ import numpy as np
 from gymnasium import spaces
 
 from policies.env import core
-from policies.env.task import TASKS, EnvTask, TaskError
-
-
-def resolve_task(task: str | EnvTask) -> EnvTask:
-    """A task object from a registered name (``"Glucose-v0"`` or ``"medsim/Glucose-v0"``) or itself."""
-    if isinstance(task, EnvTask):
-        return task
-    name = str(task).split("/")[-1]
-    if name not in TASKS:
-        raise TaskError(f"unknown task {task!r}; registered tasks: {', '.join(TASKS)}")
-    return TASKS[name]
+from policies.env.task import EnvTask, TaskError, resolve_task
 
 
 def action_space(task: EnvTask, intervals: str) -> spaces.Space:

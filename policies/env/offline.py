@@ -25,7 +25,8 @@ import numpy as np
 
 from policies.env import core
 from policies.env.behaviour import BehaviourNoise, behaviour_steps
-from policies.env.gym_env import action_space, resolve_task
+from policies.env.gym_env import action_space
+from policies.env.task import resolve_task
 from policies.loading import parse_policy
 from policies.protocol import PolicyContext
 

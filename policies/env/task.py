@@ -153,3 +153,13 @@ THEOPHYLLINE = EnvTask(
 
 #: Registered environment ids and their tasks (``gymnasium.make("medsim/Glucose-v0")``).
 TASKS: dict[str, EnvTask] = {"Glucose-v0": GLUCOSE, "Theophylline-v0": THEOPHYLLINE}
+
+
+def resolve_task(task: str | EnvTask) -> EnvTask:
+    """A task object from a registered name (``"Glucose-v0"`` or ``"medsim/Glucose-v0"``) or itself."""
+    if isinstance(task, EnvTask):
+        return task
+    name = str(task).split("/")[-1]
+    if name not in TASKS:
+        raise TaskError(f"unknown task {task!r}; registered tasks: {', '.join(TASKS)}")
+    return TASKS[name]

@@ -24,8 +24,8 @@ from gymnasium.vector import AutoresetMode, VectorEnv
 from gymnasium.vector.utils import batch_space
 
 from policies.env import core
-from policies.env.gym_env import action_space, flat_action, resolve_task
-from policies.env.task import EnvTask, TaskError
+from policies.env.gym_env import action_space, flat_action
+from policies.env.task import EnvTask, TaskError, resolve_task
 
 
 class MedsimVectorEnv(VectorEnv):
