@@ -13,7 +13,7 @@ output becomes an option) and the ``safetensors`` file it names (the weights; ne
       "weights": "NAME.safetensors", "sha256": "<hex digest of the weights file>"
     }
 
-The features are the environment's (:func:`policies.env.core.features`), computed from the
+The features are the environment's (:func:`policies.env.vectors.features`), computed from the
 :class:`~policies.protocol.Observation` the rollout hands every policy, so ``medsim risk --policy
 learned:agent.json`` evaluates the agent exactly as the environment trained it, in the same
 report as the built-in policies. The network is evaluated deterministically (the mean action) in
@@ -32,8 +32,8 @@ from typing import Any
 
 import numpy as np
 
-from policies.env.core import action_option, features
 from policies.env.task import EnvTask
+from policies.env.vectors import action_option, features
 from policies.protocol import Observation, Option, PolicyContext, PolicySpecError
 
 FORMAT = "medsim-learned-policy"

@@ -22,6 +22,7 @@ import numpy as np
 
 from medsim.population.streams import Stream, patient_normal
 from policies.env import core
+from policies.env.vectors import option_action
 from policies.protocol import Policy
 
 
@@ -91,7 +92,7 @@ def behaviour_steps(
         rng = np.random.default_rng([params.seed, int(Stream.POLICY), 0, j])
         pstate, option = policy.act(pstate, obs, rng=rng)
         option = option.validated(obs.n, params.model, obs.active, policy.name)
-        action = noise.apply(core.option_action(params, option), params.seed, episodes, state.k)
+        action = noise.apply(option_action(params.task, option), params.seed, episodes, state.k)
         action = np.clip(action, params.task.action_low, params.task.action_high)
         next_vec, state, outcome = core.step(params, state, action)
         yield LoggedStep(obs_vec, action, outcome, next_vec, obs.active)

@@ -24,75 +24,34 @@ measurement would see). Intervals that start before the spec's ``from`` cost not
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
-from pathlib import Path
-from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-import medsim.models as registry
-from medsim.population import PosteriorDraws, VirtualPopulation, sample_population
 from medsim.population.streams import Stream, patient_keys
 from medsim.simulate.types import DoseEvents
-from policies.env.task import EnvTask, TaskError
-from policies.evaluate import default_scenario
-from policies.protocol import Observation, Option
-from policies.rollout import _dose_events, _measure, _Setup
+from policies.env.params import COSTS, EnvParams, make_params
+from policies.env.vectors import action_matrix, action_option, features
+from policies.protocol import Observation
+from policies.rollout import _dose_events, _measure
 from policies.scenarios import announced_at, next_event_after
-from policies.spec import SafetySpec
-from policies.spec_file import parse_spec
 
-COSTS = ("bridge", "grid", "end")
-
-
-@dataclass(frozen=True, eq=False)
-class EnvParams:
-    """Everything a step needs that does not change during an episode (built by :func:`make_params`).
-
-    Attributes
-    ----------
-    task : EnvTask
-    spec : SafetySpec
-        Validated against the model; horizon in the model's time unit.
-    pool : VirtualPopulation
-        The patients episodes are drawn from (episode ``e`` is patient ``e mod len(pool)``).
-    setup : rollout setup
-        The compiled simulator, observe function, target bounds and tolerances the rollout uses.
-    seed : int
-        Seed of every random stream.
-    cost : {"bridge", "grid", "end"}
-    reward : callable or None
-        ``reward(outcome) -> (n,)``; ``None``: time in target range / horizon.
-    observation_names : tuple of str
-        Meaning of each entry of the observation vector.
-    """
-
-    task: EnvTask
-    spec: SafetySpec
-    pool: VirtualPopulation
-    setup: Any
-    seed: int
-    cost: str
-    reward: Callable[..., np.ndarray] | None
-    observation_names: tuple[str, ...]
-    theta: Mapping[str, np.ndarray]
-    n_events: int
-
-    @property
-    def model(self):
-        return self.pool.model
-
-    @property
-    def horizon(self) -> float:
-        return float(self.spec.horizon)
-
-    @property
-    def announced_cmts(self) -> tuple[int, ...]:
-        scen = self.setup.scenario
-        return (int(scen.cmt),) if scen is not None and scen.announced else ()
+# The core's API: the static part (params.py) and the pure reset/step functions here.
+__all__ = [
+    "COSTS",
+    "EnvParams",
+    "EnvState",
+    "StepOutcome",
+    "make_params",
+    "observation_vector",
+    "protocol_observation",
+    "put_rows",
+    "reset",
+    "reset_rows",
+    "step",
+]
 
 
 @dataclass(frozen=True)
@@ -159,104 +118,6 @@ class StepOutcome:
     clipped: np.ndarray
     t_start: np.ndarray
     t_end: np.ndarray
-
-
-def _patients(
-    model, posterior, population, *, mode: str, subject: str | None, pool_size: int, prior_draws: int, seed: int
-) -> VirtualPopulation:
-    if population is not None:
-        pool = population if isinstance(population, VirtualPopulation) else VirtualPopulation.load(population)
-        if pool.model.name != model.name:
-            raise TaskError(f"population: patients are of model {pool.model.name!r}, the task needs {model.name!r}")
-        return pool
-    if posterior is None:
-        draws = PosteriorDraws.from_prior(model, prior_draws, seed=seed)
-    elif isinstance(posterior, PosteriorDraws):
-        draws = posterior
-    else:
-        from inference.posterior import Posterior
-
-        draws = Posterior.load(Path(posterior)).draws()
-    if draws.model.name != model.name:
-        raise TaskError(f"posterior: draws are of model {draws.model.name!r}, the task needs {model.name!r}")
-    return sample_population(draws, pool_size, mode=mode, subject=subject, seed=seed)
-
-
-def make_params(
-    task: EnvTask,
-    *,
-    seed: int = 0,
-    posterior: str | Path | PosteriorDraws | None = None,
-    population: str | Path | VirtualPopulation | None = None,
-    mode: str = "population",
-    subject: str | None = None,
-    pool_size: int = 1000,
-    prior_draws: int = 200,
-    cost: str = "bridge",
-    reward: Callable[..., np.ndarray] | None = None,
-    measurement_noise: bool = True,
-) -> EnvParams:
-    """Build the static part of an environment.
-
-    Parameters
-    ----------
-    task : EnvTask
-    seed : int
-        Seed of the patients (prior draws, population sampling) and of every random stream.
-    posterior : path or PosteriorDraws, optional
-        A posterior file written by ``medsim fit`` (or its draws); default: the model's priors.
-    population : path or VirtualPopulation, optional
-        Use these patients instead of sampling (e.g. a saved population of digital twins).
-    mode, subject : str
-        ``"population"`` (new patients) or ``"personalized"`` (twins of ``subject``).
-    pool_size : int
-        Patients sampled from the posterior or prior.
-    cost : {"bridge", "grid", "end"}
-    reward : callable, optional
-        ``reward(outcome: StepOutcome) -> (n,)``; default: time in target range / horizon.
-    measurement_noise : bool
-
-    Raises
-    ------
-    TaskError
-        On an unknown cost, or patients or treatments that do not fit the task's model.
-    """
-    if cost not in COSTS:
-        raise TaskError(f"cost must be one of {COSTS}, got {cost!r}")
-    if reward is not None and not callable(reward):
-        raise TaskError(f"reward must be a callable reward(outcome) -> (n,) array, got {type(reward).__name__}")
-    model = registry.get(task.model)
-    task.check_model(model)
-    spec = parse_spec(task.spec, model=model)
-    pool = _patients(
-        model,
-        posterior,
-        population,
-        mode=mode,
-        subject=subject,
-        pool_size=int(pool_size),
-        prior_draws=int(prior_draws),
-        seed=int(seed),
-    )
-    scenario = default_scenario(model, task.scenario, int(seed))
-    setup = _Setup(
-        model, spec.bounds, spec.horizon, task.dt, seed, scenario, measurement_noise, spec.target, None,
-        "milstein", 10**6,
-    )  # fmt: skip
-    announced = (int(scenario.cmt),) if scenario is not None and scenario.announced else ()
-    names = (
-        *(f"measured:{o}" for o in setup.measured_obs),
-        *(f"announced:cmt{c}" for c in announced),
-        *(f"last:{t.label}" for t in task.treatments),
-        "time_fraction",
-        *(f"covariate:{c.name}" for c in model.covariates),
-    )
-    # numpy, not jax: gathering a batch's rows is a host index, not one dispatched gather per parameter.
-    theta = {k: np.asarray(v, np.float32) for k, v in pool.simulation_parameters().items()}
-    n_events = 0
-    if scenario is not None:
-        n_events = int(scenario.events(np.arange(1), spec.horizon, time_unit=model.time_unit).time.shape[1]) + 1
-    return EnvParams(task, spec, pool, setup, int(seed), cost, reward, names, theta, n_events)
 
 
 def _events(params: EnvParams, episode: np.ndarray) -> DoseEvents | None:
@@ -326,43 +187,6 @@ def observation_from(params: EnvParams, obs: Observation, last: np.ndarray) -> n
     return features(params.observation_names, obs, last)
 
 
-def features(names: tuple[str, ...], obs: Observation, last: np.ndarray) -> np.ndarray:
-    """The feature vector ``(n, len(names))`` float32 named by ``names`` (:attr:`EnvParams.observation_names`).
-
-    ``measured:<observable>``, ``announced:cmt<c>``, ``last:<treatment label>`` (the column of
-    ``last`` in order of appearance), ``time_fraction`` (time / horizon) and
-    ``covariate:<name>``. Shared by the environment and by learned policies evaluated in
-    ``medsim risk`` (:mod:`policies.learned`), so a trained agent sees the same features in
-    both. A missing measurement reads 0, and so does a noisy one below 0 (features are >= 0).
-
-    Raises
-    ------
-    TaskError
-        For a name of no known kind, or a covariate or observable the observation lacks.
-    """
-    cols, j = [], 0
-    for name in names:
-        kind, _, what = name.partition(":")
-        if kind == "measured" and what in obs.measured:
-            cols.append(np.nan_to_num(np.asarray(obs.measured[what], np.float64)))
-        elif kind == "announced" and what.startswith("cmt"):
-            cols.append(np.asarray(obs.announced.get(int(what[3:]), np.zeros(obs.n)), np.float64))
-        elif kind == "last":
-            cols.append(np.asarray(last, np.float64)[:, j])
-            j += 1
-        elif name == "time_fraction":
-            cols.append(np.asarray(obs.time, np.float64) / float(obs.horizon))
-        elif kind == "covariate" and what in obs.covariates:
-            cols.append(np.asarray(obs.covariates[what], np.float64))
-        else:
-            raise TaskError(
-                f"observation feature {name!r}: not one of measured:<observable>, announced:cmt<c>, last:<treatment>, "
-                f"time_fraction, covariate:<name> available here (measured {sorted(obs.measured)}, covariates "
-                f"{sorted(obs.covariates)})"
-            )
-    return np.maximum(np.stack(cols, axis=1), 0.0).astype(np.float32)
-
-
 def protocol_observation(params: EnvParams, state: EnvState) -> Observation:
     """The current interaction as a medsim policy sees it (to drive built-in policies in the env)."""
     pop = params.pool.take(_slot(params, state.episode))
@@ -378,48 +202,6 @@ def protocol_observation(params: EnvParams, state: EnvState) -> Observation:
         time_unit=params.model.time_unit,
         horizon=params.horizon,
     )
-
-
-def option_action(params: EnvParams, option: Option) -> np.ndarray:
-    """A medsim :class:`Option` as an action ``(n, treatments + 1)`` (amounts, then the interval).
-
-    Raises
-    ------
-    TaskError
-        When the option doses into a compartment or by a route the task does not declare.
-    """
-    n = int(np.shape(option.interval)[0])
-    declared = {(t.kind, t.cmt) for t in params.task.treatments}
-    for kind, amounts in (("bolus", option.bolus), ("rate", option.rate)):
-        for cmt, a in amounts.items():
-            if (kind, int(cmt)) not in declared and np.any(np.asarray(a) > 0):
-                raise TaskError(f"option gives a {kind} into cmt {cmt}; the task declares {sorted(declared)}")
-    cols = [
-        np.broadcast_to(np.asarray((option.bolus if t.kind == "bolus" else option.rate).get(t.cmt, 0.0)), (n,))
-        for t in params.task.treatments
-    ]
-    cols.append(np.asarray(option.interval, np.float64))
-    return np.stack(cols, axis=1)
-
-
-def action_option(task: EnvTask, action: np.ndarray) -> tuple[Option, np.ndarray]:
-    """An action ``(n, treatments + 1)`` as an :class:`Option`, clipped to the task's declared bounds.
-
-    Returns the option and, per row, whether clipping changed the action.
-    """
-    a = np.asarray(action, np.float64)
-    if a.ndim != 2 or a.shape[1] != len(task.treatments) + 1:
-        raise TaskError(f"action: expected shape (n, {len(task.treatments) + 1}) ({task.action_names}), got {a.shape}")
-    if np.isnan(a).any():
-        raise TaskError(f"action: NaN in row {int(np.flatnonzero(np.isnan(a).any(1))[0])} ({task.action_names})")
-    c = np.clip(a, task.action_low.astype(np.float64), task.action_high.astype(np.float64))
-    clipped = (c != a).any(axis=1)
-    bolus: dict[int, np.ndarray] = {}
-    rate: dict[int, np.ndarray] = {}
-    for j, t in enumerate(task.treatments):
-        target = bolus if t.kind == "bolus" else rate
-        target[t.cmt] = target.get(t.cmt, 0.0) + c[:, j]
-    return Option(interval=c[:, -1], bolus=bolus, rate=rate), clipped
 
 
 def step(params: EnvParams, state: EnvState, action: np.ndarray) -> tuple[np.ndarray, EnvState, StepOutcome]:
@@ -462,7 +244,7 @@ def step(params: EnvParams, state: EnvState, action: np.ndarray) -> tuple[np.nda
     measured = _look(params, state.episode, res.state, theta, k1)
     keep = ~active
     measured = {o: np.where(keep, state.measured[o], v) for o, v in measured.items()}
-    last = np.where(active[:, None], action_matrix(params, option), state.last)
+    last = np.where(active[:, None], action_matrix(params.task, option), state.last)
     new = replace(
         state, x=res.state, t=t1, k=k1, measured=measured, announced=_announced(params, state.events, t1), last=last
     )
@@ -488,11 +270,6 @@ def step(params: EnvParams, state: EnvState, action: np.ndarray) -> tuple[np.nda
     reward = np.broadcast_to(np.asarray(reward, np.float64), (n,))
     outcome = replace(outcome, reward=np.where(active, reward, 0.0), cost=cost.astype(np.float64))
     return observation_vector(params, new), new, outcome
-
-
-def action_matrix(params: EnvParams, option: Option) -> np.ndarray:
-    """The treatment part of :func:`option_action` (``(n, treatments)``)."""
-    return option_action(params, option)[:, :-1]
 
 
 def _margins(params: EnvParams, st) -> tuple[np.ndarray, np.ndarray]:

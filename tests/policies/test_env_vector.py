@@ -54,3 +54,27 @@ def test_bad_batch_is_refused(theo):
         theo.step(np.tile(DOSE, (2, 1)))
     with pytest.raises(TaskError, match="num_envs"):
         MedsimVectorEnv("Theophylline-v0", num_envs=0, **KW)
+
+
+def test_row_resets_are_built_in_padded_batches(theo, monkeypatch):
+    # Regression: resetting a varying number of rows compiled the jitted noise and initial-state
+    # helpers once per count (seconds each, every few steps of training). Rows are now reset in a
+    # batch padded to a power of two (at least 8).
+    from policies.env import core
+
+    sizes = []
+    real_reset = core.reset
+
+    def counting(params, episode):
+        sizes.append(len(episode))
+        return real_reset(params, episode)
+
+    theo.reset(seed=0)
+    state = theo.unwrapped.state
+    monkeypatch.setattr(core, "reset", counting)
+    for m in (1, 2, 3):
+        obs, new = core.reset_rows(theo.unwrapped.params, state, np.arange(m), np.arange(100, 100 + m))
+        assert obs.shape[0] == m
+        np.testing.assert_array_equal(new.episode[:m], np.arange(100, 100 + m))
+        np.testing.assert_array_equal(new.episode[m:], state.episode[m:])
+    assert sizes == [8, 8, 8]
