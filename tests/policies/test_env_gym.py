@@ -157,3 +157,16 @@ def test_behaviour_noise_is_reproducible_and_mean_preserving():
     np.testing.assert_array_equal(a, noise.apply(action, 0, np.arange(4000), np.zeros(4000, np.int64)))
     # Log-normal factor with mean 1: sample mean within 5 standard errors (sd of factor ~ 0.31).
     assert abs(a[:, 0].mean() - 1.0) < 5 * 0.31 / np.sqrt(4000)
+
+
+def test_patients_from_draws_or_a_population_and_wrong_models_are_named():
+    import medsim.models as registry
+    from medsim.population import PosteriorDraws, sample_population
+
+    draws = PosteriorDraws.from_prior(registry.get("pk_oral_1cmt"), 3, seed=1)
+    params = core.make_params(penv.THEOPHYLLINE, posterior=draws, pool_size=5)
+    assert params.pool.n_patients == 5 and params.pool.model.name == "pk_oral_1cmt"
+    pop = sample_population(draws, 2, seed=4)
+    assert core.make_params(penv.THEOPHYLLINE, population=pop).pool is pop
+    with pytest.raises(penv.TaskError, match="draws are of model 'pk_oral_1cmt'"):
+        core.make_params(penv.GLUCOSE, posterior=draws)
