@@ -4,7 +4,9 @@ Owns the policy protocol (:mod:`policies.protocol`), the built-in policies
 (:mod:`policies.builtin`), policy specs and user-policy loading (:mod:`policies.loading`),
 disturbance scenarios (:mod:`policies.scenarios`), the closed-loop rollout
 (:mod:`policies.rollout`) and its record (:mod:`policies.result`), safety specifications and the
-chance-constraint risk estimators and reports. May import ``medsim`` (and read posteriors);
+chance-constraint risk estimators and reports, the reinforcement-learning environments
+(:mod:`policies.env`) and trained agents as policies (:mod:`policies.learned`). May import
+``medsim`` (and read posteriors);
 nothing in ``medsim`` or ``inference`` imports it.
 
 Report rendering (matplotlib, HTML) is imported on first use of ``write_report``, so evaluating

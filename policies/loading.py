@@ -7,6 +7,9 @@ Values are numbers, ``true``/``false``, strings, or lists separated by ``;``
 (``measure_at=1;2;6``). Keys with a dotted prefix configure a component policy:
 ``safe_timing:eps=0.05,base=tdm,base.target=10`` or ``flip:q=0.3,a=fixed,a.dose=400,b=fixed,b.dose=600``.
 
+Learned policies: ``learned:PATH`` (a trained agent's JSON architecture and safetensors weights,
+:mod:`policies.learned`).
+
 User policies: ``package.module:attr[:key=value,...]`` or ``path/to/file.py[:attr][:key=value,...]``,
 loaded by :func:`policies.user_code.load_user_policy` (what ``attr`` may be, and which functions
 medsim agrees to call, is described there).
@@ -139,10 +142,12 @@ def build_component(kind: str, raw: Mapping[str, str], context: PolicyContext) -
 
 # ---------------------------------------------------------------------------- specs
 def _split_spec(spec: str) -> tuple[str, str, str]:
-    """-> (kind, target, params): kind ``"builtin"`` or ``"user"``."""
+    """-> (kind, target, params): kind ``"builtin"``, ``"learned"`` or ``"user"``."""
     from policies.builtin import BUILTINS
 
     head, _, rest = spec.strip().partition(":")
+    if head == "learned":
+        return "learned", rest, ""
     if head in BUILTINS:
         return "builtin", head, rest
     if head.endswith(".py"):
@@ -181,6 +186,10 @@ def parse_policy(spec: str, *, context: PolicyContext | None = None) -> Policy:
     if not isinstance(spec, str) or not spec.strip():
         raise PolicySpecError(f"policy spec must be a non-empty string, got {spec!r}")
     kind, target, params = _split_spec(spec)
+    if kind == "learned":
+        from policies.learned import LearnedPolicy
+
+        return LearnedPolicy.from_spec({"": target}, context or PolicyContext())
     raw = parse_params(params)
     if kind == "user":
         return load_user_policy(target, raw, context=context)

@@ -230,7 +230,8 @@ def risk_command(
         ...,
         "--policy",
         help=(
-            "Policy: a built-in NAME[:key=value,...] (fixed, tdm, basal_bolus, pid, flip, safe_timing) or your own "
+            "Policy: a built-in NAME[:key=value,...] (fixed, tdm, basal_bolus, pid, flip, safe_timing), a trained "
+            "agent learned:AGENT.json (JSON architecture + safetensors weights), or your own "
             "Python code as module:attr[:key=value,...] or file.py[:attr]. Loading your code imports and runs it: "
             "name only code you trust (medsim then calls only policy classes, policy functions and factories "
             "named make_policy or marked @policy_factory). Repeat to compare policies."

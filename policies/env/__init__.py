@@ -1,0 +1,59 @@
+"""medsim as a (safe) reinforcement-learning environment.
+
+Owns the environment tasks (:mod:`.task`), the functional option-loop core shared by every
+environment (:mod:`.core`), the gymnasium environment (:mod:`.gym_env`), its batched
+``gymnasium.vector.VectorEnv`` (:mod:`.vector`) and offline datasets of logged trajectories
+(:mod:`.offline`). Learned policies come back into medsim through :mod:`policies.learned`.
+May import ``medsim``, ``inference`` (posterior files) and the rest of ``policies``; gymnasium
+is imported here, minari only by :mod:`.offline`.
+
+Importing this package registers the environments (``gymnasium.make("medsim/Glucose-v0")``);
+without importing it first, ``gymnasium.make("policies.env:medsim/Glucose-v0")`` imports it.
+Without gymnasium (the ``rl`` extra) the tasks, the core and learned policies still work.
+"""
+
+from __future__ import annotations
+
+from policies.env.task import GLUCOSE, TASKS, THEOPHYLLINE, EnvTask, TaskError, Treatment, resolve_task
+
+try:
+    import gymnasium
+except ImportError:  # no rl extra: nothing to register
+    gymnasium = None
+else:
+    from policies.env.gym_env import MedsimEnv, SafetyAPI
+
+NAMESPACE = "medsim"
+
+
+def register_envs() -> None:
+    """Register every task as ``medsim/<Task>-v0`` (idempotent; also gymnasium's plugin entry point)."""
+    if gymnasium is None:
+        return
+    for name in TASKS:
+        env_id = f"{NAMESPACE}/{name}"
+        if env_id in gymnasium.registry:
+            continue
+        gymnasium.register(
+            id=env_id,
+            entry_point="policies.env.gym_env:MedsimEnv",
+            vector_entry_point="policies.env.vector:MedsimVectorEnv",
+            kwargs={"task": name},
+        )
+
+
+register_envs()
+
+__all__ = [
+    "GLUCOSE",
+    "NAMESPACE",
+    "TASKS",
+    "THEOPHYLLINE",
+    "EnvTask",
+    "MedsimEnv",
+    "SafetyAPI",
+    "TaskError",
+    "Treatment",
+    "register_envs",
+    "resolve_task",
+]

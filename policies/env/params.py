@@ -1,0 +1,170 @@
+"""The static part of an environment: task, validated spec, patients, compiled simulator (:func:`make_params`).
+
+Built once per environment; every :func:`policies.env.core.step` reads it. Patients come from the
+model's prior by default (so an environment runs on a fresh install), a posterior file or its
+draws (population or personalized twins), or a saved virtual population.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+import medsim.models as registry
+from medsim.population import PosteriorDraws, VirtualPopulation, sample_population
+from policies.env.task import EnvTask, TaskError
+from policies.evaluate import default_scenario
+from policies.rollout import _Setup
+from policies.spec import SafetySpec
+from policies.spec_file import parse_spec
+
+COSTS = ("bridge", "grid", "end")
+
+
+@dataclass(frozen=True, eq=False)
+class EnvParams:
+    """Everything a step needs that does not change during an episode (built by :func:`make_params`).
+
+    Attributes
+    ----------
+    task : EnvTask
+    spec : SafetySpec
+        Validated against the model; horizon in the model's time unit.
+    pool : VirtualPopulation
+        The patients episodes are drawn from (episode ``e`` is patient ``e mod len(pool)``).
+    setup : rollout setup
+        The compiled simulator, observe function, target bounds and tolerances the rollout uses.
+    seed : int
+        Seed of every random stream.
+    cost : {"bridge", "grid", "end"}
+    reward : callable or None
+        ``reward(outcome) -> (n,)``; ``None``: time in target range / horizon.
+    observation_names : tuple of str
+        Meaning of each entry of the observation vector.
+    """
+
+    task: EnvTask
+    spec: SafetySpec
+    pool: VirtualPopulation
+    setup: Any
+    seed: int
+    cost: str
+    reward: Callable[..., np.ndarray] | None
+    observation_names: tuple[str, ...]
+    theta: Mapping[str, np.ndarray]
+    n_events: int
+
+    @property
+    def model(self):
+        return self.pool.model
+
+    @property
+    def horizon(self) -> float:
+        return float(self.spec.horizon)
+
+    @property
+    def announced_cmts(self) -> tuple[int, ...]:
+        scen = self.setup.scenario
+        return (int(scen.cmt),) if scen is not None and scen.announced else ()
+
+
+def _patients(
+    model, posterior, population, *, mode: str, subject: str | None, pool_size: int, prior_draws: int, seed: int
+) -> VirtualPopulation:
+    if population is not None:
+        pool = population if isinstance(population, VirtualPopulation) else VirtualPopulation.load(population)
+        if pool.model.name != model.name:
+            raise TaskError(f"population: patients are of model {pool.model.name!r}, the task needs {model.name!r}")
+        return pool
+    if posterior is None:
+        draws = PosteriorDraws.from_prior(model, prior_draws, seed=seed)
+    elif isinstance(posterior, PosteriorDraws):
+        draws = posterior
+    else:
+        from inference.posterior import Posterior
+
+        draws = Posterior.load(Path(posterior)).draws()
+    if draws.model.name != model.name:
+        raise TaskError(f"posterior: draws are of model {draws.model.name!r}, the task needs {model.name!r}")
+    return sample_population(draws, pool_size, mode=mode, subject=subject, seed=seed)
+
+
+def make_params(
+    task: EnvTask,
+    *,
+    seed: int = 0,
+    posterior: str | Path | PosteriorDraws | None = None,
+    population: str | Path | VirtualPopulation | None = None,
+    mode: str = "population",
+    subject: str | None = None,
+    pool_size: int = 1000,
+    prior_draws: int = 200,
+    cost: str = "bridge",
+    reward: Callable[..., np.ndarray] | None = None,
+    measurement_noise: bool = True,
+) -> EnvParams:
+    """Build the static part of an environment.
+
+    Parameters
+    ----------
+    task : EnvTask
+    seed : int
+        Seed of the patients (prior draws, population sampling) and of every random stream.
+    posterior : path or PosteriorDraws, optional
+        A posterior file written by ``medsim fit`` (or its draws); default: the model's priors.
+    population : path or VirtualPopulation, optional
+        Use these patients instead of sampling (e.g. a saved population of digital twins).
+    mode, subject : str
+        ``"population"`` (new patients) or ``"personalized"`` (twins of ``subject``).
+    pool_size : int
+        Patients sampled from the posterior or prior.
+    cost : {"bridge", "grid", "end"}
+    reward : callable, optional
+        ``reward(outcome: StepOutcome) -> (n,)``; default: time in target range / horizon.
+    measurement_noise : bool
+
+    Raises
+    ------
+    TaskError
+        On an unknown cost, or patients or treatments that do not fit the task's model.
+    """
+    if cost not in COSTS:
+        raise TaskError(f"cost must be one of {COSTS}, got {cost!r}")
+    if reward is not None and not callable(reward):
+        raise TaskError(f"reward must be a callable reward(outcome) -> (n,) array, got {type(reward).__name__}")
+    model = registry.get(task.model)
+    task.check_model(model)
+    spec = parse_spec(task.spec, model=model)
+    pool = _patients(
+        model,
+        posterior,
+        population,
+        mode=mode,
+        subject=subject,
+        pool_size=int(pool_size),
+        prior_draws=int(prior_draws),
+        seed=int(seed),
+    )
+    scenario = default_scenario(model, task.scenario, int(seed))
+    setup = _Setup(
+        model, spec.bounds, spec.horizon, task.dt, seed, scenario, measurement_noise, spec.target, None,
+        "milstein", 10**6,
+    )  # fmt: skip
+    announced = (int(scenario.cmt),) if scenario is not None and scenario.announced else ()
+    names = (
+        *(f"measured:{o}" for o in setup.measured_obs),
+        *(f"announced:cmt{c}" for c in announced),
+        *(f"last:{t.label}" for t in task.treatments),
+        "time_fraction",
+        *(f"covariate:{c.name}" for c in model.covariates),
+    )
+    # numpy, not jax: gathering a batch's rows is a host index, not one dispatched gather per parameter.
+    theta = {k: np.asarray(v, np.float32) for k, v in pool.simulation_parameters().items()}
+    n_events = 0
+    if scenario is not None:
+        n_events = int(scenario.events(np.arange(1), spec.horizon, time_unit=model.time_unit).time.shape[1]) + 1
+    return EnvParams(task, spec, pool, setup, int(seed), cost, reward, names, theta, n_events)
