@@ -125,7 +125,8 @@ def _replica(problem: PathProblem, n: int, k: int, max_iter: int, key: jax.Array
 
 
 @partial(jax.jit, static_argnums=(0, 1, 2, 3))
-def _run(problem: PathProblem, n: int, k: int, max_iter: int, keys: jax.Array) -> _State:
+def _run(problem: PathProblem, n: int, k: int, max_iter: int, keys: jax.Array, params) -> _State:
+    problem = problem.with_params(params)
     return jax.vmap(partial(_replica, problem, n, k, max_iter))(keys)
 
 
@@ -184,7 +185,9 @@ def ams(
         max_iterations = math.ceil(35.0 / -math.log1p(-k / n_paths)) + 10
     root = jax.random.key(int(seed) % 2**32)
     keys = jax.vmap(lambda r: jax.random.fold_in(root, r))(jnp.arange(first_replica, first_replica + replicas))
-    out = jax.tree_util.tree_map(np.asarray, _run(problem, n_paths, k, int(max_iterations), keys))
+    out = jax.tree_util.tree_map(
+        np.asarray, _run(problem.without_params(), n_paths, k, int(max_iterations), keys, problem.params)
+    )
     if not out.done.all():
         bad = int(np.flatnonzero(~out.done)[0]) + first_replica
         raise AMSFailure(

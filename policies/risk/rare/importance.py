@@ -34,7 +34,8 @@ CONTROLS = ("constant", "linear")
 
 
 @partial(jax.jit, static_argnums=(0, 1))
-def _sample(problem: PathProblem, m: int, key: jax.Array, control: jax.Array):
+def _sample(problem: PathProblem, m: int, key: jax.Array, control: jax.Array, params):
+    problem = problem.with_params(params)
     xi = jax.random.normal(key, (m, *problem.shape)) + control[None]
     log_w = -jnp.sum(xi * control[None], axis=(1, 2)) + 0.5 * jnp.sum(control**2)
     score, crossing = problem.evaluate(xi)
@@ -94,13 +95,14 @@ def importance_sampling(
     s = (np.arange(T) + 0.5) / T
     basis = np.stack([np.ones(T), s], axis=1) if control == "linear" else np.ones((T, 1))
     root = jax.random.key(int(seed) % 2**32)
+    static = problem.without_params()
     u = np.zeros((T, C), np.float32)
     coef = np.zeros((basis.shape[1], C))
     cost = 0.0
     reached = False
     for stage in range(max_stages):
         xi, top, q, log_w = jax.tree_util.tree_map(
-            np.asarray, _sample(problem, ce_paths, jax.random.fold_in(root, stage + 1), jnp.asarray(u))
+            np.asarray, _sample(static, ce_paths, jax.random.fold_in(root, stage + 1), jnp.asarray(u), problem.params)
         )
         cost += ce_paths
         gamma = min(0.0, float(np.quantile(top, 1.0 - ce_rho)))
@@ -114,7 +116,7 @@ def importance_sampling(
             break
         reached = gamma >= 0.0
     xi, top, q, log_w = jax.tree_util.tree_map(
-        np.asarray, _sample(problem, n_paths, jax.random.fold_in(root, 0), jnp.asarray(u))
+        np.asarray, _sample(static, n_paths, jax.random.fold_in(root, 0), jnp.asarray(u), problem.params)
     )
     cost += n_paths
     y = np.exp(log_w.astype(float)) * q.astype(float)

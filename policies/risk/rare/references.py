@@ -35,16 +35,36 @@ def drifted_bm_exit(mu: float, sigma: float, distance: float, horizon: float) ->
     return float(a + b)
 
 
+def _bm_paths(inc: jax.Array, params: dict) -> tuple[jax.Array, jax.Array]:
+    h = params["h"]
+    x = jnp.cumsum(params["mu"] * h + params["sigma"] * jnp.sqrt(h) * inc[..., 0], axis=1)
+    z = jnp.concatenate([jnp.zeros_like(x[:, :1]), x], axis=1)
+    return path_crossing_probability(z, params["distance"], params["sigma"] ** 2 * h, upper=True)
+
+
 def drifted_bm_problem(mu: float, sigma: float, distance: float, horizon: float, n_steps: int) -> PathProblem:
-    """Brownian motion with drift from 0, event ``max X >= distance``; scores in units of ``distance``."""
-    h = horizon / n_steps
+    """Brownian motion with drift from 0 on ``n_steps`` steps, event ``max X >= distance``."""
+    params = {k: jnp.float32(v) for k, v in (("mu", mu), ("sigma", sigma), ("distance", distance))}
+    params["h"] = jnp.float32(horizon / n_steps)
+    name = f"bm mu={mu:g} sigma={sigma:g} b={distance:g} T={horizon:g}"
+    return PathProblem(_bm_paths, n_steps, 1, name, params)
 
-    def paths(inc):
-        x = jnp.cumsum(mu * h + sigma * math.sqrt(h) * inc[..., 0], axis=1)
-        z = jnp.concatenate([jnp.zeros_like(x[:, :1]), x], axis=1)
-        return path_crossing_probability(z, distance, sigma**2 * h, upper=True)
 
-    return PathProblem(paths, n_steps, 1, f"bm mu={mu:g} sigma={sigma:g} b={distance:g} T={horizon:g}")
+def _ou_paths(inc: jax.Array, params: dict) -> tuple[jax.Array, jax.Array]:
+    decay, sd, x0, s2h = params["decay"], params["sd"], params["x0"], params["s2h"]
+
+    def step(x, z):
+        x = decay * x + sd * z
+        return x, x
+
+    start = jnp.full(inc.shape[:1], x0, inc.dtype)
+    _, xs = jax.lax.scan(step, start, inc[..., 0].T)
+    z = jnp.concatenate([start[:, None], xs.T], axis=1)
+    s_up, q_up = path_crossing_probability(z, params["upper"], s2h, upper=True)
+    s_lo, q_lo = path_crossing_probability(z, params["lower"], s2h, upper=False)
+    # Per step the two bridge crossings are treated as independent; an open side has its bound at
+    # +-inf (score -inf, crossing 0).
+    return jnp.maximum(s_up, s_lo), 1.0 - (1.0 - q_up) * (1.0 - q_lo)
 
 
 def ou_problem(
@@ -52,35 +72,22 @@ def ou_problem(
 ) -> PathProblem:
     """OU from ``x0`` leaving ``(lower, upper)`` (``None``: that side open), exact transitions.
 
-    The score is the larger of the signed distances past each finite bound.
+    The score is the larger of the signed distances past each bound.
     """
     if lower is None and upper is None:
         raise ValueError("ou_problem: give at least one of lower, upper")
     h = horizon / n_steps
-    decay = math.exp(-theta * h)
     sd = sigma * math.sqrt(-math.expm1(-2 * theta * h) / (2 * theta)) if theta > 0 else sigma * math.sqrt(h)
-
-    def paths(inc):
-        def step(x, z):
-            x = decay * x + sd * z
-            return x, x
-
-        _, xs = jax.lax.scan(step, jnp.full(inc.shape[:1], x0, inc.dtype), inc[..., 0].T)
-        z = jnp.concatenate([jnp.full((inc.shape[0], 1), x0, inc.dtype), xs.T], axis=1)
-        parts = [
-            path_crossing_probability(z, b, sigma**2 * h, upper=up)
-            for b, up in ((upper, True), (lower, False))
-            if b is not None
-        ]
-        if len(parts) == 1:
-            return parts[0]
-        (s1, q1), (s2, q2) = parts
-        # The two bounds' crossings are (nearly) disjoint events on one path; 1 - (1-q1)(1-q2)
-        # treats the two bridge crossings within a step as independent (exact for the grid part).
-        return jnp.maximum(s1, s2), 1.0 - (1.0 - q1) * (1.0 - q2)
-
+    params = {
+        "decay": math.exp(-theta * h),
+        "sd": sd,
+        "x0": x0,
+        "s2h": sigma**2 * h,
+        "lower": -np.inf if lower is None else lower,
+        "upper": np.inf if upper is None else upper,
+    }
     name = f"ou theta={theta:g} sigma={sigma:g} ({lower}, {upper}) T={horizon:g}"
-    return PathProblem(paths, n_steps, 1, name)
+    return PathProblem(_ou_paths, n_steps, 1, name, {k: jnp.float32(v) for k, v in params.items()})
 
 
 def exit_probability_pde(

@@ -115,7 +115,8 @@ def _replica(problem: PathProblem, n: int, n_seeds: int, max_levels: int, key: j
 
 
 @partial(jax.jit, static_argnums=(0, 1, 2, 3))
-def _run(problem: PathProblem, n: int, n_seeds: int, max_levels: int, keys: jax.Array) -> _State:
+def _run(problem: PathProblem, n: int, n_seeds: int, max_levels: int, keys: jax.Array, params) -> _State:
+    problem = problem.with_params(params)
     return jax.vmap(partial(_replica, problem, n, n_seeds, max_levels))(keys)
 
 
@@ -161,7 +162,9 @@ def subset_simulation(
         raise ValueError(f"replicas: expected an int >= 1, got {replicas!r}")
     root = jax.random.key(int(seed) % 2**32)
     keys = jax.vmap(lambda r: jax.random.fold_in(root, r))(jnp.arange(first_replica, first_replica + replicas))
-    out = jax.tree_util.tree_map(np.asarray, _run(problem, n_paths, n_seeds, int(max_levels), keys))
+    out = jax.tree_util.tree_map(
+        np.asarray, _run(problem.without_params(), n_paths, n_seeds, int(max_levels), keys, problem.params)
+    )
     if not out.done.all():
         bad = int(np.flatnonzero(~out.done)[0]) + first_replica
         raise SubsetFailure(
