@@ -198,6 +198,7 @@ def ams(
     method = f"ams ({replicas} replicas of {n_paths} paths, k={k}; t interval)"
     est, rel = replica_interval(values, level=level, seed=seed, method=method)
     n_it = int(out.it[0])
+    last = out.levels[np.arange(replicas), np.maximum(out.it, 1) - 1]
     return RareEstimate(
         probability=est,
         relative_error=rel,
@@ -207,4 +208,5 @@ def ams(
         replicas=tuple(float(v) for v in values),
         levels=tuple(float(v) for v in out.levels[0, :n_it]),
         iterations=float(out.it.mean()),
+        extinct=int(np.sum(last < 0.0)),
     )

@@ -40,6 +40,10 @@ class RareEstimate:
         the other estimators).
     control : tuple of float
         Importance sampling: the fitted control's coefficients per channel (intercept, slope).
+    extinct : int
+        Splitting: replicas whose paths all tied at a level below the event (killed together,
+        estimate 0). Still unbiased, but a sign that the score is too coarse (e.g. a score that
+        only changes at a few interactions).
     """
 
     probability: Estimate
@@ -52,6 +56,7 @@ class RareEstimate:
     iterations: float = math.nan
     ess: float = math.nan
     control: tuple[float, ...] = ()
+    extinct: int = 0
 
     @property
     def value(self) -> float:
@@ -69,6 +74,7 @@ class RareEstimate:
             "iterations": encode_float(self.iterations),
             "ess": encode_float(self.ess),
             "control": [encode_float(x) for x in self.control],
+            "extinct": self.extinct,
         }
 
 

@@ -1,0 +1,223 @@
+"""Rare-event estimators against plain Monte Carlo: relative error against cost.
+
+Run: ``.venv/bin/python benchmarks/rare.py [--quick] [--json benchmarks/results/rare.json]``.
+
+Cases with exact answers (:mod:`policies.risk.rare.references`): Brownian motion with drift
+(mu = -1, sigma = 1, T = 1, 64 steps) leaving a half-line placed so that p = 1e-4, 1e-6, 1e-8
+(closed form), and an OU process (theta = 1, sigma = 1, T = 1, 64 exact steps) leaving a
+half-line at p ~ 1e-5 (Crank–Nicolson reference). For each case and estimator the script runs
+``reps`` independent estimates at a fixed budget and records their mean, the observed relative
+error ``sqrt(mean((estimate - p)^2)) / p``, the mean path-equivalents and seconds per estimate
+(compilation excluded: every configuration is run once before it is timed; with ``--quick`` the
+splitting and subset figures include one compilation, shared by the ``reps`` replicas). Plain Monte Carlo
+gets the same budget as splitting.
+
+Interval coverage: ``--coverage-reps`` (default 200) intervals of AMS (10 replicas each) at
+p = 1e-5 on the Brownian case, and the share that contains the exact value, with its
+Clopper–Pearson interval.
+
+``--quick`` (< 3 min on 2 shared cores): fewer repetitions, p = 1e-6 and 1e-8 only plus the
+coverage check on a 16-step grid. Results are written atomically to ``benchmarks/results/rare.json``
+as a list ``cases`` (``case, estimator, p_exact, estimate, relative_error, path_equivalents,
+seconds``) plus the machine and the command.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+
+def write_json(path: Path, value) -> None:
+    import json
+
+    from medsim.io import atomic_write
+
+    atomic_write(path, lambda tmp: tmp.write_text(json.dumps(value, indent=2)))
+
+
+def bm_distance(p: float) -> float:
+    from scipy.optimize import brentq
+
+    from policies.risk.rare.references import drifted_bm_exit
+
+    return float(brentq(lambda b: math.log(drifted_bm_exit(-1.0, 1.0, b, 1.0)) - math.log(p), 0.5, 8.0))
+
+
+def plain_mc(problem, n: int, seed: int) -> tuple[float, float]:
+    """Mean of the bridge-corrected crossing probability over ``n`` plain paths, in batches."""
+    import jax
+
+    total, done, batch = 0.0, 0, 50_000
+    while done < n:
+        m = min(batch, n - done)
+        inc = jax.random.normal(jax.random.fold_in(jax.random.key(seed), done), (m, *problem.shape))
+        total += float(np.asarray(problem.evaluate(inc)[1], dtype=float).sum())
+        done += m
+    return total / n, float(n)
+
+
+def run_case(
+    case: str, problem, p_exact: float | None, configs: dict, reps: int, seed: int, warm: bool = True
+) -> list[dict]:
+    """``reps`` independent estimates per estimator, timed after a warm-up run when ``warm``."""
+    from policies.risk.rare import ams, importance_sampling, subset_simulation
+
+    rows = []
+    for name, cfg in configs.items():
+        if name in ("ams", "subset"):
+            fn = ams if name == "ams" else subset_simulation
+            if warm:
+                fn(problem, seed=seed + 999, replicas=reps, **cfg)  # warm-up (compilation)
+            t0 = time.perf_counter()
+            r = fn(problem, seed=seed, replicas=reps, **cfg)
+            seconds = (time.perf_counter() - t0) / reps
+            values, cost = np.asarray(r.replicas), r.path_equivalents / reps
+            extra = {"iterations": r.iterations, "levels_first_replica": len(r.levels)}
+        elif name == "is":
+            importance_sampling(problem, seed=seed + 999, **cfg)
+            values, costs, t0, ess = [], [], time.perf_counter(), []
+            for i in range(reps):
+                r = importance_sampling(problem, seed=seed + i, **cfg)
+                values.append(r.value)
+                costs.append(r.path_equivalents)
+                ess.append(r.ess)
+            seconds = (time.perf_counter() - t0) / reps
+            values, cost = np.asarray(values), float(np.mean(costs))
+            extra = {"ess_median": float(np.median(ess)), "estimated_relative_error_last": r.relative_error}
+        else:  # plain Monte Carlo at the given budget
+            n = int(cfg["n_paths"])
+            plain_mc(problem, min(n, 1000), seed + 999)
+            values, t0 = [], time.perf_counter()
+            for i in range(cfg.get("reps", reps)):
+                values.append(plain_mc(problem, n, seed + i)[0])
+            seconds = (time.perf_counter() - t0) / len(values)
+            values, cost = np.asarray(values), float(n)
+            extra = {"paths_needed_for_10pct": (1 - p_exact) / (0.01 * p_exact) if p_exact else None}
+        mean = float(values.mean())
+        if p_exact:
+            rel = float(np.sqrt(np.mean((values - p_exact) ** 2)) / p_exact)
+        else:
+            rel = float(values.std(ddof=1) / mean) if mean > 0 else math.nan
+        rows.append(
+            {
+                "case": case,
+                "estimator": name,
+                "p_exact": p_exact,
+                "estimate": mean,
+                "relative_error": rel,
+                "path_equivalents": cost,
+                "seconds": seconds,
+                "repetitions": len(values),
+                "seconds_include_compilation": not warm and name in ("ams", "subset"),
+                "config": cfg,
+                **extra,
+            }
+        )
+        print(
+            f"{case:28s} {name:7s} est {mean:.3g} (exact {p_exact}) rel.err {rel:.3f} "
+            f"cost {cost:.3g} paths {seconds:.2f}s",
+            flush=True,
+        )
+    return rows
+
+
+def coverage(reps: int, steps: int, seed: int) -> dict:
+    from scipy import stats
+
+    from policies.risk.rare import ams
+    from policies.risk.rare.references import drifted_bm_exit, drifted_bm_problem
+    from policies.risk.rare.result import replica_interval
+
+    b = bm_distance(1e-5)
+    p = drifted_bm_exit(-1.0, 1.0, b, 1.0)
+    per = 10
+    t0 = time.perf_counter()
+    r = ams(drifted_bm_problem(-1.0, 1.0, b, 1.0, steps), seed=seed, n_paths=100, replicas=reps * per)
+    v = np.asarray(r.replicas).reshape(reps, per)
+    hits = [replica_interval(row, level=0.95, seed=seed, method="ams")[0].contains(p) for row in v]
+    k = int(np.sum(hits))
+    lo, hi = stats.beta.ppf(0.025, k, reps - k + 1), stats.beta.ppf(0.975, k + 1, reps - k)
+    return {
+        "case": f"bm p=1e-5, {steps} steps",
+        "estimator": "ams (10 replicas of 100 paths, t interval)",
+        "nominal": 0.95,
+        "intervals": reps,
+        "coverage": k / reps,
+        "coverage_interval": [float(lo), float(hi)],
+        "seconds": time.perf_counter() - t0,
+    }
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--json", type=Path, default=ROOT / "benchmarks" / "results" / "rare.json")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--coverage-reps", type=int, default=200)
+    args = ap.parse_args(argv)
+    from policies.risk.rare.references import (
+        drifted_bm_exit,
+        drifted_bm_problem,
+        exit_probability_pde,
+        ou_problem,
+    )
+
+    t_start = time.perf_counter()
+    steps = 64
+    reps = 8 if args.quick else 20
+    targets = (1e-6, 1e-8) if args.quick else (1e-4, 1e-6, 1e-8)
+    out = {
+        "command": "python benchmarks/rare.py" + (" --quick" if args.quick else ""),
+        "machine": {
+            "platform": platform.platform(),
+            "processor": platform.processor() or platform.machine(),
+            "cores": os.cpu_count(),
+            "load_average_at_start": os.getloadavg(),
+        },
+        "cases": [],
+    }
+    for p in targets:
+        b = bm_distance(p)
+        exact = drifted_bm_exit(-1.0, 1.0, b, 1.0)
+        budget = 1e5 if p > 1e-7 else 2e5
+        n_ams = int(budget / (1 + 0.1 * math.log(1 / p) / 0.105) / 100) * 100
+        configs = {
+            "ams": {"n_paths": n_ams, "kill_fraction": 0.1},
+            "subset": {"n_paths": 10_000 if p > 1e-7 else 20_000, "p0": 0.1},
+            "is": {"n_paths": int(budget / 2), "ce_paths": 5000, "control": "linear"},
+            "plain": {"n_paths": int(budget), "reps": 3},
+        }
+        problem = drifted_bm_problem(-1.0, 1.0, b, 1.0, steps)
+        out["cases"] += run_case(
+            f"bm drift half-line p={p:g}", problem, exact, configs, reps, args.seed, not args.quick
+        )
+        write_json(args.json, out)
+    if not args.quick:
+        b = 3.0
+        exact = exit_probability_pde(1.0, 1.0, None, b, 1.0)
+        configs = {"ams": {"n_paths": 2000}, "subset": {"n_paths": 2000}, "is": {"n_paths": 20_000, "ce_paths": 2000}}
+        out["cases"] += run_case(
+            "ou half-line b=3", ou_problem(1.0, 1.0, None, b, 1.0, steps), exact, configs, reps, args.seed
+        )
+        write_json(args.json, out)
+    out["coverage"] = coverage(args.coverage_reps, 16 if args.quick else steps, args.seed + 7)
+    print(out["coverage"], flush=True)
+    out["seconds_total"] = time.perf_counter() - t_start
+    write_json(args.json, out)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
