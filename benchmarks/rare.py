@@ -151,7 +151,7 @@ def coverage(reps: int, steps: int, seed: int) -> dict:
     lo, hi = stats.beta.ppf(0.025, k, reps - k + 1), stats.beta.ppf(0.975, k + 1, reps - k)
     return {
         "case": f"bm p=1e-5, {steps} steps",
-        "estimator": "ams (10 replicas of 100 paths, t interval)",
+        "estimator": "ams (10 replicas of 100 paths, log-scale t interval)",
         "nominal": 0.95,
         "intervals": reps,
         "coverage": k / reps,

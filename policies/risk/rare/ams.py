@@ -195,7 +195,7 @@ def ams(
             f"iterations (p below ~(1 - k/n)^{max_iterations}); raise max_iterations or kill_fraction"
         )
     values = out.total.astype(float)
-    method = f"ams ({replicas} replicas of {n_paths} paths, k={k}; t interval)"
+    method = f"ams ({replicas} replicas of {n_paths} paths, k={k}; log-scale t interval)"
     est, rel = replica_interval(values, level=level, seed=seed, method=method)
     n_it = int(out.it[0])
     last = out.levels[np.arange(replicas), np.maximum(out.it, 1) - 1]

@@ -172,7 +172,7 @@ def subset_simulation(
             f"{max_levels} levels; raise max_levels"
         )
     values = out.total.astype(float)
-    method = f"subset simulation ({replicas} replicas of {n_paths} paths, p0={p0:g}; t interval)"
+    method = f"subset simulation ({replicas} replicas of {n_paths} paths, p0={p0:g}; log-scale t interval)"
     est, rel = replica_interval(values, level=level, seed=seed, method=method)
     n_lv = int(out.level[0])
     return RareEstimate(
