@@ -7,8 +7,8 @@ increments up to the first step where its running score exceeded ``Z`` and draws
 increments after it (Cérou & Guyader 2007, Stoch. Anal. Appl. 25:417). The clone's law is the law
 of a path conditioned to exceed ``Z``, because the score is adapted and the increments are
 independent; so the policy, the dosing and every other part of the path act inside the clone.
-Killing all paths tied at ``Z`` keeps the estimator unbiased (Bréhier, Lelièvre & Rousset 2016,
-ESAIM:PS 20:1, "generalized AMS").
+Killing all paths tied at ``Z`` keeps the estimator unbiased (Bréhier, Gazeau, Goudenège,
+Lelièvre & Rousset 2016, Ann. Appl. Probab. 26:3559, "generalized AMS").
 
 The estimator of ``E[phi(X)]`` (here ``phi`` is the bridge-corrected crossing probability) is the
 partition of the unit mass over the killed paths: with ``C_j = prod_{l <= j} (1 - K_l / n)``,

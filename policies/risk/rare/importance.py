@@ -6,7 +6,7 @@ Shifting the mean of the standard-normal increments by a control ``u_t`` (a drif
 increments ``xi``) keeps ``E[w q]`` equal to the nominal ``E[q]``. The control is constant or
 linear in time per noise channel, ``u_t = a + b (t + 1/2) / T``, and is fitted by the multilevel
 cross-entropy method (Rubinstein & Kroese 2004, *The Cross-Entropy Method*, Alg. 3.4.1;
-O'Kelly et al. 2018, NeurIPS, for in-silico closed-loop systems): at each stage the paths with the
+used for closed-loop systems under test by O'Kelly et al. 2018, NeurIPS): at each stage the paths with the
 top ``rho`` share of scores (or, once the event is reached, all paths weighted by their crossing
 probability) give the weighted mean increment per step, and ``(a, b)`` is its least-squares fit.
 
