@@ -16,9 +16,10 @@ Interval coverage: ``--coverage-reps`` (default 200) intervals of AMS (10 replic
 p = 1e-5 on the Brownian case, and the share that contains the exact value, with its
 Clopper–Pearson interval.
 
-``--glucose``: only P(glucose < 54 mg/dL) of one virtual patient over 12 h under basal-bolus
-(a look every 15 min) and PID (every 10 min), by splitting on the real closed loop and by plain
-Monte Carlo with as many rollouts; added to the existing results file.
+``--glucose``: only P(glucose < 54 mg/dL) of one virtual patient over 12 h (nominal meals from
+11:00) under basal-bolus (a look every 15 min; the patient's insulin sensitivity scaled by each
+``--glucose-si`` factor), by splitting on the real closed loop and by plain Monte Carlo with as
+many rollouts, and under PID (every 10 min) by 512 plain rollouts; added to the results file.
 
 ``--quick`` (< 3 min on 2 shared cores): fewer repetitions, p = 1e-6 and 1e-8 only plus the
 coverage check on a 16-step grid. Results are written atomically to ``benchmarks/results/rare.json``
@@ -212,10 +213,13 @@ def glucose_cases(args) -> list[dict]:
     )
     scenario = MealScenario(time_sd_h=0.0, size_cv=0.0, start_clock_h=11.0)
     rows = []
-    for policy, interactions in ((BasalBolus(every=15.0), 60), (PID(every=10.0), 80)):
+    cases = [(BasalBolus(every=15.0), 60, f, "ams") for f in args.glucose_si] + [(PID(every=10.0), 80, 1.0, "plain")]
+    for policy, interactions, factor, how in cases:
+        params = {**GLUCOSE_PATIENT, "S_I": GLUCOSE_PATIENT["S_I"] * factor}
+        one = dataclasses.replace(patient, params={**patient.params, **{k: np.array([v]) for k, v in params.items()}})
         problem = closed_loop_problem(
             model,
-            patient,
+            one,
             policy,
             bound=Bound("glucose_mg_dL", 54.0, "lower"),
             horizon=12 * 60.0,
@@ -224,33 +228,33 @@ def glucose_cases(args) -> list[dict]:
             interactions=interactions,
             scenario=scenario,
         )
-        case = f"glucose<54 {policy.name} 12h"
-        t0 = time.perf_counter()
-        r = ams(problem, seed=args.seed, n_paths=args.glucose_paths, replicas=4)
-        seconds = time.perf_counter() - t0
-        rows.append(
-            {
-                "case": case,
-                "estimator": "ams",
-                "p_exact": None,
-                "estimate": r.value,
-                "interval": [r.probability.lower, r.probability.upper],
-                "relative_error": r.relative_error,
-                "path_equivalents": r.path_equivalents,
-                "seconds": seconds,
-                "seconds_include_compilation": True,
-                "iterations": r.iterations,
-                "extinct_replicas": r.extinct,
-                "replicas": list(r.replicas),
-            }
-        )
-        print(rows[-1], flush=True)
-        n_plain = int(r.path_equivalents)
+        case = f"glucose<54 {policy.name} S_I x{factor:g} 12h"
+        n_plain = 512
+        if how == "ams":
+            t0 = time.perf_counter()
+            r = ams(problem, seed=args.seed, n_paths=args.glucose_paths, replicas=4)
+            rows.append(
+                {
+                    "case": case,
+                    "estimator": "ams",
+                    "p_exact": None,
+                    "estimate": r.value,
+                    "interval": [r.probability.lower, r.probability.upper],
+                    "relative_error": r.relative_error,
+                    "path_equivalents": r.path_equivalents,
+                    "seconds": time.perf_counter() - t0,
+                    "seconds_include_compilation": True,
+                    "iterations": r.iterations,
+                    "extinct_replicas": r.extinct,
+                    "replicas": list(r.replicas),
+                }
+            )
+            print(rows[-1], flush=True)
+            n_plain = int(r.path_equivalents)
         t0 = time.perf_counter()
         inc = np.random.default_rng(args.seed).standard_normal((n_plain, interactions, 2)).astype(np.float32)
-        q = np.concatenate(
-            [np.asarray(problem.evaluate(c)[1], float) for c in np.array_split(inc, max(1, n_plain // 512))]
-        )
+        parts = np.array_split(inc, max(1, n_plain // 512))
+        q = np.concatenate([np.asarray(problem.evaluate(c)[1], float) for c in parts])
         m = float(q.mean())
         rows.append(
             {
@@ -276,6 +280,7 @@ def main(argv=None) -> int:
     ap.add_argument("--coverage-reps", type=int, default=200)
     ap.add_argument("--glucose", action="store_true", help="only the glucose cases (added to an existing file)")
     ap.add_argument("--glucose-paths", type=int, default=100)
+    ap.add_argument("--glucose-si", type=float, nargs="+", default=[1.0, 0.95], help="insulin-sensitivity factors")
     args = ap.parse_args(argv)
     from policies.risk.rare.references import (
         drifted_bm_exit,
@@ -288,8 +293,9 @@ def main(argv=None) -> int:
     if args.glucose:
         import json
 
+        rows = glucose_cases(args)
         old = json.loads(args.json.read_text()) if args.json.exists() else {"cases": []}
-        old["cases"] = [c for c in old["cases"] if not c["case"].startswith("glucose")] + glucose_cases(args)
+        old["cases"] = [c for c in old["cases"] if not c["case"].startswith("glucose")] + rows
         old["glucose_command"] = "python benchmarks/rare.py --glucose"
         old["glucose_machine_load_average_at_start"] = os.getloadavg()
         write_json(args.json, old)

@@ -90,7 +90,9 @@ def test_subset_simulation_exact_drifted_bm():
     exact = drifted_bm_exit(MU, SIGMA, DISTANCES[1e-5], T)
     r = subset_simulation(drifted_bm_problem(MU, SIGMA, DISTANCES[1e-5], T, STEPS), seed=2, n_paths=200, replicas=8)
     _within(r, exact)
-    assert len(r.levels) == r.iterations or r.iterations > 1
+    # Levels rise to the event level 0; p0 = 0.1 per level: about log10(1/p) levels.
+    assert np.all(np.diff(r.levels) > 0) and r.levels[-1] == 0.0
+    assert abs(len(r.levels) - np.log10(1 / exact)) <= 2
 
 
 def test_importance_sampling_exact_drifted_bm():
