@@ -7,6 +7,8 @@ draws fresh noise after it; these tests check exactly that on the real option lo
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 
@@ -20,7 +22,8 @@ GLUCOSE = registry.get("glucose_insulin")
 K = 6
 
 
-def typical_patient(model):
+def typical_patient(model, n: int = 1):
+    """``n`` copies of the typical patient (no between-subject spread)."""
     pop = {p.name: np.array([p.typical]) for p in model.parameters}
     omega = {p.name: np.array([0.0]) for p in model.structural if p.bsv > 0}
     residual = {}
@@ -30,14 +33,17 @@ def typical_patient(model):
         if err.kind in ("proportional", "combined"):
             residual[f"{obs}_prop"] = np.array([err.prop])
     draws = PosteriorDraws(model=model, population=pop, omega=omega, residual=residual)
-    return sample_population(draws, 1, seed=0, covariates={"BASAL": 1.2})
+    return sample_population(draws, n, seed=0, covariates={"BASAL": 1.2})
 
 
 @pytest.fixture(scope="module")
 def evaluated():
+    # Two patients that differ in insulin sensitivity; each path's first increment picks one.
+    two = typical_patient(GLUCOSE, 2)
+    two = dataclasses.replace(two, params={**two.params, "S_I": two.params["S_I"] * np.array([1.0, 1.5])})
     problem = closed_loop_problem(
         GLUCOSE,
-        typical_patient(GLUCOSE),
+        two,
         PID(every=60.0),
         bound=Bound("glucose_mg_dL", 90.0, "lower"),
         horizon=5 * 60.0,
@@ -49,22 +55,26 @@ def evaluated():
     inc = rng.standard_normal((4, K, 2)).astype(np.float32)
     inc[1] = inc[0]  # an exact copy
     inc[2, :2] = inc[0, :2]  # shares the first two interactions' noise, fresh after
+    inc[3, 0, 0] = -inc[0, 0, 0]  # the other patient: Phi(-z) = 1 - Phi(z)
     score, crossing = (np.asarray(a) for a in problem.evaluate(inc))
-    return problem, score, crossing
+    return problem, score, crossing, inc
 
 
 def test_copied_noise_replays_the_path(evaluated):
-    _, score, crossing = evaluated
+    _, score, crossing, inc = evaluated
     np.testing.assert_array_equal(score[1], score[0])
     assert crossing[1] == crossing[0]
     # Same noise up to interaction 1: same path (policy included) up to there, different after.
     np.testing.assert_array_equal(score[2, :2], score[0, :2])
     assert np.any(score[2, 2:5] != score[0, 2:5])
-    assert np.any(score[3, :5] != score[0, :5])
+    # Rows 0 and 3 are the two patients; the one with 1.5x the insulin sensitivity (the row whose
+    # first draw is positive: Phi > 1/2 picks index 1) comes closer to the lower bound.
+    sensitive, other = (3, 0) if inc[3, 0, 0] > 0 else (0, 3)
+    assert score[sensitive, :5].max() > score[other, :5].max()
 
 
 def test_scores_and_crossing_are_consistent(evaluated):
-    problem, score, crossing = evaluated
+    problem, score, crossing, _ = evaluated
     assert score.shape == (4, problem.n_steps) and problem.n_channels == 2
     assert np.all((crossing >= 0) & (crossing <= 1))
     # A grid violation (score >= 0) means a certain crossing.

@@ -1,8 +1,8 @@
-"""The closed loop as a path problem: one virtual patient under a policy, for splitting.
+"""The closed loop as a path problem: virtual patients under a policy, for splitting.
 
 Every path is the real medsim option loop (:func:`policies.rollout.rollout`: measure, act,
-:meth:`~medsim.simulate.Simulator.advance`) for one virtual patient, repeated over the rows of a
-batch. The only thing that differs between rows is their noise: the process and measurement
+:meth:`~medsim.simulate.Simulator.advance`) for a virtual patient, repeated over the rows of a
+batch. Rows differ in their patient (drawn by the first increment) and their noise: the process and measurement
 noise of interaction ``k`` come from the counter-based streams of an index the path problem
 chooses (``rollout``'s ``noise_index``), hashed from the row's ``k``-th pair of "increments". A
 clone that shares its donor's increments up to interaction ``k`` therefore replays the donor's
@@ -25,6 +25,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+from scipy.special import ndtr
 
 from medsim.population.virtual import VirtualPopulation
 from medsim.simulate.types import Bound
@@ -48,7 +49,7 @@ def noise_ids(increments: np.ndarray) -> np.ndarray:
 
 def closed_loop_problem(
     model,
-    patient: VirtualPopulation,
+    population: VirtualPopulation,
     policy: Policy,
     *,
     bound: Bound,
@@ -59,13 +60,16 @@ def closed_loop_problem(
     name: str | None = None,
     **rollout_options: Any,
 ) -> PathProblem:
-    """A :class:`PathProblem` whose paths are closed-loop rollouts of one virtual patient.
+    """A :class:`PathProblem` whose paths are closed-loop rollouts of virtual patients.
 
     Parameters
     ----------
     model : PhysiologyModel
-    patient : VirtualPopulation
-        One virtual patient (the first is used when it holds more).
+    population : VirtualPopulation
+        The virtual patients. With one, every path is that patient; with ``N``, each path's
+        patient is drawn uniformly by its first increment (``Phi(xi_00)``), which every clone
+        copies from its donor, so the estimate is the population mean ``mean_i p_i`` with the
+        search for failures spread over patients and noise together.
     policy : Policy
         A deterministic policy (a stochastic policy's coin flips are keyed by row, not replayed).
     bound : Bound
@@ -77,8 +81,8 @@ def closed_loop_problem(
     rollout_options
         Further :func:`~policies.rollout.rollout` options (``scenario``, ``scheme``,
         ``measurement_noise``). A scenario must give every row the same events (e.g. a
-        :class:`~policies.scenarios.MealScenario` with ``time_sd_h=0, size_cv=0``): the rows are
-        one patient.
+        :class:`~policies.scenarios.MealScenario` with ``time_sd_h=0, size_cv=0``): a row's
+        events must not depend on its position in the batch.
 
     Returns
     -------
@@ -87,7 +91,7 @@ def closed_loop_problem(
     """
     from policies.rollout import rollout
 
-    one = patient.take(np.zeros(1, np.int64))
+    n_patients = population.n_patients
     upper = bound.side == "upper"
     log_scale = model.observable(bound.observable).bridge_scale == "log"
     K = int(interactions)
@@ -97,13 +101,15 @@ def closed_loop_problem(
         flat = np.asarray(inc).reshape(-1, K, 2)
         b = flat.shape[0]
         ids = noise_ids(flat)
+        u = ndtr(flat[:, 0, 0].astype(np.float64))
+        who = np.minimum((u * n_patients).astype(np.int64), n_patients - 1)
 
         def index(rows: np.ndarray, k: np.ndarray) -> np.ndarray:
             return ids[np.minimum(rows, b - 1), np.minimum(k, K - 1)].astype(np.int64)
 
         res = rollout(
             model,
-            one.take(np.zeros(b, np.int64)),
+            population.take(who),
             policy,
             bounds=(bound,),
             horizon=horizon,
