@@ -88,3 +88,16 @@ def test_noise_ids_depend_on_both_draws():
     b = a.copy()
     b[..., 1] = 1.0
     assert noise_ids(a)[0, 0] != noise_ids(b)[0, 0]
+
+
+def test_switch_to_rare_estimator():
+    from policies.risk.rare.auto import RareMethodError, needs_rare, rare_followup
+
+    assert needs_rare(3) and not needs_rare(10) and needs_rare(50, method="ams")
+    with pytest.raises(RareMethodError, match="rare"):
+        needs_rare(0, method="splitting")
+    # Enough violations: no rare-event run (returns before simulating anything).
+    kwargs = dict(bound=Bound("glucose_mg_dL", 54.0, "lower"), horizon=60.0, dt=1.0, seed=0, interactions=4)
+    assert rare_followup(GLUCOSE, typical_patient(GLUCOSE), PID(), n_violations=20, **kwargs) is None
+    with pytest.raises(RareMethodError, match="rare=ams"):
+        rare_followup(GLUCOSE, typical_patient(GLUCOSE), PID(), n_violations=0, method="subset", **kwargs)
