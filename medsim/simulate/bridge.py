@@ -197,7 +197,6 @@ def bridge_update(
     for k, s in enumerate(specs):
         z0, z_end = st.z[s.observable], z1[s.observable]
         out0, out1 = _outside(z0, s), _outside(z_end, s)
-        # Both ends inside => (z0 - b)(z1 - b) >= 0; the max only guards the outside case.
         p = jnp.where(active, crossing_probability(z0, z_end, s.z, inv[s.observable], out0 | out1), 0.0)
         small = p < 0.125
         log_surv = jnp.real(st.survival[k]) + jnp.where(small, _log1m_small(p), 0.0)
