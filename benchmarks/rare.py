@@ -313,6 +313,16 @@ def main(argv=None) -> int:
         },
         "cases": [],
     }
+    if args.json.exists():  # the glucose cases come from their own run (--glucose): keep them
+        import json
+
+        previous = json.loads(args.json.read_text())
+        kept = [c for c in previous.get("cases", []) if c["case"].startswith("glucose")]
+        for key in ("glucose_command", "glucose_machine_load_average_at_start"):
+            if key in previous:
+                out[key] = previous[key]
+    else:
+        kept = []
     for p in targets:
         b = bm_distance(p)
         exact = drifted_bm_exit(-1.0, 1.0, b, 1.0)
@@ -341,6 +351,7 @@ def main(argv=None) -> int:
     out["coverage"] = coverage(args.coverage_reps, 16 if args.quick else steps, args.seed + 7)
     print(out["coverage"], flush=True)
     out["seconds_total"] = time.perf_counter() - t_start
+    out["cases"] += kept
     write_json(args.json, out)
     return 0
 
