@@ -63,6 +63,7 @@ from policies.targets import check_support, range_bounds, target_range
 from policies.traces import empty_trace, sample_interval, trace_grid
 
 Progress = Callable[[float, float], None]
+NoiseIndex = Callable[[np.ndarray, np.ndarray], np.ndarray]
 
 
 class _Setup:
@@ -87,6 +88,7 @@ class _Setup:
         self.scenario, self.noise, self.max_interactions = scenario, bool(measurement_noise), int(max_interactions)
         self.max_memory = max_memory
         self.n_total = 0  # patients of the whole rollout (set by _rollout), for the memory estimate
+        self.noise_index: NoiseIndex | None = None  # (patient, k) -> stream index of the noise (rollout())
         self.target = target_range(model, self.bounds, target)
         self.support = dict(support or {})
         check_support(model, self.support)
@@ -201,7 +203,9 @@ def _run_chunk(
             )
         true = {o: np.broadcast_to(np.asarray(v, np.float64), (n,)) for o, v in setup.observe(x, theta).items()}
         check_finite(true, pop.params, t, time_unit=model.time_unit, patients=patient)
-        measured = _measure(setup, pop, true, patient, k, measure & active)
+        # Which stream feeds each row's noise at its k-th interaction (default: its own index).
+        noise_id = patient if setup.noise_index is None else np.asarray(setup.noise_index(patient, k), np.int64)
+        measured = _measure(setup, pop, true, noise_id, k, measure & active)
         announced = {}
         if announces:
             announced = {c: np.where(active, a, 0.0) for c, a in announced_at(scen, t, setup.tol).items()}
@@ -236,7 +240,7 @@ def _run_chunk(
             theta,
             jnp.asarray(t, jnp.float32),
             jnp.asarray(t1, jnp.float32),
-            key=patient_keys(setup.seed, Stream.PROCESS, patient, k),
+            key=patient_keys(setup.seed, Stream.PROCESS, noise_id, k),
             events=_dose_events(setup, t, bolus, scen),
             rates={c: jnp.asarray(r, jnp.float32) for c, r in rates.items()},
             save_every=sub_every if n_paths > 0 or trace is not None else None,
@@ -355,6 +359,7 @@ def rollout(
     max_memory: int | None = None,
     first_patient: int = 0,
     pad_to: int | None = None,
+    noise_index: NoiseIndex | None = None,
 ) -> RolloutResult:
     """Simulate ``population`` under ``policy`` up to ``horizon`` (see the module docstring).
 
@@ -415,6 +420,11 @@ def rollout(
         Compiled width of every chunk (default: the population's own, a power of two up to
         ``chunk_size``). The last, shorter shard of a population pads to the width of the others,
         so that every worker runs the same compiled programs.
+    noise_index : callable(patient, k) -> (n,) int, optional
+        The index whose counter-based streams give the process and measurement noise of each
+        patient's ``k``-th interaction (default: the patient's own index). Rare-event splitting
+        (:mod:`policies.risk.rare.closed_loop`) uses it to replay a path's noise up to an
+        interaction and draw fresh noise after it. Indices must lie in ``[0, 2**32)``.
 
     Returns
     -------
@@ -451,6 +461,7 @@ def rollout(
     setup = _Setup(
         model, bounds, horizon, dt, seed, scenario, measurement_noise, target, support, scheme, limit, max_memory
     )
+    setup.noise_index = noise_index
     return _rollout(
         setup,
         population,

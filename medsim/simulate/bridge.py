@@ -158,6 +158,17 @@ def init_stats(specs: tuple[BoundSpec, ...], y: Mapping[str, jax.Array], z: Mapp
     )
 
 
+def crossing_probability(z0: jax.Array, z1: jax.Array, b: float, inv: jax.Array, outside: jax.Array) -> jax.Array:
+    """Probability that a Brownian bridge from ``z0`` to ``z1`` crossed ``b`` (the module formula).
+
+    ``inv`` is ``2 / (s^2 h)`` (with ``s^2 h`` floored at a tiny value), ``outside`` is True where
+    an end point is outside the bound (the probability is then 1). Both ends inside means
+    ``(z0 - b)(z1 - b) >= 0``; the ``max`` only guards the outside case.
+    """
+    a = jnp.maximum((z0 - b) * (z1 - b), 0.0) * inv
+    return jnp.where(outside, 1.0, jnp.exp(-a))
+
+
 def _log1m_small(p: jax.Array) -> jax.Array:
     """``log(1 - p)`` by its series, relative error < 1e-9 for ``p < 1/8``."""
     return -p * (1.0 + p * (1 / 2 + p * (1 / 3 + p * (1 / 4 + p * (1 / 5 + p * (1 / 6 + p * (1 / 7 + p / 8)))))))
@@ -186,9 +197,7 @@ def bridge_update(
     for k, s in enumerate(specs):
         z0, z_end = st.z[s.observable], z1[s.observable]
         out0, out1 = _outside(z0, s), _outside(z_end, s)
-        # Both ends inside => (z0 - b)(z1 - b) >= 0; the max only guards the outside case.
-        a = jnp.maximum((z0 - s.z) * (z_end - s.z), 0.0) * inv[s.observable]
-        p = jnp.where(active, jnp.where(out0 | out1, 1.0, jnp.exp(-a)), 0.0)
+        p = jnp.where(active, crossing_probability(z0, z_end, s.z, inv[s.observable], out0 | out1), 0.0)
         small = p < 0.125
         log_surv = jnp.real(st.survival[k]) + jnp.where(small, _log1m_small(p), 0.0)
         survival.append(_pair(log_surv, jnp.imag(st.survival[k]) * jnp.where(small, 1.0, 1.0 - p)))

@@ -1,0 +1,146 @@
+"""The closed loop as a path problem: virtual patients under a policy, for splitting.
+
+Every path is the real medsim option loop (:func:`policies.rollout.rollout`: measure, act,
+:meth:`~medsim.simulate.Simulator.advance`) for a virtual patient, repeated over the rows of a
+batch. Rows differ in their patient (drawn by the first increment) and their noise: the process and measurement
+noise of interaction ``k`` come from the counter-based streams of an index the path problem
+chooses (``rollout``'s ``noise_index``), hashed from the row's ``k``-th pair of "increments". A
+clone that shares its donor's increments up to interaction ``k`` therefore replays the donor's
+noise, measurements and the policy's decisions up to ``k`` exactly, and draws fresh noise after:
+the policy acts inside the cloned paths. This is what adaptive multilevel splitting needs
+(:func:`policies.risk.rare.ams.ams`); subset simulation and importance sampling need increments
+that enter the dynamics continuously and do not apply here.
+
+Scores are per interaction: for a lower bound ``log(b / min y)`` over the interval (for an upper
+bound ``log(max y / b)``; the observable's bridge scale when it is linear: ``(b - min y) / b``),
+``>= 0`` exactly at a grid violation; the crossing probability is the simulator's bridge-corrected
+one, ``1 - exp(sum_k log_survival_k)``. The rollout runs on the host, called from the compiled
+splitting loop by ``jax.pure_callback`` (one call per clone batch, all replicas together).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from scipy.special import ndtr
+
+from medsim.population.virtual import VirtualPopulation
+from medsim.simulate.types import Bound
+from policies.protocol import Policy
+from policies.risk.rare.problem import PathProblem
+
+_GOLDEN = np.uint32(0x9E3779B1)
+
+
+def noise_ids(increments: np.ndarray) -> np.ndarray:
+    """Stream index per row and interaction from two float32 increments: ``(B, K, 2) -> (B, K)``.
+
+    The bits of the two draws are mixed into 32 bits (a multiplicative hash), so that rows
+    sharing the draws of interaction ``k`` share its noise and rows that do not almost never do
+    (a collision of two of 1e5 rows at one interaction has probability ~1e-6).
+    """
+    bits = np.ascontiguousarray(increments.astype(np.float32)).view(np.uint32)
+    with np.errstate(over="ignore"):
+        return bits[..., 0] * _GOLDEN ^ bits[..., 1]
+
+
+def closed_loop_problem(
+    model,
+    population: VirtualPopulation,
+    policy: Policy,
+    *,
+    bound: Bound,
+    horizon: float,
+    dt: float,
+    seed: int,
+    interactions: int,
+    name: str | None = None,
+    **rollout_options: Any,
+) -> PathProblem:
+    """A :class:`PathProblem` whose paths are closed-loop rollouts of virtual patients.
+
+    Parameters
+    ----------
+    model : PhysiologyModel
+    population : VirtualPopulation
+        The virtual patients. With one, every path is that patient; with ``N``, each path's
+        patient is drawn uniformly by its first increment (``Phi(xi_00)``), which every clone
+        copies from its donor, so the estimate is the population mean ``mean_i p_i`` with the
+        search for failures spread over patients and noise together.
+    policy : Policy
+        A deterministic policy (a stochastic policy's coin flips are keyed by row, not replayed).
+    bound : Bound
+        The safety bound whose crossing is the rare event.
+    horizon, dt, seed
+        As in :func:`policies.rollout.rollout`.
+    interactions : int
+        Most interactions per path (``T`` of the problem; the rollout's ``max_interactions``).
+    rollout_options
+        Further :func:`~policies.rollout.rollout` options (``scenario``, ``scheme``,
+        ``measurement_noise``). A scenario must give every row the same events (e.g. a
+        :class:`~policies.scenarios.MealScenario` with ``time_sd_h=0, size_cv=0``): a row's
+        events must not depend on its position in the batch.
+
+    Returns
+    -------
+    PathProblem
+        With ``T = interactions`` steps and 2 channels; for :func:`~policies.risk.rare.ams.ams`.
+    """
+    from policies.rollout import rollout
+
+    n_patients = population.n_patients
+    upper = bound.side == "upper"
+    log_scale = model.observable(bound.observable).bridge_scale == "log"
+    K = int(interactions)
+
+    def host(inc: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        lead = inc.shape[:-2]
+        flat = np.asarray(inc).reshape(-1, K, 2)
+        b = flat.shape[0]
+        ids = noise_ids(flat)
+        u = ndtr(flat[:, 0, 0].astype(np.float64))
+        who = np.minimum((u * n_patients).astype(np.int64), n_patients - 1)
+
+        def index(rows: np.ndarray, k: np.ndarray) -> np.ndarray:
+            return ids[np.minimum(rows, b - 1), np.minimum(k, K - 1)].astype(np.int64)
+
+        res = rollout(
+            model,
+            population.take(who),
+            policy,
+            bounds=(bound,),
+            horizon=horizon,
+            dt=dt,
+            seed=seed,
+            n_paths_saved=0,
+            chunk_size=max(b, 1),
+            max_interactions=K,
+            noise_index=index,
+            **rollout_options,
+        )
+        y = np.asarray(res.obs_max[bound.observable] if upper else res.obs_min[bound.observable], np.float64)
+        v = float(bound.value)
+        if log_scale:
+            with np.errstate(divide="ignore"):
+                score = np.log(y / v) if upper else np.log(v / np.maximum(y, 1e-300))
+        else:
+            score = (y - v) / abs(v) if upper else (v - y) / abs(v)
+        score = np.where(res.mask, score, -np.inf)
+        log_surv = np.where(res.mask, res.log_survival[..., 0], 0.0).sum(axis=1)
+        out = np.full((b, K), -np.inf)
+        out[:, : score.shape[1]] = score
+        crossing = -np.expm1(log_surv)
+        return out.astype(np.float32).reshape(*lead, K), crossing.astype(np.float32).reshape(lead)
+
+    def paths(inc: jax.Array, params: Any) -> tuple[jax.Array, jax.Array]:
+        shapes = (
+            jax.ShapeDtypeStruct(inc.shape[:-1], jnp.float32),
+            jax.ShapeDtypeStruct(inc.shape[:-2], jnp.float32),
+        )
+        return jax.pure_callback(host, shapes, inc, vmap_method="expand_dims")
+
+    label = name or f"{policy.name}: {bound.observable} {'>' if upper else '<'} {bound.value:g}"
+    return PathProblem(paths, K, 2, label)

@@ -1,0 +1,103 @@
+"""The closed loop as a rare-event path problem: noise replay through rollout's noise_index.
+
+Splitting is only valid if a clone that shares its donor's increments up to interaction k
+reproduces the donor's path (measurements, the policy's doses, the state) up to k exactly and
+draws fresh noise after it; these tests check exactly that on the real option loop.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+
+import medsim.models as registry
+from medsim.population import PosteriorDraws, sample_population
+from medsim.simulate.types import Bound
+from policies.builtin import PID
+from policies.risk.rare.closed_loop import closed_loop_problem, noise_ids
+
+GLUCOSE = registry.get("glucose_insulin")
+K = 6
+
+
+def typical_patient(model, n: int = 1):
+    """``n`` copies of the typical patient (no between-subject spread)."""
+    pop = {p.name: np.array([p.typical]) for p in model.parameters}
+    omega = {p.name: np.array([0.0]) for p in model.structural if p.bsv > 0}
+    residual = {}
+    for obs, err in model.residual.items():
+        if err.kind in ("additive", "combined"):
+            residual[f"{obs}_add"] = np.array([err.add])
+        if err.kind in ("proportional", "combined"):
+            residual[f"{obs}_prop"] = np.array([err.prop])
+    draws = PosteriorDraws(model=model, population=pop, omega=omega, residual=residual)
+    return sample_population(draws, n, seed=0, covariates={"BASAL": 1.2})
+
+
+@pytest.fixture(scope="module")
+def evaluated():
+    # Two patients that differ in insulin sensitivity; each path's first increment picks one.
+    two = typical_patient(GLUCOSE, 2)
+    two = dataclasses.replace(two, params={**two.params, "S_I": two.params["S_I"] * np.array([1.0, 1.5])})
+    problem = closed_loop_problem(
+        GLUCOSE,
+        two,
+        PID(every=60.0),
+        bound=Bound("glucose_mg_dL", 90.0, "lower"),
+        horizon=5 * 60.0,
+        dt=2.0,
+        seed=3,
+        interactions=K,
+    )
+    rng = np.random.default_rng(0)
+    inc = rng.standard_normal((4, K, 2)).astype(np.float32)
+    inc[1] = inc[0]  # an exact copy
+    inc[2, :2] = inc[0, :2]  # shares the first two interactions' noise, fresh after
+    inc[3, 0, 0] = -inc[0, 0, 0]  # the other patient: Phi(-z) = 1 - Phi(z)
+    score, crossing = (np.asarray(a) for a in problem.evaluate(inc))
+    return problem, score, crossing, inc
+
+
+def test_copied_noise_replays_the_path(evaluated):
+    _, score, crossing, inc = evaluated
+    np.testing.assert_array_equal(score[1], score[0])
+    assert crossing[1] == crossing[0]
+    # Same noise up to interaction 1: same path (policy included) up to there, different after.
+    np.testing.assert_array_equal(score[2, :2], score[0, :2])
+    assert np.any(score[2, 2:5] != score[0, 2:5])
+    # Rows 0 and 3 are the two patients; the one with 1.5x the insulin sensitivity (the row whose
+    # first draw is positive: Phi > 1/2 picks index 1) comes closer to the lower bound.
+    sensitive, other = (3, 0) if inc[3, 0, 0] > 0 else (0, 3)
+    assert score[sensitive, :5].max() > score[other, :5].max()
+
+
+def test_scores_and_crossing_are_consistent(evaluated):
+    problem, score, crossing, _ = evaluated
+    assert score.shape == (4, problem.n_steps) and problem.n_channels == 2
+    assert np.all((crossing >= 0) & (crossing <= 1))
+    # A grid violation (score >= 0) means a certain crossing.
+    assert np.all(crossing[(score >= 0).any(axis=1)] == 1.0)
+    # 5 h at one look an hour: interactions 0..4 happen, the sixth slot is unused.
+    assert np.all(np.isfinite(score[:, :5])) and np.all(score[:, 5] == -np.inf)
+
+
+def test_noise_ids_depend_on_both_draws():
+    a = np.zeros((1, 1, 2), np.float32)
+    b = a.copy()
+    b[..., 1] = 1.0
+    assert noise_ids(a)[0, 0] != noise_ids(b)[0, 0]
+
+
+def test_switch_to_rare_estimator():
+    from policies.risk.rare.auto import RareMethodError, needs_rare, rare_followup
+
+    assert needs_rare(3) and not needs_rare(10) and needs_rare(50, method="ams")
+    with pytest.raises(RareMethodError, match="rare"):
+        needs_rare(0, method="splitting")
+    # Enough violations: no rare-event run (returns before simulating anything).
+    kwargs = dict(bound=Bound("glucose_mg_dL", 54.0, "lower"), horizon=60.0, dt=1.0, seed=0, interactions=4)
+    assert rare_followup(GLUCOSE, typical_patient(GLUCOSE), PID(), n_violations=20, **kwargs) is None
+    with pytest.raises(RareMethodError, match="rare=ams"):
+        rare_followup(GLUCOSE, typical_patient(GLUCOSE), PID(), n_violations=0, method="subset", **kwargs)
