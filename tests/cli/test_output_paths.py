@@ -159,12 +159,12 @@ def test_check_figures_file(places):
 
 
 def test_demo_out_file_and_example_folder_file(places, monkeypatch):
-    import policies.examples
+    import medsim.policies.examples
 
     def no_work(*args, **kwargs):
         raise AssertionError("the example ran although its output folder is unusable")
 
-    monkeypatch.setattr(policies.examples, "run_example", no_work)
+    monkeypatch.setattr(medsim.policies.examples, "run_example", no_work)
     _assert_refused(_invoke(["demo", "--out", str(places.file)]), "--out", places.file, "is a file")
     (places.folder / "theoph").write_text("a file where the example's folder goes")
     result = _invoke(["demo", "--out", str(places.folder), "--only", "theoph"])
@@ -172,13 +172,13 @@ def test_demo_out_file_and_example_folder_file(places, monkeypatch):
 
 
 def test_calibrate_checks_the_checkpoint_it_rewrites(places, monkeypatch):
-    import inference.neural
+    import medsim.inference.neural
 
     def no_work(*args, **kwargs):
         raise AssertionError("calibration ran although the checkpoint cannot be rewritten")
 
     json_path = places.file / "model.json"  # stands for a checkpoint in a folder that cannot take files
-    monkeypatch.setattr(inference.neural, "load_checkpoint", lambda path: SimpleNamespace(path=json_path))
-    monkeypatch.setattr(inference.neural, "calibrate", no_work)
+    monkeypatch.setattr(medsim.inference.neural, "load_checkpoint", lambda path: SimpleNamespace(path=json_path))
+    monkeypatch.setattr(medsim.inference.neural, "calibrate", no_work)
     result = _invoke(["calibrate", "model", "theoph"])
     _assert_refused(result, "CHECKPOINT", json_path, "a_file.nc is a file, not a folder")
