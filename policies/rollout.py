@@ -41,6 +41,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
+from functools import partial
 from typing import Any
 
 import jax
@@ -145,6 +146,38 @@ def _dose_events(setup: _Setup, t: np.ndarray, bolus: Mapping[int, np.ndarray], 
     return jax.tree_util.tree_map(lambda a, b: jnp.concatenate([a, b], axis=1), events, scen)
 
 
+def chunk_scenario(setup: _Setup, policy: Policy, patient: np.ndarray, x, theta) -> DoseEvents | None:
+    """Checks before a chunk's first sub-step (work of the announced events, step stability) and
+    the chunk's scenario events (one patient's first: their number is known before all are built)."""
+    scenario, model = setup.scenario, setup.model
+    if scenario is not None:
+        probe = scenario.events(patient[:1], setup.horizon, time_unit=model.time_unit)
+        n_events = int(np.isfinite(np.asarray(probe.time)).sum())
+        why = f"{n_events} scenario events per patient"
+        _check_work(setup, policy, n_events if scenario.announced else 0, n_events, why)
+    scen = None if scenario is None else scenario.events(patient, setup.horizon, time_unit=model.time_unit)
+    setup.sim.check_step(x, theta, patients=patient)
+    return scen
+
+
+def check_first_interval(setup: _Setup, policy: Policy, interval: float, scen: DoseEvents | None) -> None:
+    """Refuse a rollout whose first interval (the least over patients) needs too many interactions."""
+    announces = scen is not None and setup.scenario.announced
+    n_events = 0 if scen is None else int(scen.time.shape[1])
+    interactions = max(budget.interaction_count(setup.horizon, interval), n_events if announces else 0)
+    why = f"an interaction every {interval:g} {setup.model.time_unit}"
+    _check_work(setup, policy, interactions, n_events, why)
+
+
+def check_interaction_count(setup: _Setup, policy: Policy, done: int) -> None:
+    """Refuse another interaction once ``max_interactions`` have been simulated."""
+    if done >= setup.max_interactions:
+        raise PolicyError(
+            f"policy {policy.name!r}: over {setup.max_interactions} interactions before the horizon; raise "
+            "max_interactions (medsim risk: --max-interactions) if the policy means to act that often"
+        )
+
+
 def _run_chunk(
     setup: _Setup,
     pop: VirtualPopulation,
@@ -171,13 +204,7 @@ def _run_chunk(
     real = np.arange(n) < n_real
     active, measure = real.copy(), real.copy()  # every rollout starts with a baseline look
     scenario = setup.scenario
-    if scenario is not None:  # one patient's events first: their number is known before all are built
-        probe = scenario.events(patient[:1], horizon, time_unit=model.time_unit)
-        n_events = int(np.isfinite(np.asarray(probe.time)).sum())
-        why = f"{n_events} scenario events per patient"
-        _check_work(setup, policy, n_events if scenario.announced else 0, n_events, why)
-    scen = None if scenario is None else scenario.events(patient, horizon, time_unit=model.time_unit)
-    setup.sim.check_step(x, theta, patients=patient)
+    scen = chunk_scenario(setup, policy, patient, x, theta)
     announces = scen is not None and scenario.announced
     covariates = {c: np.asarray(v, np.float64) for c, v in pop.covariates.items()}
     policy_seed = int(np.random.SeedSequence([setup.seed, int(Stream.POLICY)]).generate_state(1)[0])
@@ -186,11 +213,7 @@ def _run_chunk(
     paths: list[tuple[np.ndarray, dict[str, np.ndarray]]] = []
     outside_target = np.zeros((n, len(setup.target_bounds)))
     while active.any():
-        if len(rows) >= setup.max_interactions:
-            raise PolicyError(
-                f"policy {policy.name!r}: over {setup.max_interactions} interactions before the horizon; raise "
-                "max_interactions (medsim risk: --max-interactions) if the policy means to act that often"
-            )
+        check_interaction_count(setup, policy, len(rows))
         true = {o: np.broadcast_to(np.asarray(v, np.float64), (n,)) for o, v in setup.observe(x, theta).items()}
         check_finite(true, pop.params, t, time_unit=model.time_unit, patients=patient)
         measured = _measure(setup, pop, true, patient, k, measure & active)
@@ -213,10 +236,7 @@ def _run_chunk(
         pstate, option = policy.act(pstate, obs, rng=rng)
         option = option.validated(n, model, active, policy.name)
         if not rows:  # the first interval the policy asks for tells how many interactions the horizon needs
-            interval = float(np.min(np.asarray(option.interval, np.float64)[active], initial=np.inf))
-            n_events = 0 if scen is None else int(scen.time.shape[1])
-            interactions = max(budget.interaction_count(horizon, interval), n_events if announces else 0)
-            _check_work(setup, policy, interactions, n_events, f"an interaction every {interval:g} {model.time_unit}")
+            check_first_interval(setup, policy, float(np.min(option.interval[active], initial=np.inf)), scen)
         t1 = np.minimum(t + option.interval, horizon)
         if announces:
             t1 = np.minimum(t1, next_event_after(scen, t, setup.tol))
@@ -274,7 +294,12 @@ def _rollout(
     n_paths_saved: int,
     progress: Progress | None,
     path_points: int = 400,
+    loop: str = "auto",
 ) -> RolloutResult:
+    from policies.rollout_device import choose_loop, device_chunk
+
+    which = choose_loop(loop, policy)
+    run = _run_chunk if which == "host" else partial(device_chunk, host=_run_chunk)
     n = population.n_patients
     setup.n_total = n
     total = float(n) * setup.horizon
@@ -288,7 +313,7 @@ def _rollout(
         chunk = population.take(np.minimum(np.arange(offset, offset + width), n - 1))
         n_paths = int(np.clip(n_paths_saved - offset, 0, n_real))
         done = float(offset) * setup.horizon
-        parts.append(_run_chunk(setup, chunk, policy, offset, n_real, n_paths, save_every, progress, done, total))
+        parts.append(run(setup, chunk, policy, offset, n_real, n_paths, save_every, progress, done, total))
     result = merge_all(parts)
     path_time, path = join_paths(parts)
     from medsim import __version__
@@ -304,6 +329,7 @@ def _rollout(
         "target_range": setup.target,
         "support": setup.support,
         "scenario": repr(setup.scenario),
+        "loop": which,
         "medsim_version": __version__,
     }
     return replace(result, path_time=path_time, path=path, provenance=provenance)
@@ -328,6 +354,7 @@ def rollout(
     scheme: str = "milstein",
     max_interactions: int | None = None,
     max_memory: int | None = None,
+    loop: str = "auto",
 ) -> RolloutResult:
     """Simulate ``population`` under ``policy`` up to ``horizon`` (see the module docstring).
 
@@ -378,6 +405,12 @@ def rollout(
     max_memory : int, optional
         Most bytes the rollout may plan to keep (per-interaction statistics of every patient);
         default :func:`medsim.simulate.budget.default_max_memory`.
+    loop : {"auto", "device", "host"}
+        Where the option loop runs: ``"device"`` compiles it whole (:mod:`policies.device_loop`,
+        for policies with an ``array_step``: the built-ins), ``"host"`` runs it in Python around
+        one compiled ``advance`` per interaction (any policy). ``"auto"`` picks the compiled loop
+        when the policy supports it. Both give the same numbers on the same seed; the result's
+        ``provenance["loop"]`` says which ran.
 
     Returns
     -------
@@ -413,7 +446,13 @@ def rollout(
         model, bounds, horizon, dt, seed, scenario, measurement_noise, target, support, scheme, limit, max_memory
     )
     return _rollout(
-        setup, population, policy, chunk_size=int(chunk_size), n_paths_saved=n_paths_saved, progress=progress
+        setup,
+        population,
+        policy,
+        chunk_size=int(chunk_size),
+        n_paths_saved=n_paths_saved,
+        progress=progress,
+        loop=loop,
     )
 
 

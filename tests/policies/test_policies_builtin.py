@@ -133,7 +133,7 @@ def test_pid_suspends_below_threshold_despite_windup(make_obs):
     for t in range(0, 600, 30):  # ten hours at 250 mg/dL wind the integral up to its clamp
         obs = make_obs([float(t)], {"glucose_mg_dL": [250.0]}, covariates={"BASAL": 1.2}, time_unit="min")
         state, high = pid.act(state, obs, rng=np.random.default_rng(0))
-    assert state["integral"][0] == pytest.approx(450.0 * 60.0)  # kp * I / ti = +1: the anti-windup clamp
+    assert state.integral[0] == pytest.approx(450.0 * 60.0)  # kp * I / ti = +1: the anti-windup clamp
     assert high.rate[1][0] == pytest.approx((1 + 130 / 60 + 1) * 1.2 / 60)  # basal + P + clamped I
     obs = make_obs([600.0], {"glucose_mg_dL": [65.0]}, covariates={"BASAL": 1.2}, time_unit="min")
     _, low = pid.act(state, obs, rng=np.random.default_rng(0))

@@ -1,0 +1,185 @@
+"""The rollout's compiled chunk: which loop runs, and the compiled loop's chunk as a RolloutResult.
+
+:func:`policies.rollout.rollout` runs each chunk either in its Python option loop or, for policies
+with an ``array_step``, in the compiled loop of :mod:`policies.device_loop`; this module is the
+glue between the two (the same checks, limits, progress and result assembly as the host loop).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import replace
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from medsim.population.virtual import VirtualPopulation
+from policies import device_loop
+from policies.protocol import Policy
+from policies.result import RolloutResult
+from policies.rollout_assemble import assemble, support_fraction
+
+LOOPS = ("auto", "device", "host")
+
+
+def choose_loop(loop: str, policy: Policy) -> str:
+    """``"device"`` or ``"host"`` for ``loop`` in :data:`LOOPS` (``"auto"``: the compiled loop when
+    the policy has an array step).
+
+    Raises
+    ------
+    ValueError
+        For an unknown ``loop``, or ``"device"`` with a policy that has no array step.
+    """
+    if loop not in LOOPS:
+        raise ValueError(f"loop: expected one of {LOOPS}, got {loop!r}")
+    capable = device_loop.supports_device(policy)
+    if loop == "device" and not capable:
+        raise ValueError(
+            f"loop='device': policy {policy.name!r} has no array step (array_step(state, obs, xp)); "
+            "use loop='host' or 'auto'"
+        )
+    return "device" if loop != "host" and capable else "host"
+
+
+class _Hooks:
+    """The host loop's limits and progress, called by the compiled loop between blocks."""
+
+    def __init__(self, setup, policy, scen, n_real, progress, done):
+        self.setup, self.policy, self.scen, self.n_real = setup, policy, scen, n_real
+        self._progress, self._done = progress, done
+
+    def check_work(self, interval: float) -> None:
+        from policies.rollout import check_first_interval
+
+        check_first_interval(self.setup, self.policy, interval, self.scen)
+
+    def check_interactions(self, done: int) -> None:
+        from policies.rollout import check_interaction_count
+
+        check_interaction_count(self.setup, self.policy, done)
+
+    def progress(self, t: np.ndarray) -> None:
+        if self._progress is not None:
+            self._progress(*self._done(float(np.sum(t[: self.n_real]))))
+
+
+def device_chunk(
+    setup,
+    pop: VirtualPopulation,
+    policy: Policy,
+    offset: int,
+    n_real: int,
+    n_paths: int,
+    save_every: int | None,
+    progress,
+    done: float,
+    total: float,
+    *,
+    host: Callable[..., RolloutResult],
+) -> RolloutResult:
+    """One chunk in the compiled loop, as :func:`policies.rollout._run_chunk` would return it.
+
+    ``host`` is the host loop's chunk function: it re-runs a chunk in which the compiled loop
+    flagged something to refuse (so the error names the patient), and simulates the first
+    ``n_paths`` patients again to save their paths (counter-based streams make them the same
+    patients with the same noise).
+    """
+    from policies.rollout import chunk_scenario
+
+    n = pop.n_patients
+    patient = offset + np.arange(n, dtype=np.int64)
+    theta = {k: jnp.asarray(v, jnp.float32) for k, v in pop.simulation_parameters().items()}
+    x = {k: jnp.asarray(v, jnp.float32) for k, v in pop.initial_state().items()}
+    scen = chunk_scenario(setup, policy, patient, x, theta)
+    if not device_loop.device_capable(setup, scen):
+        return host(setup, pop, policy, offset, n_real, n_paths, save_every, progress, done, total)
+    hooks = _Hooks(setup, policy, scen, n_real, progress, lambda t: (done + t, total))
+    rows, outside_target, _, bad = device_loop.run_chunk(setup, pop, policy, offset, n_real, scen, True, hooks)
+    if bad:
+        return host(setup, pop, policy, offset, n_real, n_paths, save_every, progress, done, total)
+    for row in rows:
+        length = row["t_end"] - row["t_start"]
+        row["out_of_support"] = support_fraction(
+            setup, row.pop("support_outside"), row["treatment"], length, row["mask"]
+        )
+    result = assemble(setup, pop.take(slice(0, n_real)), policy, rows, outside_target[:n_real], [], n_real)
+    if n_paths > 0:
+        first = pop.take(np.arange(n_paths))
+        saved = host(setup, first, policy, offset, n_paths, n_paths, save_every, None, 0.0, total)
+        result = replace(result, path_time=saved.path_time, path=saved.path)
+    return result
+
+
+class _Quiet:
+    """Hooks without progress (limits only)."""
+
+    def __init__(self, setup, policy, scen):
+        self._hooks = _Hooks(setup, policy, scen, 0, None, None)
+
+    def check_work(self, interval: float) -> None:
+        self._hooks.check_work(interval)
+
+    def check_interactions(self, done: int) -> None:
+        self._hooks.check_interactions(done)
+
+    def progress(self, t: np.ndarray) -> None:
+        return None
+
+
+def streaming_rollout(
+    model,
+    population: VirtualPopulation,
+    policy: Policy,
+    *,
+    bounds,
+    horizon: float,
+    dt: float,
+    seed: int,
+    scenario=None,
+    measurement_noise: bool = True,
+    target=None,
+    scheme: str = "milstein",
+    max_interactions: int | None = None,
+    chunk_size: int = 65536,
+):
+    """Per-patient :class:`~policies.streaming.StreamingSums` of ``policy`` on ``population``,
+    reduced inside the compiled loop: memory ``O(N J)`` whatever the number of interactions.
+
+    Arguments as for :func:`policies.rollout.rollout`; the sums are those of the rollout on the
+    same seed (:func:`policies.streaming.sums_events` gives its
+    :class:`~policies.risk.events.PatientEvents`).
+
+    Raises
+    ------
+    ValueError
+        For a policy without an array step or a scenario with infusions.
+    """
+    from medsim.simulate import budget
+    from policies.rollout import _Setup, chunk_scenario
+
+    choose_loop("device", policy)
+    limit = budget.DEFAULT_MAX_INTERACTIONS if max_interactions is None else int(max_interactions)
+    setup = _Setup(model, bounds, horizon, dt, seed, scenario, measurement_noise, target, None, scheme, limit)
+    n = population.n_patients
+    setup.n_total = n
+    width = min(int(chunk_size), 1 << max(3, (n - 1).bit_length()))
+    parts = []
+    for offset in range(0, n, width):
+        n_real = min(width, n - offset)
+        chunk = population.take(np.minimum(np.arange(offset, offset + width), n - 1))
+        patient = offset + np.arange(width, dtype=np.int64)
+        theta = {k: jnp.asarray(v, jnp.float32) for k, v in chunk.simulation_parameters().items()}
+        x = {k: jnp.asarray(v, jnp.float32) for k, v in chunk.initial_state().items()}
+        scen = chunk_scenario(setup, policy, patient, x, theta)
+        if not device_loop.device_capable(setup, scen):
+            raise ValueError("streaming_rollout: the compiled loop takes scenarios of boluses only")
+        hooks = _Quiet(setup, policy, scen)
+        _, _, sums, bad = device_loop.run_chunk(setup, chunk, policy, offset, n_real, scen, False, hooks)
+        if bad:  # the host loop names the patient and what went wrong
+            from policies.rollout import _run_chunk
+
+            _run_chunk(setup, chunk, policy, offset, n_real, 0, None, None, 0.0, 1.0)
+        parts.append(jax.tree_util.tree_map(lambda a, n_real=n_real: a[:n_real], sums))
+    return jax.tree_util.tree_map(lambda *a: np.concatenate(a), *parts)
