@@ -31,6 +31,7 @@ loop, which raises the error that names the patient, so both loops fail the same
 from __future__ import annotations
 
 import json
+from functools import partial
 from typing import Any, NamedTuple
 
 import jax
@@ -42,7 +43,8 @@ from medsim.population.virtual import VirtualPopulation
 from medsim.simulate import kernel as sim_kernel
 from medsim.simulate.checks import RANGE_TOLERANCE
 from medsim.simulate.plan import GRID_TOLERANCE
-from policies.protocol import Observation, Option, Policy, PolicyError
+from policies.array_step import isolated, measure_expr, step_expr
+from policies.protocol import Policy, PolicyError
 from policies.streaming import init_sums, update_sums
 
 # Interactions per compiled call: the host checks limits and reports progress between calls.
@@ -99,6 +101,7 @@ class _Config(NamedTuple):
     columns: tuple  # (scenario column, cmt) of the interior event columns, in the kernel's order
     noise: bool
     time_unit: str
+    horizon: float
     record: bool
     specs: tuple  # (bound index, observable, value, upper) of the rollout's bounds
 
@@ -118,14 +121,8 @@ def _body(cfg: _Config, inp: _Inputs, c: _Carry, dt, horizon, tol):
     counter = c.k.astype(jnp.uint32)
     keys = jax.vmap(lambda kd, i: jax.random.fold_in(jax.random.wrap_key_data(kd), i))(inp.meas_key, counter)
     z = jax.vmap(lambda key: jax.random.normal(key, (width,), F32))(keys).astype(F64)
-    measured = {}
-    for j, name in enumerate(cfg.measured_obs):
-        if cfg.noise:
-            sd = model.residual[name].sd(true32[name], add=inp.res_add.get(name), prop=inp.res_prop.get(name))
-            y = true[name] + sd.astype(F64) * z[:, j]
-        else:
-            y = true[name]
-        measured[name] = jnp.where(take, y, jnp.nan)
+    measure = partial(measure_expr, model, cfg.measured_obs, cfg.noise)
+    measured = isolated(measure, {o: true32[o] for o in cfg.measured_obs}, inp.res_add, inp.res_prop, z, take)
     t_ev = inp.ev_time.astype(F64)
     announced = {}
     if cfg.announces:
@@ -134,19 +131,17 @@ def _body(cfg: _Config, inp: _Inputs, c: _Carry, dt, horizon, tol):
         for cm in cfg.event_cmts:
             a = jnp.where(now & (inp.ev_cmt == cm), amount, 0.0).sum(axis=1)
             announced[cm] = jnp.where(c.active, a, 0.0)
-    obs = Observation(
-        time=c.t,
-        measured=measured,
-        announced=announced,
-        covariates=inp.covariates,
-        active=c.active,
-        patient=inp.patient,
-        index=c.k,
-        subject=np.full(n, "", dtype=str),
-        time_unit=cfg.time_unit,
-        horizon=horizon,
-    )
-    pstate, option = cfg.policy.array_step(c.pstate, obs, jnp)
+    fields = {
+        "time": c.t,
+        "measured": measured,
+        "announced": announced,
+        "covariates": inp.covariates,
+        "active": c.active,
+        "patient": inp.patient,
+        "index": c.k,
+    }
+    step = partial(step_expr, cfg.policy, cfg.time_unit, cfg.horizon)
+    pstate, option = isolated(step, c.pstate, fields)
     interval, bolus, rate, measure_next, unusable = _option(cfg, option, c.active, n)
     bad = bad | unusable
     t1 = jnp.minimum(c.t + interval, horizon)
@@ -204,31 +199,31 @@ def _all_finite(values, n: int) -> jax.Array:
     return ok
 
 
-def _option(cfg: _Config, option: Option, active: jax.Array, n: int):
-    """The option as (n,) float64 arrays, zero for inactive patients (as ``Option.validated``),
-    and a flag where the host loop would refuse it."""
-    for field, amounts in (("bolus", option.bolus), ("rate", option.rate)):
-        for cm in amounts:
+def _option(cfg: _Config, option: dict, active: jax.Array, n: int):
+    """The option (:func:`policies.array_step.step_expr`'s dict) zero for inactive patients (as
+    ``Option.validated``), and a flag where the host loop would refuse it."""
+    for field in ("bolus", "rate"):
+        for cm in option[field]:
             if int(cm) not in cfg.model.dose_targets:
                 raise PolicyError(
                     f"policy {cfg.policy.name!r}: option.{field} uses compartment {cm}; model {cfg.model.name!r} "
                     f"doses into {sorted(cfg.model.dose_targets)}"
                 )
-    interval = jnp.broadcast_to(jnp.asarray(option.interval, F64), (n,))
+    interval = option["interval"]
     unusable = active & ~(interval > 0)
 
     def amounts(values) -> dict:
         out = {}
         for cm in cfg.cmts:
-            a = jnp.broadcast_to(jnp.asarray(values.get(cm, 0.0), F64), (n,))
+            a = values.get(cm, jnp.zeros(n, F64))
             nonlocal unusable
             unusable = unusable | (active & ~((a >= 0) & jnp.isfinite(a)))
             out[cm] = jnp.where(active, a, 0.0)
         return out
 
-    bolus, rate = amounts(option.bolus), amounts(option.rate)
-    measure = option.measure_next
-    measure = jnp.ones(n, bool) if measure is None else jnp.broadcast_to(jnp.asarray(measure, bool), (n,))
+    bolus, rate = amounts(option["bolus"]), amounts(option["rate"])
+    measure = option["measure_next"]
+    measure = jnp.ones(n, bool) if measure is None else measure
     return interval, bolus, rate, measure, unusable
 
 
@@ -357,6 +352,7 @@ def _config_key(setup, policy: Policy, record: bool, event_cmts: tuple, columns:
         setup.sim.scheme,
         policy,
         setup.noise,
+        setup.horizon,
         record,
         event_cmts,
         columns,
@@ -382,6 +378,7 @@ def _compiled(setup, policy: Policy, record: bool, event_cmts: tuple, columns: t
         columns=columns,
         noise=setup.noise,
         time_unit=setup.model.time_unit,
+        horizon=setup.horizon,
         record=record,
         specs=tuple((j, b.observable, float(b.value), b.side == "upper") for j, b in enumerate(bounds)),
     )

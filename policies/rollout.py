@@ -54,6 +54,7 @@ from medsim.population.virtual import VirtualPopulation
 from medsim.simulate import budget
 from medsim.simulate.checks import check_finite
 from medsim.simulate.types import Bound, DoseEvents
+from policies.array_step import HostMeasure
 from policies.compiled import compiled_simulator
 from policies.paths import join_paths
 from policies.protocol import Observation, Policy, PolicyError
@@ -100,6 +101,7 @@ class _Setup:
         all_bounds = self.bounds + self.target_bounds + self.support_bounds
         self.sim, self.observe = compiled_simulator(model, dt, all_bounds, scheme)
         self.measured_obs = tuple(o for o in model.observable_names if o in model.residual)
+        self.measure = HostMeasure(model, self.measured_obs, self.noise)
         self.cmts = tuple(sorted(model.dose_targets))
         self.tol = 1e-9 * max(1.0, self.horizon)
 
@@ -107,11 +109,10 @@ class _Setup:
 def _measure(setup: _Setup, pop: VirtualPopulation, true: Mapping[str, np.ndarray], patient, k, take) -> dict:
     """Noisy measurements ``y = f + sd(f) z`` with z from the (seed, MEASUREMENT, patient, k) stream."""
     z = patient_normal(setup.seed, Stream.MEASUREMENT, patient, k, width=max(len(setup.measured_obs), 1))
-    out = {}
-    for j, name in enumerate(setup.measured_obs):
-        y = true[name] + pop.residual_sd(name, true[name]) * z[:, j] if setup.noise else true[name]
-        out[name] = np.where(take, y, np.nan)
-    return out
+    names = setup.measured_obs
+    add = {o: pop.residual[f"{o}_add"] for o in names if f"{o}_add" in pop.residual}
+    prop = {o: pop.residual[f"{o}_prop"] for o in names if f"{o}_prop" in pop.residual}
+    return setup.measure({o: true[o] for o in names}, add, prop, z, take)  # as the compiled loop does
 
 
 def _row_bytes(setup: _Setup) -> int:

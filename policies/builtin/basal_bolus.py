@@ -22,6 +22,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
+from policies.array_step import host_step
 from policies.protocol import Observation, Option, spec_string, units_per_hour
 
 
@@ -92,11 +93,12 @@ class BasalBolus:
         return BasalBolusState(iob=np.zeros(n), t_last=np.zeros(n))
 
     def act(self, state: BasalBolusState, obs: Observation, *, rng: np.random.Generator):
-        return self.array_step(state, obs, np)
+        return host_step(self, state, obs)
 
     def array_step(self, state: BasalBolusState, obs: Observation, xp: Any) -> tuple[BasalBolusState, Option]:
         """One pure step on arrays of the namespace ``xp`` (``numpy``, or ``jax.numpy`` inside the
-        compiled loop of :mod:`policies.device_loop`); :meth:`act` is this step with numpy."""
+        compiled loop of :mod:`policies.device_loop`); :meth:`act` evaluates it with XLA
+        (:func:`policies.array_step.host_step`), so both loops compute the same numbers."""
         if "BASAL" not in obs.covariates:
             raise KeyError("basal_bolus needs the covariate BASAL (U/h)")
         t = xp.asarray(obs.time, xp.float64)

@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from policies.array_step import host_step
 from policies.protocol import Observation, Option, next_on_grid, on_grid, spec_string
 
 
@@ -97,11 +98,12 @@ class FixedDose:
         return None
 
     def act(self, state: None, obs: Observation, *, rng: np.random.Generator) -> tuple[None, Option]:
-        return self.array_step(state, obs, np)
+        return host_step(self, state, obs)
 
     def array_step(self, state: None, obs: Observation, xp: Any) -> tuple[None, Option]:
         """One pure step on arrays of the namespace ``xp`` (``numpy``, or ``jax.numpy`` inside the
-        compiled loop of :mod:`policies.device_loop`); :meth:`act` is this step with numpy."""
+        compiled loop of :mod:`policies.device_loop`); :meth:`act` evaluates it with XLA
+        (:func:`policies.array_step.host_step`), so both loops compute the same numbers."""
         t = xp.asarray(obs.time, xp.float64)
         tol = self._tol
         index = xp.round((t - self.start) / self.every)

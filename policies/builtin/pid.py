@@ -26,6 +26,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
+from policies.array_step import host_step
 from policies.protocol import Observation, Option, spec_string, units_per_hour
 
 
@@ -99,11 +100,12 @@ class PID:
         return PIDState(integral=np.zeros(n), filtered=nan, t_last=nan.copy(), factor=np.ones(n))
 
     def act(self, state: PIDState, obs: Observation, *, rng: np.random.Generator) -> tuple[PIDState, Option]:
-        return self.array_step(state, obs, np)
+        return host_step(self, state, obs)
 
     def array_step(self, state: PIDState, obs: Observation, xp: Any) -> tuple[PIDState, Option]:
         """One pure step on arrays of the namespace ``xp`` (``numpy``, or ``jax.numpy`` inside the
-        compiled loop of :mod:`policies.device_loop`); :meth:`act` is this step with numpy."""
+        compiled loop of :mod:`policies.device_loop`); :meth:`act` evaluates it with XLA
+        (:func:`policies.array_step.host_step`), so both loops compute the same numbers."""
         if "BASAL" not in obs.covariates:
             raise KeyError("pid needs the covariate BASAL (U/h)")
         t = xp.asarray(obs.time, xp.float64)
