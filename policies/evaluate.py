@@ -61,6 +61,7 @@ def evaluate_policies(
     scheme: str = "milstein",
     max_interactions: int | None = None,
     max_memory: int | None = None,
+    loop: str = "auto",
 ) -> tuple[RiskReport, list[RolloutResult]]:
     """Sample ``n`` virtual patients and evaluate every policy on them.
 
@@ -95,6 +96,10 @@ def evaluate_policies(
     max_interactions, max_memory : int, optional
         Limits on the work of each policy's rollout (interaction intervals per patient, bytes);
         checked before sampling and simulating (:func:`policies.rollout.rollout`).
+    loop : {"auto", "device", "host"}
+        Where each policy's option loop runs (:func:`policies.rollout.rollout`): ``"auto"`` compiles
+        it whole for policies with an array step (the built-ins) and runs the others in Python;
+        the report's provenance (``settings["loop"]``) says which loop ran for each policy.
 
     Returns
     -------
@@ -152,6 +157,7 @@ def evaluate_policies(
         scheme=scheme,
         max_interactions=max_interactions,
         max_memory=max_memory,
+        loop=loop,
     )
     full = {
         **dict(provenance or {}),
@@ -160,5 +166,6 @@ def evaluate_policies(
         "population": f"{mode}{'' if subject is None else ' ' + subject}, n={population.n_patients}",
         "dt": f"{step:g} {model.time_unit}",
         "scheme": scheme,
+        "loop": "; ".join(f"{r.policy}: {r.provenance.get('loop', 'host')}" for r in results),
     }
     return risk_report(list(results), spec, provenance=full), list(results)

@@ -8,6 +8,7 @@ glue between the two (the same checks, limits, progress and result assembly as t
 from __future__ import annotations
 
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 
 import jax
@@ -22,10 +23,15 @@ from policies.rollout_assemble import assemble, support_fraction
 
 LOOPS = ("auto", "device", "host")
 
+# "auto" compiles the loop from this many patients on (medsim risk's default): compiling costs seconds, which a few
+# hundred patients' host loop does not (and with a persistent compilation cache, only once).
+AUTO_MIN_PATIENTS = 1000
 
-def choose_loop(loop: str, policy: Policy) -> str:
+
+def choose_loop(loop: str, policy: Policy, n_patients: int | None = None) -> str:
     """``"device"`` or ``"host"`` for ``loop`` in :data:`LOOPS` (``"auto"``: the compiled loop when
-    the policy has an array step).
+    the policy has an array step and there are at least :data:`AUTO_MIN_PATIENTS` patients, or
+    ``n_patients`` is not given).
 
     Raises
     ------
@@ -40,6 +46,8 @@ def choose_loop(loop: str, policy: Policy) -> str:
             f"loop='device': policy {policy.name!r} has no array step (array_step(state, obs, xp)); "
             "use loop='host' or 'auto'"
         )
+    if loop == "auto" and n_patients is not None and n_patients < AUTO_MIN_PATIENTS:
+        return "host"
     return "device" if loop != "host" and capable else "host"
 
 
@@ -86,7 +94,7 @@ def device_chunk(
     ``n_paths`` patients again to save their paths (counter-based streams make them the same
     patients with the same noise).
     """
-    from policies.rollout import chunk_scenario
+    from policies.rollout import check_first_option, chunk_scenario
 
     n = pop.n_patients
     patient = offset + np.arange(n, dtype=np.int64)
@@ -95,6 +103,7 @@ def device_chunk(
     scen = chunk_scenario(setup, policy, patient, x, theta)
     if not device_loop.device_capable(setup, scen):
         return host(setup, pop, policy, offset, n_real, n_paths, save_every, progress, done, total)
+    check_first_option(setup, pop, policy, patient, x, theta, scen)  # before compiling the loop
     hooks = _Hooks(setup, policy, scen, n_real, progress, lambda t: (done + t, total))
     rows, outside_target, _, bad = device_loop.run_chunk(setup, pop, policy, offset, n_real, scen, True, hooks)
     if bad:
@@ -157,29 +166,41 @@ def streaming_rollout(
         For a policy without an array step or a scenario with infusions.
     """
     from medsim.simulate import budget
-    from policies.rollout import _Setup, chunk_scenario
+    from policies.rollout import _Setup, check_first_option, chunk_scenario
 
     choose_loop("device", policy)
     limit = budget.DEFAULT_MAX_INTERACTIONS if max_interactions is None else int(max_interactions)
     setup = _Setup(model, bounds, horizon, dt, seed, scenario, measurement_noise, target, None, scheme, limit)
     n = population.n_patients
     setup.n_total = n
-    width = min(int(chunk_size), 1 << max(3, (n - 1).bit_length()))
-    parts = []
-    for offset in range(0, n, width):
-        n_real = min(width, n - offset)
-        chunk = population.take(np.minimum(np.arange(offset, offset + width), n - 1))
-        patient = offset + np.arange(width, dtype=np.int64)
-        theta = {k: jnp.asarray(v, jnp.float32) for k, v in chunk.simulation_parameters().items()}
-        x = {k: jnp.asarray(v, jnp.float32) for k, v in chunk.initial_state().items()}
-        scen = chunk_scenario(setup, policy, patient, x, theta)
-        if not device_loop.device_capable(setup, scen):
-            raise ValueError("streaming_rollout: the compiled loop takes scenarios of boluses only")
-        hooks = _Quiet(setup, policy, scen)
-        _, _, sums, bad = device_loop.run_chunk(setup, chunk, policy, offset, n_real, scen, False, hooks)
-        if bad:  # the host loop names the patient and what went wrong
-            from policies.rollout import _run_chunk
+    devices = jax.local_devices()
+    # Chunks go round-robin to the local devices (e.g. one CPU device per core), one thread each.
+    share = -(-n // len(devices))
+    width = min(int(chunk_size), 1 << max(3, (share - 1).bit_length()))
 
-            _run_chunk(setup, chunk, policy, offset, n_real, 0, None, None, 0.0, 1.0)
-        parts.append(jax.tree_util.tree_map(lambda a, n_real=n_real: a[:n_real], sums))
+    def run(offset: int):
+        from policies.rollout import _run_chunk
+
+        with jax.default_device(devices[(offset // width) % len(devices)]):
+            n_real = min(width, n - offset)
+            chunk = population.take(np.minimum(np.arange(offset, offset + width), n - 1))
+            patient = offset + np.arange(width, dtype=np.int64)
+            theta = {k: jnp.asarray(v, jnp.float32) for k, v in chunk.simulation_parameters().items()}
+            x = {k: jnp.asarray(v, jnp.float32) for k, v in chunk.initial_state().items()}
+            scen = chunk_scenario(setup, policy, patient, x, theta)
+            if not device_loop.device_capable(setup, scen):
+                raise ValueError("streaming_rollout: the compiled loop takes scenarios of boluses only")
+            check_first_option(setup, chunk, policy, patient, x, theta, scen)
+            hooks = _Quiet(setup, policy, scen)
+            _, _, sums, bad = device_loop.run_chunk(setup, chunk, policy, offset, n_real, scen, False, hooks)
+            if bad:  # the host loop names the patient and what went wrong
+                _run_chunk(setup, chunk, policy, offset, n_real, 0, None, None, 0.0, 1.0)
+            return jax.tree_util.tree_map(lambda a: a[:n_real], sums)
+
+    offsets = range(0, n, width)
+    if len(devices) == 1 or len(offsets) == 1:
+        parts = [run(offset) for offset in offsets]
+    else:
+        with ThreadPoolExecutor(max_workers=len(devices)) as pool:
+            parts = list(pool.map(run, offsets))
     return jax.tree_util.tree_map(lambda *a: np.concatenate(a), *parts)
