@@ -54,8 +54,9 @@ F32, F64 = jnp.float32, jnp.float64
 
 
 def supports_device(policy: Policy) -> bool:
-    """Whether ``policy`` has an array step the compiled loop can trace (``array_step``)."""
-    return callable(getattr(policy, "array_step", None))
+    """Whether ``policy`` has an array step the compiled loop can trace (``array_step``; a policy
+    built from components says whether they all have one with ``array_capable``)."""
+    return callable(getattr(policy, "array_step", None)) and bool(getattr(policy, "array_capable", True))
 
 
 class _Inputs(NamedTuple):

@@ -15,7 +15,7 @@ import pytest
 import medsim.models as registry
 from medsim.population import sample_population
 from medsim.simulate.types import Bound
-from policies.builtin import PID, BasalBolus, FixedDose
+from policies.builtin import PID, TDM, BasalBolus, FixedDose, Flip
 from policies.loading import FunctionPolicy
 from policies.protocol import Option
 from policies.risk.events import patient_events
@@ -26,34 +26,49 @@ from policies.spec import SafetySpec
 from policies.streaming import sums_events
 
 GLUCOSE = registry.get("glucose_insulin")
-BOUNDS = (Bound("glucose_mg_dL", 90.0, "lower"), Bound("glucose_mg_dL", 160.0, "upper"))
-HORIZON = 360.0
+PK = registry.get("pk_oral_1cmt")
+GLUCOSE_BOUNDS = (Bound("glucose_mg_dL", 90.0, "lower"), Bound("glucose_mg_dL", 160.0, "upper"))
+PK_BOUNDS = (Bound("conc", 12.0, "upper"), Bound("conc", 2.0, "lower"))
 RECORDED = ("t_start", "t_end", "mask", *("log_survival", "grid_violation", "end_violation"))
 RECORDED += ("time_outside", "first_outside", "depth")
 PER_OBS = ("measured", "true_start", "obs_min", "obs_max", "treatment", "efficacy")
 
-
-@pytest.fixture(scope="module")
-def population():
-    from conftest import concentrated_draws
-
-    return sample_population(concentrated_draws(GLUCOSE, spread=0.05), 6, seed=2, covariates={"BASAL": 1.2})
-
-
+# name -> (model, policy, scenario, bounds, horizon, dt)
 CASES = {
-    "pid": (PID(every=15.0), MealScenario(seed=4)),
-    "basal_bolus": (BasalBolus(every=60.0, correct_between_meals=True), MealScenario(seed=4)),
-    "fixed": (FixedDose(dose=0.5, every=120.0, measure_every=45.0), None),
+    "pid": (GLUCOSE, PID(every=15.0), MealScenario(seed=4), GLUCOSE_BOUNDS, 360.0, 1.0),
+    "basal_bolus": (
+        GLUCOSE,
+        BasalBolus(every=60.0, correct_between_meals=True),
+        MealScenario(seed=4),
+        GLUCOSE_BOUNDS,
+        360.0,
+        1.0,
+    ),
+    "fixed": (GLUCOSE, FixedDose(dose=0.5, every=120.0, measure_every=45.0), None, GLUCOSE_BOUNDS, 360.0, 1.0),
+    "tdm": (PK, TDM(target=8.0, every=12.0, dose=300.0, adjust_after=1), None, PK_BOUNDS, 72.0, 0.05),
+    "flip": (GLUCOSE, Flip(a=PID(every=15.0), b=PID(every=30.0, kp=1 / 30), q=0.4), None, GLUCOSE_BOUNDS, 240.0, 1.0),
 }
 
 
+@pytest.fixture(scope="module")
+def populations():
+    from conftest import concentrated_draws
+
+    glucose = concentrated_draws(GLUCOSE, spread=0.05)
+    return {
+        GLUCOSE.name: sample_population(glucose, 6, seed=2, covariates={"BASAL": 1.2}),
+        PK.name: sample_population(concentrated_draws(PK), 6, seed=2),
+    }
+
+
 @pytest.fixture(scope="module", params=sorted(CASES))
-def both(request, population):
-    policy, scenario = CASES[request.param]
-    options = dict(bounds=BOUNDS, horizon=HORIZON, dt=1.0, seed=3, scenario=scenario, n_paths_saved=2)
-    host = rollout(GLUCOSE, population, policy, loop="host", **options)
-    device = rollout(GLUCOSE, population, policy, loop="device", **options)
-    return policy, scenario, host, device
+def both(request, populations):
+    model, policy, scenario, bounds, horizon, dt = CASES[request.param]
+    population = populations[model.name]
+    options = dict(bounds=bounds, horizon=horizon, dt=dt, seed=3, scenario=scenario)
+    host = rollout(model, population, policy, loop="host", n_paths_saved=2, **options)
+    device = rollout(model, population, policy, loop="device", n_paths_saved=2, **options)
+    return model, population, policy, options, host, device
 
 
 def assert_same(a, b):
@@ -65,7 +80,7 @@ def assert_same(a, b):
 
 @pytest.mark.slow
 def test_compiled_loop_equals_host_loop(both):
-    _, _, host, device = both
+    *_, host, device = both
     assert host.provenance["loop"] == "host" and device.provenance["loop"] == "device"
     assert host.mask.sum() > 2 * host.n_patients  # several interactions each
     for name in RECORDED:
@@ -80,12 +95,10 @@ def test_compiled_loop_equals_host_loop(both):
 
 
 @pytest.mark.slow
-def test_streaming_sums_give_the_recorded_events(both, population):
-    policy, scenario, _, device = both
-    sums = streaming_rollout(
-        GLUCOSE, population, policy, bounds=BOUNDS, horizon=HORIZON, dt=1.0, seed=3, scenario=scenario
-    )
-    spec = SafetySpec(bounds=BOUNDS[::-1], horizon=HORIZON, time_unit="min")
+def test_streaming_sums_give_the_recorded_events(both):
+    model, population, policy, options, _, device = both
+    sums = streaming_rollout(model, population, policy, **options)
+    spec = SafetySpec(bounds=options["bounds"][::-1], horizon=options["horizon"], time_unit=model.time_unit)
     want = patient_events(device, spec)
     got = sums_events(sums, device.bounds, spec, device.draw, device.policy)
     for name in ("seen", "grid", "detected", "measured_observable", "joint_seen", "joint_grid"):
@@ -111,3 +124,13 @@ def test_auto_chooses_the_compiled_loop_only_for_array_policies():
         choose_loop("device", user)
     with pytest.raises(ValueError, match="loop"):
         choose_loop("gpu", PID())
+
+
+def test_the_report_says_which_loop_ran(pk_draws):
+    from policies.evaluate import evaluate_policies
+    from policies.spec_file import parse_spec
+
+    spec = parse_spec("conc<=20;horizon=24h", model=PK)
+    report, results = evaluate_policies(pk_draws, ["fixed:dose=320,every=12"], spec, n=4, seed=0, loop="host")
+    assert results[0].provenance["loop"] == "host"
+    assert report.provenance.settings["loop"] == "fixed:dose=320: host"
