@@ -171,7 +171,7 @@ def main() -> None:
             _log(f"open loop, n = {n}")
             opened[n] = open_loop(_population(n), 1 if args.quick else 2)
             _log(f"  {opened[n]['patient_days_per_s']:.3g} patient-days/s")
-    n_host = 256 if args.quick else 1024
+    n_host = 256
     _log(f"host loop, n = {n_host}")
     host = host_loop(_population(n_host))
     common = max(n for n in opened if n in closed)

@@ -170,34 +170,6 @@ def check_first_interval(setup: _Setup, policy: Policy, interval: float, scen: D
     _check_work(setup, policy, interactions, n_events, why)
 
 
-def check_first_option(setup: _Setup, pop: VirtualPopulation, policy: Policy, patient, x, theta, scen) -> None:
-    """:func:`check_first_interval` from the policy's first option, computed as the loops do at
-    time 0 (a loop that compiles first checks the work before compiling)."""
-    n = pop.n_patients
-    true = {o: np.broadcast_to(np.asarray(v, np.float64), (n,)) for o, v in setup.observe(x, theta).items()}
-    active = np.ones(n, bool)
-    t, k = np.zeros(n), np.zeros(n, np.int64)
-    announced = {}
-    if scen is not None and setup.scenario.announced:
-        announced = announced_at(scen, t, setup.tol)
-    obs = Observation(
-        time=t,
-        measured=_measure(setup, pop, true, patient, k, active),
-        announced=announced,
-        covariates={c: np.asarray(v, np.float64) for c, v in pop.covariates.items()},
-        active=active,
-        patient=patient,
-        index=k,
-        subject=np.asarray(pop.subject),
-        time_unit=setup.model.time_unit,
-        horizon=setup.horizon,
-    )
-    policy_seed = int(np.random.SeedSequence([setup.seed, int(Stream.POLICY)]).generate_state(1)[0])
-    _, option = policy.act(policy.init(n, seed=policy_seed), obs, rng=np.random.default_rng(0))
-    option = option.validated(n, setup.model, active, policy.name)
-    check_first_interval(setup, policy, float(np.min(option.interval, initial=np.inf)), scen)
-
-
 def check_interaction_count(setup: _Setup, policy: Policy, done: int) -> None:
     """Refuse another interaction once ``max_interactions`` have been simulated."""
     if done >= setup.max_interactions:

@@ -23,9 +23,10 @@ from policies.rollout_assemble import assemble, support_fraction
 
 LOOPS = ("auto", "device", "host")
 
-# "auto" compiles the loop from this many patients on (medsim risk's default): compiling costs seconds, which a few
-# hundred patients' host loop does not (and with a persistent compilation cache, only once).
-AUTO_MIN_PATIENTS = 1000
+# "auto" compiles the loop from this many patients on. Compiling costs seconds per policy
+# configuration (the policy's parameters are constants of the program); below this size the
+# Python loop usually finishes sooner (measured in benchmarks/README.md, "Closed loop").
+AUTO_MIN_PATIENTS = 4096
 
 
 def choose_loop(loop: str, policy: Policy, n_patients: int | None = None) -> str:
@@ -73,6 +74,39 @@ class _Hooks:
             self._progress(*self._done(float(np.sum(t[: self.n_real]))))
 
 
+def check_first_option(setup, pop: VirtualPopulation, policy: Policy, patient, x, theta, scen) -> None:
+    """:func:`check_first_interval` from the policy's first option, computed as the loops do at
+    time 0 (a loop that compiles first checks the work before compiling)."""
+    from medsim.population.streams import Stream
+    from policies.protocol import Observation
+    from policies.rollout import _measure, check_first_interval
+    from policies.scenarios import announced_at
+
+    n = pop.n_patients
+    true = {o: np.broadcast_to(np.asarray(v, np.float64), (n,)) for o, v in setup.observe(x, theta).items()}
+    active = np.ones(n, bool)
+    t, k = np.zeros(n), np.zeros(n, np.int64)
+    announced = {}
+    if scen is not None and setup.scenario.announced:
+        announced = announced_at(scen, t, setup.tol)
+    obs = Observation(
+        time=t,
+        measured=_measure(setup, pop, true, patient, k, active),
+        announced=announced,
+        covariates={c: np.asarray(v, np.float64) for c, v in pop.covariates.items()},
+        active=active,
+        patient=patient,
+        index=k,
+        subject=np.asarray(pop.subject),
+        time_unit=setup.model.time_unit,
+        horizon=setup.horizon,
+    )
+    policy_seed = int(np.random.SeedSequence([setup.seed, int(Stream.POLICY)]).generate_state(1)[0])
+    _, option = policy.act(policy.init(n, seed=policy_seed), obs, rng=np.random.default_rng(0))
+    option = option.validated(n, setup.model, active, policy.name)
+    check_first_interval(setup, policy, float(np.min(option.interval, initial=np.inf)), scen)
+
+
 def device_chunk(
     setup,
     pop: VirtualPopulation,
@@ -94,7 +128,7 @@ def device_chunk(
     ``n_paths`` patients again to save their paths (counter-based streams make them the same
     patients with the same noise).
     """
-    from policies.rollout import check_first_option, chunk_scenario
+    from policies.rollout import chunk_scenario
 
     n = pop.n_patients
     patient = offset + np.arange(n, dtype=np.int64)
@@ -166,7 +200,7 @@ def streaming_rollout(
         For a policy without an array step or a scenario with infusions.
     """
     from medsim.simulate import budget
-    from policies.rollout import _Setup, check_first_option, chunk_scenario
+    from policies.rollout import _Setup, chunk_scenario
 
     choose_loop("device", policy)
     limit = budget.DEFAULT_MAX_INTERACTIONS if max_interactions is None else int(max_interactions)
