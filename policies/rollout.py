@@ -88,6 +88,7 @@ class _Setup:
         self.scenario, self.noise, self.max_interactions = scenario, bool(measurement_noise), int(max_interactions)
         self.max_memory = max_memory
         self.n_total = 0  # patients of the whole rollout (set by _rollout), for the memory estimate
+        self.streaming = False  # only per-patient sums are kept (policies.rollout_device.streaming_rollout)
         self.target = target_range(model, self.bounds, target)
         self.support = dict(support or {})
         check_support(model, self.support)
@@ -125,7 +126,8 @@ def _row_bytes(setup: _Setup) -> int:
 def _check_work(setup: _Setup, policy: Policy, interactions: float, n_events: int, why: str) -> None:
     """Refuse a rollout whose interactions or memory exceed the limits, before simulating it."""
     n, unit = max(setup.n_total, 1), setup.model.time_unit
-    memory = n * (interactions * _row_bytes(setup) + 16 * 3 * n_events)
+    rows = 1 if setup.streaming else interactions  # streaming sums keep one row per patient
+    memory = n * (rows * _row_bytes(setup) + 16 * 3 * n_events)
     budget.check_work(
         interactions=interactions,
         memory=memory,

@@ -206,7 +206,7 @@ def streaming_rollout(
     limit = budget.DEFAULT_MAX_INTERACTIONS if max_interactions is None else int(max_interactions)
     setup = _Setup(model, bounds, horizon, dt, seed, scenario, measurement_noise, target, None, scheme, limit)
     n = population.n_patients
-    setup.n_total = n
+    setup.n_total, setup.streaming = n, True
     devices = jax.local_devices()
     # Chunks go round-robin to the local devices (e.g. one CPU device per core), one thread each.
     share = -(-n // len(devices))
