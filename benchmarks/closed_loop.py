@@ -9,7 +9,8 @@ pump controller on CGM-like measurements every 5 minutes, 24 h at 1-minute sub-s
 (70 and 180 mg/dL) with Brownian-bridge statistics, and the per-patient risk statistics reduced
 as the loop goes (:func:`policies.rollout_device.streaming_rollout`). The open-loop reference is
 :meth:`medsim.simulate.Simulator.advance` over the same 24 h for the same patients with the same
-bounds (basal rate, the same meals as boluses). Figures are patient-days per second of wall time
+bounds at their basal rate (no meals: uncontrolled meals drive some prior patients' glucose past the
+model's physical range, which the simulator refuses). Figures are patient-days per second of wall time
 (best of the repeats after a warm-up; the warm-up's extra time is the compilation) and per
 second of process CPU time (all threads: less distorted by other jobs on a shared machine).
 Peak memory per ``n`` comes from a fresh process per point (``ru_maxrss``; ``tracemalloc`` for
@@ -103,12 +104,11 @@ def open_loop(pop, repeats: int) -> dict:
     n = pop.n_patients
     theta = {k: jnp.asarray(v, jnp.float32) for k, v in pop.simulation_parameters().items()}
     x = {k: jnp.asarray(v, jnp.float32) for k, v in pop.initial_state().items()}
-    meals = MealScenario(seed=SEED).events(np.arange(n), DAY, time_unit=MODEL.time_unit)
     keys = patient_keys(SEED, Stream.PROCESS, np.arange(n), 0)
     rates = {1: theta["BASAL"] / 60.0}
 
     def run():
-        res = sim.advance(x, theta, 0.0, DAY, key=keys, events=meals, rates=rates)
+        res = sim.advance(x, theta, 0.0, DAY, key=keys, rates=rates)
         jax.block_until_ready(res.stats.log_survival)
 
     return _timed(run, repeats, n * DAY / 1440.0)
@@ -169,7 +169,11 @@ def main() -> None:
         _log(f"  {closed[n]['patient_days_per_s']:.3g} patient-days/s, peak {closed[n]['peak_rss_MiB']:.0f} MiB")
         if args.quick or n <= 100_000:
             _log(f"open loop, n = {n}")
-            opened[n] = open_loop(_population(n), 1 if args.quick else 2)
+            try:
+                opened[n] = open_loop(_population(n), 1 if args.quick else 2)
+            except Exception as err:  # recorded; the closed-loop figures still count
+                _log(f"  open loop failed: {err}")
+                continue
             _log(f"  {opened[n]['patient_days_per_s']:.3g} patient-days/s")
     n_host = 256
     _log(f"host loop, n = {n_host}")
