@@ -16,6 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from medsim.population.virtual import VirtualPopulation
+from medsim.simulate.plan import bucket_batch
 from policies import device_loop
 from policies.protocol import Policy
 from policies.result import RolloutResult
@@ -209,8 +210,8 @@ def streaming_rollout(
     setup.n_total, setup.streaming = n, True
     devices = jax.local_devices()
     # Chunks go round-robin to the local devices (e.g. one CPU device per core), one thread each.
-    share = -(-n // len(devices))
-    width = min(int(chunk_size), 1 << max(3, (share - 1).bit_length()))
+    # Chunk widths bucketed as the simulator buckets batches (at most 25 % padding, few shapes).
+    width = bucket_batch(-(-n // len(devices)), int(chunk_size))
 
     def run(offset: int):
         from policies.rollout import _run_chunk
