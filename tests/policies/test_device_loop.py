@@ -136,3 +136,17 @@ def test_the_report_says_which_loop_ran(pk_draws):
     report, results = evaluate_policies(pk_draws, ["fixed:dose=320,every=12"], spec, n=4, seed=0, loop="host")
     assert results[0].provenance["loop"] == "host"
     assert report.provenance.settings["loop"] == "fixed:dose=320: host"
+
+
+def test_streaming_memory_is_one_row_of_sums_per_patient():
+    # A full run failed here: 10^5 patients with CGM were refused (15.3 GiB planned for
+    # per-interaction rows) although the streaming loop keeps only per-patient sums.
+    from medsim.simulate import WorkLimitError
+    from policies.rollout import _check_work, _Setup
+
+    setup = _Setup(GLUCOSE, GLUCOSE_BOUNDS, 1440.0, 1.0, 0, None, True, None, None, "milstein", 10**6, 2**30)
+    setup.n_total = 100_000
+    with pytest.raises(WorkLimitError, match="of memory"):
+        _check_work(setup, PID(), 288, 0, "an interaction every 5 min")
+    setup.streaming = True
+    _check_work(setup, PID(), 288, 0, "an interaction every 5 min")  # about 100 MB: within 1 GiB
