@@ -7,7 +7,7 @@ The workload is what ``medsim risk --prior glucose_insulin --policy pid:every=5`
 patients drawn from the glucose-insulin model's priors (200 prior draws), announced meals, a PID
 pump controller on CGM-like measurements every 5 minutes, 24 h at 1-minute sub-steps, two bounds
 (70 and 180 mg/dL) with Brownian-bridge statistics, and the per-patient risk statistics reduced
-as the loop goes (:func:`policies.rollout_device.streaming_rollout`). The open-loop reference is
+as the loop goes (:func:`medsim.policies.rollout_device.streaming_rollout`). The open-loop reference is
 :meth:`medsim.simulate.Simulator.advance` over the same 24 h for the same patients with the same
 bounds at their basal rate (no meals: uncontrolled meals drive some prior patients' glucose past the
 model's physical range, which the simulator refuses). Figures are patient-days per second of wall time
@@ -46,10 +46,10 @@ import medsim.models as registry  # noqa: E402
 from medsim.population import PosteriorDraws, sample_population  # noqa: E402
 from medsim.population.streams import Stream, patient_keys  # noqa: E402
 from medsim.simulate import Bound, Simulator  # noqa: E402
-from policies.builtin import PID  # noqa: E402
-from policies.rollout import rollout  # noqa: E402
-from policies.rollout_device import streaming_rollout  # noqa: E402
-from policies.scenarios import MealScenario  # noqa: E402
+from medsim.policies.builtin import PID  # noqa: E402
+from medsim.policies.rollout import rollout  # noqa: E402
+from medsim.policies.rollout_device import streaming_rollout  # noqa: E402
+from medsim.policies.scenarios import MealScenario  # noqa: E402
 
 MODEL = registry.get("glucose_insulin")
 BOUNDS = (Bound("glucose_mg_dL", 70.0, "lower"), Bound("glucose_mg_dL", 180.0, "upper"))

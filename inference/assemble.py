@@ -1,4 +1,4 @@
-"""Turn sampler output into the ArviZ InferenceData that a :class:`~inference.posterior.Posterior` wraps.
+"""Turn sampler output into the ArviZ InferenceData that a :class:`~medsim.inference.posterior.Posterior` wraps.
 
 Layout (dimension names in brackets)::
 
@@ -13,7 +13,7 @@ Layout (dimension names in brackets)::
                      covariates [subject]
 
 The ``subject`` coordinate holds the subject ids. Provenance lives in the posterior group's
-attributes (see :mod:`inference.posterior`).
+attributes (see :mod:`medsim.inference.posterior`).
 """
 
 from __future__ import annotations
@@ -25,8 +25,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from inference.hierarchical import individual_parameters, pointwise_loglik
-from inference.problem import FitData
+from medsim.inference.hierarchical import individual_parameters, pointwise_loglik
+from medsim.inference.problem import FitData
 
 
 def import_arviz():

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import numpy as np
 
-from inference.assemble import import_arviz
-from inference.summary import population_variables
+from medsim.inference.assemble import import_arviz
+from medsim.inference.summary import population_variables
 from medsim.io import atomic_write
 
 

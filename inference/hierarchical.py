@@ -2,7 +2,7 @@
 
 Sample sites are named after the model's parameters (``ka``, ``CL``, ``omega_ka``,
 ``eta_ka_decentered`` in the ``subject`` plate, ``sigma_central``, ``res_add_conc``...); see
-:mod:`inference.priors` for the distributions. The data enter through one ``numpyro.factor``: the
+:mod:`medsim.inference.priors` for the distributions. The data enter through one ``numpyro.factor``: the
 extended Kalman filter integrates the process noise out, so the factor is the marginal
 likelihood of every subject's observations given the subject's parameters.
 """
@@ -20,8 +20,8 @@ import numpy as np
 import numpyro
 import numpyro.distributions as dist
 
-from inference.priors import PriorSpec, residual_key
-from inference.problem import FitData
+from medsim.inference.priors import PriorSpec, residual_key
+from medsim.inference.problem import FitData
 
 Array = jax.Array
 

@@ -6,8 +6,8 @@ from typing import Any
 
 import numpy as np
 
-from inference.assemble import import_arviz
-from inference.diagnostics import sampled_variables
+from medsim.inference.assemble import import_arviz
+from medsim.inference.diagnostics import sampled_variables
 
 HDI_PROB = 0.94
 

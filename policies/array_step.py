@@ -2,7 +2,7 @@
 
 A policy with an array step (``array_step(state, obs, xp)``, the built-in ``pid``,
 ``basal_bolus`` and ``fixed``) is one pure function of arrays. The compiled option loop
-(:mod:`policies.device_loop`) traces it with ``xp = jax.numpy`` in float64; the host loop calls
+(:mod:`medsim.policies.device_loop`) traces it with ``xp = jax.numpy`` in float64; the host loop calls
 :func:`host_step`, which jits the same trace. Both loops therefore compute the policy (and the
 noisy measurement, :func:`measure_expr`) with XLA's float64 arithmetic — which differs from numpy's in
 the last bit (fused multiply-adds, division by a constant as a multiplication, its own ``exp``) —
@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from policies.protocol import Observation, Option
+from medsim.policies.protocol import Observation, Option
 
 
 def measure_expr(model, names: tuple, noise: bool, true32: dict, add: dict, prop: dict, z, take) -> dict:

@@ -5,7 +5,7 @@
 sub-step, scenario boluses inside the interval as event columns whose inert entries are exact
 no-ops) and calls the simulator's compiled kernel; :func:`refused` flags the patients for whom
 :meth:`medsim.simulate.Simulator.advance` would have raised. Split from
-:mod:`policies.device_loop`, which owns the loop.
+:mod:`medsim.policies.device_loop`, which owns the loop.
 """
 
 from __future__ import annotations

@@ -1,11 +1,11 @@
 """The option loop compiled: measure → act → advance → accumulate in one program per chunk.
 
 For policies with an array step (``policy.array_step(state, obs, xp)``, the built-in ``pid``,
-``basal_bolus`` and ``fixed``) the loop of :mod:`policies.rollout` runs inside a jitted
+``basal_bolus`` and ``fixed``) the loop of :mod:`medsim.policies.rollout` runs inside a jitted
 ``lax.while_loop`` over interactions instead of a Python loop: each patient keeps its own clock,
 the policy's step is traced with ``xp = jax.numpy``, and each interval is advanced by the same
 compiled kernel :meth:`medsim.simulate.Simulator.advance` calls
-(:meth:`~medsim.simulate.Simulator.interval_kernel`, called by :mod:`policies.device_interval`).
+(:meth:`~medsim.simulate.Simulator.interval_kernel`, called by :mod:`medsim.policies.device_interval`).
 One simulator, one policy code path.
 
 The numbers are those of the host loop on the same seed, bit for bit: the same counter-based
@@ -20,9 +20,9 @@ are exact no-ops).
 Two products, chosen by ``record``:
 
 * ``record=True``: the per-interaction rows of the host loop, handed back every
-  :data:`BLOCK` interactions and stacked into the same :class:`~policies.result.RolloutResult`;
+  :data:`BLOCK` interactions and stacked into the same :class:`~medsim.policies.result.RolloutResult`;
 * ``record=False``: only per-patient sums reduced as the loop goes
-  (:class:`policies.streaming.StreamingSums`), so memory is flat in the number of interactions.
+  (:class:`medsim.policies.streaming.StreamingSums`), so memory is flat in the number of interactions.
 
 Anything the host loop would refuse (a non-finite value, a state outside its physical range, an
 unusable option) is flagged per patient inside the loop; a flagged chunk is re-run by the host
@@ -41,10 +41,10 @@ import numpy as np
 
 from medsim.population.streams import Stream, patient_base_keys
 from medsim.population.virtual import VirtualPopulation
-from policies.array_step import isolated, measure_expr, step_expr
-from policies.device_interval import advance, refused, scenario_layout
-from policies.protocol import Policy, PolicyError
-from policies.streaming import init_sums, update_sums
+from medsim.policies.array_step import isolated, measure_expr, step_expr
+from medsim.policies.device_interval import advance, refused, scenario_layout
+from medsim.policies.protocol import Policy, PolicyError
+from medsim.policies.streaming import init_sums, update_sums
 
 # Interactions per compiled call: the host checks limits and reports progress between calls.
 BLOCK = 64
@@ -200,7 +200,7 @@ def _all_finite(values, n: int) -> jax.Array:
 
 
 def _option(cfg: _Config, option: dict, active: jax.Array, n: int):
-    """The option (:func:`policies.array_step.step_expr`'s dict) zero for inactive patients (as
+    """The option (:func:`medsim.policies.array_step.step_expr`'s dict) zero for inactive patients (as
     ``Option.validated``), and a flag where the host loop would refuse it."""
     for field in ("bolus", "rate"):
         for cm in option[field]:

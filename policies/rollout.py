@@ -54,14 +54,14 @@ from medsim.population.virtual import VirtualPopulation
 from medsim.simulate import budget
 from medsim.simulate.checks import check_finite
 from medsim.simulate.types import Bound, DoseEvents
-from policies.array_step import HostMeasure
-from policies.compiled import compiled_simulator
-from policies.paths import join_paths
-from policies.protocol import Observation, Policy, PolicyError
-from policies.result import RolloutResult
-from policies.rollout_assemble import PER_BOUND, assemble, merge_all, support_fraction
-from policies.scenarios import Scenario, announced_at, next_event_after
-from policies.targets import check_support, range_bounds, target_range
+from medsim.policies.array_step import HostMeasure
+from medsim.policies.compiled import compiled_simulator
+from medsim.policies.paths import join_paths
+from medsim.policies.protocol import Observation, Policy, PolicyError
+from medsim.policies.result import RolloutResult
+from medsim.policies.rollout_assemble import PER_BOUND, assemble, merge_all, support_fraction
+from medsim.policies.scenarios import Scenario, announced_at, next_event_after
+from medsim.policies.targets import check_support, range_bounds, target_range
 
 Progress = Callable[[float, float], None]
 
@@ -299,7 +299,7 @@ def _rollout(
     path_points: int = 400,
     loop: str = "auto",
 ) -> RolloutResult:
-    from policies.rollout_device import choose_loop, device_chunk
+    from medsim.policies.rollout_device import choose_loop, device_chunk
 
     which = choose_loop(loop, policy, population.n_patients)
     run = _run_chunk if which == "host" else partial(device_chunk, host=_run_chunk)
@@ -377,7 +377,7 @@ def rollout(
     seed : int
         Seed of every random number (process and measurement noise, policy coin flips).
     scenario : Scenario, optional
-        Disturbances (e.g. :class:`~policies.scenarios.MealScenario`).
+        Disturbances (e.g. :class:`~medsim.policies.scenarios.MealScenario`).
     measurement_noise : bool
         Add residual error (each patient's draw of the residual parameters) to measurements.
     n_paths_saved : int
@@ -409,11 +409,11 @@ def rollout(
         Most bytes the rollout may plan to keep (per-interaction statistics of every patient);
         default :func:`medsim.simulate.budget.default_max_memory`.
     loop : {"auto", "device", "host"}
-        Where the option loop runs: ``"device"`` compiles it whole (:mod:`policies.device_loop`,
+        Where the option loop runs: ``"device"`` compiles it whole (:mod:`medsim.policies.device_loop`,
         for policies with an ``array_step``: the built-ins), ``"host"`` runs it in Python around
         one compiled ``advance`` per interaction (any policy). ``"auto"`` picks the compiled loop
         when the policy supports it and the population is large enough for the compilation to pay
-        (:data:`policies.rollout_device.AUTO_MIN_PATIENTS`). Both give the same numbers on the same seed; the result's
+        (:data:`medsim.policies.rollout_device.AUTO_MIN_PATIENTS`). Both give the same numbers on the same seed; the result's
         ``provenance["loop"]`` says which ran.
 
     Returns

@@ -1,7 +1,7 @@
 """The rollout's compiled chunk: which loop runs, and the compiled loop's chunk as a RolloutResult.
 
-:func:`policies.rollout.rollout` runs each chunk either in its Python option loop or, for policies
-with an ``array_step``, in the compiled loop of :mod:`policies.device_loop`; this module is the
+:func:`medsim.policies.rollout.rollout` runs each chunk either in its Python option loop or, for policies
+with an ``array_step``, in the compiled loop of :mod:`medsim.policies.device_loop`; this module is the
 glue between the two (the same checks, limits, progress and result assembly as the host loop).
 """
 
@@ -17,10 +17,10 @@ import numpy as np
 
 from medsim.population.virtual import VirtualPopulation
 from medsim.simulate.plan import bucket_batch
-from policies import device_loop
-from policies.protocol import Policy
-from policies.result import RolloutResult
-from policies.rollout_assemble import assemble, support_fraction
+from medsim.policies import device_loop
+from medsim.policies.protocol import Policy
+from medsim.policies.result import RolloutResult
+from medsim.policies.rollout_assemble import assemble, support_fraction
 
 LOOPS = ("auto", "device", "host")
 
@@ -61,12 +61,12 @@ class _Hooks:
         self._progress, self._done = progress, done
 
     def check_work(self, interval: float) -> None:
-        from policies.rollout import check_first_interval
+        from medsim.policies.rollout import check_first_interval
 
         check_first_interval(self.setup, self.policy, interval, self.scen)
 
     def check_interactions(self, done: int) -> None:
-        from policies.rollout import check_interaction_count
+        from medsim.policies.rollout import check_interaction_count
 
         check_interaction_count(self.setup, self.policy, done)
 
@@ -79,9 +79,9 @@ def check_first_option(setup, pop: VirtualPopulation, policy: Policy, patient, x
     """:func:`check_first_interval` from the policy's first option, computed as the loops do at
     time 0 (a loop that compiles first checks the work before compiling)."""
     from medsim.population.streams import Stream
-    from policies.protocol import Observation
-    from policies.rollout import _measure, check_first_interval
-    from policies.scenarios import announced_at
+    from medsim.policies.protocol import Observation
+    from medsim.policies.rollout import _measure, check_first_interval
+    from medsim.policies.scenarios import announced_at
 
     n = pop.n_patients
     true = {o: np.broadcast_to(np.asarray(v, np.float64), (n,)) for o, v in setup.observe(x, theta).items()}
@@ -122,14 +122,14 @@ def device_chunk(
     *,
     host: Callable[..., RolloutResult],
 ) -> RolloutResult:
-    """One chunk in the compiled loop, as :func:`policies.rollout._run_chunk` would return it.
+    """One chunk in the compiled loop, as :func:`medsim.policies.rollout._run_chunk` would return it.
 
     ``host`` is the host loop's chunk function: it re-runs a chunk in which the compiled loop
     flagged something to refuse (so the error names the patient), and simulates the first
     ``n_paths`` patients again to save their paths (counter-based streams make them the same
     patients with the same noise).
     """
-    from policies.rollout import chunk_scenario
+    from medsim.policies.rollout import chunk_scenario
 
     n = pop.n_patients
     patient = offset + np.arange(n, dtype=np.int64)
@@ -188,12 +188,12 @@ def streaming_rollout(
     max_interactions: int | None = None,
     chunk_size: int = 65536,
 ):
-    """Per-patient :class:`~policies.streaming.StreamingSums` of ``policy`` on ``population``,
+    """Per-patient :class:`~medsim.policies.streaming.StreamingSums` of ``policy`` on ``population``,
     reduced inside the compiled loop: memory ``O(N J)`` whatever the number of interactions.
 
-    Arguments as for :func:`policies.rollout.rollout`; the sums are those of the rollout on the
-    same seed (:func:`policies.streaming.sums_events` gives its
-    :class:`~policies.risk.events.PatientEvents`).
+    Arguments as for :func:`medsim.policies.rollout.rollout`; the sums are those of the rollout on the
+    same seed (:func:`medsim.policies.streaming.sums_events` gives its
+    :class:`~medsim.policies.risk.events.PatientEvents`).
 
     Raises
     ------
@@ -201,7 +201,7 @@ def streaming_rollout(
         For a policy without an array step or a scenario with infusions.
     """
     from medsim.simulate import budget
-    from policies.rollout import _Setup, chunk_scenario
+    from medsim.policies.rollout import _Setup, chunk_scenario
 
     choose_loop("device", policy)
     limit = budget.DEFAULT_MAX_INTERACTIONS if max_interactions is None else int(max_interactions)
@@ -214,7 +214,7 @@ def streaming_rollout(
     width = bucket_batch(-(-n // len(devices)), int(chunk_size))
 
     def run(offset: int):
-        from policies.rollout import _run_chunk
+        from medsim.policies.rollout import _run_chunk
 
         with jax.default_device(devices[(offset // width) % len(devices)]):
             n_real = min(width, n - offset)

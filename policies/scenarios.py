@@ -20,7 +20,7 @@ import numpy as np
 
 from medsim.population.streams import Stream, patient_normal
 from medsim.simulate.types import DoseEvents
-from policies.protocol import units_per_hour
+from medsim.policies.protocol import units_per_hour
 
 
 @runtime_checkable

@@ -1,10 +1,10 @@
 """Per-patient sums of a rollout, reduced interaction by interaction (memory flat in interactions).
 
-What :func:`policies.risk.events.patient_events` reads from a rollout's ``(N, K, J)`` arrays,
-kept as ``(N, J)`` running sums instead: the compiled loop (:mod:`policies.device_loop`) updates
+What :func:`medsim.policies.risk.events.patient_events` reads from a rollout's ``(N, K, J)`` arrays,
+kept as ``(N, J)`` running sums instead: the compiled loop (:mod:`medsim.policies.device_loop`) updates
 them after every interval, so a rollout of ``N`` patients needs ``O(N J)`` memory whatever the
 number of interactions. :func:`sums_events` turns them into the same
-:class:`~policies.risk.events.PatientEvents` (a test checks equality with ``patient_events`` of
+:class:`~medsim.policies.risk.events.PatientEvents` (a test checks equality with ``patient_events`` of
 the recorded rollout).
 
 All updates are elementwise and take the array namespace of their inputs (``jax.numpy`` inside
@@ -19,8 +19,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from medsim.simulate.types import Bound
-from policies.risk.events import bound_indices_of, events_from
-from policies.spec import SafetySpec
+from medsim.policies.risk.events import bound_indices_of, events_from
+from medsim.policies.spec import SafetySpec
 
 
 class StreamingSums(NamedTuple):
@@ -151,7 +151,7 @@ def update_sums(s: StreamingSums, specs: tuple, active, k, t0, t1, true, measure
 def sums_events(sums: StreamingSums, bounds: tuple[Bound, ...], spec: SafetySpec, draw: np.ndarray, policy: str):
     """:class:`PatientEvents` for ``spec`` from the streaming sums of a rollout over ``bounds``.
 
-    The same outcomes as :func:`policies.risk.events.patient_events` on the recorded rollout:
+    The same outcomes as :func:`medsim.policies.risk.events.patient_events` on the recorded rollout:
     checkpoints are the interactions where the observable was measured (every interaction start
     when it was never measured in the whole population), plus the end of the horizon.
     """

@@ -31,7 +31,7 @@ from typing import Any
 import jax
 import numpy as np
 
-from inference.likelihood.filtering import check_layout
+from medsim.inference.likelihood.filtering import check_layout
 from medsim.models.base import PhysiologyModel
 
 # Slot kinds at equal times are processed in this order (see the module docstring).
@@ -74,7 +74,7 @@ class Timeline:
     substeps : int
         RK4 steps the filter takes per interval.
     layout : {"auto", "entries", "matrix"}
-        Storage of the filter's mean and covariance (see :mod:`inference.likelihood.ekf`).
+        Storage of the filter's mean and covariance (see :mod:`medsim.inference.likelihood.ekf`).
     """
 
     time: Any
@@ -156,7 +156,7 @@ def build_timeline(
         Floating dtype of the returned arrays (float32, or float64 under ``jax.enable_x64``).
     layout : {"auto", "entries", "matrix"}
         Storage of the filter's mean and covariance, the default of every filter run on this
-        timeline (see :mod:`inference.likelihood.ekf`; ``"auto"`` decides per run from the
+        timeline (see :mod:`medsim.inference.likelihood.ekf`; ``"auto"`` decides per run from the
         number of states and whether the covariance is propagated).
 
     Returns

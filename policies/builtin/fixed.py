@@ -17,8 +17,8 @@ from typing import Any
 
 import numpy as np
 
-from policies.array_step import host_step
-from policies.protocol import Observation, Option, next_on_grid, on_grid, spec_string
+from medsim.policies.array_step import host_step
+from medsim.policies.protocol import Observation, Option, next_on_grid, on_grid, spec_string
 
 
 @dataclass(frozen=True)
@@ -102,8 +102,8 @@ class FixedDose:
 
     def array_step(self, state: None, obs: Observation, xp: Any) -> tuple[None, Option]:
         """One pure step on arrays of the namespace ``xp`` (``numpy``, or ``jax.numpy`` inside the
-        compiled loop of :mod:`policies.device_loop`); :meth:`act` evaluates it with XLA
-        (:func:`policies.array_step.host_step`), so both loops compute the same numbers."""
+        compiled loop of :mod:`medsim.policies.device_loop`); :meth:`act` evaluates it with XLA
+        (:func:`medsim.policies.array_step.host_step`), so both loops compute the same numbers."""
         t = xp.asarray(obs.time, xp.float64)
         tol = self._tol
         index = xp.round((t - self.start) / self.every)

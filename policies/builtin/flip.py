@@ -20,7 +20,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from medsim.population.streams import Stream, patient_uniform
-from policies.protocol import Observation, Option, Policy, PolicyContext
+from medsim.policies.protocol import Observation, Option, Policy, PolicyContext
 
 
 class FlipState(NamedTuple):
@@ -56,7 +56,7 @@ class Flip:
     @classmethod
     def from_spec(cls, raw: dict[str, str], context: PolicyContext) -> Flip:
         """``flip:q=0.3,a=fixed,a.dose=400,b=fixed,b.dose=600`` (component keys prefixed ``a.``/``b.``)."""
-        from policies.loading import PolicySpecError, build_component, split_components
+        from medsim.policies.loading import PolicySpecError, build_component, split_components
 
         own, parts = split_components(raw, ("a", "b"))
         unknown = [k for k in own if k not in ("q", "a", "b")]
@@ -85,7 +85,7 @@ class Flip:
     @property
     def array_capable(self) -> bool:
         """Both components have an array step (then so does ``flip``: the compiled loop runs it)."""
-        from policies.device_loop import supports_device
+        from medsim.policies.device_loop import supports_device
 
         return supports_device(self.a) and supports_device(self.b)
 
@@ -105,7 +105,7 @@ class Flip:
 
     def act(self, state: FlipState, obs: Observation, *, rng: np.random.Generator) -> tuple[FlipState, Option]:
         if self.array_capable:
-            from policies.array_step import host_step
+            from medsim.policies.array_step import host_step
 
             return host_step(self, state, obs)
         state_a, opt_a = self.a.act(state.a, obs, rng=rng)

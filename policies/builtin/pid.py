@@ -26,8 +26,8 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from policies.array_step import host_step
-from policies.protocol import Observation, Option, spec_string, units_per_hour
+from medsim.policies.array_step import host_step
+from medsim.policies.protocol import Observation, Option, spec_string, units_per_hour
 
 
 class PIDState(NamedTuple):
@@ -104,8 +104,8 @@ class PID:
 
     def array_step(self, state: PIDState, obs: Observation, xp: Any) -> tuple[PIDState, Option]:
         """One pure step on arrays of the namespace ``xp`` (``numpy``, or ``jax.numpy`` inside the
-        compiled loop of :mod:`policies.device_loop`); :meth:`act` evaluates it with XLA
-        (:func:`policies.array_step.host_step`), so both loops compute the same numbers."""
+        compiled loop of :mod:`medsim.policies.device_loop`); :meth:`act` evaluates it with XLA
+        (:func:`medsim.policies.array_step.host_step`), so both loops compute the same numbers."""
         if "BASAL" not in obs.covariates:
             raise KeyError("pid needs the covariate BASAL (U/h)")
         t = xp.asarray(obs.time, xp.float64)

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from policies.protocol import Observation, Option, spec_string
+from medsim.policies.protocol import Observation, Option, spec_string
 
 
 @dataclass(frozen=True)

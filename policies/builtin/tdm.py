@@ -19,8 +19,8 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from policies.array_step import host_step
-from policies.protocol import Observation, Option, spec_string
+from medsim.policies.array_step import host_step
+from medsim.policies.protocol import Observation, Option, spec_string
 
 
 class TDMState(NamedTuple):
@@ -102,8 +102,8 @@ class TDM:
 
     def array_step(self, state: TDMState, obs: Observation, xp: Any) -> tuple[TDMState, Option]:
         """One pure step on arrays of the namespace ``xp`` (``numpy``, or ``jax.numpy`` inside the
-        compiled loop of :mod:`policies.device_loop`); :meth:`act` evaluates it with XLA
-        (:func:`policies.array_step.host_step`), so both loops compute the same numbers."""
+        compiled loop of :mod:`medsim.policies.device_loop`); :meth:`act` evaluates it with XLA
+        (:func:`medsim.policies.array_step.host_step`), so both loops compute the same numbers."""
         if self.observable not in obs.measured:
             raise KeyError(f"tdm: observable {self.observable!r} is not measured; measured: {sorted(obs.measured)}")
         t = xp.asarray(obs.time, xp.float64)

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import stats
 
-from policies.risk.estimate import Estimate
+from medsim.policies.risk.estimate import Estimate
 
 
 @dataclass(frozen=True)

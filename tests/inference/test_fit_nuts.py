@@ -14,10 +14,10 @@ import numpy as np
 import pytest
 from inference_synthetic import oral_cohort
 
-import inference
-from inference import Posterior, PosteriorFormatError
-from inference.hierarchical import pointwise_loglik
-from inference.problem import prepare
+from medsim import inference
+from medsim.inference import Posterior, PosteriorFormatError
+from medsim.inference.hierarchical import pointwise_loglik
+from medsim.inference.problem import prepare
 from medsim.models import get
 from medsim.population import PosteriorDraws
 

@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 from inference_synthetic import oral_cohort
 
-import inference
-from inference import FitConfigError
-from inference.backends import run_svi
-from inference.problem import prepare
+from medsim import inference
+from medsim.inference import FitConfigError
+from medsim.inference.backends import run_svi
+from medsim.inference.problem import prepare
 from medsim.models import get
 
 STEPS = 1500

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from inference.neural import calibrate, interval_metrics
+from medsim.inference.neural import calibrate, interval_metrics
 from medsim.models.neural import (
     MiscalibratedModelError,
     NeuralConfig,
@@ -164,8 +164,8 @@ def test_digital_twin(trained, cohort, tmp_path):
 
 def test_rollout_runs_neural_patients_unchanged(trained, cohort):
     from medsim.simulate import Bound
-    from policies import parse_policy
-    from policies.rollout import rollout
+    from medsim.policies import parse_policy
+    from medsim.policies.rollout import rollout
 
     pop = sample_neural_population(_calibrated(trained.model, 0.9), 8, seed=0, subjects=cohort.subjects)
     model = pop.model

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from inference.neural import (
+from medsim.inference.neural import (
     CheckpointFormatError,
     TrainSettings,
     evaluate_bound,

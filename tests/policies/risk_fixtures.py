@@ -14,7 +14,7 @@ import numpy as np
 from scipy import stats
 
 from medsim.simulate.types import Bound
-from policies.result import RolloutResult
+from medsim.policies.result import RolloutResult
 
 
 def bm_passage_probability(x0: float, bound: float, mu: float, sigma: float, horizon: float) -> float:

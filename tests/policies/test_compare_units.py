@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from policies.risk.compare import _difference
+from medsim.policies.risk.compare import _difference
 
 
 def test_a_dose_difference_keeps_its_interval():

@@ -15,15 +15,15 @@ import pytest
 import medsim.models as registry
 from medsim.population import sample_population
 from medsim.simulate.types import Bound
-from policies.builtin import PID, TDM, BasalBolus, FixedDose, Flip
-from policies.loading import FunctionPolicy
-from policies.protocol import Option
-from policies.risk.events import patient_events
-from policies.rollout import rollout
-from policies.rollout_device import AUTO_MIN_PATIENTS, choose_loop, streaming_rollout
-from policies.scenarios import MealScenario
-from policies.spec import SafetySpec
-from policies.streaming import sums_events
+from medsim.policies.builtin import PID, TDM, BasalBolus, FixedDose, Flip
+from medsim.policies.loading import FunctionPolicy
+from medsim.policies.protocol import Option
+from medsim.policies.risk.events import patient_events
+from medsim.policies.rollout import rollout
+from medsim.policies.rollout_device import AUTO_MIN_PATIENTS, choose_loop, streaming_rollout
+from medsim.policies.scenarios import MealScenario
+from medsim.policies.spec import SafetySpec
+from medsim.policies.streaming import sums_events
 
 GLUCOSE = registry.get("glucose_insulin")
 PK = registry.get("pk_oral_1cmt")
@@ -129,8 +129,8 @@ def test_auto_chooses_the_compiled_loop_only_for_array_policies():
 
 
 def test_the_report_says_which_loop_ran(pk_draws):
-    from policies.evaluate import evaluate_policies
-    from policies.spec_file import parse_spec
+    from medsim.policies.evaluate import evaluate_policies
+    from medsim.policies.spec_file import parse_spec
 
     spec = parse_spec("conc<=20;horizon=24h", model=PK)
     report, results = evaluate_policies(pk_draws, ["fixed:dose=320,every=12"], spec, n=4, seed=0, loop="host")
@@ -142,7 +142,7 @@ def test_streaming_memory_is_one_row_of_sums_per_patient():
     # A full run failed here: 10^5 patients with CGM were refused (15.3 GiB planned for
     # per-interaction rows) although the streaming loop keeps only per-patient sums.
     from medsim.simulate import WorkLimitError
-    from policies.rollout import _check_work, _Setup
+    from medsim.policies.rollout import _check_work, _Setup
 
     setup = _Setup(GLUCOSE, GLUCOSE_BOUNDS, 1440.0, 1.0, 0, None, True, None, None, "milstein", 10**6, 2**30)
     setup.n_total = 100_000

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 import medsim.models as registry
-from policies.builtin import PID, TDM, BasalBolus, FixedDose, Flip
-from policies.protocol import Option, PolicyError
+from medsim.policies.builtin import PID, TDM, BasalBolus, FixedDose, Flip
+from medsim.policies.protocol import Option, PolicyError
 
 
 def walk(make_obs, policy, until, measured=None, **obs_kwargs):

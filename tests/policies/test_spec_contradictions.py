@@ -8,8 +8,8 @@ import pytest
 
 from medsim.models import get
 from medsim.simulate.types import Bound
-from policies.spec import SafetySpec, SpecError, TargetRange, spec_from_mapping
-from policies.spec_file import load_spec, parse_spec
+from medsim.policies.spec import SafetySpec, SpecError, TargetRange, spec_from_mapping
+from medsim.policies.spec_file import load_spec, parse_spec
 
 PK = get("pk_oral_1cmt")  # time in h, observable "conc"
 
