@@ -149,10 +149,10 @@ def score(pred_cgm_latent, pred_cgm_replicate, paths_grid, truth: dict) -> dict:
 def run_one(tidy: pd.DataFrame, model_name: str, method: str, args) -> dict:
     """Fit one model with one sampler on the training days and score the test day."""
     import jax
-
-    from medsim import inference
-    import medsim.models
     from medsim.inference.checks.predictive import posterior_predictive
+
+    import medsim.models
+    from medsim import inference
     from medsim.data.t1d import read_t1d_table
 
     model = medsim.models.get(model_name)

@@ -24,7 +24,6 @@ from collections.abc import Mapping
 import jax
 import jax.numpy as jnp
 import numpy as np
-
 from medsim.inference.hierarchical import individual_parameters, pointwise_loglik
 from medsim.inference.problem import FitData
 

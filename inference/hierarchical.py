@@ -19,7 +19,6 @@ import jax.numpy as jnp
 import numpy as np
 import numpyro
 import numpyro.distributions as dist
-
 from medsim.inference.priors import PriorSpec, residual_key
 from medsim.inference.problem import FitData
 

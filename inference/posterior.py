@@ -36,11 +36,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-
 from medsim.inference.assemble import import_arviz
 from medsim.inference.cohort_support import SUPPORT_ATTR, support_ranges
 from medsim.inference.diagnostics import Diagnostics, diagnose_posterior_attrs
 from medsim.inference.priors import PriorError, PriorSpec, residual_key
+
 from medsim.io import atomic_write
 from medsim.models.base import PhysiologyModel
 from medsim.models.gate import CalibrationGate

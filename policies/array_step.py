@@ -17,7 +17,6 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
-
 from medsim.policies.protocol import Observation, Option
 
 

@@ -38,13 +38,13 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
-
-from medsim.population.streams import Stream, patient_base_keys
-from medsim.population.virtual import VirtualPopulation
 from medsim.policies.array_step import isolated, measure_expr, step_expr
 from medsim.policies.device_interval import advance, refused, scenario_layout
 from medsim.policies.protocol import Policy, PolicyError
 from medsim.policies.streaming import init_sums, update_sums
+
+from medsim.population.streams import Stream, patient_base_keys
+from medsim.population.virtual import VirtualPopulation
 
 # Interactions per compiled call: the host checks limits and reports progress between calls.
 BLOCK = 64

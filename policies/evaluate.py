@@ -8,8 +8,6 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from medsim.population import PosteriorDraws, VirtualPopulation, sample_population
-from medsim.simulate import budget
 from medsim.policies.loading import parse_policy
 from medsim.policies.protocol import PolicyContext
 from medsim.policies.result import RolloutResult
@@ -17,6 +15,9 @@ from medsim.policies.risk import RiskReport, risk_report
 from medsim.policies.rollout import rollout_many
 from medsim.policies.scenarios import MealScenario, Scenario
 from medsim.policies.spec import SafetySpec, convert_time
+
+from medsim.population import PosteriorDraws, VirtualPopulation, sample_population
+from medsim.simulate import budget
 
 Progress = Callable[[float, float], None]
 

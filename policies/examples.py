@@ -20,7 +20,6 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
-
 from medsim.policies.evaluate import evaluate_policies
 from medsim.policies.report import write_report
 from medsim.policies.spec_file import parse_spec
@@ -169,8 +168,8 @@ def run_example(
     stage, progress : callables, optional
         Progress reporting for a command line.
     """
-    from medsim import inference
     import medsim.models
+    from medsim import inference
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -199,7 +198,6 @@ def run_example(
     gate = None
     if held is not None:
         import jax
-
         from medsim.inference.checks.calibration_gate import heldout_check
 
         say(f"{settings.name}: calibration gate on measurements after t = {settings.heldout_after:g}")

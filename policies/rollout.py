@@ -47,13 +47,6 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
-
-from medsim.models.base import PhysiologyModel
-from medsim.population.streams import Stream, patient_keys, patient_normal
-from medsim.population.virtual import VirtualPopulation
-from medsim.simulate import budget
-from medsim.simulate.checks import check_finite
-from medsim.simulate.types import Bound, DoseEvents
 from medsim.policies.array_step import HostMeasure
 from medsim.policies.compiled import compiled_simulator
 from medsim.policies.paths import join_paths
@@ -62,6 +55,13 @@ from medsim.policies.result import RolloutResult
 from medsim.policies.rollout_assemble import PER_BOUND, assemble, merge_all, support_fraction
 from medsim.policies.scenarios import Scenario, announced_at, next_event_after
 from medsim.policies.targets import check_support, range_bounds, target_range
+
+from medsim.models.base import PhysiologyModel
+from medsim.population.streams import Stream, patient_keys, patient_normal
+from medsim.population.virtual import VirtualPopulation
+from medsim.simulate import budget
+from medsim.simulate.checks import check_finite
+from medsim.simulate.types import Bound, DoseEvents
 
 Progress = Callable[[float, float], None]
 

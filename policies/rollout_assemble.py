@@ -11,11 +11,11 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-
-from medsim.population.virtual import VirtualPopulation
 from medsim.policies.paths import compress_segments
 from medsim.policies.protocol import Policy
 from medsim.policies.result import RolloutResult
+
+from medsim.population.virtual import VirtualPopulation
 
 if TYPE_CHECKING:
     from medsim.policies.rollout import _Setup

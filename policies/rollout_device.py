@@ -14,13 +14,13 @@ from dataclasses import replace
 import jax
 import jax.numpy as jnp
 import numpy as np
-
-from medsim.population.virtual import VirtualPopulation
-from medsim.simulate.plan import bucket_batch
 from medsim.policies import device_loop
 from medsim.policies.protocol import Policy
 from medsim.policies.result import RolloutResult
 from medsim.policies.rollout_assemble import assemble, support_fraction
+
+from medsim.population.virtual import VirtualPopulation
+from medsim.simulate.plan import bucket_batch
 
 LOOPS = ("auto", "device", "host")
 
@@ -78,10 +78,11 @@ class _Hooks:
 def check_first_option(setup, pop: VirtualPopulation, policy: Policy, patient, x, theta, scen) -> None:
     """:func:`check_first_interval` from the policy's first option, computed as the loops do at
     time 0 (a loop that compiles first checks the work before compiling)."""
-    from medsim.population.streams import Stream
     from medsim.policies.protocol import Observation
     from medsim.policies.rollout import _measure, check_first_interval
     from medsim.policies.scenarios import announced_at
+
+    from medsim.population.streams import Stream
 
     n = pop.n_patients
     true = {o: np.broadcast_to(np.asarray(v, np.float64), (n,)) for o, v in setup.observe(x, theta).items()}
@@ -200,8 +201,9 @@ def streaming_rollout(
     ValueError
         For a policy without an array step or a scenario with infusions.
     """
-    from medsim.simulate import budget
     from medsim.policies.rollout import _Setup, chunk_scenario
+
+    from medsim.simulate import budget
 
     choose_loop("device", policy)
     limit = budget.DEFAULT_MAX_INTERACTIONS if max_interactions is None else int(max_interactions)

@@ -129,8 +129,8 @@ def fit_command(
     calibrated on held-out subjects; exit status 1 when its 90% coverage is below the floor).
     """
     if model == "neural":
-        from medsim.inference.neural.checkpoint import checkpoint_paths
         from medsim.cli.neural_cmds import fit_neural_cli
+        from medsim.inference.neural.checkpoint import checkpoint_paths
 
         for path in checkpoint_paths(out):
             output_file(path, "--out")
@@ -236,9 +236,9 @@ def check_command(
     """
     from rich.console import Console
 
+    from medsim.cli import check_cmds
     from medsim.inference import Posterior, PosteriorFormatError
     from medsim.inference.summary import summarize
-    from medsim.cli import check_cmds
 
     if figures is not None:
         output_dir(figures, "--figures")
@@ -308,9 +308,9 @@ def _heldout(path: Path, posterior, cohort, after, fraction, last, bounds, seed)
     """Run the held-out calibration gate and store it in ``path``; returns the updated posterior."""
     from rich.console import Console
 
+    from medsim.cli import check_cmds
     from medsim.inference import FitConfigError, FitDataError, TimelineError
     from medsim.inference.checks.predictive import PredictiveError
-    from medsim.cli import check_cmds
     from medsim.policies.spec import SpecError, parse_bound
 
     name = cohort or str(posterior.attrs.get("cohort_name", ""))
@@ -338,8 +338,8 @@ def _compare(files: list[Path], posteriors: list, as_json: bool) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    from medsim.inference.checks.loo import LooError
     from medsim.cli import check_cmds
+    from medsim.inference.checks.loo import LooError
 
     try:
         result = check_cmds.comparison(files, posteriors)

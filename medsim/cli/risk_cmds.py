@@ -268,11 +268,11 @@ def risk_command(
 
     from medsim.cli.neural_cmds import model_source, neural_population_cli
     from medsim.models.neural.gate import gate_of
-    from medsim.simulate.budget import parse_memory
     from medsim.policies.evaluate import evaluate_policies
     from medsim.policies.loading import PolicySpecError
     from medsim.policies.spec import SpecError
     from medsim.policies.spec_file import parse_spec
+    from medsim.simulate.budget import parse_memory
 
     console = Console(stderr=False)
     try:

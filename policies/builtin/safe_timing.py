@@ -45,12 +45,12 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+from medsim.policies.protocol import Observation, Option, Policy, PolicyContext, spec_string
 
 from medsim.models.base import PhysiologyModel
 from medsim.population.draws import PosteriorDraws
 from medsim.population.streams import Stream, patient_keys, patient_normal, patient_uniform
 from medsim.simulate.types import Bound, DoseEvents
-from medsim.policies.protocol import Observation, Option, Policy, PolicyContext, spec_string
 
 # Counter offsets of the particle streams (interaction k uses 4k + offset; parameters use a
 # counter no interaction reaches).

@@ -37,7 +37,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-
 from medsim.policies.result import RolloutResult
 from medsim.policies.spec import SafetySpec
 

@@ -14,7 +14,6 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
-
 from medsim.policies.result import RolloutResult
 from medsim.policies.risk import intervals
 from medsim.policies.risk.codec import from_jsonable, to_jsonable

@@ -6,10 +6,10 @@ import json
 
 import pytest
 from inference_synthetic import oral_cohort
+from medsim.inference import Posterior
 from typer.testing import CliRunner
 
 import medsim.cli.fit_cmds  # noqa: F401  (registers `fit` and `check` on the app)
-from medsim.inference import Posterior
 from medsim.cli import app
 from medsim.data import Cohort, write_event_table
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pytest
-
 from medsim.inference.posterior import Posterior, PosteriorFormatError
 
 

@@ -8,7 +8,6 @@ import pickle
 import numpy as np
 import pytest
 import torch
-
 from medsim.inference.neural import (
     CheckpointFormatError,
     TrainSettings,
@@ -19,6 +18,7 @@ from medsim.inference.neural import (
     train,
     update_calibration,
 )
+
 from medsim.models.neural import NeuralPatientModel, make_windows
 
 # The settings of the shared ``trained`` fixture (conftest.py).

@@ -5,9 +5,6 @@ from __future__ import annotations
 import json
 
 import pytest
-
-from medsim.models import get
-from medsim.simulate.types import Bound
 from medsim.policies.spec import (
     SafetySpec,
     SpecError,
@@ -16,6 +13,9 @@ from medsim.policies.spec import (
     spec_from_mapping,
 )
 from medsim.policies.spec_file import load_spec, parse_spec
+
+from medsim.models import get
+from medsim.simulate.types import Bound
 
 PK = get("pk_oral_1cmt")  # time in h, observable "conc"
 GLUCOSE = get("glucose_insulin")  # time in min, observable "glucose_mg_dL"
