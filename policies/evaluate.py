@@ -63,6 +63,7 @@ def evaluate_policies(
     max_interactions: int | None = None,
     max_memory: int | None = None,
     client: Any = None,
+    loop: str = "auto",
 ) -> tuple[RiskReport, list[RolloutResult]]:
     """Sample ``n`` virtual patients and evaluate every policy on them.
 
@@ -101,6 +102,10 @@ def evaluate_policies(
         Run the rollouts on this Dask cluster: patients (and with them posterior draws) are
         sharded over its workers and the results merged in order, so the report is identical to
         the one computed in this process (:mod:`medsim.policies.distribute`; needs the ``dask`` extra).
+    loop : {"auto", "device", "host"}
+        Where each policy's option loop runs (:func:`medsim.policies.rollout.rollout`): ``"auto"`` compiles
+        it whole for policies with an array step (the built-ins) and runs the others in Python;
+        the report's provenance (``settings["loop"]``) says which loop ran for each policy.
 
     Returns
     -------
@@ -164,6 +169,7 @@ def evaluate_policies(
             max_interactions=max_interactions,
             max_memory=max_memory,
             progress=progress,
+            loop=loop,
         )
     full = {
         **dict(provenance or {}),
@@ -172,6 +178,7 @@ def evaluate_policies(
         "population": f"{mode}{'' if subject is None else ' ' + subject}, n={population.n_patients}",
         "dt": f"{step:g} {model.time_unit}",
         "scheme": scheme,
+        "loop": "; ".join(f"{r.policy}: {r.provenance.get('loop', 'host')}" for r in results),
     }
     return risk_report(list(results), spec, provenance=full, model=model), list(results)
 
@@ -192,6 +199,7 @@ def run_policies(
     first_patient: int = 0,
     chunk_size: int | None = None,
     pad_to: int | None = None,
+    loop: str = "auto",
 ) -> list[RolloutResult]:
     """The closed loop of every policy on ``population`` (common random numbers), no report.
 
@@ -228,5 +236,6 @@ def run_policies(
         max_memory=max_memory,
         first_patient=first_patient,
         pad_to=pad_to,
+        loop=loop,
         **chunking,
     )

@@ -254,14 +254,17 @@ def spec_string(kind: str, params: Mapping[str, Any]) -> str:
     return f"{kind}:{body}" if body else kind
 
 
-def next_on_grid(t: np.ndarray, start: float, step: float, tol: float) -> np.ndarray:
-    """Smallest ``start + j * step`` (j >= 0) strictly after ``t`` (beyond a tolerance ``tol``)."""
-    j = np.floor((np.asarray(t, np.float64) + tol - start) / step) + 1.0
-    return start + np.maximum(j, 0.0) * step
+def next_on_grid(t: Any, start: float, step: float, tol: float, xp: Any = np) -> Any:
+    """Smallest ``start + j * step`` (j >= 0) strictly after ``t`` (beyond a tolerance ``tol``).
+
+    ``xp`` is the array namespace (``numpy``, or ``jax.numpy`` inside a compiled loop).
+    """
+    j = xp.floor((xp.asarray(t, xp.float64) + tol - start) / step) + 1.0
+    return start + xp.maximum(j, 0.0) * step
 
 
-def on_grid(t: np.ndarray, start: float, step: float, tol: float) -> np.ndarray:
+def on_grid(t: Any, start: float, step: float, tol: float, xp: Any = np) -> Any:
     """True where ``t`` is (within ``tol``) a point ``start + j * step``, j >= 0."""
-    t = np.asarray(t, np.float64)
-    j = np.round((t - start) / step)
-    return (j >= 0) & (np.abs(t - (start + j * step)) <= tol)
+    t = xp.asarray(t, xp.float64)
+    j = xp.round((t - start) / step)
+    return (j >= 0) & (xp.abs(t - (start + j * step)) <= tol)

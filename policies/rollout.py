@@ -41,11 +41,13 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
+from functools import partial
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from medsim.policies.array_step import HostMeasure
 from medsim.policies.compiled import compiled_simulator
 from medsim.policies.paths import join_paths
 from medsim.policies.protocol import Observation, Policy, PolicyError
@@ -89,6 +91,7 @@ class _Setup:
         self.max_memory = max_memory
         self.n_total = 0  # patients of the whole rollout (set by _rollout), for the memory estimate
         self.noise_index: NoiseIndex | None = None  # (patient, k) -> stream index of the noise (rollout())
+        self.streaming = False  # only per-patient sums are kept (policies.rollout_device.streaming_rollout)
         self.target = target_range(model, self.bounds, target)
         self.support = dict(support or {})
         check_support(model, self.support)
@@ -102,6 +105,7 @@ class _Setup:
         all_bounds = self.bounds + self.target_bounds + self.support_bounds
         self.sim, self.observe = compiled_simulator(model, dt, all_bounds, scheme)
         self.measured_obs = tuple(o for o in model.observable_names if o in model.residual)
+        self.measure = HostMeasure(model, self.measured_obs, self.noise)
         self.cmts = tuple(sorted(model.dose_targets))
         self.tol = 1e-9 * max(1.0, self.horizon)
         # CGM-like traces for the glucose consensus metrics (policies.traces); None for other models.
@@ -111,11 +115,10 @@ class _Setup:
 def _measure(setup: _Setup, pop: VirtualPopulation, true: Mapping[str, np.ndarray], patient, k, take) -> dict:
     """Noisy measurements ``y = f + sd(f) z`` with z from the (seed, MEASUREMENT, patient, k) stream."""
     z = patient_normal(setup.seed, Stream.MEASUREMENT, patient, k, width=max(len(setup.measured_obs), 1))
-    out = {}
-    for j, name in enumerate(setup.measured_obs):
-        y = true[name] + pop.residual_sd(name, true[name]) * z[:, j] if setup.noise else true[name]
-        out[name] = np.where(take, y, np.nan)
-    return out
+    names = setup.measured_obs
+    add = {o: pop.residual[f"{o}_add"] for o in names if f"{o}_add" in pop.residual}
+    prop = {o: pop.residual[f"{o}_prop"] for o in names if f"{o}_prop" in pop.residual}
+    return setup.measure({o: true[o] for o in names}, add, prop, z, take)  # as the compiled loop does
 
 
 def _row_bytes(setup: _Setup) -> int:
@@ -128,7 +131,8 @@ def _row_bytes(setup: _Setup) -> int:
 def _check_work(setup: _Setup, policy: Policy, interactions: float, n_events: int, why: str) -> None:
     """Refuse a rollout whose interactions or memory exceed the limits, before simulating it."""
     n, unit = max(setup.n_total, 1), setup.model.time_unit
-    memory = n * (interactions * _row_bytes(setup) + 16 * 3 * n_events)
+    rows = 1 if setup.streaming else interactions  # streaming sums keep one row per patient
+    memory = n * (rows * _row_bytes(setup) + 16 * 3 * n_events)
     if setup.trace_grid is not None:  # float32 traces: the chunk's buffer and the merged copy
         memory += n * 2 * 4 * setup.trace_grid.n_points * len(setup.trace_grid.observables)
     budget.check_work(
@@ -150,6 +154,38 @@ def _dose_events(setup: _Setup, t: np.ndarray, bolus: Mapping[int, np.ndarray], 
     if scen is None:
         return events
     return jax.tree_util.tree_map(lambda a, b: jnp.concatenate([a, b], axis=1), events, scen)
+
+
+def chunk_scenario(setup: _Setup, policy: Policy, patient: np.ndarray, x, theta) -> DoseEvents | None:
+    """Checks before a chunk's first sub-step (work of the announced events, step stability) and
+    the chunk's scenario events (one patient's first: their number is known before all are built)."""
+    scenario, model = setup.scenario, setup.model
+    if scenario is not None:
+        probe = scenario.events(patient[:1], setup.horizon, time_unit=model.time_unit)
+        n_events = int(np.isfinite(np.asarray(probe.time)).sum())
+        why = f"{n_events} scenario events per patient"
+        _check_work(setup, policy, n_events if scenario.announced else 0, n_events, why)
+    scen = None if scenario is None else scenario.events(patient, setup.horizon, time_unit=model.time_unit)
+    setup.sim.check_step(x, theta, patients=patient)
+    return scen
+
+
+def check_first_interval(setup: _Setup, policy: Policy, interval: float, scen: DoseEvents | None) -> None:
+    """Refuse a rollout whose first interval (the least over patients) needs too many interactions."""
+    announces = scen is not None and setup.scenario.announced
+    n_events = 0 if scen is None else int(scen.time.shape[1])
+    interactions = max(budget.interaction_count(setup.horizon, interval), n_events if announces else 0)
+    why = f"an interaction every {interval:g} {setup.model.time_unit}"
+    _check_work(setup, policy, interactions, n_events, why)
+
+
+def check_interaction_count(setup: _Setup, policy: Policy, done: int) -> None:
+    """Refuse another interaction once ``max_interactions`` have been simulated."""
+    if done >= setup.max_interactions:
+        raise PolicyError(
+            f"policy {policy.name!r}: over {setup.max_interactions} interactions before the horizon; raise "
+            "max_interactions (medsim risk: --max-interactions) if the policy means to act that often"
+        )
 
 
 def _run_chunk(
@@ -178,13 +214,7 @@ def _run_chunk(
     real = np.arange(n) < n_real
     active, measure = real.copy(), real.copy()  # every rollout starts with a baseline look
     scenario = setup.scenario
-    if scenario is not None:  # one patient's events first: their number is known before all are built
-        probe = scenario.events(patient[:1], horizon, time_unit=model.time_unit)
-        n_events = int(np.isfinite(np.asarray(probe.time)).sum())
-        why = f"{n_events} scenario events per patient"
-        _check_work(setup, policy, n_events if scenario.announced else 0, n_events, why)
-    scen = None if scenario is None else scenario.events(patient, horizon, time_unit=model.time_unit)
-    setup.sim.check_step(x, theta, patients=patient)
+    scen = chunk_scenario(setup, policy, patient, x, theta)
     announces = scen is not None and scenario.announced
     covariates = {c: np.asarray(v, np.float64) for c, v in pop.covariates.items()}
     policy_seed = int(np.random.SeedSequence([setup.seed, int(Stream.POLICY)]).generate_state(1)[0])
@@ -196,11 +226,7 @@ def _run_chunk(
     trace = None if setup.trace_grid is None else empty_trace(setup.trace_grid, n)
     sub_every = 1 if trace is not None else save_every
     while active.any():
-        if len(rows) >= setup.max_interactions:
-            raise PolicyError(
-                f"policy {policy.name!r}: over {setup.max_interactions} interactions before the horizon; raise "
-                "max_interactions (medsim risk: --max-interactions) if the policy means to act that often"
-            )
+        check_interaction_count(setup, policy, len(rows))
         true = {o: np.broadcast_to(np.asarray(v, np.float64), (n,)) for o, v in setup.observe(x, theta).items()}
         check_finite(true, pop.params, t, time_unit=model.time_unit, patients=patient)
         # Which stream feeds each row's noise at its k-th interaction (default: its own index).
@@ -225,10 +251,7 @@ def _run_chunk(
         pstate, option = policy.act(pstate, obs, rng=rng)
         option = option.validated(n, model, active, policy.name)
         if not rows:  # the first interval the policy asks for tells how many interactions the horizon needs
-            interval = float(np.min(np.asarray(option.interval, np.float64)[active], initial=np.inf))
-            n_events = 0 if scen is None else int(scen.time.shape[1])
-            interactions = max(budget.interaction_count(horizon, interval), n_events if announces else 0)
-            _check_work(setup, policy, interactions, n_events, f"an interaction every {interval:g} {model.time_unit}")
+            check_first_interval(setup, policy, float(np.min(option.interval[active], initial=np.inf)), scen)
         t1 = np.minimum(t + option.interval, horizon)
         if announces:
             t1 = np.minimum(t1, next_event_after(scen, t, setup.tol))
@@ -301,7 +324,18 @@ def _rollout(
     path_points: int = 400,
     first_patient: int = 0,
     pad_to: int | None = None,
+    loop: str = "auto",
 ) -> RolloutResult:
+    from medsim.policies.rollout_device import choose_loop, device_chunk
+
+    which = choose_loop(loop, policy, population.n_patients)
+    if which == "device" and setup.noise_index is not None:
+        if loop == "device":
+            raise ValueError("loop='device' does not take noise_index yet; use loop='host' (or 'auto')")
+        which = "host"
+    if which == "device" and loop == "auto" and setup.trace_grid is not None:
+        which = "host"  # the compiled loop records no glucose traces yet (consensus metrics, AGP)
+    run = _run_chunk if which == "host" else partial(device_chunk, host=_run_chunk)
     n = population.n_patients
     setup.n_total = n
     total = float(n) * setup.horizon
@@ -317,7 +351,7 @@ def _rollout(
         first = first_patient + offset  # global index: a shard's patients keep their random streams
         n_paths = int(np.clip(n_paths_saved - first, 0, n_real))
         done = float(offset) * setup.horizon
-        parts.append(_run_chunk(setup, chunk, policy, first, n_real, n_paths, save_every, progress, done, total))
+        parts.append(run(setup, chunk, policy, first, n_real, n_paths, save_every, progress, done, total))
     result = merge_all(parts)
     path_time, path = join_paths(parts)
     from medsim import __version__
@@ -333,6 +367,7 @@ def _rollout(
         "target_range": setup.target,
         "support": setup.support,
         "scenario": repr(setup.scenario),
+        "loop": which,
         "medsim_version": __version__,
     }
     return replace(result, path_time=path_time, path=path, provenance=provenance)
@@ -360,6 +395,7 @@ def rollout(
     first_patient: int = 0,
     pad_to: int | None = None,
     noise_index: NoiseIndex | None = None,
+    loop: str = "auto",
 ) -> RolloutResult:
     """Simulate ``population`` under ``policy`` up to ``horizon`` (see the module docstring).
 
@@ -425,6 +461,14 @@ def rollout(
         patient's ``k``-th interaction (default: the patient's own index). Rare-event splitting
         (:mod:`medsim.policies.risk.rare.closed_loop`) uses it to replay a path's noise up to an
         interaction and draw fresh noise after it. Indices must lie in ``[0, 2**32)``.
+    loop : {"auto", "device", "host"}
+        Where the option loop runs: ``"device"`` compiles it whole (:mod:`medsim.policies.device_loop`,
+        for policies with an ``array_step``: the built-ins), ``"host"`` runs it in Python around
+        one compiled ``advance`` per interaction (any policy). ``"auto"`` picks the compiled loop
+        when the policy supports it and the population is large enough for the compilation to pay
+        (:data:`medsim.policies.rollout_device.AUTO_MIN_PATIENTS`), and no glucose traces or
+        ``noise_index`` are needed. Both give the same numbers on the same seed; the result's
+        ``provenance["loop"]`` says which ran.
 
     Returns
     -------
@@ -471,6 +515,7 @@ def rollout(
         progress=progress,
         first_patient=int(first_patient),
         pad_to=pad_to,
+        loop=loop,
     )
 
 

@@ -99,3 +99,20 @@ def patient_uniform(
     if keys.shape[0] == 0:
         return np.zeros((0, width))
     return np.asarray(_uniform(keys, int(width)), dtype=np.float64)
+
+
+@jax.jit
+def _base_keys(root: jax.Array, stream: jax.Array, patient: jax.Array) -> jax.Array:
+    base = jax.random.fold_in(root, stream)
+    return jax.random.key_data(jax.vmap(lambda p: jax.random.fold_in(base, p))(patient))
+
+
+def patient_base_keys(seed: int, stream: Stream | int, patient: np.ndarray) -> jax.Array:
+    """Raw key data ``(n, 2)`` uint32 of ``(seed, stream, patient)``, before the counter.
+
+    ``fold_in(wrap_key_data(base[i]), counter)`` is :func:`patient_keys`'s key of patient ``i`` at
+    that counter: a compiled loop keeps these and folds in the counter itself.
+    """
+    p, _ = _counters(patient, 0)
+    root = jax.random.key(int(seed) % 2**32)
+    return _base_keys(root, jnp.uint32(int(stream)), p)

@@ -231,6 +231,16 @@ class Simulator:
         stability.check_step(self.model, self.scheme, self.dt, limit)
         return limit
 
+    def interval_kernel(self, layout: tuple[tuple[str, bool], ...] = (), uniform: bool = False):
+        """The compiled interval function behind :meth:`advance`, for loops compiled around it.
+
+        ``fn(kernel.ChunkInputs, dt, n_pairs) -> kernel.ChunkOutputs`` on one device, without saved
+        paths; ``layout`` gives the interior event columns (see :func:`kernel.make_chunk_fn`). The
+        caller plans the interval itself (as :func:`medsim.simulate.plan.plan_interval` does) and
+        checks the result (as :meth:`advance` does).
+        """
+        return self._kernel(tuple(layout), bool(uniform), False, tuple(jax.local_devices())[:1])
+
     # ------------------------------------------------------------------ the call
     def advance(
         self,

@@ -18,9 +18,19 @@ with ``correct_between_meals`` it triggers a correction bolus when glucose is ab
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
+from typing import Any, NamedTuple
 
 import numpy as np
+from medsim.policies.array_step import host_step
 from medsim.policies.protocol import MissingCovariateError, Observation, Option, spec_string, units_per_hour
+
+
+class BasalBolusState(NamedTuple):
+    """Per-patient memory of :class:`BasalBolus`, each ``(n,)``: insulin on board (U) and the time
+    it was last updated."""
+
+    iob: Any
+    t_last: Any
 
 
 @dataclass(frozen=True)
@@ -70,35 +80,41 @@ class BasalBolus:
         changed = {f.name: getattr(self, f.name) for f in fields(self) if getattr(self, f.name) != f.default}
         return spec_string("basal_bolus", changed)
 
-    def ratios(self, basal_u_per_h: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def ratios(self, basal_u_per_h: Any, xp: Any = np) -> tuple[Any, Any]:
         """Carb ratio (g/U) and correction factor (mg/dL/U) per patient."""
-        tdd = 24.0 * np.asarray(basal_u_per_h, np.float64) / self.basal_fraction
-        cr = np.full_like(tdd, self.cr) if self.cr > 0 else 500.0 / tdd
-        cf = np.full_like(tdd, self.cf) if self.cf > 0 else 1800.0 / tdd
+        tdd = 24.0 * xp.asarray(basal_u_per_h, xp.float64) / self.basal_fraction
+        cr = xp.full_like(tdd, self.cr) if self.cr > 0 else 500.0 / tdd
+        cf = xp.full_like(tdd, self.cf) if self.cf > 0 else 1800.0 / tdd
         return cr, cf
 
-    def init(self, n: int, *, seed: int) -> dict[str, np.ndarray]:
+    def init(self, n: int, *, seed: int) -> BasalBolusState:
         """State per patient: insulin on board (U) and the time it was last updated."""
-        return {"iob": np.zeros(n), "t_last": np.zeros(n)}
+        return BasalBolusState(iob=np.zeros(n), t_last=np.zeros(n))
 
-    def act(self, state: dict[str, np.ndarray], obs: Observation, *, rng: np.random.Generator):
+    def act(self, state: BasalBolusState, obs: Observation, *, rng: np.random.Generator):
+        return host_step(self, state, obs)
+
+    def array_step(self, state: BasalBolusState, obs: Observation, xp: Any) -> tuple[BasalBolusState, Option]:
+        """One pure step on arrays of the namespace ``xp`` (``numpy``, or ``jax.numpy`` inside the
+        compiled loop of :mod:`medsim.policies.device_loop`); :meth:`act` evaluates it with XLA
+        (:func:`medsim.policies.array_step.host_step`), so both loops compute the same numbers."""
         if "BASAL" not in obs.covariates:
             raise MissingCovariateError("basal_bolus", "BASAL", "U/h")
-        t = np.asarray(obs.time, np.float64)
-        basal_h = np.asarray(obs.covariates["BASAL"], np.float64)
-        cr, cf = self.ratios(basal_h)
-        iob = state["iob"] * np.exp(-(t - state["t_last"]) / self.iob_tau)
-        glucose = np.asarray(obs.measured.get(self.observable, np.full(obs.n, np.nan)), np.float64)
-        carbs = np.asarray(obs.announced.get(self.meal_cmt, np.zeros(obs.n)), np.float64)
+        t = xp.asarray(obs.time, xp.float64)
+        basal_h = xp.asarray(obs.covariates["BASAL"], xp.float64)
+        cr, cf = self.ratios(basal_h, xp)
+        iob = state.iob * xp.exp(-(t - state.t_last) / self.iob_tau)
+        glucose = xp.asarray(obs.measured.get(self.observable, xp.full(obs.n, xp.nan)), xp.float64)
+        carbs = xp.asarray(obs.announced.get(self.meal_cmt, xp.zeros(obs.n)), xp.float64)
         meal = carbs > 0
-        correction = np.where(np.isnan(glucose), 0.0, (glucose - self.target) / cf)
-        bolus = np.where(meal, carbs / cr + correction - iob, 0.0)
+        correction = xp.where(xp.isnan(glucose), 0.0, (glucose - self.target) / cf)
+        bolus = xp.where(meal, carbs / cr + correction - iob, 0.0)
         if self.correct_between_meals:
-            bolus = np.where(~meal & (correction > iob), correction - iob, bolus)
-        bolus = np.where(obs.active, np.maximum(bolus, 0.0), 0.0)
+            bolus = xp.where(~meal & (correction > iob), correction - iob, bolus)
+        bolus = xp.where(obs.active, xp.maximum(bolus, 0.0), 0.0)
         option = Option(
-            interval=np.full(obs.n, float(self.every)),
+            interval=xp.full(obs.n, float(self.every)),
             bolus={self.basal_cmt: bolus},
             rate={self.basal_cmt: basal_h / units_per_hour(obs.time_unit)},
         )
-        return {"iob": iob + bolus, "t_last": t}, option
+        return BasalBolusState(iob=iob + bolus, t_last=t), option

@@ -13,8 +13,10 @@ treatment never depends on the measurements.
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
+from typing import Any
 
 import numpy as np
+from medsim.policies.array_step import host_step
 from medsim.policies.protocol import Observation, Option, next_on_grid, on_grid, spec_string
 
 
@@ -75,44 +77,50 @@ class FixedDose:
     def _last_dose_index(self) -> float:
         return np.inf if self.n_doses == 0 else float(self.n_doses - 1)
 
-    def _next_measurement(self, t: np.ndarray, next_dose: np.ndarray) -> np.ndarray:
+    def _next_measurement(self, t: Any, next_dose: Any, xp: Any = np) -> Any:
         if self.measure_at:
-            grid = np.asarray(self.measure_at)
-            i = np.searchsorted(grid, t + self._tol, side="right")
-            return np.where(i < grid.size, grid[np.minimum(i, grid.size - 1)], np.inf)
+            grid = xp.asarray(self.measure_at, xp.float64)
+            i = xp.searchsorted(grid, t + self._tol, side="right")
+            return xp.where(i < grid.size, grid[xp.minimum(i, grid.size - 1)], xp.inf)
         if self.measure_every > 0:
-            return next_on_grid(t, self.start, self.measure_every, self._tol)
+            return next_on_grid(t, self.start, self.measure_every, self._tol, xp)
         return next_dose
 
-    def dose_times_after(self, t: np.ndarray) -> np.ndarray:
+    def dose_times_after(self, t: Any, xp: Any = np) -> Any:
         """The next dose time strictly after ``t`` (``inf`` when the regimen has ended)."""
-        nxt = next_on_grid(t, self.start, self.every, self._tol)
-        index = np.round((nxt - self.start) / self.every)
-        return np.where(index <= self._last_dose_index(), nxt, np.inf)
+        nxt = next_on_grid(t, self.start, self.every, self._tol, xp)
+        index = xp.round((nxt - self.start) / self.every)
+        return xp.where(index <= self._last_dose_index(), nxt, xp.inf)
 
     def init(self, n: int, *, seed: int) -> None:
         """Memoryless: the schedule is a function of time."""
         return None
 
     def act(self, state: None, obs: Observation, *, rng: np.random.Generator) -> tuple[None, Option]:
-        t = np.asarray(obs.time, np.float64)
+        return host_step(self, state, obs)
+
+    def array_step(self, state: None, obs: Observation, xp: Any) -> tuple[None, Option]:
+        """One pure step on arrays of the namespace ``xp`` (``numpy``, or ``jax.numpy`` inside the
+        compiled loop of :mod:`medsim.policies.device_loop`); :meth:`act` evaluates it with XLA
+        (:func:`medsim.policies.array_step.host_step`), so both loops compute the same numbers."""
+        t = xp.asarray(obs.time, xp.float64)
         tol = self._tol
-        index = np.round((t - self.start) / self.every)
-        dose_now = on_grid(t, self.start, self.every, tol) & (index <= self._last_dose_index())
-        next_dose = self.dose_times_after(t)
+        index = xp.round((t - self.start) / self.every)
+        dose_now = on_grid(t, self.start, self.every, tol, xp) & (index <= self._last_dose_index())
+        next_dose = self.dose_times_after(t, xp)
         # The dose of the current cycle started at the last grid point at or before t.
-        last_dose = self.start + np.maximum(np.floor((t + tol - self.start) / self.every), 0.0) * self.every
-        last_index_ok = np.round((last_dose - self.start) / self.every) <= self._last_dose_index()
-        stops = np.full_like(t, np.inf)
+        last_dose = self.start + xp.maximum(xp.floor((t + tol - self.start) / self.every), 0.0) * self.every
+        last_index_ok = xp.round((last_dose - self.start) / self.every) <= self._last_dose_index()
+        stops = xp.full_like(t, xp.inf)
         rate = {}
         bolus = {}
         if self.duration > 0:
             infusing = (t >= self.start - tol) & last_index_ok & (t < last_dose + self.duration - tol)
-            rate[self.cmt] = np.where(infusing, self.dose / self.duration, 0.0)
-            stops = np.where(infusing, last_dose + self.duration, np.inf)
+            rate[self.cmt] = xp.where(infusing, self.dose / self.duration, 0.0)
+            stops = xp.where(infusing, last_dose + self.duration, xp.inf)
         else:
-            bolus[self.cmt] = np.where(dose_now, self.dose, 0.0)
-        next_measure = self._next_measurement(t, next_dose)
-        following = np.minimum(np.minimum(next_dose, stops), next_measure)
-        measure_next = np.isclose(following, next_measure, rtol=0.0, atol=tol)
+            bolus[self.cmt] = xp.where(dose_now, self.dose, 0.0)
+        next_measure = self._next_measurement(t, next_dose, xp)
+        following = xp.minimum(xp.minimum(next_dose, stops), next_measure)
+        measure_next = xp.isclose(following, next_measure, rtol=0.0, atol=tol)
         return None, Option(interval=following - t, bolus=bolus, rate=rate, measure_next=measure_next)

@@ -15,12 +15,23 @@ option was applied.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 from medsim.policies.protocol import Observation, Option, Policy, PolicyContext
 
 from medsim.population.streams import Stream, patient_uniform
+
+
+class FlipState(NamedTuple):
+    """Memory of :class:`Flip`: both components' states, the seed of the coin flips and the last
+    choices ``(n,)``."""
+
+    a: Any
+    b: Any
+    seed: int
+    key: Any  # (2,) uint32 key data of the (seed, POLICY) stream, for the array step
+    chose_b: Any
 
 
 @dataclass(frozen=True)
@@ -71,33 +82,66 @@ class Flip:
     def name(self) -> str:
         return f"flip:q={self.q:g},a=({self.a.name}),b=({self.b.name})"
 
-    def init(self, n: int, *, seed: int) -> dict[str, Any]:
+    @property
+    def array_capable(self) -> bool:
+        """Both components have an array step (then so does ``flip``: the compiled loop runs it)."""
+        from medsim.policies.device_loop import supports_device
+
+        return supports_device(self.a) and supports_device(self.b)
+
+    def init(self, n: int, *, seed: int) -> FlipState:
         """State: both components' states, the seed of the coin flips and the last choices."""
+        import jax
+
         seeds = np.random.SeedSequence([int(seed), int(Stream.POLICY)]).generate_state(2)
-        return {
-            "a": self.a.init(n, seed=int(seeds[0])),
-            "b": self.b.init(n, seed=int(seeds[1])),
-            "seed": int(seed),
-            "chose_b": np.zeros(n, bool),
-        }
+        root = jax.random.fold_in(jax.random.key(int(seed) % 2**32), int(Stream.POLICY))
+        return FlipState(
+            a=self.a.init(n, seed=int(seeds[0])),
+            b=self.b.init(n, seed=int(seeds[1])),
+            seed=int(seed),
+            key=np.asarray(jax.random.key_data(root)),
+            chose_b=np.zeros(n, bool),
+        )
 
-    def act(self, state: dict[str, Any], obs: Observation, *, rng: np.random.Generator):
-        state_a, opt_a = self.a.act(state["a"], obs, rng=rng)
-        state_b, opt_b = self.b.act(state["b"], obs, rng=rng)
-        u = patient_uniform(state["seed"], Stream.POLICY, obs.patient, obs.index)[:, 0]
+    def act(self, state: FlipState, obs: Observation, *, rng: np.random.Generator) -> tuple[FlipState, Option]:
+        if self.array_capable:
+            from medsim.policies.array_step import host_step
+
+            return host_step(self, state, obs)
+        state_a, opt_a = self.a.act(state.a, obs, rng=rng)
+        state_b, opt_b = self.b.act(state.b, obs, rng=rng)
+        u = patient_uniform(state.seed, Stream.POLICY, obs.patient, obs.index)[:, 0]
+        return self._mix(state, state_a, opt_a, state_b, opt_b, u, np)
+
+    def array_step(self, state: FlipState, obs: Observation, xp: Any) -> tuple[FlipState, Option]:
+        """Both components' array steps and the per-patient coin (``xp`` is ``jax.numpy``: the
+        uniform is drawn inside the trace from the same counter-based stream)."""
+        import jax
+
+        state_a, opt_a = self.a.array_step(state.a, obs, xp)
+        state_b, opt_b = self.b.array_step(state.b, obs, xp)
+        root = jax.random.wrap_key_data(xp.asarray(state.key, xp.uint32))
+        patient, index = xp.asarray(obs.patient).astype(xp.uint32), xp.asarray(obs.index).astype(xp.uint32)
+        keys = jax.vmap(lambda p, c: jax.random.fold_in(jax.random.fold_in(root, p), c))(patient, index)
+        # as patient_uniform draws it: float32 on [1e-7, 1)
+        draw = jax.vmap(lambda k: jax.random.uniform(k, (1,), xp.float32, minval=1e-7, maxval=1.0))
+        u = draw(keys)[:, 0].astype(xp.float64)
+        return self._mix(state, state_a, opt_a, state_b, opt_b, u, xp)
+
+    def _mix(self, state, state_a, opt_a, state_b, opt_b, u, xp) -> tuple[FlipState, Option]:
         chose_b = u < self.q
-        n = obs.n
+        n = u.shape[0]
 
-        def mix(x: dict, y: dict) -> dict[int, np.ndarray]:
-            zero = np.zeros(n)
-            return {c: np.where(chose_b, y.get(c, zero), x.get(c, zero)) for c in sorted({*x, *y})}
+        def mix(x: dict, y: dict) -> dict:
+            zero = xp.zeros(n)
+            return {c: xp.where(chose_b, y.get(c, zero), x.get(c, zero)) for c in sorted({*x, *y})}
 
-        measure_a = np.ones(n, bool) if opt_a.measure_next is None else opt_a.measure_next
-        measure_b = np.ones(n, bool) if opt_b.measure_next is None else opt_b.measure_next
+        measure_a = xp.ones(n, bool) if opt_a.measure_next is None else opt_a.measure_next
+        measure_b = xp.ones(n, bool) if opt_b.measure_next is None else opt_b.measure_next
         option = Option(
-            interval=np.where(chose_b, opt_b.interval, opt_a.interval),
+            interval=xp.where(chose_b, opt_b.interval, opt_a.interval),
             bolus=mix(opt_a.bolus, opt_b.bolus),
             rate=mix(opt_a.rate, opt_b.rate),
-            measure_next=np.where(chose_b, measure_b, measure_a),
+            measure_next=xp.where(chose_b, measure_b, measure_a),
         )
-        return {"a": state_a, "b": state_b, "seed": state["seed"], "chose_b": chose_b}, option
+        return FlipState(a=state_a, b=state_b, seed=state.seed, key=state.key, chose_b=chose_b), option

@@ -22,9 +22,28 @@ so the derivative is taken on glucose smoothed by a first-order filter with time
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
+from typing import Any, NamedTuple
 
 import numpy as np
+from medsim.policies.array_step import host_step
 from medsim.policies.protocol import MissingCovariateError, Observation, Option, spec_string, units_per_hour
+
+
+class PIDState(NamedTuple):
+    """Per-patient memory of :class:`PID`, each ``(n,)``.
+
+    Attributes
+    ----------
+    integral : error integral (mg/dL x time unit)
+    filtered : filtered glucose (mg/dL; NaN before the first measurement)
+    t_last : time of the last measurement (NaN before the first)
+    factor : the last rate factor (x basal), held when nothing is measured
+    """
+
+    integral: Any
+    filtered: Any
+    t_last: Any
+    factor: Any
 
 
 @dataclass(frozen=True)
@@ -74,42 +93,48 @@ class PID:
         changed = {f.name: getattr(self, f.name) for f in fields(self) if getattr(self, f.name) != f.default}
         return spec_string("pid", changed)
 
-    def init(self, n: int, *, seed: int) -> dict[str, np.ndarray]:
+    def init(self, n: int, *, seed: int) -> PIDState:
         """State per patient: integral of the error, filtered glucose, last measurement time, last factor."""
         nan = np.full(n, np.nan)
-        return {"integral": np.zeros(n), "filtered": nan, "t_last": nan.copy(), "factor": np.ones(n)}
+        return PIDState(integral=np.zeros(n), filtered=nan, t_last=nan.copy(), factor=np.ones(n))
 
-    def act(self, state: dict[str, np.ndarray], obs: Observation, *, rng: np.random.Generator):
+    def act(self, state: PIDState, obs: Observation, *, rng: np.random.Generator) -> tuple[PIDState, Option]:
+        return host_step(self, state, obs)
+
+    def array_step(self, state: PIDState, obs: Observation, xp: Any) -> tuple[PIDState, Option]:
+        """One pure step on arrays of the namespace ``xp`` (``numpy``, or ``jax.numpy`` inside the
+        compiled loop of :mod:`medsim.policies.device_loop`); :meth:`act` evaluates it with XLA
+        (:func:`medsim.policies.array_step.host_step`), so both loops compute the same numbers."""
         if "BASAL" not in obs.covariates:
             raise MissingCovariateError("pid", "BASAL", "U/h")
-        t = np.asarray(obs.time, np.float64)
-        glucose = np.asarray(obs.measured.get(self.observable, np.full(obs.n, np.nan)), np.float64)
-        seen = ~np.isnan(glucose) & obs.active
-        first = np.isnan(state["filtered"])
-        elapsed = np.where(first, 0.0, t - state["t_last"])
+        t = xp.asarray(obs.time, xp.float64)
+        glucose = xp.asarray(obs.measured.get(self.observable, xp.full(obs.n, xp.nan)), xp.float64)
+        seen = ~xp.isnan(glucose) & obs.active
+        first = xp.isnan(state.filtered)
+        elapsed = xp.where(first, 0.0, t - state.t_last)
         # First-order filter, exact for a piecewise-constant input: weight 1 - exp(-elapsed / tau).
-        weight = 1.0 if self.filter_tau == 0 else -np.expm1(-elapsed / self.filter_tau)
-        filtered = np.where(first, glucose, state["filtered"] + weight * (glucose - state["filtered"]))
+        weight = 1.0 if self.filter_tau == 0 else -xp.expm1(-elapsed / self.filter_tau)
+        filtered = xp.where(first, glucose, state.filtered + weight * (glucose - state.filtered))
         with np.errstate(invalid="ignore", divide="ignore"):
-            slope = np.where(first | (elapsed <= 0), 0.0, (filtered - state["filtered"]) / elapsed)
+            slope = xp.where(first | (elapsed <= 0), 0.0, (filtered - state.filtered) / elapsed)
         error = glucose - self.target
-        integral = state["integral"] + error * elapsed
+        integral = state.integral + error * elapsed
         if self.ti > 0:
             # Anti-windup: keep the integral term kp * I / ti inside [-1, 1] (x basal).
             limit = self.ti / self.kp if self.kp > 0 else 0.0
-            integral = np.clip(integral, -limit, limit)
+            integral = xp.clip(integral, -limit, limit)
             integral_term = integral / self.ti
         else:
-            integral, integral_term = np.zeros_like(integral), 0.0
-        factor = np.clip(1.0 + self.kp * (error + integral_term + self.td * slope), 0.0, self.max_factor)
-        factor = np.where(glucose < self.suspend_below, 0.0, factor)
-        factor = np.where(seen, factor, state["factor"])
-        basal = np.asarray(obs.covariates["BASAL"], np.float64) / units_per_hour(obs.time_unit)
-        new_state = {
-            "integral": np.where(seen, integral, state["integral"]),
-            "filtered": np.where(seen, filtered, state["filtered"]),
-            "t_last": np.where(seen, t, state["t_last"]),
-            "factor": factor,
-        }
-        option = Option(interval=np.full(obs.n, float(self.every)), rate={self.cmt: basal * factor})
+            integral, integral_term = xp.zeros_like(integral), 0.0
+        factor = xp.clip(1.0 + self.kp * (error + integral_term + self.td * slope), 0.0, self.max_factor)
+        factor = xp.where(glucose < self.suspend_below, 0.0, factor)
+        factor = xp.where(seen, factor, state.factor)
+        basal = xp.asarray(obs.covariates["BASAL"], xp.float64) / units_per_hour(obs.time_unit)
+        new_state = PIDState(
+            integral=xp.where(seen, integral, state.integral),
+            filtered=xp.where(seen, filtered, state.filtered),
+            t_last=xp.where(seen, t, state.t_last),
+            factor=factor,
+        )
+        option = Option(interval=xp.full(obs.n, float(self.every)), rate={self.cmt: basal * factor})
         return new_state, option

@@ -15,9 +15,20 @@ counts as "far too low" and takes the largest allowed increase.
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
+from typing import Any, NamedTuple
 
 import numpy as np
+from medsim.policies.array_step import host_step
 from medsim.policies.protocol import Observation, Option, spec_string
+
+
+class TDMState(NamedTuple):
+    """Per-patient memory of :class:`TDM`, each ``(n,)``: the current dose, the doses given and
+    the next dose time."""
+
+    dose: Any
+    doses_given: Any
+    next_dose: Any
 
 
 @dataclass(frozen=True)
@@ -74,35 +85,36 @@ class TDM:
         changed = {f.name: getattr(self, f.name) for f in fields(self) if getattr(self, f.name) != f.default}
         return spec_string("tdm", changed)
 
-    def init(self, n: int, *, seed: int) -> dict[str, np.ndarray]:
+    def init(self, n: int, *, seed: int) -> TDMState:
         """State per patient: the current dose, doses given and the next dose time (first at 0)."""
-        return {
-            "dose": np.full(n, float(self.dose)),
-            "doses_given": np.zeros(n, np.int64),
-            "next_dose": np.zeros(n),
-        }
+        return TDMState(dose=np.full(n, float(self.dose)), doses_given=np.zeros(n, np.int64), next_dose=np.zeros(n))
 
-    def adjusted_dose(self, dose: np.ndarray, trough: np.ndarray) -> np.ndarray:
+    def adjusted_dose(self, dose: Any, trough: Any, xp: Any = np) -> Any:
         """``dose * clip(target / trough, min_change, max_change)``, capped at ``max_dose``."""
-        trough = np.asarray(trough, np.float64)
+        trough = xp.asarray(trough, xp.float64)
         with np.errstate(divide="ignore", invalid="ignore"):
-            ratio = np.where(trough > 0, self.target / trough, np.inf)
-        return np.minimum(dose * np.clip(ratio, self.min_change, self.max_change), self.max_dose)
+            ratio = xp.where(trough > 0, self.target / trough, xp.inf)
+        return xp.minimum(dose * xp.clip(ratio, self.min_change, self.max_change), self.max_dose)
 
-    def act(self, state: dict[str, np.ndarray], obs: Observation, *, rng: np.random.Generator):
+    def act(self, state: TDMState, obs: Observation, *, rng: np.random.Generator) -> tuple[TDMState, Option]:
+        return host_step(self, state, obs)
+
+    def array_step(self, state: TDMState, obs: Observation, xp: Any) -> tuple[TDMState, Option]:
+        """One pure step on arrays of the namespace ``xp`` (``numpy``, or ``jax.numpy`` inside the
+        compiled loop of :mod:`medsim.policies.device_loop`); :meth:`act` evaluates it with XLA
+        (:func:`medsim.policies.array_step.host_step`), so both loops compute the same numbers."""
         if self.observable not in obs.measured:
             raise KeyError(f"tdm: observable {self.observable!r} is not measured; measured: {sorted(obs.measured)}")
-        t = np.asarray(obs.time, np.float64)
+        t = xp.asarray(obs.time, xp.float64)
         # Interactions may come more often than doses (e.g. under safe_timing): dose only when due.
-        due = obs.active & (t >= state["next_dose"] - 1e-6 * max(1.0, self.every))
-        trough = np.asarray(obs.measured[self.observable], np.float64)
-        adjust = due & (state["doses_given"] >= self.adjust_after) & ~np.isnan(trough)
-        dose = np.where(adjust, self.adjusted_dose(state["dose"], trough), state["dose"])
-        next_dose = np.where(due, state["next_dose"] + self.every, state["next_dose"])
+        due = obs.active & (t >= state.next_dose - 1e-6 * max(1.0, self.every))
+        trough = xp.asarray(obs.measured[self.observable], xp.float64)
+        adjust = due & (state.doses_given >= self.adjust_after) & ~xp.isnan(trough)
+        dose = xp.where(adjust, self.adjusted_dose(state.dose, trough, xp), state.dose)
+        next_dose = xp.where(due, state.next_dose + self.every, state.next_dose)
         option = Option(
-            interval=np.maximum(next_dose - t, 1e-9 * self.every),
-            bolus={self.cmt: np.where(due, dose, 0.0)},
-            measure_next=np.ones(obs.n, bool),
+            interval=xp.maximum(next_dose - t, 1e-9 * self.every),
+            bolus={self.cmt: xp.where(due, dose, 0.0)},
+            measure_next=xp.ones(obs.n, bool),
         )
-        new_state = {"dose": dose, "doses_given": state["doses_given"] + due, "next_dose": next_dose}
-        return new_state, option
+        return TDMState(dose=dose, doses_given=state.doses_given + due, next_dose=next_dose), option

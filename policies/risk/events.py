@@ -120,17 +120,22 @@ def bound_indices(result: RolloutResult, spec: SafetySpec) -> np.ndarray:
     SpecMismatchError
         A spec bound that the rollout did not monitor (the message lists what it did monitor).
     """
+    return bound_indices_of(result.bounds, spec, result.policy)
+
+
+def bound_indices_of(bounds: tuple, spec: SafetySpec, policy: str) -> np.ndarray:
+    """Index into ``bounds`` (monitored in a rollout of ``policy``) of each spec bound."""
     out = []
     for b in spec.bounds:
         hits = [
             i
-            for i, r in enumerate(result.bounds)
+            for i, r in enumerate(bounds)
             if r.observable == b.observable and r.side == b.side and np.isclose(r.value, b.value, rtol=1e-6)
         ]
         if not hits:
-            have = [r.name for r in result.bounds]
+            have = [r.name for r in bounds]
             raise SpecMismatchError(
-                f"spec {spec.source}: bound {b.name!r} was not monitored in the rollout of policy {result.policy!r}; "
+                f"spec {spec.source}: bound {b.name!r} was not monitored in the rollout of policy {policy!r}; "
                 f"it monitored {have} (run the rollout with the spec's bounds)"
             )
         out.append(hits[0])
@@ -211,8 +216,38 @@ def patient_events(result: RolloutResult, spec: SafetySpec) -> PatientEvents:
                 detected[:, j] = alarm.any(axis=1)
                 detected_true[:, j] = (alarm & truly).any(axis=1)
 
-    grid = seen | start_out | grid_iv.any(axis=1)
-    total_log = log_surv.sum(axis=1)
+    return events_from(
+        spec,
+        draw=np.asarray(result.draw, dtype=int),
+        seen=seen,
+        start_out=start_out,
+        grid_any=grid_iv.any(axis=1),
+        total_log=log_surv.sum(axis=1),
+        detected=detected,
+        measured_observable=measured_obs,
+        undefined=undefined,
+        detected_true=detected_true,
+    )
+
+
+def events_from(
+    spec: SafetySpec,
+    *,
+    draw: np.ndarray,
+    seen: np.ndarray,
+    start_out: np.ndarray,
+    grid_any: np.ndarray,
+    total_log: np.ndarray,
+    detected: np.ndarray,
+    measured_observable: np.ndarray,
+    undefined: int,
+    detected_true: np.ndarray | None = None,
+) -> PatientEvents:
+    """:class:`PatientEvents` from per-patient reductions over the horizon ((N, J) each, spec order):
+    checkpoints seen outside, outside at the start, a grid point outside, the summed bridge
+    log-survival (NaN intervals as -inf), the noisy measurement outside (and, where known, outside
+    while the true value was: ``detected_true``; ``None`` when only sums were kept)."""
+    grid = seen | start_out | grid_any
     bridge = np.where(grid, 1.0, -np.expm1(total_log))
     bridge = np.clip(np.nan_to_num(bridge, nan=1.0), 0.0, 1.0)
 
@@ -220,11 +255,11 @@ def patient_events(result: RolloutResult, spec: SafetySpec) -> PatientEvents:
     joint_bridge = np.minimum(1.0, bridge[:, deciding].sum(axis=1))
     return PatientEvents(
         bound_names=tuple(b.name for b in spec.bounds),
-        draw=np.asarray(result.draw, dtype=int),
+        draw=draw,
         seen=seen,
         grid=grid,
         detected=detected,
-        measured_observable=measured_obs,
+        measured_observable=measured_observable,
         bridge=bridge,
         joint_seen=seen.any(axis=1),
         joint_grid=grid.any(axis=1),
@@ -232,5 +267,5 @@ def patient_events(result: RolloutResult, spec: SafetySpec) -> PatientEvents:
         joint_bridge=np.where(grid.any(axis=1), 1.0, joint_bridge),
         undefined_bridge=undefined,
         detected_true=detected_true,
-        joint_detected_true=detected_true.any(axis=1),
+        joint_detected_true=None if detected_true is None else detected_true.any(axis=1),
     )

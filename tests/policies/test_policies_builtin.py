@@ -49,7 +49,7 @@ def test_fixed_rejects_bad_parameters():
 def test_tdm_scales_the_dose_toward_the_target_trough(make_obs):
     tdm = TDM(target=10, dose=400, min_change=0.5, max_change=2.0, adjust_after=1)
     state = tdm.init(5, seed=0)
-    state = {**state, "doses_given": np.ones(5, np.int64)}
+    state = state._replace(doses_given=np.ones(5, np.int64))
     troughs = [5.0, 8.0, 40.0, np.nan, -0.3]
     state, option = tdm.act(state, make_obs(np.zeros(5), {"conc": troughs}), rng=np.random.default_rng(0))
     # 10/5 = 2 -> x2; 10/8 -> x1.25; 10/40 = 0.25 clipped to 0.5; no trough -> unchanged;
@@ -79,7 +79,7 @@ def test_tdm_proportional_rule_hits_target_for_linear_pk(make_obs):
         return dose / v * r / (1 - r)
 
     tdm = TDM(target=10.0, dose=400.0, every=tau, adjust_after=1, max_change=3.0)
-    state = {**tdm.init(1, seed=0), "doses_given": np.ones(1, np.int64)}
+    state = tdm.init(1, seed=0)._replace(doses_given=np.ones(1, np.int64))
     _, option = tdm.act(state, make_obs(0.0, {"conc": trough(400.0)}), rng=np.random.default_rng(0))
     assert trough(float(option.bolus[1][0])) == pytest.approx(10.0, rel=1e-12)
 
@@ -133,7 +133,7 @@ def test_pid_suspends_below_threshold_despite_windup(make_obs):
     for t in range(0, 600, 30):  # ten hours at 250 mg/dL wind the integral up to its clamp
         obs = make_obs([float(t)], {"glucose_mg_dL": [250.0]}, covariates={"BASAL": 1.2}, time_unit="min")
         state, high = pid.act(state, obs, rng=np.random.default_rng(0))
-    assert state["integral"][0] == pytest.approx(450.0 * 60.0)  # kp * I / ti = +1: the anti-windup clamp
+    assert state.integral[0] == pytest.approx(450.0 * 60.0)  # kp * I / ti = +1: the anti-windup clamp
     assert high.rate[1][0] == pytest.approx((1 + 130 / 60 + 1) * 1.2 / 60)  # basal + P + clamped I
     obs = make_obs([600.0], {"glucose_mg_dL": [65.0]}, covariates={"BASAL": 1.2}, time_unit="min")
     _, low = pid.act(state, obs, rng=np.random.default_rng(0))

@@ -1,0 +1,203 @@
+"""Closed-loop throughput: the compiled option loop against the open-loop simulator, in one run.
+
+Run: ``PYTHONPATH=. .venv/bin/python benchmarks/closed_loop.py [--quick]`` (``--quick`` < 2 min).
+Writes ``benchmarks/results/closed_loop.json``.
+
+The workload is what ``medsim risk --prior glucose_insulin --policy pid:every=5`` simulates: virtual
+patients drawn from the glucose-insulin model's priors (200 prior draws), announced meals, a PID
+pump controller on CGM-like measurements every 5 minutes, 24 h at 1-minute sub-steps, two bounds
+(70 and 180 mg/dL) with Brownian-bridge statistics, and the per-patient risk statistics reduced
+as the loop goes (:func:`medsim.policies.rollout_device.streaming_rollout`). The open-loop reference is
+:meth:`medsim.simulate.Simulator.advance` over the same 24 h for the same patients with the same
+bounds at their basal rate (no meals: uncontrolled meals drive some prior patients' glucose past the
+model's physical range, which the simulator refuses). Figures are patient-days per second of wall time
+(best of the repeats after a warm-up; the warm-up's extra time is the compilation) and per
+second of process CPU time (all threads: less distorted by other jobs on a shared machine).
+Peak memory per ``n`` comes from a fresh process per point (``ru_maxrss``; ``tracemalloc`` for
+the Python-side share) in the full run.
+
+Environment set here, at the entry point only: one JAX CPU device per core
+(``jax_num_cpu_devices``); the closed loop runs one chunk per device at a time, the open loop
+splits each chunk over the devices.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+import tracemalloc
+from pathlib import Path
+
+CORES = os.cpu_count() or 1
+import jax  # noqa: E402
+
+jax.config.update("jax_num_cpu_devices", CORES)
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+from medsim.policies.builtin import PID  # noqa: E402
+from medsim.policies.rollout import rollout  # noqa: E402
+from medsim.policies.rollout_device import streaming_rollout  # noqa: E402
+from medsim.policies.scenarios import MealScenario  # noqa: E402
+
+import medsim.models as registry  # noqa: E402
+from medsim.population import PosteriorDraws, sample_population  # noqa: E402
+from medsim.population.streams import Stream, patient_keys  # noqa: E402
+from medsim.simulate import Bound, Simulator  # noqa: E402
+
+MODEL = registry.get("glucose_insulin")
+BOUNDS = (Bound("glucose_mg_dL", 70.0, "lower"), Bound("glucose_mg_dL", 180.0, "upper"))
+DAY = 1440.0
+SEED = 1
+POLICY = PID(every=5.0)
+
+
+def _log(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+def _population(n: int):
+    return sample_population(PosteriorDraws.from_prior(MODEL, 200, seed=0), n, seed=SEED)
+
+
+def _timed(fn, repeats: int, work: float) -> dict:
+    """Wall and CPU throughput (best repeat) and the first call's extra time (compilation)."""
+    w, c = time.perf_counter(), time.process_time()
+    fn()
+    first = time.perf_counter() - w
+    walls, cpus = [], []
+    for _ in range(repeats):
+        w, c = time.perf_counter(), time.process_time()
+        fn()
+        walls.append(time.perf_counter() - w)
+        cpus.append(time.process_time() - c)
+    best = min(walls)
+    return {
+        "patient_days_per_s": work / best,
+        "patient_days_per_cpu_s": work / max(min(cpus), 1e-9),
+        "wall_s": best,
+        "first_call_s": first,
+        "compile_s_estimate": max(first - best, 0.0),
+    }
+
+
+def closed_loop(pop, repeats: int) -> dict:
+    scenario = MealScenario(seed=SEED)
+
+    def run():
+        sums = streaming_rollout(MODEL, pop, POLICY, bounds=BOUNDS, horizon=DAY, dt=1.0, seed=SEED, scenario=scenario)
+        run.interactions = float(np.mean(sums.interactions))
+
+    out = _timed(run, repeats, pop.n_patients * DAY / 1440.0)
+    out["interactions_per_patient"] = run.interactions
+    return out
+
+
+def open_loop(pop, repeats: int) -> dict:
+    sim = Simulator(MODEL, dt=1.0, bounds=BOUNDS)
+    n = pop.n_patients
+    theta = {k: jnp.asarray(v, jnp.float32) for k, v in pop.simulation_parameters().items()}
+    x = {k: jnp.asarray(v, jnp.float32) for k, v in pop.initial_state().items()}
+    keys = patient_keys(SEED, Stream.PROCESS, np.arange(n), 0)
+    rates = {1: theta["BASAL"] / 60.0}
+
+    def run():
+        res = sim.advance(x, theta, 0.0, DAY, key=keys, rates=rates)
+        jax.block_until_ready(res.stats.log_survival)
+
+    return _timed(run, repeats, n * DAY / 1440.0)
+
+
+def host_loop(pop) -> dict:
+    """The Python option loop (one compiled ``advance`` per interaction) on the same workload,
+    every interaction recorded (what ``medsim risk`` ran before the compiled loop)."""
+    scenario = MealScenario(seed=SEED)
+
+    def run():
+        rollout(
+            MODEL, pop, POLICY, bounds=BOUNDS, horizon=DAY, dt=1.0, seed=SEED, scenario=scenario,
+            n_paths_saved=0, loop="host",
+        )  # fmt: skip
+
+    w, c = time.perf_counter(), time.process_time()
+    run()
+    wall, cpu = time.perf_counter() - w, time.process_time() - c
+    work = pop.n_patients * DAY / 1440.0
+    return {"patient_days_per_s": work / wall, "patient_days_per_cpu_s": work / cpu, "wall_s": wall, "note": "one call"}
+
+
+def one_point(n: int, repeats: int) -> dict:
+    """Closed loop at ``n`` patients in this process, with its peak memory."""
+    tracemalloc.start()
+    pop = _population(n)
+    out = closed_loop(pop, repeats)
+    out["tracemalloc_peak_MiB"] = tracemalloc.get_traced_memory()[1] / 2**20
+    tracemalloc.stop()
+    out["peak_rss_MiB"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return out
+
+
+def _fresh_process(n: int, repeats: int) -> dict:
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "point.json"
+        cmd = [sys.executable, __file__, "--point", str(n), "--repeats", str(repeats), "--out", str(path)]
+        subprocess.run(cmd, check=True, env={**os.environ, "PYTHONPATH": os.environ.get("PYTHONPATH", ".")})
+        return json.loads(path.read_text())
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="small sizes, in one process (< 2 min)")
+    parser.add_argument("--point", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--repeats", type=int, default=1, help=argparse.SUPPRESS)
+    parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "closed_loop.json")
+    args = parser.parse_args()
+    if args.point:
+        args.out.write_text(json.dumps(one_point(args.point, args.repeats)))
+        return
+    sizes = [4096, 16384] if args.quick else [10_000, 100_000, 1_000_000]
+    closed, opened = {}, {}
+    for n in sizes:
+        _log(f"closed loop, n = {n}")
+        closed[n] = one_point(n, 1) if args.quick else _fresh_process(n, 1 if n >= 1_000_000 else 2)
+        _log(f"  {closed[n]['patient_days_per_s']:.3g} patient-days/s, peak {closed[n]['peak_rss_MiB']:.0f} MiB")
+        if args.quick or n <= 100_000:
+            _log(f"open loop, n = {n}")
+            try:
+                opened[n] = open_loop(_population(n), 1 if args.quick else 2)
+            except Exception as err:  # recorded; the closed-loop figures still count
+                _log(f"  open loop failed: {err}")
+                continue
+            _log(f"  {opened[n]['patient_days_per_s']:.3g} patient-days/s")
+    n_host = 256
+    _log(f"host loop, n = {n_host}")
+    host = host_loop(_population(n_host))
+    common = max(n for n in opened if n in closed)
+    result = {
+        "what": "closed-loop patient-days/s (PID every 5 min on CGM, announced meals, 24 h, dt = 1 min, "
+        "two bounds with bridge statistics, streaming per-patient risk sums) vs the open-loop simulator",
+        "quick": args.quick,
+        "machine": {"cores": CORES, "platform": platform.platform(), "jax": jax.__version__},
+        "closed_loop": {str(n): v for n, v in closed.items()},
+        "open_loop": {str(n): v for n, v in opened.items()},
+        "host_loop": {str(n_host): host},
+        "closed_over_open": closed[common]["patient_days_per_s"] / opened[common]["patient_days_per_s"],
+        "closed_over_open_cpu": closed[common]["patient_days_per_cpu_s"] / opened[common]["patient_days_per_cpu_s"],
+        "closed_over_open_at_n": common,
+        "load_average_at_end": os.getloadavg(),
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = args.out.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(result, indent=2))
+    tmp.replace(args.out)
+    _log(f"closed/open = {result['closed_over_open']:.3f} (CPU {result['closed_over_open_cpu']:.3f}) -> {args.out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,114 @@
+"""One interval of the compiled option loop: planned as the simulator plans it, advanced by its kernel.
+
+:func:`advance` lays out the interval ``[t, t1)`` of every patient as
+:func:`medsim.simulate.plan.plan_interval` does on the host (boluses at ``t`` added before the first
+sub-step, scenario boluses inside the interval as event columns whose inert entries are exact
+no-ops) and calls the simulator's compiled kernel; :func:`refused` flags the patients for whom
+:meth:`medsim.simulate.Simulator.advance` would have raised. Split from
+:mod:`medsim.policies.device_loop`, which owns the loop.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from medsim.simulate import kernel as sim_kernel
+from medsim.simulate.checks import RANGE_TOLERANCE
+from medsim.simulate.plan import GRID_TOLERANCE
+
+F32, F64 = jnp.float32, jnp.float64
+
+
+def scenario_layout(scen) -> tuple[tuple, tuple]:
+    """Compartments of the scenario's events and the interior event columns, grouped by target
+    state as :func:`medsim.simulate.plan.plan_interval` orders them."""
+    if scen is None:
+        return (), ()
+    time, cmt = np.asarray(scen.time), np.asarray(scen.cmt)
+    event_cmts = tuple(int(c) for c in np.unique(cmt))
+    columns = tuple((j, c) for c in event_cmts for j in range(time.shape[1]) if np.isfinite(time[cmt == c]).any())
+    return event_cmts, columns
+
+
+def advance(cfg, inp, c, t1: jax.Array, bolus: dict, rate: dict, dt):
+    """Plan the interval ``[t, t1)`` as :func:`medsim.simulate.plan.plan_interval` does and advance it."""
+    model = cfg.model
+    t0f, t1f = c.t.astype(F32), t1.astype(F32)
+    opens = t1f > t0f
+    targets = tuple(dict.fromkeys(model.dose_targets.values()))
+    zeros = jnp.zeros(t0f.shape, F32)
+    start = {s: zeros for s in targets}
+    rates = {s: zeros for s in targets}
+    for cm in cfg.cmts:
+        s, scale = model.dose_targets[cm], np.float32(model.dose_scale.get(cm, 1.0))
+        rates[s] = rates[s] + scale * rate[cm].astype(F32)
+    # Boluses at t0 (the policy's, then the scenario's) are added before the first sub-step.
+    for cm in sorted({*cfg.cmts, *cfg.event_cmts}):
+        s, scale = model.dose_targets[cm], np.float32(model.dose_scale.get(cm, 1.0))
+        total = zeros
+        if cm in cfg.cmts:
+            total = total + jnp.where((bolus[cm] > 0) & opens, scale * bolus[cm].astype(F32), 0.0)
+        if cm in cfg.event_cmts:
+            here = (inp.ev_time == t0f[:, None]) & (inp.ev_cmt == cm) & opens[:, None]
+            for j in range(inp.ev_time.shape[1]):
+                total = total + jnp.where(here[:, j], scale * inp.ev_amount[:, j], 0.0)
+        start[s] = start[s] + total
+    inside = (inp.ev_time > t0f[:, None]) & (inp.ev_time < t1f[:, None])
+    ev_time, ev_value = [], []
+    for j, cm in cfg.columns:
+        acting = inside[:, j] & (inp.ev_cmt[:, j] == cm)
+        scale = np.float32(model.dose_scale.get(cm, 1.0))
+        ev_time.append(jnp.where(acting, inp.ev_time[:, j], jnp.inf))
+        ev_value.append(jnp.where(acting, scale * inp.ev_amount[:, j], 0.0))
+    n_col = len(cfg.columns)
+    shape = (n_col, t0f.shape[0])
+    event_time = jnp.stack(ev_time).astype(F32) if n_col else jnp.zeros(shape, F32)
+    event_value = jnp.stack(ev_value).astype(F32) if n_col else jnp.zeros(shape, F32)
+    event_end = jnp.full(shape, -jnp.inf, F32)
+    span = jnp.max((t1f.astype(F64) - t0f) / dt)
+    n_inside = jnp.max(jnp.sum(inside, axis=1)) if n_col else 0
+    n_steps = jnp.maximum(jnp.ceil(span - GRID_TOLERANCE).astype(jnp.int32) + n_inside + 1, 1)
+    proc = jax.vmap(lambda kd, i: jax.random.fold_in(jax.random.wrap_key_data(kd), i))(
+        inp.proc_key, c.k.astype(jnp.uint32)
+    )
+    words = jax.random.key_data(proc)
+    chunk = sim_kernel.ChunkInputs(
+        x=c.x,
+        theta=inp.theta,
+        t0=t0f,
+        t1=t1f,
+        k1=words[:, 0],
+        k2=words[:, 1],
+        start=start,
+        rate=rates,
+        event_time=event_time,
+        event_end=event_end,
+        event_value=event_value,
+    )
+    return cfg.kernel(chunk, jnp.float32(dt), (-(-n_steps // 2)).astype(jnp.int32)), n_inside
+
+
+def refused(cfg, out, t1: jax.Array) -> jax.Array:
+    """Where :meth:`Simulator.advance` would raise: step budget, non-finite values, runaway states."""
+    st = out.stats
+    n = t1.shape[0]
+    bad = out.t_end != t1.astype(F32)
+    values = [*out.x.values(), *st.obs_end.values()]
+    values += [jnp.all(jnp.isfinite(a), axis=1) for a in (st.p_cross, st.depth, st.time_outside)]
+    ok = jnp.ones(n, bool)
+    for v in values:
+        ok = ok & (v if v.dtype == jnp.bool_ else jnp.isfinite(v))
+    bad = bad | ~ok
+    for s in cfg.model.states:
+        lo, hi = s.physical_range
+        if (lo is None and hi is None) or s.name not in out.x:
+            continue
+        x = out.x[s.name].astype(F64)
+        slack = RANGE_TOLERANCE * jnp.abs(x)
+        if lo is not None:
+            bad = bad | (x < lo - slack)
+        if hi is not None:
+            bad = bad | (x > hi + slack)
+    return bad

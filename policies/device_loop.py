@@ -1,0 +1,404 @@
+"""The option loop compiled: measure → act → advance → accumulate in one program per chunk.
+
+For policies with an array step (``policy.array_step(state, obs, xp)``, the built-in ``pid``,
+``basal_bolus`` and ``fixed``) the loop of :mod:`medsim.policies.rollout` runs inside a jitted
+``lax.while_loop`` over interactions instead of a Python loop: each patient keeps its own clock,
+the policy's step is traced with ``xp = jax.numpy``, and each interval is advanced by the same
+compiled kernel :meth:`medsim.simulate.Simulator.advance` calls
+(:meth:`~medsim.simulate.Simulator.interval_kernel`, called by :mod:`medsim.policies.device_interval`).
+One simulator, one policy code path.
+
+The numbers are those of the host loop on the same seed, bit for bit: the same counter-based
+streams (measurement noise ``(seed, MEASUREMENT, patient, k)``, process noise
+``(seed, PROCESS, patient, k)``, :func:`medsim.population.streams.patient_base_keys`), the policy
+arithmetic in float64 as numpy does it on the host (the loop is traced under
+``jax.enable_x64``) and the simulator's float32 inputs planned as
+:func:`medsim.simulate.plan.plan_interval` plans them (boluses at the interval start added
+before the first sub-step, scenario boluses inside the interval as event columns; inert columns
+are exact no-ops).
+
+Two products, chosen by ``record``:
+
+* ``record=True``: the per-interaction rows of the host loop, handed back every
+  :data:`BLOCK` interactions and stacked into the same :class:`~medsim.policies.result.RolloutResult`;
+* ``record=False``: only per-patient sums reduced as the loop goes
+  (:class:`medsim.policies.streaming.StreamingSums`), so memory is flat in the number of interactions.
+
+Anything the host loop would refuse (a non-finite value, a state outside its physical range, an
+unusable option) is flagged per patient inside the loop; a flagged chunk is re-run by the host
+loop, which raises the error that names the patient, so both loops fail the same way.
+"""
+
+from __future__ import annotations
+
+import json
+from functools import partial
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from medsim.policies.array_step import isolated, measure_expr, step_expr
+from medsim.policies.device_interval import advance, refused, scenario_layout
+from medsim.policies.protocol import Policy, PolicyError
+from medsim.policies.streaming import init_sums, update_sums
+
+from medsim.population.streams import Stream, patient_base_keys
+from medsim.population.virtual import VirtualPopulation
+
+# Interactions per compiled call: the host checks limits and reports progress between calls.
+BLOCK = 64
+
+F32, F64 = jnp.float32, jnp.float64
+
+
+def supports_device(policy: Policy) -> bool:
+    """Whether ``policy`` has an array step the compiled loop can trace (``array_step``; a policy
+    built from components says whether they all have one with ``array_capable``)."""
+    return callable(getattr(policy, "array_step", None)) and bool(getattr(policy, "array_capable", True))
+
+
+class _Inputs(NamedTuple):
+    """Per-patient constants of a chunk."""
+
+    theta: dict  # parameter -> (n,) float32
+    covariates: dict  # name -> (n,) float64
+    patient: jax.Array  # (n,) int64
+    meas_key: jax.Array  # (n, 2) uint32
+    proc_key: jax.Array  # (n, 2) uint32
+    res_add: dict  # observable -> (n,) float32 (absent: the model's default)
+    res_prop: dict
+    real: jax.Array  # (n,) bool
+    ev_time: jax.Array  # (n, E) float32 scenario event times (+inf padding)
+    ev_cmt: jax.Array  # (n, E) int32
+    ev_amount: jax.Array  # (n, E) float32
+
+
+class _Carry(NamedTuple):
+    x: dict  # state -> (n,) float32
+    t: jax.Array  # (n,) float64
+    k: jax.Array  # (n,) int64 interaction counter
+    active: jax.Array
+    measure: jax.Array
+    pstate: Any
+    outside_target: jax.Array  # (n, n_target) float64
+    bad: jax.Array  # (n,) bool: something the host loop would refuse
+    sums: Any  # StreamingSums or None
+
+
+class _Config(NamedTuple):
+    """Static description of one compiled loop (hashable parts only)."""
+
+    kernel: Any  # the simulator's compiled interval function for this event layout
+    policy: Policy
+    model: Any
+    n_bounds: int
+    n_target: int
+    measured_obs: tuple
+    cmts: tuple
+    announces: bool
+    event_cmts: tuple
+    columns: tuple  # (scenario column, cmt) of the interior event columns, in the kernel's order
+    noise: bool
+    time_unit: str
+    horizon: float
+    record: bool
+    specs: tuple  # (bound index, observable, value, upper) of the rollout's bounds
+
+
+_CACHE: dict[tuple, Any] = {}
+_CACHE_MAX = 8
+
+
+def _body(cfg: _Config, inp: _Inputs, c: _Carry, dt, horizon, tol):
+    """One interaction of every patient: the host loop's ``_run_chunk`` iteration on arrays."""
+    model, n = cfg.model, c.t.shape[0]
+    true32 = {o: jnp.broadcast_to(v, (n,)) for o, v in model.observe(c.x, inp.theta).items()}
+    true = {o: v.astype(F64) for o, v in true32.items()}
+    bad = c.bad | ~_all_finite(true.values(), n)
+    take = c.measure & c.active
+    width = max(len(cfg.measured_obs), 1)
+    counter = c.k.astype(jnp.uint32)
+    keys = jax.vmap(lambda kd, i: jax.random.fold_in(jax.random.wrap_key_data(kd), i))(inp.meas_key, counter)
+    z = jax.vmap(lambda key: jax.random.normal(key, (width,), F32))(keys).astype(F64)
+    measure = partial(measure_expr, model, cfg.measured_obs, cfg.noise)
+    measured = isolated(measure, {o: true32[o] for o in cfg.measured_obs}, inp.res_add, inp.res_prop, z, take)
+    t_ev = inp.ev_time.astype(F64)
+    announced = {}
+    if cfg.announces:
+        now = jnp.abs(t_ev - c.t[:, None]) <= tol
+        amount = inp.ev_amount.astype(F64)
+        for cm in cfg.event_cmts:
+            a = jnp.where(now & (inp.ev_cmt == cm), amount, 0.0).sum(axis=1)
+            announced[cm] = jnp.where(c.active, a, 0.0)
+    fields = {
+        "time": c.t,
+        "measured": measured,
+        "announced": announced,
+        "covariates": inp.covariates,
+        "active": c.active,
+        "patient": inp.patient,
+        "index": c.k,
+    }
+    step = partial(step_expr, cfg.policy, cfg.time_unit, cfg.horizon)
+    pstate, option = isolated(step, c.pstate, fields)
+    interval, bolus, rate, measure_next, unusable = _option(cfg, option, c.active, n)
+    bad = bad | unusable
+    t1 = jnp.minimum(c.t + interval, horizon)
+    if cfg.announces:
+        t1 = jnp.minimum(t1, jnp.where(t_ev > c.t[:, None] + tol, t_ev, jnp.inf).min(axis=1))
+    t1 = jnp.where(c.active, jnp.where(horizon - t1 <= tol, horizon, t1), c.t)
+    out, _n_inside = advance(cfg, inp, c, t1, bolus, rate, dt)
+    st = out.stats
+    bad = bad | refused(cfg, out, t1)
+    J, n_target = cfg.n_bounds, cfg.n_target
+    extra = st.time_outside[:, J:]
+    outside_target = c.outside_target + jnp.where(c.active[:, None], extra[:, :n_target].astype(F64), 0.0)
+    treatment = {f"bolus_cmt{cm}": bolus[cm] for cm in cfg.cmts}
+    treatment.update({f"rate_cmt{cm}": rate[cm] for cm in cfg.cmts})
+    row = None
+    if cfg.record:
+        row = {
+            "t_start": c.t,
+            "t_end": t1,
+            "mask": c.active,
+            "measured": measured,
+            "true_start": true,
+            "obs_min": st.obs_min,
+            "obs_max": st.obs_max,
+            "treatment": treatment,
+            "support_outside": extra[:, n_target:],
+            **{name: getattr(st, name)[:, :J] for name in _PER_BOUND},
+        }
+    sums = c.sums
+    if sums is not None:
+        sums = update_sums(sums, cfg.specs, c.active, c.k, c.t, t1, true, measured, st, treatment, cfg.cmts)
+    t_new = t1
+    carry = _Carry(
+        x=out.x,
+        t=t_new,
+        k=c.k + c.active,
+        active=(t_new < horizon - tol) & inp.real,
+        measure=measure_next,
+        pstate=pstate,
+        outside_target=outside_target,
+        bad=bad,
+        sums=sums,
+    )
+    first_interval = jnp.min(jnp.where(c.active, interval, jnp.inf))
+    return carry, row, first_interval
+
+
+_PER_BOUND = ("log_survival", "grid_violation", "end_violation", "time_outside", "first_outside", "depth")
+
+
+def _all_finite(values, n: int) -> jax.Array:
+    ok = jnp.ones(n, bool)
+    for v in values:
+        ok = ok & jnp.isfinite(v)
+    return ok
+
+
+def _option(cfg: _Config, option: dict, active: jax.Array, n: int):
+    """The option (:func:`medsim.policies.array_step.step_expr`'s dict) zero for inactive patients (as
+    ``Option.validated``), and a flag where the host loop would refuse it."""
+    for field in ("bolus", "rate"):
+        for cm in option[field]:
+            if int(cm) not in cfg.model.dose_targets:
+                raise PolicyError(
+                    f"policy {cfg.policy.name!r}: option.{field} uses compartment {cm}; model {cfg.model.name!r} "
+                    f"doses into {sorted(cfg.model.dose_targets)}"
+                )
+    interval = option["interval"]
+    unusable = active & ~(interval > 0)
+
+    def amounts(values) -> dict:
+        out = {}
+        for cm in cfg.cmts:
+            a = values.get(cm, jnp.zeros(n, F64))
+            nonlocal unusable
+            unusable = unusable | (active & ~((a >= 0) & jnp.isfinite(a)))
+            out[cm] = jnp.where(active, a, 0.0)
+        return out
+
+    bolus, rate = amounts(option["bolus"]), amounts(option["rate"])
+    measure = option["measure_next"]
+    measure = jnp.ones(n, bool) if measure is None else measure
+    return interval, bolus, rate, measure, unusable
+
+
+def _block_fn(cfg: _Config):
+    """``fn(carry, inputs, n_iter, dt, horizon, tol) -> (carry, rows, n_done, first_interval)``."""
+
+    def fn(carry: _Carry, inp: _Inputs, n_iter, dt, horizon, tol):
+        n = carry.t.shape[0]
+        _, row0, _ = jax.eval_shape(lambda c: _body(cfg, inp, c, dt, horizon, tol), carry)
+        rows = None
+        if cfg.record:
+            rows = jax.tree_util.tree_map(lambda s: jnp.zeros((BLOCK, *s.shape), s.dtype), row0)
+
+        def cond(state):
+            i, c, _, _ = state
+            return (i < n_iter) & jnp.any(c.active)
+
+        def step(state):
+            i, c, rows, first = state
+            c, row, interval = _body(cfg, inp, c, dt, horizon, tol)
+            if rows is not None:
+                rows = jax.tree_util.tree_map(lambda buf, v: buf.at[i].set(v), rows, row)
+            first = jnp.where(i == 0, interval, first)
+            return i + 1, c, rows, first
+
+        del n
+        i, carry, rows, first = jax.lax.while_loop(cond, step, (jnp.int32(0), carry, rows, jnp.asarray(jnp.inf, F64)))
+        return carry, rows, i, first
+
+    return jax.jit(fn)
+
+
+def _config_key(setup, policy: Policy, record: bool, event_cmts: tuple, columns: tuple) -> tuple | None:
+    try:
+        hash(policy)
+    except TypeError:
+        return None
+    model = setup.model
+    return (
+        type(model),
+        json.dumps(model.describe(), sort_keys=True, default=str),
+        float(setup.sim.dt),
+        setup.sim.bounds,
+        setup.sim.scheme,
+        policy,
+        setup.noise,
+        setup.horizon,
+        record,
+        event_cmts,
+        columns,
+        setup.scenario is not None and setup.scenario.announced,
+    )
+
+
+def _compiled(setup, policy: Policy, record: bool, event_cmts: tuple, columns: tuple):
+    key = _config_key(setup, policy, record, event_cmts, columns)
+    if key is not None and key in _CACHE:
+        return _CACHE[key]
+    bounds = setup.bounds
+    cfg = _Config(
+        kernel=setup.sim.interval_kernel(tuple((setup.model.dose_targets[cm], False) for _, cm in columns)),
+        policy=policy,
+        model=setup.model,
+        n_bounds=len(bounds),
+        n_target=len(setup.target_bounds),
+        measured_obs=setup.measured_obs,
+        cmts=setup.cmts,
+        announces=setup.scenario is not None and setup.scenario.announced,
+        event_cmts=event_cmts,
+        columns=columns,
+        noise=setup.noise,
+        time_unit=setup.model.time_unit,
+        horizon=setup.horizon,
+        record=record,
+        specs=tuple((j, b.observable, float(b.value), b.side == "upper") for j, b in enumerate(bounds)),
+    )
+    fn = (cfg, _block_fn(cfg))
+    if key is not None:
+        if len(_CACHE) >= _CACHE_MAX:
+            _CACHE.pop(next(iter(_CACHE)))
+        _CACHE[key] = fn
+    return fn
+
+
+def device_capable(setup, scen) -> bool:
+    """Whether the compiled loop can run this rollout (bolus-only scenario events)."""
+    return scen is None or not bool(np.any(np.asarray(scen.rate) > 0))
+
+
+def run_chunk(setup, pop: VirtualPopulation, policy: Policy, offset: int, n_real: int, scen, record: bool, hooks):
+    """The compiled option loop for one chunk (see the module docstring).
+
+    Parameters
+    ----------
+    setup : policies.rollout._Setup
+    pop : VirtualPopulation
+        The chunk (padded to its bucketed width; only the first ``n_real`` patients are real).
+    policy : Policy
+        With an ``array_step``.
+    offset : int
+        Global index of the chunk's first patient.
+    scen : DoseEvents or None
+        The chunk's scenario events.
+    record : bool
+        Hand back per-interaction rows (``True``) or only the streaming sums.
+    hooks : object
+        ``check_work(interval)``, ``check_interactions(done)`` and ``progress(t)`` callbacks of the
+        host rollout (limits and progress stay where the host loop keeps them).
+
+    Returns
+    -------
+    (rows, outside_target, sums, bad)
+        ``rows``: list of per-interaction dicts as the host loop records them (``record``);
+        ``outside_target``: (n, n_target) time outside the target range; ``sums``:
+        :class:`StreamingSums` (numpy) or None; ``bad``: whether some patient was flagged (the
+        caller re-runs the chunk with the host loop).
+    """
+    model, n = setup.model, pop.n_patients
+    patient = offset + np.arange(n, dtype=np.int64)
+    event_cmts, columns = scenario_layout(scen)
+    _cfg, fn = _compiled(setup, policy, record, event_cmts, columns)
+    policy_seed = int(np.random.SeedSequence([setup.seed, int(Stream.POLICY)]).generate_state(1)[0])
+    pstate = policy.init(n, seed=policy_seed)
+    residual = {k: np.asarray(v, np.float32) for k, v in pop.residual.items()}
+    if scen is None:
+        ev_time, ev_cmt, ev_amount = np.full((n, 0), np.inf, np.float32), np.zeros((n, 0), np.int32), None
+        ev_amount = np.zeros((n, 0), np.float32)
+    else:
+        ev_time, ev_cmt = np.asarray(scen.time, np.float32), np.asarray(scen.cmt, np.int32)
+        ev_amount = np.asarray(scen.amount, np.float32)
+    theta = {k: np.asarray(v, np.float32) for k, v in pop.simulation_parameters().items()}
+    x = {k: np.asarray(v, np.float32) for k, v in pop.initial_state().items()}
+    real = np.arange(n) < n_real
+    with jax.enable_x64(True):
+        inp = _Inputs(
+            theta={k: jnp.asarray(v) for k, v in theta.items()},
+            covariates={c: jnp.asarray(np.asarray(v, np.float64)) for c, v in pop.covariates.items()},
+            patient=jnp.asarray(patient),
+            meas_key=jnp.asarray(np.asarray(patient_base_keys(setup.seed, Stream.MEASUREMENT, patient))),
+            proc_key=jnp.asarray(np.asarray(patient_base_keys(setup.seed, Stream.PROCESS, patient))),
+            res_add={o: jnp.asarray(residual[f"{o}_add"]) for o in setup.measured_obs if f"{o}_add" in residual},
+            res_prop={o: jnp.asarray(residual[f"{o}_prop"]) for o in setup.measured_obs if f"{o}_prop" in residual},
+            real=jnp.asarray(real),
+            ev_time=jnp.asarray(ev_time),
+            ev_cmt=jnp.asarray(ev_cmt),
+            ev_amount=jnp.asarray(ev_amount),
+        )
+        carry = _Carry(
+            x={k: jnp.asarray(v) for k, v in x.items()},
+            t=jnp.zeros(n, F64),
+            k=jnp.zeros(n, jnp.int64),
+            active=jnp.asarray(real),
+            measure=jnp.asarray(real),
+            pstate=jax.tree_util.tree_map(jnp.asarray, pstate),
+            outside_target=jnp.zeros((n, len(setup.target_bounds)), F64),
+            bad=jnp.zeros(n, bool),
+            sums=None if record else init_sums(n, len(setup.bounds), setup.cmts, model.observable_names),
+        )
+        rows: list[dict] = []
+        done = 0
+        args = (jnp.float64(setup.sim.dt), jnp.float64(setup.horizon), jnp.float64(setup.tol))
+        while True:
+            hooks.check_interactions(done)
+            n_iter = 1 if done == 0 else min(BLOCK, setup.max_interactions - done)
+            carry, block, n_done, first = fn(carry, inp, jnp.int32(n_iter), *args)
+            n_done = int(n_done)
+            if done == 0:
+                hooks.check_work(float(first))
+            if record:
+                host = jax.tree_util.tree_map(lambda a, m=n_done: np.asarray(a[:m]), block)
+                rows += [jax.tree_util.tree_map(lambda a, i=i: a[i], host) for i in range(n_done)]
+            done += n_done
+            hooks.progress(np.asarray(carry.t))
+            if not bool(jnp.any(carry.active)):
+                break
+        bad = bool(jnp.any(carry.bad))
+        sums = None if carry.sums is None else jax.tree_util.tree_map(np.asarray, carry.sums)
+        return rows, np.asarray(carry.outside_target), sums, bad

@@ -1,0 +1,243 @@
+"""The rollout's compiled chunk: which loop runs, and the compiled loop's chunk as a RolloutResult.
+
+:func:`medsim.policies.rollout.rollout` runs each chunk either in its Python option loop or, for policies
+with an ``array_step``, in the compiled loop of :mod:`medsim.policies.device_loop`; this module is the
+glue between the two (the same checks, limits, progress and result assembly as the host loop).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from medsim.policies import device_loop
+from medsim.policies.protocol import Policy
+from medsim.policies.result import RolloutResult
+from medsim.policies.rollout_assemble import assemble, support_fraction
+
+from medsim.population.virtual import VirtualPopulation
+from medsim.simulate.plan import bucket_batch
+
+LOOPS = ("auto", "device", "host")
+
+# "auto" compiles the loop from this many patients on. Compiling costs seconds per policy
+# configuration (the policy's parameters are constants of the program); below this size the
+# Python loop usually finishes sooner (measured in benchmarks/README.md, "Closed loop").
+AUTO_MIN_PATIENTS = 4096
+
+
+def choose_loop(loop: str, policy: Policy, n_patients: int | None = None) -> str:
+    """``"device"`` or ``"host"`` for ``loop`` in :data:`LOOPS` (``"auto"``: the compiled loop when
+    the policy has an array step and there are at least :data:`AUTO_MIN_PATIENTS` patients, or
+    ``n_patients`` is not given).
+
+    Raises
+    ------
+    ValueError
+        For an unknown ``loop``, or ``"device"`` with a policy that has no array step.
+    """
+    if loop not in LOOPS:
+        raise ValueError(f"loop: expected one of {LOOPS}, got {loop!r}")
+    capable = device_loop.supports_device(policy)
+    if loop == "device" and not capable:
+        raise ValueError(
+            f"loop='device': policy {policy.name!r} has no array step (array_step(state, obs, xp)); "
+            "use loop='host' or 'auto'"
+        )
+    if loop == "auto" and n_patients is not None and n_patients < AUTO_MIN_PATIENTS:
+        return "host"
+    return "device" if loop != "host" and capable else "host"
+
+
+class _Hooks:
+    """The host loop's limits and progress, called by the compiled loop between blocks."""
+
+    def __init__(self, setup, policy, scen, n_real, progress, done):
+        self.setup, self.policy, self.scen, self.n_real = setup, policy, scen, n_real
+        self._progress, self._done = progress, done
+
+    def check_work(self, interval: float) -> None:
+        from medsim.policies.rollout import check_first_interval
+
+        check_first_interval(self.setup, self.policy, interval, self.scen)
+
+    def check_interactions(self, done: int) -> None:
+        from medsim.policies.rollout import check_interaction_count
+
+        check_interaction_count(self.setup, self.policy, done)
+
+    def progress(self, t: np.ndarray) -> None:
+        if self._progress is not None:
+            self._progress(*self._done(float(np.sum(t[: self.n_real]))))
+
+
+def check_first_option(setup, pop: VirtualPopulation, policy: Policy, patient, x, theta, scen) -> None:
+    """:func:`check_first_interval` from the policy's first option, computed as the loops do at
+    time 0 (a loop that compiles first checks the work before compiling)."""
+    from medsim.policies.protocol import Observation
+    from medsim.policies.rollout import _measure, check_first_interval
+    from medsim.policies.scenarios import announced_at
+
+    from medsim.population.streams import Stream
+
+    n = pop.n_patients
+    true = {o: np.broadcast_to(np.asarray(v, np.float64), (n,)) for o, v in setup.observe(x, theta).items()}
+    active = np.ones(n, bool)
+    t, k = np.zeros(n), np.zeros(n, np.int64)
+    announced = {}
+    if scen is not None and setup.scenario.announced:
+        announced = announced_at(scen, t, setup.tol)
+    obs = Observation(
+        time=t,
+        measured=_measure(setup, pop, true, patient, k, active),
+        announced=announced,
+        covariates={c: np.asarray(v, np.float64) for c, v in pop.covariates.items()},
+        active=active,
+        patient=patient,
+        index=k,
+        subject=np.asarray(pop.subject),
+        time_unit=setup.model.time_unit,
+        horizon=setup.horizon,
+    )
+    policy_seed = int(np.random.SeedSequence([setup.seed, int(Stream.POLICY)]).generate_state(1)[0])
+    _, option = policy.act(policy.init(n, seed=policy_seed), obs, rng=np.random.default_rng(0))
+    option = option.validated(n, setup.model, active, policy.name)
+    check_first_interval(setup, policy, float(np.min(option.interval, initial=np.inf)), scen)
+
+
+def device_chunk(
+    setup,
+    pop: VirtualPopulation,
+    policy: Policy,
+    offset: int,
+    n_real: int,
+    n_paths: int,
+    save_every: int | None,
+    progress,
+    done: float,
+    total: float,
+    *,
+    host: Callable[..., RolloutResult],
+) -> RolloutResult:
+    """One chunk in the compiled loop, as :func:`medsim.policies.rollout._run_chunk` would return it.
+
+    ``host`` is the host loop's chunk function: it re-runs a chunk in which the compiled loop
+    flagged something to refuse (so the error names the patient), and simulates the first
+    ``n_paths`` patients again to save their paths (counter-based streams make them the same
+    patients with the same noise).
+    """
+    from medsim.policies.rollout import chunk_scenario
+
+    n = pop.n_patients
+    patient = offset + np.arange(n, dtype=np.int64)
+    theta = {k: jnp.asarray(v, jnp.float32) for k, v in pop.simulation_parameters().items()}
+    x = {k: jnp.asarray(v, jnp.float32) for k, v in pop.initial_state().items()}
+    scen = chunk_scenario(setup, policy, patient, x, theta)
+    if not device_loop.device_capable(setup, scen):
+        return host(setup, pop, policy, offset, n_real, n_paths, save_every, progress, done, total)
+    check_first_option(setup, pop, policy, patient, x, theta, scen)  # before compiling the loop
+    hooks = _Hooks(setup, policy, scen, n_real, progress, lambda t: (done + t, total))
+    rows, outside_target, _, bad = device_loop.run_chunk(setup, pop, policy, offset, n_real, scen, True, hooks)
+    if bad:
+        return host(setup, pop, policy, offset, n_real, n_paths, save_every, progress, done, total)
+    for row in rows:
+        length = row["t_end"] - row["t_start"]
+        row["out_of_support"] = support_fraction(
+            setup, row.pop("support_outside"), row["treatment"], length, row["mask"]
+        )
+    result = assemble(setup, pop.take(slice(0, n_real)), policy, rows, outside_target[:n_real], [], n_real)
+    if n_paths > 0:
+        first = pop.take(np.arange(n_paths))
+        saved = host(setup, first, policy, offset, n_paths, n_paths, save_every, None, 0.0, total)
+        result = replace(result, path_time=saved.path_time, path=saved.path)
+    return result
+
+
+class _Quiet:
+    """Hooks without progress (limits only)."""
+
+    def __init__(self, setup, policy, scen):
+        self._hooks = _Hooks(setup, policy, scen, 0, None, None)
+
+    def check_work(self, interval: float) -> None:
+        self._hooks.check_work(interval)
+
+    def check_interactions(self, done: int) -> None:
+        self._hooks.check_interactions(done)
+
+    def progress(self, t: np.ndarray) -> None:
+        return None
+
+
+def streaming_rollout(
+    model,
+    population: VirtualPopulation,
+    policy: Policy,
+    *,
+    bounds,
+    horizon: float,
+    dt: float,
+    seed: int,
+    scenario=None,
+    measurement_noise: bool = True,
+    target=None,
+    scheme: str = "milstein",
+    max_interactions: int | None = None,
+    chunk_size: int = 65536,
+):
+    """Per-patient :class:`~medsim.policies.streaming.StreamingSums` of ``policy`` on ``population``,
+    reduced inside the compiled loop: memory ``O(N J)`` whatever the number of interactions.
+
+    Arguments as for :func:`medsim.policies.rollout.rollout`; the sums are those of the rollout on the
+    same seed (:func:`medsim.policies.streaming.sums_events` gives its
+    :class:`~medsim.policies.risk.events.PatientEvents`).
+
+    Raises
+    ------
+    ValueError
+        For a policy without an array step or a scenario with infusions.
+    """
+    from medsim.policies.rollout import _Setup, chunk_scenario
+
+    from medsim.simulate import budget
+
+    choose_loop("device", policy)
+    limit = budget.DEFAULT_MAX_INTERACTIONS if max_interactions is None else int(max_interactions)
+    setup = _Setup(model, bounds, horizon, dt, seed, scenario, measurement_noise, target, None, scheme, limit)
+    n = population.n_patients
+    setup.n_total, setup.streaming = n, True
+    devices = jax.local_devices()
+    # Chunks go round-robin to the local devices (e.g. one CPU device per core), one thread each.
+    # Chunk widths bucketed as the simulator buckets batches (at most 25 % padding, few shapes).
+    width = bucket_batch(-(-n // len(devices)), int(chunk_size))
+
+    def run(offset: int):
+        from medsim.policies.rollout import _run_chunk
+
+        with jax.default_device(devices[(offset // width) % len(devices)]):
+            n_real = min(width, n - offset)
+            chunk = population.take(np.minimum(np.arange(offset, offset + width), n - 1))
+            patient = offset + np.arange(width, dtype=np.int64)
+            theta = {k: jnp.asarray(v, jnp.float32) for k, v in chunk.simulation_parameters().items()}
+            x = {k: jnp.asarray(v, jnp.float32) for k, v in chunk.initial_state().items()}
+            scen = chunk_scenario(setup, policy, patient, x, theta)
+            if not device_loop.device_capable(setup, scen):
+                raise ValueError("streaming_rollout: the compiled loop takes scenarios of boluses only")
+            check_first_option(setup, chunk, policy, patient, x, theta, scen)
+            hooks = _Quiet(setup, policy, scen)
+            _, _, sums, bad = device_loop.run_chunk(setup, chunk, policy, offset, n_real, scen, False, hooks)
+            if bad:  # the host loop names the patient and what went wrong
+                _run_chunk(setup, chunk, policy, offset, n_real, 0, None, None, 0.0, 1.0)
+            return jax.tree_util.tree_map(lambda a: a[:n_real], sums)
+
+    offsets = range(0, n, width)
+    if len(devices) == 1 or len(offsets) == 1:
+        parts = [run(offset) for offset in offsets]
+    else:
+        with ThreadPoolExecutor(max_workers=len(devices)) as pool:
+            parts = list(pool.map(run, offsets))
+    return jax.tree_util.tree_map(lambda *a: np.concatenate(a), *parts)

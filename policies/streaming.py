@@ -1,0 +1,174 @@
+"""Per-patient sums of a rollout, reduced interaction by interaction (memory flat in interactions).
+
+What :func:`medsim.policies.risk.events.patient_events` reads from a rollout's ``(N, K, J)`` arrays,
+kept as ``(N, J)`` running sums instead: the compiled loop (:mod:`medsim.policies.device_loop`) updates
+them after every interval, so a rollout of ``N`` patients needs ``O(N J)`` memory whatever the
+number of interactions. :func:`sums_events` turns them into the same
+:class:`~medsim.policies.risk.events.PatientEvents` (a test checks equality with ``patient_events`` of
+the recorded rollout).
+
+All updates are elementwise and take the array namespace of their inputs (``jax.numpy`` inside
+the compiled loop, numpy in tests).
+"""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import jax.numpy as jnp
+import numpy as np
+from medsim.policies.risk.events import bound_indices_of, events_from
+from medsim.policies.spec import SafetySpec
+
+from medsim.simulate.types import Bound
+
+
+class StreamingSums(NamedTuple):
+    """Running per-patient statistics over valid intervals (``n`` patients, ``J`` rollout bounds).
+
+    Attributes
+    ----------
+    log_survival : (n, J) float64
+        Sum of the intervals' bridge log-survivals (NaN counted in ``undefined`` and taken as -inf).
+    undefined : (n, J) int32
+        Intervals whose log-survival was NaN.
+    grid, end_last : (n, J) bool
+        Some grid point outside; the last interval's end point outside.
+    seen_measured, seen_all : (n, J) bool
+        The noise-free value outside at an interaction where the bound's observable was measured;
+        at any interaction start.
+    start_out : (n, J) bool
+        Outside at the first interaction.
+    detected : (n, J) bool
+        The noisy measurement outside.
+    measured_any : (n, J) bool
+        The bound's observable was measured at some interaction.
+    first_outside : (n, J) float64
+        First grid time outside (``inf`` if never).
+    time_outside, depth : (n, J) float64
+        Total time outside; deepest excursion.
+    length : (n,) float64
+        Simulated time.
+    interactions : (n,) int64
+    dose : (n, C) float64
+        Total amount given per dose compartment (bolus + rate x interval).
+    """
+
+    log_survival: Any
+    undefined: Any
+    grid: Any
+    end_last: Any
+    seen_measured: Any
+    seen_all: Any
+    start_out: Any
+    detected: Any
+    measured_any: Any
+    first_outside: Any
+    time_outside: Any
+    depth: Any
+    length: Any
+    interactions: Any
+    dose: Any
+
+
+def init_sums(n: int, n_bounds: int, cmts: tuple, observables: tuple) -> StreamingSums:
+    """Zero sums for ``n`` patients and ``n_bounds`` bounds (jax arrays)."""
+    del observables
+    f = jnp.zeros((n, n_bounds), jnp.float64)
+    b = jnp.zeros((n, n_bounds), bool)
+    return StreamingSums(
+        log_survival=f,
+        undefined=jnp.zeros((n, n_bounds), jnp.int32),
+        grid=b,
+        end_last=b,
+        seen_measured=b,
+        seen_all=b,
+        start_out=b,
+        detected=b,
+        measured_any=b,
+        first_outside=jnp.full((n, n_bounds), jnp.inf, jnp.float64),
+        time_outside=f,
+        depth=f,
+        length=jnp.zeros(n, jnp.float64),
+        interactions=jnp.zeros(n, jnp.int64),
+        dose=jnp.zeros((n, len(cmts)), jnp.float64),
+    )
+
+
+def _outside(y, value: float, upper: bool):
+    return y > value if upper else y < value
+
+
+def update_sums(s: StreamingSums, specs: tuple, active, k, t0, t1, true, measured, st, treatment, cmts):
+    """``s`` after one interval ``[t0, t1)`` of every patient (``active`` marks valid ones).
+
+    ``specs``: ``(index, observable, value, upper)`` per rollout bound; ``true``/``measured``: the
+    observables at ``t0``; ``st``: the interval's :class:`~medsim.simulate.types.IntervalStats`.
+    """
+    xp = jnp
+    n_b = len(specs)
+    a2 = active[:, None]
+    ls = st.log_survival[:, :n_b].astype(xp.float64)
+    nan = xp.isnan(ls)
+    cols = {name: [] for name in ("seen_m", "seen_a", "start", "det", "meas")}
+    for _, obs, value, upper in specs:
+        y = true[obs]
+        out = _outside(y, value, upper)
+        m = measured.get(obs)
+        taken = xp.zeros_like(active) if m is None else xp.isfinite(m)
+        cols["seen_m"].append(out & taken)
+        cols["seen_a"].append(out)
+        cols["start"].append(out & (k == 0))
+        # The recorded rollout keeps measurements in float32: compare what it would compare.
+        recorded = None if m is None else m.astype(xp.float32).astype(xp.float64)
+        cols["det"].append(xp.zeros_like(active) if m is None else _outside(recorded, value, upper) & taken)
+        cols["meas"].append(taken)
+    col = {name: (xp.stack(v, axis=1) if v else xp.zeros((active.shape[0], 0), bool)) & a2 for name, v in cols.items()}
+    length = xp.where(active, t1 - t0, 0.0)
+    dose = s.dose
+    if cmts:
+        given = [treatment[f"bolus_cmt{c}"] + treatment[f"rate_cmt{c}"] * length for c in cmts]
+        dose = dose + xp.where(a2, xp.stack(given, axis=1), 0.0)
+    return StreamingSums(
+        log_survival=s.log_survival + xp.where(a2, xp.where(nan, -xp.inf, ls), 0.0),
+        undefined=s.undefined + (a2 & nan).astype(xp.int32),
+        grid=s.grid | (a2 & st.grid_violation[:, :n_b]),
+        end_last=xp.where(a2, st.end_violation[:, :n_b], s.end_last),
+        seen_measured=s.seen_measured | col["seen_m"],
+        seen_all=s.seen_all | col["seen_a"],
+        start_out=s.start_out | col["start"],
+        detected=s.detected | col["det"],
+        measured_any=s.measured_any | col["meas"],
+        first_outside=xp.minimum(s.first_outside, xp.where(a2, st.first_outside[:, :n_b].astype(xp.float64), xp.inf)),
+        time_outside=s.time_outside + xp.where(a2, xp.nan_to_num(st.time_outside[:, :n_b].astype(xp.float64)), 0.0),
+        depth=xp.maximum(s.depth, xp.where(a2, xp.nan_to_num(st.depth[:, :n_b].astype(xp.float64)), 0.0)),
+        length=s.length + length,
+        interactions=s.interactions + active,
+        dose=dose,
+    )
+
+
+def sums_events(sums: StreamingSums, bounds: tuple[Bound, ...], spec: SafetySpec, draw: np.ndarray, policy: str):
+    """:class:`PatientEvents` for ``spec`` from the streaming sums of a rollout over ``bounds``.
+
+    The same outcomes as :func:`medsim.policies.risk.events.patient_events` on the recorded rollout:
+    checkpoints are the interactions where the observable was measured (every interaction start
+    when it was never measured in the whole population), plus the end of the horizon.
+    """
+    idx = bound_indices_of(bounds, spec, policy)
+    measured_any = np.asarray(sums.measured_any)[:, idx]
+    somewhere = measured_any.any(axis=0)  # per spec bound: its observable was measured by someone
+    seen = np.where(somewhere, np.asarray(sums.seen_measured)[:, idx], np.asarray(sums.seen_all)[:, idx])
+    has_any = np.asarray(sums.interactions) > 0
+    seen = seen | (np.asarray(sums.end_last)[:, idx] & has_any[:, None])
+    return events_from(
+        spec,
+        draw=np.asarray(draw, int),
+        seen=seen,
+        start_out=np.asarray(sums.start_out)[:, idx],
+        grid_any=np.asarray(sums.grid)[:, idx],
+        total_log=np.asarray(sums.log_survival, float)[:, idx],
+        detected=np.asarray(sums.detected)[:, idx],
+        measured_observable=somewhere,
+        undefined=int(np.asarray(sums.undefined)[:, idx].sum()),
+    )
