@@ -19,7 +19,7 @@ from medsim.population.virtual import VirtualPopulation
 from medsim.simulate.types import DoseEvents
 
 if TYPE_CHECKING:
-    from medsim.policies.rollout import _Setup
+    from medsim.policies.rollout_setup import _Setup
 
 
 # Per-bound interval statistics copied into the result, with the value RolloutResult.merge pads with.

@@ -61,12 +61,12 @@ class _Hooks:
         self._progress, self._done = progress, done
 
     def check_work(self, interval: float) -> None:
-        from medsim.policies.rollout import check_first_interval
+        from medsim.policies.rollout_setup import check_first_interval
 
         check_first_interval(self.setup, self.policy, interval, self.scen)
 
     def check_interactions(self, done: int) -> None:
-        from medsim.policies.rollout import check_interaction_count
+        from medsim.policies.rollout_setup import check_interaction_count
 
         check_interaction_count(self.setup, self.policy, done)
 
@@ -79,7 +79,7 @@ def check_first_option(setup, pop: VirtualPopulation, policy: Policy, patient, x
     """:func:`check_first_interval` from the policy's first option, computed as the loops do at
     time 0 (a loop that compiles first checks the work before compiling)."""
     from medsim.policies.protocol import Observation
-    from medsim.policies.rollout import _measure, check_first_interval
+    from medsim.policies.rollout_setup import _measure, check_first_interval
     from medsim.policies.scenarios import announced_at
 
     from medsim.population.streams import Stream
@@ -130,7 +130,7 @@ def device_chunk(
     ``n_paths`` patients again to save their paths (counter-based streams make them the same
     patients with the same noise).
     """
-    from medsim.policies.rollout import chunk_scenario
+    from medsim.policies.rollout_setup import chunk_scenario
 
     n = pop.n_patients
     patient = offset + np.arange(n, dtype=np.int64)
@@ -201,7 +201,7 @@ def streaming_rollout(
     ValueError
         For a policy without an array step or a scenario with infusions.
     """
-    from medsim.policies.rollout import _Setup, chunk_scenario
+    from medsim.policies.rollout_setup import _Setup, chunk_scenario
 
     from medsim.simulate import budget
 

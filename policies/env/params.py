@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 from medsim.policies.env.task import EnvTask, TaskError
 from medsim.policies.evaluate import default_scenario
-from medsim.policies.rollout import _Setup
+from medsim.policies.rollout_setup import _Setup
 from medsim.policies.spec import SafetySpec
 from medsim.policies.spec_file import parse_spec
 

@@ -141,7 +141,7 @@ def test_the_report_says_which_loop_ran(pk_draws):
 def test_streaming_memory_is_one_row_of_sums_per_patient():
     # A full run failed here: 10^5 patients with CGM were refused (15.3 GiB planned for
     # per-interaction rows) although the streaming loop keeps only per-patient sums.
-    from medsim.policies.rollout import _check_work, _Setup
+    from medsim.policies.rollout_setup import _check_work, _Setup
 
     from medsim.simulate import WorkLimitError
 
