@@ -161,4 +161,4 @@ def evaluate_policies(
         "dt": f"{step:g} {model.time_unit}",
         "scheme": scheme,
     }
-    return risk_report(list(results), spec, provenance=full), list(results)
+    return risk_report(list(results), spec, provenance=full, model=model), list(results)

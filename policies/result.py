@@ -61,6 +61,13 @@ class RolloutResult:
         Save-grid times for the first ``M`` patients (fan charts); ``None`` if not saved.
     path : Mapping observable -> (M, T) float
         Observables on that grid.
+    trace : Mapping observable -> (N, T) float
+        Noise-free observables of every patient on the regular grid ``0, trace_step, ...`` before
+        the horizon (CGM-like, :mod:`policies.traces`); empty when the model records none.
+    trace_step : float
+        Spacing of that grid in ``time_unit`` (nan without traces).
+    clock_start_h : float
+        Clock time (h after midnight) at time 0, for time-of-day profiles.
     seed : int
     provenance : Mapping
         Model name/version, data hash, posterior file, package versions, simulator settings.
@@ -90,6 +97,9 @@ class RolloutResult:
     out_of_support: np.ndarray | None = None
     path_time: np.ndarray | None = None
     path: Mapping[str, np.ndarray] = field(default_factory=dict)
+    trace: Mapping[str, np.ndarray] = field(default_factory=dict)
+    trace_step: float = float("nan")
+    clock_start_h: float = 0.0
     seed: int = 0
     provenance: Mapping = field(default_factory=dict)
 
@@ -150,6 +160,9 @@ class RolloutResult:
             else cat(self.out_of_support, other.out_of_support, 0.0),
             path_time=path_time,
             path=path,
+            trace={key: np.concatenate([self.trace[key], other.trace[key]]) for key in self.trace},
+            trace_step=self.trace_step,
+            clock_start_h=self.clock_start_h,
             seed=self.seed,
             provenance=self.provenance,
         )

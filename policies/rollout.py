@@ -60,6 +60,7 @@ from policies.result import RolloutResult
 from policies.rollout_assemble import PER_BOUND, assemble, merge_all, support_fraction
 from policies.scenarios import Scenario, announced_at, next_event_after
 from policies.targets import check_support, range_bounds, target_range
+from policies.traces import empty_trace, sample_interval, trace_grid
 
 Progress = Callable[[float, float], None]
 
@@ -101,6 +102,8 @@ class _Setup:
         self.measured_obs = tuple(o for o in model.observable_names if o in model.residual)
         self.cmts = tuple(sorted(model.dose_targets))
         self.tol = 1e-9 * max(1.0, self.horizon)
+        # CGM-like traces for the glucose consensus metrics (policies.traces); None for other models.
+        self.trace_grid = trace_grid(model.observable_names, self.horizon, model.time_unit)
 
 
 def _measure(setup: _Setup, pop: VirtualPopulation, true: Mapping[str, np.ndarray], patient, k, take) -> dict:
@@ -124,6 +127,8 @@ def _check_work(setup: _Setup, policy: Policy, interactions: float, n_events: in
     """Refuse a rollout whose interactions or memory exceed the limits, before simulating it."""
     n, unit = max(setup.n_total, 1), setup.model.time_unit
     memory = n * (interactions * _row_bytes(setup) + 16 * 3 * n_events)
+    if setup.trace_grid is not None:  # float32 traces: the chunk's buffer and the merged copy
+        memory += n * 2 * 4 * setup.trace_grid.n_points * len(setup.trace_grid.observables)
     budget.check_work(
         interactions=interactions,
         memory=memory,
@@ -185,6 +190,9 @@ def _run_chunk(
     rows: list[dict[str, Any]] = []
     paths: list[tuple[np.ndarray, dict[str, np.ndarray]]] = []
     outside_target = np.zeros((n, len(setup.target_bounds)))
+    # Traces need the observables at every sub-step; fan-chart paths keep every save_every-th.
+    trace = None if setup.trace_grid is None else empty_trace(setup.trace_grid, n)
+    sub_every = 1 if trace is not None else save_every
     while active.any():
         if len(rows) >= setup.max_interactions:
             raise PolicyError(
@@ -231,7 +239,7 @@ def _run_chunk(
             key=patient_keys(setup.seed, Stream.PROCESS, patient, k),
             events=_dose_events(setup, t, bolus, scen),
             rates={c: jnp.asarray(r, jnp.float32) for c, r in rates.items()},
-            save_every=save_every if n_paths > 0 else None,
+            save_every=sub_every if n_paths > 0 or trace is not None else None,
             patients=patient,
         )
         st = jax.tree_util.tree_map(np.asarray, res.stats)
@@ -254,15 +262,28 @@ def _run_chunk(
                 **{name: getattr(st, name)[:, :J] for name in PER_BOUND},
             }
         )
+        if trace is not None:
+            sample_interval(setup.trace_grid, trace, t, t1, np.asarray(res.path.time), res.path.values)
         if n_paths > 0:
-            saved = {o: np.asarray(v)[:n_paths] for o, v in res.path.values.items()}
-            paths.append((np.asarray(res.path.time)[:n_paths], saved))
+            thin = slice(None, None, save_every // sub_every)
+            saved = {o: np.asarray(v)[:n_paths, thin] for o, v in res.path.values.items()}
+            paths.append((np.asarray(res.path.time)[:n_paths, thin], saved))
         x, t, k = res.state, t1, k + active
         measure = option.measure_next
         active = (t < horizon - setup.tol) & real
         if progress is not None:
             progress(done + float(np.sum(t[:n_real])), total)
-    return assemble(setup, pop.take(slice(0, n_real)), policy, rows, outside_target[:n_real], paths, n_real)
+    return assemble(
+        setup,
+        pop.take(slice(0, n_real)),
+        policy,
+        rows,
+        outside_target[:n_real],
+        paths,
+        n_real,
+        scenario_events=scen,
+        trace={} if trace is None else {o: v[:n_real] for o, v in trace.items()},
+    )
 
 
 def _rollout(

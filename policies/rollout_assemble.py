@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from medsim.population.virtual import VirtualPopulation
+from medsim.simulate.types import DoseEvents
 from policies.paths import compress_segments
 from policies.protocol import Policy
 from policies.result import RolloutResult
@@ -51,6 +52,26 @@ def support_fraction(
     return np.where(active & (length > 0), frac, 0.0)
 
 
+def scenario_totals(events: DoseEvents | None, horizon: float, n_real: int) -> dict[int, np.ndarray]:
+    """Amount each patient received from scenario events before ``horizon``, per compartment.
+
+    A bolus counts when given before the horizon; an infusion counts for its overlap with
+    ``[0, horizon)``.
+    """
+    if events is None:
+        return {}
+    time = np.asarray(events.time, np.float64)[:n_real]
+    cmt = np.asarray(events.cmt)[:n_real]
+    amount = np.asarray(events.amount, np.float64)[:n_real]
+    rate = np.asarray(events.rate, np.float64)[:n_real]
+    given = np.isfinite(time) & (time < horizon)
+    infused = rate > 0
+    duration = np.where(infused, amount / np.where(infused, rate, 1.0), 0.0)
+    overlap = np.clip(np.minimum(time + duration, horizon) - time, 0.0, None)
+    delivered = np.where(given, np.where(infused, rate * overlap, amount), 0.0)
+    return {int(c): np.where(cmt == c, delivered, 0.0).sum(axis=1) for c in np.unique(cmt[given])}
+
+
 def assemble(
     setup: _Setup,
     pop: VirtualPopulation,
@@ -59,9 +80,16 @@ def assemble(
     outside_target: np.ndarray,
     paths: list,
     n_real: int,
+    *,
+    scenario_events: DoseEvents | None = None,
+    trace: Mapping[str, np.ndarray] | None = None,
 ) -> RolloutResult:
     """Stack per-interaction rows of the ``n_real`` real patients into (N, K[, J]) arrays; entries
-    past a patient's horizon get the padding values of ``RolloutResult.merge``."""
+    past a patient's horizon get the padding values of ``RolloutResult.merge``.
+
+    ``total_dose_cmt<c>`` counts what the policy gave and what the scenario delivered into
+    compartment ``c`` before the horizon (the meals of a meal scenario); ``trace`` holds the
+    chunk's CGM-grid traces (:mod:`policies.traces`)."""
     mask = np.stack([r["mask"][:n_real] for r in rows], axis=1)
 
     def stack(key: str, fill: Any = np.nan, dtype: Any = None) -> np.ndarray:
@@ -80,6 +108,8 @@ def assemble(
         f"total_dose_cmt{c}": (treatment[f"bolus_cmt{c}"] + treatment[f"rate_cmt{c}"] * length).sum(1)
         for c in setup.cmts
     }
+    for c, amount in scenario_totals(scenario_events, setup.horizon, n_real).items():
+        efficacy[f"total_dose_cmt{c}"] = efficacy.get(f"total_dose_cmt{c}", 0.0) + amount
     if setup.target is not None:
         below = sum((outside_target[:, i] for i, b in enumerate(setup.target_bounds) if b.side == "lower"), 0.0)
         above = sum((outside_target[:, i] for i, b in enumerate(setup.target_bounds) if b.side == "upper"), 0.0)
@@ -107,6 +137,9 @@ def assemble(
         out_of_support=stack("out_of_support", 0.0) if setup.support else None,
         path_time=path_time,
         path=path,
+        trace=dict(trace or {}),
+        trace_step=float("nan") if setup.trace_grid is None else setup.trace_grid.step,
+        clock_start_h=float(getattr(setup.scenario, "start_clock_h", 0.0)),
         seed=setup.seed,
         **{name: stack(name, fill) for name, fill in PER_BOUND.items()},
     )

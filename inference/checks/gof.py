@@ -30,7 +30,7 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from inference.checks.predictive import PredictiveError, draws_of, padded_of, posterior_predictive
-from inference.priors import residual_key
+from medsim.models.base import residual_key
 from medsim.population.draws import PosteriorDraws
 
 ETA_STEP = 1e-3

@@ -199,6 +199,9 @@ class PhysiologyModel(ABC):
     dose_targets: Mapping[int, str] = field(default_factory=dict)
     dose_scale: Mapping[int, float] = field(default_factory=dict)
     dose_units: Mapping[int, str] = field(default_factory=dict)
+    #: What a reader calls each dose compartment's input ("insulin", "carbohydrate"); reports
+    #: name treatments by it, with the unit from ``dose_units`` (see :meth:`dose_label`).
+    dose_labels: Mapping[int, str] = field(default_factory=dict)
     obs_targets: Mapping[int, str] = field(default_factory=dict)
     #: Defaults a model declares so that no command needs to know models by name: the safety
     #: bounds ``medsim simulate`` monitors, the efficacy range reports use, and the compartment
@@ -350,6 +353,12 @@ class PhysiologyModel(ABC):
         out[target] = x[target] + self.dose_scale.get(cmt, 1.0) * amount
         return out
 
+    def dose_label(self, cmt: int) -> str:
+        """``"insulin (U)"``: the compartment's ``dose_labels`` name (else "dose into <state>") and unit."""
+        name = self.dose_labels.get(cmt) or f"dose into {self.dose_targets.get(cmt, f'CMT {cmt}')}"
+        unit = self.dose_units.get(cmt, "")
+        return f"{name} ({unit})" if unit else name
+
     # ------------------------------------------------------------------ description
     def describe(self) -> dict:
         """JSON-serialisable description (for ``medsim models`` and provenance)."""
@@ -366,6 +375,7 @@ class PhysiologyModel(ABC):
             "residual": {k: vars(v) for k, v in self.residual.items()},
             "dose_targets": {str(k): v for k, v in self.dose_targets.items()},
             "dose_units": {str(k): v for k, v in self.dose_units.items()},
+            "dose_labels": {str(k): v for k, v in self.dose_labels.items()},
             "obs_targets": {str(k): v for k, v in self.obs_targets.items()},
             "noisy_states": list(self.noisy_states),
         }

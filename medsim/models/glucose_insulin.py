@@ -135,7 +135,9 @@ class GlucoseInsulin(PhysiologyModel):
     )
     dose_targets: dict = field(default_factory=lambda: {1: "insulin_sc", 2: "gut1"})
     dose_scale: dict = field(default_factory=lambda: {1: 1.0, 2: 1.0})
-    dose_units: dict = field(default_factory=lambda: {1: "U insulin (RATE in U/min)", 2: "g carbohydrate"})
+    # Boluses in these units; an infusion RATE in the unit per minute (the model's time unit).
+    dose_units: dict = field(default_factory=lambda: {1: "U", 2: "g"})
+    dose_labels: dict = field(default_factory=lambda: {1: "insulin", 2: "carbohydrate"})
     obs_targets: dict = field(default_factory=lambda: {3: "glucose_mg_dL", 4: "insulin_uU_mL"})
     safety_limits: tuple[SafetyLimit, ...] = (
         SafetyLimit("glucose_mg_dL", "lower", 70.0, _CONSENSUS),

@@ -80,6 +80,7 @@ class PKIV1Cmt(PhysiologyModel):
     dose_targets: dict = field(default_factory=lambda: {1: "central"})
     dose_scale: dict = field(default_factory=lambda: {1: 1.0})
     dose_units: dict = field(default_factory=lambda: {1: "mg"})
+    dose_labels: dict = field(default_factory=lambda: {1: "intravenous dose"})
     obs_targets: dict = field(default_factory=lambda: {1: "conc"})
     safety_limits: tuple[SafetyLimit, ...] = (
         SafetyLimit(

@@ -75,6 +75,7 @@ class PKOral1Cmt(PhysiologyModel):
     dose_targets: dict = field(default_factory=lambda: {1: "depot", 2: "central"})
     dose_scale: dict = field(default_factory=lambda: {1: 1.0, 2: 1.0})
     dose_units: dict = field(default_factory=lambda: {1: "mg", 2: "mg"})
+    dose_labels: dict = field(default_factory=lambda: {1: "oral dose", 2: "intravenous dose"})
     obs_targets: dict = field(default_factory=lambda: {2: "conc", 1: "conc"})
     safety_limits: tuple[SafetyLimit, ...] = (
         SafetyLimit("conc", "upper", 20.0, "upper end of the usual theophylline therapeutic range (10-20 mg/L)"),

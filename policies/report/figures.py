@@ -15,7 +15,8 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from PIL import Image
 
-from policies.report.text import efficacy_metric
+from medsim.units import convert_time
+from policies.report.text import efficacy_metric, policy_labels, with_unit
 from policies.result import RolloutResult
 from policies.risk.report import RiskReport
 from policies.spec import SafetySpec
@@ -26,7 +27,7 @@ _COLORS = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e
 _BOUND_COLOR = "#b22222"
 
 
-def _png(fig: Figure) -> bytes:
+def png(fig: Figure) -> bytes:
     """Compact PNG: rendered in RGB, reduced to a 128-colour palette (line plots and translucent
     bands need few colours; the file shrinks about fourfold), no timestamp or software tag so
     that the same report gives the same bytes."""
@@ -39,6 +40,15 @@ def _png(fig: Figure) -> bytes:
     return out.getvalue()
 
 
+def _time_axis(unit: str, horizon: float) -> tuple[float, str]:
+    """Scale from the model's time unit to the axis unit: hours beyond 3 h, else the model's unit."""
+    try:
+        hours = convert_time(1.0, unit, "h")
+    except (KeyError, ValueError):
+        return 1.0, unit
+    return (hours, "h") if horizon * hours > 3.0 else (1.0, unit)
+
+
 def _paths(result: RolloutResult, observable: str, max_paths: int) -> tuple[np.ndarray, np.ndarray]:
     """(M, T) times and values: saved paths, else the noise-free values at interaction times."""
     if result.path_time is not None and observable in result.path:
@@ -49,10 +59,21 @@ def _paths(result: RolloutResult, observable: str, max_paths: int) -> tuple[np.n
     return t, v
 
 
-def fan_chart(result: RolloutResult, spec: SafetySpec, *, n_individual: int = 5, max_paths: int = 200) -> bytes:
+def fan_chart(
+    result: RolloutResult,
+    spec: SafetySpec,
+    *,
+    n_individual: int = 5,
+    max_paths: int = 200,
+    label: str | None = None,
+    units: dict | None = None,
+) -> bytes:
     """Quantile bands (5-25-50-75-95%) of each bounded observable over time, a few individual
-    paths, the bounds, and the measurement times of the individual paths."""
+    paths, the bounds, and the measurement times of the individual paths. ``label`` names the
+    policy in the title; ``units`` maps observables to their units (axis labels)."""
     observables = spec.observables
+    units = units or {}
+    scale, axis_unit = _time_axis(result.time_unit, float(result.horizon))
     fig = Figure(figsize=(7.5, 2.6 * len(observables)))
     axes = fig.subplots(len(observables), 1, squeeze=False)[:, 0]
     horizon = float(result.horizon)
@@ -71,52 +92,60 @@ def fan_chart(result: RolloutResult, spec: SafetySpec, *, n_individual: int = 5,
             q = np.full((5, grid.size), np.nan)
             some = np.isfinite(y).any(axis=0)  # times after every path ended stay blank
             q[:, some] = np.nanquantile(y[:, some], [0.05, 0.25, 0.5, 0.75, 0.95], axis=0)
-            ax.fill_between(grid, q[0], q[4], color=_COLORS[0], alpha=0.18, lw=0, label="5-95%")
-            ax.fill_between(grid, q[1], q[3], color=_COLORS[0], alpha=0.35, lw=0, label="25-75%")
-            ax.plot(grid, q[2], color=_COLORS[0], lw=1.6, label="median")
+            ax.fill_between(scale * grid, q[0], q[4], color=_COLORS[0], alpha=0.18, lw=0, label="5-95%")
+            ax.fill_between(scale * grid, q[1], q[3], color=_COLORS[0], alpha=0.35, lw=0, label="25-75%")
+            ax.plot(scale * grid, q[2], color=_COLORS[0], lw=1.6, label="median")
             for i in range(min(n_individual, y.shape[0])):
-                ax.plot(grid, y[i], color="0.35", lw=0.7, alpha=0.8, label="individual paths" if i == 0 else None)
+                ax.plot(
+                    scale * grid, y[i], color="0.35", lw=0.7, alpha=0.8, label="individual paths" if i == 0 else None
+                )
         measured = result.measured.get(obs)
         if measured is not None:
             m = np.asarray(measured, float)[:n_individual]
             ts = np.asarray(result.t_start, float)[:n_individual]
             ok = np.isfinite(m) & np.isfinite(ts)
             if ok.any():
-                ax.plot(ts[ok], m[ok], "o", ms=3, color="black", label="measurements (noisy)")
-                ax.plot(ts[ok], np.zeros(ok.sum()), "|", ms=8, color="black", transform=ax.get_xaxis_transform())
+                ax.plot(scale * ts[ok], m[ok], "o", ms=3, color="black", label="measurements (noisy)")
+                ax.plot(
+                    scale * ts[ok], np.zeros(ok.sum()), "|", ms=8, color="black", transform=ax.get_xaxis_transform()
+                )
         for b in spec.bounds:
             if b.observable == obs:
                 ax.axhline(b.value, color=_BOUND_COLOR, ls="--", lw=1.2)
-                ax.annotate(b.name, (horizon, b.value), color=_BOUND_COLOR, fontsize=8, ha="right", va="bottom")
-        ax.set_xlim(0.0, horizon)
-        ax.set_ylabel(obs)
+                ax.annotate(b.name, (scale * horizon, b.value), color=_BOUND_COLOR, fontsize=8, ha="right", va="bottom")
+        ax.set_xlim(0.0, scale * horizon)
+        ax.set_ylabel(with_unit(obs, units.get(obs, "")))
         ax.legend(fontsize=7, loc="upper left", ncol=3, frameon=False)
-    axes[-1].set_xlabel(f"time ({result.time_unit})")
-    axes[0].set_title(f"{result.policy}: trajectories against the safety bounds", fontsize=10)
-    return _png(fig)
+    axes[-1].set_xlabel(f"time ({axis_unit})")
+    axes[0].set_title(f"{label or result.policy}: trajectories against the safety bounds", fontsize=10)
+    return png(fig)
 
 
 def risk_curve_figure(report: RiskReport) -> bytes:
     """P(first violation <= t), any bound: bridge (continuous time, solid, band) and grid (dashed)."""
     fig = Figure(figsize=(7.5, 3.2))
     ax = fig.subplots()
+    labels = policy_labels(report)
+    scale, axis_unit = _time_axis(report.time_unit, report.spec.horizon)
     for i, p in enumerate(report.policies):
         c = _COLORS[i % len(_COLORS)]
-        t = np.asarray(p.curve.time)
+        t = scale * np.asarray(p.curve.time)
         val = np.array([e.value for e in p.curve.bridge])
         lo = np.array([e.lower for e in p.curve.bridge])
         hi = np.array([e.upper for e in p.curve.bridge])
-        ax.fill_between(t, lo, hi, color=c, alpha=0.2, lw=0, step="post")
-        ax.step(t, val, where="post", color=c, lw=1.6, label=f"{p.policy} (continuous time)")
-        ax.step(t, [e.value for e in p.curve.grid], where="post", color=c, lw=1.0, ls="--", label=f"{p.policy} (grid)")
-    ax.axhline(report.spec.epsilon, color=_BOUND_COLOR, ls=":", lw=1.2, label="epsilon")
-    ax.set_xlabel(f"time ({report.time_unit})")
-    ax.set_ylabel("P(first violation <= t)")
-    ax.set_xlim(0.0, report.spec.horizon)
+        name = labels[p.policy]
+        ax.fill_between(t, 100 * lo, 100 * hi, color=c, alpha=0.2, lw=0, step="post")
+        ax.step(t, 100 * val, where="post", color=c, lw=1.6, label=f"{name} (continuous time)")
+        grid = 100 * np.array([e.value for e in p.curve.grid])
+        ax.step(t, grid, where="post", color=c, lw=1.0, ls="--", label=f"{name} (grid)")
+    ax.axhline(100 * report.spec.epsilon, color=_BOUND_COLOR, ls=":", lw=1.2, label="epsilon")
+    ax.set_xlabel(f"time ({axis_unit})")
+    ax.set_ylabel("P(first violation <= t) (%)")
+    ax.set_xlim(0.0, scale * report.spec.horizon)
     ax.set_ylim(bottom=0.0)
     ax.legend(fontsize=7, frameon=False)
     ax.set_title(f"Violation probability over time ({100 * (1 - report.spec.delta):g}% pointwise bands)", fontsize=10)
-    return _png(fig)
+    return png(fig)
 
 
 def epistemic_figure(report: RiskReport) -> bytes | None:
@@ -128,18 +157,19 @@ def epistemic_figure(report: RiskReport) -> bytes | None:
     rows = -(-len(entries) // cols)
     fig = Figure(figsize=(2.8 * cols + 0.8, 2.4 * rows))
     axes = np.atleast_1d(fig.subplots(rows, cols, squeeze=False).ravel())
+    labels = policy_labels(report)
     for i, (ax, p) in enumerate(zip(axes, entries, strict=False)):
-        risk = np.asarray(p.epistemic.per_draw)
-        top = max(float(risk.max(initial=0.0)), report.spec.epsilon) * 1.1 or 1.0
+        risk = 100 * np.asarray(p.epistemic.per_draw)
+        top = max(float(risk.max(initial=0.0)), 100 * report.spec.epsilon) * 1.1 or 100.0
         ax.hist(risk, bins=np.linspace(0.0, top, 25), color=_COLORS[i % len(_COLORS)], alpha=0.8)
-        ax.axvline(report.spec.epsilon, color=_BOUND_COLOR, ls="--", lw=1.2, label="epsilon")
-        ax.set_title(p.policy, fontsize=9)
-        ax.set_xlabel("risk given posterior draw")
+        ax.axvline(100 * report.spec.epsilon, color=_BOUND_COLOR, ls="--", lw=1.2, label="epsilon")
+        ax.set_title(labels[p.policy], fontsize=9)
+        ax.set_xlabel("risk given posterior draw (%)")
         ax.legend(fontsize=7, frameon=False)
     for ax in axes[len(entries) :]:
         ax.set_visible(False)
     axes[0].set_ylabel("draws")
-    return _png(fig)
+    return png(fig)
 
 
 def efficacy_risk_figure(report: RiskReport) -> bytes | None:
@@ -149,36 +179,48 @@ def efficacy_risk_figure(report: RiskReport) -> bytes | None:
         return None
     fig = Figure(figsize=(5.5, 3.6))
     ax = fig.subplots()
+    labels = policy_labels(report)
+    unit = report.units.get(metric, "")
+    k = 100.0 if unit == "%" else 1.0
     for i, p in enumerate(report.policies):
         r, e = p.joint.bridge, p.efficacy[metric]
         ax.errorbar(
-            [r.value],
-            [e.value],
+            [100 * r.value],
+            [k * e.value],
             # an estimate without an interval gets no bar (never a zero-width one)
-            xerr=[[r.value - r.lower], [r.upper - r.value]] if r.has_interval else None,
-            yerr=[[e.value - e.lower], [e.upper - e.value]] if e.has_interval else None,
+            xerr=[[100 * (r.value - r.lower)], [100 * (r.upper - r.value)]] if r.has_interval else None,
+            yerr=[[k * (e.value - e.lower)], [k * (e.upper - e.value)]] if e.has_interval else None,
             fmt="o",
             color=_COLORS[i % len(_COLORS)],
             capsize=3,
-            label=p.policy,
+            label=labels[p.policy],
         )
-    ax.axvline(report.spec.epsilon, color=_BOUND_COLOR, ls="--", lw=1.2, label="epsilon")
-    ax.set_xlabel("P(violation), continuous time")
-    ax.set_ylabel(metric.replace("_", " "))
+    ax.axvline(100 * report.spec.epsilon, color=_BOUND_COLOR, ls="--", lw=1.2, label="epsilon")
+    ax.set_xlabel("P(violation), continuous time (%)")
+    ax.set_ylabel(with_unit(report.labels.get(metric, metric.replace("_", " ")), unit))
     ax.legend(fontsize=7, frameon=False)
     ax.set_title("Efficacy against risk", fontsize=10)
-    return _png(fig)
+    return png(fig)
 
 
 def report_figures(report: RiskReport, results: Sequence[RolloutResult] | None = None) -> dict[str, bytes]:
-    """All figures, keyed by file stem: ``fan_<i>``, ``risk_curve``, ``epistemic``, ``efficacy_risk``."""
+    """All figures, keyed by file stem: ``fan_<i>``, ``risk_curve``, ``epistemic``, ``efficacy_risk``,
+    and for glucose ``agp`` and ``time_in_ranges``."""
+    from policies.report.glucose_figures import agp_figure, time_in_ranges_figure
+
     figs: dict[str, bytes] = {}
     by_name = {r.policy: r for r in results or ()}
+    labels = policy_labels(report)
     for i, p in enumerate(report.policies):
         if p.policy in by_name:
-            figs[f"fan_{i}"] = fan_chart(by_name[p.policy], report.spec)
+            figs[f"fan_{i}"] = fan_chart(by_name[p.policy], report.spec, label=labels[p.policy], units=report.units)
     figs["risk_curve"] = risk_curve_figure(report)
-    for name, fn in (("epistemic", epistemic_figure), ("efficacy_risk", efficacy_risk_figure)):
+    for name, fn in (
+        ("agp", agp_figure),
+        ("time_in_ranges", time_in_ranges_figure),
+        ("epistemic", epistemic_figure),
+        ("efficacy_risk", efficacy_risk_figure),
+    ):
         png = fn(report)
         if png is not None:
             figs[name] = png

@@ -12,7 +12,7 @@ import base64
 import html
 from collections.abc import Mapping, Sequence
 
-from policies.report import text
+from policies.report import glucose_text, text
 from policies.risk.report import RiskReport
 
 _CSS = """
@@ -60,27 +60,38 @@ def _figure(png: bytes | None, caption: str) -> str:
 def render_html(report: RiskReport, figures: Mapping[str, bytes] | None = None) -> str:
     """HTML text of ``report``; ``figures`` maps figure stem -> PNG bytes (see :mod:`.figures`)."""
     figures = figures or {}
+    labels = text.policy_labels(report)
     parts = [
         "<!DOCTYPE html>",
         '<html lang="en"><head><meta charset="utf-8">',
         f'<meta http-equiv="Content-Security-Policy" content="{_CSP}">',
         '<meta name="viewport" content="width=device-width, initial-scale=1">',
-        f"<title>medsim risk report: {_e(', '.join(p.policy for p in report.policies))}</title>",
+        f"<title>{_e(text.title(report))}: {_e(', '.join(labels.values()))}</title>",
         f"<style>{_CSS}</style></head><body>",
-        "<h1>medsim risk report</h1>",
+        f"<h1>{_e(text.title(report))}</h1>",
     ]
     for decision, sentence in text.headline(report):
         parts.append(f'<div class="verdict {_e(decision)}">{_e(sentence)}</div>')
-    for w in report.all_warnings:
+    for w in text.warnings(report):
         parts.append(f'<div class="warning">WARNING: {_e(w)}</div>')
     parts.append(f"<p>{_e(text.spec_line(report))}</p>")
     parts.append(f"<p>Model calibration: {_e(text.calibration_text(report.provenance))}</p>")
-    parts += ["<h2>Policies</h2>", _table(text.SUMMARY_HEADER, text.summary_rows(report), decision_col=1)]
+    if glucose_text.has_glucose(report):
+        parts += [
+            "<h2>Glucose: international consensus metrics</h2>",
+            _table(*glucose_text.consensus_rows(report)),
+            f'<p class="note">{_e(glucose_text.consensus_note(report))}</p>',
+            "<h2>Ambulatory glucose profile</h2>",
+            _figure(figures.get("agp"), "Ambulatory glucose profile per policy (percentiles by time of day)"),
+            _figure(figures.get("time_in_ranges"), "Time in ranges (mean share of readings per policy)"),
+            f'<p class="note">{_e(glucose_text.agp_note(report))}</p>',
+        ]
+    parts += ["<h2>Policies</h2>", _table(*text.policy_rows(report))]
+    parts += [_table(text.SUMMARY_HEADER, text.summary_rows(report), decision_col=1)]
     parts.append(
         '<p class="note">Continuous time: Brownian-bridge corrected probability of leaving the safe set at any '
         "time. Seen at measurements: what a check at the measurement times sees. Only between measurements: the "
-        f"difference. Intervals: two-sided {_e(f'{100 * (1 - report.spec.delta):g}')}%, cluster-robust over "
-        "posterior draws.</p>"
+        f"difference. {_e(text.confidence_note(report))}</p>"
     )
     if report.comparisons:
         h, rows = text.comparison_rows(report)
@@ -101,23 +112,28 @@ def render_html(report: RiskReport, figures: Mapping[str, bytes] | None = None) 
         seq = p.sequential
         parts += [
             '<section class="policy">',
-            f"<h2>{_e(p.policy)}</h2>",
+            f"<h2>{_e(labels[p.policy])}</h2>",
+            f'<p class="note">{_e(p.policy)}</p>',
             f'<div class="verdict {_e(p.verdict.decision)}">{_e(p.verdict.statement)}</div>',
             *[f'<div class="warning">WARNING: {_e(w)}</div>' for w in p.warnings],
             f"<p>Sequential test ({_e(seq.method)}): <b>{_e(seq.decision)}</b> after {seq.stopped_at} of "
             f"{seq.n_units} {_e(seq.unit)}s ({seq.patients_used} patients).</p>",
-            _figure(figures.get(f"fan_{i}"), f"{p.policy}: 5-25-50-75-95% bands, individual paths, measurements"),
+            _figure(
+                figures.get(f"fan_{i}"), f"{labels[p.policy]}: 5-25-50-75-95% bands, individual paths, measurements"
+            ),
             "<h3>Violation probability by bound</h3>",
             _table(*text.bound_rows(p)),
+            f'<p class="note">{_e(text.DETECTION_NOTE)}</p>',
             "<h3>Epistemic vs aleatoric</h3><ul>",
             *[f"<li>{_e(s)}</li>" for s in text.epistemic_lines(p, report.spec.epsilon)],
             "</ul><h3>Severity and timing</h3>",
             f"<p>{_e(text.first_violation_line(p, report.time_unit))}</p>",
-            _table(*text.severity_rows(p, report.time_unit)),
-            f"<p>Expected time outside the safe set: {_e(text.num_ci(p.cost.expected_time_outside, report.time_unit))}"
+            _table(*text.severity_rows(report, p)),
+            f"<p>Expected time outside the safe set: "
+            f"{_e(text.time_ci(p.cost.expected_time_outside, report.time_unit, inf='∞'))}"
             f" ({_e(text.pct_ci(p.cost.expected_fraction_outside))} of the horizon).</p>",
             "<h3>Tightening margin for checks at interaction times</h3>",
-            _table(*text.margin_rows(p, report.time_unit)),
+            _table(*text.margin_rows(report, p)),
         ]
         parts.append(f"<p>{_e(text.support_line(p))}</p>")
         parts.append("</section>")

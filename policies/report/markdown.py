@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping, Sequence
 
-from policies.report import text
+from policies.report import glucose_text, text
 from policies.risk.report import RiskReport
 
 _TAG = re.compile(r"<(?=[A-Za-z/!?])")
@@ -29,21 +29,30 @@ def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
 def render_markdown(report: RiskReport, figures: Mapping[str, str] | None = None) -> str:
     """Markdown text of ``report``; ``figures`` maps figure stem -> relative file path."""
     figures = figures or {}
-    out = ["# medsim risk report", ""]
+    labels = text.policy_labels(report)
+    out = [f"# {_cell(text.title(report))}", ""]
     for decision, sentence in text.headline(report):
         mark = {"PASS": "✅", "FAIL": "❌"}.get(decision, "⚠️")
         out.append(f"**{mark} {_cell(sentence)}**  ")
     out.append("")
-    for w in report.all_warnings:
+    for w in text.warnings(report):
         out += [f"> **WARNING:** {_cell(w)}", ""]
     out += [_cell(text.spec_line(report)), ""]
     out += [_cell("Model calibration: " + text.calibration_text(report.provenance)), ""]
-    out += ["## Policies", "", _table(text.SUMMARY_HEADER, text.summary_rows(report)), ""]
+    if glucose_text.has_glucose(report):
+        out += ["## Glucose: international consensus metrics", "", _table(*glucose_text.consensus_rows(report)), ""]
+        out += [_cell(glucose_text.consensus_note(report)), ""]
+        out += ["## Ambulatory glucose profile", ""]
+        for stem, caption in (("agp", "Ambulatory glucose profile"), ("time_in_ranges", "Time in ranges")):
+            if stem in figures:
+                out += [f"![{caption}]({figures[stem]})", ""]
+        out += [_cell(glucose_text.agp_note(report)), ""]
+    out += ["## Policies", "", _table(*text.policy_rows(report)), ""]
+    out += [_table(text.SUMMARY_HEADER, text.summary_rows(report)), ""]
     out += [
         "*Continuous time* is the Brownian-bridge corrected probability of leaving the safe set at any time; "
         "*seen at measurements* is what a check at the measurement times sees; *only between measurements* "
-        "is the difference. Intervals are two-sided "
-        f"{100 * (1 - report.spec.delta):g}% (cluster-robust over posterior draws).",
+        "is the difference. " + _cell(text.confidence_note(report)),
         "",
     ]
     if report.comparisons:
@@ -60,7 +69,8 @@ def render_markdown(report: RiskReport, figures: Mapping[str, str] | None = None
         if stem in figures:
             out += [f"![{title}]({figures[stem]})", ""]
     for i, p in enumerate(report.policies):
-        out += [f"## {_cell(p.policy)}", "", f"**{_cell(p.verdict.statement)}**", ""]
+        out += [f"## {_cell(labels[p.policy])}", "", "Full specification: " + _cell(p.policy), ""]
+        out += [f"**{_cell(p.verdict.statement)}**", ""]
         seq = p.sequential
         out += [
             _cell(
@@ -70,9 +80,9 @@ def render_markdown(report: RiskReport, figures: Mapping[str, str] | None = None
             "",
         ]
         if f"fan_{i}" in figures:
-            out += [f"![{_cell(p.policy)} trajectories]({figures[f'fan_{i}']})", ""]
+            out += [f"![{_cell(labels[p.policy])} trajectories]({figures[f'fan_{i}']})", ""]
         h, rows = text.bound_rows(p)
-        out += ["### Violation probability by bound", "", _table(h, rows), ""]
+        out += ["### Violation probability by bound", "", _table(h, rows), "", _cell(text.DETECTION_NOTE), ""]
         out += [
             "### Epistemic vs aleatoric",
             "",
@@ -80,12 +90,12 @@ def render_markdown(report: RiskReport, figures: Mapping[str, str] | None = None
             "",
         ]
         out += ["### Severity and timing", "", _cell(text.first_violation_line(p, report.time_unit)), ""]
-        h, rows = text.severity_rows(p, report.time_unit)
+        h, rows = text.severity_rows(report, p)
         out += [_table(h, rows), ""]
-        cost = text.num_ci(p.cost.expected_time_outside, report.time_unit)
+        cost = text.time_ci(p.cost.expected_time_outside, report.time_unit, inf="∞")
         frac = text.pct_ci(p.cost.expected_fraction_outside)
         out += [_cell(f"Expected time outside the safe set: {cost} ({frac} of the horizon)."), ""]
-        h, rows = text.margin_rows(p, report.time_unit)
+        h, rows = text.margin_rows(report, p)
         out += ["### Tightening margin for checks at interaction times", "", _table(h, rows), ""]
         out += [_cell(text.support_line(p)), ""]
     out += ["## Provenance", "", _table(["item", "value"], text.provenance_rows(report)), ""]

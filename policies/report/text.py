@@ -1,67 +1,80 @@
 """The words and tables of a risk report, shared by the Markdown and HTML renderings.
 
 Everything here returns plain strings and rows of plain strings; the renderers escape them for
-their format. Probabilities are shown in percent with their interval, ``value [lower, upper]``.
+their format. Probabilities and fractions of time are shown in percent with their interval,
+``value [lower, upper]``; every other number carries its unit (from the report's ``units``, which
+come from the model's declarations), durations read in min below two hours and in h above, and
+policies are named by short labels whose full specification the policy table gives.
 """
 
 from __future__ import annotations
 
 import math
 
+from policies.report.numbers import duration, num, num_ci, pct, pct_ci, pp, time_ci
 from policies.risk.estimate import Estimate
 from policies.risk.report import PolicyRisk, RiskReport
 
-
-def pct(x: float) -> str:
-    """``0.0412`` -> ``"4.12%"`` (3 significant digits; ``"n/a"`` for nan)."""
-    if not math.isfinite(x):
-        return "n/a"
-    if 0.0 < x < 1e-4:
-        return "<0.01%"
-    return f"{100 * x:.3g}%"
+#: Policy names longer than this are shown by their kind (the part before ":") in tables and figures.
+LABEL_WIDTH = 24
 
 
-def pct_ci(e: Estimate | None) -> str:
-    if e is None:
-        return "n/a"
-    if e.no_interval:
-        return f"{pct(e.value)} (interval not estimable: {e.no_interval})"
-    return f"{pct(e.value)} [{pct(e.lower)}, {pct(e.upper)}]"
+def policy_labels(report: RiskReport) -> dict[str, str]:
+    """Short label of each policy: its name, or its kind when the name is long (numbered if shared)."""
+    kinds = {p.policy: p.policy if len(p.policy) <= LABEL_WIDTH else p.policy.split(":")[0] for p in report.policies}
+    out: dict[str, str] = {}
+    for name, kind in kinds.items():
+        same = [n for n, k in kinds.items() if k == kind]
+        out[name] = kind if len(same) == 1 else f"{kind} ({same.index(name) + 1})"
+    return out
 
 
-def num(x: float, unit: str = "", *, inf: str = "∞") -> str:
-    """Number with 3 significant digits; ``inf`` is the text for +infinity (e.g. "> horizon")."""
-    if math.isnan(x):
-        return "n/a"
-    if math.isinf(x):
-        return inf if x > 0 else "-∞"
-    return f"{x:.3g}{(' ' + unit) if unit else ''}"
+def policy_rows(report: RiskReport) -> tuple[list[str], list[list[str]]]:
+    """The policies compared: short label and full specification."""
+    labels = policy_labels(report)
+    return ["policy", "full specification"], [[labels[p.policy], p.policy] for p in report.policies]
 
 
-def num_ci(e: Estimate | None, unit: str = "", *, inf: str = "∞") -> str:
-    if e is None or math.isnan(e.value):
-        return "n/a"
-    if e.no_interval:
-        return f"{num(e.value, unit, inf=inf)} (interval not estimable: {e.no_interval})"
-    return f"{num(e.value, unit, inf=inf)} [{num(e.lower, inf=inf)}, {num(e.upper, inf=inf)}]"
-
-
-def time_ci(e: Estimate | None, unit: str) -> str:
-    """A time estimate; +infinity reads "> horizon" (no violation within the horizon)."""
-    return num_ci(e, unit, inf="> horizon")
+def title(report: RiskReport) -> str:
+    """The report's title; a personalized report says whose digital twin it is."""
+    model = report.provenance.model
+    head = f"medsim risk report: {model}" if model else "medsim risk report"
+    if report.twin_of:
+        return f"{head}, digital twins of subject {report.twin_of}"
+    return head
 
 
 def headline(report: RiskReport) -> list[tuple[str, str]]:
     """``(decision, sentence)`` per policy: the verdict in words."""
-    return [(p.verdict.decision, f"{p.policy}: {p.verdict.statement}") for p in report.policies]
+    labels = policy_labels(report)
+    return [(p.verdict.decision, f"{labels[p.policy]}: {p.verdict.statement}") for p in report.policies]
+
+
+def warnings(report: RiskReport) -> list[str]:
+    """Report-level warnings, then each policy's, prefixed with the policy's short label."""
+    labels = policy_labels(report)
+    return [*report.warnings, *(f"{labels[p.policy]}: {w}" for p in report.policies for w in p.warnings)]
+
+
+def confidence_note(report: RiskReport) -> str:
+    """What the verdict's bound and the tables' intervals are (one-sided vs two-sided)."""
+    c = f"{100 * (1 - report.spec.delta):g}%"
+    return (
+        f"The verdicts use a one-sided {c} confidence bound on P(violation) (an upper bound for PASS, a lower "
+        f"bound for FAIL); every interval in the tables is two-sided {c}, cluster-robust over posterior draws, "
+        "so a verdict's bound can lie inside the interval shown next to it."
+    )
 
 
 def spec_line(report: RiskReport) -> str:
     s = report.spec
-    bounds = ", ".join(b.name for b in s.bounds)
-    target = f"; efficacy target {s.target}" if s.target is not None else ""
+    bounds = ", ".join(f"{b.name} {report.units.get(b.observable, '')}".rstrip() for b in s.bounds)
+    target = ""
+    if s.target is not None:
+        target = f"; efficacy target {s.target} {report.units.get(s.target.observable, '')}".rstrip()
+    window = f" (monitored from {duration(s.monitor_from, report.time_unit)})" if s.monitor_from > 0 else ""
     return (
-        f"Safe set: {bounds} over {s.horizon:g} {report.time_unit}; chance constraint P(violation) <= "
+        f"Safe set: {bounds} over {duration(s.horizon, report.time_unit)}{window}; chance constraint P(violation) <= "
         f"{pct(s.epsilon)} with {pct(1 - s.delta)} confidence{target}."
     )
 
@@ -83,6 +96,7 @@ SUMMARY_HEADER = (
 def summary_rows(report: RiskReport) -> list[list[str]]:
     """One row per policy for the comparison table (columns of :data:`SUMMARY_HEADER`)."""
     rows = []
+    labels = policy_labels(report)
     for p in report.policies:
         seq = p.sequential
         seq_txt = (
@@ -92,14 +106,14 @@ def summary_rows(report: RiskReport) -> list[list[str]]:
         )
         rows.append(
             [
-                p.policy,
+                labels[p.policy],
                 p.verdict.decision,
                 pct_ci(p.joint.bridge),
                 pct_ci(p.joint.seen),
                 pct_ci(p.joint.grid),
                 pct_ci(p.joint.between_bridge),
                 pct_ci(p.joint.share_between),
-                num_ci(p.cost.expected_time_outside, report.time_unit),
+                time_ci(p.cost.expected_time_outside, report.time_unit, inf="∞"),
                 seq_txt,
                 f"{p.n_patients} / {p.n_draws}",
             ]
@@ -119,83 +133,125 @@ def efficacy_metric(report: RiskReport) -> str | None:
     return sorted(common)[0] if common else None
 
 
+def with_unit(name: str, unit: str) -> str:
+    """``"total insulin (U)"``; a name without a unit stays bare."""
+    return f"{name} ({unit})" if unit else name
+
+
+def quantity(report: RiskReport, key: str, e: Estimate | None) -> str:
+    """An estimate of quantity ``key`` in its unit: shares in percent, others with their unit."""
+    unit = report.units.get(key, "")
+    return pct_ci(e) if unit == "%" else num_ci(e, unit)
+
+
 def efficacy_rows(report: RiskReport) -> tuple[list[str], list[list[str]]]:
     names = sorted(set().union(*(p.efficacy for p in report.policies)))
-    rows = [[p.policy] + [num_ci(p.efficacy.get(n)) for n in names] for p in report.policies]
-    return ["policy", *names], rows
+    labels = policy_labels(report)
+    header = [with_unit(report.labels.get(n, n.replace("_", " ")), report.units.get(n, "")) for n in names]
+    rows = [[labels[p.policy]] + [quantity(report, n, p.efficacy.get(n)) for n in names] for p in report.policies]
+    return ["policy", *header], rows
 
 
 def comparison_rows(report: RiskReport) -> tuple[list[str], list[list[str]]]:
     header = ["A", "B", "P_A - P_B", "SE paired", "SE unpaired", "common random numbers"]
+    labels = policy_labels(report)
     rows = []
     for c in report.comparisons:
         d = c.risk_difference
         diff = (
-            f"{100 * d.value:+.3g} pp (interval not estimable: {d.no_interval})"
+            f"{pp(d.value, signed=True)} pp (interval not estimable: {d.no_interval})"
             if d.no_interval
-            else f"{100 * d.value:+.3g} pp [{100 * d.lower:+.3g}, {100 * d.upper:+.3g}]"
+            else f"{pp(d.value, signed=True)} pp [{pp(d.lower, signed=True)}, {pp(d.upper, signed=True)}]"
         )
         rows.append(
             [
-                c.policy_a,
-                c.policy_b,
+                labels.get(c.policy_a, c.policy_a),
+                labels.get(c.policy_b, c.policy_b),
                 diff,
-                "n/a" if math.isnan(c.se_paired) else f"{100 * c.se_paired:.3g} pp",
-                f"{100 * c.se_unpaired:.3g} pp",
+                f"{pp(c.se_paired)} pp" if math.isfinite(c.se_paired) else "n/a",
+                f"{pp(c.se_unpaired)} pp",
                 "yes" if c.paired else "no",
             ]
         )
     return header, rows
 
 
+DETECTION_NOTE = (
+    "Alarm, true: some noisy measurement the policy saw was outside the bound while the noise-free value was "
+    "outside too. Alarm, false only: measurements were outside but the noise-free value never was at those times "
+    "(measurement noise); the two add up to the share of patients with any alarm, which can exceed the "
+    "probability seen at measurements because of the false alarms."
+)
+
+
 def bound_rows(p: PolicyRisk) -> tuple[list[str], list[list[str]]]:
-    header = ["bound", "continuous (bridge)", "seen", "grid", "only between", "detected by noisy measurement"]
+    header = [
+        "bound",
+        "continuous (bridge)",
+        "seen at measurements",
+        "sub-step grid",
+        "only between measurements",
+        "alarm, true",
+        "alarm, false only",
+    ]
     rows = [
-        [v.bound, pct_ci(v.bridge), pct_ci(v.seen), pct_ci(v.grid), pct_ci(v.between_bridge), pct_ci(v.detected)]
+        [
+            v.bound,
+            pct_ci(v.bridge),
+            pct_ci(v.seen),
+            pct_ci(v.grid),
+            pct_ci(v.between_bridge),
+            pct_ci(v.detected_true if v.detected_true is not None else v.detected),
+            pct_ci(v.false_alarm),
+        ]
         for v in (p.joint, *p.per_bound)
     ]
     return header, rows
 
 
-def severity_rows(p: PolicyRisk, time_unit: str) -> tuple[list[str], list[list[str]]]:
+def _bound_unit(report: RiskReport, bound: str) -> str:
+    for b in report.spec.bounds:
+        if b.name == bound:
+            return report.units.get(b.observable, "")
+    return ""
+
+
+def severity_rows(report: RiskReport, p: PolicyRisk) -> tuple[list[str], list[list[str]]]:
+    unit = report.time_unit
     header = [
         "bound",
         "expected time outside",
         "time outside | violated",
-        "depth | violated",
-        "95th pct depth | violated",
+        "depth beyond the bound | violated",
+        "95th percentile depth | violated",
         "first violation, median | violated",
     ]
     first = {f.bound: f for f in p.first_violation}
     rows = []
     for s in p.severity:
         f = first.get(s.bound)
+        depth_unit = _bound_unit(report, s.bound)
         rows.append(
             [
                 s.bound,
-                num_ci(s.expected_time_outside, time_unit),
-                num_ci(s.time_outside_if_violated, time_unit),
-                num_ci(s.depth_if_violated),
-                num_ci(s.depth_q95_if_violated),
-                "n/a" if f is None else time_ci(f.conditional_quantiles.get("q50"), time_unit),
+                time_ci(s.expected_time_outside, unit, inf="∞"),
+                time_ci(s.time_outside_if_violated, unit, inf="∞"),
+                num_ci(s.depth_if_violated, depth_unit),
+                num_ci(s.depth_q95_if_violated, depth_unit),
+                "n/a" if f is None else time_ci(f.conditional_quantiles.get("q50"), unit),
             ]
         )
     return header, rows
 
 
-def margin_rows(p: PolicyRisk, time_unit: str) -> tuple[list[str], list[list[str]]]:
-    header = ["bound", "quantile", "margin needed", "upper confidence bound", "Lipschitz rule (L x median dt)"]
-    rows = [
-        [
-            m.bound,
-            pct(m.quantile),
-            num(m.margin.value),
-            num(m.margin.upper) if m.margin.has_interval else f"not estimable: {m.margin.no_interval}",
-            f"{num(m.lipschitz_margin.value)} (L = {num(m.lipschitz_rate.value)}/{time_unit}, "
-            f"dt = {num(m.median_interval)} {time_unit})",
-        ]
-        for m in p.margins
-    ]
+def margin_rows(report: RiskReport, p: PolicyRisk) -> tuple[list[str], list[list[str]]]:
+    """The tightening margin: how far inside the bound a check at interaction times must stay."""
+    header = ["bound", "share of intervals covered", "margin needed", "one-sided upper confidence bound"]
+    rows = []
+    for m in p.margins:
+        unit = _bound_unit(report, m.bound)
+        upper = num(m.margin.upper, unit) if m.margin.has_interval else f"not estimable: {m.margin.no_interval}"
+        rows.append([m.bound, pct(m.quantile), num(m.margin.value, unit), upper])
     return header, rows
 
 
@@ -223,9 +279,9 @@ def first_violation_line(p: PolicyRisk, time_unit: str) -> str:
     reasons = {v.no_interval for v in km.values()}
     head = f"Time to first violation (any bound, Kaplan-Meier, {f.n_events} events): "
     if len(reasons) == 1 and "" not in reasons:  # one reason for all: say it once
-        parts = [f"{k[1:]}%: {num(v.value, time_unit, inf='> horizon')}" for k, v in km.items()]
+        parts = [f"{int(k[1:])}%: {duration(v.value, time_unit, inf='> horizon')}" for k, v in km.items()]
         return head + "; ".join(parts) + f" (intervals not estimable: {reasons.pop()})."
-    parts = [f"{k[1:]}%: {time_ci(v, time_unit)}" for k, v in km.items()]
+    parts = [f"{int(k[1:])}%: {time_ci(v, time_unit)}" for k, v in km.items()]
     return head + "; ".join(parts) + "."
 
 

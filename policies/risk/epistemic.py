@@ -113,13 +113,18 @@ def _draw_quantile(
     if not corrected:
         why = "one patient per draw: each per-draw risk is one patient's, its spread is not only epistemic"
     elif noise >= between:
+        se_pp = 100.0 * float(np.sqrt(noise))  # in percentage points, as reports show risks
+        se_txt = f"{se_pp:.2g} percentage points" if se_pp >= 0.01 else "< 0.01 percentage points"
         why = (
-            f"{per}: the Monte Carlo noise of each per-draw risk (SE about {np.sqrt(noise):.2g}) is as large as "
-            "the spread between draws"
+            f"{per}: the Monte Carlo noise of each per-draw risk (SE about {se_txt}) is as large as the spread "
+            "between draws"
         )
     elif not est.width > 0:
         ties = int(np.sum(mean == est.value))
-        why = f"{ties} of {mean.size} per-draw risks tie at {est.value:.3g} ({per}): the interval collapses to a point"
+        why = (
+            f"{ties} of {mean.size} per-draw risks tie at {100 * est.value:.3g}% ({per}): the interval collapses "
+            "to a point"
+        )
     else:
         return est
     return Estimate.without_interval(est.value, est.n, est.method, why, seed, level)

@@ -64,6 +64,11 @@ class PatientEvents:
         Continuous-time violation probability per patient, in [0, 1].
     joint_seen, joint_grid, joint_detected : (N,) bool
     joint_bridge : (N,) float
+    detected_true : (N, J) bool or None
+        Some measurement was outside where the noise-free value at that time was outside too;
+        ``detected & ~detected_true`` are patients whose every alarm was false (measurement noise
+        pushed an in-range value out).
+    joint_detected_true : (N,) bool or None
     undefined_bridge : int
         Valid intervals whose log-survival was NaN (the simulator could not evaluate the bridge,
         e.g. a log-scale observable at exactly 0); such patients count as violating unless the
@@ -82,6 +87,8 @@ class PatientEvents:
     joint_detected: np.ndarray
     joint_bridge: np.ndarray
     undefined_bridge: int = 0
+    detected_true: np.ndarray | None = None
+    joint_detected_true: np.ndarray | None = None
 
     @property
     def n_patients(self) -> int:
@@ -186,6 +193,7 @@ def patient_events(result: RolloutResult, spec: SafetySpec) -> PatientEvents:
     seen = np.zeros((n, j_count), bool)
     start_out = np.zeros((n, j_count), bool)
     detected = np.zeros((n, j_count), bool)
+    detected_true = np.zeros((n, j_count), bool)
     measured_obs = np.zeros(j_count, bool)
     for j, b in enumerate(spec.bounds):
         values = checkpoint_values(result, b.observable)
@@ -199,7 +207,10 @@ def patient_events(result: RolloutResult, spec: SafetySpec) -> PatientEvents:
             noisy = np.where(mask, np.asarray(noisy, float), np.nan)
             measured_obs[j] = bool(np.isfinite(noisy).any())
             with np.errstate(invalid="ignore"):
-                detected[:, j] = np.asarray(b.outside(noisy)).any(axis=1)
+                alarm = np.asarray(b.outside(noisy))
+                truly = np.asarray(b.outside(np.asarray(result.true_start[b.observable], float)))
+                detected[:, j] = alarm.any(axis=1)
+                detected_true[:, j] = (alarm & truly).any(axis=1)
 
     grid = seen | start_out | grid_iv.any(axis=1)
     total_log = log_surv.sum(axis=1)
@@ -221,4 +232,6 @@ def patient_events(result: RolloutResult, spec: SafetySpec) -> PatientEvents:
         joint_detected=detected.any(axis=1),
         joint_bridge=np.where(grid.any(axis=1), 1.0, joint_bridge),
         undefined_bridge=undefined,
+        detected_true=detected_true,
+        joint_detected_true=detected_true.any(axis=1),
     )

@@ -48,6 +48,11 @@ class ViolationProbability:
         Fraction of the bridge violation probability that is only between checkpoints.
     detected : Estimate or None
         A noisy measurement the policy saw was outside (None if the observable is never measured).
+    detected_true : Estimate or None
+        Some measurement was outside while the noise-free value was outside too (a true alarm).
+    false_alarm : Estimate or None
+        Measurements were outside but never while the noise-free value was (only false alarms);
+        ``detected = detected_true + false_alarm``.
     """
 
     bound: str
@@ -63,6 +68,8 @@ class ViolationProbability:
     between_bridge: Estimate
     share_between: Estimate
     detected: Estimate | None = None
+    detected_true: Estimate | None = None
+    false_alarm: Estimate | None = None
 
 
 def ratio_of_means(
@@ -100,6 +107,7 @@ def _one(
     grid: np.ndarray,
     bridge: np.ndarray,
     detected: np.ndarray | None,
+    detected_true: np.ndarray | None,
     cluster: np.ndarray,
     *,
     level: float,
@@ -109,6 +117,7 @@ def _one(
     method = "clt-cluster" if 2 <= se.n_clusters < se.n else "clt"
     bridge_est = Estimate(float(se.mean), float(lo), float(hi), se.n, method, seed, level, float(se.honest))
     between = np.where(seen, 0.0, bridge)
+    true_alarm = None if detected is None or detected_true is None else detected_true & detected
     kw = {"level": level, "seed": seed}
     return ViolationProbability(
         bound=name,
@@ -124,6 +133,8 @@ def _one(
         between_bridge=intervals.mean(between, cluster, unit_interval=True, **kw),
         share_between=ratio_of_means(between, bridge, cluster, **kw),
         detected=None if detected is None else intervals.proportion(detected, cluster, **kw),
+        detected_true=None if true_alarm is None else intervals.proportion(true_alarm, cluster, **kw),
+        false_alarm=None if true_alarm is None else intervals.proportion(detected & ~true_alarm, cluster, **kw),
     )
 
 
@@ -153,6 +164,7 @@ def violation_probabilities(
             events.grid[:, j],
             events.bridge[:, j],
             events.detected[:, j] if events.measured_observable[j] else None,
+            None if events.detected_true is None else events.detected_true[:, j],
             cl,
             level=level,
             seed=seed,
@@ -165,6 +177,7 @@ def violation_probabilities(
         events.joint_grid,
         events.joint_bridge,
         events.joint_detected if events.measured_observable.any() else None,
+        events.joint_detected_true,
         cl,
         level=level,
         seed=seed,

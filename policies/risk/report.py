@@ -10,13 +10,14 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
 
 from policies.result import RolloutResult
 from policies.risk import intervals
+from policies.risk.agp import AmbulatoryProfile, ambulatory_profile
 from policies.risk.codec import from_jsonable, to_jsonable
 from policies.risk.compare import PairedComparison, compare
 from policies.risk.curve import RiskCurve, censoring_time, first_grid_time, risk_curves
@@ -24,6 +25,8 @@ from policies.risk.epistemic import EpistemicSplit, epistemic_split
 from policies.risk.estimate import Estimate
 from policies.risk.events import SpecMismatchError, patient_events
 from policies.risk.first_violation import FirstViolation, first_violation
+from policies.risk.glucose import GLUCOSE, GlucoseMetrics, glucose_metrics
+from policies.risk.labels import quantity_names, twin_subject
 from policies.risk.margin import TighteningMargin, tightening_margins
 from policies.risk.probability import ViolationProbability, violation_probabilities
 from policies.risk.provenance import Provenance, make_provenance
@@ -68,6 +71,10 @@ class PolicyRisk:
     efficacy : dict str -> Estimate
         Mean of each per-patient efficacy metric of the rollout.
     warnings : tuple of str
+    glucose : GlucoseMetrics or None
+        Consensus glucose metrics (models with a glucose trace; None otherwise).
+    agp : AmbulatoryProfile or None
+        Glucose percentiles by time of day (with ``glucose``).
     """
 
     policy: str
@@ -88,6 +95,8 @@ class PolicyRisk:
     support: SupportFlag | None
     efficacy: dict[str, Estimate]
     warnings: tuple[str, ...]
+    glucose: GlucoseMetrics | None = None
+    agp: AmbulatoryProfile | None = None
 
 
 @dataclass(frozen=True)
@@ -106,6 +115,12 @@ class RiskReport:
     warnings : tuple of str
         Report-level warnings (fit diagnostics first), loudest first.
     schema_version : int
+    units : dict str -> str
+        Unit of each observable and efficacy metric (``"%"``: a fraction shown in percent).
+    labels : dict str -> str
+        Reader name of each efficacy metric (e.g. ``total_dose_cmt1`` -> ``"total insulin"``).
+    twin_of : str
+        The fitted subject whose digital twins were simulated ("" for a population).
     """
 
     spec: SafetySpec
@@ -115,6 +130,9 @@ class RiskReport:
     provenance: Provenance
     warnings: tuple[str, ...]
     schema_version: int = SCHEMA_VERSION
+    units: dict[str, str] = field(default_factory=dict)
+    labels: dict[str, str] = field(default_factory=dict)
+    twin_of: str = ""
 
     def policy(self, name: str) -> PolicyRisk:
         """The entry of policy ``name`` (KeyError listing the policies otherwise)."""
@@ -195,6 +213,10 @@ def policy_risk(
             efficacy[name] = intervals.mean(
                 v[ok], ev.draw[ok], level=level, seed=seed, unit_interval=share, nonnegative=nonneg
             )
+    glucose, agp = None, None
+    trace = result.trace.get(GLUCOSE)
+    if trace is not None and trace.size:
+        glucose, agp = _glucose(result, np.asarray(trace, np.float64), spec, level, seed)
     support = support_flag(result, threshold=support_threshold, level=level, seed=seed, unknown_reason=support_unknown)
     warnings = []
     if support.flagged:
@@ -230,8 +252,31 @@ def policy_risk(
         support=support,
         efficacy=efficacy,
         warnings=tuple(warnings),
+        glucose=glucose,
+        agp=agp,
     )
     return pr, ev.joint_bridge
+
+
+def _glucose(
+    result: RolloutResult, trace: np.ndarray, spec: SafetySpec, level: float, seed: int
+) -> tuple[GlucoseMetrics | None, AmbulatoryProfile | None]:
+    """Consensus metrics and AGP from the rollout's CGM-grid trace, inside the monitoring window."""
+    unit = result.time_unit
+    step = float(result.trace_step)
+    t = np.arange(trace.shape[1]) * step
+    inside = np.where((t >= spec.monitor_from - 1e-9 * max(1.0, step))[None, :], trace, np.nan)
+    metrics = glucose_metrics(inside, result.draw, step_min=convert_time(step, unit, "min"), level=level, seed=seed)
+    agp = ambulatory_profile(
+        trace,
+        convert_time(step, unit, "h"),
+        result.draw,
+        clock_start_h=float(result.clock_start_h),
+        start_h=convert_time(spec.monitor_from, unit, "h"),
+        level=level,
+        seed=seed,
+    )
+    return metrics, agp
 
 
 def calibration_gated(risk: PolicyRisk, prov: Provenance) -> PolicyRisk:
@@ -260,6 +305,7 @@ def risk_report(
     *,
     provenance: Mapping[str, Any] | Provenance | None = None,
     support_threshold: float = DEFAULT_THRESHOLD,
+    model: Any = None,
 ) -> RiskReport:
     """Build the :class:`RiskReport` of ``results`` (one rollout per policy) under ``spec``.
 
@@ -277,6 +323,8 @@ def risk_report(
         Share of simulated time outside the fitted support above which a policy is flagged.
         A provenance entry ``support_unknown`` says why rollouts without support ranges were not
         checked (e.g. the posterior file records no cohort support); it is kept in the settings.
+    model : PhysiologyModel, optional
+        The rollouts' model: units of observables and names and units of treatments in the report.
 
     Raises
     ------
@@ -313,7 +361,12 @@ def risk_report(
     prov = make_provenance(provenance, results[0].provenance)
     if prov.seed is None:
         prov = replace(prov, seed=int(results[0].seed))
+    keys = sorted({k for r in results for k in r.efficacy})
+    units, labels = quantity_names(model, keys, results[0].provenance.get("target_range"))
     return RiskReport(
+        units=units,
+        labels=labels,
+        twin_of=twin_subject(np.concatenate([np.asarray(r.subject).ravel() for r in results])),
         spec=spec,
         time_unit=unit,
         policies=tuple(calibration_gated(p, prov) for p, _ in per_policy),

@@ -17,6 +17,7 @@ from policies.risk.estimate import Estimate
 from policies.risk.first_violation import first_violation
 from policies.risk.intervals import clopper_pearson, quantile, quantile_ranks, standard_errors, wilson
 from policies.risk.margin import tightening_margins
+from policies.risk.probability import violation_probabilities
 from policies.risk.support import support_flag
 from policies.spec import parse_inline_spec
 
@@ -253,3 +254,17 @@ def test_monitoring_window_ignores_intervals_before_it():
     later = risk_report([result], spec).policies[0].joint.bridge.value
     assert full == 1.0 and later < 0.05
     assert monitored(result, 0.25).mask[:, 0].sum() == 0
+
+
+def test_alarms_split_into_true_and_false():
+    """A noisy measurement outside the bound is a true alarm when the noise-free value at that
+    time is outside too; patient 2's measurement 1.05 of a true 0.6 is a false alarm only."""
+    r = tiny_rollout()
+    measured = r.measured["x"].copy()
+    measured[2, 1] = 1.05
+    ev = patient_events(replace(r, measured={"x": measured}), SPEC)
+    assert ev.detected[:, 0].tolist() == [False, True, True]
+    assert ev.detected_true[:, 0].tolist() == [False, True, False]
+    joint, _ = violation_probabilities(ev, level=0.95, seed=0)
+    assert joint.detected.value == pytest.approx(2 / 3)
+    assert joint.detected_true.value == pytest.approx(1 / 3) and joint.false_alarm.value == pytest.approx(1 / 3)

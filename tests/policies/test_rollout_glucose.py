@@ -92,3 +92,29 @@ def test_progress_reaches_the_total(results):
     pop, _, calls = results
     done, total = calls[-1]
     assert total == pytest.approx(pop.n_patients * 24 * 60.0) and done == pytest.approx(total)
+
+
+def test_scenario_meals_count_in_the_carbohydrate_total(results):
+    """The meals of the scenario are carbohydrate the patients ate: ``total_dose_cmt2`` used to
+    read 0 because only what the policy gave was summed."""
+    pop, rollouts, _ = results
+    meals = SCENARIO.events(np.arange(pop.n_patients), 24 * 60.0, time_unit="min")
+    time, amount = np.asarray(meals.time, np.float64), np.asarray(meals.amount, np.float64)
+    eaten = np.where(np.isfinite(time) & (time < 24 * 60.0), amount, 0.0).sum(axis=1)
+    assert (eaten > 100).all()  # three meals of 45-80 g nominal
+    for r in rollouts:  # no policy gives carbohydrate: the total is the meals, float32 amounts
+        np.testing.assert_allclose(r.efficacy["total_dose_cmt2"], eaten, rtol=1e-6)
+
+
+def test_cgm_trace_is_the_simulated_glucose_every_5_minutes(results):
+    """The trace holds every patient's noise-free glucose on 0, 5, ... < 24 h; at the start of each
+    interaction it is the value the policy's measurement was drawn around."""
+    _, rollouts, _ = results
+    for r in rollouts:
+        g = r.trace["glucose_mg_dL"]
+        assert g.shape == (r.n_patients, 288) and np.isfinite(g).all() and r.trace_step == 5.0
+        on_grid = r.mask & (np.abs(r.t_start / 5.0 - np.round(r.t_start / 5.0)) < 1e-6)
+        rows, cols = np.nonzero(on_grid)
+        index = np.round(r.t_start[rows, cols] / 5.0).astype(int)
+        # float32 simulator state vs its float64 copy: agree to float32 rounding
+        np.testing.assert_allclose(g[rows, index], r.true_start["glucose_mg_dL"][rows, cols], rtol=1e-6)
