@@ -76,8 +76,6 @@ def prior_population(
         cov[name] = jnp.asarray(arr, jnp.float32)
     population = {p.name: jnp.full((n,), p.typical, jnp.float32) for p in model.parameters}
     omega = {p.name: np.full(n, p.bsv) for p in model.structural if p.bsv > 0}
-    drawn = draw_individuals(
-        model, population, omega, cov, seed=key, stream=Stream.SAMPLING, patient=np.arange(n)
-    )
+    drawn = draw_individuals(model, population, omega, cov, seed=key, stream=Stream.SAMPLING, patient=np.arange(n))
     out = {k: jnp.asarray(v, jnp.float32) for k, v in drawn.params.items()}
     return {**cov, **out}

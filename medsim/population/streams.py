@@ -119,9 +119,7 @@ def name_counter(name: str) -> int:
 
 
 _named = jax.jit(
-    jax.vmap(
-        lambda k, names: jax.vmap(lambda c: jax.random.normal(jax.random.fold_in(k, c)))(names), in_axes=(0, None)
-    )
+    jax.vmap(lambda k, names: jax.vmap(lambda c: jax.random.normal(jax.random.fold_in(k, c)))(names), in_axes=(0, None))
 )
 
 
