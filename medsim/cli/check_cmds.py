@@ -18,7 +18,7 @@ the same held-out window; with ``--figures DIR`` it also writes the comparison p
 ``DIR/loo_compare.png``.
 
 ``medsim check POSTERIOR --report DIR`` writes the pharmacometric fit report
-(:mod:`inference.checks.fit_report`); ``--figures DIR`` writes its figures.
+(:mod:`medsim.inference.checks.fit_report`); ``--figures DIR`` writes its figures.
 """
 
 from __future__ import annotations
@@ -49,7 +49,7 @@ SHOWN = (
 
 
 def refit_settings(posterior: Any) -> dict[str, Any]:
-    """Keyword arguments of :func:`inference.fit` that reproduce ``posterior``'s fit."""
+    """Keyword arguments of :func:`medsim.inference.fit` that reproduce ``posterior``'s fit."""
     attrs = posterior.attrs
     sampler = json.loads(attrs.get("sampler", "{}") or "{}")
     priors = posterior.priors
@@ -85,8 +85,8 @@ def refit_settings(posterior: Any) -> dict[str, Any]:
 
 def split_cohort(cohort: Any, *, after: float | None, fraction: float | None, last: int | None):
     """(training cohort, held-out mask, description) for exactly one of the three options."""
-    from inference.checks.heldout import heldout_mask, split_after, split_last
-    from inference.checks.predictive import PredictiveError
+    from medsim.inference.checks.heldout import heldout_mask, split_after, split_last
+    from medsim.inference.checks.predictive import PredictiveError
 
     given = [x is not None for x in (after, fraction, last)]
     if sum(given) != 1:
@@ -124,9 +124,9 @@ def heldout_gate(
     """
     import jax
 
-    from inference import fit
-    from inference.checks.calibration_gate import heldout_check
-    from inference.checks.predictive import PredictiveError
+    from medsim.inference import fit
+    from medsim.inference.checks.calibration_gate import heldout_check
+    from medsim.inference.checks.predictive import PredictiveError
 
     training, held, what = split_cohort(cohort, after=after, fraction=fraction, last=last)
     fitted = str(posterior.attrs.get("data_hash", ""))
@@ -174,13 +174,13 @@ def comparison(files: Sequence[Path], posteriors: Sequence[Any], *, figure: Path
 
     With ``figure``, the PSIS-LOO comparison plot is also written there (PNG, atomically).
     """
-    from inference.checks.loo import loo_compare
+    from medsim.inference.checks.loo import loo_compare
 
     names = [str(f) for f in files]
     loo = loo_compare(dict(zip(names, posteriors, strict=True)))
     if figure is not None:
-        from inference.checks.figures import save_figure
-        from inference.checks.loo import plot_loo_compare
+        from medsim.inference.checks.figures import save_figure
+        from medsim.inference.checks.loo import plot_loo_compare
 
         save_figure(plot_loo_compare(loo), figure)
     rows = {}
@@ -225,8 +225,8 @@ def write_fit_outputs(
     inference.checks.predictive.PredictiveError
         A cohort the model cannot simulate.
     """
-    from inference.checks.fit_report import build_fit_report, fit_figures, write_fit_figures, write_fit_report
-    from inference.diagnostic_figures import write_figures
+    from medsim.inference.checks.fit_report import build_fit_report, fit_figures, write_fit_figures, write_fit_report
+    from medsim.inference.diagnostic_figures import write_figures
 
     if cohort is None:
         written = write_figures(posterior, figures)

@@ -2,7 +2,7 @@
 
 ``medsim sbc MODEL --replications C`` draws ``C`` parameter sets from the model's prior,
 simulates one cohort of a single-bolus design from each, fits every cohort with NUTS and ranks
-the true values among the posterior draws (:func:`inference.calibration.run_calibration`; Talts
+the true values among the posterior draws (:func:`medsim.inference.calibration.run_calibration`; Talts
 et al. 2018). Uniform ranks and nominal interval coverage mean prior, simulator, likelihood and
 sampler agree. See docs/calibration.md, "Simulation-based calibration".
 
@@ -48,7 +48,7 @@ def _covariates(items: list[str]) -> dict[str, float]:
 
 
 def build_design(model, *, subjects, times, dose, dose_cmt, obs_cmt, held_out, covariates):
-    """The :class:`~inference.calibration.Design` of the options.
+    """The :class:`~medsim.inference.calibration.Design` of the options.
 
     Defaults: the model's first dose and observation compartments; covariates not given take the
     model's reference values.
@@ -59,7 +59,7 @@ def build_design(model, *, subjects, times, dose, dose_cmt, obs_cmt, held_out, c
         Naming the option: a compartment the model has no dose or observation for, an unknown
         covariate, bad sampling times.
     """
-    from inference.calibration import Design
+    from medsim.inference.calibration import Design
 
     dose_cmt = min(model.dose_targets) if dose_cmt is None else dose_cmt
     obs_cmt = min(model.obs_targets) if obs_cmt is None else obs_cmt
@@ -114,7 +114,7 @@ def sbc_command(
 ) -> None:
     """Simulation-based calibration of MODEL's fit (exit 1 if a rank histogram is not uniform)."""
     import medsim.models as registry
-    from inference.calibration import narrowed_priors, run_calibration
+    from medsim.inference.calibration import narrowed_priors, run_calibration
     from medsim.io import atomic_write
 
     if out is not None:

@@ -11,7 +11,7 @@ from tests.population.test_population_sampling import fitted_draws
 def test_typical_draws_of_draws_with_filtered_states():
     # `medsim demo` / `medsim check --report` failed on posteriors that store the subjects'
     # filtered states: the typical draws kept the (D, S) states of the D posterior draws.
-    from inference.checks.gof import typical_draws
+    from medsim.inference.checks.gof import typical_draws
 
     d = 3
     draws = fitted_draws(n_draws=d)
