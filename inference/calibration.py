@@ -20,6 +20,8 @@ model's typical rates; prior draws of a first-order absorption rate tens of time
 typical make the simulated data inaccurate (and are physiologically implausible).
 :func:`narrowed_priors` keeps the model and its prior *form* but scales the prior widths down;
 SBC checks the fitting machinery, which does not depend on the prior widths.
+
+From the command line: ``medsim sbc MODEL`` (:mod:`medsim.cli.sbc_cmds`, docs/calibration.md).
 """
 
 from __future__ import annotations

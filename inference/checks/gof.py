@@ -99,7 +99,7 @@ def typical_draws(posterior: Any, eta: dict[str, np.ndarray] | None = None, *, n
         omega={k: np.full(n, float(np.median(v))) for k, v in draws.omega.items()},
         eta={k: np.asarray(v, float) for k, v in eta.items()},
         residual={k: np.full(n, float(np.median(v))) for k, v in draws.residual.items()},
-        # typical patients start from the model's initial state, not from fitted subjects' filtered ones
+        # PRED starts every subject at the model's initial state, not at its filtered state
         state={},
         state_cov=None,
         state_time=None,

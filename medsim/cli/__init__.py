@@ -19,5 +19,6 @@ from medsim.cli import sim_cmds as _sim_cmds  # noqa: F401  isort: skip
 from medsim.cli import demo_cmds as _demo_cmds  # noqa: F401  isort: skip
 from medsim.cli import neural_cmds as _neural_cmds  # noqa: F401  isort: skip
 from medsim.cli import t1d_cmds as _t1d_cmds  # noqa: F401  isort: skip
+from medsim.cli import sbc_cmds as _sbc_cmds  # noqa: F401  isort: skip
 
 __all__ = ["app", "main"]

@@ -14,7 +14,8 @@ record says how well the same procedure predicted the later measurements of thes
 
 ``medsim check A.nc B.nc --compare`` compares fitted models on the same data: PSIS-LOO of their
 stored pointwise log-likelihood, and their stored held-out log scores when both were checked on
-the same held-out window.
+the same held-out window; with ``--figures DIR`` it also writes the comparison plot
+``DIR/loo_compare.png``.
 
 ``medsim check POSTERIOR --report DIR`` writes the pharmacometric fit report
 (:mod:`medsim.inference.checks.fit_report`); ``--figures DIR`` writes its figures.
@@ -168,12 +169,20 @@ def print_gate(console: Any, gate: Any) -> None:
     console.print(", ".join(f"{k} {gate.figure(k):.3g}" for k in SHOWN if gate.figure(k) is not None))
 
 
-def comparison(files: Sequence[Path], posteriors: Sequence[Any]) -> dict[str, Any]:
-    """PSIS-LOO and held-out log scores of fitted models (names are the file names)."""
+def comparison(files: Sequence[Path], posteriors: Sequence[Any], *, figure: Path | None = None) -> dict[str, Any]:
+    """PSIS-LOO and held-out log scores of fitted models (names are the file names).
+
+    With ``figure``, the PSIS-LOO comparison plot is also written there (PNG, atomically).
+    """
     from medsim.inference.checks.loo import loo_compare
 
     names = [str(f) for f in files]
     loo = loo_compare(dict(zip(names, posteriors, strict=True)))
+    if figure is not None:
+        from medsim.inference.checks.figures import save_figure
+        from medsim.inference.checks.loo import plot_loo_compare
+
+        save_figure(plot_loo_compare(loo), figure)
     rows = {}
     for name, post in zip(names, posteriors, strict=True):
         elpd_diff, dse = loo.difference(name)

@@ -216,7 +216,7 @@ def check_command(
         None,
         "--figures",
         help="Write the fit report's figures into this folder: VPC, individual fits, goodness of fit (these need "
-        "the fitted cohort, see --cohort) and trace/rank/energy plots.",
+        "the fitted cohort, see --cohort) and trace/rank/energy plots; with --compare, the PSIS-LOO comparison.",
     ),
     report: Path = typer.Option(
         None,
@@ -267,7 +267,7 @@ def check_command(
     except (FileNotFoundError, PosteriorFormatError) as err:
         _fail(str(err))
     if compare:
-        _compare(posterior_files, posteriors, as_json)
+        _compare(posterior_files, posteriors, as_json, figures)
         return
     if len(posteriors) != 1:
         _fail("give one posterior file (or several with --compare)")
@@ -398,8 +398,8 @@ def _heldout(path: Path, posterior, cohort, after, fraction, last, bounds, seed)
     return updated
 
 
-def _compare(files: list[Path], posteriors: list, as_json: bool) -> None:
-    """Print PSIS-LOO and held-out log scores of several posteriors."""
+def _compare(files: list[Path], posteriors: list, as_json: bool, figures: Path | None) -> None:
+    """Print PSIS-LOO and held-out log scores of several posteriors (and plot them into ``figures``)."""
     from rich.console import Console
     from rich.table import Table
 
@@ -407,7 +407,8 @@ def _compare(files: list[Path], posteriors: list, as_json: bool) -> None:
     from medsim.inference.checks.loo import LooError
 
     try:
-        result = check_cmds.comparison(files, posteriors)
+        plot = None if figures is None else figures / "loo_compare.png"
+        result = check_cmds.comparison(files, posteriors, figure=plot)
     except LooError as err:
         _fail(str(err))
     if as_json:
@@ -422,6 +423,8 @@ def _compare(files: list[Path], posteriors: list, as_json: bool) -> None:
         )
     console.print(table)
     console.print(f"best by PSIS-LOO ({result['unit']}s left out, {result['n_points']} points): {result['best_loo']}")
+    if plot is not None:
+        console.print(f"PSIS-LOO comparison plot: {plot}")
     if not result["heldout_comparable"]:
         console.print(
             "held-out log scores are not comparable: check every posterior on the same cohort and window "

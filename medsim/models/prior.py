@@ -72,7 +72,11 @@ class Prior:
 
     def sample(self, rng: np.random.Generator, n: int) -> np.ndarray:
         """``n`` independent draws (one standard normal each, so the stream does not depend on the family)."""
-        z = rng.standard_normal(n)
+        return self.from_normal(rng.standard_normal(n))
+
+    def from_normal(self, z: np.ndarray) -> np.ndarray:
+        """The draws that standard normals ``z`` map to (the quantile transform of each family)."""
+        z = np.asarray(z, np.float64)
         if self.distribution == "lognormal":
             return np.exp(self.loc + self.scale * z)
         if self.distribution == "normal":

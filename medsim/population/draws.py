@@ -14,6 +14,8 @@ import numpy as np
 
 from medsim.models.base import PhysiologyModel
 from medsim.models.prior import parameter_prior
+from medsim.population.individuals import PRIOR_DRAW
+from medsim.population.streams import Stream, patient_named_normal
 
 
 @dataclass(frozen=True)
@@ -103,9 +105,13 @@ class PosteriorDraws:
         values rather than drawn from their weakly informative half-normal: a prior-predictive
         population should spread patients as the literature does, not as wide as the fit's prior
         allows. Residual errors likewise take the model's values.
+
+        Draw ``d`` of parameter ``p`` is a counter-based draw of the ``SAMPLING`` stream (draw
+        index ``d``, named by ``p``): the first draws are the same for any ``n_draws``.
         """
-        rng = np.random.default_rng(seed)
-        population = {p.name: parameter_prior(p).sample(rng, n_draws) for p in model.parameters}
+        names = [p.name for p in model.parameters]
+        z = patient_named_normal(int(seed), Stream.SAMPLING, np.arange(n_draws), PRIOR_DRAW, names)
+        population = {p.name: parameter_prior(p).from_normal(z[:, j]) for j, p in enumerate(model.parameters)}
         omega = {p.name: np.full(n_draws, p.bsv) for p in model.structural if p.bsv > 0}
         residual = model.residual_values(n_draws)
         return cls(

@@ -11,7 +11,6 @@ fitted posteriors.
 
 from __future__ import annotations
 
-import zlib
 from collections.abc import Mapping
 
 import jax
@@ -19,12 +18,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from medsim.models.base import PhysiologyModel
-
-
-def _stream(key: jax.Array, name: str) -> jax.Array:
-    # A stream per parameter name (not position), so adding a parameter to a model leaves the
-    # draws of the others unchanged.
-    return jax.random.fold_in(key, zlib.crc32(name.encode()) & 0x7FFFFFFF)
+from medsim.population.individuals import draw_individuals
+from medsim.population.streams import Stream
 
 
 def prior_population(
@@ -47,7 +42,9 @@ def prior_population(
         Number of patients.
     key : jax PRNG key
         Patient ``i``'s random effects depend only on ``key`` and ``i`` (not on ``n``): the first
-        ``n`` patients are the same for any larger ``n``.
+        ``n`` patients are the same for any larger ``n``. Drawn by
+        :func:`~medsim.population.individuals.draw_individuals` on the ``SAMPLING`` stream with
+        ``key`` as the seed, one named draw per parameter.
     covariates : dict name -> scalar or (n,), optional
         Covariate values (in the covariate's unit); missing covariates take their reference value.
 
@@ -78,8 +75,7 @@ def prior_population(
             raise ValueError(f"covariates[{name!r}]: values must be finite ({known[name].unit})")
         cov[name] = jnp.asarray(arr, jnp.float32)
     population = {p.name: jnp.full((n,), p.typical, jnp.float32) for p in model.parameters}
-    varying = [p for p in model.structural if p.bsv > 0]
-    eta = {p.name: p.bsv * jax.random.normal(_stream(key, p.name), (n,), jnp.float32) for p in varying}
-    individual = model.individual_parameters(population, eta, cov)
-    out = {k: jnp.broadcast_to(jnp.asarray(v, jnp.float32), (n,)) for k, v in individual.items()}
+    omega = {p.name: np.full(n, p.bsv) for p in model.structural if p.bsv > 0}
+    drawn = draw_individuals(model, population, omega, cov, seed=key, stream=Stream.SAMPLING, patient=np.arange(n))
+    out = {k: jnp.asarray(v, jnp.float32) for k, v in drawn.params.items()}
     return {**cov, **out}

@@ -25,6 +25,12 @@
 Draw slots are chosen without replacement from the ``D`` available draws (cycling through fresh
 permutations when more slots than draws are asked for); see :mod:`medsim.population.virtual` for
 the patients-per-draw layout and its trade-off.
+
+Random numbers: every choice is a counter-based draw of the ``SAMPLING`` stream
+(:mod:`medsim.population.streams`) indexed by the patient (or, for the permutations, the draw):
+the random effects through :func:`~medsim.population.individuals.draw_individuals`, the covariate
+donor, the twin's start. With ``patients_per_draw`` fixed, patient ``i`` is the same for any
+``n`` (the first ``n`` patients of a larger population are the smaller population).
 """
 
 from __future__ import annotations
@@ -32,11 +38,11 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 
-import jax.numpy as jnp
 import numpy as np
 
 from medsim.population.draws import PosteriorDraws
-from medsim.population.streams import Stream
+from medsim.population.individuals import DONOR, DRAW_SLOTS, STATE, draw_individuals, individual_values
+from medsim.population.streams import Stream, patient_normal, patient_uniform
 from medsim.population.virtual import INITIAL_PREFIX, VirtualPopulation
 
 
@@ -45,8 +51,14 @@ def default_patients_per_draw(n: int, n_draws: int) -> int:
     return max(1, min(n, max(2, math.ceil(n / max(n_draws, 1)))))
 
 
-def _draw_slots(rng: np.random.Generator, n_draws: int, n_slots: int) -> np.ndarray:
-    perms = [rng.permutation(n_draws) for _ in range(math.ceil(n_slots / n_draws))]
+def _draw_slots(seed: int, n_draws: int, n_slots: int) -> np.ndarray:
+    # Permutation c sorts the draws by one uniform each (counter DRAW_SLOTS + c): a uniformly
+    # random permutation that does not depend on how many slots are asked for.
+    draws = np.arange(n_draws)
+    perms = [
+        np.argsort(patient_uniform(seed, Stream.SAMPLING, draws, DRAW_SLOTS + c)[:, 0], kind="stable")
+        for c in range(math.ceil(n_slots / n_draws))
+    ]
     return np.concatenate(perms)[:n_slots]
 
 
@@ -66,16 +78,6 @@ def _user_covariates(
             raise ValueError(f"covariate {name!r} has non-finite values")
         out[name] = arr
     return out
-
-
-def _individual(model, population: Mapping, eta: Mapping, cov: Mapping, n: int) -> dict[str, np.ndarray]:
-    """Individual parameters (n,) of every model parameter, as float64 numpy arrays."""
-    theta = model.individual_parameters(
-        {k: jnp.asarray(v) for k, v in population.items()},
-        {k: jnp.asarray(v) for k, v in eta.items()},
-        {k: jnp.asarray(v) for k, v in cov.items()},
-    )
-    return {k: np.broadcast_to(np.asarray(v, np.float64), (n,)).copy() for k, v in theta.items()}
 
 
 def sample_population(
@@ -132,12 +134,6 @@ def sample_population(
     m = default_patients_per_draw(n, d_total) if patients_per_draw is None else int(patients_per_draw)
     if m < 1:
         raise ValueError(f"patients_per_draw must be >= 1, got {patients_per_draw!r}")
-    # Independent generators for the three random choices, so e.g. changing the covariate source
-    # does not change which draws are used.
-    # (children of a SeedSequence depend on their index only: the fourth leaves the first three as they were)
-    rng_draw, rng_eta, rng_cov, rng_state = (
-        np.random.default_rng(s) for s in np.random.SeedSequence([int(seed), int(Stream.SAMPLING)]).spawn(4)
-    )
     if start not in (None, "filtered", "initial"):
         raise ValueError(f"start must be 'filtered' or 'initial', got {start!r}")
     if start is not None and mode != "personalized":
@@ -145,7 +141,8 @@ def sample_population(
     if start == "filtered" and not draws.state:
         raise ValueError("start='filtered' needs draws with the fitted subjects' filtered states (refit to store them)")
     n_slots = math.ceil(n / m)
-    draw = np.repeat(_draw_slots(rng_draw, d_total, n_slots), m)[:n].astype(np.int64)
+    draw = np.repeat(_draw_slots(int(seed), d_total, n_slots), m)[:n].astype(np.int64)
+    patient = np.arange(n)
     population = {k: np.asarray(v, np.float64)[draw] for k, v in draws.population.items()}
 
     cohort_cov = {k: np.asarray(v, np.float64) for k, v in draws.covariates.items()}
@@ -163,43 +160,46 @@ def sample_population(
             shown = ", ".join(ids[:20]) + (" ..." if len(ids) > 20 else "")
             raise ValueError(f"unknown subject {subject!r}; fitted subjects: {shown}")
         s = ids.index(str(subject))
-        eta = {k: np.asarray(v, np.float64)[draw, s] for k, v in draws.eta.items()}
+        fitted_eta = {k: np.asarray(v, np.float64)[draw, s] for k, v in draws.eta.items()}
+        omega = {}
         cov = {k: np.full(n, v[s]) for k, v in cohort_cov.items()}
         subjects = np.full(n, str(subject), dtype=object)
     else:
         if subject is not None:
             raise ValueError("subject is only used with mode='personalized'")
-        eta = {}
-        for p in model.structural:
-            omega = draws.omega.get(p.name)
-            if omega is not None:
-                eta[p.name] = np.asarray(omega, np.float64)[draw] * rng_eta.standard_normal(n)
+        fitted_eta = {}
+        names = {p.name for p in model.structural}
+        omega = {k: np.asarray(v, np.float64)[draw] for k, v in draws.omega.items() if k in names}
         cov = _user_covariates(covariates or {}, n, valid_cov)
         rest = [k for k in cohort_cov if k not in cov]
         if rest and draws.n_subjects > 0:
-            who = rng_cov.integers(0, draws.n_subjects, size=n)
+            u = patient_uniform(int(seed), Stream.SAMPLING, patient, DONOR)[:, 0]
+            who = np.minimum((u * draws.n_subjects).astype(np.int64), draws.n_subjects - 1)
             cov.update({k: cohort_cov[k][who] for k in rest})
         subjects = np.full(n, "", dtype=object)
     for c in model.covariates:
         cov.setdefault(c.name, np.full(n, float(c.reference)))
 
-    theta = _individual(model, population, eta, cov, n)
+    drawn = draw_individuals(
+        model, population, omega, cov, seed=int(seed), stream=Stream.SAMPLING, patient=patient, fitted_eta=fitted_eta
+    )
+    eta, theta = drawn.eta, drawn.params
     titrated: list[str] = []
     if mode == "population" and who is not None and draws.eta:
         # Therapy-setting covariates (a pump's basal rate) are re-titrated to the new patient's
         # physiology, aiming at what the donor subject's setting achieved under the same draw.
         donor_eta = {k: np.asarray(v, np.float64)[draw, who] for k, v in draws.eta.items()}
-        donor = _individual(model, population, donor_eta, {k: v[who] for k, v in cohort_cov.items()}, n)
+        donor = individual_values(model, population, donor_eta, {k: v[who] for k, v in cohort_cov.items()}, n)
         new = {k: np.asarray(v, np.float64) for k, v in model.titrated_covariates(theta, donor).items()}
         new = {k: v for k, v in new.items() if k not in (covariates or {})}
         if new:
             cov.update(new)
             titrated = sorted(new)
-            theta = _individual(model, population, eta, cov, n)
+            theta = individual_values(model, population, eta, cov, n)
     params = theta
     origin = None
     if mode == "personalized" and draws.state and start != "initial":
-        params = {**theta, **filtered_start(draws, draw, s, rng_state)}
+        params = {**theta, **filtered_start(draws, draw, s, seed=int(seed))}
         origin = float(np.asarray(draws.state_time)[s])
     # the posterior's residual draws where it has them, the model's values otherwise
     residual = {**model.residual_values(n), **{k: np.asarray(v, np.float64)[draw] for k, v in draws.residual.items()}}
@@ -237,8 +237,10 @@ def sample_population(
     )
 
 
-def filtered_start(draws: PosteriorDraws, draw: np.ndarray, subject: int, rng: np.random.Generator) -> dict:
+def filtered_start(draws: PosteriorDraws, draw: np.ndarray, subject: int, *, seed: int) -> dict:
     """``initial_<state>`` (n,) per state: one draw per patient from ``Normal(mean[d, s], cov[d, s])``.
+
+    Patient ``i``'s standard normals are the ``SAMPLING`` stream's draws at counter ``STATE``.
 
     The covariance's square root comes from its eigen-decomposition with negative round-off
     eigenvalues set to 0 (states no process noise reaches have exactly zero variance, so a
@@ -249,6 +251,7 @@ def filtered_start(draws: PosteriorDraws, draw: np.ndarray, subject: int, rng: n
     cov = np.asarray(draws.state_cov, np.float64)[draw, subject]
     cov = 0.5 * (cov + np.swapaxes(cov, -1, -2))
     values, vectors = np.linalg.eigh(cov)
+    z = patient_normal(seed, Stream.SAMPLING, np.arange(mean.shape[0]), STATE, width=mean.shape[1])
     root = vectors * np.sqrt(np.clip(values, 0.0, None))[..., None, :]
-    x0 = mean + np.einsum("nij,nj->ni", root, rng.standard_normal(mean.shape))
+    x0 = mean + np.einsum("nij,nj->ni", root, z)
     return {f"{INITIAL_PREFIX}{k}": x0[:, j] for j, k in enumerate(names)}

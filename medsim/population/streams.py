@@ -16,6 +16,8 @@ as easy as 1, 2, 3"), derived with ``fold_in`` — statistically vetted, unlike 
 
 from __future__ import annotations
 
+import zlib
+from collections.abc import Sequence
 from enum import IntEnum
 
 import jax
@@ -51,13 +53,24 @@ def _keys(root: jax.Array, stream: jax.Array, patient: jax.Array, counter: jax.A
     return jax.vmap(lambda p, c: jax.random.fold_in(jax.random.fold_in(base, p), c))(patient, counter)
 
 
-def patient_keys(seed: int, stream: Stream | int, patient: np.ndarray, counter: np.ndarray | int) -> jax.Array:
+def _root(seed: int | jax.Array) -> jax.Array:
+    if isinstance(seed, jax.Array):
+        if jax.dtypes.issubdtype(seed.dtype, jax.dtypes.prng_key):
+            return seed  # a typed JAX key (``jax.random.key``)
+        if seed.shape == (2,):
+            return jax.random.wrap_key_data(seed)  # a raw ``PRNGKey``
+    return jax.random.key(int(seed) % 2**32)
+
+
+def patient_keys(
+    seed: int | jax.Array, stream: Stream | int, patient: np.ndarray, counter: np.ndarray | int
+) -> jax.Array:
     """One JAX key per patient for ``(seed, stream, patient, counter)``.
 
     Parameters
     ----------
-    seed : int
-        The run's seed.
+    seed : int or jax key
+        The run's seed (or a typed JAX key standing for it).
     stream : Stream or int
         Which stream (keeps e.g. measurement noise independent of process noise).
     patient : (n,) int
@@ -70,8 +83,7 @@ def patient_keys(seed: int, stream: Stream | int, patient: np.ndarray, counter: 
     (n,) jax key array
     """
     p, c = _counters(patient, counter)
-    root = jax.random.key(int(seed) % 2**32)
-    return _keys(root, jnp.uint32(int(stream)), p, c)
+    return _keys(_root(seed), jnp.uint32(int(stream)), p, c)
 
 
 _normal = jax.jit(jax.vmap(lambda k, width: jax.random.normal(k, (width,)), in_axes=(0, None)), static_argnums=1)
@@ -116,3 +128,33 @@ def patient_base_keys(seed: int, stream: Stream | int, patient: np.ndarray) -> j
     p, _ = _counters(patient, 0)
     root = jax.random.key(int(seed) % 2**32)
     return _base_keys(root, jnp.uint32(int(stream)), p)
+
+
+def name_counter(name: str) -> int:
+    """A stable 31-bit number for a name (CRC-32), to fold a named quantity into a key."""
+    return zlib.crc32(name.encode()) & 0x7FFFFFFF
+
+
+_named = jax.jit(
+    jax.vmap(lambda k, names: jax.vmap(lambda c: jax.random.normal(jax.random.fold_in(k, c)))(names), in_axes=(0, None))
+)
+
+
+def patient_named_normal(
+    seed: int | jax.Array,
+    stream: Stream | int,
+    patient: np.ndarray,
+    counter: np.ndarray | int,
+    names: Sequence[str],
+) -> np.ndarray:
+    """Standard normal draws, shape ``(n, len(names))``: column ``j`` is a function of ``names[j]``.
+
+    Each named quantity (a parameter's random effect) has its own key, folded in from its name,
+    so adding or removing a name leaves the draws of the others unchanged, and the draws of a
+    patient do not depend on which other patients are drawn.
+    """
+    keys = patient_keys(seed, stream, patient, counter)
+    if keys.shape[0] == 0 or not names:
+        return np.zeros((keys.shape[0], len(names)))
+    codes = jnp.asarray([name_counter(n) for n in names], jnp.uint32)
+    return np.asarray(_named(keys, codes), dtype=np.float64)

@@ -33,7 +33,9 @@ Approximations (all conservative or explicit):
   and never earlier than the smallest candidate, even when that candidate's risk exceeds ``eps``.
 
 Random numbers are per patient and counter-based (stream ``POLICY``, particle index
-``patient * particles + m``), so the policy is reproducible and independent of chunking.
+``patient * particles + m``), so the policy is reproducible and independent of chunking; the
+particles' parameters are drawn by :func:`medsim.population.individuals.draw_individuals`, the
+function every virtual-patient sampler uses.
 """
 
 from __future__ import annotations
@@ -49,7 +51,8 @@ from medsim.policies.protocol import Observation, Option, Policy, PolicyContext,
 
 from medsim.models.base import PhysiologyModel, residual_key
 from medsim.population.draws import PosteriorDraws
-from medsim.population.streams import Stream, patient_keys, patient_normal, patient_uniform
+from medsim.population.individuals import draw_individuals
+from medsim.population.streams import Stream, patient_keys, patient_uniform
 from medsim.simulate.types import Bound, DoseEvents
 
 # Counter offsets of the particle streams (interaction k uses 4k + offset; parameters use a
@@ -151,22 +154,24 @@ class SafeTiming:
     def _sample_particles(self, obs: Observation, seed: int) -> dict[str, Any]:
         n, m, draws, model = obs.n, self.particles, self.draws, self.model
         ids = (obs.patient[:, None] * m + np.arange(m)[None, :]).ravel()
-        names = [p.name for p in model.structural]
         u = patient_uniform(seed, Stream.POLICY, ids, _PARAMETERS)[:, 0]
         d = np.minimum((u * draws.n_draws).astype(np.int64), draws.n_draws - 1)
-        z = patient_normal(seed, Stream.POLICY, ids, _PARAMETERS + 1, width=len(names))
         s_idx = _subject_index(np.asarray(draws.subject_ids, dtype=str), np.repeat(np.asarray(obs.subject, str), m))
-        eta = {}
-        for j, name in enumerate(names):
-            new = np.asarray(draws.omega[name])[d] * z[:, j] if name in draws.omega else np.zeros(n * m)
-            if name in draws.eta:
-                fitted = np.asarray(draws.eta[name])[d, np.maximum(s_idx, 0)]
-                new = np.where(s_idx >= 0, fitted, new)
-            eta[name] = new
         cov = {c: np.repeat(np.asarray(v, np.float64), m) for c, v in obs.covariates.items()}
-        population = {k: jnp.asarray(np.asarray(v)[d], jnp.float32) for k, v in draws.population.items()}
-        theta = model.individual_parameters(population, {k: jnp.asarray(v) for k, v in eta.items()}, cov)
-        theta = {**{k: jnp.asarray(v, jnp.float32) for k, v in cov.items()}, **theta}
+        structural = {p.name for p in model.structural}
+        drawn = draw_individuals(
+            model,
+            {k: np.asarray(v)[d] for k, v in draws.population.items()},
+            {k: np.asarray(v)[d] for k, v in draws.omega.items() if k in structural},
+            cov,
+            seed=seed,
+            stream=Stream.POLICY,
+            patient=ids,
+            counter=_PARAMETERS + 1,
+            fitted_eta={k: np.asarray(v)[d, np.maximum(s_idx, 0)] for k, v in draws.eta.items() if k in structural},
+            fitted=s_idx >= 0,
+        )
+        theta = {**cov, **drawn.params}
         theta = {k: jnp.broadcast_to(jnp.asarray(v, jnp.float32), (n * m,)) for k, v in theta.items()}
         residual = {}
         for obs_name, err in model.residual.items():

@@ -95,8 +95,10 @@ def test_check_refuses_foreign_data_and_compare_ranks_fits(files, tmp_path):
         shutil.copy(files["posterior"], path)
         args = ["check", str(path), "--cohort", str(files["table"]), "--heldout-after", "9"]
         assert runner.invoke(app, args).exit_code == 0
-    result = runner.invoke(app, ["check", str(a), str(b), "--compare", "--json"])
+    figs = tmp_path / "figs"
+    result = runner.invoke(app, ["check", str(a), str(b), "--compare", "--json", "--figures", str(figs)])
     assert result.exit_code == 0, result.output
+    assert (figs / "loo_compare.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"  # the PSIS-LOO plot
     compared = json.loads(result.output)
     assert compared["heldout_comparable"] is True and set(compared["models"]) == {str(a), str(b)}
     scores = {m["heldout_log_score"] for m in compared["models"].values()}

@@ -194,3 +194,26 @@ def test_rollout_runs_neural_patients_unchanged(trained, cohort):
     assert np.all(np.isfinite(result.log_survival[result.mask]))
     # the fixed policy doses 320 mg at 0 and 6 h: the neural patients saw both doses
     np.testing.assert_allclose(result.efficacy["total_dose_cmt1"], 640.0)
+
+
+def test_neural_patients_do_not_depend_on_n_and_follow_the_conditional_prior(trained, cohort):
+    from medsim.models.neural.population import _empty_history
+
+    model = _calibrated(trained.model, 0.9)
+    kwargs = {"seed": 3, "subjects": cohort.subjects, "n_draws": 5, "patients_per_draw": 2}
+    small = sample_neural_population(model, 4, **kwargs)
+    large = sample_neural_population(model, 10, **kwargs)
+    for name, values in small.params.items():
+        np.testing.assert_array_equal(values, large.params[name][:4])
+    np.testing.assert_array_equal(small.covariates["WT"], large.covariates["WT"][:4])
+    # With the covariates fixed every new patient's (z, e) has one Normal(mean, sd): 4-SE bands
+    # (SE of the mean sd / sqrt(n), of the sample SD ~ sd / sqrt(2 n)).
+    n, wt = 2000, 55.0
+    pop = sample_neural_population(model, n, seed=4, covariates={"WT": wt}, n_draws=5)
+    (c,) = model.config.covariates
+    with torch.no_grad():
+        hidden = model.encode(_empty_history(model, np.full((1, 1), (wt - c.mean) / c.sd)))
+        mean, sd = (t.cpu().numpy()[0] for t in model.initial_prior(hidden[:, 0]))
+    x = pop.params["initial_latent_00"]
+    assert abs(x.mean() - mean[0]) < 4 * sd[0] / np.sqrt(n)
+    assert abs(x.std(ddof=1) - sd[0]) < 4 * sd[0] / np.sqrt(2 * n)

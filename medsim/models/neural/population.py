@@ -39,7 +39,9 @@ from medsim.models.neural.export import export_model
 from medsim.models.neural.gate import DEFAULT_FLOOR, gate_summary, require_calibrated
 from medsim.models.neural.model import NeuralPatientModel
 from medsim.models.neural.windows import WindowBatch, make_windows
+from medsim.population.individuals import DONOR, NEURAL_DELTA, NEURAL_LATENT, normal_effects
 from medsim.population.sampling import default_patients_per_draw
+from medsim.population.streams import Stream, patient_uniform
 from medsim.population.virtual import VirtualPopulation
 
 
@@ -85,13 +87,14 @@ def _covariates(
     n: int,
     given: Mapping[str, float | np.ndarray] | None,
     subjects: Sequence | None,
-    rng: np.random.Generator,
+    seed: int,
 ) -> dict[str, np.ndarray]:
     specs = model.config.covariates
     valid = [c.name for c in specs]
     out: dict[str, np.ndarray] = {}
     if subjects:
-        pick = rng.integers(0, len(subjects), size=n)
+        u = patient_uniform(seed, Stream.SAMPLING, np.arange(n), DONOR)[:, 0]
+        pick = np.minimum((u * len(subjects)).astype(np.int64), len(subjects) - 1)
         for c in specs:
             out[c.name] = np.array([subjects[i].covariates[c.name] for i in pick], dtype=np.float64)
     else:
@@ -129,7 +132,9 @@ def sample_neural_population(
     n : int
         Number of patients.
     seed : int
-        Seeds every draw (torch and numpy generators).
+        Seeds every draw: counter-based draws of the ``SAMPLING`` stream through
+        :func:`medsim.population.individuals.normal_effects` (patient ``i``'s latent start and
+        embedding, draw ``d``'s drift weights and each donor choice do not depend on ``n``).
     mode : {"population", "personalized"}
     subject : str, optional
         ID of the subject to twin (personalized mode; must be in ``subjects``).
@@ -161,11 +166,18 @@ def sample_neural_population(
     slots = -(-n // per_draw)
     draw = np.repeat(np.arange(slots), per_draw)[:n] % max(draws, 1)
     slot = np.repeat(np.arange(slots), per_draw)[:n]
-    generator = torch.Generator(device="cpu").manual_seed(int(seed))
-    rng = np.random.default_rng([int(seed), 7])
     cfg = model.config
+    names = model.latent_names + model.embedding_names  # the columns of zeta = (z, e)
+    stream = {"seed": int(seed), "stream": Stream.SAMPLING}
     with torch.no_grad():
-        delta_draws = model.dynamics.sample_delta(draws, generator=generator).cpu().numpy()
+        delta_draws = normal_effects(
+            model.dynamics.delta_mean.detach().cpu().numpy(),
+            torch.exp(model.dynamics.delta_log_sd).detach().cpu().numpy(),
+            model.delta_names,
+            patient=np.arange(draws),
+            counter=NEURAL_DELTA,
+            **stream,
+        )
         if mode == "personalized":
             if subject is None or not subjects:
                 raise ValueError("personalized mode needs the subject's ID and the cohort's subjects")
@@ -178,8 +190,9 @@ def sample_neural_population(
             batch = windows.batch([0], history_only=True, device=mean_device(model))
             hidden = model.encode(batch, history_only=True)
             mean, sd = model.initial_prior(hidden[0:1, int(batch.cut_index[0])])
-            eps = torch.randn(slots, mean.shape[1], generator=generator).to(mean.device)
-            zeta = (mean + sd * eps).cpu().numpy()[slot]
+            zeta = normal_effects(
+                mean.cpu().numpy(), sd.cpu().numpy(), names, patient=np.arange(slots), counter=NEURAL_LATENT, **stream
+            )[slot]
             start = (
                 filter_values(
                     torch.zeros(1, 1, device=batch.dose_time.device),
@@ -198,14 +211,16 @@ def sample_neural_population(
             covs = {c.name: np.full(n, float(target.covariates[c.name])) for c in cfg.covariates}
             subject_ids = np.full(n, target.id, dtype=object)
         else:
-            covs = _covariates(model, n, covariates, subjects, rng)
+            covs = _covariates(model, n, covariates, subjects, int(seed))
             standardised = np.zeros((n, len(cfg.covariates)))
             for j, c in enumerate(cfg.covariates):
                 standardised[:, j] = (covs[c.name] - c.mean) / c.sd
             batch = _empty_history(model, standardised)
             hidden = model.encode(batch)
             mean, sd = model.initial_prior(hidden[:, 0])
-            zeta = (mean + sd * torch.randn(mean.shape, generator=generator).to(mean.device)).cpu().numpy()
+            zeta = normal_effects(
+                mean.cpu().numpy(), sd.cpu().numpy(), names, patient=np.arange(n), counter=NEURAL_LATENT, **stream
+            )
             filters = np.zeros((n, cfg.n_filters))
             subject_ids = np.full(n, "", dtype=object)
     latent, embedding = zeta[:, : cfg.latent_dim], zeta[:, cfg.latent_dim :]

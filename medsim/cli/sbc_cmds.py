@@ -1,0 +1,189 @@
+"""``medsim sbc``: simulation-based calibration of the fitting machinery for any mechanistic model.
+
+``medsim sbc MODEL --replications C`` draws ``C`` parameter sets from the model's prior,
+simulates one cohort of a single-bolus design from each, fits every cohort with NUTS and ranks
+the true values among the posterior draws (:func:`medsim.inference.calibration.run_calibration`; Talts
+et al. 2018). Uniform ranks and nominal interval coverage mean prior, simulator, likelihood and
+sampler agree. See docs/calibration.md, "Simulation-based calibration".
+
+Exit status: 0 when no site's rank histogram is rejected as non-uniform (chi-square test at
+level ``--alpha`` divided by the number of sites, Bonferroni), 1 when one is, 2 for usage
+errors (unknown model, a design the model cannot take, bad option values).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import typer
+
+from medsim.cli.app import app
+from medsim.cli.outputs import output_file
+
+
+def _fail(message: str) -> None:
+    typer.echo(f"error: {message}", err=True)
+    raise typer.Exit(2)
+
+
+def _floats(text: str, option: str) -> tuple[float, ...]:
+    try:
+        return tuple(float(x) for x in text.split(",") if x.strip())
+    except ValueError:
+        _fail(f"{option}: expected comma-separated numbers, got {text!r}")
+
+
+def _covariates(items: list[str]) -> dict[str, float]:
+    out = {}
+    for item in items:
+        name, sep, value = item.partition("=")
+        try:
+            out[name.strip()] = float(value)
+        except ValueError:
+            sep = ""
+        if not sep or not name.strip():
+            _fail(f"--covariate: expected NAME=NUMBER, got {item!r}")
+    return out
+
+
+def build_design(model, *, subjects, times, dose, dose_cmt, obs_cmt, held_out, covariates):
+    """The :class:`~medsim.inference.calibration.Design` of the options.
+
+    Defaults: the model's first dose and observation compartments; covariates not given take the
+    model's reference values.
+
+    Raises
+    ------
+    ValueError
+        Naming the option: a compartment the model has no dose or observation for, an unknown
+        covariate, bad sampling times.
+    """
+    from medsim.inference.calibration import Design
+
+    dose_cmt = min(model.dose_targets) if dose_cmt is None else dose_cmt
+    obs_cmt = min(model.obs_targets) if obs_cmt is None else obs_cmt
+    if dose_cmt not in model.dose_targets:
+        raise ValueError(f"--dose-cmt {dose_cmt}: model {model.name!r} is dosed in CMT {sorted(model.dose_targets)}")
+    if obs_cmt not in model.obs_targets:
+        raise ValueError(f"--obs-cmt {obs_cmt}: model {model.name!r} observes CMT {sorted(model.obs_targets)}")
+    known = [c.name for c in model.covariates]
+    unknown = sorted(set(covariates) - set(known))
+    if unknown:
+        raise ValueError(f"--covariate {unknown[0]}: model {model.name!r} has covariates {known or '(none)'}")
+    covariates = {**{c.name: float(c.reference) for c in model.covariates}, **covariates}
+    kwargs = {"obs_time": times} if times else {}
+    if dose is not None:
+        kwargs["dose_amount"] = dose
+    return Design(
+        n_subjects=subjects,
+        dose_cmt=dose_cmt,
+        obs_cmt=obs_cmt,
+        held_out=held_out,
+        covariates=covariates,
+        **kwargs,
+    )
+
+
+@app.command("sbc")
+def sbc_command(
+    model_name: str = typer.Argument(..., help="Registered mechanistic model (see `medsim models`)."),
+    replications: int = typer.Option(20, "--replications", min=1, help="Simulated cohorts: prior draw, data, fit."),
+    subjects: int = typer.Option(6, "--subjects", min=1, help="Subjects per simulated cohort."),
+    times: str = typer.Option(
+        None, "--times", help="Sampling times, comma-separated, model time unit (default 0.25,...,24)."
+    ),
+    dose: float = typer.Option(None, "--dose", help="Bolus at time 0, in the dose compartment's unit (default 320)."),
+    dose_cmt: int = typer.Option(None, "--dose-cmt", help="Dosed compartment (default: the model's first)."),
+    obs_cmt: int = typer.Option(None, "--obs-cmt", help="Observed compartment (default: the model's first)."),
+    held_out: int = typer.Option(1, "--held-out", min=1, help="Last measurements per subject kept out of the fit."),
+    covariate: list[str] = typer.Option(None, "--covariate", help="NAME=VALUE shared by all subjects (repeatable)."),
+    chains: int = typer.Option(2, "--chains", min=1),
+    warmup: int = typer.Option(300, "--warmup", min=1),
+    draws: int = typer.Option(300, "--draws", min=1, help="Posterior draws per chain."),
+    rank_draws: int = typer.Option(99, "--rank-draws", min=1, help="Thinned draws the truth is ranked among."),
+    bins: int = typer.Option(10, "--bins", min=2, help="Rank histogram bins (must divide --rank-draws + 1)."),
+    process_noise: bool = typer.Option(False, "--process-noise/--ode", help="Fit the SDE model or its ODE limit."),
+    full_prior: bool = typer.Option(
+        False, "--full-prior", help="Use the model's prior widths (default: narrowed, see docs/calibration.md)."
+    ),
+    alpha: float = typer.Option(0.01, "--alpha", min=0.0, max=1.0, help="Family-wise level of the rank tests."),
+    seed: int = typer.Option(0, "--seed"),
+    out: Path = typer.Option(None, "--out", help="Write the JSON summary to this file."),
+    as_json: bool = typer.Option(False, "--json", help="Print the JSON summary."),
+) -> None:
+    """Simulation-based calibration of MODEL's fit (exit 1 if a rank histogram is not uniform)."""
+    import medsim.models as registry
+    from medsim.inference.calibration import narrowed_priors, run_calibration
+    from medsim.io import atomic_write
+
+    if out is not None:
+        output_file(out, "--out")
+    if (rank_draws + 1) % bins:
+        _fail(f"--bins {bins} must divide --rank-draws + 1 = {rank_draws + 1}")
+    if chains * draws < rank_draws:
+        _fail(f"--rank-draws {rank_draws} exceeds the posterior draws (--chains x --draws = {chains * draws})")
+    try:
+        model = registry.get(model_name)
+    except registry.UnknownModelError as err:
+        _fail(str(err))
+    try:
+        design = build_design(
+            model,
+            subjects=subjects,
+            times=_floats(times, "--times") if times else None,
+            dose=dose,
+            dose_cmt=dose_cmt,
+            obs_cmt=obs_cmt,
+            held_out=held_out,
+            covariates=_covariates(covariate or []),
+        )
+        result = run_calibration(
+            model if full_prior else narrowed_priors(model),
+            design,
+            n_cohorts=replications,
+            seed=seed,
+            chains=chains,
+            warmup=warmup,
+            draws=draws,
+            n_rank_draws=rank_draws,
+            process_noise=process_noise,
+        )
+    except ValueError as err:
+        _fail(str(err))
+    summary = result.summary(n_bins=bins)
+    level = alpha / max(len(summary["sites"]), 1)
+    rejected = sorted(s for s, e in summary["sites"].items() if e["rank_test"]["p_value"] < level)
+    summary.update({"alpha": alpha, "rank_test_level": level, "rejected": rejected, "full_prior": full_prior})
+    text = json.dumps(summary, indent=2, default=float)
+    if out is not None:
+        atomic_write(out, lambda tmp: tmp.write_text(text + "\n"))
+    if as_json:
+        typer.echo(text)
+    else:
+        _print(summary)
+    if rejected:
+        raise typer.Exit(1)
+
+
+def _print(summary: dict) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    console.print(
+        f"simulation-based calibration: {summary['n_cohorts']} cohorts, ranks among {summary['n_rank_draws']} draws, "
+        f"{summary['divergences']} divergences"
+    )
+    table = Table("site", "rank test p", "50% coverage", "90% coverage", show_edge=False)
+    for site, e in summary["sites"].items():
+        cov = [e.get(f"coverage_{k}") for k in (50, 90)]
+        shown = ["-" if c is None else f"{c['rate']:.2f} [{c['lower']:.2f}, {c['upper']:.2f}]" for c in cov]
+        table.add_row(site, f"{e['rank_test']['p_value']:.3f}", *shown)
+    console.print(table)
+    held = summary["heldout_coverage_90"]
+    console.print(f"held-out 90% predictive coverage {held['rate']:.2f} [{held['lower']:.2f}, {held['upper']:.2f}]")
+    if summary["rejected"]:
+        console.print(f"[bold red]non-uniform ranks[/] (p < {summary['rank_test_level']:.2g}): {summary['rejected']}")
+    else:
+        console.print(f"[green]no rank histogram rejected[/] at family-wise level {summary['alpha']:g}")
