@@ -8,15 +8,16 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+from medsim.policies.loading import parse_policy
+from medsim.policies.protocol import PolicyContext
+from medsim.policies.result import RolloutResult
+from medsim.policies.risk import RiskReport, risk_report
+from medsim.policies.rollout import rollout_many
+from medsim.policies.scenarios import MealScenario, Scenario
+from medsim.policies.spec import SafetySpec, convert_time
+
 from medsim.population import PosteriorDraws, VirtualPopulation, sample_population
 from medsim.simulate import budget
-from policies.loading import parse_policy
-from policies.protocol import PolicyContext
-from policies.result import RolloutResult
-from policies.risk import RiskReport, risk_report
-from policies.rollout import rollout_many
-from policies.scenarios import MealScenario, Scenario
-from policies.spec import SafetySpec, convert_time
 
 Progress = Callable[[float, float], None]
 
@@ -70,7 +71,7 @@ def evaluate_policies(
         Posterior (or prior) draws; ``draws.model`` is the physiology model. ``None`` together with
         ``population`` (e.g. neural-model patients): posterior-aware policies are then unavailable.
     policy_specs : sequence of str
-        Policy specs such as ``"tdm:target=10"`` (see :func:`policies.loading.parse_policy`).
+        Policy specs such as ``"tdm:target=10"`` (see :func:`medsim.policies.loading.parse_policy`).
     spec : SafetySpec
         Bounds, horizon, epsilon and delta (already validated against the model).
     n, seed : int
@@ -94,7 +95,7 @@ def evaluate_policies(
         first-order rates such as fast absorption; see :mod:`medsim.simulate.schemes`).
     max_interactions, max_memory : int, optional
         Limits on the work of each policy's rollout (interaction intervals per patient, bytes);
-        checked before sampling and simulating (:func:`policies.rollout.rollout`).
+        checked before sampling and simulating (:func:`medsim.policies.rollout.rollout`).
 
     Returns
     -------

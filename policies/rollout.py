@@ -46,6 +46,13 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+from medsim.policies.compiled import compiled_simulator
+from medsim.policies.paths import join_paths
+from medsim.policies.protocol import Observation, Policy, PolicyError
+from medsim.policies.result import RolloutResult
+from medsim.policies.rollout_assemble import PER_BOUND, assemble, merge_all, support_fraction
+from medsim.policies.scenarios import Scenario, announced_at, next_event_after
+from medsim.policies.targets import check_support, range_bounds, target_range
 
 from medsim.models.base import PhysiologyModel
 from medsim.population.streams import Stream, patient_keys, patient_normal
@@ -53,13 +60,6 @@ from medsim.population.virtual import VirtualPopulation
 from medsim.simulate import budget
 from medsim.simulate.checks import check_finite
 from medsim.simulate.types import Bound, DoseEvents
-from policies.compiled import compiled_simulator
-from policies.paths import join_paths
-from policies.protocol import Observation, Policy, PolicyError
-from policies.result import RolloutResult
-from policies.rollout_assemble import PER_BOUND, assemble, merge_all, support_fraction
-from policies.scenarios import Scenario, announced_at, next_event_after
-from policies.targets import check_support, range_bounds, target_range
 
 Progress = Callable[[float, float], None]
 
@@ -347,7 +347,7 @@ def rollout(
     seed : int
         Seed of every random number (process and measurement noise, policy coin flips).
     scenario : Scenario, optional
-        Disturbances (e.g. :class:`~policies.scenarios.MealScenario`).
+        Disturbances (e.g. :class:`~medsim.policies.scenarios.MealScenario`).
     measurement_noise : bool
         Add residual error (each patient's draw of the residual parameters) to measurements.
     n_paths_saved : int

@@ -8,9 +8,9 @@ from typing import Any
 
 import jax
 from matplotlib.figure import Figure
+from medsim.inference.checks.individual import individual_fits, plot_individual_fits
+from medsim.inference.checks.vpc import plot_vpc, vpc
 
-from inference.checks.individual import individual_fits, plot_individual_fits
-from inference.checks.vpc import plot_vpc, vpc
 from medsim.io import atomic_write
 
 

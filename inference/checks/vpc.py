@@ -2,7 +2,7 @@
 
 The study is re-run ``R`` times on new subjects (the fitted subjects' doses, covariates and
 measurement times; random effects drawn afresh from each posterior draw's ``omega``; residual
-error added), see :func:`~inference.checks.predictive.posterior_predictive` in ``population``
+error added), see :func:`~medsim.inference.checks.predictive.posterior_predictive` in ``population``
 mode. Measurements are binned by time; in each bin the 10th, 50th and 90th percentiles of the
 observed values are compared with the distribution of the same percentiles over the simulated
 replicates, summarised by its median and a central band (Holford 2005, "The visual predictive
@@ -20,8 +20,7 @@ from typing import Any
 import jax
 import numpy as np
 from matplotlib.figure import Figure
-
-from inference.checks.predictive import PredictiveError, draws_of, posterior_predictive
+from medsim.inference.checks.predictive import PredictiveError, draws_of, posterior_predictive
 
 
 @dataclass(frozen=True)
@@ -178,7 +177,7 @@ def vpc(
     observable : str, optional
         Observable checked (default: the cohort's only measured observable).
     dt : float, optional
-        Simulator step; see :func:`~inference.checks.predictive.posterior_predictive`.
+        Simulator step; see :func:`~medsim.inference.checks.predictive.posterior_predictive`.
 
     Returns
     -------

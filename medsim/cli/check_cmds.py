@@ -45,7 +45,7 @@ SHOWN = (
 
 
 def refit_settings(posterior: Any) -> dict[str, Any]:
-    """Keyword arguments of :func:`inference.fit` that reproduce ``posterior``'s fit."""
+    """Keyword arguments of :func:`medsim.inference.fit` that reproduce ``posterior``'s fit."""
     attrs = posterior.attrs
     sampler = json.loads(attrs.get("sampler", "{}") or "{}")
     priors = posterior.priors
@@ -81,8 +81,8 @@ def refit_settings(posterior: Any) -> dict[str, Any]:
 
 def split_cohort(cohort: Any, *, after: float | None, fraction: float | None, last: int | None):
     """(training cohort, held-out mask, description) for exactly one of the three options."""
-    from inference.checks.heldout import heldout_mask, split_after, split_last
-    from inference.checks.predictive import PredictiveError
+    from medsim.inference.checks.heldout import heldout_mask, split_after, split_last
+    from medsim.inference.checks.predictive import PredictiveError
 
     given = [x is not None for x in (after, fraction, last)]
     if sum(given) != 1:
@@ -120,9 +120,9 @@ def heldout_gate(
     """
     import jax
 
-    from inference import fit
-    from inference.checks.calibration_gate import heldout_check
-    from inference.checks.predictive import PredictiveError
+    from medsim.inference import fit
+    from medsim.inference.checks.calibration_gate import heldout_check
+    from medsim.inference.checks.predictive import PredictiveError
 
     training, held, what = split_cohort(cohort, after=after, fraction=fraction, last=last)
     fitted = str(posterior.attrs.get("data_hash", ""))
@@ -167,7 +167,7 @@ def print_gate(console: Any, gate: Any) -> None:
 
 def comparison(files: Sequence[Path], posteriors: Sequence[Any]) -> dict[str, Any]:
     """PSIS-LOO and held-out log scores of fitted models (names are the file names)."""
-    from inference.checks.loo import loo_compare
+    from medsim.inference.checks.loo import loo_compare
 
     names = [str(f) for f in files]
     loo = loo_compare(dict(zip(names, posteriors, strict=True)))

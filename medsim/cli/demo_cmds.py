@@ -26,7 +26,7 @@ def demo_command(
     from rich.console import Console
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from policies.examples import GLUCOSE, THEOPH, run_example
+    from medsim.policies.examples import GLUCOSE, THEOPH, run_example
 
     examples = {"theoph": THEOPH, "glucose": GLUCOSE}
     chosen = only or list(examples)

@@ -51,7 +51,7 @@ def _request_host_devices(chains: int) -> None:
 def _print_diagnostics(console, posterior, diagnostics) -> None:
     from rich.table import Table
 
-    from inference.summary import summarize
+    from medsim.inference.summary import summarize
 
     rows = summarize(posterior)
     table = Table("parameter", "unit", "median", "94% HDI", "R-hat", "ESS bulk", "ESS tail", show_edge=False)
@@ -129,8 +129,8 @@ def fit_command(
     calibrated on held-out subjects; exit status 1 when its 90% coverage is below the floor).
     """
     if model == "neural":
-        from inference.neural.checkpoint import checkpoint_paths
         from medsim.cli.neural_cmds import fit_neural_cli
+        from medsim.inference.neural.checkpoint import checkpoint_paths
 
         for path in checkpoint_paths(out):
             output_file(path, "--out")
@@ -142,7 +142,7 @@ def fit_command(
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     import medsim.models as registry
-    from inference import FitConfigError, FitDataError, TimelineError, fit
+    from medsim.inference import FitConfigError, FitDataError, TimelineError, fit
 
     try:
         physiology = registry.get(model)
@@ -236,9 +236,9 @@ def check_command(
     """
     from rich.console import Console
 
-    from inference import Posterior, PosteriorFormatError
-    from inference.summary import summarize
     from medsim.cli import check_cmds
+    from medsim.inference import Posterior, PosteriorFormatError
+    from medsim.inference.summary import summarize
 
     if figures is not None:
         output_dir(figures, "--figures")
@@ -259,7 +259,7 @@ def check_command(
     gate = posterior.calibration()
     diagnostics = posterior.diagnostics()
     if figures is not None:
-        from inference.diagnostic_figures import write_figures
+        from medsim.inference.diagnostic_figures import write_figures
 
         written = write_figures(posterior, figures)
     if as_json:
@@ -308,10 +308,10 @@ def _heldout(path: Path, posterior, cohort, after, fraction, last, bounds, seed)
     """Run the held-out calibration gate and store it in ``path``; returns the updated posterior."""
     from rich.console import Console
 
-    from inference import FitConfigError, FitDataError, TimelineError
-    from inference.checks.predictive import PredictiveError
     from medsim.cli import check_cmds
-    from policies.spec import SpecError, parse_bound
+    from medsim.inference import FitConfigError, FitDataError, TimelineError
+    from medsim.inference.checks.predictive import PredictiveError
+    from medsim.policies.spec import SpecError, parse_bound
 
     name = cohort or str(posterior.attrs.get("cohort_name", ""))
     if not name:
@@ -338,8 +338,8 @@ def _compare(files: list[Path], posteriors: list, as_json: bool) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    from inference.checks.loo import LooError
     from medsim.cli import check_cmds
+    from medsim.inference.checks.loo import LooError
 
     try:
         result = check_cmds.comparison(files, posteriors)

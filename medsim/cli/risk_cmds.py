@@ -61,7 +61,7 @@ def _load_draws(posterior: Path | None, prior: str | None, prior_draws: int, see
     if not posterior.exists():
         _fail(f"{posterior}: no such posterior file")
     try:
-        from inference.posterior import Posterior
+        from medsim.inference.posterior import Posterior
     except ImportError as err:
         _fail(f"reading posterior files needs the inference package ({err}); use --prior MODEL meanwhile")
     try:
@@ -83,7 +83,7 @@ def _support(posterior: Path | None) -> dict | None:
     """Observed ranges of the fitted cohort (for the out-of-support flag), if the posterior has them."""
     if posterior is None:
         return None
-    from inference.posterior import Posterior
+    from medsim.inference.posterior import Posterior
 
     try:
         return Posterior.load(posterior).support()
@@ -114,7 +114,7 @@ def neural_report_context(prov: Mapping[str, Any]) -> tuple[dict[str, Any], tupl
     Returns
     -------
     (dict, tuple of str)
-        Provenance for :func:`policies.evaluate.evaluate_policies` (checkpoint as the posterior
+        Provenance for :func:`medsim.policies.evaluate.evaluate_policies` (checkpoint as the posterior
         file, the training data hash, training summary as the fit, the checkpoint's digests and
         calibration as settings), and the warnings to put first: that the model is learned, and
         that the calibration gate was overridden if it was.
@@ -164,7 +164,7 @@ def summarise(report: Any, files: Any, console: Any) -> None:
     """Print the verdicts, the warnings and where the report went."""
     from rich.table import Table
 
-    from policies.report.text import pct_ci
+    from medsim.policies.report.text import pct_ci
 
     for w in report.all_warnings:
         console.print(f"[bold white on red] WARNING [/] [bold red]{w}[/]")
@@ -187,7 +187,7 @@ def summarise(report: Any, files: Any, console: Any) -> None:
 def finish(report: Any, results: Sequence[Any], *, out: Path, fail_on_violation: bool, console: Any) -> int:
     """Write the risk report, print its summary and return the exit status."""
     from medsim.io import FolderWriteError
-    from policies.report import write_report
+    from medsim.policies.report import write_report
 
     try:
         files = write_report(report, out, results=results)
@@ -268,11 +268,11 @@ def risk_command(
 
     from medsim.cli.neural_cmds import model_source, neural_population_cli
     from medsim.models.neural.gate import gate_of
+    from medsim.policies.evaluate import evaluate_policies
+    from medsim.policies.loading import PolicySpecError
+    from medsim.policies.spec import SpecError
+    from medsim.policies.spec_file import parse_spec
     from medsim.simulate.budget import parse_memory
-    from policies.evaluate import evaluate_policies
-    from policies.loading import PolicySpecError
-    from policies.spec import SpecError
-    from policies.spec_file import parse_spec
 
     console = Console(stderr=False)
     try:

@@ -13,12 +13,11 @@ from collections.abc import Sequence
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from medsim.policies.report.text import efficacy_metric
+from medsim.policies.result import RolloutResult
+from medsim.policies.risk.report import RiskReport
+from medsim.policies.spec import SafetySpec
 from PIL import Image
-
-from policies.report.text import efficacy_metric
-from policies.result import RolloutResult
-from policies.risk.report import RiskReport
-from policies.spec import SafetySpec
 
 _DPI = 96
 _PALETTE = 128

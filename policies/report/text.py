@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import math
 
-from policies.risk.estimate import Estimate
-from policies.risk.report import PolicyRisk, RiskReport
+from medsim.policies.risk.estimate import Estimate
+from medsim.policies.risk.report import PolicyRisk, RiskReport
 
 
 def pct(x: float) -> str:

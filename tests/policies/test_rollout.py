@@ -6,14 +6,14 @@ import dataclasses
 
 import numpy as np
 import pytest
+from medsim.policies.builtin import TDM, FixedDose
+from medsim.policies.loading import FunctionPolicy
+from medsim.policies.protocol import Option
+from medsim.policies.rollout import rollout, rollout_many
 
 import medsim.models as registry
 from medsim.population import VirtualPopulation, sample_population
 from medsim.simulate.types import Bound
-from policies.builtin import TDM, FixedDose
-from policies.loading import FunctionPolicy
-from policies.protocol import Option
-from policies.rollout import rollout, rollout_many
 
 PK = registry.get("pk_oral_1cmt")
 BOUNDS = (Bound("conc", 15.0, "upper"), Bound("conc", 25.0, "upper"))
@@ -186,7 +186,7 @@ def test_repeated_rollouts_do_not_recompile(population, fixed_result):
     import importlib
 
     # The package re-exports the function `rollout`, which shadows the submodule attribute.
-    compiled_module = importlib.import_module("policies.compiled")
+    compiled_module = importlib.import_module("medsim.policies.compiled")
 
     def traces() -> int:
         return sum(sim.trace_count for sim, _ in compiled_module._COMPILED.values())
