@@ -36,3 +36,15 @@ def test_import_t1d_needs_the_unit_and_takes_it_as_an_option(tmp_path):
     assert ok.exit_code == 0, ok.output and out.exists()
     bad = runner.invoke(app, ["import-t1d", str(source), str(out), "--unit", "insulin"])
     assert bad.exit_code == 2
+
+
+def test_import_t1d_censors_readings_at_the_sensor_floor(tmp_path):
+    source = tmp_path / "sim.csv"
+    table = tidy(n_rows=21, patients=("a",))
+    table.loc[[3, 4], "cgm"] = 39.0
+    table.to_csv(source, index=False)
+    out = tmp_path / "cohort.csv"
+    result = runner.invoke(app, ["import-t1d", str(source), str(out), "--cgm-floor", "39"])
+    assert result.exit_code == 0, result.output
+    cens = read_event_table(out).subjects[0].obs_cens
+    assert cens.tolist() == [1 if k in (3, 4) else 0 for k in range(21)]

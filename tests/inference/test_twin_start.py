@@ -140,3 +140,22 @@ def test_filtered_start_improves_the_held_out_forecast(fitted):
     # sampling SD is about 0.05, so 0.7 fails only if the forecast does not start where the
     # filter left the subject.
     assert rmse["filtered"] < 0.7 * rmse["initial"], rmse
+
+
+def test_start_is_checked(fitted):
+    draws, _ = fitted
+    from dataclasses import replace
+
+    with pytest.raises(ValueError, match="only used with mode='personalized'"):
+        sample_population(draws, 4, mode="population", seed=0, start="filtered")
+    with pytest.raises(ValueError, match="needs draws with the fitted subjects' filtered states"):
+        sample_population(
+            replace(draws, state={}, state_cov=None, state_time=None),
+            4,
+            mode="personalized",
+            subject="s0",
+            seed=0,
+            start="filtered",
+        )
+    with pytest.raises(ValueError, match="start must be 'filtered' or 'initial'"):
+        sample_population(draws, 4, mode="personalized", subject="s0", seed=0, start="now")
