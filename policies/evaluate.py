@@ -14,6 +14,7 @@ from policies.loading import parse_policy
 from policies.protocol import PolicyContext
 from policies.result import RolloutResult
 from policies.risk import RiskReport, risk_report
+from policies.risk.rare.followup import with_rare_followup
 from policies.rollout import rollout_many
 from policies.scenarios import MealScenario, Scenario
 from policies.spec import SafetySpec, convert_time
@@ -172,7 +173,19 @@ def evaluate_policies(
         "dt": f"{step:g} {model.time_unit}",
         "scheme": scheme,
     }
-    return risk_report(list(results), spec, provenance=full, model=model), list(results)
+    report = risk_report(list(results), spec, provenance=full, model=model)
+    # Closed-loop splitting where the plain estimate saw too few violations (spec key rare=).
+    report = with_rare_followup(
+        report,
+        results,
+        policies,
+        population,
+        dt=step,
+        seed=seed,
+        scenario=default_scenario(model, scenario, seed),
+        scheme=scheme,
+    )
+    return report, list(results)
 
 
 def run_policies(

@@ -30,6 +30,7 @@ from policies.risk.labels import quantity_names, twin_subject
 from policies.risk.margin import TighteningMargin, tightening_margins
 from policies.risk.probability import ViolationProbability, violation_probabilities
 from policies.risk.provenance import Provenance, make_provenance
+from policies.risk.rare.result import RareRisk
 from policies.risk.sequential import SequentialResult, sequential_test
 from policies.risk.severity import JointCost, Severity, severities
 from policies.risk.support import DEFAULT_THRESHOLD, SupportFlag, support_flag
@@ -75,6 +76,9 @@ class PolicyRisk:
         Consensus glucose metrics (models with a glucose trace; None otherwise).
     agp : AmbulatoryProfile or None
         Glucose percentiles by time of day (with ``glucose``).
+    rare : tuple of RareRisk
+        Closed-loop splitting estimate per bound, when the plain estimate saw too few violations
+        (or the spec forced it; :mod:`policies.risk.rare.followup`); empty otherwise.
     """
 
     policy: str
@@ -97,6 +101,7 @@ class PolicyRisk:
     warnings: tuple[str, ...]
     glucose: GlucoseMetrics | None = None
     agp: AmbulatoryProfile | None = None
+    rare: tuple[RareRisk, ...] = ()
 
 
 @dataclass(frozen=True)
