@@ -26,13 +26,13 @@ from typing import Any
 import numpy as np
 
 from policies.risk.estimate import Estimate
-from policies.scenarios import MealScenario
 from policies.risk.rare.ams import AMSFailure, ams
 from policies.risk.rare.auto import needs_rare
 from policies.risk.rare.closed_loop import closed_loop_problem
 from policies.risk.rare.epistemic import rare_epistemic
 from policies.risk.rare.result import RareEstimate, RareRisk
 from policies.risk.verdict import Verdict
+from policies.scenarios import MealScenario
 
 MIN_VIOLATIONS = 10
 """``rare=auto`` switches to splitting when fewer patients than this had a crossing."""
