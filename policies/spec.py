@@ -459,7 +459,7 @@ def spec_from_mapping(data: Mapping[str, Any], *, source: str = "inline") -> Saf
         start, start_unit = _horizon(data["from"], where=source, key="from")
         if start_unit is not None and unit is None:
             raise SpecError(f"{source}: key 'from' {data['from']!r} carries a unit but 'horizon' does not; give both")
-        if start_unit is not None:
+        if start_unit is not None and start_unit != unit:  # a same-unit round trip through minutes rounds
             start = convert_time(start, start_unit, unit, where=f"{source}: key 'from'")
     return SafetySpec(
         bounds=bounds,

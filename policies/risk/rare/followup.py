@@ -74,6 +74,19 @@ def _split(model, population, policy, bound, *, plain, reason, budget, seed, lev
                 return _failed(
                     bound.name, reason, plain, budget, f"{why} (estimate 0, no interval)", est.path_equivalents
                 )
+            if est.probability.no_interval:
+                return replace(
+                    _failed(
+                        bound.name,
+                        reason,
+                        plain,
+                        budget,
+                        f"no interval: {est.probability.no_interval}",
+                        est.path_equivalents,
+                    ),
+                    estimate=est,
+                    extinct=est.extinct,
+                )
             return RareRisk(
                 bound.name,
                 reason,
@@ -206,7 +219,8 @@ def with_rare_followup(
         reason = (
             "rare=ams in the spec"
             if method
-            else f"the plain estimate saw {plain} patients with a crossing, fewer than {min_violations}"
+            else f"the plain estimate saw {plain} patient{'' if plain == 1 else 's'} with a crossing, fewer than "
+            f"{min_violations}"
         )
         options = dict(
             horizon=spec.horizon,
