@@ -117,7 +117,7 @@ def _split(model, population, policy, bound, *, plain, reason, budget, seed, lev
         return _failed(
             bound.name, reason, plain, budget, f"every draw's estimate is 0 ({extinct} replicas extinct)", spent
         )
-    p = epi.probability
+    p = replace(epi.probability, upper=min(epi.probability.upper, 1.0))  # a t interval can pass 1
     rel = p.se / p.value if math.isfinite(p.se) else math.nan
     return RareRisk(
         bound.name,
