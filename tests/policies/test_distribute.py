@@ -28,7 +28,7 @@ from policies.risk.codec import to_jsonable  # noqa: E402
 from policies.spec_file import parse_spec  # noqa: E402
 
 MODEL = get("glucose_insulin")
-SPEC = parse_spec("glucose_mg_dL>=70;horizon=3h;epsilon=0.05", model=MODEL)
+SPEC = parse_spec("glucose_mg_dL>=70;horizon=3h;epsilon=0.05;rare=off", model=MODEL)
 POLICIES = ["pid:every=60", "pid:every=30"]
 N, SEED = 40, 3
 

@@ -134,6 +134,15 @@ def _split(model, population, policy, bound, *, plain, reason, budget, seed, lev
     )
 
 
+def _interactions(result, horizon: float) -> int:
+    """Interaction slots per path: the plain run's, and at least the rollout's own work estimate
+    (horizon over the shortest interval seen, rounded up, plus one), which it checks first."""
+    mask = np.asarray(result.mask, bool)
+    width = (np.asarray(result.t_end) - np.asarray(result.t_start))[mask]
+    shortest = float(width[width > 0].min()) if np.any(width > 0) else float(horizon)
+    return max(int(mask.shape[1]), math.ceil(horizon / shortest) + 1)
+
+
 def _pct(x: float) -> str:
     return f"{100 * x:.3g}%"
 
@@ -225,7 +234,7 @@ def with_rare_followup(
         options = dict(
             horizon=spec.horizon,
             dt=dt,
-            interactions=int(np.asarray(result.mask).shape[1]),
+            interactions=_interactions(result, spec.horizon),
             scenario=scenario,
             scheme=scheme,
         )
