@@ -50,7 +50,7 @@ def _failed(bound: str, reason: str, plain: int, budget: float, failure: str, sp
     return RareRisk(bound, reason, plain, budget, None, None, math.nan, spent, failure=failure)
 
 
-def _split(model, population, policy, bound, *, plain, reason, budget, seed, level, options) -> RareRisk:
+def _split(model, population, policy, bound, *, plain, reason, budget, seed, level, epsilon, options) -> RareRisk:
     """One bound's splitting estimate (per posterior draw where the budget allows)."""
     draw = np.asarray(population.draw)
     groups = [np.flatnonzero(draw == d) for d in np.unique(draw[draw >= 0])]
@@ -107,15 +107,22 @@ def _split(model, population, policy, bound, *, plain, reason, budget, seed, lev
 
         options_ = {k_: v for k_, v in ams_options.items() if k_ != "level"}
         epi = rare_epistemic(
-            problems[0], list(range(len(groups))), by_draw, epsilon=1.0, seed=seed, level=level, **options_
+            problems[0], list(range(len(groups))), by_draw, epsilon=epsilon, seed=seed, level=level, **options_
         )
     except AMSFailure as err:
-        return _failed(bound.name, reason, plain, budget, f"budget exhausted: {err}")
+        # Every replica ran to its iteration cap: the budget is spent.
+        return _failed(bound.name, reason, plain, budget, f"budget exhausted: {err}", budget)
     spent = epi.path_equivalents
     extinct = sum(r.extinct for r in epi.per_draw)
     if not epi.probability.value > 0:
         return _failed(
             bound.name, reason, plain, budget, f"every draw's estimate is 0 ({extinct} replicas extinct)", spent
+        )
+    if epi.probability.no_interval:
+        return replace(
+            _failed(bound.name, reason, plain, budget, f"no interval: {epi.probability.no_interval}", spent),
+            estimate=epi.per_draw[0],
+            extinct=extinct,
         )
     p = replace(epi.probability, upper=min(epi.probability.upper, 1.0))  # a t interval can pass 1
     rel = p.se / p.value if math.isfinite(p.se) else math.nan
@@ -250,6 +257,7 @@ def with_rare_followup(
                 budget=share,
                 seed=seed,
                 level=level,
+                epsilon=spec.epsilon,
                 options=options,
             )
             for bound in spec.bounds
