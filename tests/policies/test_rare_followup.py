@@ -128,3 +128,22 @@ def test_spec_from_in_the_horizons_unit_round_trips_exactly():
     spec = spec_from_mapping({"bounds": ["conc<=1"], "horizon": "92.0d", "from": "91.92629667098771d"})
     assert spec.monitor_from == 91.92629667098771
     assert spec_from_mapping(spec.to_dict()).monitor_from == spec.monitor_from
+
+
+@pytest.mark.slow  # a second plain run and splitting through the command, ~10 s on 2 cores
+def test_medsim_risk_switches_with_its_budget_option(tmp_path, rare_report):
+    from typer.testing import CliRunner
+
+    import medsim.cli.risk_cmds  # noqa: F401  (registers the command)
+    from medsim.cli import app
+
+    out = tmp_path / "report"
+    args = ["risk", "--prior", "pk_iv_1cmt", "--prior-draws", "2", "--policy", POLICY, "--n", "8"]
+    args += ["--spec", SPEC.replace(";rare_budget=300", ""), "--rare-budget", "300", "--dt", str(DT)]
+    args += ["--seed", str(SEED), "--out", str(out)]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    data = json.loads((out / "report.json").read_text())
+    # The command's patients, seed and budget are the fixture's: the same numbers.
+    assert data["policies"][0]["rare"] == json.loads(rare_report.to_json())["policies"][0]["rare"]
+    assert "Rare-event estimate (closed-loop splitting)" in (out / "report.md").read_text()
