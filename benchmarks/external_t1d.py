@@ -13,7 +13,7 @@ tidy table is used (``patient, time_min, bg_true, cgm, cho_g_per_min, insulin_U_
 For each cohort, glucose model and sampler: the cohort is read with
 :func:`medsim.data.t1d.read_t1d_table` (CGM every ``--cgm-every`` minutes), the model is fitted
 to the CGM readings of the training days (inputs up to their end), and each patient's twin
-(individual posterior predictive, :func:`inference.checks.predictive.posterior_predictive`) is
+(individual posterior predictive, :func:`medsim.inference.checks.predictive.posterior_predictive`) is
 simulated from time 0 through the test day with all recorded meals and insulin. Scores on the
 test day (``benchmarks/t1d_metrics.py``):
 
@@ -160,10 +160,10 @@ def cgm_observable(model) -> str:
 def run_one(tidy: pd.DataFrame, model_name: str, method: str, args) -> dict:
     """Fit one model with one sampler on the training days and score the test day."""
     import jax
+    from medsim.inference.checks.predictive import posterior_predictive
 
-    import inference
     import medsim.models
-    from inference.checks.predictive import posterior_predictive
+    from medsim import inference
     from medsim.data.t1d import read_t1d_table
 
     model = medsim.models.get(model_name)

@@ -11,13 +11,13 @@ Sections:
    through a PyTensor op; 4 chains in 2 worker processes). Wall time includes model building and
    compilation (and PyMC's worker start-up); ESS/s is the smallest bulk ESS over the sampled
    coordinates divided by that wall time. R-hat, ESS and E-BFMI come from ArviZ via
-   :func:`inference.diagnostics.diagnose`.
+   :func:`medsim.inference.diagnostics.diagnose`.
 2. **Process noise**: PSIS-LOO of the SDE fit against the ODE-limit fit (numpyro), and the
    posterior of the process-noise scale.
 3. **Held-out measurements**: the SDE model fitted without each subject's last two samples;
    coverage of those samples by 90 % posterior predictive intervals.
 4. **Calibration** (skipped with ``--no-calibration``): simulation-based calibration over
-   simulated cohorts (:func:`inference.calibration.run_calibration`).
+   simulated cohorts (:func:`medsim.inference.calibration.run_calibration`).
 
 The machine is shared with other jobs in some environments: the load average before and after is
 recorded next to the timings.
@@ -54,9 +54,9 @@ def _log(msg: str) -> None:
 
 def _fit_summary(data, out, wall: float, *, backend: str, seed: int) -> tuple[dict, object]:
     """Diagnostics and timings of one sampler run; returns (figures, InferenceData)."""
-    from inference.assemble import build_inference_data
-    from inference.diagnostics import diagnose
-    from inference.fitting import provenance_attrs
+    from medsim.inference.assemble import build_inference_data
+    from medsim.inference.diagnostics import diagnose
+    from medsim.inference.fitting import provenance_attrs
 
     attrs = provenance_attrs(data, backend=backend, method="nuts", seed=seed, info=out.info)
     idata = build_inference_data(data, out.samples, out.sample_stats, attrs)
@@ -81,9 +81,9 @@ def speed(cohort, model, *, chains: int, draws: int, warmup: int, seed: int, vec
     """
     from functools import partial
 
-    from inference.backends.numpyro_nuts import run_nuts
-    from inference.backends.pymc_backend import run_pymc
-    from inference.fitting import prepare_fit
+    from medsim.inference.backends.numpyro_nuts import run_nuts
+    from medsim.inference.backends.pymc_backend import run_pymc
+    from medsim.inference.fitting import prepare_fit
 
     runs = {"numpyro_parallel": ("numpyro", partial(run_nuts, chain_method="parallel"))}
     if vectorized:
@@ -113,9 +113,9 @@ def speed(cohort, model, *, chains: int, draws: int, warmup: int, seed: int, vec
 
 def process_noise(cohort, model, sde_idata, *, chains: int, draws: int, warmup: int, seed: int) -> dict:
     """LOO of the SDE fit against the ODE limit, and the process-noise posterior."""
-    from inference.backends.numpyro_nuts import run_nuts
-    from inference.checks import loo_compare
-    from inference.fitting import prepare_fit
+    from medsim.inference.backends.numpyro_nuts import run_nuts
+    from medsim.inference.checks import loo_compare
+    from medsim.inference.fitting import prepare_fit
 
     _log("ODE-limit fit for the LOO comparison")
     start = time.perf_counter()
@@ -151,9 +151,8 @@ def process_noise(cohort, model, sde_idata, *, chains: int, draws: int, warmup: 
 def heldout(cohort, model, *, chains: int, draws: int, warmup: int, seed: int, n_last: int = 2) -> dict:
     """Fit without each subject's last ``n_last`` samples; 90 % predictive coverage of them."""
     import jax
-
-    from inference.checks.heldout import heldout_coverage, split_last
-    from inference.fitting import fit
+    from medsim.inference.checks.heldout import heldout_coverage, split_last
+    from medsim.inference.fitting import fit
 
     _log(f"held-out check: SDE fit without the last {n_last} samples of each subject")
     posterior = fit(split_last(cohort, n_last), model, chains=chains, draws=draws, warmup=warmup, seed=seed)
@@ -169,7 +168,8 @@ def heldout(cohort, model, *, chains: int, draws: int, warmup: int, seed: int, n
 
 
 def calibration(*, quick: bool, seed: int) -> dict:
-    from inference.calibration import Design, narrowed_priors, run_calibration
+    from medsim.inference.calibration import Design, narrowed_priors, run_calibration
+
     from medsim.models import get
 
     settings = (
@@ -195,7 +195,7 @@ def calibration(*, quick: bool, seed: int) -> dict:
 
 
 def _versions() -> dict[str, str]:
-    from inference.provenance import package_versions
+    from medsim.inference.provenance import package_versions
 
     return package_versions()
 
@@ -276,8 +276,8 @@ def main(argv: list[str] | None = None) -> dict:
         results["speed"], idatas = speed(cohort, model, seed=args.seed, vectorized=args.with_vectorized, **sizes)
         save()
         if args.figures is not None:
-            from inference.checks import write_check_figures
-            from inference.posterior import Posterior
+            from medsim.inference.checks import write_check_figures
+            from medsim.inference.posterior import Posterior
 
             posterior = Posterior(idata=idatas["numpyro_parallel"], model=model)
             paths = write_check_figures(posterior, cohort, args.figures)

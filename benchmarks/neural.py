@@ -8,7 +8,7 @@ Run: ``.venv/bin/python benchmarks/neural.py [--quick] [--device cuda]``. Writes
    and the *true* mechanistic model (true structure and population parameters; individual
    parameters inferred from each window's history by importance sampling over simulated SDE
    paths) forecast the held-out subjects' next 1..5 measurements: RMSE, coverage and width of
-   50% / 90% intervals. If ``inference.fit`` is available, a mechanistic model fitted to the
+   50% / 90% intervals. If ``medsim.inference.fit`` is available, a mechanistic model fitted to the
    training subjects is compared too. Then both estimate the risk of one policy (320 mg at 0 and
    12 h, concentration above 12 mg/L before 36 h) for new population patients, against the truth.
 2. **Training time** per epoch of the neural model (PK cohort above; a synthetic one-day CGM
@@ -35,8 +35,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import torch
+from medsim.inference.neural import TrainSettings, fit_neural, interval_metrics, predictive_samples, train
 
-from inference.neural import TrainSettings, fit_neural, interval_metrics, predictive_samples, train
 from medsim.data.cohort import Cohort
 from medsim.models.glucose_insulin import GlucoseInsulin
 from medsim.models.neural import (
@@ -225,19 +225,19 @@ def true_population(d: int = 1) -> dict:
 def fitted_population(train_part, seed: int):
     """Draws of a mechanistic SVI fit to the training subjects: (population dict, note, PosteriorDraws)."""
     try:
-        from inference import fit
+        from medsim.inference import fit
     except ImportError as err:
-        return None, f"inference.fit not available when this benchmark ran ({err})", None
+        return None, f"medsim.inference.fit not available when this benchmark ran ({err})", None
     start = time.perf_counter()
     try:
         draws = fit(train_part, PKOral1Cmt(), method="svi", seed=seed).draws()
     except (TypeError, ValueError, AttributeError) as err:  # an API that differs from the one planned
-        return None, f"inference.fit failed: {err}", None
+        return None, f"medsim.inference.fit failed: {err}", None
     out = {k: np.asarray(v) for k, v in draws.population.items()}
     for p in PKOral1Cmt().structural:
         out[f"omega_{p.name}"] = np.asarray(draws.omega.get(p.name, np.zeros(draws.n_draws)))
     out["res_add"] = np.asarray(draws.residual["conc_add"])
-    note = f"inference.fit(method='svi'), {time.perf_counter() - start:.0f} s"
+    note = f"medsim.inference.fit(method='svi'), {time.perf_counter() - start:.0f} s"
     return out, note, draws
 
 

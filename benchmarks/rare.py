@@ -2,7 +2,7 @@
 
 Run: ``.venv/bin/python benchmarks/rare.py [--quick] [--json benchmarks/results/rare.json]``.
 
-Cases with exact answers (:mod:`policies.risk.rare.references`): Brownian motion with drift
+Cases with exact answers (:mod:`medsim.policies.risk.rare.references`): Brownian motion with drift
 (mu = -1, sigma = 1, T = 1, 64 steps) leaving a half-line placed so that p = 1e-4, 1e-6, 1e-8
 (closed form), and an OU process (theta = 1, sigma = 1, T = 1, 64 exact steps) leaving a
 half-line at p ~ 1e-5 (Crank–Nicolson reference). For each case and estimator the script runs
@@ -53,9 +53,8 @@ def write_json(path: Path, value) -> None:
 
 
 def bm_distance(p: float) -> float:
+    from medsim.policies.risk.rare.references import drifted_bm_exit
     from scipy.optimize import brentq
-
-    from policies.risk.rare.references import drifted_bm_exit
 
     return float(brentq(lambda b: math.log(drifted_bm_exit(-1.0, 1.0, b, 1.0)) - math.log(p), 0.5, 8.0))
 
@@ -77,7 +76,7 @@ def run_case(
     case: str, problem, p_exact: float | None, configs: dict, reps: int, seed: int, warm: bool = True
 ) -> list[dict]:
     """``reps`` independent estimates per estimator, timed after a warm-up run when ``warm``."""
-    from policies.risk.rare import ams, importance_sampling, subset_simulation
+    from medsim.policies.risk.rare import ams, importance_sampling, subset_simulation
 
     rows = []
     for name, cfg in configs.items():
@@ -139,11 +138,10 @@ def run_case(
 
 
 def coverage(reps: int, steps: int, seed: int) -> dict:
+    from medsim.policies.risk.rare import ams
+    from medsim.policies.risk.rare.references import drifted_bm_exit, drifted_bm_problem
+    from medsim.policies.risk.rare.result import replica_interval
     from scipy import stats
-
-    from policies.risk.rare import ams
-    from policies.risk.rare.references import drifted_bm_exit, drifted_bm_problem
-    from policies.risk.rare.result import replica_interval
 
     b = bm_distance(1e-5)
     p = drifted_bm_exit(-1.0, 1.0, b, 1.0)
@@ -184,18 +182,19 @@ GLUCOSE_PATIENT = {
 def glucose_cases(args) -> list[dict]:
     """P(glucose < 54 mg/dL over 12 h from 11:00, nominal meals) under basal-bolus and PID.
 
-    Splitting drives the real option loop (:func:`policies.risk.rare.closed_loop_problem`); plain
+    Splitting drives the real option loop (:func:`medsim.policies.risk.rare.closed_loop_problem`); plain
     Monte Carlo gets the same number of rollouts. No exact answer: relative errors are estimated
     from the replicas (splitting) or the binomial-like spread (plain).
     """
     import dataclasses
 
+    from medsim.policies.builtin import PID, BasalBolus
+    from medsim.policies.risk.rare import ams, closed_loop_problem
+    from medsim.policies.scenarios import MealScenario
+
     import medsim.models as registry
     from medsim.population import PosteriorDraws, sample_population
     from medsim.simulate.types import Bound
-    from policies.builtin import PID, BasalBolus
-    from policies.risk.rare import ams, closed_loop_problem
-    from policies.scenarios import MealScenario
 
     model = registry.get("glucose_insulin")
     pop = {p.name: np.array([GLUCOSE_PATIENT.get(p.name, p.typical)]) for p in model.parameters}
@@ -282,7 +281,7 @@ def main(argv=None) -> int:
     ap.add_argument("--glucose-paths", type=int, default=100)
     ap.add_argument("--glucose-si", type=float, nargs="+", default=[1.0, 0.95], help="insulin-sensitivity factors")
     args = ap.parse_args(argv)
-    from policies.risk.rare.references import (
+    from medsim.policies.risk.rare.references import (
         drifted_bm_exit,
         drifted_bm_problem,
         exit_probability_pde,

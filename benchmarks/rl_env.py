@@ -31,8 +31,8 @@ jax.config.update("jax_num_cpu_devices", CORES)
 import numpy as np  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from policies.env.gym_env import MedsimEnv  # noqa: E402
-from policies.env.vector import MedsimVectorEnv  # noqa: E402
+from medsim.policies.env.gym_env import MedsimEnv  # noqa: E402
+from medsim.policies.env.vector import MedsimVectorEnv  # noqa: E402
 
 ACTION = np.array([0.0, 0.02, 5.0], np.float32)
 

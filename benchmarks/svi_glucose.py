@@ -10,7 +10,7 @@ its between-subject SDs (``omega_<p>`` = the model's ``bsv``) and its process-no
 typical value and the process-noise scale the script records whether the central 90 %
 posterior interval covers the truth, the truth's rank among the draws (fraction of draws below
 it) and the ratio of the posterior median to the truth (a collapsed SD reads near 0). Coverage
-is reported with its exact binomial interval (:func:`inference.checks.coverage.binomial_interval`).
+is reported with its exact binomial interval (:func:`medsim.inference.checks.coverage.binomial_interval`).
 
 The truth is fixed (the model's values), not drawn from the prior, so this is a coverage check
 at one point of the prior rather than full simulation-based calibration (Talts et al. 2018); it
@@ -56,7 +56,7 @@ def truths(model) -> dict[str, float]:
 
 
 def one_cohort(args, model, seed: int) -> dict:
-    import inference
+    from medsim import inference
     from medsim.synthetic import glucose_cohort
 
     synthetic = glucose_cohort(args.subjects, args.days, seed=seed, obs_every=args.obs_every)
@@ -97,7 +97,7 @@ def one_cohort(args, model, seed: int) -> dict:
 
 
 def summarise(rows: list[dict]) -> dict:
-    from inference.checks.coverage import binomial_interval
+    from medsim.inference.checks.coverage import binomial_interval
 
     out = {}
     for name in rows[0]["parameters"]:

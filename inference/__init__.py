@@ -1,8 +1,8 @@
 """Fitting posteriors of physiology models to cohorts.
 
 Owns the hierarchical model built from a :class:`~medsim.models.base.PhysiologyModel`
-(:mod:`inference.priors`, :mod:`inference.hierarchical`), the SDE likelihood (continuous–discrete
-extended Kalman filter, :mod:`inference.likelihood`), the samplers (:mod:`inference.backends`),
+(:mod:`medsim.inference.priors`, :mod:`medsim.inference.hierarchical`), the SDE likelihood (continuous–discrete
+extended Kalman filter, :mod:`medsim.inference.likelihood`), the samplers (:mod:`medsim.inference.backends`),
 diagnostics, and posterior files (:class:`Posterior`). May import ``medsim`` (models, data types,
 population draws), jax, numpyro and ArviZ; never ``policies``. Never prints and never changes
 global JAX configuration.
@@ -20,22 +20,22 @@ import importlib
 from typing import Any
 
 _EXPORTS = {
-    "Diagnostics": "inference.diagnostics",
-    "diagnose": "inference.diagnostics",
-    "FitConfigError": "inference.fitting",
-    "fit": "inference.fitting",
-    "Timeline": "inference.likelihood",
-    "TimelineError": "inference.likelihood",
-    "build_timeline": "inference.likelihood",
-    "cohort_loglik": "inference.likelihood",
-    "Posterior": "inference.posterior",
-    "PosteriorFormatError": "inference.posterior",
-    "PriorSpec": "inference.priors",
-    "SitePrior": "inference.priors",
-    "build_priors": "inference.priors",
-    "FitData": "inference.problem",
-    "FitDataError": "inference.problem",
-    "prepare": "inference.problem",
+    "Diagnostics": "medsim.inference.diagnostics",
+    "diagnose": "medsim.inference.diagnostics",
+    "FitConfigError": "medsim.inference.fitting",
+    "fit": "medsim.inference.fitting",
+    "Timeline": "medsim.inference.likelihood",
+    "TimelineError": "medsim.inference.likelihood",
+    "build_timeline": "medsim.inference.likelihood",
+    "cohort_loglik": "medsim.inference.likelihood",
+    "Posterior": "medsim.inference.posterior",
+    "PosteriorFormatError": "medsim.inference.posterior",
+    "PriorSpec": "medsim.inference.priors",
+    "SitePrior": "medsim.inference.priors",
+    "build_priors": "medsim.inference.priors",
+    "FitData": "medsim.inference.problem",
+    "FitDataError": "medsim.inference.problem",
+    "prepare": "medsim.inference.problem",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -1,4 +1,4 @@
-"""Turn sampler output into the ArviZ InferenceData that a :class:`~inference.posterior.Posterior` wraps.
+"""Turn sampler output into the ArviZ InferenceData that a :class:`~medsim.inference.posterior.Posterior` wraps.
 
 Layout (dimension names in brackets)::
 
@@ -14,11 +14,11 @@ Layout (dimension names in brackets)::
 
     posterior        filtered_<state> [chain, draw, subject] and filtered_cov [chain, draw,
                      subject, state, state_to]: the filter's mean and covariance after each
-                     subject's last event (:mod:`inference.likelihood.filtered`), where a
+                     subject's last event (:mod:`medsim.inference.likelihood.filtered`), where a
                      personalized forecast starts; constant_data filtered_time [subject] is its time
 
 The ``subject`` coordinate holds the subject ids. Provenance lives in the posterior group's
-attributes (see :mod:`inference.posterior`).
+attributes (see :mod:`medsim.inference.posterior`).
 """
 
 from __future__ import annotations
@@ -29,9 +29,8 @@ from collections.abc import Mapping
 import jax
 import jax.numpy as jnp
 import numpy as np
-
-from inference.hierarchical import individual_parameters, pointwise_and_filtered
-from inference.problem import FitData
+from medsim.inference.hierarchical import individual_parameters, pointwise_and_filtered
+from medsim.inference.problem import FitData
 
 
 def import_arviz():

@@ -12,7 +12,7 @@ is compiled once and all cohorts x chains run as one vectorised NUTS program (nu
 ``hmc`` kernel under ``jax.vmap``). Data are simulated with the medsim simulator (fixed step
 ``dt``), independently of the likelihood's extended Kalman filter, and the last ``held_out``
 measurements of every subject are kept out of the fit: the fraction of them inside the central
-90 % posterior predictive interval (:func:`inference.checks.posterior_predictive`) is a
+90 % posterior predictive interval (:func:`medsim.inference.checks.posterior_predictive`) is a
 calibration check on the predictive scale.
 
 Prior range: the simulator's fixed step (and the filter's step length) are chosen from the
@@ -34,12 +34,12 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+from medsim.inference.checks.coverage import binomial_interval, rank_uniformity
+from medsim.inference.checks.heldout import heldout_coverage
+from medsim.inference.checks.predictive import default_dt, draws_from_samples
+from medsim.inference.hierarchical import hierarchical_model, split_sites
+from medsim.inference.problem import FitData, prepare
 
-from inference.checks.coverage import binomial_interval, rank_uniformity
-from inference.checks.heldout import heldout_coverage
-from inference.checks.predictive import default_dt, draws_from_samples
-from inference.hierarchical import hierarchical_model, split_sites
-from inference.problem import FitData, prepare
 from medsim.models.base import PhysiologyModel, residual_key
 from medsim.simulate import DoseEvents, simulate_schedule
 
@@ -101,7 +101,7 @@ class Design:
 def narrowed_priors(model: PhysiologyModel, *, prior_log_sd: float = 0.5, max_bsv: float = 0.35) -> PhysiologyModel:
     """``model`` with typical-value priors of log-SD at most ``prior_log_sd`` and BSV at most ``max_bsv``.
 
-    The omega prior scale follows the BSV (see :mod:`inference.priors`), so this also narrows the
+    The omega prior scale follows the BSV (see :mod:`medsim.inference.priors`), so this also narrows the
     prior of the between-subject SDs. Everything else (equations, residual error, process noise)
     is unchanged.
     """
@@ -325,7 +325,7 @@ def run_calibration(
     process_noise : bool
         Fit (and simulate) the SDE model; False: the ODE limit.
     target_accept, init_radius : float
-        As in :func:`inference.backends.numpyro_nuts.run_nuts`.
+        As in :func:`medsim.inference.backends.numpyro_nuts.run_nuts`.
     max_tree_depth : int
         NUTS tree-depth cap. All cohorts advance in lock step, so each iteration costs the deepest
         tree of the batch; a cap of 7 (128 leapfrog steps) bounds that cost. It leaves NUTS a valid
@@ -334,7 +334,7 @@ def run_calibration(
         Draws used for the held-out predictive intervals.
     dt : float, optional
         Simulator step for the data and the predictions; default ``0.004 / lambda_max``
-        (:func:`~inference.checks.predictive.default_dt`), a relative error of about 0.2 % on the
+        (:func:`~medsim.inference.checks.predictive.default_dt`), a relative error of about 0.2 % on the
         fastest typical process, negligible next to the residual error the fit estimates.
 
     Returns

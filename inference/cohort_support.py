@@ -4,7 +4,7 @@ A posterior speaks only for the region its data covered. :func:`cohort_support` 
 time, the observed range of each measured observable, of the doses per compartment (bolus
 amounts, infusion rates), of each covariate and the observed time span;
 :func:`support_ranges` turns the record into the ranges a rollout checks
-(``policies.rollout``: observables and treatments, keyed ``"conc"``, ``"bolus_cmt1"``,
+(``medsim.policies.rollout``: observables and treatments, keyed ``"conc"``, ``"bolus_cmt1"``,
 ``"rate_cmt1"``). The record travels as the JSON attribute ``cohort_support`` of the posterior
 group; files written before it existed have none, and their support reads as unknown.
 """

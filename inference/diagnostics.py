@@ -6,8 +6,8 @@ transitions (Betancourt 2017, arXiv:1701.02434); E-BFMI >= 0.3 for every chain (
 2016, arXiv:1604.00695). They apply to the sampled coordinates (population sites and the
 standardised random effects ``eta_<p>_decentered``); deterministic quantities inherit them.
 Variational (SVI) fits have no such diagnostics: :func:`diagnose` says so and checks instead
-the ELBO trace (:mod:`inference.svi_diagnostics`) and the process-noise posterior against the
-likelihood profile (:mod:`inference.noise_profile`); an SVI fit with nothing checked fails.
+the ELBO trace (:mod:`medsim.inference.svi_diagnostics`) and the process-noise posterior against the
+likelihood profile (:mod:`medsim.inference.noise_profile`); an SVI fit with nothing checked fails.
 """
 
 from __future__ import annotations
@@ -16,9 +16,8 @@ import json
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
-
-from inference.noise_profile import profile_problems
-from inference.svi_diagnostics import elbo_checks
+from medsim.inference.noise_profile import profile_problems
+from medsim.inference.svi_diagnostics import elbo_checks
 
 RHAT_MAX = 1.01
 ESS_PER_CHAIN_MIN = 100
@@ -145,19 +144,19 @@ def diagnose(
     elbo : float, optional
         Final ELBO of an SVI fit.
     elbo_trace : sequence of float, optional
-        An SVI fit's ELBO at every step (:func:`inference.svi_diagnostics.elbo_checks`); without
+        An SVI fit's ELBO at every step (:func:`medsim.inference.svi_diagnostics.elbo_checks`); without
         it an SVI fit fails (nothing checked).
     noise_profile : dict, optional
-        :func:`inference.noise_profile.noise_profile` of an SVI fit.
+        :func:`medsim.inference.noise_profile.noise_profile` of an SVI fit.
     """
-    from inference.assemble import import_arviz
+    from medsim.inference.assemble import import_arviz
 
     chains = int(idata.posterior.sizes["chain"])
     draws = int(idata.posterior.sizes["draw"])
     thresholds = {"rhat_max": RHAT_MAX, "ess_min": float(ESS_PER_CHAIN_MIN * chains), "ebfmi_min": EBFMI_MIN}
     if method != "nuts":
-        from inference.noise_profile import PROFILE_GAIN_NATS
-        from inference.svi_diagnostics import ELBO_REL_TOL
+        from medsim.inference.noise_profile import PROFILE_GAIN_NATS
+        from medsim.inference.svi_diagnostics import ELBO_REL_TOL
 
         checks, problems, _ = elbo_checks(None if elbo_trace is None else np.asarray(elbo_trace, float))
         if noise_profile:

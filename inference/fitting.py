@@ -1,4 +1,4 @@
-"""``inference.fit``: cohort + model -> Posterior, with diagnostics and provenance."""
+"""``medsim.inference.fit``: cohort + model -> Posterior, with diagnostics and provenance."""
 
 from __future__ import annotations
 
@@ -7,19 +7,19 @@ from collections.abc import Mapping, Sequence
 from typing import Any, Literal
 
 import numpy as np
+from medsim.inference.assemble import build_inference_data
+from medsim.inference.backends import BACKENDS, Progress, run_nuts, run_svi
+from medsim.inference.backends.numpyro_svi import GUIDES
+from medsim.inference.cohort_support import SUPPORT_ATTR, cohort_support
+from medsim.inference.diagnostics import diagnose_posterior_attrs
+from medsim.inference.hierarchical import data_information, with_centering
+from medsim.inference.likelihood.filtering import resolve_layout
+from medsim.inference.noise_profile import noise_profile
+from medsim.inference.posterior import FORMAT_VERSION, Posterior, json_attr
+from medsim.inference.priors import PriorError
+from medsim.inference.problem import FitData, prepare
+from medsim.inference.provenance import package_versions, utc_timestamp
 
-from inference.assemble import build_inference_data
-from inference.backends import BACKENDS, Progress, run_nuts, run_svi
-from inference.backends.numpyro_svi import GUIDES
-from inference.cohort_support import SUPPORT_ATTR, cohort_support
-from inference.diagnostics import diagnose_posterior_attrs
-from inference.hierarchical import data_information, with_centering
-from inference.likelihood.filtering import resolve_layout
-from inference.noise_profile import noise_profile
-from inference.posterior import FORMAT_VERSION, Posterior, json_attr
-from inference.priors import PriorError
-from inference.problem import FitData, prepare
-from inference.provenance import package_versions, utc_timestamp
 from medsim.models.base import PhysiologyModel
 
 
@@ -69,13 +69,13 @@ def fit(
     progress : callable(done, total), optional
         Progress callback (sampler iterations summed over chains, or SVI steps).
     chain_method : {"auto", "vectorized", "parallel", "sequential"}
-        How numpyro's NUTS runs its chains (see :mod:`inference.backends.numpyro_nuts`); ``"auto"`` uses a
+        How numpyro's NUTS runs its chains (see :mod:`medsim.inference.backends.numpyro_nuts`); ``"auto"`` uses a
         device per chain when JAX has them, else runs the chains one after the other.
     svi_steps : int
         Optimisation steps of SVI.
     guide : {"mvn", "lowrank"}
         SVI's guide: full-covariance or low-rank multivariate normal
-        (:mod:`inference.backends.numpyro_svi`).
+        (:mod:`medsim.inference.backends.numpyro_svi`).
     svi_particles : int
         Monte Carlo draws per ELBO gradient.
     svi_learning_rate : float
@@ -86,16 +86,16 @@ def fit(
         steps (every check passed at 5 of 5 seeds, ``docs/fitting.md``); raise it towards 0.99
         when a fit reports divergences.
     substeps, max_substep
-        Filter discretisation (see :func:`inference.likelihood.build_timeline`).
+        Filter discretisation (see :func:`medsim.inference.likelihood.build_timeline`).
     centered : "auto", "scaled", "rule", "partial", "none", mapping parameter -> weight, or sequence of str
         The random effects' sampler coordinates (the prior is the same whatever they are):
         ``"auto"`` is, for NUTS, the scaled coordinate of each, centred where the subjects' own
-        data determine it and non-centred as its BSV goes to 0 (:mod:`inference.priors`), and for
+        data determine it and non-centred as its BSV goes to 0 (:mod:`medsim.inference.priors`), and for
         SVI the non-centred one (in the scaled coordinates SVI collapsed the BSV SDs of the
         best-informed effects to 0 on glucose cohorts; ``docs/fitting.md``, "SVI"); ``"scaled"``
         is the scaled coordinate for either method;
         ``"rule"`` centres fully those that the data determine better than the prior does
-        (:func:`inference.hierarchical.choose_centering`); ``"partial"`` gives each a weight in
+        (:func:`medsim.inference.hierarchical.choose_centering`); ``"partial"`` gives each a weight in
         [0, 1] instead (partially non-centred); a mapping sets the weights; a sequence names the
         fully centred effects (``()`` or ``"none"``: all non-centred). Recorded in the
         posterior's ``priors``.
@@ -142,7 +142,7 @@ def fit(
         data = dataclasses.replace(data, priors=data.priors.with_log_noise())
     if backend == "pymc":
         try:
-            from inference.backends.pymc_backend import run_pymc
+            from medsim.inference.backends.pymc_backend import run_pymc
         except ImportError as err:
             raise FitConfigError(f"backend 'pymc' is not available in this installation ({err})") from None
         out = run_pymc(
@@ -204,9 +204,9 @@ def prepare_fit(
 ) -> tuple[FitData, dict[str, np.ndarray] | None]:
     """What :func:`fit` samples: the prepared cohort with its random effects' coordinates set
     (``centered`` as in :func:`fit`), and each subject's information about its random effects
-    (:func:`inference.hierarchical.data_information`), which sets the ``"auto"``, ``"rule"`` and
+    (:func:`medsim.inference.hierarchical.data_information`), which sets the ``"auto"``, ``"rule"`` and
     ``"partial"`` coordinates and, with ``metric``, numpyro's first mass matrix (pass it to
-    :func:`~inference.backends.run_nuts`); one compiled gradient serves both. ``None`` when
+    :func:`~medsim.inference.backends.run_nuts`); one compiled gradient serves both. ``None`` when
     neither needs it.
 
     Raises
@@ -223,7 +223,7 @@ def prepare_fit(
 
 
 def provenance_attrs(data: FitData, *, backend: str, method: str, seed: int, info: dict) -> dict[str, Any]:
-    """The provenance attributes every posterior carries (see :mod:`inference.posterior`)."""
+    """The provenance attributes every posterior carries (see :mod:`medsim.inference.posterior`)."""
     return {
         "medsim_posterior": FORMAT_VERSION,
         "model_name": data.model.name,

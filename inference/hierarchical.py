@@ -2,7 +2,7 @@
 
 Sample sites are named after the model's parameters (``ka``, ``CL``, ``omega_ka``,
 ``eta_ka_decentered`` in the ``subject`` plate, ``sigma_central``, ``res_add_conc``...); see
-:mod:`inference.priors` for the distributions. The data enter through one ``numpyro.factor``: the
+:mod:`medsim.inference.priors` for the distributions. The data enter through one ``numpyro.factor``: the
 extended Kalman filter integrates the process noise out, so the factor is the marginal
 likelihood of every subject's observations given the subject's parameters.
 """
@@ -19,9 +19,9 @@ import jax.numpy as jnp
 import numpy as np
 import numpyro
 import numpyro.distributions as dist
+from medsim.inference.priors import PriorSpec
+from medsim.inference.problem import FitData
 
-from inference.priors import PriorSpec
-from inference.problem import FitData
 from medsim.models.base import residual_key
 
 Array = jax.Array
@@ -66,8 +66,8 @@ def pointwise_loglik(data: FitData, values: Mapping[str, Array]) -> Array:
 
 def pointwise_and_filtered(data: FitData, values: Mapping[str, Array]) -> tuple[Array, tuple[Array, Array, Array]]:
     """:func:`pointwise_loglik` and, from the same filter pass, each subject's filtered state after
-    its last event: ``(time (S,), mean (S, n), cov (S, n, n))`` (:mod:`inference.likelihood.filtered`)."""
-    from inference.likelihood.filtered import cohort_filter
+    its last event: ``(time (S,), mean (S, n), cov (S, n, n))`` (:mod:`medsim.inference.likelihood.filtered`)."""
+    from medsim.inference.likelihood.filtered import cohort_filter
 
     population, eta, noise, residual = split_sites(data.priors, values)
     covariates = {k: jnp.asarray(v, data.timeline.time.dtype) for k, v in data.covariates.items()}

@@ -19,9 +19,8 @@ from collections.abc import Mapping
 import jax
 import jax.numpy as jnp
 import numpy as np
-
-from inference.hierarchical import pointwise_loglik
-from inference.problem import FitData
+from medsim.inference.hierarchical import pointwise_loglik
+from medsim.inference.problem import FitData
 
 GRID_FACTORS = np.geomspace(1.0 / 30.0, 30.0, 25)
 """Profile grid: the posterior median times these factors (neighbours 1.33 apart)."""
@@ -40,7 +39,7 @@ def noise_profile(data: FitData, samples: Mapping[str, np.ndarray]) -> dict[str,
     data : FitData
         What was fitted.
     samples : mapping site -> (chains, draws, ...) array
-        Constrained posterior draws, with ``eta_<p>`` (as :func:`inference.hierarchical.with_random_effects`
+        Constrained posterior draws, with ``eta_<p>`` (as :func:`medsim.inference.hierarchical.with_random_effects`
         returns them).
 
     Returns

@@ -36,11 +36,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from medsim.inference.assemble import FILTERED_COV, FILTERED_PREFIX, FILTERED_TIME, import_arviz
+from medsim.inference.cohort_support import SUPPORT_ATTR, support_ranges
+from medsim.inference.diagnostics import Diagnostics, diagnose_posterior_attrs
+from medsim.inference.priors import PriorError, PriorSpec
 
-from inference.assemble import FILTERED_COV, FILTERED_PREFIX, FILTERED_TIME, import_arviz
-from inference.cohort_support import SUPPORT_ATTR, support_ranges
-from inference.diagnostics import Diagnostics, diagnose_posterior_attrs
-from inference.priors import PriorError, PriorSpec
 from medsim.io import atomic_write
 from medsim.models.base import PhysiologyModel, residual_key
 from medsim.models.gate import CalibrationGate
@@ -63,7 +63,7 @@ class Posterior:
     Attributes
     ----------
     idata : arviz.InferenceData
-        Groups as described in :mod:`inference.assemble`; provenance in ``idata.posterior.attrs``.
+        Groups as described in :mod:`medsim.inference.assemble`; provenance in ``idata.posterior.attrs``.
     model : PhysiologyModel
         The model that was fitted.
     """
@@ -94,7 +94,7 @@ class Posterior:
 
     # ------------------------------------------------------------------ cohort support
     def support_record(self) -> dict[str, Any] | None:
-        """The fitted cohort's observed ranges (:func:`inference.cohort_support.cohort_support`),
+        """The fitted cohort's observed ranges (:func:`medsim.inference.cohort_support.cohort_support`),
         or None for a file that does not record them."""
         raw = self.attrs.get(SUPPORT_ATTR)
         if raw is None:
@@ -114,7 +114,7 @@ class Posterior:
 
     # ------------------------------------------------------------------ diagnostics
     def diagnostics(self) -> Diagnostics:
-        """Convergence diagnostics (recomputed from the draws; see :mod:`inference.diagnostics`)."""
+        """Convergence diagnostics (recomputed from the draws; see :mod:`medsim.inference.diagnostics`)."""
         return diagnose_posterior_attrs(self.idata, self.method)
 
     # ------------------------------------------------------------------ calibration gate

@@ -2,7 +2,7 @@
 
 :func:`build_priors` turns a :class:`~medsim.models.base.PhysiologyModel` into a
 :class:`PriorSpec`: one :class:`SitePrior` per sample site, with its distribution written as a
-name and two numbers so that the numpyro model (:mod:`inference.hierarchical`) and any other
+name and two numbers so that the numpyro model (:mod:`medsim.inference.hierarchical`) and any other
 backend (a PyMC model mirroring it) read the same specification. The specification is stored as
 JSON in every posterior file.
 
@@ -34,10 +34,10 @@ Choices
   samples ``eta_<p>`` itself (centred), ``0 < w < 1`` the partially non-centred
   ``eta_<p>_partial = eta_<p> / omega_<p>^(1 - w)`` (Papaspiliopoulos, Roberts & Sköld 2003,
   *Bayesian Statistics 7*, 307; 2007, *Statist. Sci.* 22:59).
-  :func:`inference.hierarchical.choose_centering` sets such weights from the data.
+  :func:`medsim.inference.hierarchical.choose_centering` sets such weights from the data.
 * The default coordinate (``PriorSpec.scaling``) lets the centring follow ``omega`` itself:
   ``eta_<p> = s(omega) u`` with ``s(omega) = omega / sqrt(1 + I omega^2)``, ``I`` the median
-  subject's information about its own random effect (:func:`inference.hierarchical.data_information`),
+  subject's information about its own random effect (:func:`medsim.inference.hierarchical.data_information`),
   site ``eta_<p>_scaled``. In the normal hierarchy ``s(omega)^2`` is the posterior variance of
   ``eta_<p>`` given ``omega``, so ``u`` has unit conditional variance whatever ``omega`` is: it
   behaves non-centred as ``omega -> 0`` (no funnel where a centred effect has one) and centred

@@ -16,10 +16,10 @@ from typing import Any
 
 import jax
 import numpy as np
+from medsim.inference.likelihood.ekf import cohort_loglik
+from medsim.inference.likelihood.timeline import Timeline, build_timeline
+from medsim.inference.priors import PriorSpec, build_priors
 
-from inference.likelihood.ekf import cohort_loglik
-from inference.likelihood.timeline import Timeline, build_timeline
-from inference.priors import PriorSpec, build_priors
 from medsim.models.base import PhysiologyModel
 
 
@@ -72,7 +72,7 @@ class FitData:
 
     @cached_property
     def loglik(self) -> Callable[..., jax.Array]:
-        """Jitted :func:`~inference.likelihood.ekf.cohort_loglik` of this cohort and model:
+        """Jitted :func:`~medsim.inference.likelihood.ekf.cohort_loglik` of this cohort and model:
         ``loglik(individual_params, noise, residual) -> (S, N)``. Compiled once per shape when
         called eagerly (sampler start-up); inlined when traced inside a larger jitted function."""
         model = self.model
@@ -102,10 +102,10 @@ def prepare(
     model : PhysiologyModel
     process_noise : bool
         False fits the ODE limit (process-noise scales fixed at 0).
-    substeps, max_substep : see :func:`~inference.likelihood.timeline.build_timeline`.
+    substeps, max_substep : see :func:`~medsim.inference.likelihood.timeline.build_timeline`.
     dtype : numpy floating dtype of the likelihood arrays.
     layout : {"auto", "entries", "matrix"}
-        Storage of the filter's mean and covariance (see :mod:`inference.likelihood.ekf`);
+        Storage of the filter's mean and covariance (see :mod:`medsim.inference.likelihood.ekf`);
         ``"auto"`` picks by the number of states. Kept in ``FitData.timeline.layout``.
 
     Raises

@@ -5,9 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-
-from inference.assemble import import_arviz
-from inference.diagnostics import sampled_variables
+from medsim.inference.assemble import import_arviz
+from medsim.inference.diagnostics import sampled_variables
 
 HDI_PROB = 0.94
 

@@ -14,7 +14,7 @@ sets ``MEDSIM_COMPILE_CACHE``); from Python call :func:`enable` once before the 
 (the library changes no JAX setting on import). Entries are keyed by JAX on the program, the
 compiler options, the device and the JAX version, so a stale or foreign entry is never used;
 the folder may be deleted at any time. Dask workers started by medsim get the same folder
-(:mod:`policies.distribute`).
+(:mod:`medsim.policies.distribute`).
 
 This is the cross-process layer; within one process, compiled functions are kept by
 :mod:`medsim.simulate.cache`.

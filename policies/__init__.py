@@ -1,11 +1,11 @@
 """Treatment policies and their evaluation.
 
-Owns the policy protocol (:mod:`policies.protocol`), the built-in policies
-(:mod:`policies.builtin`), policy specs and user-policy loading (:mod:`policies.loading`),
-disturbance scenarios (:mod:`policies.scenarios`), the closed-loop rollout
-(:mod:`policies.rollout`) and its record (:mod:`policies.result`), safety specifications and the
+Owns the policy protocol (:mod:`medsim.policies.protocol`), the built-in policies
+(:mod:`medsim.policies.builtin`), policy specs and user-policy loading (:mod:`medsim.policies.loading`),
+disturbance scenarios (:mod:`medsim.policies.scenarios`), the closed-loop rollout
+(:mod:`medsim.policies.rollout`) and its record (:mod:`medsim.policies.result`), safety specifications and the
 chance-constraint risk estimators and reports, the reinforcement-learning environments
-(:mod:`policies.env`) and trained agents as policies (:mod:`policies.learned`). May import
+(:mod:`medsim.policies.env`) and trained agents as policies (:mod:`medsim.policies.learned`). May import
 ``medsim`` (and read posteriors);
 nothing in ``medsim`` or ``inference`` imports it.
 
@@ -15,15 +15,15 @@ policies does not pay for it.
 
 from typing import Any
 
-from policies.builtin import BUILTINS, PID, TDM, BasalBolus, FixedDose, Flip, SafeTiming
-from policies.loading import FunctionPolicy, PolicySpecError, load_user_policy, parse_policy, policy_factory
-from policies.protocol import Observation, Option, Policy, PolicyContext, PolicyError
-from policies.result import RolloutResult
-from policies.risk import Estimate, RiskReport, risk_report
-from policies.rollout import rollout, rollout_many, target_range
-from policies.scenarios import Meal, MealScenario, Scenario
-from policies.spec import SafetySpec, SpecError, TargetRange
-from policies.spec_file import parse_spec
+from medsim.policies.builtin import BUILTINS, PID, TDM, BasalBolus, FixedDose, Flip, SafeTiming
+from medsim.policies.loading import FunctionPolicy, PolicySpecError, load_user_policy, parse_policy, policy_factory
+from medsim.policies.protocol import Observation, Option, Policy, PolicyContext, PolicyError
+from medsim.policies.result import RolloutResult
+from medsim.policies.risk import Estimate, RiskReport, risk_report
+from medsim.policies.rollout import rollout, rollout_many, target_range
+from medsim.policies.scenarios import Meal, MealScenario, Scenario
+from medsim.policies.spec import SafetySpec, SpecError, TargetRange
+from medsim.policies.spec_file import parse_spec
 
 __all__ = [
     "BUILTINS",
@@ -63,7 +63,7 @@ __all__ = [
 
 def __getattr__(name: str) -> Any:
     if name == "write_report":  # lazily: it imports matplotlib
-        from policies.report import write_report
+        from medsim.policies.report import write_report
 
         return write_report
     raise AttributeError(f"module 'policies' has no attribute {name!r}")

@@ -11,13 +11,13 @@ gets, per shard, only data and specifications:
 * the policy spec strings, the safety spec, the scenario name, ``dt``, scheme and the seed.
 
 No jitted function, model object or user object is pickled: the worker rebuilds the model from
-the registry, the policies from their specs (:func:`policies.loading.parse_policy`; user code
+the registry, the policies from their specs (:func:`medsim.policies.loading.parse_policy`; user code
 named by a spec must be importable on the workers) and compiles its own kernels (or loads them
 from the shared persistent compilation cache, :mod:`medsim.compile_cache`). It runs whichever
-closed loop :func:`policies.evaluate.run_policies` runs, for its shard, with
+closed loop :func:`medsim.policies.evaluate.run_policies` runs, for its shard, with
 ``first_patient`` set so every patient keeps the random streams it has in one process.
 Shard results come back in patient order and merge by concatenation
-(:func:`policies.rollout_assemble.merge_all`), so the report equals, number for number, the
+(:func:`medsim.policies.rollout_assemble.merge_all`), so the report equals, number for number, the
 one a single process computes with the same seed. (Python policies that draw from the ``rng``
 argument get one generator per chunk; above :data:`DEFAULT_SHARD` patients shards are the chunks
 of one process; for smaller populations such policies see other coin flips. Built-in policies use
@@ -40,12 +40,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from medsim.policies.paths import join_paths
+from medsim.policies.result import RolloutResult
+from medsim.policies.rollout_assemble import merge_all
+from medsim.policies.spec import SafetySpec
 
 from medsim.population import PosteriorDraws, VirtualPopulation
-from policies.paths import join_paths
-from policies.result import RolloutResult
-from policies.rollout_assemble import merge_all
-from policies.spec import SafetySpec
 
 # Patients per shard for large populations: the rollout's default chunk_size, so shards are chunks.
 DEFAULT_SHARD = 8192
@@ -138,7 +138,7 @@ def shard_bounds(n: int, workers: int, *, shard: int | None = None) -> list[tupl
 
 
 def compiled_width(n: int) -> int:
-    """Patients per compiled rollout chunk of a population of ``n`` (as :func:`policies.rollout.rollout`
+    """Patients per compiled rollout chunk of a population of ``n`` (as :func:`medsim.policies.rollout.rollout`
     chooses it with its default ``chunk_size``): a power of two, at least 8, at most
     :data:`DEFAULT_SHARD`."""
     return min(DEFAULT_SHARD, 1 << max(3, (n - 1).bit_length()))
@@ -214,9 +214,9 @@ def run_shard(task: ShardTask, draws: Mapping[str, Any] | None = None) -> list[R
     worker), or ``None`` for a population without draws.
     """
     configure_worker(task.options)
-    from policies.evaluate import run_policies
-    from policies.loading import parse_policy
-    from policies.protocol import PolicyContext
+    from medsim.policies.evaluate import run_policies
+    from medsim.policies.loading import parse_policy
+    from medsim.policies.protocol import PolicyContext
 
     model = _registered_model(task.model, task.model_description)
     posterior = None if draws is None else PosteriorDraws(model=model, **draws)
@@ -270,7 +270,7 @@ def rollouts_on_cluster(
     options: WorkerOptions | None = None,
     shard: int | None = None,
 ) -> list[RolloutResult]:
-    """:func:`policies.evaluate.run_policies` of ``population`` sharded over ``client``'s workers.
+    """:func:`medsim.policies.evaluate.run_policies` of ``population`` sharded over ``client``'s workers.
 
     Raises
     ------

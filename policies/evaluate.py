@@ -8,16 +8,17 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+from medsim.policies.loading import parse_policy
+from medsim.policies.protocol import PolicyContext
+from medsim.policies.result import RolloutResult
+from medsim.policies.risk import RiskReport, risk_report
+from medsim.policies.risk.rare.followup import with_rare_followup
+from medsim.policies.rollout import rollout_many
+from medsim.policies.scenarios import MealScenario, Scenario
+from medsim.policies.spec import SafetySpec, convert_time
+
 from medsim.population import PosteriorDraws, VirtualPopulation, sample_population
 from medsim.simulate import budget
-from policies.loading import parse_policy
-from policies.protocol import PolicyContext
-from policies.result import RolloutResult
-from policies.risk import RiskReport, risk_report
-from policies.risk.rare.followup import with_rare_followup
-from policies.rollout import rollout_many
-from policies.scenarios import MealScenario, Scenario
-from policies.spec import SafetySpec, convert_time
 
 Progress = Callable[[float, float], None]
 
@@ -72,7 +73,7 @@ def evaluate_policies(
         Posterior (or prior) draws; ``draws.model`` is the physiology model. ``None`` together with
         ``population`` (e.g. neural-model patients): posterior-aware policies are then unavailable.
     policy_specs : sequence of str
-        Policy specs such as ``"tdm:target=10"`` (see :func:`policies.loading.parse_policy`).
+        Policy specs such as ``"tdm:target=10"`` (see :func:`medsim.policies.loading.parse_policy`).
     spec : SafetySpec
         Bounds, horizon, epsilon and delta (already validated against the model).
     n, seed : int
@@ -96,11 +97,11 @@ def evaluate_policies(
         first-order rates such as fast absorption; see :mod:`medsim.simulate.schemes`).
     max_interactions, max_memory : int, optional
         Limits on the work of each policy's rollout (interaction intervals per patient, bytes);
-        checked before sampling and simulating (:func:`policies.rollout.rollout`).
+        checked before sampling and simulating (:func:`medsim.policies.rollout.rollout`).
     client : distributed.Client, optional
         Run the rollouts on this Dask cluster: patients (and with them posterior draws) are
         sharded over its workers and the results merged in order, so the report is identical to
-        the one computed in this process (:mod:`policies.distribute`; needs the ``dask`` extra).
+        the one computed in this process (:mod:`medsim.policies.distribute`; needs the ``dask`` extra).
 
     Returns
     -------
@@ -134,7 +135,7 @@ def evaluate_policies(
             draws, n, mode=mode, subject=subject, seed=seed, patients_per_draw=patients_per_draw
         )
     if client is not None:
-        from policies.distribute import rollouts_on_cluster
+        from medsim.policies.distribute import rollouts_on_cluster
 
         results = rollouts_on_cluster(
             client,
@@ -209,7 +210,7 @@ def run_policies(
 
     What :func:`evaluate_policies` runs in this process, and each Dask worker on its shard of
     patients (``first_patient``, ``chunk_size`` and ``pad_to`` as in
-    :func:`policies.rollout.rollout`). ``progress(done, total)`` gets the fraction of policies done.
+    :func:`medsim.policies.rollout.rollout`). ``progress(done, total)`` gets the fraction of policies done.
     """
     model = population.model
     state = {"policy": 0, "last": -1.0}

@@ -20,11 +20,10 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
-
-from inference.cohort_support import cohort_support, support_ranges
-from policies.evaluate import evaluate_policies
-from policies.report import write_report
-from policies.spec_file import parse_spec
+from medsim.inference.cohort_support import cohort_support, support_ranges
+from medsim.policies.evaluate import evaluate_policies
+from medsim.policies.report import write_report
+from medsim.policies.spec_file import parse_spec
 
 #: ``stage(name)`` announces a stage, ``progress(done, total)`` reports within it.
 Stage = Callable[[str], None]
@@ -55,11 +54,11 @@ class ExampleSettings:
     #: (``fit_options["process_noise"] = False``); recorded in the report's provenance.
     default_process_noise: bool = False
     #: Hold out every measurement after this time (model time unit) from the fit and run the
-    #: calibration gate (:mod:`inference.checks.calibration_gate`) on it, with the spec's bounds as
+    #: calibration gate (:mod:`medsim.inference.checks.calibration_gate`) on it, with the spec's bounds as
     #: events; the risk report then carries the gate's verdict. None: the whole cohort is fitted
     #: and the report says calibration was not checked.
     heldout_after: float | None = None
-    #: Also write the pharmacometric fit report (:mod:`inference.checks.fit_report`) of the fit,
+    #: Also write the pharmacometric fit report (:mod:`medsim.inference.checks.fit_report`) of the fit,
     #: into the folder ``<example>-fit`` beside the risk report (:func:`write_example_fit_report`).
     fit_report: bool = False
 
@@ -142,9 +141,10 @@ def write_example_fit_report(
     The posterior must be the fit of the whole bundled dataset (an example with a held-out window
     fits only its training part, whose report would need that part).
     """
+    from medsim.inference import Posterior
+    from medsim.inference.checks.fit_report import build_fit_report, fit_figures, write_fit_report
+
     import medsim.data
-    from inference import Posterior
-    from inference.checks.fit_report import build_fit_report, fit_figures, write_fit_report
 
     posterior = Posterior.load(posterior_file)
     cohort = medsim.data.load(settings.dataset)
@@ -177,8 +177,8 @@ def run_example(
     stage, progress : callables, optional
         Progress reporting for a command line.
     """
-    import inference
     import medsim.models
+    from medsim import inference
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -189,7 +189,7 @@ def run_example(
     spec = parse_spec(settings.spec, model=model)
     fitted, held = cohort, None
     if settings.heldout_after is not None:
-        from inference.checks.heldout import split_after
+        from medsim.inference.checks.heldout import split_after
 
         fitted, held = split_after(cohort, after=settings.heldout_after)
     say(f"{settings.name}: fitting {model.name} ({settings.fit_method})")
@@ -207,8 +207,7 @@ def run_example(
     gate = None
     if held is not None:
         import jax
-
-        from inference.checks.calibration_gate import heldout_check
+        from medsim.inference.checks.calibration_gate import heldout_check
 
         say(f"{settings.name}: calibration gate on measurements after t = {settings.heldout_after:g}")
         gate = heldout_check(

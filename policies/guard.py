@@ -5,7 +5,7 @@ the rollout. A policy that raises, exits (``sys.exit``) or returns something oth
 ``(state, Option)`` would otherwise end ``medsim risk`` in a traceback deep inside the rollout,
 or silently with exit status 0 and no report. :class:`GuardedPolicy` wraps a loaded policy so
 that each ``init``/``act`` call either returns a checked result or raises a
-:class:`~policies.protocol.PolicyError` naming the policy, the call and what came back (the
+:class:`~medsim.policies.protocol.PolicyError` naming the policy, the call and what came back (the
 original exception chained). ``KeyboardInterrupt`` is left alone: it is the user's Ctrl-C.
 """
 
@@ -17,9 +17,9 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import numpy as np
+from medsim.policies.protocol import Observation, Option, PolicyError
 
 from medsim.models.base import PhysiologyModel
-from policies.protocol import Observation, Option, PolicyError
 
 T = TypeVar("T")
 
@@ -72,7 +72,7 @@ class GuardedPolicy:
     Attributes
     ----------
     policy : object
-        The user's policy (already checked against :class:`policies.protocol.Policy`).
+        The user's policy (already checked against :class:`medsim.policies.protocol.Policy`).
     name : str
         Its name, read once when it was loaded.
     origin : str

@@ -13,8 +13,8 @@ output becomes an option) and the ``safetensors`` file it names (the weights; ne
       "weights": "NAME.safetensors", "sha256": "<hex digest of the weights file>"
     }
 
-The features are the environment's (:func:`policies.env.vectors.features`), computed from the
-:class:`~policies.protocol.Observation` the rollout hands every policy, so ``medsim risk --policy
+The features are the environment's (:func:`medsim.policies.env.vectors.features`), computed from the
+:class:`~medsim.policies.protocol.Observation` the rollout hands every policy, so ``medsim risk --policy
 learned:agent.json`` evaluates the agent exactly as the environment trained it, in the same
 report as the built-in policies. The network is evaluated deterministically (the mean action) in
 numpy. :func:`save_learned` writes both files atomically; :func:`from_sb3` exports a
@@ -31,10 +31,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-
-from policies.env.task import EnvTask
-from policies.env.vectors import action_option, features
-from policies.protocol import Observation, Option, PolicyContext, PolicySpecError
+from medsim.policies.env.task import EnvTask
+from medsim.policies.env.vectors import action_option, features
+from medsim.policies.protocol import Observation, Option, PolicyContext, PolicySpecError
 
 FORMAT = "medsim-learned-policy"
 _ACTIVATIONS = {"tanh": np.tanh, "relu": lambda z: np.maximum(z, 0.0), "identity": lambda z: z}
@@ -132,9 +131,8 @@ def load_learned(path: str | Path) -> LearnedPolicy:
         file missing or with another digest, weights whose shapes do not chain, observation
         vectors of the wrong length.
     """
+    from medsim.policies.env.task import TaskError, resolve_task
     from safetensors.numpy import load_file
-
-    from policies.env.task import TaskError, resolve_task
 
     path = Path(path)
     try:

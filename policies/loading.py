@@ -8,10 +8,10 @@ Values are numbers, ``true``/``false``, strings, or lists separated by ``;``
 ``safe_timing:eps=0.05,base=tdm,base.target=10`` or ``flip:q=0.3,a=fixed,a.dose=400,b=fixed,b.dose=600``.
 
 Learned policies: ``learned:PATH`` (a trained agent's JSON architecture and safetensors weights,
-:mod:`policies.learned`).
+:mod:`medsim.policies.learned`).
 
 User policies: ``package.module:attr[:key=value,...]`` or ``path/to/file.py[:attr][:key=value,...]``,
-loaded by :func:`policies.user_code.load_user_policy` (what ``attr`` may be, and which functions
+loaded by :func:`medsim.policies.user_code.load_user_policy` (what ``attr`` may be, and which functions
 medsim agrees to call, is described there).
 """
 
@@ -22,8 +22,8 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
-from policies.protocol import Policy, PolicyContext, PolicySpecError
-from policies.user_code import FunctionPolicy, check_policy, load_user_policy, policy_factory
+from medsim.policies.protocol import Policy, PolicyContext, PolicySpecError
+from medsim.policies.user_code import FunctionPolicy, check_policy, load_user_policy, policy_factory
 
 __all__ = [
     "FunctionPolicy",
@@ -143,7 +143,7 @@ def build_component(kind: str, raw: Mapping[str, str], context: PolicyContext) -
 # ---------------------------------------------------------------------------- specs
 def _split_spec(spec: str) -> tuple[str, str, str]:
     """-> (kind, target, params): kind ``"builtin"``, ``"learned"`` or ``"user"``."""
-    from policies.builtin import BUILTINS
+    from medsim.policies.builtin import BUILTINS
 
     head, _, rest = spec.strip().partition(":")
     if head == "learned":
@@ -181,13 +181,13 @@ def parse_policy(spec: str, *, context: PolicyContext | None = None) -> Policy:
     PolicySpecError
         Naming the bad policy, key or value and listing the valid ones.
     """
-    from policies.builtin import BUILTINS
+    from medsim.policies.builtin import BUILTINS
 
     if not isinstance(spec, str) or not spec.strip():
         raise PolicySpecError(f"policy spec must be a non-empty string, got {spec!r}")
     kind, target, params = _split_spec(spec)
     if kind == "learned":
-        from policies.learned import LearnedPolicy
+        from medsim.policies.learned import LearnedPolicy
 
         return LearnedPolicy.from_spec({"": target}, context or PolicyContext())
     raw = parse_params(params)

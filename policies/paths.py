@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
-
-from policies.result import RolloutResult
+from medsim.policies.result import RolloutResult
 
 
 def compress_segments(paths: list) -> tuple[np.ndarray | None, dict[str, np.ndarray]]:

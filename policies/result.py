@@ -63,7 +63,7 @@ class RolloutResult:
         Observables on that grid.
     trace : Mapping observable -> (N, T) float
         Noise-free observables of every patient on the regular grid ``0, trace_step, ...`` before
-        the horizon (CGM-like, :mod:`policies.traces`); empty when the model records none.
+        the horizon (CGM-like, :mod:`medsim.policies.traces`); empty when the model records none.
     trace_step : float
         Spacing of that grid in ``time_unit`` (nan without traces).
     clock_start_h : float

@@ -4,13 +4,13 @@ Run (at most about 10 minutes on 2 cores: training stops at 300 000 steps or aft
 
     python -m policies.rl_example --out reports/rl_glucose
 
-1. Train stable-baselines3 PPO on the batched environment (:class:`policies.env.sb3.SB3VecEnv`,
+1. Train stable-baselines3 PPO on the batched environment (:class:`medsim.policies.env.sb3.SB3VecEnv`,
    prior patients, seed 0) with the Lagrangian penalty ``reward - lam * cost``; after every
    rollout ``lam <- max(0, lam + lam_lr * (mean episode cost - budget))``. The episode cost is the
    sum of the intervals' Brownian-bridge violation probabilities, an upper bound (union bound) on
    the probability that the day's glucose path leaves 70-250 mg/dL, so ``budget`` = the spec's
    epsilon constrains the chance constraint itself.
-2. Export the actor as ``agent.json`` + ``agent.safetensors`` (:mod:`policies.learned`).
+2. Export the actor as ``agent.json`` + ``agent.safetensors`` (:mod:`medsim.policies.learned`).
 3. Write the training curve (``training_curve.json``/``.png``: mean episode return = time in
    70-180 mg/dL, mean episode cost, ``lam``) and the agent's interaction timing on held-out
    patients (``timing.json``).
@@ -29,12 +29,12 @@ import time
 from pathlib import Path
 
 import numpy as np
+from medsim.policies.builtin import BasalBolus
+from medsim.policies.env import GLUCOSE, core
+from medsim.policies.env.behaviour import behaviour_steps
+from medsim.policies.learned import from_sb3, load_learned, save_learned
 
 from medsim.io import atomic_write, write_text
-from policies.builtin import BasalBolus
-from policies.env import GLUCOSE, core
-from policies.env.behaviour import behaviour_steps
-from policies.learned import from_sb3, load_learned, save_learned
 
 # Warm start in [-1, 1] action units: no bolus, basal 0.02 U/min (1.2 U/h), next look in ~60 min.
 _START = {"bolus_cmt1": -1.0, "rate_cmt1": -0.6, "interval": -0.53}
@@ -49,10 +49,9 @@ def feature_scale(params: core.EnvParams, episodes: int = 16) -> np.ndarray:
 def train(out: Path, *, timesteps: int, envs: int, minutes: float, budget: float, lam_lr: float, seed: int = 0) -> dict:
     """Train, export ``agent.json`` and the training curve; returns the curve."""
     import torch
+    from medsim.policies.env.sb3 import SB3VecEnv
     from stable_baselines3 import PPO
     from stable_baselines3.common.callbacks import BaseCallback
-
-    from policies.env.sb3 import SB3VecEnv
 
     torch.manual_seed(seed)
     params = core.make_params(GLUCOSE, seed=seed)

@@ -46,6 +46,14 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+from medsim.policies.compiled import compiled_simulator
+from medsim.policies.paths import join_paths
+from medsim.policies.protocol import Observation, Policy, PolicyError
+from medsim.policies.result import RolloutResult
+from medsim.policies.rollout_assemble import PER_BOUND, assemble, merge_all, support_fraction
+from medsim.policies.scenarios import Scenario, announced_at, next_event_after
+from medsim.policies.targets import check_support, range_bounds, target_range
+from medsim.policies.traces import empty_trace, sample_interval, trace_grid
 
 from medsim.models.base import PhysiologyModel
 from medsim.population.streams import Stream, patient_keys, patient_normal
@@ -53,14 +61,6 @@ from medsim.population.virtual import VirtualPopulation
 from medsim.simulate import budget
 from medsim.simulate.checks import check_finite
 from medsim.simulate.types import Bound, DoseEvents
-from policies.compiled import compiled_simulator
-from policies.paths import join_paths
-from policies.protocol import Observation, Policy, PolicyError
-from policies.result import RolloutResult
-from policies.rollout_assemble import PER_BOUND, assemble, merge_all, support_fraction
-from policies.scenarios import Scenario, announced_at, next_event_after
-from policies.targets import check_support, range_bounds, target_range
-from policies.traces import empty_trace, sample_interval, trace_grid
 
 Progress = Callable[[float, float], None]
 NoiseIndex = Callable[[np.ndarray, np.ndarray], np.ndarray]
@@ -379,7 +379,7 @@ def rollout(
     seed : int
         Seed of every random number (process and measurement noise, policy coin flips).
     scenario : Scenario, optional
-        Disturbances (e.g. :class:`~policies.scenarios.MealScenario`).
+        Disturbances (e.g. :class:`~medsim.policies.scenarios.MealScenario`).
     measurement_noise : bool
         Add residual error (each patient's draw of the residual parameters) to measurements.
     n_paths_saved : int
@@ -412,7 +412,7 @@ def rollout(
         default :func:`medsim.simulate.budget.default_max_memory`.
     first_patient : int
         Index of ``population``'s first patient in a larger population this one is a shard of
-        (:mod:`policies.distribute`): patient ``i`` draws from the streams of patient
+        (:mod:`medsim.policies.distribute`): patient ``i`` draws from the streams of patient
         ``first_patient + i``, its chunks start where the whole population's would, and only the
         saved paths of the first ``n_paths_saved`` patients of the whole population are kept,
         so merging the shards' results in order gives the whole population's result.
@@ -423,7 +423,7 @@ def rollout(
     noise_index : callable(patient, k) -> (n,) int, optional
         The index whose counter-based streams give the process and measurement noise of each
         patient's ``k``-th interaction (default: the patient's own index). Rare-event splitting
-        (:mod:`policies.risk.rare.closed_loop`) uses it to replay a path's noise up to an
+        (:mod:`medsim.policies.risk.rare.closed_loop`) uses it to replay a path's noise up to an
         interaction and draw fresh noise after it. Indices must lie in ``[0, 2**32)``.
 
     Returns

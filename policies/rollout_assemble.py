@@ -1,7 +1,7 @@
 """Rollout results from per-interaction rows: the support fraction of each interval, the stacking
-of a chunk's rows into a :class:`~policies.result.RolloutResult`, and the merge of chunks.
+of a chunk's rows into a :class:`~medsim.policies.result.RolloutResult`, and the merge of chunks.
 
-Split from :mod:`policies.rollout`, which owns the option loop; this module only reshapes what the
+Split from :mod:`medsim.policies.rollout`, which owns the option loop; this module only reshapes what the
 loop recorded.
 """
 
@@ -11,15 +11,15 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+from medsim.policies.paths import compress_segments
+from medsim.policies.protocol import Policy
+from medsim.policies.result import RolloutResult
 
 from medsim.population.virtual import VirtualPopulation
 from medsim.simulate.types import DoseEvents
-from policies.paths import compress_segments
-from policies.protocol import Policy
-from policies.result import RolloutResult
 
 if TYPE_CHECKING:
-    from policies.rollout import _Setup
+    from medsim.policies.rollout import _Setup
 
 
 # Per-bound interval statistics copied into the result, with the value RolloutResult.merge pads with.
@@ -89,7 +89,7 @@ def assemble(
 
     ``total_dose_cmt<c>`` counts what the policy gave and what the scenario delivered into
     compartment ``c`` before the horizon (the meals of a meal scenario); ``trace`` holds the
-    chunk's CGM-grid traces (:mod:`policies.traces`)."""
+    chunk's CGM-grid traces (:mod:`medsim.policies.traces`)."""
     mask = np.stack([r["mask"][:n_real] for r in rows], axis=1)
 
     def stack(key: str, fill: Any = np.nan, dtype: Any = None) -> np.ndarray:

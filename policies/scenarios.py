@@ -17,10 +17,10 @@ from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
 import numpy as np
+from medsim.policies.protocol import units_per_hour
 
 from medsim.population.streams import Stream, patient_normal
 from medsim.simulate.types import DoseEvents
-from policies.protocol import units_per_hour
 
 
 @runtime_checkable

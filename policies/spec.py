@@ -98,13 +98,13 @@ class SafetySpec:
     rare : str
         Rare-event follow-up (key ``rare``): ``"auto"`` (default: closed-loop splitting for a
         policy whose plain estimate saw fewer than
-        :data:`policies.risk.rare.followup.MIN_VIOLATIONS` patients with a crossing), ``"off"``,
+        :data:`medsim.policies.risk.rare.followup.MIN_VIOLATIONS` patients with a crossing), ``"off"``,
         or a method that is always used: ``"ams"`` (splitting), ``"subset"``, ``"is"`` (these two
         apply only to path problems written in JAX; :meth:`validate` rejects them for a model's
         closed loop).
     rare_budget : float or None
         Path-equivalents the rare-event follow-up may spend per policy (key ``rare_budget``;
-        ``None``: :data:`policies.risk.rare.followup.DEFAULT_BUDGET`).
+        ``None``: :data:`medsim.policies.risk.rare.followup.DEFAULT_BUDGET`).
     source : str
         Where the spec came from (file path or ``"inline"``), for error messages and reports.
     """

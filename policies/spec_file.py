@@ -1,5 +1,5 @@
 """Safety specs from files and from either form: ``load_spec`` reads ``.json``/``.toml`` files,
-``parse_spec`` takes a path or an inline string (:func:`policies.spec.parse_inline_spec`).
+``parse_spec`` takes a path or an inline string (:func:`medsim.policies.spec.parse_inline_spec`).
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from policies.spec import _KEYS, SafetySpec, SpecError, parse_inline_spec, spec_from_mapping
+from medsim.policies.spec import _KEYS, SafetySpec, SpecError, parse_inline_spec, spec_from_mapping
 
 
 def load_spec(path: str | Path) -> SafetySpec:

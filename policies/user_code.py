@@ -17,8 +17,8 @@ named. Beyond the import, medsim calls nothing it cannot identify as making a po
 Any other class or function (``subprocess:getoutput``, say) is refused before it is called.
 Parameters are checked against the signature before the call.
 
-Everything made is checked against :class:`policies.protocol.Policy` with an error that says
-what is missing, and runs behind :class:`policies.guard.GuardedPolicy`, which turns exceptions,
+Everything made is checked against :class:`medsim.policies.protocol.Policy` with an error that says
+what is missing, and runs behind :class:`medsim.policies.guard.GuardedPolicy`, which turns exceptions,
 ``sys.exit`` calls and malformed returns of the user's code into a :class:`PolicyError`.
 ``module`` is looked up in the installed packages, ``PYTHONPATH`` and, last, the current folder.
 """
@@ -37,9 +37,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-
-from policies.guard import GuardedPolicy, run_user_code
-from policies.protocol import Observation, Option, Policy, PolicyContext, PolicySpecError
+from medsim.policies.guard import GuardedPolicy, run_user_code
+from medsim.policies.protocol import Observation, Option, Policy, PolicyContext, PolicySpecError
 
 
 @dataclass(frozen=True)
@@ -188,7 +187,7 @@ def _make(target: str, obj: Any, raw: dict[str, str]) -> Any:
                 "init(n, *, seed) and act(state, obs, *, rng)); medsim does not instantiate it"
             )
         if dataclasses.is_dataclass(obj):
-            from policies.loading import build_dataclass
+            from medsim.policies.loading import build_dataclass
 
             return run_user_code(
                 f"{origin}: creating it", lambda: build_dataclass(obj, target, raw), passthrough=(PolicySpecError,)
@@ -238,7 +237,7 @@ def load_user_policy(
     Returns
     -------
     GuardedPolicy
-        The policy behind a guard that checks each call (see :mod:`policies.guard`).
+        The policy behind a guard that checks each call (see :mod:`medsim.policies.guard`).
 
     Raises
     ------

@@ -1,8 +1,8 @@
 """NUTS (numpyro) on the hierarchical model: several chains, robust start, sampler statistics.
 
-The sampler runs on the jitted potential of :func:`inference.hierarchical.potential_fn`
+The sampler runs on the jitted potential of :func:`medsim.inference.hierarchical.potential_fn`
 (unconstrained sites), so its start-up compiles the density once; draws are mapped back to the
-constrained scale with :func:`inference.hierarchical.constrain`.
+constrained scale with :func:`medsim.inference.hierarchical.constrain`.
 
 Chains run ``"parallel"`` (spread over the JAX devices), ``"sequential"`` (one after the other
 in one compiled loop) or ``"vectorized"`` (chains batched in one loop). Parallel chains use as
@@ -27,7 +27,7 @@ adaptation make its warmup cheaper without touching the kept draws:
 
 - the first metric is not the identity but a diagonal of rough posterior variances from each
   subject's information about its random effects
-  (:func:`inference.hierarchical.approximate_posterior_variances`), so the first 100 warmup
+  (:func:`medsim.inference.hierarchical.approximate_posterior_variances`), so the first 100 warmup
   iterations are not spent at the tree-depth cap;
 - each re-estimated dense metric has its sample correlations shrunk toward 0 by the
   Schäfer–Strimmer intensity (:func:`shrink_correlations`): the first windows hold 25 and 50
@@ -49,10 +49,9 @@ import jax.numpy as jnp
 import numpy as np
 from jax.flatten_util import ravel_pytree
 from jax.scipy.linalg import solve_triangular
-
-from inference.backends.progress import Progress, ProgressCounter
-from inference.hierarchical import approximate_posterior_variances, constrain, data_information, potential_fn
-from inference.problem import FitData
+from medsim.inference.backends.progress import Progress, ProgressCounter
+from medsim.inference.hierarchical import approximate_posterior_variances, constrain, data_information, potential_fn
+from medsim.inference.problem import FitData
 
 ChainMethod = Literal["auto", "vectorized", "parallel", "sequential"]
 InitialMetric = Literal["information", "identity"]
@@ -210,7 +209,7 @@ def _shrinking(step, ends: np.ndarray, sizes: np.ndarray, *, batched: bool):
 
 def initial_inverse_mass(data: FitData, init_params: dict, information: dict | None, *, dense: bool) -> jax.Array:
     """numpyro's starting inverse mass matrix: the diagonal of
-    :func:`~inference.hierarchical.approximate_posterior_variances` in the order numpyro ravels
+    :func:`~medsim.inference.hierarchical.approximate_posterior_variances` in the order numpyro ravels
     one chain's ``init_params`` (a matrix when ``dense``)."""
     variances = approximate_posterior_variances(data, data_information(data) if information is None else information)
     one_chain = {k: np.asarray(v)[0] for k, v in init_params.items()}
@@ -269,7 +268,7 @@ def run_nuts(
     shrink_metric : bool
         Shrink each re-estimated dense metric's correlations (:func:`shrink_correlations`).
     information : dict, optional
-        :func:`~inference.hierarchical.data_information` of ``data`` if the caller computed it
+        :func:`~medsim.inference.hierarchical.data_information` of ``data`` if the caller computed it
         already (for the centring rule); else computed here when ``initial_metric`` needs it.
     progress : callable(done, total), optional
         Receives iterations completed, summed over chains.

@@ -12,10 +12,10 @@ to ``learning_rate * decay`` over the run: the late small steps average out the 
 of the ELBO estimate, which otherwise leaves the guide's location jittering by about one step's
 worth around the optimum. The guide starts at the prior medians (random effects at 0) with a
 small scale. Draws come from the fitted guide. The whole ELBO trace is returned; the checks on
-it are in :mod:`inference.diagnostics`.
+it are in :mod:`medsim.inference.diagnostics`.
 
 Coordinates: SVI is meant to run on the non-centred random effects and the log process-noise
-scales (:func:`inference.fitting.fit` sets them; ``docs/fitting.md``, "SVI").
+scales (:func:`medsim.inference.fitting.fit` sets them; ``docs/fitting.md``, "SVI").
 """
 
 from __future__ import annotations
@@ -26,11 +26,10 @@ from typing import Literal
 
 import jax
 import numpy as np
-
-from inference.backends.numpyro_nuts import SamplerOutput
-from inference.backends.progress import Progress, ProgressCounter
-from inference.hierarchical import hierarchical_model, with_random_effects
-from inference.problem import FitData
+from medsim.inference.backends.numpyro_nuts import SamplerOutput
+from medsim.inference.backends.progress import Progress, ProgressCounter
+from medsim.inference.hierarchical import hierarchical_model, with_random_effects
+from medsim.inference.problem import FitData
 
 GUIDES = ("mvn", "lowrank")
 INIT_SCALE = 0.05

@@ -1,10 +1,10 @@
 """NUTS in PyMC on the same hierarchical model: an independent sampler for the same posterior.
 
-:func:`build_pymc_model` mirrors :func:`inference.hierarchical.hierarchical_model` site by site,
-reading every distribution from the :class:`~inference.priors.PriorSpec` (no number is restated
+:func:`build_pymc_model` mirrors :func:`medsim.inference.hierarchical.hierarchical_model` site by site,
+reading every distribution from the :class:`~medsim.inference.priors.PriorSpec` (no number is restated
 here), and adds the cohort's EKF log-likelihood, written once in JAX, through
-:class:`~inference.backends.pytensor_op.CohortLogLikOp`. :func:`run_pymc` samples it with PyMC's
-own NUTS and returns the same :class:`~inference.backends.numpyro_nuts.SamplerOutput` as the
+:class:`~medsim.inference.backends.pytensor_op.CohortLogLikOp`. :func:`run_pymc` samples it with PyMC's
+own NUTS and returns the same :class:`~medsim.inference.backends.numpyro_nuts.SamplerOutput` as the
 numpyro backend (same site names, shapes ``(chains, draws, ...)`` and sample-statistic names), so
 the posterior file built from it is indistinguishable in layout.
 
@@ -18,7 +18,7 @@ likelihood once), or sequentially in this process when ``cores == 1``. Workers a
 the ``forkserver`` method, never ``fork``: JAX runs threads, and a process forked from a
 multithreaded JAX process can deadlock (the JAX documentation warns against ``os.fork``; PyMC's
 default on Linux is ``fork``). The step method reaches the workers through cloudpickle, which
-:class:`~inference.backends.pytensor_op.CohortLogLikOp` supports.
+:class:`~medsim.inference.backends.pytensor_op.CohortLogLikOp` supports.
 """
 
 from __future__ import annotations
@@ -31,12 +31,11 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 import numpy as np
-
-from inference.backends.numpyro_nuts import SamplerOutput
-from inference.backends.progress import Progress, ProgressCounter
-from inference.backends.pytensor_op import CohortLogLikOp
-from inference.priors import SitePrior
-from inference.problem import FitData
+from medsim.inference.backends.numpyro_nuts import SamplerOutput
+from medsim.inference.backends.progress import Progress, ProgressCounter
+from medsim.inference.backends.pytensor_op import CohortLogLikOp
+from medsim.inference.priors import SitePrior
+from medsim.inference.problem import FitData
 
 #: PyMC sample-statistic name -> (name in SamplerOutput, dtype); the numpyro backend's set.
 _STATS = {
@@ -70,7 +69,7 @@ def _pymc_prior(site: SitePrior):
 def build_pymc_model(data: FitData):
     """The hierarchical model of ``data`` as a ``pymc.Model``.
 
-    Sites (see :mod:`inference.priors` for the distributions): every population site of
+    Sites (see :mod:`medsim.inference.priors` for the distributions): every population site of
     ``data.priors``; per random effect the sampled coordinate ``data.priors.eta_site(p)`` ~
     Normal(0, omega_<p>^w) with dims ``("subject",)`` (``w`` its centring weight), and the
     deterministics ``eta_<p> = omega_<p>^(1 - w) * coordinate`` (log-scale random effect, (S,))

@@ -1,7 +1,7 @@
 """The cohort's EKF log-likelihood as a PyTensor ``Op``, so PyMC models reuse the JAX likelihood.
 
-The likelihood is written once, in JAX (:func:`inference.hierarchical.pointwise_loglik`, which
-calls :func:`inference.likelihood.cohort_loglik`). :class:`CohortLogLikOp` wraps it for PyTensor
+The likelihood is written once, in JAX (:func:`medsim.inference.hierarchical.pointwise_loglik`, which
+calls :func:`medsim.inference.likelihood.cohort_loglik`). :class:`CohortLogLikOp` wraps it for PyTensor
 graphs: its inputs are the values of the sample sites the likelihood reads (population sites and
 the scaled random effects ``eta_<p>``), its first output is the summed log-likelihood of the whole
 cohort and the remaining outputs are the gradients with respect to each input.
@@ -18,7 +18,7 @@ Precision: PyMC works in float64; the inputs are cast to the timeline's dtype (f
 default, the precision the numpyro backend samples in) and the results cast back to float64.
 
 Pickling: PyMC sends the step method to its worker processes with cloudpickle. The ``Op`` keeps
-only the :class:`~inference.problem.FitData` (numpy arrays and frozen dataclasses) in its state;
+only the :class:`~medsim.inference.problem.FitData` (numpy arrays and frozen dataclasses) in its state;
 the jitted function is rebuilt lazily in each process.
 """
 
@@ -28,13 +28,12 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
+from medsim.inference.problem import FitData
 from pytensor.gradient import DisconnectedType
 from pytensor.graph.basic import Apply
 from pytensor.graph.op import Op
 from pytensor.tensor import as_tensor_variable
 from pytensor.tensor.type import TensorType
-
-from inference.problem import FitData
 
 
 def likelihood_sites(data: FitData) -> tuple[str, ...]:
@@ -61,7 +60,7 @@ class CohortLogLikOp(Op):
     -----
     Inputs follow :func:`likelihood_sites`: scalars for population sites, (S,) vectors for
     ``eta_<p>``. Output 0 is the float64 scalar ``sum_ij log p(y_ij | y_i,<j, theta_i)`` (the EKF
-    marginal log-likelihood, see :mod:`inference.likelihood.ekf`); output ``1 + k`` is its
+    marginal log-likelihood, see :mod:`medsim.inference.likelihood.ekf`); output ``1 + k`` is its
     gradient with respect to input ``k`` (same shape). Second derivatives are not provided (NUTS
     does not need them).
 
@@ -103,8 +102,7 @@ class CohortLogLikOp(Op):
         if self._value_and_grad is None:
             import jax
             import jax.numpy as jnp
-
-            from inference.hierarchical import pointwise_loglik
+            from medsim.inference.hierarchical import pointwise_loglik
 
             data, sites, sizes = self.data, self.sites, self._sizes()
             offsets = np.concatenate([[0], np.cumsum(sizes)]).tolist()

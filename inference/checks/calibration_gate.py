@@ -1,10 +1,10 @@
 """The held-out calibration check of a fitted model, judged by the calibration gate.
 
-A posterior fitted on each subject's earlier measurements (:func:`~inference.checks.heldout.split_after`
-or :func:`~inference.checks.heldout.split_last`) predicts the held-out later ones from the
-recorded doses (:func:`~inference.checks.predictive.posterior_predictive`, individual mode:
+A posterior fitted on each subject's earlier measurements (:func:`~medsim.inference.checks.heldout.split_after`
+or :func:`~medsim.inference.checks.heldout.split_last`) predicts the held-out later ones from the
+recorded doses (:func:`~medsim.inference.checks.predictive.posterior_predictive`, individual mode:
 each subject's own random effects, process noise and residual error simulated). The
-predictive draws are scored (:mod:`inference.checks.scores`) for calibration and sharpness:
+predictive draws are scored (:mod:`medsim.inference.checks.scores`) for calibration and sharpness:
 
 * coverage of the central 50/80/90/95 % intervals, with the design effect of points within a
   subject (cluster-robust variance of the hit rate, subjects as clusters);
@@ -32,9 +32,9 @@ from typing import Any
 
 import jax
 import numpy as np
+from medsim.inference.checks import scores
+from medsim.inference.checks.predictive import PredictiveError, posterior_predictive
 
-from inference.checks import scores
-from inference.checks.predictive import PredictiveError, posterior_predictive
 from medsim.models.gate import LEVELS, CalibrationGate, judge
 from medsim.simulate.types import Bound
 
@@ -140,7 +140,7 @@ def heldout_check(
     cohort : Cohort
         The full cohort (doses of the held-out window included).
     heldout : (S, N) bool
-        Held-out measurements in the padded layout (:func:`~inference.checks.heldout.window_mask`).
+        Held-out measurements in the padded layout (:func:`~medsim.inference.checks.heldout.window_mask`).
     key : jax PRNG key
     bounds : sequence of Bound
         Safe-range bounds defining events; empty: no event forecasts.

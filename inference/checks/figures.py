@@ -1,7 +1,7 @@
 """Write the predictive-check figures of a fit as PNG files.
 
 ``medsim check --figures`` writes these and the sampler plots through the fit report
-(:func:`inference.checks.fit_report.fit_figures`); :func:`write_check_figures` is the same set
+(:func:`medsim.inference.checks.fit_report.fit_figures`); :func:`write_check_figures` is the same set
 for a ``PosteriorDraws`` (no sampler to plot), e.g. in ``benchmarks/fit.py``.
 """
 
@@ -13,10 +13,10 @@ from typing import Any
 
 import jax
 from matplotlib.figure import Figure
+from medsim.inference.checks.gof import goodness_of_fit, plot_goodness_of_fit
+from medsim.inference.checks.individual import individual_fits, plot_individual_fits
+from medsim.inference.checks.vpc import plot_vpc, vpc
 
-from inference.checks.gof import goodness_of_fit, plot_goodness_of_fit
-from inference.checks.individual import individual_fits, plot_individual_fits
-from inference.checks.vpc import plot_vpc, vpc
 from medsim.io import atomic_write
 
 

@@ -2,11 +2,11 @@
 
 One record, :class:`FitReport`, gathers what a pharmacometrician reads before trusting a fit:
 the parameter table (posterior median and 94 % HDI with units, R-hat and ESS, ``eta`` shrinkage),
-the sampler diagnostics (:mod:`inference.diagnostics`), the VPC (prediction-corrected where
-doses differ, :mod:`inference.checks.vpc`), the individual fits
-(:mod:`inference.checks.individual`), the goodness-of-fit panels with CWRES
-(:mod:`inference.checks.gof`), the stored held-out calibration gate and PSIS-LOO
-(:mod:`inference.checks.loo`). :func:`fit_figures` renders its figures (the same PNGs
+the sampler diagnostics (:mod:`medsim.inference.diagnostics`), the VPC (prediction-corrected where
+doses differ, :mod:`medsim.inference.checks.vpc`), the individual fits
+(:mod:`medsim.inference.checks.individual`), the goodness-of-fit panels with CWRES
+(:mod:`medsim.inference.checks.gof`), the stored held-out calibration gate and PSIS-LOO
+(:mod:`medsim.inference.checks.loo`). :func:`fit_figures` renders its figures (the same PNGs
 ``medsim check --figures`` writes) and :func:`write_fit_report` writes the folder as one unit:
 ``fit_report.json``, ``fit_report.md``, ``fit_report.html`` (self-contained) and ``fit_figures/``.
 """
@@ -23,13 +23,13 @@ from typing import Any
 
 import jax
 import numpy as np
+from medsim.inference.checks.gof import GoodnessOfFit, goodness_of_fit, plot_goodness_of_fit
+from medsim.inference.checks.individual import IndividualFits, individual_fits, plot_individual_fits
+from medsim.inference.checks.loo import LooError, LooSummary, loo_summary
+from medsim.inference.checks.predictive import PredictiveError
+from medsim.inference.checks.shrinkage import epsilon_shrinkage, eta_shrinkage
+from medsim.inference.checks.vpc import VPCResult, plot_vpc, vpc
 
-from inference.checks.gof import GoodnessOfFit, goodness_of_fit, plot_goodness_of_fit
-from inference.checks.individual import IndividualFits, individual_fits, plot_individual_fits
-from inference.checks.loo import LooError, LooSummary, loo_summary
-from inference.checks.predictive import PredictiveError
-from inference.checks.shrinkage import epsilon_shrinkage, eta_shrinkage
-from inference.checks.vpc import VPCResult, plot_vpc, vpc
 from medsim.io import atomic_folder, check_folder, write_bytes, write_text
 
 #: What a fit-report folder holds; other files in an existing folder are kept.
@@ -55,7 +55,7 @@ class FitReport:
         Model, version, cohort, data hash, backend, method, chains, draws, warmup, seed,
         wall time (s), created.
     parameters : dict name -> dict
-        :func:`inference.summary.summarize` rows plus ``description`` and ``kind``.
+        :func:`medsim.inference.summary.summarize` rows plus ``description`` and ``kind``.
     eta_shrinkage : dict random effect -> float or None
     epsilon_shrinkage : float or None
     diagnostics : inference.diagnostics.Diagnostics
@@ -186,7 +186,7 @@ def build_fit_report(
     n_draws : int
         Posterior draws simulated for the individual fits and IPRED; simulated studies of the VPC.
     dt : float, optional
-        Simulator step (default :func:`inference.checks.predictive.default_dt`).
+        Simulator step (default :func:`medsim.inference.checks.predictive.default_dt`).
     source : str
         The posterior file, for the title.
 
@@ -197,7 +197,7 @@ def build_fit_report(
     PredictiveError
         The cohort cannot be simulated (several observables, missing covariates).
     """
-    from inference.summary import summarize
+    from medsim.inference.summary import summarize
 
     check_fitted_cohort(posterior, cohort)
     k_fits, k_vpc, k_gof = jax.random.split(jax.random.key(seed), 3)
@@ -246,7 +246,7 @@ def fit_figures(report: FitReport, posterior: Any | None = None, *, log_y: bool 
     """The report's figures as PNG bytes, in :data:`FIGURE_ORDER`.
 
     ``vpc``, ``individual_fits`` and ``goodness_of_fit`` always; with ``posterior`` also its
-    sampler diagnostics (:func:`inference.diagnostic_figures.diagnostic_pngs`: ``trace``, and for
+    sampler diagnostics (:func:`medsim.inference.diagnostic_figures.diagnostic_pngs`: ``trace``, and for
     NUTS ``rank`` and ``energy``).
     """
     out = {
@@ -255,7 +255,7 @@ def fit_figures(report: FitReport, posterior: Any | None = None, *, log_y: bool 
         "goodness_of_fit": _png(plot_goodness_of_fit(report.gof)),
     }
     if posterior is not None:
-        from inference.diagnostic_figures import diagnostic_pngs
+        from medsim.inference.diagnostic_figures import diagnostic_pngs
 
         out.update(diagnostic_pngs(posterior, max_draws=TRACE_DRAWS))
     return {k: out[k] for k in FIGURE_ORDER if k in out}
@@ -284,7 +284,7 @@ def write_fit_report(report: FitReport, out_dir: str | os.PathLike, figures: dic
     dict
         ``json``, ``markdown``, ``html`` -> Path, and ``figures`` -> tuple of Path.
     """
-    from inference.checks.fit_report_render import render_html, render_markdown
+    from medsim.inference.checks.fit_report_render import render_html, render_markdown
 
     out = Path(out_dir)
     if "rank" in figures:  # rank plots show mixing better (Vehtari et al. 2021); a trace of 4000 draws is 0.7 MB

@@ -1,4 +1,4 @@
-"""Markdown and self-contained HTML of a :class:`~inference.checks.fit_report.FitReport`.
+"""Markdown and self-contained HTML of a :class:`~medsim.inference.checks.fit_report.FitReport`.
 
 Both are rendered from one list of sections (headings, paragraphs, tables, figures), so they say
 the same thing. Every number is printed with its unit; a value that could not be estimated is
@@ -16,9 +16,8 @@ from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
-
-from inference.checks.fit_report import TRACE_DRAWS
-from inference.diagnostics import EBFMI_MIN, ESS_PER_CHAIN_MIN, RHAT_MAX
+from medsim.inference.checks.fit_report import TRACE_DRAWS
+from medsim.inference.diagnostics import EBFMI_MIN, ESS_PER_CHAIN_MIN, RHAT_MAX
 
 NOT_ESTIMABLE = "not estimable"
 

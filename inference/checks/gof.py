@@ -8,7 +8,7 @@ residuals (CWRES) against time and against PRED.
 * **PRED** — the typical subject: population parameters at their posterior medians, random
   effects 0, the subject's own doses and covariates, no process noise (the ODE limit).
 * **IPRED** — the posterior median of the subject's individual predictions at its measurement
-  times (:func:`~inference.checks.predictive.posterior_predictive`, individual mode).
+  times (:func:`~medsim.inference.checks.predictive.posterior_predictive`, individual mode).
 * **CWRES** (Hooker, Staatz & Karlsson 2007, *Pharm Res* 24:2187, eqs. 6-7): the model is
   linearised in the random effects around each subject's conditional estimate ``eta_hat`` (here
   the posterior mean of its ``eta``): with ``f(eta)`` the subject's predictions in the ODE limit
@@ -28,8 +28,8 @@ from typing import Any
 import jax
 import numpy as np
 from matplotlib.figure import Figure
+from medsim.inference.checks.predictive import PredictiveError, draws_of, padded_of, posterior_predictive
 
-from inference.checks.predictive import PredictiveError, draws_of, padded_of, posterior_predictive
 from medsim.models.base import residual_key
 from medsim.population.draws import PosteriorDraws
 
@@ -144,7 +144,7 @@ def goodness_of_fit(
     observable : str, optional
         Default: the cohort's only measured observable.
     dt : float, optional
-        Simulator step; see :func:`~inference.checks.predictive.posterior_predictive`.
+        Simulator step; see :func:`~medsim.inference.checks.predictive.posterior_predictive`.
 
     Raises
     ------

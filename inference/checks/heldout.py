@@ -3,7 +3,7 @@
 :func:`split_last` removes the last ``n_last`` measurements of every subject, :func:`split_after`
 every measurement after a time (or after a fraction of each subject's observation span); after
 fitting the rest, :func:`heldout_coverage` simulates the fitted subjects forward
-(:func:`~inference.checks.predictive.posterior_predictive`, individual mode, residual error
+(:func:`~medsim.inference.checks.predictive.posterior_predictive`, individual mode, residual error
 included) and counts how often a held-out measurement falls inside its central posterior
 predictive interval. For a calibrated model the count is binomial with the nominal rate, up to
 the dependence between subjects through the shared population parameters.
@@ -16,9 +16,8 @@ from typing import Any
 
 import jax
 import numpy as np
-
-from inference.checks.coverage import binomial_interval
-from inference.checks.predictive import PredictiveError, padded_of, posterior_predictive
+from medsim.inference.checks.coverage import binomial_interval
+from medsim.inference.checks.predictive import PredictiveError, padded_of, posterior_predictive
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,7 @@
 """Individual fits: each subject's measurements against its posterior individual predictions.
 
 For every fitted subject the latent observable is simulated on a time grid for ``R`` posterior
-draws of that subject's parameters (:func:`~inference.checks.predictive.posterior_predictive` in
+draws of that subject's parameters (:func:`~medsim.inference.checks.predictive.posterior_predictive` in
 ``individual`` mode); the plot shows the measurements, the median prediction and a central band
 (90 % by default) per subject, one small panel each. The band is the posterior uncertainty of the
 latent trajectory (parameter uncertainty plus, for an SDE model, process noise simulated forward
@@ -18,8 +18,7 @@ from typing import Any
 import jax
 import numpy as np
 from matplotlib.figure import Figure
-
-from inference.checks.predictive import PredictiveError, draws_of, padded_of, posterior_predictive
+from medsim.inference.checks.predictive import PredictiveError, draws_of, padded_of, posterior_predictive
 
 
 @dataclass(frozen=True)
@@ -84,7 +83,7 @@ def individual_fits(
     observable : str, optional
         Observable to predict (default: the one the cohort measures).
     dt : float, optional
-        Simulator step; see :func:`~inference.checks.predictive.posterior_predictive`.
+        Simulator step; see :func:`~medsim.inference.checks.predictive.posterior_predictive`.
 
     Returns
     -------

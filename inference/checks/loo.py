@@ -16,7 +16,7 @@ Two units of "one left out":
 * ``"subject"``: a whole subject (the sum of its terms). Its random effects are part of
   ``theta``, so the importance weights are often heavy-tailed: check the Pareto k values.
 
-The pointwise values are read from the layout :mod:`inference.assemble` writes (observations
+The pointwise values are read from the layout :mod:`medsim.inference.assemble` writes (observations
 only, their subjects in ``constant_data``) or from a padded ``(subject, observation)`` array, whose
 padding entries are exactly 0 for every draw and are dropped.
 """
@@ -87,7 +87,7 @@ def inference_data_of(posterior: Any) -> Any:
 def pointwise_log_likelihood(posterior: Any, *, unit: Unit = "observation", var_name: str | None = None):
     """(chain, draw, point) log-likelihood of ``posterior`` per left-out unit.
 
-    Two layouts are read: medsim's (:mod:`inference.assemble`: one variable per observable with
+    Two layouts are read: medsim's (:mod:`medsim.inference.assemble`: one variable per observable with
     dims ``(chain, draw, <observable>_obs)`` and the subject of each observation in
     ``constant_data["<observable>_subject"]``), and a padded ``(chain, draw, subject, ...)`` array.
 

@@ -28,8 +28,8 @@ from typing import Any, Literal
 import jax
 import jax.numpy as jnp
 import numpy as np
+from medsim.inference.likelihood.timeline import default_max_substep
 
-from inference.likelihood.timeline import default_max_substep
 from medsim.models.base import PhysiologyModel, residual_key
 from medsim.population.draws import PosteriorDraws
 from medsim.simulate import DoseEvents, simulate_schedule
@@ -104,7 +104,7 @@ def draws_from_samples(data: Any, samples: Mapping[str, np.ndarray]) -> Posterio
     samples : mapping site -> (D, ...) array
         Flattened draws of the population sites and of ``eta_<p>`` (S,) per draw.
     """
-    from inference.hierarchical import split_sites
+    from medsim.inference.hierarchical import split_sites
 
     values = {k: np.asarray(v) for k, v in samples.items()}
     population, eta, _, residual = split_sites(data.priors, values)
@@ -143,7 +143,7 @@ def default_dt(model: PhysiologyModel, *, rate_dt: float = 0.02) -> float:
     """Simulator step ``rate_dt / lambda_max`` (model time unit) for the fastest typical rate.
 
     ``lambda_max`` is the largest eigenvalue modulus of the drift Jacobian at the typical
-    parameters (as :func:`inference.likelihood.default_max_substep` computes it).
+    parameters (as :func:`medsim.inference.likelihood.default_max_substep` computes it).
     """
     return default_max_substep(model, safety=rate_dt)
 

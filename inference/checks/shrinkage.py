@@ -14,8 +14,7 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-
-from inference.checks.predictive import draws_of
+from medsim.inference.checks.predictive import draws_of
 
 MIN_SUBJECTS = 3
 """An SD across fewer subjects is not an estimate: shrinkage is then reported as not estimable."""

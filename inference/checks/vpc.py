@@ -2,7 +2,7 @@
 
 The study is re-run ``R`` times on new subjects (the fitted subjects' doses, covariates and
 measurement times; random effects drawn afresh from each posterior draw's ``omega``; residual
-error added), see :func:`~inference.checks.predictive.posterior_predictive` in ``population``
+error added), see :func:`~medsim.inference.checks.predictive.posterior_predictive` in ``population``
 mode. Measurements are binned by time; in each bin the 10th, 50th and 90th percentiles of the
 observed values are compared with the distribution of the same percentiles over the simulated
 replicates, summarised by its median and a central band (Holford 2005, "The visual predictive
@@ -15,7 +15,7 @@ that the model expects to differ, and the plain VPC's bands widen with the dose 
 than the variability. The *prediction-corrected* VPC (Bergstrand et al. 2011, eq. 1 with a
 lower bound of 0) then scales every observed and simulated value by ``PRED_bin / PRED_ij``: the
 median population prediction in its bin over its own population prediction
-(:func:`inference.checks.gof.population_prediction`). Measurements whose ``PRED`` is 0 (before
+(:func:`medsim.inference.checks.gof.population_prediction`). Measurements whose ``PRED`` is 0 (before
 the first dose reaches the compartment) cannot be corrected and are left out (counted).
 """
 
@@ -28,8 +28,7 @@ from typing import Any
 import jax
 import numpy as np
 from matplotlib.figure import Figure
-
-from inference.checks.predictive import PredictiveError, draws_of, padded_of, posterior_predictive
+from medsim.inference.checks.predictive import PredictiveError, draws_of, padded_of, posterior_predictive
 
 
 @dataclass(frozen=True)
@@ -217,7 +216,7 @@ def vpc(
     observable : str, optional
         Observable checked (default: the cohort's only measured observable).
     dt : float, optional
-        Simulator step; see :func:`~inference.checks.predictive.posterior_predictive`.
+        Simulator step; see :func:`~medsim.inference.checks.predictive.posterior_predictive`.
     prediction_corrected : bool, optional
         Prediction-correct the values (pcVPC); default: when the subjects' doses differ
         (:func:`doses_vary`).
@@ -250,7 +249,7 @@ def vpc(
     corrected = doses_vary(cohort) if prediction_corrected is None else bool(prediction_corrected)
     excluded = 0
     if corrected:
-        from inference.checks.gof import population_prediction
+        from medsim.inference.checks.gof import population_prediction
 
         pred = population_prediction(posterior, cohort, dt=dt)[at]
         keep = pred > PRED_FLOOR * max(float(np.max(pred)), 0.0)

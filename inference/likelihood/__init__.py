@@ -7,7 +7,7 @@ covariance written out entry by entry (few states) or, in ``ekf_matrix``, as an 
 ``medsim.models`` only, so other backends (PyMC through a JAX op) can reuse them unchanged.
 """
 
-from inference.likelihood.ekf import cohort_loglik, subject_loglik
-from inference.likelihood.timeline import Timeline, TimelineError, build_timeline, default_max_substep
+from medsim.inference.likelihood.ekf import cohort_loglik, subject_loglik
+from medsim.inference.likelihood.timeline import Timeline, TimelineError, build_timeline, default_max_substep
 
 __all__ = ["Timeline", "TimelineError", "build_timeline", "cohort_loglik", "default_max_substep", "subject_loglik"]

@@ -1,6 +1,6 @@
 """Continuous–discrete extended Kalman filter: the marginal likelihood of an SDE model.
 
-Between slots of the :class:`~inference.likelihood.timeline.Timeline` the filter integrates the
+Between slots of the :class:`~medsim.inference.likelihood.timeline.Timeline` the filter integrates the
 moment equations of ``dx = f(t, x) dt + G(t, x) dW`` (Jazwinski 1970, *Stochastic Processes and
 Filtering Theory*, §9.5; the CD-EKF used for SDE mixed-effects models by Tornøe et al. 2005,
 *J Pharmacokinet Pharmacodyn* 32:247, and Klim et al. 2009, *Comput Meth Prog Biomed* 94:279)::
@@ -24,7 +24,7 @@ Without process noise ``P`` stays exactly zero, ``S = R`` and the filter *is* th
 :func:`cohort_loglik` with ``noise=None`` skips the covariance altogether (the ODE limit, cheaper).
 
 Layouts: the same algorithm is stored in one of two ways (``layout``; shared parts in
-:mod:`inference.likelihood.filtering`).
+:mod:`medsim.inference.likelihood.filtering`).
 
 * ``"entries"`` (this module): the mean is a tuple of ``n`` named scalars and the covariance a
   tuple of its ``n (n + 1) / 2`` upper-triangle entries, with the small matrix algebra written
@@ -32,11 +32,11 @@ Layouts: the same algorithm is stored in one of two ways (``layout``; shared par
   RK4 stage into a few vectorised loops; for 1-2 states this is faster than stacked
   ``(subjects, n, n)`` matrices on CPU (measured on the theophylline cohort, ``docs/fitting.md``).
   The traced graph grows like ``n^3`` per RK4 stage, so compilation time grows quickly with ``n``.
-* ``"matrix"`` (:mod:`inference.likelihood.ekf_matrix`): an ``(n,)`` mean and an ``(n, n)``
+* ``"matrix"`` (:mod:`medsim.inference.likelihood.ekf_matrix`): an ``(n,)`` mean and an ``(n, n)``
   covariance, ``F P`` as JVPs of the drift along the columns of ``P``; the graph no longer
   grows with ``n``, which is what makes the 6-state glucose model compile in seconds (its
   gradient took minutes in the entries layout).
-* ``"auto"`` picks ``"matrix"`` from :data:`~inference.likelihood.filtering.MATRIX_FROM_STATES`
+* ``"auto"`` picks ``"matrix"`` from :data:`~medsim.inference.likelihood.filtering.MATRIX_FROM_STATES`
   states on when the covariance is propagated, and ``"entries"`` for the ODE limit.
 
 Gradients: :func:`cohort_loglik` differentiates each subject's filter in forward mode (one pass
@@ -54,11 +54,11 @@ from collections.abc import Mapping
 
 import jax
 import jax.numpy as jnp
+from medsim.inference.likelihood import filtering
+from medsim.inference.likelihood.ekf_matrix import matrix_loglik
+from medsim.inference.likelihood.filtering import SLOT_FIELDS, covariance_block, forward_jacobian_vjp, resolve_layout
+from medsim.inference.likelihood.timeline import Timeline
 
-from inference.likelihood import filtering
-from inference.likelihood.ekf_matrix import matrix_loglik
-from inference.likelihood.filtering import SLOT_FIELDS, covariance_block, forward_jacobian_vjp, resolve_layout
-from inference.likelihood.timeline import Timeline
 from medsim.models.base import PhysiologyModel
 
 Array = jax.Array
@@ -106,7 +106,7 @@ def subject_loglik(
         Storage of mean and covariance (see the module docstring); the results agree to round-off.
     covariance_states : {"reachable", "all"}
         Store the covariance of the noise-reachable states only (the rest of ``P`` is exactly 0;
-        :mod:`inference.likelihood.reachable`), or of every state. Same results either way.
+        :mod:`medsim.inference.likelihood.reachable`), or of every state. Same results either way.
 
     Returns
     -------
@@ -245,7 +245,7 @@ def cohort_loglik(
     ----------
     model : PhysiologyModel
     timeline : Timeline
-        From :func:`~inference.likelihood.timeline.build_timeline` (``S`` subjects, ``N`` padded
+        From :func:`~medsim.inference.likelihood.timeline.build_timeline` (``S`` subjects, ``N`` padded
         observations each).
     individual_params : mapping name -> (S,) or scalar
         Subject parameters as returned by ``model.individual_parameters`` (scalars broadcast).

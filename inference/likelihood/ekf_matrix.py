@@ -1,6 +1,6 @@
 """The extended Kalman filter with an ``(n,)`` mean and an ``(n, n)`` covariance (``layout="matrix"``).
 
-The algorithm, its equations and its references are those of :mod:`inference.likelihood.ekf`;
+The algorithm, its equations and its references are those of :mod:`medsim.inference.likelihood.ekf`;
 only the storage differs. The entries layout writes the covariance algebra out scalar by scalar,
 so its traced graph grows like ``n^3`` per RK4 stage (and again per forward-mode tangent): the
 6-state glucose model took minutes to compile. Here the graph does not grow with ``n``.
@@ -26,9 +26,9 @@ from collections.abc import Mapping
 import jax
 import jax.numpy as jnp
 import numpy as np
+from medsim.inference.likelihood import filtering
+from medsim.inference.likelihood.timeline import Timeline
 
-from inference.likelihood import filtering
-from inference.likelihood.timeline import Timeline
 from medsim.models.base import PhysiologyModel
 
 Array = jax.Array
@@ -50,7 +50,7 @@ def matrix_loglik(
     Parameters
     ----------
     model, timeline, theta, residual, slots, covariance, covariance_states
-        As for :func:`inference.likelihood.ekf.subject_loglik`. The covariance is stored for
+        As for :func:`medsim.inference.likelihood.ekf.subject_loglik`. The covariance is stored for
         the ``r`` states of the block (``(r, r)``); products with ``F``, ``J`` and ``H`` act on
         its columns embedded in the full state space.
     final : bool

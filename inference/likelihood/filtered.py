@@ -1,6 +1,6 @@
 """The filtered state at the end of each subject's record: where a personalized forecast starts.
 
-The extended Kalman filter of :mod:`inference.likelihood.ekf` walks a subject's record and, after
+The extended Kalman filter of :mod:`medsim.inference.likelihood.ekf` walks a subject's record and, after
 its last event, holds the mean and covariance of the state given every measurement: the
 conditional distribution ``p(x(t_last) | y_1..y_n, theta)`` under the filter's Gaussian
 approximation. A digital twin that is to forecast from "now" starts there, not from the model's
@@ -9,7 +9,7 @@ said about where the patient is (a glucose excursion under way, insulin on board
 disturbance state).
 
 :func:`cohort_filter` runs the filter once per subject (vmapped) and returns both the pointwise
-log predictive densities (what :func:`~inference.likelihood.ekf.cohort_loglik` computes) and the
+log predictive densities (what :func:`~medsim.inference.likelihood.ekf.cohort_loglik` computes) and the
 final state, so storing the state with a fit costs no second pass. It is not differentiated
 (no ``custom_vjp``): it serves fit assembly and forecasts, not samplers. The matrix layout is
 used whatever the timeline's layout (both give the same numbers to round-off).
@@ -23,10 +23,10 @@ from dataclasses import dataclass
 import jax
 import jax.numpy as jnp
 import numpy as np
+from medsim.inference.likelihood.ekf_matrix import matrix_loglik
+from medsim.inference.likelihood.filtering import SLOT_FIELDS
+from medsim.inference.likelihood.timeline import Timeline
 
-from inference.likelihood.ekf_matrix import matrix_loglik
-from inference.likelihood.filtering import SLOT_FIELDS
-from inference.likelihood.timeline import Timeline
 from medsim.models.base import PhysiologyModel
 
 Array = jax.Array
@@ -63,7 +63,7 @@ def cohort_filter(
 ) -> tuple[Array, tuple[Array, Array, Array]]:
     """Pointwise log-likelihood ``(S, N)`` and the final ``(time (S,), mean (S, n), cov (S, n, n))``.
 
-    Arguments as for :func:`~inference.likelihood.ekf.cohort_loglik` (``noise=None`` is the ODE
+    Arguments as for :func:`~medsim.inference.likelihood.ekf.cohort_loglik` (``noise=None`` is the ODE
     limit: the covariance stays 0). Traceable (jit, vmap over draws).
     """
     dtype = timeline.time.dtype

@@ -1,6 +1,6 @@
 """Pieces shared by the two layouts of the extended Kalman filter (``ekf`` and ``ekf_matrix``).
 
-Both layouts run the same algorithm (see :mod:`inference.likelihood.ekf`) and differ only in how
+Both layouts run the same algorithm (see :mod:`medsim.inference.likelihood.ekf`) and differ only in how
 the mean and covariance are stored: as named scalars and the upper triangle of ``P`` written out
 entry by entry (``"entries"``), or as an ``(n,)`` vector and an ``(n, n)`` array (``"matrix"``).
 Everything that does not depend on that storage lives here: the slot loop, the integrating-factor
@@ -16,12 +16,12 @@ from typing import TYPE_CHECKING, Any
 
 import jax
 import jax.numpy as jnp
+from medsim.inference.likelihood.reachable import noise_reachable_states
 
-from inference.likelihood.reachable import noise_reachable_states
 from medsim.models.base import PhysiologyModel, residual_key
 
 if TYPE_CHECKING:  # the timeline module imports check_layout from here
-    from inference.likelihood.timeline import Timeline
+    from medsim.inference.likelihood.timeline import Timeline
 
 Array = jax.Array
 LOG_2PI = math.log(2.0 * math.pi)
@@ -67,7 +67,7 @@ def resolve_layout(layout: str, n_states: int, *, covariance: bool = True) -> st
 def covariance_block(model: PhysiologyModel, timeline: Timeline, covariance_states: str) -> tuple[int, ...]:
     """States (indices in ``model.state_names`` order) whose covariance block the filter stores.
 
-    ``"reachable"``: the noise-reachable states (:mod:`inference.likelihood.reachable`; the
+    ``"reachable"``: the noise-reachable states (:mod:`medsim.inference.likelihood.reachable`; the
     rest of ``P`` is identically 0, so the likelihood is the same); ``"all"``: every state (the
     textbook filter, kept for testing that equality).
 

@@ -30,8 +30,8 @@ from typing import Any
 
 import jax
 import numpy as np
+from medsim.inference.likelihood.filtering import check_layout
 
-from inference.likelihood.filtering import check_layout
 from medsim.models.base import PhysiologyModel
 
 # Slot kinds at equal times are processed in this order (see the module docstring).
@@ -65,7 +65,7 @@ class Timeline:
         that *ends* at the slot.
     obs_cens : (S, K) int
         Censoring of the slot's observation: 0 measured, 1 below the limit held in
-        ``obs_value``, -1 above it (Beal's M3 method; see :func:`inference.likelihood.filtering.observation_update`).
+        ``obs_value``, -1 above it (Beal's M3 method; see :func:`medsim.inference.likelihood.filtering.observation_update`).
     obs_slot : (S, N) int
         Slot of each of the cohort's ``N`` padded observations (to map per-slot results back).
     obs_mask : (S, N) bool
@@ -77,7 +77,7 @@ class Timeline:
     substeps : int
         RK4 steps the filter takes per interval.
     layout : {"auto", "entries", "matrix"}
-        Storage of the filter's mean and covariance (see :mod:`inference.likelihood.ekf`).
+        Storage of the filter's mean and covariance (see :mod:`medsim.inference.likelihood.ekf`).
     """
 
     time: Any
@@ -160,7 +160,7 @@ def build_timeline(
         Floating dtype of the returned arrays (float32, or float64 under ``jax.enable_x64``).
     layout : {"auto", "entries", "matrix"}
         Storage of the filter's mean and covariance, the default of every filter run on this
-        timeline (see :mod:`inference.likelihood.ekf`; ``"auto"`` decides per run from the
+        timeline (see :mod:`medsim.inference.likelihood.ekf`; ``"auto"`` decides per run from the
         number of states and whether the covariance is propagated).
 
     Returns

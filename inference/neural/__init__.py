@@ -1,6 +1,6 @@
 """Training, calibration and checkpoints of the neural patient model (torch + torchsde).
 
-Owns the evidence lower bound (:mod:`inference.neural.elbo`), the training loop with early
+Owns the evidence lower bound (:mod:`medsim.inference.neural.elbo`), the training loop with early
 stopping (:func:`train`), the held-out calibration of predictive intervals (:func:`calibrate`),
 checkpoint files (safetensors weights + JSON configuration, :func:`save_checkpoint`,
 :func:`load_checkpoint`) and the one-call :func:`fit_neural`. The model itself lives in
@@ -8,8 +8,8 @@ checkpoint files (safetensors weights + JSON configuration, :func:`save_checkpoi
 ``medsim``; imports torch, so ``inference`` does not import this package eagerly.
 """
 
-from inference.neural.calibration import CalibrationReport, calibrate, interval_metrics, predictive_samples
-from inference.neural.checkpoint import (
+from medsim.inference.neural.calibration import CalibrationReport, calibrate, interval_metrics, predictive_samples
+from medsim.inference.neural.checkpoint import (
     Checkpoint,
     CheckpointFormatError,
     load_checkpoint,
@@ -17,9 +17,10 @@ from inference.neural.checkpoint import (
     save_checkpoint,
     update_calibration,
 )
-from inference.neural.elbo import GridBrownian, WindowTerms, window_terms
-from inference.neural.fit import NeuralFit, fit_neural, package_versions
-from inference.neural.train import EpochReport, TrainResult, TrainSettings, evaluate_bound, train
+from medsim.inference.neural.elbo import GridBrownian, WindowTerms, window_terms
+from medsim.inference.neural.fit import NeuralFit, fit_neural, package_versions
+from medsim.inference.neural.train import EpochReport, TrainResult, TrainSettings, evaluate_bound, train
+
 from medsim.models.neural.gate import MiscalibratedModelError, require_calibrated
 
 __all__ = [

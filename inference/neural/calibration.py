@@ -15,7 +15,7 @@ intervals of the ``M`` simulated measurements are compared with what was measure
 
 This is the coverage/width metric of Bayesian neural CDEs (Hess et al. 2024, §5), per step
 ahead and pooled. The pooled predictions are also scored as the calibration gate scores every
-model (:func:`inference.checks.calibration_gate.interval_figures`: width relative to the
+model (:func:`medsim.inference.checks.calibration_gate.interval_figures`: width relative to the
 held-out measurements' 5–95 % range, CRPS and its skill over their own distribution), so the
 gate (:mod:`medsim.models.gate`) judges the neural model's sharpness too.
 Its Monte Carlo error: with ``M`` samples the interval end points are
@@ -31,8 +31,8 @@ from typing import Any
 import jax
 import numpy as np
 import torch
+from medsim.inference.checks.calibration_gate import interval_figures
 
-from inference.checks.calibration_gate import interval_figures
 from medsim.models.neural.dose_filter import filter_values
 from medsim.models.neural.export import export_model
 from medsim.models.neural.model import NeuralPatientModel

@@ -20,10 +20,10 @@ from typing import Any
 import numpy as np
 import torch
 import torchsde
+from medsim.inference.neural.calibration import CalibrationReport, calibrate
+from medsim.inference.neural.checkpoint import save_checkpoint
+from medsim.inference.neural.train import EpochReport, TrainResult, TrainSettings, train
 
-from inference.neural.calibration import CalibrationReport, calibrate
-from inference.neural.checkpoint import save_checkpoint
-from inference.neural.train import EpochReport, TrainResult, TrainSettings, train
 from medsim.models.neural.config import NeuralConfig, config_from_cohort
 from medsim.models.neural.model import NeuralPatientModel
 
@@ -87,7 +87,7 @@ def fit_neural(
     config_overrides : mapping, optional
         :class:`NeuralConfig` fields to override (sizes, ``dt``, ``horizon``...).
     steps_ahead, calibration_samples : int
-        See :func:`inference.neural.calibrate`.
+        See :func:`medsim.inference.neural.calibrate`.
     name : str
         Model name.
     out : path, optional

@@ -1,7 +1,7 @@
 """Training the neural patient model: stochastic ELBO ascent with early stopping.
 
 Every epoch visits the training windows in a random order (mini-batches of ``batch_size``),
-maximising the per-window bound of :mod:`inference.neural.elbo` minus ``KL(q(delta)||p)/N``
+maximising the per-window bound of :mod:`medsim.inference.neural.elbo` minus ``KL(q(delta)||p)/N``
 (one data set's worth of weight KL spread over its ``N`` windows). The KL terms are annealed
 from 0 to 1 over ``kl_warmup_epochs`` (Bowman et al. 2016), a standard guard against the
 posterior collapsing onto the prior before the decoder has learnt anything. After each epoch
@@ -24,8 +24,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
+from medsim.inference.neural.elbo import window_terms
 
-from inference.neural.elbo import window_terms
 from medsim.models.neural.config import NeuralConfig
 from medsim.models.neural.model import NeuralPatientModel
 from medsim.models.neural.windows import WindowSet, make_windows

@@ -17,7 +17,7 @@ stored pointwise log-likelihood, and their stored held-out log scores when both 
 the same held-out window.
 
 ``medsim check POSTERIOR --report DIR`` writes the pharmacometric fit report
-(:mod:`inference.checks.fit_report`); ``--figures DIR`` writes its figures.
+(:mod:`medsim.inference.checks.fit_report`); ``--figures DIR`` writes its figures.
 """
 
 from __future__ import annotations
@@ -48,7 +48,7 @@ SHOWN = (
 
 
 def refit_settings(posterior: Any) -> dict[str, Any]:
-    """Keyword arguments of :func:`inference.fit` that reproduce ``posterior``'s fit."""
+    """Keyword arguments of :func:`medsim.inference.fit` that reproduce ``posterior``'s fit."""
     attrs = posterior.attrs
     sampler = json.loads(attrs.get("sampler", "{}") or "{}")
     priors = posterior.priors
@@ -84,8 +84,8 @@ def refit_settings(posterior: Any) -> dict[str, Any]:
 
 def split_cohort(cohort: Any, *, after: float | None, fraction: float | None, last: int | None):
     """(training cohort, held-out mask, description) for exactly one of the three options."""
-    from inference.checks.heldout import heldout_mask, split_after, split_last
-    from inference.checks.predictive import PredictiveError
+    from medsim.inference.checks.heldout import heldout_mask, split_after, split_last
+    from medsim.inference.checks.predictive import PredictiveError
 
     given = [x is not None for x in (after, fraction, last)]
     if sum(given) != 1:
@@ -123,9 +123,9 @@ def heldout_gate(
     """
     import jax
 
-    from inference import fit
-    from inference.checks.calibration_gate import heldout_check
-    from inference.checks.predictive import PredictiveError
+    from medsim.inference import fit
+    from medsim.inference.checks.calibration_gate import heldout_check
+    from medsim.inference.checks.predictive import PredictiveError
 
     training, held, what = split_cohort(cohort, after=after, fraction=fraction, last=last)
     fitted = str(posterior.attrs.get("data_hash", ""))
@@ -170,7 +170,7 @@ def print_gate(console: Any, gate: Any) -> None:
 
 def comparison(files: Sequence[Path], posteriors: Sequence[Any]) -> dict[str, Any]:
     """PSIS-LOO and held-out log scores of fitted models (names are the file names)."""
-    from inference.checks.loo import loo_compare
+    from medsim.inference.checks.loo import loo_compare
 
     names = [str(f) for f in files]
     loo = loo_compare(dict(zip(names, posteriors, strict=True)))
@@ -216,8 +216,8 @@ def write_fit_outputs(
     inference.checks.predictive.PredictiveError
         A cohort the model cannot simulate.
     """
-    from inference.checks.fit_report import build_fit_report, fit_figures, write_fit_figures, write_fit_report
-    from inference.diagnostic_figures import write_figures
+    from medsim.inference.checks.fit_report import build_fit_report, fit_figures, write_fit_figures, write_fit_report
+    from medsim.inference.diagnostic_figures import write_figures
 
     if cohort is None:
         written = write_figures(posterior, figures)

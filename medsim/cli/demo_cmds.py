@@ -26,7 +26,7 @@ def demo_command(
     from rich.console import Console
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from policies.examples import GLUCOSE, THEOPH, run_example
+    from medsim.policies.examples import GLUCOSE, THEOPH, run_example
 
     examples = {"theoph": THEOPH, "glucose": GLUCOSE}
     chosen = only or list(examples)
@@ -53,7 +53,7 @@ def demo_command(
 
             result = run_example(examples[name], out / name, seed=seed, n_patients=n, stage=stage, progress=progress)
             if examples[name].fit_report:
-                from policies.examples import write_example_fit_report
+                from medsim.policies.examples import write_example_fit_report
 
                 stage(f"{name}: fit report (VPC, individual fits, goodness of fit)")
                 fit_html = write_example_fit_report(

@@ -51,7 +51,7 @@ def _request_host_devices(chains: int) -> None:
 def _print_diagnostics(console, posterior, diagnostics) -> None:
     from rich.table import Table
 
-    from inference.summary import summarize
+    from medsim.inference.summary import summarize
 
     rows = summarize(posterior)
     table = Table("parameter", "unit", "median", "94% HDI", "R-hat", "ESS bulk", "ESS tail", show_edge=False)
@@ -129,8 +129,8 @@ def fit_command(
     calibrated on held-out subjects; exit status 1 when its 90% coverage is below the floor).
     """
     if model == "neural":
-        from inference.neural.checkpoint import checkpoint_paths
         from medsim.cli.neural_cmds import fit_neural_cli
+        from medsim.inference.neural.checkpoint import checkpoint_paths
 
         for path in checkpoint_paths(out):
             output_file(path, "--out")
@@ -142,7 +142,7 @@ def fit_command(
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     import medsim.models as registry
-    from inference import FitConfigError, FitDataError, TimelineError, fit
+    from medsim.inference import FitConfigError, FitDataError, TimelineError, fit
 
     try:
         physiology = registry.get(model)
@@ -254,9 +254,9 @@ def check_command(
     """
     from rich.console import Console
 
-    from inference import Posterior, PosteriorFormatError
-    from inference.summary import summarize
     from medsim.cli import check_cmds
+    from medsim.inference import Posterior, PosteriorFormatError
+    from medsim.inference.summary import summarize
 
     if figures is not None:
         output_dir(figures, "--figures")
@@ -281,7 +281,7 @@ def check_command(
     diagnostics = posterior.diagnostics()
     written = []
     if report is not None or figures is not None:
-        from inference.checks.predictive import PredictiveError
+        from medsim.inference.checks.predictive import PredictiveError
 
         try:
             written = check_cmds.write_fit_outputs(
@@ -333,7 +333,7 @@ def check_command(
 
 def _report_folder(folder: Path) -> None:
     """Check the --report folder before any work."""
-    from inference.checks.fit_report import check_fit_report_folder
+    from medsim.inference.checks.fit_report import check_fit_report_folder
     from medsim.io import FolderWriteError
 
     output_dir(folder, "--report")
@@ -348,7 +348,7 @@ def _fitted_cohort(posterior, cohort: str | None, *, required: bool):
 
     None when it cannot be found and is not ``required`` (--figures then writes the sampler plots only).
     """
-    from inference.checks.fit_report import FitReportError, check_fitted_cohort
+    from medsim.inference.checks.fit_report import FitReportError, check_fitted_cohort
 
     name = cohort or str(posterior.attrs.get("cohort_name", ""))
     if not name or not (cohort or Path(name).exists() or name in _bundled()):
@@ -373,10 +373,10 @@ def _heldout(path: Path, posterior, cohort, after, fraction, last, bounds, seed)
     """Run the held-out calibration gate and store it in ``path``; returns the updated posterior."""
     from rich.console import Console
 
-    from inference import FitConfigError, FitDataError, TimelineError
-    from inference.checks.predictive import PredictiveError
     from medsim.cli import check_cmds
-    from policies.spec import SpecError, parse_bound
+    from medsim.inference import FitConfigError, FitDataError, TimelineError
+    from medsim.inference.checks.predictive import PredictiveError
+    from medsim.policies.spec import SpecError, parse_bound
 
     name = cohort or str(posterior.attrs.get("cohort_name", ""))
     if not name:
@@ -403,8 +403,8 @@ def _compare(files: list[Path], posteriors: list, as_json: bool) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    from inference.checks.loo import LooError
     from medsim.cli import check_cmds
+    from medsim.inference.checks.loo import LooError
 
     try:
         result = check_cmds.comparison(files, posteriors)

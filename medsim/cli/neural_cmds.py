@@ -23,7 +23,7 @@ from medsim.cli.app import app
 from medsim.cli.outputs import output_file
 
 if TYPE_CHECKING:
-    from inference.neural.checkpoint import Checkpoint
+    from medsim.inference.neural.checkpoint import Checkpoint
 
 
 def _fail(message: str, code: int = 2) -> None:
@@ -54,7 +54,7 @@ def is_neural_checkpoint(path: Path | None) -> bool:
     """Whether ``path`` names a neural checkpoint (``NAME``, ``NAME.json`` or ``NAME.safetensors``)."""
     if path is None:
         return False
-    from inference.neural.checkpoint import CheckpointFormatError, checkpoint_paths, read_record
+    from medsim.inference.neural.checkpoint import CheckpointFormatError, checkpoint_paths, read_record
 
     _, json_path = checkpoint_paths(path)
     if not json_path.exists():
@@ -90,7 +90,7 @@ def checkpoint_argument(path: Path | None) -> Path | None:
     claims = path is not None and path.suffix in (".json", ".safetensors")
     if path is None or not (claims or path.with_name(path.name + ".json").exists()):
         return None  # a posterior file: decided without importing torch (checkpoint names: NAME[.json])
-    from inference.neural.checkpoint import CheckpointFormatError, checkpoint_paths, read_record
+    from medsim.inference.neural.checkpoint import CheckpointFormatError, checkpoint_paths, read_record
 
     weights, json_path = checkpoint_paths(path)
     if not json_path.exists():
@@ -144,7 +144,7 @@ def fit_neural_cli(
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
     import medsim.models as registry
-    from inference.neural import TrainSettings, fit_neural
+    from medsim.inference.neural import TrainSettings, fit_neural
 
     _set_threads(threads)
     data = load_cohort(cohort)
@@ -258,7 +258,7 @@ def calibrate_command(
     """Measure a neural model's predictive coverage on held-out subjects and store it in the checkpoint."""
     from rich.console import Console
 
-    from inference.neural import CheckpointFormatError, calibrate, load_checkpoint, update_calibration
+    from medsim.inference.neural import CheckpointFormatError, calibrate, load_checkpoint, update_calibration
 
     _set_threads(threads)
     try:
@@ -367,7 +367,7 @@ def neural_population_cli(
     """
     from dataclasses import replace
 
-    from inference.neural import CheckpointFormatError, MiscalibratedModelError, load_checkpoint
+    from medsim.inference.neural import CheckpointFormatError, MiscalibratedModelError, load_checkpoint
     from medsim.models.neural import require_calibrated, sample_neural_population
 
     try:
@@ -408,7 +408,7 @@ def neural_population_cli(
     source = label if data is not None else f"training means ({label})"
     extra = {**checkpoint_provenance(loaded), "cohort_used": source}
     if data is not None:  # observed ranges, for the risk report's out-of-support flag
-        from inference.cohort_support import cohort_support, support_ranges
+        from medsim.inference.cohort_support import cohort_support, support_ranges
 
         ranges = support_ranges(cohort_support(data, population.model))
         extra["data_support"] = {k: [lo, hi] for k, (lo, hi) in ranges.items()}

@@ -62,7 +62,7 @@ def _load_draws(posterior: Path | None, prior: str | None, prior_draws: int, see
     if not posterior.exists():
         _fail(f"{posterior}: no such posterior file")
     try:
-        from inference.posterior import Posterior
+        from medsim.inference.posterior import Posterior
     except ImportError as err:
         _fail(f"reading posterior files needs the inference package ({err}); use --prior MODEL meanwhile")
     try:
@@ -84,7 +84,7 @@ def _support(posterior: Path | None) -> dict | None:
     """Observed ranges of the fitted cohort (for the out-of-support flag), if the posterior has them."""
     if posterior is None:
         return None
-    from inference.posterior import Posterior
+    from medsim.inference.posterior import Posterior
 
     try:
         return Posterior.load(posterior).support()
@@ -115,7 +115,7 @@ def neural_report_context(prov: Mapping[str, Any]) -> tuple[dict[str, Any], tupl
     Returns
     -------
     (dict, tuple of str)
-        Provenance for :func:`policies.evaluate.evaluate_policies` (checkpoint as the posterior
+        Provenance for :func:`medsim.policies.evaluate.evaluate_policies` (checkpoint as the posterior
         file, the training data hash, training summary as the fit, the checkpoint's digests and
         calibration as settings), and the warnings to put first: that the model is learned, and
         that the calibration gate was overridden if it was.
@@ -165,7 +165,7 @@ def summarise(report: Any, files: Any, console: Any) -> None:
     """Print the verdicts, the warnings and where the report went."""
     from rich.table import Table
 
-    from policies.report.text import pct_ci
+    from medsim.policies.report.text import pct_ci
 
     for w in report.all_warnings:
         console.print(f"[bold white on red] WARNING [/] [bold red]{w}[/]")
@@ -188,7 +188,7 @@ def summarise(report: Any, files: Any, console: Any) -> None:
 def finish(report: Any, results: Sequence[Any], *, out: Path, fail_on_violation: bool, console: Any) -> int:
     """Write the risk report, print its summary and return the exit status."""
     from medsim.io import FolderWriteError
-    from policies.report import write_report
+    from medsim.policies.report import write_report
 
     try:
         files = write_report(report, out, results=results)
@@ -207,7 +207,7 @@ def _cluster(workers: int | None, scheduler: str | None, threads: int | None, me
         return
     import os
 
-    from policies.distribute import DistributionError, WorkerOptions, dask_client
+    from medsim.policies.distribute import DistributionError, WorkerOptions, dask_client
 
     if threads is None and workers is not None:
         threads = max(1, (os.cpu_count() or 1) // workers)
@@ -320,12 +320,12 @@ def risk_command(
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
     from medsim.cli.neural_cmds import model_source, neural_population_cli
+    from medsim.policies.evaluate import evaluate_policies
+    from medsim.policies.loading import PolicySpecError
+    from medsim.policies.protocol import MissingCovariateError
+    from medsim.policies.spec import SpecError
+    from medsim.policies.spec_file import parse_spec
     from medsim.simulate.budget import parse_memory
-    from policies.evaluate import evaluate_policies
-    from policies.loading import PolicySpecError
-    from policies.protocol import MissingCovariateError
-    from policies.spec import SpecError
-    from policies.spec_file import parse_spec
 
     console = Console(stderr=False)
     try:

@@ -143,7 +143,7 @@ def _mechanistic(
         if not posterior.exists():
             _fail(f"{posterior}: no such posterior file")
         try:
-            from inference.posterior import Posterior
+            from medsim.inference.posterior import Posterior
         except ImportError as err:
             _fail(f"reading posterior files needs the inference package ({err}); use --prior MODEL meanwhile")
         try:

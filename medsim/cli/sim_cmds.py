@@ -181,10 +181,10 @@ def simulate_command(
     from rich.table import Table
 
     import medsim.models as registry
+    from medsim.policies.spec import parse_bound
     from medsim.population.prior import prior_population
     from medsim.simulate import SimulationError, Simulator, budget, stability
     from medsim.simulate import checks as sim_checks
-    from policies.spec import parse_bound
 
     def fail(err: Exception) -> None:
         typer.echo(f"error: {err}", err=True)

@@ -57,7 +57,7 @@ class Subject:
         Censoring of each observation (NONMEM's CENS): 0 measured; 1 below a lower limit (a
         sensor floor, a limit of quantification) that ``obs_value`` holds; -1 above an upper
         limit (a sensor ceiling) that ``obs_value`` holds. Default: none censored. Fits use the
-        probability of being beyond the limit (Beal's M3 method, :mod:`inference.likelihood`).
+        probability of being beyond the limit (Beal's M3 method, :mod:`medsim.inference.likelihood`).
     """
 
     id: str

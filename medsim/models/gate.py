@@ -1,8 +1,8 @@
 """The calibration gate of every model: are its predictive intervals honest *and* useful?
 
 A model earns trust by predicting measurements it was not fitted to. The held-out check
-(:func:`inference.checks.calibration_gate.heldout_check` for mechanistic posteriors,
-:func:`inference.neural.calibrate` for neural checkpoints) measures figures; :func:`judge` turns
+(:func:`medsim.inference.checks.calibration_gate.heldout_check` for mechanistic posteriors,
+:func:`medsim.inference.neural.calibrate` for neural checkpoints) measures figures; :func:`judge` turns
 them into a :class:`CalibrationGate`, a typed record stored with the posterior (or checkpoint)
 and read by ``medsim risk``, which gives no PASS verdict from a model that failed it.
 

@@ -16,7 +16,7 @@ proportional residual  ``LogNormal(log prop, RESIDUAL_LOG_SD)``               ``
 =====================  ====================================================  =====================
 
 medsim samples these in numpy (:meth:`Prior.sample`, used by
-:meth:`medsim.population.draws.PosteriorDraws.from_prior`); :mod:`inference.priors` translates the
+:meth:`medsim.population.draws.PosteriorDraws.from_prior`); :mod:`medsim.inference.priors` translates the
 same records into the fit's sample sites for numpyro and PyMC.
 
 Three populations come from these declarations, and they are kept apart by name:
@@ -27,10 +27,10 @@ Three populations come from these declarations, and they are kept apart by name:
 * :meth:`medsim.population.draws.PosteriorDraws.from_prior` — the *prior-predictive population*:
   population values drawn from this prior, BSV at the literature values (``medsim risk --prior``,
   ``medsim sample --prior``);
-* the *fit prior* (:func:`inference.priors.build_priors`) — the same distributions plus the
+* the *fit prior* (:func:`medsim.inference.priors.build_priors`) — the same distributions plus the
   half-normal on each BSV SD, as sample sites. Why these choices (the half-normal
 on omega with twice the literature BSV, log-normal residuals with log-SD 1) is argued in
-:mod:`inference.priors`.
+:mod:`medsim.inference.priors`.
 """
 
 from __future__ import annotations

@@ -1,16 +1,16 @@
 """Built-in treatment policies, one per file, each a frozen dataclass whose fields are its parameters.
 
 ``BUILTINS`` maps the spec name (``parse_policy("tdm:target=10")``) to the class. May import
-``medsim`` and ``policies.protocol``; the safe-timing policy also uses the simulator.
+``medsim`` and ``medsim.policies.protocol``; the safe-timing policy also uses the simulator.
 """
 
-from policies.builtin.basal_bolus import BasalBolus
-from policies.builtin.fixed import FixedDose
-from policies.builtin.flip import Flip
-from policies.builtin.pid import PID
-from policies.builtin.replay import Replay
-from policies.builtin.safe_timing import SafeTiming
-from policies.builtin.tdm import TDM
+from medsim.policies.builtin.basal_bolus import BasalBolus
+from medsim.policies.builtin.fixed import FixedDose
+from medsim.policies.builtin.flip import Flip
+from medsim.policies.builtin.pid import PID
+from medsim.policies.builtin.replay import Replay
+from medsim.policies.builtin.safe_timing import SafeTiming
+from medsim.policies.builtin.tdm import TDM
 
 BUILTINS: dict[str, type] = {
     "fixed": FixedDose,

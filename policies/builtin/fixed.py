@@ -15,8 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass, fields
 
 import numpy as np
-
-from policies.protocol import Observation, Option, next_on_grid, on_grid, spec_string
+from medsim.policies.protocol import Observation, Option, next_on_grid, on_grid, spec_string
 
 
 @dataclass(frozen=True)

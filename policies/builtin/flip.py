@@ -18,9 +18,9 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+from medsim.policies.protocol import Observation, Option, Policy, PolicyContext
 
 from medsim.population.streams import Stream, patient_uniform
-from policies.protocol import Observation, Option, Policy, PolicyContext
 
 
 @dataclass(frozen=True)
@@ -45,7 +45,7 @@ class Flip:
     @classmethod
     def from_spec(cls, raw: dict[str, str], context: PolicyContext) -> Flip:
         """``flip:q=0.3,a=fixed,a.dose=400,b=fixed,b.dose=600`` (component keys prefixed ``a.``/``b.``)."""
-        from policies.loading import PolicySpecError, build_component, split_components
+        from medsim.policies.loading import PolicySpecError, build_component, split_components
 
         own, parts = split_components(raw, ("a", "b"))
         unknown = [k for k in own if k not in ("q", "a", "b")]

@@ -24,8 +24,7 @@ from __future__ import annotations
 from dataclasses import dataclass, fields
 
 import numpy as np
-
-from policies.protocol import MissingCovariateError, Observation, Option, spec_string, units_per_hour
+from medsim.policies.protocol import MissingCovariateError, Observation, Option, spec_string, units_per_hour
 
 
 @dataclass(frozen=True)

@@ -22,8 +22,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 import numpy as np
-
-from policies.protocol import Observation, Option, spec_string
+from medsim.policies.protocol import Observation, Option, spec_string
 
 
 @dataclass(frozen=True)

@@ -45,12 +45,12 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+from medsim.policies.protocol import Observation, Option, Policy, PolicyContext, spec_string
 
 from medsim.models.base import PhysiologyModel, residual_key
 from medsim.population.draws import PosteriorDraws
 from medsim.population.streams import Stream, patient_keys, patient_normal, patient_uniform
 from medsim.simulate.types import Bound, DoseEvents
-from policies.protocol import Observation, Option, Policy, PolicyContext, spec_string
 
 # Counter offsets of the particle streams (interaction k uses 4k + offset; parameters use a
 # counter no interaction reaches).
@@ -96,7 +96,7 @@ class SafeTiming:
     _observe: Any = field(default=None, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        from policies.compiled import compiled_simulator
+        from medsim.policies.compiled import compiled_simulator
 
         grid = tuple(float(c) for c in self.grid)
         if not grid or not all(0 < c < np.inf for c in grid) or any(b <= a for a, b in itertools.pairwise(grid)):
@@ -121,7 +121,7 @@ class SafeTiming:
     def from_spec(cls, raw: dict[str, str], context: PolicyContext) -> SafeTiming:
         """``safe_timing:eps=0.05,grid=1;2;4;8,particles=64,base=tdm,base.target=10`` (model, draws,
         bounds and default ``dt`` come from ``context``)."""
-        from policies.loading import PolicySpecError, build_component, build_dataclass, split_components
+        from medsim.policies.loading import PolicySpecError, build_component, build_dataclass, split_components
 
         own, parts = split_components(raw, ("base",))
         if context.model is None or context.draws is None or not context.bounds:

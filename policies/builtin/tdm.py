@@ -17,8 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass, fields
 
 import numpy as np
-
-from policies.protocol import Observation, Option, spec_string
+from medsim.policies.protocol import Observation, Option, spec_string
 
 
 @dataclass(frozen=True)

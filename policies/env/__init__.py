@@ -3,25 +3,25 @@
 Owns the environment tasks (:mod:`.task`), the functional option-loop core shared by every
 environment (:mod:`.core`), the gymnasium environment (:mod:`.gym_env`), its batched
 ``gymnasium.vector.VectorEnv`` (:mod:`.vector`) and offline datasets of logged trajectories
-(:mod:`.offline`). Learned policies come back into medsim through :mod:`policies.learned`.
+(:mod:`.offline`). Learned policies come back into medsim through :mod:`medsim.policies.learned`.
 May import ``medsim``, ``inference`` (posterior files) and the rest of ``policies``; gymnasium
 is imported here, minari only by :mod:`.offline`.
 
 Importing this package registers the environments (``gymnasium.make("medsim/Glucose-v0")``);
-without importing it first, ``gymnasium.make("policies.env:medsim/Glucose-v0")`` imports it.
+without importing it first, ``gymnasium.make("medsim.policies.env:medsim/Glucose-v0")`` imports it.
 Without gymnasium (the ``rl`` extra) the tasks, the core and learned policies still work.
 """
 
 from __future__ import annotations
 
-from policies.env.task import GLUCOSE, TASKS, THEOPHYLLINE, EnvTask, TaskError, Treatment, resolve_task
+from medsim.policies.env.task import GLUCOSE, TASKS, THEOPHYLLINE, EnvTask, TaskError, Treatment, resolve_task
 
 try:
     import gymnasium
 except ImportError:  # no rl extra: nothing to register
     gymnasium = None
 else:
-    from policies.env.gym_env import MedsimEnv, SafetyAPI
+    from medsim.policies.env.gym_env import MedsimEnv, SafetyAPI
 
 NAMESPACE = "medsim"
 
@@ -36,8 +36,8 @@ def register_envs() -> None:
             continue
         gymnasium.register(
             id=env_id,
-            entry_point="policies.env.gym_env:MedsimEnv",
-            vector_entry_point="policies.env.vector:MedsimVectorEnv",
+            entry_point="medsim.policies.env.gym_env:MedsimEnv",
+            vector_entry_point="medsim.policies.env.vector:MedsimVectorEnv",
             kwargs={"task": name},
         )
 

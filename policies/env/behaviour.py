@@ -1,10 +1,10 @@
 """Any medsim policy as a behaviour policy of the environment, with optional exploration noise.
 
 :func:`behaviour_steps` drives a batch of episodes through the functional core
-(:mod:`policies.env.core`) with a medsim :class:`~policies.protocol.Policy`: at each interaction
-the policy sees the protocol :class:`~policies.protocol.Observation` a rollout would give it, its
+(:mod:`medsim.policies.env.core`) with a medsim :class:`~medsim.policies.protocol.Policy`: at each interaction
+the policy sees the protocol :class:`~medsim.policies.protocol.Observation` a rollout would give it, its
 option becomes an action (treatment amounts and interval), noise is added, and the core steps.
-Without noise the numbers are those of :func:`policies.rollout.rollout` on the same patients and
+Without noise the numbers are those of :func:`medsim.policies.rollout.rollout` on the same patients and
 seed (episode ``i`` = patient ``i``), which the tests check.
 
 Behaviour noise (for offline-RL coverage): each treatment amount is multiplied by
@@ -19,11 +19,11 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
+from medsim.policies.env import core
+from medsim.policies.env.vectors import option_action
+from medsim.policies.protocol import Policy
 
 from medsim.population.streams import Stream, patient_normal
-from policies.env import core
-from policies.env.vectors import option_action
-from policies.protocol import Policy
 
 
 @dataclass(frozen=True)

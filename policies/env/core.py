@@ -6,7 +6,7 @@ Pure functions on explicit state, in the ``init``/``step`` style of gymnax and b
     obs, state = reset(params, episode=np.arange(4096))   # one episode (virtual patient) per row
     obs, state, out = step(params, state, action)         # action (n, treatments + 1) in physical units
 
-A step is one iteration of the rollout's option loop (:mod:`policies.rollout`): the treatment is
+A step is one iteration of the rollout's option loop (:mod:`medsim.policies.rollout`): the treatment is
 given at the interaction time ``t``, the batch is advanced to ``t1 = min(t + interval, next
 announced disturbance, horizon)`` by the one compiled :meth:`Simulator.advance` call (patients keep
 their own clocks), and the next measurement is taken at ``t1``. Random numbers are the rollout's
@@ -29,14 +29,14 @@ from dataclasses import dataclass, replace
 import jax
 import jax.numpy as jnp
 import numpy as np
+from medsim.policies.env.params import COSTS, EnvParams, make_params
+from medsim.policies.env.vectors import action_matrix, action_option, features
+from medsim.policies.protocol import Observation
+from medsim.policies.rollout import _dose_events, _measure
+from medsim.policies.scenarios import announced_at, next_event_after
 
 from medsim.population.streams import Stream, patient_keys
 from medsim.simulate.types import DoseEvents
-from policies.env.params import COSTS, EnvParams, make_params
-from policies.env.vectors import action_matrix, action_option, features
-from policies.protocol import Observation
-from policies.rollout import _dose_events, _measure
-from policies.scenarios import announced_at, next_event_after
 
 # The core's API: the static part (params.py) and the pure reset/step functions here.
 __all__ = [

@@ -1,7 +1,7 @@
 """The gymnasium environment: one virtual patient per episode, one option per step.
 
 >>> import gymnasium
->>> env = gymnasium.make("policies.env:medsim/Glucose-v0")   # or: import policies.env; make("medsim/Glucose-v0")
+>>> env = gymnasium.make("medsim.policies.env:medsim/Glucose-v0")   # or: import policies.env; make("medsim/Glucose-v0")
 >>> obs, info = env.reset(seed=0)
 >>> obs, reward, terminated, truncated, info = env.step(env.action_space.sample())
 >>> info["cost"], info["interval"], info["p_cross"]
@@ -20,7 +20,7 @@ the horizon elapsed and the patient's covariates.
 
 ``reward`` is the task's (time in target range / horizon by default); ``terminated`` is always
 False (the horizon is a time limit: ``truncated``); ``info["cost"]`` is the step's safety cost
-(:mod:`policies.env.core`). :class:`SafetyAPI` turns the 5-tuple into Safety-Gymnasium's
+(:mod:`medsim.policies.env.core`). :class:`SafetyAPI` turns the 5-tuple into Safety-Gymnasium's
 ``(obs, reward, cost, terminated, truncated, info)``.
 
 Episodes: ``reset(seed=s)`` starts episode ``s`` (its patient, meals and noise are fixed by the
@@ -35,9 +35,8 @@ from typing import Any, ClassVar
 import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
-
-from policies.env import core
-from policies.env.task import EnvTask, TaskError, resolve_task
+from medsim.policies.env import core
+from medsim.policies.env.task import EnvTask, TaskError, resolve_task
 
 
 def action_space(task: EnvTask, intervals: str) -> spaces.Space:
@@ -93,7 +92,7 @@ class MedsimEnv(gym.Env):
     seed : int
         Seed of the patients and of every random stream.
     **options
-        :func:`policies.env.core.make_params` keywords: ``posterior``, ``population``, ``mode``,
+        :func:`medsim.policies.env.core.make_params` keywords: ``posterior``, ``population``, ``mode``,
         ``subject``, ``pool_size``, ``prior_draws``, ``cost``, ``reward``, ``measurement_noise``.
     """
 

@@ -4,7 +4,7 @@
 ...                   noise=BehaviourNoise(sd=0.2, interval_sd=0.2))
 >>> ep = next(ds.iterate_episodes()); ep.infos["cost"], ep.infos["interval"]
 
-Episodes are simulated in one batch by the environment core (:func:`policies.env.behaviour.
+Episodes are simulated in one batch by the environment core (:func:`medsim.policies.env.behaviour.
 behaviour_steps`): episode ``i`` is episode id ``first_episode + i`` of ``medsim/<Task>``
 (patient, meals and noise fixed by the seed), so a dataset can be regenerated exactly and the
 environment recovered from it (``ds.recover_environment()``) replays the same patients. Each
@@ -22,13 +22,12 @@ from typing import Any
 
 import gymnasium
 import numpy as np
-
-from policies.env import core
-from policies.env.behaviour import BehaviourNoise, behaviour_steps
-from policies.env.gym_env import action_space
-from policies.env.task import resolve_task
-from policies.loading import parse_policy
-from policies.protocol import PolicyContext
+from medsim.policies.env import core
+from medsim.policies.env.behaviour import BehaviourNoise, behaviour_steps
+from medsim.policies.env.gym_env import action_space
+from medsim.policies.env.task import resolve_task
+from medsim.policies.loading import parse_policy
+from medsim.policies.protocol import PolicyContext
 
 _INFO = ("cost", "p_any", "interval", "t_end")
 _NAMES = {"p_any": "cost_bridge", "t_end": "time"}
@@ -92,7 +91,7 @@ def write_minari(
     noise : BehaviourNoise, optional
         Exploration noise on the policy's treatments and intervals.
     **env_options
-        :func:`policies.env.core.make_params` keywords (``posterior``, ``pool_size``, ...); they
+        :func:`medsim.policies.env.core.make_params` keywords (``posterior``, ``pool_size``, ...); they
         must be JSON-serialisable to be stored in the dataset's environment spec.
 
     Returns

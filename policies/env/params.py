@@ -1,6 +1,6 @@
 """The static part of an environment: task, validated spec, patients, compiled simulator (:func:`make_params`).
 
-Built once per environment; every :func:`policies.env.core.step` reads it. Patients come from the
+Built once per environment; every :func:`medsim.policies.env.core.step` reads it. Patients come from the
 model's prior by default (so an environment runs on a fresh install), a posterior file or its
 draws (population or personalized twins), or a saved virtual population.
 """
@@ -13,14 +13,14 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from medsim.policies.env.task import EnvTask, TaskError
+from medsim.policies.evaluate import default_scenario
+from medsim.policies.rollout import _Setup
+from medsim.policies.spec import SafetySpec
+from medsim.policies.spec_file import parse_spec
 
 import medsim.models as registry
 from medsim.population import PosteriorDraws, VirtualPopulation, sample_population
-from policies.env.task import EnvTask, TaskError
-from policies.evaluate import default_scenario
-from policies.rollout import _Setup
-from policies.spec import SafetySpec
-from policies.spec_file import parse_spec
 
 COSTS = ("bridge", "grid", "end")
 
@@ -85,7 +85,7 @@ def _patients(
     elif isinstance(posterior, PosteriorDraws):
         draws = posterior
     else:
-        from inference.posterior import Posterior
+        from medsim.inference.posterior import Posterior
 
         draws = Posterior.load(Path(posterior)).draws()
     if draws.model.name != model.name:

@@ -1,9 +1,9 @@
 """The batched core as a stable-baselines3 ``VecEnv``, with a Lagrangian cost penalty.
 
 stable-baselines3 has its own vector API (same-step autoreset, ``terminal_observation`` in the
-info); this adapter drives :mod:`policies.env.core` directly, so ``num_envs`` patients cost one
+info); this adapter drives :mod:`medsim.policies.env.core` directly, so ``num_envs`` patients cost one
 compiled advance per step. Actions are in ``[-1, 1]`` per dimension and mapped linearly onto the
-task's declared bounds (the ``output="unit"`` convention of :mod:`policies.learned`);
+task's declared bounds (the ``output="unit"`` convention of :mod:`medsim.policies.learned`);
 observations are divided by a fixed ``scale``.
 
 The reward handed to the learner is ``reward - lam * cost`` (PPO-Lagrangian: Ray, Achiam &
@@ -18,9 +18,8 @@ from typing import Any
 
 import numpy as np
 from gymnasium import spaces
+from medsim.policies.env import core
 from stable_baselines3.common.vec_env.base_vec_env import VecEnv
-
-from policies.env import core
 
 
 class SB3VecEnv(VecEnv):

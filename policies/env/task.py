@@ -4,13 +4,13 @@ A task is the declaration behind one registered environment id (``medsim/Glucose
 model, the treatments the agent chooses (compartment, bolus or rate, declared range in the
 compartment's dose unit), the range of the time until the next interaction, the safety spec
 whose violation is the cost, the disturbance scenario and the default reward. Everything else
-(equations, target range, residual error) comes from the model and :mod:`policies.targets`.
+(equations, target range, residual error) comes from the model and :mod:`medsim.policies.targets`.
 
 Default reward: the time the noise-free observable spent inside the task's target range during
 the interval, divided by the horizon, so an episode's return is the time-in-range fraction of
-the horizon (in ``[0, 1]``); the target range is :func:`policies.targets.target_range` (70-180
+the horizon (in ``[0, 1]``); the target range is :func:`medsim.policies.targets.target_range` (70-180
 mg/dL for glucose models, the spec's bounds otherwise). A user reward is any callable
-``reward(step) -> (n,) float`` of a :class:`~policies.env.core.StepOutcome`.
+``reward(step) -> (n,) float`` of a :class:`~medsim.policies.env.core.StepOutcome`.
 """
 
 from __future__ import annotations
@@ -67,7 +67,7 @@ class EnvTask:
     model : str
         Registered model name (:func:`medsim.models.get`).
     spec : str
-        Safety spec, inline or a ``.toml``/``.json`` path (:func:`policies.spec_file.parse_spec`);
+        Safety spec, inline or a ``.toml``/``.json`` path (:func:`medsim.policies.spec_file.parse_spec`);
         its horizon is the episode length.
     treatments : tuple of Treatment
     interval : (low, high)
@@ -75,7 +75,7 @@ class EnvTask:
     intervals : tuple of float
         Choices of the discrete-interval variant (model time unit).
     scenario : {"auto", "meals", "none"}
-        Disturbances (:func:`policies.evaluate.default_scenario`); announced meals force an
+        Disturbances (:func:`medsim.policies.evaluate.default_scenario`); announced meals force an
         interaction at each meal, as in every medsim rollout.
     dt : float
         Simulator sub-step (model time unit).

@@ -1,7 +1,7 @@
 """Many episodes at once: the functional core as a ``gymnasium.vector.VectorEnv``.
 
 Every row is its own episode (virtual patient) with its own clock; one ``step`` is one compiled
-:meth:`Simulator.advance` over the whole batch (:mod:`policies.env.core`), so thousands of
+:meth:`Simulator.advance` over the whole batch (:mod:`medsim.policies.env.core`), so thousands of
 patients cost about as much host work as one. Autoreset follows gymnasium's ``NEXT_STEP`` mode
 (declared in ``metadata["autoreset_mode"]``): the step after a row's episode ended resets that
 row (the next episode id), returns its first observation with reward 0, cost 0 and both flags
@@ -22,10 +22,9 @@ import numpy as np
 from gymnasium import spaces
 from gymnasium.vector import AutoresetMode, VectorEnv
 from gymnasium.vector.utils import batch_space
-
-from policies.env import core
-from policies.env.gym_env import action_space, flat_action
-from policies.env.task import EnvTask, TaskError, resolve_task
+from medsim.policies.env import core
+from medsim.policies.env.gym_env import action_space, flat_action
+from medsim.policies.env.task import EnvTask, TaskError, resolve_task
 
 
 class MedsimVectorEnv(VectorEnv):
@@ -39,7 +38,7 @@ class MedsimVectorEnv(VectorEnv):
     seed : int
         Seed of the patients and of every random stream.
     **options
-        :func:`policies.env.core.make_params` keywords.
+        :func:`medsim.policies.env.core.make_params` keywords.
     """
 
     metadata: ClassVar[dict] = {"autoreset_mode": AutoresetMode.NEXT_STEP, "render_modes": []}

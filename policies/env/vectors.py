@@ -1,16 +1,15 @@
 """The agent's vectors and medsim's protocol: features from an Observation, Options from actions.
 
-One translation, used by the environment (:mod:`policies.env.core`), by behaviour policies and
-by learned policies evaluated in ``medsim risk`` (:mod:`policies.learned`), so an agent sees and
+One translation, used by the environment (:mod:`medsim.policies.env.core`), by behaviour policies and
+by learned policies evaluated in ``medsim risk`` (:mod:`medsim.policies.learned`), so an agent sees and
 acts through the same mapping in training and in evaluation.
 """
 
 from __future__ import annotations
 
 import numpy as np
-
-from policies.env.task import EnvTask, TaskError
-from policies.protocol import Observation, Option
+from medsim.policies.env.task import EnvTask, TaskError
+from medsim.policies.protocol import Observation, Option
 
 
 def features(names: tuple[str, ...], obs: Observation, last: np.ndarray) -> np.ndarray:
@@ -19,7 +18,7 @@ def features(names: tuple[str, ...], obs: Observation, last: np.ndarray) -> np.n
     ``measured:<observable>``, ``announced:cmt<c>``, ``last:<treatment label>`` (the column of
     ``last`` in order of appearance), ``time_fraction`` (time / horizon) and
     ``covariate:<name>``. Shared by the environment and by learned policies evaluated in
-    ``medsim risk`` (:mod:`policies.learned`), so a trained agent sees the same features in
+    ``medsim risk`` (:mod:`medsim.policies.learned`), so a trained agent sees the same features in
     both. A missing measurement reads 0, and so does a noisy one below 0 (features are >= 0).
 
     Raises

@@ -13,13 +13,13 @@ from collections.abc import Sequence
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from medsim.policies.report.text import efficacy_metric, policy_labels, with_unit
+from medsim.policies.result import RolloutResult
+from medsim.policies.risk.report import RiskReport
+from medsim.policies.spec import SafetySpec
 from PIL import Image
 
 from medsim.units import convert_time
-from policies.report.text import efficacy_metric, policy_labels, with_unit
-from policies.result import RolloutResult
-from policies.risk.report import RiskReport
-from policies.spec import SafetySpec
 
 _DPI = 96
 _PALETTE = 128
@@ -206,7 +206,7 @@ def efficacy_risk_figure(report: RiskReport) -> bytes | None:
 def report_figures(report: RiskReport, results: Sequence[RolloutResult] | None = None) -> dict[str, bytes]:
     """All figures, keyed by file stem: ``fan_<i>``, ``risk_curve``, ``epistemic``, ``efficacy_risk``,
     and for glucose ``agp`` and ``time_in_ranges``."""
-    from policies.report.glucose_figures import agp_figure, time_in_ranges_figure
+    from medsim.policies.report.glucose_figures import agp_figure, time_in_ranges_figure
 
     figs: dict[str, bytes] = {}
     by_name = {r.policy: r for r in results or ()}

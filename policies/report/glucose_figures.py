@@ -1,17 +1,16 @@
 """Glucose figures of a risk report: the ambulatory glucose profile and the time-in-ranges bar.
 
-Drawn from the report alone (:class:`policies.risk.agp.AmbulatoryProfile` and
-:class:`policies.risk.glucose.GlucoseMetrics`), off-screen, as PNG bytes (None without glucose).
+Drawn from the report alone (:class:`medsim.policies.risk.agp.AmbulatoryProfile` and
+:class:`medsim.policies.risk.glucose.GlucoseMetrics`), off-screen, as PNG bytes (None without glucose).
 """
 
 from __future__ import annotations
 
 import numpy as np
 from matplotlib.figure import Figure
-
-from policies.report.figures import png
-from policies.report.text import policy_labels
-from policies.risk.report import RiskReport
+from medsim.policies.report.figures import png
+from medsim.policies.report.text import policy_labels
+from medsim.policies.risk.report import RiskReport
 
 _AGP = "#1f5fa8"
 #: Consensus range colours (the AGP report's convention: red low, green in range, yellow/orange high).

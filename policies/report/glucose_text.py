@@ -6,10 +6,10 @@ share of virtual patients that meet it (Battelino et al. 2019, *Diabetes Care* 4
 
 from __future__ import annotations
 
-from policies.report.numbers import num_ci, pct, pct_ci
-from policies.report.text import policy_labels, with_unit
-from policies.risk.glucose import ConsensusMetric, MetricDefinition
-from policies.risk.report import RiskReport
+from medsim.policies.report.numbers import num_ci, pct, pct_ci
+from medsim.policies.report.text import policy_labels, with_unit
+from medsim.policies.risk.glucose import ConsensusMetric, MetricDefinition
+from medsim.policies.risk.report import RiskReport
 
 
 def has_glucose(report: RiskReport) -> bool:

@@ -12,8 +12,8 @@ import base64
 import html
 from collections.abc import Mapping, Sequence
 
-from policies.report import glucose_text, text
-from policies.risk.report import RiskReport
+from medsim.policies.report import glucose_text, text
+from medsim.policies.risk.report import RiskReport
 
 _CSS = """
 body{font-family:system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;max-width:1100px;margin:1.5em auto;

@@ -5,8 +5,8 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping, Sequence
 
-from policies.report import glucose_text, text
-from policies.risk.report import RiskReport
+from medsim.policies.report import glucose_text, text
+from medsim.policies.risk.report import RiskReport
 
 _TAG = re.compile(r"<(?=[A-Za-z/!?])")
 _ENTITY = re.compile(r"&(?=#?\w+;)")

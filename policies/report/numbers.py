@@ -7,8 +7,9 @@ from __future__ import annotations
 
 import math
 
+from medsim.policies.risk.estimate import Estimate
+
 from medsim.units import convert_time
-from policies.risk.estimate import Estimate
 
 
 def pct(x: float) -> str:

@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import math
 
-from policies.report.numbers import duration, num, num_ci, pct, pct_ci, plain, pp, time_ci
-from policies.risk.estimate import Estimate
-from policies.risk.report import PolicyRisk, RiskReport
+from medsim.policies.report.numbers import duration, num, num_ci, pct, pct_ci, plain, pp, time_ci
+from medsim.policies.risk.estimate import Estimate
+from medsim.policies.risk.report import PolicyRisk, RiskReport
 
 #: Policy names longer than this are shown by their kind (the part before ":") in tables and figures.
 LABEL_WIDTH = 24

@@ -1,7 +1,7 @@
 """Chance-constraint risk estimation from closed-loop rollouts.
 
-Owns the estimators that turn a :class:`policies.result.RolloutResult` and a
-:class:`policies.spec.SafetySpec` into numbers with intervals: the probability of leaving the
+Owns the estimators that turn a :class:`medsim.policies.result.RolloutResult` and a
+:class:`medsim.policies.spec.SafetySpec` into numbers with intervals: the probability of leaving the
 safe set over the horizon (seen at measurements / on the sub-step grid / bridge-corrected in
 continuous time), its split into at-measurement and between-measurement violations, its curve
 over time, the epistemic/aleatoric split across posterior draws, the chance-constraint verdict
@@ -10,23 +10,23 @@ tightening margin a check at interaction times would need, the out-of-support fl
 policy comparisons, and the :class:`RiskReport` that collects them.
 
 Pure numpy/scipy with explicit patient axes. May import ``medsim`` (types only),
-``policies.result`` and ``policies.spec``; never ``inference`` or rendering code.
+``medsim.policies.result`` and ``medsim.policies.spec``; never ``inference`` or rendering code.
 """
 
-from policies.risk.compare import PairedComparison
-from policies.risk.curve import RiskCurve
-from policies.risk.epistemic import EpistemicSplit
-from policies.risk.estimate import Estimate
-from policies.risk.events import PatientEvents, SpecMismatchError, patient_events
-from policies.risk.first_violation import FirstViolation
-from policies.risk.margin import TighteningMargin
-from policies.risk.probability import ViolationProbability
-from policies.risk.provenance import FitDiagnostics, Provenance, make_provenance
-from policies.risk.report import PolicyRisk, RiskReport, policy_risk, risk_report
-from policies.risk.sequential import SequentialResult, sequential_test
-from policies.risk.severity import JointCost, Severity
-from policies.risk.support import SupportFlag
-from policies.risk.verdict import Verdict, verdict
+from medsim.policies.risk.compare import PairedComparison
+from medsim.policies.risk.curve import RiskCurve
+from medsim.policies.risk.epistemic import EpistemicSplit
+from medsim.policies.risk.estimate import Estimate
+from medsim.policies.risk.events import PatientEvents, SpecMismatchError, patient_events
+from medsim.policies.risk.first_violation import FirstViolation
+from medsim.policies.risk.margin import TighteningMargin
+from medsim.policies.risk.probability import ViolationProbability
+from medsim.policies.risk.provenance import FitDiagnostics, Provenance, make_provenance
+from medsim.policies.risk.report import PolicyRisk, RiskReport, policy_risk, risk_report
+from medsim.policies.risk.sequential import SequentialResult, sequential_test
+from medsim.policies.risk.severity import JointCost, Severity
+from medsim.policies.risk.support import SupportFlag
+from medsim.policies.risk.verdict import Verdict, verdict
 
 __all__ = [
     "EpistemicSplit",

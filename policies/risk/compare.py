@@ -1,7 +1,7 @@
 """Comparing policies evaluated on the same virtual patients (common random numbers).
 
 When two rollouts share the patients, their parameters, initial states and noise streams
-(``policies.rollout.rollout_many``), the per-patient risk difference ``p_n^A - p_n^B`` cancels
+(``medsim.policies.rollout.rollout_many``), the per-patient risk difference ``p_n^A - p_n^B`` cancels
 most of the between-patient variability: its standard error (cluster-robust over draws) is far
 smaller than the unpaired ``sqrt(SE_A^2 + SE_B^2)``. Rollouts are taken as paired when they have
 the same seed, the same number of patients and the same draw labels; otherwise the comparison
@@ -13,11 +13,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+from medsim.policies.result import RolloutResult
+from medsim.policies.risk import intervals
+from medsim.policies.risk.estimate import Estimate
 from scipy import stats
-
-from policies.result import RolloutResult
-from policies.risk import intervals
-from policies.risk.estimate import Estimate
 
 
 @dataclass(frozen=True)

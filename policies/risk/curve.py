@@ -6,7 +6,7 @@ Two curves per bound and for the joint event, on a common time grid:
   t)``, raised to 1 once a grid point has been outside. Crossing probabilities are only known
   per interaction interval, so between interval ends the curve holds its last value: it is exact
   at each patient's interval ends and lags by at most one interval in between. Averaged over
-  patients with a cluster-robust t interval (see :mod:`policies.risk.intervals`).
+  patients with a cluster-robust t interval (see :mod:`medsim.policies.risk.intervals`).
 * grid: the share of patients whose first grid point outside came by t (Wilson bands).
 """
 
@@ -15,12 +15,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-
-from policies.result import RolloutResult
-from policies.risk import intervals
-from policies.risk.estimate import Estimate
-from policies.risk.events import bound_indices, tightest_groups
-from policies.spec import SafetySpec
+from medsim.policies.result import RolloutResult
+from medsim.policies.risk import intervals
+from medsim.policies.risk.estimate import Estimate
+from medsim.policies.risk.events import bound_indices, tightest_groups
+from medsim.policies.spec import SafetySpec
 
 _BLOCK = 8  # time points per pass over the patients
 

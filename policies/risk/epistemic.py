@@ -29,9 +29,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-
-from policies.risk import intervals
-from policies.risk.estimate import Estimate
+from medsim.policies.risk import intervals
+from medsim.policies.risk.estimate import Estimate
 
 
 @dataclass(frozen=True)

@@ -37,9 +37,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-
-from policies.result import RolloutResult
-from policies.spec import SafetySpec
+from medsim.policies.result import RolloutResult
+from medsim.policies.spec import SafetySpec
 
 
 class SpecMismatchError(ValueError):

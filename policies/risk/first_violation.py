@@ -1,7 +1,7 @@
 """Time to the first violation, with censoring at the end of each patient's simulated horizon.
 
 The first-violation time of a patient is the first sub-step grid time outside the bound (see
-:func:`policies.risk.curve.first_grid_time`); a patient who never leaves the safe set is
+:func:`medsim.policies.risk.curve.first_grid_time`); a patient who never leaves the safe set is
 censored at the end of its simulated time. Kaplan–Meier (1958) estimates the distribution
 function F(t) = P(first violation <= t); Greenwood's variance on the log(-log S) scale gives
 pointwise intervals (Kalbfleisch & Prentice 2002, §1.4), and a quantile's interval is the set
@@ -13,7 +13,7 @@ violates (the estimate of S drops to 0); a quantile whose interval would rest on
 the curve has none ("interval not estimable"), never the zero-width one the band collapses to.
 
 Grid times detect a crossing up to one sub-step late and miss excursions shorter than a
-sub-step; the bridge estimator covers those (:mod:`policies.risk.curve`).
+sub-step; the bridge estimator covers those (:mod:`medsim.policies.risk.curve`).
 """
 
 from __future__ import annotations
@@ -21,10 +21,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+from medsim.policies.risk import intervals
+from medsim.policies.risk.estimate import Estimate
 from scipy import stats
-
-from policies.risk import intervals
-from policies.risk.estimate import Estimate
 
 QUANTILES = (0.05, 0.1, 0.25, 0.5)
 

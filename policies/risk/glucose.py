@@ -9,7 +9,7 @@ coefficient of variation, and the low / high blood glucose indices (Kovatchev BP
 ``LBGI = mean(10 f^2 [f < 0])``, ``HBGI = mean(10 f^2 [f > 0])``.
 
 Each patient's metrics are computed from its CGM-like trace (noise-free glucose every few
-minutes, :mod:`policies.traces`); the report gives their mean over virtual patients with a
+minutes, :mod:`medsim.policies.traces`); the report gives their mean over virtual patients with a
 cluster-robust interval over posterior draws, and the share of patients that meet each consensus
 target (for most adults with type 1 or type 2 diabetes). Percent-of-readings metrics on a regular
 grid equal the time-weighted shares that the consensus defines.
@@ -21,9 +21,8 @@ from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
-
-from policies.risk import intervals
-from policies.risk.estimate import Estimate
+from medsim.policies.risk import intervals
+from medsim.policies.risk.estimate import Estimate
 
 GLUCOSE = "glucose_mg_dL"
 Kind = Literal["share", "value"]

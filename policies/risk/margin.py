@@ -28,11 +28,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-
-from policies.result import RolloutResult
-from policies.risk import intervals
-from policies.risk.estimate import Estimate
-from policies.spec import SafetySpec
+from medsim.policies.result import RolloutResult
+from medsim.policies.risk import intervals
+from medsim.policies.risk.estimate import Estimate
+from medsim.policies.spec import SafetySpec
 
 
 @dataclass(frozen=True)

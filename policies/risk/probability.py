@@ -1,12 +1,12 @@
 """P(any violation over the horizon): three estimators side by side, and the between-measurement split.
 
-For each bound and for the joint event (see :mod:`policies.risk.events`):
+For each bound and for the joint event (see :mod:`medsim.policies.risk.events`):
 
 * ``seen`` and ``grid`` are shares of 0/1 outcomes: exact Clopper–Pearson and Wilson intervals at
   the design-effect sample size (patients sharing a posterior draw are correlated);
 * ``bridge`` is a mean of per-patient probabilities in [0, 1]: a t interval from its own
   cluster-robust standard error (draws = clusters), floored by the zero-event bound (see
-  :func:`policies.risk.intervals.mean_bounds`). Both the naive and the cluster SE are kept; the
+  :func:`medsim.policies.risk.intervals.mean_bounds`). Both the naive and the cluster SE are kept; the
   interval uses the larger.
 * ``between_*`` are the violations a check at measurement times misses, and ``share_between``
   the fraction of all (bridge) violation probability that is only between measurements, a ratio
@@ -18,11 +18,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+from medsim.policies.risk import intervals
+from medsim.policies.risk.estimate import Estimate
+from medsim.policies.risk.events import PatientEvents
 from scipy import stats
-
-from policies.risk import intervals
-from policies.risk.estimate import Estimate
-from policies.risk.events import PatientEvents
 
 
 @dataclass(frozen=True)

@@ -2,7 +2,7 @@
 
 :func:`risk_report` turns rollouts (one per policy, ideally on common random numbers) and a
 safety spec into a :class:`RiskReport`, a frozen dataclass tree that serialises to JSON and
-back without loss. Rendering (Markdown, HTML, figures) lives in :mod:`policies.report`.
+back without loss. Rendering (Markdown, HTML, figures) lives in :mod:`medsim.policies.report`.
 """
 
 from __future__ import annotations
@@ -14,28 +14,27 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
-
-from policies.result import RolloutResult
-from policies.risk import intervals
-from policies.risk.agp import AmbulatoryProfile, ambulatory_profile
-from policies.risk.codec import from_jsonable, to_jsonable
-from policies.risk.compare import PairedComparison, compare
-from policies.risk.curve import RiskCurve, censoring_time, first_grid_time, risk_curves
-from policies.risk.epistemic import EpistemicSplit, epistemic_split
-from policies.risk.estimate import Estimate
-from policies.risk.events import SpecMismatchError, patient_events
-from policies.risk.first_violation import FirstViolation, first_violation
-from policies.risk.glucose import GLUCOSE, GlucoseMetrics, glucose_metrics
-from policies.risk.labels import quantity_names, twin_subject
-from policies.risk.margin import TighteningMargin, tightening_margins
-from policies.risk.probability import ViolationProbability, violation_probabilities
-from policies.risk.provenance import Provenance, make_provenance
-from policies.risk.rare.result import RareRisk
-from policies.risk.sequential import SequentialResult, sequential_test
-from policies.risk.severity import JointCost, Severity, severities
-from policies.risk.support import DEFAULT_THRESHOLD, SupportFlag, support_flag
-from policies.risk.verdict import Verdict, gated, verdict
-from policies.spec import SafetySpec, convert_time
+from medsim.policies.result import RolloutResult
+from medsim.policies.risk import intervals
+from medsim.policies.risk.agp import AmbulatoryProfile, ambulatory_profile
+from medsim.policies.risk.codec import from_jsonable, to_jsonable
+from medsim.policies.risk.compare import PairedComparison, compare
+from medsim.policies.risk.curve import RiskCurve, censoring_time, first_grid_time, risk_curves
+from medsim.policies.risk.epistemic import EpistemicSplit, epistemic_split
+from medsim.policies.risk.estimate import Estimate
+from medsim.policies.risk.events import SpecMismatchError, patient_events
+from medsim.policies.risk.first_violation import FirstViolation, first_violation
+from medsim.policies.risk.glucose import GLUCOSE, GlucoseMetrics, glucose_metrics
+from medsim.policies.risk.labels import quantity_names, twin_subject
+from medsim.policies.risk.margin import TighteningMargin, tightening_margins
+from medsim.policies.risk.probability import ViolationProbability, violation_probabilities
+from medsim.policies.risk.provenance import Provenance, make_provenance
+from medsim.policies.risk.rare.result import RareRisk
+from medsim.policies.risk.sequential import SequentialResult, sequential_test
+from medsim.policies.risk.severity import JointCost, Severity, severities
+from medsim.policies.risk.support import DEFAULT_THRESHOLD, SupportFlag, support_flag
+from medsim.policies.risk.verdict import Verdict, gated, verdict
+from medsim.policies.spec import SafetySpec, convert_time
 
 SCHEMA_VERSION = 1
 # Fewer posterior draws than this make the cluster-robust SE itself noisy (it has draws - 1
@@ -78,7 +77,7 @@ class PolicyRisk:
         Glucose percentiles by time of day (with ``glucose``).
     rare : tuple of RareRisk
         Closed-loop splitting estimate per bound, when the plain estimate saw too few violations
-        (or the spec forced it; :mod:`policies.risk.rare.followup`); empty otherwise.
+        (or the spec forced it; :mod:`medsim.policies.risk.rare.followup`); empty otherwise.
     """
 
     policy: str
@@ -285,7 +284,7 @@ def _glucose(
 
 
 def calibration_gated(risk: PolicyRisk, prov: Provenance) -> PolicyRisk:
-    """``risk`` with its verdicts under the model's calibration gate (:func:`~policies.risk.verdict.gated`):
+    """``risk`` with its verdicts under the model's calibration gate (:func:`~medsim.policies.risk.verdict.gated`):
     a miscalibrated model's PASS, fixed-sample or sequential, becomes UNDECIDED unless forced."""
     gate, forced = prov.calibration, prov.calibration_forced
     sequential = risk.sequential
@@ -296,7 +295,7 @@ def calibration_gated(risk: PolicyRisk, prov: Provenance) -> PolicyRisk:
 
 def monitored(result: RolloutResult, start: float) -> RolloutResult:
     """``result`` restricted to the monitoring window: intervals that begin before ``start`` are
-    masked out (see :attr:`policies.spec.SafetySpec.monitor_from`)."""
+    masked out (see :attr:`medsim.policies.spec.SafetySpec.monitor_from`)."""
     if start <= 0:
         return result
     tol = 1e-9 * max(1.0, abs(start))

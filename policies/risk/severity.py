@@ -18,12 +18,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-
-from policies.result import RolloutResult
-from policies.risk import intervals
-from policies.risk.estimate import Estimate
-from policies.risk.events import PatientEvents, bound_indices, tightest_groups
-from policies.spec import SafetySpec
+from medsim.policies.result import RolloutResult
+from medsim.policies.risk import intervals
+from medsim.policies.risk.estimate import Estimate
+from medsim.policies.risk.events import PatientEvents, bound_indices, tightest_groups
+from medsim.policies.spec import SafetySpec
 
 
 @dataclass(frozen=True)

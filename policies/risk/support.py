@@ -15,10 +15,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-
-from policies.result import RolloutResult
-from policies.risk import intervals
-from policies.risk.estimate import Estimate
+from medsim.policies.result import RolloutResult
+from medsim.policies.risk import intervals
+from medsim.policies.risk.estimate import Estimate
 
 DEFAULT_THRESHOLD = 0.05
 

@@ -1,7 +1,7 @@
 """The chance-constraint verdict: is P(violation) <= epsilon, with confidence 1 - delta?
 
 The verdict is read off one-sided (1 - delta) confidence bounds on the joint, bridge-corrected
-violation probability (:mod:`policies.risk.events`; cluster-robust SE, zero-event floor):
+violation probability (:mod:`medsim.policies.risk.events`; cluster-robust SE, zero-event floor):
 
 * PASS      when the upper bound <= epsilon;
 * FAIL      when the lower bound > epsilon;
@@ -19,7 +19,7 @@ whose calibration was never checked keeps its verdict with that said in the stat
 
 The fixed-sample verdict is valid for the sample size chosen in advance. Looking at results and
 adding patients until the verdict comes out PASS would inflate the error; for that use the
-sequential test (:mod:`policies.risk.sequential`), whose error holds at every look.
+sequential test (:mod:`medsim.policies.risk.sequential`), whose error holds at every look.
 """
 
 from __future__ import annotations
@@ -28,11 +28,11 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
+from medsim.policies.risk import intervals
+from medsim.policies.risk.estimate import Estimate
 from scipy import stats
 
 from medsim.models.gate import CalibrationGate
-from policies.risk import intervals
-from policies.risk.estimate import Estimate
 
 
 @dataclass(frozen=True)

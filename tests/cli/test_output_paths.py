@@ -159,7 +159,6 @@ def test_check_figures_file(places):
 
 
 def test_demo_out_file_and_example_folder_file(places, monkeypatch):
-    import policies.examples
 
     def no_work(*args, **kwargs):
         raise AssertionError("the example ran although its output folder is unusable")
@@ -172,7 +171,6 @@ def test_demo_out_file_and_example_folder_file(places, monkeypatch):
 
 
 def test_calibrate_checks_the_checkpoint_it_rewrites(places, monkeypatch):
-    import inference.neural
 
     def no_work(*args, **kwargs):
         raise AssertionError("calibration ran although the checkpoint cannot be rewritten")

@@ -14,12 +14,11 @@ import jax
 import numpy as np
 import pytest
 from inference_linear import LinearOral, exact_kalman_filter
+from medsim.inference.likelihood import build_timeline, cohort_loglik
+from medsim.inference.likelihood.filtered import filtered_state
+from medsim.inference.likelihood.filtering import observation_update
 from scipy import stats
 from test_ekf_exact import DOSES, NOISE, THETA, TIMES, VALUES, linear_cohort
-
-from inference.likelihood import build_timeline, cohort_loglik
-from inference.likelihood.filtered import filtered_state
-from inference.likelihood.filtering import observation_update
 
 
 @pytest.fixture(scope="module", autouse=True)

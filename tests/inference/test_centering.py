@@ -8,9 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from inference_synthetic import oral_cohort
-
-import medsim.data
-from inference.hierarchical import (
+from medsim.inference.hierarchical import (
     choose_centering,
     constrain,
     data_information,
@@ -18,8 +16,10 @@ from inference.hierarchical import (
     unconstrained_sites,
     with_centering,
 )
-from inference.priors import PriorError, PriorSpec, build_priors
-from inference.problem import prepare
+from medsim.inference.priors import PriorError, PriorSpec, build_priors
+from medsim.inference.problem import prepare
+
+import medsim.data
 from medsim.models import get
 
 

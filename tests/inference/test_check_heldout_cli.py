@@ -7,11 +7,11 @@ import shutil
 
 import pytest
 from inference_synthetic import oral_cohort
+from medsim.inference import Posterior, fit
+from medsim.inference.checks.heldout import split_after
 from typer.testing import CliRunner
 
 import medsim.cli.fit_cmds  # noqa: F401  (registers `fit` and `check` on the app)
-from inference import Posterior, fit
-from inference.checks.heldout import split_after
 from medsim.cli import app
 from medsim.data import Cohort, read_event_table, write_event_table
 from medsim.models import get

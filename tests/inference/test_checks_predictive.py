@@ -13,8 +13,7 @@ import jax
 import numpy as np
 import pytest
 from matplotlib.figure import Figure
-
-from inference.checks import (
+from medsim.inference.checks import (
     PredictiveError,
     individual_fits,
     plot_individual_fits,
@@ -24,7 +23,8 @@ from inference.checks import (
     vpc,
     write_check_figures,
 )
-from inference.checks.vpc import time_bins
+from medsim.inference.checks.vpc import time_bins
+
 from medsim.data import Cohort
 from medsim.models import get
 from medsim.population.draws import PosteriorDraws

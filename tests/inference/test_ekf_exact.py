@@ -17,8 +17,8 @@ import numpy as np
 import pytest
 from inference_linear import LinearOral, exact_kalman_loglik
 from inference_synthetic import Padded, oral_cohort, oral_conc
+from medsim.inference.likelihood import build_timeline, cohort_loglik
 
-from inference.likelihood import build_timeline, cohort_loglik
 from medsim.models import get
 
 
@@ -150,9 +150,9 @@ def test_gradients_match_central_finite_differences():
 
 def test_jitted_potential_gradient_matches_finite_differences():
     """The sampler differentiates the jitted potential; this guards that path end to end."""
-    from inference.backends.numpyro_nuts import initial_unconstrained
-    from inference.hierarchical import potential_fn
-    from inference.problem import prepare
+    from medsim.inference.backends.numpyro_nuts import initial_unconstrained
+    from medsim.inference.hierarchical import potential_fn
+    from medsim.inference.problem import prepare
 
     data = prepare(oral_cohort(3), get("pk_oral_1cmt"), dtype=np.float64)
     potential = potential_fn(data)
@@ -174,7 +174,7 @@ def test_jitted_potential_gradient_matches_finite_differences():
 
 
 def test_the_fit_likelihood_compiles_once_for_repeated_calls():
-    from inference.problem import prepare
+    from medsim.inference.problem import prepare
 
     data = prepare(oral_cohort(3), get("pk_oral_1cmt"))
     theta = {"ka": jnp.full(3, 1.5), "CL": jnp.full(3, 2.5), "V": jnp.full(3, 30.0)}

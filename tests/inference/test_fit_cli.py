@@ -6,10 +6,10 @@ import json
 
 import pytest
 from inference_synthetic import oral_cohort
+from medsim.inference import Posterior
 from typer.testing import CliRunner
 
 import medsim.cli.fit_cmds  # noqa: F401  (registers `fit` and `check` on the app)
-from inference import Posterior
 from medsim.cli import app
 from medsim.data import Cohort, write_event_table
 
@@ -75,8 +75,7 @@ def test_check_rejects_a_file_that_is_not_a_posterior(tmp_path):
 
 
 def test_fit_passes_the_filter_step_and_svi_options(monkeypatch, tmp_path):
-    import inference
-
+    from medsim import inference
     seen = {}
 
     def fake_fit(cohort, model, **options):

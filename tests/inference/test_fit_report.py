@@ -17,13 +17,13 @@ from pathlib import Path
 import jax
 import numpy as np
 import pytest
+from medsim.inference.checks import goodness_of_fit, posterior_predictive, vpc
+from medsim.inference.checks.fit_report_render import NOT_ESTIMABLE, number, percent
+from medsim.inference.checks.gof import population_prediction
+from medsim.inference.checks.shrinkage import eta_shrinkage
+from medsim.inference.checks.vpc import doses_vary
 from test_checks_predictive import DOSE, oral_conc, point_mass
 
-from inference.checks import goodness_of_fit, posterior_predictive, vpc
-from inference.checks.fit_report_render import NOT_ESTIMABLE, number, percent
-from inference.checks.gof import population_prediction
-from inference.checks.shrinkage import eta_shrinkage
-from inference.checks.vpc import doses_vary
 from medsim.data import Cohort
 
 TIMES = np.array([0.0, 0.5, 1.0, 2.0, 4.0, 8.0, 12.0])  # h
@@ -117,10 +117,10 @@ def fitted(tmp_path_factory):
     and E-BFMI are computed as for a sampler's), with the pointwise log-likelihood of the real
     filter. Seconds, where a fit would take half a minute of CPU."""
     from inference_synthetic import oral_cohort
+    from medsim.inference import Posterior
+    from medsim.inference.assemble import build_inference_data
+    from medsim.inference.fitting import prepare_fit, provenance_attrs
 
-    from inference import Posterior
-    from inference.assemble import build_inference_data
-    from inference.fitting import prepare_fit, provenance_attrs
     from medsim.data import write_event_table
     from medsim.models import get
 
@@ -197,10 +197,11 @@ def test_check_writes_the_fit_report_and_its_figures(fitted, tmp_path):
     # simulations are compiled already, in this process).
     from dataclasses import replace
 
-    from inference import Posterior
-    from inference.checks.fit_report import build_fit_report
-    from inference.checks.fit_report_render import render_markdown
-    from inference.diagnostics import Diagnostics
+    from medsim.inference import Posterior
+    from medsim.inference.checks.fit_report import build_fit_report
+    from medsim.inference.checks.fit_report_render import render_markdown
+    from medsim.inference.diagnostics import Diagnostics
+
     from medsim.data import read_event_table
 
     built = build_fit_report(Posterior.load(fitted["posterior"]), read_event_table(fitted["table"]), n_draws=10)

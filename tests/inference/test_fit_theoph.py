@@ -15,8 +15,7 @@ import sys
 
 import numpy as np
 import pytest
-
-from inference.posterior import Posterior
+from medsim.inference.posterior import Posterior
 
 # nlmixr2 FOCEi estimates for R's Theoph (Fidler et al. 2019, CPT:PSP 8:621)
 REFERENCE = {"ka": 1.60, "CL": 2.75, "V": 31.9, "res_add_conc": 0.694}

@@ -7,10 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from inference_synthetic import oral_cohort
-from numpyro.infer.hmc import HMCState
-from numpyro.infer.hmc_util import HMCAdaptState, welford_covariance
-
-from inference.backends.numpyro_nuts import (
+from medsim.inference.backends.numpyro_nuts import (
     _shrinking,
     initial_inverse_mass,
     initial_unconstrained,
@@ -18,8 +15,11 @@ from inference.backends.numpyro_nuts import (
     run_nuts,
     shrink_correlations,
 )
-from inference.hierarchical import approximate_posterior_variances, data_information, unconstrained_sites
-from inference.problem import prepare
+from medsim.inference.hierarchical import approximate_posterior_variances, data_information, unconstrained_sites
+from medsim.inference.problem import prepare
+from numpyro.infer.hmc import HMCState
+from numpyro.infer.hmc_util import HMCAdaptState, welford_covariance
+
 from medsim.models import get
 
 

@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import pytest
-
-from inference.posterior import Posterior, PosteriorFormatError
+from medsim.inference.posterior import Posterior, PosteriorFormatError
 
 
 def test_folder_is_named_a_folder(tmp_path):

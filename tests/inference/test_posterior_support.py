@@ -8,13 +8,13 @@ import json
 import numpy as np
 import pytest
 from inference_synthetic import oral_cohort
+from medsim.inference import Posterior, fit
+from medsim.inference.cohort_support import SUPPORT_ATTR, cohort_support, support_ranges
+from medsim.inference.posterior import PosteriorFormatError
 from typer.testing import CliRunner
 
 import medsim.cli.risk_cmds  # noqa: F401  (registers `risk` on the app)
 import medsim.models as registry
-from inference import Posterior, fit
-from inference.cohort_support import SUPPORT_ATTR, cohort_support, support_ranges
-from inference.posterior import PosteriorFormatError
 from medsim.cli import app
 
 MODEL = registry.get("pk_oral_1cmt")

@@ -5,10 +5,10 @@ from __future__ import annotations
 import cloudpickle
 import numpy as np
 import pytest
+from medsim.inference.backends.pymc_backend import build_pymc_model, initial_values, run_pymc
+from medsim.inference.backends.pytensor_op import CohortLogLikOp, likelihood_sites
+from medsim.inference.problem import prepare
 
-from inference.backends.pymc_backend import build_pymc_model, initial_values, run_pymc
-from inference.backends.pytensor_op import CohortLogLikOp, likelihood_sites
-from inference.problem import prepare
 from medsim.data import Cohort
 from medsim.models import get
 
@@ -81,9 +81,8 @@ def test_log_density_and_gradient_match_numpyro(which, request):
     """
     import jax
     import jax.numpy as jnp
+    from medsim.inference.hierarchical import hierarchical_model
     from numpyro.infer.util import potential_energy
-
-    from inference.hierarchical import hierarchical_model
 
     data = request.getfixturevalue(which)
     model = build_pymc_model(data)
@@ -175,8 +174,7 @@ def test_pymc_and_numpyro_agree_within_monte_carlo_error(ode_data):
     quantities with probability about 0.3 %.
     """
     import arviz as az
-
-    from inference.backends.numpyro_nuts import run_nuts
+    from medsim.inference.backends.numpyro_nuts import run_nuts
 
     settings = {"chains": 2, "draws": 300, "warmup": 300, "seed": 11}
     numpyro_out = run_nuts(ode_data, **settings)
@@ -188,9 +186,9 @@ def test_pymc_and_numpyro_agree_within_monte_carlo_error(ode_data):
     for out in (numpyro_out, pymc_out):
         assert out.sample_stats["diverging"].sum() <= 3  # a stray divergence, not a broken sampler
     # The posterior file layout is the same whichever sampler produced the draws.
-    from inference.assemble import build_inference_data
-    from inference.fitting import provenance_attrs
-    from inference.posterior import Posterior
+    from medsim.inference.assemble import build_inference_data
+    from medsim.inference.fitting import provenance_attrs
+    from medsim.inference.posterior import Posterior
 
     layouts = []
     for backend, out in (("numpyro", numpyro_out), ("pymc", pymc_out)):

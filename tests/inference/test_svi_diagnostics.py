@@ -5,10 +5,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
-from inference.diagnostics import Diagnostics, diagnose
-from inference.noise_profile import PROFILE_GAIN_NATS, profile_problems
-from inference.svi_diagnostics import ELBO_REL_TOL, WINDOWS, elbo_checks
+from medsim.inference.diagnostics import Diagnostics, diagnose
+from medsim.inference.noise_profile import PROFILE_GAIN_NATS, profile_problems
+from medsim.inference.svi_diagnostics import ELBO_REL_TOL, WINDOWS, elbo_checks
 
 STEPS = 2000
 

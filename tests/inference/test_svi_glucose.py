@@ -14,7 +14,7 @@ import json
 import numpy as np
 import pytest
 
-import inference
+from medsim import inference
 from medsim.models import get
 from medsim.synthetic import glucose_cohort
 

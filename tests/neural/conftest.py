@@ -114,7 +114,7 @@ def model(config) -> NeuralPatientModel:
 @pytest.fixture(scope="session")
 def trained(cohort, config):
     """A tiny model trained for 20 epochs (shared: training is the slowest step of these tests)."""
-    from inference.neural import TrainSettings, train
+    from medsim.inference.neural import TrainSettings, train
 
     settings = TrainSettings(epochs=20, batch_size=64, learning_rate=1e-2, patience=100, kl_warmup_epochs=5)
     return train(cohort.subjects, config, seed=3, settings=settings)

@@ -7,9 +7,9 @@ import shutil
 
 import numpy as np
 import pytest
+from medsim.inference.neural import calibrate, load_checkpoint, save_checkpoint, update_calibration
 from typer.testing import CliRunner
 
-from inference.neural import calibrate, load_checkpoint, save_checkpoint, update_calibration
 from medsim.cli import app
 from medsim.data.eventtable import read_event_table, write_event_table
 from medsim.models.neural import export_model, sample_neural_population

@@ -8,8 +8,7 @@ import pickle
 import numpy as np
 import pytest
 import torch
-
-from inference.neural import (
+from medsim.inference.neural import (
     CheckpointFormatError,
     TrainSettings,
     evaluate_bound,
@@ -19,6 +18,7 @@ from inference.neural import (
     train,
     update_calibration,
 )
+
 from medsim.models.neural import NeuralPatientModel, make_windows
 
 # The settings of the shared ``trained`` fixture (conftest.py).

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
-from policies.protocol import Observation
+from medsim.policies.protocol import Observation
 
 
 def _make_obs(

@@ -11,10 +11,10 @@ Per-interval statistics are computed exactly as the simulator contract defines t
 from __future__ import annotations
 
 import numpy as np
+from medsim.policies.result import RolloutResult
 from scipy import stats
 
 from medsim.simulate.types import Bound
-from policies.result import RolloutResult
 
 
 def bm_passage_probability(x0: float, bound: float, mu: float, sigma: float, horizon: float) -> float:

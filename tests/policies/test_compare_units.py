@@ -7,8 +7,7 @@ The glucose example crashed when the total insulin of two policies differed by s
 from __future__ import annotations
 
 import numpy as np
-
-from policies.risk.compare import _difference
+from medsim.policies.risk.compare import _difference
 
 
 def test_a_dose_difference_keeps_its_interval():

@@ -13,9 +13,7 @@ import pytest
 
 distributed = pytest.importorskip("distributed")
 
-from medsim.models import get  # noqa: E402
-from medsim.population import PosteriorDraws, sample_population  # noqa: E402
-from policies.distribute import (  # noqa: E402
+from medsim.policies.distribute import (  # noqa: E402
     DistributionError,
     ShardTask,
     WorkerOptions,
@@ -23,9 +21,12 @@ from policies.distribute import (  # noqa: E402
     _population_data,
     shard_bounds,
 )
-from policies.evaluate import evaluate_policies  # noqa: E402
-from policies.risk.codec import to_jsonable  # noqa: E402
-from policies.spec_file import parse_spec  # noqa: E402
+from medsim.policies.evaluate import evaluate_policies  # noqa: E402
+from medsim.policies.risk.codec import to_jsonable  # noqa: E402
+from medsim.policies.spec_file import parse_spec  # noqa: E402
+
+from medsim.models import get  # noqa: E402
+from medsim.population import PosteriorDraws, sample_population  # noqa: E402
 
 MODEL = get("glucose_insulin")
 SPEC = parse_spec("glucose_mg_dL>=70;horizon=3h;epsilon=0.05;rare=off", model=MODEL)

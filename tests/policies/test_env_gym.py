@@ -7,16 +7,15 @@ import sys
 from dataclasses import replace
 
 import gymnasium
+import medsim.policies.env as penv
 import numpy as np
 import pytest
 from gymnasium.utils.env_checker import check_env
-
-import policies.env as penv
-from policies.builtin import BasalBolus
-from policies.env import core
-from policies.env.behaviour import BehaviourNoise, behaviour_steps
-from policies.evaluate import default_scenario
-from policies.rollout import rollout
+from medsim.policies.builtin import BasalBolus
+from medsim.policies.env import core
+from medsim.policies.env.behaviour import BehaviourNoise, behaviour_steps
+from medsim.policies.evaluate import default_scenario
+from medsim.policies.rollout import rollout
 
 
 @pytest.fixture(scope="module")
@@ -36,8 +35,8 @@ def test_make_works_without_importing_medsim_first():
     # gymnasium 1.x loads a package named before ':' in the id; a fresh interpreter proves the
     # registration does not depend on an earlier import.
     code = (
-        "import gymnasium, sys; assert 'policies.env' not in sys.modules; "
-        "e = gymnasium.make('policies.env:medsim/Theophylline-v0', pool_size=2, prior_draws=2); "
+        "import gymnasium, sys; assert 'medsim.policies.env' not in sys.modules; "
+        "e = gymnasium.make('medsim.policies.env:medsim/Theophylline-v0', pool_size=2, prior_draws=2); "
         "print(e.unwrapped.task.model)"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120)

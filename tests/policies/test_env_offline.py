@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
-from policies.env.behaviour import BehaviourNoise
-from policies.env.offline import write_minari
+from medsim.policies.env.behaviour import BehaviourNoise
+from medsim.policies.env.offline import write_minari
 
 
 @pytest.mark.filterwarnings("ignore::UserWarning")

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import gymnasium
+import medsim.policies.env  # noqa: F401  (registers the environments)
 import numpy as np
 import pytest
 from gymnasium.vector import AutoresetMode
-
-import policies.env  # noqa: F401  (registers the environments)
-from policies.env import TaskError
-from policies.env.vector import MedsimVectorEnv
+from medsim.policies.env import TaskError
+from medsim.policies.env.vector import MedsimVectorEnv
 
 KW = {"pool_size": 4, "prior_draws": 4}
 DOSE = np.array([300.0, 24.0])  # theophylline: 300 mg, next look in 24 h -> 3 steps to the 72 h horizon
@@ -60,7 +59,7 @@ def test_row_resets_are_built_in_padded_batches(theo, monkeypatch):
     # Regression: resetting a varying number of rows compiled the jitted noise and initial-state
     # helpers once per count (seconds each, every few steps of training). Rows are now reset in a
     # batch padded to a power of two (at least 8).
-    from policies.env import core
+    from medsim.policies.env import core
 
     sizes = []
     real_reset = core.reset

@@ -7,17 +7,16 @@ import textwrap
 
 import numpy as np
 import pytest
-
-from policies.builtin import TDM, FixedDose, Flip
-from policies.loading import FunctionPolicy, PolicySpecError, parse_policy
-from policies.protocol import Policy
+from medsim.policies.builtin import TDM, FixedDose, Flip
+from medsim.policies.loading import FunctionPolicy, PolicySpecError, parse_policy
+from medsim.policies.protocol import Policy
 
 USER_CODE = """
 from dataclasses import dataclass
 
 import numpy as np
 
-from policies.protocol import Option
+from medsim.policies.protocol import Option
 
 
 @dataclass(frozen=True)
@@ -158,7 +157,7 @@ def test_user_policy_errors(user_file, tmp_path):
 
 
 def _obs(n):
-    from policies.protocol import Observation
+    from medsim.policies.protocol import Observation
 
     zeros = np.zeros(n)
     return Observation(

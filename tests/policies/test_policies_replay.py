@@ -6,14 +6,14 @@ import dataclasses
 
 import numpy as np
 import pytest
+from medsim.policies.loading import PolicySpecError, parse_policy
+from medsim.policies.protocol import Observation
+from medsim.policies.rollout import rollout_many
 
 import medsim.models as registry
 from medsim.data import Cohort, write_event_table
 from medsim.population import sample_population
 from medsim.simulate.types import Bound
-from policies.loading import PolicySpecError, parse_policy
-from policies.protocol import Observation
-from policies.rollout import rollout_many
 
 GLUCOSE = registry.get("glucose_insulin")
 

@@ -6,14 +6,14 @@ import dataclasses
 
 import numpy as np
 import pytest
+from medsim.policies.builtin import FixedDose, SafeTiming
+from medsim.policies.loading import parse_policy
+from medsim.policies.protocol import PolicyContext
+from medsim.policies.rollout import rollout
 
 import medsim.models as registry
 from medsim.population import PosteriorDraws, sample_population
 from medsim.simulate.types import Bound
-from policies.builtin import FixedDose, SafeTiming
-from policies.loading import parse_policy
-from policies.protocol import PolicyContext
-from policies.rollout import rollout
 
 PK = registry.get("pk_oral_1cmt")
 GRID = (1.0, 2.0, 4.0, 8.0, 12.0)

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
-from policies.scenarios import DEFAULT_MEALS, Meal, MealScenario, announced_at, next_event_after
+from medsim.policies.scenarios import DEFAULT_MEALS, Meal, MealScenario, announced_at, next_event_after
 
 
 def test_meals_fall_in_their_windows_with_the_nominal_mean_size():

@@ -16,12 +16,12 @@ from pathlib import Path
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from medsim.policies.builtin import BUILTINS
+from medsim.policies.loading import parse_policy
+from medsim.policies.protocol import Policy, PolicyContext, PolicyError, PolicySpecError
 
 import medsim.models as registry
 from medsim.simulate.types import Bound
-from policies.builtin import BUILTINS
-from policies.loading import parse_policy
-from policies.protocol import Policy, PolicyContext, PolicyError, PolicySpecError
 
 PK = registry.get("pk_oral_1cmt")
 SETTINGS = settings(
@@ -47,7 +47,7 @@ from pathlib import Path
 
 import numpy as np
 
-from policies.protocol import Option
+from medsim.policies.protocol import Option
 
 
 def _called(what):
@@ -193,9 +193,9 @@ def test_arbitrary_text_parses_or_raises_a_typed_error(no_side_effect_modules, t
             "builtins:len",
             "math:sqrt",
             "collections:OrderedDict",
-            "policies.protocol:Policy",
-            "policies.protocol:Option",
-            "policies.builtin:FixedDose",
+            "medsim.policies.protocol:Policy",
+            "medsim.policies.protocol:Option",
+            "medsim.policies.builtin:FixedDose",
             "medsim_no_such_module:x",
             "policies..protocol:Policy",
             ".protocol:Policy",
@@ -206,4 +206,4 @@ def test_arbitrary_text_parses_or_raises_a_typed_error(no_side_effect_modules, t
 def test_module_specs_parse_or_raise_a_typed_error(target, body):
     policy = parses_or_typed_error(f"{target}:{body}" if body else target)
     if policy is not None:
-        assert target == "policies.builtin:FixedDose"  # the only policy class among the targets
+        assert target == "medsim.policies.builtin:FixedDose"  # the only policy class among the targets

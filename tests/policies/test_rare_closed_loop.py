@@ -11,12 +11,12 @@ import dataclasses
 
 import numpy as np
 import pytest
+from medsim.policies.builtin import PID
+from medsim.policies.risk.rare.closed_loop import closed_loop_problem, noise_ids
 
 import medsim.models as registry
 from medsim.population import PosteriorDraws, sample_population
 from medsim.simulate.types import Bound
-from policies.builtin import PID
-from policies.risk.rare.closed_loop import closed_loop_problem, noise_ids
 
 GLUCOSE = registry.get("glucose_insulin")
 K = 6
@@ -91,7 +91,7 @@ def test_noise_ids_depend_on_both_draws():
 
 
 def test_switch_to_rare_estimator():
-    from policies.risk.rare.auto import RareMethodError, needs_rare, rare_followup
+    from medsim.policies.risk.rare.auto import RareMethodError, needs_rare, rare_followup
 
     assert needs_rare(3) and not needs_rare(10) and needs_rare(50, method="ams")
     with pytest.raises(RareMethodError, match="rare"):

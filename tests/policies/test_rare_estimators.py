@@ -15,9 +15,8 @@ from __future__ import annotations
 import jax
 import numpy as np
 import pytest
-
-from policies.risk.rare import PathProblem, ams, importance_sampling, subset_simulation
-from policies.risk.rare.references import (
+from medsim.policies.risk.rare import PathProblem, ams, importance_sampling, subset_simulation
+from medsim.policies.risk.rare.references import (
     drifted_bm_exit,
     drifted_bm_problem,
     exit_probability_pde,
@@ -117,7 +116,7 @@ def test_path_problem_rejects_bad_shapes():
 
 def test_epistemic_outer_loop_over_drift_draws():
     """Draws of the drift: the overall probability is the mean of the exact per-draw ones."""
-    from policies.risk.rare.epistemic import rare_epistemic
+    from medsim.policies.risk.rare.epistemic import rare_epistemic
 
     base = drifted_bm_problem(MU, SIGMA, DISTANCES[1e-5], T, STEPS)
     mus = (-1.2, -1.0, -0.8)
@@ -133,7 +132,7 @@ def test_epistemic_outer_loop_over_drift_draws():
 
 
 def test_replica_interval_is_log_symmetric():
-    from policies.risk.rare.result import replica_interval
+    from medsim.policies.risk.rare.result import replica_interval
 
     est, rel = replica_interval(np.array([1e-6, 2e-6, 3e-6]), level=0.95, seed=0, method="m")
     assert est.lower > 0 and est.value / est.lower == pytest.approx(est.upper / est.value)

@@ -2,7 +2,7 @@
 
 A tiny intravenous PK case (one compartment, prior draws, a fixed 20 mg dose every 4 h over
 12 h) with an upper bound on the concentration set so that only a few of 8 patients cross it:
-fewer than :data:`~policies.risk.rare.followup.MIN_VIOLATIONS`, so ``rare=auto`` runs splitting
+fewer than :data:`~medsim.policies.risk.rare.followup.MIN_VIOLATIONS`, so ``rare=auto`` runs splitting
 on the same patients' closed loop within a budget of 300 path-equivalents.
 """
 
@@ -13,17 +13,17 @@ from dataclasses import replace
 
 import numpy as np
 import pytest
+from medsim.policies.evaluate import default_scenario, evaluate_policies
+from medsim.policies.loading import parse_policy
+from medsim.policies.protocol import PolicyContext
+from medsim.policies.report.html import render_html
+from medsim.policies.report.markdown import render_markdown
+from medsim.policies.risk import RiskReport
+from medsim.policies.risk.rare.followup import MIN_VIOLATIONS, with_rare_followup
+from medsim.policies.spec import SpecError, parse_inline_spec
 
 import medsim.models as registry
 from medsim.population import PosteriorDraws
-from policies.evaluate import default_scenario, evaluate_policies
-from policies.loading import parse_policy
-from policies.protocol import PolicyContext
-from policies.report.html import render_html
-from policies.report.markdown import render_markdown
-from policies.risk import RiskReport
-from policies.risk.rare.followup import MIN_VIOLATIONS, with_rare_followup
-from policies.spec import SpecError, parse_inline_spec
 
 MODEL = registry.get("pk_iv_1cmt")
 POLICY = "fixed:dose=20,every=4"
@@ -98,7 +98,7 @@ def test_report_shows_it_and_round_trips(rare_report):
 
 @pytest.mark.slow  # the module fixture: one plain run and splitting, ~15 s on 2 cores
 def test_failed_splitting_never_reads_zero(rare_report):
-    from policies.report import text
+    from medsim.policies.report import text
 
     r = rare_report.policies[0].rare[0]
     failed = replace(r, probability=None, estimate=None, failure="budget exhausted: test")
@@ -123,7 +123,7 @@ def test_spec_key_rare():
 def test_spec_from_in_the_horizons_unit_round_trips_exactly():
     # Found by the property test of spec files: 'from' was converted d -> min -> d and came back
     # one ulp off (91.92629667098771 read back as 91.9262966709877).
-    from policies.spec import spec_from_mapping
+    from medsim.policies.spec import spec_from_mapping
 
     spec = spec_from_mapping({"bounds": ["conc<=1"], "horizon": "92.0d", "from": "91.92629667098771d"})
     assert spec.monitor_from == 91.92629667098771

@@ -7,20 +7,20 @@ import json
 
 import numpy as np
 import pytest
+from medsim.policies.report import render_html, render_markdown, write_report
+from medsim.policies.report.text import pct_ci, time_ci
+from medsim.policies.risk import RiskReport, risk_report
+from medsim.policies.risk.compare import compare
+from medsim.policies.risk.epistemic import epistemic_split
+from medsim.policies.risk.estimate import Estimate
+from medsim.policies.risk.first_violation import first_violation
+from medsim.policies.risk.intervals import mean, quantile
+from medsim.policies.spec import parse_inline_spec
 from risk_fixtures import bm_rollout
 from typer.testing import CliRunner
 
 import medsim.cli.risk_cmds  # noqa: F401  (registers `risk` on the app)
 from medsim.cli import app
-from policies.report import render_html, render_markdown, write_report
-from policies.report.text import pct_ci, time_ci
-from policies.risk import RiskReport, risk_report
-from policies.risk.compare import compare
-from policies.risk.epistemic import epistemic_split
-from policies.risk.estimate import Estimate
-from policies.risk.first_violation import first_violation
-from policies.risk.intervals import mean, quantile
-from policies.spec import parse_inline_spec
 
 SPEC = parse_inline_spec("x<=1,x>=-1.5;horizon=1h;epsilon=0.05;delta=0.05")
 
@@ -222,7 +222,7 @@ def test_failed_render_keeps_the_old_report_whole(tmp_path, monkeypatch):
     def broken(*args, **kwargs):
         raise RuntimeError("renderer failed after the figures were written")
 
-    monkeypatch.setattr("policies.report.write.render_html", broken)
+    monkeypatch.setattr("medsim.policies.report.write.render_html", broken)
     r2 = bm_rollout(n=40, n_intervals=2, substeps=4, sigma=0.3, bounds=SPEC.bounds, seed=2, policy="b")
     with pytest.raises(RuntimeError, match="renderer failed"):
         write_report(risk_report([r2], SPEC), out, results=[r2])

@@ -6,20 +6,20 @@ from dataclasses import replace
 
 import numpy as np
 import pytest
+from medsim.policies.result import RolloutResult
+from medsim.policies.risk import RiskReport, SpecMismatchError, patient_events, risk_report
+from medsim.policies.risk.curve import risk_curves
+from medsim.policies.risk.estimate import Estimate
+from medsim.policies.risk.first_violation import first_violation
+from medsim.policies.risk.intervals import clopper_pearson, quantile, quantile_ranks, standard_errors, wilson
+from medsim.policies.risk.margin import tightening_margins
+from medsim.policies.risk.probability import violation_probabilities
+from medsim.policies.risk.support import support_flag
+from medsim.policies.spec import parse_inline_spec
 from risk_fixtures import bm_rollout
 from scipy import stats
 
 from medsim.simulate.types import Bound
-from policies.result import RolloutResult
-from policies.risk import RiskReport, SpecMismatchError, patient_events, risk_report
-from policies.risk.curve import risk_curves
-from policies.risk.estimate import Estimate
-from policies.risk.first_violation import first_violation
-from policies.risk.intervals import clopper_pearson, quantile, quantile_ranks, standard_errors, wilson
-from policies.risk.margin import tightening_margins
-from policies.risk.probability import violation_probabilities
-from policies.risk.support import support_flag
-from policies.spec import parse_inline_spec
 
 UP = Bound("x", 1.0, "upper")
 
@@ -246,7 +246,7 @@ def test_same_rollout_gives_the_same_report():
 def test_monitoring_window_ignores_intervals_before_it():
     """A path started outside the bound violates at t = 0; with monitoring from the second
     interval on, only what happens after counts (and the estimate can only go down)."""
-    from policies.risk.report import monitored
+    from medsim.policies.risk.report import monitored
 
     result = bm_rollout(n=200, n_intervals=4, substeps=8, x0=1.5, mu=-8.0, sigma=0.2, seed=3)
     spec = parse_inline_spec("x<=1;horizon=1;from=0.25")

@@ -6,10 +6,9 @@ import json
 
 import numpy as np
 import pytest
-
-from policies.env import GLUCOSE
-from policies.learned import load_learned
-from policies.rl_example import main
+from medsim.policies.env import GLUCOSE
+from medsim.policies.learned import load_learned
+from medsim.policies.rl_example import main
 
 
 @pytest.mark.slow

@@ -6,14 +6,14 @@ import dataclasses
 
 import numpy as np
 import pytest
+from medsim.policies.builtin import TDM, FixedDose
+from medsim.policies.loading import FunctionPolicy
+from medsim.policies.protocol import Option
+from medsim.policies.rollout import rollout, rollout_many
 
 import medsim.models as registry
 from medsim.population import VirtualPopulation, sample_population
 from medsim.simulate.types import Bound
-from policies.builtin import TDM, FixedDose
-from policies.loading import FunctionPolicy
-from policies.protocol import Option
-from policies.rollout import rollout, rollout_many
 
 PK = registry.get("pk_oral_1cmt")
 BOUNDS = (Bound("conc", 15.0, "upper"), Bound("conc", 25.0, "upper"))
@@ -183,7 +183,7 @@ def test_tdm_brings_troughs_to_target():
 
 
 def test_shards_with_first_patient_merge_into_the_whole_rollout(population, fixed_result):
-    from policies.distribute import merge_shards
+    from medsim.policies.distribute import merge_shards
 
     policy = FixedDose(dose=400.0, every=12.0)
     # Patients 0-3 and 4-5 simulated apart (as two Dask workers would), each padded to the whole

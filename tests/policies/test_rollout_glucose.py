@@ -6,15 +6,15 @@ import dataclasses
 
 import numpy as np
 import pytest
+from medsim.policies.builtin import PID, BasalBolus
+from medsim.policies.loading import FunctionPolicy
+from medsim.policies.protocol import Option
+from medsim.policies.rollout import rollout_many
+from medsim.policies.scenarios import MealScenario
 
 import medsim.models as registry
 from medsim.population import sample_population
 from medsim.simulate.types import Bound
-from policies.builtin import PID, BasalBolus
-from policies.loading import FunctionPolicy
-from policies.protocol import Option
-from policies.rollout import rollout_many
-from policies.scenarios import MealScenario
 
 GLUCOSE = registry.get("glucose_insulin")
 SCENARIO = MealScenario(seed=4)

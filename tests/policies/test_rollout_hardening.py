@@ -10,6 +10,10 @@ import time
 
 import numpy as np
 import pytest
+from medsim.policies.builtin import FixedDose
+from medsim.policies.evaluate import evaluate_policies
+from medsim.policies.rollout import rollout
+from medsim.policies.spec_file import parse_spec
 from typer.testing import CliRunner
 
 import medsim.cli.risk_cmds  # noqa: F401  (registers the command)
@@ -18,10 +22,6 @@ from medsim.cli.app import app
 from medsim.population import VirtualPopulation
 from medsim.simulate import NonFiniteStateError, UnstableStepError, WorkLimitError
 from medsim.simulate.types import Bound
-from policies.builtin import FixedDose
-from policies.evaluate import evaluate_policies
-from policies.rollout import rollout
-from policies.spec_file import parse_spec
 
 PK = registry.get("pk_oral_1cmt")
 BOUNDS = (Bound("conc", 20.0, "upper"),)

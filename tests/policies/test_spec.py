@@ -5,17 +5,17 @@ from __future__ import annotations
 import json
 
 import pytest
-
-from medsim.models import get
-from medsim.simulate.types import Bound
-from policies.spec import (
+from medsim.policies.spec import (
     SafetySpec,
     SpecError,
     TargetRange,
     parse_inline_spec,
     spec_from_mapping,
 )
-from policies.spec_file import load_spec, parse_spec
+from medsim.policies.spec_file import load_spec, parse_spec
+
+from medsim.models import get
+from medsim.simulate.types import Bound
 
 PK = get("pk_oral_1cmt")  # time in h, observable "conc"
 GLUCOSE = get("glucose_insulin")  # time in min, observable "glucose_mg_dL"

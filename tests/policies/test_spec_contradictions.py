@@ -5,11 +5,11 @@ from __future__ import annotations
 import json
 
 import pytest
+from medsim.policies.spec import SafetySpec, SpecError, TargetRange, spec_from_mapping
+from medsim.policies.spec_file import load_spec, parse_spec
 
 from medsim.models import get
 from medsim.simulate.types import Bound
-from policies.spec import SafetySpec, SpecError, TargetRange, spec_from_mapping
-from policies.spec_file import load_spec, parse_spec
 
 PK = get("pk_oral_1cmt")  # time in h, observable "conc"
 

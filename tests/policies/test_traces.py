@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
-from policies.traces import empty_trace, sample_interval, trace_grid
+from medsim.policies.traces import empty_trace, sample_interval, trace_grid
 
 
 def test_grid_points_of_irregular_intervals_are_filled_once_by_interpolation():

@@ -9,6 +9,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from medsim.policies.guard import GuardedPolicy
+from medsim.policies.loading import PolicySpecError, parse_policy
+from medsim.policies.protocol import PolicyContext, PolicyError
+from medsim.policies.rollout import rollout
 from typer.testing import CliRunner
 
 import medsim.cli.risk_cmds  # noqa: F401  (registers `medsim risk` on the shared app)
@@ -16,10 +20,6 @@ import medsim.models as registry
 from medsim.cli import app
 from medsim.population import sample_population
 from medsim.simulate.types import Bound
-from policies.guard import GuardedPolicy
-from policies.loading import PolicySpecError, parse_policy
-from policies.protocol import PolicyContext, PolicyError
-from policies.rollout import rollout
 
 PK = registry.get("pk_oral_1cmt")  # time in h, doses into CMT 1 (depot) or 2 (central)
 README = Path(__file__).resolve().parents[2] / "README.md"
@@ -29,7 +29,7 @@ import sys
 
 import numpy as np
 
-from policies.protocol import Option
+from medsim.policies.protocol import Option
 
 
 class Returns:
@@ -179,8 +179,8 @@ def test_cli_reports_a_policy_that_exits_and_exits_non_zero(misbehaving, tmp_pat
 FACTORIES = """
 from pathlib import Path
 
-from policies.loading import policy_factory
-from policies.protocol import Option, Policy
+from medsim.policies.loading import policy_factory
+from medsim.policies.protocol import Option, Policy
 
 import numpy as np
 

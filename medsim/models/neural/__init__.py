@@ -10,7 +10,7 @@ patient, rollouts and the calibration gate alike, runs through it in
 This is the only place in ``medsim`` that imports torch; ``import medsim`` and
 ``import medsim.models`` never load it. May import ``medsim.models``, ``medsim.data``,
 ``medsim.simulate`` and ``medsim.population``; never ``inference`` or ``policies`` (training,
-calibration and checkpoints live in :mod:`inference.neural`).
+calibration and checkpoints live in :mod:`medsim.inference.neural`).
 """
 
 from medsim.models.neural.config import (

@@ -134,7 +134,7 @@ class NeuralConfig:
     min_diffusion : float
         Floor of the latent diffusion (per sqrt(time_scale)); keeps the Girsanov ratio finite.
     calibration : mapping
-        Held-out calibration numbers, filled by ``inference.neural.calibrate`` (empty until then).
+        Held-out calibration numbers, filled by ``medsim.inference.neural.calibrate`` (empty until then).
     """
 
     name: str

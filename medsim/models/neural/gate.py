@@ -2,7 +2,7 @@
 
 A neural model can fit its training data and still be overconfident on new patients; its
 predictive intervals are then too narrow and every risk figure computed from it too small. The
-held-out calibration of :func:`inference.neural.calibrate` stores the empirical coverage of
+held-out calibration of :func:`medsim.inference.neural.calibrate` stores the empirical coverage of
 the model's 50% and 90% posterior predictive intervals in the model's configuration;
 :func:`require_calibrated` refuses to go on when the 90% coverage is below a floor (or was never
 measured), unless the caller forces it — and a forced use is recorded in provenance by the

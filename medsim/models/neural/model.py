@@ -12,7 +12,7 @@ With an empty history this is the *population* distribution of a new patient's l
 embedding; with a subject's record it is that subject's *personalized* (digital-twin)
 distribution. In training, the approximate posterior over ``(z(t_c), e)`` also reads the window's
 future (``h`` at the window's end) and the posterior drift adds a context-dependent correction;
-both are dropped at forecast time. See :mod:`inference.neural.elbo` for the objective.
+both are dropped at forecast time. See :mod:`medsim.inference.neural.elbo` for the objective.
 
 State and parameter names used at the simulator boundary
 --------------------------------------------------------

@@ -14,18 +14,18 @@ probability):
   closed-loop glucose problem (:mod:`.closed_loop`).
 
 Every estimator returns a frozen :class:`RareEstimate` around the package's
-:class:`~policies.risk.estimate.Estimate`; :func:`rare_epistemic` runs one per posterior draw.
-Pure JAX/numpy; may import ``medsim``, the rest of ``policies.risk``, ``policies.protocol`` and
-(for the closed loop only) ``policies.rollout``; never rendering code.
+:class:`~medsim.policies.risk.estimate.Estimate`; :func:`rare_epistemic` runs one per posterior draw.
+Pure JAX/numpy; may import ``medsim``, the rest of ``medsim.policies.risk``, ``medsim.policies.protocol`` and
+(for the closed loop only) ``medsim.policies.rollout``; never rendering code.
 """
 
-from policies.risk.rare.ams import AMSFailure, ams
-from policies.risk.rare.closed_loop import closed_loop_problem
-from policies.risk.rare.epistemic import RareEpistemic, rare_epistemic
-from policies.risk.rare.importance import importance_sampling
-from policies.risk.rare.problem import PathProblem, path_crossing_probability
-from policies.risk.rare.result import RareEstimate, RareRisk
-from policies.risk.rare.subset import SubsetFailure, subset_simulation
+from medsim.policies.risk.rare.ams import AMSFailure, ams
+from medsim.policies.risk.rare.closed_loop import closed_loop_problem
+from medsim.policies.risk.rare.epistemic import RareEpistemic, rare_epistemic
+from medsim.policies.risk.rare.importance import importance_sampling
+from medsim.policies.risk.rare.problem import PathProblem, path_crossing_probability
+from medsim.policies.risk.rare.result import RareEstimate, RareRisk
+from medsim.policies.risk.rare.subset import SubsetFailure, subset_simulation
 
 __all__ = [
     "AMSFailure",

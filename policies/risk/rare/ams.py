@@ -33,9 +33,8 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
-
-from policies.risk.rare.problem import PathProblem
-from policies.risk.rare.result import RareEstimate, replica_interval
+from medsim.policies.risk.rare.problem import PathProblem
+from medsim.policies.risk.rare.result import RareEstimate, replica_interval
 
 
 class AMSFailure(RuntimeError):

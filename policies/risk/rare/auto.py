@@ -13,12 +13,13 @@ from __future__ import annotations
 
 from typing import Any
 
+from medsim.policies.protocol import Policy
+from medsim.policies.risk.rare.ams import ams
+from medsim.policies.risk.rare.closed_loop import closed_loop_problem
+from medsim.policies.risk.rare.result import RareEstimate
+
 from medsim.population.virtual import VirtualPopulation
 from medsim.simulate.types import Bound
-from policies.protocol import Policy
-from policies.risk.rare.ams import ams
-from policies.risk.rare.closed_loop import closed_loop_problem
-from policies.risk.rare.result import RareEstimate
 
 METHODS = ("ams", "subset", "is")
 
@@ -76,7 +77,7 @@ def rare_followup(
     n_paths, replicas
         Splitting's paths per replica and independent replicas.
     rollout_options
-        Passed to :func:`~policies.risk.rare.closed_loop.closed_loop_problem`.
+        Passed to :func:`~medsim.policies.risk.rare.closed_loop.closed_loop_problem`.
 
     Returns
     -------

@@ -1,6 +1,6 @@
 """The closed loop as a path problem: virtual patients under a policy, for splitting.
 
-Every path is the real medsim option loop (:func:`policies.rollout.rollout`: measure, act,
+Every path is the real medsim option loop (:func:`medsim.policies.rollout.rollout`: measure, act,
 :meth:`~medsim.simulate.Simulator.advance`) for a virtual patient, repeated over the rows of a
 batch. Rows differ in their patient (drawn by the first increment) and their noise: the process and measurement
 noise of interaction ``k`` come from the counter-based streams of an index the path problem
@@ -8,7 +8,7 @@ chooses (``rollout``'s ``noise_index``), hashed from the row's ``k``-th pair of 
 clone that shares its donor's increments up to interaction ``k`` therefore replays the donor's
 noise, measurements and the policy's decisions up to ``k`` exactly, and draws fresh noise after:
 the policy acts inside the cloned paths. This is what adaptive multilevel splitting needs
-(:func:`policies.risk.rare.ams.ams`); subset simulation and importance sampling need increments
+(:func:`medsim.policies.risk.rare.ams.ams`); subset simulation and importance sampling need increments
 that enter the dynamics continuously and do not apply here.
 
 Scores are per interaction: for a lower bound ``log(b / min y)`` over the interval (for an upper
@@ -25,12 +25,12 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+from medsim.policies.protocol import Policy
+from medsim.policies.risk.rare.problem import PathProblem
 from scipy.special import ndtr
 
 from medsim.population.virtual import VirtualPopulation
 from medsim.simulate.types import Bound
-from policies.protocol import Policy
-from policies.risk.rare.problem import PathProblem
 
 _GOLDEN = np.uint32(0x9E3779B1)
 
@@ -75,21 +75,21 @@ def closed_loop_problem(
     bound : Bound
         The safety bound whose crossing is the rare event.
     horizon, dt, seed
-        As in :func:`policies.rollout.rollout`.
+        As in :func:`medsim.policies.rollout.rollout`.
     interactions : int
         Most interactions per path (``T`` of the problem; the rollout's ``max_interactions``).
     rollout_options
-        Further :func:`~policies.rollout.rollout` options (``scenario``, ``scheme``,
+        Further :func:`~medsim.policies.rollout.rollout` options (``scenario``, ``scheme``,
         ``measurement_noise``). A scenario must give every row the same events (e.g. a
-        :class:`~policies.scenarios.MealScenario` with ``time_sd_h=0, size_cv=0``): a row's
+        :class:`~medsim.policies.scenarios.MealScenario` with ``time_sd_h=0, size_cv=0``): a row's
         events must not depend on its position in the batch.
 
     Returns
     -------
     PathProblem
-        With ``T = interactions`` steps and 2 channels; for :func:`~policies.risk.rare.ams.ams`.
+        With ``T = interactions`` steps and 2 channels; for :func:`~medsim.policies.risk.rare.ams.ams`.
     """
-    from policies.rollout import rollout
+    from medsim.policies.rollout import rollout
 
     n_patients = population.n_patients
     upper = bound.side == "upper"

@@ -8,7 +8,7 @@ if the world were that draw, with its Monte Carlo standard error ``se_d``. Acros
   independent units; their spread includes each ``p_d``'s own noise);
 * the split of the violation indicator's variance ``p (1 - p)`` into an epistemic part
   ``Var_d(p_d) - mean_d(se_d^2)`` (the estimators' noise removed, clipped at 0: the one-way
-  random-effects estimator of :mod:`policies.risk.epistemic`) and the aleatoric remainder;
+  random-effects estimator of :mod:`medsim.policies.risk.epistemic`) and the aleatoric remainder;
 * the share of draws whose risk exceeds ``epsilon``, counted on the per-draw upper bounds too
   (a draw "certified below epsilon" when its interval lies below it).
 
@@ -24,12 +24,11 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+from medsim.policies.risk import intervals
+from medsim.policies.risk.estimate import Estimate
+from medsim.policies.risk.rare.problem import PathProblem
+from medsim.policies.risk.rare.result import RareEstimate
 from scipy import stats
-
-from policies.risk import intervals
-from policies.risk.estimate import Estimate
-from policies.risk.rare.problem import PathProblem
-from policies.risk.rare.result import RareEstimate
 
 
 @dataclass(frozen=True)
@@ -94,8 +93,8 @@ def rare_epistemic(
     draws : sequence of pytrees
         ``params`` of each posterior draw (``D >= 2`` of them).
     estimator : callable
-        :func:`~policies.risk.rare.ams.ams`, :func:`~policies.risk.rare.subset.subset_simulation`
-        or :func:`~policies.risk.rare.importance.importance_sampling`.
+        :func:`~medsim.policies.risk.rare.ams.ams`, :func:`~medsim.policies.risk.rare.subset.subset_simulation`
+        or :func:`~medsim.policies.risk.rare.importance.importance_sampling`.
     epsilon : float
         Chance level of the constraint.
     seed : int

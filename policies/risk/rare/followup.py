@@ -4,10 +4,10 @@ After the plain (bridge-corrected Monte Carlo) evaluation, :func:`with_rare_foll
 each policy's rollout: when fewer than :data:`MIN_VIOLATIONS` patients had a crossing (or the
 spec's ``rare=ams`` forces it) it estimates every bound's violation probability by adaptive
 multilevel splitting on the same virtual population's closed loop
-(:func:`~policies.risk.rare.auto.rare_followup`), within ``rare_budget`` path-equivalents per
+(:func:`~medsim.policies.risk.rare.auto.rare_followup`), within ``rare_budget`` path-equivalents per
 policy, and records a :class:`RareRisk` per bound in the policy's entry of the report. With
 patients from several posterior draws and enough budget, each draw gets its own splitting run
-and :func:`~policies.risk.rare.epistemic.rare_epistemic` combines them (the interval is then
+and :func:`~medsim.policies.risk.rare.epistemic.rare_epistemic` combines them (the interval is then
 over draws, and the epistemic share is reported).
 
 The verdict then rests on the rare estimate's upper bound (the sum over bounds, a union bound,
@@ -24,15 +24,14 @@ from dataclasses import replace
 from typing import Any
 
 import numpy as np
-
-from policies.risk.estimate import Estimate
-from policies.risk.rare.ams import AMSFailure, ams
-from policies.risk.rare.auto import needs_rare
-from policies.risk.rare.closed_loop import closed_loop_problem
-from policies.risk.rare.epistemic import rare_epistemic
-from policies.risk.rare.result import RareEstimate, RareRisk
-from policies.risk.verdict import Verdict
-from policies.scenarios import MealScenario
+from medsim.policies.risk.estimate import Estimate
+from medsim.policies.risk.rare.ams import AMSFailure, ams
+from medsim.policies.risk.rare.auto import needs_rare
+from medsim.policies.risk.rare.closed_loop import closed_loop_problem
+from medsim.policies.risk.rare.epistemic import rare_epistemic
+from medsim.policies.risk.rare.result import RareEstimate, RareRisk
+from medsim.policies.risk.verdict import Verdict
+from medsim.policies.scenarios import MealScenario
 
 MIN_VIOLATIONS = 10
 """``rare=auto`` switches to splitting when fewer patients than this had a crossing."""

@@ -24,11 +24,10 @@ from functools import partial
 import jax
 import jax.numpy as jnp
 import numpy as np
+from medsim.policies.risk.estimate import Estimate
+from medsim.policies.risk.rare.problem import PathProblem
+from medsim.policies.risk.rare.result import RareEstimate
 from scipy import stats
-
-from policies.risk.estimate import Estimate
-from policies.risk.rare.problem import PathProblem
-from policies.risk.rare.result import RareEstimate
 
 CONTROLS = ("constant", "linear")
 

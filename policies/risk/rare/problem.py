@@ -13,7 +13,7 @@ steps, ``C`` noise channels) to
   (:func:`path_crossing_probability`); it is 1 wherever a score is ``>= 0``.
 
 The estimators estimate ``p = E[crossing]``, the same bridge-corrected probability the plain
-estimator of :mod:`policies.risk.probability` averages over patients.
+estimator of :mod:`medsim.policies.risk.probability` averages over patients.
 """
 
 from __future__ import annotations

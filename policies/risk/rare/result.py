@@ -6,9 +6,8 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
+from medsim.policies.risk.estimate import Estimate, encode_float
 from scipy import stats
-
-from policies.risk.estimate import Estimate, encode_float
 
 
 @dataclass(frozen=True)

@@ -24,9 +24,8 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
-
-from policies.risk.rare.problem import PathProblem
-from policies.risk.rare.result import RareEstimate, replica_interval
+from medsim.policies.risk.rare.problem import PathProblem
+from medsim.policies.risk.rare.result import RareEstimate, replica_interval
 
 
 class SubsetFailure(RuntimeError):
@@ -142,7 +141,7 @@ def subset_simulation(
     p0 : float
         Conditional probability of each intermediate level.
     replicas, first_replica, level
-        As in :func:`policies.risk.rare.ams.ams`.
+        As in :func:`medsim.policies.risk.rare.ams.ams`.
     max_levels : int
         Level budget per replica (``p`` down to about ``p0^max_levels``).
 
