@@ -12,6 +12,7 @@ from medsim.policies.loading import parse_policy
 from medsim.policies.protocol import PolicyContext
 from medsim.policies.result import RolloutResult
 from medsim.policies.risk import RiskReport, risk_report
+from medsim.policies.risk.rare.followup import with_rare_followup
 from medsim.policies.rollout import rollout_many
 from medsim.policies.scenarios import MealScenario, Scenario
 from medsim.policies.spec import SafetySpec, convert_time
@@ -180,7 +181,19 @@ def evaluate_policies(
         "scheme": scheme,
         "loop": "; ".join(f"{r.policy}: {r.provenance.get('loop', 'host')}" for r in results),
     }
-    return risk_report(list(results), spec, provenance=full, model=model), list(results)
+    report = risk_report(list(results), spec, provenance=full, model=model)
+    # Closed-loop splitting where the plain estimate saw too few violations (spec key rare=).
+    report = with_rare_followup(
+        report,
+        results,
+        policies,
+        population,
+        dt=step,
+        seed=seed,
+        scenario=default_scenario(model, scenario, seed),
+        scheme=scheme,
+    )
+    return report, list(results)
 
 
 def run_policies(

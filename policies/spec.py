@@ -40,7 +40,11 @@ _NUMBER = r"[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?"
 _BOUND_RE = re.compile(rf"^\s*([A-Za-z_]\w*)\s*(<=|>=|<|>)\s*({_NUMBER})\s*$")
 _TARGET_RE = re.compile(rf"^\s*({_NUMBER})\s*<=?\s*([A-Za-z_]\w*)\s*<=?\s*({_NUMBER})\s*$")
 _HORIZON_RE = re.compile(rf"^\s*({_NUMBER})\s*([A-Za-z]*)\s*$")
-_KEYS = ("bounds", "horizon", "from", "epsilon", "delta", "target", "time_unit")
+_KEYS = ("bounds", "horizon", "from", "epsilon", "delta", "target", "time_unit", "rare", "rare_budget")
+RARE_CHOICES = ("auto", "off", "ams", "subset", "is")
+# Rare-event estimators that can run on medsim's closed loop (hashed per-interaction noise on the
+# host): splitting only (docs/rare_events.md).
+CLOSED_LOOP_RARE = ("auto", "off", "ams")
 _BOUND_KEYS = ("observable", "upper", "lower", "value", "side", "name")
 _OBSERVABLE_RE = re.compile(r"^[A-Za-z_]\w*$")
 
@@ -91,6 +95,16 @@ class SafetySpec:
         ``[monitor_from, horizon]``, e.g. a therapeutic window that applies once a regimen has
         reached steady state. Monitoring starts at each patient's first interaction at or after
         ``monitor_from``; choose it on the policies' interaction grid (e.g. a dosing time).
+    rare : str
+        Rare-event follow-up (key ``rare``): ``"auto"`` (default: closed-loop splitting for a
+        policy whose plain estimate saw fewer than
+        :data:`medsim.policies.risk.rare.followup.MIN_VIOLATIONS` patients with a crossing), ``"off"``,
+        or a method that is always used: ``"ams"`` (splitting), ``"subset"``, ``"is"`` (these two
+        apply only to path problems written in JAX; :meth:`validate` rejects them for a model's
+        closed loop).
+    rare_budget : float or None
+        Path-equivalents the rare-event follow-up may spend per policy (key ``rare_budget``;
+        ``None``: :data:`medsim.policies.risk.rare.followup.DEFAULT_BUDGET`).
     source : str
         Where the spec came from (file path or ``"inline"``), for error messages and reports.
     """
@@ -103,9 +117,17 @@ class SafetySpec:
     target: TargetRange | None = None
     source: str = "inline"
     monitor_from: float = 0.0
+    rare: str = "auto"
+    rare_budget: float | None = None
 
     def __post_init__(self) -> None:
         src = self.source
+        if self.rare not in RARE_CHOICES:
+            raise SpecError(f"{src}: key 'rare' must be one of {list(RARE_CHOICES)}, got {self.rare!r}")
+        if self.rare_budget is not None and not (_finite(self.rare_budget) and self.rare_budget >= 100):
+            raise SpecError(
+                f"{src}: key 'rare_budget' must be a number of path-equivalents >= 100, got {self.rare_budget!r}"
+            )
         if not self.bounds:
             raise SpecError(f"{src}: key 'bounds' is empty; give at least one bound such as 'conc<=20'")
         _check_open_unit(src, "epsilon", self.epsilon)
@@ -183,6 +205,13 @@ class SafetySpec:
             an unknown observable, or a horizon unit the model's unit cannot be converted to.
         """
         known = tuple(model.observable_names)
+        if self.rare not in CLOSED_LOOP_RARE:
+            raise SpecError(
+                f"{self.source}: key 'rare' value {self.rare!r} cannot run on model {model.name!r}'s closed loop: "
+                "the loop is driven on the host with hashed per-interaction noise, which only splitting can use; "
+                "use rare=ams or rare=auto (subset simulation and importance sampling apply to path problems "
+                "written in JAX, see docs/rare_events.md)"
+            )
         for b in self.bounds:
             if b.observable not in known:
                 raise SpecError(
@@ -215,6 +244,10 @@ class SafetySpec:
         if self.monitor_from > 0:
             start = self.monitor_from
             out["from"] = start if self.time_unit is None else f"{_exact(start)}{self.time_unit}"
+        if self.rare != "auto":
+            out["rare"] = self.rare
+        if self.rare_budget is not None:
+            out["rare_budget"] = self.rare_budget
         return out
 
     def __str__(self) -> str:
@@ -226,6 +259,10 @@ class SafetySpec:
         parts.append(f"delta={self.delta:g}")
         if self.target is not None:
             parts.append(f"target={self.target}")
+        if self.rare != "auto":
+            parts.append(f"rare={self.rare}")
+        if self.rare_budget is not None:
+            parts.append(f"rare_budget={_exact(self.rare_budget)}")
         return ";".join(parts)
 
 
@@ -422,7 +459,7 @@ def spec_from_mapping(data: Mapping[str, Any], *, source: str = "inline") -> Saf
         start, start_unit = _horizon(data["from"], where=source, key="from")
         if start_unit is not None and unit is None:
             raise SpecError(f"{source}: key 'from' {data['from']!r} carries a unit but 'horizon' does not; give both")
-        if start_unit is not None:
+        if start_unit is not None and start_unit != unit:  # a same-unit round trip through minutes rounds
             start = convert_time(start, start_unit, unit, where=f"{source}: key 'from'")
     return SafetySpec(
         bounds=bounds,
@@ -433,6 +470,10 @@ def spec_from_mapping(data: Mapping[str, Any], *, source: str = "inline") -> Saf
         target=target,
         source=source,
         monitor_from=start,
+        rare=str(data.get("rare", "auto")).strip(),
+        rare_budget=None
+        if data.get("rare_budget") is None
+        else _number(data["rare_budget"], where=source, key="rare_budget"),
     )
 
 

@@ -301,6 +301,14 @@ def risk_command(
         "--worker-memory-fraction",
         help="Fraction of an accelerator's memory each worker may take (several workers sharing one GPU).",
     ),
+    rare_budget: float = typer.Option(
+        None,
+        "--rare-budget",
+        min=100,
+        help="Path-equivalents per policy for the rare-event follow-up (closed-loop splitting where the plain "
+        "estimate saw fewer than 10 patients with a crossing; spec key rare=auto|off|ams). Overrides the spec's "
+        "rare_budget; default 4000.",
+    ),
 ) -> None:
     """Estimate each policy's probability of leaving the safe range, between measurements included."""
     from medsim.cli.outputs import output_dir
@@ -352,6 +360,8 @@ def risk_command(
         prov["support_unknown"] = _SUPPORT_UNKNOWN[source].format(posterior)
     try:
         spec = parse_spec(spec_text, model=model)
+        if rare_budget is not None:
+            spec = replace(spec, rare_budget=float(rare_budget))
     except SpecError as err:
         _fail(str(err))
     prov = {**prov, "calibration_forced": force, "command": shlex.join(["medsim", *sys.argv[1:]])}

@@ -124,6 +124,17 @@ def render_html(report: RiskReport, figures: Mapping[str, bytes] | None = None) 
             "<h3>Violation probability by bound</h3>",
             _table(*text.bound_rows(p)),
             f'<p class="note">{_e(text.DETECTION_NOTE)}</p>',
+            *(
+                [
+                    "<h3>Rare-event estimate (closed-loop splitting)</h3>",
+                    _table(*text.rare_rows(p)),
+                    "<ul>",
+                    *[f"<li>{_e(s)}</li>" for s in text.rare_lines(p)],
+                    "</ul>",
+                ]
+                if p.rare
+                else []
+            ),
             "<h3>Epistemic vs aleatoric</h3><ul>",
             *[f"<li>{_e(s)}</li>" for s in text.epistemic_lines(p, report.spec.epsilon)],
             "</ul><h3>Severity and timing</h3>",

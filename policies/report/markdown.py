@@ -83,6 +83,10 @@ def render_markdown(report: RiskReport, figures: Mapping[str, str] | None = None
             out += [f"![{_cell(labels[p.policy])} trajectories]({figures[f'fan_{i}']})", ""]
         h, rows = text.bound_rows(p)
         out += ["### Violation probability by bound", "", _table(h, rows), "", _cell(text.DETECTION_NOTE), ""]
+        if p.rare:
+            h, rows = text.rare_rows(p)
+            out += ["### Rare-event estimate (closed-loop splitting)", "", _table(h, rows), ""]
+            out += [*[f"- {_cell(s)}" for s in text.rare_lines(p)], ""]
         out += [
             "### Epistemic vs aleatoric",
             "",

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 
-from medsim.policies.report.numbers import duration, num, num_ci, pct, pct_ci, pp, time_ci
+from medsim.policies.report.numbers import duration, num, num_ci, pct, pct_ci, plain, pp, time_ci
 from medsim.policies.risk.estimate import Estimate
 from medsim.policies.risk.report import PolicyRisk, RiskReport
 
@@ -326,3 +326,70 @@ def support_line(p: PolicyRisk) -> str:
     if not s.checked:
         return f"Support: not checked: {s.reason}."
     return f"Support: {s.message}."
+
+
+# ---------------------------------------------------------------------------------------- rare events
+RARE_HEADER = [
+    "bound",
+    "estimate",
+    "interval",
+    "relative error",
+    "path-equivalents",
+    "level sequence",
+    "extinct replicas",
+]
+
+
+def rare_pct(x: float) -> str:
+    """A small probability in percent, positional and unrounded to zero (``0.000312%``)."""
+    return "n/a" if not math.isfinite(x) else f"{plain(100 * x)}%"
+
+
+def rare_rows(p: PolicyRisk) -> tuple[list[str], list[list[str]]]:
+    """The closed-loop splitting estimate per bound (``could not be estimated`` when it failed)."""
+    rows = []
+    for r in p.rare:
+        spent = num(r.path_equivalents)
+        extinct = str(r.extinct)
+        levels = ", ".join(f"{v:.3g}" for v in r.estimate.levels) if r.estimate is not None else "n/a"
+        if not r.estimated:
+            rows.append([r.bound, "could not be estimated", r.failure, "n/a", spent, levels, extinct])
+            continue
+        e = r.probability
+        interval = (
+            f"not estimable: {e.no_interval}"
+            if e.no_interval
+            else f"[{rare_pct(e.lower)}, {rare_pct(e.upper)}] ({pct(e.level)})"
+        )
+        rows.append([r.bound, rare_pct(e.value), interval, num(r.relative_error), spent, levels, extinct])
+    return RARE_HEADER, rows
+
+
+def rare_lines(p: PolicyRisk) -> list[str]:
+    """Why splitting was used and what the verdict rests on."""
+    if not p.rare:
+        return []
+    first = p.rare[0]
+    lines = [
+        f"{first.reason[0].upper()}{first.reason[1:]}: too few violations for the plain estimate, so the violation "
+        f"probability was estimated by adaptive multilevel splitting on the closed loop (budget "
+        f"{num(sum(r.budget for r in p.rare))} path-equivalents)."
+    ]
+    if all(r.estimated for r in p.rare):
+        union = " summed over bounds" if len(p.rare) > 1 else ""
+        lines.append(f"The verdict uses the splitting estimate's upper bound{union}, not the plain estimate.")
+    else:
+        failed = ", ".join(r.bound for r in p.rare if not r.estimated)
+        lines.append(f"{failed}: could not be estimated by splitting; the verdict rests on the plain estimate.")
+    for r in p.rare:
+        if r.n_draws > 1 and r.estimated:
+            lines.append(
+                f"{r.bound}: one splitting run per posterior draw ({r.n_draws} draws); the interval is over "
+                f"draws; epistemic share {pct(r.epistemic_share)}."
+            )
+        if r.extinct:
+            lines.append(
+                f"{r.bound}: {r.extinct} replicas went extinct (all paths tied below the bound): the score is "
+                "coarse (few interactions); the estimate stays unbiased but noisier."
+            )
+    return lines

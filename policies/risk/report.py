@@ -29,6 +29,7 @@ from medsim.policies.risk.labels import quantity_names, twin_subject
 from medsim.policies.risk.margin import TighteningMargin, tightening_margins
 from medsim.policies.risk.probability import ViolationProbability, violation_probabilities
 from medsim.policies.risk.provenance import Provenance, make_provenance
+from medsim.policies.risk.rare.result import RareRisk
 from medsim.policies.risk.sequential import SequentialResult, sequential_test
 from medsim.policies.risk.severity import JointCost, Severity, severities
 from medsim.policies.risk.support import DEFAULT_THRESHOLD, SupportFlag, support_flag
@@ -74,6 +75,9 @@ class PolicyRisk:
         Consensus glucose metrics (models with a glucose trace; None otherwise).
     agp : AmbulatoryProfile or None
         Glucose percentiles by time of day (with ``glucose``).
+    rare : tuple of RareRisk
+        Closed-loop splitting estimate per bound, when the plain estimate saw too few violations
+        (or the spec forced it; :mod:`medsim.policies.risk.rare.followup`); empty otherwise.
     """
 
     policy: str
@@ -96,6 +100,7 @@ class PolicyRisk:
     warnings: tuple[str, ...]
     glucose: GlucoseMetrics | None = None
     agp: AmbulatoryProfile | None = None
+    rare: tuple[RareRisk, ...] = ()
 
 
 @dataclass(frozen=True)

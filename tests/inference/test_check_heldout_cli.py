@@ -18,7 +18,7 @@ from medsim.models import get
 from medsim.models.gate import CalibrationGate, Criterion
 
 runner = CliRunner()
-RISK = ["--policy", "fixed:dose=320,every=24", "--spec", "conc<=1000;horizon=24h;epsilon=0.5", "--n", "20"]
+RISK = ["--policy", "fixed:dose=320,every=24", "--spec", "conc<=1000;horizon=24h;epsilon=0.5;rare=off", "--n", "20"]
 
 
 @pytest.fixture(scope="module")

@@ -19,7 +19,7 @@ runner = CliRunner()
 
 # 12 h of one-compartment oral PK in 0.25 h sub-steps (the model's training step is 0.75 h): a
 # short, cheap rollout that still crosses the 8 mg/L bound for some patients.
-RISK = ["--policy", "fixed:dose=320,every=6", "--spec", "conc<=8;horizon=12h;epsilon=0.2", "--dt", "0.25"]
+RISK = ["--policy", "fixed:dose=320,every=6", "--spec", "conc<=8;horizon=12h;epsilon=0.2;rare=off", "--dt", "0.25"]
 
 
 def _text(result) -> str:
@@ -179,7 +179,7 @@ def test_clear_errors(files, floor_ok, tmp_path):
     assert "--cohort applies to neural checkpoints only" in message
     # pid doses insulin at a multiple of the patient's basal rate: a PK model conditioned on
     # body weight has none to give it.
-    pid = ["--policy", "pid:observable=conc,target=5,every=1", "--spec", "conc<=8;horizon=2h", "--dt", "0.25"]
+    pid = ["--policy", "pid:observable=conc,target=5,every=1", "--spec", "conc<=8;horizon=2h;rare=off", "--dt", "0.25"]
     message = run("risk", str(good), *pid, "--n", "2", *floor, "--out", str(tmp_path / "r"))
     assert "pid needs the covariate BASAL" in message and "conditioned on covariates ['WT']" in message
 

@@ -29,7 +29,7 @@ from medsim.models import get  # noqa: E402
 from medsim.population import PosteriorDraws, sample_population  # noqa: E402
 
 MODEL = get("glucose_insulin")
-SPEC = parse_spec("glucose_mg_dL>=70;horizon=3h;epsilon=0.05", model=MODEL)
+SPEC = parse_spec("glucose_mg_dL>=70;horizon=3h;epsilon=0.05;rare=off", model=MODEL)
 POLICIES = ["pid:every=60", "pid:every=30"]
 N, SEED = 40, 3
 

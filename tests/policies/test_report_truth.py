@@ -69,7 +69,8 @@ def test_checked_support_still_reports_its_share():
 
 def test_risk_from_priors_says_why_support_is_not_checked(tmp_path):
     out = tmp_path / "report"
-    args = ["risk", "--prior", "pk_iv_1cmt", "--policy", "fixed:dose=20,every=12", "--spec", "conc<=40;horizon=12h"]
+    spec = "conc<=40;horizon=12h;rare=off"
+    args = ["risk", "--prior", "pk_iv_1cmt", "--policy", "fixed:dose=20,every=12", "--spec", spec]
     args += ["--n", "8", "--prior-draws", "4", "--dt", "0.1", "--out", str(out)]
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output

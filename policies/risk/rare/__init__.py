@@ -24,7 +24,7 @@ from medsim.policies.risk.rare.closed_loop import closed_loop_problem
 from medsim.policies.risk.rare.epistemic import RareEpistemic, rare_epistemic
 from medsim.policies.risk.rare.importance import importance_sampling
 from medsim.policies.risk.rare.problem import PathProblem, path_crossing_probability
-from medsim.policies.risk.rare.result import RareEstimate
+from medsim.policies.risk.rare.result import RareEstimate, RareRisk
 from medsim.policies.risk.rare.subset import SubsetFailure, subset_simulation
 
 __all__ = [
@@ -32,6 +32,7 @@ __all__ = [
     "PathProblem",
     "RareEpistemic",
     "RareEstimate",
+    "RareRisk",
     "SubsetFailure",
     "ams",
     "closed_loop_problem",

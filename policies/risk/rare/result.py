@@ -77,6 +77,58 @@ class RareEstimate:
         }
 
 
+@dataclass(frozen=True)
+class RareRisk:
+    """The rare-event estimate of one bound's violation probability for one policy.
+
+    Attributes
+    ----------
+    bound : str
+        The bound's name.
+    reason : str
+        Why splitting was used (the plain count below the threshold, or ``rare=ams``).
+    plain_violations : int
+        Patients with a crossing in the plain run.
+    budget : float
+        Path-equivalents allowed for this bound.
+    estimate : RareEstimate or None
+        The splitting estimate (the first draw's, with several draws); ``None`` when it could
+        not be estimated.
+    probability : Estimate or None
+        The violation probability with its interval (two-sided at ``1 - 2 delta``, so its upper
+        end is the one-sided ``1 - delta`` bound the verdict uses); over posterior draws when
+        ``n_draws >= 2``.
+    relative_error : float
+    path_equivalents : float
+        Spent, all replicas and draws together.
+    n_draws : int
+        Posterior draws with their own splitting run (1: the population's patients pooled).
+    epistemic_share : float
+        Share of the violation variance due to the posterior (nan with one draw).
+    extinct : int
+        Extinct replicas, all draws together.
+    failure : str
+        Why it could not be estimated ("" when it was).
+    """
+
+    bound: str
+    reason: str
+    plain_violations: int
+    budget: float
+    estimate: RareEstimate | None
+    probability: Estimate | None
+    relative_error: float
+    path_equivalents: float
+    n_draws: int = 1
+    epistemic_share: float = math.nan
+    extinct: int = 0
+    failure: str = ""
+
+    @property
+    def estimated(self) -> bool:
+        return self.probability is not None and not self.failure
+
+
 def replica_interval(values: np.ndarray, *, level: float, seed: int, method: str) -> tuple[Estimate, float]:
     """Mean of independent unbiased replica estimates with a log-scale t interval.
 
