@@ -20,10 +20,11 @@ from medsim.policies.loading import FunctionPolicy, PolicySpecError, load_user_p
 from medsim.policies.protocol import Observation, Option, Policy, PolicyContext, PolicyError
 from medsim.policies.result import RolloutResult
 from medsim.policies.risk import Estimate, RiskReport, risk_report
-from medsim.policies.rollout import rollout, rollout_many, target_range
+from medsim.policies.rollout import rollout, rollout_many
 from medsim.policies.scenarios import Meal, MealScenario, Scenario
 from medsim.policies.spec import SafetySpec, SpecError, TargetRange
 from medsim.policies.spec_file import parse_spec
+from medsim.policies.targets import target_range
 
 __all__ = [
     "BUILTINS",
