@@ -32,12 +32,13 @@ from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
+from medsim.policies.spec_bounds import _NUMBER, _OBSERVABLE_RE, SpecError, _bound_from_entry, _number
+from medsim.policies.spec_bounds import parse_bound as parse_bound  # re-exported: the spec's bound parser
+
 from medsim import units
 from medsim.simulate.types import Bound
 from medsim.units import UnknownTimeUnitError, canonical_unit
 
-_NUMBER = r"[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?"
-_BOUND_RE = re.compile(rf"^\s*([A-Za-z_]\w*)\s*(<=|>=|<|>)\s*({_NUMBER})\s*$")
 _TARGET_RE = re.compile(rf"^\s*({_NUMBER})\s*<=?\s*([A-Za-z_]\w*)\s*<=?\s*({_NUMBER})\s*$")
 _HORIZON_RE = re.compile(rf"^\s*({_NUMBER})\s*([A-Za-z]*)\s*$")
 _KEYS = ("bounds", "horizon", "from", "epsilon", "delta", "target", "time_unit", "rare", "rare_budget")
@@ -45,15 +46,6 @@ RARE_CHOICES = ("auto", "off", "ams", "subset", "is")
 # Rare-event estimators that can run on medsim's closed loop (hashed per-interaction noise on the
 # host): splitting only (docs/rare_events.md).
 CLOSED_LOOP_RARE = ("auto", "off", "ams")
-_BOUND_KEYS = ("observable", "upper", "lower", "value", "side", "name")
-_OBSERVABLE_RE = re.compile(r"^[A-Za-z_]\w*$")
-
-
-class SpecError(ValueError):
-    """A safety specification could not be read or does not fit the model.
-
-    The message names the source (file or ``inline``), the offending key and its value.
-    """
 
 
 @dataclass(frozen=True)
@@ -326,80 +318,6 @@ def _check_open_unit(src: str, key: str, value: float) -> None:
 
 
 # ---------------------------------------------------------------------------------------- parsing
-def parse_bound(text: str, *, where: str = "inline") -> Bound:
-    """Parse ``"conc<=20"`` / ``"glucose_mg_dL>=70"`` into a :class:`Bound`.
-
-    ``<`` and ``>`` are read as ``<=`` and ``>=``: for a continuous trajectory the event of
-    touching the bound has probability zero, so the two are the same constraint.
-    """
-    m = _BOUND_RE.match(text)
-    if m is None:
-        raise SpecError(
-            f"{where}: key 'bounds' value {text!r} is not a bound; expected OBSERVABLE<=VALUE or OBSERVABLE>=VALUE"
-        )
-    name, op, value = m.groups()
-    if not math.isfinite(float(value)):
-        raise SpecError(f"{where}: key 'bounds' value {text!r}: the bound must be a finite number, got {value}")
-    return Bound(name, float(value), "upper" if op.startswith("<") else "lower")
-
-
-def _bound_from_entry(entry: Any, *, where: str) -> Bound:
-    if isinstance(entry, str):
-        return parse_bound(entry, where=where)
-    if not isinstance(entry, Mapping):
-        raise SpecError(f"{where}: key 'bounds' entry {entry!r} must be a string or a table/object")
-    unknown = sorted(str(k) for k in entry if k not in _BOUND_KEYS)
-    if unknown:
-        raise SpecError(
-            f"{where}: key 'bounds' entry {dict(entry)!r} has unknown key(s) {unknown}; valid keys are "
-            f"{list(_BOUND_KEYS)}"
-        )
-    obs = entry.get("observable")
-    if not (isinstance(obs, str) and _OBSERVABLE_RE.match(obs)):
-        raise SpecError(f"{where}: key 'bounds' entry {dict(entry)!r} needs an 'observable' name")
-    given = [k for k in ("upper", "lower", "value") if k in entry]
-    if len(given) != 1:
-        raise SpecError(
-            f"{where}: key 'bounds' entry {dict(entry)!r} needs exactly one of 'upper', 'lower' or 'value' (+ 'side')"
-        )
-    key = given[0]
-    if key != "value" and "side" in entry:
-        raise SpecError(f"{where}: key 'bounds' entry {dict(entry)!r}: 'side' goes with 'value', not with {key!r}")
-    side = entry.get("side", "upper") if key == "value" else key
-    if side not in ("upper", "lower"):
-        raise SpecError(f"{where}: key 'bounds' entry {dict(entry)!r}: 'side' must be 'upper' or 'lower'")
-    value = _number(entry[key], where=where, key=f"bounds.{obs}.{key}")
-    bound = Bound(obs, value, side)
-    if "name" in entry:
-        # The name is what reports show; one that disagrees with the bound would mislabel every
-        # figure and verdict, so it must describe the same bound (e.g. "conc >= 5" for conc>=5).
-        given_name = entry["name"]
-        same = False
-        if isinstance(given_name, str) and _BOUND_RE.match(given_name):
-            try:
-                same = parse_bound(given_name, where=where) == bound
-            except SpecError:
-                same = False
-        if not same:
-            raise SpecError(
-                f"{where}: key 'bounds' entry {dict(entry)!r}: 'name' {given_name!r} does not describe the bound "
-                f"{bound.name!r}; leave 'name' out, it is derived from the bound"
-            )
-    return bound
-
-
-def _number(value: Any, *, where: str, key: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float | str):
-        raise SpecError(f"{where}: key {key!r} must be a number, got {value!r}")
-    try:
-        out = float(value)
-    except (ValueError, OverflowError):
-        raise SpecError(f"{where}: key {key!r} must be a number, got {value!r}") from None
-    if not math.isfinite(out):
-        raise SpecError(f"{where}: key {key!r} must be finite, got {value!r}")
-    return out
-
-
 def _horizon(value: Any, *, where: str, key: str = "horizon") -> tuple[float, str | None]:
     if isinstance(value, int | float) and not isinstance(value, bool):
         return _number(value, where=where, key=key), None
