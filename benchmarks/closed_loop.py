@@ -41,12 +41,12 @@ import jax  # noqa: E402
 jax.config.update("jax_num_cpu_devices", CORES)
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
+
+import medsim.models as registry  # noqa: E402
 from medsim.policies.builtin import PID  # noqa: E402
 from medsim.policies.rollout import rollout  # noqa: E402
 from medsim.policies.rollout_device import streaming_rollout  # noqa: E402
 from medsim.policies.scenarios import MealScenario  # noqa: E402
-
-import medsim.models as registry  # noqa: E402
 from medsim.population import PosteriorDraws, sample_population  # noqa: E402
 from medsim.population.streams import Stream, patient_keys  # noqa: E402
 from medsim.simulate import Bound, Simulator  # noqa: E402

@@ -160,11 +160,11 @@ def cgm_observable(model) -> str:
 def run_one(tidy: pd.DataFrame, model_name: str, method: str, args) -> dict:
     """Fit one model with one sampler on the training days and score the test day."""
     import jax
-    from medsim.inference.checks.predictive import posterior_predictive
 
     import medsim.models
     from medsim import inference
     from medsim.data.t1d import read_t1d_table
+    from medsim.inference.checks.predictive import posterior_predictive
 
     model = medsim.models.get(model_name)
     limits = tuple(args.cgm_limits) if args.cgm_limits else None

@@ -151,6 +151,7 @@ def process_noise(cohort, model, sde_idata, *, chains: int, draws: int, warmup: 
 def heldout(cohort, model, *, chains: int, draws: int, warmup: int, seed: int, n_last: int = 2) -> dict:
     """Fit without each subject's last ``n_last`` samples; 90 % predictive coverage of them."""
     import jax
+
     from medsim.inference.checks.heldout import heldout_coverage, split_last
     from medsim.inference.fitting import fit
 
@@ -169,7 +170,6 @@ def heldout(cohort, model, *, chains: int, draws: int, warmup: int, seed: int, n
 
 def calibration(*, quick: bool, seed: int) -> dict:
     from medsim.inference.calibration import Design, narrowed_priors, run_calibration
-
     from medsim.models import get
 
     settings = (

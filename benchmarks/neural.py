@@ -35,9 +35,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import torch
-from medsim.inference.neural import TrainSettings, fit_neural, interval_metrics, predictive_samples, train
 
 from medsim.data.cohort import Cohort
+from medsim.inference.neural import TrainSettings, fit_neural, interval_metrics, predictive_samples, train
 from medsim.models.glucose_insulin import GlucoseInsulin
 from medsim.models.neural import (
     config_from_cohort,

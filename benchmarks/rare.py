@@ -53,8 +53,9 @@ def write_json(path: Path, value) -> None:
 
 
 def bm_distance(p: float) -> float:
-    from medsim.policies.risk.rare.references import drifted_bm_exit
     from scipy.optimize import brentq
+
+    from medsim.policies.risk.rare.references import drifted_bm_exit
 
     return float(brentq(lambda b: math.log(drifted_bm_exit(-1.0, 1.0, b, 1.0)) - math.log(p), 0.5, 8.0))
 
@@ -138,10 +139,11 @@ def run_case(
 
 
 def coverage(reps: int, steps: int, seed: int) -> dict:
+    from scipy import stats
+
     from medsim.policies.risk.rare import ams
     from medsim.policies.risk.rare.references import drifted_bm_exit, drifted_bm_problem
     from medsim.policies.risk.rare.result import replica_interval
-    from scipy import stats
 
     b = bm_distance(1e-5)
     p = drifted_bm_exit(-1.0, 1.0, b, 1.0)
@@ -188,11 +190,10 @@ def glucose_cases(args) -> list[dict]:
     """
     import dataclasses
 
+    import medsim.models as registry
     from medsim.policies.builtin import PID, BasalBolus
     from medsim.policies.risk.rare import ams, closed_loop_problem
     from medsim.policies.scenarios import MealScenario
-
-    import medsim.models as registry
     from medsim.population import PosteriorDraws, sample_population
     from medsim.simulate.types import Bound
 

@@ -29,6 +29,7 @@ from collections.abc import Mapping
 import jax
 import jax.numpy as jnp
 import numpy as np
+
 from medsim.inference.hierarchical import individual_parameters, pointwise_and_filtered
 from medsim.inference.problem import FitData
 

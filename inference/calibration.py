@@ -36,12 +36,12 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+
 from medsim.inference.checks.coverage import binomial_interval, rank_uniformity
 from medsim.inference.checks.heldout import heldout_coverage
 from medsim.inference.checks.predictive import default_dt, draws_from_samples
 from medsim.inference.hierarchical import hierarchical_model, split_sites
 from medsim.inference.problem import FitData, prepare
-
 from medsim.models.base import PhysiologyModel, residual_key
 from medsim.simulate import DoseEvents, simulate_schedule
 

@@ -12,9 +12,9 @@ import os
 from pathlib import Path
 
 import numpy as np
+
 from medsim.inference.assemble import import_arviz
 from medsim.inference.summary import population_variables
-
 from medsim.io import write_bytes
 
 

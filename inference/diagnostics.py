@@ -16,6 +16,7 @@ import json
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
+
 from medsim.inference.noise_profile import profile_problems
 from medsim.inference.svi_diagnostics import elbo_checks
 

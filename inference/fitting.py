@@ -7,6 +7,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any, Literal
 
 import numpy as np
+
 from medsim.inference.assemble import build_inference_data
 from medsim.inference.backends import BACKENDS, Progress, run_nuts, run_svi
 from medsim.inference.backends.numpyro_svi import GUIDES
@@ -19,7 +20,6 @@ from medsim.inference.posterior import FORMAT_VERSION, Posterior, json_attr
 from medsim.inference.priors import PriorError
 from medsim.inference.problem import FitData, prepare
 from medsim.inference.provenance import package_versions, utc_timestamp
-
 from medsim.models.base import PhysiologyModel
 
 

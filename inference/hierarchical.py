@@ -19,9 +19,9 @@ import jax.numpy as jnp
 import numpy as np
 import numpyro
 import numpyro.distributions as dist
+
 from medsim.inference.priors import PriorSpec
 from medsim.inference.problem import FitData
-
 from medsim.models.base import residual_key
 
 Array = jax.Array

@@ -19,6 +19,7 @@ from collections.abc import Mapping
 import jax
 import jax.numpy as jnp
 import numpy as np
+
 from medsim.inference.hierarchical import pointwise_loglik
 from medsim.inference.problem import FitData
 

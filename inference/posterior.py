@@ -36,11 +36,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
 from medsim.inference.assemble import FILTERED_COV, FILTERED_PREFIX, FILTERED_TIME, import_arviz
 from medsim.inference.cohort_support import SUPPORT_ATTR, support_ranges
 from medsim.inference.diagnostics import Diagnostics, diagnose_posterior_attrs
 from medsim.inference.priors import PriorError, PriorSpec
-
 from medsim.io import atomic_write
 from medsim.models.base import PhysiologyModel, residual_key
 from medsim.models.gate import CalibrationGate

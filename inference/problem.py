@@ -16,10 +16,10 @@ from typing import Any
 
 import jax
 import numpy as np
+
 from medsim.inference.likelihood.ekf import cohort_loglik
 from medsim.inference.likelihood.timeline import Timeline, build_timeline
 from medsim.inference.priors import PriorSpec, build_priors
-
 from medsim.models.base import PhysiologyModel
 
 

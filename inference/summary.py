@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
+
 from medsim.inference.assemble import import_arviz
 from medsim.inference.diagnostics import sampled_variables
 

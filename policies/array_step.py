@@ -17,6 +17,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+
 from medsim.policies.protocol import Observation, Option
 
 

@@ -38,13 +38,14 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
+
 from medsim.policies.array_step import isolated, measure_expr, step_expr
 from medsim.policies.device_interval import advance, refused, scenario_layout
 from medsim.policies.protocol import Policy, PolicyError
 from medsim.policies.streaming import init_sums, update_sums
-
 from medsim.population.streams import Stream, patient_base_keys
 from medsim.population.virtual import VirtualPopulation
+from medsim.simulate import cache
 
 # Interactions per compiled call: the host checks limits and reports progress between calls.
 BLOCK = 64
@@ -106,8 +107,6 @@ class _Config(NamedTuple):
     specs: tuple  # (bound index, observable, value, upper) of the rollout's bounds
 
 
-_CACHE: dict[tuple, Any] = {}
-_CACHE_MAX = 8
 
 
 def _body(cfg: _Config, inp: _Inputs, c: _Carry, dt, horizon, tol):
@@ -279,33 +278,30 @@ def _config_key(setup, policy: Policy, record: bool, event_cmts: tuple, columns:
 
 
 def _compiled(setup, policy: Policy, record: bool, event_cmts: tuple, columns: tuple):
+    def build():
+        bounds = setup.bounds
+        cfg = _Config(
+            kernel=setup.sim.interval_kernel(tuple((setup.model.dose_targets[cm], False) for _, cm in columns)),
+            policy=policy,
+            model=setup.model,
+            n_bounds=len(bounds),
+            n_target=len(setup.target_bounds),
+            measured_obs=setup.measured_obs,
+            cmts=setup.cmts,
+            announces=setup.scenario is not None and setup.scenario.announced,
+            event_cmts=event_cmts,
+            columns=columns,
+            noise=setup.noise,
+            time_unit=setup.model.time_unit,
+            horizon=setup.horizon,
+            record=record,
+            specs=tuple((j, b.observable, float(b.value), b.side == "upper") for j, b in enumerate(bounds)),
+        )
+        return cfg, _block_fn(cfg)
+
     key = _config_key(setup, policy, record, event_cmts, columns)
-    if key is not None and key in _CACHE:
-        return _CACHE[key]
-    bounds = setup.bounds
-    cfg = _Config(
-        kernel=setup.sim.interval_kernel(tuple((setup.model.dose_targets[cm], False) for _, cm in columns)),
-        policy=policy,
-        model=setup.model,
-        n_bounds=len(bounds),
-        n_target=len(setup.target_bounds),
-        measured_obs=setup.measured_obs,
-        cmts=setup.cmts,
-        announces=setup.scenario is not None and setup.scenario.announced,
-        event_cmts=event_cmts,
-        columns=columns,
-        noise=setup.noise,
-        time_unit=setup.model.time_unit,
-        horizon=setup.horizon,
-        record=record,
-        specs=tuple((j, b.observable, float(b.value), b.side == "upper") for j, b in enumerate(bounds)),
-    )
-    fn = (cfg, _block_fn(cfg))
-    if key is not None:
-        if len(_CACHE) >= _CACHE_MAX:
-            _CACHE.pop(next(iter(_CACHE)))
-        _CACHE[key] = fn
-    return fn
+    # One cache for every compiled program (medsim.simulate.cache, emptied by clear_caches()).
+    return build() if key is None else cache.cached(("device-loop", *key), build)
 
 
 def device_capable(setup, scen) -> bool:

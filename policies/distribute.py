@@ -40,11 +40,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
 from medsim.policies.paths import join_paths
 from medsim.policies.result import RolloutResult
 from medsim.policies.rollout_assemble import merge_all
 from medsim.policies.spec import SafetySpec
-
 from medsim.population import PosteriorDraws, VirtualPopulation
 
 # Patients per shard for large populations: the rollout's default chunk_size, so shards are chunks.

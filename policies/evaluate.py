@@ -16,7 +16,6 @@ from medsim.policies.risk.rare.followup import with_rare_followup
 from medsim.policies.rollout import rollout_many
 from medsim.policies.scenarios import MealScenario, Scenario
 from medsim.policies.spec import SafetySpec, convert_time
-
 from medsim.population import PosteriorDraws, VirtualPopulation, sample_population
 from medsim.simulate import budget
 

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
+
 from medsim.inference.cohort_support import cohort_support, support_ranges
 from medsim.policies.evaluate import evaluate_policies
 from medsim.policies.report import write_report
@@ -141,10 +142,9 @@ def write_example_fit_report(
     The posterior must be the fit of the whole bundled dataset (an example with a held-out window
     fits only its training part, whose report would need that part).
     """
+    import medsim.data
     from medsim.inference import Posterior
     from medsim.inference.checks.fit_report import build_fit_report, fit_figures, write_fit_report
-
-    import medsim.data
 
     posterior = Posterior.load(posterior_file)
     cohort = medsim.data.load(settings.dataset)
@@ -207,6 +207,7 @@ def run_example(
     gate = None
     if held is not None:
         import jax
+
         from medsim.inference.checks.calibration_gate import heldout_check
 
         say(f"{settings.name}: calibration gate on measurements after t = {settings.heldout_after:g}")

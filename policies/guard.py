@@ -17,9 +17,9 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import numpy as np
-from medsim.policies.protocol import Observation, Option, PolicyError
 
 from medsim.models.base import PhysiologyModel
+from medsim.policies.protocol import Observation, Option, PolicyError
 
 T = TypeVar("T")
 

@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
 from medsim.policies.env.task import EnvTask
 from medsim.policies.env.vectors import action_option, features
 from medsim.policies.protocol import Observation, Option, PolicyContext, PolicySpecError
@@ -131,8 +132,9 @@ def load_learned(path: str | Path) -> LearnedPolicy:
         file missing or with another digest, weights whose shapes do not chain, observation
         vectors of the wrong length.
     """
-    from medsim.policies.env.task import TaskError, resolve_task
     from safetensors.numpy import load_file
+
+    from medsim.policies.env.task import TaskError, resolve_task
 
     path = Path(path)
     try:

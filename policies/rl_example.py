@@ -29,12 +29,12 @@ import time
 from pathlib import Path
 
 import numpy as np
+
+from medsim.io import atomic_write, write_text
 from medsim.policies.builtin import BasalBolus
 from medsim.policies.env import GLUCOSE, core
 from medsim.policies.env.behaviour import behaviour_steps
 from medsim.policies.learned import from_sb3, load_learned, save_learned
-
-from medsim.io import atomic_write, write_text
 
 # Warm start in [-1, 1] action units: no bolus, basal 0.02 U/min (1.2 U/h), next look in ~60 min.
 _START = {"bolus_cmt1": -1.0, "rate_cmt1": -0.6, "interval": -0.53}
@@ -49,9 +49,10 @@ def feature_scale(params: core.EnvParams, episodes: int = 16) -> np.ndarray:
 def train(out: Path, *, timesteps: int, envs: int, minutes: float, budget: float, lam_lr: float, seed: int = 0) -> dict:
     """Train, export ``agent.json`` and the training curve; returns the curve."""
     import torch
-    from medsim.policies.env.sb3 import SB3VecEnv
     from stable_baselines3 import PPO
     from stable_baselines3.common.callbacks import BaseCallback
+
+    from medsim.policies.env.sb3 import SB3VecEnv
 
     torch.manual_seed(seed)
     params = core.make_params(GLUCOSE, seed=seed)

@@ -47,14 +47,14 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from medsim.models.base import PhysiologyModel
 from medsim.policies.paths import join_paths
 from medsim.policies.protocol import Observation, Policy
 from medsim.policies.result import RolloutResult
 from medsim.policies.rollout_assemble import PER_BOUND, assemble, merge_all, support_fraction
 from medsim.policies.scenarios import Scenario, announced_at, next_event_after
 from medsim.policies.traces import empty_trace, sample_interval
-
-from medsim.models.base import PhysiologyModel
 from medsim.population.streams import Stream, patient_keys
 from medsim.population.virtual import VirtualPopulation
 from medsim.simulate import budget

@@ -11,10 +11,10 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
 from medsim.policies.paths import compress_segments
 from medsim.policies.protocol import Policy
 from medsim.policies.result import RolloutResult
-
 from medsim.population.virtual import VirtualPopulation
 from medsim.simulate.types import DoseEvents
 

@@ -14,11 +14,11 @@ from dataclasses import replace
 import jax
 import jax.numpy as jnp
 import numpy as np
+
 from medsim.policies import device_loop
 from medsim.policies.protocol import Policy
 from medsim.policies.result import RolloutResult
 from medsim.policies.rollout_assemble import assemble, support_fraction
-
 from medsim.population.virtual import VirtualPopulation
 from medsim.simulate.plan import bucket_batch
 
@@ -81,7 +81,6 @@ def check_first_option(setup, pop: VirtualPopulation, policy: Policy, patient, x
     from medsim.policies.protocol import Observation
     from medsim.policies.rollout_setup import _measure, check_first_interval
     from medsim.policies.scenarios import announced_at
-
     from medsim.population.streams import Stream
 
     n = pop.n_patients
@@ -202,7 +201,6 @@ def streaming_rollout(
         For a policy without an array step or a scenario with infusions.
     """
     from medsim.policies.rollout_setup import _Setup, chunk_scenario
-
     from medsim.simulate import budget
 
     choose_loop("device", policy)

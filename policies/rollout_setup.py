@@ -14,12 +14,12 @@ from collections.abc import Callable, Mapping
 import jax
 import jax.numpy as jnp
 import numpy as np
+
 from medsim.policies.array_step import HostMeasure
 from medsim.policies.compiled import compiled_simulator
 from medsim.policies.protocol import Policy, PolicyError
 from medsim.policies.targets import check_support, range_bounds, target_range
 from medsim.policies.traces import trace_grid
-
 from medsim.population.streams import Stream, patient_normal
 from medsim.population.virtual import VirtualPopulation
 from medsim.simulate import budget

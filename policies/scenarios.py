@@ -17,8 +17,8 @@ from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
 import numpy as np
-from medsim.policies.protocol import units_per_hour
 
+from medsim.policies.protocol import units_per_hour
 from medsim.population.streams import Stream, patient_normal
 from medsim.simulate.types import DoseEvents
 

@@ -32,10 +32,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
+from medsim import units
 from medsim.policies.spec_bounds import _NUMBER, _OBSERVABLE_RE, SpecError, _bound_from_entry, _number
 from medsim.policies.spec_bounds import parse_bound as parse_bound  # re-exported: the spec's bound parser
-
-from medsim import units
 from medsim.simulate.types import Bound
 from medsim.units import UnknownTimeUnitError, canonical_unit
 

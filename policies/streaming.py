@@ -17,9 +17,9 @@ from typing import Any, NamedTuple
 
 import jax.numpy as jnp
 import numpy as np
+
 from medsim.policies.risk.events import bound_indices_of, events_from
 from medsim.policies.spec import SafetySpec
-
 from medsim.simulate.types import Bound
 
 

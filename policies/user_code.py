@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
 from medsim.policies.guard import GuardedPolicy, run_user_code
 from medsim.policies.protocol import Observation, Option, Policy, PolicyContext, PolicySpecError
 

@@ -65,7 +65,7 @@ def test_readme_has_the_tours():
     shell, python = readme_blocks("bash"), readme_blocks("python")
     assert len(shell) == 1 and "medsim fit" in shell[0] and "medsim risk" in shell[0]
     # the first Python block is the tour; later ones are examples run by their own tests
-    assert python and "medsim.inference.fit(" in python[0] and "evaluate_policies(" in python[0]
+    assert python and "inference.fit(" in python[0] and "evaluate_policies(" in python[0]
     assert "make test" in "".join(readme_blocks("sh"))
 
 

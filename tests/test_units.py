@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import pytest
+
 from medsim.policies.protocol import units_per_hour as protocol_units_per_hour
 from medsim.policies.spec import SpecError
 from medsim.policies.spec import convert_time as spec_convert_time
-
 from medsim.units import UnknownTimeUnitError, convert_time, units_per_hour
 
 

@@ -49,6 +49,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.flatten_util import ravel_pytree
 from jax.scipy.linalg import solve_triangular
+
 from medsim.inference.backends.progress import Progress, ProgressCounter
 from medsim.inference.hierarchical import approximate_posterior_variances, constrain, data_information, potential_fn
 from medsim.inference.problem import FitData

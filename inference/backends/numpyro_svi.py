@@ -26,6 +26,7 @@ from typing import Literal
 
 import jax
 import numpy as np
+
 from medsim.inference.backends.numpyro_nuts import SamplerOutput
 from medsim.inference.backends.progress import Progress, ProgressCounter
 from medsim.inference.hierarchical import hierarchical_model, with_random_effects

@@ -31,6 +31,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 import numpy as np
+
 from medsim.inference.backends.numpyro_nuts import SamplerOutput
 from medsim.inference.backends.progress import Progress, ProgressCounter
 from medsim.inference.backends.pytensor_op import CohortLogLikOp

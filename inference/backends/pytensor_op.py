@@ -28,12 +28,13 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
-from medsim.inference.problem import FitData
 from pytensor.gradient import DisconnectedType
 from pytensor.graph.basic import Apply
 from pytensor.graph.op import Op
 from pytensor.tensor import as_tensor_variable
 from pytensor.tensor.type import TensorType
+
+from medsim.inference.problem import FitData
 
 
 def likelihood_sites(data: FitData) -> tuple[str, ...]:
@@ -102,6 +103,7 @@ class CohortLogLikOp(Op):
         if self._value_and_grad is None:
             import jax
             import jax.numpy as jnp
+
             from medsim.inference.hierarchical import pointwise_loglik
 
             data, sites, sizes = self.data, self.sites, self._sizes()

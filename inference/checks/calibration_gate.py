@@ -32,9 +32,9 @@ from typing import Any
 
 import jax
 import numpy as np
+
 from medsim.inference.checks import scores
 from medsim.inference.checks.predictive import PredictiveError, posterior_predictive
-
 from medsim.models.gate import LEVELS, CalibrationGate, judge
 from medsim.simulate.types import Bound
 

@@ -13,10 +13,10 @@ from typing import Any
 
 import jax
 from matplotlib.figure import Figure
+
 from medsim.inference.checks.gof import goodness_of_fit, plot_goodness_of_fit
 from medsim.inference.checks.individual import individual_fits, plot_individual_fits
 from medsim.inference.checks.vpc import plot_vpc, vpc
-
 from medsim.io import atomic_write
 
 

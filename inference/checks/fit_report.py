@@ -23,13 +23,13 @@ from typing import Any
 
 import jax
 import numpy as np
+
 from medsim.inference.checks.gof import GoodnessOfFit, goodness_of_fit, plot_goodness_of_fit
 from medsim.inference.checks.individual import IndividualFits, individual_fits, plot_individual_fits
 from medsim.inference.checks.loo import LooError, LooSummary, loo_summary
 from medsim.inference.checks.predictive import PredictiveError
 from medsim.inference.checks.shrinkage import epsilon_shrinkage, eta_shrinkage
 from medsim.inference.checks.vpc import VPCResult, plot_vpc, vpc
-
 from medsim.io import atomic_folder, check_folder, write_bytes, write_text
 
 #: What a fit-report folder holds; other files in an existing folder are kept.

@@ -16,6 +16,7 @@ from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
+
 from medsim.inference.checks.fit_report import TRACE_DRAWS
 from medsim.inference.diagnostics import EBFMI_MIN, ESS_PER_CHAIN_MIN, RHAT_MAX
 

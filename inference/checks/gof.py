@@ -28,8 +28,8 @@ from typing import Any
 import jax
 import numpy as np
 from matplotlib.figure import Figure
-from medsim.inference.checks.predictive import PredictiveError, draws_of, padded_of, posterior_predictive
 
+from medsim.inference.checks.predictive import PredictiveError, draws_of, padded_of, posterior_predictive
 from medsim.models.base import residual_key
 from medsim.population.draws import PosteriorDraws
 

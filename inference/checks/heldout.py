@@ -16,6 +16,7 @@ from typing import Any
 
 import jax
 import numpy as np
+
 from medsim.inference.checks.coverage import binomial_interval
 from medsim.inference.checks.predictive import PredictiveError, padded_of, posterior_predictive
 

@@ -28,8 +28,8 @@ from typing import Any, Literal
 import jax
 import jax.numpy as jnp
 import numpy as np
-from medsim.inference.likelihood.timeline import default_max_substep
 
+from medsim.inference.likelihood.timeline import default_max_substep
 from medsim.models.base import PhysiologyModel, residual_key
 from medsim.population.draws import PosteriorDraws
 from medsim.simulate import DoseEvents, simulate_schedule

@@ -14,6 +14,7 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
+
 from medsim.inference.checks.predictive import draws_of
 
 MIN_SUBJECTS = 3

@@ -28,6 +28,7 @@ from typing import Any
 import jax
 import numpy as np
 from matplotlib.figure import Figure
+
 from medsim.inference.checks.predictive import PredictiveError, draws_of, padded_of, posterior_predictive
 
 

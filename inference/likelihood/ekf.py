@@ -54,11 +54,11 @@ from collections.abc import Mapping
 
 import jax
 import jax.numpy as jnp
+
 from medsim.inference.likelihood import filtering
 from medsim.inference.likelihood.ekf_matrix import matrix_loglik
 from medsim.inference.likelihood.filtering import SLOT_FIELDS, covariance_block, forward_jacobian_vjp, resolve_layout
 from medsim.inference.likelihood.timeline import Timeline
-
 from medsim.models.base import PhysiologyModel
 
 Array = jax.Array

@@ -26,9 +26,9 @@ from collections.abc import Mapping
 import jax
 import jax.numpy as jnp
 import numpy as np
+
 from medsim.inference.likelihood import filtering
 from medsim.inference.likelihood.timeline import Timeline
-
 from medsim.models.base import PhysiologyModel
 
 Array = jax.Array

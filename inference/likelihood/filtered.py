@@ -23,10 +23,10 @@ from dataclasses import dataclass
 import jax
 import jax.numpy as jnp
 import numpy as np
+
 from medsim.inference.likelihood.ekf_matrix import matrix_loglik
 from medsim.inference.likelihood.filtering import SLOT_FIELDS
 from medsim.inference.likelihood.timeline import Timeline
-
 from medsim.models.base import PhysiologyModel
 
 Array = jax.Array

@@ -16,8 +16,8 @@ from typing import TYPE_CHECKING, Any
 
 import jax
 import jax.numpy as jnp
-from medsim.inference.likelihood.reachable import noise_reachable_states
 
+from medsim.inference.likelihood.reachable import noise_reachable_states
 from medsim.models.base import PhysiologyModel, residual_key
 
 if TYPE_CHECKING:  # the timeline module imports check_layout from here

@@ -30,8 +30,8 @@ from typing import Any
 
 import jax
 import numpy as np
-from medsim.inference.likelihood.filtering import check_layout
 
+from medsim.inference.likelihood.filtering import check_layout
 from medsim.models.base import PhysiologyModel
 
 # Slot kinds at equal times are processed in this order (see the module docstring).

@@ -20,7 +20,6 @@ from medsim.inference.neural.checkpoint import (
 from medsim.inference.neural.elbo import GridBrownian, WindowTerms, window_terms
 from medsim.inference.neural.fit import NeuralFit, fit_neural, package_versions
 from medsim.inference.neural.train import EpochReport, TrainResult, TrainSettings, evaluate_bound, train
-
 from medsim.models.neural.gate import MiscalibratedModelError, require_calibrated
 
 __all__ = [

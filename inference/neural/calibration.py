@@ -31,8 +31,8 @@ from typing import Any
 import jax
 import numpy as np
 import torch
-from medsim.inference.checks.calibration_gate import interval_figures
 
+from medsim.inference.checks.calibration_gate import interval_figures
 from medsim.models.neural.dose_filter import filter_values
 from medsim.models.neural.export import export_model
 from medsim.models.neural.model import NeuralPatientModel

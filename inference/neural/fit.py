@@ -20,10 +20,10 @@ from typing import Any
 import numpy as np
 import torch
 import torchsde
+
 from medsim.inference.neural.calibration import CalibrationReport, calibrate
 from medsim.inference.neural.checkpoint import save_checkpoint
 from medsim.inference.neural.train import EpochReport, TrainResult, TrainSettings, train
-
 from medsim.models.neural.config import NeuralConfig, config_from_cohort
 from medsim.models.neural.model import NeuralPatientModel
 

@@ -24,8 +24,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
-from medsim.inference.neural.elbo import window_terms
 
+from medsim.inference.neural.elbo import window_terms
 from medsim.models.neural.config import NeuralConfig
 from medsim.models.neural.model import NeuralPatientModel
 from medsim.models.neural.windows import WindowSet, make_windows

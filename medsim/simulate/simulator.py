@@ -239,7 +239,8 @@ class Simulator:
         caller plans the interval itself (as :func:`medsim.simulate.plan.plan_interval` does) and
         checks the result (as :meth:`advance` does).
         """
-        return self._kernel(tuple(layout), bool(uniform), False, tuple(jax.local_devices())[:1])
+        devices = tuple(jax.local_devices())[:1]
+        return self._kernel(tuple(layout), bool(uniform), False, devices, self.sizing(devices).block)
 
     # ------------------------------------------------------------------ the call
     def advance(

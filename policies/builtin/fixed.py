@@ -16,6 +16,7 @@ from dataclasses import dataclass, fields
 from typing import Any
 
 import numpy as np
+
 from medsim.policies.array_step import host_step
 from medsim.policies.protocol import Observation, Option, next_on_grid, on_grid, spec_string
 

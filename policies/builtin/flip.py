@@ -18,8 +18,8 @@ from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 import numpy as np
-from medsim.policies.protocol import Observation, Option, Policy, PolicyContext
 
+from medsim.policies.protocol import Observation, Option, Policy, PolicyContext
 from medsim.population.streams import Stream, patient_uniform
 
 

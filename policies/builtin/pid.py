@@ -25,6 +25,7 @@ from dataclasses import dataclass, fields
 from typing import Any, NamedTuple
 
 import numpy as np
+
 from medsim.policies.array_step import host_step
 from medsim.policies.protocol import MissingCovariateError, Observation, Option, spec_string, units_per_hour
 

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 import numpy as np
+
 from medsim.policies.protocol import Observation, Option, spec_string
 
 

@@ -47,9 +47,9 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
-from medsim.policies.protocol import Observation, Option, Policy, PolicyContext, spec_string
 
 from medsim.models.base import PhysiologyModel, residual_key
+from medsim.policies.protocol import Observation, Option, Policy, PolicyContext, spec_string
 from medsim.population.draws import PosteriorDraws
 from medsim.population.individuals import draw_individuals
 from medsim.population.streams import Stream, patient_keys, patient_uniform

@@ -19,10 +19,10 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
+
 from medsim.policies.env import core
 from medsim.policies.env.vectors import option_action
 from medsim.policies.protocol import Policy
-
 from medsim.population.streams import Stream, patient_normal
 
 

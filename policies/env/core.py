@@ -29,12 +29,12 @@ from dataclasses import dataclass, replace
 import jax
 import jax.numpy as jnp
 import numpy as np
+
 from medsim.policies.env.params import COSTS, EnvParams, make_params
 from medsim.policies.env.vectors import action_matrix, action_option, features
 from medsim.policies.protocol import Observation
 from medsim.policies.rollout_setup import _dose_events, _measure
 from medsim.policies.scenarios import announced_at, next_event_after
-
 from medsim.population.streams import Stream, patient_keys
 from medsim.simulate.types import DoseEvents
 

@@ -35,6 +35,7 @@ from typing import Any, ClassVar
 import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
+
 from medsim.policies.env import core
 from medsim.policies.env.task import EnvTask, TaskError, resolve_task
 

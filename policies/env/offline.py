@@ -22,6 +22,7 @@ from typing import Any
 
 import gymnasium
 import numpy as np
+
 from medsim.policies.env import core
 from medsim.policies.env.behaviour import BehaviourNoise, behaviour_steps
 from medsim.policies.env.gym_env import action_space

@@ -13,13 +13,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+import medsim.models as registry
 from medsim.policies.env.task import EnvTask, TaskError
 from medsim.policies.evaluate import default_scenario
 from medsim.policies.rollout_setup import _Setup
 from medsim.policies.spec import SafetySpec
 from medsim.policies.spec_file import parse_spec
-
-import medsim.models as registry
 from medsim.population import PosteriorDraws, VirtualPopulation, sample_population
 
 COSTS = ("bridge", "grid", "end")

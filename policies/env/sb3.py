@@ -18,8 +18,9 @@ from typing import Any
 
 import numpy as np
 from gymnasium import spaces
-from medsim.policies.env import core
 from stable_baselines3.common.vec_env.base_vec_env import VecEnv
+
+from medsim.policies.env import core
 
 
 class SB3VecEnv(VecEnv):

@@ -22,6 +22,7 @@ import numpy as np
 from gymnasium import spaces
 from gymnasium.vector import AutoresetMode, VectorEnv
 from gymnasium.vector.utils import batch_space
+
 from medsim.policies.env import core
 from medsim.policies.env.gym_env import action_space, flat_action
 from medsim.policies.env.task import EnvTask, TaskError, resolve_task

@@ -8,6 +8,7 @@ acts through the same mapping in training and in evaluation.
 from __future__ import annotations
 
 import numpy as np
+
 from medsim.policies.env.task import EnvTask, TaskError
 from medsim.policies.protocol import Observation, Option
 

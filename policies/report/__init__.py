@@ -5,12 +5,11 @@ behind it) into files. May import ``medsim.policies.risk``, ``medsim.policies.re
 matplotlib (Agg, off-screen); computes no statistics of its own.
 """
 
+from medsim.io import write_bytes as write_bytes_atomic
+from medsim.io import write_text as write_text_atomic
 from medsim.policies.report.html import render_html
 from medsim.policies.report.markdown import render_markdown
 from medsim.policies.report.write import ReportFiles, check_report_folder, write_report
-
-from medsim.io import write_bytes as write_bytes_atomic
-from medsim.io import write_text as write_text_atomic
 
 __all__ = [
     "ReportFiles",

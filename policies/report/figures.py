@@ -13,12 +13,12 @@ from collections.abc import Sequence
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from PIL import Image
+
 from medsim.policies.report.text import efficacy_metric, policy_labels, with_unit
 from medsim.policies.result import RolloutResult
 from medsim.policies.risk.report import RiskReport
 from medsim.policies.spec import SafetySpec
-from PIL import Image
-
 from medsim.units import convert_time
 
 _DPI = 96

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 from matplotlib.figure import Figure
+
 from medsim.policies.report.figures import png
 from medsim.policies.report.text import policy_labels
 from medsim.policies.risk.report import RiskReport

@@ -8,7 +8,6 @@ from __future__ import annotations
 import math
 
 from medsim.policies.risk.estimate import Estimate
-
 from medsim.units import convert_time
 
 

@@ -6,13 +6,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from medsim.io import atomic_folder, check_folder, write_bytes, write_text
 from medsim.policies.report.figures import report_figures
 from medsim.policies.report.html import render_html
 from medsim.policies.report.markdown import render_markdown
 from medsim.policies.result import RolloutResult
 from medsim.policies.risk.report import RiskReport
-
-from medsim.io import atomic_folder, check_folder, write_bytes, write_text
 
 # What a report folder holds; other files in an existing folder (a posterior beside its report)
 # are kept, other sub-folders make the writer refuse the folder.

@@ -14,6 +14,7 @@ from collections.abc import Mapping
 from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
 
 import numpy as np
+
 from medsim.policies.risk.estimate import Estimate, decode_float, encode_float
 
 

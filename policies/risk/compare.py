@@ -13,10 +13,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+from scipy import stats
+
 from medsim.policies.result import RolloutResult
 from medsim.policies.risk import intervals
 from medsim.policies.risk.estimate import Estimate
-from scipy import stats
 
 
 @dataclass(frozen=True)

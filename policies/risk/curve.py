@@ -15,6 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+
 from medsim.policies.result import RolloutResult
 from medsim.policies.risk import intervals
 from medsim.policies.risk.estimate import Estimate

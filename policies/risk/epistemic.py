@@ -29,6 +29,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+
 from medsim.policies.risk import intervals
 from medsim.policies.risk.estimate import Estimate
 

@@ -37,6 +37,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+
 from medsim.policies.result import RolloutResult
 from medsim.policies.spec import SafetySpec
 

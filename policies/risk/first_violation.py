@@ -21,9 +21,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+from scipy import stats
+
 from medsim.policies.risk import intervals
 from medsim.policies.risk.estimate import Estimate
-from scipy import stats
 
 QUANTILES = (0.05, 0.1, 0.25, 0.5)
 

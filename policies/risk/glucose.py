@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
+
 from medsim.policies.risk import intervals
 from medsim.policies.risk.estimate import Estimate
 

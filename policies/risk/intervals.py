@@ -17,8 +17,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from medsim.policies.risk.estimate import Estimate
 from scipy import stats
+
+from medsim.policies.risk.estimate import Estimate
 
 
 @dataclass(frozen=True)

@@ -18,10 +18,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+from scipy import stats
+
 from medsim.policies.risk import intervals
 from medsim.policies.risk.estimate import Estimate
 from medsim.policies.risk.events import PatientEvents
-from scipy import stats
 
 
 @dataclass(frozen=True)

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
+
 from medsim.policies.result import RolloutResult
 from medsim.policies.risk import intervals
 from medsim.policies.risk.agp import AmbulatoryProfile, ambulatory_profile

@@ -28,11 +28,11 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
-from medsim.policies.risk import intervals
-from medsim.policies.risk.estimate import Estimate
 from scipy import stats
 
 from medsim.models.gate import CalibrationGate
+from medsim.policies.risk import intervals
+from medsim.policies.risk.estimate import Estimate
 
 
 @dataclass(frozen=True)

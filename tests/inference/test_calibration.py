@@ -7,12 +7,12 @@ import math
 import jax
 import numpy as np
 import pytest
+
 from medsim.inference.calibration import Design, _prior_draws, _simulate, narrowed_priors, run_calibration
 from medsim.inference.checks.coverage import binomial_interval, rank_uniformity
 from medsim.inference.checks.heldout import heldout_mask, split_last
 from medsim.inference.checks.predictive import PredictiveError
 from medsim.inference.problem import prepare
-
 from medsim.models import get
 
 MODEL = narrowed_priors(get("pk_oral_1cmt"))

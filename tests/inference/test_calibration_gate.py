@@ -6,11 +6,11 @@ import jax
 import numpy as np
 import pytest
 from inference_synthetic import oral_cohort
+
+import medsim.models as registry
 from medsim.inference.checks.calibration_gate import heldout_check, interval_figures
 from medsim.inference.checks.heldout import heldout_mask, split_after, split_last, window_mask
 from medsim.inference.checks.predictive import PredictiveError
-
-import medsim.models as registry
 from medsim.models.gate import CalibrationGate, coverage_tolerance, judge
 from medsim.population import PosteriorDraws
 from medsim.simulate.types import Bound

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from scipy import stats
+
 from medsim.inference.checks import scores
 from medsim.inference.checks.calibration_gate import design_effect, event_figures
-from scipy import stats
 
 
 def test_pit_counts_ties_as_one_half():

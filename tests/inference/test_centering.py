@@ -8,6 +8,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from inference_synthetic import oral_cohort
+
+import medsim.data
 from medsim.inference.hierarchical import (
     choose_centering,
     constrain,
@@ -18,8 +20,6 @@ from medsim.inference.hierarchical import (
 )
 from medsim.inference.priors import PriorError, PriorSpec, build_priors
 from medsim.inference.problem import prepare
-
-import medsim.data
 from medsim.models import get
 
 

@@ -7,13 +7,13 @@ import shutil
 
 import pytest
 from inference_synthetic import oral_cohort
-from medsim.inference import Posterior, fit
-from medsim.inference.checks.heldout import split_after
 from typer.testing import CliRunner
 
 import medsim.cli.fit_cmds  # noqa: F401  (registers `fit` and `check` on the app)
 from medsim.cli import app
 from medsim.data import Cohort, read_event_table, write_event_table
+from medsim.inference import Posterior, fit
+from medsim.inference.checks.heldout import split_after
 from medsim.models import get
 from medsim.models.gate import CalibrationGate, Criterion
 

@@ -7,6 +7,7 @@ import math
 import arviz as az
 import numpy as np
 import pytest
+
 from medsim.inference.checks import LooError, loo_compare, plot_loo_compare, pointwise_log_likelihood
 
 N_SUBJECTS, PER_SUBJECT = 20, 5

@@ -13,6 +13,8 @@ import jax
 import numpy as np
 import pytest
 from matplotlib.figure import Figure
+
+from medsim.data import Cohort
 from medsim.inference.checks import (
     PredictiveError,
     individual_fits,
@@ -24,8 +26,6 @@ from medsim.inference.checks import (
     write_check_figures,
 )
 from medsim.inference.checks.vpc import time_bins
-
-from medsim.data import Cohort
 from medsim.models import get
 from medsim.population.draws import PosteriorDraws
 

@@ -17,8 +17,8 @@ import numpy as np
 import pytest
 from inference_linear import LinearOral, exact_kalman_loglik
 from inference_synthetic import Padded, oral_cohort, oral_conc
-from medsim.inference.likelihood import build_timeline, cohort_loglik
 
+from medsim.inference.likelihood import build_timeline, cohort_loglik
 from medsim.models import get
 
 

@@ -15,13 +15,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from scipy.integrate import solve_ivp
+
+import medsim.data
 from medsim.inference.likelihood import TimelineError, build_timeline, cohort_loglik
 from medsim.inference.likelihood.filtering import MATRIX_FROM_STATES, covariance_block, resolve_layout
 from medsim.inference.likelihood.reachable import input_dependencies, noise_reachable_states
 from medsim.inference.problem import prepare
-from scipy.integrate import solve_ivp
-
-import medsim.data
 from medsim.models import get
 from medsim.synthetic import glucose_cohort
 

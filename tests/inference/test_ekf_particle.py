@@ -17,8 +17,8 @@ import jax
 import numpy as np
 import pytest
 from inference_synthetic import oral_cohort
-from medsim.inference.likelihood import build_timeline, cohort_loglik
 
+from medsim.inference.likelihood import build_timeline, cohort_loglik
 from medsim.models import get
 
 RUNS, PARTICLES, DT = 8, 2000, 0.01

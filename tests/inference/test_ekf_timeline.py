@@ -7,8 +7,8 @@ import dataclasses
 import numpy as np
 import pytest
 from inference_synthetic import Padded, oral_cohort
-from medsim.inference.likelihood import TimelineError, build_timeline, default_max_substep
 
+from medsim.inference.likelihood import TimelineError, build_timeline, default_max_substep
 from medsim.models import get
 
 

@@ -12,9 +12,10 @@ import jax
 import numpy as np
 import pytest
 from inference_linear import LinearOral, exact_kalman_filter
+from test_ekf_exact import DOSES, NOISE, THETA, TIMES, VALUES, linear_cohort
+
 from medsim.inference.likelihood import build_timeline, cohort_loglik
 from medsim.inference.likelihood.filtered import cohort_filter, filtered_state
-from test_ekf_exact import DOSES, NOISE, THETA, TIMES, VALUES, linear_cohort
 
 
 @pytest.fixture(scope="module", autouse=True)

@@ -6,12 +6,12 @@ import json
 
 import pytest
 from inference_synthetic import oral_cohort
-from medsim.inference import Posterior
 from typer.testing import CliRunner
 
 import medsim.cli.fit_cmds  # noqa: F401  (registers `fit` and `check` on the app)
 from medsim.cli import app
 from medsim.data import Cohort, write_event_table
+from medsim.inference import Posterior
 
 
 @pytest.fixture(scope="module")

@@ -13,11 +13,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from inference_synthetic import oral_cohort
+
+from medsim import inference
 from medsim.inference import Posterior, PosteriorFormatError
 from medsim.inference.hierarchical import pointwise_loglik
 from medsim.inference.problem import prepare
-
-from medsim import inference
 from medsim.models import get
 from medsim.population import PosteriorDraws
 

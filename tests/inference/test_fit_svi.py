@@ -9,11 +9,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from inference_synthetic import oral_cohort
+
+from medsim import inference
 from medsim.inference import FitConfigError
 from medsim.inference.backends import run_svi
 from medsim.inference.problem import prepare
-
-from medsim import inference
 from medsim.models import get
 
 STEPS = 1500

@@ -15,6 +15,7 @@ import sys
 
 import numpy as np
 import pytest
+
 from medsim.inference.posterior import Posterior
 
 # nlmixr2 FOCEi estimates for R's Theoph (Fidler et al. 2019, CPT:PSP 8:621)

@@ -7,6 +7,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from inference_synthetic import oral_cohort
+from numpyro.infer.hmc import HMCState
+from numpyro.infer.hmc_util import HMCAdaptState, welford_covariance
+
 from medsim.inference.backends.numpyro_nuts import (
     _shrinking,
     initial_inverse_mass,
@@ -17,9 +20,6 @@ from medsim.inference.backends.numpyro_nuts import (
 )
 from medsim.inference.hierarchical import approximate_posterior_variances, data_information, unconstrained_sites
 from medsim.inference.problem import prepare
-from numpyro.infer.hmc import HMCState
-from numpyro.infer.hmc_util import HMCAdaptState, welford_covariance
-
 from medsim.models import get
 
 

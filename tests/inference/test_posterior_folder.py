@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+
 from medsim.inference.posterior import Posterior, PosteriorFormatError
 
 

@@ -8,14 +8,14 @@ import json
 import numpy as np
 import pytest
 from inference_synthetic import oral_cohort
-from medsim.inference import Posterior, fit
-from medsim.inference.cohort_support import SUPPORT_ATTR, cohort_support, support_ranges
-from medsim.inference.posterior import PosteriorFormatError
 from typer.testing import CliRunner
 
 import medsim.cli.risk_cmds  # noqa: F401  (registers `risk` on the app)
 import medsim.models as registry
 from medsim.cli import app
+from medsim.inference import Posterior, fit
+from medsim.inference.cohort_support import SUPPORT_ATTR, cohort_support, support_ranges
+from medsim.inference.posterior import PosteriorFormatError
 
 MODEL = registry.get("pk_oral_1cmt")
 

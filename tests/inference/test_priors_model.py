@@ -10,10 +10,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from inference_synthetic import oral_cohort
+
 from medsim.inference.hierarchical import constrain, hierarchical_model, split_sites
 from medsim.inference.priors import OMEGA_SCALE_FACTOR, PriorSpec, build_priors
 from medsim.inference.problem import FitDataError, prepare
-
 from medsim.models import get
 
 

@@ -5,11 +5,11 @@ from __future__ import annotations
 import cloudpickle
 import numpy as np
 import pytest
+
+from medsim.data import Cohort
 from medsim.inference.backends.pymc_backend import build_pymc_model, initial_values, run_pymc
 from medsim.inference.backends.pytensor_op import CohortLogLikOp, likelihood_sites
 from medsim.inference.problem import prepare
-
-from medsim.data import Cohort
 from medsim.models import get
 
 TIMES = np.array([0.5, 1.0, 2.0, 4.0, 6.0, 9.0, 12.0])  # h, a shortened theophylline schedule
@@ -81,8 +81,9 @@ def test_log_density_and_gradient_match_numpyro(which, request):
     """
     import jax
     import jax.numpy as jnp
-    from medsim.inference.hierarchical import hierarchical_model
     from numpyro.infer.util import potential_energy
+
+    from medsim.inference.hierarchical import hierarchical_model
 
     data = request.getfixturevalue(which)
     model = build_pymc_model(data)
@@ -174,6 +175,7 @@ def test_pymc_and_numpyro_agree_within_monte_carlo_error(ode_data):
     quantities with probability about 0.3 %.
     """
     import arviz as az
+
     from medsim.inference.backends.numpyro_nuts import run_nuts
 
     settings = {"chains": 2, "draws": 300, "warmup": 300, "seed": 11}

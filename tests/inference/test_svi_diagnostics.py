@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+
 from medsim.inference.diagnostics import Diagnostics, diagnose
 from medsim.inference.noise_profile import PROFILE_GAIN_NATS, profile_problems
 from medsim.inference.svi_diagnostics import ELBO_REL_TOL, WINDOWS, elbo_checks

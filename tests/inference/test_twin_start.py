@@ -17,11 +17,11 @@ import numpy as np
 import pytest
 from inference_linear import LinearOral
 from inference_synthetic import Padded
+from scipy.linalg import expm
+
 from medsim.inference.assemble import build_inference_data
 from medsim.inference.posterior import Posterior
 from medsim.inference.problem import prepare
-from scipy.linalg import expm
-
 from medsim.population import sample_population
 
 TRUTH = {"ka": 1.2, "k": 0.15, "V": 20.0, "s_gut": 0.5, "s_central": 15.0}

@@ -6,10 +6,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from medsim.inference.likelihood import build_timeline, cohort_loglik
-from medsim.inference.likelihood.filtering import covariance_block
 from scipy.integrate import solve_ivp
 
+from medsim.inference.likelihood import build_timeline, cohort_loglik
+from medsim.inference.likelihood.filtering import covariance_block
 from medsim.models import get
 from medsim.simulate import Bound, DoseEvents, Simulator, simulate_schedule
 from medsim.synthetic import glucose_cohort

@@ -6,9 +6,9 @@ import math
 
 import numpy as np
 import pytest
-from medsim.inference.priors import build_priors
 
 import medsim.models as registry
+from medsim.inference.priors import build_priors
 from medsim.models.prior import Prior, omega_prior, parameter_prior, residual_priors
 from medsim.population.draws import PosteriorDraws
 

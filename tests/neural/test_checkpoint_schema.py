@@ -16,10 +16,10 @@ import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from medsim.inference.neural import CheckpointFormatError, load_checkpoint, read_record, save_checkpoint
 from typer.testing import CliRunner
 
 from medsim.cli import app
+from medsim.inference.neural import CheckpointFormatError, load_checkpoint, read_record, save_checkpoint
 from medsim.models.neural import NeuralPatientModel
 from medsim.models.neural.config import MAX_WIDTH
 

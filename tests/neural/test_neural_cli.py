@@ -6,12 +6,12 @@ import json
 
 import pytest
 import typer
-from medsim.inference.neural import load_checkpoint, save_checkpoint
 from typer.testing import CliRunner
 
 import medsim.cli.neural_cmds as neural_cmds
 from medsim.cli import app
 from medsim.data.eventtable import write_event_table
+from medsim.inference.neural import load_checkpoint, save_checkpoint
 
 
 @pytest.fixture(scope="module")

@@ -7,11 +7,11 @@ import shutil
 
 import numpy as np
 import pytest
-from medsim.inference.neural import calibrate, load_checkpoint, save_checkpoint, update_calibration
 from typer.testing import CliRunner
 
 from medsim.cli import app
 from medsim.data.eventtable import read_event_table, write_event_table
+from medsim.inference.neural import calibrate, load_checkpoint, save_checkpoint, update_calibration
 from medsim.models.neural import export_model, sample_neural_population
 from medsim.population import load_population
 

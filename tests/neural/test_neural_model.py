@@ -7,8 +7,8 @@ import math
 import numpy as np
 import pytest
 import torch
-from medsim.inference.neural.elbo import GridBrownian, WindowSDE, grid_inputs, window_terms
 
+from medsim.inference.neural.elbo import GridBrownian, WindowSDE, grid_inputs, window_terms
 from medsim.models.neural import NeuralPatientModel
 from medsim.models.neural.windows import make_windows
 

@@ -8,8 +8,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 import torch
-from medsim.inference.neural import calibrate, interval_metrics
 
+from medsim.inference.neural import calibrate, interval_metrics
 from medsim.models.neural import (
     MiscalibratedModelError,
     NeuralConfig,
@@ -165,7 +165,6 @@ def test_digital_twin(trained, cohort, tmp_path):
 def test_rollout_runs_neural_patients_unchanged(trained, cohort):
     from medsim.policies import parse_policy
     from medsim.policies.rollout import rollout
-
     from medsim.simulate import Bound
 
     pop = sample_neural_population(_calibrated(trained.model, 0.9), 8, seed=0, subjects=cohort.subjects)

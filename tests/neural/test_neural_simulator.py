@@ -8,8 +8,8 @@ import jax
 import numpy as np
 import pytest
 import torch
-from medsim.inference.neural.elbo import GridBrownian
 
+from medsim.inference.neural.elbo import GridBrownian
 from medsim.models.neural import export_model
 from medsim.models.neural.dose_filter import filter_values
 from medsim.simulate import Bound, DoseEvents, Simulator

@@ -8,6 +8,7 @@ import pickle
 import numpy as np
 import pytest
 import torch
+
 from medsim.inference.neural import (
     CheckpointFormatError,
     TrainSettings,
@@ -18,7 +19,6 @@ from medsim.inference.neural import (
     train,
     update_calibration,
 )
-
 from medsim.models.neural import NeuralPatientModel, make_windows
 
 # The settings of the shared ``trained`` fixture (conftest.py).

@@ -11,9 +11,9 @@ Per-interval statistics are computed exactly as the simulator contract defines t
 from __future__ import annotations
 
 import numpy as np
-from medsim.policies.result import RolloutResult
 from scipy import stats
 
+from medsim.policies.result import RolloutResult
 from medsim.simulate.types import Bound
 
 

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from medsim.policies.report import render_html, render_markdown
-from medsim.policies.risk import RiskReport, risk_report
-from medsim.policies.spec import parse_inline_spec
 from risk_fixtures import bm_rollout
 
 from medsim.models.gate import CalibrationGate, Criterion
+from medsim.policies.report import render_html, render_markdown
+from medsim.policies.risk import RiskReport, risk_report
+from medsim.policies.spec import parse_inline_spec
 
 # Brownian paths from 0 with sigma 0.1 over 1 h against x <= 1 (10 SD): practically never violated, so
 # the verdict is PASS from a trusted model (zero-event bound 1 - 0.05^(1/n_eff) < 50 %).

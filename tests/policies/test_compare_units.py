@@ -7,6 +7,7 @@ The glucose example crashed when the total insulin of two policies differed by s
 from __future__ import annotations
 
 import numpy as np
+
 from medsim.policies.risk.compare import _difference
 
 

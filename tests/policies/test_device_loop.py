@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+
+import medsim.models as registry
 from medsim.policies.builtin import PID, TDM, BasalBolus, FixedDose, Flip
 from medsim.policies.loading import FunctionPolicy
 from medsim.policies.protocol import Option
@@ -20,8 +22,6 @@ from medsim.policies.rollout_device import AUTO_MIN_PATIENTS, choose_loop, strea
 from medsim.policies.scenarios import MealScenario
 from medsim.policies.spec import SafetySpec
 from medsim.policies.streaming import sums_events
-
-import medsim.models as registry
 from medsim.population import sample_population
 from medsim.simulate.types import Bound
 
@@ -142,7 +142,6 @@ def test_streaming_memory_is_one_row_of_sums_per_patient():
     # A full run failed here: 10^5 patients with CGM were refused (15.3 GiB planned for
     # per-interaction rows) although the streaming loop keeps only per-patient sums.
     from medsim.policies.rollout_setup import _check_work, _Setup
-
     from medsim.simulate import WorkLimitError
 
     setup = _Setup(GLUCOSE, GLUCOSE_BOUNDS, 1440.0, 1.0, 0, None, True, None, None, "milstein", 10**6, 2**30)

@@ -13,6 +13,7 @@ import pytest
 
 distributed = pytest.importorskip("distributed")
 
+from medsim.models import get  # noqa: E402
 from medsim.policies.distribute import (  # noqa: E402
     DistributionError,
     ShardTask,
@@ -24,8 +25,6 @@ from medsim.policies.distribute import (  # noqa: E402
 from medsim.policies.evaluate import evaluate_policies  # noqa: E402
 from medsim.policies.risk.codec import to_jsonable  # noqa: E402
 from medsim.policies.spec_file import parse_spec  # noqa: E402
-
-from medsim.models import get  # noqa: E402
 from medsim.population import PosteriorDraws, sample_population  # noqa: E402
 
 MODEL = get("glucose_insulin")

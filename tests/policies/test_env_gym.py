@@ -7,10 +7,11 @@ import sys
 from dataclasses import replace
 
 import gymnasium
-import medsim.policies.env as penv
 import numpy as np
 import pytest
 from gymnasium.utils.env_checker import check_env
+
+import medsim.policies.env as penv
 from medsim.policies.builtin import BasalBolus
 from medsim.policies.env import core
 from medsim.policies.env.behaviour import BehaviourNoise, behaviour_steps

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import gymnasium
-import medsim.policies.env  # noqa: F401  (registers the environments)
 import numpy as np
 import pytest
 from gymnasium.vector import AutoresetMode
+
+import medsim.policies.env  # noqa: F401  (registers the environments)
 from medsim.policies.env import TaskError
 from medsim.policies.env.vector import MedsimVectorEnv
 

@@ -18,10 +18,10 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
-from medsim.policies.risk.agp import ambulatory_profile
-from medsim.policies.risk.glucose import DEFINITIONS, glucose_metrics, per_patient
 
 import medsim.data
+from medsim.policies.risk.agp import ambulatory_profile
+from medsim.policies.risk.glucose import DEFINITIONS, glucose_metrics, per_patient
 
 iglu = pytest.importorskip("iglu_python", reason="iglu-python (test extra) is not installed")
 

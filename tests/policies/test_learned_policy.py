@@ -6,15 +6,15 @@ import json
 
 import numpy as np
 import pytest
+from typer.testing import CliRunner
+
+import medsim.cli.risk_cmds  # noqa: F401  (registers the command on the shared app)
+from medsim.cli import app
 from medsim.policies.env import GLUCOSE, THEOPHYLLINE, core
 from medsim.policies.env.behaviour import behaviour_steps
 from medsim.policies.learned import LearnedPolicy, LearnedPolicyError, load_learned, save_learned
 from medsim.policies.loading import parse_policy
 from medsim.policies.protocol import PolicyContext
-from typer.testing import CliRunner
-
-import medsim.cli.risk_cmds  # noqa: F401  (registers the command on the shared app)
-from medsim.cli import app
 
 
 def _agent(tmp_path, task_name="Glucose-v0", task=GLUCOSE, names=None):

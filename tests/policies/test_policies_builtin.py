@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from medsim.policies.builtin import PID, TDM, BasalBolus, FixedDose, Flip
-from medsim.policies.protocol import Option, PolicyError
 
 import medsim.models as registry
+from medsim.policies.builtin import PID, TDM, BasalBolus, FixedDose, Flip
+from medsim.policies.protocol import Option, PolicyError
 
 
 def walk(make_obs, policy, until, measured=None, **obs_kwargs):

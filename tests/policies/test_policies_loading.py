@@ -7,6 +7,7 @@ import textwrap
 
 import numpy as np
 import pytest
+
 from medsim.policies.builtin import TDM, FixedDose, Flip
 from medsim.policies.loading import FunctionPolicy, PolicySpecError, parse_policy
 from medsim.policies.protocol import Policy

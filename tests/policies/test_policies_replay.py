@@ -6,12 +6,12 @@ import dataclasses
 
 import numpy as np
 import pytest
-from medsim.policies.loading import PolicySpecError, parse_policy
-from medsim.policies.protocol import Observation
-from medsim.policies.rollout import rollout_many
 
 import medsim.models as registry
 from medsim.data import Cohort, write_event_table
+from medsim.policies.loading import PolicySpecError, parse_policy
+from medsim.policies.protocol import Observation
+from medsim.policies.rollout import rollout_many
 from medsim.population import sample_population
 from medsim.simulate.types import Bound
 

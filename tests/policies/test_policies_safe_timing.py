@@ -6,12 +6,12 @@ import dataclasses
 
 import numpy as np
 import pytest
+
+import medsim.models as registry
 from medsim.policies.builtin import FixedDose, SafeTiming
 from medsim.policies.loading import parse_policy
 from medsim.policies.protocol import PolicyContext
 from medsim.policies.rollout import rollout
-
-import medsim.models as registry
 from medsim.population import PosteriorDraws, sample_population
 from medsim.simulate.types import Bound
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+
 from medsim.policies.scenarios import DEFAULT_MEALS, Meal, MealScenario, announced_at, next_event_after
 
 

@@ -16,11 +16,11 @@ from pathlib import Path
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+
+import medsim.models as registry
 from medsim.policies.builtin import BUILTINS
 from medsim.policies.loading import parse_policy
 from medsim.policies.protocol import Policy, PolicyContext, PolicyError, PolicySpecError
-
-import medsim.models as registry
 from medsim.simulate.types import Bound
 
 PK = registry.get("pk_oral_1cmt")

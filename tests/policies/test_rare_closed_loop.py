@@ -11,10 +11,10 @@ import dataclasses
 
 import numpy as np
 import pytest
-from medsim.policies.builtin import PID
-from medsim.policies.risk.rare.closed_loop import closed_loop_problem, noise_ids
 
 import medsim.models as registry
+from medsim.policies.builtin import PID
+from medsim.policies.risk.rare.closed_loop import closed_loop_problem, noise_ids
 from medsim.population import PosteriorDraws, sample_population
 from medsim.simulate.types import Bound
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 import jax
 import numpy as np
 import pytest
+
 from medsim.policies.risk.rare import PathProblem, ams, importance_sampling, subset_simulation
 from medsim.policies.risk.rare.references import (
     drifted_bm_exit,

@@ -13,6 +13,8 @@ from dataclasses import replace
 
 import numpy as np
 import pytest
+
+import medsim.models as registry
 from medsim.policies.evaluate import default_scenario, evaluate_policies
 from medsim.policies.loading import parse_policy
 from medsim.policies.protocol import PolicyContext
@@ -21,13 +23,11 @@ from medsim.policies.report.markdown import render_markdown
 from medsim.policies.risk import RiskReport
 from medsim.policies.risk.rare.followup import MIN_VIOLATIONS, with_rare_followup
 from medsim.policies.spec import SpecError, parse_inline_spec
-
-import medsim.models as registry
 from medsim.population import PosteriorDraws
 
 MODEL = registry.get("pk_iv_1cmt")
 POLICY = "fixed:dose=20,every=4"
-SPEC = "conc<=470;horizon=12h;epsilon=0.1;rare_budget=300"
+SPEC = "conc<=35;horizon=12h;epsilon=0.1;rare_budget=300"
 DT = 0.05
 SEED = 2
 
@@ -65,7 +65,7 @@ def test_off_disables_and_auto_switches(plain, rare_report):
     crossed = int(np.any(plain[1][0].grid_violation.reshape(8, -1), axis=1).sum())
     assert crossed < MIN_VIOLATIONS  # the case is set up so that the switch is due
     (r,) = rare_report.policies[0].rare
-    assert r.bound == "conc<=470" and r.plain_violations == crossed
+    assert r.bound == "conc<=35" and r.plain_violations == crossed
     assert r.path_equivalents <= r.budget  # the budget is a hard limit (max_iterations)
     # Seeded, so this case's outcome is fixed: splitting reaches the bound with an interval.
     assert r.estimated and r.probability.lower < r.probability.value < r.probability.upper
@@ -86,7 +86,7 @@ def test_report_shows_it_and_round_trips(rare_report):
     # Compared through JSON: nan fields (an interval not estimable) are not == themselves.
     assert back.to_json() == rare_report.to_json()
     assert type(back.policies[0].rare[0]) is type(rare_report.policies[0].rare[0])
-    assert json.loads(rare_report.to_json())["policies"][0]["rare"][0]["bound"] == "conc<=470"
+    assert json.loads(rare_report.to_json())["policies"][0]["rare"][0]["bound"] == "conc<=35"
     md, html = render_markdown(rare_report), render_html(rare_report)
     for page in (md, html):
         assert "Rare-event estimate (closed-loop splitting)" in page
@@ -108,16 +108,16 @@ def test_failed_splitting_never_reads_zero(rare_report):
 
 
 def test_spec_key_rare():
-    assert parse_inline_spec("conc<=470;horizon=12h").rare == "auto"
-    spec = parse_inline_spec("conc<=470;horizon=12h;rare=ams;rare_budget=500")
+    assert parse_inline_spec("conc<=35;horizon=12h").rare == "auto"
+    spec = parse_inline_spec("conc<=35;horizon=12h;rare=ams;rare_budget=500")
     assert (spec.rare, spec.rare_budget) == ("ams", 500.0)
     assert parse_inline_spec(str(spec)) == spec
     with pytest.raises(SpecError, match="key 'rare' must be one of"):
-        parse_inline_spec("conc<=470;horizon=12h;rare=splitting")
+        parse_inline_spec("conc<=35;horizon=12h;rare=splitting")
     with pytest.raises(SpecError, match="key 'rare' value 'subset' cannot run"):
-        parse_inline_spec("conc<=470;horizon=12h;rare=subset").validate(MODEL)
+        parse_inline_spec("conc<=35;horizon=12h;rare=subset").validate(MODEL)
     with pytest.raises(SpecError, match="rare_budget"):
-        parse_inline_spec("conc<=470;horizon=12h;rare_budget=5")
+        parse_inline_spec("conc<=35;horizon=12h;rare_budget=5")
 
 
 def test_spec_from_in_the_horizons_unit_round_trips_exactly():

@@ -16,14 +16,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from risk_fixtures import bm_rollout
+
+import medsim.models as registry
 from medsim.policies.report import render_html, render_markdown, write_report
 from medsim.policies.report.text import policy_labels
 from medsim.policies.risk import RiskReport, risk_report
 from medsim.policies.risk.glucose import per_patient
 from medsim.policies.spec import parse_inline_spec
-from risk_fixtures import bm_rollout
-
-import medsim.models as registry
 
 SPEC = parse_inline_spec("x<=1,x>=-1.5;horizon=1h;epsilon=0.05;delta=0.05")
 LONG = "safe_timing:eps=0.05,base=tdm,base.target=7,base.every=12,base.dose=320"

@@ -8,11 +8,12 @@ import re
 
 import numpy as np
 import pytest
+from risk_fixtures import bm_rollout
+
 from medsim.policies.report import render_html, render_markdown, write_bytes_atomic, write_report
 from medsim.policies.report.figures import fan_chart, report_figures, risk_curve_figure
 from medsim.policies.risk import RiskReport, risk_report
 from medsim.policies.spec import parse_inline_spec
-from risk_fixtures import bm_rollout
 
 NASTY = "<script>alert('x')</script> & | *dose*"
 SPEC = parse_inline_spec("x<=1,x>=-1.5;horizon=1h;epsilon=0.05;delta=0.05")

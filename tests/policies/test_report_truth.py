@@ -7,6 +7,11 @@ import json
 
 import numpy as np
 import pytest
+from risk_fixtures import bm_rollout
+from typer.testing import CliRunner
+
+import medsim.cli.risk_cmds  # noqa: F401  (registers `risk` on the app)
+from medsim.cli import app
 from medsim.policies.report import render_html, render_markdown, write_report
 from medsim.policies.report.text import pct_ci, time_ci
 from medsim.policies.risk import RiskReport, risk_report
@@ -16,11 +21,6 @@ from medsim.policies.risk.estimate import Estimate
 from medsim.policies.risk.first_violation import first_violation
 from medsim.policies.risk.intervals import mean, quantile
 from medsim.policies.spec import parse_inline_spec
-from risk_fixtures import bm_rollout
-from typer.testing import CliRunner
-
-import medsim.cli.risk_cmds  # noqa: F401  (registers `risk` on the app)
-from medsim.cli import app
 
 SPEC = parse_inline_spec("x<=1,x>=-1.5;horizon=1h;epsilon=0.05;delta=0.05")
 

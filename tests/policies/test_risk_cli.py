@@ -6,14 +6,14 @@ import json
 
 import numpy as np
 import pytest
-from medsim.policies.risk import risk_report
-from medsim.policies.spec import parse_inline_spec
 from rich.console import Console
 from risk_fixtures import bm_rollout
 from typer.testing import CliRunner
 
 import medsim.cli.risk_cmds as risk_cmds  # registers the command on the shared app
 from medsim.cli import app
+from medsim.policies.risk import risk_report
+from medsim.policies.spec import parse_inline_spec
 
 runner = CliRunner()
 

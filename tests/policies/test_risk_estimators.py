@@ -6,6 +6,9 @@ from dataclasses import replace
 
 import numpy as np
 import pytest
+from risk_fixtures import bm_rollout
+from scipy import stats
+
 from medsim.policies.result import RolloutResult
 from medsim.policies.risk import RiskReport, SpecMismatchError, patient_events, risk_report
 from medsim.policies.risk.curve import risk_curves
@@ -16,9 +19,6 @@ from medsim.policies.risk.margin import tightening_margins
 from medsim.policies.risk.probability import violation_probabilities
 from medsim.policies.risk.support import support_flag
 from medsim.policies.spec import parse_inline_spec
-from risk_fixtures import bm_rollout
-from scipy import stats
-
 from medsim.simulate.types import Bound
 
 UP = Bound("x", 1.0, "upper")

@@ -14,13 +14,13 @@ from dataclasses import dataclass, field
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from risk_fixtures import bm_passage_probability
+
+from medsim.models.base import Observable, Parameter, PhysiologyModel, State
 from medsim.policies.protocol import Option
 from medsim.policies.risk import patient_events, risk_report
 from medsim.policies.rollout import rollout_many
 from medsim.policies.spec_file import parse_spec
-from risk_fixtures import bm_passage_probability
-
-from medsim.models.base import Observable, Parameter, PhysiologyModel, State
 from medsim.population import PosteriorDraws, sample_population
 
 MU, SIGMA, BOUND, HORIZON, EVERY = 0.5, 1.0, 1.0, 1.0, 0.25

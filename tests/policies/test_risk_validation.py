@@ -12,6 +12,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from risk_fixtures import bm_passage_probability, bm_paths, bm_rollout, rollout_from_paths
+from scipy import stats
+
 from medsim.policies.risk import patient_events, risk_report
 from medsim.policies.risk.curve import risk_curves
 from medsim.policies.risk.epistemic import epistemic_split
@@ -19,9 +22,6 @@ from medsim.policies.risk.intervals import clopper_pearson, mean_bounds
 from medsim.policies.risk.margin import tightening_margins
 from medsim.policies.risk.sequential import first_crossing
 from medsim.policies.spec import parse_inline_spec
-from risk_fixtures import bm_passage_probability, bm_paths, bm_rollout, rollout_from_paths
-from scipy import stats
-
 from medsim.simulate.types import Bound
 
 Z = 4.0  # standard errors allowed (two-sided false-failure probability 6.3e-5)

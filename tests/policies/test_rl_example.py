@@ -6,6 +6,7 @@ import json
 
 import numpy as np
 import pytest
+
 from medsim.policies.env import GLUCOSE
 from medsim.policies.learned import load_learned
 from medsim.policies.rl_example import main

@@ -6,12 +6,12 @@ import dataclasses
 
 import numpy as np
 import pytest
+
+import medsim.models as registry
 from medsim.policies.builtin import TDM, FixedDose
 from medsim.policies.loading import FunctionPolicy
 from medsim.policies.protocol import Option
 from medsim.policies.rollout import rollout, rollout_many
-
-import medsim.models as registry
 from medsim.population import VirtualPopulation, sample_population
 from medsim.simulate.types import Bound
 

@@ -6,13 +6,13 @@ import dataclasses
 
 import numpy as np
 import pytest
+
+import medsim.models as registry
 from medsim.policies.builtin import PID, BasalBolus
 from medsim.policies.loading import FunctionPolicy
 from medsim.policies.protocol import Option
 from medsim.policies.rollout import rollout_many
 from medsim.policies.scenarios import MealScenario
-
-import medsim.models as registry
 from medsim.population import sample_population
 from medsim.simulate.types import Bound
 

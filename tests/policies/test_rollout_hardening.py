@@ -10,15 +10,15 @@ import time
 
 import numpy as np
 import pytest
-from medsim.policies.builtin import FixedDose
-from medsim.policies.evaluate import evaluate_policies
-from medsim.policies.rollout import rollout
-from medsim.policies.spec_file import parse_spec
 from typer.testing import CliRunner
 
 import medsim.cli.risk_cmds  # noqa: F401  (registers the command)
 import medsim.models as registry
 from medsim.cli.app import app
+from medsim.policies.builtin import FixedDose
+from medsim.policies.evaluate import evaluate_policies
+from medsim.policies.rollout import rollout
+from medsim.policies.spec_file import parse_spec
 from medsim.population import VirtualPopulation
 from medsim.simulate import NonFiniteStateError, UnstableStepError, WorkLimitError
 from medsim.simulate.types import Bound

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 
 import pytest
+
+from medsim.models import get
 from medsim.policies.spec import (
     SafetySpec,
     SpecError,
@@ -13,8 +15,6 @@ from medsim.policies.spec import (
     spec_from_mapping,
 )
 from medsim.policies.spec_file import load_spec, parse_spec
-
-from medsim.models import get
 from medsim.simulate.types import Bound
 
 PK = get("pk_oral_1cmt")  # time in h, observable "conc"

@@ -15,10 +15,10 @@ from pathlib import Path
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from medsim.policies.spec import SafetySpec, SpecError, derived_name, spec_from_mapping
-from medsim.policies.spec_file import load_spec, parse_spec
 
 from medsim.models import get
+from medsim.policies.spec import SafetySpec, SpecError, derived_name, spec_from_mapping
+from medsim.policies.spec_file import load_spec, parse_spec
 
 PK = get("pk_oral_1cmt")  # time in h, observable "conc"
 SETTINGS = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])

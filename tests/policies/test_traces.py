@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+
 from medsim.policies.traces import empty_trace, sample_interval, trace_grid
 
 

@@ -9,15 +9,15 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from medsim.policies.guard import GuardedPolicy
-from medsim.policies.loading import PolicySpecError, parse_policy
-from medsim.policies.protocol import PolicyContext, PolicyError
-from medsim.policies.rollout import rollout
 from typer.testing import CliRunner
 
 import medsim.cli.risk_cmds  # noqa: F401  (registers `medsim risk` on the shared app)
 import medsim.models as registry
 from medsim.cli import app
+from medsim.policies.guard import GuardedPolicy
+from medsim.policies.loading import PolicySpecError, parse_policy
+from medsim.policies.protocol import PolicyContext, PolicyError
+from medsim.policies.rollout import rollout
 from medsim.population import sample_population
 from medsim.simulate.types import Bound
 

@@ -33,6 +33,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
+
 from medsim.policies.risk.rare.problem import PathProblem
 from medsim.policies.risk.rare.result import RareEstimate, replica_interval
 

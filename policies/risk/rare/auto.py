@@ -17,7 +17,6 @@ from medsim.policies.protocol import Policy
 from medsim.policies.risk.rare.ams import ams
 from medsim.policies.risk.rare.closed_loop import closed_loop_problem
 from medsim.policies.risk.rare.result import RareEstimate
-
 from medsim.population.virtual import VirtualPopulation
 from medsim.simulate.types import Bound
 

@@ -25,10 +25,10 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
-from medsim.policies.protocol import Policy
-from medsim.policies.risk.rare.problem import PathProblem
 from scipy.special import ndtr
 
+from medsim.policies.protocol import Policy
+from medsim.policies.risk.rare.problem import PathProblem
 from medsim.population.virtual import VirtualPopulation
 from medsim.simulate.types import Bound
 

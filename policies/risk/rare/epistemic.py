@@ -24,11 +24,12 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+from scipy import stats
+
 from medsim.policies.risk import intervals
 from medsim.policies.risk.estimate import Estimate
 from medsim.policies.risk.rare.problem import PathProblem
 from medsim.policies.risk.rare.result import RareEstimate
-from scipy import stats
 
 
 @dataclass(frozen=True)

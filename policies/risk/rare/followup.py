@@ -24,6 +24,7 @@ from dataclasses import replace
 from typing import Any
 
 import numpy as np
+
 from medsim.policies.risk.estimate import Estimate
 from medsim.policies.risk.rare.ams import AMSFailure, ams
 from medsim.policies.risk.rare.auto import needs_rare

@@ -24,10 +24,11 @@ from functools import partial
 import jax
 import jax.numpy as jnp
 import numpy as np
+from scipy import stats
+
 from medsim.policies.risk.estimate import Estimate
 from medsim.policies.risk.rare.problem import PathProblem
 from medsim.policies.risk.rare.result import RareEstimate
-from scipy import stats
 
 CONTROLS = ("constant", "linear")
 

@@ -20,9 +20,10 @@ import math
 import jax
 import jax.numpy as jnp
 import numpy as np
-from medsim.policies.risk.rare.problem import PathProblem, path_crossing_probability
 from scipy import sparse, stats
 from scipy.sparse.linalg import splu
+
+from medsim.policies.risk.rare.problem import PathProblem, path_crossing_probability
 
 
 def drifted_bm_exit(mu: float, sigma: float, distance: float, horizon: float) -> float:

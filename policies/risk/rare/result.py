@@ -6,8 +6,9 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
-from medsim.policies.risk.estimate import Estimate, encode_float
 from scipy import stats
+
+from medsim.policies.risk.estimate import Estimate, encode_float
 
 
 @dataclass(frozen=True)
