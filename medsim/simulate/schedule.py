@@ -36,7 +36,7 @@ def simulate_schedule(
     key: jax.Array,
     dt: float,
     x0: Mapping[str, jax.Array] | None = None,
-    scheme: str = "milstein",
+    scheme: str = "auto",
 ) -> dict[str, jax.Array]:
     """Observables of ``B`` simulated patients at their observation times.
 
@@ -55,7 +55,11 @@ def simulate_schedule(
         Sub-step in the model time unit.
     x0 : dict state -> (B,), optional
         State at time 0; default ``model.initial_state(params)``.
-    scheme : {"milstein", "euler"}
+    scheme : {"auto", "milstein", "euler", "exponential"}
+        ``"auto"`` (default): Milstein where ``dt`` is stable for every patient, else the
+        exponential scheme where that is (:func:`medsim.simulate.stability.choose_scheme`, from the
+        drift's Jacobian at the patients' start): a predictive check on a population must not
+        fail because one drawn patient absorbs faster than ``dt`` resolves.
 
     Returns
     -------
@@ -81,6 +85,11 @@ def simulate_schedule(
     theta = {k: jnp.broadcast_to(jnp.asarray(v, jnp.float32), (batch,)) for k, v in params.items()}
     x = model.initial_state(theta) if x0 is None else x0
     x = {s: jnp.broadcast_to(jnp.asarray(x[s], jnp.float32), (batch,)) for s in model.state_names}
+    if scheme == "auto":
+        from medsim.simulate import stability
+
+        limit = _simulator(model, dt, "milstein").step_limit(x, theta)
+        scheme = stability.choose_scheme(model, dt, limit)
     sim = _simulator(model, dt, scheme)
     per_patient = jnp.ndim(key) == 1 or (jnp.ndim(key) == 2 and not jnp.issubdtype(key.dtype, jax.dtypes.prng_key))
     t = np.zeros(batch, np.float32)
