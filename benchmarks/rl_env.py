@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import sys
 import time
 from pathlib import Path
@@ -31,6 +30,8 @@ jax.config.update("jax_num_cpu_devices", CORES)
 import numpy as np  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from machine import machine_info  # noqa: E402  (benchmarks/, on the path when run as a script)
+
 from medsim.policies.env.gym_env import MedsimEnv  # noqa: E402
 from medsim.policies.env.vector import MedsimVectorEnv  # noqa: E402
 
@@ -76,15 +77,7 @@ def bench_vector(n: int, steps: int, repeats: int) -> dict:
 
 
 def _machine() -> dict:
-    cpu = platform.processor()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return {"cpu": cpu, "cores": CORES, "platform": platform.platform(), "load_average_at_start": os.getloadavg()}
+    return machine_info(CORES)
 
 
 def main() -> None:

@@ -16,7 +16,6 @@ import argparse
 import json
 import math
 import os
-import platform
 import sys
 import tempfile
 import time
@@ -28,6 +27,7 @@ import jax  # noqa: E402
 jax.config.update("jax_num_cpu_devices", CORES)
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
+from machine import machine_info  # noqa: E402  (benchmarks/, on the path when run as a script)
 
 import medsim.models as registry  # noqa: E402
 from medsim.population.prior import prior_population  # noqa: E402
@@ -329,15 +329,7 @@ def bench_roofline(n: int, steps: int, repeats: int, quick: bool = False) -> dic
 
 # ------------------------------------------------------------------------------------------ main
 def _machine() -> dict:
-    cpu = platform.processor()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return {"cpu": cpu, "cores": CORES, "platform": platform.platform(), "load_average_at_start": os.getloadavg()}
+    return machine_info(CORES)
 
 
 def _versions() -> dict:
