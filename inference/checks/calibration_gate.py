@@ -120,6 +120,22 @@ def event_figures(probability: np.ndarray, event: np.ndarray) -> tuple[dict[str,
     return figures, scores.reliability(probability, event)
 
 
+def forecast_start(posterior: Any, cohort: Any, heldout: np.ndarray) -> str:
+    """Where a held-out forecast starts: ``"filtered"`` or ``"initial"`` (see :func:`heldout_check`)."""
+    from medsim.inference.checks.predictive import draws_of, padded_of
+
+    draws = draws_of(posterior)
+    if not draws.state or draws.state_time is None:
+        return "initial"
+    time = np.asarray(padded_of(cohort).obs_time, float)
+    t_start = np.asarray(draws.state_time, float)[:, None]
+    if time.shape[0] != t_start.shape[0]:
+        return "initial"
+    return (
+        "filtered" if bool((time[heldout] >= np.broadcast_to(t_start, time.shape)[heldout] - 1e-6).all()) else "initial"
+    )
+
+
 def heldout_check(
     posterior: Any,
     cohort: Any,
@@ -130,6 +146,7 @@ def heldout_check(
     n_draws: int | None = 200,
     dt: float | None = None,
     description: str = "",
+    start: str = "auto",
 ) -> CalibrationGate:
     """Score a posterior's predictions of held-out measurements and judge them.
 
@@ -150,6 +167,11 @@ def heldout_check(
         Simulator step.
     description : str
         What was held out (stored in the record).
+    start : {"auto", "filtered", "initial"}
+        Where each subject's forecast starts (:func:`posterior_predictive`): ``"filtered"``, from
+        its filtered state after the last fitted event, as a digital twin forecasts; ``"initial"``,
+        from time 0. ``"auto"``: filtered where the posterior stores filtered states and every
+        held-out measurement comes after its subject's, else initial. Recorded in the result.
 
     Returns
     -------
@@ -163,7 +185,10 @@ def heldout_check(
     held = np.asarray(heldout, bool)
     if not held.any():
         raise PredictiveError("nothing is held out: the held-out mask selects no measurement")
-    sample = posterior_predictive(posterior, cohort, key=key, n_draws=n_draws, mode="individual", dt=dt)
+    start = forecast_start(posterior, cohort, held) if start == "auto" else start
+    sample = posterior_predictive(posterior, cohort, key=key, n_draws=n_draws, mode="individual", dt=dt, start=start)
+    if not sample.mask[held].all():
+        raise PredictiveError("start='filtered': some held-out measurements precede their subject's filtered state")
     y = np.asarray(sample.observed, float)[held]
     draws = sample.replicate[:, held]
     subject = np.broadcast_to(np.arange(held.shape[0])[:, None], held.shape)[held]
@@ -202,7 +227,14 @@ def heldout_check(
         reliability=reliability,
         pit_counts=tuple(int(c) for c in pit_counts),
         heldout=description or f"{int(held.sum())} held-out measurements",
-        method=f"individual posterior predictive of {', '.join(observed_names)} ({sample.prediction.shape[0]} draws)",
+        method=(
+            f"individual posterior predictive of {', '.join(observed_names)} ({sample.prediction.shape[0]} draws, "
+            + (
+                "from each subject's filtered state after its last fitted event)"
+                if start == "filtered"
+                else "from time 0)"
+            )
+        ),
         events=", ".join(b.name for b in bounds) + (" (any held-out measurement outside)" if bounds else ""),
         data_hash=str(data_hash),
         created=_dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),

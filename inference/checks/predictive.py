@@ -12,6 +12,13 @@ residual error with the draw's residual parameters is added. Two kinds of subjec
   effects drawn afresh, ``eta ~ Normal(0, omega)`` with the draw's ``omega``: the simulated
   replicates of a visual predictive check (the study re-run on new patients).
 
+Individuals are drawn by :func:`medsim.population.individuals.draw_individuals`, the sampler
+every virtual population uses (replicate ``r`` of subject ``s`` is patient ``r * S + s`` of
+its counter-based stream). With ``start="filtered"`` (individual mode) each replicate starts
+from the subject's filtered state after its last fitted event (a draw from the filter's
+Gaussian, :func:`medsim.population.sampling.filtered_start`) at that time: the forecast a digital
+twin makes from "now", which keeps what the measurements said about where the patient is.
+
 The simulator steps with a fixed ``dt`` (Euler–Maruyama / Milstein, first order in ``dt`` for
 the drift: a process of rate ``lambda`` is off by about ``lambda dt / 2`` relative), so ``dt``
 defaults to ``0.02 / lambda_max`` for the model's fastest typical rate (:func:`default_dt`): about
@@ -32,6 +39,8 @@ import numpy as np
 from medsim.inference.likelihood.timeline import default_max_substep
 from medsim.models.base import PhysiologyModel, residual_key
 from medsim.population.draws import PosteriorDraws
+from medsim.population.individuals import draw_individuals
+from medsim.population.streams import Stream
 from medsim.simulate import DoseEvents, simulate_schedule
 
 Mode = Literal["individual", "population"]
@@ -202,6 +211,7 @@ def posterior_predictive(
     times: np.ndarray | None = None,
     observable: str | None = None,
     dt: float | None = None,
+    start: Literal["initial", "filtered"] = "initial",
 ) -> PredictiveSample:
     """Simulate replicates of ``cohort``'s measurements from posterior draws.
 
@@ -226,6 +236,13 @@ def posterior_predictive(
         measured observable).
     dt : float, optional
         Simulator step (model time unit); default :func:`default_dt`.
+    start : {"initial", "filtered"}
+        ``"initial"``: every subject starts at time 0 from the model's initial state.
+        ``"filtered"`` (``mode="individual"``, needs a posterior that stores filtered states and
+        ``times`` at or after each subject's filtered time): from the filtered state after the
+        subject's last fitted event; doses before then are in that state. Without ``times``, the
+        cohort's points before that time are not simulated (``mask`` False, time moved to the
+        start).
 
     Returns
     -------
@@ -235,7 +252,7 @@ def posterior_predictive(
     ------
     PredictiveError
         Subjects that do not match the posterior's, missing covariates, unknown CMTs or observable,
-        or bad ``times``.
+        bad ``times``, or ``start="filtered"`` without filtered states or before their time.
     """
     draws = draws_of(posterior)
     model = draws.model
@@ -273,19 +290,38 @@ def posterior_predictive(
     n_rep, n_sub = len(idx), len(ids)
     k_eta, k_path, k_res = jax.random.split(key, 3)
 
-    population = {k: jnp.asarray(np.asarray(v)[idx], jnp.float32)[:, None] for k, v in draws.population.items()}
-    eta = {}
-    for p in model.structural:
-        if mode == "individual":
-            if p.name in draws.eta:
-                eta[p.name] = jnp.asarray(np.asarray(draws.eta[p.name])[idx], jnp.float32)
-        elif p.name in draws.omega:
-            omega = jnp.asarray(np.asarray(draws.omega[p.name])[idx], jnp.float32)[:, None]
-            eta[p.name] = omega * jax.random.normal(jax.random.fold_in(k_eta, len(eta)), (n_rep, n_sub))
-    covariates = {k: jnp.asarray(v)[None, :] for k, v in _covariates(model, padded).items()}
-    theta = model.individual_parameters(population, eta, covariates)
-    flat = {k: jnp.broadcast_to(jnp.asarray(v, jnp.float32), (n_rep, n_sub)).reshape(-1) for k, v in theta.items()}
-    flat.update({k: jnp.broadcast_to(v, (n_rep, n_sub)).reshape(-1) for k, v in covariates.items() if k not in flat})
+    if start not in ("initial", "filtered"):
+        raise PredictiveError(f"start must be 'initial' or 'filtered', got {start!r}")
+    draw = np.repeat(idx, n_sub)  # replicate r of subject s is row r * S + s
+    subject = np.tile(np.arange(n_sub), n_rep)
+    population = {k: np.asarray(v, np.float64)[draw] for k, v in draws.population.items()}
+    covariates = {k: np.asarray(v, np.float64)[subject] for k, v in _covariates(model, padded).items()}
+    if mode == "individual":
+        omega: dict[str, np.ndarray] = {}
+        fitted = {k: np.asarray(v, np.float64)[draw, subject] for k, v in draws.eta.items()}
+    else:
+        omega = {k: np.asarray(v, np.float64)[draw] for k, v in draws.omega.items()}
+        fitted = {}
+    drawn = draw_individuals(
+        model,
+        population,
+        omega,
+        covariates,
+        seed=k_eta,
+        stream=Stream.SAMPLING,
+        patient=np.arange(n_rep * n_sub),
+        fitted_eta=fitted or None,
+    )
+    flat = {k: jnp.asarray(v, jnp.float32) for k, v in drawn.params.items()}
+    flat.update({k: jnp.asarray(v, jnp.float32) for k, v in covariates.items() if k not in flat})
+    x0 = t0 = None
+    if start == "filtered":
+        if times is None and draws.state_time is not None:
+            # the cohort's own points before the filtered state are not forecast (masked out)
+            t_start = np.asarray(draws.state_time, float)[:, None]
+            mask = mask & (time >= t_start)
+            time = np.maximum(time, t_start)
+        x0, t0 = _filtered_start(draws, mode, draw, subject, jax.random.fold_in(key, 3), time)
     sim_time = np.tile(time, (n_rep, 1))
     try:
         paths = simulate_schedule(
@@ -295,6 +331,8 @@ def posterior_predictive(
             sim_time,
             key=k_path,
             dt=default_dt(model) if dt is None else float(dt),
+            x0=x0,
+            t0=t0,
         )
     except ValueError as err:
         raise PredictiveError(f"cannot simulate the cohort's schedule: {err}") from None
@@ -332,6 +370,29 @@ def posterior_predictive(
         seed_key=key_words(key),
         residual_sd=residual_sd,
     )
+
+
+def _filtered_start(draws: PosteriorDraws, mode: str, draw, subject, key, time: np.ndarray) -> tuple[dict, np.ndarray]:
+    """Start states and times of every replicate row for ``start="filtered"``."""
+    if mode != "individual":
+        raise PredictiveError("start='filtered' is a twin's forecast: it needs mode='individual'")
+    if not draws.state or draws.state_time is None:
+        raise PredictiveError("start='filtered' needs a posterior that stores the subjects' filtered states (refit)")
+    t_start = np.asarray(draws.state_time, float)
+    first = time[:, 0]
+    late = first < t_start - 1e-6
+    if late.any():
+        s = int(np.argmax(late))
+        raise PredictiveError(
+            f"start='filtered': subject {draws.subject_ids[s]!r} has times from {first[s]:g}, before its "
+            f"filtered state at {t_start[s]:g}; pass times at or after each subject's last fitted event"
+        )
+    from medsim.population.sampling import filtered_start
+    from medsim.population.virtual import INITIAL_PREFIX
+
+    values = filtered_start(draws, draw, subject, seed=key, patient=np.arange(draw.size))
+    x0 = {k[len(INITIAL_PREFIX) :]: jnp.asarray(v, jnp.float32) for k, v in values.items()}
+    return x0, t_start[subject]
 
 
 def key_words(key: jax.Array) -> np.ndarray:

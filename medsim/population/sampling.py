@@ -38,6 +38,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 
+import jax
 import numpy as np
 
 from medsim.population.draws import PosteriorDraws
@@ -237,10 +238,19 @@ def sample_population(
     )
 
 
-def filtered_start(draws: PosteriorDraws, draw: np.ndarray, subject: int, *, seed: int) -> dict:
+def filtered_start(
+    draws: PosteriorDraws,
+    draw: np.ndarray,
+    subject: int | np.ndarray,
+    *,
+    seed: int | jax.Array,
+    patient: np.ndarray | None = None,
+) -> dict:
     """``initial_<state>`` (n,) per state: one draw per patient from ``Normal(mean[d, s], cov[d, s])``.
 
-    Patient ``i``'s standard normals are the ``SAMPLING`` stream's draws at counter ``STATE``.
+    ``subject`` is one fitted subject's index for every patient, or one per patient.
+    Patient ``i``'s standard normals are the ``SAMPLING`` stream's draws at counter ``STATE`` for
+    patient index ``patient[i]`` (default ``i``).
 
     The covariance's square root comes from its eigen-decomposition with negative round-off
     eigenvalues set to 0 (states no process noise reaches have exactly zero variance, so a
@@ -251,7 +261,8 @@ def filtered_start(draws: PosteriorDraws, draw: np.ndarray, subject: int, *, see
     cov = np.asarray(draws.state_cov, np.float64)[draw, subject]
     cov = 0.5 * (cov + np.swapaxes(cov, -1, -2))
     values, vectors = np.linalg.eigh(cov)
-    z = patient_normal(seed, Stream.SAMPLING, np.arange(mean.shape[0]), STATE, width=mean.shape[1])
+    patient = np.arange(mean.shape[0]) if patient is None else np.asarray(patient, np.int64)
+    z = patient_normal(seed, Stream.SAMPLING, patient, STATE, width=mean.shape[1])
     root = vectors * np.sqrt(np.clip(values, 0.0, None))[..., None, :]
     x0 = mean + np.einsum("nij,nj->ni", root, z)
     return {f"{INITIAL_PREFIX}{k}": x0[:, j] for j, k in enumerate(names)}

@@ -159,3 +159,69 @@ def test_start_is_checked(fitted):
         )
     with pytest.raises(ValueError, match="start must be 'filtered' or 'initial'"):
         sample_population(draws, 4, mode="personalized", subject="s0", seed=0, start="now")
+
+
+def test_posterior_predictive_forecasts_from_the_filtered_state(fitted):
+    """``posterior_predictive(start="filtered")``, the forecast the held-out checks score, starts there too."""
+    from medsim.inference.checks.predictive import PredictiveError, posterior_predictive
+
+    draws, held_out = fitted
+    s_count = held_out.shape[0]
+    times = np.tile(HELD_OUT, (s_count, 1))
+    padded = cohort(np.zeros((s_count, len(TRAIN))))
+    key = jax.random.key(5)
+    sample = posterior_predictive(draws, padded, key=key, n_draws=None, times=times, start="filtered")
+    assert sample.prediction.shape == (2, s_count, len(HELD_OUT))
+    a, t0 = drift_matrix(), TRAIN[-1]
+    for s in range(s_count):
+        mean = np.array([draws.state["gut"][0, s], draws.state["central"][0, s]])
+        cov = draws.state_cov[0, s]
+        for j, t in enumerate(HELD_OUT):
+            f = expm(a * (t - t0))
+            expected = (f @ mean)[1] / TRUTH["V"]
+            # two replicates: their mean's SD is at most sqrt((F P F^T)_cc + s_central^2 h) / V / sqrt(2)
+            sd = np.sqrt((f @ cov @ f.T)[1, 1] + TRUTH["s_central"] ** 2 * (t - t0)) / TRUTH["V"] / np.sqrt(2)
+            assert abs(sample.prediction[:, s, j].mean() - expected) < 5 * sd, (s, j)
+    initial = posterior_predictive(draws, padded, key=key, n_draws=None, times=times, start="initial")
+    rmse = {
+        name: float(np.sqrt(np.mean((x.prediction.mean(axis=0) - held_out) ** 2)))
+        for name, x in (("filtered", sample), ("initial", initial))
+    }
+    # the same bound as the twin test above (expected ratio 0.45, sampling SD about 0.05)
+    assert rmse["filtered"] < 0.7 * rmse["initial"], rmse
+    with pytest.raises(PredictiveError, match="before its filtered state"):
+        posterior_predictive(draws, padded, key=key, times=np.tile(TRAIN, (s_count, 1)), start="filtered")
+    with pytest.raises(PredictiveError, match="needs mode='individual'"):
+        posterior_predictive(draws, padded, key=key, times=times, start="filtered", mode="population")
+
+
+def test_the_heldout_gate_forecasts_from_the_filtered_state(fitted):
+    """The calibration gate scores the forecast twins make: from the filtered state (``start="auto"``)."""
+    from dataclasses import replace
+
+    from medsim.inference.checks.calibration_gate import forecast_start, heldout_check
+
+    draws, held_out = fitted
+    s_count = held_out.shape[0]
+    rng = np.random.default_rng(11)
+    full = cohort(np.zeros((s_count, len(TRAIN))))
+    times = np.concatenate([TRAIN, HELD_OUT])
+    values = np.concatenate([np.zeros((s_count, len(TRAIN))), held_out], axis=1)
+    values[:, len(TRAIN) :] += RESIDUAL_SD * rng.standard_normal(held_out.shape)
+    full = replace(
+        full,
+        obs_time=np.tile(times, (s_count, 1)),
+        obs_value=values,
+        obs_cmt=np.full(values.shape, 2),
+        obs_mask=np.ones(values.shape, bool),
+    )
+    held = np.zeros(values.shape, bool)
+    held[:, len(TRAIN) :] = True
+    assert forecast_start(draws, full, held) == "filtered"
+    # a held-out point before the filtered state (12 h) cannot be forecast from it
+    early = held.copy()
+    early[:, len(TRAIN) - 2] = True
+    assert forecast_start(draws, full, early) == "initial"
+    assert forecast_start(replace(draws, state={}, state_cov=None, state_time=None), full, held) == "initial"
+    gate = heldout_check(draws, full, held, key=jax.random.key(2), n_draws=None)
+    assert "filtered state" in gate.method
