@@ -101,6 +101,8 @@ class DeclaredRegimen:
         return None
 
     def act(self, state: None, obs: Observation, *, rng: np.random.Generator) -> tuple[None, Option]:
+        """The doses due at ``obs.time`` (summed per compartment), each patient's rates, and the time
+        to the next dose or look, whichever comes first."""
         t = np.asarray(obs.time, np.float64)
         # Padded rows of a chunk carry indices past the population; they are inactive.
         who = np.minimum(np.asarray(obs.patient, np.int64), self.amount.shape[1] - 1)

@@ -280,6 +280,7 @@ def simulate_command(
         "model": model.name,
         "n_patients": n,
         "hours": hours,
+        "horizon": horizon,
         "dt": step,
         "time_unit": unit,
         "seed": seed,

@@ -86,3 +86,20 @@ def test_bound_option_uses_the_spec_parser():
     result = RUNNER.invoke(app, ["simulate", "--n", "4", "--hours", "1", "--bound", "glucose<<3"])
     assert result.exit_code == 2
     assert "--bound" in result.output and "OBSERVABLE<=VALUE" in result.output
+
+
+def test_a_model_in_days_simulates_the_hours_asked_for(monkeypatch):
+    # The command once read any time unit other than minutes as hours: a model in days ran 24 times
+    # the horizon at 24-minute steps. It now converts with the one time-unit table (medsim/units.py).
+    import dataclasses
+
+    import medsim.models as registry
+
+    days = dataclasses.replace(registry.get("pk_oral_1cmt"), name="pk_oral_days", time_unit="d")
+    original = registry.get
+    monkeypatch.setattr(registry, "get", lambda name: days if name == days.name else original(name))
+    result = RUNNER.invoke(app, ["simulate", "--model", days.name, "--n", "4", "--hours", "48", "--json"])
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout)
+    assert summary["time_unit"] == "d" and summary["horizon"] == 2.0
+    assert summary["dt"] == 1.0 / 1440.0  # one minute in days: the units table's 1 / 1440, bit for bit
