@@ -57,9 +57,9 @@ def prior_patients(model, n: int, seed: int):
     import jax
 
     from medsim.population import VirtualPopulation
-    from medsim.population import prior as prior_module  # looked up at call time (tests replace it)
+    from medsim.population.prior import prior_population
 
-    theta = prior_module.prior_population(model, n, key=jax.random.fold_in(jax.random.key(seed), 0))
+    theta = prior_population(model, n, key=jax.random.fold_in(jax.random.key(seed), 0))
     provenance = {"source": "model prior (typical values, literature between-subject variability)", "seed": seed}
     return VirtualPopulation.from_parameters(model, theta, seed=seed, provenance=provenance)
 
