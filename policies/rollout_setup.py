@@ -81,20 +81,33 @@ def _measure(setup: _Setup, pop: VirtualPopulation, true: Mapping[str, np.ndarra
     return setup.measure({o: true[o] for o in names}, add, prop, z, take)  # as the compiled loop does
 
 
-def _row_bytes(setup: _Setup) -> int:
-    """Bytes kept per patient and interaction: the row, its stacked copy and the merged result."""
-    n_obs, n_measured = len(setup.model.observable_names), len(setup.measured_obs)
-    floats = 3 + n_measured + 3 * n_obs + 2 * len(setup.cmts) + 4 * len(setup.bounds)
-    return 3 * (8 * floats + 3 * max(len(setup.bounds), 1))
+def planned_memory(
+    model, n_bounds: int, n_patients: int, interactions: float, n_events: int, horizon: float, *, streaming=False
+) -> float:
+    """Bytes a rollout of ``n_patients`` keeps: per-interaction rows (one row per patient when only
+    streaming sums are kept), the dose events of each patient, and the CGM-like traces of models
+    that record them (:mod:`medsim.policies.traces`).
+
+    Each row is stored three times (the row, its stacked copy and the merged result).
+    """
+    n_obs = len(model.observable_names)
+    n_measured = sum(1 for o in model.observable_names if o in model.residual)
+    floats = 3 + n_measured + 3 * n_obs + 2 * len(model.dose_targets) + 4 * n_bounds
+    row_bytes = 3 * (8 * floats + 3 * max(n_bounds, 1))
+    rows = 1 if streaming else interactions
+    memory = n_patients * (rows * row_bytes + 16 * 3 * n_events)
+    grid = trace_grid(model.observable_names, float(horizon), model.time_unit)
+    if grid is not None:  # float32 traces: the chunk's buffer and the merged copy
+        memory += n_patients * 2 * 4 * grid.n_points * len(grid.observables)
+    return memory
 
 
 def _check_work(setup: _Setup, policy: Policy, interactions: float, n_events: int, why: str) -> None:
     """Refuse a rollout whose interactions or memory exceed the limits, before simulating it."""
     n, unit = max(setup.n_total, 1), setup.model.time_unit
-    rows = 1 if setup.streaming else interactions  # streaming sums keep one row per patient
-    memory = n * (rows * _row_bytes(setup) + 16 * 3 * n_events)
-    if setup.trace_grid is not None:  # float32 traces: the chunk's buffer and the merged copy
-        memory += n * 2 * 4 * setup.trace_grid.n_points * len(setup.trace_grid.observables)
+    memory = planned_memory(
+        setup.model, len(setup.bounds), n, interactions, n_events, setup.horizon, streaming=setup.streaming
+    )
     budget.check_work(
         interactions=interactions,
         memory=memory,

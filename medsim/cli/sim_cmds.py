@@ -1,23 +1,30 @@
-"""``medsim simulate``: the simulator tour — virtual patients from a model's prior under a default regimen.
+"""``medsim simulate``: the simulator tour — virtual patients from a model's prior under its declared regimen.
 
-The regimen and the monitored bounds are the ones each model declares
-(:meth:`~medsim.models.base.PhysiologyModel.default_regimen` and ``safety_limits``, documented in
-the model's file; simulation starts at time 0 = midnight): for example the glucose models' basal
-rate, three meals and carbohydrate-ratio boluses with the consensus range 70-180 mg/dL, or
-theophylline's 320 mg every 12 h with 20 mg/L. ``--bound`` replaces the bounds.
+A thin use of the library's loop (``docs/architecture.md``): the model's prior population
+(:func:`~medsim.population.prior_population`, typical values with the literature's between-subject
+variability) -> the closed-loop rollout (:func:`~medsim.policies.rollout.rollout`) of the regimen
+the model declares (:class:`~medsim.policies.regimen.DeclaredRegimen`, from
+:meth:`~medsim.models.base.PhysiologyModel.default_regimen`; time 0 is midnight) -> the risk report
+(:func:`~medsim.policies.risk.risk_report`) against the model's declared ``safety_limits`` (or
+``--bound``, read by the safety spec's bound parser). For example the glucose models' basal rate,
+three meals and carbohydrate-ratio boluses against the consensus range 70-180 mg/dL, or
+theophylline's 320 mg every 12 h against 20 mg/L. ``medsim risk --prior MODEL`` runs the same
+rollout and report for named policies over patients whose population values are drawn from the
+prior as well, and writes the whole report.
 
-A model that declares no regimen runs without doses. The population is advanced in hourly interaction intervals; the
-crossing probability of each bound over the horizon is reported from the Brownian-bridge estimator
-(mean of ``1 - exp(sum log_survival)``) next to the grid-only estimate (a crossing seen on the
-sub-step grid), each with its Monte Carlo standard error (``null`` with a reason in ``--json`` when
-it cannot be estimated).
+Patients are looked at every hour (a measurement each time) and at every dose. The crossing
+probability of each bound over the horizon is the report's Brownian-bridge estimate next to its
+grid-only estimate (a crossing seen on the sub-step grid), each with its standard error and
+interval (``null`` with a reason in ``--json`` when it cannot be estimated); ``--plot`` writes the
+report's fan chart.
 
 Before simulating, the command checks the work (hourly intervals against ``--max-interactions``,
-planned memory against ``--max-memory``) and the step (``--dt`` against the stability limit of an
-explicit scheme, from the drift's Jacobian of the sampled patients: :mod:`medsim.simulate.stability`;
-``--scheme auto`` switches to the exponential scheme where the limit is exceeded and it applies).
-During the run a non-finite or non-physical state stops it with an error naming the patient and
-its parameters (:mod:`medsim.simulate.checks`): no number is reported from a blown-up simulation.
+planned memory against ``--max-memory``, with the rollout's own memory estimate) and the step
+(``--dt`` against the stability limit of an explicit scheme, from the drift's Jacobian of the
+sampled patients: :mod:`medsim.simulate.stability`; ``--scheme auto`` switches to the exponential
+scheme where the limit is exceeded and it applies). During the run a non-finite or non-physical
+state stops it with an error naming the patient and its parameters (:mod:`medsim.simulate.checks`):
+no number is reported from a blown-up simulation.
 
 Environment: the command spreads chunks over all CPU cores by asking JAX for one CPU device per
 core (``jax_num_cpu_devices``) before JAX initialises; set ``MEDSIM_CPU_DEVICES`` to override.
@@ -25,7 +32,6 @@ core (``jax_num_cpu_devices``) before JAX initialises; set ``MEDSIM_CPU_DEVICES`
 
 from __future__ import annotations
 
-import itertools
 import json
 import math
 import os
@@ -36,61 +42,82 @@ import typer
 
 from medsim.cli.app import app
 
-
-def default_bounds(model) -> tuple:
-    """The model's declared safety limits (``PhysiologyModel.safety_limits``) as simulator bounds."""
-    from medsim.simulate import Bound
-
-    return tuple(Bound(lim.observable, lim.value, lim.side) for lim in model.safety_limits)
+#: Patients whose paths the fan chart draws its quantile bands from.
+FAN_PATHS = 1000
+#: Points saved per path over the horizon (the rollout's default).
+PATH_POINTS = 400
 
 
-def regimen_events(model, theta: dict, n: int, horizon: float):
-    """The model's default regimen (``PhysiologyModel.default_regimen``) as dose events and rates."""
+def prior_patients(model, n: int, seed: int):
+    """The ``n`` virtual patients ``medsim simulate --seed seed`` simulates (a ``VirtualPopulation``).
+
+    The model's typical-value prior population (:func:`medsim.population.prior_population`) drawn
+    with the key ``fold_in(key(seed), 0)``; patient ``i`` is the same for any ``n``.
+    """
+    import jax
+
+    from medsim.population import VirtualPopulation
+    from medsim.population.prior import prior_population
+
+    theta = prior_population(model, n, key=jax.random.fold_in(jax.random.key(seed), 0))
+    provenance = {"source": "model prior (typical values, literature between-subject variability)", "seed": seed}
+    return VirtualPopulation.from_parameters(model, theta, seed=seed, provenance=provenance)
+
+
+def simulation_spec(model, bounds: list[str] | None, hours: float):
+    """The safety spec ``medsim simulate`` reports on: ``--bound`` or the model's declared limits, over ``hours``.
+
+    Raises
+    ------
+    SpecError
+        A bound that does not parse, names an observable the model lacks, or leaves no safe value;
+        a model that declares no limits when no ``--bound`` is given.
+    """
+    from medsim.policies.regimen import declared_bounds
+    from medsim.policies.spec import SafetySpec, SpecError, parse_bound
+
+    if bounds:
+        parsed, source = tuple(parse_bound(b, where="--bound") for b in bounds), "--bound"
+    else:
+        parsed, source = declared_bounds(model), f"model {model.name!r} safety limits"
+        if not parsed:
+            raise SpecError(f"model {model.name!r} declares no safety limits; give one with --bound")
+    # rare=off: the summary reports the plain estimators; `medsim risk` runs the rare-event follow-up.
+    spec = SafetySpec(bounds=parsed, horizon=float(hours), time_unit="h", rare="off", source=source)
+    return spec.validate(model)
+
+
+def _check_work(model, n: int, horizon: float, look: float, n_bounds: int, n_paths: int, limits) -> None:
+    """Refuse (``WorkLimitError``) a run whose hourly intervals or memory exceed ``limits``, before any work.
+
+    Memory: the population (as :func:`medsim.policies.evaluate.evaluate_policies` plans it), the
+    regimen's per-patient amounts, the rollout's records (:func:`medsim.policies.rollout_setup.planned_memory`)
+    and the fan chart's saved paths.
+    """
     import numpy as np
 
-    from medsim.simulate import DoseEvents
-
-    rows, rates = model.default_regimen(theta, horizon)
-    if not rows:
-        return None, rates
-    time_ = np.tile([r[0] for r in rows], (n, 1))
-    cmt = np.tile([r[1] for r in rows], (n, 1))
-    amount = np.stack([np.broadcast_to(np.asarray(r[2], np.float64), (n,)) for r in rows], axis=1)
-    return DoseEvents.from_arrays(time_, cmt, amount), rates
-
-
-def _planned_memory(model, n: int, n_events: int, n_bounds: int, n_intervals: int, saved_per_interval: int) -> float:
-    """Bytes the command will hold for ``n`` patients (host and device copies, a factor 2 for temporaries)."""
-    per_patient = 8 * 3 * (len(model.parameters) + len(model.covariates) + 1)  # float64 draws + float32 copies
-    per_patient += 4 * 8 * len(model.state_names)  # states in and out of each chunk
-    per_patient += 12 * 4 * max(n_events, 1)  # dose events: host float64, planned float32, device
-    per_patient += 8 * 4 * max(n_bounds, 1)  # accumulated statistics
-    per_patient += 4 * 2 * 2 * n_intervals * saved_per_interval  # fan-chart paths and their concatenation
-    return 2.0 * n * per_patient
-
-
-def _check_work(model, n: int, hours: float, per_hour_steps: float, n_bounds: int, save_every, limits) -> None:
-    """Refuse (``WorkLimitError``) a run whose hourly intervals or memory exceed ``limits``, before any work."""
-    import numpy as np
-
+    from medsim.policies.rollout_setup import planned_memory
     from medsim.simulate import budget
+    from medsim.units import convert_time
 
+    hours = convert_time(horizon, model.time_unit, "h")
     detail = f"{n} patients over {hours:g} h in hourly intervals"
     options = {"interactions_option": "--max-interactions", "memory_option": "--max-memory"}
-    n_intervals = math.ceil(hours)
-    # Intervals first: the regimen below has as many doses as the horizon has days.
+    intervals = budget.interaction_count(horizon, look)
+    # Intervals first: the regimen below has as many doses as the horizon has dosing times.
     budget.check_work(
-        interactions=n_intervals, memory=0.0, max_interactions=limits[0], max_memory=limits[1], detail=detail, **options
+        interactions=intervals, memory=0.0, max_interactions=limits[0], max_memory=limits[1], **options, detail=detail
     )
     typical = {
         k: np.asarray(v)[None] for k, v in {**model.reference_covariates(), **model.typical_parameters()}.items()
     }
-    one, _ = regimen_events(model, typical, 1, hours * (60.0 if model.time_unit == "min" else 1.0))
-    saved = 0 if save_every is None else math.ceil(per_hour_steps / save_every) + 1
-    n_events = 0 if one is None else int(one.time.shape[1])
-    memory = _planned_memory(model, n, n_events, n_bounds, n_intervals, saved)
+    n_doses = len(model.default_regimen(typical, horizon)[0])
+    width = len(model.parameters) + len(model.covariates) + len(model.state_names) + 8
+    memory = 4.0 * 8 * width * n + 8.0 * n_doses * n
+    memory += planned_memory(model, n_bounds, n, intervals + n_doses, 0, horizon)
+    memory += 2 * 2 * 4.0 * n_paths * PATH_POINTS * len(model.observable_names)  # float32 segments and joined
     budget.check_work(
-        interactions=n_intervals,
+        interactions=intervals,
         memory=memory,
         max_interactions=limits[0],
         max_memory=limits[1],
@@ -109,39 +136,38 @@ def _use_all_cores() -> None:
         pass
 
 
-def _write_fan_chart(path: Path, time_h, values, bounds, observable: str, unit: str, n: int) -> None:
-    import matplotlib
+def _finite(x: float) -> float | None:
+    return float(x) if math.isfinite(x) else None
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import numpy as np
 
-    q = np.nanpercentile(values, [5, 25, 50, 75, 95], axis=0)
-    fig, ax = plt.subplots(figsize=(8, 4.5))
-    ax.fill_between(time_h, q[0], q[4], alpha=0.25, color="C0", lw=0, label="5-95 %")
-    ax.fill_between(time_h, q[1], q[3], alpha=0.45, color="C0", lw=0, label="25-75 %")
-    ax.plot(time_h, q[2], color="C0", lw=1.5, label="median")
-    for b in bounds:
-        if b.observable == observable:
-            ax.axhline(b.value, color="C3", ls="--", lw=1, label=b.name)
-    ax.set_xlabel("time (h)")
-    ax.set_ylabel(f"{observable} ({unit})")
-    ax.set_title(f"{n} virtual patients from the prior")
-    ax.legend(loc="upper right", fontsize=8)
-    fig.tight_layout()
-    from medsim.io import atomic_write
-
-    try:
-        atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=120, format="png"))
-    finally:
-        plt.close(fig)
+def bound_summary(risk) -> list[dict]:
+    """Per-bound rows of the summary from a report's ``PolicyRisk``: bridge and grid estimates with SE and interval."""
+    rows = []
+    for vp in risk.per_bound:
+        bridge, grid = vp.bridge, vp.grid
+        row = {
+            "bound": vp.bound,
+            "p_bridge": bridge.value,
+            "se_bridge": _finite(bridge.se),
+            "interval_bridge": [_finite(bridge.lower), _finite(bridge.upper)],
+            "p_grid": grid.value,
+            "se_grid": _finite(grid.se),
+            "interval_grid": [_finite(grid.lower), _finite(grid.upper)],
+            "level": bridge.level,
+        }
+        if row["se_bridge"] is None or row["se_grid"] is None:
+            row["se_reason"] = (
+                "one patient: no standard error" if bridge.n < 2 else bridge.no_interval or grid.no_interval
+            )
+        rows.append(row)
+    return rows
 
 
 @app.command("simulate")
 def simulate_command(
     model_name: str = typer.Option("glucose_insulin", "--model", help="Registered model (see `medsim models`)."),
     n: int = typer.Option(1000, "--n", min=1, help="Number of virtual patients."),
-    hours: float = typer.Option(24.0, "--hours", min=0.0, help="Simulated horizon in hours."),
+    hours: float = typer.Option(24.0, "--hours", min=0.0, help="Simulated horizon in hours (> 0)."),
     dt: float = typer.Option(None, "--dt", help="Sub-step in the model's time unit (default: 1 minute)."),
     scheme: str = typer.Option(
         "milstein",
@@ -168,23 +194,25 @@ def simulate_command(
         "(too many patients or hours) are refused before any work unless this is raised.",
     ),
 ) -> None:
-    """Simulate virtual patients from a model's prior under a default regimen and report crossing risk."""
+    """Simulate virtual patients from a model's prior under its declared regimen and report crossing risk."""
     if plot is not None:
         from medsim.cli.outputs import output_file
 
         output_file(plot, "--plot")
     _use_all_cores()
-    import jax
-    import numpy as np
     from rich.console import Console
     from rich.progress import Progress
     from rich.table import Table
 
     import medsim.models as registry
-    from medsim.policies.spec import parse_bound
-    from medsim.population.prior import prior_population
+    from medsim.io import write_bytes
+    from medsim.policies.regimen import DeclaredRegimen
+    from medsim.policies.risk import risk_report
+    from medsim.policies.rollout import rollout
+    from medsim.policies.spec import SpecError
     from medsim.simulate import SimulationError, Simulator, budget, stability
-    from medsim.simulate import checks as sim_checks
+    from medsim.simulate.schemes import SCHEMES
+    from medsim.units import convert_time
 
     def fail(err: Exception) -> None:
         typer.echo(f"error: {err}", err=True)
@@ -192,127 +220,102 @@ def simulate_command(
 
     try:
         model = registry.get(model_name)
-        bounds = tuple(parse_bound(b, where="--bound") for b in bound) if bound else default_bounds(model)
-        per_hour = 60.0 if model.time_unit == "min" else 1.0
-        step = float(dt) if dt is not None else per_hour / 60.0
-        if not math.isfinite(hours):
-            raise ValueError(f"--hours: expected a finite number of hours, got {hours}")
-        sim = Simulator(model, dt=step, bounds=bounds, scheme="milstein" if scheme == "auto" else scheme)
-        horizon = hours * per_hour
-        save_every = max(1, round(per_hour / 12 / step)) if plot else None  # ~5-minute resolution
+        if not (math.isfinite(hours) and hours > 0):
+            raise ValueError(f"--hours: expected a positive, finite number of hours, got {hours}")
+        if scheme not in (*SCHEMES, "auto"):
+            raise ValueError(f"--scheme: expected one of {[*SCHEMES, 'auto']}, got {scheme!r}")
+        spec = simulation_spec(model, bound, hours)
+        unit = model.time_unit
+        horizon, look = spec.horizon, convert_time(1.0, "h", unit)
+        step = float(dt) if dt is not None else convert_time(1.0, "min", unit)
+        if not (math.isfinite(step) and step > 0):
+            raise ValueError(f"--dt: expected a positive step in {unit}, got {dt}")
         limits = (max_interactions, None if max_memory is None else budget.parse_memory(max_memory))
-        _check_work(model, n, hours, per_hour / step, len(bounds), save_every, limits)
-    except (registry.UnknownModelError, ValueError) as err:
-        fail(err)
-    key = jax.random.key(seed)
-    theta = prior_population(model, n, key=jax.random.fold_in(key, 0))
-    events, rates = regimen_events(model, theta, n, horizon)
-    x = model.initial_state(theta)
-    try:
-        limit = sim.step_limit(x, theta)
-        if scheme == "auto":
+        n_paths = min(n, FAN_PATHS) if plot else 0
+        _check_work(model, n, horizon, look, len(spec.bounds), n_paths, limits)
+        population = prior_patients(model, n, seed)
+        policy = DeclaredRegimen.for_population(population, horizon, look_every=look)
+        chosen = scheme
+        if scheme == "auto":  # Milstein where dt is stable for every patient, else the exponential scheme
+            limit = Simulator(model, dt=step).step_limit(population.initial_state(), population.simulation_parameters())
             chosen = stability.choose_scheme(model, step, limit)
-            if chosen != sim.scheme:
-                sim = Simulator(model, dt=step, bounds=bounds, scheme=chosen)
+            if chosen != "milstein":
                 typer.echo(
-                    f"note: --scheme auto chose {chosen}: dt = {step:g} {model.time_unit} is beyond the explicit "
-                    f"schemes' stability limit of {limit.max_dt:.4g} {model.time_unit} for these patients",
+                    f"note: --scheme auto chose {chosen}: dt = {step:g} {unit} is beyond the explicit "
+                    f"schemes' stability limit of {limit.max_dt:.4g} {unit} for these patients",
                     err=True,
                 )
-        else:
-            stability.check_step(model, sim.scheme, step, limit)
-    except (ValueError, SimulationError) as err:
+    except (registry.UnknownModelError, SpecError, ValueError) as err:
         fail(err)
-    cuts = np.append(np.arange(0.0, horizon, per_hour), horizon) if horizon > 0 else np.zeros(1)
-    log_surv = np.zeros((n, len(bounds)))
-    grid = np.zeros((n, len(bounds)), bool)
-    plotted = next((b.observable for b in bounds), model.observable_names[0])
-    track_t, track_v = [], []
-    steps = 0.0
     start = time.perf_counter()
     with Progress(disable=as_json, transient=True) as progress:
-        task = progress.add_task(f"simulating {n} x {hours:g} h", total=len(cuts) - 1)
-        for i, (t0, t1) in enumerate(itertools.pairwise(cuts)):
-            try:
-                res = sim.advance(
-                    x,
-                    theta,
-                    t0,
-                    t1,
-                    key=jax.random.fold_in(key, i + 1),
-                    events=events,
-                    rates=rates,
-                    save_every=save_every,
-                )
-            except (SimulationError, ValueError) as err:
-                fail(err)
-            x = res.state
-            log_surv += np.asarray(res.stats.log_survival, np.float64)
-            grid |= np.asarray(res.stats.grid_violation)
-            if i == 0:  # the start point is on the grid too
-                for k, b in enumerate(bounds):
-                    grid[:, k] |= b.outside(np.asarray(res.stats.obs_start[b.observable]))
-            if plot:
-                track_t.append(np.asarray(res.path.time[0]))
-                track_v.append(np.asarray(res.path.values[plotted]))
-            steps += (t1 - t0) / step
-            progress.advance(task)
-    jax.block_until_ready(x)
+        task = progress.add_task(f"simulating {n} x {hours:g} h", total=1.0)
+        try:
+            result = rollout(
+                model,
+                population,
+                policy,
+                bounds=spec.bounds,
+                horizon=horizon,
+                dt=step,
+                seed=seed,
+                n_paths_saved=n_paths,
+                progress=lambda done, total: progress.update(task, completed=done / total),
+                scheme=chosen,
+                max_interactions=limits[0],
+                max_memory=limits[1],
+            )
+        except (SimulationError, ValueError) as err:
+            fail(err)
     elapsed = time.perf_counter() - start
-    days = n * horizon / (per_hour * 24.0)
-
-    p_bridge = -np.expm1(log_surv)
-    try:  # every patient's numbers were checked interval by interval; the aggregates must be finite too
-        checks_values = {f"crossing probability of {b.name}": p_bridge[:, k] for k, b in enumerate(bounds)}
-        sim_checks.check_finite(checks_values, theta, 0.0, horizon, time_unit=model.time_unit)
-    except SimulationError as err:
-        fail(err)
-    no_se = "one patient: no standard error" if n == 1 else None
+    provenance = {
+        "posterior_file": f"prior:{model.name}",
+        "population": f"prior, n={n}",
+        "policy": "the model's declared regimen (PhysiologyModel.default_regimen)",
+        "support_unknown": "patients are drawn from the model's priors, there is no fitted cohort to compare with",
+    }
+    report = risk_report([result], spec, provenance=provenance, model=model)
+    days = n * hours / 24.0
     summary = {
         "model": model.name,
         "n_patients": n,
         "hours": hours,
+        "horizon": horizon,
         "dt": step,
-        "time_unit": model.time_unit,
+        "time_unit": unit,
         "seed": seed,
-        "scheme": sim.scheme,
+        "scheme": chosen,
         **({"scheme_requested": "auto"} if scheme == "auto" else {}),
-        "bounds": [],
+        "bounds": bound_summary(report.policies[0]),
+        "warnings": list(report.all_warnings),
         "seconds": elapsed,
         "patient_days_per_s": days / elapsed if elapsed > 0 else None,
-        "patient_steps_per_s": n * steps / elapsed if elapsed > 0 else None,
+        "patient_steps_per_s": n * (horizon / step) / elapsed if elapsed > 0 else None,
     }
-    for k, b in enumerate(bounds):
-        pb, pg = p_bridge[:, k], grid[:, k].astype(float)
-        summary["bounds"].append(
-            {
-                "bound": b.name,
-                "p_bridge": float(pb.mean()),
-                "se_bridge": float(pb.std(ddof=1) / np.sqrt(n)) if n > 1 else None,
-                "p_grid": float(pg.mean()),
-                "se_grid": float(pg.std(ddof=1) / np.sqrt(n)) if n > 1 else None,
-                **({"se_reason": no_se} if no_se else {}),
-            }
-        )
     if plot:
-        unit = model.observable(plotted).unit
-        values = np.concatenate(track_v, axis=1)
-        time_h = np.concatenate(track_t) / per_hour
-        _write_fan_chart(plot, time_h, values, bounds, plotted, unit, n)
+        from medsim.policies.report.figures import fan_chart
+
+        label = f"{n} virtual patients from the prior, declared regimen"
+        write_bytes(plot, fan_chart(result, report.spec, label=label, units=report.units))
         summary["plot"] = str(plot)
     if as_json:
         typer.echo(json.dumps(summary, indent=2, allow_nan=False))
         return
     console = Console()
     console.print(
-        f"[bold]{model.name}[/bold]: {n} virtual patients from the prior, {hours:g} h at dt = {step:g} "
-        f"{model.time_unit} ({sim.scheme}), seed {seed}"
+        f"[bold]{model.name}[/bold]: {n} virtual patients from the prior under the declared regimen, {hours:g} h "
+        f"at dt = {step:g} {unit} ({chosen}), seed {seed}"
     )
-    table = Table("bound", "P(cross) bridge ± SE", "P(cross) grid only ± SE", show_edge=False)
+    for w in summary["warnings"]:
+        console.print(f"[bold red]warning:[/] {w}")
+    level = f"{100 * report.policies[0].per_bound[0].bridge.level:g}%"
+    table = Table("bound", "P(cross) bridge ± SE", f"{level} interval", "P(cross) grid only ± SE", show_edge=False)
     for row in summary["bounds"]:
         se_b = f" ± {row['se_bridge']:.4f}" if row["se_bridge"] is not None else ""
         se_g = f" ± {row['se_grid']:.4f}" if row["se_grid"] is not None else ""
-        table.add_row(row["bound"], f"{row['p_bridge']:.4f}{se_b}", f"{row['p_grid']:.4f}{se_g}")
+        lo, hi = row["interval_bridge"]
+        interval = f"[{lo:.4f}, {hi:.4f}]" if lo is not None and hi is not None else "n/a"
+        table.add_row(row["bound"], f"{row['p_bridge']:.4f}{se_b}", interval, f"{row['p_grid']:.4f}{se_g}")
     console.print(table)
     console.print(
         f"{elapsed:.2f} s (including compilation): {summary['patient_days_per_s']:.3g} patient-days/s, "

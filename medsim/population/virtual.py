@@ -92,8 +92,13 @@ class VirtualPopulation:
             for name, arr in values.items():
                 if np.shape(arr) != (n,):
                     raise ValueError(f"{group}[{name!r}] has shape {np.shape(arr)}, expected ({n},)")
-                if group != "eta" and not np.all(np.isfinite(arr)):
-                    raise ValueError(f"{group}[{name!r}] has non-finite values")
+                bad = np.flatnonzero(~np.isfinite(np.asarray(arr, np.float64))) if group != "eta" else ()
+                if len(bad):
+                    i = int(bad[0])
+                    raise ValueError(
+                        f"patient {i}: {group} {name}={float(np.asarray(arr)[i]):g} is not finite ({len(bad)} of {n} "
+                        f"patients); a virtual patient of model {self.model.name!r} needs finite {group}"
+                    )
         for p in self.model.params_of_kind("structural"):
             # Structural parameters (volumes, clearances, rate constants) are positive by the
             # model's definition; a negative one would be simulated into a plausible-looking or

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import json
 
+import jax
 import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-import medsim.cli.sim_cmds as sim_cmds
+import medsim.cli.sim_cmds  # noqa: F401  (registers the command)
 from medsim.cli.app import app
+from medsim.policies.regimen import DeclaredRegimen, declared_bounds
+from medsim.population import VirtualPopulation, prior_population
 from medsim.simulate import Bound
 
 RUNNER = CliRunner()
@@ -61,19 +64,21 @@ def test_bad_arguments_exit_with_a_message(args, message):
 
 
 def test_bounds_come_from_the_model_declarations():
-    # every registered model's declared limits become simulator bounds; no command lists models by name
+    # every registered model's declared limits become the simulated bounds; no command lists models by name
     import medsim.models as registry
 
-    assert sim_cmds.default_bounds(registry.get("glucose_insulin")) == (
+    assert declared_bounds(registry.get("glucose_insulin")) == (
         Bound("glucose_mg_dL", 70.0, "lower"),
         Bound("glucose_mg_dL", 180.0, "upper"),
     )
-    assert sim_cmds.default_bounds(registry.get("pk_oral_1cmt")) == (Bound("conc", 20.0, "upper"),)
+    assert declared_bounds(registry.get("pk_oral_1cmt")) == (Bound("conc", 20.0, "upper"),)
     # t1d_ou inherits the glucose model's limits, regimen and meal compartment (it had none before)
     ou = registry.get("t1d_ou")
-    assert sim_cmds.default_bounds(ou) == sim_cmds.default_bounds(registry.get("glucose_insulin"))
-    events, rates = sim_cmds.regimen_events(ou, {"BASAL": np.array([1.2, 0.6])}, 2, 1440.0)
-    assert events.time.shape == (2, 6) and np.allclose(rates[1], [0.02, 0.01])
+    assert declared_bounds(ou) == declared_bounds(registry.get("glucose_insulin"))
+    theta = prior_population(ou, 2, key=jax.random.key(0), covariates={"BASAL": [1.2, 0.6]})
+    regimen = DeclaredRegimen.for_population(VirtualPopulation.from_parameters(ou, theta), 1440.0, look_every=60.0)
+    assert regimen.time.shape == (6,) and regimen.amount.shape == (6, 2)
+    assert np.allclose(regimen.rate[1], [0.02, 0.01])  # 1.2 and 0.6 U/h in U/min
     assert ou.meal_cmt == 2
 
 
@@ -81,3 +86,20 @@ def test_bound_option_uses_the_spec_parser():
     result = RUNNER.invoke(app, ["simulate", "--n", "4", "--hours", "1", "--bound", "glucose<<3"])
     assert result.exit_code == 2
     assert "--bound" in result.output and "OBSERVABLE<=VALUE" in result.output
+
+
+def test_a_model_in_days_simulates_the_hours_asked_for(monkeypatch):
+    # The command once read any time unit other than minutes as hours: a model in days ran 24 times
+    # the horizon at 24-minute steps. It now converts with the one time-unit table (medsim/units.py).
+    import dataclasses
+
+    import medsim.models as registry
+
+    days = dataclasses.replace(registry.get("pk_oral_1cmt"), name="pk_oral_days", time_unit="d")
+    original = registry.get
+    monkeypatch.setattr(registry, "get", lambda name: days if name == days.name else original(name))
+    result = RUNNER.invoke(app, ["simulate", "--model", days.name, "--n", "4", "--hours", "48", "--json"])
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout)
+    assert summary["time_unit"] == "d" and summary["horizon"] == 2.0
+    assert summary["dt"] == 1.0 / 1440.0  # one minute in days: the units table's 1 / 1440, bit for bit
