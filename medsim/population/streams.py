@@ -86,7 +86,6 @@ def patient_keys(
     return _keys(_root(seed), jnp.uint32(int(stream)), p, c)
 
 
-
 def traced_patient_keys(seed: int, stream: Stream | int, patient: jax.Array, counter: jax.Array) -> jax.Array:
     """:func:`patient_keys` for traced ``(n,)`` uint32 ``patient`` and ``counter`` (inside ``jit``/``vmap``).
 
@@ -95,6 +94,7 @@ def traced_patient_keys(seed: int, stream: Stream | int, patient: jax.Array, cou
     numbers the host draws.
     """
     return _keys(_root(seed), jnp.uint32(int(stream)), patient.astype(jnp.uint32), counter.astype(jnp.uint32))
+
 
 _normal = jax.jit(jax.vmap(lambda k, width: jax.random.normal(k, (width,)), in_axes=(0, None)), static_argnums=1)
 _uniform = jax.jit(

@@ -339,9 +339,7 @@ class FunctionalEnv:
         reward = in_target / horizon if p.reward is None else p.reward(out)
         reward = jnp.where(active, jnp.broadcast_to(jnp.asarray(reward, F64), (1,)), 0.0)
         out = replace(out, reward=reward, cost=cost)
-        new = EnvState(
-            s.episode, res.x, t1, k1, measured, announced, last, s.ev_time, s.ev_cmt, s.ev_amount, truncated
-        )
+        new = EnvState(s.episode, res.x, t1, k1, measured, announced, last, s.ev_time, s.ev_cmt, s.ev_amount, truncated)
         obs = self._observe(s.episode, t1, k1, measured, announced, last, params)
         return obs[0], _unrow(new), replace(out, **{f.name: getattr(out, f.name)[0] for f in fields(out)}), bad[0]
 
