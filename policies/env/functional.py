@@ -363,3 +363,26 @@ class FunctionalEnv:
 def _check_x64() -> None:
     if jax.dtypes.canonicalize_dtype(jnp.float64) != jnp.float64:
         raise TaskError("the compiled environment is traced in float64: call it inside `with jax.enable_x64(True):`")
+
+
+def batched(fenv: FunctionalEnv, num_envs: int, devices: tuple | None = None):
+    """``(reset, step)`` of ``num_envs`` rows compiled: ``jax.jit(jax.vmap(...))`` of :meth:`FunctionalEnv.reset_to`
+    and :meth:`FunctionalEnv.step`, the rows split over ``devices`` (default: the local devices) when
+    their number divides ``num_envs``.
+
+    Rows never interact, so each device steps its own rows with its own loop (``shard_map``, no
+    communication); on a CPU with ``jax_num_cpu_devices`` > 1 that uses every core, as
+    :meth:`medsim.simulate.Simulator.advance` does. Call the functions under ``jax.enable_x64(True)``.
+    """
+    reset = jax.vmap(fenv.reset_to, in_axes=(0, None))
+    step = jax.vmap(fenv.step, in_axes=(0, 0, 0, None))
+    devices = tuple(jax.local_devices()) if devices is None else tuple(devices)
+    if len(devices) > 1 and num_envs % len(devices) == 0:
+        from jax.sharding import Mesh
+        from jax.sharding import PartitionSpec as P
+
+        mesh = Mesh(np.asarray(devices), ("rows",))
+        rows = P("rows")
+        reset = jax.shard_map(reset, mesh=mesh, in_specs=(rows, P()), out_specs=rows, check_vma=False)
+        step = jax.shard_map(step, mesh=mesh, in_specs=(rows, rows, rows, P()), out_specs=rows, check_vma=False)
+    return jax.jit(reset), jax.jit(step)

@@ -92,8 +92,7 @@ class MedsimVectorEnv(VectorEnv):
             with jax.enable_x64(True):
                 self._arrays = self._core.arrays(stride=self.num_envs)
                 self._keys = jax.random.split(jax.random.key(seed), self.num_envs)  # unused: stride > 0
-            self._reset_fn = jax.jit(jax.vmap(self._core.reset_to, in_axes=(0, None)))
-            self._step_fn = jax.jit(jax.vmap(self._core.step, in_axes=(0, 0, 0, None)))
+            self._reset_fn, self._step_fn = functional.batched(self._core, self.num_envs)
 
     @property
     def state(self) -> core.EnvState | None:
