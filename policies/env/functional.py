@@ -168,7 +168,7 @@ class FunctionalEnv:
         )
 
     # ------------------------------------------------------------------ pieces (batches of one row)
-    def _pick(self, table: dict, episode: jax.Array, params: EnvArrays) -> dict:
+    def _pick(self, table: dict, episode: jax.Array) -> dict:
         slot = episode % self.params.pool.n_patients
         return {k: v[slot] for k, v in table.items()}
 
@@ -181,7 +181,7 @@ class FunctionalEnv:
         z = jax.vmap(lambda key: jax.random.normal(key, (width,), F32))(keys).astype(F64)
         names = setup.measured_obs
         measure = partial(measure_expr, setup.model, names, setup.noise)
-        add, prop = self._pick(params.res_add, episode, params), self._pick(params.res_prop, episode, params)
+        add, prop = self._pick(params.res_add, episode), self._pick(params.res_prop, episode)
         return isolated(measure, {o: true32[o] for o in names}, add, prop, z, jnp.ones(1, bool))
 
     def _announced(self, ev_time, ev_cmt, ev_amount, t) -> dict:
@@ -197,7 +197,7 @@ class FunctionalEnv:
             time=t,
             measured=measured,
             announced=announced,
-            covariates=self._pick(params.covariates, episode, params),
+            covariates=self._pick(params.covariates, episode),
             active=t < p.horizon - p.setup.tol,
             patient=episode,
             index=k,
@@ -225,7 +225,7 @@ class FunctionalEnv:
         """Start episode ``episode`` (an int in ``[0, 2**32)``) at time 0 with a baseline measurement."""
         _check_x64()
         e = jnp.reshape(jnp.asarray(episode, jnp.int64), (1,))
-        x, theta = self._pick(params.x0, e, params), self._pick(params.theta, e, params)
+        x, theta = self._pick(params.x0, e), self._pick(params.theta, e)
         t, k = jnp.zeros(1, F64), jnp.zeros(1, jnp.int64)
         measured = self._look(x, theta, e, k, params)
         ev_time, ev_cmt, ev_amount = self._meals(e)
@@ -294,7 +294,7 @@ class FunctionalEnv:
         zero = jnp.zeros(1, F64)
         bolus = {cm: jnp.where(active, doses["bolus"].get(cm, zero), 0.0) for cm in setup.cmts}
         rate = {cm: jnp.where(active, doses["rate"].get(cm, zero), 0.0) for cm in setup.cmts}
-        theta = self._pick(params.theta, s.episode, params)
+        theta = self._pick(params.theta, s.episode)
         base = jax.vmap(lambda e: jax.random.key_data(jax.random.fold_in(self._process_root(), e)))(
             s.episode.astype(jnp.uint32)
         )

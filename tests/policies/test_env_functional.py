@@ -109,3 +109,10 @@ def test_tracing_outside_float64_is_refused(theo):
     fenv, *_ = theo
     with jax.enable_x64(False), pytest.raises(TaskError, match="enable_x64"):
         fenv.reset_to(0, None)
+
+
+def test_unknown_vector_engine_is_refused():
+    from medsim.policies.env.vector import MedsimVectorEnv
+
+    with pytest.raises(TaskError, match="engine must be one of"):
+        MedsimVectorEnv("Theophylline-v0", num_envs=2, engine="numpy", **KW)
