@@ -1,6 +1,11 @@
-"""Environment throughput: steps/s of the gymnasium environment (1 patient) and the vector env (4096).
+"""Environment throughput: steps/s of the gymnasium environment and the vector env (1 and 4096 rows).
 
 Run: ``.venv/bin/python benchmarks/rl_env.py [--quick]``. Writes ``benchmarks/results/rl_env.json``.
+
+The vector env is timed with both engines in the same run: ``jit`` (the functional core,
+:mod:`medsim.policies.env.functional`: one ``jax.jit(jax.vmap(step))`` call per step, autoresets
+inside) and ``host`` (the host-batched core: one compiled advance per step, the rest in numpy);
+``ratio_N`` is jit over host steps/s at ``N`` rows.
 
 What is timed: ``step`` calls of ``medsim/Glucose-v0`` (glucose_insulin, prior population, 1-minute
 sub-steps, two safety bounds with Brownian-bridge costs, announced meals) with a constant action:
@@ -63,8 +68,8 @@ def bench_single(steps: int, repeats: int) -> dict:
     return _time(run, steps, repeats, 1)
 
 
-def bench_vector(n: int, steps: int, repeats: int) -> dict:
-    envs = MedsimVectorEnv("Glucose-v0", num_envs=n, pool_size=1000, prior_draws=200)
+def bench_vector(n: int, steps: int, repeats: int, engine: str) -> dict:
+    envs = MedsimVectorEnv("Glucose-v0", num_envs=n, pool_size=1000, prior_draws=200, engine=engine)
     envs.reset(seed=0)
     actions = np.tile(ACTION, (n, 1))
 
@@ -86,18 +91,24 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "rl_env.json")
     args = parser.parse_args()
     steps, reps = (30, 2) if args.quick else (100, 3)
-    figures = {
-        "single_env": bench_single(steps, reps),
-        "vector_1": bench_vector(1, steps, reps),
-        "vector_4096": bench_vector(4096, steps, reps),
-    }
+    figures = {"single_env": bench_single(steps, reps)}
+    for n in (1, 4096):
+        for engine in ("host", "jit"):
+            figures[f"vector_{engine}_{n}"] = bench_vector(n, steps, reps, engine)
     for name, f in figures.items():
-        print(f"{name:12s} {f['wall']:12.4g} steps/s wall {f['cpu']:12.4g} steps/CPU-s")
+        print(f"{name:18s} {f['wall']:12.4g} steps/s wall {f['cpu']:12.4g} steps/CPU-s")
+    ratios = {}
+    for n in (1, 4096):
+        jit, host = figures[f"vector_jit_{n}"], figures[f"vector_host_{n}"]
+        ratios[f"ratio_{n}"] = {"wall": jit["wall"] / host["wall"], "cpu": jit["cpu"] / host["cpu"]}
+        r = ratios[f"ratio_{n}"]
+        print(f"jit / host at {n:4d} rows: {r['wall']:.3g}x wall, {r['cpu']:.3g}x CPU")
     import importlib.metadata as md
 
     result = {
         "benchmark": "rl_env",
         "figures": figures,
+        "ratios": ratios,
         "units": "environment steps (one patient advanced by one 5-minute option) per second; best repeat",
         "machine": _machine(),
         "versions": {"python": sys.version.split()[0], **{p: md.version(p) for p in ("jax", "gymnasium", "numpy")}},

@@ -102,29 +102,51 @@ class MealScenario:
             (n, E) boluses into ``cmt``, sorted by time per patient, padded with ``+inf``.
         """
         patient = np.asarray(patient, np.int64)
-        per_h = units_per_hour(time_unit)
-        days = int(np.ceil((self.start_clock_h + horizon / per_h) / 24.0)) + 1
-        n, m = patient.size, len(self.meals)
-        times = np.full((n, max(days * m, 1)), np.inf)
-        amounts = np.zeros_like(times)
-        sigma = np.sqrt(np.log1p(self.size_cv**2))
-        for day in range(days):
-            for j, meal in enumerate(self.meals):
-                z = patient_normal(self.seed, Stream.SCENARIO, patient, day * m + j, width=2)
-                shift = self.time_sd_h * np.clip(z[:, 0], -2.0, 2.0)
-                t = (24.0 * day + meal.clock_h + shift - self.start_clock_h) * per_h
-                # Log-normal with mean carbs_g: exp(sigma z - sigma^2 / 2) has mean 1.
-                size = meal.carbs_g * np.exp(sigma * z[:, 1] - 0.5 * sigma**2)
-                keep = (t >= 0) & (t < horizon)
-                times[:, day * m + j] = np.where(keep, t, np.inf)
-                amounts[:, day * m + j] = np.where(keep, size, 0.0)
-        order = np.argsort(times, axis=1, kind="stable")
-        times = np.take_along_axis(times, order, axis=1)
-        amounts = np.take_along_axis(amounts, order, axis=1)
+        z = np.stack(
+            [
+                patient_normal(self.seed, Stream.SCENARIO, patient, c, width=2)
+                for c in range(self.n_columns(horizon, time_unit=time_unit))
+            ],
+            axis=1,
+        ).reshape(patient.size, -1, 2)
+        times, amounts = self.meal_table(z, horizon, time_unit=time_unit, xp=np)
+        n = patient.size
         used = max(int(np.isfinite(times).sum(axis=1).max(initial=0)), 1)
         return DoseEvents.from_arrays(
             times[:, :used], np.full((n, used), self.cmt), amounts[:, :used], np.zeros((n, used))
         )
+
+    def n_columns(self, horizon: float, *, time_unit: str) -> int:
+        """Meals drawn per patient over ``[0, horizon)`` (every day that can hold one), at least 1."""
+        days = int(np.ceil((self.start_clock_h + horizon / units_per_hour(time_unit)) / 24.0)) + 1
+        return max(days * len(self.meals), 1)
+
+    def meal_table(self, z, horizon: float, *, time_unit: str, xp=np):
+        """Meal times and sizes, sorted by time, from the standard normals ``z`` of :meth:`events`.
+
+        ``z``: ``(n, n_columns, 2)`` float64 draws of ``(seed, SCENARIO, patient, meal number)``
+        (time shift, size). ``xp`` is numpy (:meth:`events`) or ``jax.numpy`` (the compiled
+        environment, :mod:`medsim.policies.env.functional`, draws the meals of a new episode inside
+        its step); both compute the same float64 expressions. Returns ``(times, amounts)``, each
+        ``(n, n_columns)``, with ``+inf`` / 0 for meals outside the horizon.
+        """
+        per_h = units_per_hour(time_unit)
+        m, count = len(self.meals), int(z.shape[1])
+        if m == 0:
+            return xp.full(z.shape[:2], np.inf), xp.zeros(z.shape[:2])
+        day = np.repeat(np.arange(count // m, dtype=np.float64), m)  # column day * m + j: meal j of day
+        clock = np.tile(np.array([meal.clock_h for meal in self.meals], np.float64), count // m)
+        carbs = np.tile(np.array([meal.carbs_g for meal in self.meals], np.float64), count // m)
+        sigma = np.sqrt(np.log1p(self.size_cv**2))
+        shift = self.time_sd_h * xp.clip(z[..., 0], -2.0, 2.0)
+        t = (24.0 * day + clock + shift - self.start_clock_h) * per_h
+        # Log-normal with mean carbs_g: exp(sigma z - sigma^2 / 2) has mean 1.
+        size = carbs * xp.exp(sigma * z[..., 1] - 0.5 * sigma**2)
+        keep = (t >= 0) & (t < horizon)
+        times = xp.where(keep, t, np.inf)
+        amounts = xp.where(keep, size, 0.0)
+        order = xp.argsort(times, axis=1, stable=True)
+        return xp.take_along_axis(times, order, axis=1), xp.take_along_axis(amounts, order, axis=1)
 
 
 def announced_at(events: DoseEvents, time: np.ndarray, tol: float) -> dict[int, np.ndarray]:

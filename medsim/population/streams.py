@@ -86,6 +86,16 @@ def patient_keys(
     return _keys(_root(seed), jnp.uint32(int(stream)), p, c)
 
 
+def traced_patient_keys(seed: int, stream: Stream | int, patient: jax.Array, counter: jax.Array) -> jax.Array:
+    """:func:`patient_keys` for traced ``(n,)`` uint32 ``patient`` and ``counter`` (inside ``jit``/``vmap``).
+
+    No range checks (they need concrete values): the caller keeps both in ``[0, 2**32)``. The keys
+    are those :func:`patient_keys` gives for the same values, so a compiled program draws the
+    numbers the host draws.
+    """
+    return _keys(_root(seed), jnp.uint32(int(stream)), patient.astype(jnp.uint32), counter.astype(jnp.uint32))
+
+
 _normal = jax.jit(jax.vmap(lambda k, width: jax.random.normal(k, (width,)), in_axes=(0, None)), static_argnums=1)
 _uniform = jax.jit(
     jax.vmap(lambda k, width: jax.random.uniform(k, (width,), minval=1e-7, maxval=1.0), in_axes=(0, None)),

@@ -1,11 +1,11 @@
 """medsim as a (safe) reinforcement-learning environment.
 
 Owns the environment tasks (:mod:`.task`), the functional option-loop core shared by every
-environment (:mod:`.core`), the gymnasium environment (:mod:`.gym_env`), its batched
-``gymnasium.vector.VectorEnv`` (:mod:`.vector`) and offline datasets of logged trajectories
-(:mod:`.offline`). Learned policies come back into medsim through :mod:`medsim.policies.learned`.
-May import ``medsim``, ``inference`` (posterior files) and the rest of ``policies``; gymnasium
-is imported here, minari only by :mod:`.offline`.
+environment (:mod:`.core`), its compiled ``jit``/``vmap`` form (:mod:`.functional`), the gymnasium
+environment (:mod:`.gym_env`), its batched ``gymnasium.vector.VectorEnv`` (:mod:`.vector`) and
+offline datasets of logged trajectories (:mod:`.offline`). Learned policies come back into medsim
+through :mod:`medsim.policies.learned`. May import ``medsim``, ``inference`` (posterior files) and
+the rest of ``policies``; gymnasium is imported here, minari only by :mod:`.offline`.
 
 Importing this package registers the environments (``gymnasium.make("medsim/Glucose-v0")``);
 without importing it first, ``gymnasium.make("medsim.policies.env:medsim/Glucose-v0")`` imports it.

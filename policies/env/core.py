@@ -15,6 +15,9 @@ patient index, so episode ``i`` of the environment on patient pool ``P`` sees ex
 noise, measurement noise and meals that patient ``i`` of ``rollout(P, seed=seed)`` sees, and the
 core needs no key argument. Episode ``e`` is patient ``e mod len(pool)`` of the pool.
 
+:mod:`medsim.policies.env.functional` is this step compiled (one episode per call, for
+``jax.jit``/``jax.vmap``, autoreset inside); it gives the same numbers on the same episode.
+
 The cost of a step is the violation of the task's safety spec over the interval just simulated:
 ``"bridge"`` (default) the Brownian-bridge probability that the continuous path left the safe
 set, ``1 - exp(sum_j log_survival_j)``; ``"grid"`` the indicator that a sub-step grid point was

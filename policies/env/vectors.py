@@ -13,7 +13,7 @@ from medsim.policies.env.task import EnvTask, TaskError
 from medsim.policies.protocol import Observation, Option
 
 
-def features(names: tuple[str, ...], obs: Observation, last: np.ndarray) -> np.ndarray:
+def features(names: tuple[str, ...], obs: Observation, last: np.ndarray, xp=np) -> np.ndarray:
     """The feature vector ``(n, len(names))`` float32 named by ``names`` (:attr:`EnvParams.observation_names`).
 
     ``measured:<observable>``, ``announced:cmt<c>``, ``last:<treatment label>`` (the column of
@@ -21,6 +21,7 @@ def features(names: tuple[str, ...], obs: Observation, last: np.ndarray) -> np.n
     ``covariate:<name>``. Shared by the environment and by learned policies evaluated in
     ``medsim risk`` (:mod:`medsim.policies.learned`), so a trained agent sees the same features in
     both. A missing measurement reads 0, and so does a noisy one below 0 (features are >= 0).
+    ``xp``: numpy, or ``jax.numpy`` inside the compiled environment (:mod:`medsim.policies.env.functional`).
 
     Raises
     ------
@@ -31,23 +32,23 @@ def features(names: tuple[str, ...], obs: Observation, last: np.ndarray) -> np.n
     for name in names:
         kind, _, what = name.partition(":")
         if kind == "measured" and what in obs.measured:
-            cols.append(np.nan_to_num(np.asarray(obs.measured[what], np.float64)))
+            cols.append(xp.nan_to_num(xp.asarray(obs.measured[what], np.float64)))
         elif kind == "announced" and what.startswith("cmt"):
-            cols.append(np.asarray(obs.announced.get(int(what[3:]), np.zeros(obs.n)), np.float64))
+            cols.append(xp.asarray(obs.announced.get(int(what[3:]), xp.zeros(obs.n)), np.float64))
         elif kind == "last":
-            cols.append(np.asarray(last, np.float64)[:, j])
+            cols.append(xp.asarray(last, np.float64)[:, j])
             j += 1
         elif name == "time_fraction":
-            cols.append(np.asarray(obs.time, np.float64) / float(obs.horizon))
+            cols.append(xp.asarray(obs.time, np.float64) / float(obs.horizon))
         elif kind == "covariate" and what in obs.covariates:
-            cols.append(np.asarray(obs.covariates[what], np.float64))
+            cols.append(xp.asarray(obs.covariates[what], np.float64))
         else:
             raise TaskError(
                 f"observation feature {name!r}: not one of measured:<observable>, announced:cmt<c>, last:<treatment>, "
                 f"time_fraction, covariate:<name> available here (measured {sorted(obs.measured)}, covariates "
                 f"{sorted(obs.covariates)})"
             )
-    return np.maximum(np.stack(cols, axis=1), 0.0).astype(np.float32)
+    return xp.maximum(xp.stack(cols, axis=1), 0.0).astype(np.float32)
 
 
 def option_action(task: EnvTask, option: Option) -> np.ndarray:
@@ -72,16 +73,22 @@ def option_action(task: EnvTask, option: Option) -> np.ndarray:
     return np.stack(cols, axis=1)
 
 
-def action_option(task: EnvTask, action: np.ndarray) -> tuple[Option, np.ndarray]:
-    """An action ``(n, treatments + 1)`` as an :class:`Option`, clipped to the task's declared bounds.
-
-    Returns the option and, per row, whether clipping changed the action.
-    """
+def check_action(task: EnvTask, action: np.ndarray) -> np.ndarray:
+    """``action`` as float64 ``(n, treatments + 1)``; raises :class:`TaskError` for a wrong shape or a NaN."""
     a = np.asarray(action, np.float64)
     if a.ndim != 2 or a.shape[1] != len(task.treatments) + 1:
         raise TaskError(f"action: expected shape (n, {len(task.treatments) + 1}) ({task.action_names}), got {a.shape}")
     if np.isnan(a).any():
         raise TaskError(f"action: NaN in row {int(np.flatnonzero(np.isnan(a).any(1))[0])} ({task.action_names})")
+    return a
+
+
+def action_option(task: EnvTask, action: np.ndarray) -> tuple[Option, np.ndarray]:
+    """An action ``(n, treatments + 1)`` as an :class:`Option`, clipped to the task's declared bounds.
+
+    Returns the option and, per row, whether clipping changed the action.
+    """
+    a = check_action(task, action)
     c = np.clip(a, task.action_low.astype(np.float64), task.action_high.astype(np.float64))
     clipped = (c != a).any(axis=1)
     bolus: dict[int, np.ndarray] = {}
