@@ -143,11 +143,12 @@ def device_chunk(
     rows, outside_target, _, bad = device_loop.run_chunk(setup, pop, policy, offset, n_real, scen, True, hooks)
     if bad:
         return host(setup, pop, policy, offset, n_real, n_paths, save_every, progress, done, total)
-    for row in rows:
-        length = row["t_end"] - row["t_start"]
-        row["out_of_support"] = support_fraction(
-            setup, row.pop("support_outside"), row["treatment"], length, row["mask"]
+    rows = [
+        row._replace(
+            out_of_support=support_fraction(setup, row.out_of_support, row.treatment, row.t_end - row.t_start, row.mask)
         )
+        for row in rows
+    ]
     result = assemble(setup, pop.take(slice(0, n_real)), policy, rows, outside_target[:n_real], [], n_real)
     if n_paths > 0:
         first = pop.take(np.arange(n_paths))
