@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from medsim.policies.protocol import Policy, PolicyContext, PolicySpecError
@@ -30,6 +30,7 @@ __all__ = [
     "PolicySpecError",
     "build_component",
     "build_dataclass",
+    "build_policies",
     "check_policy",
     "load_user_policy",
     "parse_params",
@@ -198,3 +199,30 @@ def parse_policy(spec: str, *, context: PolicyContext | None = None) -> Policy:
     if from_spec is not None:
         return from_spec(raw, context or PolicyContext())
     return build_dataclass(builder, target, raw)
+
+
+def build_policies(policies: Sequence[Policy | str], *, context: PolicyContext | None = None) -> list[Policy]:
+    """Policies as a library caller may give them: objects, or spec strings built here.
+
+    The one place where an evaluation turns spec strings (``"pid:every=60"``, the command line's
+    form) into policies; policy objects are checked against the protocol and kept as they are.
+
+    Parameters
+    ----------
+    policies : sequence of Policy or str
+    context : PolicyContext, optional
+        What specs are built with (:func:`parse_policy`).
+
+    Raises
+    ------
+    PolicySpecError
+        For a bad spec string, or an object that is not a policy (naming its position).
+    """
+    if isinstance(policies, str):
+        raise PolicySpecError(f"policies must be a sequence of policies or spec strings, got the string {policies!r}")
+    return [
+        parse_policy(p, context=context)
+        if isinstance(p, str)
+        else check_policy(p, f"policies[{i}] ({type(p).__name__})")
+        for i, p in enumerate(policies)
+    ]
