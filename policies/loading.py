@@ -105,7 +105,8 @@ def build_dataclass(cls: type, kind: str, raw: Mapping[str, str]) -> Any:
         On an unknown key (listing the valid ones), a value of the wrong type, or a value the
         class rejects.
     """
-    fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
+    # Fields a policy takes from its model (protocol.FROM_MODEL) are not spec parameters.
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.init and not f.metadata.get("from_model")}
     unknown = [k for k in raw if k not in fields]
     if unknown:
         raise PolicySpecError(

@@ -51,7 +51,7 @@ import numpy as np
 from medsim.models.base import PhysiologyModel
 from medsim.policies.interaction import Interaction
 from medsim.policies.paths import join_paths
-from medsim.policies.protocol import Observation, Policy
+from medsim.policies.protocol import Observation, Policy, for_model
 from medsim.policies.result import PER_BOUND, RolloutResult
 from medsim.policies.rollout_assemble import assemble, merge_all, support_fraction
 from medsim.policies.scenarios import Scenario, announced_at, next_event_after
@@ -366,6 +366,9 @@ def rollout(
     ------
     PolicyError
         If the policy returns an unusable option (naming the field and patient).
+    MissingObservableError
+        For a built-in glucose controller without ``observable=`` on a model without glucose
+        (:mod:`medsim.policies.builtin.glucose_controller`).
     ValueError
         On inconsistent arguments (wrong model, bad support keys, non-positive horizon).
     WorkLimitError
@@ -390,6 +393,7 @@ def rollout(
     limit = budget.DEFAULT_MAX_INTERACTIONS if max_interactions is None else int(max_interactions)
     if limit < 1:
         raise ValueError(f"max_interactions must be >= 1, got {max_interactions}")
+    policy = for_model(policy, model)  # model defaults (e.g. the glucose observable) from the model
     setup = _Setup(
         model, bounds, horizon, dt, seed, scenario, measurement_noise, target, support, scheme, limit, max_memory
     )

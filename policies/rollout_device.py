@@ -16,7 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from medsim.policies import device_loop
-from medsim.policies.protocol import Policy
+from medsim.policies.protocol import Policy, for_model
 from medsim.policies.result import RolloutResult
 from medsim.policies.rollout_assemble import assemble, support_fraction
 from medsim.population.virtual import VirtualPopulation
@@ -205,6 +205,7 @@ def streaming_rollout(
     from medsim.simulate import budget
 
     choose_loop("device", policy)
+    policy = for_model(policy, model)  # model defaults (e.g. the glucose observable) from the model
     limit = budget.DEFAULT_MAX_INTERACTIONS if max_interactions is None else int(max_interactions)
     setup = _Setup(model, bounds, horizon, dt, seed, scenario, measurement_noise, target, None, scheme, limit)
     n = population.n_patients
