@@ -145,6 +145,12 @@ def evaluate_policies(
 
     Raises
     ------
+    PolicySpecError
+        For a bad policy spec or an object that is not a policy;
+        :class:`~medsim.policies.protocol.MissingObservableError` (a subclass) for a glucose
+        controller on a model without glucose.
+    DistributionError
+        For policy objects with a ``client`` (workers need spec strings).
     WorkLimitError
         When the population or a rollout would exceed ``max_memory`` or ``max_interactions``.
     """

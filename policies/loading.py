@@ -22,7 +22,7 @@ import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from medsim.policies.protocol import Policy, PolicyContext, PolicySpecError
+from medsim.policies.protocol import Policy, PolicyContext, PolicySpecError, for_model
 from medsim.policies.user_code import FunctionPolicy, check_policy, load_user_policy, policy_factory
 
 __all__ = [
@@ -206,7 +206,9 @@ def build_policies(policies: Sequence[Policy | str], *, context: PolicyContext |
     """Policies as a library caller may give them: objects, or spec strings built here.
 
     The one place where an evaluation turns spec strings (``"pid:every=60"``, the command line's
-    form) into policies; policy objects are checked against the protocol and kept as they are.
+    form) into policies. Policy objects are checked against the protocol and, when ``context``
+    has a model, take what they read from it (:func:`medsim.policies.protocol.for_model`), so a
+    policy that cannot run on the model fails here, before any patient is simulated.
 
     Parameters
     ----------
@@ -217,13 +219,16 @@ def build_policies(policies: Sequence[Policy | str], *, context: PolicyContext |
     Raises
     ------
     PolicySpecError
-        For a bad spec string, or an object that is not a policy (naming its position).
+        For a bad spec string, or an object that is not a policy (naming its position);
+        :class:`~medsim.policies.protocol.MissingObservableError` for a glucose controller on a
+        model without glucose.
     """
     if isinstance(policies, str):
         raise PolicySpecError(f"policies must be a sequence of policies or spec strings, got the string {policies!r}")
+    model = None if context is None else context.model
     return [
         parse_policy(p, context=context)
         if isinstance(p, str)
-        else check_policy(p, f"policies[{i}] ({type(p).__name__})")
+        else for_model(check_policy(p, f"policies[{i}] ({type(p).__name__})"), model)
         for i, p in enumerate(policies)
     ]

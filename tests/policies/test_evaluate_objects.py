@@ -10,10 +10,10 @@ import medsim.cli.risk_cmds as risk_cmds  # registers the command on the shared 
 import medsim.models as registry
 from medsim.cli import app
 from medsim.policies import evaluate
-from medsim.policies.builtin import TDM, FixedDose
+from medsim.policies.builtin import PID, TDM, FixedDose
 from medsim.policies.evaluate import evaluate_policies, resolve_scenario
 from medsim.policies.loading import PolicySpecError, build_policies
-from medsim.policies.protocol import Policy
+from medsim.policies.protocol import MissingObservableError, Policy, PolicyContext
 from medsim.policies.risk.codec import to_jsonable
 from medsim.policies.scenarios import MealScenario
 from medsim.policies.spec_file import parse_spec
@@ -43,6 +43,11 @@ def test_build_policies_keeps_objects_and_parses_strings_only():
     assert built[0] is fixed and isinstance(built[1], Policy) and built[1] == TDM(target=7.0)
     with pytest.raises(PolicySpecError, match=r"policies\[1\] \(int\) is not a policy"):
         build_policies([fixed, 3])
+    # Objects meet the model here: a glucose controller on a PK model fails before any simulation.
+    with pytest.raises(MissingObservableError, match="pid: model 'pk_oral_1cmt' declares no glucose"):
+        build_policies([fixed, PID()], context=PolicyContext(model=PK))
+    bound = build_policies([PID()], context=PolicyContext(model=GLUCOSE))[0]
+    assert bound.glucose == "glucose_mg_dL" and bound.name == "pid"
     # A single spec string is not a sequence of specs (it used to be read letter by letter).
     with pytest.raises(PolicySpecError, match="got the string 'pid'"):
         build_policies("pid")
