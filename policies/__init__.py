@@ -17,7 +17,7 @@ from typing import Any
 
 from medsim.policies.builtin import BUILTINS, PID, TDM, BasalBolus, FixedDose, Flip, SafeTiming
 from medsim.policies.loading import FunctionPolicy, PolicySpecError, load_user_policy, parse_policy, policy_factory
-from medsim.policies.protocol import Observation, Option, Policy, PolicyContext, PolicyError
+from medsim.policies.protocol import MissingObservableError, Observation, Option, Policy, PolicyContext, PolicyError
 from medsim.policies.result import RolloutResult
 from medsim.policies.risk import Estimate, RiskReport, risk_report
 from medsim.policies.rollout import rollout, rollout_many
@@ -37,6 +37,7 @@ __all__ = [
     "FunctionPolicy",
     "Meal",
     "MealScenario",
+    "MissingObservableError",
     "Observation",
     "Option",
     "Policy",

@@ -41,7 +41,9 @@ import numpy as np
 
 from medsim.policies.array_step import isolated, measure_expr, step_expr
 from medsim.policies.device_interval import advance, refused, scenario_layout
+from medsim.policies.interaction import Interaction
 from medsim.policies.protocol import Policy, PolicyError
+from medsim.policies.result import PER_BOUND
 from medsim.policies.streaming import init_sums, update_sums
 from medsim.population.streams import Stream, patient_base_keys
 from medsim.population.virtual import VirtualPopulation
@@ -107,8 +109,6 @@ class _Config(NamedTuple):
     specs: tuple  # (bound index, observable, value, upper) of the rollout's bounds
 
 
-
-
 def _body(cfg: _Config, inp: _Inputs, c: _Carry, dt, horizon, tol):
     """One interaction of every patient: the host loop's ``_run_chunk`` iteration on arrays."""
     model, n = cfg.model, c.t.shape[0]
@@ -157,18 +157,18 @@ def _body(cfg: _Config, inp: _Inputs, c: _Carry, dt, horizon, tol):
     treatment.update({f"rate_cmt{cm}": rate[cm] for cm in cfg.cmts})
     row = None
     if cfg.record:
-        row = {
-            "t_start": c.t,
-            "t_end": t1,
-            "mask": c.active,
-            "measured": measured,
-            "true_start": true,
-            "obs_min": st.obs_min,
-            "obs_max": st.obs_max,
-            "treatment": treatment,
-            "support_outside": extra[:, n_target:],
-            **{name: getattr(st, name)[:, :J] for name in _PER_BOUND},
-        }
+        row = Interaction(
+            t_start=c.t,
+            t_end=t1,
+            mask=c.active,
+            measured=measured,
+            true_start=true,
+            obs_min=st.obs_min,
+            obs_max=st.obs_max,
+            treatment=treatment,
+            out_of_support=extra[:, n_target:],  # support bounds' time outside: made a fraction on the host
+            **{name: getattr(st, name)[:, :J] for name in PER_BOUND},
+        )
     sums = c.sums
     if sums is not None:
         sums = update_sums(sums, cfg.specs, c.active, c.k, c.t, t1, true, measured, st, treatment, cfg.cmts)
@@ -186,9 +186,6 @@ def _body(cfg: _Config, inp: _Inputs, c: _Carry, dt, horizon, tol):
     )
     first_interval = jnp.min(jnp.where(c.active, interval, jnp.inf))
     return carry, row, first_interval
-
-
-_PER_BOUND = ("log_survival", "grid_violation", "end_violation", "time_outside", "first_outside", "depth")
 
 
 def _all_finite(values, n: int) -> jax.Array:
@@ -332,7 +329,8 @@ def run_chunk(setup, pop: VirtualPopulation, policy: Policy, offset: int, n_real
     Returns
     -------
     (rows, outside_target, sums, bad)
-        ``rows``: list of per-interaction dicts as the host loop records them (``record``);
+        ``rows``: list of :class:`~medsim.policies.interaction.Interaction` as the host loop records
+        them, ``out_of_support`` still the support bounds' time outside (``record``);
         ``outside_target``: (n, n_target) time outside the target range; ``sums``:
         :class:`StreamingSums` (numpy) or None; ``bad``: whether some patient was flagged (the
         caller re-runs the chunk with the host loop).
@@ -378,7 +376,7 @@ def run_chunk(setup, pop: VirtualPopulation, policy: Policy, offset: int, n_real
             bad=jnp.zeros(n, bool),
             sums=None if record else init_sums(n, len(setup.bounds), setup.cmts, model.observable_names),
         )
-        rows: list[dict] = []
+        rows: list[Interaction] = []
         done = 0
         args = (jnp.float64(setup.sim.dt), jnp.float64(setup.horizon), jnp.float64(setup.tol))
         while True:

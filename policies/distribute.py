@@ -8,7 +8,8 @@ gets, per shard, only data and specifications:
 
 * the model's registered name and its description (checked on the worker: an equal model),
 * the posterior draws and the shard's patients as plain numpy arrays,
-* the policy spec strings, the safety spec, the scenario name, ``dt``, scheme and the seed.
+* the policy spec strings, the safety spec, the scenario (its name, or the scenario itself: a
+  frozen dataclass of numbers), ``dt``, scheme and the seed.
 
 No jitted function, model object or user object is pickled: the worker rebuilds the model from
 the registry, the policies from their specs (:func:`medsim.policies.loading.parse_policy`; user code
@@ -44,6 +45,7 @@ import numpy as np
 from medsim.policies.paths import join_paths
 from medsim.policies.result import RolloutResult
 from medsim.policies.rollout_assemble import merge_all
+from medsim.policies.scenarios import Scenario
 from medsim.policies.spec import SafetySpec
 from medsim.population import PosteriorDraws, VirtualPopulation
 
@@ -186,7 +188,7 @@ class ShardTask:
     spec: SafetySpec
     dt: float
     seed: int
-    scenario: str
+    scenario: Scenario | str | None
     support: Mapping[str, tuple[float, float]] | None
     scheme: str
     max_interactions: int | None
@@ -218,14 +220,14 @@ def run_shard(task: ShardTask, draws: Mapping[str, Any] | None = None) -> list[R
     """
     configure_worker(task.options)
     from medsim.policies.evaluate import run_policies
-    from medsim.policies.loading import parse_policy
+    from medsim.policies.loading import build_policies
     from medsim.policies.protocol import PolicyContext
 
     model = _registered_model(task.model, task.model_description)
     posterior = None if draws is None else PosteriorDraws(model=model, **draws)
     population = VirtualPopulation(model=model, **task.population)
     context = PolicyContext(model=model, bounds=task.spec.bounds, draws=posterior, dt=task.dt, scheme=task.scheme)
-    policies = [parse_policy(p, context=context) for p in task.policies]
+    policies = build_policies(task.policies, context=context)
     return run_policies(
         population,
         policies,
@@ -264,7 +266,7 @@ def rollouts_on_cluster(
     *,
     dt: float,
     seed: int,
-    scenario: str,
+    scenario: Scenario | str | None,
     support: Mapping[str, tuple[float, float]] | None,
     scheme: str,
     max_interactions: int | None,

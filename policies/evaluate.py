@@ -8,8 +8,8 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from medsim.policies.loading import parse_policy
-from medsim.policies.protocol import PolicyContext
+from medsim.policies.loading import build_policies
+from medsim.policies.protocol import Policy, PolicyContext
 from medsim.policies.result import RolloutResult
 from medsim.policies.risk import RiskReport, risk_report
 from medsim.policies.risk.rare.followup import with_rare_followup
@@ -43,9 +43,37 @@ def default_scenario(model, name: str, seed: int) -> Scenario | None:
     raise ValueError(f"scenario must be auto, meals or none, got {name!r}")
 
 
+def resolve_scenario(model, scenario: Scenario | str | None, seed: int) -> Scenario | None:
+    """``scenario`` itself, or the named one of :func:`default_scenario` (``"auto"``, ``"meals"``,
+    ``"none"``): where a name becomes a scenario."""
+    return default_scenario(model, scenario, seed) if isinstance(scenario, str) else scenario
+
+
+def sub_step(model, dt: float | None) -> float:
+    """The simulator sub-step of an evaluation: ``dt``, or 1 minute in ``model.time_unit``.
+
+    Raises
+    ------
+    ValueError
+        If ``dt`` is not > 0.
+    """
+    step = float(dt) if dt is not None else convert_time(1.0, "min", model.time_unit)
+    if not step > 0:
+        raise ValueError(f"dt must be > 0, got {dt}")
+    return step
+
+
+def policy_context(
+    model, spec: SafetySpec, *, draws: PosteriorDraws | None = None, dt: float | None = None, scheme: str = "milstein"
+) -> PolicyContext:
+    """What policies built from specs for an evaluation of ``spec`` on ``model`` are given: the
+    bounds, the posterior draws, the sub-step (:func:`sub_step`) and the scheme."""
+    return PolicyContext(model=model, bounds=spec.bounds, draws=draws, dt=sub_step(model, dt), scheme=scheme)
+
+
 def evaluate_policies(
     draws: PosteriorDraws | None,
-    policy_specs: Sequence[str],
+    policies: Sequence[Policy | str],
     spec: SafetySpec,
     *,
     n: int,
@@ -53,7 +81,7 @@ def evaluate_policies(
     mode: str = "population",
     subject: str | None = None,
     dt: float | None = None,
-    scenario: str = "auto",
+    scenario: Scenario | str | None = "auto",
     patients_per_draw: int | None = None,
     support: Mapping[str, tuple[float, float]] | None = None,
     provenance: Mapping[str, Any] | None = None,
@@ -72,8 +100,11 @@ def evaluate_policies(
     draws : PosteriorDraws or None
         Posterior (or prior) draws; ``draws.model`` is the physiology model. ``None`` together with
         ``population`` (e.g. neural-model patients): posterior-aware policies are then unavailable.
-    policy_specs : sequence of str
-        Policy specs such as ``"tdm:target=10"`` (see :func:`medsim.policies.loading.parse_policy`).
+    policies : sequence of Policy or str
+        The policies (objects such as ``PID(every=60.0)``), or their specs such as
+        ``"tdm:target=10"``, built here for this model, bounds, draws, ``dt`` and scheme
+        (:func:`policy_context`, :func:`medsim.policies.loading.build_policies`). Workers of a
+        ``client`` rebuild policies from specs, so a distributed evaluation takes spec strings.
     spec : SafetySpec
         Bounds, horizon, epsilon and delta (already validated against the model).
     n, seed : int
@@ -82,8 +113,9 @@ def evaluate_policies(
         ``"population"`` (new patients) or ``"personalized"`` (twins of ``subject``).
     dt : float, optional
         Simulator sub-step in the model's time unit (default: 1 minute).
-    scenario : str
-        Disturbances, see :func:`default_scenario`.
+    scenario : Scenario, str or None
+        Disturbances: a scenario (e.g. :class:`~medsim.policies.scenarios.MealScenario`), ``None``
+        for none, or a name of :func:`default_scenario` (``"auto"``, ``"meals"``, ``"none"``).
     support : mapping, optional
         Ranges the fitted cohort supported (observables and treatments), for the out-of-support flag.
     provenance : mapping, optional
@@ -113,17 +145,22 @@ def evaluate_policies(
 
     Raises
     ------
+    PolicySpecError
+        For a bad policy spec or an object that is not a policy;
+        :class:`~medsim.policies.protocol.MissingObservableError` (a subclass) for a glucose
+        controller on a model without glucose.
+    DistributionError
+        For policy objects with a ``client`` (workers need spec strings).
     WorkLimitError
         When the population or a rollout would exceed ``max_memory`` or ``max_interactions``.
     """
     if draws is None and population is None:
         raise ValueError("evaluate_policies needs posterior draws or a virtual population")
     model = population.model if population is not None else draws.model
-    step = float(dt) if dt is not None else convert_time(1.0, "min", model.time_unit)
-    if not step > 0:
-        raise ValueError(f"dt must be > 0, got {dt}")
-    context = PolicyContext(model=model, bounds=spec.bounds, draws=draws, dt=step, scheme=scheme)
-    policies = [parse_policy(p, context=context) for p in policy_specs]
+    context = policy_context(model, spec, draws=draws, dt=dt, scheme=scheme)
+    step = context.dt
+    given, policies = list(policies), build_policies(policies, context=context)
+    scenario = resolve_scenario(model, scenario, seed)
     if population is None:
         # Parameters, covariates, random effects and states of every patient, float64, a few copies.
         width = len(model.parameters) + len(model.covariates) + len(model.state_names) + 8
@@ -145,7 +182,7 @@ def evaluate_policies(
             client,
             draws,
             population,
-            list(policy_specs),
+            given,
             spec,
             dt=step,
             seed=seed,
@@ -189,7 +226,7 @@ def evaluate_policies(
         population,
         dt=step,
         seed=seed,
-        scenario=default_scenario(model, scenario, seed),
+        scenario=scenario,
         scheme=scheme,
     )
     return report, list(results)
@@ -197,12 +234,12 @@ def evaluate_policies(
 
 def run_policies(
     population: VirtualPopulation,
-    policies: Sequence[Any],
+    policies: Sequence[Policy],
     spec: SafetySpec,
     *,
     dt: float,
     seed: int,
-    scenario: str = "auto",
+    scenario: Scenario | str | None = "auto",
     support: Mapping[str, tuple[float, float]] | None = None,
     scheme: str = "milstein",
     max_interactions: int | None = None,
@@ -217,7 +254,8 @@ def run_policies(
 
     What :func:`evaluate_policies` runs in this process, and each Dask worker on its shard of
     patients (``first_patient``, ``chunk_size`` and ``pad_to`` as in
-    :func:`medsim.policies.rollout.rollout`). ``progress(done, total)`` gets the fraction of policies done.
+    :func:`medsim.policies.rollout.rollout`). ``scenario`` as in :func:`evaluate_policies`.
+    ``progress(done, total)`` gets the fraction of policies done.
     """
     model = population.model
     state = {"policy": 0, "last": -1.0}
@@ -239,7 +277,7 @@ def run_policies(
         horizon=spec.horizon,
         dt=dt,
         seed=seed,
-        scenario=default_scenario(model, scenario, seed),
+        scenario=resolve_scenario(model, scenario, seed),
         target=spec.target,
         support=dict(support) if support else None,
         progress=each,

@@ -19,10 +19,10 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
-from medsim.policies.protocol import Policy, PolicyContext, PolicySpecError
+from medsim.policies.protocol import Policy, PolicyContext, PolicySpecError, for_model
 from medsim.policies.user_code import FunctionPolicy, check_policy, load_user_policy, policy_factory
 
 __all__ = [
@@ -30,6 +30,7 @@ __all__ = [
     "PolicySpecError",
     "build_component",
     "build_dataclass",
+    "build_policies",
     "check_policy",
     "load_user_policy",
     "parse_params",
@@ -104,7 +105,8 @@ def build_dataclass(cls: type, kind: str, raw: Mapping[str, str]) -> Any:
         On an unknown key (listing the valid ones), a value of the wrong type, or a value the
         class rejects.
     """
-    fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
+    # Fields a policy takes from its model (protocol.FROM_MODEL) are not spec parameters.
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.init and not f.metadata.get("from_model")}
     unknown = [k for k in raw if k not in fields]
     if unknown:
         raise PolicySpecError(
@@ -198,3 +200,35 @@ def parse_policy(spec: str, *, context: PolicyContext | None = None) -> Policy:
     if from_spec is not None:
         return from_spec(raw, context or PolicyContext())
     return build_dataclass(builder, target, raw)
+
+
+def build_policies(policies: Sequence[Policy | str], *, context: PolicyContext | None = None) -> list[Policy]:
+    """Policies as a library caller may give them: objects, or spec strings built here.
+
+    The one place where an evaluation turns spec strings (``"pid:every=60"``, the command line's
+    form) into policies. Policy objects are checked against the protocol and, when ``context``
+    has a model, take what they read from it (:func:`medsim.policies.protocol.for_model`), so a
+    policy that cannot run on the model fails here, before any patient is simulated.
+
+    Parameters
+    ----------
+    policies : sequence of Policy or str
+    context : PolicyContext, optional
+        What specs are built with (:func:`parse_policy`).
+
+    Raises
+    ------
+    PolicySpecError
+        For a bad spec string, or an object that is not a policy (naming its position);
+        :class:`~medsim.policies.protocol.MissingObservableError` for a glucose controller on a
+        model without glucose.
+    """
+    if isinstance(policies, str):
+        raise PolicySpecError(f"policies must be a sequence of policies or spec strings, got the string {policies!r}")
+    model = None if context is None else context.model
+    return [
+        parse_policy(p, context=context)
+        if isinstance(p, str)
+        else for_model(check_policy(p, f"policies[{i}] ({type(p).__name__})"), model)
+        for i, p in enumerate(policies)
+    ]

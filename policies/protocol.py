@@ -27,7 +27,8 @@ Times are in the model's time unit (``obs.time_unit``), amounts in each compartm
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
+from types import MappingProxyType
 from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
@@ -59,6 +60,36 @@ class MissingCovariateError(KeyError):
 
 class PolicySpecError(ValueError):
     """A policy spec or user policy could not be turned into a policy; the message says why."""
+
+
+class MissingObservableError(PolicySpecError):
+    """A policy was given no observable to measure and the model declares none it could take
+    (e.g. ``pid`` on a PK model, which has no glucose); the message names the policy, the model
+    and its observables.
+
+    Attributes
+    ----------
+    policy : str
+    model : str or None
+        ``None`` when the policy was built without a model.
+    observables : tuple of str
+    """
+
+    def __init__(self, policy: str, what: str, model: PhysiologyModel | None = None) -> None:
+        self.policy, self.model = policy, None if model is None else model.name
+        self.observables = () if model is None else tuple(model.observable_names)
+        if model is None:
+            message = (
+                f"{policy}: no {what} observable to measure: the policy was built without a model; pass "
+                f"observable=NAME, or build it for the model ({policy} spec parsed with a PolicyContext "
+                "that has the model, or policy.for_model(model))"
+            )
+        else:
+            message = (
+                f"{policy}: model {model.name!r} declares no {what} observable (its observables: "
+                f"{', '.join(self.observables) or 'none'}); pass observable=NAME"
+            )
+        super().__init__(message)
 
 
 @dataclass(frozen=True)
@@ -238,6 +269,30 @@ class PolicyContext:
     draws: Any = None
     dt: float | None = None
     scheme: str = "milstein"
+
+
+#: Metadata of a field of a built-in policy (a frozen dataclass) that the policy takes from the
+#: model (:func:`for_model`) rather than from its spec: not a spec parameter, not in its name.
+FROM_MODEL: Mapping[str, Any] = MappingProxyType({"from_model": True})
+
+
+def spec_params(policy: Any) -> dict[str, Any]:
+    """The spec parameters of a dataclass policy that differ from their defaults (what its name lists)."""
+    return {
+        f.name: getattr(policy, f.name)
+        for f in fields(policy)
+        if not f.metadata.get("from_model") and getattr(policy, f.name) != f.default
+    }
+
+
+def for_model(policy: Any, model: PhysiologyModel | None) -> Any:
+    """``policy`` with what it takes from ``model`` filled in (its ``for_model(model)``), else itself.
+
+    The rollout, the environment and spec parsing call it where a policy meets its model, so a
+    built-in policy reads model defaults (e.g. the glucose observable) from the model itself.
+    """
+    bind = getattr(policy, "for_model", None)
+    return policy if model is None or not callable(bind) else bind(model)
 
 
 def spec_string(kind: str, params: Mapping[str, Any]) -> str:

@@ -11,10 +11,31 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any
 
 import numpy as np
 
 from medsim.simulate.types import Bound
+
+#: The per-bound interval statistics a rollout copies from the simulator's
+#: :class:`~medsim.simulate.types.IntervalStats` into :class:`RolloutResult` (``(N, K, J)`` arrays,
+#: in this order), each with the value that means "nothing happened": what entries past a
+#: patient's horizon hold and what :meth:`RolloutResult.merge` pads with. The one list of these
+#: names: the host loop, the compiled loop and the result's assembly and merge read it.
+PER_BOUND_FILL: Mapping[str, Any] = MappingProxyType(
+    {
+        "log_survival": 0.0,
+        "grid_violation": False,
+        "end_violation": False,
+        "time_outside": 0.0,
+        "first_outside": np.inf,
+        "depth": 0.0,
+    }
+)
+
+#: Names of the per-bound statistics (the keys of :data:`PER_BOUND_FILL`).
+PER_BOUND: tuple[str, ...] = tuple(PER_BOUND_FILL)
 
 
 @dataclass(frozen=True)
@@ -147,12 +168,7 @@ class RolloutResult:
             true_start=catd(self.true_start, other.true_start, np.nan),
             obs_min=catd(self.obs_min, other.obs_min, np.nan),
             obs_max=catd(self.obs_max, other.obs_max, np.nan),
-            log_survival=cat(self.log_survival, other.log_survival, 0.0),
-            grid_violation=cat(self.grid_violation, other.grid_violation, False),
-            end_violation=cat(self.end_violation, other.end_violation, False),
-            time_outside=cat(self.time_outside, other.time_outside, 0.0),
-            first_outside=cat(self.first_outside, other.first_outside, np.inf),
-            depth=cat(self.depth, other.depth, 0.0),
+            **{name: cat(getattr(self, name), getattr(other, name), fill) for name, fill in PER_BOUND_FILL.items()},
             treatment=catd(self.treatment, other.treatment, 0.0),
             efficacy={key: np.concatenate([self.efficacy[key], other.efficacy[key]]) for key in self.efficacy},
             out_of_support=None

@@ -49,10 +49,11 @@ import jax.numpy as jnp
 import numpy as np
 
 from medsim.models.base import PhysiologyModel
+from medsim.policies.interaction import Interaction
 from medsim.policies.paths import join_paths
-from medsim.policies.protocol import Observation, Policy
-from medsim.policies.result import RolloutResult
-from medsim.policies.rollout_assemble import PER_BOUND, assemble, merge_all, support_fraction
+from medsim.policies.protocol import Observation, Policy, for_model
+from medsim.policies.result import PER_BOUND, RolloutResult
+from medsim.policies.rollout_assemble import assemble, merge_all, support_fraction
 from medsim.policies.scenarios import Scenario, announced_at, next_event_after
 from medsim.policies.traces import empty_trace, sample_interval
 from medsim.population.streams import Stream, patient_keys
@@ -106,7 +107,7 @@ def _run_chunk(
     covariates = {c: np.asarray(v, np.float64) for c, v in pop.covariates.items()}
     policy_seed = int(np.random.SeedSequence([setup.seed, int(Stream.POLICY)]).generate_state(1)[0])
     pstate = policy.init(n, seed=policy_seed)
-    rows: list[dict[str, Any]] = []
+    rows: list[Interaction] = []
     paths: list[tuple[np.ndarray, dict[str, np.ndarray]]] = []
     outside_target = np.zeros((n, len(setup.target_bounds)))
     # Traces need the observables at every sub-step; fan-chart paths keep every save_every-th.
@@ -163,18 +164,18 @@ def _run_chunk(
         n_target = len(setup.target_bounds)
         outside_target += np.where(active[:, None], extra[:, :n_target], 0.0)
         rows.append(
-            {
-                "t_start": t,
-                "t_end": t1,
-                "mask": active,
-                "measured": measured,
-                "true_start": true,
-                "obs_min": st.obs_min,
-                "obs_max": st.obs_max,
-                "treatment": treatment,
-                "out_of_support": support_fraction(setup, extra[:, n_target:], treatment, t1 - t, active),
+            Interaction(
+                t_start=t,
+                t_end=t1,
+                mask=active,
+                measured=measured,
+                true_start=true,
+                obs_min=st.obs_min,
+                obs_max=st.obs_max,
+                treatment=treatment,
+                out_of_support=support_fraction(setup, extra[:, n_target:], treatment, t1 - t, active),
                 **{name: getattr(st, name)[:, :J] for name in PER_BOUND},
-            }
+            )
         )
         if trace is not None:
             sample_interval(setup.trace_grid, trace, t, t1, np.asarray(res.path.time), res.path.values)
@@ -365,6 +366,9 @@ def rollout(
     ------
     PolicyError
         If the policy returns an unusable option (naming the field and patient).
+    MissingObservableError
+        For a built-in glucose controller without ``observable=`` on a model without glucose
+        (:mod:`medsim.policies.builtin.glucose_controller`).
     ValueError
         On inconsistent arguments (wrong model, bad support keys, non-positive horizon).
     WorkLimitError
@@ -389,6 +393,7 @@ def rollout(
     limit = budget.DEFAULT_MAX_INTERACTIONS if max_interactions is None else int(max_interactions)
     if limit < 1:
         raise ValueError(f"max_interactions must be >= 1, got {max_interactions}")
+    policy = for_model(policy, model)  # model defaults (e.g. the glucose observable) from the model
     setup = _Setup(
         model, bounds, horizon, dt, seed, scenario, measurement_noise, target, support, scheme, limit, max_memory
     )

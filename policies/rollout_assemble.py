@@ -12,25 +12,15 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from medsim.policies.interaction import Interaction
 from medsim.policies.paths import compress_segments
 from medsim.policies.protocol import Policy
-from medsim.policies.result import RolloutResult
+from medsim.policies.result import PER_BOUND_FILL, RolloutResult
 from medsim.population.virtual import VirtualPopulation
 from medsim.simulate.types import DoseEvents
 
 if TYPE_CHECKING:
     from medsim.policies.rollout_setup import _Setup
-
-
-# Per-bound interval statistics copied into the result, with the value RolloutResult.merge pads with.
-PER_BOUND = {
-    "log_survival": 0.0,
-    "grid_violation": False,
-    "end_violation": False,
-    "time_outside": 0.0,
-    "first_outside": np.inf,
-    "depth": 0.0,
-}
 
 
 def support_fraction(
@@ -76,7 +66,7 @@ def assemble(
     setup: _Setup,
     pop: VirtualPopulation,
     policy: Policy,
-    rows: list[dict],
+    rows: list[Interaction],
     outside_target: np.ndarray,
     paths: list,
     n_real: int,
@@ -84,22 +74,23 @@ def assemble(
     scenario_events: DoseEvents | None = None,
     trace: Mapping[str, np.ndarray] | None = None,
 ) -> RolloutResult:
-    """Stack per-interaction rows of the ``n_real`` real patients into (N, K[, J]) arrays; entries
-    past a patient's horizon get the padding values of ``RolloutResult.merge``.
+    """Stack the :class:`~medsim.policies.interaction.Interaction` records of the ``n_real`` real
+    patients into (N, K[, J]) arrays; entries past a patient's horizon get the padding values of
+    ``RolloutResult.merge`` (:data:`medsim.policies.result.PER_BOUND_FILL` for the per-bound ones).
 
     ``total_dose_cmt<c>`` counts what the policy gave and what the scenario delivered into
     compartment ``c`` before the horizon (the meals of a meal scenario); ``trace`` holds the
     chunk's CGM-grid traces (:mod:`medsim.policies.traces`)."""
-    mask = np.stack([r["mask"][:n_real] for r in rows], axis=1)
+    mask = np.stack([r.mask[:n_real] for r in rows], axis=1)
 
     def stack(key: str, fill: Any = np.nan, dtype: Any = None) -> np.ndarray:
-        out = np.stack([r[key][:n_real] for r in rows], axis=1)
+        out = np.stack([getattr(r, key)[:n_real] for r in rows], axis=1)
         off = ~mask if out.ndim == 2 else ~mask[:, :, None]
         return np.where(off, fill, out).astype(dtype or out.dtype)
 
     def stackd(key: str, fill: float = np.nan, dtype: Any = np.float32) -> dict[str, np.ndarray]:
-        names = rows[0][key]
-        out = {name: np.stack([r[key][name][:n_real] for r in rows], axis=1) for name in names}
+        names = getattr(rows[0], key)
+        out = {name: np.stack([getattr(r, key)[name][:n_real] for r in rows], axis=1) for name in names}
         return {name: np.where(mask, v, fill).astype(dtype) for name, v in out.items()}
 
     treatment = stackd("treatment", 0.0, np.float64)
@@ -141,7 +132,7 @@ def assemble(
         trace_step=float("nan") if setup.trace_grid is None else setup.trace_grid.step,
         clock_start_h=float(getattr(setup.scenario, "start_clock_h", 0.0)),
         seed=setup.seed,
-        **{name: stack(name, fill) for name, fill in PER_BOUND.items()},
+        **{name: stack(name, fill) for name, fill in PER_BOUND_FILL.items()},
     )
 
 

@@ -16,7 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from medsim.policies import device_loop
-from medsim.policies.protocol import Policy
+from medsim.policies.protocol import Policy, for_model
 from medsim.policies.result import RolloutResult
 from medsim.policies.rollout_assemble import assemble, support_fraction
 from medsim.population.virtual import VirtualPopulation
@@ -143,11 +143,12 @@ def device_chunk(
     rows, outside_target, _, bad = device_loop.run_chunk(setup, pop, policy, offset, n_real, scen, True, hooks)
     if bad:
         return host(setup, pop, policy, offset, n_real, n_paths, save_every, progress, done, total)
-    for row in rows:
-        length = row["t_end"] - row["t_start"]
-        row["out_of_support"] = support_fraction(
-            setup, row.pop("support_outside"), row["treatment"], length, row["mask"]
+    rows = [
+        row._replace(
+            out_of_support=support_fraction(setup, row.out_of_support, row.treatment, row.t_end - row.t_start, row.mask)
         )
+        for row in rows
+    ]
     result = assemble(setup, pop.take(slice(0, n_real)), policy, rows, outside_target[:n_real], [], n_real)
     if n_paths > 0:
         first = pop.take(np.arange(n_paths))
@@ -204,6 +205,7 @@ def streaming_rollout(
     from medsim.simulate import budget
 
     choose_loop("device", policy)
+    policy = for_model(policy, model)  # model defaults (e.g. the glucose observable) from the model
     limit = budget.DEFAULT_MAX_INTERACTIONS if max_interactions is None else int(max_interactions)
     setup = _Setup(model, bounds, horizon, dt, seed, scenario, measurement_noise, target, None, scheme, limit)
     n = population.n_patients

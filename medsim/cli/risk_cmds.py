@@ -320,8 +320,8 @@ def risk_command(
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
     from medsim.cli.neural_cmds import model_source, neural_population_cli
-    from medsim.policies.evaluate import evaluate_policies
-    from medsim.policies.loading import PolicySpecError
+    from medsim.policies.evaluate import evaluate_policies, policy_context, resolve_scenario
+    from medsim.policies.loading import PolicySpecError, build_policies
     from medsim.policies.protocol import MissingCovariateError
     from medsim.policies.spec import SpecError
     from medsim.policies.spec_file import parse_spec
@@ -374,16 +374,20 @@ def risk_command(
     ):
         task = bar.add_task(f"simulating {len(policy)} policies x {n} patients", total=len(policy))
         try:
+            # The command line's strings become objects here; workers of a cluster rebuild the
+            # policies from their spec strings, so those travel as given.
+            context = policy_context(model, spec, draws=draws, dt=dt, scheme=scheme)
+            policies = policy if client is not None else build_policies(policy, context=context)
             report, results = evaluate_policies(
                 draws,
-                policy,
+                policies,
                 spec,
                 n=n,
                 seed=seed,
                 mode=mode,
                 subject=subject,
                 dt=dt,
-                scenario=scenario,
+                scenario=resolve_scenario(model, scenario, seed),
                 patients_per_draw=patients_per_draw,
                 support=support,
                 provenance=prov,

@@ -209,6 +209,10 @@ class PhysiologyModel(ABC):
     safety_limits: tuple[SafetyLimit, ...] = ()
     target_range: TargetRange | None = None
     meal_cmt: int | None = None
+    #: The observable (mg/dL) glucose controllers such as the built-in ``pid`` and
+    #: ``basal_bolus`` policies measure when the user names none; ``None``: the model has no
+    #: glucose. Glucose models declare the one their safety limits and target range are set on.
+    glucose_observable: str | None = None
 
     # ------------------------------------------------------------------ metadata helpers
     @property

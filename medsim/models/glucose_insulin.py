@@ -147,6 +147,7 @@ class GlucoseInsulin(PhysiologyModel):
     safety_limits: tuple[SafetyLimit, ...] = CONSENSUS_LIMITS
     target_range: TargetRange | None = CONSENSUS_TARGET
     meal_cmt: int | None = 2
+    glucose_observable: str | None = CONSENSUS_TARGET.observable
 
     def default_regimen(self, theta, horizon):
         """Basal rate ``BASAL`` (U/h) from a pump; meals of 50 / 70 / 80 g carbohydrate at 07:00 /

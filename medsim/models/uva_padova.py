@@ -269,6 +269,7 @@ class UvaPadova(PhysiologyModel):
     safety_limits: tuple = CONSENSUS_LIMITS
     target_range: object = CONSENSUS_TARGET
     meal_cmt: int | None = 2
+    glucose_observable: str | None = CONSENSUS_TARGET.observable
 
     def default_regimen(self, theta, horizon):
         """Basal rate ``BASAL`` (U/h) from a pump; meals of 50 / 70 / 80 g at 07:00 / 12:00 / 18:00 every

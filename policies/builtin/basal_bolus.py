@@ -17,13 +17,14 @@ with ``correct_between_meals`` it triggers a correction bolus when glucose is ab
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
-from typing import Any, NamedTuple
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, NamedTuple
 
 import numpy as np
 
 from medsim.policies.array_step import host_step
-from medsim.policies.protocol import MissingCovariateError, Observation, Option, spec_string, units_per_hour
+from medsim.policies.builtin.glucose_controller import GlucoseController
+from medsim.policies.protocol import FROM_MODEL, MissingCovariateError, Observation, Option, units_per_hour
 
 
 class BasalBolusState(NamedTuple):
@@ -35,7 +36,7 @@ class BasalBolusState(NamedTuple):
 
 
 @dataclass(frozen=True)
-class BasalBolus:
+class BasalBolus(GlucoseController):
     """Pump basal + bolus-calculator meal boluses (see the module docstring).
 
     Parameters
@@ -53,9 +54,17 @@ class BasalBolus:
     iob_tau : float
         Insulin-on-board decay time constant (model time unit).
     correct_between_meals : bool
-    observable, basal_cmt, meal_cmt
-        Names of the glucose observable, the insulin and the meal compartments.
+    observable : str, optional
+        The glucose observable measured; default: the model's ``glucose_observable``
+        (:mod:`medsim.policies.builtin.glucose_controller`).
+    basal_cmt, meal_cmt : int
+        The insulin and the meal compartments.
+    model_observable : str, optional
+        The model's glucose observable, filled in when the policy meets its model (not a spec
+        parameter).
     """
+
+    kind: ClassVar[str] = "basal_bolus"
 
     target: float = 120.0
     cr: float = 0.0
@@ -64,9 +73,10 @@ class BasalBolus:
     every: float = 240.0
     iob_tau: float = 90.0
     correct_between_meals: bool = False
-    observable: str = "glucose_mg_dL"
+    observable: str | None = None
     basal_cmt: int = 1
     meal_cmt: int = 2
+    model_observable: str | None = field(default=None, metadata=FROM_MODEL)
 
     def __post_init__(self) -> None:
         if self.cr < 0 or self.cf < 0:
@@ -75,11 +85,6 @@ class BasalBolus:
             raise ValueError(f"basal_bolus: basal_fraction must be in (0, 1], got {self.basal_fraction}")
         if not (self.every > 0 and self.iob_tau > 0):
             raise ValueError("basal_bolus: every and iob_tau must be > 0")
-
-    @property
-    def name(self) -> str:
-        changed = {f.name: getattr(self, f.name) for f in fields(self) if getattr(self, f.name) != f.default}
-        return spec_string("basal_bolus", changed)
 
     def ratios(self, basal_u_per_h: Any, xp: Any = np) -> tuple[Any, Any]:
         """Carb ratio (g/U) and correction factor (mg/dL/U) per patient."""
@@ -105,7 +110,7 @@ class BasalBolus:
         basal_h = xp.asarray(obs.covariates["BASAL"], xp.float64)
         cr, cf = self.ratios(basal_h, xp)
         iob = state.iob * xp.exp(-(t - state.t_last) / self.iob_tau)
-        glucose = xp.asarray(obs.measured.get(self.observable, xp.full(obs.n, xp.nan)), xp.float64)
+        glucose = xp.asarray(obs.measured.get(self.glucose, xp.full(obs.n, xp.nan)), xp.float64)
         carbs = xp.asarray(obs.announced.get(self.meal_cmt, xp.zeros(obs.n)), xp.float64)
         meal = carbs > 0
         correction = xp.where(xp.isnan(glucose), 0.0, (glucose - self.target) / cf)

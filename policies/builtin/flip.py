@@ -14,12 +14,13 @@ option was applied.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, NamedTuple
 
 import numpy as np
 
-from medsim.policies.protocol import Observation, Option, Policy, PolicyContext
+from medsim.models.base import PhysiologyModel
+from medsim.policies.protocol import Observation, Option, Policy, PolicyContext, for_model
 from medsim.population.streams import Stream, patient_uniform
 
 
@@ -52,6 +53,11 @@ class Flip:
     def __post_init__(self) -> None:
         if not 0.0 <= self.q <= 1.0:
             raise ValueError(f"flip: q must be in [0, 1], got {self.q}")
+
+    def for_model(self, model: PhysiologyModel) -> Flip:
+        """Both components with what they take from ``model`` (:func:`~medsim.policies.protocol.for_model`)."""
+        a, b = for_model(self.a, model), for_model(self.b, model)
+        return self if a is self.a and b is self.b else replace(self, a=a, b=b)
 
     @classmethod
     def from_spec(cls, raw: dict[str, str], context: PolicyContext) -> Flip:

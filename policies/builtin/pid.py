@@ -21,13 +21,14 @@ so the derivative is taken on glucose smoothed by a first-order filter with time
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
-from typing import Any, NamedTuple
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, NamedTuple
 
 import numpy as np
 
 from medsim.policies.array_step import host_step
-from medsim.policies.protocol import MissingCovariateError, Observation, Option, spec_string, units_per_hour
+from medsim.policies.builtin.glucose_controller import GlucoseController
+from medsim.policies.protocol import FROM_MODEL, MissingCovariateError, Observation, Option, units_per_hour
 
 
 class PIDState(NamedTuple):
@@ -48,7 +49,7 @@ class PIDState(NamedTuple):
 
 
 @dataclass(frozen=True)
-class PID:
+class PID(GlucoseController):
     """PID insulin-rate controller (see the module docstring).
 
     Parameters
@@ -67,10 +68,17 @@ class PID:
         Rate cap as a multiple of basal.
     suspend_below : float
         Glucose (mg/dL) below which the pump is suspended (0 disables).
-    observable : str
+    observable : str, optional
+        The glucose observable measured; default: the model's ``glucose_observable``
+        (:mod:`medsim.policies.builtin.glucose_controller`).
     cmt : int
         Insulin compartment.
+    model_observable : str, optional
+        The model's glucose observable, filled in when the policy meets its model (not a spec
+        parameter).
     """
+
+    kind: ClassVar[str] = "pid"
 
     target: float = 120.0
     every: float = 5.0
@@ -80,19 +88,15 @@ class PID:
     filter_tau: float = 30.0
     max_factor: float = 5.0
     suspend_below: float = 70.0
-    observable: str = "glucose_mg_dL"
+    observable: str | None = None
     cmt: int = 1
+    model_observable: str | None = field(default=None, metadata=FROM_MODEL)
 
     def __post_init__(self) -> None:
         if not (self.every > 0 and self.kp >= 0 and self.ti >= 0 and self.td >= 0 and self.filter_tau >= 0):
             raise ValueError("pid: every must be > 0 and kp, ti, td, filter_tau >= 0")
         if not self.max_factor >= 1:
             raise ValueError(f"pid: max_factor must be >= 1, got {self.max_factor}")
-
-    @property
-    def name(self) -> str:
-        changed = {f.name: getattr(self, f.name) for f in fields(self) if getattr(self, f.name) != f.default}
-        return spec_string("pid", changed)
 
     def init(self, n: int, *, seed: int) -> PIDState:
         """State per patient: integral of the error, filtered glucose, last measurement time, last factor."""
@@ -109,7 +113,7 @@ class PID:
         if "BASAL" not in obs.covariates:
             raise MissingCovariateError("pid", "BASAL", "U/h")
         t = xp.asarray(obs.time, xp.float64)
-        glucose = xp.asarray(obs.measured.get(self.observable, xp.full(obs.n, xp.nan)), xp.float64)
+        glucose = xp.asarray(obs.measured.get(self.glucose, xp.full(obs.n, xp.nan)), xp.float64)
         seen = ~xp.isnan(glucose) & obs.active
         first = xp.isnan(state.filtered)
         elapsed = xp.where(first, 0.0, t - state.t_last)

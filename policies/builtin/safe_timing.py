@@ -41,7 +41,7 @@ function every virtual-patient sampler uses.
 from __future__ import annotations
 
 import itertools
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import jax
@@ -49,7 +49,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from medsim.models.base import PhysiologyModel, residual_key
-from medsim.policies.protocol import Observation, Option, Policy, PolicyContext, spec_string
+from medsim.policies.protocol import Observation, Option, Policy, PolicyContext, for_model, spec_string
 from medsim.population.draws import PosteriorDraws
 from medsim.population.individuals import draw_individuals
 from medsim.population.streams import Stream, patient_keys, patient_uniform
@@ -119,6 +119,11 @@ class SafeTiming:
         sim, observe = compiled_simulator(self.model, self.dt, self.bounds, self.scheme)
         object.__setattr__(self, "_sim", sim)
         object.__setattr__(self, "_observe", observe)
+
+    def for_model(self, model: PhysiologyModel) -> SafeTiming:
+        """The base policy with what it takes from ``model`` (:func:`~medsim.policies.protocol.for_model`)."""
+        base = for_model(self.base, model)
+        return self if base is self.base else replace(self, base=base)
 
     @classmethod
     def from_spec(cls, raw: dict[str, str], context: PolicyContext) -> SafeTiming:

@@ -22,7 +22,7 @@ import numpy as np
 
 from medsim.policies.env import core
 from medsim.policies.env.vectors import option_action
-from medsim.policies.protocol import Policy
+from medsim.policies.protocol import Policy, for_model
 from medsim.population.streams import Stream, patient_normal
 
 
@@ -80,6 +80,7 @@ def behaviour_steps(
         When the episodes do not reach the horizon within ``max_steps`` interactions.
     """
     noise = noise or BehaviourNoise()
+    policy = for_model(policy, params.model)  # model defaults (e.g. the glucose observable) from the model
     episodes = np.asarray(episodes, np.int64)
     obs_vec, state = core.reset(params, episodes)
     pstate = policy.init(

@@ -9,6 +9,8 @@ import medsim.models as registry
 from medsim.policies.builtin import PID, TDM, BasalBolus, FixedDose, Flip
 from medsim.policies.protocol import Option, PolicyError
 
+GLUCOSE = registry.get("glucose_insulin")
+
 
 def walk(make_obs, policy, until, measured=None, **obs_kwargs):
     """Interact with one patient at the times the policy asks for; returns (t, option) pairs."""
@@ -85,7 +87,7 @@ def test_tdm_proportional_rule_hits_target_for_linear_pk(make_obs):
 
 
 def test_basal_bolus_calculator(make_obs):
-    bb = BasalBolus(target=120.0)
+    bb = BasalBolus(target=120.0).for_model(GLUCOSE)  # measures the model's glucose_mg_dL
     basal_h = 1.2
     tdd = 24 * basal_h / 0.5  # 500/1800 rules with basal = half the daily dose
     cr, cf = 500 / tdd, 1800 / tdd
@@ -110,7 +112,7 @@ def test_basal_bolus_calculator(make_obs):
 
 
 def test_pid_cuts_insulin_on_low_glucose_and_raises_it_on_high(make_obs):
-    pid = PID(target=120.0, kp=1 / 60)
+    pid = PID(target=120.0, kp=1 / 60).for_model(GLUCOSE)
     state = pid.init(3, seed=0)
     obs = make_obs(np.zeros(3), {"glucose_mg_dL": [60.0, 120.0, 180.0]}, covariates={"BASAL": 1.2}, time_unit="min")
     state, option = pid.act(state, obs, rng=np.random.default_rng(0))
@@ -128,7 +130,7 @@ def test_pid_cuts_insulin_on_low_glucose_and_raises_it_on_high(make_obs):
 
 
 def test_pid_suspends_below_threshold_despite_windup(make_obs):
-    pid = PID(target=120.0, kp=1 / 60, ti=450.0, td=0.0)
+    pid = PID(target=120.0, kp=1 / 60, ti=450.0, td=0.0).for_model(GLUCOSE)
     state = pid.init(1, seed=0)
     for t in range(0, 600, 30):  # ten hours at 250 mg/dL wind the integral up to its clamp
         obs = make_obs([float(t)], {"glucose_mg_dL": [250.0]}, covariates={"BASAL": 1.2}, time_unit="min")
@@ -141,7 +143,7 @@ def test_pid_suspends_below_threshold_despite_windup(make_obs):
 
 
 def test_pid_holds_its_rate_without_a_measurement_and_sets_its_sampling(make_obs):
-    cgm, fingerstick = PID(every=5.0), PID(every=180.0)
+    cgm, fingerstick = PID(every=5.0).for_model(GLUCOSE), PID(every=180.0).for_model(GLUCOSE)
     obs = make_obs([0.0], {"glucose_mg_dL": [200.0]}, covariates={"BASAL": 1.0}, time_unit="min")
     state, first = cgm.act(cgm.init(1, seed=0), obs, rng=np.random.default_rng(0))
     blind = make_obs([5.0], {"glucose_mg_dL": [np.nan]}, covariates={"BASAL": 1.0}, time_unit="min")
