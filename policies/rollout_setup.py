@@ -69,7 +69,7 @@ class _Setup:
         self.cmts = tuple(sorted(model.dose_targets))
         self.tol = 1e-9 * max(1.0, self.horizon)
         # CGM-like traces for the glucose consensus metrics (policies.traces); None for other models.
-        self.trace_grid = trace_grid(model.observable_names, self.horizon, model.time_unit)
+        self.trace_grid = trace_grid(model.glucose_observable, self.horizon, model.time_unit)
 
 
 def _measure(setup: _Setup, pop: VirtualPopulation, true: Mapping[str, np.ndarray], patient, k, take) -> dict:
@@ -96,7 +96,7 @@ def planned_memory(
     row_bytes = 3 * (8 * floats + 3 * max(n_bounds, 1))
     rows = 1 if streaming else interactions
     memory = n_patients * (rows * row_bytes + 16 * 3 * n_events)
-    grid = trace_grid(model.observable_names, float(horizon), model.time_unit)
+    grid = trace_grid(model.glucose_observable, float(horizon), model.time_unit)
     if grid is not None:  # float32 traces: the chunk's buffer and the merged copy
         memory += n_patients * 2 * 4 * grid.n_points * len(grid.observables)
     return memory

@@ -16,7 +16,7 @@ interpolation runs inside the compiled loop.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -47,17 +47,18 @@ class TraceGrid:
     n_points: int
 
 
-def trace_grid(observable_names: Sequence[str], horizon: float, time_unit: str) -> TraceGrid | None:
-    """The CGM grid of a model whose observables include ``glucose_mg_dL``; None otherwise.
+def trace_grid(glucose_observable: str | None, horizon: float, time_unit: str) -> TraceGrid | None:
+    """The CGM grid of a model that declares a glucose observable (mg/dL); None otherwise.
 
     Glucose is the one observable whose field reads traces (consensus metrics, AGP); other
-    models record none.
+    models record none. ``glucose_observable`` is the model's
+    :attr:`~medsim.models.base.PhysiologyModel.glucose_observable`.
     """
-    if "glucose_mg_dL" not in observable_names:
+    if glucose_observable is None:
         return None
     step = convert_time(CGM_STEP_MIN, "min", time_unit)
     n_points = int(np.ceil(horizon / step - 1e-9))
-    return TraceGrid(("glucose_mg_dL",), step, max(n_points, 1))
+    return TraceGrid((glucose_observable,), step, max(n_points, 1))
 
 
 def empty_trace(grid: TraceGrid, n: int) -> dict[str, np.ndarray]:

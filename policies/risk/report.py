@@ -219,7 +219,8 @@ def policy_risk(
                 v[ok], ev.draw[ok], level=level, seed=seed, unit_interval=share, nonnegative=nonneg
             )
     glucose, agp = None, None
-    trace = result.trace.get(GLUCOSE)
+    # the rollout records a CGM-like trace of the model's glucose observable only (policies/traces.py)
+    trace = next(iter(result.trace.values()), None) if len(result.trace) == 1 else result.trace.get(GLUCOSE)
     if trace is not None and trace.size:
         glucose, agp = _glucose(result, np.asarray(trace, np.float64), spec, level, seed)
     support = support_flag(result, threshold=support_threshold, level=level, seed=seed, unknown_reason=support_unknown)

@@ -11,7 +11,7 @@ from medsim.policies.traces import empty_trace, sample_interval, trace_grid
 def test_grid_points_of_irregular_intervals_are_filled_once_by_interpolation():
     """Two patients with different, off-grid interaction times; the observable is linear in time
     on each sub-step, so linear interpolation is exact (to float rounding, 1e-9 relative)."""
-    grid = trace_grid(("glucose_mg_dL", "insulin_uU_mL"), horizon=20.0, time_unit="min")
+    grid = trace_grid("glucose_mg_dL", horizon=20.0, time_unit="min")
     assert grid.step == 5.0 and grid.n_points == 4  # 0, 5, 10, 15 (20 is the horizon, excluded)
     trace = empty_trace(grid, 2)
 
@@ -27,10 +27,10 @@ def test_grid_points_of_irregular_intervals_are_filled_once_by_interpolation():
 
 
 def test_inactive_patients_and_models_without_glucose_record_nothing():
-    assert trace_grid(("conc",), horizon=96.0, time_unit="h") is None
-    grid = trace_grid(("glucose_mg_dL",), horizon=60.0, time_unit="min")
+    assert trace_grid(None, horizon=96.0, time_unit="h") is None
+    grid = trace_grid("glucose_mg_dL", horizon=60.0, time_unit="min")
     trace = empty_trace(grid, 1)
     t = np.array([30.0])
     sample_interval(grid, trace, t, t, np.full((1, 3), 30.0), {"glucose_mg_dL": np.full((1, 3), 90.0)})
     assert np.isnan(trace["glucose_mg_dL"]).all()
-    assert trace_grid(("glucose_mg_dL",), horizon=2.0, time_unit="h").step == pytest.approx(5 / 60)
+    assert trace_grid("glucose_mg_dL", horizon=2.0, time_unit="h").step == pytest.approx(5 / 60)
