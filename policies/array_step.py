@@ -98,11 +98,24 @@ def _step(policy, time_unit: str, horizon: float, state, fields):
     return isolated(partial(step_expr, policy, time_unit, horizon), state, fields)
 
 
+def prepare_state(policy: Any, state: Any, patient, covariates, subject) -> Any:
+    """``policy.prepare(state, patient, covariates, subject)`` where the policy has one (host-side,
+    once per chunk: per-patient arrays drawn from the patients' indices, covariates and subjects,
+    which a traced step cannot read); the state unchanged otherwise. ``prepare`` returns a state
+    already prepared as it is."""
+    prepare = getattr(policy, "prepare", None)
+    return state if not callable(prepare) else prepare(state, patient, covariates, subject)
+
+
 def host_step(policy: Any, state: Any, obs: Observation) -> tuple[Any, Option]:
     """``policy.array_step(state, obs, jax.numpy)`` jitted in float64, numpy in and out.
 
-    Policies whose ``act`` is this call give the host loop the numbers of the compiled loop.
+    Policies whose ``act`` is this call give the host loop the numbers of the compiled loop. A
+    policy with a ``prepare(state, patient, covariates, subject)`` method (state drawn from the
+    patients on the host, e.g. ``safe_timing``'s particles) has its state prepared first, as the
+    compiled loop prepares it before its first step.
     """
+    state = prepare_state(policy, state, obs.patient, obs.covariates, obs.subject)
     fields = {
         "time": obs.time,
         "measured": dict(obs.measured),

@@ -39,7 +39,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from medsim.policies.array_step import isolated, measure_expr, step_expr
+from medsim.policies.array_step import isolated, measure_expr, prepare_state, step_expr
 from medsim.policies.device_interval import advance, refused, scenario_layout
 from medsim.policies.protocol import Policy, PolicyError
 from medsim.policies.streaming import init_sums, update_sums
@@ -342,7 +342,8 @@ def run_chunk(setup, pop: VirtualPopulation, policy: Policy, offset: int, n_real
     event_cmts, columns = scenario_layout(scen)
     _cfg, fn = _compiled(setup, policy, record, event_cmts, columns)
     policy_seed = int(np.random.SeedSequence([setup.seed, int(Stream.POLICY)]).generate_state(1)[0])
-    pstate = policy.init(n, seed=policy_seed)
+    covariates = {c: np.asarray(v, np.float64) for c, v in pop.covariates.items()}
+    pstate = prepare_state(policy, policy.init(n, seed=policy_seed), patient, covariates, np.asarray(pop.subject))
     residual = {k: np.asarray(v, np.float32) for k, v in pop.residual.items()}
     if scen is None:
         ev_time, ev_cmt, ev_amount = np.full((n, 0), np.inf, np.float32), np.zeros((n, 0), np.int32), None
@@ -356,7 +357,7 @@ def run_chunk(setup, pop: VirtualPopulation, policy: Policy, offset: int, n_real
     with jax.enable_x64(True):
         inp = _Inputs(
             theta={k: jnp.asarray(v) for k, v in theta.items()},
-            covariates={c: jnp.asarray(np.asarray(v, np.float64)) for c, v in pop.covariates.items()},
+            covariates={c: jnp.asarray(v) for c, v in covariates.items()},
             patient=jnp.asarray(patient),
             meas_key=jnp.asarray(np.asarray(patient_base_keys(setup.seed, Stream.MEASUREMENT, patient))),
             proc_key=jnp.asarray(np.asarray(patient_base_keys(setup.seed, Stream.PROCESS, patient))),

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 import medsim.models as registry
-from medsim.policies.builtin import PID, TDM, BasalBolus, FixedDose, Flip
+from medsim.policies.builtin import PID, TDM, BasalBolus, FixedDose, Flip, SafeTiming
 from medsim.policies.loading import FunctionPolicy
 from medsim.policies.protocol import Option
 from medsim.policies.risk.events import patient_events
@@ -50,6 +50,20 @@ CASES = {
 }
 
 
+def safe_timing():
+    """``safe_timing`` around ``tdm``: particles drawn from the PK draws the population comes from
+    (built when the case runs: the draws come from conftest)."""
+    from conftest import concentrated_draws
+
+    base = TDM(target=8.0, every=12.0, dose=300.0, adjust_after=1)
+    draws = concentrated_draws(PK)
+    options = dict(bounds=PK_BOUNDS[:1], eps=0.1, grid=(2.0, 6.0), particles=8, dt=0.25)
+    return SafeTiming(base=base, model=PK, draws=draws, **options)
+
+
+CASES["safe_timing"] = (PK, safe_timing, None, PK_BOUNDS, 30.0, 0.05)
+
+
 @pytest.fixture(scope="module")
 def populations():
     from conftest import concentrated_draws
@@ -64,6 +78,7 @@ def populations():
 @pytest.fixture(scope="module", params=sorted(CASES))
 def both(request, populations):
     model, policy, scenario, bounds, horizon, dt = CASES[request.param]
+    policy = policy if hasattr(policy, "act") else policy()
     population = populations[model.name]
     options = dict(bounds=bounds, horizon=horizon, dt=dt, seed=3, scenario=scenario)
     host = rollout(model, population, policy, loop="host", n_paths_saved=2, **options)
