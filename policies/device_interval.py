@@ -32,8 +32,9 @@ def scenario_layout(scen) -> tuple[tuple, tuple]:
     return event_cmts, columns
 
 
-def advance(cfg, inp, c, t1: jax.Array, bolus: dict, rate: dict, dt):
-    """Plan the interval ``[t, t1)`` as :func:`medsim.simulate.plan.plan_interval` does and advance it."""
+def advance(cfg, inp, c, t1: jax.Array, bolus: dict, rate: dict, dt, trace=None):
+    """Plan the interval ``[t, t1)`` as :func:`medsim.simulate.plan.plan_interval` does and advance it
+    (``trace``: the kernel's trace input, :class:`medsim.simulate.kernel.TraceSpec`)."""
     model = cfg.model
     t0f, t1f = c.t.astype(F32), t1.astype(F32)
     opens = t1f > t0f
@@ -70,11 +71,13 @@ def advance(cfg, inp, c, t1: jax.Array, bolus: dict, rate: dict, dt):
     proc = jax.vmap(lambda kd, i: jax.random.fold_in(jax.random.wrap_key_data(kd), i))(
         inp.proc_key, c.k.astype(jnp.uint32)
     )
-    out = run_kernel(cfg.kernel, c.x, inp.theta, t0f, t1f, start, rates, event_time, event_value, n_inside, proc, dt)
+    out = run_kernel(
+        cfg.kernel, c.x, inp.theta, t0f, t1f, start, rates, event_time, event_value, n_inside, proc, dt, trace
+    )
     return out, n_inside
 
 
-def run_kernel(kernel, x, theta, t0f, t1f, start, rates, event_time, event_value, n_inside, keys, dt):
+def run_kernel(kernel, x, theta, t0f, t1f, start, rates, event_time, event_value, n_inside, keys, dt, trace=None):
     """Call the simulator's interval ``kernel`` on a planned interval: ``start``/``rates`` by target
     state, interior boluses as ``(E, n)`` event columns, ``keys`` one JAX key per patient."""
     event_end = jnp.full(event_time.shape, -jnp.inf, F32)
@@ -93,6 +96,7 @@ def run_kernel(kernel, x, theta, t0f, t1f, start, rates, event_time, event_value
         event_time=event_time,
         event_value=event_value,
         event_end=event_end,
+        trace=trace,
     )
     return kernel(chunk, jnp.float32(dt), (-(-n_steps // 2)).astype(jnp.int32))
 

@@ -43,6 +43,7 @@ from medsim.policies.array_step import isolated, measure_expr, prepare_state, st
 from medsim.policies.device_interval import advance, refused, scenario_layout
 from medsim.policies.protocol import Policy, PolicyError
 from medsim.policies.streaming import init_sums, update_sums
+from medsim.policies.traces import empty_trace, trace_spec, window
 from medsim.population.streams import Stream, patient_base_keys
 from medsim.population.virtual import VirtualPopulation
 from medsim.simulate import cache
@@ -73,6 +74,7 @@ class _Inputs(NamedTuple):
     ev_time: jax.Array  # (n, E) float32 scenario event times (+inf padding)
     ev_cmt: jax.Array  # (n, E) int32
     ev_amount: jax.Array  # (n, E) float32
+    trace_step: jax.Array  # () float64 CGM grid step (a runtime value, as the host loop passes it)
 
 
 class _Carry(NamedTuple):
@@ -85,6 +87,7 @@ class _Carry(NamedTuple):
     outside_target: jax.Array  # (n, n_target) float64
     bad: jax.Array  # (n,) bool: something the host loop would refuse
     sums: Any  # StreamingSums or None
+    trace: Any  # observable -> (n, n_points) float32 CGM-grid trace, or None
 
 
 class _Config(NamedTuple):
@@ -105,8 +108,7 @@ class _Config(NamedTuple):
     horizon: float
     record: bool
     specs: tuple  # (bound index, observable, value, upper) of the rollout's bounds
-
-
+    trace_points: int  # CGM grid points (0: no traces)
 
 
 def _body(cfg: _Config, inp: _Inputs, c: _Carry, dt, horizon, tol):
@@ -147,7 +149,11 @@ def _body(cfg: _Config, inp: _Inputs, c: _Carry, dt, horizon, tol):
     if cfg.announces:
         t1 = jnp.minimum(t1, jnp.where(t_ev > c.t[:, None] + tol, t_ev, jnp.inf).min(axis=1))
     t1 = jnp.where(c.active, jnp.where(horizon - t1 <= tol, horizon, t1), c.t)
-    out, _n_inside = advance(cfg, inp, c, t1, bolus, rate, dt)
+    trace = None
+    if c.trace is not None:  # the kernel writes this interval's grid points into the whole trace
+        first, stop = window(c.t, t1, inp.trace_step, cfg.trace_points)
+        trace = (first, stop, jnp.zeros_like(first), c.trace)
+    out, _n_inside = advance(cfg, inp, c, t1, bolus, rate, dt, trace)
     st = out.stats
     bad = bad | refused(cfg, out, t1)
     J, n_target = cfg.n_bounds, cfg.n_target
@@ -183,6 +189,7 @@ def _body(cfg: _Config, inp: _Inputs, c: _Carry, dt, horizon, tol):
         outside_target=outside_target,
         bad=bad,
         sums=sums,
+        trace=out.trace,
     )
     first_interval = jnp.min(jnp.where(c.active, interval, jnp.inf))
     return carry, row, first_interval
@@ -271,6 +278,7 @@ def _config_key(setup, policy: Policy, record: bool, event_cmts: tuple, columns:
         setup.noise,
         setup.horizon,
         record,
+        setup.trace_grid,
         event_cmts,
         columns,
         setup.scenario is not None and setup.scenario.announced,
@@ -280,8 +288,11 @@ def _config_key(setup, policy: Policy, record: bool, event_cmts: tuple, columns:
 def _compiled(setup, policy: Policy, record: bool, event_cmts: tuple, columns: tuple):
     def build():
         bounds = setup.bounds
+        layout = tuple((setup.model.dose_targets[cm], False) for _, cm in columns)
+        grid = setup.trace_grid if record else None  # traces with the recorded rows only
+        spec = None if grid is None else trace_spec(grid, setup.sim.dt)
         cfg = _Config(
-            kernel=setup.sim.interval_kernel(tuple((setup.model.dose_targets[cm], False) for _, cm in columns)),
+            kernel=setup.sim.interval_kernel(layout, trace=spec),
             policy=policy,
             model=setup.model,
             n_bounds=len(bounds),
@@ -296,6 +307,7 @@ def _compiled(setup, policy: Policy, record: bool, event_cmts: tuple, columns: t
             horizon=setup.horizon,
             record=record,
             specs=tuple((j, b.observable, float(b.value), b.side == "upper") for j, b in enumerate(bounds)),
+            trace_points=0 if grid is None else grid.n_points,
         )
         return cfg, _block_fn(cfg)
 
@@ -331,16 +343,17 @@ def run_chunk(setup, pop: VirtualPopulation, policy: Policy, offset: int, n_real
 
     Returns
     -------
-    (rows, outside_target, sums, bad)
+    (rows, outside_target, sums, bad, trace)
         ``rows``: list of per-interaction dicts as the host loop records them (``record``);
         ``outside_target``: (n, n_target) time outside the target range; ``sums``:
         :class:`StreamingSums` (numpy) or None; ``bad``: whether some patient was flagged (the
-        caller re-runs the chunk with the host loop).
+        caller re-runs the chunk with the host loop); ``trace``: observable -> (n, n_points)
+        CGM-grid traces (``record`` and a model with a trace grid; else empty).
     """
     model, n = setup.model, pop.n_patients
     patient = offset + np.arange(n, dtype=np.int64)
     event_cmts, columns = scenario_layout(scen)
-    _cfg, fn = _compiled(setup, policy, record, event_cmts, columns)
+    cfg, fn = _compiled(setup, policy, record, event_cmts, columns)
     policy_seed = int(np.random.SeedSequence([setup.seed, int(Stream.POLICY)]).generate_state(1)[0])
     covariates = {c: np.asarray(v, np.float64) for c, v in pop.covariates.items()}
     pstate = prepare_state(policy, policy.init(n, seed=policy_seed), patient, covariates, np.asarray(pop.subject))
@@ -367,6 +380,7 @@ def run_chunk(setup, pop: VirtualPopulation, policy: Policy, offset: int, n_real
             ev_time=jnp.asarray(ev_time),
             ev_cmt=jnp.asarray(ev_cmt),
             ev_amount=jnp.asarray(ev_amount),
+            trace_step=jnp.float64(np.nan if setup.trace_grid is None else setup.trace_grid.step),
         )
         carry = _Carry(
             x={k: jnp.asarray(v) for k, v in x.items()},
@@ -378,6 +392,7 @@ def run_chunk(setup, pop: VirtualPopulation, policy: Policy, offset: int, n_real
             outside_target=jnp.zeros((n, len(setup.target_bounds)), F64),
             bad=jnp.zeros(n, bool),
             sums=None if record else init_sums(n, len(setup.bounds), setup.cmts, model.observable_names),
+            trace=None if not cfg.trace_points else empty_trace(setup.trace_grid, n),
         )
         rows: list[dict] = []
         done = 0
@@ -398,4 +413,5 @@ def run_chunk(setup, pop: VirtualPopulation, policy: Policy, offset: int, n_real
                 break
         bad = bool(jnp.any(carry.bad))
         sums = None if carry.sums is None else jax.tree_util.tree_map(np.asarray, carry.sums)
-        return rows, np.asarray(carry.outside_target), sums, bad
+        trace = {} if carry.trace is None else {o: np.asarray(v) for o, v in carry.trace.items()}
+        return rows, np.asarray(carry.outside_target), sums, bad, trace

@@ -95,7 +95,7 @@ def assert_same(a, b):
 
 @pytest.mark.slow
 def test_compiled_loop_equals_host_loop(both):
-    *_, host, device = both
+    _, model, *_, host, device = both
     assert host.provenance["loop"] == "host" and device.provenance["loop"] == "device"
     assert host.mask.sum() > 2 * host.n_patients  # several interactions each
     for name in RECORDED:
@@ -107,6 +107,11 @@ def test_compiled_loop_equals_host_loop(both):
     assert_same(host.path_time, device.path_time)
     for key in host.path:
         assert_same(host.path[key], device.path[key])
+    # CGM-grid traces (glucose models): recorded by the kernel in both loops, every grid point filled.
+    assert host.trace.keys() == device.trace.keys() and bool(host.trace) == (model is GLUCOSE)
+    for key in host.trace:
+        assert not np.isnan(host.trace[key]).any()
+        assert_same(host.trace[key], device.trace[key])
 
 
 @pytest.mark.slow
