@@ -75,6 +75,10 @@ class _Inputs(NamedTuple):
     ev_cmt: jax.Array  # (n, E) int32
     ev_amount: jax.Array  # (n, E) float32
     trace_step: jax.Array  # () float64 CGM grid step (a runtime value, as the host loop passes it)
+    # With a NoiseTable: (n, K) uint32 stream index of each interaction, and the (2,) uint32 key data
+    # of (seed, MEASUREMENT) and (seed, PROCESS); meas_key/proc_key are then folded in per interaction.
+    noise_table: jax.Array | None = None
+    stream_roots: jax.Array | None = None
 
 
 class _Carry(NamedTuple):
@@ -114,6 +118,14 @@ class _Config(NamedTuple):
 def _body(cfg: _Config, inp: _Inputs, c: _Carry, dt, horizon, tol):
     """One interaction of every patient: the host loop's ``_run_chunk`` iteration on arrays."""
     model, n = cfg.model, c.t.shape[0]
+    if inp.noise_table is not None:  # this interaction's streams: (seed, stream, table[i, k])
+        ids = inp.noise_table[jnp.arange(n), jnp.minimum(c.k, inp.noise_table.shape[1] - 1)]
+
+        def base(root):
+            root = jax.random.wrap_key_data(root)
+            return jax.random.key_data(jax.vmap(lambda i: jax.random.fold_in(root, i))(ids))
+
+        inp = inp._replace(meas_key=base(inp.stream_roots[0]), proc_key=base(inp.stream_roots[1]))
     true32 = {o: jnp.broadcast_to(v, (n,)) for o, v in model.observe(c.x, inp.theta).items()}
     true = {o: v.astype(F64) for o, v in true32.items()}
     bad = c.bad | ~_all_finite(true.values(), n)
@@ -316,6 +328,15 @@ def _compiled(setup, policy: Policy, record: bool, event_cmts: tuple, columns: t
     return build() if key is None else cache.cached(("device-loop", *key), build)
 
 
+def stream_roots(seed: int) -> jax.Array:
+    """Key data ``(2, 2)`` of ``(seed, MEASUREMENT)`` and ``(seed, PROCESS)``: folding in a stream
+    index, then a counter, gives :func:`medsim.population.streams.patient_keys`'s key."""
+    root = jax.random.key(int(seed) % 2**32)
+    return jnp.stack(
+        [jax.random.key_data(jax.random.fold_in(root, int(s))) for s in (Stream.MEASUREMENT, Stream.PROCESS)]
+    )
+
+
 def device_capable(setup, scen) -> bool:
     """Whether the compiled loop can run this rollout (bolus-only scenario events)."""
     return scen is None or not bool(np.any(np.asarray(scen.rate) > 0))
@@ -367,6 +388,7 @@ def run_chunk(setup, pop: VirtualPopulation, policy: Policy, offset: int, n_real
     theta = {k: np.asarray(v, np.float32) for k, v in pop.simulation_parameters().items()}
     x = {k: np.asarray(v, np.float32) for k, v in pop.initial_state().items()}
     real = np.arange(n) < n_real
+    table = getattr(setup, "noise_index", None)  # a NoiseTable (rollout() runs any other callable on the host)
     with jax.enable_x64(True):
         inp = _Inputs(
             theta={k: jnp.asarray(v) for k, v in theta.items()},
@@ -381,6 +403,8 @@ def run_chunk(setup, pop: VirtualPopulation, policy: Policy, offset: int, n_real
             ev_cmt=jnp.asarray(ev_cmt),
             ev_amount=jnp.asarray(ev_amount),
             trace_step=jnp.float64(np.nan if setup.trace_grid is None else setup.trace_grid.step),
+            noise_table=None if table is None else jnp.asarray(table.rows(patient).astype(np.uint32)),
+            stream_roots=None if table is None else jnp.asarray(np.asarray(stream_roots(setup.seed))),
         )
         carry = _Carry(
             x={k: jnp.asarray(v) for k, v in x.items()},

@@ -49,6 +49,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from medsim.models.base import PhysiologyModel
+from medsim.policies.noise_index import NoiseTable
 from medsim.policies.paths import join_paths
 from medsim.policies.protocol import Observation, Policy
 from medsim.policies.result import RolloutResult
@@ -217,9 +218,12 @@ def _rollout(
     from medsim.policies.rollout_device import choose_loop, device_chunk
 
     which = choose_loop(loop, policy, population.n_patients)
-    if which == "device" and setup.noise_index is not None:
+    if which == "device" and setup.noise_index is not None and not isinstance(setup.noise_index, NoiseTable):
         if loop == "device":
-            raise ValueError("loop='device' does not take noise_index yet; use loop='host' (or 'auto')")
+            raise ValueError(
+                "loop='device' takes noise_index as a NoiseTable (medsim.policies.noise_index), not a "
+                "Python function; use loop='host' (or 'auto')"
+            )
         which = "host"
     run = _run_chunk if which == "host" else partial(device_chunk, host=_run_chunk)
     n = population.n_patients
@@ -346,14 +350,17 @@ def rollout(
         The index whose counter-based streams give the process and measurement noise of each
         patient's ``k``-th interaction (default: the patient's own index). Rare-event splitting
         (:mod:`medsim.policies.risk.rare.closed_loop`) uses it to replay a path's noise up to an
-        interaction and draw fresh noise after it. Indices must lie in ``[0, 2**32)``.
+        interaction and draw fresh noise after it. Indices must lie in ``[0, 2**32)``. The
+        compiled loop takes it as a :class:`~medsim.policies.noise_index.NoiseTable` (any other
+        callable runs in the host loop).
     loop : {"auto", "device", "host"}
         Where the option loop runs: ``"device"`` compiles it whole (:mod:`medsim.policies.device_loop`,
         for policies with an ``array_step``: the built-ins), ``"host"`` runs it in Python around
         one compiled ``advance`` per interaction (any policy). ``"auto"`` picks the compiled loop
         when the policy supports it and the population is large enough for the compilation to pay
-        (:data:`medsim.policies.rollout_device.AUTO_MIN_PATIENTS`), and no ``noise_index`` is
-        needed (glucose traces are recorded by both loops). Both give the same numbers on the same
+        (:data:`medsim.policies.rollout_device.AUTO_MIN_PATIENTS`), and ``noise_index`` is None or
+        a :class:`~medsim.policies.noise_index.NoiseTable` (glucose traces are recorded by both
+        loops). Both give the same numbers on the same
         seed; the result's ``provenance["loop"]`` says which ran.
 
     Returns

@@ -132,6 +132,30 @@ def test_streaming_sums_give_the_recorded_events(both):
     np.testing.assert_allclose(sums.dose[:, 0], device.efficacy["total_dose_cmt1"], rtol=1e-12)
 
 
+@pytest.mark.slow
+def test_a_noise_table_gives_both_loops_the_same_streams(populations):
+    from medsim.policies.noise_index import NoiseTable
+
+    model, policy, _, bounds, horizon, dt = CASES["tdm"]
+    # Patient 1 replays patient 0's streams for its first three interactions, then its own.
+    table = np.array([[0] * 8, [0, 0, 0, 1, 1, 1, 1, 1], *([[i] * 8 for i in range(2, 6)])])
+    options = dict(bounds=bounds, horizon=horizon, dt=dt, seed=3, n_paths_saved=0, noise_index=NoiseTable(table))
+    population = populations[model.name]
+    population = population.take(np.array([0, 0, 1, 2, 3, 4]))  # patients 0 and 1 are the same patient
+    host = rollout(model, population, policy, loop="host", **options)
+    device = rollout(model, population, policy, loop="device", **options)
+    assert device.provenance["loop"] == "device"
+    for name in RECORDED:
+        assert_same(getattr(host, name), getattr(device, name))
+    for key in host.measured:
+        assert_same(host.measured[key], device.measured[key])
+    conc = host.measured["conc"]
+    assert_same(conc[1, :3], conc[0, :3])  # same patient, same noise: the same measurements
+    assert not np.array_equal(conc[1, 3:6], conc[0, 3:6])  # fresh noise after
+    with pytest.raises(ValueError, match="NoiseTable"):  # a Python function runs on the host only
+        rollout(model, population, policy, loop="device", **{**options, "noise_index": lambda p, k: p})
+
+
 def test_auto_chooses_the_compiled_loop_only_for_array_policies():
     def basal(obs, *, rng):
         return Option(interval=np.full(obs.n, 60.0), rate={1: obs.covariates["BASAL"] / 60.0})
