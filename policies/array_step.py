@@ -1,12 +1,12 @@
 """Array steps evaluated by XLA on the host: the arithmetic the compiled loop does, one call at a time.
 
-A policy with an array step (``array_step(state, obs, xp)``, the built-in ``pid``,
-``basal_bolus`` and ``fixed``) is one pure function of arrays. The compiled option loop
-(:mod:`medsim.policies.device_loop`) traces it with ``xp = jax.numpy`` in float64; the host loop calls
-:func:`host_step`, which jits the same trace. Both loops therefore compute the policy (and the
-noisy measurement, :func:`measure_expr`) with XLA's float64 arithmetic — which differs from numpy's in
-the last bit (fused multiply-adds, division by a constant as a multiplication, its own ``exp``) —
-and give identical numbers on the same seed.
+A policy with an array step (``array_step(state, obs, xp)``, the built-in ``pid``, ``basal_bolus``,
+``fixed``, ``tdm``, ``flip`` and ``safe_timing``) is one pure function of arrays. The compiled
+option loop (:mod:`medsim.policies.device_loop`) traces it with ``xp = jax.numpy`` in float64; the
+host loop calls :func:`host_step`, which jits the same trace. Both loops therefore compute the
+policy (and the noisy measurement, :func:`measure_expr`) with XLA's float64 arithmetic — which
+differs from numpy's in the last bit (fused multiply-adds, division by a constant as a
+multiplication, its own ``exp``) — and give identical numbers on the same seed.
 """
 
 from __future__ import annotations

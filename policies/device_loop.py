@@ -1,7 +1,9 @@
 """The option loop compiled: measure → act → advance → accumulate in one program per chunk.
 
 For policies with an array step (``policy.array_step(state, obs, xp)``, the built-in ``pid``,
-``basal_bolus`` and ``fixed``) the loop of :mod:`medsim.policies.rollout` runs inside a jitted
+``basal_bolus``, ``fixed``, ``tdm``, ``flip`` and ``safe_timing``; a policy with a
+``prepare(state, patient, covariates, subject)`` method has its state prepared on the host first,
+:func:`medsim.policies.array_step.prepare_state`) the loop of :mod:`medsim.policies.rollout` runs inside a jitted
 ``lax.while_loop`` over interactions instead of a Python loop: each patient keeps its own clock,
 the policy's step is traced with ``xp = jax.numpy``, and each interval is advanced by the same
 compiled kernel :meth:`medsim.simulate.Simulator.advance` calls
@@ -23,6 +25,12 @@ Two products, chosen by ``record``:
   :data:`BLOCK` interactions and stacked into the same :class:`~medsim.policies.result.RolloutResult`;
 * ``record=False``: only per-patient sums reduced as the loop goes
   (:class:`medsim.policies.streaming.StreamingSums`), so memory is flat in the number of interactions.
+
+With ``record=True`` and a glucose model the kernel also writes the CGM-grid trace
+(:mod:`medsim.policies.traces`) into an ``(n, n_points)`` buffer the loop carries. A
+``noise_index`` given as a :class:`~medsim.policies.noise_index.NoiseTable` is looked up per patient
+and interaction on the device, and the measurement and process keys are derived from its stream
+index as the host loop derives them.
 
 Anything the host loop would refuse (a non-finite value, a state outside its physical range, an
 unusable option) is flagged per patient inside the loop; a flagged chunk is re-run by the host
