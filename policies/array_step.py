@@ -1,12 +1,12 @@
 """Array steps evaluated by XLA on the host: the arithmetic the compiled loop does, one call at a time.
 
-A policy with an array step (``array_step(state, obs, xp)``, the built-in ``pid``,
-``basal_bolus`` and ``fixed``) is one pure function of arrays. The compiled option loop
-(:mod:`medsim.policies.device_loop`) traces it with ``xp = jax.numpy`` in float64; the host loop calls
-:func:`host_step`, which jits the same trace. Both loops therefore compute the policy (and the
-noisy measurement, :func:`measure_expr`) with XLA's float64 arithmetic — which differs from numpy's in
-the last bit (fused multiply-adds, division by a constant as a multiplication, its own ``exp``) —
-and give identical numbers on the same seed.
+A policy with an array step (``array_step(state, obs, xp)``, the built-in ``pid``, ``basal_bolus``,
+``fixed``, ``tdm``, ``flip`` and ``safe_timing``) is one pure function of arrays. The compiled
+option loop (:mod:`medsim.policies.device_loop`) traces it with ``xp = jax.numpy`` in float64; the
+host loop calls :func:`host_step`, which jits the same trace. Both loops therefore compute the
+policy (and the noisy measurement, :func:`measure_expr`) with XLA's float64 arithmetic — which
+differs from numpy's in the last bit (fused multiply-adds, division by a constant as a
+multiplication, its own ``exp``) — and give identical numbers on the same seed.
 """
 
 from __future__ import annotations
@@ -98,11 +98,24 @@ def _step(policy, time_unit: str, horizon: float, state, fields):
     return isolated(partial(step_expr, policy, time_unit, horizon), state, fields)
 
 
+def prepare_state(policy: Any, state: Any, patient, covariates, subject) -> Any:
+    """``policy.prepare(state, patient, covariates, subject)`` where the policy has one (host-side,
+    once per chunk: per-patient arrays drawn from the patients' indices, covariates and subjects,
+    which a traced step cannot read); the state unchanged otherwise. ``prepare`` returns a state
+    already prepared as it is."""
+    prepare = getattr(policy, "prepare", None)
+    return state if not callable(prepare) else prepare(state, patient, covariates, subject)
+
+
 def host_step(policy: Any, state: Any, obs: Observation) -> tuple[Any, Option]:
     """``policy.array_step(state, obs, jax.numpy)`` jitted in float64, numpy in and out.
 
-    Policies whose ``act`` is this call give the host loop the numbers of the compiled loop.
+    Policies whose ``act`` is this call give the host loop the numbers of the compiled loop. A
+    policy with a ``prepare(state, patient, covariates, subject)`` method (state drawn from the
+    patients on the host, e.g. ``safe_timing``'s particles) has its state prepared first, as the
+    compiled loop prepares it before its first step.
     """
+    state = prepare_state(policy, state, obs.patient, obs.covariates, obs.subject)
     fields = {
         "time": obs.time,
         "measured": dict(obs.measured),

@@ -32,8 +32,9 @@ def scenario_layout(scen) -> tuple[tuple, tuple]:
     return event_cmts, columns
 
 
-def advance(cfg, inp, c, t1: jax.Array, bolus: dict, rate: dict, dt):
-    """Plan the interval ``[t, t1)`` as :func:`medsim.simulate.plan.plan_interval` does and advance it."""
+def advance(cfg, inp, c, t1: jax.Array, bolus: dict, rate: dict, dt, trace=None):
+    """Plan the interval ``[t, t1)`` as :func:`medsim.simulate.plan.plan_interval` does and advance it
+    (``trace``: the kernel's trace input, :class:`medsim.simulate.kernel.TraceSpec`)."""
     model = cfg.model
     t0f, t1f = c.t.astype(F32), t1.astype(F32)
     opens = t1f > t0f
@@ -66,17 +67,26 @@ def advance(cfg, inp, c, t1: jax.Array, bolus: dict, rate: dict, dt):
     shape = (n_col, t0f.shape[0])
     event_time = jnp.stack(ev_time).astype(F32) if n_col else jnp.zeros(shape, F32)
     event_value = jnp.stack(ev_value).astype(F32) if n_col else jnp.zeros(shape, F32)
-    event_end = jnp.full(shape, -jnp.inf, F32)
-    span = jnp.max((t1f.astype(F64) - t0f) / dt)
     n_inside = jnp.max(jnp.sum(inside, axis=1)) if n_col else 0
-    n_steps = jnp.maximum(jnp.ceil(span - GRID_TOLERANCE).astype(jnp.int32) + n_inside + 1, 1)
     proc = jax.vmap(lambda kd, i: jax.random.fold_in(jax.random.wrap_key_data(kd), i))(
         inp.proc_key, c.k.astype(jnp.uint32)
     )
-    words = jax.random.key_data(proc)
+    out = run_kernel(
+        cfg.kernel, c.x, inp.theta, t0f, t1f, start, rates, event_time, event_value, n_inside, proc, dt, trace
+    )
+    return out, n_inside
+
+
+def run_kernel(kernel, x, theta, t0f, t1f, start, rates, event_time, event_value, n_inside, keys, dt, trace=None):
+    """Call the simulator's interval ``kernel`` on a planned interval: ``start``/``rates`` by target
+    state, interior boluses as ``(E, n)`` event columns, ``keys`` one JAX key per patient."""
+    event_end = jnp.full(event_time.shape, -jnp.inf, F32)
+    span = jnp.max((t1f.astype(F64) - t0f) / dt)
+    n_steps = jnp.maximum(jnp.ceil(span - GRID_TOLERANCE).astype(jnp.int32) + n_inside + 1, 1)
+    words = jax.random.key_data(keys)
     chunk = sim_kernel.ChunkInputs(
-        x=c.x,
-        theta=inp.theta,
+        x=x,
+        theta=theta,
         t0=t0f,
         t1=t1f,
         k1=words[:, 0],
@@ -84,10 +94,32 @@ def advance(cfg, inp, c, t1: jax.Array, bolus: dict, rate: dict, dt):
         start=start,
         rate=rates,
         event_time=event_time,
-        event_end=event_end,
         event_value=event_value,
+        event_end=event_end,
+        trace=trace,
     )
-    return cfg.kernel(chunk, jnp.float32(dt), (-(-n_steps // 2)).astype(jnp.int32)), n_inside
+    return kernel(chunk, jnp.float32(dt), (-(-n_steps // 2)).astype(jnp.int32))
+
+
+def advance_doses(kernel, model, x, theta, t0, t1, bolus: dict, rate: dict, keys, dt):
+    """Advance ``[t0, t1)`` with boluses at ``t0`` and constant rates (by compartment, float64),
+    planned as :func:`medsim.simulate.plan.plan_interval` plans them; ``kernel`` is
+    :meth:`Simulator.interval_kernel` without event columns. For policies that simulate inside
+    their array step (``safe_timing``)."""
+    t0f, t1f = t0.astype(F32), t1.astype(F32)
+    opens = t1f > t0f
+    targets = tuple(dict.fromkeys(model.dose_targets.values()))
+    zeros = jnp.zeros(t0f.shape, F32)
+    start = {s: zeros for s in targets}
+    rates = {s: zeros for s in targets}
+    for cm, r in rate.items():
+        s, scale = model.dose_targets[cm], np.float32(model.dose_scale.get(cm, 1.0))
+        rates[s] = rates[s] + scale * r.astype(F32)
+    for cm, b in bolus.items():
+        s, scale = model.dose_targets[cm], np.float32(model.dose_scale.get(cm, 1.0))
+        start[s] = start[s] + jnp.where((b > 0) & opens, scale * b.astype(F32), 0.0)
+    empty = jnp.zeros((0, t0f.shape[0]), F32)
+    return run_kernel(kernel, x, theta, t0f, t1f, start, rates, empty, empty, 0, keys, dt)
 
 
 def refused(cfg, out, t1: jax.Array) -> jax.Array:

@@ -1,7 +1,9 @@
 """The option loop compiled: measure → act → advance → accumulate in one program per chunk.
 
 For policies with an array step (``policy.array_step(state, obs, xp)``, the built-in ``pid``,
-``basal_bolus`` and ``fixed``) the loop of :mod:`medsim.policies.rollout` runs inside a jitted
+``basal_bolus``, ``fixed``, ``tdm``, ``flip`` and ``safe_timing``; a policy with a
+``prepare(state, patient, covariates, subject)`` method has its state prepared on the host first,
+:func:`medsim.policies.array_step.prepare_state`) the loop of :mod:`medsim.policies.rollout` runs inside a jitted
 ``lax.while_loop`` over interactions instead of a Python loop: each patient keeps its own clock,
 the policy's step is traced with ``xp = jax.numpy``, and each interval is advanced by the same
 compiled kernel :meth:`medsim.simulate.Simulator.advance` calls
@@ -24,6 +26,12 @@ Two products, chosen by ``record``:
 * ``record=False``: only per-patient sums reduced as the loop goes
   (:class:`medsim.policies.streaming.StreamingSums`), so memory is flat in the number of interactions.
 
+With ``record=True`` and a glucose model the kernel also writes the CGM-grid trace
+(:mod:`medsim.policies.traces`) into an ``(n, n_points)`` buffer the loop carries. A
+``noise_index`` given as a :class:`~medsim.policies.noise_index.NoiseTable` is looked up per patient
+and interaction on the device, and the measurement and process keys are derived from its stream
+index as the host loop derives them.
+
 Anything the host loop would refuse (a non-finite value, a state outside its physical range, an
 unusable option) is flagged per patient inside the loop; a flagged chunk is re-run by the host
 loop, which raises the error that names the patient, so both loops fail the same way.
@@ -39,12 +47,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from medsim.policies.array_step import isolated, measure_expr, step_expr
+from medsim.policies.array_step import isolated, measure_expr, prepare_state, step_expr
 from medsim.policies.device_interval import advance, refused, scenario_layout
 from medsim.policies.interaction import Interaction
 from medsim.policies.protocol import Policy, PolicyError
 from medsim.policies.result import PER_BOUND
 from medsim.policies.streaming import init_sums, update_sums
+from medsim.policies.traces import empty_trace, trace_spec, window
 from medsim.population.streams import Stream, patient_base_keys
 from medsim.population.virtual import VirtualPopulation
 from medsim.simulate import cache
@@ -75,6 +84,11 @@ class _Inputs(NamedTuple):
     ev_time: jax.Array  # (n, E) float32 scenario event times (+inf padding)
     ev_cmt: jax.Array  # (n, E) int32
     ev_amount: jax.Array  # (n, E) float32
+    trace_step: jax.Array  # () float64 CGM grid step (a runtime value, as the host loop passes it)
+    # With a NoiseTable: (n, K) uint32 stream index of each interaction, and the (2,) uint32 key data
+    # of (seed, MEASUREMENT) and (seed, PROCESS); meas_key/proc_key are then folded in per interaction.
+    noise_table: jax.Array | None = None
+    stream_roots: jax.Array | None = None
 
 
 class _Carry(NamedTuple):
@@ -87,6 +101,7 @@ class _Carry(NamedTuple):
     outside_target: jax.Array  # (n, n_target) float64
     bad: jax.Array  # (n,) bool: something the host loop would refuse
     sums: Any  # StreamingSums or None
+    trace: Any  # observable -> (n, n_points) float32 CGM-grid trace, or None
 
 
 class _Config(NamedTuple):
@@ -107,11 +122,20 @@ class _Config(NamedTuple):
     horizon: float
     record: bool
     specs: tuple  # (bound index, observable, value, upper) of the rollout's bounds
+    trace_points: int  # CGM grid points (0: no traces)
 
 
 def _body(cfg: _Config, inp: _Inputs, c: _Carry, dt, horizon, tol):
     """One interaction of every patient: the host loop's ``_run_chunk`` iteration on arrays."""
     model, n = cfg.model, c.t.shape[0]
+    if inp.noise_table is not None:  # this interaction's streams: (seed, stream, table[i, k])
+        ids = inp.noise_table[jnp.arange(n), jnp.minimum(c.k, inp.noise_table.shape[1] - 1)]
+
+        def base(root):
+            root = jax.random.wrap_key_data(root)
+            return jax.random.key_data(jax.vmap(lambda i: jax.random.fold_in(root, i))(ids))
+
+        inp = inp._replace(meas_key=base(inp.stream_roots[0]), proc_key=base(inp.stream_roots[1]))
     true32 = {o: jnp.broadcast_to(v, (n,)) for o, v in model.observe(c.x, inp.theta).items()}
     true = {o: v.astype(F64) for o, v in true32.items()}
     bad = c.bad | ~_all_finite(true.values(), n)
@@ -147,7 +171,11 @@ def _body(cfg: _Config, inp: _Inputs, c: _Carry, dt, horizon, tol):
     if cfg.announces:
         t1 = jnp.minimum(t1, jnp.where(t_ev > c.t[:, None] + tol, t_ev, jnp.inf).min(axis=1))
     t1 = jnp.where(c.active, jnp.where(horizon - t1 <= tol, horizon, t1), c.t)
-    out, _n_inside = advance(cfg, inp, c, t1, bolus, rate, dt)
+    trace = None
+    if c.trace is not None:  # the kernel writes this interval's grid points into the whole trace
+        first, stop = window(c.t, t1, inp.trace_step, cfg.trace_points)
+        trace = (first, stop, jnp.zeros_like(first), c.trace)
+    out, _n_inside = advance(cfg, inp, c, t1, bolus, rate, dt, trace)
     st = out.stats
     bad = bad | refused(cfg, out, t1)
     J, n_target = cfg.n_bounds, cfg.n_target
@@ -183,6 +211,7 @@ def _body(cfg: _Config, inp: _Inputs, c: _Carry, dt, horizon, tol):
         outside_target=outside_target,
         bad=bad,
         sums=sums,
+        trace=out.trace,
     )
     first_interval = jnp.min(jnp.where(c.active, interval, jnp.inf))
     return carry, row, first_interval
@@ -268,6 +297,7 @@ def _config_key(setup, policy: Policy, record: bool, event_cmts: tuple, columns:
         setup.noise,
         setup.horizon,
         record,
+        setup.trace_grid,
         event_cmts,
         columns,
         setup.scenario is not None and setup.scenario.announced,
@@ -277,8 +307,11 @@ def _config_key(setup, policy: Policy, record: bool, event_cmts: tuple, columns:
 def _compiled(setup, policy: Policy, record: bool, event_cmts: tuple, columns: tuple):
     def build():
         bounds = setup.bounds
+        layout = tuple((setup.model.dose_targets[cm], False) for _, cm in columns)
+        grid = setup.trace_grid if record else None  # traces with the recorded rows only
+        spec = None if grid is None else trace_spec(grid, setup.sim.dt)
         cfg = _Config(
-            kernel=setup.sim.interval_kernel(tuple((setup.model.dose_targets[cm], False) for _, cm in columns)),
+            kernel=setup.sim.interval_kernel(layout, trace=spec),
             policy=policy,
             model=setup.model,
             n_bounds=len(bounds),
@@ -293,12 +326,22 @@ def _compiled(setup, policy: Policy, record: bool, event_cmts: tuple, columns: t
             horizon=setup.horizon,
             record=record,
             specs=tuple((j, b.observable, float(b.value), b.side == "upper") for j, b in enumerate(bounds)),
+            trace_points=0 if grid is None else grid.n_points,
         )
         return cfg, _block_fn(cfg)
 
     key = _config_key(setup, policy, record, event_cmts, columns)
     # One cache for every compiled program (medsim.simulate.cache, emptied by clear_caches()).
     return build() if key is None else cache.cached(("device-loop", *key), build)
+
+
+def stream_roots(seed: int) -> jax.Array:
+    """Key data ``(2, 2)`` of ``(seed, MEASUREMENT)`` and ``(seed, PROCESS)``: folding in a stream
+    index, then a counter, gives :func:`medsim.population.streams.patient_keys`'s key."""
+    root = jax.random.key(int(seed) % 2**32)
+    return jnp.stack(
+        [jax.random.key_data(jax.random.fold_in(root, int(s))) for s in (Stream.MEASUREMENT, Stream.PROCESS)]
+    )
 
 
 def device_capable(setup, scen) -> bool:
@@ -328,19 +371,21 @@ def run_chunk(setup, pop: VirtualPopulation, policy: Policy, offset: int, n_real
 
     Returns
     -------
-    (rows, outside_target, sums, bad)
+    (rows, outside_target, sums, bad, trace)
         ``rows``: list of :class:`~medsim.policies.interaction.Interaction` as the host loop records
         them, ``out_of_support`` still the support bounds' time outside (``record``);
         ``outside_target``: (n, n_target) time outside the target range; ``sums``:
         :class:`StreamingSums` (numpy) or None; ``bad``: whether some patient was flagged (the
-        caller re-runs the chunk with the host loop).
+        caller re-runs the chunk with the host loop); ``trace``: observable -> (n, n_points)
+        CGM-grid traces (``record`` and a model with a trace grid; else empty).
     """
     model, n = setup.model, pop.n_patients
     patient = offset + np.arange(n, dtype=np.int64)
     event_cmts, columns = scenario_layout(scen)
-    _cfg, fn = _compiled(setup, policy, record, event_cmts, columns)
+    cfg, fn = _compiled(setup, policy, record, event_cmts, columns)
     policy_seed = int(np.random.SeedSequence([setup.seed, int(Stream.POLICY)]).generate_state(1)[0])
-    pstate = policy.init(n, seed=policy_seed)
+    covariates = {c: np.asarray(v, np.float64) for c, v in pop.covariates.items()}
+    pstate = prepare_state(policy, policy.init(n, seed=policy_seed), patient, covariates, np.asarray(pop.subject))
     residual = {k: np.asarray(v, np.float32) for k, v in pop.residual.items()}
     if scen is None:
         ev_time, ev_cmt, ev_amount = np.full((n, 0), np.inf, np.float32), np.zeros((n, 0), np.int32), None
@@ -351,10 +396,11 @@ def run_chunk(setup, pop: VirtualPopulation, policy: Policy, offset: int, n_real
     theta = {k: np.asarray(v, np.float32) for k, v in pop.simulation_parameters().items()}
     x = {k: np.asarray(v, np.float32) for k, v in pop.initial_state().items()}
     real = np.arange(n) < n_real
+    table = getattr(setup, "noise_index", None)  # a NoiseTable (rollout() runs any other callable on the host)
     with jax.enable_x64(True):
         inp = _Inputs(
             theta={k: jnp.asarray(v) for k, v in theta.items()},
-            covariates={c: jnp.asarray(np.asarray(v, np.float64)) for c, v in pop.covariates.items()},
+            covariates={c: jnp.asarray(v) for c, v in covariates.items()},
             patient=jnp.asarray(patient),
             meas_key=jnp.asarray(np.asarray(patient_base_keys(setup.seed, Stream.MEASUREMENT, patient))),
             proc_key=jnp.asarray(np.asarray(patient_base_keys(setup.seed, Stream.PROCESS, patient))),
@@ -364,6 +410,9 @@ def run_chunk(setup, pop: VirtualPopulation, policy: Policy, offset: int, n_real
             ev_time=jnp.asarray(ev_time),
             ev_cmt=jnp.asarray(ev_cmt),
             ev_amount=jnp.asarray(ev_amount),
+            trace_step=jnp.float64(np.nan if setup.trace_grid is None else setup.trace_grid.step),
+            noise_table=None if table is None else jnp.asarray(table.rows(patient).astype(np.uint32)),
+            stream_roots=None if table is None else jnp.asarray(np.asarray(stream_roots(setup.seed))),
         )
         carry = _Carry(
             x={k: jnp.asarray(v) for k, v in x.items()},
@@ -375,6 +424,7 @@ def run_chunk(setup, pop: VirtualPopulation, policy: Policy, offset: int, n_real
             outside_target=jnp.zeros((n, len(setup.target_bounds)), F64),
             bad=jnp.zeros(n, bool),
             sums=None if record else init_sums(n, len(setup.bounds), setup.cmts, model.observable_names),
+            trace=None if not cfg.trace_points else empty_trace(setup.trace_grid, n),
         )
         rows: list[Interaction] = []
         done = 0
@@ -395,4 +445,5 @@ def run_chunk(setup, pop: VirtualPopulation, policy: Policy, offset: int, n_real
                 break
         bad = bool(jnp.any(carry.bad))
         sums = None if carry.sums is None else jax.tree_util.tree_map(np.asarray, carry.sums)
-        return rows, np.asarray(carry.outside_target), sums, bad
+        trace = {} if carry.trace is None else {o: np.asarray(v) for o, v in carry.trace.items()}
+        return rows, np.asarray(carry.outside_target), sums, bad, trace

@@ -50,12 +50,13 @@ import numpy as np
 
 from medsim.models.base import PhysiologyModel
 from medsim.policies.interaction import Interaction
+from medsim.policies.noise_index import NoiseTable
 from medsim.policies.paths import join_paths
 from medsim.policies.protocol import Observation, Policy, for_model
 from medsim.policies.result import PER_BOUND, RolloutResult
 from medsim.policies.rollout_assemble import assemble, merge_all, support_fraction
 from medsim.policies.scenarios import Scenario, announced_at, next_event_after
-from medsim.policies.traces import empty_trace, sample_interval
+from medsim.policies.traces import empty_trace, host_window, interval_buffer, record, trace_spec
 from medsim.population.streams import Stream, patient_keys
 from medsim.population.virtual import VirtualPopulation
 from medsim.simulate import budget
@@ -110,9 +111,9 @@ def _run_chunk(
     rows: list[Interaction] = []
     paths: list[tuple[np.ndarray, dict[str, np.ndarray]]] = []
     outside_target = np.zeros((n, len(setup.target_bounds)))
-    # Traces need the observables at every sub-step; fan-chart paths keep every save_every-th.
+    # CGM-grid traces are sampled by the simulator's kernel as it steps (policies/traces.py).
     trace = None if setup.trace_grid is None else empty_trace(setup.trace_grid, n)
-    sub_every = 1 if trace is not None else save_every
+    spec = None if trace is None else trace_spec(setup.trace_grid, setup.sim.dt)
     while active.any():
         check_interaction_count(setup, policy, len(rows))
         true = {o: np.broadcast_to(np.asarray(v, np.float64), (n,)) for o, v in setup.observe(x, theta).items()}
@@ -144,6 +145,7 @@ def _run_chunk(
         if announces:
             t1 = np.minimum(t1, next_event_after(scen, t, setup.tol))
         t1 = np.where(active, np.where(horizon - t1 <= setup.tol, horizon, t1), t)
+        window = None if trace is None else host_window(setup.trace_grid, t, t1)
         bolus = {c: option.bolus.get(c, np.zeros(n)) for c in setup.cmts}
         rates = {c: option.rate.get(c, np.zeros(n)) for c in setup.cmts}
         res = setup.sim.advance(
@@ -154,8 +156,9 @@ def _run_chunk(
             key=patient_keys(setup.seed, Stream.PROCESS, noise_id, k),
             events=_dose_events(setup, t, bolus, scen),
             rates={c: jnp.asarray(r, jnp.float32) for c, r in rates.items()},
-            save_every=sub_every if n_paths > 0 or trace is not None else None,
+            save_every=save_every if n_paths > 0 else None,
             patients=patient,
+            trace=None if trace is None else (spec, interval_buffer(setup.trace_grid, *window)),
         )
         st = jax.tree_util.tree_map(np.asarray, res.stats)
         treatment = {f"bolus_cmt{c}": bolus[c] for c in setup.cmts}
@@ -178,11 +181,10 @@ def _run_chunk(
             )
         )
         if trace is not None:
-            sample_interval(setup.trace_grid, trace, t, t1, np.asarray(res.path.time), res.path.values)
+            record(trace, *window, res.trace)
         if n_paths > 0:
-            thin = slice(None, None, save_every // sub_every)
-            saved = {o: np.asarray(v)[:n_paths, thin] for o, v in res.path.values.items()}
-            paths.append((np.asarray(res.path.time)[:n_paths, thin], saved))
+            saved = {o: np.asarray(v)[:n_paths] for o, v in res.path.values.items()}
+            paths.append((np.asarray(res.path.time)[:n_paths], saved))
         x, t, k = res.state, t1, k + active
         measure = option.measure_next
         active = (t < horizon - setup.tol) & real
@@ -217,12 +219,13 @@ def _rollout(
     from medsim.policies.rollout_device import choose_loop, device_chunk
 
     which = choose_loop(loop, policy, population.n_patients)
-    if which == "device" and setup.noise_index is not None:
+    if which == "device" and setup.noise_index is not None and not isinstance(setup.noise_index, NoiseTable):
         if loop == "device":
-            raise ValueError("loop='device' does not take noise_index yet; use loop='host' (or 'auto')")
+            raise ValueError(
+                "loop='device' takes noise_index as a NoiseTable (medsim.policies.noise_index), not a "
+                "Python function; use loop='host' (or 'auto')"
+            )
         which = "host"
-    if which == "device" and loop == "auto" and setup.trace_grid is not None:
-        which = "host"  # the compiled loop records no glucose traces yet (consensus metrics, AGP)
     run = _run_chunk if which == "host" else partial(device_chunk, host=_run_chunk)
     n = population.n_patients
     setup.n_total = n
@@ -348,15 +351,18 @@ def rollout(
         The index whose counter-based streams give the process and measurement noise of each
         patient's ``k``-th interaction (default: the patient's own index). Rare-event splitting
         (:mod:`medsim.policies.risk.rare.closed_loop`) uses it to replay a path's noise up to an
-        interaction and draw fresh noise after it. Indices must lie in ``[0, 2**32)``.
+        interaction and draw fresh noise after it. Indices must lie in ``[0, 2**32)``. The
+        compiled loop takes it as a :class:`~medsim.policies.noise_index.NoiseTable` (any other
+        callable runs in the host loop).
     loop : {"auto", "device", "host"}
         Where the option loop runs: ``"device"`` compiles it whole (:mod:`medsim.policies.device_loop`,
         for policies with an ``array_step``: the built-ins), ``"host"`` runs it in Python around
         one compiled ``advance`` per interaction (any policy). ``"auto"`` picks the compiled loop
         when the policy supports it and the population is large enough for the compilation to pay
-        (:data:`medsim.policies.rollout_device.AUTO_MIN_PATIENTS`), and no glucose traces or
-        ``noise_index`` are needed. Both give the same numbers on the same seed; the result's
-        ``provenance["loop"]`` says which ran.
+        (:data:`medsim.policies.rollout_device.AUTO_MIN_PATIENTS`), and ``noise_index`` is None or
+        a :class:`~medsim.policies.noise_index.NoiseTable` (glucose traces are recorded by both
+        loops). Both give the same numbers on the same
+        seed; the result's ``provenance["loop"]`` says which ran.
 
     Returns
     -------

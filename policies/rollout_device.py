@@ -140,7 +140,7 @@ def device_chunk(
         return host(setup, pop, policy, offset, n_real, n_paths, save_every, progress, done, total)
     check_first_option(setup, pop, policy, patient, x, theta, scen)  # before compiling the loop
     hooks = _Hooks(setup, policy, scen, n_real, progress, lambda t: (done + t, total))
-    rows, outside_target, _, bad = device_loop.run_chunk(setup, pop, policy, offset, n_real, scen, True, hooks)
+    rows, outside_target, _, bad, trace = device_loop.run_chunk(setup, pop, policy, offset, n_real, scen, True, hooks)
     if bad:
         return host(setup, pop, policy, offset, n_real, n_paths, save_every, progress, done, total)
     rows = [
@@ -149,7 +149,9 @@ def device_chunk(
         )
         for row in rows
     ]
-    result = assemble(setup, pop.take(slice(0, n_real)), policy, rows, outside_target[:n_real], [], n_real)
+    real = pop.take(slice(0, n_real))
+    trace = {o: v[:n_real] for o, v in trace.items()}
+    result = assemble(setup, real, policy, rows, outside_target[:n_real], [], n_real, scenario_events=scen, trace=trace)
     if n_paths > 0:
         first = pop.take(np.arange(n_paths))
         saved = host(setup, first, policy, offset, n_paths, n_paths, save_every, None, 0.0, total)
@@ -229,7 +231,7 @@ def streaming_rollout(
                 raise ValueError("streaming_rollout: the compiled loop takes scenarios of boluses only")
             check_first_option(setup, chunk, policy, patient, x, theta, scen)
             hooks = _Quiet(setup, policy, scen)
-            _, _, sums, bad = device_loop.run_chunk(setup, chunk, policy, offset, n_real, scen, False, hooks)
+            _, _, sums, bad, _ = device_loop.run_chunk(setup, chunk, policy, offset, n_real, scen, False, hooks)
             if bad:  # the host loop names the patient and what went wrong
                 _run_chunk(setup, chunk, policy, offset, n_real, 0, None, None, 0.0, 1.0)
             return jax.tree_util.tree_map(lambda a: a[:n_real], sums)

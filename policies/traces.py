@@ -1,17 +1,16 @@
-"""Observable traces on a regular clock grid, sampled from the simulator's sub-step paths.
+"""Observable traces on a regular clock grid, sampled by the simulator as it steps.
 
 Glucose consensus metrics and the ambulatory glucose profile are defined on continuous glucose
 monitoring (CGM) traces: one reading every few minutes, the same grid for every patient. The
-rollout's interactions are irregular and patient-specific, so the host loop asks the simulator
-for the observables at every sub-step of each interval and :func:`sample_interval` places them on
-the common grid ``0, step, 2 step, ... < horizon`` by linear interpolation between sub-steps
-(the sub-step grid itself, wherever a grid point falls on a sub-step).
+rollout's interactions are irregular and patient-specific, so each interval's grid points (those
+in ``[t0, t1)``, :func:`window`) are sampled inside the simulator's kernel while it steps
+(:class:`medsim.simulate.kernel.TraceSpec`: linear interpolation between the two sub-steps around
+a grid point, the sub-step's value where it falls on one). No sub-step path is saved.
 
-A streaming (on-device) version would keep, per patient, the running sums the metrics need
-instead of the trace (counts below 54 / 70 and above 180 / 250 on the grid, sum of glucose, of
-its square, of the low and high risk functions) and, for the profile, a histogram per
-time-of-day bin; the grid points of an interval are known from its ends, so the same
-interpolation runs inside the compiled loop.
+Both rollout loops use the same kernel and the same :func:`window`: the host loop hands the
+simulator a buffer as wide as the interval's grid points and copies them into the trace
+(:func:`record`); the compiled loop of :mod:`medsim.policies.device_loop` keeps the whole
+``(n, n_points)`` trace on the device and lets the kernel write into it. The traces are identical.
 """
 
 from __future__ import annotations
@@ -19,8 +18,11 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 
+from medsim.simulate.kernel import TraceSpec
 from medsim.units import convert_time
 
 #: The CGM reading interval the consensus metrics are usually computed from (Battelino et al.
@@ -66,49 +68,50 @@ def empty_trace(grid: TraceGrid, n: int) -> dict[str, np.ndarray]:
     return {o: np.full((n, grid.n_points), np.nan, np.float32) for o in grid.observables}
 
 
-def sample_interval(
-    grid: TraceGrid,
-    trace: Mapping[str, np.ndarray],
-    t0: np.ndarray,
-    t1: np.ndarray,
-    path_time: np.ndarray,
-    path_values: Mapping[str, np.ndarray],
-) -> None:
-    """Write the grid points in ``[t0, t1)`` of each patient into ``trace`` (in place).
+def trace_spec(grid: TraceGrid, dt: float) -> TraceSpec:
+    """The kernel's :class:`TraceSpec` for ``grid`` and the simulator's sub-step ``dt``."""
+    return TraceSpec(grid.observables, float(grid.step), int(np.ceil(dt / grid.step)) + 1)
 
-    Parameters
-    ----------
-    grid : TraceGrid
-    trace : mapping observable -> (N, n_points) float
-        The buffer being filled (one row per patient of the chunk).
-    t0, t1 : (N,) float
-        Interval ends; ``t1 == t0`` (inactive patient) writes nothing.
-    path_time : (N, S) float
-        Sub-step times of the interval (non-decreasing; padding repeats the end time).
-    path_values : mapping observable -> (N, S) float
-        Observables at those times.
+
+def window(t0, t1, step, n_points: int):
+    """Grid points ``first <= m < stop`` of the intervals ``[t0, t1)`` (float64, ``xp`` arrays).
+
+    A grid point within ``1e-6`` steps of an interval's end belongs to the next interval (it is
+    sampled at that interval's start). ``step`` is an array argument (not a constant folded into
+    the program), so the host and compiled loops compute the same indices.
     """
-    step = grid.step
-    t0 = np.asarray(t0, np.float64)
-    t1 = np.asarray(t1, np.float64)
-    tol = 1e-6 * step
-    first = np.ceil(t0 / step - tol / step).astype(np.int64)
-    stop = np.minimum(np.ceil(t1 / step - tol / step).astype(np.int64), grid.n_points)
-    count = np.maximum(stop - first, 0)
-    width = int(count.max(initial=0))
+    first = jnp.ceil(t0 / step - 1e-6)
+    stop = jnp.minimum(jnp.ceil(t1 / step - 1e-6), n_points)
+    return first.astype(jnp.int32), jnp.maximum(stop, first).astype(jnp.int32)
+
+
+_window = jax.jit(window, static_argnums=3)
+
+
+def host_window(grid: TraceGrid, t0: np.ndarray, t1: np.ndarray):
+    """:func:`window` evaluated by XLA in float64 (numpy out), the host loop's call."""
+    with jax.enable_x64(True):
+        args = (jnp.asarray(t0, jnp.float64), jnp.asarray(t1, jnp.float64), jnp.asarray(grid.step, jnp.float64))
+        first, stop = _window(*args, grid.n_points)
+        return np.asarray(first), np.asarray(stop)
+
+
+def interval_buffer(grid: TraceGrid, first: np.ndarray, stop: np.ndarray) -> tuple:
+    """The simulator's ``trace`` argument for one interval of the host loop: buffers as wide as
+    the most grid points of a patient (a power of two: few compiled shapes), column 0 at ``first``."""
+    width = 1 << max(int(np.max(stop - first, initial=0)) - 1, 0).bit_length()
+    n = first.shape[0]
+    buffers = {o: np.full((n, width), np.nan, np.float32) for o in grid.observables}
+    return (first, stop, first, buffers)
+
+
+def record(trace: Mapping[str, np.ndarray], first: np.ndarray, stop: np.ndarray, filled: Mapping) -> None:
+    """Copy an interval's filled buffers (:func:`interval_buffer`) into ``trace`` (in place)."""
+    count = stop - first
+    width = int(np.max(count, initial=0))
     if width == 0:
         return
-    n = t0.shape[0]
-    m = first[:, None] + np.arange(width)[None, :]
     valid = np.arange(width)[None, :] < count[:, None]
-    query = np.clip(m * step, t0[:, None], t1[:, None])
-    times = np.asarray(path_time, np.float64)
-    # One np.interp over all patients: row n's times are shifted by n * span, so rows never overlap.
-    span = 2.0 * (float(np.max(times, initial=0.0)) + step) + 1.0
-    shift = (np.arange(n, dtype=np.float64) * span)[:, None]
-    xp = (times + shift).ravel()
-    xq = (query + shift)[valid]
     rows, cols = np.nonzero(valid)
-    for o in grid.observables:
-        fp = np.asarray(path_values[o], np.float64).ravel()
-        trace[o][rows, m[rows, cols]] = np.interp(xq, xp, fp)
+    for o, values in filled.items():
+        trace[o][rows, first[rows] + cols] = np.asarray(values)[rows, cols]

@@ -48,6 +48,8 @@ class ChunkInputs(NamedTuple):
     event_time: jax.Array  # (E, B) bolus time / infusion start
     event_end: jax.Array  # (E, B) infusion end
     event_value: jax.Array  # (E, B) bolus amount / infusion rate, in state units
+    # With a TraceSpec: (first, stop, base) (B,) int32 and observable -> (B, W) float32 buffers.
+    trace: tuple | None = None
 
 
 class ChunkOutputs(NamedTuple):
@@ -56,6 +58,22 @@ class ChunkOutputs(NamedTuple):
     t_end: jax.Array  # (B,) clock at the end (== t1 when the step budget sufficed)
     path_time: jax.Array | None  # (S, B) grid times of the saved sub-steps, S = steps + 1
     path_values: dict[str, jax.Array] | None  # observable -> (S, B)
+    trace: dict[str, jax.Array] | None = None  # observable -> (B, W): the trace buffer, filled
+
+
+class TraceSpec(NamedTuple):
+    """Observables sampled on a regular clock grid ``m * step`` while the chunk is stepped.
+
+    Grid point ``m`` of a patient with ``first <= m < stop`` is the observable at
+    ``q = clip(m step, t0, t1)``, linearly interpolated between the two sub-steps around ``q``
+    (the sub-step's own value where ``q`` falls on one; after a bolus at a sub-step end, the
+    post-dose value); it is written to column ``m - base`` of the buffer. ``per_step`` bounds
+    the grid points one sub-step can hold (``ceil(dt / step) + 1``).
+    """
+
+    observables: tuple[str, ...]
+    step: float
+    per_step: int
 
 
 class _Carry(NamedTuple):
@@ -64,6 +82,7 @@ class _Carry(NamedTuple):
     t: jax.Array
     k: jax.Array  # index of the last grid point at or before t
     draws: tuple  # per noise channel: z_even + i z_odd (complex64) for the current iteration
+    trace: tuple | None = None  # (next grid index, buffers, traced observables at t)
 
 
 def make_chunk_fn(
@@ -77,6 +96,7 @@ def make_chunk_fn(
     on_trace: Callable[[], None],
     devices: tuple = (),
     block: int = CACHE_BLOCK,
+    trace: TraceSpec | None = None,
 ) -> Callable:
     """Build the jitted chunk function for one static configuration.
 
@@ -100,6 +120,9 @@ def make_chunk_fn(
         Patients per sequential cache block (:mod:`medsim.simulate.device`): a chunk larger than
         this runs as consecutive blocks; the CPU default keeps each block in cache, accelerators
         pass the chunk size (one fused loop).
+    trace : TraceSpec, optional
+        Sample observables on a clock grid into ``inputs.trace``'s buffers as the sub-steps go
+        (CGM-like traces without saving the paths).
 
     Returns
     -------
@@ -152,7 +175,33 @@ def make_chunk_fn(
             y1, z1 = bridge.bridge_coordinates(model, bridged, x_new, inp.theta)
             st = bridge.grid_update(specs, st, y1, z1, t_new)
         st = st._replace(z=z1)
-        return _Carry(x_new, st, t_new, k_new, c.draws), (t_new, y1)
+        traced = None if trace is None else sample_trace(inp, c, x_new, t_new, active)
+        return _Carry(x_new, st, t_new, k_new, c.draws, traced), (t_new, y1)
+
+    def observed(x: dict, inp: ChunkInputs) -> dict:
+        y = model.observe(x, inp.theta)
+        return {o: jnp.broadcast_to(y[o], inp.t0.shape) for o in trace.observables}
+
+    def sample_trace(inp: ChunkInputs, c: _Carry, x_new: dict, t_new, active) -> tuple:
+        """Write the grid points in ``[t, t_new)`` (``[t, t1]`` on the last sub-step)."""
+        (_, stop, base, _), (nxt, values, y_prev) = inp.trace, c.trace
+        n = inp.t0.shape[0]
+        y_new = observed(x_new, inp)
+        t0, t1 = (jnp.broadcast_to(a, (n,)) for a in clock(inp))
+        t, t_new = jnp.broadcast_to(c.t, (n,)), jnp.broadcast_to(t_new, (n,))
+        h = t_new - t
+        rows = jnp.arange(n)
+        for _ in range(trace.per_step):
+            q = jnp.clip(nxt.astype(jnp.float32) * np.float32(trace.step), t0, t1)
+            ok = active & (nxt < stop) & ((q < t_new) | (t_new >= t1))
+            frac = (q - t) / jnp.where(h > 0, h, 1.0)
+            col = jnp.where(ok, nxt - base, values[trace.observables[0]].shape[1])  # out of range: dropped
+            values = {
+                o: v.at[rows, col].set(y_prev[o] + (y_new[o] - y_prev[o]) * frac, mode="drop")
+                for o, v in values.items()
+            }
+            nxt = nxt + ok.astype(nxt.dtype)
+        return nxt, values, y_new
 
     def draw(inp: ChunkInputs, i: jax.Array) -> tuple:
         # One complex64 vector per channel holds both draws of the pair, so one loop computes the hash
@@ -175,7 +224,10 @@ def make_chunk_fn(
         x = {s: v + inp.start[s] if s in inp.start else v for s, v in inp.x.items()}
         y0, z0 = bridge.bridge_coordinates(model, bridged, x, inp.theta)
         t0, _ = clock(inp)
-        c = _Carry(x, bridge.init_stats(specs, y0, z0), t0, jnp.zeros(t0.shape, jnp.int32), draw(inp, jnp.int32(0)))
+        traced = None if trace is None else (inp.trace[0], inp.trace[3], observed(x, inp))
+        c = _Carry(
+            x, bridge.init_stats(specs, y0, z0), t0, jnp.zeros(t0.shape, jnp.int32), draw(inp, jnp.int32(0)), traced
+        )
         path_time = path_values = None
         if saving:
             c, (even, odd) = jax.lax.scan(lambda cc, i: pair(inp, dt, cc, i), c, jnp.arange(n_pairs))
@@ -192,11 +244,11 @@ def make_chunk_fn(
         y_end = model.observe(c.x, inp.theta)
         stats = bridge.finish_stats(specs, c.stats, y0, y_end, inp.t1 > inp.t0)
         t_end = jnp.broadcast_to(c.t, inp.t0.shape)
-        return ChunkOutputs(c.x, stats, t_end, path_time, path_values)
+        return ChunkOutputs(c.x, stats, t_end, path_time, path_values, None if trace is None else c.trace[1])
 
     blocked = _cache_blocked(run, block)
     if len(devices) > 1:
-        return _sharded(blocked, devices, saving)
+        return _sharded(blocked, devices, saving, trace is not None)
     if saving:
         return jax.jit(blocked, static_argnums=2)
     return jax.jit(blocked)
@@ -236,21 +288,25 @@ def _cache_blocked(run: Callable, block_size: int) -> Callable:
             t_end=merge(out.t_end, 0),
             path_time=None if out.path_time is None else merge(out.path_time, 1),
             path_values=None if out.path_values is None else {k: merge(v, 1) for k, v in out.path_values.items()},
+            trace=None if out.trace is None else {k: merge(v, 0) for k, v in out.trace.items()},
         )
 
     return blocked
 
 
-def _sharded(run: Callable, devices: tuple, saving: bool) -> Callable:
+def _sharded(run: Callable, devices: tuple, saving: bool, tracing: bool = False) -> Callable:
     """``run`` split over ``devices`` along the patient axis (inputs and outputs)."""
     from jax.sharding import Mesh, NamedSharding
     from jax.sharding import PartitionSpec as P
 
     mesh = Mesh(np.asarray(devices), ("patients",))
     per_patient, per_event, replicated = P("patients"), P(None, "patients"), P()
-    in_specs = ChunkInputs(*([per_patient] * 8), event_time=per_event, event_end=per_event, event_value=per_event)
+    traced = per_patient if tracing else None
+    in_specs = ChunkInputs(
+        *([per_patient] * 8), event_time=per_event, event_end=per_event, event_value=per_event, trace=traced
+    )
     out_specs = ChunkOutputs(
-        per_patient, per_patient, per_patient, per_event if saving else None, per_event if saving else None
+        per_patient, per_patient, per_patient, per_event if saving else None, per_event if saving else None, traced
     )
 
     def build(n_pairs_static=None):
@@ -269,7 +325,7 @@ def _sharded(run: Callable, devices: tuple, saving: bool) -> Callable:
             # device 0) would clash with the mesh: place every field on its shards explicitly.
             inp = ChunkInputs(
                 *(
-                    jax.device_put(getattr(inp, f), NamedSharding(mesh, spec))
+                    None if getattr(inp, f) is None else jax.device_put(getattr(inp, f), NamedSharding(mesh, spec))
                     for f, spec in zip(ChunkInputs._fields, in_specs, strict=True)
                 )
             )

@@ -53,11 +53,15 @@ class AdvanceResult:
         Interval statistics, ``K = len(bounds)`` columns in the simulator's bound order.
     path : SavedPath or None
         Observables every ``save_every`` sub-steps (including ``t0``), when requested.
+    trace : dict observable -> (B, W) float32, or None
+        The ``trace`` buffers handed to :meth:`Simulator.advance`, with this interval's grid
+        points written (:class:`medsim.simulate.kernel.TraceSpec`).
     """
 
     state: dict[str, jax.Array]
     stats: IntervalStats
     path: SavedPath | None = None
+    trace: dict[str, jax.Array] | None = None
 
 
 @dataclass(frozen=True, eq=False)
@@ -136,8 +140,8 @@ class Simulator:
         """
         return sum(counter[0] for counter in self._traces.values())
 
-    def _kernel(self, layout: tuple, uniform: bool, saving: bool, devices: tuple, block: int):
-        key = ("kernel", self._model_key, self.scheme, self._specs, layout, uniform, saving, devices, block)
+    def _kernel(self, layout: tuple, uniform: bool, saving: bool, devices: tuple, block: int, trace=None):
+        key = ("kernel", self._model_key, self.scheme, self._specs, layout, uniform, saving, devices, block, trace)
 
         def build():
             counter = [0]
@@ -155,6 +159,7 @@ class Simulator:
                 on_trace=count,
                 devices=devices,
                 block=block,
+                trace=trace,
             )
             return fn, counter
 
@@ -231,16 +236,19 @@ class Simulator:
         stability.check_step(self.model, self.scheme, self.dt, limit)
         return limit
 
-    def interval_kernel(self, layout: tuple[tuple[str, bool], ...] = (), uniform: bool = False):
+    def interval_kernel(
+        self, layout: tuple[tuple[str, bool], ...] = (), uniform: bool = False, trace: kernel.TraceSpec | None = None
+    ):
         """The compiled interval function behind :meth:`advance`, for loops compiled around it.
 
         ``fn(kernel.ChunkInputs, dt, n_pairs) -> kernel.ChunkOutputs`` on one device, without saved
         paths; ``layout`` gives the interior event columns (see :func:`kernel.make_chunk_fn`). The
         caller plans the interval itself (as :func:`medsim.simulate.plan.plan_interval` does) and
-        checks the result (as :meth:`advance` does).
+        checks the result (as :meth:`advance` does). ``trace``: sample observables on a clock grid
+        (``inputs.trace``, as :meth:`advance`'s ``trace``).
         """
         devices = tuple(jax.local_devices())[:1]
-        return self._kernel(tuple(layout), bool(uniform), False, devices, self.sizing(devices).block)
+        return self._kernel(tuple(layout), bool(uniform), False, devices, self.sizing(devices).block, trace)
 
     # ------------------------------------------------------------------ the call
     def advance(
@@ -255,6 +263,7 @@ class Simulator:
         rates: Mapping[int, jax.Array] | None = None,
         save_every: int | None = None,
         patients=None,
+        trace: tuple | None = None,
     ) -> AdvanceResult:
         """Advance every patient from ``t0`` to ``t1``.
 
@@ -278,6 +287,11 @@ class Simulator:
             Save the observables every that many sub-steps (``SavedPath`` of shape ``(B, T)``).
         patients : (B,) int, optional
             Global index of each patient, used to name a patient in errors (default: position).
+        trace : (TraceSpec, (first, stop, base, buffers)), optional
+            Sample observables on a clock grid while stepping (:class:`kernel.TraceSpec`):
+            ``first``, ``stop``, ``base`` ``(B,)`` int32 (grid points ``first <= m < stop`` go to
+            column ``m - base``), ``buffers`` observable -> ``(B, W)`` float32; the filled buffers
+            come back as ``result.trace``.
 
         Returns
         -------
@@ -308,7 +322,8 @@ class Simulator:
         if len(devices) == 1 or batch < _MIN_SPLIT * len(devices):
             devices = devices[:1]
         size = self.sizing(devices, n_events=p.n_events, saved_steps=n_steps if saving else 0)
-        fn = self._kernel(p.event_layout, uniform, saving, devices, size.block)
+        spec = None if trace is None else trace[0]
+        fn = self._kernel(p.event_layout, uniform, saving, devices, size.block, spec)
         chunk = plan.bucket_batch(batch, size.chunk, multiple=len(devices), block=size.block)
         n_chunks = -(-batch // chunk)
         per_patient = {
@@ -321,6 +336,8 @@ class Simulator:
             "start": {s: jnp.asarray(v) for s, v in p.start.items()},
             "rate": {s: jnp.asarray(v) for s, v in p.rate.items()},
         }
+        if trace is not None:
+            per_patient["trace"] = jax.tree_util.tree_map(jnp.asarray, tuple(trace[1]))
         per_event = {
             "event_time": jnp.asarray(p.event_time),
             "event_end": jnp.asarray(p.event_end),
@@ -350,7 +367,7 @@ class Simulator:
                 o: _join([r.path_values[o] for r in outs], batch, axis=1)[::save_every].T for o in outs[0].path_values
             }
             path = SavedPath(time=times, values=values)
-        return AdvanceResult(state=out.x, stats=out.stats, path=path)
+        return AdvanceResult(state=out.x, stats=out.stats, path=path, trace=out.trace)
 
     def _check_result(self, out: kernel.ChunkOutputs, theta: Mapping, p: plan.IntervalPlan, patients) -> None:
         """Host-side checks of one interval's result (between intervals, never per sub-step)."""

@@ -109,6 +109,15 @@ class Flip:
             chose_b=np.zeros(n, bool),
         )
 
+    def prepare(self, state: FlipState, patient, covariates, subject) -> FlipState:
+        """Both components' states prepared from the patients (components with a ``prepare``, such
+        as ``safe_timing``; :func:`medsim.policies.array_step.prepare_state`)."""
+        from medsim.policies.array_step import prepare_state
+
+        a = prepare_state(self.a, state.a, patient, covariates, subject)
+        b = prepare_state(self.b, state.b, patient, covariates, subject)
+        return state._replace(a=a, b=b)
+
     def act(self, state: FlipState, obs: Observation, *, rng: np.random.Generator) -> tuple[FlipState, Option]:
         if self.array_capable:
             from medsim.policies.array_step import host_step

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 import medsim.models as registry
-from medsim.policies.builtin import PID, TDM, BasalBolus, FixedDose, Flip
+from medsim.policies.builtin import PID, TDM, BasalBolus, FixedDose, Flip, SafeTiming
 from medsim.policies.loading import FunctionPolicy
 from medsim.policies.protocol import Option
 from medsim.policies.risk.events import patient_events
@@ -39,7 +39,7 @@ CASES = {
     "basal_bolus": (
         GLUCOSE,
         BasalBolus(every=60.0, correct_between_meals=True),
-        MealScenario(seed=4),
+        MealScenario(seed=4, start_clock_h=6.0),  # breakfast inside the 6 h horizon
         GLUCOSE_BOUNDS,
         360.0,
         1.0,
@@ -48,6 +48,20 @@ CASES = {
     "tdm": (PK, TDM(target=8.0, every=12.0, dose=300.0, adjust_after=1), None, PK_BOUNDS, 72.0, 0.05),
     "flip": (GLUCOSE, Flip(a=PID(every=15.0), b=PID(every=30.0, kp=1 / 30), q=0.4), None, GLUCOSE_BOUNDS, 240.0, 1.0),
 }
+
+
+def safe_timing():
+    """``safe_timing`` around ``tdm``: particles drawn from the PK draws the population comes from
+    (built when the case runs: the draws come from conftest)."""
+    from conftest import concentrated_draws
+
+    base = TDM(target=8.0, every=12.0, dose=300.0, adjust_after=1)
+    draws = concentrated_draws(PK)
+    options = dict(bounds=PK_BOUNDS[:1], eps=0.1, grid=(2.0, 6.0), particles=8, dt=0.25)
+    return SafeTiming(base=base, model=PK, draws=draws, **options)
+
+
+CASES["safe_timing"] = (PK, safe_timing, None, PK_BOUNDS, 30.0, 0.05)
 
 
 @pytest.fixture(scope="module")
@@ -64,6 +78,7 @@ def populations():
 @pytest.fixture(scope="module", params=sorted(CASES))
 def both(request, populations):
     model, policy, scenario, bounds, horizon, dt = CASES[request.param]
+    policy = policy if hasattr(policy, "act") else policy()
     population = populations[model.name]
     options = dict(bounds=bounds, horizon=horizon, dt=dt, seed=3, scenario=scenario)
     host = rollout(model, population, policy, loop="host", n_paths_saved=2, **options)
@@ -80,18 +95,25 @@ def assert_same(a, b):
 
 @pytest.mark.slow
 def test_compiled_loop_equals_host_loop(both):
-    *_, host, device = both
+    name, model, *_, host, device = both
+    if name == "basal_bolus":  # the meal counts in total_dose_cmt2 (scenario doses) in both loops
+        assert (host.efficacy["total_dose_cmt2"] > 0).all()
     assert host.provenance["loop"] == "host" and device.provenance["loop"] == "device"
     assert host.mask.sum() > 2 * host.n_patients  # several interactions each
-    for name in RECORDED:
-        assert_same(getattr(host, name), getattr(device, name))
-    for name in PER_OBS:
-        assert getattr(host, name).keys() == getattr(device, name).keys()
-        for key in getattr(host, name):
-            assert_same(getattr(host, name)[key], getattr(device, name)[key])
+    for field in RECORDED:
+        assert_same(getattr(host, field), getattr(device, field))
+    for field in PER_OBS:
+        assert getattr(host, field).keys() == getattr(device, field).keys()
+        for key in getattr(host, field):
+            assert_same(getattr(host, field)[key], getattr(device, field)[key])
     assert_same(host.path_time, device.path_time)
     for key in host.path:
         assert_same(host.path[key], device.path[key])
+    # CGM-grid traces (glucose models): recorded by the kernel in both loops, every grid point filled.
+    assert host.trace.keys() == device.trace.keys() and bool(host.trace) == (model is GLUCOSE)
+    for key in host.trace:
+        assert not np.isnan(host.trace[key]).any()
+        assert_same(host.trace[key], device.trace[key])
 
 
 @pytest.mark.slow
@@ -110,6 +132,30 @@ def test_streaming_sums_give_the_recorded_events(both):
     assert got.undefined_bridge == want.undefined_bridge
     np.testing.assert_array_equal(sums.interactions, device.mask.sum(axis=1))
     np.testing.assert_allclose(sums.dose[:, 0], device.efficacy["total_dose_cmt1"], rtol=1e-12)
+
+
+@pytest.mark.slow
+def test_a_noise_table_gives_both_loops_the_same_streams(populations):
+    from medsim.policies.noise_index import NoiseTable
+
+    model, policy, _, bounds, horizon, dt = CASES["tdm"]
+    # Patient 1 replays patient 0's streams for its first three interactions, then its own.
+    table = np.array([[0] * 8, [0, 0, 0, 1, 1, 1, 1, 1], *([[i] * 8 for i in range(2, 6)])])
+    options = dict(bounds=bounds, horizon=horizon, dt=dt, seed=3, n_paths_saved=0, noise_index=NoiseTable(table))
+    population = populations[model.name]
+    population = population.take(np.array([0, 0, 1, 2, 3, 4]))  # patients 0 and 1 are the same patient
+    host = rollout(model, population, policy, loop="host", **options)
+    device = rollout(model, population, policy, loop="device", **options)
+    assert device.provenance["loop"] == "device"
+    for name in RECORDED:
+        assert_same(getattr(host, name), getattr(device, name))
+    for key in host.measured:
+        assert_same(host.measured[key], device.measured[key])
+    conc = host.measured["conc"]
+    assert_same(conc[1, :3], conc[0, :3])  # same patient, same noise: the same measurements
+    assert not np.array_equal(conc[1, 3:6], conc[0, 3:6])  # fresh noise after
+    with pytest.raises(ValueError, match="NoiseTable"):  # a Python function runs on the host only
+        rollout(model, population, policy, loop="device", **{**options, "noise_index": lambda p, k: p})
 
 
 def test_auto_chooses_the_compiled_loop_only_for_array_policies():

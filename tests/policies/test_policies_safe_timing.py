@@ -108,3 +108,26 @@ def test_twins_draw_particles_from_their_subject(draws, make_obs):
     # Every twin particle is some draw's typical CL x exp(0.5) (float32 model evaluation).
     assert np.isclose(ratio, np.exp(0.5), rtol=1e-5).any(axis=1).all()
     assert not np.isclose(cl[1][:, None] / typical[None, :], np.exp(0.5), rtol=1e-5).any(axis=1).all()
+
+
+def test_a_base_without_array_step_runs_on_the_host(draws, make_obs):
+    from medsim.policies.loading import FunctionPolicy
+    from medsim.policies.protocol import Option
+    from medsim.policies.rollout_device import choose_loop
+
+    def heavy(obs, *, rng):  # fixed:dose=4000,every=12 as a Python function
+        return Option(interval=np.full(obs.n, 12.0), bolus={1: np.where(obs.time % 12.0 == 0, 4000.0, 0.0)})
+
+    p = SafeTiming(base=FunctionPolicy(heavy, "heavy"), model=PK, draws=draws, bounds=BOUND, grid=GRID, particles=8)
+    assert choose_loop("auto", p) == "host" and choose_loop("auto", policy(draws)) == "device"
+    # The same choice as with the array-step base (test_timing_follows_predicted_risk): every particle crosses.
+    np.testing.assert_array_equal(first_interval(p, make_obs), 1.0)
+
+
+def test_flip_prepares_a_safe_timing_component(draws):
+    from medsim.policies.builtin import Flip
+
+    p = Flip(a=policy(draws, particles=4), b=FixedDose(dose=0.0), q=0.5)
+    state = p.prepare(p.init(2, seed=0), np.arange(2), {}, np.array(["", ""]))
+    assert state.a["particles"]["x"]["central"].shape == (2 * 4,)
+    assert p.prepare(state, np.arange(2), {}, np.array(["", ""])).a is state.a  # prepared once

@@ -27,6 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 from scipy.special import ndtr
 
+from medsim.policies.noise_index import NoiseTable
 from medsim.policies.protocol import Policy
 from medsim.policies.risk.rare.problem import PathProblem
 from medsim.population.virtual import VirtualPopulation
@@ -104,9 +105,6 @@ def closed_loop_problem(
         u = ndtr(flat[:, 0, 0].astype(np.float64))
         who = np.minimum((u * n_patients).astype(np.int64), n_patients - 1)
 
-        def index(rows: np.ndarray, k: np.ndarray) -> np.ndarray:
-            return ids[np.minimum(rows, b - 1), np.minimum(k, K - 1)].astype(np.int64)
-
         res = rollout(
             model,
             population.take(who),
@@ -118,7 +116,7 @@ def closed_loop_problem(
             n_paths_saved=0,
             chunk_size=max(b, 1),
             max_interactions=K,
-            noise_index=index,
+            noise_index=NoiseTable(ids),  # a table: the compiled loop runs it too
             **rollout_options,
         )
         y = np.asarray(res.obs_max[bound.observable] if upper else res.obs_min[bound.observable], np.float64)
