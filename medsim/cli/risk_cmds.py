@@ -309,6 +309,12 @@ def risk_command(
         "estimate saw fewer than 10 patients with a crossing; spec key rare=auto|off|ams). Overrides the spec's "
         "rare_budget; default 4000.",
     ),
+    loop: str = typer.Option(
+        "auto",
+        "--loop",
+        help="Where the closed loop runs: auto (compiled for policies with an array step from 4096 patients on), "
+        "device (compiled; refused for Python policies) or host (Python loop, any policy). The numbers are the same.",
+    ),
 ) -> None:
     """Estimate each policy's probability of leaving the safe range, between measurements included."""
     from medsim.cli.outputs import output_dir
@@ -332,6 +338,8 @@ def risk_command(
         memory_limit = None if max_memory is None else parse_memory(max_memory)
     except ValueError as err:
         _fail(f"--max-memory: {err}")
+    if loop not in ("auto", "device", "host"):
+        _fail(f"--loop: expected auto, device or host, got {loop!r}")
     checkpoint = model_source(posterior, prior, cohort)
     population, notices = None, ()
     if checkpoint is not None:
@@ -397,6 +405,7 @@ def risk_command(
                 max_interactions=max_interactions,
                 max_memory=memory_limit,
                 client=client,
+                loop=loop,
             )
         except (PolicySpecError, ValueError, FloatingPointError) as err:
             hint = " (a neural checkpoint has none)" if checkpoint is not None and "posterior draws" in str(err) else ""

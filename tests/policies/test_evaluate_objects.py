@@ -67,13 +67,14 @@ def test_the_risk_command_hands_the_library_objects(tmp_path, monkeypatch):
     seen = {}
 
     def spy(draws, policies, spec, **options):
-        seen.update(policies=policies, scenario=options["scenario"])
+        seen.update(policies=policies, scenario=options["scenario"], loop=options["loop"])
         raise ValueError("stop here")
 
     monkeypatch.setattr(evaluate, "evaluate_policies", spy)
     args = ["risk", "--prior", "pk_iv_1cmt", "--policy", "fixed:dose=20,every=12", "--policy", "tdm:target=7"]
-    args += ["--spec", "conc<=40;horizon=4h", "--n", "4", "--out", str(tmp_path)]
+    args += ["--spec", "conc<=40;horizon=4h", "--n", "4", "--out", str(tmp_path), "--loop", "host"]
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 2 and "stop here" in result.output
     assert seen["policies"] == [FixedDose(dose=20.0, every=12.0), TDM(target=7.0)]
     assert seen["scenario"] is None  # "auto" on a model without a meal compartment
+    assert seen["loop"] == "host"

@@ -63,6 +63,7 @@ def test_risk_command_end_to_end(tmp_path):
         (["--spec", "glucose<=3;horizon=1h"], "no observable 'glucose'"),
         (["--spec", "conc<=40;horizon=1h;epsilon=2"], "key 'epsilon' must lie strictly between 0 and 1"),
         (["--spec", "conc<=40;horizon=1h", "--policy", "nope:x=1"], "unknown policy 'nope'"),
+        (["--spec", "conc<=40;horizon=1h", "--loop", "gpu"], "--loop: expected auto, device or host"),
     ],
 )
 def test_bad_input_exits_2_with_a_message(tmp_path, args, message):
