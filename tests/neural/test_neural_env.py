@@ -58,3 +58,14 @@ def test_task_the_neural_model_cannot_run_says_why(checkpoint):
         core.make_params(
             THEOPHYLLINE, posterior=checkpoint, pool_size=2, force_uncalibrated=True, mode="personalized", subject="1"
         )
+
+
+def test_neural_twins_run_as_a_population(checkpoint, cohort):
+    loaded = load_checkpoint(checkpoint)
+    twins = sample_neural_population(
+        loaded.model, 2, seed=0, mode="personalized", subject="2", subjects=list(cohort.subjects), force=True
+    )
+    params = core.make_params(THEOPHYLLINE, seed=0, population=twins)
+    obs, state = core.reset(params, np.arange(2))
+    obs, state, out = core.step(params, state, np.array([[320.0, 6.0], [0.0, 6.0]]))
+    assert params.pool.mode == "personalized" and np.all(np.isfinite(obs)) and np.all(out.interval == 6.0)
