@@ -1,6 +1,7 @@
 """Worked example: a PPO-Lagrangian agent on ``medsim/Glucose-v0``, compared in one ``medsim risk`` report.
 
-Run (about 6 minutes on 2 shared cores: training stops at 1 000 000 steps or after 7 minutes)::
+Run (about 2 minutes on 2 shared cores, load average 6-7; training stops at 1 000 000 steps or after
+7 minutes, so at most about 9)::
 
     python -m medsim.policies.rl_example --out reports/rl_glucose
 
