@@ -8,8 +8,13 @@ risk reports in :mod:`medsim.policies`; their folders stand at the top of the re
 other distributions called ``inference`` or ``policies``. The core never imports them (they
 build on it), except lazily in the CLI. It imports jax, numpy and pandas; torch only inside the
 neural model.
+
+When gymnasium is already imported, importing medsim registers its environment ids
+(:mod:`medsim.env_ids`: registry entries only, nothing imported), so that
+``gymnasium.make("medsim:medsim/Glucose-v0")`` works in a fresh interpreter.
 """
 
+import sys as _sys
 from pathlib import Path as _Path
 
 __version__ = "0.1.0"
@@ -28,3 +33,16 @@ def _checkout_subpackages() -> None:
 
 _SUBPACKAGES = ("inference", "policies")
 _checkout_subpackages()
+
+
+def _register_envs() -> None:
+    # Only when the user imported gymnasium: medsim itself never imports it here. A gymnasium still
+    # being initialised (no ``register`` yet) is left alone; medsim.policies.env registers later.
+    gymnasium = _sys.modules.get("gymnasium")
+    if gymnasium is not None and hasattr(gymnasium, "register") and hasattr(gymnasium, "registry"):
+        from medsim.env_ids import register
+
+        register(gymnasium)
+
+
+_register_envs()

@@ -8,12 +8,14 @@ through :mod:`medsim.policies.learned`. May import ``medsim``, ``inference`` (po
 the rest of ``policies``; gymnasium is imported here, minari only by :mod:`.offline`.
 
 Importing this package registers the environments (``gymnasium.make("medsim/Glucose-v0")``);
-without importing it first, ``gymnasium.make("medsim.policies.env:medsim/Glucose-v0")`` imports it.
+without importing it first, ``gymnasium.make("medsim:medsim/Glucose-v0")`` (or the older
+``"medsim.policies.env:medsim/Glucose-v0"``) imports what registers them (:mod:`medsim.env_ids`).
 Without gymnasium (the ``rl`` extra) the tasks, the core and learned policies still work.
 """
 
 from __future__ import annotations
 
+from medsim.env_ids import NAMESPACE, register
 from medsim.policies.env.task import GLUCOSE, TASKS, THEOPHYLLINE, EnvTask, TaskError, Treatment, resolve_task
 
 try:
@@ -23,23 +25,11 @@ except ImportError:  # no rl extra: nothing to register
 else:
     from medsim.policies.env.gym_env import MedsimEnv, SafetyAPI
 
-NAMESPACE = "medsim"
-
 
 def register_envs() -> None:
     """Register every task as ``medsim/<Task>-v0`` (idempotent; also gymnasium's plugin entry point)."""
-    if gymnasium is None:
-        return
-    for name in TASKS:
-        env_id = f"{NAMESPACE}/{name}"
-        if env_id in gymnasium.registry:
-            continue
-        gymnasium.register(
-            id=env_id,
-            entry_point="medsim.policies.env.gym_env:MedsimEnv",
-            vector_entry_point="medsim.policies.env.vector:MedsimVectorEnv",
-            kwargs={"task": name},
-        )
+    if gymnasium is not None:
+        register(gymnasium, tuple(TASKS))
 
 
 register_envs()

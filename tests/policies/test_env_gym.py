@@ -44,6 +44,38 @@ def test_make_works_without_importing_medsim_first():
     assert out.stdout.strip() == "pk_oral_1cmt"
 
 
+@pytest.mark.slow
+def test_short_id_imports_medsim_and_finds_its_environments():
+    # "medsim:" makes gymnasium import the top-level package, which registers the ids (string
+    # entry points) because gymnasium is already imported; the environment code loads on make().
+    code = (
+        "import gymnasium, sys; "
+        "e = gymnasium.make('medsim:medsim/Theophylline-v0', pool_size=2, prior_draws=2); "
+        "v = gymnasium.make_vec('medsim:medsim/Theophylline-v0', num_envs=2, vectorization_mode='vector_entry_point',"
+        " pool_size=2, prior_draws=2); "
+        "print(e.unwrapped.task.model, type(v).__name__)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120)
+    assert out.stdout.strip() == "pk_oral_1cmt MedsimVectorEnv"
+
+
+def test_importing_medsim_neither_imports_gymnasium_nor_the_environments():
+    code = (
+        "import sys, medsim; "
+        "print(sorted(m for m in ('gymnasium', 'jax', 'medsim.policies', 'medsim.policies.env') if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60)
+    assert out.stdout.strip() == "[]"
+
+
+def test_registered_ids_are_the_tasks():
+    from medsim.env_ids import TASK_NAMES
+
+    assert TASK_NAMES == tuple(penv.TASKS)
+    for name in penv.TASKS:
+        assert gymnasium.spec(f"medsim/{name}").kwargs == {"task": name}
+
+
 def test_safety_six_tuple_and_gymnasium_five_tuple_agree():
     plain = gymnasium.make("medsim/Glucose-v0", pool_size=4, prior_draws=4)
     safe = penv.SafetyAPI(gymnasium.make("medsim/Glucose-v0", pool_size=4, prior_draws=4).unwrapped)
