@@ -17,11 +17,12 @@ with ``correct_between_meals`` it triggers a correction bolus when glucose is ab
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, ClassVar, NamedTuple
 
 import numpy as np
 
+from medsim.models.base import PhysiologyModel
 from medsim.policies.array_step import host_step
 from medsim.policies.builtin.glucose_controller import GlucoseController
 from medsim.policies.protocol import FROM_MODEL, MissingCovariateError, Observation, Option, units_per_hour
@@ -57,11 +58,16 @@ class BasalBolus(GlucoseController):
     observable : str, optional
         The glucose observable measured; default: the model's ``glucose_observable``
         (:mod:`medsim.policies.builtin.glucose_controller`).
-    basal_cmt, meal_cmt : int
-        The insulin and the meal compartments.
+    basal_cmt : int
+        The insulin compartment.
+    meal_cmt : int, optional
+        The meal compartment whose announced carbohydrate is bolused for; default: the model's
+        declared ``meal_cmt``.
     model_observable : str, optional
         The model's glucose observable, filled in when the policy meets its model (not a spec
         parameter).
+    model_meal_cmt : int, optional
+        The model's meal compartment, filled in the same way (not a spec parameter).
     """
 
     kind: ClassVar[str] = "basal_bolus"
@@ -75,8 +81,9 @@ class BasalBolus(GlucoseController):
     correct_between_meals: bool = False
     observable: str | None = None
     basal_cmt: int = 1
-    meal_cmt: int = 2
+    meal_cmt: int | None = None
     model_observable: str | None = field(default=None, metadata=FROM_MODEL)
+    model_meal_cmt: int | None = field(default=None, metadata=FROM_MODEL)
 
     def __post_init__(self) -> None:
         if self.cr < 0 or self.cf < 0:
@@ -85,6 +92,18 @@ class BasalBolus(GlucoseController):
             raise ValueError(f"basal_bolus: basal_fraction must be in (0, 1], got {self.basal_fraction}")
         if not (self.every > 0 and self.iob_tau > 0):
             raise ValueError("basal_bolus: every and iob_tau must be > 0")
+
+    def for_model(self, model: PhysiologyModel) -> BasalBolus:
+        """This policy for ``model``: its glucose observable and its meal compartment unless given."""
+        bound = GlucoseController.for_model(self, model)
+        if bound.meal_cmt is None and bound.model_meal_cmt != model.meal_cmt:
+            bound = replace(bound, model_meal_cmt=model.meal_cmt)
+        return bound
+
+    @property
+    def meal(self) -> int | None:
+        """The meal compartment read: ``meal_cmt``, else the model's (None: no announced meals)."""
+        return self.meal_cmt if self.meal_cmt is not None else self.model_meal_cmt
 
     def ratios(self, basal_u_per_h: Any, xp: Any = np) -> tuple[Any, Any]:
         """Carb ratio (g/U) and correction factor (mg/dL/U) per patient."""
@@ -111,7 +130,7 @@ class BasalBolus(GlucoseController):
         cr, cf = self.ratios(basal_h, xp)
         iob = state.iob * xp.exp(-(t - state.t_last) / self.iob_tau)
         glucose = xp.asarray(obs.measured.get(self.glucose, xp.full(obs.n, xp.nan)), xp.float64)
-        carbs = xp.asarray(obs.announced.get(self.meal_cmt, xp.zeros(obs.n)), xp.float64)
+        carbs = xp.asarray(obs.announced.get(self.meal, xp.zeros(obs.n)), xp.float64)
         meal = carbs > 0
         correction = xp.where(xp.isnan(glucose), 0.0, (glucose - self.target) / cf)
         bolus = xp.where(meal, carbs / cr + correction - iob, 0.0)

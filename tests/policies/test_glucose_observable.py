@@ -81,3 +81,16 @@ def test_the_risk_command_refuses_pid_on_a_pk_model(tmp_path):
     result = CliRunner().invoke(app, [*args, "--out", str(tmp_path)])
     assert result.exit_code == 2
     assert "pid: model 'pk_iv_1cmt' declares no glucose observable (its observables: conc)" in result.output
+
+
+def test_basal_bolus_reads_the_meal_compartment_its_model_declares():
+    """The announced carbohydrate comes from ``model.meal_cmt``, unless ``meal_cmt`` is given."""
+    from dataclasses import replace
+
+    model = registry.get("glucose_insulin")
+    assert BasalBolus().for_model(model).meal == model.meal_cmt
+    assert BasalBolus(meal_cmt=7).for_model(model).meal == 7
+    moved = replace(model, meal_cmt=5)  # a model that doses meals elsewhere
+    assert BasalBolus().for_model(moved).meal == 5
+    assert BasalBolus().for_model(moved).name == "basal_bolus"  # not a spec parameter
+    assert BasalBolus().meal is None  # unbound: no announced meals are read
