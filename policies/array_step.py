@@ -107,6 +107,19 @@ def prepare_state(policy: Any, state: Any, patient, covariates, subject) -> Any:
     return state if not callable(prepare) else prepare(state, patient, covariates, subject)
 
 
+def observation_fields(obs: Observation) -> dict[str, Any]:
+    """The array fields of ``obs`` a compiled step reads (a pytree; the rest is static)."""
+    return {
+        "time": obs.time,
+        "measured": dict(obs.measured),
+        "announced": dict(obs.announced),
+        "covariates": dict(obs.covariates),
+        "active": obs.active,
+        "patient": obs.patient,
+        "index": obs.index,
+    }
+
+
 def host_step(policy: Any, state: Any, obs: Observation) -> tuple[Any, Option]:
     """``policy.array_step(state, obs, jax.numpy)`` jitted in float64, numpy in and out.
 
@@ -116,15 +129,7 @@ def host_step(policy: Any, state: Any, obs: Observation) -> tuple[Any, Option]:
     compiled loop prepares it before its first step.
     """
     state = prepare_state(policy, state, obs.patient, obs.covariates, obs.subject)
-    fields = {
-        "time": obs.time,
-        "measured": dict(obs.measured),
-        "announced": dict(obs.announced),
-        "covariates": dict(obs.covariates),
-        "active": obs.active,
-        "patient": obs.patient,
-        "index": obs.index,
-    }
+    fields = observation_fields(obs)
     with jax.enable_x64(True):
         fields = jax.tree_util.tree_map(jnp.asarray, fields)
         state = jax.tree_util.tree_map(jnp.asarray, state)

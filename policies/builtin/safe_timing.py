@@ -303,19 +303,11 @@ class SafeTiming:
         """The base policy's array step, then the particle filter and forecasts (``xp`` is
         ``jax.numpy``: the particles are simulated by the simulator's interval kernel inside the
         trace, from the same counter-based streams). The state must be :meth:`prepare`-d."""
-        from medsim.policies.array_step import step_expr
+        from medsim.policies.array_step import observation_fields, step_expr
 
         if state["particles"] is None:
             raise ValueError("safe_timing: array_step needs a prepared state (SafeTiming.prepare)")
-        fields = {
-            "time": obs.time,
-            "measured": dict(obs.measured),
-            "announced": dict(obs.announced),
-            "covariates": dict(obs.covariates),
-            "active": obs.active,
-            "patient": obs.patient,
-            "index": obs.index,
-        }
+        fields = observation_fields(obs)
         base = partial(step_expr, self.base, obs.time_unit, obs.horizon)
         base_state, given = isolated(base, state["base"], fields)
         own = {"particles": state["particles"], "last": state["last"]}
