@@ -27,7 +27,6 @@ than ``k`` paths tie at the level).
 from __future__ import annotations
 
 import math
-from functools import partial
 from typing import NamedTuple
 
 import jax
@@ -35,6 +34,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from medsim.policies.risk.rare.problem import PathProblem
+from medsim.policies.risk.rare.replicas import check_replicas, first_unfinished, run_replicas
 from medsim.policies.risk.rare.result import RareEstimate, replica_interval
 
 
@@ -124,12 +124,6 @@ def _replica(problem: PathProblem, n: int, k: int, max_iter: int, key: jax.Array
     return jax.lax.while_loop(lambda st: ~st.done & (st.it < max_iter), body, st)
 
 
-@partial(jax.jit, static_argnums=(0, 1, 2, 3))
-def _run(problem: PathProblem, n: int, k: int, max_iter: int, keys: jax.Array, params) -> _State:
-    problem = problem.with_params(params)
-    return jax.vmap(partial(_replica, problem, n, k, max_iter))(keys)
-
-
 def ams(
     problem: PathProblem,
     *,
@@ -178,18 +172,14 @@ def ams(
         raise ValueError(f"n_paths: expected an int >= 2, got {n_paths!r}")
     if not (0.0 < kill_fraction < 1.0):
         raise ValueError(f"kill_fraction: expected a share in (0, 1), got {kill_fraction!r}")
-    if not (isinstance(replicas, int) and replicas >= 1):
-        raise ValueError(f"replicas: expected an int >= 1, got {replicas!r}")
+    check_replicas(replicas)
     k = min(max(1, round(kill_fraction * n_paths)), n_paths - 1)
     if max_iterations is None:  # each iteration divides p by about 1 - k/n
         max_iterations = math.ceil(35.0 / -math.log1p(-k / n_paths)) + 10
-    root = jax.random.key(int(seed) % 2**32)
-    keys = jax.vmap(lambda r: jax.random.fold_in(root, r))(jnp.arange(first_replica, first_replica + replicas))
-    out = jax.tree_util.tree_map(
-        np.asarray, _run(problem.without_params(), n_paths, k, int(max_iterations), keys, problem.params)
-    )
-    if not out.done.all():
-        bad = int(np.flatnonzero(~out.done)[0]) + first_replica
+    settings = (n_paths, k, int(max_iterations))
+    out = run_replicas(_replica, problem, settings, seed=seed, first_replica=first_replica, replicas=replicas)
+    bad = first_unfinished(out.done, first_replica)
+    if bad is not None:
         raise AMSFailure(
             f"ams on {problem.name!r}: replica {bad} did not reach the event level in {max_iterations} "
             f"iterations (p below ~(1 - k/n)^{max_iterations}); raise max_iterations or kill_fraction"

@@ -18,14 +18,13 @@ the next level carry ``P_j / N`` each, the final population (at least ``p0 N`` p
 
 from __future__ import annotations
 
-from functools import partial
 from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from medsim.policies.risk.rare.problem import PathProblem
+from medsim.policies.risk.rare.replicas import check_replicas, first_unfinished, run_replicas
 from medsim.policies.risk.rare.result import RareEstimate, replica_interval
 
 
@@ -114,12 +113,6 @@ def _replica(problem: PathProblem, n: int, n_seeds: int, max_levels: int, key: j
     return jax.lax.while_loop(lambda st: ~st.done & (st.level < max_levels), body, st)
 
 
-@partial(jax.jit, static_argnums=(0, 1, 2, 3))
-def _run(problem: PathProblem, n: int, n_seeds: int, max_levels: int, keys: jax.Array, params) -> _State:
-    problem = problem.with_params(params)
-    return jax.vmap(partial(_replica, problem, n, n_seeds, max_levels))(keys)
-
-
 def subset_simulation(
     problem: PathProblem,
     *,
@@ -158,15 +151,11 @@ def subset_simulation(
     n_seeds = round(p0 * n_paths)
     if not (0.0 < p0 < 1.0) or n_seeds < 1 or n_paths % n_seeds:
         raise ValueError(f"p0: p0 * n_paths must be a whole divisor of n_paths, got p0={p0!r}, n_paths={n_paths}")
-    if not (isinstance(replicas, int) and replicas >= 1):
-        raise ValueError(f"replicas: expected an int >= 1, got {replicas!r}")
-    root = jax.random.key(int(seed) % 2**32)
-    keys = jax.vmap(lambda r: jax.random.fold_in(root, r))(jnp.arange(first_replica, first_replica + replicas))
-    out = jax.tree_util.tree_map(
-        np.asarray, _run(problem.without_params(), n_paths, n_seeds, int(max_levels), keys, problem.params)
-    )
-    if not out.done.all():
-        bad = int(np.flatnonzero(~out.done)[0]) + first_replica
+    check_replicas(replicas)
+    settings = (n_paths, n_seeds, int(max_levels))
+    out = run_replicas(_replica, problem, settings, seed=seed, first_replica=first_replica, replicas=replicas)
+    bad = first_unfinished(out.done, first_replica)
+    if bad is not None:
         raise SubsetFailure(
             f"subset simulation on {problem.name!r}: replica {bad} did not reach the event level in "
             f"{max_levels} levels; raise max_levels"
