@@ -107,7 +107,8 @@ def window_mask(cohort: Any, *, after: float | None = None, fraction: float | No
 def split_after(cohort: Any, *, after: float | None = None, fraction: float | None = None) -> tuple[Any, np.ndarray]:
     """``cohort`` without its held-out time window (:func:`window_mask`), and that window's mask.
 
-    Doses and covariates are kept: predictions of the window use the recorded inputs.
+    Inputs end where each subject's window starts (:func:`without`); predictions of the window
+    use the full cohort's recorded inputs.
     """
     held = window_mask(cohort, after=after, fraction=fraction)
     what = f"after t = {after:g}" if after is not None else f"the last {fraction:.0%} of each subject's span"
@@ -115,7 +116,7 @@ def split_after(cohort: Any, *, after: float | None = None, fraction: float | No
 
 
 def split_last(cohort: Any, n_last: int) -> Any:
-    """``cohort`` without each subject's last ``n_last`` measurements (doses and covariates kept).
+    """``cohort`` without each subject's last ``n_last`` measurements (inputs end where they start).
 
     Parameters
     ----------
@@ -130,25 +131,39 @@ def split_last(cohort: Any, n_last: int) -> Any:
 
 
 def without(cohort: Any, held: np.ndarray, description: str) -> Any:
-    """``cohort`` without the measurements ``held`` (S, N) marks; doses and covariates kept."""
+    """``cohort`` without the measurements ``held`` (S, N) marks, and without the inputs from each
+    subject's first held-out measurement on; covariates kept.
+
+    The fitted record then ends where the subject's held-out window begins, so the filtered state
+    stored with the fit is where a forecast of the window starts (as a digital twin forecasts from
+    its last measurement). Infusions running at that time are cut there (amount = rate x time
+    delivered); boluses at or after it belong to the window. A subject with nothing held out keeps
+    every input.
+    """
     from medsim.data import Cohort
 
     padded = padded_of(cohort)
-    keep = np.asarray(padded.obs_mask, bool) & ~np.asarray(held, bool)
-    dose = np.asarray(padded.dose_mask, bool)
+    held = np.asarray(held, bool)
+    keep = np.asarray(padded.obs_mask, bool) & ~held
+    cut = np.where(held.any(axis=1), np.where(held, np.asarray(padded.obs_time, float), np.inf).min(axis=1), np.inf)
+    time = np.asarray(padded.dose_time, float)
+    rate = np.asarray(padded.dose_rate, float)
+    dose = np.asarray(padded.dose_mask, bool) & (time < cut[:, None])
+    amount = np.asarray(padded.dose_amount, float)
+    amount = np.where(rate > 0, np.minimum(amount, rate * (cut[:, None] - time)), amount)
 
-    def rows(name: str, mask: np.ndarray) -> list[np.ndarray]:
-        return [np.asarray(v)[m] for v, m in zip(getattr(padded, name), mask, strict=True)]
+    def rows(values: Any, mask: np.ndarray) -> list[np.ndarray]:
+        return [np.asarray(v)[m] for v, m in zip(values, mask, strict=True)]
 
     return Cohort.from_arrays(
         padded.ids,
-        rows("obs_time", keep),
-        rows("obs_value", keep),
-        rows("obs_cmt", keep),
-        dose_time=rows("dose_time", dose),
-        dose_amount=rows("dose_amount", dose),
-        dose_cmt=rows("dose_cmt", dose),
-        dose_rate=rows("dose_rate", dose),
+        rows(padded.obs_time, keep),
+        rows(padded.obs_value, keep),
+        rows(padded.obs_cmt, keep),
+        dose_time=rows(time, dose),
+        dose_amount=rows(amount, dose),
+        dose_cmt=rows(padded.dose_cmt, dose),
+        dose_rate=rows(rate, dose),
         covariates=dict(padded.covariates),
         units=dict(getattr(cohort, "units", {}) or {}),
         name=f"{getattr(cohort, 'name', '')} {description}".strip(),
