@@ -179,7 +179,10 @@ class CalibrationResult:
         """JSON-ready summary: per-site coverage with exact binomial intervals and rank uniformity tests."""
         per_site = {}
         for site in self.sites:
-            entry = {"rank_test": rank_uniformity(self.ranks[site], self.n_rank_draws, n_bins=n_bins)}
+            entry = {
+                "rank_test": rank_uniformity(self.ranks[site], self.n_rank_draws, n_bins=n_bins),
+                "ranks": self.ranks[site].tolist(),  # per cohort: runs with other seeds can be pooled
+            }
             for level, hits in self.covered.items():
                 entry[f"coverage_{round(100 * level)}"] = binomial_interval(
                     int(hits[site].sum()), hits[site].size, confidence=confidence
@@ -379,6 +382,7 @@ def run_calibration(
             svi_steps=svi_steps,
             elbo=stats["elbo"].tolist(),
             fits_diagnostics_ok=int(stats["diagnostics_ok"].sum()),
+            fit_diagnostics_ok=stats["diagnostics_ok"].tolist(),
             fit_time_s=stats["fit_time_s"].tolist(),
         )
     else:

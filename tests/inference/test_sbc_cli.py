@@ -67,13 +67,14 @@ def test_sbc_with_svi_fits_every_cohort_and_ranks_the_truth(tmp_path):
     summary = json.loads(out.read_text())
     settings = summary["settings"]
     assert settings["method"] == "svi" and settings["svi_steps"] == 30 and settings["max_substep"] == 2.0
-    assert len(settings["elbo"]) == 2 and 0 <= settings["fits_diagnostics_ok"] <= 2
+    assert len(settings["elbo"]) == 2 and settings["fits_diagnostics_ok"] == sum(settings["fit_diagnostics_ok"])
     assert settings["design"]["doses"] == [[0.0, 1, 30.0], [6.0, 1, 15.0]]
     assert summary["n_rank_draws"] == 19 and summary["divergences"] == 0
     assert "eta_CL[0]" in summary["sites"] and not any("sigma" in s for s in summary["sites"])
     for entry in summary["sites"].values():
         counts = entry["rank_test"]["counts"]
         assert len(counts) == 5 and sum(counts) == 2  # every rank fell in one of the bins 0..19
+        assert len(entry["ranks"]) == 2 and all(0 <= r <= 19 for r in entry["ranks"])
     assert (result.exit_code == 1) == bool(summary["rejected"])
 
 
