@@ -143,7 +143,7 @@ def sbc_command(
     draws: int = typer.Option(300, "--draws", min=1, help="Posterior draws per chain (svi: from the fitted guide)."),
     svi_steps: int = typer.Option(1500, "--svi-steps", min=1, help="SVI optimisation steps per cohort."),
     max_substep: float = typer.Option(
-        None, "--max-substep", min=0.0, help="The filter's longest step, model time unit (as in `medsim fit`)."
+        None, "--max-substep", help="The filter's longest step, model time unit (as in `medsim fit`)."
     ),
     rank_draws: int = typer.Option(99, "--rank-draws", min=1, help="Thinned draws the truth is ranked among."),
     bins: int = typer.Option(10, "--bins", min=2, help="Rank histogram bins (must divide --rank-draws + 1)."),
@@ -167,6 +167,8 @@ def sbc_command(
         _fail(f"--bins {bins} must divide --rank-draws + 1 = {rank_draws + 1}")
     if method not in ("nuts", "svi"):
         _fail(f"--method: expected nuts or svi, got {method!r}")
+    if max_substep is not None and not max_substep > 0:
+        _fail(f"--max-substep: expected a positive step (model time unit), got {max_substep}")
     n_draws = chains * draws if method == "nuts" else draws
     if n_draws < rank_draws:
         shown = "--chains x --draws" if method == "nuts" else "--draws"

@@ -82,6 +82,7 @@ def test_sbc_with_svi_fits_every_cohort_and_ranks_the_truth(tmp_path):
     ("extra", "message"),
     [
         (["--method", "vi"], "--method: expected nuts or svi, got 'vi'"),
+        (["--max-substep", "0"], "--max-substep: expected a positive step"),
         (["--method", "svi", "--draws", "50"], "--rank-draws 99 exceeds the posterior draws (--draws = 50)"),
         (["--dose", "0:1"], "--dose: expected one AMOUNT or repeated TIME:CMT:AMOUNT"),
         (["--dose", "30", "--dose", "0:1:5"], "--dose: expected one AMOUNT or repeated TIME:CMT:AMOUNT"),
