@@ -81,7 +81,11 @@ def pool(runs: list[dict]) -> dict:
         "fits_with_check_record": int(passed.size),
         "heldout_coverage_90": binomial_interval(sum(h["hits"] for h in held), sum(h["n"] for h in held)),
         "wall_time_s": float(sum(run["settings"]["wall_time_s"] for run in runs)),
-        "settings": {k: v for k, v in settings.items() if k not in ("priors", "elbo", "fit_time_s", "seed")},
+        "settings": {
+            k: v
+            for k, v in settings.items()
+            if k not in ("priors", "elbo", "fit_time_s", "seed", "wall_time_s") and "diagnostics_ok" not in k
+        },
         "sites": sites,
     }
 
