@@ -9,11 +9,14 @@ or tilted (biased) shows where they disagree.
 
 Each calibration cohort uses the same :class:`Design` (doses, sampling times), so the likelihood
 is compiled once and all cohorts x chains run as one vectorised NUTS program (numpyro's
-``hmc`` kernel under ``jax.vmap``). Data are simulated with the medsim simulator (fixed step
-``dt``), independently of the likelihood's extended Kalman filter, and the last ``held_out``
-measurements of every subject are kept out of the fit: the fraction of them inside the central
-90 % posterior predictive interval (:func:`medsim.inference.checks.posterior_predictive`) is a
-calibration check on the predictive scale.
+``hmc`` kernel under ``jax.vmap``). ``method="svi"`` instead fits each cohort with the SVI path
+of :func:`medsim.inference.fit` (:mod:`medsim.inference.calibration_svi`), the fit medsim
+recommends for glucose models, whose calibration is then what SBC measures. Data are simulated
+with the medsim simulator (fixed step ``dt``), independently of the likelihood's extended
+Kalman filter, and the last ``held_out`` measurements of every subject are kept out of the fit:
+the fraction of them inside the central 90 % posterior predictive interval
+(:func:`medsim.inference.checks.posterior_predictive`) is a calibration check on the predictive
+scale.
 
 Prior range: the simulator's fixed step (and the filter's step length) are chosen from the
 model's typical rates; prior draws of a first-order absorption rate tens of times faster than
@@ -30,17 +33,18 @@ import dataclasses
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from functools import partial
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from medsim.inference.calibration_nuts import vectorised_nuts
+from medsim.inference.calibration_svi import svi_fits
 from medsim.inference.checks.coverage import binomial_interval, rank_uniformity
 from medsim.inference.checks.heldout import heldout_coverage
 from medsim.inference.checks.predictive import default_dt, draws_from_samples
-from medsim.inference.hierarchical import hierarchical_model, split_sites
+from medsim.inference.hierarchical import split_sites
 from medsim.inference.problem import FitData, prepare
 from medsim.models.base import PhysiologyModel, residual_key
 from medsim.simulate import DoseEvents, simulate_schedule
@@ -48,7 +52,7 @@ from medsim.simulate import DoseEvents, simulate_schedule
 
 @dataclass(frozen=True)
 class Design:
-    """The study every calibration cohort repeats: one dose, fixed sampling times.
+    """The study every calibration cohort repeats: the same boluses, fixed sampling times.
 
     Attributes
     ----------
@@ -56,9 +60,12 @@ class Design:
     obs_time : tuple of float
         Sampling times (model time unit), increasing; the last ``held_out`` are not fitted.
     dose_amount : float
-        Bolus amount at time 0, in the dose compartment's unit.
+        Bolus amount at time 0, in the dose compartment's unit (used when ``doses`` is empty).
     dose_cmt, obs_cmt : int
         Dosed and observed compartments (the model's CMT numbers).
+    doses : tuple of (time, cmt, amount)
+        Boluses every subject receives, e.g. a meal and an insulin bolus for a glucose model;
+        empty (default): the single bolus ``dose_amount`` into ``dose_cmt`` at time 0.
     held_out : int
         Measurements per subject kept out of the fit for the predictive-coverage check.
     covariates : mapping name -> float
@@ -72,6 +79,7 @@ class Design:
     obs_cmt: int = 2
     held_out: int = 1
     covariates: Mapping[str, float] = field(default_factory=dict)
+    doses: tuple[tuple[float, int, float], ...] = ()
 
     def __post_init__(self) -> None:
         times = np.asarray(self.obs_time, float)
@@ -79,6 +87,21 @@ class Design:
             raise ValueError(f"Design: need n_subjects >= 1 and increasing times >= 0, got {self}")
         if not 0 <= self.held_out < len(times):
             raise ValueError(f"Design: held_out must leave at least one fitted time, got {self.held_out}")
+        for time_, _, amount in self.doses:
+            if not (np.isfinite(time_) and time_ >= 0 and np.isfinite(amount) and amount >= 0):
+                raise ValueError(f"Design: doses need a time >= 0 and an amount >= 0, got {(time_, _, amount)}")
+
+    @property
+    def events(self) -> tuple[tuple[float, int, float], ...]:
+        """Every subject's boluses as (time, cmt, amount), in time order."""
+        events = self.doses or ((0.0, self.dose_cmt, self.dose_amount),)
+        return tuple(sorted((float(t), int(c), float(a)) for t, c, a in events))
+
+    def event_arrays(self, n_rows: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Dose times, CMTs and amounts, each (n_rows, n_events): the same boluses on every row."""
+        time_, cmt, amount = zip(*self.events, strict=True)
+        rows = (n_rows, 1)
+        return np.tile(np.asarray(time_, float), rows), np.tile(np.asarray(cmt, int), rows), np.tile(amount, rows)
 
     def cohort(self, values: np.ndarray | None = None, *, fitted_only: bool = True):
         """A ``medsim.data.Cohort`` of the design (values 0 unless given, shape (S, T))."""
@@ -87,14 +110,15 @@ class Design:
         n_time = len(self.obs_time) - (self.held_out if fitted_only else 0)
         times = np.tile(np.asarray(self.obs_time[:n_time], float), (self.n_subjects, 1))
         values = np.zeros_like(times) if values is None else np.asarray(values, float)[:, :n_time]
+        dose_time, dose_cmt, dose_amount = self.event_arrays(self.n_subjects)
         return Cohort.from_arrays(
             [f"sim{i + 1}" for i in range(self.n_subjects)],
             times,
             values,
             self.obs_cmt,
-            dose_time=np.zeros((self.n_subjects, 1)),
-            dose_amount=np.full((self.n_subjects, 1), self.dose_amount),
-            dose_cmt=self.dose_cmt,
+            dose_time=dose_time,
+            dose_amount=dose_amount,
+            dose_cmt=dose_cmt,
             covariates={k: np.full(self.n_subjects, v) for k, v in self.covariates.items()},
             name="calibration design",
         )
@@ -155,7 +179,10 @@ class CalibrationResult:
         """JSON-ready summary: per-site coverage with exact binomial intervals and rank uniformity tests."""
         per_site = {}
         for site in self.sites:
-            entry = {"rank_test": rank_uniformity(self.ranks[site], self.n_rank_draws, n_bins=n_bins)}
+            entry = {
+                "rank_test": rank_uniformity(self.ranks[site], self.n_rank_draws, n_bins=n_bins),
+                "ranks": self.ranks[site].tolist(),  # per cohort: runs with other seeds can be pooled
+            }
             for level, hits in self.covered.items():
                 entry[f"coverage_{round(100 * level)}"] = binomial_interval(
                     int(hits[site].sum()), hits[site].size, confidence=confidence
@@ -185,9 +212,7 @@ def _simulate(data: FitData, design: Design, values: dict, *, key: jax.Array, dt
     theta = model.individual_parameters(population, eta, covariates)
     flat = {k: jnp.broadcast_to(jnp.asarray(v, jnp.float32), shape).reshape(-1) for k, v in theta.items()}
     batch = n_cohorts * design.n_subjects
-    events = DoseEvents.from_arrays(
-        np.zeros((batch, 1)), np.full((batch, 1), design.dose_cmt), np.full((batch, 1), design.dose_amount)
-    )
+    events = DoseEvents.from_arrays(*design.event_arrays(batch))
     times = np.tile(np.asarray(design.obs_time, float), (batch, 1))
     k_path, k_res = jax.random.split(key)
     name = model.obs_targets[design.obs_cmt]
@@ -211,85 +236,6 @@ def _prior_draws(data: FitData, n_cohorts: int, *, key: jax.Array) -> dict[str, 
     return values
 
 
-def _vectorised_nuts(
-    data: FitData,
-    obs_slots: np.ndarray,
-    *,
-    key: jax.Array,
-    chains: int,
-    warmup: int,
-    draws: int,
-    target_accept: float,
-    max_tree_depth: int,
-    init_radius: float,
-) -> tuple[dict, np.ndarray]:
-    """NUTS on every cohort (C of them) x chain in one vmapped program.
-
-    Returns constrained draws site -> (C, chains * draws, ...) (``eta_<p>`` included) and
-    sampler statistics: divergent transitions per cohort (C,), the mean number of leapfrog steps
-    per iteration and the mean over iterations of the batch's largest number (the cost).
-    """
-    from numpyro.distributions.transforms import biject_to
-    from numpyro.infer.hmc import hmc
-    from numpyro.infer.util import potential_energy
-
-    def model(obs_value):
-        timeline = dataclasses.replace(data.timeline, obs_value=obs_value)
-        hierarchical_model(dataclasses.replace(data, timeline=timeline))
-
-    n_cohorts = obs_slots.shape[0]
-    batch = n_cohorts * chains
-    k_init, k_run = jax.random.split(key)
-    obs = jnp.asarray(np.repeat(obs_slots, chains, axis=0), data.timeline.time.dtype)
-    priors = data.priors
-    transforms = {s.site: biject_to(s.numpyro().support) for s in priors.sites}
-    keys = jax.random.split(k_init, len(priors.sites) + 1)
-    # Start like the numpyro backend: prior medians plus a uniform jitter on the unconstrained scale.
-    init = {
-        s.site: transforms[s.site].inv(jnp.asarray(s.median(), jnp.float32))
-        + jax.random.uniform(k, (batch,), minval=-init_radius, maxval=init_radius)
-        for s, k in zip(priors.sites, keys, strict=False)
-    }
-    for i, p in enumerate(priors.random_effects):
-        init[f"eta_{p}_decentered"] = jax.random.uniform(
-            jax.random.fold_in(keys[-1], i), (batch, data.n_subjects), minval=-init_radius, maxval=init_radius
-        )
-
-    def potential_fn_gen(y):  # the potential of one cohort's data, as numpyro's MCMC builds it
-        return partial(potential_energy, model, (y,), {})
-
-    init_kernel, sample_kernel = hmc(potential_fn_gen=potential_fn_gen, algo="NUTS")
-
-    def one_chain(rng, z0, y):
-        state = init_kernel(
-            z0, warmup, target_accept_prob=target_accept, max_tree_depth=max_tree_depth, model_args=(y,), rng_key=rng
-        )
-
-        def step(state, _):
-            state = sample_kernel(state, model_args=(y,))
-            return state, (state.z, state.diverging, state.num_steps)
-
-        _, (z, diverging, steps) = jax.lax.scan(step, state, None, length=warmup + draws)
-        return jax.tree.map(lambda a: a[warmup:], z), diverging[warmup:], steps
-
-    z, diverging, steps = jax.jit(jax.vmap(one_chain))(jax.random.split(k_run, batch), init, obs)
-    out = {}
-    for name, value in z.items():
-        value = transforms[name](value) if name in transforms else value
-        value = np.asarray(value).reshape(n_cohorts, chains * draws, *np.shape(value)[2:])
-        out[name] = value
-    for p in priors.random_effects:
-        out[f"eta_{p}"] = out[f"omega_{p}"][..., None] * out[f"eta_{p}_decentered"]
-    steps = np.asarray(steps)  # (batch, iterations) leapfrog steps
-    stats = {
-        "divergences": np.asarray(diverging).reshape(n_cohorts, -1).sum(axis=1),
-        "mean_steps": float(steps.mean()),
-        # every iteration of the vmapped program costs the batch's longest trajectory
-        "mean_batch_max_steps": float(steps.max(axis=0).mean()),
-    }
-    return out, stats
-
-
 def run_calibration(
     model: PhysiologyModel,
     design: Design,
@@ -307,6 +253,9 @@ def run_calibration(
     init_radius: float = 0.5,
     n_predictive_draws: int = 200,
     dt: float | None = None,
+    method: str = "nuts",
+    svi_steps: int = 1500,
+    max_substep: float | None = None,
 ) -> CalibrationResult:
     """Simulation-based calibration and held-out coverage over ``n_cohorts`` simulated cohorts.
 
@@ -319,7 +268,8 @@ def run_calibration(
     seed : int
         Seeds prior draws, simulation, sampler and predictive draws (same seed, same result).
     chains, warmup, draws : int
-        NUTS settings per cohort.
+        NUTS settings per cohort; with ``method="svi"``, ``draws`` is the number of draws from
+        each fitted guide (``chains`` and ``warmup`` are not used).
     n_rank_draws : int
         Posterior draws (evenly spaced over all chains, i.e. thinned) the truth is ranked among.
     levels : tuple of float
@@ -338,18 +288,30 @@ def run_calibration(
         Simulator step for the data and the predictions; default ``0.004 / lambda_max``
         (:func:`~medsim.inference.checks.predictive.default_dt`), a relative error of about 0.2 % on the
         fastest typical process, negligible next to the residual error the fit estimates.
+    method : {"nuts", "svi"}
+        ``"nuts"``: all cohorts in one vectorised NUTS program; ``"svi"``: one
+        ``medsim.inference.fit(..., method="svi")`` per cohort (:mod:`medsim.inference.calibration_svi`).
+    svi_steps : int
+        SVI optimisation steps per cohort.
+    max_substep : float, optional
+        The filter's longest step (model time unit), as in :func:`medsim.inference.fit`.
 
     Returns
     -------
     CalibrationResult
     """
-    if n_cohorts < 1 or draws * chains < n_rank_draws:
+    if method not in ("nuts", "svi"):
+        raise ValueError(f"method: expected 'nuts' or 'svi', got {method!r}")
+    if method == "svi":
+        chains, warmup = 1, 0
+    if n_cohorts < 1 or draws * chains < n_rank_draws or svi_steps < 1:
         raise ValueError(
-            f"need n_cohorts >= 1 and chains * draws >= n_rank_draws, got {n_cohorts}, {draws}, {n_rank_draws}"
+            "need n_cohorts >= 1, chains * draws >= n_rank_draws and svi_steps >= 1, got "
+            f"{n_cohorts}, {chains} x {draws}, {n_rank_draws}, {svi_steps}"
         )
     start = time.perf_counter()
     dt = default_dt(model, rate_dt=0.004) if dt is None else float(dt)
-    data = prepare(design.cohort(), model, process_noise=process_noise)
+    data = prepare(design.cohort(), model, process_noise=process_noise, max_substep=max_substep)
     k_prior, k_sim, k_fit, k_pred = jax.random.split(jax.random.key(seed), 4)
     truth = _prior_draws(data, n_cohorts, key=k_prior)
     measured = _simulate(data, design, truth, key=k_sim, dt=dt)  # (C, S, T)
@@ -357,17 +319,29 @@ def run_calibration(
     slots = np.zeros((n_cohorts, *data.timeline.time.shape))
     rows = np.arange(design.n_subjects)[:, None]
     slots[:, rows, np.asarray(data.timeline.obs_slot)] = measured[:, :, :n_fit]
-    samples, stats = _vectorised_nuts(
-        data,
-        slots,
-        key=k_fit,
-        chains=chains,
-        warmup=warmup,
-        draws=draws,
-        target_accept=target_accept,
-        max_tree_depth=max_tree_depth,
-        init_radius=init_radius,
-    )
+    if method == "svi":
+        samples, stats = svi_fits(
+            data,
+            [design.cohort(measured[c]) for c in range(n_cohorts)],
+            seed=seed,
+            draws=draws,
+            svi_steps=svi_steps,
+            max_substep=max_substep,
+            process_noise=process_noise,
+        )
+        stats["divergences"] = np.zeros(n_cohorts, int)
+    else:
+        samples, stats = vectorised_nuts(
+            data,
+            slots,
+            key=k_fit,
+            chains=chains,
+            warmup=warmup,
+            draws=draws,
+            target_accept=target_accept,
+            max_tree_depth=max_tree_depth,
+            init_radius=init_radius,
+        )
     checked = {s.site: (s.site, ()) for s in data.priors.sites}
     checked.update({f"eta_{p}[0]": (f"eta_{p}", (0,)) for p in data.priors.random_effects})
     thin = np.round(np.linspace(0, chains * draws - 1, n_rank_draws)).astype(int)
@@ -396,16 +370,29 @@ def run_calibration(
         "design": dataclasses.asdict(design),
         "priors": data.priors.to_json(),
         "process_noise": process_noise,
-        "max_tree_depth": max_tree_depth,
-        "chains": chains,
-        "warmup": warmup,
+        "method": method,
+        "max_substep": max_substep,
         "draws": draws,
         "seed": seed,
         "simulator_dt": dt,
-        "mean_leapfrog_steps": stats["mean_steps"],
-        "mean_batch_max_leapfrog_steps": stats["mean_batch_max_steps"],
         "wall_time_s": time.perf_counter() - start,
     }
+    if method == "svi":
+        settings.update(
+            svi_steps=svi_steps,
+            elbo=stats["elbo"].tolist(),
+            fits_diagnostics_ok=int(stats["diagnostics_ok"].sum()),
+            fit_diagnostics_ok=stats["diagnostics_ok"].tolist(),
+            fit_time_s=stats["fit_time_s"].tolist(),
+        )
+    else:
+        settings.update(
+            max_tree_depth=max_tree_depth,
+            chains=chains,
+            warmup=warmup,
+            mean_leapfrog_steps=stats["mean_steps"],
+            mean_batch_max_leapfrog_steps=stats["mean_batch_max_steps"],
+        )
     return CalibrationResult(
         sites=tuple(checked),
         truth=true_values,

@@ -1,14 +1,17 @@
 """``medsim sbc``: simulation-based calibration of the fitting machinery for any mechanistic model.
 
 ``medsim sbc MODEL --replications C`` draws ``C`` parameter sets from the model's prior,
-simulates one cohort of a single-bolus design from each, fits every cohort with NUTS and ranks
-the true values among the posterior draws (:func:`medsim.inference.calibration.run_calibration`; Talts
-et al. 2018). Uniform ranks and nominal interval coverage mean prior, simulator, likelihood and
-sampler agree. See docs/calibration.md, "Simulation-based calibration".
+simulates one cohort of the design from each (a single bolus at time 0, or the boluses given by
+repeated ``--dose TIME:CMT:AMOUNT``, e.g. a meal and an insulin bolus), fits every cohort with
+NUTS (``--method nuts``, all cohorts in one vectorised program) or SVI (``--method svi``, one
+``medsim.inference.fit`` per cohort) and ranks the true values among the posterior draws
+(:func:`medsim.inference.calibration.run_calibration`; Talts et al. 2018). Uniform ranks and
+nominal interval coverage mean prior, simulator, likelihood and sampler agree. See
+docs/calibration.md, "Simulation-based calibration".
 
-Exit status: 0 when no site's rank histogram is rejected as non-uniform (chi-square test at
-level ``--alpha`` divided by the number of sites, Bonferroni), 1 when one is, 2 for usage
-errors (unknown model, a design the model cannot take, bad option values).
+Exit status (either method): 0 when no site's rank histogram is rejected as non-uniform
+(chi-square test at level ``--alpha`` divided by the number of sites, Bonferroni), 1 when one
+is, 2 for usage errors (unknown model, a design the model cannot take, bad option values).
 """
 
 from __future__ import annotations
@@ -47,17 +50,44 @@ def _covariates(items: list[str]) -> dict[str, float]:
     return out
 
 
-def build_design(model, *, subjects, times, dose, dose_cmt, obs_cmt, held_out, covariates):
+def parse_doses(items: list[str]) -> tuple[float | None, tuple[tuple[float, int, float], ...]]:
+    """``--dose`` values: one plain AMOUNT (a bolus at time 0 into ``--dose-cmt``) or any number of
+    TIME:CMT:AMOUNT boluses. Returns (amount or None, boluses).
+
+    Raises
+    ------
+    ValueError
+        Naming ``--dose`` and the value: not a number or TIME:CMT:AMOUNT, or both forms mixed.
+    """
+    amount, doses = None, []
+    for item in items:
+        parts = item.split(":")
+        try:
+            if len(parts) == 1 and len(items) == 1:
+                amount = float(parts[0])
+            elif len(parts) == 3:
+                doses.append((float(parts[0]), int(parts[1]), float(parts[2])))
+            else:
+                raise ValueError
+        except ValueError:
+            raise ValueError(
+                f"--dose: expected one AMOUNT or repeated TIME:CMT:AMOUNT (e.g. 0:2:60), got {item!r}"
+            ) from None
+    return amount, tuple(doses)
+
+
+def build_design(model, *, subjects, times, dose, dose_cmt, obs_cmt, held_out, covariates, doses=()):
     """The :class:`~medsim.inference.calibration.Design` of the options.
 
     Defaults: the model's first dose and observation compartments; covariates not given take the
-    model's reference values.
+    model's reference values. ``doses``: (time, cmt, amount) boluses replacing the single bolus
+    ``dose`` into ``dose_cmt`` at time 0.
 
     Raises
     ------
     ValueError
         Naming the option: a compartment the model has no dose or observation for, an unknown
-        covariate, bad sampling times.
+        covariate, bad sampling times or doses.
     """
     from medsim.inference.calibration import Design
 
@@ -65,6 +95,9 @@ def build_design(model, *, subjects, times, dose, dose_cmt, obs_cmt, held_out, c
     obs_cmt = min(model.obs_targets) if obs_cmt is None else obs_cmt
     if dose_cmt not in model.dose_targets:
         raise ValueError(f"--dose-cmt {dose_cmt}: model {model.name!r} is dosed in CMT {sorted(model.dose_targets)}")
+    for _, cmt, _ in doses:
+        if cmt not in model.dose_targets:
+            raise ValueError(f"--dose CMT {cmt}: model {model.name!r} is dosed in CMT {sorted(model.dose_targets)}")
     if obs_cmt not in model.obs_targets:
         raise ValueError(f"--obs-cmt {obs_cmt}: model {model.name!r} observes CMT {sorted(model.obs_targets)}")
     known = [c.name for c in model.covariates]
@@ -81,6 +114,7 @@ def build_design(model, *, subjects, times, dose, dose_cmt, obs_cmt, held_out, c
         obs_cmt=obs_cmt,
         held_out=held_out,
         covariates=covariates,
+        doses=tuple(doses),
         **kwargs,
     )
 
@@ -93,14 +127,24 @@ def sbc_command(
     times: str = typer.Option(
         None, "--times", help="Sampling times, comma-separated, model time unit (default 0.25,...,24)."
     ),
-    dose: float = typer.Option(None, "--dose", help="Bolus at time 0, in the dose compartment's unit (default 320)."),
+    dose: list[str] = typer.Option(
+        None,
+        "--dose",
+        help="AMOUNT: a bolus at time 0 into --dose-cmt (default 320); or TIME:CMT:AMOUNT, repeatable "
+        "(e.g. --dose 0:2:60 --dose 0:1:6 for a meal and an insulin bolus).",
+    ),
     dose_cmt: int = typer.Option(None, "--dose-cmt", help="Dosed compartment (default: the model's first)."),
     obs_cmt: int = typer.Option(None, "--obs-cmt", help="Observed compartment (default: the model's first)."),
     held_out: int = typer.Option(1, "--held-out", min=1, help="Last measurements per subject kept out of the fit."),
     covariate: list[str] = typer.Option(None, "--covariate", help="NAME=VALUE shared by all subjects (repeatable)."),
-    chains: int = typer.Option(2, "--chains", min=1),
-    warmup: int = typer.Option(300, "--warmup", min=1),
-    draws: int = typer.Option(300, "--draws", min=1, help="Posterior draws per chain."),
+    method: str = typer.Option("nuts", "--method", help="nuts (vectorised over cohorts) or svi (one fit per cohort)."),
+    chains: int = typer.Option(2, "--chains", min=1, help="NUTS chains (svi: not used)."),
+    warmup: int = typer.Option(300, "--warmup", min=1, help="NUTS warmup per chain (svi: not used)."),
+    draws: int = typer.Option(300, "--draws", min=1, help="Posterior draws per chain (svi: from the fitted guide)."),
+    svi_steps: int = typer.Option(1500, "--svi-steps", min=1, help="SVI optimisation steps per cohort."),
+    max_substep: float = typer.Option(
+        None, "--max-substep", help="The filter's longest step, model time unit (as in `medsim fit`)."
+    ),
     rank_draws: int = typer.Option(99, "--rank-draws", min=1, help="Thinned draws the truth is ranked among."),
     bins: int = typer.Option(10, "--bins", min=2, help="Rank histogram bins (must divide --rank-draws + 1)."),
     process_noise: bool = typer.Option(False, "--process-noise/--ode", help="Fit the SDE model or its ODE limit."),
@@ -121,18 +165,26 @@ def sbc_command(
         output_file(out, "--out")
     if (rank_draws + 1) % bins:
         _fail(f"--bins {bins} must divide --rank-draws + 1 = {rank_draws + 1}")
-    if chains * draws < rank_draws:
-        _fail(f"--rank-draws {rank_draws} exceeds the posterior draws (--chains x --draws = {chains * draws})")
+    if method not in ("nuts", "svi"):
+        _fail(f"--method: expected nuts or svi, got {method!r}")
+    if max_substep is not None and not max_substep > 0:
+        _fail(f"--max-substep: expected a positive step (model time unit), got {max_substep}")
+    n_draws = chains * draws if method == "nuts" else draws
+    if n_draws < rank_draws:
+        shown = "--chains x --draws" if method == "nuts" else "--draws"
+        _fail(f"--rank-draws {rank_draws} exceeds the posterior draws ({shown} = {n_draws})")
     try:
         model = registry.get(model_name)
     except registry.UnknownModelError as err:
         _fail(str(err))
     try:
+        amount, doses = parse_doses(dose or [])
         design = build_design(
             model,
             subjects=subjects,
             times=_floats(times, "--times") if times else None,
-            dose=dose,
+            dose=amount,
+            doses=doses,
             dose_cmt=dose_cmt,
             obs_cmt=obs_cmt,
             held_out=held_out,
@@ -148,6 +200,9 @@ def sbc_command(
             draws=draws,
             n_rank_draws=rank_draws,
             process_noise=process_noise,
+            method=method,
+            svi_steps=svi_steps,
+            max_substep=max_substep,
         )
     except ValueError as err:
         _fail(str(err))
@@ -171,9 +226,15 @@ def _print(summary: dict) -> None:
     from rich.table import Table
 
     console = Console()
+    settings = summary["settings"]
+    fitted = (
+        f"{summary['divergences']} divergences"
+        if settings.get("method", "nuts") == "nuts"
+        else f"SVI, {settings['fits_diagnostics_ok']} of {summary['n_cohorts']} fits passed their checks"
+    )
     console.print(
         f"simulation-based calibration: {summary['n_cohorts']} cohorts, ranks among {summary['n_rank_draws']} draws, "
-        f"{summary['divergences']} divergences"
+        + fitted
     )
     table = Table("site", "rank test p", "50% coverage", "90% coverage", show_edge=False)
     for site, e in summary["sites"].items():

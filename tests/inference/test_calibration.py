@@ -145,3 +145,15 @@ def test_simulation_based_calibration_of_the_ode_fit():
         problems.append(("held-out", 90, held))
     assert not problems
     assert summary["divergences"] <= 0.01 * 20 * 200  # under 1 % divergent transitions
+
+
+def test_design_with_several_doses_gives_every_subject_all_of_them():
+    design = Design(n_subjects=2, obs_time=(1.0, 2.0), obs_cmt=3, doses=((30.0, 1, 6.0), (0.0, 2, 60.0)))
+    assert design.events == ((0.0, 2, 60.0), (30.0, 1, 6.0))  # time order
+    padded = design.cohort().padded()
+    np.testing.assert_array_equal(padded.dose_time, [[0.0, 30.0]] * 2)
+    np.testing.assert_array_equal(padded.dose_amount, [[60.0, 6.0]] * 2)
+    np.testing.assert_array_equal(padded.dose_cmt, [[2, 1]] * 2)
+    assert Design().events == ((0.0, 1, 320.0),)  # no doses: the single bolus, as before
+    with pytest.raises(ValueError, match="amount >= 0"):
+        Design(doses=((0.0, 1, -5.0),))
