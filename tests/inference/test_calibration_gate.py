@@ -199,3 +199,30 @@ def test_the_reported_wide_glucose_fit_fails(design_effect):
     if design_effect > 1:
         assert _status(gate)["coverage_0.9"] == "passed"  # tolerance 2.576 sqrt(0.09 x 20 / 1152) = 0.10
     assert "mean 90% width 240 mg/dL = 1.04 x the held-out 5-95% range 230 mg/dL" in gate.summary()
+
+
+def test_the_training_record_ends_where_the_held_out_window_starts():
+    """Inputs from a subject's first held-out measurement on belong to the window: boluses there
+    and later are dropped, an infusion running across it is cut to what it delivered before."""
+    from medsim.data import Cohort
+    from medsim.inference.checks.heldout import without
+
+    cohort = Cohort.from_arrays(
+        ("a", "b"),
+        [np.array([1.0, 2.0, 3.0, 4.0]), np.array([1.0, 2.0])],
+        [np.ones(4), np.ones(2)],
+        [np.full(4, 2), np.full(2, 2)],
+        dose_time=[np.array([0.0, 2.5, 3.0, 3.5]), np.array([0.0, 1.5])],
+        dose_amount=[np.array([100.0, 10.0, 20.0, 30.0]), np.array([50.0, 60.0])],
+        dose_cmt=[np.ones(4, int), np.ones(2, int)],
+        dose_rate=[np.array([0.0, 4.0, 0.0, 0.0]), np.array([0.0, 0.0])],
+    )
+    held = np.zeros((2, 4), bool)
+    held[0, 2:] = True  # subject a: 3 h and 4 h held out; subject b keeps everything
+    training = without(cohort, held, "test").padded()
+    a = training.dose_mask[0]
+    assert training.dose_time[0][a].tolist() == [0.0, 2.5]  # the bolus at 3 h is the window's
+    # the infusion at 4 units/h from 2.5 h ran 0.5 h before the window: 2 of its 10 units
+    assert training.dose_amount[0][a].tolist() == [100.0, 2.0]
+    assert training.dose_amount[1][training.dose_mask[1]].tolist() == [50.0, 60.0]
+    assert training.obs_mask.sum(axis=1).tolist() == [2, 2]
