@@ -229,6 +229,24 @@ def _entries_loglik(model, timeline, theta, residual, slots, *, covariance, cova
     )
 
 
+def subject_theta(
+    model: PhysiologyModel,
+    timeline: Timeline,
+    individual_params: Mapping[str, Array],
+    noise: Mapping[str, Array] | None,
+) -> dict[str, Array]:
+    """Every subject's parameters, ``(S,)`` each in the timeline's dtype, with the process-noise
+    scales ``noise`` (None: all 0, the ODE limit)."""
+    dtype = timeline.time.dtype
+    theta = dict(individual_params)
+    if noise is None:
+        theta.update({p.name: jnp.zeros((), dtype) for p in model.params_of_kind("process_noise")})
+    else:
+        theta.update(noise)
+    n_subjects = timeline.time.shape[0]
+    return {k: jnp.broadcast_to(jnp.asarray(v, dtype), (n_subjects,)) for k, v in theta.items()}
+
+
 def cohort_loglik(
     model: PhysiologyModel,
     timeline: Timeline,
@@ -282,13 +300,8 @@ def cohort_loglik(
     layout = resolve_layout(
         timeline.layout if layout is None else layout, len(model.state_names), covariance=covariance
     )
-    theta = dict(individual_params)
-    if noise is None:
-        theta.update({p.name: jnp.zeros((), dtype) for p in model.params_of_kind("process_noise")})
-    else:
-        theta.update(noise)
+    theta = subject_theta(model, timeline, individual_params, noise)
     n_subjects = timeline.time.shape[0]
-    theta = {k: jnp.broadcast_to(jnp.asarray(v, dtype), (n_subjects,)) for k, v in theta.items()}
     slots = {k: jnp.asarray(getattr(timeline, k)) for k in SLOT_FIELDS if getattr(timeline, k) is not None}
 
     keys = tuple(sorted(theta)) + tuple(f"residual:{k}" for k in sorted(residual))

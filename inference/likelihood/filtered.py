@@ -24,6 +24,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from medsim.inference.likelihood.ekf import subject_theta
 from medsim.inference.likelihood.ekf_matrix import matrix_loglik
 from medsim.inference.likelihood.filtering import SLOT_FIELDS
 from medsim.inference.likelihood.timeline import Timeline
@@ -68,13 +69,8 @@ def cohort_filter(
     """
     dtype = timeline.time.dtype
     covariance = noise is not None
-    theta = dict(individual_params)
-    if noise is None:
-        theta.update({p.name: jnp.zeros((), dtype) for p in model.params_of_kind("process_noise")})
-    else:
-        theta.update(noise)
+    theta = subject_theta(model, timeline, individual_params, noise)
     n_subjects = timeline.time.shape[0]
-    theta = {k: jnp.broadcast_to(jnp.asarray(v, dtype), (n_subjects,)) for k, v in theta.items()}
     residual = {k: jnp.broadcast_to(jnp.asarray(v, dtype), (n_subjects,)) for k, v in residual.items()}
     slots = {k: jnp.asarray(getattr(timeline, k)) for k in SLOT_FIELDS if getattr(timeline, k) is not None}
 
