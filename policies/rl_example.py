@@ -66,6 +66,7 @@ def _train(out: Path, *, timesteps: int, envs: int, minutes: float, budget: floa
     import torch
     from stable_baselines3 import PPO
     from stable_baselines3.common.callbacks import BaseCallback
+    from stable_baselines3.common.logger import Logger
 
     from medsim.policies.env.sb3 import SB3VecEnv
 
@@ -87,6 +88,8 @@ def _train(out: Path, *, timesteps: int, envs: int, minutes: float, budget: floa
         device="cpu",
         verbose=0,
     )
+    # no log folder: stable-baselines3's default logger makes one under the temp directory per run
+    model.set_logger(Logger(folder=None, output_formats=[]))
     with torch.no_grad():
         model.policy.action_net.bias.copy_(torch.tensor([_START[n] for n in GLUCOSE.action_names]))
     curve: list[dict] = []
