@@ -50,7 +50,6 @@ import numpy as np
 
 from medsim.models.base import PhysiologyModel
 from medsim.policies.interaction import Interaction
-from medsim.policies.noise_index import NoiseTable
 from medsim.policies.paths import join_paths
 from medsim.policies.protocol import Observation, Policy, for_model
 from medsim.policies.result import PER_BOUND, RolloutResult
@@ -218,14 +217,7 @@ def _rollout(
 ) -> RolloutResult:
     from medsim.policies.rollout_device import choose_loop, device_chunk
 
-    which = choose_loop(loop, policy, population.n_patients)
-    if which == "device" and setup.noise_index is not None and not isinstance(setup.noise_index, NoiseTable):
-        if loop == "device":
-            raise ValueError(
-                "loop='device' takes noise_index as a NoiseTable (medsim.policies.noise_index), not a "
-                "Python function; use loop='host' (or 'auto')"
-            )
-        which = "host"
+    which = choose_loop(loop, policy, population.n_patients, setup.noise_index)
     run = _run_chunk if which == "host" else partial(device_chunk, host=_run_chunk)
     n = population.n_patients
     setup.n_total = n

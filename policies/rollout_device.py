@@ -30,16 +30,20 @@ LOOPS = ("auto", "device", "host")
 AUTO_MIN_PATIENTS = 4096
 
 
-def choose_loop(loop: str, policy: Policy, n_patients: int | None = None) -> str:
+def choose_loop(loop: str, policy: Policy, n_patients: int | None = None, noise_index: object = None) -> str:
     """``"device"`` or ``"host"`` for ``loop`` in :data:`LOOPS` (``"auto"``: the compiled loop when
     the policy has an array step and there are at least :data:`AUTO_MIN_PATIENTS` patients, or
-    ``n_patients`` is not given).
+    ``n_patients`` is not given). A ``noise_index`` other than a
+    :class:`~medsim.policies.noise_index.NoiseTable` (a Python function) runs on the host only.
 
     Raises
     ------
     ValueError
-        For an unknown ``loop``, or ``"device"`` with a policy that has no array step.
+        For an unknown ``loop``, or ``"device"`` with a policy that has no array step or a
+        ``noise_index`` that is not a table.
     """
+    from medsim.policies.noise_index import NoiseTable
+
     if loop not in LOOPS:
         raise ValueError(f"loop: expected one of {LOOPS}, got {loop!r}")
     capable = device_loop.supports_device(policy)
@@ -48,9 +52,15 @@ def choose_loop(loop: str, policy: Policy, n_patients: int | None = None) -> str
             f"loop='device': policy {policy.name!r} has no array step (array_step(state, obs, xp)); "
             "use loop='host' or 'auto'"
         )
+    tabled = noise_index is None or isinstance(noise_index, NoiseTable)
+    if loop == "device" and not tabled:
+        raise ValueError(
+            "loop='device' takes noise_index as a NoiseTable (medsim.policies.noise_index), not a "
+            "Python function; use loop='host' (or 'auto')"
+        )
     if loop == "auto" and n_patients is not None and n_patients < AUTO_MIN_PATIENTS:
         return "host"
-    return "device" if loop != "host" and capable else "host"
+    return "device" if loop != "host" and capable and tabled else "host"
 
 
 class _Hooks:
