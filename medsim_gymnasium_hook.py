@@ -8,8 +8,9 @@ calls :func:`install`. :func:`install` puts a :class:`GymnasiumImportHook` first
 import run to the end, then calls :func:`medsim.env_ids.register` (registry entries whose entry
 points are strings: no environment code, no jax, until ``gymnasium.make``) and removes itself.
 
-Cost: this module imports nothing (``os`` and ``sys`` are loaded before ``site`` runs) and does
-nothing when imported; until gymnasium is imported, every other import pays one string comparison.
+Cost: this module imports nothing new (``site``, which reads ``.pth`` files, has imported ``os``
+and ``sys``) and does nothing when imported; until gymnasium is imported, every other import pays
+one call of :meth:`GymnasiumImportHook.find_spec`, a string comparison.
 
 Nothing here raises: an error while installing or registering is swallowed, so medsim can break
 neither interpreter start-up nor ``import gymnasium`` (a broken medsim shows up as gymnasium's
