@@ -11,7 +11,9 @@ neural model.
 
 When gymnasium is already imported, importing medsim registers its environment ids
 (:mod:`medsim.env_ids`: registry entries only, nothing imported), so that
-``gymnasium.make("medsim:medsim/Glucose-v0")`` works in a fresh interpreter.
+``gymnasium.make("medsim:medsim/Glucose-v0")`` works in a fresh interpreter. Where medsim is
+installed, the bare ``gymnasium.make("medsim/Glucose-v0")`` works too: ``medsim_gymnasium_hook``
+registers the ids when gymnasium is imported.
 """
 
 import sys as _sys

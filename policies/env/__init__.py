@@ -8,8 +8,9 @@ through :mod:`medsim.policies.learned`. May import ``medsim``, ``inference`` (po
 the rest of ``policies``; gymnasium is imported here, minari only by :mod:`.offline`.
 
 Importing this package registers the environments (``gymnasium.make("medsim/Glucose-v0")``);
-without importing it first, ``gymnasium.make("medsim:medsim/Glucose-v0")`` (or the older
-``"medsim.policies.env:medsim/Glucose-v0"``) imports what registers them (:mod:`medsim.env_ids`).
+where medsim is installed, importing gymnasium does too (``medsim_gymnasium_hook``), and
+``gymnasium.make("medsim:medsim/Glucose-v0")`` (or ``"medsim.policies.env:medsim/Glucose-v0"``)
+imports what registers them (:mod:`medsim.env_ids`) in any case.
 Without gymnasium (the ``rl`` extra) the tasks, the core and learned policies still work.
 """
 

@@ -1,7 +1,7 @@
 """The gymnasium environment: one virtual patient per episode, one option per step.
 
 >>> import gymnasium
->>> env = gymnasium.make("medsim.policies.env:medsim/Glucose-v0")   # or: import policies.env; make("medsim/Glucose-v0")
+>>> env = gymnasium.make("medsim/Glucose-v0")   # from a checkout that is not installed: "medsim:medsim/Glucose-v0"
 >>> obs, info = env.reset(seed=0)
 >>> obs, reward, terminated, truncated, info = env.step(env.action_space.sample())
 >>> info["cost"], info["interval"], info["p_cross"]
