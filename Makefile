@@ -10,7 +10,7 @@ SIMGLUCOSE_DEPS := "gym==0.9.4" "pathos>=0.3" "setuptools<80"
 
 .PHONY: demo test lint bench reports clean
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml setup.py medsim-gymnasium.pth
 	test -x $(PY) || $(PYTHON) -m venv $(VENV) || python3 -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e ".[test]"
