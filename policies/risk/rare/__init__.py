@@ -19,7 +19,7 @@ Pure JAX/numpy; may import ``medsim``, the rest of ``medsim.policies.risk``, ``m
 (for the closed loop only) ``medsim.policies.rollout``; never rendering code.
 """
 
-from medsim.policies.risk.rare.ams import AMSFailure, ams
+from medsim.policies.risk.rare.ams import AMSFailure, PathFailure, ams
 from medsim.policies.risk.rare.closed_loop import closed_loop_problem
 from medsim.policies.risk.rare.epistemic import RareEpistemic, rare_epistemic
 from medsim.policies.risk.rare.importance import importance_sampling
@@ -29,6 +29,7 @@ from medsim.policies.risk.rare.subset import SubsetFailure, subset_simulation
 
 __all__ = [
     "AMSFailure",
+    "PathFailure",
     "PathProblem",
     "RareEpistemic",
     "RareEstimate",

@@ -14,8 +14,15 @@ that enter the dynamics continuously and do not apply here.
 Scores are per interaction: for a lower bound ``log(b / min y)`` over the interval (for an upper
 bound ``log(max y / b)``; the observable's bridge scale when it is linear: ``(b - min y) / b``),
 ``>= 0`` exactly at a grid violation; the crossing probability is the simulator's bridge-corrected
-one, ``1 - exp(sum_k log_survival_k)``. The rollout runs on the host, called from the compiled
-splitting loop by ``jax.pure_callback`` (one call per clone batch, all replicas together).
+one, ``1 - exp(sum_k log_survival_k)``.
+
+Where it runs is chosen as :func:`medsim.policies.rollout_device.choose_loop` chooses the rollout's
+loop (``loop=`` among the rollout options, default ``"auto"``): a policy with an array step gets a
+pure-JAX path function (:mod:`medsim.policies.risk.rare.closed_loop_compiled`), so the splitting
+loop and the closed loop are one compiled program; any other policy (a Python ``act``), or
+``loop="host"``, runs :func:`~medsim.policies.rollout.rollout` on the host, called from the compiled
+splitting loop by ``jax.pure_callback`` (one call per clone batch, all replicas together). Both
+give the same scores and crossing probabilities on the same increments (up to float32 rounding).
 """
 
 from __future__ import annotations
@@ -81,7 +88,8 @@ def closed_loop_problem(
         Most interactions per path (``T`` of the problem; the rollout's ``max_interactions``).
     rollout_options
         Further :func:`~medsim.policies.rollout.rollout` options (``scenario``, ``scheme``,
-        ``measurement_noise``). A scenario must give every row the same events (e.g. a
+        ``measurement_noise``, ``target``, ``loop``; the compiled path function takes these,
+        any other option runs the host rollout). A scenario must give every row the same events (e.g. a
         :class:`~medsim.policies.scenarios.MealScenario` with ``time_sd_h=0, size_cv=0``): a row's
         events must not depend on its position in the batch.
 
@@ -94,8 +102,12 @@ def closed_loop_problem(
 
     n_patients = population.n_patients
     upper = bound.side == "upper"
-    log_scale = model.observable(bound.observable).bridge_scale == "log"
     K = int(interactions)
+    label = name or f"{policy.name}: {bound.observable} {'>' if upper else '<'} {bound.value:g}"
+    compiled = _compiled_problem(model, population, policy, bound, horizon, dt, seed, K, label, rollout_options)
+    if compiled is not None:
+        return compiled
+    log_scale = model.observable(bound.observable).bridge_scale == "log"
 
     def host(inc: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         lead = inc.shape[:-2]
@@ -140,5 +152,44 @@ def closed_loop_problem(
         )
         return jax.pure_callback(host, shapes, inc, vmap_method="expand_dims")
 
-    label = name or f"{policy.name}: {bound.observable} {'>' if upper else '<'} {bound.value:g}"
     return PathProblem(paths, K, 2, label)
+
+
+_COMPILED_OPTIONS = frozenset({"scenario", "scheme", "measurement_noise", "target", "loop"})
+
+
+def _compiled_problem(model, population, policy, bound, horizon, dt, seed, K, label, options) -> PathProblem | None:
+    """The problem on the pure-JAX path function, or None where the host rollout must run it."""
+    from medsim.policies.protocol import for_model
+    from medsim.policies.risk.rare.closed_loop_compiled import compiled_capable, compiled_paths
+    from medsim.policies.rollout_device import choose_loop
+    from medsim.policies.rollout_setup import _Setup
+    from medsim.simulate import budget
+
+    if population.model.name != model.name:
+        raise ValueError(f"population is for model {population.model.name!r}, not {model.name!r}")
+    if choose_loop(options.get("loop", "auto"), policy) == "host" or not set(options) <= _COMPILED_OPTIONS:
+        return None
+    policy = for_model(policy, model)
+    scenario = options.get("scenario")
+    setup = _Setup(
+        model,
+        (bound,),
+        horizon,
+        dt,
+        seed,
+        scenario,
+        options.get("measurement_noise", True),
+        options.get("target"),
+        None,
+        options.get("scheme", "milstein"),
+        budget.DEFAULT_MAX_INTERACTIONS,
+    )
+    scen = None if scenario is None else scenario.events(np.zeros(1, np.int64), setup.horizon, time_unit=model.time_unit)
+    if not compiled_capable(policy, scen):
+        return None
+    x0 = {k: jnp.asarray(v, jnp.float32) for k, v in population.initial_state().items()}
+    theta = {k: jnp.asarray(v, jnp.float32) for k, v in population.simulation_parameters().items()}
+    setup.sim.check_step(x0, theta, patients=np.arange(population.n_patients))  # as the rollout checks first
+    paths, params = compiled_paths(setup, population, policy, bound, scen, seed, K)
+    return PathProblem(paths, K, 2, label, params)

@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 
 from medsim.policies.risk.estimate import Estimate
-from medsim.policies.risk.rare.ams import AMSFailure, ams
+from medsim.policies.risk.rare.ams import AMSFailure, PathFailure, ams
 from medsim.policies.risk.rare.auto import needs_rare
 from medsim.policies.risk.rare.closed_loop import closed_loop_problem
 from medsim.policies.risk.rare.epistemic import rare_epistemic
@@ -109,6 +109,8 @@ def _split(model, population, policy, bound, *, plain, reason, budget, seed, lev
         epi = rare_epistemic(
             problems[0], list(range(len(groups))), by_draw, epsilon=epsilon, seed=seed, level=level, **options_
         )
+    except PathFailure as err:
+        return _failed(bound.name, reason, plain, budget, str(err))
     except AMSFailure as err:
         # Every replica ran to its iteration cap: the budget is spent.
         return _failed(bound.name, reason, plain, budget, f"budget exhausted: {err}", budget)
