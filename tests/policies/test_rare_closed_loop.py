@@ -97,7 +97,7 @@ def assert_same_paths(compiled, host):
 
 
 def test_compiled_path_function_matches_the_host_rollout(evaluated):
-    problem, score, crossing, inc = evaluated
+    _, score, crossing, inc = evaluated
     host = closed_loop_problem(GLUCOSE, two_patients(), PID(every=60.0), loop="host", **SETTINGS)
     assert host.params is None  # the pure_callback fallback
     assert_same_paths((score, crossing), tuple(np.asarray(a) for a in host.evaluate(inc)))
@@ -124,10 +124,8 @@ def test_splitting_on_the_compiled_loop_gives_the_host_estimate():
     from medsim.policies.risk.rare import ams
 
     kw = dict(SETTINGS, bound=Bound("glucose_mg_dL", 95.0, "lower"), horizon=3 * 60.0, interactions=4)
-    runs = [
-        ams(closed_loop_problem(GLUCOSE, two_patients(), PID(every=60.0), loop=loop, **kw), seed=1, n_paths=10, replicas=1)
-        for loop in ("auto", "host")
-    ]
+    problems = [closed_loop_problem(GLUCOSE, two_patients(), PID(every=60.0), loop=lp, **kw) for lp in ("auto", "host")]
+    runs = [ams(p, seed=1, n_paths=10, replicas=1) for p in problems]
     assert runs[0].value > 0 and runs[0].levels[-1] >= 0
     assert runs[0].value == runs[1].value and runs[0].levels == runs[1].levels
     assert runs[0].path_equivalents == runs[1].path_equivalents

@@ -185,7 +185,8 @@ def _compiled_problem(model, population, policy, bound, horizon, dt, seed, K, la
         options.get("scheme", "milstein"),
         budget.DEFAULT_MAX_INTERACTIONS,
     )
-    scen = None if scenario is None else scenario.events(np.zeros(1, np.int64), setup.horizon, time_unit=model.time_unit)
+    one = np.zeros(1, np.int64)
+    scen = None if scenario is None else scenario.events(one, setup.horizon, time_unit=model.time_unit)
     if not compiled_capable(policy, scen):
         return None
     x0 = {k: jnp.asarray(v, jnp.float32) for k, v in population.initial_state().items()}

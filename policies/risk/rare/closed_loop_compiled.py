@@ -310,9 +310,7 @@ def _loop(s: _Static, inc: jax.Array, params: dict):
         )
         return carry, score
 
-    pstate = jax.tree_util.tree_map(
-        lambda a: _unleaf(a, b), params["pstate"], is_leaf=lambda a: isinstance(a, _F64)
-    )
+    pstate = jax.tree_util.tree_map(lambda a: _unleaf(a, b), params["pstate"], is_leaf=lambda a: isinstance(a, _F64))
     start = _Carry(
         x={k: v[who] for k, v in params["x0"].items()},
         t=jnp.zeros(b, F64),
