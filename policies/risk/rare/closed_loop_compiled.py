@@ -64,6 +64,12 @@ class _Inputs(NamedTuple):
     ev_amount: jax.Array
 
 
+class _Clock(NamedTuple):
+    x: dict
+    t: jax.Array
+    k: jax.Array
+
+
 class _Carry(NamedTuple):
     x: dict
     t: jax.Array
@@ -90,7 +96,8 @@ class _Static(NamedTuple):
     horizon: float
     dt: float
     tol: float
-    n_steps: int
+    n_steps: int  # interactions per path
+    segments: int  # noise segments per interaction
 
 
 def compiled_capable(policy: Policy, scenario_events) -> bool:
@@ -138,7 +145,9 @@ def _unleaf(a, b: int) -> jax.Array:
     return jnp.broadcast_to(a[0], (b, *a.shape[1:]))
 
 
-def compiled_paths(setup, population: VirtualPopulation, policy: Policy, bound, scen, seed: int, n_steps: int):
+def compiled_paths(
+    setup, population: VirtualPopulation, policy: Policy, bound, scen, seed: int, n_steps: int, segments: int = 1
+):
     """``(paths, params)`` of the closed-loop problem, ``paths`` shared by equal configurations.
 
     Parameters
@@ -156,7 +165,14 @@ def compiled_paths(setup, population: VirtualPopulation, policy: Policy, bound, 
     seed : int
         The rollout seed (runtime input: the streams' roots).
     n_steps : int
-        Interactions per path (``T``).
+        Interactions per path.
+    segments : int
+        Noise segments per interaction (the problem has ``T = n_steps * segments`` steps): each
+        interaction's interval is advanced in ``segments`` pieces of whole sub-steps, piece ``m``
+        of interaction ``k`` with the process noise of step ``k * segments + m``'s increment pair
+        (the measurement noise of interaction ``k`` from its first piece). The law of the paths is
+        the same (the policy acts only at interactions); splitting can branch inside an interval.
+        With 1, the noise is the rollout's, bit for bit.
     """
     from medsim.policies.device_loop import stream_roots
 
@@ -176,6 +192,7 @@ def compiled_paths(setup, population: VirtualPopulation, policy: Policy, bound, 
         dt=float(setup.sim.dt),
         tol=float(setup.tol),
         n_steps=int(n_steps),
+        segments=int(segments),
     )
     key = (
         "rare-closed-loop",
@@ -243,8 +260,8 @@ def _loop(s: _Static, inc: jax.Array, params: dict):
 
     def body(c: _Carry, _):
         model, lay = s.layout.model, s.layout
-        idk = ids[rows, jnp.minimum(c.k, s.n_steps - 1)]
-        meas_key, proc_key = base(roots[0], idk), base(roots[1], idk)
+        first = jnp.minimum(c.k, s.n_steps - 1) * s.segments
+        meas_key = base(roots[0], ids[rows, first])
         true32 = {o: jnp.broadcast_to(v, (b,)) for o, v in model.observe(c.x, theta).items()}
         bad = c.bad
         for v in true32.values():
@@ -290,16 +307,13 @@ def _loop(s: _Static, inc: jax.Array, params: dict):
         if s.announces:
             t1 = jnp.minimum(t1, jnp.where(t_ev > c.t[:, None] + s.tol, t_ev, jnp.inf).min(axis=1))
         t1 = jnp.where(c.active, jnp.where(s.horizon - t1 <= s.tol, s.horizon, t1), c.t)
-        inp = _Inputs(theta, proc_key, ev_time, ev_cmt, ev_amount)
-        out, _ = advance(lay, inp, c, t1, doses["bolus"], doses["rate"], jnp.float64(s.dt))
-        bad = bad | (c.active & refused(lay, out, t1))
-        st = out.stats
-        y = (st.obs_max if s.upper else st.obs_min)[s.observable].astype(F64)
-        score = _score(y, s)
-        score = jnp.where(c.active, score, -jnp.inf).astype(F32)
-        log_surv = c.log_surv + jnp.where(c.active, st.log_survival[:, 0].astype(F64), 0.0)
+        x, score, log_surv, bad = _advance_segments(
+            s, lay, c, t1, doses, ids, first, roots[1], bad, rows, theta, (ev_time, ev_cmt, ev_amount)
+        )
+        log_surv = c.log_surv + log_surv
+        score = jnp.where(c.active[None, :], score, -jnp.inf).astype(F32)  # (segments, B)
         carry = _Carry(
-            x=out.x,
+            x=x,
             t=t1,
             k=c.k + c.active,
             active=t1 < s.horizon - s.tol,
@@ -321,10 +335,45 @@ def _loop(s: _Static, inc: jax.Array, params: dict):
         log_surv=jnp.zeros(b, F64),
         bad=jnp.zeros(b, bool),
     )
-    end, score = jax.lax.scan(body, start, None, length=s.n_steps)
+    end, score = jax.lax.scan(body, start, None, length=s.n_steps)  # (n_steps, segments, B)
     bad = end.bad | end.active  # more than n_steps interactions: the rollout would refuse the path
     crossing = jnp.where(bad, jnp.nan, -jnp.expm1(end.log_surv))
-    return score.T, crossing.astype(F32)
+    return jnp.transpose(score, (2, 0, 1)).reshape(b, -1), crossing.astype(F32)
+
+
+def _advance_segments(s: _Static, lay: _Layout, c, t1, doses, ids, first, root, bad, rows, theta, events):
+    """Advance ``[t, t1)`` in ``s.segments`` pieces: the state, the scores ``(segments, B)``, the
+    summed bridge log-survival and the refusal flags."""
+
+    def piece(x, t0, t_end, bolus, idx):
+        key = jax.random.key_data(
+            jax.vmap(lambda i: jax.random.fold_in(jax.random.wrap_key_data(root), i))(ids[rows, idx])
+        )
+        inp = _Inputs(theta, key, *events)
+        out, _ = advance(lay, inp, _Clock(x, t0, c.k), t_end, bolus, doses["rate"], jnp.float64(s.dt))
+        st = out.stats
+        y = (st.obs_max if s.upper else st.obs_min)[s.observable].astype(F64)
+        return out.x, _score(y, s), st.log_survival[:, 0].astype(F64), c.active & refused(lay, out, t_end)
+
+    if s.segments == 1:  # the rollout's interval, bit for bit
+        x, score, log_surv, refusal = piece(c.x, c.t, t1, doses["bolus"], first)
+        return x, score[None], jnp.where(c.active, log_surv, 0.0), bad | refusal
+    from medsim.simulate.plan import GRID_TOLERANCE
+
+    n_sub = jnp.maximum(jnp.ceil((t1 - c.t) / s.dt - GRID_TOLERANCE), 0.0)
+    nobolus = {cm: jnp.zeros_like(v) for cm, v in doses["bolus"].items()}
+
+    def ends(m):
+        return jnp.where(m >= s.segments, t1, jnp.minimum(c.t + s.dt * jnp.ceil(n_sub * m / s.segments), t1))
+
+    def step(carry, m):
+        x, log_surv, bad = carry
+        bolus = jax.tree_util.tree_map(lambda a, z: jnp.where(m == 0, a, z), doses["bolus"], nobolus)
+        x, score, ls, refusal = piece(x, ends(m), ends(m + 1), bolus, first + m)
+        return (x, log_surv + jnp.where(c.active, ls, 0.0), bad | refusal), score
+
+    (x, log_surv, bad), score = jax.lax.scan(step, (c.x, jnp.zeros_like(c.log_surv), bad), jnp.arange(s.segments))
+    return x, score, log_surv, bad
 
 
 def _score(y: jax.Array, s: _Static) -> jax.Array:
