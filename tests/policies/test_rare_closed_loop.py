@@ -154,3 +154,28 @@ def test_switch_to_rare_estimator():
     assert rare_followup(GLUCOSE, typical_patient(GLUCOSE), PID(), n_violations=20, **kwargs) is None
     with pytest.raises(RareMethodError, match="rare=ams"):
         rare_followup(GLUCOSE, typical_patient(GLUCOSE), PID(), n_violations=0, method="subset", **kwargs)
+
+
+@pytest.mark.slow
+def test_segments_split_the_interval_without_changing_the_path():
+    # Without process or measurement noise the path does not depend on the noise, so advancing
+    # each interval in pieces must give the same path: each interaction's score is the largest of
+    # its pieces' scores and the crossing probabilities agree (same sub-step grid, same doses;
+    # float32 rounding of the pieces' start times allowed: 2 ulp).
+    from medsim.policies.builtin import BasalBolus
+    from medsim.policies.scenarios import MealScenario
+
+    quiet = two_patients()
+    quiet = dataclasses.replace(quiet, params={**quiet.params, "sigma_glucose": np.zeros(2)})
+    kw = dict(SETTINGS, interactions=8, scenario=MealScenario(time_sd_h=0.0, size_cv=0.0, start_clock_h=11.0))
+    kw.update(measurement_noise=False)
+    whole = closed_loop_problem(GLUCOSE, quiet, BasalBolus(every=60.0), **kw)
+    pieces = closed_loop_problem(GLUCOSE, quiet, BasalBolus(every=60.0), segments=3, **kw)
+    assert pieces.n_steps == 3 * whole.n_steps
+    inc = np.random.default_rng(3).standard_normal((4, 24, 2)).astype(np.float32)
+    s1, c1 = (np.asarray(a) for a in whole.evaluate(inc[:, :8]))
+    s3, c3 = (np.asarray(a) for a in pieces.evaluate(inc))
+    np.testing.assert_allclose(s3.reshape(4, 8, 3).max(axis=2), s1, rtol=2 * np.finfo(np.float32).eps)
+    np.testing.assert_allclose(c3, c1, rtol=2 * np.finfo(np.float32).eps, atol=1e-30)
+    with pytest.raises(ValueError, match="segments"):
+        closed_loop_problem(GLUCOSE, quiet, BasalBolus(every=60.0), segments=2, loop="host", **kw)

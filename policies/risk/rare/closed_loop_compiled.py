@@ -210,7 +210,11 @@ def compiled_paths(
         lay = _Layout(setup.sim.interval_kernel(layout), model, setup.cmts, event_cmts, columns)
         return partial(_paths, static._replace(layout=lay))
 
-    paths = cache.cached(key, build)
+    try:
+        hash(policy)
+    except TypeError:  # an unhashable policy: compiled for this problem only
+        key = None
+    paths = build() if key is None else cache.cached(key, build)
     n = population.n_patients
     theta = {k: np.asarray(v, np.float32) for k, v in population.simulation_parameters().items()}
     x0 = {k: np.asarray(v, np.float32) for k, v in population.initial_state().items()}
@@ -241,6 +245,7 @@ def _paths(s: _Static, inc: jax.Array, params: dict) -> tuple[jax.Array, jax.Arr
 
 
 def _loop(s: _Static, inc: jax.Array, params: dict):
+    params = jax.tree_util.tree_map(jnp.asarray, params)  # numpy when closed over rather than passed
     b = inc.shape[0]
     n = params["theta"][next(iter(params["theta"]))].shape[0]
     ids = device_noise_ids(inc)  # (B, T)
