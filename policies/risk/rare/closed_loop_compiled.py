@@ -19,7 +19,9 @@ increments, built from the same compiled pieces:
 * the scenario's events (the same for every row, e.g. nominal meals) as arrays.
 
 So the estimator's ``lax.while_loop`` calls the whole closed loop of a clone batch as traced
-code: no host round trip and no rollout set-up per batch. The numbers are those of the host
+code: no host round trip and no rollout set-up per batch. With ``segments > 1`` each interval is
+advanced in pieces with their own noise (:func:`compiled_paths`), so that clones can branch
+inside an interval. The numbers are those of the host
 rollout on the same increments up to float32 rounding of the scores (tested).
 
 A row that the rollout would refuse (a non-finite or runaway state, an unusable option, more
