@@ -2,7 +2,9 @@
 
 Splitting is only valid if a clone that shares its donor's increments up to interaction k
 reproduces the donor's path (measurements, the policy's doses, the state) up to k exactly and
-draws fresh noise after it; these tests check exactly that on the real option loop.
+draws fresh noise after it; these tests check exactly that on the real option loop. The path
+function of an array-step policy is compiled with the estimator (closed_loop_compiled); it must
+give the host rollout's numbers on the same increments, and splitting on it the host estimate.
 """
 
 from __future__ import annotations
