@@ -17,9 +17,11 @@ p = 1e-5 on the Brownian case, and the share that contains the exact value, with
 Clopper–Pearson interval.
 
 ``--glucose``: only P(glucose < 54 mg/dL) of one virtual patient over 12 h (nominal meals from
-11:00) under basal-bolus (a look every 15 min; the patient's insulin sensitivity scaled by each
-``--glucose-si`` factor), by splitting on the real closed loop and by plain Monte Carlo with as
-many rollouts, and under PID (every 10 min) by 512 plain rollouts; added to the results file.
+11:00) under basal-bolus (a look every 15 min) and PID (every 10 min), the patient's insulin
+sensitivity scaled so that P runs from ~4e-2 to ~1e-6 (:data:`GLUCOSE_CASES`), by splitting on
+the compiled closed loop and by plain Monte Carlo with as many paths, and the ``medsim risk``
+pipeline certifying P <= 1e-4 at 95 % confidence (:func:`glucose_certify`); added to the
+results file.
 
 ``--quick`` (< 3 min on 2 shared cores): fewer repetitions, p = 1e-6 and 1e-8 only plus the
 coverage check on a 16-step grid. Results are written atomically to ``benchmarks/results/rare.json``
@@ -181,24 +183,30 @@ GLUCOSE_PATIENT = {
 }
 
 
-def glucose_cases(args) -> list[dict]:
-    """P(glucose < 54 mg/dL over 12 h from 11:00, nominal meals) under basal-bolus and PID.
-
-    Splitting drives the real option loop (:func:`medsim.policies.risk.rare.closed_loop_problem`); plain
-    Monte Carlo gets the same number of rollouts. No exact answer: relative errors are estimated
-    from the replicas (splitting) or the binomial-like spread (plain).
-    """
+def glucose_population(factor: float, n: int = 1):
+    """``n`` copies of :data:`GLUCOSE_PATIENT` with its insulin sensitivity scaled by ``factor``."""
     import dataclasses
 
     import medsim.models as registry
-    from medsim.policies.builtin import PID, BasalBolus
-    from medsim.policies.risk.rare import ams, closed_loop_problem
-    from medsim.policies.scenarios import MealScenario
-    from medsim.population import PosteriorDraws, sample_population
-    from medsim.simulate.types import Bound
+    from medsim.population import sample_population
 
     model = registry.get("glucose_insulin")
-    pop = {p.name: np.array([GLUCOSE_PATIENT.get(p.name, p.typical)]) for p in model.parameters}
+    draws = glucose_draws(factor)
+    patient = sample_population(draws, n, seed=0, covariates={"BASAL": 1.2})
+    params = {**GLUCOSE_PATIENT, "S_I": GLUCOSE_PATIENT["S_I"] * factor}
+    return model, dataclasses.replace(
+        patient, params={**patient.params, **{k: np.full(n, v) for k, v in params.items()}}
+    )
+
+
+def glucose_draws(factor: float):
+    """One posterior "draw" of :data:`GLUCOSE_PATIENT` (S_I scaled by ``factor``, no between-subject spread)."""
+    import medsim.models as registry
+    from medsim.population import PosteriorDraws
+
+    model = registry.get("glucose_insulin")
+    params = {**GLUCOSE_PATIENT, "S_I": GLUCOSE_PATIENT["S_I"] * factor}
+    pop = {p.name: np.array([params.get(p.name, p.typical)]) for p in model.parameters}
     omega = {p.name: np.array([0.0]) for p in model.structural if p.bsv > 0}
     residual = {}
     for obs, err in model.residual.items():
@@ -206,17 +214,42 @@ def glucose_cases(args) -> list[dict]:
             residual[f"{obs}_add"] = np.array([err.add])
         if err.kind in ("proportional", "combined"):
             residual[f"{obs}_prop"] = np.array([err.prop])
-    draws = PosteriorDraws(model=model, population=pop, omega=omega, residual=residual)
-    patient = sample_population(draws, 1, seed=0, covariates={"BASAL": 1.2})
-    patient = dataclasses.replace(
-        patient, params={**patient.params, **{k: np.array([v]) for k, v in GLUCOSE_PATIENT.items()}}
-    )
+    return PosteriorDraws(model=model, population=pop, omega=omega, residual=residual)
+
+
+# (policy, interactions, S_I factor, segments, paths per replica, replicas, plain Monte Carlo too)
+GLUCOSE_CASES = (
+    ("basal_bolus", 60, 1.0, 1, 100, 4, True),  # the configuration measured on the host loop before
+    ("basal_bolus", 60, 1.0, 4, 100, 4, False),
+    ("basal_bolus", 60, 0.95, 4, 1000, 4, True),
+    ("basal_bolus", 60, 0.93, 4, 800, 8, False),
+    ("pid", 80, 1.2, 3, 1000, 4, True),
+    ("pid", 80, 1.15, 3, 800, 8, False),
+)
+
+
+def glucose_cases(args) -> list[dict]:
+    """P(glucose < 54 mg/dL over 12 h from 11:00, nominal meals) under basal-bolus and PID.
+
+    Splitting drives the closed loop compiled with it
+    (:func:`medsim.policies.risk.rare.closed_loop_problem`: one program for the splitting loop and
+    the option loop); plain Monte Carlo gets as many paths of the same path function. No exact
+    answer: relative errors are estimated from the replicas (splitting) or the binomial-like spread
+    (plain). Each splitting configuration runs twice (seeds ``seed`` and ``seed + 1``): the first
+    call includes compilation. Last, :func:`glucose_certify`.
+    """
+    import jax
+
+    from medsim.policies.builtin import PID, BasalBolus
+    from medsim.policies.risk.rare import ams, closed_loop_problem
+    from medsim.policies.scenarios import MealScenario
+    from medsim.simulate.types import Bound
+
     scenario = MealScenario(time_sd_h=0.0, size_cv=0.0, start_clock_h=11.0)
     rows = []
-    cases = [(BasalBolus(every=15.0), 60, f, "ams") for f in args.glucose_si] + [(PID(every=10.0), 80, 1.0, "plain")]
-    for policy, interactions, factor, how in cases:
-        params = {**GLUCOSE_PATIENT, "S_I": GLUCOSE_PATIENT["S_I"] * factor}
-        one = dataclasses.replace(patient, params={**patient.params, **{k: np.array([v]) for k, v in params.items()}})
+    for name, interactions, factor, segments, n_paths, replicas, plain in GLUCOSE_CASES:
+        policy = BasalBolus(every=15.0) if name == "basal_bolus" else PID(every=10.0)
+        model, one = glucose_population(factor)
         problem = closed_loop_problem(
             model,
             one,
@@ -226,35 +259,49 @@ def glucose_cases(args) -> list[dict]:
             dt=1.0,
             seed=args.seed,
             interactions=interactions,
+            segments=segments,
             scenario=scenario,
         )
-        case = f"glucose<54 {policy.name} S_I x{factor:g} 12h"
-        n_plain = 512
-        if how == "ams":
+        case = f"glucose<54 {policy.name} S_I x{factor:g} 12h, {segments} segment{'s' if segments > 1 else ''}"
+        runs = []
+        for rep in range(2):
             t0 = time.perf_counter()
-            r = ams(problem, seed=args.seed, n_paths=args.glucose_paths, replicas=4)
-            rows.append(
-                {
-                    "case": case,
-                    "estimator": "ams",
-                    "p_exact": None,
-                    "estimate": r.value,
-                    "interval": [r.probability.lower, r.probability.upper],
-                    "relative_error": r.relative_error,
-                    "path_equivalents": r.path_equivalents,
-                    "seconds": time.perf_counter() - t0,
-                    "seconds_include_compilation": True,
-                    "iterations": r.iterations,
-                    "extinct_replicas": r.extinct,
-                    "replicas": list(r.replicas),
-                }
-            )
-            print(rows[-1], flush=True)
-            n_plain = int(r.path_equivalents)
+            r = ams(problem, seed=args.seed + rep, n_paths=n_paths, replicas=replicas)
+            runs.append((r, time.perf_counter() - t0))
+        (r, first), (r2, seconds) = runs
+        rows.append(
+            {
+                "case": case,
+                "estimator": "ams",
+                "p_exact": None,
+                "estimate": r2.value,
+                "interval": [r2.probability.lower, r2.probability.upper],
+                "relative_error": r2.relative_error,
+                "path_equivalents": r2.path_equivalents,
+                "seconds": seconds,
+                "seconds_first_call_with_compilation": first,
+                "segments": segments,
+                "paths_per_replica": n_paths,
+                "replicas": replicas,
+                "iterations": r2.iterations,
+                "extinct_replicas": r2.extinct,
+                "replica_values": list(r2.replicas),
+                "other_seed": {"estimate": r.value, "relative_error": r.relative_error},
+            }
+        )
+        print(rows[-1], flush=True)
+        if not plain:
+            continue
+        n_plain = int(r2.path_equivalents)
         t0 = time.perf_counter()
-        inc = np.random.default_rng(args.seed).standard_normal((n_plain, interactions, 2)).astype(np.float32)
-        parts = np.array_split(inc, max(1, n_plain // 512))
-        q = np.concatenate([np.asarray(problem.evaluate(c)[1], float) for c in parts])
+        evaluate = jax.jit(lambda inc, problem=problem: problem.paths(inc, problem.params)[1])
+        T = problem.n_steps
+        rng = np.random.default_rng(args.seed)
+        q = []
+        for start in range(0, n_plain, 4096):
+            inc = rng.standard_normal((min(4096, n_plain - start), T, 2)).astype(np.float32)
+            q.append(np.asarray(evaluate(inc), float))
+        q = np.concatenate(q)
         m = float(q.mean())
         rows.append(
             {
@@ -265,11 +312,47 @@ def glucose_cases(args) -> list[dict]:
                 "relative_error": float(q.std(ddof=1) / np.sqrt(q.size) / m) if m > 0 else None,
                 "path_equivalents": float(n_plain),
                 "seconds": time.perf_counter() - t0,
+                "segments": segments,
                 "max_crossing_probability": float(q.max()),
             }
         )
         print(rows[-1], flush=True)
+    rows.append(glucose_certify(args))
+    print(rows[-1], flush=True)
     return rows
+
+
+def glucose_certify(args, factor: float = 0.93, budget: int = 60_000) -> dict:
+    """The risk pipeline of ``medsim risk`` (:func:`medsim.policies.evaluate.evaluate_policies`: 64
+    plain rollouts, then the rare-event follow-up) with ``rare=ams`` against glucose >= 54 mg/dL,
+    epsilon = 1e-4, delta = 0.05, for basal-bolus on :data:`GLUCOSE_PATIENT` with S_I x``factor``."""
+    from medsim.policies.evaluate import evaluate_policies
+    from medsim.policies.scenarios import MealScenario
+    from medsim.policies.spec import parse_inline_spec
+
+    draws = glucose_draws(factor)
+    text = f"glucose_mg_dL>=54;horizon=12h;epsilon=1e-4;delta=0.05;rare=ams;rare_budget={budget}"
+    spec = parse_inline_spec(text).validate(draws.model)
+    scenario = MealScenario(time_sd_h=0.0, size_cv=0.0, start_clock_h=11.0)
+    t0 = time.perf_counter()
+    report, _ = evaluate_policies(draws, ["basal_bolus:every=15"], spec, n=64, seed=args.seed, scenario=scenario)
+    seconds = time.perf_counter() - t0
+    entry = report.policies[0]
+    (rare,) = entry.rare
+    return {
+        "case": f"glucose<54 basal_bolus:every=15 S_I x{factor:g} 12h: medsim risk rare=ams certify 1e-4",
+        "estimator": "ams (risk follow-up)",
+        "p_exact": None,
+        "estimate": rare.probability.value,
+        "interval": [rare.probability.lower, rare.probability.upper],
+        "relative_error": rare.relative_error,
+        "path_equivalents": rare.path_equivalents,
+        "seconds": seconds,
+        "seconds_include_compilation_and_plain_run": True,
+        "spec": text,
+        "verdict": entry.verdict.decision,
+        "statement": entry.verdict.statement,
+    }
 
 
 def main(argv=None) -> int:
@@ -279,8 +362,6 @@ def main(argv=None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--coverage-reps", type=int, default=200)
     ap.add_argument("--glucose", action="store_true", help="only the glucose cases (added to an existing file)")
-    ap.add_argument("--glucose-paths", type=int, default=100)
-    ap.add_argument("--glucose-si", type=float, nargs="+", default=[1.0, 0.95], help="insulin-sensitivity factors")
     args = ap.parse_args(argv)
     from medsim.policies.risk.rare.references import (
         drifted_bm_exit,

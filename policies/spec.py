@@ -42,8 +42,8 @@ _TARGET_RE = re.compile(rf"^\s*({_NUMBER})\s*<=?\s*([A-Za-z_]\w*)\s*<=?\s*({_NUM
 _HORIZON_RE = re.compile(rf"^\s*({_NUMBER})\s*([A-Za-z]*)\s*$")
 _KEYS = ("bounds", "horizon", "from", "epsilon", "delta", "target", "time_unit", "rare", "rare_budget")
 RARE_CHOICES = ("auto", "off", "ams", "subset", "is")
-# Rare-event estimators that can run on medsim's closed loop (hashed per-interaction noise on the
-# host): splitting only (docs/rare_events.md).
+# Rare-event estimators that can run on medsim's closed loop (hashed per-interaction noise):
+# splitting only (docs/rare_events.md).
 CLOSED_LOOP_RARE = ("auto", "off", "ams")
 
 
@@ -199,7 +199,7 @@ class SafetySpec:
         if self.rare not in CLOSED_LOOP_RARE:
             raise SpecError(
                 f"{self.source}: key 'rare' value {self.rare!r} cannot run on model {model.name!r}'s closed loop: "
-                "the loop is driven on the host with hashed per-interaction noise, which only splitting can use; "
+                "the loop draws its noise from hashed per-interaction streams, which only splitting can use; "
                 "use rare=ams or rare=auto (subset simulation and importance sampling apply to path problems "
                 "written in JAX, see docs/rare_events.md)"
             )

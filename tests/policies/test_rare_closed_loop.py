@@ -2,7 +2,9 @@
 
 Splitting is only valid if a clone that shares its donor's increments up to interaction k
 reproduces the donor's path (measurements, the policy's doses, the state) up to k exactly and
-draws fresh noise after it; these tests check exactly that on the real option loop.
+draws fresh noise after it; these tests check exactly that on the real option loop. The path
+function of an array-step policy is compiled with the estimator (closed_loop_compiled); it must
+give the host rollout's numbers on the same increments, and splitting on it the host estimate.
 """
 
 from __future__ import annotations
@@ -36,21 +38,19 @@ def typical_patient(model, n: int = 1):
     return sample_population(draws, n, seed=0, covariates={"BASAL": 1.2})
 
 
+def two_patients():
+    """Two patients that differ in insulin sensitivity; each path's first increment picks one."""
+    two = typical_patient(GLUCOSE, 2)
+    return dataclasses.replace(two, params={**two.params, "S_I": two.params["S_I"] * np.array([1.0, 1.5])})
+
+
+SETTINGS = dict(bound=Bound("glucose_mg_dL", 90.0, "lower"), horizon=5 * 60.0, dt=2.0, seed=3, interactions=K)
+
+
 @pytest.fixture(scope="module")
 def evaluated():
-    # Two patients that differ in insulin sensitivity; each path's first increment picks one.
-    two = typical_patient(GLUCOSE, 2)
-    two = dataclasses.replace(two, params={**two.params, "S_I": two.params["S_I"] * np.array([1.0, 1.5])})
-    problem = closed_loop_problem(
-        GLUCOSE,
-        two,
-        PID(every=60.0),
-        bound=Bound("glucose_mg_dL", 90.0, "lower"),
-        horizon=5 * 60.0,
-        dt=2.0,
-        seed=3,
-        interactions=K,
-    )
+    problem = closed_loop_problem(GLUCOSE, two_patients(), PID(every=60.0), **SETTINGS)
+    assert problem.params is not None  # an array-step policy: the compiled path function
     rng = np.random.default_rng(0)
     inc = rng.standard_normal((4, K, 2)).astype(np.float32)
     inc[1] = inc[0]  # an exact copy
@@ -83,11 +83,66 @@ def test_scores_and_crossing_are_consistent(evaluated):
     assert np.all(np.isfinite(score[:, :5])) and np.all(score[:, 5] == -np.inf)
 
 
+def assert_same_paths(compiled, host):
+    """Scores and crossing probabilities of the two path functions on the same increments.
+
+    Both compute the same float64/float32 expressions with the same kernel (the compiled loop's
+    pieces are isolated as the host loop's jitted steps are), so they agree to float32 rounding of
+    the scores: 2 ulp of float32 relative (the scores are cast to float32 at the end), and the
+    crossing probabilities to 2 ulp relative as well.
+    """
+    (sc, cc), (sh, ch) = compiled, host
+    np.testing.assert_array_equal(np.isfinite(sc), np.isfinite(sh))
+    fin = np.isfinite(sh)
+    np.testing.assert_allclose(sc[fin], sh[fin], rtol=2 * np.finfo(np.float32).eps, atol=0)
+    np.testing.assert_allclose(cc, ch, rtol=2 * np.finfo(np.float32).eps, atol=1e-30)
+
+
+def test_compiled_path_function_matches_the_host_rollout(evaluated):
+    _, score, crossing, inc = evaluated
+    host = closed_loop_problem(GLUCOSE, two_patients(), PID(every=60.0), loop="host", **SETTINGS)
+    assert host.params is None  # the pure_callback fallback
+    assert_same_paths((score, crossing), tuple(np.asarray(a) for a in host.evaluate(inc)))
+
+
+@pytest.mark.slow
+def test_compiled_basal_bolus_with_meals_matches_the_host_rollout():
+    from medsim.policies.builtin import BasalBolus
+    from medsim.policies.scenarios import MealScenario
+
+    meals = MealScenario(time_sd_h=0.0, size_cv=0.0, start_clock_h=11.0)  # announced, one meal in 5 h
+    kw = dict(SETTINGS, interactions=8, scenario=meals)
+    compiled = closed_loop_problem(GLUCOSE, two_patients(), BasalBolus(every=60.0), **kw)
+    host = closed_loop_problem(GLUCOSE, two_patients(), BasalBolus(every=60.0), loop="host", **kw)
+    assert compiled.params is not None and host.params is None
+    inc = np.random.default_rng(1).standard_normal((8, 8, 2)).astype(np.float32)
+    assert_same_paths(*(tuple(np.asarray(a) for a in p.evaluate(inc)) for p in (compiled, host)))
+
+
+@pytest.mark.slow
+def test_splitting_on_the_compiled_loop_gives_the_host_estimate():
+    # A small case (p ~ 0.5 at 95 mg/dL over 3 h): identical path outputs make splitting's
+    # random choices, levels and estimate identical, so equality is exact.
+    from medsim.policies.risk.rare import ams
+
+    kw = dict(SETTINGS, bound=Bound("glucose_mg_dL", 95.0, "lower"), horizon=3 * 60.0, interactions=4)
+    problems = [closed_loop_problem(GLUCOSE, two_patients(), PID(every=60.0), loop=lp, **kw) for lp in ("auto", "host")]
+    runs = [ams(p, seed=1, n_paths=10, replicas=1) for p in problems]
+    assert runs[0].value > 0 and runs[0].levels[-1] >= 0
+    assert runs[0].value == runs[1].value and runs[0].levels == runs[1].levels
+    assert runs[0].path_equivalents == runs[1].path_equivalents
+
+
 def test_noise_ids_depend_on_both_draws():
     a = np.zeros((1, 1, 2), np.float32)
     b = a.copy()
     b[..., 1] = 1.0
     assert noise_ids(a)[0, 0] != noise_ids(b)[0, 0]
+    # The device hash is the host one, bit for bit.
+    from medsim.policies.risk.rare.closed_loop_compiled import device_noise_ids
+
+    inc = np.random.default_rng(2).standard_normal((5, 3, 2)).astype(np.float32)
+    np.testing.assert_array_equal(np.asarray(device_noise_ids(inc)), noise_ids(inc))
 
 
 def test_switch_to_rare_estimator():
@@ -101,3 +156,28 @@ def test_switch_to_rare_estimator():
     assert rare_followup(GLUCOSE, typical_patient(GLUCOSE), PID(), n_violations=20, **kwargs) is None
     with pytest.raises(RareMethodError, match="rare=ams"):
         rare_followup(GLUCOSE, typical_patient(GLUCOSE), PID(), n_violations=0, method="subset", **kwargs)
+
+
+@pytest.mark.slow
+def test_segments_split_the_interval_without_changing_the_path():
+    # Without process or measurement noise the path does not depend on the noise, so advancing
+    # each interval in pieces must give the same path: each interaction's score is the largest of
+    # its pieces' scores and the crossing probabilities agree (same sub-step grid, same doses;
+    # float32 rounding of the pieces' start times allowed: 2 ulp).
+    from medsim.policies.builtin import BasalBolus
+    from medsim.policies.scenarios import MealScenario
+
+    quiet = two_patients()
+    quiet = dataclasses.replace(quiet, params={**quiet.params, "sigma_glucose": np.zeros(2)})
+    kw = dict(SETTINGS, interactions=8, scenario=MealScenario(time_sd_h=0.0, size_cv=0.0, start_clock_h=11.0))
+    kw.update(measurement_noise=False)
+    whole = closed_loop_problem(GLUCOSE, quiet, BasalBolus(every=60.0), **kw)
+    pieces = closed_loop_problem(GLUCOSE, quiet, BasalBolus(every=60.0), segments=3, **kw)
+    assert pieces.n_steps == 3 * whole.n_steps
+    inc = np.random.default_rng(3).standard_normal((4, 24, 2)).astype(np.float32)
+    s1, c1 = (np.asarray(a) for a in whole.evaluate(inc[:, :8]))
+    s3, c3 = (np.asarray(a) for a in pieces.evaluate(inc))
+    np.testing.assert_allclose(s3.reshape(4, 8, 3).max(axis=2), s1, rtol=2 * np.finfo(np.float32).eps)
+    np.testing.assert_allclose(c3, c1, rtol=2 * np.finfo(np.float32).eps, atol=1e-30)
+    with pytest.raises(ValueError, match="segments"):
+        closed_loop_problem(GLUCOSE, quiet, BasalBolus(every=60.0), segments=2, loop="host", **kw)

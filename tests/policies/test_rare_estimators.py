@@ -115,6 +115,20 @@ def test_path_problem_rejects_bad_shapes():
         bad.evaluate(jax.numpy.zeros((3, 5, 1)))
 
 
+def test_ams_reports_a_path_that_could_not_be_simulated():
+    # The compiled closed loop gives a NaN crossing probability where the rollout would refuse
+    # the path; splitting must say so rather than return a number.
+    from medsim.policies.risk.rare import PathFailure
+
+    def paths(inc, params):
+        score = jax.numpy.cumsum(inc[..., 0], axis=1) - 3.0
+        crossing = jax.numpy.where(score.max(axis=1) > -1.0, jax.numpy.nan, 0.0)
+        return score, crossing
+
+    with pytest.raises(PathFailure, match="could not be simulated"):
+        ams(PathProblem(paths, 4, name="refusing"), seed=0, n_paths=4, replicas=1, max_iterations=2)
+
+
 def test_epistemic_outer_loop_over_drift_draws():
     """Draws of the drift: the overall probability is the mean of the exact per-draw ones."""
     from medsim.policies.risk.rare.epistemic import rare_epistemic

@@ -16,10 +16,12 @@ probability):
 Every estimator returns a frozen :class:`RareEstimate` around the package's
 :class:`~medsim.policies.risk.estimate.Estimate`; :func:`rare_epistemic` runs one per posterior draw.
 Pure JAX/numpy; may import ``medsim``, the rest of ``medsim.policies.risk``, ``medsim.policies.protocol`` and
-(for the closed loop only) ``medsim.policies.rollout``; never rendering code.
+(for the closed loop only) the option loop's modules (``medsim.policies.rollout``, ``rollout_setup``,
+``rollout_device``, ``device_loop``, ``device_interval``, ``array_step``, ``noise_index``); never
+rendering code.
 """
 
-from medsim.policies.risk.rare.ams import AMSFailure, ams
+from medsim.policies.risk.rare.ams import AMSFailure, PathFailure, ams
 from medsim.policies.risk.rare.closed_loop import closed_loop_problem
 from medsim.policies.risk.rare.epistemic import RareEpistemic, rare_epistemic
 from medsim.policies.risk.rare.importance import importance_sampling
@@ -29,6 +31,7 @@ from medsim.policies.risk.rare.subset import SubsetFailure, subset_simulation
 
 __all__ = [
     "AMSFailure",
+    "PathFailure",
     "PathProblem",
     "RareEpistemic",
     "RareEstimate",

@@ -42,6 +42,11 @@ class AMSFailure(RuntimeError):
     """A splitting run that did not reach the event level within its iteration budget."""
 
 
+class PathFailure(AMSFailure):
+    """A splitting run in which a path could not be simulated (a non-finite crossing probability:
+    the closed loop flags a path the rollout would refuse this way)."""
+
+
 class _State(NamedTuple):
     inc: jax.Array  # (n, T, C) increments
     run: jax.Array  # (n, T) running maximum of the score
@@ -167,6 +172,8 @@ def ams(
         On a bad ``n_paths``, ``kill_fraction`` or ``replicas``.
     AMSFailure
         If a replica has not reached the event level after ``max_iterations`` iterations.
+    PathFailure
+        If a path could not be simulated (the problem returned a non-finite crossing probability).
     """
     if not (isinstance(n_paths, int) and n_paths >= 2):
         raise ValueError(f"n_paths: expected an int >= 2, got {n_paths!r}")
@@ -178,6 +185,13 @@ def ams(
         max_iterations = math.ceil(35.0 / -math.log1p(-k / n_paths)) + 10
     settings = (n_paths, k, int(max_iterations))
     out = run_replicas(_replica, problem, settings, seed=seed, first_replica=first_replica, replicas=replicas)
+    broken = ~np.isfinite(out.total) | ~np.all(np.isfinite(out.crossing), axis=1)
+    if np.any(broken):
+        raise PathFailure(
+            f"ams on {problem.name!r}: replica {int(np.flatnonzero(broken)[0]) + first_replica} met a path that "
+            "could not be simulated (a non-finite or runaway state, an unusable option, or more interactions "
+            "than the problem's steps); run the rollout on the host (loop='host') to see which patient and why"
+        )
     bad = first_unfinished(out.done, first_replica)
     if bad is not None:
         raise AMSFailure(

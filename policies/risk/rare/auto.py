@@ -5,8 +5,9 @@ grid violation, the events a plain Monte Carlo run can see) cannot bound a small
 usefully: "0 % [0 %, 0.37 %]" on 1000 patients. :func:`rare_followup` then estimates the same
 probability (the population mean of the bridge-corrected crossing probability of one bound) by
 splitting on the real closed loop, and returns ``None`` when the plain estimate suffices. A
-spec's ``rare=`` choice forces the switch; on the host closed loop only ``ams`` applies (subset
-simulation and importance sampling need increments that enter the dynamics continuously).
+spec's ``rare=`` choice forces the switch; on the closed loop (hashed per-interaction noise) only
+``ams`` applies (subset simulation and importance sampling need increments that enter the
+dynamics continuously).
 """
 
 from __future__ import annotations
@@ -86,15 +87,16 @@ def rare_followup(
     Raises
     ------
     RareMethodError
-        For ``method="subset"`` or ``"is"`` (not applicable to the host closed loop) or an
+        For ``method="subset"`` or ``"is"`` (not applicable to the hashed closed-loop noise) or an
         unknown method.
     """
     if not needs_rare(n_violations, min_violations=min_violations, method=method):
         return None
     if method not in (None, "ams"):
         raise RareMethodError(
-            f"rare={method}: the closed loop is driven on the host with hashed per-interaction noise, which "
-            "only splitting can use; use rare=ams (subset and is apply to path problems written in JAX)"
+            f"rare={method}: the closed loop draws its noise from hashed per-interaction streams (a clone "
+            "replays its donor's noise), which only splitting can use; use rare=ams (subset and is apply to "
+            "path problems whose increments enter the dynamics continuously)"
         )
     problem = closed_loop_problem(
         model,

@@ -14,8 +14,15 @@ that enter the dynamics continuously and do not apply here.
 Scores are per interaction: for a lower bound ``log(b / min y)`` over the interval (for an upper
 bound ``log(max y / b)``; the observable's bridge scale when it is linear: ``(b - min y) / b``),
 ``>= 0`` exactly at a grid violation; the crossing probability is the simulator's bridge-corrected
-one, ``1 - exp(sum_k log_survival_k)``. The rollout runs on the host, called from the compiled
-splitting loop by ``jax.pure_callback`` (one call per clone batch, all replicas together).
+one, ``1 - exp(sum_k log_survival_k)``.
+
+Where it runs is chosen as :func:`medsim.policies.rollout_device.choose_loop` chooses the rollout's
+loop (``loop=`` among the rollout options, default ``"auto"``): a policy with an array step gets a
+pure-JAX path function (:mod:`medsim.policies.risk.rare.closed_loop_compiled`), so the splitting
+loop and the closed loop are one compiled program; any other policy (a Python ``act``), or
+``loop="host"``, runs :func:`~medsim.policies.rollout.rollout` on the host, called from the compiled
+splitting loop by ``jax.pure_callback`` (one call per clone batch, all replicas together). Both
+give the same scores and crossing probabilities on the same increments (up to float32 rounding).
 """
 
 from __future__ import annotations
@@ -58,6 +65,7 @@ def closed_loop_problem(
     dt: float,
     seed: int,
     interactions: int,
+    segments: int = 1,
     name: str | None = None,
     **rollout_options: Any,
 ) -> PathProblem:
@@ -78,24 +86,50 @@ def closed_loop_problem(
     horizon, dt, seed
         As in :func:`medsim.policies.rollout.rollout`.
     interactions : int
-        Most interactions per path (``T`` of the problem; the rollout's ``max_interactions``).
+        Most interactions per path (the rollout's ``max_interactions``).
+    segments : int
+        Noise segments per interaction (the compiled path function only): the problem has
+        ``T = interactions * segments`` steps, each interval is advanced in ``segments`` pieces
+        with their own noise, so that a clone can branch inside an interval (where a policy looks
+        rarely, the path's lowest point would otherwise be copied whole and clones tie with their
+        donor). The same law of the paths; other random numbers than the rollout's where > 1.
     rollout_options
         Further :func:`~medsim.policies.rollout.rollout` options (``scenario``, ``scheme``,
-        ``measurement_noise``). A scenario must give every row the same events (e.g. a
+        ``measurement_noise``, ``target``, ``loop``; the compiled path function takes these,
+        any other option runs the host rollout). A scenario must give every row the same events (e.g. a
         :class:`~medsim.policies.scenarios.MealScenario` with ``time_sd_h=0, size_cv=0``): a row's
         events must not depend on its position in the batch.
 
     Returns
     -------
     PathProblem
-        With ``T = interactions`` steps and 2 channels; for :func:`~medsim.policies.risk.rare.ams.ams`.
+        With ``T = interactions * segments`` steps and 2 channels; for
+        :func:`~medsim.policies.risk.rare.ams.ams`.
+
+    Raises
+    ------
+    ValueError
+        For ``segments`` other than an int >= 1, or > 1 where the host rollout must run the loop
+        (a policy without an array step, ``loop="host"``, a scenario with infusions).
     """
     from medsim.policies.rollout import rollout
 
     n_patients = population.n_patients
     upper = bound.side == "upper"
-    log_scale = model.observable(bound.observable).bridge_scale == "log"
     K = int(interactions)
+    label = name or f"{policy.name}: {bound.observable} {'>' if upper else '<'} {bound.value:g}"
+    if isinstance(segments, bool) or not isinstance(segments, int) or segments < 1:
+        raise ValueError(f"segments: expected an int >= 1, got {segments!r}")
+    options = (horizon, dt, seed, K, segments, label, rollout_options)
+    compiled = _compiled_problem(model, population, policy, bound, *options)
+    if compiled is not None:
+        return compiled
+    if segments > 1:
+        raise ValueError(
+            f"segments={segments}: only the compiled path function splits an interval, and policy "
+            f"{policy.name!r} runs on the host here (no array step, loop='host', or scenario infusions)"
+        )
+    log_scale = model.observable(bound.observable).bridge_scale == "log"
 
     def host(inc: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         lead = inc.shape[:-2]
@@ -140,5 +174,65 @@ def closed_loop_problem(
         )
         return jax.pure_callback(host, shapes, inc, vmap_method="expand_dims")
 
-    label = name or f"{policy.name}: {bound.observable} {'>' if upper else '<'} {bound.value:g}"
     return PathProblem(paths, K, 2, label)
+
+
+_COMPILED_OPTIONS = frozenset({"scenario", "scheme", "measurement_noise", "target", "loop"})
+
+
+def runs_compiled(model, policy: Policy, *, horizon: float, **rollout_options: Any) -> bool:
+    """Whether :func:`closed_loop_problem` gets the pure-JAX path function for these arguments
+    (else the host rollout, which takes ``segments=1`` only): ``loop`` other than ``"host"``
+    (:func:`medsim.policies.rollout_device.choose_loop`), a policy with an array step and no
+    per-patient ``prepare``, a scenario of boluses, and only the options the compiled loop takes."""
+    return _scenario_events(model, policy, horizon, rollout_options) is not False
+
+
+def _scenario_events(model, policy, horizon, options):
+    """One row's scenario events (None: no scenario) where the compiled path function applies, else False."""
+    from medsim.policies.protocol import for_model
+    from medsim.policies.risk.rare.closed_loop_compiled import compiled_capable
+    from medsim.policies.rollout_device import choose_loop
+
+    if choose_loop(options.get("loop", "auto"), policy) == "host" or not set(options) <= _COMPILED_OPTIONS:
+        return False
+    scenario = options.get("scenario")
+    scen = (
+        None if scenario is None else scenario.events(np.zeros(1, np.int64), float(horizon), time_unit=model.time_unit)
+    )
+    return scen if compiled_capable(for_model(policy, model), scen) else False
+
+
+def _compiled_problem(
+    model, population, policy, bound, horizon, dt, seed, K, segments, label, options
+) -> PathProblem | None:
+    """The problem on the pure-JAX path function, or None where the host rollout must run it."""
+    from medsim.policies.protocol import for_model
+    from medsim.policies.risk.rare.closed_loop_compiled import compiled_paths
+    from medsim.policies.rollout_setup import _Setup
+    from medsim.simulate import budget
+
+    if population.model.name != model.name:
+        raise ValueError(f"population is for model {population.model.name!r}, not {model.name!r}")
+    scen = _scenario_events(model, policy, horizon, options)
+    if scen is False:
+        return None
+    policy = for_model(policy, model)
+    setup = _Setup(
+        model,
+        (bound,),
+        horizon,
+        dt,
+        seed,
+        options.get("scenario"),
+        options.get("measurement_noise", True),
+        options.get("target"),
+        None,
+        options.get("scheme", "milstein"),
+        budget.DEFAULT_MAX_INTERACTIONS,
+    )
+    x0 = {k: jnp.asarray(v, jnp.float32) for k, v in population.initial_state().items()}
+    theta = {k: jnp.asarray(v, jnp.float32) for k, v in population.simulation_parameters().items()}
+    setup.sim.check_step(x0, theta, patients=np.arange(population.n_patients))  # as the rollout checks first
+    paths, params = compiled_paths(setup, population, policy, bound, scen, seed, K, segments)
+    return PathProblem(paths, K * segments, 2, label, params)

@@ -26,9 +26,9 @@ from typing import Any
 import numpy as np
 
 from medsim.policies.risk.estimate import Estimate
-from medsim.policies.risk.rare.ams import AMSFailure, ams
+from medsim.policies.risk.rare.ams import AMSFailure, PathFailure, ams
 from medsim.policies.risk.rare.auto import needs_rare
-from medsim.policies.risk.rare.closed_loop import closed_loop_problem
+from medsim.policies.risk.rare.closed_loop import closed_loop_problem, runs_compiled
 from medsim.policies.risk.rare.epistemic import rare_epistemic
 from medsim.policies.risk.rare.result import RareEstimate, RareRisk
 from medsim.policies.risk.verdict import Verdict
@@ -41,6 +41,9 @@ DEFAULT_BUDGET = 4000.0
 REPLICAS = 4
 """Independent splitting replicas per estimate (their spread gives the interval)."""
 _KILL = 0.1
+SEGMENT_STEPS = 4
+"""Simulator sub-steps per noise segment of the compiled closed loop (splitting branches there)."""
+MAX_SEGMENTS = 16
 # Iterations a replica may take per path it holds: with k = 10 % of n killed per iteration,
 # 16 n path-equivalents allow ~150 iterations, p down to 0.9^150 ~ 1e-7.
 _DEPTH = 16
@@ -109,6 +112,8 @@ def _split(model, population, policy, bound, *, plain, reason, budget, seed, lev
         epi = rare_epistemic(
             problems[0], list(range(len(groups))), by_draw, epsilon=epsilon, seed=seed, level=level, **options_
         )
+    except PathFailure as err:
+        return _failed(bound.name, reason, plain, budget, str(err))
     except AMSFailure as err:
         # Every replica ran to its iteration cap: the budget is spent.
         return _failed(bound.name, reason, plain, budget, f"budget exhausted: {err}", budget)
@@ -148,6 +153,16 @@ def _interactions(result, horizon: float) -> int:
     width = (np.asarray(result.t_end) - np.asarray(result.t_start))[mask]
     shortest = float(width[width > 0].min()) if np.any(width > 0) else float(horizon)
     return max(int(mask.shape[1]), math.ceil(horizon / shortest) + 1)
+
+
+def _segments(result, dt: float) -> int:
+    """Noise segments per interaction for the compiled closed loop: pieces of about
+    :data:`SEGMENT_STEPS` sub-steps of the longest interval seen (at most :data:`MAX_SEGMENTS`), so
+    that clones branch inside an interval instead of copying its lowest point whole."""
+    mask = np.asarray(result.mask, bool)
+    width = (np.asarray(result.t_end) - np.asarray(result.t_start))[mask]
+    longest = float(width.max()) if width.size else 0.0
+    return int(np.clip(math.ceil(longest / (SEGMENT_STEPS * dt)), 1, MAX_SEGMENTS))
 
 
 def _pct(x: float) -> str:
@@ -245,6 +260,8 @@ def with_rare_followup(
             scenario=scenario,
             scheme=scheme,
         )
+        compiled = runs_compiled(population.model, policy, horizon=spec.horizon, scenario=scenario, scheme=scheme)
+        options["segments"] = _segments(result, dt) if compiled else 1
         share = budget / len(spec.bounds)
         rare = tuple(
             _split(
