@@ -21,6 +21,7 @@ from medsim.policies.result import RolloutResult
 from medsim.policies.rollout_assemble import assemble, support_fraction
 from medsim.population.virtual import VirtualPopulation
 from medsim.simulate.plan import bucket_batch
+from medsim.transfer import to_device
 
 LOOPS = ("auto", "device", "host")
 
@@ -143,8 +144,8 @@ def device_chunk(
 
     n = pop.n_patients
     patient = offset + np.arange(n, dtype=np.int64)
-    theta = {k: jnp.asarray(v, jnp.float32) for k, v in pop.simulation_parameters().items()}
-    x = {k: jnp.asarray(v, jnp.float32) for k, v in pop.initial_state().items()}
+    theta = {k: to_device(v, np.float32) for k, v in pop.simulation_parameters().items()}
+    x = {k: to_device(v, np.float32) for k, v in pop.initial_state().items()}
     scen = chunk_scenario(setup, policy, patient, x, theta)
     if not device_loop.device_capable(setup, scen):
         return host(setup, pop, policy, offset, n_real, n_paths, save_every, progress, done, total)

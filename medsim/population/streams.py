@@ -24,6 +24,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from medsim.transfer import to_device
+
 
 class Stream(IntEnum):
     """Named, disjoint random streams (the second element of every key path)."""
@@ -44,7 +46,7 @@ def _counters(patient: np.ndarray, counter: np.ndarray | int) -> tuple[jax.Array
     counter = np.broadcast_to(np.asarray(counter, dtype=np.int64), patient.shape)
     if counter.size and (counter.min() < 0 or counter.max() >= 2**32):
         raise ValueError("counters must lie in [0, 2**32)")
-    return jnp.asarray(patient.astype(np.uint32)), jnp.asarray(counter.astype(np.uint32))
+    return to_device(patient.astype(np.uint32)), to_device(counter.astype(np.uint32))
 
 
 @jax.jit
@@ -83,7 +85,7 @@ def patient_keys(
     (n,) jax key array
     """
     p, c = _counters(patient, counter)
-    return _keys(_root(seed), jnp.uint32(int(stream)), p, c)
+    return _keys(_root(seed), to_device(np.uint32(int(stream))), p, c)
 
 
 def traced_patient_keys(seed: int, stream: Stream | int, patient: jax.Array, counter: jax.Array) -> jax.Array:
@@ -137,7 +139,7 @@ def patient_base_keys(seed: int, stream: Stream | int, patient: np.ndarray) -> j
     """
     p, _ = _counters(patient, 0)
     root = jax.random.key(int(seed) % 2**32)
-    return _base_keys(root, jnp.uint32(int(stream)), p)
+    return _base_keys(root, to_device(np.uint32(int(stream))), p)
 
 
 def name_counter(name: str) -> int:
@@ -166,5 +168,5 @@ def patient_named_normal(
     keys = patient_keys(seed, stream, patient, counter)
     if keys.shape[0] == 0 or not names:
         return np.zeros((keys.shape[0], len(names)))
-    codes = jnp.asarray([name_counter(n) for n in names], jnp.uint32)
+    codes = to_device(np.asarray([name_counter(n) for n in names], np.uint32))
     return np.asarray(_named(keys, codes), dtype=np.float64)
