@@ -164,7 +164,10 @@ def device_chunk(
     trace = {o: v[:n_real] for o, v in trace.items()}
     result = assemble(setup, real, policy, rows, outside_target[:n_real], [], n_real, scenario_events=scen, trace=trace)
     if n_paths > 0:
-        first = pop.take(np.arange(n_paths))
+        # Padded with inactive copies of the last patient to a power of two: a width the simulator
+        # takes as it is (no slicing and padding programs) and the one the random streams draw at.
+        width = min(n, 1 << max(3, (n_paths - 1).bit_length()))
+        first = pop.take(np.minimum(np.arange(width), n_paths - 1))
         saved = host(setup, first, policy, offset, n_paths, n_paths, save_every, None, 0.0, total)
         result = replace(result, path_time=saved.path_time, path=saved.path)
     return result

@@ -98,6 +98,22 @@ def traced_patient_keys(seed: int, stream: Stream | int, patient: jax.Array, cou
     return _keys(_root(seed), jnp.uint32(int(stream)), patient.astype(jnp.uint32), counter.astype(jnp.uint32))
 
 
+def _padded(patient: np.ndarray, counter: np.ndarray | int) -> tuple[np.ndarray, np.ndarray | int, int]:
+    """``patient`` and ``counter`` with the last patient repeated up to a power of two (at least 8).
+
+    Draws that come back to the host are made for the padded batch and cut in numpy: each shape
+    is a program traced, lowered and looked up again in every process, and a patient's draws do
+    not depend on the batch, so a few batch sizes serve every population. The count of real rows
+    comes third; arrays :func:`patient_keys` refuses are returned as given.
+    """
+    patient = np.asarray(patient)
+    if patient.ndim != 1 or patient.size == 0:
+        return patient, counter, int(patient.size)
+    n = patient.size
+    take = np.minimum(np.arange(1 << max(3, (n - 1).bit_length())), n - 1)
+    return patient[take], np.broadcast_to(np.asarray(counter), patient.shape)[take], n
+
+
 _normal = jax.jit(jax.vmap(lambda k, width: jax.random.normal(k, (width,)), in_axes=(0, None)), static_argnums=1)
 _uniform = jax.jit(
     jax.vmap(lambda k, width: jax.random.uniform(k, (width,), minval=1e-7, maxval=1.0), in_axes=(0, None)),
@@ -109,20 +125,22 @@ def patient_normal(
     seed: int, stream: Stream | int, patient: np.ndarray, counter: np.ndarray | int, width: int = 1
 ) -> np.ndarray:
     """Standard normal draws, shape ``(n, width)``, one independent row per patient."""
+    patient, counter, n = _padded(patient, counter)
     keys = patient_keys(seed, stream, patient, counter)
     if keys.shape[0] == 0:
         return np.zeros((0, width))
-    return np.asarray(_normal(keys, int(width)), dtype=np.float64)
+    return np.asarray(_normal(keys, int(width)), dtype=np.float64)[:n]
 
 
 def patient_uniform(
     seed: int, stream: Stream | int, patient: np.ndarray, counter: np.ndarray | int, width: int = 1
 ) -> np.ndarray:
     """Uniform(0, 1) draws (never exactly 0), shape ``(n, width)``, one row per patient."""
+    patient, counter, n = _padded(patient, counter)
     keys = patient_keys(seed, stream, patient, counter)
     if keys.shape[0] == 0:
         return np.zeros((0, width))
-    return np.asarray(_uniform(keys, int(width)), dtype=np.float64)
+    return np.asarray(_uniform(keys, int(width)), dtype=np.float64)[:n]
 
 
 @jax.jit
@@ -165,8 +183,9 @@ def patient_named_normal(
     so adding or removing a name leaves the draws of the others unchanged, and the draws of a
     patient do not depend on which other patients are drawn.
     """
+    patient, counter, n = _padded(patient, counter)
     keys = patient_keys(seed, stream, patient, counter)
     if keys.shape[0] == 0 or not names:
-        return np.zeros((keys.shape[0], len(names)))
-    codes = to_device(np.asarray([name_counter(n) for n in names], np.uint32))
-    return np.asarray(_named(keys, codes), dtype=np.float64)
+        return np.zeros((n, len(names)))
+    codes = to_device(np.asarray([name_counter(name) for name in names], np.uint32))
+    return np.asarray(_named(keys, codes), dtype=np.float64)[:n]
