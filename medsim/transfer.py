@@ -4,8 +4,8 @@
 (``stage``, ``convert_element_type``) for every new shape and dtype; each is traced, lowered and
 looked up in the persistent compilation cache again in every process, which a ``medsim risk`` run
 pays dozens of times before its first interaction. ``jax.device_put`` copies the same values
-(numpy's conversion to the canonical dtype, e.g. float64 -> float32 without x64) and compiles
-nothing.
+(numpy's conversion to the canonical dtype, e.g. float64 -> float32 without x64), never sharing
+the numpy buffer, and compiles nothing.
 """
 
 from __future__ import annotations
@@ -34,4 +34,4 @@ def to_device(value: Any, dtype: Any = None) -> jax.Array:
         return value if dtype is None or value.dtype == jnp.dtype(dtype) else value.astype(dtype)
     if dtype is None and not isinstance(value, np.ndarray | np.generic):
         return jnp.asarray(value)
-    return jax.device_put(np.asarray(value, dtype))
+    return jax.device_put(np.asarray(value, dtype), may_alias=False)  # a copy, as jnp.asarray makes

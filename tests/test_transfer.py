@@ -50,6 +50,13 @@ def test_same_array_as_jnp_asarray(value, dtype):
     np.testing.assert_array_equal(np.asarray(got), np.asarray(want))  # exact: the same conversion
 
 
+def test_the_device_array_is_a_copy():
+    host = np.zeros(1024, np.float32)
+    dev = to_device(host)
+    host[0] = 5.0  # a caller reusing its buffer must not change what it handed over
+    assert float(dev[0]) == 0.0
+
+
 def test_python_scalars_stay_weakly_typed_and_x64_is_honoured():
     for value in (3.0, 2, True):
         assert to_device(value).weak_type == jnp.asarray(value).weak_type
