@@ -34,4 +34,6 @@ def to_device(value: Any, dtype: Any = None) -> jax.Array:
         return value if dtype is None or value.dtype == jnp.dtype(dtype) else value.astype(dtype)
     if dtype is None and not isinstance(value, np.ndarray | np.generic):
         return jnp.asarray(value)
-    return jax.device_put(np.asarray(value, dtype), may_alias=False)  # a copy, as jnp.asarray makes
+    # A private copy: the transfer may complete after this returns (or share the buffer), and the
+    # caller may reuse its array at once, as it could after jnp.asarray's synchronous copy.
+    return jax.device_put(np.array(value, dtype, copy=True))
