@@ -19,6 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from medsim.policies.protocol import Observation, Option
+from medsim.transfer import to_device
 
 
 def measure_expr(model, names: tuple, noise: bool, true32: dict, add: dict, prop: dict, z, take) -> dict:
@@ -54,11 +55,11 @@ class HostMeasure:
     def __call__(self, true32: dict, add: dict, prop: dict, z: np.ndarray, take: np.ndarray) -> dict:
         with jax.enable_x64(True):
             out = self._fn(
-                {k: jnp.asarray(np.asarray(v, np.float32)) for k, v in true32.items()},
-                {k: jnp.asarray(np.asarray(v, np.float32)) for k, v in add.items()},
-                {k: jnp.asarray(np.asarray(v, np.float32)) for k, v in prop.items()},
-                jnp.asarray(np.asarray(z, np.float64)),
-                jnp.asarray(np.asarray(take, bool)),
+                {k: to_device(np.asarray(v, np.float32)) for k, v in true32.items()},
+                {k: to_device(np.asarray(v, np.float32)) for k, v in add.items()},
+                {k: to_device(np.asarray(v, np.float32)) for k, v in prop.items()},
+                to_device(np.asarray(z, np.float64)),
+                to_device(np.asarray(take, bool)),
             )
             return {k: np.asarray(v) for k, v in out.items()}
 
@@ -131,8 +132,8 @@ def host_step(policy: Any, state: Any, obs: Observation) -> tuple[Any, Option]:
     state = prepare_state(policy, state, obs.patient, obs.covariates, obs.subject)
     fields = observation_fields(obs)
     with jax.enable_x64(True):
-        fields = jax.tree_util.tree_map(jnp.asarray, fields)
-        state = jax.tree_util.tree_map(jnp.asarray, state)
+        fields = jax.tree_util.tree_map(to_device, fields)
+        state = jax.tree_util.tree_map(to_device, state)
         new_state, out = _step(policy, obs.time_unit, float(obs.horizon), state, fields)
         new_state = jax.tree_util.tree_map(np.asarray, new_state)
         out = jax.tree_util.tree_map(np.asarray, out)

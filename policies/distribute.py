@@ -194,6 +194,7 @@ class ShardTask:
     max_interactions: int | None
     max_memory: int | None
     options: WorkerOptions
+    loops: tuple[str, ...] = ()
 
 
 def _registered_model(name: str, description: str):
@@ -228,21 +229,28 @@ def run_shard(task: ShardTask, draws: Mapping[str, Any] | None = None) -> list[R
     population = VirtualPopulation(model=model, **task.population)
     context = PolicyContext(model=model, bounds=task.spec.bounds, draws=posterior, dt=task.dt, scheme=task.scheme)
     policies = build_policies(task.policies, context=context)
-    return run_policies(
-        population,
-        policies,
-        task.spec,
-        dt=task.dt,
-        seed=task.seed,
-        scenario=task.scenario,
-        support=task.support,
-        scheme=task.scheme,
-        max_interactions=task.max_interactions,
-        max_memory=task.max_memory,
-        first_patient=task.first_patient,
-        chunk_size=task.chunk_size,
-        pad_to=task.pad_to,
-    )
+    loops = task.loops or ("auto",) * len(policies)
+    # One policy at a time, each in the loop the client chose for it (policies share their
+    # random numbers through the seed and the patients' streams, not through one call).
+    return [
+        run_policies(
+            population,
+            [policy],
+            task.spec,
+            dt=task.dt,
+            seed=task.seed,
+            scenario=task.scenario,
+            support=task.support,
+            scheme=task.scheme,
+            max_interactions=task.max_interactions,
+            max_memory=task.max_memory,
+            first_patient=task.first_patient,
+            chunk_size=task.chunk_size,
+            pad_to=task.pad_to,
+            loop=loop,
+        )[0]
+        for policy, loop in zip(policies, loops, strict=True)
+    ]
 
 
 def merge_shards(shards: Sequence[Sequence[RolloutResult]], population: VirtualPopulation) -> list[RolloutResult]:
@@ -274,8 +282,13 @@ def rollouts_on_cluster(
     progress: Callable[[float, float], None] | None = None,
     options: WorkerOptions | None = None,
     shard: int | None = None,
+    loops: Sequence[str] | None = None,
 ) -> list[RolloutResult]:
     """:func:`medsim.policies.evaluate.run_policies` of ``population`` sharded over ``client``'s workers.
+
+    ``loops`` names the loop (``"device"`` or ``"host"``, as
+    :func:`medsim.policies.rollout_device.choose_loop` decides it for the whole population) each
+    policy runs in on every worker; ``None``: each worker's ``"auto"`` for its shard.
 
     Raises
     ------
@@ -298,6 +311,9 @@ def rollouts_on_cluster(
     if not all(isinstance(p, str) for p in policy_specs):
         raise DistributionError("policies sent to workers must be spec strings such as 'pid:every=60'")
     options = options or WorkerOptions()
+    loops = ("auto",) * len(policy_specs) if loops is None else tuple(loops)
+    if len(loops) != len(policy_specs):
+        raise DistributionError(f"loops: expected one per policy ({len(policy_specs)}), got {len(loops)}")
     workers = max(len(client.scheduler_info().get("workers", {})), 1)
     bounds = shard_bounds(population.n_patients, workers, shard=shard)
     # Every shard pads to the chunk width one process compiles for this population: all workers and
@@ -325,6 +341,7 @@ def rollouts_on_cluster(
             max_interactions=max_interactions,
             max_memory=max_memory,
             options=options,
+            loops=loops,
         )
         futures.append(client.submit(run_shard, task, draws_data, pure=False))
         sizes[futures[-1].key] = stop - start

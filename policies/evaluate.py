@@ -177,7 +177,12 @@ def evaluate_policies(
         )
     if client is not None:
         from medsim.policies.distribute import rollouts_on_cluster
+        from medsim.policies.protocol import for_model
+        from medsim.policies.rollout_device import choose_loop
 
+        # Decided here for the whole population, as one process would: a worker's shard is smaller,
+        # and "auto" there could pick another loop than the one-process run.
+        loops = [choose_loop(loop, for_model(p, model), population.n_patients) for p in policies]
         results = rollouts_on_cluster(
             client,
             draws,
@@ -192,6 +197,7 @@ def evaluate_policies(
             max_interactions=max_interactions,
             max_memory=max_memory,
             progress=progress,
+            loops=loops,
         )
     else:
         results = run_policies(

@@ -45,7 +45,6 @@ from functools import partial
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from medsim.models.base import PhysiologyModel
@@ -61,6 +60,7 @@ from medsim.population.virtual import VirtualPopulation
 from medsim.simulate import budget
 from medsim.simulate.checks import check_finite
 from medsim.simulate.types import Bound
+from medsim.transfer import to_device
 
 Progress = Callable[[float, float], None]
 NoiseIndex = Callable[[np.ndarray, np.ndarray], np.ndarray]
@@ -96,8 +96,8 @@ def _run_chunk(
     """
     model, n, horizon, J = setup.model, pop.n_patients, setup.horizon, len(setup.bounds)
     patient = offset + np.arange(n, dtype=np.int64)
-    theta = {k: jnp.asarray(v, jnp.float32) for k, v in pop.simulation_parameters().items()}
-    x = {k: jnp.asarray(v, jnp.float32) for k, v in pop.initial_state().items()}
+    theta = {k: to_device(v, np.float32) for k, v in pop.simulation_parameters().items()}
+    x = {k: to_device(v, np.float32) for k, v in pop.initial_state().items()}
     t, k = np.zeros(n), np.zeros(n, np.int64)
     real = np.arange(n) < n_real
     active, measure = real.copy(), real.copy()  # every rollout starts with a baseline look
@@ -150,11 +150,11 @@ def _run_chunk(
         res = setup.sim.advance(
             x,
             theta,
-            jnp.asarray(t, jnp.float32),
-            jnp.asarray(t1, jnp.float32),
+            to_device(t, np.float32),
+            to_device(t1, np.float32),
             key=patient_keys(setup.seed, Stream.PROCESS, noise_id, k),
             events=_dose_events(setup, t, bolus, scen),
-            rates={c: jnp.asarray(r, jnp.float32) for c, r in rates.items()},
+            rates={c: to_device(r, np.float32) for c, r in rates.items()},
             save_every=save_every if n_paths > 0 else None,
             patients=patient,
             trace=None if trace is None else (spec, interval_buffer(setup.trace_grid, *window)),

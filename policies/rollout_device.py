@@ -21,6 +21,7 @@ from medsim.policies.result import RolloutResult
 from medsim.policies.rollout_assemble import assemble, support_fraction
 from medsim.population.virtual import VirtualPopulation
 from medsim.simulate.plan import bucket_batch
+from medsim.transfer import to_device
 
 LOOPS = ("auto", "device", "host")
 
@@ -143,16 +144,25 @@ def device_chunk(
 
     n = pop.n_patients
     patient = offset + np.arange(n, dtype=np.int64)
-    theta = {k: jnp.asarray(v, jnp.float32) for k, v in pop.simulation_parameters().items()}
-    x = {k: jnp.asarray(v, jnp.float32) for k, v in pop.initial_state().items()}
+    theta = {k: to_device(v, np.float32) for k, v in pop.simulation_parameters().items()}
+    x = {k: to_device(v, np.float32) for k, v in pop.initial_state().items()}
     scen = chunk_scenario(setup, policy, patient, x, theta)
     if not device_loop.device_capable(setup, scen):
         return host(setup, pop, policy, offset, n_real, n_paths, save_every, progress, done, total)
     check_first_option(setup, pop, policy, patient, x, theta, scen)  # before compiling the loop
     hooks = _Hooks(setup, policy, scen, n_real, progress, lambda t: (done + t, total))
-    rows, outside_target, _, bad, trace = device_loop.run_chunk(setup, pop, policy, offset, n_real, scen, True, hooks)
-    if bad:
-        return host(setup, pop, policy, offset, n_real, n_paths, save_every, progress, done, total)
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        # The saved paths' host loop needs nothing from the compiled loop: it runs beside it (its
+        # tracing is Python work, the compiled loop's run is not), and is used only if nothing
+        # was flagged, so errors are those of the compiled loop and of the host loop after it.
+        paths = pool.submit(_saved_paths, setup, pop, policy, offset, n_paths, save_every, total, host)
+        rows, outside_target, _, bad, trace = device_loop.run_chunk(
+            setup, pop, policy, offset, n_real, scen, True, hooks
+        )
+        if bad:
+            paths.exception()  # wait; whatever the paths' loop met, the whole chunk's host loop names it
+            return host(setup, pop, policy, offset, n_real, n_paths, save_every, progress, done, total)
+        saved = paths.result()
     rows = [
         row._replace(
             out_of_support=support_fraction(setup, row.out_of_support, row.treatment, row.t_end - row.t_start, row.mask)
@@ -162,11 +172,22 @@ def device_chunk(
     real = pop.take(slice(0, n_real))
     trace = {o: v[:n_real] for o, v in trace.items()}
     result = assemble(setup, real, policy, rows, outside_target[:n_real], [], n_real, scenario_events=scen, trace=trace)
-    if n_paths > 0:
-        first = pop.take(np.arange(n_paths))
-        saved = host(setup, first, policy, offset, n_paths, n_paths, save_every, None, 0.0, total)
+    if saved is not None:
         result = replace(result, path_time=saved.path_time, path=saved.path)
     return result
+
+
+def _saved_paths(setup, pop, policy, offset, n_paths, save_every, total, host) -> RolloutResult | None:
+    """The first ``n_paths`` patients of a chunk in the host loop, saving their paths (None for 0).
+
+    Padded with inactive copies of the last patient to a power of two: a width the simulator takes
+    as it is (no slicing and padding programs) and the one the random streams draw at.
+    """
+    if n_paths <= 0:
+        return None
+    width = min(pop.n_patients, 1 << max(3, (n_paths - 1).bit_length()))
+    first = pop.take(np.minimum(np.arange(width), n_paths - 1))
+    return host(setup, first, policy, offset, n_paths, n_paths, save_every, None, 0.0, total)
 
 
 class _Quiet:

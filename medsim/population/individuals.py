@@ -21,11 +21,11 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from medsim.models.base import PhysiologyModel
 from medsim.population.streams import Stream, patient_named_normal
+from medsim.transfer import to_device
 
 # Counters of the SAMPLING stream (the "patient" index is the one named in each comment).
 EFFECTS = 0  # random effects eta (patient)
@@ -58,9 +58,9 @@ def individual_values(
 ) -> dict[str, np.ndarray]:
     """The model's individual parameters, shape (n,) float64, from given random effects."""
     theta = model.individual_parameters(
-        {k: jnp.asarray(v) for k, v in population.items()},
-        {k: jnp.asarray(v) for k, v in eta.items()},
-        {k: jnp.asarray(v) for k, v in covariates.items()},
+        {k: to_device(v) for k, v in population.items()},
+        {k: to_device(v) for k, v in eta.items()},
+        {k: to_device(v) for k, v in covariates.items()},
     )
     return {k: np.broadcast_to(np.asarray(v, np.float64), (n,)).copy() for k, v in theta.items()}
 

@@ -24,6 +24,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from medsim.transfer import to_device
+
 
 class Stream(IntEnum):
     """Named, disjoint random streams (the second element of every key path)."""
@@ -44,7 +46,7 @@ def _counters(patient: np.ndarray, counter: np.ndarray | int) -> tuple[jax.Array
     counter = np.broadcast_to(np.asarray(counter, dtype=np.int64), patient.shape)
     if counter.size and (counter.min() < 0 or counter.max() >= 2**32):
         raise ValueError("counters must lie in [0, 2**32)")
-    return jnp.asarray(patient.astype(np.uint32)), jnp.asarray(counter.astype(np.uint32))
+    return to_device(patient.astype(np.uint32)), to_device(counter.astype(np.uint32))
 
 
 @jax.jit
@@ -83,7 +85,7 @@ def patient_keys(
     (n,) jax key array
     """
     p, c = _counters(patient, counter)
-    return _keys(_root(seed), jnp.uint32(int(stream)), p, c)
+    return _keys(_root(seed), to_device(np.uint32(int(stream))), p, c)
 
 
 def traced_patient_keys(seed: int, stream: Stream | int, patient: jax.Array, counter: jax.Array) -> jax.Array:
@@ -94,6 +96,22 @@ def traced_patient_keys(seed: int, stream: Stream | int, patient: jax.Array, cou
     numbers the host draws.
     """
     return _keys(_root(seed), jnp.uint32(int(stream)), patient.astype(jnp.uint32), counter.astype(jnp.uint32))
+
+
+def _padded(patient: np.ndarray, counter: np.ndarray | int) -> tuple[np.ndarray, np.ndarray | int, int]:
+    """``patient`` and ``counter`` with the last patient repeated up to a power of two (at least 8).
+
+    Draws that come back to the host are made for the padded batch and cut in numpy: each shape
+    is a program traced, lowered and looked up again in every process, and a patient's draws do
+    not depend on the batch, so a few batch sizes serve every population. The count of real rows
+    comes third; arrays :func:`patient_keys` refuses are returned as given.
+    """
+    patient = np.asarray(patient)
+    if patient.ndim != 1 or patient.size == 0:
+        return patient, counter, int(patient.size)
+    n = patient.size
+    take = np.minimum(np.arange(1 << max(3, (n - 1).bit_length())), n - 1)
+    return patient[take], np.broadcast_to(np.asarray(counter), patient.shape)[take], n
 
 
 _normal = jax.jit(jax.vmap(lambda k, width: jax.random.normal(k, (width,)), in_axes=(0, None)), static_argnums=1)
@@ -107,20 +125,22 @@ def patient_normal(
     seed: int, stream: Stream | int, patient: np.ndarray, counter: np.ndarray | int, width: int = 1
 ) -> np.ndarray:
     """Standard normal draws, shape ``(n, width)``, one independent row per patient."""
+    patient, counter, n = _padded(patient, counter)
     keys = patient_keys(seed, stream, patient, counter)
     if keys.shape[0] == 0:
         return np.zeros((0, width))
-    return np.asarray(_normal(keys, int(width)), dtype=np.float64)
+    return np.asarray(_normal(keys, int(width)), dtype=np.float64)[:n]
 
 
 def patient_uniform(
     seed: int, stream: Stream | int, patient: np.ndarray, counter: np.ndarray | int, width: int = 1
 ) -> np.ndarray:
     """Uniform(0, 1) draws (never exactly 0), shape ``(n, width)``, one row per patient."""
+    patient, counter, n = _padded(patient, counter)
     keys = patient_keys(seed, stream, patient, counter)
     if keys.shape[0] == 0:
         return np.zeros((0, width))
-    return np.asarray(_uniform(keys, int(width)), dtype=np.float64)
+    return np.asarray(_uniform(keys, int(width)), dtype=np.float64)[:n]
 
 
 @jax.jit
@@ -137,7 +157,7 @@ def patient_base_keys(seed: int, stream: Stream | int, patient: np.ndarray) -> j
     """
     p, _ = _counters(patient, 0)
     root = jax.random.key(int(seed) % 2**32)
-    return _base_keys(root, jnp.uint32(int(stream)), p)
+    return _base_keys(root, to_device(np.uint32(int(stream))), p)
 
 
 def name_counter(name: str) -> int:
@@ -163,8 +183,9 @@ def patient_named_normal(
     so adding or removing a name leaves the draws of the others unchanged, and the draws of a
     patient do not depend on which other patients are drawn.
     """
+    patient, counter, n = _padded(patient, counter)
     keys = patient_keys(seed, stream, patient, counter)
     if keys.shape[0] == 0 or not names:
-        return np.zeros((keys.shape[0], len(names)))
-    codes = jnp.asarray([name_counter(n) for n in names], jnp.uint32)
-    return np.asarray(_named(keys, codes), dtype=np.float64)
+        return np.zeros((n, len(names)))
+    codes = to_device(np.asarray([name_counter(name) for name in names], np.uint32))
+    return np.asarray(_named(keys, codes), dtype=np.float64)[:n]

@@ -28,6 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from medsim.models.base import PhysiologyModel, residual_key
+from medsim.transfer import to_device
 
 MODES = ("population", "personalized", "prior")
 #: A parameter ``initial_<state>`` sets that state at rollout time 0 (twins that start from the
@@ -188,7 +189,7 @@ class VirtualPopulation:
         ``initial_<state>`` (a twin started from its subject's filtered state).
         """
         params = self.simulation_parameters()
-        theta = {k: jnp.asarray(v, jnp.float32) for k, v in params.items()}
+        theta = {k: to_device(v, np.float32) for k, v in params.items()}
         x0 = dict(self.model.initial_state(theta))
         x0.update({k: params[f"{INITIAL_PREFIX}{k}"] for k in x0 if f"{INITIAL_PREFIX}{k}" in params})
         return {k: np.broadcast_to(np.asarray(v, np.float64), (self.n_patients,)).copy() for k, v in x0.items()}

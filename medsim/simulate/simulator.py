@@ -36,6 +36,7 @@ import numpy as np
 from medsim.models.base import PhysiologyModel
 from medsim.simulate import bridge, cache, checks, device, kernel, noise, plan, schemes, stability
 from medsim.simulate.types import Bound, DoseEvents, IntervalStats, SavedPath
+from medsim.transfer import to_device
 
 # Smallest number of patients per device worth splitting a batch over devices.
 _MIN_SPLIT = 512
@@ -329,19 +330,19 @@ class Simulator:
         per_patient = {
             "x": x,
             "theta": theta,
-            "t0": jnp.asarray(p.t0),
-            "t1": jnp.asarray(p.t1),
+            "t0": to_device(p.t0),
+            "t1": to_device(p.t1),
             "k1": k1,
             "k2": k2,
-            "start": {s: jnp.asarray(v) for s, v in p.start.items()},
-            "rate": {s: jnp.asarray(v) for s, v in p.rate.items()},
+            "start": {s: to_device(v) for s, v in p.start.items()},
+            "rate": {s: to_device(v) for s, v in p.rate.items()},
         }
         if trace is not None:
-            per_patient["trace"] = jax.tree_util.tree_map(jnp.asarray, tuple(trace[1]))
+            per_patient["trace"] = jax.tree_util.tree_map(to_device, tuple(trace[1]))
         per_event = {
-            "event_time": jnp.asarray(p.event_time),
-            "event_end": jnp.asarray(p.event_end),
-            "event_value": jnp.asarray(p.event_value),
+            "event_time": to_device(p.event_time),
+            "event_end": to_device(p.event_end),
+            "event_value": to_device(p.event_value),
         }
         outs = []
         for c in range(n_chunks):

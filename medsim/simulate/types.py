@@ -15,6 +15,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from medsim.transfer import to_device
+
 Side = Literal["upper", "lower"]
 
 
@@ -84,10 +86,10 @@ class DoseEvents:
         time = np.asarray(time, np.float32)
         rate = np.zeros_like(time) if rate is None else np.asarray(rate, np.float32)
         return DoseEvents(
-            time=jnp.asarray(time),
-            cmt=jnp.asarray(np.asarray(cmt, np.int32)),
-            amount=jnp.asarray(np.asarray(amount, np.float32)),
-            rate=jnp.asarray(rate),
+            time=to_device(time),
+            cmt=to_device(np.asarray(cmt, np.int32)),
+            amount=to_device(np.asarray(amount, np.float32)),
+            rate=to_device(rate),
         )
 
     @property

@@ -7,6 +7,7 @@ import io
 import itertools
 import json
 import pickle
+import time
 
 import numpy as np
 import pytest
@@ -147,3 +148,35 @@ def test_worker_environment_carries_threads_memory_and_the_compile_cache(tmp_pat
     assert "XLA_FLAGS" not in env
     off = WorkerOptions(compile_cache="off").environ()
     assert off["JAX_ENABLE_COMPILATION_CACHE"] == "false" and off["MEDSIM_COMPILE_CACHE"] == "off"
+
+
+def test_workers_run_the_loop_the_whole_population_asks_for(draws, cluster, monkeypatch):
+    # Workers used to get no loop and chose "auto" for their own shard: from 30 patients on, "auto"
+    # compiles the loop for these 40 patients in one process, but not for a worker's 24 or 16.
+    import medsim.policies.evaluate as evaluate
+    import medsim.policies.rollout_device as rollout_device
+    from medsim.policies.distribute import rollouts_on_cluster
+
+    asked: list[str] = []
+
+    class Asked(Exception):
+        pass
+
+    def recording(*args, loop="auto", **kwargs):
+        asked.append(loop)
+        raise Asked(loop)  # stop here: the loop asked for is what this test checks, nothing to compile
+
+    monkeypatch.setattr(evaluate, "run_policies", recording)
+    monkeypatch.setattr(rollout_device, "AUTO_MIN_PATIENTS", 30)
+    with pytest.raises(Asked, match="device"):
+        evaluate_policies(draws, POLICIES[:1], SPEC, n=N, seed=SEED, scenario="none", client=cluster)
+    deadline = time.monotonic() + 30.0
+    while len(asked) < 2 and time.monotonic() < deadline:  # the other shard's worker thread
+        time.sleep(0.05)
+    assert asked == ["device", "device"]  # one per shard
+    pop = sample_population(draws, 8, seed=SEED)
+    with pytest.raises(DistributionError, match="one per policy"):
+        options = dict(dt=1.0, seed=SEED, scenario=None, support=None, scheme="milstein")
+        rollouts_on_cluster(
+            cluster, draws, pop, POLICIES, SPEC, **options, max_interactions=None, max_memory=None, loops=["host"]
+        )
