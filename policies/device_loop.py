@@ -49,12 +49,13 @@ import numpy as np
 
 from medsim.policies.array_step import isolated, measure_expr, prepare_state, step_expr
 from medsim.policies.device_interval import advance, refused, scenario_layout
+from medsim.policies.device_streams import first_draws, measurement_draws, stream_ids, stream_roots
 from medsim.policies.interaction import Interaction
 from medsim.policies.protocol import Policy, PolicyError
 from medsim.policies.result import PER_BOUND
 from medsim.policies.streaming import init_sums, update_sums
 from medsim.policies.traces import empty_trace, trace_spec, window
-from medsim.population.streams import Stream, fold_in_data, normal_from_data, patient_base_keys
+from medsim.population.streams import Stream, fold_in_data, patient_base_keys
 from medsim.population.virtual import VirtualPopulation
 from medsim.simulate import cache
 
@@ -132,7 +133,7 @@ def _body(cfg: _Config, inp: _Inputs, c: _Carry, dt, horizon, tol):
     model, n = cfg.model, c.t.shape[0]
     given = inp
     if inp.noise_table is not None:  # this interaction's process stream: (seed, PROCESS, table[i, k])
-        inp = inp._replace(proc_key=fold_in_data(inp.stream_roots[1], _stream_ids(inp, c.k)))
+        inp = inp._replace(proc_key=fold_in_data(inp.stream_roots[1], stream_ids(inp, c.k)))
     true32 = {o: jnp.broadcast_to(v, (n,)) for o, v in model.observe(c.x, inp.theta).items()}
     true = {o: v.astype(F64) for o, v in true32.items()}
     bad = c.bad | ~_all_finite(true.values(), n)
@@ -214,27 +215,6 @@ def _body(cfg: _Config, inp: _Inputs, c: _Carry, dt, horizon, tol):
     )
     first_interval = jnp.min(jnp.where(c.active, interval, jnp.inf))
     return carry, row, first_interval
-
-
-def _stream_ids(inp: _Inputs, k: jax.Array) -> jax.Array:
-    """Each patient's stream index at interaction ``k`` (the noise table's row entry)."""
-    table = inp.noise_table
-    return table[jnp.arange(table.shape[0]), jnp.minimum(k, table.shape[1] - 1)]
-
-
-def measurement_draws(inp: _Inputs, k: jax.Array, width: int) -> jax.Array:
-    """The ``(n, width)`` standard normals of interaction ``k``, as the host loop draws them:
-    ``jax.random.normal(fold_in(key, k), (width,), float32)`` of the ``(seed, MEASUREMENT,
-    stream)`` key, with the hashes unrolled.
-
-    The loop computes the next interaction's draws at the end of each iteration and carries
-    them: a materialised buffer, where XLA would otherwise re-derive the hashes in every pass that
-    reads a measurement.
-    """
-    key = inp.meas_key
-    if inp.noise_table is not None:
-        key = fold_in_data(inp.stream_roots[0], _stream_ids(inp, k))
-    return normal_from_data(fold_in_data(key, k.astype(jnp.uint32)), width).astype(F64)
 
 
 def _all_finite(values, n: int) -> jax.Array:
@@ -356,20 +336,6 @@ def _compiled(setup, policy: Policy, record: bool, event_cmts: tuple, columns: t
     return build() if key is None else cache.cached(("device-loop", *key), build)
 
 
-@partial(jax.jit, static_argnums=1)
-def _first_draws(inp: _Inputs, width: int) -> jax.Array:
-    return measurement_draws(inp, jnp.zeros(inp.patient.shape, jnp.int64), width)
-
-
-def stream_roots(seed: int) -> jax.Array:
-    """Key data ``(2, 2)`` of ``(seed, MEASUREMENT)`` and ``(seed, PROCESS)``: folding in a stream
-    index, then a counter, gives :func:`medsim.population.streams.patient_keys`'s key."""
-    root = jax.random.key(int(seed) % 2**32)
-    return jnp.stack(
-        [jax.random.key_data(jax.random.fold_in(root, int(s))) for s in (Stream.MEASUREMENT, Stream.PROCESS)]
-    )
-
-
 def device_capable(setup, scen) -> bool:
     """Whether the compiled loop can run this rollout (bolus-only scenario events)."""
     return scen is None or not bool(np.any(np.asarray(scen.rate) > 0))
@@ -445,7 +411,7 @@ def run_chunk(setup, pop: VirtualPopulation, policy: Policy, offset: int, n_real
             x={k: jnp.asarray(v) for k, v in x.items()},
             t=jnp.zeros(n, F64),
             k=jnp.zeros(n, jnp.int64),
-            z=_first_draws(inp, width),
+            z=first_draws(inp, width),
             active=jnp.asarray(real),
             measure=jnp.asarray(real),
             pstate=jax.tree_util.tree_map(jnp.asarray, pstate),
