@@ -50,7 +50,14 @@ class HostMeasure:
     """:func:`measure_expr` jitted for the host loop (numpy in and out)."""
 
     def __init__(self, model, names: tuple, noise: bool):
-        self._fn = jax.jit(partial(isolated, partial(measure_expr, model, tuple(names), bool(noise))))
+        from medsim.simulate import cache
+
+        # One compiled function per (model, observables, noise), shared by every rollout setup (a new
+        # jit object per setup would compile again on each call).
+        key = ("host-measure", cache.model_key(model), tuple(names), bool(noise))
+        self._fn = cache.cached(
+            key, lambda: jax.jit(partial(isolated, partial(measure_expr, model, tuple(names), bool(noise))))
+        )
 
     def __call__(self, true32: dict, add: dict, prop: dict, z: np.ndarray, take: np.ndarray) -> dict:
         with jax.enable_x64(True):

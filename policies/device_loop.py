@@ -49,12 +49,13 @@ import numpy as np
 
 from medsim.policies.array_step import isolated, measure_expr, prepare_state, step_expr
 from medsim.policies.device_interval import advance, refused, scenario_layout
+from medsim.policies.device_streams import first_draws, measurement_draws, stream_ids, stream_roots
 from medsim.policies.interaction import Interaction
 from medsim.policies.protocol import Policy, PolicyError
 from medsim.policies.result import PER_BOUND
 from medsim.policies.streaming import init_sums, update_sums
 from medsim.policies.traces import empty_trace, trace_spec, window
-from medsim.population.streams import Stream, patient_base_keys
+from medsim.population.streams import Stream, fold_in_data, patient_base_keys
 from medsim.population.virtual import VirtualPopulation
 from medsim.simulate import cache
 
@@ -95,6 +96,7 @@ class _Carry(NamedTuple):
     x: dict  # state -> (n,) float32
     t: jax.Array  # (n,) float64
     k: jax.Array  # (n,) int64 interaction counter
+    z: jax.Array  # (n, width) float64 measurement draws of interaction k (measurement_draws)
     active: jax.Array
     measure: jax.Array
     pstate: Any
@@ -108,6 +110,7 @@ class _Config(NamedTuple):
     """Static description of one compiled loop (hashable parts only)."""
 
     kernel: Any  # the simulator's compiled interval function for this event layout
+    plain_kernel: Any  # the same without event columns (intervals with no event inside), or None
     policy: Policy
     model: Any
     n_bounds: int
@@ -128,31 +131,25 @@ class _Config(NamedTuple):
 def _body(cfg: _Config, inp: _Inputs, c: _Carry, dt, horizon, tol):
     """One interaction of every patient: the host loop's ``_run_chunk`` iteration on arrays."""
     model, n = cfg.model, c.t.shape[0]
-    if inp.noise_table is not None:  # this interaction's streams: (seed, stream, table[i, k])
-        ids = inp.noise_table[jnp.arange(n), jnp.minimum(c.k, inp.noise_table.shape[1] - 1)]
-
-        def base(root):
-            root = jax.random.wrap_key_data(root)
-            return jax.random.key_data(jax.vmap(lambda i: jax.random.fold_in(root, i))(ids))
-
-        inp = inp._replace(meas_key=base(inp.stream_roots[0]), proc_key=base(inp.stream_roots[1]))
+    given = inp
+    if inp.noise_table is not None:  # this interaction's process stream: (seed, PROCESS, table[i, k])
+        inp = inp._replace(proc_key=fold_in_data(inp.stream_roots[1], stream_ids(inp, c.k)))
     true32 = {o: jnp.broadcast_to(v, (n,)) for o, v in model.observe(c.x, inp.theta).items()}
     true = {o: v.astype(F64) for o, v in true32.items()}
     bad = c.bad | ~_all_finite(true.values(), n)
     take = c.measure & c.active
-    width = max(len(cfg.measured_obs), 1)
-    counter = c.k.astype(jnp.uint32)
-    keys = jax.vmap(lambda kd, i: jax.random.fold_in(jax.random.wrap_key_data(kd), i))(inp.meas_key, counter)
-    z = jax.vmap(lambda key: jax.random.normal(key, (width,), F32))(keys).astype(F64)
     measure = partial(measure_expr, model, cfg.measured_obs, cfg.noise)
-    measured = isolated(measure, {o: true32[o] for o in cfg.measured_obs}, inp.res_add, inp.res_prop, z, take)
-    t_ev = inp.ev_time.astype(F64)
+    measured = isolated(measure, {o: true32[o] for o in cfg.measured_obs}, inp.res_add, inp.res_prop, c.z, take)
+    # Scenario events column by column (elementwise passes over patients; the sum in column order).
+    events = [
+        (inp.ev_time[:, j].astype(F64), inp.ev_cmt[:, j], inp.ev_amount[:, j]) for j in range(inp.ev_time.shape[1])
+    ]
     announced = {}
     if cfg.announces:
-        now = jnp.abs(t_ev - c.t[:, None]) <= tol
-        amount = inp.ev_amount.astype(F64)
         for cm in cfg.event_cmts:
-            a = jnp.where(now & (inp.ev_cmt == cm), amount, 0.0).sum(axis=1)
+            a = jnp.zeros(n, F64)
+            for t_ev, cmt, amount in events:
+                a = a + jnp.where((jnp.abs(t_ev - c.t) <= tol) & (cmt == cm), amount.astype(F64), 0.0)
             announced[cm] = jnp.where(c.active, a, 0.0)
     fields = {
         "time": c.t,
@@ -169,7 +166,8 @@ def _body(cfg: _Config, inp: _Inputs, c: _Carry, dt, horizon, tol):
     bad = bad | unusable
     t1 = jnp.minimum(c.t + interval, horizon)
     if cfg.announces:
-        t1 = jnp.minimum(t1, jnp.where(t_ev > c.t[:, None] + tol, t_ev, jnp.inf).min(axis=1))
+        for t_ev, _, _ in events:
+            t1 = jnp.minimum(t1, jnp.where(t_ev > c.t + tol, t_ev, jnp.inf))
     t1 = jnp.where(c.active, jnp.where(horizon - t1 <= tol, horizon, t1), c.t)
     trace = None
     if c.trace is not None:  # the kernel writes this interval's grid points into the whole trace
@@ -201,10 +199,12 @@ def _body(cfg: _Config, inp: _Inputs, c: _Carry, dt, horizon, tol):
     if sums is not None:
         sums = update_sums(sums, cfg.specs, c.active, c.k, c.t, t1, true, measured, st, treatment, cfg.cmts)
     t_new = t1
+    k_new = c.k + c.active
     carry = _Carry(
         x=out.x,
         t=t_new,
-        k=c.k + c.active,
+        k=k_new,
+        z=measurement_draws(given, k_new, c.z.shape[1]),
         active=(t_new < horizon - tol) & inp.real,
         measure=measure_next,
         pstate=pstate,
@@ -312,6 +312,7 @@ def _compiled(setup, policy: Policy, record: bool, event_cmts: tuple, columns: t
         spec = None if grid is None else trace_spec(grid, setup.sim.dt)
         cfg = _Config(
             kernel=setup.sim.interval_kernel(layout, trace=spec),
+            plain_kernel=setup.sim.interval_kernel((), trace=spec) if layout else None,
             policy=policy,
             model=setup.model,
             n_bounds=len(bounds),
@@ -333,15 +334,6 @@ def _compiled(setup, policy: Policy, record: bool, event_cmts: tuple, columns: t
     key = _config_key(setup, policy, record, event_cmts, columns)
     # One cache for every compiled program (medsim.simulate.cache, emptied by clear_caches()).
     return build() if key is None else cache.cached(("device-loop", *key), build)
-
-
-def stream_roots(seed: int) -> jax.Array:
-    """Key data ``(2, 2)`` of ``(seed, MEASUREMENT)`` and ``(seed, PROCESS)``: folding in a stream
-    index, then a counter, gives :func:`medsim.population.streams.patient_keys`'s key."""
-    root = jax.random.key(int(seed) % 2**32)
-    return jnp.stack(
-        [jax.random.key_data(jax.random.fold_in(root, int(s))) for s in (Stream.MEASUREMENT, Stream.PROCESS)]
-    )
 
 
 def device_capable(setup, scen) -> bool:
@@ -414,10 +406,12 @@ def run_chunk(setup, pop: VirtualPopulation, policy: Policy, offset: int, n_real
             noise_table=None if table is None else jnp.asarray(table.rows(patient).astype(np.uint32)),
             stream_roots=None if table is None else jnp.asarray(np.asarray(stream_roots(setup.seed))),
         )
+        width = max(len(setup.measured_obs), 1)
         carry = _Carry(
             x={k: jnp.asarray(v) for k, v in x.items()},
             t=jnp.zeros(n, F64),
             k=jnp.zeros(n, jnp.int64),
+            z=first_draws(inp, width),
             active=jnp.asarray(real),
             measure=jnp.asarray(real),
             pstate=jax.tree_util.tree_map(jnp.asarray, pstate),

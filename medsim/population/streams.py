@@ -114,6 +114,46 @@ def _padded(patient: np.ndarray, counter: np.ndarray | int) -> tuple[np.ndarray,
     return patient[take], np.broadcast_to(np.asarray(counter), patient.shape)[take], n
 
 
+def fold_in_data(key_data: jax.Array, data: jax.Array) -> jax.Array:
+    """``key_data(fold_in(wrap_key_data(key_data[i]), data[i]))`` for every row, bit for bit.
+
+    ``key_data``: ``(n, 2)`` uint32 raw keys (or one ``(2,)`` key for all rows); ``data``: ``(n,)``
+    uint32. ``fold_in`` hashes the counter ``(0, data)`` with Threefry-2x32 under the key; here the
+    rounds are written out (:func:`medsim.simulate.noise.threefry2x32`), so inside a compiled loop XLA
+    fuses them with their consumers (``jax.random``'s CPU lowering runs them as a rolled loop).
+    """
+    from medsim.simulate.noise import threefry2x32
+
+    key_data = jnp.asarray(key_data, jnp.uint32)
+    data = jnp.asarray(data, jnp.uint32)
+    o1, o2 = threefry2x32(key_data[..., 0], key_data[..., 1], jnp.zeros_like(data), data)
+    return jnp.stack([o1, o2], axis=-1)
+
+
+# jax.random.normal's float32 uniform on (-1, 1): the mantissa bits over [1, 2), then scaled.
+_LO = np.nextafter(np.float32(-1.0), np.float32(0.0), dtype=np.float32)
+_HI = np.float32(1.0)
+
+
+def normal_from_data(key_data: jax.Array, width: int) -> jax.Array:
+    """``jax.random.normal(wrap_key_data(key_data[i]), (width,), float32)`` for every row, bit for bit.
+
+    ``key_data``: ``(n, 2)`` uint32; returns ``(n, width)`` float32. The bits of draw ``j`` are the
+    two words of the Threefry hash of the counter ``(0, j)`` xor-ed (``jax.random``'s partitionable
+    Threefry bits); the rounds are written out as in :func:`fold_in_data`.
+    """
+    from medsim.simulate.noise import threefry2x32
+
+    key_data = jnp.asarray(key_data, jnp.uint32)
+    j = jnp.arange(int(width), dtype=jnp.uint32)[None, :]
+    o1, o2 = threefry2x32(key_data[:, :1], key_data[:, 1:], jnp.zeros_like(j), j)
+    bits = o1 ^ o2
+    float_bits = (bits >> np.uint32(32 - 23)) | np.float32(1.0).view(np.uint32)
+    floats = jax.lax.bitcast_convert_type(float_bits, jnp.float32) - np.float32(1.0)
+    u = jax.lax.max(_LO, floats * (_HI - _LO) + _LO)
+    return np.float32(np.sqrt(2)) * jax.lax.erf_inv(u)
+
+
 _normal = jax.jit(jax.vmap(lambda k, width: jax.random.normal(k, (width,)), in_axes=(0, None)), static_argnums=1)
 _uniform = jax.jit(
     jax.vmap(lambda k, width: jax.random.uniform(k, (width,), minval=1e-7, maxval=1.0), in_axes=(0, None)),

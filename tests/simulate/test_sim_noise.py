@@ -71,3 +71,27 @@ def test_patient_keys_single_and_per_patient():
 def test_bad_keys_are_named(key, match):
     with pytest.raises(ValueError, match=match):
         noise.patient_key_words(key, 5)
+
+
+@pytest.mark.parametrize("x64", [False, True])
+def test_unrolled_fold_in_and_normal_are_bit_equal_to_jax_random(x64):
+    # The compiled option loop derives its measurement and process keys with these (the host loop
+    # with jax.random): the same bits, alone and fused into a consumer, with or without x64.
+    from medsim.population.streams import fold_in_data, normal_from_data
+
+    rng = np.random.default_rng(5)
+    data = jnp.asarray(rng.integers(0, 2**32, (4096, 2), dtype=np.uint64).astype(np.uint32))
+    counter = jnp.asarray(rng.integers(0, 2**32, 4096, dtype=np.uint64).astype(np.uint32))
+    with jax.enable_x64(x64):
+
+        def fold(k, i):
+            return jax.random.key_data(jax.random.fold_in(jax.random.wrap_key_data(k), i))
+
+        def normal(k):
+            return jax.random.normal(jax.random.wrap_key_data(k), (3,), jnp.float32)
+
+        keys = jax.jit(jax.vmap(fold))(data, counter)
+        np.testing.assert_array_equal(np.asarray(jax.jit(fold_in_data)(data, counter)), np.asarray(keys))
+        want = jax.jit(lambda k: jax.vmap(normal)(k) * 3.0 + 1.0)(keys)
+        got = jax.jit(lambda k, i: normal_from_data(fold_in_data(k, i), 3) * 3.0 + 1.0)(data, counter)
+        np.testing.assert_array_equal(np.asarray(got).view(np.uint32), np.asarray(want).view(np.uint32))

@@ -176,7 +176,7 @@ def compiled_paths(
         the same (the policy acts only at interactions); splitting can branch inside an interval.
         With 1, the noise is the rollout's, bit for bit.
     """
-    from medsim.policies.device_loop import stream_roots
+    from medsim.policies.device_streams import stream_roots
 
     model = setup.model
     event_cmts, columns = scenario_layout(scen)
