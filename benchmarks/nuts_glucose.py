@@ -47,6 +47,14 @@ def main(argv: list[str] | None = None) -> int:
     model = medsim.models.get(args.model)
     cohort = load_cohort(args.cohort, model)
     start = time.perf_counter()
+    last = [0.0]
+
+    def progress(done: int, total: int) -> None:
+        now = time.perf_counter() - start
+        if now - last[0] > 30 or done == total:  # a line every 30 s, for long fits
+            last[0] = now
+            print(f"{now:7.0f} s: iteration {done} of {total}", file=sys.stderr, flush=True)
+
     posterior = inference.fit(
         cohort,
         model,
@@ -56,6 +64,7 @@ def main(argv: list[str] | None = None) -> int:
         warmup=args.warmup,
         seed=args.seed,
         max_substep=args.max_substep,
+        progress=progress,
     )
     wall = time.perf_counter() - start
     diagnostics = posterior.diagnostics()
