@@ -14,7 +14,7 @@ from medsim.inference.backends.numpyro_svi import GUIDES
 from medsim.inference.cohort_support import SUPPORT_ATTR, cohort_support
 from medsim.inference.diagnostics import diagnose_posterior_attrs
 from medsim.inference.hierarchical import data_information, with_centering
-from medsim.inference.likelihood.filtering import resolve_layout
+from medsim.inference.likelihood.filtering import filter_layout
 from medsim.inference.noise_profile import noise_profile
 from medsim.inference.posterior import FORMAT_VERSION, Posterior, json_attr
 from medsim.inference.priors import PriorError
@@ -240,9 +240,7 @@ def provenance_attrs(data: FitData, *, backend: str, method: str, seed: int, inf
             {
                 "substeps": data.timeline.substeps,
                 "slots": data.timeline.n_slots,
-                "layout": resolve_layout(
-                    data.timeline.layout, len(data.model.state_names), covariance=data.priors.process_noise
-                ),
+                "layout": filter_layout(data.model, data.timeline, covariance=data.priors.process_noise),
                 "dtype": str(np.dtype(data.timeline.time.dtype)),
             }
         ),

@@ -36,8 +36,9 @@ Layouts: the same algorithm is stored in one of two ways (``layout``; shared par
   covariance, ``F P`` as JVPs of the drift along the columns of ``P``; the graph no longer
   grows with ``n``, which is what makes the 6-state glucose model compile in seconds (its
   gradient took minutes in the entries layout).
-* ``"auto"`` picks ``"matrix"`` from :data:`~medsim.inference.likelihood.filtering.MATRIX_FROM_STATES`
-  states on when the covariance is propagated, and ``"entries"`` for the ODE limit.
+* ``"auto"`` picks ``"matrix"`` when the stored covariance block has
+  :data:`~medsim.inference.likelihood.filtering.MATRIX_FROM_STATES` states or more, and
+  ``"entries"`` for smaller blocks and the ODE limit.
 
 Gradients: :func:`cohort_loglik` differentiates each subject's filter in forward mode (one pass
 carrying a tangent per subject parameter) behind a ``custom_vjp``, so reverse-mode callers
@@ -57,7 +58,7 @@ import jax.numpy as jnp
 
 from medsim.inference.likelihood import filtering
 from medsim.inference.likelihood.ekf_matrix import matrix_loglik
-from medsim.inference.likelihood.filtering import SLOT_FIELDS, covariance_block, forward_jacobian_vjp, resolve_layout
+from medsim.inference.likelihood.filtering import SLOT_FIELDS, covariance_block, filter_layout, forward_jacobian_vjp
 from medsim.inference.likelihood.timeline import Timeline
 from medsim.models.base import PhysiologyModel
 
@@ -119,7 +120,7 @@ def subject_loglik(
         Unknown ``layout`` or ``covariance_states``.
     """
     kwargs = {"covariance": covariance, "covariance_states": covariance_states}
-    if resolve_layout(layout, len(model.state_names), covariance=covariance) == "matrix":
+    if filter_layout(model, timeline, layout, covariance=covariance, covariance_states=covariance_states) == "matrix":
         return matrix_loglik(model, timeline, theta, residual, slots, **kwargs)
     return _entries_loglik(model, timeline, theta, residual, slots, **kwargs)
 
@@ -297,9 +298,7 @@ def cohort_loglik(
     """
     dtype = timeline.time.dtype
     covariance = noise is not None
-    layout = resolve_layout(
-        timeline.layout if layout is None else layout, len(model.state_names), covariance=covariance
-    )
+    layout = filter_layout(model, timeline, layout, covariance=covariance, covariance_states=covariance_states)
     theta = subject_theta(model, timeline, individual_params, noise)
     n_subjects = timeline.time.shape[0]
     slots = {k: jnp.asarray(getattr(timeline, k)) for k in SLOT_FIELDS if getattr(timeline, k) is not None}

@@ -156,7 +156,8 @@ def build_timeline(
     substeps : int
         RK4 steps per interval.
     max_substep : float, optional
-        Largest RK4 step in the model's time unit; default :func:`default_max_substep`.
+        Largest RK4 step in the model's time unit; default: the model's ``filter_max_substep``
+        if it declares one, else :func:`default_max_substep`.
     dtype : numpy dtype
         Floating dtype of the returned arrays (float32, or float64 under ``jax.enable_x64``).
     layout : {"auto", "entries", "matrix"}
@@ -181,7 +182,10 @@ def build_timeline(
         raise TimelineError(str(err)) from None
     if substeps < 1:
         raise TimelineError(f"substeps must be >= 1, got {substeps}")
-    h_max = default_max_substep(model) if max_substep is None else float(max_substep)
+    if max_substep is not None:
+        h_max = float(max_substep)
+    else:
+        h_max = default_max_substep(model) if model.filter_max_substep is None else float(model.filter_max_substep)
     if not h_max > 0:
         raise TimelineError(f"max_substep must be > 0, got {max_substep}")
     observables = model.observable_names

@@ -106,7 +106,8 @@ def fit_command(
         "--max-substep",
         min=0.0,
         help="Largest filter (RK4) step in the model's time unit, e.g. 10 (min) for glucose_insulin; long "
-        "gaps between events are split so no step exceeds it (default: from the model's fastest rate).",
+        "gaps between events are split so no step exceeds it (default: the step the model declares, "
+        "else from its fastest rate).",
     ),
     substeps: int = typer.Option(4, "--substeps", min=1, help="Filter (RK4) steps per interval between events."),
     target_accept: float = typer.Option(

@@ -213,6 +213,12 @@ class PhysiologyModel(ABC):
     #: ``basal_bolus`` policies measure when the user names none; ``None``: the model has no
     #: glucose. Glucose models declare the one their safety limits and target range are set on.
     glucose_observable: str | None = None
+    #: Largest step (model time unit) of the likelihood filter's integrator when a fit names none
+    #: (``medsim fit --max-substep``). ``None``: two over the drift's fastest rate at typical
+    #: values (``medsim.inference.likelihood.default_max_substep``), which is conservative for
+    #: models whose Jacobian at "one unit of every state" overstates their rates. A model that
+    #: declares a step states the filter's error at it against a fine-step reference.
+    filter_max_substep: float | None = None
 
     # ------------------------------------------------------------------ metadata helpers
     @property

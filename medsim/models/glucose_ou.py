@@ -185,6 +185,10 @@ class GlucoseOU(GlucoseInsulin):
         }
     )
     obs_targets: dict = field(default_factory=lambda: {3: "cgm_mg_dL", 4: "insulin_uU_mL", 5: "glucose_mg_dL"})
+    # The rule from the fastest rate gives 0.73 min (1174 filter slots for two days of CGM); at
+    # 4 min a 15-min CGM record is integrated in 3.75-min steps, within 0.012 nats per reading of
+    # a 32-step reference (docs/fitting.md, "Step length"; tests/inference/test_ekf_step.py).
+    filter_max_substep: float | None = 4.0
 
     def steady_state(self, theta, basal_u_per_min):
         """Steady state under a constant basal rate (U/min), no meal and every disturbance at 0."""

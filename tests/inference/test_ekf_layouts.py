@@ -18,8 +18,8 @@ import pytest
 from scipy.integrate import solve_ivp
 
 import medsim.data
-from medsim.inference.likelihood import TimelineError, build_timeline, cohort_loglik
-from medsim.inference.likelihood.filtering import MATRIX_FROM_STATES, covariance_block, resolve_layout
+from medsim.inference.likelihood import TimelineError, build_timeline, cohort_loglik, default_max_substep
+from medsim.inference.likelihood.filtering import MATRIX_FROM_STATES, covariance_block, filter_layout, resolve_layout
 from medsim.inference.likelihood.reachable import input_dependencies, noise_reachable_states
 from medsim.inference.problem import prepare
 from medsim.models import get
@@ -104,6 +104,12 @@ def test_auto_layout_follows_the_states_and_the_covariance_and_bad_layouts_are_n
     padded = medsim.data.load("theoph").subset(("1",)).padded()
     assert build_timeline(oral, padded).layout == "auto"
     assert build_timeline(oral, padded, layout="matrix").layout == "matrix"
+    # what counts is the stored covariance block, not the number of states
+    sim = medsim.data.load("t1d_sim").subset(("adult#001",)).padded()
+    glucose, ou = get("glucose_insulin"), get("t1d_ou")
+    assert filter_layout(glucose, build_timeline(glucose, sim)) == "entries"  # block: glucose only
+    assert filter_layout(glucose, build_timeline(glucose, sim), covariance_states="all") == "matrix"
+    assert filter_layout(ou, build_timeline(ou, sim)) == "matrix"  # block of 5 states
     with pytest.raises(TimelineError, match=r"layout.*'dense'"):
         build_timeline(oral, padded, layout="dense")
     with pytest.raises(ValueError, match=r"layout.*'dense'"):
@@ -123,7 +129,9 @@ def glucose():
     model = get("glucose_insulin")
     synthetic = glucose_cohort(3, 1.0, seed=4, obs_every=180.0)
     padded = synthetic.cohort.padded()
-    timeline = build_timeline(model, padded, dtype=np.float64)
+    # the step from the fastest rate (<= 2 min), not the model's declared 10 min: the ODE-limit
+    # test below bounds the integrator's error at this step
+    timeline = build_timeline(model, padded, dtype=np.float64, max_substep=default_max_substep(model))
     truth = {k: np.asarray(v, np.float64) for k, v in synthetic.truth.items() if k in GLUCOSE_PARAMS}
     weights = np.random.default_rng(1).standard_normal(padded.obs_value.shape)
     return {
