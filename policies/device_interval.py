@@ -10,6 +10,8 @@ no-ops) and calls the simulator's compiled kernel; :func:`refused` flags the pat
 
 from __future__ import annotations
 
+from typing import Any, NamedTuple
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -20,6 +22,35 @@ from medsim.simulate.checks import RANGE_TOLERANCE
 from medsim.simulate.plan import GRID_TOLERANCE
 
 F32, F64 = jnp.float32, jnp.float64
+
+
+class Layout(NamedTuple):
+    """What :func:`advance` reads of a loop's configuration, for loops other than the option loop
+    (whose configuration adds the kernel without event columns, ``plain_kernel``)."""
+
+    kernel: Any
+    model: Any
+    cmts: tuple
+    event_cmts: tuple
+    columns: tuple
+
+
+class Inputs(NamedTuple):
+    """What :func:`advance` reads of a loop's per-patient inputs."""
+
+    theta: dict
+    proc_key: jax.Array
+    ev_time: jax.Array
+    ev_cmt: jax.Array
+    ev_amount: jax.Array
+
+
+class Clock(NamedTuple):
+    """Each patient's state, time and interaction count where the interval starts."""
+
+    x: dict
+    t: jax.Array
+    k: jax.Array
 
 
 def scenario_layout(scen) -> tuple[tuple, tuple]:

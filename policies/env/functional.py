@@ -36,14 +36,14 @@ from __future__ import annotations
 
 from dataclasses import fields, replace
 from functools import partial
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from medsim.policies.array_step import isolated, measure_expr
-from medsim.policies.device_interval import advance, refused
+from medsim.policies.device_interval import Clock, Inputs, Layout, advance, refused
 from medsim.policies.env.core import StepOutcome
 from medsim.policies.env.params import EnvParams
 from medsim.policies.env.task import TaskError
@@ -86,30 +86,6 @@ class EnvState(NamedTuple):
     done: jax.Array  # () bool: the episode ended at the previous step (NEXT_STEP autoreset)
 
 
-class _Layout(NamedTuple):
-    """What :func:`medsim.policies.device_interval.advance` reads of the compiled loop's configuration."""
-
-    kernel: Any
-    model: Any
-    cmts: tuple
-    event_cmts: tuple
-    columns: tuple
-
-
-class _Inputs(NamedTuple):
-    theta: dict
-    proc_key: jax.Array
-    ev_time: jax.Array
-    ev_cmt: jax.Array
-    ev_amount: jax.Array
-
-
-class _Clock(NamedTuple):
-    x: dict
-    t: jax.Array
-    k: jax.Array
-
-
 def _row(tree):
     """Scalars (one episode) as batches of one row, the shape the compiled loop's pieces take."""
     return jax.tree_util.tree_map(lambda a: jnp.reshape(a, (1, *jnp.shape(a))), tree)
@@ -148,7 +124,7 @@ class FunctionalEnv:
         event_cmts = () if scen is None else (int(scen.cmt),)
         columns = tuple((j, int(scen.cmt)) for j in range(self.width)) if scen is not None else ()
         kernel = setup.sim.interval_kernel(tuple((model.dose_targets[cm], False) for _, cm in columns))
-        self.layout = _Layout(kernel, model, setup.cmts, event_cmts, columns)
+        self.layout = Layout(kernel, model, setup.cmts, event_cmts, columns)
         pool = params.pool
         x0 = {k: np.asarray(v, np.float32) for k, v in pool.initial_state().items()}
         setup.sim.check_step(x0, dict(params.theta), patients=np.arange(pool.n_patients))
@@ -298,8 +274,8 @@ class FunctionalEnv:
         base = jax.vmap(lambda e: jax.random.key_data(jax.random.fold_in(self._process_root(), e)))(
             s.episode.astype(jnp.uint32)
         )
-        inp = _Inputs(theta, base, s.ev_time, s.ev_cmt, s.ev_amount)
-        res, _ = advance(self.layout, inp, _Clock(s.x, t, s.k), t1, bolus, rate, jnp.float64(setup.sim.dt))
+        inp = Inputs(theta, base, s.ev_time, s.ev_cmt, s.ev_amount)
+        res, _ = advance(self.layout, inp, Clock(s.x, t, s.k), t1, bolus, rate, jnp.float64(setup.sim.dt))
         bad = refused(self.layout, res, t1)
         st = res.stats
         J, n_target = len(p.spec.bounds), len(setup.target_bounds)

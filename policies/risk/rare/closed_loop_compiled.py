@@ -39,37 +39,13 @@ import jax.numpy as jnp
 import numpy as np
 
 from medsim.policies.array_step import isolated, measure_expr, step_expr
-from medsim.policies.device_interval import advance, refused, scenario_layout
+from medsim.policies.device_interval import Clock, Inputs, Layout, advance, refused, scenario_layout
 from medsim.policies.protocol import Policy
 from medsim.population.virtual import VirtualPopulation
 from medsim.simulate import cache
 
 F32, F64 = jnp.float32, jnp.float64
 _GOLDEN = np.uint32(0x9E3779B1)
-
-
-class _Layout(NamedTuple):
-    """What :func:`~medsim.policies.device_interval.advance` reads of a loop's configuration."""
-
-    kernel: Any
-    model: Any
-    cmts: tuple
-    event_cmts: tuple
-    columns: tuple
-
-
-class _Inputs(NamedTuple):
-    theta: dict
-    proc_key: jax.Array
-    ev_time: jax.Array
-    ev_cmt: jax.Array
-    ev_amount: jax.Array
-
-
-class _Clock(NamedTuple):
-    x: dict
-    t: jax.Array
-    k: jax.Array
 
 
 class _Carry(NamedTuple):
@@ -86,7 +62,7 @@ class _Carry(NamedTuple):
 class _Static(NamedTuple):
     """The hashable part of one compiled path function."""
 
-    layout: _Layout
+    layout: Layout
     policy: Policy
     observable: str
     value: float
@@ -209,7 +185,7 @@ def compiled_paths(
 
     def build():
         layout = tuple((model.dose_targets[cm], False) for _, cm in columns)
-        lay = _Layout(setup.sim.interval_kernel(layout), model, setup.cmts, event_cmts, columns)
+        lay = Layout(setup.sim.interval_kernel(layout), model, setup.cmts, event_cmts, columns)
         return partial(_paths, static._replace(layout=lay))
 
     try:
@@ -348,7 +324,7 @@ def _loop(s: _Static, inc: jax.Array, params: dict):
     return jnp.transpose(score, (2, 0, 1)).reshape(b, -1), crossing.astype(F32)
 
 
-def _advance_segments(s: _Static, lay: _Layout, c, t1, doses, ids, first, root, bad, rows, theta, events):
+def _advance_segments(s: _Static, lay: Layout, c, t1, doses, ids, first, root, bad, rows, theta, events):
     """Advance ``[t, t1)`` in ``s.segments`` pieces: the state, the scores ``(segments, B)``, the
     summed bridge log-survival and the refusal flags."""
 
@@ -356,8 +332,8 @@ def _advance_segments(s: _Static, lay: _Layout, c, t1, doses, ids, first, root, 
         key = jax.random.key_data(
             jax.vmap(lambda i: jax.random.fold_in(jax.random.wrap_key_data(root), i))(ids[rows, idx])
         )
-        inp = _Inputs(theta, key, *events)
-        out, _ = advance(lay, inp, _Clock(x, t0, c.k), t_end, bolus, doses["rate"], jnp.float64(s.dt))
+        inp = Inputs(theta, key, *events)
+        out, _ = advance(lay, inp, Clock(x, t0, c.k), t_end, bolus, doses["rate"], jnp.float64(s.dt))
         st = out.stats
         y = (st.obs_max if s.upper else st.obs_min)[s.observable].astype(F64)
         return out.x, _score(y, s), st.log_survival[:, 0].astype(F64), c.active & refused(lay, out, t_end)
