@@ -12,7 +12,6 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from medsim.policies import device_loop
@@ -255,8 +254,8 @@ def streaming_rollout(
             n_real = min(width, n - offset)
             chunk = population.take(np.minimum(np.arange(offset, offset + width), n - 1))
             patient = offset + np.arange(width, dtype=np.int64)
-            theta = {k: jnp.asarray(v, jnp.float32) for k, v in chunk.simulation_parameters().items()}
-            x = {k: jnp.asarray(v, jnp.float32) for k, v in chunk.initial_state().items()}
+            theta = {k: to_device(v, np.float32) for k, v in chunk.simulation_parameters().items()}
+            x = {k: to_device(v, np.float32) for k, v in chunk.initial_state().items()}
             scen = chunk_scenario(setup, policy, patient, x, theta)
             if not device_loop.device_capable(setup, scen):
                 raise ValueError("streaming_rollout: the compiled loop takes scenarios of boluses only")
