@@ -25,6 +25,7 @@ from functools import partial
 from typing import Literal
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from medsim.inference.backends.numpyro_nuts import SamplerOutput
@@ -119,16 +120,25 @@ def run_svi(
     start = time.perf_counter()
     state = svi.init(key_init)
 
-    @partial(jax.jit, static_argnums=1)
+    length = min(chunk, steps)
+
+    @jax.jit
     def run_chunk(state, n):
-        return jax.lax.scan(lambda s, _: svi.update(s), state, None, length=n)
+        # Every call has the same length, so the update compiles once whatever ``steps`` is; the
+        # last call's steps from ``n`` on leave the state as it is (their losses are dropped).
+        loss = jax.eval_shape(svi.update, state)[1]
+
+        def step(s, i):
+            return jax.lax.cond(i < n, svi.update, lambda s: (s, jnp.full(loss.shape, jnp.nan, loss.dtype)), s)
+
+        return jax.lax.scan(step, state, jnp.arange(length))
 
     losses = []
     done = 0
     while done < steps:
-        n = min(chunk, steps - done)
-        state, loss = run_chunk(state, n)
-        losses.append(np.asarray(loss))
+        n = min(length, steps - done)
+        state, loss = run_chunk(state, np.int32(n))
+        losses.append(np.asarray(loss)[:n])
         done += n
         counter.add(n)
     params = svi.get_params(state)
