@@ -43,7 +43,7 @@ def test_t_ppf_is_scipys(q, df):
 
 
 # Boost warns (both ways alike) where its root finding gives up, e.g. a = 1e-300 and b = 1e6.
-@pytest.mark.filterwarnings("ignore:Error in function boost::math:RuntimeWarning")
+@pytest.mark.filterwarnings("ignore:Error in function boost:RuntimeWarning")
 @settings(max_examples=300, deadline=None)
 @given(q=probabilities, a=shapes, b=shapes)
 def test_beta_ppf_is_scipys(q, a, b):
