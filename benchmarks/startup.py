@@ -9,7 +9,8 @@ each in a fresh process with a throwaway compilation cache folder::
 1. ``medsim --help`` (the command line's own start-up);
 2. the imports a ``medsim risk`` run needs (jax, the simulator, policies, the risk estimators);
 3. the first run, with an empty cache folder;
-4. the same command again: nothing compiled (the number of new cache entries is recorded);
+4. the same command again: nothing compiled (the number of new cache entries is recorded, and the
+   number of cached programs it traced, lowered and loaded);
 5. the same command with ``--workers W`` (a local Dask cluster of spawned processes, same
    cache folder), whose report must equal the one-process report;
 6. worker scaling at ``--scaling-n`` patients (warm cache): one process, then ``--workers 1`` and
@@ -65,6 +66,13 @@ def _entries(folder: Path) -> set[str]:
     return {p.name for p in folder.iterdir() if not p.name.endswith("-atime")} if folder.exists() else set()
 
 
+def _loaded_since(folder: Path, since_ns: int) -> int:
+    """Cached programs read since ``since_ns``: JAX stamps an entry's ``-atime`` file on every read
+    (the folder has a size limit, so it evicts the least recently used). Each of them was traced,
+    lowered and loaded by the run; a program read twice counts once."""
+    return sum(1 for p in folder.glob("*-atime") if int.from_bytes(p.read_bytes()[:8], "little") >= since_ns)
+
+
 def _report(folder: Path) -> dict:
     data = json.loads((folder / "report.json").read_text())
     data["provenance"].pop("created", None)  # wall-clock time
@@ -95,11 +103,14 @@ def main() -> None:
         compiled = _entries(cache)
         figures["cache_entries_first"] = len(compiled)
         print(f"first run {figures['first_run_s']:.1f} s ({len(compiled)} programs compiled and cached)")
+        since = time.time_ns()
         _wall([*base, "--out", f"{tmp}/second"], env, figures, "second_run")
         figures["cache_entries_added_by_second"] = len(_entries(cache) - compiled)
+        figures["programs_loaded_by_second"] = _loaded_since(cache, since)
         print(
             f"second run {figures['second_run_s']:.1f} s, CPU {figures['second_run_cpu_s']:.1f} s "
-            f"({figures['cache_entries_added_by_second']} new programs)"
+            f"({figures['cache_entries_added_by_second']} new programs, "
+            f"{figures['programs_loaded_by_second']} loaded from the cache)"
         )
         workers = [*base, "--out", f"{tmp}/workers", "--workers", str(args.workers)]
         before = _entries(cache)

@@ -58,6 +58,7 @@ from medsim.policies.traces import empty_trace, trace_spec, window
 from medsim.population.streams import Stream, fold_in_data, patient_base_keys
 from medsim.population.virtual import VirtualPopulation
 from medsim.simulate import cache
+from medsim.transfer import to_device
 
 # Interactions per compiled call: the host checks limits and reports progress between calls.
 BLOCK = 64
@@ -391,20 +392,20 @@ def run_chunk(setup, pop: VirtualPopulation, policy: Policy, offset: int, n_real
     table = getattr(setup, "noise_index", None)  # a NoiseTable (rollout() runs any other callable on the host)
     with jax.enable_x64(True):
         inp = _Inputs(
-            theta={k: jnp.asarray(v) for k, v in theta.items()},
-            covariates={c: jnp.asarray(v) for c, v in covariates.items()},
-            patient=jnp.asarray(patient),
-            meas_key=jnp.asarray(np.asarray(patient_base_keys(setup.seed, Stream.MEASUREMENT, patient))),
-            proc_key=jnp.asarray(np.asarray(patient_base_keys(setup.seed, Stream.PROCESS, patient))),
-            res_add={o: jnp.asarray(residual[f"{o}_add"]) for o in setup.measured_obs if f"{o}_add" in residual},
-            res_prop={o: jnp.asarray(residual[f"{o}_prop"]) for o in setup.measured_obs if f"{o}_prop" in residual},
-            real=jnp.asarray(real),
-            ev_time=jnp.asarray(ev_time),
-            ev_cmt=jnp.asarray(ev_cmt),
-            ev_amount=jnp.asarray(ev_amount),
-            trace_step=jnp.float64(np.nan if setup.trace_grid is None else setup.trace_grid.step),
-            noise_table=None if table is None else jnp.asarray(table.rows(patient).astype(np.uint32)),
-            stream_roots=None if table is None else jnp.asarray(np.asarray(stream_roots(setup.seed))),
+            theta={k: to_device(v) for k, v in theta.items()},
+            covariates={c: to_device(v) for c, v in covariates.items()},
+            patient=to_device(patient),
+            meas_key=to_device(np.asarray(patient_base_keys(setup.seed, Stream.MEASUREMENT, patient))),
+            proc_key=to_device(np.asarray(patient_base_keys(setup.seed, Stream.PROCESS, patient))),
+            res_add={o: to_device(residual[f"{o}_add"]) for o in setup.measured_obs if f"{o}_add" in residual},
+            res_prop={o: to_device(residual[f"{o}_prop"]) for o in setup.measured_obs if f"{o}_prop" in residual},
+            real=to_device(real),
+            ev_time=to_device(ev_time),
+            ev_cmt=to_device(ev_cmt),
+            ev_amount=to_device(ev_amount),
+            trace_step=to_device(np.float64(np.nan if setup.trace_grid is None else setup.trace_grid.step)),
+            noise_table=None if table is None else to_device(table.rows(patient).astype(np.uint32)),
+            stream_roots=None if table is None else to_device(np.asarray(stream_roots(setup.seed))),
         )
         width = max(len(setup.measured_obs), 1)
         carry = _Carry(
@@ -422,22 +423,23 @@ def run_chunk(setup, pop: VirtualPopulation, policy: Policy, offset: int, n_real
         )
         rows: list[Interaction] = []
         done = 0
-        args = (jnp.float64(setup.sim.dt), jnp.float64(setup.horizon), jnp.float64(setup.tol))
+        args = tuple(to_device(np.float64(v)) for v in (setup.sim.dt, setup.horizon, setup.tol))
         while True:
             hooks.check_interactions(done)
             n_iter = 1 if done == 0 else min(BLOCK, setup.max_interactions - done)
-            carry, block, n_done, first = fn(carry, inp, jnp.int32(n_iter), *args)
+            carry, block, n_done, first = fn(carry, inp, to_device(np.int32(n_iter)), *args)
             n_done = int(n_done)
             if done == 0:
                 hooks.check_work(float(first))
             if record:
-                host = jax.tree_util.tree_map(lambda a, m=n_done: np.asarray(a[:m]), block)
+                # Sliced on the host: a device slice is one more compiled program per array shape.
+                host = jax.tree_util.tree_map(lambda a, m=n_done: np.asarray(a)[:m], block)
                 rows += [jax.tree_util.tree_map(lambda a, i=i: a[i], host) for i in range(n_done)]
             done += n_done
             hooks.progress(np.asarray(carry.t))
-            if not bool(jnp.any(carry.active)):
+            if not np.asarray(carry.active).any():
                 break
-        bad = bool(jnp.any(carry.bad))
+        bad = bool(np.asarray(carry.bad).any())
         sums = None if carry.sums is None else jax.tree_util.tree_map(np.asarray, carry.sums)
         trace = {} if carry.trace is None else {o: np.asarray(v) for o, v in carry.trace.items()}
         return rows, np.asarray(carry.outside_target), sums, bad, trace

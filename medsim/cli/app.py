@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import gc
+
 import typer
 
 app = typer.Typer(
@@ -17,9 +19,28 @@ app = typer.Typer(
 )
 
 
+# Thresholds of Python's cyclic garbage collector for one command's process. At the defaults
+# (700, 10, 10) a warm ``medsim risk`` run spends ~0.6 s of CPU in ~700 collections that traverse
+# the objects of jax, numpy and matplotlib again and again, though almost all of them live until
+# the process ends. Collecting after 50 000 new container objects instead (as mypy does with
+# 200 000) leaves ~10 collections; objects that form no reference cycle are freed as before, and
+# cyclic garbage waits at most that many allocations longer.
+GC_THRESHOLDS = (50_000, 20, 10)
+
+
 def main() -> None:
-    """Console-script entry point."""
-    app()
+    """Console-script entry point (also ``python -m medsim.cli``).
+
+    Sets :data:`GC_THRESHOLDS` for the command, and when it returns moves every object to the
+    collector's permanent generation (``gc.freeze``): the interpreter's shutdown then frees the
+    modules without traversing them in full collections again (~0.5 s of a risk run's exit).
+    ``app`` itself (what tests and other programs call) changes no collector setting.
+    """
+    gc.set_threshold(*GC_THRESHOLDS)
+    try:
+        app()
+    finally:
+        gc.freeze()
 
 
 def _print_version(value: bool) -> None:

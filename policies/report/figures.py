@@ -33,7 +33,10 @@ def png(fig: Figure) -> bytes:
     that the same report gives the same bytes."""
     FigureCanvasAgg(fig)
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=_DPI, bbox_inches="tight", metadata={"Software": None})
+    # Read back at once: no zlib compression of this intermediate PNG (the pixels are the same).
+    fig.savefig(
+        buf, format="png", dpi=_DPI, bbox_inches="tight", metadata={"Software": None}, pil_kwargs={"compress_level": 0}
+    )
     image = Image.open(io.BytesIO(buf.getvalue())).convert("RGB").quantize(colors=_PALETTE)
     out = io.BytesIO()
     image.save(out, format="PNG", optimize=True)

@@ -11,6 +11,9 @@ policy comparisons, and the :class:`RiskReport` that collects them.
 
 Pure numpy/scipy with explicit patient axes. May import ``medsim`` (types only),
 ``medsim.policies.result`` and ``medsim.policies.spec``; never ``inference`` or rendering code.
+Quantiles of the normal, t, beta and binomial distributions come from
+:mod:`medsim.policies.risk.quantiles` (``scipy.special``): importing ``scipy.stats`` would add
+~0.5 s to every ``medsim risk`` run (``tests/cli/test_risk_imports.py`` fails if it comes back).
 """
 
 from medsim.policies.risk.compare import PairedComparison

@@ -127,7 +127,10 @@ def ambulatory_profile(
         pct[:, k] = np.percentile(vals, PERCENTILES)
         if counts is not None:
             rows = np.nonzero(ok)[0]
-            order = np.argsort(vals, kind="stable")
+            # Any sort: the median is the smallest value whose weight up to it reaches half, so the
+            # order of equal readings (whose draws differ) cannot change it; numpy's default sort
+            # is ~3x faster here than a stable one.
+            order = np.argsort(vals)
             med = _weighted_medians(vals[order], codes[rows[order]], counts)
             lo[k], hi[k] = np.quantile(med, [a, 1.0 - a])
     centres = (np.arange(n_bins) + 0.5) / BINS_PER_HOUR

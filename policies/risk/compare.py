@@ -13,11 +13,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from scipy import stats
 
 from medsim.policies.result import RolloutResult
 from medsim.policies.risk import intervals
 from medsim.policies.risk.estimate import Estimate
+from medsim.policies.risk.quantiles import t_ppf
 
 
 @dataclass(frozen=True)
@@ -76,7 +76,7 @@ def _difference(
         se, df, se_paired, method = float(sd.honest), sd.df, float(sd.honest), "paired clt-cluster"
     else:
         se, df, se_paired, method = se_unpaired, min(sa.df, sb.df), np.nan, "unpaired clt"
-    half = float(stats.t.ppf(0.5 + level / 2.0, df)) * se
+    half = float(t_ppf(0.5 + level / 2.0, df)) * se
     if not (half > 0 and np.isfinite(half)):
         why = (
             "one patient: no spread to estimate a standard error from"

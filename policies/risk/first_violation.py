@@ -21,10 +21,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from scipy import stats
 
 from medsim.policies.risk import intervals
 from medsim.policies.risk.estimate import Estimate
+from medsim.policies.risk.quantiles import norm_ppf
 
 QUANTILES = (0.05, 0.1, 0.25, 0.5)
 
@@ -75,7 +75,7 @@ def kaplan_meier(time: np.ndarray, event: np.ndarray, *, level: float) -> tuple[
     surv = np.cumprod(1.0 - d / at_risk)
     with np.errstate(divide="ignore", invalid="ignore"):
         green = np.cumsum(d / (at_risk * (at_risk - d)))
-        z = stats.norm.ppf(0.5 + level / 2.0)
+        z = norm_ppf(0.5 + level / 2.0)
         # Greenwood on log(-log S): var = green / (log S)^2; the band is S^exp(+-z sd). A larger
         # log(-log S) is a smaller S, so the lower end of S takes the + sign.
         sd = np.sqrt(green) / np.abs(np.log(surv))

@@ -17,9 +17,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from scipy import stats
 
 from medsim.policies.risk.estimate import Estimate
+from medsim.policies.risk.quantiles import beta_ppf, binom_ppf, norm_ppf, t_ppf
 
 
 @dataclass(frozen=True)
@@ -110,8 +110,8 @@ def clopper_pearson(successes, n, level: float = 0.95) -> tuple[np.ndarray, np.n
     n = np.asarray(n, dtype=float)
     a = (1.0 - level) / 2.0
     with np.errstate(invalid="ignore", divide="ignore"):
-        lo = np.where(x > 0, stats.beta.ppf(a, np.maximum(x, 1e-300), n - x + 1.0), 0.0)
-        hi = np.where(x < n, stats.beta.ppf(1.0 - a, x + 1.0, np.maximum(n - x, 1e-300)), 1.0)
+        lo = np.where(x > 0, beta_ppf(a, np.maximum(x, 1e-300), n - x + 1.0), 0.0)
+        hi = np.where(x < n, beta_ppf(1.0 - a, x + 1.0, np.maximum(n - x, 1e-300)), 1.0)
     return np.asarray(lo, float), np.asarray(hi, float)
 
 
@@ -119,7 +119,7 @@ def wilson(successes, n, level: float = 0.95) -> tuple[np.ndarray, np.ndarray]:
     """Wilson (1927) score interval."""
     x = np.asarray(successes, dtype=float)
     n = np.asarray(n, dtype=float)
-    z = stats.norm.ppf(0.5 + level / 2.0)
+    z = norm_ppf(0.5 + level / 2.0)
     p = x / n
     centre = (p + z**2 / (2 * n)) / (1 + z**2 / n)
     half = z * np.sqrt(p * (1 - p) / n + z**2 / (4 * n**2)) / (1 + z**2 / n)
@@ -161,7 +161,7 @@ def mean_bounds(
     no estimator can rule it out; the CLT alone would report a zero-width interval at zero.
     """
     se = standard_errors(x, cluster, axis=axis)
-    t = stats.t.ppf(0.5 + level / 2.0, se.df)
+    t = t_ppf(0.5 + level / 2.0, se.df)
     half = t * np.nan_to_num(se.honest, nan=np.inf)
     lo, hi = se.mean - half, se.mean + half
     if unit_interval:
@@ -213,8 +213,8 @@ def quantile_ranks(n: int, q: float, level: float) -> tuple[int, int]:
     ``u = n + 1`` mean the interval is unbounded on that side.
     """
     a = (1.0 - level) / 2.0
-    lo = int(stats.binom.ppf(a, n, q))
-    hi = int(stats.binom.ppf(1.0 - a, n, q)) + 1
+    lo = int(binom_ppf(a, n, q))
+    hi = int(binom_ppf(1.0 - a, n, q)) + 1
     return lo, hi
 
 

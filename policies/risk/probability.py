@@ -18,11 +18,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from scipy import stats
 
 from medsim.policies.risk import intervals
 from medsim.policies.risk.estimate import Estimate
 from medsim.policies.risk.events import PatientEvents
+from medsim.policies.risk.quantiles import t_ppf
 
 
 @dataclass(frozen=True)
@@ -90,7 +90,7 @@ def ratio_of_means(
         )
     r = num.mean() / d
     se = intervals.standard_errors((num - r * den) / d, cluster)
-    t = stats.t.ppf(0.5 + level / 2.0, se.df)
+    t = t_ppf(0.5 + level / 2.0, se.df)
     half = float(t * se.honest)
     if not (half > 0 and np.isfinite(half)):
         why = "one patient" if num.size < 2 else "every patient has the same share"

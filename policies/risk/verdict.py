@@ -28,11 +28,11 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
-from scipy import stats
 
 from medsim.models.gate import CalibrationGate
 from medsim.policies.risk import intervals
 from medsim.policies.risk.estimate import Estimate
+from medsim.policies.risk.quantiles import norm_ppf
 
 
 @dataclass(frozen=True)
@@ -111,7 +111,7 @@ def additional_patients(est: Estimate, design_effect: float, *, epsilon: float, 
     gap = abs(est.value - epsilon)
     if gap == 0.0 or not math.isfinite(est.se):
         return None
-    z = stats.norm.ppf(1.0 - delta)
+    z = norm_ppf(1.0 - delta)
     needed = est.n * (z * est.se / gap) ** 2
     if est.value < epsilon:
         needed = max(needed, float(design_effect) * math.log(delta) / math.log1p(-epsilon))

@@ -85,3 +85,19 @@ def test_ambulatory_profile_unchanged_by_the_blocked_median(monkeypatch):
     slow = ambulatory_profile(trace, step_h, draw, seed=3)
     assert fast == slow
     assert np.isfinite(fast.median_lower).all()
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.integers(-2, 2), min_size=1, max_size=200), st.integers(1, 6), st.integers(0, 2**32 - 1))
+def test_order_of_equal_values_does_not_change_the_medians(raw, n_draws, seed):
+    """The AGP sorts each bin's readings with numpy's default (unstable) sort: equal readings of
+    different draws may come in any order, and the medians must not depend on it."""
+    rng = np.random.default_rng(seed)
+    values = np.sort(np.asarray(raw, np.float64))
+    draw = rng.integers(0, n_draws, values.size)
+    counts = rng.integers(0, 4, (5, n_draws))
+    shuffled = draw.copy()
+    for v in np.unique(values):  # permute the draws within each run of equal values
+        run = np.flatnonzero(values == v)
+        shuffled[run] = rng.permutation(draw[run])
+    np.testing.assert_array_equal(_weighted_medians(values, shuffled, counts), _weighted_medians(values, draw, counts))

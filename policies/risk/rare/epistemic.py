@@ -24,10 +24,10 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from scipy import stats
 
 from medsim.policies.risk import intervals
 from medsim.policies.risk.estimate import Estimate
+from medsim.policies.risk.quantiles import t_ppf
 from medsim.policies.risk.rare.problem import PathProblem
 from medsim.policies.risk.rare.result import RareEstimate
 
@@ -120,7 +120,7 @@ def rare_epistemic(
     spread = float(p.std(ddof=1))
     method = f"mean over {n} posterior draws of {per[0].estimator} (t interval over draws)"
     if spread > 0:
-        half = float(stats.t.ppf(0.5 + level / 2.0, n - 1)) * spread / math.sqrt(n)
+        half = float(t_ppf(0.5 + level / 2.0, n - 1)) * spread / math.sqrt(n)
         overall = Estimate(mean, max(mean - half, 0.0), mean + half, n, method, seed, level, spread / math.sqrt(n))
     else:
         overall = Estimate.without_interval(mean, n, method, f"all {n} draws gave {mean:g}", seed, level)

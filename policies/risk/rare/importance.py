@@ -24,9 +24,9 @@ from functools import partial
 import jax
 import jax.numpy as jnp
 import numpy as np
-from scipy import stats
 
 from medsim.policies.risk.estimate import Estimate
+from medsim.policies.risk.quantiles import norm_ppf
 from medsim.policies.risk.rare.problem import PathProblem
 from medsim.policies.risk.rare.result import RareEstimate
 
@@ -127,7 +127,7 @@ def importance_sampling(
     if not se > 0:
         est = Estimate.without_interval(m, n_paths, method, "no weighted path reached the bound", seed, level)
     else:
-        half = float(stats.norm.ppf(0.5 + level / 2.0)) * se
+        half = float(norm_ppf(0.5 + level / 2.0)) * se
         est = Estimate(m, max(m - half, 0.0), m + half, n_paths, method, seed, level, se)
     return RareEstimate(
         probability=est,

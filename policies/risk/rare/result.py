@@ -6,9 +6,9 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
-from scipy import stats
 
 from medsim.policies.risk.estimate import Estimate, encode_float
+from medsim.policies.risk.quantiles import t_ppf
 
 
 @dataclass(frozen=True)
@@ -151,5 +151,5 @@ def replica_interval(values: np.ndarray, *, level: float, seed: int, method: str
     se = float(values.std(ddof=1) / math.sqrt(r))
     if not m > 0:
         return Estimate.without_interval(m, r, method, "mean of the replicas is 0", seed, level, se), math.nan
-    factor = math.exp(float(stats.t.ppf(0.5 + level / 2.0, r - 1)) * se / m)
+    factor = math.exp(float(t_ppf(0.5 + level / 2.0, r - 1)) * se / m)
     return Estimate(m, m / factor, m * factor, r, method, seed, level, se), se / m
