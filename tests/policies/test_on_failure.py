@@ -54,16 +54,16 @@ def base():
     return sample_population(concentrated_draws(GLUCOSE, spread=0.05), 6, seed=2, covariates={"BASAL": 1.2})
 
 
-def with_gut(pop, state: str, amount: float, bad: bool = True):
-    """``pop`` with patient BAD's gut loaded (``bad``) or replaced by a copy of patient 0."""
+def with_gut(pop, state: str, amount: float, bad: bool = True, at: int = BAD):
+    """``pop`` with patient ``at``'s gut loaded (``bad``) or replaced by a copy of patient 0."""
     params = {k: np.array(v, copy=True) for k, v in pop.params.items()}
     for s in ("gut1", "gut2"):
         params[f"initial_{s}"] = np.zeros(pop.n_patients)
     if bad:
-        params[f"initial_{state}"][BAD] = amount
+        params[f"initial_{state}"][at] = amount
     else:
         for v in params.values():
-            v[BAD] = v[0]
+            v[at] = v[0]
     return replace(pop, params=params)
 
 
@@ -203,3 +203,27 @@ def test_the_cli_hands_on_failure_to_the_evaluation(monkeypatch, tmp_path):
     assert "stopped here" in result.output and seen["on_failure"] == "count"
     result = CliRunner().invoke(app, [*args, "--on-failure", "skip"])
     assert result.exit_code != 0 and "--on-failure: expected stop or count" in result.output
+
+
+def test_workers_count_failures_as_one_process_does():
+    distributed = pytest.importorskip("distributed")
+    from conftest import concentrated_draws
+
+    from medsim.policies.distribute import shard_bounds
+
+    spec = SafetySpec(bounds=BOUNDS, horizon=60.0, time_unit=GLUCOSE.time_unit, rare="off")
+    pop = sample_population(concentrated_draws(GLUCOSE, spread=0.05), 10, seed=2, covariates={"BASAL": 1.2})
+    pop = with_gut(pop, "gut1", 3e4, at=9)  # in the second shard: its index stays the population's
+    kw = dict(n=10, seed=3, scenario="none", population=pop, loop="host", on_failure="count")
+    one, _ = evaluate_policies(None, ["pid:every=15"], spec, **kw)
+    with (
+        distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=False, dashboard_address=None) as c,
+        distributed.Client(c) as client,
+    ):
+        two, _ = evaluate_policies(None, ["pid:every=15"], spec, client=client, **kw)
+    assert shard_bounds(10, 2) == [(0, 8), (8, 10)]
+    assert one.policies[0].failed.indices == two.policies[0].failed.indices == (9,)
+    a, b = (json.loads(r.to_json()) for r in (one, two))
+    for r in (a, b):
+        r["provenance"].pop("created")  # the wall-clock time the report was made
+    assert a == b and a["provenance"]["settings"]["on_failure"] == "count"
