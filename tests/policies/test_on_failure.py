@@ -227,3 +227,27 @@ def test_workers_count_failures_as_one_process_does():
     for r in (a, b):
         r["provenance"].pop("created")  # the wall-clock time the report was made
     assert a == b and a["provenance"]["settings"]["on_failure"] == "count"
+
+
+def test_an_unusable_option_is_counted_as_the_host_loop_refuses_it(base):
+    from medsim.policies.protocol import Option, PolicyError
+    from medsim.policies.user_code import FunctionPolicy
+
+    def basal(broken: bool):
+        def act(obs, *, rng):
+            bolus = np.zeros(obs.time.shape)
+            if broken:  # patient BAD's third option is unusable
+                bolus[(obs.patient == BAD) & (obs.index == 2)] = np.nan
+            return Option(interval=15.0, bolus={1: bolus}, rate={1: np.full(obs.time.shape, 0.02)})
+
+        return FunctionPolicy(act, "basal")
+
+    run = dict(loop="host", n_paths_saved=0, **options(60.0))
+    pop = with_gut(base, "gut1", 0.0, bad=False)
+    with pytest.raises(PolicyError, match="--on-failure count"):
+        rollout(GLUCOSE, pop, basal(True), **run)
+    counted = rollout(GLUCOSE, pop, basal(True), on_failure="count", **run)
+    reference = rollout(GLUCOSE, pop, basal(False), **run)
+    assert counted.failed_time[BAD] == 30.0 and counted.failure_reason[BAD] == 4  # unusable option
+    assert counted.failed.sum() == 1 and counted.mask[BAD].sum() == 2
+    assert_others_equal(counted, reference)
