@@ -21,12 +21,22 @@ from typing import NamedTuple
 
 import numpy as np
 
+from medsim.policies.interaction import Interaction
 from medsim.policies.protocol import Option, PolicyError
-from medsim.policies.result import NON_FINITE, RUNAWAY, check_on_failure
+from medsim.policies.result import NON_FINITE, PER_BOUND_FILL, RUNAWAY, check_on_failure
 from medsim.simulate.checks import NonFiniteStateError, RunawayStateError, SimulationError
 from medsim.transfer import to_device
 
-__all__ = ["COUNT_HINT", "Failures", "check_on_failure", "refused_patient", "stand_in", "unusable", "with_hint"]
+__all__ = [
+    "COUNT_HINT",
+    "Failures",
+    "check_on_failure",
+    "empty_row",
+    "refused_patient",
+    "stand_in",
+    "unusable",
+    "with_hint",
+]
 
 COUNT_HINT = (
     "to count such patients as violating every bound instead of stopping, use on_failure='count' "
@@ -116,3 +126,28 @@ def stand_in(x: dict, theta: dict, dead: np.ndarray, real: np.ndarray) -> tuple[
         return to_device(np.where(dead, a[donor], a), a.dtype)
 
     return {s: swap(v) for s, v in x.items()}, {p: swap(v) for p, v in theta.items()}
+
+
+def empty_row(t: np.ndarray, measured: dict, true: dict, cmts: tuple, n_bounds: int) -> Interaction:
+    """An interaction in which no patient is simulated (every one frozen): the record of a chunk
+    whose every patient failed before its first interval, as the compiled loop records it."""
+    n = t.shape[0]
+    nan = {o: np.full(n, np.nan, np.float32) for o in true}
+    zeros = np.zeros(n)
+    treatment = {f"{kind}_cmt{c}": zeros for kind in ("bolus", "rate") for c in cmts}
+    fill = {
+        name: np.full((n, n_bounds), value, np.bool_ if isinstance(value, bool) else np.float32)
+        for name, value in PER_BOUND_FILL.items()
+    }
+    return Interaction(
+        t_start=t,
+        t_end=t,
+        mask=np.zeros(n, bool),
+        measured=measured,
+        true_start=true,
+        obs_min=nan,
+        obs_max=dict(nan),
+        treatment=treatment,
+        out_of_support=zeros,
+        **fill,
+    )

@@ -48,11 +48,19 @@ import jax
 import numpy as np
 
 from medsim.models.base import PhysiologyModel
-from medsim.policies.failures import Failures, check_on_failure, refused_patient, stand_in, unusable, with_hint
+from medsim.policies.failures import (
+    Failures,
+    check_on_failure,
+    empty_row,
+    refused_patient,
+    stand_in,
+    unusable,
+    with_hint,
+)
 from medsim.policies.interaction import Interaction
 from medsim.policies.paths import join_paths
 from medsim.policies.protocol import Observation, Policy, PolicyError, for_model
-from medsim.policies.result import FAILURE_REASONS, NON_FINITE, PER_BOUND, UNUSABLE_OPTION, RolloutResult
+from medsim.policies.result import NON_FINITE, PER_BOUND, UNUSABLE_OPTION, RolloutResult
 from medsim.policies.rollout_assemble import assemble, merge_all, support_fraction
 from medsim.policies.scenarios import Scenario, announced_at, next_event_after
 from medsim.policies.traces import empty_trace, host_window, interval_buffer, record, trace_spec
@@ -117,6 +125,7 @@ def _run_chunk(
     count = setup.on_failure == "count"
     failures = Failures.none(n)  # with "count": patients frozen where a refused interval started
     swap_padding = False  # padding copies a patient the simulator refuses (stand in a live one)
+    swapped = np.zeros(n, bool)  # patients whose values a live one stands in for
     while active.any():
         check_interaction_count(setup, policy, len(rows))
         true = {o: np.broadcast_to(np.asarray(v, np.float64), (n,)) for o, v in setup.observe(x, theta).items()}
@@ -157,8 +166,10 @@ def _run_chunk(
             t1 = np.minimum(t1, next_event_after(scen, t, setup.tol))
         while True:  # with "count", once more without each patient the simulator refuses
             t1 = np.where(go, np.where(horizon - t1 <= setup.tol, horizon, t1), t)
-            if count and (failures.any or swap_padding):  # a live patient stands in (the simulator checks all)
-                x, theta = stand_in(x, theta, (failures.reason > 0) | ~real, real)
+            dead = (failures.reason > 0) | (~real & swap_padding)
+            if (dead != swapped).any():  # a live patient stands in (the simulator checks every patient)
+                x, theta = stand_in(x, theta, dead, real)
+                swapped = dead
             window = None if trace is None else host_window(setup.trace_grid, t, t1)
             bolus = {c: np.where(go, option.bolus.get(c, np.zeros(n)), 0.0) for c in setup.cmts}
             rates = {c: np.where(go, option.rate.get(c, np.zeros(n)), 0.0) for c in setup.cmts}
@@ -189,16 +200,9 @@ def _run_chunk(
                     break
                 else:
                     raise
-        if not go.any() and count and failures.any:
-            if not rows:
-                raise SimulationError(
-                    f"every patient of {patient[0]}..{patient[n_real - 1]} failed before its first interval "
-                    f"({FAILURE_REASONS[int(failures.reason[0])]}); nothing of them can be simulated",
-                    patient=int(patient[0]),
-                    name="",
-                    value=float("nan"),
-                    params={},
-                )
+        if not go.any() and count and failures.any:  # every patient of the chunk frozen
+            if not rows:  # the record needs one interval, as the compiled loop has: an empty one
+                rows.append(empty_row(t, measured, true, setup.cmts, J))
             break
         st = jax.tree_util.tree_map(np.asarray, res.stats)
         treatment = {f"bolus_cmt{c}": bolus[c] for c in setup.cmts}

@@ -92,6 +92,10 @@ def severities(
     cl = events.draw[keep]
     grid = events.grid[keep]
     kw = {"level": level, "seed": seed}
+    if not keep.any():
+        none = Estimate.without_interval(np.nan, 0, "none", "no patient could be simulated", seed, level)
+        sev = tuple(Severity(b.name, none, none, none, none, none) for b in spec.bounds)
+        return sev, JointCost(none, none)
     nn = {"nonnegative": True, **kw}
     out = []
     for j, b in enumerate(spec.bounds):
