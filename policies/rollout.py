@@ -28,7 +28,9 @@ first interval the policy asks for, memory of the per-interaction statistics) ag
 scheme's stability limit for these patients (:mod:`medsim.simulate.stability`). Every interval's
 result is checked by the simulator (finite, inside the states' physical ranges) and every
 observation by the same :func:`medsim.simulate.checks.check_finite`, so no NaN or blown-up
-patient reaches the risk estimates.
+patient reaches the risk estimates: with ``on_failure="stop"`` the rollout raises naming the
+patient; with ``"count"`` the patient is frozen where the refused interval started (the interval
+is simulated again without it) and recorded as failed (:mod:`medsim.policies.failures`).
 
 Efficacy and support are measured with extra bounds handed to the simulator (its exact
 trapezoid time-outside on the sub-step grid): the target range ``lo <= y <= hi`` becomes
