@@ -187,12 +187,14 @@ def _body(cfg: _Config, inp: _Inputs, c: _Carry, dt, horizon, tol):
     st = out.stats
     code = jnp.where(go, refusal(cfg, out, t1), code)
     # A refused patient is frozen where its interval started (on_failure="count"; with "stop" the
-    # host loop re-runs the chunk to name it): its interval is not recorded, its state not kept.
+    # host loop re-runs the chunk to name it): its state is not kept. Its refused interval is
+    # recorded under the mask ``go`` and taken out on the host (run_chunk): records and sums that
+    # depend on the simulator's verdict on the interval run the loop at half its speed.
     ok = c.active & (code == 0)
     failed = c.active & (code > 0)
     J, n_target = cfg.n_bounds, cfg.n_target
     extra = st.time_outside[:, J:]
-    outside_target = c.outside_target + jnp.where(ok[:, None], extra[:, :n_target].astype(F64), 0.0)
+    outside_target = c.outside_target + jnp.where(go[:, None], extra[:, :n_target].astype(F64), 0.0)
     treatment = {f"bolus_cmt{cm}": bolus[cm] for cm in cfg.cmts}
     treatment.update({f"rate_cmt{cm}": rate[cm] for cm in cfg.cmts})
     row = None
@@ -200,7 +202,7 @@ def _body(cfg: _Config, inp: _Inputs, c: _Carry, dt, horizon, tol):
         row = Interaction(
             t_start=c.t,
             t_end=t1,
-            mask=ok,
+            mask=go,
             measured=measured,
             true_start=true,
             obs_min=st.obs_min,
@@ -211,7 +213,7 @@ def _body(cfg: _Config, inp: _Inputs, c: _Carry, dt, horizon, tol):
         )
     sums = c.sums
     if sums is not None:
-        sums = update_sums(sums, cfg.specs, ok, c.k, c.t, t1, true, measured, st, treatment, cfg.cmts)
+        sums = update_sums(sums, cfg.specs, go, c.k, c.t, t1, true, measured, st, treatment, cfg.cmts)
     t_new = jnp.where(failed, c.t, t1)
     k_new = c.k + ok
     carry = _Carry(
@@ -457,4 +459,25 @@ def run_chunk(setup, pop: VirtualPopulation, policy: Policy, offset: int, n_real
         failures = Failures(np.asarray(carry.failed_at), np.asarray(carry.reason))
         sums = None if carry.sums is None else jax.tree_util.tree_map(np.asarray, carry.sums)
         trace = {} if carry.trace is None else {o: np.asarray(v) for o, v in carry.trace.items()}
+        if failures.any:  # the refused intervals out of the records and sums (see _body)
+            rows, sums = _without_refused(rows, sums, failures, np.asarray(carry.k))
         return rows, np.asarray(carry.outside_target), sums, failures, trace
+
+
+def _without_refused(rows: list, sums, failures: Failures, k: np.ndarray):
+    """Records without each failed patient's refused interval (the one starting where it was frozen);
+    sums of failed patients with their interactions and simulated time up to the failure, and time
+    outside, depth and doses unknown (NaN: the refused interval is in them; summaries exclude
+    failed patients and risk estimates count them as violating every bound)."""
+    failed = failures.reason > 0
+    rows = [r._replace(mask=r.mask & ~(failed & (r.t_start >= failures.time))) for r in rows]
+    if sums is not None:
+        nan2 = np.where(failed[:, None], np.nan, 1.0)
+        sums = sums._replace(
+            interactions=np.where(failed, k, sums.interactions),
+            length=np.where(failed, failures.time, sums.length),
+            time_outside=sums.time_outside * nan2,
+            depth=sums.depth * nan2,
+            dose=sums.dose * np.where(failed[:, None], np.nan, 1.0),
+        )
+    return rows, sums

@@ -181,7 +181,8 @@ def sums_events(sums: StreamingSums, bounds: tuple[Bound, ...], spec: SafetySpec
         total_log=np.asarray(sums.log_survival, float)[:, idx],
         detected=np.asarray(sums.detected)[:, idx],
         measured_observable=somewhere,
-        undefined=int(np.asarray(sums.undefined)[:, idx].sum()),
+        # a failed patient's undefined intervals are moot: it counts as violating every bound
+        undefined=int(np.asarray(sums.undefined)[np.asarray(sums.failure_reason) == 0][:, idx].sum()),
         failed=_failed(np.asarray(sums.failure_reason) > 0),
     )
 

@@ -193,7 +193,7 @@ def patient_events(result: RolloutResult, spec: SafetySpec) -> PatientEvents:
     n = mask.shape[0]
     rows = np.arange(n)
     log_surv = np.where(mask[:, :, None], np.asarray(result.log_survival, float)[:, :, idx], 0.0)
-    undefined = int(np.isnan(log_surv).sum())
+    undefined = int(np.isnan(log_surv[~result.failed]).sum())  # a failed patient violates anyway
     log_surv = np.where(np.isnan(log_surv), -np.inf, log_surv)
     grid_iv = mask[:, :, None] & np.asarray(result.grid_violation, bool)[:, :, idx]
     end_iv = mask[:, :, None] & np.asarray(result.end_violation, bool)[:, :, idx]
