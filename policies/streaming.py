@@ -54,7 +54,9 @@ class StreamingSums(NamedTuple):
         Total amount given per dose compartment (bolus + rate x interval).
     failed_time : (n,) float64
         Where a patient that could not be simulated was frozen (``inf``: simulated to the
-        horizon; ``on_failure="count"``, :mod:`medsim.policies.failures`); its sums stop there.
+        horizon; ``on_failure="count"``, :mod:`medsim.policies.failures`): its ``interactions`` and
+        ``length`` stop there, its ``time_outside``, ``depth`` and ``dose`` are NaN (unknown), and
+        :func:`sums_events` counts it as violating every bound.
     failure_reason : (n,) int8
         Code of :data:`medsim.policies.result.FAILURE_REASONS` (0: none).
     """
