@@ -221,7 +221,7 @@ def _body(cfg: _Config, inp: _Inputs, c: _Carry, dt, horizon, tol):
         t=t_new,
         k=k_new,
         z=measurement_draws(given, k_new, c.z.shape[1]),
-        active=(t_new < horizon - tol) & inp.real & ~failed,
+        active=(t_new < horizon - tol) & inp.real & ~failed & (c.reason == 0),  # frozen for good
         measure=measure_next,
         pstate=pstate,
         outside_target=outside_target,
