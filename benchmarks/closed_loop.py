@@ -1,6 +1,7 @@
 """Closed-loop throughput: the compiled option loop against the open-loop simulator, in one run.
 
-Run: ``PYTHONPATH=. .venv/bin/python benchmarks/closed_loop.py [--quick]`` (``--quick`` < 2 min).
+Run: ``PYTHONPATH=. .venv/bin/python benchmarks/closed_loop.py [--quick | --sizes N ...]`` (``--quick``
+< 2 min; ``--sizes 1000000`` measures only that closed-loop point and updates it in the results file).
 Writes ``benchmarks/results/closed_loop.json``.
 
 The workload is what ``medsim risk --prior glucose_insulin --policy pid:every=5`` simulates: virtual
@@ -13,8 +14,11 @@ bounds at their basal rate (no meals: uncontrolled meals drive some prior patien
 model's physical range, which the simulator refuses). A prior patient the open-loop simulator
 refuses (a state outside the model's physical range: at 10^5 patients a few uncontrolled ones exist)
 is dropped during the warm-up, named in the log and listed under ``dropped_patients`` (the others
-keep their index and noise); the throughput counts the patients simulated. A closed-loop point that
-stops on such a patient is recorded as failed (``failed``: the error naming the patient).
+keep their index and noise); the throughput counts the patients simulated. The closed loop runs
+with ``on_failure="count"`` (``medsim risk --on-failure count``): a prior patient it cannot keep in
+the model's physical range (at 10^6 patients, patient 315450 passes 10,000 mg/dL under PID) is
+frozen where it failed and counted, not the end of the run; each point records how many
+(``failed_patients``, with the first indices, times and reasons) and the load average at its end.
 Figures are patient-days per second of wall time
 (best of the repeats after a warm-up; the warm-up's extra time is the compilation) and per
 second of process CPU time (all threads: less distorted by other jobs on a shared machine).
@@ -49,6 +53,7 @@ import numpy as np  # noqa: E402
 
 import medsim.models as registry  # noqa: E402
 from medsim.policies.builtin import PID  # noqa: E402
+from medsim.policies.result import FAILURE_REASONS  # noqa: E402
 from medsim.policies.rollout import rollout  # noqa: E402
 from medsim.policies.rollout_device import streaming_rollout  # noqa: E402
 from medsim.policies.scenarios import MealScenario  # noqa: E402
@@ -121,11 +126,24 @@ def closed_loop(pop, repeats: int) -> dict:
     scenario = MealScenario(seed=SEED)
 
     def run():
-        sums = streaming_rollout(MODEL, pop, POLICY, bounds=BOUNDS, horizon=DAY, dt=1.0, seed=SEED, scenario=scenario)
+        sums = streaming_rollout(
+            MODEL, pop, POLICY, bounds=BOUNDS, horizon=DAY, dt=1.0, seed=SEED, scenario=scenario, on_failure="count"
+        )
         run.interactions = float(np.mean(sums.interactions))
+        run.sums = sums
 
     out = _timed(run, repeats, pop.n_patients * DAY / 1440.0)
     out["interactions_per_patient"] = run.interactions
+    failed = np.flatnonzero(np.asarray(run.sums.failure_reason) > 0)
+    out["failed_patients"] = int(failed.size)
+    out["failed_first"] = [
+        {
+            "patient": int(i),
+            "time_min": float(run.sums.failed_time[i]),
+            "reason": FAILURE_REASONS[int(run.sums.failure_reason[i])],
+        }
+        for i in failed[:10]
+    ]
     return out
 
 
@@ -181,6 +199,7 @@ def one_point(n: int, repeats: int) -> dict:
     out["tracemalloc_peak_MiB"] = tracemalloc.get_traced_memory()[1] / 2**20
     tracemalloc.stop()
     out["peak_rss_MiB"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    out["load_average_at_end"] = os.getloadavg()
     return out
 
 
@@ -195,12 +214,22 @@ def _fresh_process(n: int, repeats: int) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="small sizes, in one process (< 2 min)")
+    parser.add_argument(
+        "--sizes",
+        type=int,
+        nargs="+",
+        help="measure only these closed-loop sizes (fresh process each, no open or host loop) and update "
+        "them in --out, keeping its other figures",
+    )
     parser.add_argument("--point", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--repeats", type=int, default=1, help=argparse.SUPPRESS)
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "closed_loop.json")
     args = parser.parse_args()
     if args.point:
         args.out.write_text(json.dumps(one_point(args.point, args.repeats)))
+        return
+    if args.sizes:
+        _update_points(args.sizes, args.out)
         return
     sizes = [4096, 16384] if args.quick else [10_000, 100_000, 1_000_000]
     closed, opened = {}, {}
@@ -241,6 +270,27 @@ def main() -> None:
     tmp.write_text(json.dumps(result, indent=2))
     tmp.replace(args.out)
     _log(f"closed/open = {result['closed_over_open']:.3f} (CPU {result['closed_over_open_cpu']:.3f}) -> {args.out}")
+
+
+def _update_points(sizes: list[int], out: Path) -> None:
+    """Closed-loop points of ``sizes`` (a fresh process each) written into ``out``'s existing figures."""
+    result = json.loads(out.read_text()) if out.exists() else {"closed_loop": {}}
+    for n in sizes:
+        _log(f"closed loop, n = {n}")
+        point = _fresh_process(n, 1 if n >= 1_000_000 else 2)
+        result["closed_loop"][str(n)] = point
+        if "failed" in point:
+            _log(f"  closed loop failed: {point['failed']}")
+            continue
+        _log(
+            f"  {point['patient_days_per_s']:.3g} patient-days/s, wall {point['wall_s']:.1f} s, peak "
+            f"{point['peak_rss_MiB']:.0f} MiB, {point['failed_patients']} patients failed, "
+            f"load {point['load_average_at_end']}"
+        )
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(result, indent=2))
+    tmp.replace(out)
 
 
 if __name__ == "__main__":

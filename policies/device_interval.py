@@ -167,15 +167,24 @@ def advance_doses(kernel, model, x, theta, t0, t1, bolus: dict, rate: dict, keys
 
 def refused(cfg, out, t1: jax.Array) -> jax.Array:
     """Where :meth:`Simulator.advance` would raise: step budget, non-finite values, runaway states."""
+    return refusal(cfg, out, t1) > 0
+
+
+def refusal(cfg, out, t1: jax.Array) -> jax.Array:
+    """(n,) int8 code of :data:`medsim.policies.result.FAILURE_REASONS` where :meth:`Simulator.advance`
+    would raise (0 elsewhere), in the order it checks: non-finite values, then runaway states, then
+    the step budget."""
+    from medsim.policies.result import NON_FINITE, RUNAWAY, STEP_BUDGET
+
     st = out.stats
     n = t1.shape[0]
-    bad = out.t_end != t1.astype(F32)
+    budget = out.t_end != t1.astype(F32)
     values = [*out.x.values(), *st.obs_end.values()]
     values += [jnp.all(jnp.isfinite(a), axis=1) for a in (st.p_cross, st.depth, st.time_outside)]
     ok = jnp.ones(n, bool)
     for v in values:
         ok = ok & (v if v.dtype == jnp.bool_ else jnp.isfinite(v))
-    bad = bad | ~ok
+    runaway = jnp.zeros(n, bool)
     for s in cfg.model.states:
         lo, hi = s.physical_range
         if (lo is None and hi is None) or s.name not in out.x:
@@ -183,7 +192,9 @@ def refused(cfg, out, t1: jax.Array) -> jax.Array:
         x = out.x[s.name].astype(F64)
         slack = RANGE_TOLERANCE * jnp.abs(x)
         if lo is not None:
-            bad = bad | (x < lo - slack)
+            runaway = runaway | (x < lo - slack)
         if hi is not None:
-            bad = bad | (x > hi + slack)
-    return bad
+            runaway = runaway | (x > hi + slack)
+    code = jnp.where(budget, STEP_BUDGET, 0)
+    code = jnp.where(runaway, RUNAWAY, code)
+    return jnp.where(~ok, NON_FINITE, code).astype(jnp.int8)

@@ -33,8 +33,12 @@ and interaction on the device, and the measurement and process keys are derived 
 index as the host loop derives them.
 
 Anything the host loop would refuse (a non-finite value, a state outside its physical range, an
-unusable option) is flagged per patient inside the loop; a flagged chunk is re-run by the host
-loop, which raises the error that names the patient, so both loops fail the same way.
+unusable option) is flagged per patient inside the loop, with the reason
+(:data:`medsim.policies.result.FAILURE_REASONS`) and the start of the refused interval, and the
+patient is frozen there (its interval not recorded, its state not kept). With
+``on_failure="stop"`` a flagged chunk is re-run by the host loop, which raises the error that names
+the patient, so both loops fail the same way; with ``"count"`` the flags are the result's failed
+patients, as the host loop records them (:mod:`medsim.policies.failures`).
 """
 
 from __future__ import annotations
@@ -48,11 +52,12 @@ import jax.numpy as jnp
 import numpy as np
 
 from medsim.policies.array_step import isolated, measure_expr, prepare_state, step_expr
-from medsim.policies.device_interval import advance, refused, scenario_layout
+from medsim.policies.device_interval import advance, refusal, scenario_layout
 from medsim.policies.device_streams import first_draws, measurement_draws, stream_ids, stream_roots
+from medsim.policies.failures import Failures
 from medsim.policies.interaction import Interaction
 from medsim.policies.protocol import Policy, PolicyError
-from medsim.policies.result import PER_BOUND
+from medsim.policies.result import NON_FINITE, PER_BOUND, UNUSABLE_OPTION
 from medsim.policies.streaming import init_sums, update_sums
 from medsim.policies.traces import empty_trace, trace_spec, window
 from medsim.population.streams import Stream, fold_in_data, patient_base_keys
@@ -102,7 +107,8 @@ class _Carry(NamedTuple):
     measure: jax.Array
     pstate: Any
     outside_target: jax.Array  # (n, n_target) float64
-    bad: jax.Array  # (n,) bool: something the host loop would refuse
+    reason: jax.Array  # (n,) int8: why the host loop would refuse the patient (FAILURE_REASONS; 0: fine)
+    failed_at: jax.Array  # (n,) float64: start of the refused interval (inf: none); the patient is frozen there
     sums: Any  # StreamingSums or None
     trace: Any  # observable -> (n, n_points) float32 CGM-grid trace, or None
 
@@ -137,7 +143,8 @@ def _body(cfg: _Config, inp: _Inputs, c: _Carry, dt, horizon, tol):
         inp = inp._replace(proc_key=fold_in_data(inp.stream_roots[1], stream_ids(inp, c.k)))
     true32 = {o: jnp.broadcast_to(v, (n,)) for o, v in model.observe(c.x, inp.theta).items()}
     true = {o: v.astype(F64) for o, v in true32.items()}
-    bad = c.bad | ~_all_finite(true.values(), n)
+    # Refused before the interval (not advanced): a non-finite observation, then an unusable option.
+    non_finite = c.active & ~_all_finite(true.values(), n)
     take = c.measure & c.active
     measure = partial(measure_expr, model, cfg.measured_obs, cfg.noise)
     measured = isolated(measure, {o: true32[o] for o in cfg.measured_obs}, inp.res_add, inp.res_prop, c.z, take)
@@ -164,22 +171,31 @@ def _body(cfg: _Config, inp: _Inputs, c: _Carry, dt, horizon, tol):
     step = partial(step_expr, cfg.policy, cfg.time_unit, cfg.horizon)
     pstate, option = isolated(step, c.pstate, fields)
     interval, bolus, rate, measure_next, unusable = _option(cfg, option, c.active, n)
-    bad = bad | unusable
+    code = jnp.where(non_finite, NON_FINITE, jnp.where(unusable, UNUSABLE_OPTION, 0)).astype(jnp.int8)
+    go = c.active & (code == 0)
+    bolus = {cm: jnp.where(go, a, 0.0) for cm, a in bolus.items()}
+    rate = {cm: jnp.where(go, a, 0.0) for cm, a in rate.items()}
     t1 = jnp.minimum(c.t + interval, horizon)
     if cfg.announces:
         for t_ev, _, _ in events:
             t1 = jnp.minimum(t1, jnp.where(t_ev > c.t + tol, t_ev, jnp.inf))
-    t1 = jnp.where(c.active, jnp.where(horizon - t1 <= tol, horizon, t1), c.t)
+    t1 = jnp.where(go, jnp.where(horizon - t1 <= tol, horizon, t1), c.t)
     trace = None
     if c.trace is not None:  # the kernel writes this interval's grid points into the whole trace
         first, stop = window(c.t, t1, inp.trace_step, cfg.trace_points)
         trace = (first, stop, jnp.zeros_like(first), c.trace)
     out, _n_inside = advance(cfg, inp, c, t1, bolus, rate, dt, trace)
     st = out.stats
-    bad = bad | refused(cfg, out, t1)
+    code = jnp.where(go, refusal(cfg, out, t1), code)
+    # A refused patient is frozen where its interval started (on_failure="count"; with "stop" the
+    # host loop re-runs the chunk to name it): its state is not kept. Its refused interval is
+    # recorded under the mask ``go`` and taken out on the host (run_chunk): records and sums that
+    # depend on the simulator's verdict on the interval run the loop at half its speed.
+    ok = c.active & (code == 0)
+    failed = c.active & (code > 0)
     J, n_target = cfg.n_bounds, cfg.n_target
     extra = st.time_outside[:, J:]
-    outside_target = c.outside_target + jnp.where(c.active[:, None], extra[:, :n_target].astype(F64), 0.0)
+    outside_target = c.outside_target + jnp.where(go[:, None], extra[:, :n_target].astype(F64), 0.0)
     treatment = {f"bolus_cmt{cm}": bolus[cm] for cm in cfg.cmts}
     treatment.update({f"rate_cmt{cm}": rate[cm] for cm in cfg.cmts})
     row = None
@@ -187,7 +203,7 @@ def _body(cfg: _Config, inp: _Inputs, c: _Carry, dt, horizon, tol):
         row = Interaction(
             t_start=c.t,
             t_end=t1,
-            mask=c.active,
+            mask=go,
             measured=measured,
             true_start=true,
             obs_min=st.obs_min,
@@ -198,23 +214,24 @@ def _body(cfg: _Config, inp: _Inputs, c: _Carry, dt, horizon, tol):
         )
     sums = c.sums
     if sums is not None:
-        sums = update_sums(sums, cfg.specs, c.active, c.k, c.t, t1, true, measured, st, treatment, cfg.cmts)
-    t_new = t1
-    k_new = c.k + c.active
+        sums = update_sums(sums, cfg.specs, go, c.k, c.t, t1, true, measured, st, treatment, cfg.cmts)
+    t_new = jnp.where(failed, c.t, t1)
+    k_new = c.k + ok
     carry = _Carry(
-        x=out.x,
+        x={s: jnp.where(failed, c.x[s], v) for s, v in out.x.items()},
         t=t_new,
         k=k_new,
         z=measurement_draws(given, k_new, c.z.shape[1]),
-        active=(t_new < horizon - tol) & inp.real,
+        active=(t_new < horizon - tol) & inp.real & ~failed & (c.reason == 0),  # frozen for good
         measure=measure_next,
         pstate=pstate,
         outside_target=outside_target,
-        bad=bad,
+        reason=jnp.where(failed, code, c.reason),
+        failed_at=jnp.where(failed, c.t, c.failed_at),
         sums=sums,
         trace=out.trace,
     )
-    first_interval = jnp.min(jnp.where(c.active, interval, jnp.inf))
+    first_interval = jnp.min(jnp.where(go, interval, jnp.inf))
     return carry, row, first_interval
 
 
@@ -364,12 +381,13 @@ def run_chunk(setup, pop: VirtualPopulation, policy: Policy, offset: int, n_real
 
     Returns
     -------
-    (rows, outside_target, sums, bad, trace)
+    (rows, outside_target, sums, failures, trace)
         ``rows``: list of :class:`~medsim.policies.interaction.Interaction` as the host loop records
         them, ``out_of_support`` still the support bounds' time outside (``record``);
         ``outside_target``: (n, n_target) time outside the target range; ``sums``:
-        :class:`StreamingSums` (numpy) or None; ``bad``: whether some patient was flagged (the
-        caller re-runs the chunk with the host loop); ``trace``: observable -> (n, n_points)
+        :class:`StreamingSums` (numpy) or None; ``failures``: :class:`~medsim.policies.failures.Failures`,
+        the patients flagged and frozen (with ``on_failure="stop"`` the caller re-runs a chunk with
+        any of them in the host loop, which names the patient); ``trace``: observable -> (n, n_points)
         CGM-grid traces (``record`` and a model with a trace grid; else empty).
     """
     model, n = setup.model, pop.n_patients
@@ -417,7 +435,8 @@ def run_chunk(setup, pop: VirtualPopulation, policy: Policy, offset: int, n_real
             measure=jnp.asarray(real),
             pstate=jax.tree_util.tree_map(jnp.asarray, pstate),
             outside_target=jnp.zeros((n, len(setup.target_bounds)), F64),
-            bad=jnp.zeros(n, bool),
+            reason=jnp.zeros(n, jnp.int8),
+            failed_at=jnp.full(n, jnp.inf, F64),
             sums=None if record else init_sums(n, len(setup.bounds), setup.cmts, model.observable_names),
             trace=None if not cfg.trace_points else empty_trace(setup.trace_grid, n),
         )
@@ -439,7 +458,28 @@ def run_chunk(setup, pop: VirtualPopulation, policy: Policy, offset: int, n_real
             hooks.progress(np.asarray(carry.t))
             if not np.asarray(carry.active).any():
                 break
-        bad = bool(np.asarray(carry.bad).any())
+        failures = Failures(np.asarray(carry.failed_at), np.asarray(carry.reason))
         sums = None if carry.sums is None else jax.tree_util.tree_map(np.asarray, carry.sums)
         trace = {} if carry.trace is None else {o: np.asarray(v) for o, v in carry.trace.items()}
-        return rows, np.asarray(carry.outside_target), sums, bad, trace
+        if failures.any:  # the refused intervals out of the records and sums (see _body)
+            rows, sums = _without_refused(rows, sums, failures, np.asarray(carry.k))
+        return rows, np.asarray(carry.outside_target), sums, failures, trace
+
+
+def _without_refused(rows: list, sums, failures: Failures, k: np.ndarray):
+    """Records without each failed patient's refused interval (the one starting where it was frozen);
+    sums of failed patients with their interactions and simulated time up to the failure, and time
+    outside, depth and doses unknown (NaN: the refused interval is in them; summaries exclude
+    failed patients and risk estimates count them as violating every bound)."""
+    failed = failures.reason > 0
+    rows = [r._replace(mask=r.mask & ~(failed & (r.t_start >= failures.time))) for r in rows]
+    if sums is not None:
+        nan2 = np.where(failed[:, None], np.nan, 1.0)
+        sums = sums._replace(
+            interactions=np.where(failed, k, sums.interactions),
+            length=np.where(failed, failures.time, sums.length),
+            time_outside=sums.time_outside * nan2,
+            depth=sums.depth * nan2,
+            dose=sums.dose * np.where(failed[:, None], np.nan, 1.0),
+        )
+    return rows, sums

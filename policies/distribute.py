@@ -195,6 +195,7 @@ class ShardTask:
     max_memory: int | None
     options: WorkerOptions
     loops: tuple[str, ...] = ()
+    on_failure: str = "stop"  # patients that cannot be simulated (medsim.policies.failures)
 
 
 def _registered_model(name: str, description: str):
@@ -248,6 +249,7 @@ def run_shard(task: ShardTask, draws: Mapping[str, Any] | None = None) -> list[R
             chunk_size=task.chunk_size,
             pad_to=task.pad_to,
             loop=loop,
+            on_failure=task.on_failure,
         )[0]
         for policy, loop in zip(policies, loops, strict=True)
     ]
@@ -283,12 +285,15 @@ def rollouts_on_cluster(
     options: WorkerOptions | None = None,
     shard: int | None = None,
     loops: Sequence[str] | None = None,
+    on_failure: str = "stop",
 ) -> list[RolloutResult]:
     """:func:`medsim.policies.evaluate.run_policies` of ``population`` sharded over ``client``'s workers.
 
     ``loops`` names the loop (``"device"`` or ``"host"``, as
     :func:`medsim.policies.rollout_device.choose_loop` decides it for the whole population) each
-    policy runs in on every worker; ``None``: each worker's ``"auto"`` for its shard.
+    policy runs in on every worker; ``None``: each worker's ``"auto"`` for its shard. Every worker
+    treats patients that cannot be simulated as ``on_failure`` says (failed patients keep their
+    global index when the shards are merged).
 
     Raises
     ------
@@ -342,6 +347,7 @@ def rollouts_on_cluster(
             max_memory=max_memory,
             options=options,
             loops=loops,
+            on_failure=on_failure,
         )
         futures.append(client.submit(run_shard, task, draws_data, pure=False))
         sizes[futures[-1].key] = stop - start

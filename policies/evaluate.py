@@ -10,7 +10,7 @@ from typing import Any
 
 from medsim.policies.loading import build_policies
 from medsim.policies.protocol import Policy, PolicyContext
-from medsim.policies.result import RolloutResult
+from medsim.policies.result import RolloutResult, check_on_failure
 from medsim.policies.risk import RiskReport, risk_report
 from medsim.policies.risk.rare.followup import with_rare_followup
 from medsim.policies.rollout import rollout_many
@@ -92,6 +92,7 @@ def evaluate_policies(
     max_memory: int | None = None,
     client: Any = None,
     loop: str = "auto",
+    on_failure: str = "stop",
 ) -> tuple[RiskReport, list[RolloutResult]]:
     """Sample ``n`` virtual patients and evaluate every policy on them.
 
@@ -138,6 +139,12 @@ def evaluate_policies(
         Where each policy's option loop runs (:func:`medsim.policies.rollout.rollout`): ``"auto"`` compiles
         it whole for policies with an array step (the built-ins) and runs the others in Python;
         the report's provenance (``settings["loop"]``) says which loop ran for each policy.
+    on_failure : {"stop", "count"}
+        A virtual patient the simulator cannot simulate (a non-finite or runaway state, an unusable
+        option): ``"stop"`` raises the error naming it; ``"count"`` freezes it where it failed and
+        counts it as violating every bound from then on in every risk estimate (the report leads
+        with a warning and lists the failed patients; :mod:`medsim.policies.failures`). Recorded
+        in the report's provenance (``settings["on_failure"]``).
 
     Returns
     -------
@@ -156,6 +163,7 @@ def evaluate_policies(
     """
     if draws is None and population is None:
         raise ValueError("evaluate_policies needs posterior draws or a virtual population")
+    check_on_failure(on_failure)
     model = population.model if population is not None else draws.model
     context = policy_context(model, spec, draws=draws, dt=dt, scheme=scheme)
     step = context.dt
@@ -198,6 +206,7 @@ def evaluate_policies(
             max_memory=max_memory,
             progress=progress,
             loops=loops,
+            on_failure=on_failure,
         )
     else:
         results = run_policies(
@@ -213,6 +222,7 @@ def evaluate_policies(
             max_memory=max_memory,
             progress=progress,
             loop=loop,
+            on_failure=on_failure,
         )
     full = {
         **dict(provenance or {}),
@@ -222,6 +232,7 @@ def evaluate_policies(
         "dt": f"{step:g} {model.time_unit}",
         "scheme": scheme,
         "loop": "; ".join(f"{r.policy}: {r.provenance.get('loop', 'host')}" for r in results),
+        "on_failure": on_failure,
     }
     report = risk_report(list(results), spec, provenance=full, model=model)
     # Closed-loop splitting where the plain estimate saw too few violations (spec key rare=).
@@ -255,13 +266,15 @@ def run_policies(
     chunk_size: int | None = None,
     pad_to: int | None = None,
     loop: str = "auto",
+    on_failure: str = "stop",
 ) -> list[RolloutResult]:
     """The closed loop of every policy on ``population`` (common random numbers), no report.
 
     What :func:`evaluate_policies` runs in this process, and each Dask worker on its shard of
     patients (``first_patient``, ``chunk_size`` and ``pad_to`` as in
     :func:`medsim.policies.rollout.rollout`). ``scenario`` as in :func:`evaluate_policies`.
-    ``progress(done, total)`` gets the fraction of policies done.
+    ``progress(done, total)`` gets the fraction of policies done. ``on_failure`` as in
+    :func:`evaluate_policies`.
     """
     model = population.model
     state = {"policy": 0, "last": -1.0}
@@ -293,5 +306,6 @@ def run_policies(
         first_patient=first_patient,
         pad_to=pad_to,
         loop=loop,
+        on_failure=on_failure,
         **chunking,
     )

@@ -37,6 +37,26 @@ PER_BOUND_FILL: Mapping[str, Any] = MappingProxyType(
 #: Names of the per-bound statistics (the keys of :data:`PER_BOUND_FILL`).
 PER_BOUND: tuple[str, ...] = tuple(PER_BOUND_FILL)
 
+#: What a rollout does with a patient it cannot simulate (``on_failure``): ``"stop"`` raises the
+#: error naming the patient; ``"count"`` freezes the patient from the refused interval on and
+#: records it as failed (:attr:`RolloutResult.failed_time`), and risk estimates count it as
+#: violating every bound from then on.
+ON_FAILURE: tuple[str, ...] = ("stop", "count")
+
+#: Why a patient could not be simulated, by the code stored in :attr:`RolloutResult.failure_reason`
+#: (0: simulated to the horizon). The one list of these codes: both option loops write them.
+FAILURE_REASONS: Mapping[int, str] = MappingProxyType(
+    {1: "non-finite state", 2: "runaway state", 3: "step budget", 4: "unusable option"}
+)
+NON_FINITE, RUNAWAY, STEP_BUDGET, UNUSABLE_OPTION = 1, 2, 3, 4
+
+
+def check_on_failure(on_failure: str) -> str:
+    """``on_failure`` if it is one of :data:`ON_FAILURE` (ValueError naming the choices otherwise)."""
+    if on_failure not in ON_FAILURE:
+        raise ValueError(f"on_failure: expected one of {ON_FAILURE}, got {on_failure!r}")
+    return on_failure
+
 
 @dataclass(frozen=True)
 class RolloutResult:
@@ -92,6 +112,12 @@ class RolloutResult:
     seed : int
     provenance : Mapping
         Model name/version, data hash, posterior file, package versions, simulator settings.
+    failed_time : (N,) float, optional
+        Simulated time at which a patient that could not be simulated was frozen (the start of
+        the refused interval; its intervals from there on are masked), ``+inf`` for patients
+        simulated to the horizon; None when the rollout stopped on failures (``on_failure="stop"``).
+    failure_reason : (N,) int8, optional
+        :data:`FAILURE_REASONS` code of each failed patient (0 for the others).
     """
 
     policy: str
@@ -123,10 +149,19 @@ class RolloutResult:
     clock_start_h: float = 0.0
     seed: int = 0
     provenance: Mapping = field(default_factory=dict)
+    failed_time: np.ndarray | None = None
+    failure_reason: np.ndarray | None = None
 
     @property
     def n_patients(self) -> int:
         return int(self.mask.shape[0])
+
+    @property
+    def failed(self) -> np.ndarray:
+        """(N,) bool: patients that could not be simulated to the horizon."""
+        if self.failed_time is None:
+            return np.zeros(self.n_patients, bool)
+        return np.isfinite(np.asarray(self.failed_time, float))
 
     def merge(self, other: RolloutResult) -> RolloutResult:
         """Concatenate two rollouts of the same policy over disjoint patients (chunks).
@@ -181,4 +216,19 @@ class RolloutResult:
             clock_start_h=self.clock_start_h,
             seed=self.seed,
             provenance=self.provenance,
+            **_merged_failures(self, other),
         )
+
+
+def _merged_failures(a: RolloutResult, b: RolloutResult) -> dict:
+    """``failed_time`` and ``failure_reason`` of ``a`` then ``b`` (None when neither counted failures)."""
+    if a.failed_time is None and b.failed_time is None:
+        return {}
+
+    def part(r: RolloutResult) -> tuple[np.ndarray, np.ndarray]:
+        if r.failed_time is None:
+            return np.full(r.n_patients, np.inf), np.zeros(r.n_patients, np.int8)
+        return np.asarray(r.failed_time, float), np.asarray(r.failure_reason, np.int8)
+
+    (ta, ra), (tb, rb) = part(a), part(b)
+    return {"failed_time": np.concatenate([ta, tb]), "failure_reason": np.concatenate([ra, rb])}

@@ -28,7 +28,9 @@ first interval the policy asks for, memory of the per-interaction statistics) ag
 scheme's stability limit for these patients (:mod:`medsim.simulate.stability`). Every interval's
 result is checked by the simulator (finite, inside the states' physical ranges) and every
 observation by the same :func:`medsim.simulate.checks.check_finite`, so no NaN or blown-up
-patient reaches the risk estimates.
+patient reaches the risk estimates: with ``on_failure="stop"`` the rollout raises naming the
+patient; with ``"count"`` the patient is frozen where the refused interval started (the interval
+is simulated again without it) and recorded as failed (:mod:`medsim.policies.failures`).
 
 Efficacy and support are measured with extra bounds handed to the simulator (its exact
 trapezoid time-outside on the sub-step grid): the target range ``lo <= y <= hi`` becomes
@@ -48,17 +50,26 @@ import jax
 import numpy as np
 
 from medsim.models.base import PhysiologyModel
+from medsim.policies.failures import (
+    Failures,
+    check_on_failure,
+    empty_row,
+    refused_patient,
+    stand_in,
+    unusable,
+    with_hint,
+)
 from medsim.policies.interaction import Interaction
 from medsim.policies.paths import join_paths
-from medsim.policies.protocol import Observation, Policy, for_model
-from medsim.policies.result import PER_BOUND, RolloutResult
+from medsim.policies.protocol import Observation, Policy, PolicyError, for_model
+from medsim.policies.result import NON_FINITE, PER_BOUND, UNUSABLE_OPTION, RolloutResult
 from medsim.policies.rollout_assemble import assemble, merge_all, support_fraction
 from medsim.policies.scenarios import Scenario, announced_at, next_event_after
 from medsim.policies.traces import empty_trace, host_window, interval_buffer, record, trace_spec
 from medsim.population.streams import Stream, patient_keys
 from medsim.population.virtual import VirtualPopulation
 from medsim.simulate import budget
-from medsim.simulate.checks import check_finite
+from medsim.simulate.checks import SimulationError, check_finite
 from medsim.simulate.types import Bound
 from medsim.transfer import to_device
 
@@ -113,10 +124,19 @@ def _run_chunk(
     # CGM-grid traces are sampled by the simulator's kernel as it steps (policies/traces.py).
     trace = None if setup.trace_grid is None else empty_trace(setup.trace_grid, n)
     spec = None if trace is None else trace_spec(setup.trace_grid, setup.sim.dt)
+    count = setup.on_failure == "count"
+    failures = Failures.none(n)  # with "count": patients frozen where a refused interval started
+    swap_padding = False  # padding copies a patient the simulator refuses (stand in a live one)
+    swapped = np.zeros(n, bool)  # patients whose values a live one stands in for
     while active.any():
         check_interaction_count(setup, policy, len(rows))
         true = {o: np.broadcast_to(np.asarray(v, np.float64), (n,)) for o, v in setup.observe(x, theta).items()}
-        check_finite(true, pop.params, t, time_unit=model.time_unit, patients=patient)
+        go = active.copy()  # the patients whose interval is simulated
+        if count:
+            go &= np.logical_and.reduce([np.isfinite(v) for v in true.values()], initial=True)
+            failures.mark(active & ~go, t, NON_FINITE)
+        else:
+            check_finite(true, pop.params, t, time_unit=model.time_unit, patients=patient)
         # Which stream feeds each row's noise at its k-th interaction (default: its own index).
         noise_id = patient if setup.noise_index is None else np.asarray(setup.noise_index(patient, k), np.int64)
         measured = _measure(setup, pop, true, noise_id, k, measure & active)
@@ -137,45 +157,72 @@ def _run_chunk(
         )
         rng = np.random.default_rng([setup.seed, int(Stream.POLICY), offset, len(rows)])
         pstate, option = policy.act(pstate, obs, rng=rng)
-        option = option.validated(n, model, active, policy.name)
+        if count:
+            failures.mark(unusable(option, go), t, UNUSABLE_OPTION)
+            go &= failures.reason == 0
+        option = option.validated(n, model, go, policy.name)
         if not rows:  # the first interval the policy asks for tells how many interactions the horizon needs
-            check_first_interval(setup, policy, float(np.min(option.interval[active], initial=np.inf)), scen)
+            check_first_interval(setup, policy, float(np.min(option.interval[go], initial=np.inf)), scen)
         t1 = np.minimum(t + option.interval, horizon)
         if announces:
             t1 = np.minimum(t1, next_event_after(scen, t, setup.tol))
-        t1 = np.where(active, np.where(horizon - t1 <= setup.tol, horizon, t1), t)
-        window = None if trace is None else host_window(setup.trace_grid, t, t1)
-        bolus = {c: option.bolus.get(c, np.zeros(n)) for c in setup.cmts}
-        rates = {c: option.rate.get(c, np.zeros(n)) for c in setup.cmts}
-        res = setup.sim.advance(
-            x,
-            theta,
-            to_device(t, np.float32),
-            to_device(t1, np.float32),
-            key=patient_keys(setup.seed, Stream.PROCESS, noise_id, k),
-            events=_dose_events(setup, t, bolus, scen),
-            rates={c: to_device(r, np.float32) for c, r in rates.items()},
-            save_every=save_every if n_paths > 0 else None,
-            patients=patient,
-            trace=None if trace is None else (spec, interval_buffer(setup.trace_grid, *window)),
-        )
+        while True:  # with "count", once more without each patient the simulator refuses
+            t1 = np.where(go, np.where(horizon - t1 <= setup.tol, horizon, t1), t)
+            dead = (failures.reason > 0) | (~real & swap_padding)
+            if (dead != swapped).any():  # a live patient stands in (the simulator checks every patient)
+                x, theta = stand_in(x, theta, dead, real)
+                swapped = dead
+            window = None if trace is None else host_window(setup.trace_grid, t, t1)
+            bolus = {c: np.where(go, option.bolus.get(c, np.zeros(n)), 0.0) for c in setup.cmts}
+            rates = {c: np.where(go, option.rate.get(c, np.zeros(n)), 0.0) for c in setup.cmts}
+            try:
+                res = setup.sim.advance(
+                    x,
+                    theta,
+                    to_device(t, np.float32),
+                    to_device(t1, np.float32),
+                    key=patient_keys(setup.seed, Stream.PROCESS, noise_id, k),
+                    events=_dose_events(setup, t, bolus, scen),
+                    rates={c: to_device(r, np.float32) for c, r in rates.items()},
+                    save_every=save_every if n_paths > 0 else None,
+                    patients=patient,
+                    trace=None if trace is None else (spec, interval_buffer(setup.trace_grid, *window)),
+                )
+                break
+            except SimulationError as err:
+                if not count:
+                    raise
+                i, code = refused_patient(err, offset, n)
+                if go[i]:
+                    failures.mark(np.arange(n) == i, t, code)
+                    go[i] = False
+                elif not real[i] and not swap_padding:
+                    swap_padding = True
+                elif not go.any():  # every patient of the chunk frozen: nothing left to simulate
+                    break
+                else:
+                    raise
+        if not go.any() and count and failures.any:  # every patient of the chunk frozen
+            if not rows:  # the record needs one interval, as the compiled loop has: an empty one
+                rows.append(empty_row(t, measured, true, setup.cmts, J))
+            break
         st = jax.tree_util.tree_map(np.asarray, res.stats)
         treatment = {f"bolus_cmt{c}": bolus[c] for c in setup.cmts}
         treatment.update({f"rate_cmt{c}": rates[c] for c in setup.cmts})
         extra = st.time_outside[:, J:]
         n_target = len(setup.target_bounds)
-        outside_target += np.where(active[:, None], extra[:, :n_target], 0.0)
+        outside_target += np.where(go[:, None], extra[:, :n_target], 0.0)
         rows.append(
             Interaction(
                 t_start=t,
                 t_end=t1,
-                mask=active,
+                mask=go,
                 measured=measured,
                 true_start=true,
                 obs_min=st.obs_min,
                 obs_max=st.obs_max,
                 treatment=treatment,
-                out_of_support=support_fraction(setup, extra[:, n_target:], treatment, t1 - t, active),
+                out_of_support=support_fraction(setup, extra[:, n_target:], treatment, t1 - t, go),
                 **{name: getattr(st, name)[:, :J] for name in PER_BOUND},
             )
         )
@@ -184,9 +231,9 @@ def _run_chunk(
         if n_paths > 0:
             saved = {o: np.asarray(v)[:n_paths] for o, v in res.path.values.items()}
             paths.append((np.asarray(res.path.time)[:n_paths], saved))
-        x, t, k = res.state, t1, k + active
+        x, t, k = res.state, t1, k + go
         measure = option.measure_next
-        active = (t < horizon - setup.tol) & real
+        active = (t < horizon - setup.tol) & real & (failures.reason == 0)
         if progress is not None:
             progress(done + float(np.sum(t[:n_real])), total)
     return assemble(
@@ -199,6 +246,7 @@ def _run_chunk(
         n_real,
         scenario_events=scen,
         trace={} if trace is None else {o: v[:n_real] for o, v in trace.items()},
+        failures=failures.take(n_real) if count else None,
     )
 
 
@@ -234,7 +282,13 @@ def _rollout(
         first = first_patient + offset  # global index: a shard's patients keep their random streams
         n_paths = int(np.clip(n_paths_saved - first, 0, n_real))
         done = float(offset) * setup.horizon
-        parts.append(run(setup, chunk, policy, first, n_real, n_paths, save_every, progress, done, total))
+        try:
+            parts.append(run(setup, chunk, policy, first, n_real, n_paths, save_every, progress, done, total))
+        except (SimulationError, PolicyError) as err:  # on_failure="stop": say how to count them instead
+            hinted = with_hint(err) if setup.on_failure == "stop" else err
+            if hinted is err:
+                raise
+            raise hinted from None
     result = merge_all(parts)
     path_time, path = join_paths(parts)
     from medsim import __version__
@@ -251,6 +305,7 @@ def _rollout(
         "support": setup.support,
         "scenario": repr(setup.scenario),
         "loop": which,
+        "on_failure": setup.on_failure,
         "medsim_version": __version__,
     }
     return replace(result, path_time=path_time, path=path, provenance=provenance)
@@ -279,6 +334,7 @@ def rollout(
     pad_to: int | None = None,
     noise_index: NoiseIndex | None = None,
     loop: str = "auto",
+    on_failure: str = "stop",
 ) -> RolloutResult:
     """Simulate ``population`` under ``policy`` up to ``horizon`` (see the module docstring).
 
@@ -355,6 +411,11 @@ def rollout(
         a :class:`~medsim.policies.noise_index.NoiseTable` (glucose traces are recorded by both
         loops). Both give the same numbers on the same
         seed; the result's ``provenance["loop"]`` says which ran.
+    on_failure : {"stop", "count"}
+        What a patient the simulator refuses does to the rollout (:mod:`medsim.policies.failures`):
+        ``"stop"`` raises the error naming it; ``"count"`` freezes it where the refused interval
+        started and records it in ``failed_time`` / ``failure_reason`` (risk estimates count it as
+        violating every bound from then on). Recorded in ``provenance["on_failure"]``.
 
     Returns
     -------
@@ -376,7 +437,7 @@ def rollout(
         When ``dt`` is beyond the scheme's stability limit for some patient (before simulating).
     NonFiniteStateError, RunawayStateError
         When a simulated value is not finite or a state leaves its physical range, naming the
-        patient, its parameters and the time.
+        patient, its parameters and the time (``on_failure="stop"``).
     """
     if population.model.name != model.name:
         raise ValueError(f"population is for model {population.model.name!r}, not {model.name!r}")
@@ -396,6 +457,7 @@ def rollout(
         model, bounds, horizon, dt, seed, scenario, measurement_noise, target, support, scheme, limit, max_memory
     )
     setup.noise_index = noise_index
+    setup.on_failure = check_on_failure(on_failure)
     return _rollout(
         setup,
         population,

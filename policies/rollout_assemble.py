@@ -73,6 +73,7 @@ def assemble(
     *,
     scenario_events: DoseEvents | None = None,
     trace: Mapping[str, np.ndarray] | None = None,
+    failures: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> RolloutResult:
     """Stack the :class:`~medsim.policies.interaction.Interaction` records of the ``n_real`` real
     patients into (N, K[, J]) arrays; entries past a patient's horizon get the padding values of
@@ -80,7 +81,14 @@ def assemble(
 
     ``total_dose_cmt<c>`` counts what the policy gave and what the scenario delivered into
     compartment ``c`` before the horizon (the meals of a meal scenario); ``trace`` holds the
-    chunk's CGM-grid traces (:mod:`medsim.policies.traces`)."""
+    chunk's CGM-grid traces (:mod:`medsim.policies.traces`).
+
+    ``failures``: the ``(time, reason)`` of the real patients when failed patients are counted
+    (:mod:`medsim.policies.failures`); their efficacy metrics and traces become NaN (no value of
+    theirs is known past the failure), and trailing rows in which every patient was already frozen
+    are dropped (the host loop stops there, the compiled loop records one such row)."""
+    while len(rows) > 1 and not rows[-1].mask[:n_real].any():
+        rows = rows[:-1]
     mask = np.stack([r.mask[:n_real] for r in rows], axis=1)
 
     def stack(key: str, fill: Any = np.nan, dtype: Any = None) -> np.ndarray:
@@ -108,6 +116,13 @@ def assemble(
         efficacy["time_above_range"] = np.zeros(mask.shape[0]) + above / setup.horizon
         efficacy["time_in_range"] = 1.0 - efficacy["time_below_range"] - efficacy["time_above_range"]
     path_time, path = compress_segments(paths)
+    extra = {}
+    if failures is not None:
+        failed_time, reason = (np.asarray(a) for a in failures)
+        failed = reason > 0
+        efficacy = {key: np.where(failed, np.nan, v) for key, v in efficacy.items()}
+        trace = {o: np.where(failed[:, None], np.float32(np.nan), v) for o, v in (trace or {}).items()}
+        extra = {"failed_time": failed_time.astype(np.float64), "failure_reason": reason.astype(np.int8)}
     return RolloutResult(
         policy=policy.name,
         bounds=setup.bounds,
@@ -133,6 +148,7 @@ def assemble(
         clock_start_h=float(getattr(setup.scenario, "start_clock_h", 0.0)),
         seed=setup.seed,
         **{name: stack(name, fill) for name, fill in PER_BOUND_FILL.items()},
+        **extra,
     )
 
 

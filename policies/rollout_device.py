@@ -134,10 +134,11 @@ def device_chunk(
 ) -> RolloutResult:
     """One chunk in the compiled loop, as :func:`medsim.policies.rollout._run_chunk` would return it.
 
-    ``host`` is the host loop's chunk function: it re-runs a chunk in which the compiled loop
-    flagged something to refuse (so the error names the patient), and simulates the first
-    ``n_paths`` patients again to save their paths (counter-based streams make them the same
-    patients with the same noise).
+    ``host`` is the host loop's chunk function: with ``on_failure="stop"`` it re-runs a chunk in
+    which the compiled loop flagged something to refuse (so the error names the patient), and it
+    simulates the first ``n_paths`` patients again to save their paths (counter-based streams make
+    them the same patients with the same noise; with ``on_failure="count"`` frozen where the
+    compiled loop froze them).
     """
     from medsim.policies.rollout_setup import chunk_scenario
 
@@ -155,10 +156,11 @@ def device_chunk(
         # tracing is Python work, the compiled loop's run is not), and is used only if nothing
         # was flagged, so errors are those of the compiled loop and of the host loop after it.
         paths = pool.submit(_saved_paths, setup, pop, policy, offset, n_paths, save_every, total, host)
-        rows, outside_target, _, bad, trace = device_loop.run_chunk(
+        rows, outside_target, _, failures, trace = device_loop.run_chunk(
             setup, pop, policy, offset, n_real, scen, True, hooks
         )
-        if bad:
+        count = setup.on_failure == "count"
+        if failures.any and not count:
             paths.exception()  # wait; whatever the paths' loop met, the whole chunk's host loop names it
             return host(setup, pop, policy, offset, n_real, n_paths, save_every, progress, done, total)
         saved = paths.result()
@@ -170,7 +172,18 @@ def device_chunk(
     ]
     real = pop.take(slice(0, n_real))
     trace = {o: v[:n_real] for o, v in trace.items()}
-    result = assemble(setup, real, policy, rows, outside_target[:n_real], [], n_real, scenario_events=scen, trace=trace)
+    result = assemble(
+        setup,
+        real,
+        policy,
+        rows,
+        outside_target[:n_real],
+        [],
+        n_real,
+        scenario_events=scen,
+        trace=trace,
+        failures=failures.take(n_real) if count else None,
+    )
     if saved is not None:
         result = replace(result, path_time=saved.path_time, path=saved.path)
     return result
@@ -220,6 +233,7 @@ def streaming_rollout(
     scheme: str = "milstein",
     max_interactions: int | None = None,
     chunk_size: int = 65536,
+    on_failure: str = "stop",
 ):
     """Per-patient :class:`~medsim.policies.streaming.StreamingSums` of ``policy`` on ``population``,
     reduced inside the compiled loop: memory ``O(N J)`` whatever the number of interactions.
@@ -228,11 +242,16 @@ def streaming_rollout(
     same seed (:func:`medsim.policies.streaming.sums_events` gives its
     :class:`~medsim.policies.risk.events.PatientEvents`).
 
+    ``on_failure`` as for :func:`~medsim.policies.rollout.rollout`: with ``"count"`` the sums of a
+    patient the simulator refuses stop where its refused interval started, and the sums'
+    ``failed_time`` / ``failure_reason`` record it.
+
     Raises
     ------
     ValueError
         For a policy without an array step or a scenario with infusions.
     """
+    from medsim.policies.failures import check_on_failure
     from medsim.policies.rollout_setup import _Setup, chunk_scenario
     from medsim.simulate import budget
 
@@ -242,13 +261,17 @@ def streaming_rollout(
     setup = _Setup(model, bounds, horizon, dt, seed, scenario, measurement_noise, target, None, scheme, limit)
     n = population.n_patients
     setup.n_total, setup.streaming = n, True
+    setup.on_failure = check_on_failure(on_failure)
     devices = jax.local_devices()
     # Chunks go round-robin to the local devices (e.g. one CPU device per core), one thread each.
     # Chunk widths bucketed as the simulator buckets batches (at most 25 % padding, few shapes).
     width = bucket_batch(-(-n // len(devices)), int(chunk_size))
 
     def run(offset: int):
+        from medsim.policies.failures import with_hint
+        from medsim.policies.protocol import PolicyError
         from medsim.policies.rollout import _run_chunk
+        from medsim.simulate.checks import SimulationError
 
         with jax.default_device(devices[(offset // width) % len(devices)]):
             n_real = min(width, n - offset)
@@ -261,9 +284,16 @@ def streaming_rollout(
                 raise ValueError("streaming_rollout: the compiled loop takes scenarios of boluses only")
             check_first_option(setup, chunk, policy, patient, x, theta, scen)
             hooks = _Quiet(setup, policy, scen)
-            _, _, sums, bad, _ = device_loop.run_chunk(setup, chunk, policy, offset, n_real, scen, False, hooks)
-            if bad:  # the host loop names the patient and what went wrong
-                _run_chunk(setup, chunk, policy, offset, n_real, 0, None, None, 0.0, 1.0)
+            _, _, sums, failures, _ = device_loop.run_chunk(setup, chunk, policy, offset, n_real, scen, False, hooks)
+            if failures.any and setup.on_failure == "stop":  # the host loop names the patient and what went wrong
+                try:
+                    _run_chunk(setup, chunk, policy, offset, n_real, 0, None, None, 0.0, 1.0)
+                except (SimulationError, PolicyError) as err:
+                    hinted = with_hint(err)
+                    if hinted is err:
+                        raise
+                    raise hinted from None
+            sums = sums._replace(failed_time=failures.time, failure_reason=failures.reason)
             return jax.tree_util.tree_map(lambda a: a[:n_real], sums)
 
     offsets = range(0, n, width)

@@ -52,6 +52,7 @@ class _Setup:
         self.n_total = 0  # patients of the whole rollout (set by _rollout), for the memory estimate
         self.noise_index: NoiseIndex | None = None  # (patient, k) -> stream index of the noise (rollout())
         self.streaming = False  # only per-patient sums are kept (policies.rollout_device.streaming_rollout)
+        self.on_failure = "stop"  # or "count": patients that cannot be simulated (policies.failures)
         self.target = target_range(model, self.bounds, target)
         self.support = dict(support or {})
         check_support(model, self.support)

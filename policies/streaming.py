@@ -52,6 +52,13 @@ class StreamingSums(NamedTuple):
     interactions : (n,) int64
     dose : (n, C) float64
         Total amount given per dose compartment (bolus + rate x interval).
+    failed_time : (n,) float64
+        Where a patient that could not be simulated was frozen (``inf``: simulated to the
+        horizon; ``on_failure="count"``, :mod:`medsim.policies.failures`): its ``interactions`` and
+        ``length`` stop there, its ``time_outside``, ``depth`` and ``dose`` are NaN (unknown), and
+        :func:`sums_events` counts it as violating every bound.
+    failure_reason : (n,) int8
+        Code of :data:`medsim.policies.result.FAILURE_REASONS` (0: none).
     """
 
     log_survival: Any
@@ -69,6 +76,8 @@ class StreamingSums(NamedTuple):
     length: Any
     interactions: Any
     dose: Any
+    failed_time: Any
+    failure_reason: Any
 
 
 def init_sums(n: int, n_bounds: int, cmts: tuple, observables: tuple) -> StreamingSums:
@@ -92,6 +101,8 @@ def init_sums(n: int, n_bounds: int, cmts: tuple, observables: tuple) -> Streami
         length=jnp.zeros(n, jnp.float64),
         interactions=jnp.zeros(n, jnp.int64),
         dose=jnp.zeros((n, len(cmts)), jnp.float64),
+        failed_time=jnp.full(n, jnp.inf, jnp.float64),
+        failure_reason=jnp.zeros(n, jnp.int8),
     )
 
 
@@ -145,6 +156,8 @@ def update_sums(s: StreamingSums, specs: tuple, active, k, t0, t1, true, measure
         length=s.length + length,
         interactions=s.interactions + active,
         dose=dose,
+        failed_time=s.failed_time,  # set by the loop's carry (device_loop.run_chunk)
+        failure_reason=s.failure_reason,
     )
 
 
@@ -170,5 +183,12 @@ def sums_events(sums: StreamingSums, bounds: tuple[Bound, ...], spec: SafetySpec
         total_log=np.asarray(sums.log_survival, float)[:, idx],
         detected=np.asarray(sums.detected)[:, idx],
         measured_observable=somewhere,
-        undefined=int(np.asarray(sums.undefined)[:, idx].sum()),
+        # a failed patient's undefined intervals are moot: it counts as violating every bound
+        undefined=int(np.asarray(sums.undefined)[np.asarray(sums.failure_reason) == 0][:, idx].sum()),
+        failed=_failed(np.asarray(sums.failure_reason) > 0),
     )
+
+
+def _failed(failed: np.ndarray) -> np.ndarray | None:
+    """``failed`` where some patient failed, else None (as :func:`patient_events` gives it)."""
+    return failed if failed.any() else None

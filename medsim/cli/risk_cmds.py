@@ -315,6 +315,13 @@ def risk_command(
         help="Where the closed loop runs: auto (compiled for policies with an array step from 4096 patients on), "
         "device (compiled; refused for Python policies) or host (Python loop, any policy). The numbers are the same.",
     ),
+    on_failure: str = typer.Option(
+        "stop",
+        "--on-failure",
+        help="A patient that cannot be simulated (non-finite or runaway state, unusable option): stop (name it and "
+        "end the run) or count (freeze it and count it as violating every bound from the time it failed; the report "
+        "leads with a warning listing such patients).",
+    ),
 ) -> None:
     """Estimate each policy's probability of leaving the safe range, between measurements included."""
     from medsim.cli.outputs import output_dir
@@ -340,6 +347,8 @@ def risk_command(
         _fail(f"--max-memory: {err}")
     if loop not in ("auto", "device", "host"):
         _fail(f"--loop: expected auto, device or host, got {loop!r}")
+    if on_failure not in ("stop", "count"):
+        _fail(f"--on-failure: expected stop or count, got {on_failure!r}")
     checkpoint = model_source(posterior, prior, cohort)
     population, notices = None, ()
     if checkpoint is not None:
@@ -406,6 +415,7 @@ def risk_command(
                 max_memory=memory_limit,
                 client=client,
                 loop=loop,
+                on_failure=on_failure,
             )
         except (PolicySpecError, ValueError, FloatingPointError) as err:
             hint = " (a neural checkpoint has none)" if checkpoint is not None and "posterior draws" in str(err) else ""

@@ -51,9 +51,13 @@ def headline(report: RiskReport) -> list[tuple[str, str]]:
 
 
 def warnings(report: RiskReport) -> list[str]:
-    """Report-level warnings, then each policy's, prefixed with the policy's short label."""
+    """Patients that could not be simulated first (:mod:`medsim.policies.risk.failed`), then the
+    report-level warnings, then each policy's other warnings, prefixed with the policy's short label."""
     labels = policy_labels(report)
-    return [*report.warnings, *(f"{labels[p.policy]}: {w}" for p in report.policies for w in p.warnings)]
+    failed = {p.policy: p.failed.message for p in report.policies if getattr(p, "failed", None) is not None}
+    first = [f"{labels[name]}: {message}" for name, message in failed.items()]
+    rest = (f"{labels[p.policy]}: {w}" for p in report.policies for w in p.warnings if w != failed.get(p.policy))
+    return [*first, *report.warnings, *rest]
 
 
 def confidence_note(report: RiskReport) -> str:

@@ -21,6 +21,7 @@ from medsim.policies.risk.curve import RiskCurve
 from medsim.policies.risk.epistemic import EpistemicSplit
 from medsim.policies.risk.estimate import Estimate
 from medsim.policies.risk.events import PatientEvents, SpecMismatchError, patient_events
+from medsim.policies.risk.failed import FailedPatients
 from medsim.policies.risk.first_violation import FirstViolation
 from medsim.policies.risk.margin import TighteningMargin
 from medsim.policies.risk.probability import ViolationProbability
@@ -34,6 +35,7 @@ from medsim.policies.risk.verdict import Verdict, verdict
 __all__ = [
     "EpistemicSplit",
     "Estimate",
+    "FailedPatients",
     "FirstViolation",
     "FitDiagnostics",
     "JointCost",

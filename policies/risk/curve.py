@@ -50,7 +50,8 @@ class RiskCurve:
 def first_grid_time(result: RolloutResult, spec: SafetySpec) -> np.ndarray:
     """(N, J) first time a grid point was outside each spec bound (``+inf`` if never).
 
-    A patient who starts outside violates at its first interaction time.
+    A patient who starts outside violates at its first interaction time; a patient that could not
+    be simulated violates at the time it was frozen (:mod:`medsim.policies.risk.failed`).
     """
     idx = bound_indices(result, spec)
     mask = np.asarray(result.mask, bool)
@@ -61,6 +62,8 @@ def first_grid_time(result: RolloutResult, spec: SafetySpec) -> np.ndarray:
         with np.errstate(invalid="ignore"):
             start = np.asarray(b.outside(np.asarray(result.true_start[b.observable], float)[:, 0])) & mask[:, 0]
         out[:, j] = np.where(start, t0, out[:, j])
+    if result.failed_time is not None:
+        out = np.minimum(out, np.asarray(result.failed_time, float)[:, None])
     return out
 
 

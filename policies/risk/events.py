@@ -69,6 +69,11 @@ class PatientEvents:
         ``detected & ~detected_true`` are patients whose every alarm was false (measurement noise
         pushed an in-range value out).
     joint_detected_true : (N,) bool or None
+    failed : (N,) bool or None
+        Patients that could not be simulated (``on_failure="count"``,
+        :attr:`~medsim.policies.result.RolloutResult.failed_time`): like an undefined bridge, unknown
+        is never safe, so they count as violating every bound (``seen``, ``grid`` and ``bridge``;
+        ``detected`` keeps what the policy saw). None when the rollout counted no failures.
     undefined_bridge : int
         Valid intervals whose log-survival was NaN (the simulator could not evaluate the bridge,
         e.g. a log-scale observable at exactly 0); such patients count as violating unless the
@@ -89,6 +94,7 @@ class PatientEvents:
     undefined_bridge: int = 0
     detected_true: np.ndarray | None = None
     joint_detected_true: np.ndarray | None = None
+    failed: np.ndarray | None = None
 
     @property
     def n_patients(self) -> int:
@@ -187,7 +193,7 @@ def patient_events(result: RolloutResult, spec: SafetySpec) -> PatientEvents:
     n = mask.shape[0]
     rows = np.arange(n)
     log_surv = np.where(mask[:, :, None], np.asarray(result.log_survival, float)[:, :, idx], 0.0)
-    undefined = int(np.isnan(log_surv).sum())
+    undefined = int(np.isnan(log_surv[~result.failed]).sum())  # a failed patient violates anyway
     log_surv = np.where(np.isnan(log_surv), -np.inf, log_surv)
     grid_iv = mask[:, :, None] & np.asarray(result.grid_violation, bool)[:, :, idx]
     end_iv = mask[:, :, None] & np.asarray(result.end_violation, bool)[:, :, idx]
@@ -228,6 +234,7 @@ def patient_events(result: RolloutResult, spec: SafetySpec) -> PatientEvents:
         measured_observable=measured_obs,
         undefined=undefined,
         detected_true=detected_true,
+        failed=result.failed if result.failed.any() else None,
     )
 
 
@@ -243,11 +250,15 @@ def events_from(
     measured_observable: np.ndarray,
     undefined: int,
     detected_true: np.ndarray | None = None,
+    failed: np.ndarray | None = None,
 ) -> PatientEvents:
     """:class:`PatientEvents` from per-patient reductions over the horizon ((N, J) each, spec order):
     checkpoints seen outside, outside at the start, a grid point outside, the summed bridge
     log-survival (NaN intervals as -inf), the noisy measurement outside (and, where known, outside
-    while the true value was: ``detected_true``; ``None`` when only sums were kept)."""
+    while the true value was: ``detected_true``; ``None`` when only sums were kept); ``failed`` (N,)
+    patients that could not be simulated, counted as violating every bound."""
+    if failed is not None:
+        seen = seen | np.asarray(failed, bool)[:, None]
     grid = seen | start_out | grid_any
     bridge = np.where(grid, 1.0, -np.expm1(total_log))
     bridge = np.clip(np.nan_to_num(bridge, nan=1.0), 0.0, 1.0)
@@ -269,4 +280,5 @@ def events_from(
         undefined_bridge=undefined,
         detected_true=detected_true,
         joint_detected_true=None if detected_true is None else detected_true.any(axis=1),
+        failed=None if failed is None else np.asarray(failed, bool),
     )

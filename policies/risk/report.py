@@ -24,6 +24,7 @@ from medsim.policies.risk.curve import RiskCurve, censoring_time, first_grid_tim
 from medsim.policies.risk.epistemic import EpistemicSplit, epistemic_split
 from medsim.policies.risk.estimate import Estimate
 from medsim.policies.risk.events import SpecMismatchError, patient_events
+from medsim.policies.risk.failed import FailedPatients, failed_patients
 from medsim.policies.risk.first_violation import FirstViolation, first_violation
 from medsim.policies.risk.glucose import GLUCOSE, GlucoseMetrics, glucose_metrics
 from medsim.policies.risk.labels import quantity_names, twin_subject
@@ -79,6 +80,9 @@ class PolicyRisk:
     rare : tuple of RareRisk
         Closed-loop splitting estimate per bound, when the plain estimate saw too few violations
         (or the spec forced it; :mod:`medsim.policies.risk.rare.followup`); empty otherwise.
+    failed : FailedPatients or None
+        Patients that could not be simulated (``on_failure="count"``), counted as violating every
+        bound from their failure on (:mod:`medsim.policies.risk.failed`); None when none failed.
     """
 
     policy: str
@@ -102,6 +106,7 @@ class PolicyRisk:
     glucose: GlucoseMetrics | None = None
     agp: AmbulatoryProfile | None = None
     rare: tuple[RareRisk, ...] = ()
+    failed: FailedPatients | None = None
 
 
 @dataclass(frozen=True)
@@ -207,6 +212,7 @@ def policy_risk(
     sev, cost = severities(result, spec, ev, level=level, seed=seed)
     draws = ev.draw[ev.draw >= 0]
     n_draws = int(np.unique(draws).size)
+    failed = failed_patients(result, result.time_unit)
     efficacy = {}
     for name, values in result.efficacy.items():
         v = np.asarray(values, float)
@@ -221,10 +227,11 @@ def policy_risk(
     glucose, agp = None, None
     # the rollout records a CGM-like trace of the model's glucose observable only (policies/traces.py)
     trace = next(iter(result.trace.values()), None) if len(result.trace) == 1 else result.trace.get(GLUCOSE)
-    if trace is not None and trace.size:
-        glucose, agp = _glucose(result, np.asarray(trace, np.float64), spec, level, seed)
+    if trace is not None and trace.size and not result.failed.all():
+        keep = ~result.failed  # no trace of a failed patient is known past its failure
+        glucose, agp = _glucose(result, np.asarray(trace, np.float64)[keep], ev.draw[keep], spec, level, seed)
     support = support_flag(result, threshold=support_threshold, level=level, seed=seed, unknown_reason=support_unknown)
-    warnings = []
+    warnings = [] if failed is None else [failed.message]
     if support.flagged:
         warnings.append(support.message)
     if 2 <= n_draws < _FEW_DRAWS and n_draws < ev.n_patients:
@@ -260,23 +267,24 @@ def policy_risk(
         warnings=tuple(warnings),
         glucose=glucose,
         agp=agp,
+        failed=failed,
     )
     return pr, ev.joint_bridge
 
 
 def _glucose(
-    result: RolloutResult, trace: np.ndarray, spec: SafetySpec, level: float, seed: int
+    result: RolloutResult, trace: np.ndarray, draw: np.ndarray, spec: SafetySpec, level: float, seed: int
 ) -> tuple[GlucoseMetrics | None, AmbulatoryProfile | None]:
     """Consensus metrics and AGP from the rollout's CGM-grid trace, inside the monitoring window."""
     unit = result.time_unit
     step = float(result.trace_step)
     t = np.arange(trace.shape[1]) * step
     inside = np.where((t >= spec.monitor_from - 1e-9 * max(1.0, step))[None, :], trace, np.nan)
-    metrics = glucose_metrics(inside, result.draw, step_min=convert_time(step, unit, "min"), level=level, seed=seed)
+    metrics = glucose_metrics(inside, draw, step_min=convert_time(step, unit, "min"), level=level, seed=seed)
     agp = ambulatory_profile(
         trace,
         convert_time(step, unit, "h"),
-        result.draw,
+        draw,
         clock_start_h=float(result.clock_start_h),
         start_h=convert_time(spec.monitor_from, unit, "h"),
         level=level,

@@ -81,14 +81,25 @@ def _per_patient(result: RolloutResult, spec: SafetySpec) -> tuple[np.ndarray, n
 def severities(
     result: RolloutResult, spec: SafetySpec, events: PatientEvents, *, level: float, seed: int | None
 ) -> tuple[tuple[Severity, ...], JointCost]:
-    """Per-bound severities and the joint expected cost of ``result`` under ``spec``."""
+    """Per-bound severities and the joint expected cost of ``result`` under ``spec``.
+
+    Patients that could not be simulated are left out (their time outside and depth past the
+    failure are unknown, and no value of them is conservative; :mod:`medsim.policies.risk.failed`).
+    """
     outside, depth, length = _per_patient(result, spec)
-    cl = events.draw
+    keep = ~result.failed
+    outside, depth, length = outside[keep], depth[keep], length[keep]
+    cl = events.draw[keep]
+    grid = events.grid[keep]
     kw = {"level": level, "seed": seed}
+    if not keep.any():
+        none = Estimate.without_interval(np.nan, 0, "none", "no patient could be simulated", seed, level)
+        sev = tuple(Severity(b.name, none, none, none, none, none) for b in spec.bounds)
+        return sev, JointCost(none, none)
     nn = {"nonnegative": True, **kw}
     out = []
     for j, b in enumerate(spec.bounds):
-        hit = events.grid[:, j]
+        hit = grid[:, j]
         cl_hit = cl[hit]
         if hit.any():
             t_if = intervals.mean(outside[hit, j], cl_hit, **nn)

@@ -80,6 +80,12 @@ def support_flag(
     # an undefined fraction (NaN from the simulator) counts as outside: unknown is never "inside"
     frac = np.clip(np.nan_to_num(np.asarray(result.out_of_support, float), nan=1.0), 0.0, 1.0)
     total = length.sum(axis=1)
+    if result.failed_time is not None:  # a failed patient's time after its failure counts as outside
+        after = np.where(result.failed, float(result.horizon) - np.asarray(result.failed_time, float), 0.0)
+        after = np.clip(after, 0.0, None)
+        total = total + after
+        length = np.concatenate([length, after[:, None]], axis=1)
+        frac = np.concatenate([frac, np.ones((frac.shape[0], 1))], axis=1)
     with np.errstate(invalid="ignore", divide="ignore"):
         share = np.where(total > 0, (frac * length).sum(axis=1) / total, 0.0)
     cl = np.asarray(result.draw, int)
