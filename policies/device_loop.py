@@ -480,6 +480,6 @@ def _without_refused(rows: list, sums, failures: Failures, k: np.ndarray):
             length=np.where(failed, failures.time, sums.length),
             time_outside=sums.time_outside * nan2,
             depth=sums.depth * nan2,
-            dose=sums.dose * np.where(failed[:, None], np.nan, 1.0),
+            dose=sums.dose * nan2,
         )
     return rows, sums

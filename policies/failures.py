@@ -17,6 +17,8 @@ the simulator's errors and re-runs the interval without them (:func:`refused_pat
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import NamedTuple
 
 import numpy as np
@@ -32,6 +34,7 @@ __all__ = [
     "Failures",
     "check_on_failure",
     "empty_row",
+    "hinted",
     "refused_patient",
     "stand_in",
     "unusable",
@@ -80,6 +83,19 @@ def with_hint(err: Exception) -> Exception:
     else:
         return err
     return out.with_traceback(err.__traceback__)
+
+
+@contextmanager
+def hinted(enabled: bool = True) -> Iterator[None]:
+    """Re-raise a patient's failure inside the block :func:`with_hint` (``on_failure="stop"``); any
+    other error, or every error when not ``enabled``, as it is."""
+    try:
+        yield
+    except (SimulationError, PolicyError) as err:
+        out = with_hint(err) if enabled else err
+        if out is err:
+            raise
+        raise out from None
 
 
 def unusable(option: Option, active: np.ndarray) -> np.ndarray:

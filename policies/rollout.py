@@ -54,14 +54,14 @@ from medsim.policies.failures import (
     Failures,
     check_on_failure,
     empty_row,
+    hinted,
     refused_patient,
     stand_in,
     unusable,
-    with_hint,
 )
 from medsim.policies.interaction import Interaction
 from medsim.policies.paths import join_paths
-from medsim.policies.protocol import Observation, Policy, PolicyError, for_model
+from medsim.policies.protocol import Observation, Policy, for_model
 from medsim.policies.result import NON_FINITE, PER_BOUND, UNUSABLE_OPTION, RolloutResult
 from medsim.policies.rollout_assemble import assemble, merge_all, support_fraction
 from medsim.policies.scenarios import Scenario, announced_at, next_event_after
@@ -282,13 +282,8 @@ def _rollout(
         first = first_patient + offset  # global index: a shard's patients keep their random streams
         n_paths = int(np.clip(n_paths_saved - first, 0, n_real))
         done = float(offset) * setup.horizon
-        try:
+        with hinted(setup.on_failure == "stop"):  # say how to count such patients instead
             parts.append(run(setup, chunk, policy, first, n_real, n_paths, save_every, progress, done, total))
-        except (SimulationError, PolicyError) as err:  # on_failure="stop": say how to count them instead
-            hinted = with_hint(err) if setup.on_failure == "stop" else err
-            if hinted is err:
-                raise
-            raise hinted from None
     result = merge_all(parts)
     path_time, path = join_paths(parts)
     from medsim import __version__

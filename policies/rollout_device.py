@@ -268,10 +268,8 @@ def streaming_rollout(
     width = bucket_batch(-(-n // len(devices)), int(chunk_size))
 
     def run(offset: int):
-        from medsim.policies.failures import with_hint
-        from medsim.policies.protocol import PolicyError
+        from medsim.policies.failures import hinted
         from medsim.policies.rollout import _run_chunk
-        from medsim.simulate.checks import SimulationError
 
         with jax.default_device(devices[(offset // width) % len(devices)]):
             n_real = min(width, n - offset)
@@ -286,13 +284,8 @@ def streaming_rollout(
             hooks = _Quiet(setup, policy, scen)
             _, _, sums, failures, _ = device_loop.run_chunk(setup, chunk, policy, offset, n_real, scen, False, hooks)
             if failures.any and setup.on_failure == "stop":  # the host loop names the patient and what went wrong
-                try:
+                with hinted():
                     _run_chunk(setup, chunk, policy, offset, n_real, 0, None, None, 0.0, 1.0)
-                except (SimulationError, PolicyError) as err:
-                    hinted = with_hint(err)
-                    if hinted is err:
-                        raise
-                    raise hinted from None
             sums = sums._replace(failed_time=failures.time, failure_reason=failures.reason)
             return jax.tree_util.tree_map(lambda a: a[:n_real], sums)
 

@@ -56,9 +56,10 @@ class StreamingSums(NamedTuple):
         Where a patient that could not be simulated was frozen (``inf``: simulated to the
         horizon; ``on_failure="count"``, :mod:`medsim.policies.failures`): its ``interactions`` and
         ``length`` stop there, its ``time_outside``, ``depth`` and ``dose`` are NaN (unknown), and
-        :func:`sums_events` counts it as violating every bound.
+        :func:`sums_events` counts it as violating every bound. None inside the compiled loop, whose
+        carry records failures; :func:`~medsim.policies.rollout_device.streaming_rollout` fills it in.
     failure_reason : (n,) int8
-        Code of :data:`medsim.policies.result.FAILURE_REASONS` (0: none).
+        Code of :data:`medsim.policies.result.FAILURE_REASONS` (0: none); None as ``failed_time``.
     """
 
     log_survival: Any
@@ -101,8 +102,8 @@ def init_sums(n: int, n_bounds: int, cmts: tuple, observables: tuple) -> Streami
         length=jnp.zeros(n, jnp.float64),
         interactions=jnp.zeros(n, jnp.int64),
         dose=jnp.zeros((n, len(cmts)), jnp.float64),
-        failed_time=jnp.full(n, jnp.inf, jnp.float64),
-        failure_reason=jnp.zeros(n, jnp.int8),
+        failed_time=None,  # the loop's carry records failures; streaming_rollout fills these in
+        failure_reason=None,
     )
 
 
@@ -156,7 +157,7 @@ def update_sums(s: StreamingSums, specs: tuple, active, k, t0, t1, true, measure
         length=s.length + length,
         interactions=s.interactions + active,
         dose=dose,
-        failed_time=s.failed_time,  # set by the loop's carry (device_loop.run_chunk)
+        failed_time=s.failed_time,  # None in the loop (device_loop.run_chunk's carry records failures)
         failure_reason=s.failure_reason,
     )
 

@@ -76,7 +76,7 @@ def failed_patients(result: RolloutResult, time_unit: str) -> FailedPatients | N
         n_patients=n,
         indices=tuple(int(i) for i in listed),
         times=tuple(float(times[i]) for i in listed),
-        reasons=tuple(FAILURE_REASONS.get(int(codes[i]), f"code {int(codes[i])}") for i in listed),
+        reasons=tuple(names[:MAX_LISTED]),
         by_reason=by_reason,
         message=message,
     )
