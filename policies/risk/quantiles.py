@@ -26,7 +26,7 @@ from scipy import special
 from scipy.special import _ufuncs
 
 
-def _quantile(fn: Callable[..., np.ndarray], q, args: tuple, valid, lower, upper, *, scale: bool):
+def _quantile(fn: Callable[..., np.ndarray], q, args: tuple, valid, lower, upper):
     """``fn(q, *args)`` where ``q`` is inside (0, 1) and ``valid``; the support's ends at 0 and 1; else nan."""
     q = np.asarray(q)
     args = tuple(np.asarray(a) for a in args)
@@ -39,30 +39,31 @@ def _quantile(fn: Callable[..., np.ndarray], q, args: tuple, valid, lower, upper
     out[at_upper] = np.broadcast_to(upper, shape)[at_upper]
     if np.any(inside):
         good = [np.broadcast_to(a, shape)[inside] for a in (q, *args)]
-        # scipy.stats applies loc 0 (and scale 1 to continuous quantiles): -0.0 becomes 0.0.
-        out[inside] = fn(*good) * 1 + 0 if scale else fn(*good) + 0
+        # scipy.stats adds loc 0 (and multiplies continuous quantiles by scale 1, which changes no
+        # bit): -0.0 becomes 0.0.
+        out[inside] = fn(*good) + 0
     return out[()] if out.ndim == 0 else out
 
 
 def norm_ppf(q):
     """``scipy.stats.norm.ppf(q)``: the standard normal quantile."""
-    return _quantile(special.ndtri, q, (), True, -np.inf, np.inf, scale=True)
+    return _quantile(special.ndtri, q, (), True, -np.inf, np.inf)
 
 
 def t_ppf(q, df):
     """``scipy.stats.t.ppf(q, df)``: Student's t quantile with ``df`` degrees of freedom (> 0)."""
     df = np.asarray(df)
-    return _quantile(lambda p, d: special.stdtrit(d, p), q, (df,), df > 0, -np.inf, np.inf, scale=True)
+    return _quantile(lambda p, d: special.stdtrit(d, p), q, (df,), df > 0, -np.inf, np.inf)
 
 
 def beta_ppf(q, a, b):
     """``scipy.stats.beta.ppf(q, a, b)``: the beta quantile (``a``, ``b`` > 0)."""
     a, b = np.asarray(a), np.asarray(b)
-    return _quantile(_ufuncs._beta_ppf, q, (a, b), (a > 0) & (b > 0), 0.0, 1.0, scale=True)
+    return _quantile(_ufuncs._beta_ppf, q, (a, b), (a > 0) & (b > 0), 0.0, 1.0)
 
 
 def binom_ppf(q, n, p):
     """``scipy.stats.binom.ppf(q, n, p)``: the smallest ``k`` with ``P(X <= k) >= q``, as a float."""
     n, p = np.asarray(n), np.asarray(p)
     valid = (n >= 0) & (n == np.round(n)) & (p >= 0) & (p <= 1)
-    return _quantile(_ufuncs._binom_ppf, q, (n, p), valid, -1, n, scale=False)
+    return _quantile(_ufuncs._binom_ppf, q, (n, p), valid, -1, n)
