@@ -16,10 +16,24 @@ from medsim.policies.risk.rare.followup import with_rare_followup
 from medsim.policies.rollout import rollout_many
 from medsim.policies.scenarios import MealScenario, Scenario
 from medsim.policies.spec import SafetySpec, convert_time
+from medsim.policies.streamed import DEFAULT_RECORDED, StreamedRollout, streamed_rollout
 from medsim.population import PosteriorDraws, VirtualPopulation, sample_population
 from medsim.simulate import budget
 
 Progress = Callable[[float, float], None]
+
+#: What a rollout keeps (``statistics``): ``"rows"`` every interaction of every patient; ``"stream"``
+#: per-patient sums of every patient and the rows of the first ``recorded`` ones
+#: (:mod:`medsim.policies.streamed`); ``"auto"`` rows unless they would exceed the memory limit.
+STATISTICS: tuple[str, ...] = ("auto", "rows", "stream")
+
+
+def check_statistics(statistics: str, recorded: int) -> None:
+    """ValueError naming the choices for an unknown ``statistics`` or ``recorded < 1``."""
+    if statistics not in STATISTICS:
+        raise ValueError(f"statistics: expected one of {STATISTICS}, got {statistics!r}")
+    if int(recorded) < 1:
+        raise ValueError(f"recorded: expected at least 1 patient to record, got {recorded}")
 
 
 def default_scenario(model, name: str, seed: int) -> Scenario | None:
@@ -93,7 +107,9 @@ def evaluate_policies(
     client: Any = None,
     loop: str = "auto",
     on_failure: str = "stop",
-) -> tuple[RiskReport, list[RolloutResult]]:
+    statistics: str = "auto",
+    recorded: int = DEFAULT_RECORDED,
+) -> tuple[RiskReport, list[RolloutResult | StreamedRollout]]:
     """Sample ``n`` virtual patients and evaluate every policy on them.
 
     Parameters
@@ -145,10 +161,20 @@ def evaluate_policies(
         counts it as violating every bound from then on in every risk estimate (the report leads
         with a warning and lists the failed patients; :mod:`medsim.policies.failures`). Recorded
         in the report's provenance (``settings["on_failure"]``).
+    statistics : {"auto", "rows", "stream"}
+        What each policy's rollout keeps (:data:`STATISTICS`). ``"rows"``: every interaction of
+        every patient (memory grows with patients x interactions). ``"stream"``: the compiled
+        loop's per-patient sums for every patient and every interaction of the first
+        ``recorded`` patients (:mod:`medsim.policies.streamed`; built-in policies only, monitoring
+        from time 0); the risk curves, margins, support flag, glucose metrics, AGP and fan charts
+        then come from those patients and the report says so. ``"auto"``: rows, unless they would
+        exceed ``max_memory`` and the policy can stream.
+    recorded : int
+        Patients recorded in full when streaming.
 
     Returns
     -------
-    (RiskReport, list of RolloutResult)
+    (RiskReport, list of RolloutResult or StreamedRollout)
 
     Raises
     ------
@@ -164,6 +190,7 @@ def evaluate_policies(
     if draws is None and population is None:
         raise ValueError("evaluate_policies needs posterior draws or a virtual population")
     check_on_failure(on_failure)
+    check_statistics(statistics, recorded)
     model = population.model if population is not None else draws.model
     context = policy_context(model, spec, draws=draws, dt=dt, scheme=scheme)
     step = context.dt
@@ -223,6 +250,8 @@ def evaluate_policies(
             progress=progress,
             loop=loop,
             on_failure=on_failure,
+            statistics=statistics,
+            recorded=recorded,
         )
     full = {
         **dict(provenance or {}),
@@ -233,6 +262,7 @@ def evaluate_policies(
         "scheme": scheme,
         "loop": "; ".join(f"{r.policy}: {r.provenance.get('loop', 'host')}" for r in results),
         "on_failure": on_failure,
+        "statistics": "; ".join(f"{r.policy}: {r.provenance.get('statistics', 'rows')}" for r in results),
     }
     report = risk_report(list(results), spec, provenance=full, model=model)
     # Closed-loop splitting where the plain estimate saw too few violations (spec key rare=).
@@ -267,45 +297,89 @@ def run_policies(
     pad_to: int | None = None,
     loop: str = "auto",
     on_failure: str = "stop",
-) -> list[RolloutResult]:
+    statistics: str = "rows",
+    recorded: int = DEFAULT_RECORDED,
+) -> list[RolloutResult | StreamedRollout]:
     """The closed loop of every policy on ``population`` (common random numbers), no report.
 
     What :func:`evaluate_policies` runs in this process, and each Dask worker on its shard of
     patients (``first_patient``, ``chunk_size`` and ``pad_to`` as in
-    :func:`medsim.policies.rollout.rollout`). ``scenario`` as in :func:`evaluate_policies`.
-    ``progress(done, total)`` gets the fraction of policies done. ``on_failure`` as in
-    :func:`evaluate_policies`.
+    :func:`medsim.policies.rollout.rollout`). ``scenario``, ``statistics`` and ``recorded`` as in
+    :func:`evaluate_policies`. ``progress(done, total)`` gets the fraction of policies done.
+    ``on_failure`` as in :func:`evaluate_policies`.
     """
+    check_statistics(statistics, recorded)
     model = population.model
-    state = {"policy": 0, "last": -1.0}
-
-    def each(done: float, total: float) -> None:
-        # rollout_many restarts its count for each policy; a drop marks the next policy.
-        if done < state["last"]:
-            state["policy"] += 1
-        state["last"] = done
-        if progress is not None:
-            progress(state["policy"] + (done / total if total > 0 else 1.0), float(len(policies)))
-
+    scenario = resolve_scenario(model, scenario, seed)
     chunking = {} if chunk_size is None else {"chunk_size": int(chunk_size)}
-    return rollout_many(
-        model,
-        population,
-        policies,
+    options = dict(
         bounds=spec.bounds,
         horizon=spec.horizon,
         dt=dt,
         seed=seed,
-        scenario=resolve_scenario(model, scenario, seed),
+        scenario=scenario,
         target=spec.target,
-        support=dict(support) if support else None,
-        progress=each,
         scheme=scheme,
         max_interactions=max_interactions,
         max_memory=max_memory,
-        first_patient=first_patient,
-        pad_to=pad_to,
-        loop=loop,
         on_failure=on_failure,
-        **chunking,
     )
+    out: list[RolloutResult | StreamedRollout] = []
+    for i, policy in enumerate(policies):
+
+        def each(done: float, total: float, i: int = i) -> None:
+            if progress is not None:
+                progress(i + (done / total if total > 0 else 1.0), float(len(policies)))
+
+        def streamed(policy: Policy = policy, each: Progress = each) -> StreamedRollout:
+            return streamed_rollout(
+                model, population, policy, **options, support=dict(support) if support else None,
+                recorded=recorded, progress=each,
+            )  # fmt: skip
+
+        if statistics == "stream":
+            out.append(streamed())
+            continue
+        try:
+            out.append(
+                rollout_many(
+                    model,
+                    population,
+                    [policy],
+                    **options,
+                    support=dict(support) if support else None,
+                    progress=each,
+                    first_patient=first_patient,
+                    pad_to=pad_to,
+                    loop=loop,
+                    **chunking,
+                )[0]
+            )
+        except budget.WorkLimitError as err:
+            why = None if statistics == "rows" or err.what != "memory" else unstreamable(model, policy, spec)
+            if why is not None:
+                if statistics == "auto" and err.what == "memory":
+                    raise budget.WorkLimitError(
+                        f"{err}; keeping per-patient sums instead (statistics='stream') is not possible here: {why}",
+                        what=err.what,
+                        estimate=err.estimate,
+                        limit=err.limit,
+                    ) from None
+                raise
+            out.append(streamed())
+    return out
+
+
+def unstreamable(model, policy: Policy, spec: SafetySpec) -> str | None:
+    """Why ``policy`` cannot be evaluated on per-patient sums (None when it can): a policy without
+    an array step (the compiled loop reduces the sums), or a spec that monitors from a later time."""
+    from medsim.policies.protocol import for_model
+    from medsim.policies.rollout_device import choose_loop
+
+    if spec.monitor_from > 0:
+        return f"the spec monitors from {spec.monitor_from:g} {model.time_unit} on, the sums cover the whole horizon"
+    try:
+        choose_loop("device", for_model(policy, model))
+    except ValueError as err:
+        return str(err)
+    return None

@@ -234,6 +234,7 @@ def streaming_rollout(
     max_interactions: int | None = None,
     chunk_size: int = 65536,
     on_failure: str = "stop",
+    progress=None,
 ):
     """Per-patient :class:`~medsim.policies.streaming.StreamingSums` of ``policy`` on ``population``,
     reduced inside the compiled loop: memory ``O(N J)`` whatever the number of interactions.
@@ -244,7 +245,8 @@ def streaming_rollout(
 
     ``on_failure`` as for :func:`~medsim.policies.rollout.rollout`: with ``"count"`` the sums of a
     patient the simulator refuses stop where its refused interval started, and the sums'
-    ``failed_time`` / ``failure_reason`` record it.
+    ``failed_time`` / ``failure_reason`` record it. ``progress(done, total)``, optional, is called
+    with the share of patients done as each chunk finishes.
 
     Raises
     ------
@@ -282,14 +284,18 @@ def streaming_rollout(
                 raise ValueError("streaming_rollout: the compiled loop takes scenarios of boluses only")
             check_first_option(setup, chunk, policy, patient, x, theta, scen)
             hooks = _Quiet(setup, policy, scen)
-            _, _, sums, failures, _ = device_loop.run_chunk(setup, chunk, policy, offset, n_real, scen, False, hooks)
+            run_chunk = device_loop.run_chunk
+            _, target, sums, failures, _ = run_chunk(setup, chunk, policy, offset, n_real, scen, False, hooks)
             if failures.any and setup.on_failure == "stop":  # the host loop names the patient and what went wrong
                 with hinted():
                     _run_chunk(setup, chunk, policy, offset, n_real, 0, None, None, 0.0, 1.0)
-            sums = sums._replace(failed_time=failures.time, failure_reason=failures.reason)
+            sums = sums._replace(failed_time=failures.time, failure_reason=failures.reason, outside_target=target)
+            done.append(n_real)
+            if progress is not None:
+                progress(sum(done) / n, 1.0)
             return jax.tree_util.tree_map(lambda a: a[:n_real], sums)
 
-    offsets = range(0, n, width)
+    offsets, done = range(0, n, width), []
     if len(devices) == 1 or len(offsets) == 1:
         parts = [run(offset) for offset in offsets]
     else:

@@ -97,8 +97,8 @@ def planned_memory(
     row_bytes = 3 * (8 * floats + 3 * max(n_bounds, 1))
     rows = 1 if streaming else interactions
     memory = n_patients * (rows * row_bytes + 16 * 3 * n_events)
-    grid = trace_grid(model.glucose_observable, float(horizon), model.time_unit)
-    if grid is not None:  # float32 traces: the chunk's buffer and the merged copy
+    grid = None if streaming else trace_grid(model.glucose_observable, float(horizon), model.time_unit)
+    if grid is not None:  # float32 traces: the chunk's buffer and the merged copy (not kept with sums only)
         memory += n_patients * 2 * 4 * grid.n_points * len(grid.observables)
     return memory
 

@@ -41,6 +41,8 @@ class StreamingSums(NamedTuple):
         Outside at the first interaction.
     detected : (n, J) bool
         The noisy measurement outside.
+    detected_true : (n, J) bool
+        The noisy measurement outside at an interaction where the noise-free value was outside too.
     measured_any : (n, J) bool
         The bound's observable was measured at some interaction.
     first_outside : (n, J) float64
@@ -60,6 +62,9 @@ class StreamingSums(NamedTuple):
         carry records failures; :func:`~medsim.policies.rollout_device.streaming_rollout` fills it in.
     failure_reason : (n,) int8
         Code of :data:`medsim.policies.result.FAILURE_REASONS` (0: none); None as ``failed_time``.
+    outside_target : (n, T) float64
+        Time outside each bound of the efficacy target range (``T`` target bounds, as the rows'
+        ``time_in_range`` counts it); None as ``failed_time``.
     """
 
     log_survival: Any
@@ -70,6 +75,7 @@ class StreamingSums(NamedTuple):
     seen_all: Any
     start_out: Any
     detected: Any
+    detected_true: Any
     measured_any: Any
     first_outside: Any
     time_outside: Any
@@ -79,6 +85,7 @@ class StreamingSums(NamedTuple):
     dose: Any
     failed_time: Any
     failure_reason: Any
+    outside_target: Any = None
 
 
 def init_sums(n: int, n_bounds: int, cmts: tuple, observables: tuple) -> StreamingSums:
@@ -95,6 +102,7 @@ def init_sums(n: int, n_bounds: int, cmts: tuple, observables: tuple) -> Streami
         seen_all=b,
         start_out=b,
         detected=b,
+        detected_true=b,
         measured_any=b,
         first_outside=jnp.full((n, n_bounds), jnp.inf, jnp.float64),
         time_outside=f,
@@ -111,6 +119,13 @@ def _outside(y, value: float, upper: bool):
     return y > value if upper else y < value
 
 
+def _finite_or_inf(first):
+    """An interval's first time outside with NaN (unknown) as never, as the recorded rollout's
+    first-violation time reads it (:func:`medsim.policies.risk.curve.first_grid_time`)."""
+    first = first.astype(jnp.float64)
+    return jnp.where(jnp.isnan(first), jnp.inf, first)
+
+
 def update_sums(s: StreamingSums, specs: tuple, active, k, t0, t1, true, measured, st, treatment, cmts):
     """``s`` after one interval ``[t0, t1)`` of every patient (``active`` marks valid ones).
 
@@ -122,7 +137,7 @@ def update_sums(s: StreamingSums, specs: tuple, active, k, t0, t1, true, measure
     a2 = active[:, None]
     ls = st.log_survival[:, :n_b].astype(xp.float64)
     nan = xp.isnan(ls)
-    cols = {name: [] for name in ("seen_m", "seen_a", "start", "det", "meas")}
+    cols = {name: [] for name in ("seen_m", "seen_a", "start", "det", "det_true", "meas")}
     for _, obs, value, upper in specs:
         y = true[obs]
         out = _outside(y, value, upper)
@@ -133,7 +148,9 @@ def update_sums(s: StreamingSums, specs: tuple, active, k, t0, t1, true, measure
         cols["start"].append(out & (k == 0))
         # The recorded rollout keeps measurements in float32: compare what it would compare.
         recorded = None if m is None else m.astype(xp.float32).astype(xp.float64)
-        cols["det"].append(xp.zeros_like(active) if m is None else _outside(recorded, value, upper) & taken)
+        alarm = xp.zeros_like(active) if m is None else _outside(recorded, value, upper) & taken
+        cols["det"].append(alarm)
+        cols["det_true"].append(alarm & out)
         cols["meas"].append(taken)
     col = {name: (xp.stack(v, axis=1) if v else xp.zeros((active.shape[0], 0), bool)) & a2 for name, v in cols.items()}
     length = xp.where(active, t1 - t0, 0.0)
@@ -150,8 +167,9 @@ def update_sums(s: StreamingSums, specs: tuple, active, k, t0, t1, true, measure
         seen_all=s.seen_all | col["seen_a"],
         start_out=s.start_out | col["start"],
         detected=s.detected | col["det"],
+        detected_true=s.detected_true | col["det_true"],
         measured_any=s.measured_any | col["meas"],
-        first_outside=xp.minimum(s.first_outside, xp.where(a2, st.first_outside[:, :n_b].astype(xp.float64), xp.inf)),
+        first_outside=xp.minimum(s.first_outside, xp.where(a2, _finite_or_inf(st.first_outside[:, :n_b]), xp.inf)),
         time_outside=s.time_outside + xp.where(a2, xp.nan_to_num(st.time_outside[:, :n_b].astype(xp.float64)), 0.0),
         depth=xp.maximum(s.depth, xp.where(a2, xp.nan_to_num(st.depth[:, :n_b].astype(xp.float64)), 0.0)),
         length=s.length + length,
@@ -159,6 +177,7 @@ def update_sums(s: StreamingSums, specs: tuple, active, k, t0, t1, true, measure
         dose=dose,
         failed_time=s.failed_time,  # None in the loop (device_loop.run_chunk's carry records failures)
         failure_reason=s.failure_reason,
+        outside_target=s.outside_target,
     )
 
 
@@ -183,6 +202,7 @@ def sums_events(sums: StreamingSums, bounds: tuple[Bound, ...], spec: SafetySpec
         grid_any=np.asarray(sums.grid)[:, idx],
         total_log=np.asarray(sums.log_survival, float)[:, idx],
         detected=np.asarray(sums.detected)[:, idx],
+        detected_true=np.asarray(sums.detected_true)[:, idx],
         measured_observable=somewhere,
         # a failed patient's undefined intervals are moot: it counts as violating every bound
         undefined=int(np.asarray(sums.undefined)[np.asarray(sums.failure_reason) == 0][:, idx].sum()),

@@ -75,6 +75,7 @@ def render_html(report: RiskReport, figures: Mapping[str, bytes] | None = None) 
     for w in text.warnings(report):
         parts.append(f'<div class="warning">WARNING: {_e(w)}</div>')
     parts.append(f"<p>{_e(text.spec_line(report))}</p>")
+    parts += [f'<p class="note">Note: {_e(note)}</p>' for note in text.recorded_notes(report)]
     parts.append(f"<p>Model calibration: {_e(text.calibration_text(report.provenance))}</p>")
     if glucose_text.has_glucose(report):
         parts += [

@@ -38,6 +38,8 @@ def render_markdown(report: RiskReport, figures: Mapping[str, str] | None = None
     for w in text.warnings(report):
         out += [f"> **WARNING:** {_cell(w)}", ""]
     out += [_cell(text.spec_line(report)), ""]
+    for note in text.recorded_notes(report):
+        out += [f"> **Note:** {_cell(note)}", ""]
     out += [_cell("Model calibration: " + text.calibration_text(report.provenance)), ""]
     if glucose_text.has_glucose(report):
         out += ["## Glucose: international consensus metrics", "", _table(*glucose_text.consensus_rows(report)), ""]

@@ -60,6 +60,13 @@ def warnings(report: RiskReport) -> list[str]:
     return [*first, *report.warnings, *rest]
 
 
+def recorded_notes(report: RiskReport) -> list[str]:
+    """Per streamed policy, which sections come from its recorded patients only
+    (:attr:`~medsim.policies.risk.report.PolicyRisk.recorded_note`), with the policy's short label."""
+    labels = policy_labels(report)
+    return [f"{labels[p.policy]}: {p.recorded_note}" for p in report.policies if getattr(p, "recorded_note", "")]
+
+
 def confidence_note(report: RiskReport) -> str:
     """What the verdict's bound and the tables' intervals are (one-sided vs two-sided)."""
     c = f"{100 * (1 - report.spec.delta):g}%"

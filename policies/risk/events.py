@@ -255,7 +255,7 @@ def events_from(
     """:class:`PatientEvents` from per-patient reductions over the horizon ((N, J) each, spec order):
     checkpoints seen outside, outside at the start, a grid point outside, the summed bridge
     log-survival (NaN intervals as -inf), the noisy measurement outside (and, where known, outside
-    while the true value was: ``detected_true``; ``None`` when only sums were kept); ``failed`` (N,)
+    while the true value was: ``detected_true``; ``None`` where not known); ``failed`` (N,)
     patients that could not be simulated, counted as violating every bound."""
     if failed is not None:
         seen = seen | np.asarray(failed, bool)[:, None]

@@ -37,6 +37,7 @@ from medsim.policies.risk.severity import JointCost, Severity, severities
 from medsim.policies.risk.support import DEFAULT_THRESHOLD, SupportFlag, support_flag
 from medsim.policies.risk.verdict import Verdict, gated, verdict
 from medsim.policies.spec import SafetySpec, convert_time
+from medsim.policies.streamed import StreamedRollout, first_grid_time_of_sums, per_patient_severity
 
 SCHEMA_VERSION = 1
 # Fewer posterior draws than this make the cluster-robust SE itself noisy (it has draws - 1
@@ -83,6 +84,11 @@ class PolicyRisk:
     failed : FailedPatients or None
         Patients that could not be simulated (``on_failure="count"``), counted as violating every
         bound from their failure on (:mod:`medsim.policies.risk.failed`); None when none failed.
+    recorded_patients : int or None
+        None: every estimate uses all ``n_patients``. Otherwise the evaluation was streamed
+        (:mod:`medsim.policies.streamed`): the risk curves, tightening margins, support flag,
+        glucose metrics, AGP and fan charts come from the first ``recorded_patients`` patients,
+        whose every interaction was recorded; everything else from all ``n_patients``.
     """
 
     policy: str
@@ -107,6 +113,18 @@ class PolicyRisk:
     agp: AmbulatoryProfile | None = None
     rare: tuple[RareRisk, ...] = ()
     failed: FailedPatients | None = None
+    recorded_patients: int | None = None
+
+    @property
+    def recorded_note(self) -> str:
+        """What a reader must know about the sections computed on recorded patients only ("" if none)."""
+        if self.recorded_patients is None:
+            return ""
+        return (
+            f"risk curves, tightening margins, the support flag, glucose metrics, AGP and fan charts come from the "
+            f"first {self.recorded_patients} of {self.n_patients} patients (every interaction recorded); the other "
+            "estimates from all patients (per-patient sums streamed from the compiled loop)"
+        )
 
 
 @dataclass(frozen=True)
@@ -186,7 +204,7 @@ def _check_rollout(result: RolloutResult, spec: SafetySpec) -> None:
 
 
 def policy_risk(
-    result: RolloutResult,
+    result: RolloutResult | StreamedRollout,
     spec: SafetySpec,
     *,
     support_threshold: float = DEFAULT_THRESHOLD,
@@ -198,18 +216,27 @@ def policy_risk(
     Intervals are two-sided at level ``1 - delta`` unless an estimate says otherwise (the verdict
     and the margins use one-sided ``1 - delta`` bounds). ``support_unknown`` says why a rollout
     without support ranges was not checked against the cohort's support.
+
+    A :class:`~medsim.policies.streamed.StreamedRollout` gives every estimate its per-patient sums
+    can give for all its patients, and the rest from its recorded patients (``recorded_patients``).
     """
-    _check_rollout(result, spec)
+    streamed = isinstance(result, StreamedRollout)
+    rows = result.rows if streamed else result
+    _check_rollout(rows, spec)
     level = 1.0 - spec.delta
     seed = int(result.seed)
-    ev = patient_events(result, spec)
+    ev = result.events(spec) if streamed else patient_events(result, spec)
     joint, per_bound = violation_probabilities(ev, level=level, seed=seed)
-    curve, curves = risk_curves(result, spec, n_points=n_curve, level=level, seed=seed)
-    first = first_grid_time(result, spec)
-    censor = censoring_time(result)
+    curve, curves = risk_curves(rows, spec, n_points=n_curve, level=level, seed=seed)
+    if streamed:
+        first = first_grid_time_of_sums(result.sums, result.bounds, spec, result.policy)
+        censor = np.asarray(result.sums.length, float)
+        per_patient = per_patient_severity(result.sums, result.bounds, spec, result.policy)
+    else:
+        first, censor, per_patient = first_grid_time(result, spec), censoring_time(result), None
     fv = [first_violation("any", first.min(axis=1), censor, level=level, seed=seed)]
     fv += [first_violation(b.name, first[:, j], censor, level=level, seed=seed) for j, b in enumerate(spec.bounds)]
-    sev, cost = severities(result, spec, ev, level=level, seed=seed)
+    sev, cost = severities(result, spec, ev, level=level, seed=seed, per_patient=per_patient)
     draws = ev.draw[ev.draw >= 0]
     n_draws = int(np.unique(draws).size)
     failed = failed_patients(result, result.time_unit)
@@ -226,11 +253,12 @@ def policy_risk(
             )
     glucose, agp = None, None
     # the rollout records a CGM-like trace of the model's glucose observable only (policies/traces.py)
-    trace = next(iter(result.trace.values()), None) if len(result.trace) == 1 else result.trace.get(GLUCOSE)
-    if trace is not None and trace.size and not result.failed.all():
-        keep = ~result.failed  # no trace of a failed patient is known past its failure
-        glucose, agp = _glucose(result, np.asarray(trace, np.float64)[keep], ev.draw[keep], spec, level, seed)
-    support = support_flag(result, threshold=support_threshold, level=level, seed=seed, unknown_reason=support_unknown)
+    trace = next(iter(rows.trace.values()), None) if len(rows.trace) == 1 else rows.trace.get(GLUCOSE)
+    if trace is not None and trace.size and not rows.failed.all():
+        keep = ~rows.failed  # no trace of a failed patient is known past its failure
+        draw = np.asarray(rows.draw, int)[keep]
+        glucose, agp = _glucose(rows, np.asarray(trace, np.float64)[keep], draw, spec, level, seed)
+    support = support_flag(rows, threshold=support_threshold, level=level, seed=seed, unknown_reason=support_unknown)
     warnings = [] if failed is None else [failed.message]
     if support.flagged:
         warnings.append(support.message)
@@ -261,13 +289,14 @@ def policy_risk(
         first_violation=tuple(fv),
         severity=sev,
         cost=cost,
-        margins=tightening_margins(result, spec, seed=seed),
+        margins=tightening_margins(rows, spec, seed=seed),
         support=support,
         efficacy=efficacy,
         warnings=tuple(warnings),
         glucose=glucose,
         agp=agp,
         failed=failed,
+        recorded_patients=rows.n_patients if streamed else None,
     )
     return pr, ev.joint_bridge
 
@@ -303,18 +332,30 @@ def calibration_gated(risk: PolicyRisk, prov: Provenance) -> PolicyRisk:
     return replace(risk, verdict=gated(risk.verdict, gate, forced=forced), sequential=sequential)
 
 
-def monitored(result: RolloutResult, start: float) -> RolloutResult:
+def monitored(result: RolloutResult | StreamedRollout, start: float) -> RolloutResult | StreamedRollout:
     """``result`` restricted to the monitoring window: intervals that begin before ``start`` are
-    masked out (see :attr:`medsim.policies.spec.SafetySpec.monitor_from`)."""
+    masked out (see :attr:`medsim.policies.spec.SafetySpec.monitor_from`).
+
+    Raises
+    ------
+    ValueError
+        For a streamed rollout and ``start > 0``: its sums cover the whole horizon.
+    """
     if start <= 0:
         return result
+    if isinstance(result, StreamedRollout):
+        raise ValueError(
+            f"policy {result.policy!r}: streamed statistics cover the whole horizon, but the spec monitors from "
+            f"{start:g} {result.time_unit} on; record every interaction (statistics='rows', medsim risk: "
+            "--statistics rows) for a monitoring window"
+        )
     tol = 1e-9 * max(1.0, abs(start))
     keep = np.asarray(result.mask, bool) & (np.asarray(result.t_start, float) >= start - tol)
     return replace(result, mask=keep)
 
 
 def risk_report(
-    results: Sequence[RolloutResult],
+    results: Sequence[RolloutResult | StreamedRollout],
     spec: SafetySpec,
     *,
     provenance: Mapping[str, Any] | Provenance | None = None,
@@ -325,9 +366,10 @@ def risk_report(
 
     Parameters
     ----------
-    results : sequence of RolloutResult
+    results : sequence of RolloutResult or StreamedRollout
         One per policy, all over the spec's bounds and horizon; on common random numbers for
-        paired comparisons.
+        paired comparisons. A streamed rollout (:mod:`medsim.policies.streamed`) gives the
+        estimates its per-patient sums allow for all its patients, the rest for its recorded ones.
     spec : SafetySpec
         Validated against the model (its horizon unit is converted to the rollouts' unit).
     provenance : mapping or Provenance, keyword-only

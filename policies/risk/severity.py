@@ -79,14 +79,23 @@ def _per_patient(result: RolloutResult, spec: SafetySpec) -> tuple[np.ndarray, n
 
 
 def severities(
-    result: RolloutResult, spec: SafetySpec, events: PatientEvents, *, level: float, seed: int | None
+    result: RolloutResult,
+    spec: SafetySpec,
+    events: PatientEvents,
+    *,
+    level: float,
+    seed: int | None,
+    per_patient: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None,
 ) -> tuple[tuple[Severity, ...], JointCost]:
     """Per-bound severities and the joint expected cost of ``result`` under ``spec``.
 
     Patients that could not be simulated are left out (their time outside and depth past the
     failure are unknown, and no value of them is conservative; :mod:`medsim.policies.risk.failed`).
+    ``per_patient``: the (N, J) time outside and depth per spec bound and (N,) simulated time,
+    when known without the recorded interactions (a streamed rollout's sums); ``result`` then
+    needs only ``failed``.
     """
-    outside, depth, length = _per_patient(result, spec)
+    outside, depth, length = _per_patient(result, spec) if per_patient is None else per_patient
     keep = ~result.failed
     outside, depth, length = outside[keep], depth[keep], length[keep]
     cl = events.draw[keep]

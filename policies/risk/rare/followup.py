@@ -242,8 +242,12 @@ def with_rare_followup(
     level = 1.0 - 2.0 * spec.delta
     entries = []
     for risk, result, policy in zip(report.policies, results, policies, strict=True):
-        n = int(np.asarray(result.grid_violation).shape[0])
-        plain = int(np.any(np.asarray(result.grid_violation).reshape(n, -1), axis=1).sum())
+        if hasattr(result, "sums"):  # a streamed rollout: every patient's sums, the first ones recorded
+            plain = int(np.asarray(result.sums.grid).any(axis=1).sum())
+            result = result.rows
+        else:
+            n = int(np.asarray(result.grid_violation).shape[0])
+            plain = int(np.any(np.asarray(result.grid_violation).reshape(n, -1), axis=1).sum())
         if not needs_rare(plain, min_violations=min_violations, method=method):
             entries.append(risk)
             continue
