@@ -315,6 +315,17 @@ def risk_command(
         help="Where the closed loop runs: auto (compiled for policies with an array step from 4096 patients on), "
         "device (compiled; refused for Python policies) or host (Python loop, any policy). The numbers are the same.",
     ),
+    statistics: str = typer.Option(
+        "auto",
+        "--statistics",
+        help="What each rollout keeps: rows (every interaction of every patient), stream (per-patient sums of every "
+        "patient from the compiled loop, every interaction of the first --recorded-patients; built-in policies) or "
+        "auto (rows unless they exceed the memory limit). Streamed reports take risk curves, margins, the support "
+        "flag, glucose metrics, AGP and fan charts from the recorded patients and say so.",
+    ),
+    recorded_patients: int = typer.Option(
+        2000, "--recorded-patients", min=1, help="Patients recorded in full when streaming (see --statistics)."
+    ),
     on_failure: str = typer.Option(
         "stop",
         "--on-failure",
@@ -349,6 +360,8 @@ def risk_command(
         _fail(f"--loop: expected auto, device or host, got {loop!r}")
     if on_failure not in ("stop", "count"):
         _fail(f"--on-failure: expected stop or count, got {on_failure!r}")
+    if statistics not in ("auto", "rows", "stream"):
+        _fail(f"--statistics: expected auto, rows or stream, got {statistics!r}")
     checkpoint = model_source(posterior, prior, cohort)
     population, notices = None, ()
     if checkpoint is not None:
@@ -416,6 +429,8 @@ def risk_command(
                 client=client,
                 loop=loop,
                 on_failure=on_failure,
+                statistics=statistics,
+                recorded=recorded_patients,
             )
         except (PolicySpecError, ValueError, FloatingPointError) as err:
             hint = " (a neural checkpoint has none)" if checkpoint is not None and "posterior draws" in str(err) else ""

@@ -208,11 +208,12 @@ def efficacy_risk_figure(report: RiskReport) -> bytes | None:
 
 def report_figures(report: RiskReport, results: Sequence[RolloutResult] | None = None) -> dict[str, bytes]:
     """All figures, keyed by file stem: ``fan_<i>``, ``risk_curve``, ``epistemic``, ``efficacy_risk``,
-    and for glucose ``agp`` and ``time_in_ranges``."""
+    and for glucose ``agp`` and ``time_in_ranges``. A streamed rollout's fan chart shows its recorded
+    patients (:mod:`medsim.policies.streamed`)."""
     from medsim.policies.report.glucose_figures import agp_figure, time_in_ranges_figure
 
     figs: dict[str, bytes] = {}
-    by_name = {r.policy: r for r in results or ()}
+    by_name = {r.policy: getattr(r, "rows", r) for r in results or ()}
     labels = policy_labels(report)
     for i, p in enumerate(report.policies):
         if p.policy in by_name:
