@@ -196,6 +196,10 @@ def evaluate_policies(
     step = context.dt
     given, policies = list(policies), build_policies(policies, context=context)
     scenario = resolve_scenario(model, scenario, seed)
+    for policy in policies if statistics == "stream" else ():
+        why = unstreamable(model, policy, spec)
+        if why is not None:
+            raise ValueError(f"statistics='stream' (medsim risk: --statistics stream): {why}")
     if population is None:
         # Parameters, covariates, random effects and states of every patient, float64, a few copies.
         width = len(model.parameters) + len(model.covariates) + len(model.state_names) + 8
@@ -377,7 +381,10 @@ def unstreamable(model, policy: Policy, spec: SafetySpec) -> str | None:
     from medsim.policies.rollout_device import choose_loop
 
     if spec.monitor_from > 0:
-        return f"the spec monitors from {spec.monitor_from:g} {model.time_unit} on, the sums cover the whole horizon"
+        return (
+            f"the spec monitors from {spec.monitor_from:g} {spec.time_unit or model.time_unit} on, but streamed "
+            "statistics cover the whole horizon; record every interaction (statistics='rows') for a monitoring window"
+        )
     try:
         choose_loop("device", for_model(policy, model))
     except ValueError as err:

@@ -64,6 +64,8 @@ def test_risk_command_end_to_end(tmp_path):
         (["--spec", "conc<=40;horizon=1h;epsilon=2"], "key 'epsilon' must lie strictly between 0 and 1"),
         (["--spec", "conc<=40;horizon=1h", "--policy", "nope:x=1"], "unknown policy 'nope'"),
         (["--spec", "conc<=40;horizon=1h", "--loop", "gpu"], "--loop: expected auto, device or host"),
+        (["--spec", "conc<=40;horizon=1h", "--statistics", "sums"], "--statistics: expected auto, rows or stream"),
+        (["--spec", "conc<=40;horizon=4h;from=1h", "--statistics", "stream"], "streamed statistics cover the whole"),
     ],
 )
 def test_bad_input_exits_2_with_a_message(tmp_path, args, message):
@@ -95,3 +97,18 @@ def test_exit_status_follows_the_verdict_only_when_asked(tmp_path):
         assert finish(unsafe, tmp_path / "a", fail_on_violation=False) == 0
         assert finish(unsafe, tmp_path / "b", fail_on_violation=True) == 1
         assert finish(safe, tmp_path / "c", fail_on_violation=True) == 0
+
+
+def test_streamed_statistics_from_the_command_line(tmp_path):
+    """``--statistics stream``: every patient's sums, the first ``--recorded-patients`` recorded; the
+    report says which sections come from those (tests/policies/test_streamed.py checks the numbers)."""
+    out = tmp_path / "streamed"
+    args = ["risk", "--prior", "pk_iv_1cmt", "--n", "6", "--out", str(out), "--policy", "fixed:dose=20,every=12"]
+    args += ["--spec", "conc<=40;horizon=24h", "--statistics", "stream", "--recorded-patients", "2"]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    data = json.loads((out / "report.json").read_text())
+    assert data["policies"][0]["recorded_patients"] == 2 and data["policies"][0]["n_patients"] == 6
+    name = data["policies"][0]["policy"]
+    assert data["provenance"]["settings"]["statistics"] == f"{name}: streamed; 2 of 6 patients recorded"
+    assert "come from the first 2 of 6 patients" in (out / "report.md").read_text()

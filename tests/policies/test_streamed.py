@@ -89,6 +89,7 @@ def reports(setting):
     return rows, every, few, head, results
 
 
+@pytest.mark.slow
 def test_streamed_with_every_patient_recorded_is_the_recorded_report(reports):
     rows, every, *_ = reports
     assert [p.recorded_patients for p in every.policies] == [N, N]
@@ -100,6 +101,7 @@ def test_streamed_with_every_patient_recorded_is_the_recorded_report(reports):
     assert_close(a, b)
 
 
+@pytest.mark.slow
 def test_streamed_sections_come_from_the_recorded_patients_and_the_rest_from_all(reports):
     rows, _, few, head, results = reports
     assert [p.recorded_patients for p in few.policies] == [FEW, FEW]
@@ -117,6 +119,7 @@ def test_streamed_sections_come_from_the_recorded_patients_and_the_rest_from_all
     assert full["policies"][0]["curve"] != first["policies"][0]["curve"]
 
 
+@pytest.mark.slow
 def test_the_report_says_which_sections_come_from_recorded_patients(reports):
     few = reports[2]
     note = few.policies[0].recorded_note
@@ -151,7 +154,7 @@ def test_auto_says_why_it_cannot_stream(setting):
     with pytest.raises(WorkLimitError, match=r"not possible here: .*no array step"):
         evaluate_policies(draws, [python_policy], SPEC, n=N, population=pop, max_memory=200_000, **kw)
     window = replace(SPEC, monitor_from=60.0)
-    with pytest.raises(ValueError, match="monitors from 60"):
+    with pytest.raises(ValueError, match="monitors from 60 min on, but streamed statistics cover the whole"):
         evaluate_policies(draws, POLICIES[:1], window, n=N, population=pop, statistics="stream", **kw)
 
 
