@@ -189,7 +189,8 @@ def streamed_rollout(
     if sums is None:
         sums = streaming_rollout(model, population, policy, **options, **limits, progress=progress)
     first = population.take(np.arange(min(int(recorded), n)))
-    rows = rollout(model, first, policy, **options, **limits, support=support, max_memory=max_memory, loop="auto")
+    # The compiled loop, as for the sums (same numbers as the host loop; compiled once, then cached).
+    rows = rollout(model, first, policy, **options, **limits, support=support, max_memory=max_memory, loop="device")
     if progress is not None:
         progress(1.0, 1.0)
     goal = target_range(model, tuple(bounds), target)
@@ -218,3 +219,47 @@ def streamed_rollout(
         rows=rows,
         provenance=provenance,
     )
+
+
+def rows_refusal(
+    model,
+    population,
+    policy,
+    *,
+    bounds,
+    horizon: float,
+    dt: float,
+    seed: int,
+    scenario=None,
+    target=None,
+    support=None,
+    scheme: str = "milstein",
+    max_interactions: int | None = None,
+    max_memory: int | None = None,
+):
+    """The :class:`~medsim.simulate.budget.WorkLimitError` a recorded rollout of ``policy`` on all of
+    ``population`` would raise before simulating (None when it fits the limits).
+
+    The checks :func:`~medsim.policies.rollout.rollout` makes first (the scenario's events, the
+    policy's first option on the first patient), made here without simulating: a cluster's workers
+    check only their shard, so the caller decides for the whole population.
+    """
+    from medsim.policies.protocol import for_model
+    from medsim.policies.rollout_device import check_first_option
+    from medsim.policies.rollout_setup import _Setup, chunk_scenario
+    from medsim.simulate import budget
+    from medsim.transfer import to_device
+
+    policy = for_model(policy, model)
+    limit = budget.DEFAULT_MAX_INTERACTIONS if max_interactions is None else int(max_interactions)
+    setup = _Setup(model, bounds, horizon, dt, seed, scenario, True, target, support, scheme, limit, max_memory)
+    setup.n_total = population.n_patients
+    first, patient = population.take(np.arange(1)), np.arange(1, dtype=np.int64)
+    theta = {k: to_device(v, np.float32) for k, v in first.simulation_parameters().items()}
+    x = {k: to_device(v, np.float32) for k, v in first.initial_state().items()}
+    try:
+        scen = chunk_scenario(setup, policy, patient, x, theta)
+        check_first_option(setup, first, policy, patient, x, theta, scen)
+    except budget.WorkLimitError as err:
+        return err
+    return None
