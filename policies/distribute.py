@@ -419,15 +419,20 @@ def _run_shards(
     model = population.model
     draws_data = None if draws is None else client.scatter(_draws_data(draws), broadcast=True)
     description = model_key(model)[1]
-    futures, sizes = [], {}
-    for start, stop in bounds:
-        task = ShardTask(
+    tasks = [
+        ShardTask(
             model=model.name,
             model_description=description,
             population=_population_data(population.take(slice(start, stop))),
             first_patient=start,
             **fields,
         )
+        for start, stop in bounds
+    ]
+    # Sent to the workers as data (round-robin), not inside the task graph: a shard of 65536
+    # patients is about 13 MB, past what Dask accepts in a graph without a warning.
+    futures, sizes = [], {}
+    for (start, stop), task in zip(bounds, client.scatter(tasks, hash=False), strict=True):
         futures.append(client.submit(run_shard, task, draws_data, pure=False))
         sizes[futures[-1].key] = stop - start
     done = 0
