@@ -1,7 +1,7 @@
 """Closed-loop throughput: the compiled option loop against the open-loop simulator, in one run.
 
 Run: ``PYTHONPATH=. .venv/bin/python benchmarks/closed_loop.py [--quick | --sizes N ... | --dask-sizes N ...]``
-(``--quick`` < 2 min; ``--sizes 1000000`` measures only that closed-loop point and updates it in the
+(``--quick`` < 3 min; ``--sizes 1000000`` measures only that closed-loop point and updates it in the
 results file; ``--dask-sizes 1000000`` likewise only the Dask scaling point, below).
 Writes ``benchmarks/results/closed_loop.json``.
 
@@ -299,7 +299,7 @@ def _fresh_process(n: int, repeats: int) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="small sizes, in one process (< 2 min)")
+    parser.add_argument("--quick", action="store_true", help="small sizes (< 3 min)")
     parser.add_argument(
         "--sizes",
         type=int,
