@@ -105,6 +105,8 @@ def _task_fields(pop) -> dict:
 def test_tasks_carry_no_code_and_no_model_objects(draws):
     pop = sample_population(draws, 16, seed=SEED)
     task = ShardTask(**_task_fields(pop))
+    with pytest.raises(DistributionError, match="statistics: expected one of"):
+        ShardTask(**_task_fields(pop), statistics="all")
     found: set[str] = set()
 
     class Recorder(pickle.Unpickler):
@@ -259,5 +261,15 @@ def test_a_shard_is_its_slice_of_the_whole_population(streamed):
     # without first_patient the shard's patients draw other patients' streams: other sums
     other = streaming_rollout(MODEL, pop.take(slice(72, 144)), policy, **run, pad_to=width)
     assert not np.array_equal(other.log_survival, one.log_survival[72:144])
-    with pytest.raises(DistributionError, match="statistics"):
-        ShardTask(**{**_task_fields(pop), "statistics": "all"})
+
+
+def test_shard_arguments_of_the_streaming_loop_are_checked(draws):
+    from medsim.policies.builtin import PID
+    from medsim.policies.rollout_device import streaming_rollout
+
+    pop = sample_population(draws, 8, seed=SEED)
+    run = dict(bounds=SPEC.bounds, horizon=60.0, dt=1.0, seed=SEED)
+    with pytest.raises(ValueError, match="first_patient must be >= 0, got -1"):
+        streaming_rollout(MODEL, pop, PID(), **run, first_patient=-1)
+    with pytest.raises(ValueError, match="pad_to must be >= 1"):
+        streaming_rollout(MODEL, pop, PID(), **run, pad_to=0)
