@@ -1,7 +1,8 @@
 """Closed-loop throughput: the compiled option loop against the open-loop simulator, in one run.
 
-Run: ``PYTHONPATH=. .venv/bin/python benchmarks/closed_loop.py [--quick | --sizes N ...]`` (``--quick``
-< 2 min; ``--sizes 1000000`` measures only that closed-loop point and updates it in the results file).
+Run: ``PYTHONPATH=. .venv/bin/python benchmarks/closed_loop.py [--quick | --sizes N ... | --dask-sizes N ...]``
+(``--quick`` < 3 min; ``--sizes 1000000`` measures only that closed-loop point and updates it in the
+results file; ``--dask-sizes 1000000`` likewise only the Dask scaling point, below).
 Writes ``benchmarks/results/closed_loop.json``.
 
 The workload is what ``medsim risk --prior glucose_insulin --policy pid:every=5`` simulates: virtual
@@ -25,9 +26,19 @@ second of process CPU time (all threads: less distorted by other jobs on a share
 Peak memory per ``n`` comes from a fresh process per point (``ru_maxrss``; ``tracemalloc`` for
 the Python-side share) in the full run.
 
+Dask scaling (``dask_stream``): the same streaming closed loop (the policy from its spec string
+``pid:every=5``, as ``medsim risk`` builds it) through
+:func:`medsim.policies.distribute.streams_on_cluster` on an embedded local cluster of spawned worker
+processes with one thread each (``WorkerOptions(threads=1)``): one worker, then two, and this
+process alone for reference. Each is timed after a warm-up on the first chunks (workers started,
+programs compiled or loaded from the shared persistent cache); the sums of every run must equal
+the one-process sums exactly. Workers' CPU time is read on the workers; the load average (other
+jobs on a shared machine) is recorded before and after each run.
+
 Environment set here, at the entry point only: one JAX CPU device per core
 (``jax_num_cpu_devices``); the closed loop runs one chunk per device at a time, the open loop
-splits each chunk over the devices.
+splits each chunk over the devices. (Dask's spawned workers import this file too, as
+``__mp_main__``: they keep JAX's default of one device, as ``medsim risk --workers`` runs them.)
 """
 
 from __future__ import annotations
@@ -47,7 +58,8 @@ from pathlib import Path
 CORES = os.cpu_count() or 1
 import jax  # noqa: E402
 
-jax.config.update("jax_num_cpu_devices", CORES)
+if __name__ != "__mp_main__":  # not in Dask's spawned workers (see the docstring)
+    jax.config.update("jax_num_cpu_devices", CORES)
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
@@ -67,6 +79,7 @@ BOUNDS = (Bound("glucose_mg_dL", 70.0, "lower"), Bound("glucose_mg_dL", 180.0, "
 DAY = 1440.0
 SEED = 1
 POLICY = PID(every=5.0)
+POLICY_SPEC = "pid:every=5"
 
 
 def _log(msg: str) -> None:
@@ -203,6 +216,79 @@ def one_point(n: int, repeats: int) -> dict:
     return out
 
 
+def dask_stream(n: int) -> dict:
+    """Streaming closed loop of ``n`` patients: this process, then ``streams_on_cluster`` on one and
+    on two spawned workers of one thread each (one timed run each, after a warm-up)."""
+    from medsim.policies.distribute import WorkerOptions, dask_client, streams_on_cluster
+    from medsim.policies.evaluate import policy_context
+    from medsim.policies.loading import build_policies
+    from medsim.policies.rollout_device import streaming_width
+    from medsim.policies.spec import SafetySpec
+
+    draws = PosteriorDraws.from_prior(MODEL, 200, seed=0)
+    pop = sample_population(draws, n, seed=SEED)
+    spec = SafetySpec(bounds=BOUNDS, horizon=DAY, time_unit=MODEL.time_unit)
+    scenario = MealScenario(seed=SEED)
+    (policy,) = build_policies([POLICY_SPEC], context=policy_context(MODEL, spec, draws=draws, dt=1.0))
+    width = streaming_width(n)
+    # The warm-up: two of this process's chunks (one shard per worker, each compiled at `width`).
+    warm = pop.take(slice(0, min(n, 2 * width)))
+    work = n * DAY / 1440.0
+    out: dict = {"n": n, "chunk_width": width, "shards": -(-n // width) if n > width else "one per worker"}
+
+    def one_process(population):
+        return streaming_rollout(
+            MODEL, population, policy, bounds=spec.bounds, horizon=DAY, dt=1.0, seed=SEED, scenario=scenario,
+            target=spec.target, on_failure="count",
+        )  # fmt: skip
+
+    _log(f"dask_stream, n = {n}: one process ({len(jax.local_devices())} devices), warm-up")
+    one_process(warm)
+    load, w, c = os.getloadavg(), time.perf_counter(), time.process_time()
+    reference = one_process(pop)
+    wall, cpu = time.perf_counter() - w, time.process_time() - c
+    out["one_process"] = {
+        "devices": len(jax.local_devices()), "wall_s": wall, "cpu_s": cpu, "patient_days_per_s": work / wall,
+        "load_average_before": load, "load_average_after": os.getloadavg(),
+    }  # fmt: skip
+    _log(f"  {wall:.1f} s, {work / wall:.3g} patient-days/s, load {os.getloadavg()}")
+    failed = np.asarray(reference.failure_reason) > 0
+    out["failed_patients"] = int(failed.sum())
+    for workers in (1, 2):
+        _log(f"dask_stream, n = {n}: {workers} worker(s) x 1 thread, start-up and warm-up")
+        w = time.perf_counter()
+        with dask_client(workers=workers, options=WorkerOptions(threads=1)) as client:
+            run = dict(dt=1.0, seed=SEED, scenario=scenario, scheme="milstein", max_interactions=None)
+            run.update(options=WorkerOptions(threads=1), on_failure="count")
+            streams_on_cluster(client, draws, warm, [POLICY_SPEC], spec, **run)
+            warm_s = time.perf_counter() - w
+            cpu0 = client.run(time.process_time)
+            load, w = os.getloadavg(), time.perf_counter()
+            (sums,) = streams_on_cluster(client, draws, pop, [POLICY_SPEC], spec, **run)
+            wall = time.perf_counter() - w
+            cpu1 = client.run(time.process_time)
+        same = all(
+            np.array_equal(a, b, equal_nan=np.asarray(a).dtype.kind == "f")
+            for a, b in zip(sums, reference, strict=True)
+        )
+        out[f"workers_{workers}"] = {
+            "wall_s": wall,
+            "workers_cpu_s": sum(cpu1[k] - cpu0[k] for k in cpu1),
+            "patient_days_per_s": work / wall,
+            "start_up_and_warm_up_s": warm_s,
+            "equal_to_one_process": same,
+            "load_average_before": load,
+            "load_average_after": os.getloadavg(),
+        }
+        _log(f"  {wall:.1f} s, {work / wall:.3g} patient-days/s, equal: {same}, load {os.getloadavg()}")
+    out["speed_up_2_over_1_workers"] = out["workers_1"]["wall_s"] / out["workers_2"]["wall_s"]
+    out["what"] = (
+        "streams_on_cluster wall time (warm: workers started, programs compiled), 1 vs 2 spawned workers "
+        "x 1 thread, and this process alone with one JAX CPU device per core"
+    )
+    return out
+
+
 def _fresh_process(n: int, repeats: int) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "point.json"
@@ -213,13 +299,20 @@ def _fresh_process(n: int, repeats: int) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="small sizes, in one process (< 2 min)")
+    parser.add_argument("--quick", action="store_true", help="small sizes (< 3 min)")
     parser.add_argument(
         "--sizes",
         type=int,
         nargs="+",
         help="measure only these closed-loop sizes (fresh process each, no open or host loop) and update "
         "them in --out, keeping its other figures",
+    )
+    parser.add_argument(
+        "--dask-sizes",
+        type=int,
+        nargs="+",
+        help="Dask scaling of the streaming closed loop at these sizes; alone: measure only these and update "
+        "the dask_stream figures in --out, keeping the others (default in a full run: 1000000; --quick: 20000)",
     )
     parser.add_argument("--point", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--repeats", type=int, default=1, help=argparse.SUPPRESS)
@@ -228,8 +321,8 @@ def main() -> None:
     if args.point:
         args.out.write_text(json.dumps(one_point(args.point, args.repeats)))
         return
-    if args.sizes:
-        _update_points(args.sizes, args.out)
+    if args.sizes or (args.dask_sizes and not args.quick):
+        _update_points(args.sizes or [], args.dask_sizes or [], args.out)
         return
     sizes = [4096, 16384] if args.quick else [10_000, 100_000, 1_000_000]
     closed, opened = {}, {}
@@ -251,6 +344,8 @@ def main() -> None:
     n_host = 256
     _log(f"host loop, n = {n_host}")
     host = host_loop(_population(n_host))
+    dask_sizes = args.dask_sizes or ([20_000] if args.quick else [1_000_000])
+    streamed = {str(n): dask_stream(n) for n in dask_sizes}
     common = max(n for n in opened if "failed" not in closed.get(n, {"failed": ""}))
     result = {
         "what": "closed-loop patient-days/s (PID every 5 min on CGM, announced meals, 24 h, dt = 1 min, "
@@ -263,6 +358,7 @@ def main() -> None:
         "closed_over_open": closed[common]["patient_days_per_s"] / opened[common]["patient_days_per_s"],
         "closed_over_open_cpu": closed[common]["patient_days_per_cpu_s"] / opened[common]["patient_days_per_cpu_s"],
         "closed_over_open_at_n": common,
+        "dask_stream": streamed,
         "load_average_at_end": os.getloadavg(),
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
@@ -272,9 +368,13 @@ def main() -> None:
     _log(f"closed/open = {result['closed_over_open']:.3f} (CPU {result['closed_over_open_cpu']:.3f}) -> {args.out}")
 
 
-def _update_points(sizes: list[int], out: Path) -> None:
-    """Closed-loop points of ``sizes`` (a fresh process each) written into ``out``'s existing figures."""
+def _update_points(sizes: list[int], dask_sizes: list[int], out: Path) -> None:
+    """Closed-loop points of ``sizes`` (a fresh process each) and Dask points of ``dask_sizes`` written
+    into ``out``'s existing figures."""
     result = json.loads(out.read_text()) if out.exists() else {"closed_loop": {}}
+    result.setdefault("closed_loop", {})
+    for n in dask_sizes:
+        result.setdefault("dask_stream", {})[str(n)] = dask_stream(n)
     for n in sizes:
         _log(f"closed loop, n = {n}")
         point = _fresh_process(n, 1 if n >= 1_000_000 else 2)

@@ -19,35 +19,51 @@ closed loop :func:`medsim.policies.evaluate.run_policies` runs, for its shard, w
 ``first_patient`` set so every patient keeps the random streams it has in one process.
 Shard results come back in patient order and merge by concatenation
 (:func:`medsim.policies.rollout_assemble.merge_all`), so the report equals, number for number, the
-one a single process computes with the same seed. (Python policies that draw from the ``rng``
+one a single process computes with the same seed. With ``statistics="stream"``
+(:func:`streams_on_cluster`) a shard runs :func:`medsim.policies.rollout_device.streaming_rollout`
+and sends back only its per-patient :class:`~medsim.policies.streaming.StreamingSums` (numpy
+arrays, ``O(n J)``), never the per-interaction records. (Python policies that draw from the ``rng``
 argument get one generator per chunk; above :data:`DEFAULT_SHARD` patients shards are the chunks
 of one process; for smaller populations such policies see other coin flips. Built-in policies use
 per-patient streams and are unaffected.)
 
 Workers are configured per process before JAX starts (:class:`WorkerOptions`: CPU threads, the
 fraction of an accelerator's memory, the compilation cache folder). The embedded cluster
-(:func:`dask_client`) starts its workers with ``spawn``, never ``fork`` (JAX is multithreaded).
-See ``docs/scale.md`` for clusters (SLURM through dask-jobqueue, Kubernetes, any scheduler).
+(:func:`dask_client`) starts its workers with ``spawn``, never ``fork`` (JAX is multithreaded);
+both live in :mod:`medsim.policies.dask_workers` and are importable from here. See
+``docs/scale.md`` for clusters (SLURM through dask-jobqueue, Kubernetes, any scheduler).
 """
 
 from __future__ import annotations
 
-import os
-import sys
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from medsim.policies.dask_workers import DistributionError, WorkerOptions, configure_worker, dask_client
 from medsim.policies.paths import join_paths
 from medsim.policies.result import RolloutResult
 from medsim.policies.rollout_assemble import merge_all
 from medsim.policies.scenarios import Scenario
 from medsim.policies.spec import SafetySpec
+from medsim.policies.streaming import StreamingSums
 from medsim.population import PosteriorDraws, VirtualPopulation
+
+__all__ = [
+    "DistributionError",
+    "ShardTask",
+    "WorkerOptions",
+    "compiled_width",
+    "configure_worker",
+    "dask_client",
+    "merge_shards",
+    "rollouts_on_cluster",
+    "run_shard",
+    "shard_bounds",
+    "streams_on_cluster",
+]
 
 # Patients per shard for large populations: the rollout's default chunk_size, so shards are chunks.
 DEFAULT_SHARD = 8192
@@ -55,72 +71,8 @@ DEFAULT_SHARD = 8192
 # Fewest patients per shard (the rollout's smallest compiled chunk width).
 MIN_SHARD = 8
 
-
-class DistributionError(ValueError):
-    """The evaluation cannot be distributed as asked (names the model, option or worker)."""
-
-
-@dataclass(frozen=True)
-class WorkerOptions:
-    """Per-worker JAX settings, applied in each worker process before JAX starts.
-
-    Attributes
-    ----------
-    threads : int, optional
-        CPU threads of each worker's BLAS / OpenMP pools (default: theirs). With several workers
-        per machine, ``cores / workers`` avoids oversubscription.
-    memory_fraction : float, optional
-        Fraction of an accelerator's memory each worker's JAX may take (``0 < f <= 1``), e.g.
-        ``0.45`` for two workers sharing one GPU; also turns JAX's preallocation off.
-    compile_cache : str, optional
-        Persistent compilation cache folder (or ``"off"``); default: the client's setting
-        (:func:`medsim.compile_cache.cache_dir`), so workers on one file system share programs.
-    """
-
-    threads: int | None = None
-    memory_fraction: float | None = None
-    compile_cache: str | None = None
-
-    def __post_init__(self) -> None:
-        if self.threads is not None and (isinstance(self.threads, bool) or int(self.threads) < 1):
-            raise DistributionError(f"worker threads: expected an int >= 1, got {self.threads!r}")
-        if self.memory_fraction is not None and not 0 < float(self.memory_fraction) <= 1:
-            raise DistributionError(f"worker memory fraction: expected 0 < f <= 1, got {self.memory_fraction!r}")
-
-    def environ(self) -> dict[str, str]:
-        """Environment variables that carry these settings into a worker process."""
-        from medsim.compile_cache import ENV, OFF, cache_dir, environ
-
-        env: dict[str, str] = {}
-        if self.threads is not None:
-            # Thread pools of numpy's BLAS and OpenMP. XLA_FLAGS are left alone: they are part of
-            # the compilation cache's key, and workers with other flags than the client would
-            # compile every program again instead of loading it.
-            t = str(int(self.threads))
-            env.update({k: t for k in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")})
-        if self.memory_fraction is not None:
-            env["XLA_PYTHON_CLIENT_MEM_FRACTION"] = f"{float(self.memory_fraction):g}"
-            env["XLA_PYTHON_CLIENT_PREALLOCATE"] = "false"
-        folder = self.compile_cache if self.compile_cache is not None else cache_dir()
-        if folder is not None and str(folder).strip().lower() in OFF:
-            folder = None
-        env[ENV] = "off" if folder is None else str(folder)
-        env.update(environ(None if folder is None else Path(folder)))  # read by JAX when it starts
-        return env
-
-
-def configure_worker(options: WorkerOptions) -> None:
-    """Apply ``options`` in this (worker) process: environment first, then the compile cache.
-
-    Settings read when JAX starts (threads, memory) only take effect if JAX is not imported yet,
-    which holds for workers started by :func:`dask_client`; the compile cache works either way.
-    """
-    env = options.environ()
-    if "jax" not in sys.modules:
-        os.environ.update(env)
-    from medsim.compile_cache import ENV, enable
-
-    enable(env=env if ENV in env else None)
+# What a shard sends back: per-interaction RolloutResults, or per-patient streaming sums.
+STATISTICS = ("rows", "stream")
 
 
 def shard_bounds(n: int, workers: int, *, shard: int | None = None) -> list[tuple[int, int]]:
@@ -196,6 +148,11 @@ class ShardTask:
     options: WorkerOptions
     loops: tuple[str, ...] = ()
     on_failure: str = "stop"  # patients that cannot be simulated (medsim.policies.failures)
+    statistics: str = "rows"  # or "stream": per-patient StreamingSums only (streams_on_cluster)
+
+    def __post_init__(self) -> None:
+        if self.statistics not in STATISTICS:
+            raise DistributionError(f"shard statistics: expected one of {STATISTICS}, got {self.statistics!r}")
 
 
 def _registered_model(name: str, description: str):
@@ -214,11 +171,15 @@ def _registered_model(name: str, description: str):
     return model
 
 
-def run_shard(task: ShardTask, draws: Mapping[str, Any] | None = None) -> list[RolloutResult]:
+def run_shard(
+    task: ShardTask, draws: Mapping[str, Any] | None = None
+) -> list[RolloutResult] | list[dict[str, np.ndarray]]:
     """Run every policy on one shard (in a worker); results in the order of ``task.policies``.
 
     ``draws`` are the posterior draws' arrays (:func:`_draws_data`; scattered once to every
-    worker), or ``None`` for a population without draws.
+    worker), or ``None`` for a population without draws. With ``task.statistics == "stream"``
+    each policy's result is its shard's :class:`~medsim.policies.streaming.StreamingSums` as a
+    dict of numpy arrays (field name -> array).
     """
     configure_worker(task.options)
     from medsim.policies.evaluate import run_policies
@@ -230,6 +191,8 @@ def run_shard(task: ShardTask, draws: Mapping[str, Any] | None = None) -> list[R
     population = VirtualPopulation(model=model, **task.population)
     context = PolicyContext(model=model, bounds=task.spec.bounds, draws=posterior, dt=task.dt, scheme=task.scheme)
     policies = build_policies(task.policies, context=context)
+    if task.statistics == "stream":
+        return [_shard_sums(task, population, policy) for policy in policies]
     loops = task.loops or ("auto",) * len(policies)
     # One policy at a time, each in the loop the client chose for it (policies share their
     # random numbers through the seed and the patients' streams, not through one call).
@@ -253,6 +216,33 @@ def run_shard(task: ShardTask, draws: Mapping[str, Any] | None = None) -> list[R
         )[0]
         for policy, loop in zip(policies, loops, strict=True)
     ]
+
+
+def _shard_sums(task: ShardTask, population: VirtualPopulation, policy) -> dict[str, np.ndarray]:
+    """One policy's streaming sums on a shard: the closed loop ``run_policies`` runs (bounds, target,
+    horizon and scenario of ``task.spec``), reduced as it goes."""
+    from medsim.policies.evaluate import resolve_scenario
+    from medsim.policies.rollout_device import streaming_rollout
+
+    model = population.model
+    sums = streaming_rollout(
+        model,
+        population,
+        policy,
+        bounds=task.spec.bounds,
+        horizon=task.spec.horizon,
+        dt=task.dt,
+        seed=task.seed,
+        scenario=resolve_scenario(model, task.scenario, task.seed),
+        target=task.spec.target,
+        scheme=task.scheme,
+        max_interactions=task.max_interactions,
+        chunk_size=task.chunk_size,
+        on_failure=task.on_failure,
+        first_patient=task.first_patient,
+        pad_to=task.pad_to,
+    )
+    return {name: np.asarray(value) for name, value in sums._asdict().items()}
 
 
 def merge_shards(shards: Sequence[Sequence[RolloutResult]], population: VirtualPopulation) -> list[RolloutResult]:
@@ -301,13 +291,104 @@ def rollouts_on_cluster(
         For a model that is not registered by name (e.g. a neural checkpoint) or policies given as
         objects rather than spec strings.
     """
-    from distributed import as_completed
+    _check_shippable(population, policy_specs)
+    loops = ("auto",) * len(policy_specs) if loops is None else tuple(loops)
+    if len(loops) != len(policy_specs):
+        raise DistributionError(f"loops: expected one per policy ({len(policy_specs)}), got {len(loops)}")
+    bounds = shard_bounds(population.n_patients, _n_workers(client), shard=shard)
+    # Every shard pads to the chunk width one process compiles for this population: all workers and
+    # a one-process run share their compiled programs (through the persistent compilation cache).
+    shards = _run_shards(
+        client, draws, population, bounds, progress,
+        policies=tuple(policy_specs), spec=spec, dt=float(dt), seed=int(seed), scenario=scenario,
+        scheme=scheme, max_interactions=max_interactions, on_failure=on_failure, options=options or WorkerOptions(),
+        chunk_size=bounds[0][1] - bounds[0][0], pad_to=compiled_width(population.n_patients),
+        support=None if not support else {k: tuple(map(float, v)) for k, v in support.items()},
+        max_memory=max_memory, loops=loops,
+    )  # fmt: skip
+    return merge_shards(shards, population)
 
-    from medsim.simulate.cache import model_key
 
-    model = population.model
+def streams_on_cluster(
+    client: Any,
+    draws: PosteriorDraws | None,
+    population: VirtualPopulation,
+    policy_specs: Sequence[str],
+    spec: SafetySpec,
+    *,
+    dt: float,
+    seed: int,
+    scenario: Scenario | str | None,
+    scheme: str,
+    max_interactions: int | None,
+    progress: Callable[[float, float], None] | None = None,
+    options: WorkerOptions | None = None,
+    shard: int | None = None,
+    on_failure: str = "stop",
+) -> list[StreamingSums]:
+    """Per policy, the whole population's streaming sums, computed in shards on ``client``'s workers.
+
+    Each worker runs :func:`medsim.policies.rollout_device.streaming_rollout` on its shards
+    (``statistics="stream"``) and sends back only the per-patient sums; the shards' sums are
+    concatenated in patient order. The result equals, array for array, what this process computes
+    for each policy ``p`` built from ``policy_specs``
+    (:func:`medsim.policies.evaluate.policy_context` with ``draws``, ``dt`` and ``scheme``)::
+
+        streaming_rollout(population.model, population, p, bounds=spec.bounds, horizon=spec.horizon,
+                          dt=dt, seed=seed, scenario=resolve_scenario(model, scenario, seed),
+                          target=spec.target, scheme=scheme, max_interactions=max_interactions,
+                          on_failure=on_failure)
+
+    i.e. the closed loop :func:`medsim.policies.evaluate.run_policies` runs, with its default
+    measurement noise. The sums' ``J`` columns are ``tuple(spec.bounds)`` in order (the
+    ``bounds`` of that run's :class:`~medsim.policies.result.RolloutResult`; no target or support
+    bounds), so ``sums_events(sums, tuple(spec.bounds), spec, population.draw, p.name)``
+    (:func:`medsim.policies.streaming.sums_events`) gives the policy's patient events.
+
+    Shards are the one-process run's compiled chunks (:func:`~medsim.policies.rollout_device.streaming_width`
+    on this process's devices: 65536 patients for large populations) or, for a population of at
+    most one chunk, one shard per worker; ``shard`` sets another size. Every shard is compiled at
+    the one-process width (a shard smaller than a chunk is padded to it) and draws from its
+    patients' own streams (``first_patient``), so workers and a one-process run share their
+    compiled programs and their numbers. ``progress(done, total)``
+    gets the policies done (shards finished). ``on_failure`` as in
+    :func:`~medsim.policies.rollout_device.streaming_rollout` (failed patients keep their global
+    index).
+
+    Raises
+    ------
+    DistributionError
+        For a model that is not registered by name or policies given as objects rather than spec
+        strings.
+    ValueError
+        On a worker, for a policy without an array step or a scenario with infusions (as
+        :func:`~medsim.policies.rollout_device.streaming_rollout`).
+    """
+    from medsim.policies.rollout_device import STREAMING_CHUNK, streaming_width
+
+    _check_shippable(population, policy_specs)
+    n, workers = population.n_patients, _n_workers(client)
+    width = streaming_width(n, STREAMING_CHUNK)
+    if shard is None:  # the one-process chunks, or one shard per worker (a multiple of 8 patients)
+        shard = width if n > width else max(MIN_SHARD, -(-n // (8 * workers)) * 8)
+    bounds = shard_bounds(n, workers, shard=shard)
+    shards = _run_shards(
+        client, draws, population, bounds, progress,
+        policies=tuple(policy_specs), spec=spec, dt=float(dt), seed=int(seed), scenario=scenario,
+        scheme=scheme, max_interactions=max_interactions, on_failure=on_failure, options=options or WorkerOptions(),
+        chunk_size=STREAMING_CHUNK, pad_to=width, support=None, max_memory=None, statistics="stream",
+    )  # fmt: skip
+    return [
+        StreamingSums(*(np.concatenate([s[i][name] for s in shards]) for name in StreamingSums._fields))
+        for i in range(len(policy_specs))
+    ]
+
+
+def _check_shippable(population: VirtualPopulation, policy_specs: Sequence[str]) -> None:
+    """Refuse what workers cannot rebuild: an unregistered model, policies that are not spec strings."""
     import medsim.models as registry
 
+    model = population.model
     if model.name not in registry.available():
         raise DistributionError(
             f"model {model.name!r} is not registered by name, so workers cannot rebuild it; run it in one process "
@@ -315,90 +396,50 @@ def rollouts_on_cluster(
         )
     if not all(isinstance(p, str) for p in policy_specs):
         raise DistributionError("policies sent to workers must be spec strings such as 'pid:every=60'")
-    options = options or WorkerOptions()
-    loops = ("auto",) * len(policy_specs) if loops is None else tuple(loops)
-    if len(loops) != len(policy_specs):
-        raise DistributionError(f"loops: expected one per policy ({len(policy_specs)}), got {len(loops)}")
-    workers = max(len(client.scheduler_info().get("workers", {})), 1)
-    bounds = shard_bounds(population.n_patients, workers, shard=shard)
-    # Every shard pads to the chunk width one process compiles for this population: all workers and
-    # a one-process run share their compiled programs (through the persistent compilation cache).
-    chunk = bounds[0][1] - bounds[0][0]
-    width = compiled_width(population.n_patients)
+
+
+def _n_workers(client: Any) -> int:
+    return max(len(client.scheduler_info().get("workers", {})), 1)
+
+
+def _run_shards(
+    client: Any,
+    draws: PosteriorDraws | None,
+    population: VirtualPopulation,
+    bounds: Sequence[tuple[int, int]],
+    progress: Callable[[float, float], None] | None,
+    **fields: Any,
+) -> list[list[Any]]:
+    """:func:`run_shard` of each ``[start, stop)`` of ``bounds`` (a :class:`ShardTask` of ``fields``);
+    the shards' results in patient order, ``progress(done, total)`` (policies) as shards finish."""
+    from distributed import as_completed
+
+    from medsim.simulate.cache import model_key
+
+    model = population.model
     draws_data = None if draws is None else client.scatter(_draws_data(draws), broadcast=True)
     description = model_key(model)[1]
-    futures, sizes = [], {}
-    for start, stop in bounds:
-        task = ShardTask(
+    tasks = [
+        ShardTask(
             model=model.name,
             model_description=description,
             population=_population_data(population.take(slice(start, stop))),
             first_patient=start,
-            chunk_size=chunk,
-            pad_to=width,
-            policies=tuple(policy_specs),
-            spec=spec,
-            dt=float(dt),
-            seed=int(seed),
-            scenario=scenario,
-            support=None if not support else {k: tuple(map(float, v)) for k, v in support.items()},
-            scheme=scheme,
-            max_interactions=max_interactions,
-            max_memory=max_memory,
-            options=options,
-            loops=loops,
-            on_failure=on_failure,
+            **fields,
         )
+        for start, stop in bounds
+    ]
+    # Sent to the workers as data (round-robin), not inside the task graph: a shard of 65536
+    # patients is about 13 MB, past what Dask accepts in a graph without a warning.
+    futures, sizes = [], {}
+    for (start, stop), task in zip(bounds, client.scatter(tasks, hash=False), strict=True):
         futures.append(client.submit(run_shard, task, draws_data, pure=False))
         sizes[futures[-1].key] = stop - start
     done = 0
-    n_policies = float(len(policy_specs))
+    n_policies = float(len(fields["policies"]))
     for future in as_completed(futures):
         future.result()  # raises a worker's error here, naming it
         done += sizes[future.key]
         if progress is not None:
             progress(n_policies * done / population.n_patients, n_policies)
-    return merge_shards([f.result() for f in futures], population)
-
-
-@contextmanager
-def dask_client(
-    workers: int | None = None, scheduler: str | None = None, options: WorkerOptions | None = None
-) -> Iterator[Any]:
-    """A Dask client: an embedded local cluster of ``workers`` processes, or ``scheduler``'s.
-
-    The local cluster starts its workers with ``spawn`` (one thread each, ``options`` in their
-    environment before JAX starts) and is shut down on exit; an existing scheduler is only
-    connected to.
-    """
-    try:
-        import dask
-        from distributed import Client, LocalCluster
-    except ImportError as err:
-        raise DistributionError(
-            f"distributed evaluation needs dask[distributed] (pip install medsim[dask]): {err}"
-        ) from None
-    if (workers is None) == (scheduler is None):
-        raise DistributionError("give either a number of workers or a scheduler address")
-    if scheduler is not None:
-        with Client(scheduler) as client:
-            yield client
-        return
-    if int(workers) < 1:
-        raise DistributionError(f"workers: expected an int >= 1, got {workers!r}")
-    import logging
-
-    options = options or WorkerOptions()
-    with dask.config.set({"distributed.worker.multiprocessing-method": "spawn"}):
-        with (
-            LocalCluster(
-                n_workers=int(workers),
-                threads_per_worker=1,
-                processes=True,
-                dashboard_address=None,
-                silence_logs=logging.ERROR,
-                env=options.environ(),
-            ) as cluster,
-            Client(cluster) as client,
-        ):
-            yield client
+    return [f.result() for f in futures]

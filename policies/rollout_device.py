@@ -29,6 +29,9 @@ LOOPS = ("auto", "device", "host")
 # Python loop usually finishes sooner (measured in benchmarks/README.md, "Closed loop").
 AUTO_MIN_PATIENTS = 4096
 
+# Most patients per compiled chunk of streaming_rollout (its memory is O(chunk x bounds)).
+STREAMING_CHUNK = 65536
+
 
 def choose_loop(loop: str, policy: Policy, n_patients: int | None = None, noise_index: object = None) -> str:
     """``"device"`` or ``"host"`` for ``loop`` in :data:`LOOPS` (``"auto"``: the compiled loop when
@@ -202,6 +205,14 @@ def _saved_paths(setup, pop, policy, offset, n_paths, save_every, total, host) -
     return host(setup, first, policy, offset, n_paths, n_paths, save_every, None, 0.0, total)
 
 
+def streaming_width(n: int, chunk_size: int = STREAMING_CHUNK, n_devices: int | None = None) -> int:
+    """Patients per compiled chunk of :func:`streaming_rollout` for ``n`` patients on ``n_devices``
+    local devices (default: this process's): each device's share bucketed as the simulator buckets
+    batches (at most 25 % padding, few shapes), at most ``chunk_size``."""
+    devices = len(jax.local_devices()) if n_devices is None else int(n_devices)
+    return bucket_batch(-(-int(n) // devices), int(chunk_size))
+
+
 class _Quiet:
     """Hooks without progress (limits only)."""
 
@@ -232,8 +243,10 @@ def streaming_rollout(
     target=None,
     scheme: str = "milstein",
     max_interactions: int | None = None,
-    chunk_size: int = 65536,
+    chunk_size: int = STREAMING_CHUNK,
     on_failure: str = "stop",
+    first_patient: int = 0,
+    pad_to: int | None = None,
     progress=None,
 ):
     """Per-patient :class:`~medsim.policies.streaming.StreamingSums` of ``policy`` on ``population``,
@@ -248,16 +261,29 @@ def streaming_rollout(
     ``failed_time`` / ``failure_reason`` record it. ``progress(done, total)``, optional, is called
     with the share of patients done as each chunk finishes.
 
+    Chunks of :func:`streaming_width` patients (at most ``chunk_size``) go round-robin to the local
+    devices; ``first_patient`` and ``pad_to`` make ``population`` a shard of a larger one
+    (:func:`medsim.policies.distribute.streams_on_cluster`): patient ``i`` draws from the streams
+    of patient ``first_patient + i``, and every chunk holds ``pad_to`` patients (the last one
+    padded), the whole population's width, so the shard runs the whole population's compiled
+    programs and its sums equal, bit for bit, the whole population's rows
+    ``first_patient, first_patient + 1, ...``.
+
     Raises
     ------
     ValueError
-        For a policy without an array step or a scenario with infusions.
+        For a policy without an array step, a scenario with infusions, ``chunk_size`` or ``pad_to``
+        below 1, or a negative ``first_patient``.
     """
     from medsim.policies.failures import check_on_failure
     from medsim.policies.rollout_setup import _Setup, chunk_scenario
     from medsim.simulate import budget
 
     choose_loop("device", policy)
+    if int(chunk_size) < 1 or (pad_to is not None and int(pad_to) < 1):
+        raise ValueError(f"chunk_size and pad_to must be >= 1, got {chunk_size} and {pad_to}")
+    if int(first_patient) < 0:
+        raise ValueError(f"first_patient must be >= 0, got {first_patient}")
     policy = for_model(policy, model)  # model defaults (e.g. the glucose observable) from the model
     limit = budget.DEFAULT_MAX_INTERACTIONS if max_interactions is None else int(max_interactions)
     setup = _Setup(model, bounds, horizon, dt, seed, scenario, measurement_noise, target, None, scheme, limit)
@@ -266,8 +292,7 @@ def streaming_rollout(
     setup.on_failure = check_on_failure(on_failure)
     devices = jax.local_devices()
     # Chunks go round-robin to the local devices (e.g. one CPU device per core), one thread each.
-    # Chunk widths bucketed as the simulator buckets batches (at most 25 % padding, few shapes).
-    width = bucket_batch(-(-n // len(devices)), int(chunk_size))
+    width = streaming_width(n, chunk_size, len(devices)) if pad_to is None else int(pad_to)
 
     def run(offset: int):
         from medsim.policies.failures import hinted
@@ -276,7 +301,8 @@ def streaming_rollout(
         with jax.default_device(devices[(offset // width) % len(devices)]):
             n_real = min(width, n - offset)
             chunk = population.take(np.minimum(np.arange(offset, offset + width), n - 1))
-            patient = offset + np.arange(width, dtype=np.int64)
+            first = int(first_patient) + offset  # global index: a shard's patients keep their streams
+            patient = first + np.arange(width, dtype=np.int64)
             theta = {k: to_device(v, np.float32) for k, v in chunk.simulation_parameters().items()}
             x = {k: to_device(v, np.float32) for k, v in chunk.initial_state().items()}
             scen = chunk_scenario(setup, policy, patient, x, theta)
@@ -285,10 +311,10 @@ def streaming_rollout(
             check_first_option(setup, chunk, policy, patient, x, theta, scen)
             hooks = _Quiet(setup, policy, scen)
             run_chunk = device_loop.run_chunk
-            _, target, sums, failures, _ = run_chunk(setup, chunk, policy, offset, n_real, scen, False, hooks)
+            _, target, sums, failures, _ = run_chunk(setup, chunk, policy, first, n_real, scen, False, hooks)
             if failures.any and setup.on_failure == "stop":  # the host loop names the patient and what went wrong
                 with hinted():
-                    _run_chunk(setup, chunk, policy, offset, n_real, 0, None, None, 0.0, 1.0)
+                    _run_chunk(setup, chunk, policy, first, n_real, 0, None, None, 0.0, 1.0)
             sums = sums._replace(failed_time=failures.time, failure_reason=failures.reason, outside_target=target)
             done.append(n_real)
             if progress is not None:

@@ -81,9 +81,8 @@ def test_shards_cover_the_patients_in_order():
         shard_bounds(0, 2)
 
 
-def test_tasks_carry_no_code_and_no_model_objects(draws):
-    pop = sample_population(draws, 16, seed=SEED)
-    task = ShardTask(
+def _task_fields(pop) -> dict:
+    return dict(
         model=MODEL.name,
         model_description="{}",
         population=_population_data(pop.take(slice(0, 8))),
@@ -101,6 +100,13 @@ def test_tasks_carry_no_code_and_no_model_objects(draws):
         max_memory=None,
         options=WorkerOptions(threads=1),
     )
+
+
+def test_tasks_carry_no_code_and_no_model_objects(draws):
+    pop = sample_population(draws, 16, seed=SEED)
+    task = ShardTask(**_task_fields(pop))
+    with pytest.raises(DistributionError, match="statistics: expected one of"):
+        ShardTask(**_task_fields(pop), statistics="all")
     found: set[str] = set()
 
     class Recorder(pickle.Unpickler):
@@ -188,3 +194,82 @@ def test_workers_run_the_loop_the_whole_population_asks_for(draws, cluster, monk
         rollouts_on_cluster(
             cluster, draws, pop, POLICIES, SPEC, **options, max_interactions=None, max_memory=None, loops=["host"]
         )
+
+
+@pytest.fixture(scope="module")
+def streamed(draws):
+    """A population of 200 with one patient the simulator refuses (patient 150, in the last shard),
+    and its streaming sums in this process: the reference the shards must reproduce."""
+    from dataclasses import replace
+
+    from medsim.policies.evaluate import resolve_scenario
+    from medsim.policies.loading import build_policies
+    from medsim.policies.protocol import PolicyContext
+    from medsim.policies.rollout_device import streaming_rollout
+
+    pop = sample_population(draws, STREAM_N, seed=SEED)
+    gut = np.zeros(STREAM_N)
+    gut[STREAM_BAD] = 1e6  # a meal no controller keeps in the model's physical range
+    pop = replace(pop, params={**pop.params, "initial_gut2": gut})
+    context = PolicyContext(model=MODEL, bounds=SPEC.bounds, draws=draws, dt=1.0, scheme="milstein")
+    (policy,) = build_policies(STREAM_POLICY, context=context)
+    run = dict(bounds=SPEC.bounds, horizon=SPEC.horizon, dt=1.0, seed=SEED, target=SPEC.target, on_failure="count")
+    run["scenario"] = resolve_scenario(MODEL, "none", SEED)  # what the workers resolve "none" to
+    one = streaming_rollout(MODEL, pop, policy, **run)
+    return pop, policy, run, one
+
+
+STREAM_N, STREAM_BAD, STREAM_POLICY = 200, 150, ("pid:every=30",)
+
+
+def assert_same_sums(got, want):
+    for name, a, b in zip(want._fields, got, want, strict=True):
+        assert a.shape == b.shape and a.dtype == b.dtype, name
+        assert np.array_equal(a, b, equal_nan=True), name  # bit for bit: the same compiled programs
+
+
+@pytest.mark.slow  # the streaming loop's compilation (~12 s on 2 shared cores), shared with the next test
+def test_streaming_shards_give_the_one_process_sums(draws, cluster, streamed):
+    from medsim.policies.distribute import streams_on_cluster
+
+    pop, _, _, one = streamed
+    assert one.failure_reason[STREAM_BAD] > 0 and (np.flatnonzero(one.failure_reason) == STREAM_BAD).all()
+    options = dict(dt=1.0, seed=SEED, scenario="none", scheme="milstein", max_interactions=None, on_failure="count")
+    done = []
+    # one shard per worker (104 + 96 patients), then three uneven shards (72 + 72 + 56) on the two workers
+    for shard in (None, 72):
+        (sums,) = streams_on_cluster(
+            cluster, draws, pop, STREAM_POLICY, SPEC, **options, shard=shard, progress=lambda d, t: done.append(d)
+        )
+        assert_same_sums(sums, one)
+    assert done[-1] == 1.0
+    with pytest.raises(DistributionError, match="spec strings"):
+        streams_on_cluster(cluster, draws, pop, [object()], SPEC, **options)
+
+
+@pytest.mark.slow  # the streaming loop's compilation, unless the previous test compiled it
+def test_a_shard_is_its_slice_of_the_whole_population(streamed):
+    import jax
+
+    from medsim.policies.rollout_device import streaming_rollout, streaming_width
+
+    pop, policy, run, one = streamed
+    width = streaming_width(STREAM_N)
+    for a, b in ((72, 144), (144, STREAM_N)):  # the second holds the refused patient
+        shard = streaming_rollout(MODEL, pop.take(slice(a, b)), policy, **run, first_patient=a, pad_to=width)
+        assert_same_sums(shard, jax.tree_util.tree_map(lambda v, a=a, b=b: v[a:b], one))
+    # without first_patient the shard's patients draw other patients' streams: other sums
+    other = streaming_rollout(MODEL, pop.take(slice(72, 144)), policy, **run, pad_to=width)
+    assert not np.array_equal(other.log_survival, one.log_survival[72:144])
+
+
+def test_shard_arguments_of_the_streaming_loop_are_checked(draws):
+    from medsim.policies.builtin import PID
+    from medsim.policies.rollout_device import streaming_rollout
+
+    pop = sample_population(draws, 8, seed=SEED)
+    run = dict(bounds=SPEC.bounds, horizon=60.0, dt=1.0, seed=SEED)
+    with pytest.raises(ValueError, match="first_patient must be >= 0, got -1"):
+        streaming_rollout(MODEL, pop, PID(), **run, first_patient=-1)
+    with pytest.raises(ValueError, match="pad_to must be >= 1"):
+        streaming_rollout(MODEL, pop, PID(), **run, pad_to=0)
