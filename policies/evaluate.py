@@ -215,30 +215,11 @@ def evaluate_policies(
             draws, n, mode=mode, subject=subject, seed=seed, patients_per_draw=patients_per_draw
         )
     if client is not None:
-        from medsim.policies.distribute import rollouts_on_cluster
-        from medsim.policies.protocol import for_model
-        from medsim.policies.rollout_device import choose_loop
-
-        # Decided here for the whole population, as one process would: a worker's shard is smaller,
-        # and "auto" there could pick another loop than the one-process run.
-        loops = [choose_loop(loop, for_model(p, model), population.n_patients) for p in policies]
-        results = rollouts_on_cluster(
-            client,
-            draws,
-            population,
-            given,
-            spec,
-            dt=step,
-            seed=seed,
-            scenario=scenario,
-            support=support,
-            scheme=scheme,
-            max_interactions=max_interactions,
-            max_memory=max_memory,
-            progress=progress,
-            loops=loops,
-            on_failure=on_failure,
-        )
+        results = _on_cluster(
+            client, draws, population, given, policies, spec, dt=step, seed=seed, scenario=scenario, support=support,
+            scheme=scheme, max_interactions=max_interactions, max_memory=max_memory, progress=progress, loop=loop,
+            on_failure=on_failure, statistics=statistics, recorded=recorded,
+        )  # fmt: skip
     else:
         results = run_policies(
             population,
@@ -390,3 +371,65 @@ def unstreamable(model, policy: Policy, spec: SafetySpec) -> str | None:
     except ValueError as err:
         return str(err)
     return None
+
+
+def _on_cluster(
+    client, draws, population, given, policies, spec, *, dt, seed, scenario, support, scheme, max_interactions,
+    max_memory, progress, loop, on_failure, statistics, recorded,
+) -> list[RolloutResult | StreamedRollout]:  # fmt: skip
+    """:func:`run_policies` of ``population`` sharded over ``client``'s workers: recorded rollouts
+    merged from the workers' rows, or streamed rollouts from their per-patient sums (the first
+    ``recorded`` patients recorded here), as ``statistics`` decides for the whole population."""
+    from medsim.policies.distribute import rollouts_on_cluster, streams_on_cluster
+    from medsim.policies.protocol import for_model
+    from medsim.policies.rollout_device import choose_loop
+    from medsim.policies.streamed import rows_refusal
+
+    model = population.model
+    support = dict(support) if support else None
+    options = dict(bounds=spec.bounds, horizon=spec.horizon, dt=dt, seed=seed, scenario=scenario, scheme=scheme)
+    options |= dict(max_interactions=max_interactions)
+    kinds = []
+    for policy in policies:
+        kind = "rows" if statistics != "stream" else "stream"
+        if statistics == "auto":
+            # Decided here for the whole population: a worker checks only its shard.
+            refusal = rows_refusal(model, population, policy, **options, target=spec.target, max_memory=max_memory)
+            if refusal is not None:
+                why = unstreamable(model, policy, spec) if refusal.what == "memory" else None
+                if refusal.what != "memory" or why is not None:
+                    raise budget.WorkLimitError(
+                        str(refusal) + ("" if why is None else f"; keeping per-patient sums instead is not possible "
+                                        f"here: {why}"),
+                        what=refusal.what, estimate=refusal.estimate, limit=refusal.limit,
+                    )  # fmt: skip
+                kind = "stream"
+        kinds.append(kind)
+    out: list[RolloutResult | StreamedRollout | None] = [None] * len(policies)
+    total = float(len(policies))
+    rows = [i for i, k in enumerate(kinds) if k == "rows"]
+    if rows:
+        # Decided here for the whole population, as one process would: a worker's shard is smaller,
+        # and "auto" there could pick another loop than the one-process run.
+        loops = [choose_loop(loop, for_model(policies[i], model), population.n_patients) for i in rows]
+        merged = rollouts_on_cluster(
+            client, draws, population, [given[i] for i in rows], spec, dt=dt, seed=seed, scenario=scenario,
+            support=support, scheme=scheme, max_interactions=max_interactions, max_memory=max_memory,
+            progress=None if progress is None else lambda done, _: progress(done, total), loops=loops,
+            on_failure=on_failure,
+        )  # fmt: skip
+        for i, result in zip(rows, merged, strict=True):
+            out[i] = result
+    streamed = [i for i, k in enumerate(kinds) if k == "stream"]
+    if streamed:
+        sums = streams_on_cluster(
+            client, draws, population, [given[i] for i in streamed], spec, dt=dt, seed=seed, scenario=scenario,
+            scheme=scheme, max_interactions=max_interactions, on_failure=on_failure,
+            progress=None if progress is None else lambda done, _: progress(len(rows) + done, total),
+        )  # fmt: skip
+        for i, s in zip(streamed, sums, strict=True):
+            out[i] = streamed_rollout(
+                model, population, policies[i], **options, target=spec.target, support=support,
+                max_memory=max_memory, recorded=recorded, on_failure=on_failure, sums=s,
+            )  # fmt: skip
+    return out

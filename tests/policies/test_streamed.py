@@ -55,6 +55,7 @@ def report_dict(report) -> dict:
     d = json.loads(report.to_json())
     d["provenance"].pop("created")  # wall-clock time
     d["provenance"]["settings"].pop("statistics")  # says how each was computed
+    d["provenance"]["settings"].pop("loop")  # sums come from the compiled loop; 48 recorded patients run on the host
     for p in d["policies"]:
         p.pop("recorded_patients")
     return d
@@ -164,3 +165,29 @@ def test_bad_statistics_are_refused_before_any_work(setting):
         evaluate_policies(draws, POLICIES[:1], SPEC, n=N, population=pop, statistics="sums", **kw)
     with pytest.raises(ValueError, match="recorded: expected at least 1"):
         evaluate_policies(draws, POLICIES[:1], SPEC, n=N, population=pop, statistics="stream", recorded=0, **kw)
+
+
+@pytest.mark.slow
+def test_dask_workers_give_the_one_process_streamed_report(setting, reports):
+    """Workers send back per-patient sums only; the report equals the one-process streamed report."""
+    distributed = pytest.importorskip("distributed")
+    draws, pop, kw = setting
+    few = reports[2]
+    specs = [p.name for p in POLICIES]
+    with (
+        distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=False, dashboard_address=None) as c,
+        distributed.Client(c) as client,
+    ):
+        two, results = evaluate_policies(
+            draws, specs, SPEC, n=N, population=pop, statistics="stream", recorded=FEW, client=client, **kw
+        )
+        # auto decides for the whole population on the client: rows of 48 patients exceed 200 kB
+        auto, _ = evaluate_policies(
+            draws, specs[:1], SPEC, n=N, population=pop, recorded=FEW, client=client, max_memory=200_000, **kw
+        )
+    assert [r.rows.n_patients for r in results] == [FEW, FEW]
+    a, b = json.loads(few.to_json()), json.loads(two.to_json())
+    for r in (a, b):
+        r["provenance"].pop("created")
+    assert a == b
+    assert auto.policies[0].recorded_patients == FEW
