@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import subprocess
 import sys
 import tempfile
@@ -78,6 +77,10 @@ def main() -> None:
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     figures: dict[str, float | int | bool | str] = {}
     base: list[str] = []
+    sys.path.insert(0, str(ROOT))
+    from benchmarks.machine import machine_info
+
+    machine = machine_info(os.cpu_count() or 1)
     with tempfile.TemporaryDirectory() as tmp:
         cache = Path(tmp) / "jax-cache"
         base = [sys.executable, "-m", "medsim.cli", "--compile-cache", str(cache), "risk", "--prior", "glucose_insulin"]
@@ -102,11 +105,10 @@ def main() -> None:
         "command": " ".join(["python", "benchmarks/risk_scale.py", *sys.argv[1:]]),
         "risk_command": " ".join(["medsim", *base[base.index("risk") :]]).replace(SPEC, f"'{SPEC}'"),
         "n": n,
-        "machine": {"platform": platform.platform(), "cpus": os.cpu_count()},
+        "machine": machine,
         "targets": {"wall_s": 60.0, "peak_rss_GiB": 2.0},
         "figures": figures,
     }
-    sys.path.insert(0, str(ROOT))
     from medsim.io import write_text
 
     args.out.parent.mkdir(parents=True, exist_ok=True)

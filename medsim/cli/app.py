@@ -28,6 +28,22 @@ app = typer.Typer(
 GC_THRESHOLDS = (50_000, 20, 10)
 
 
+def use_all_cores() -> None:
+    """One JAX CPU device per core (``jax_num_cpu_devices``; ``MEDSIM_CPU_DEVICES`` overrides the
+    count), so that chunks of patients run side by side; a no-op once JAX has initialised (e.g. when a
+    command is called from Python). Results do not depend on it: every patient draws from its own
+    random streams."""
+    import os
+
+    import jax
+
+    count = int(os.environ.get("MEDSIM_CPU_DEVICES", os.cpu_count() or 1))
+    try:
+        jax.config.update("jax_num_cpu_devices", count)
+    except RuntimeError:  # JAX already initialised: keep its devices
+        pass
+
+
 def main() -> None:
     """Console-script entry point (also ``python -m medsim.cli``).
 

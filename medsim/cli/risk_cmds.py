@@ -28,7 +28,7 @@ from typing import Any
 
 import typer
 
-from medsim.cli.app import app
+from medsim.cli.app import app, use_all_cores
 
 _COLORS = {"PASS": "green", "FAIL": "red", "UNDECIDED": "yellow"}
 _SUPPORT_UNKNOWN = {
@@ -338,6 +338,7 @@ def risk_command(
     from medsim.cli.outputs import output_dir
 
     output_dir(out, "--out")
+    use_all_cores()  # chunks of patients side by side, one per core (the same numbers)
     from dataclasses import replace
 
     from rich.console import Console

@@ -34,13 +34,12 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import time
 from pathlib import Path
 
 import typer
 
-from medsim.cli.app import app
+from medsim.cli.app import app, use_all_cores
 
 #: Patients whose paths the fan chart draws its quantile bands from.
 FAN_PATHS = 1000
@@ -126,16 +125,6 @@ def _check_work(model, n: int, horizon: float, look: float, n_bounds: int, n_pat
     )
 
 
-def _use_all_cores() -> None:
-    import jax
-
-    count = int(os.environ.get("MEDSIM_CPU_DEVICES", os.cpu_count() or 1))
-    try:
-        jax.config.update("jax_num_cpu_devices", count)
-    except RuntimeError:  # JAX already initialised (e.g. when called from Python): keep its devices
-        pass
-
-
 def _finite(x: float) -> float | None:
     return float(x) if math.isfinite(x) else None
 
@@ -199,7 +188,7 @@ def simulate_command(
         from medsim.cli.outputs import output_file
 
         output_file(plot, "--plot")
-    _use_all_cores()
+    use_all_cores()
     from rich.console import Console
     from rich.progress import Progress
     from rich.table import Table
