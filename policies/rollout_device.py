@@ -17,7 +17,7 @@ import numpy as np
 from medsim.policies import device_loop
 from medsim.policies.protocol import Policy, for_model
 from medsim.policies.result import RolloutResult
-from medsim.policies.rollout_assemble import assemble, support_fraction
+from medsim.policies.rollout_assemble import assemble, scenario_totals, support_fraction
 from medsim.population.virtual import VirtualPopulation
 from medsim.simulate.plan import bucket_batch
 from medsim.transfer import to_device
@@ -315,7 +315,10 @@ def streaming_rollout(
             if failures.any and setup.on_failure == "stop":  # the host loop names the patient and what went wrong
                 with hinted():
                     _run_chunk(setup, chunk, policy, first, n_real, 0, None, None, 0.0, 1.0)
-            sums = sums._replace(failed_time=failures.time, failure_reason=failures.reason, outside_target=target)
+            given = scenario_totals(scen, setup.horizon, width)
+            scenario_dose = np.stack([given.get(c, np.zeros(width)) for c in setup.cmts], axis=1)
+            failed = dict(failed_time=failures.time, failure_reason=failures.reason)
+            sums = sums._replace(**failed, outside_target=target, scenario_dose=scenario_dose)
             done.append(n_real)
             if progress is not None:
                 progress(sum(done) / n, 1.0)

@@ -25,7 +25,6 @@ from typing import Any
 import numpy as np
 
 from medsim.policies.result import RolloutResult
-from medsim.policies.rollout_assemble import scenario_totals
 from medsim.policies.streaming import StreamingSums, sums_events
 from medsim.simulate.types import Bound
 
@@ -92,19 +91,21 @@ class StreamedRollout:
 
 
 def streamed_efficacy(
-    sums: StreamingSums, *, cmts: tuple, target_bounds: tuple[Bound, ...], horizon: float, scenario_events=None
+    sums: StreamingSums, *, cmts: tuple, target_bounds: tuple[Bound, ...], horizon: float
 ) -> dict[str, np.ndarray]:
     """The efficacy metrics of :func:`medsim.policies.rollout_assemble.assemble`, from the sums.
 
     ``total_dose_cmt<c>``: what the policy gave (the sums' ``dose``) plus what the scenario's
-    events delivered before the horizon; ``time_below_range`` / ``time_above_range`` /
-    ``time_in_range``: the target bounds' time outside over the horizon. NaN for failed patients.
+    events delivered before the horizon (``scenario_dose``; a compartment only the scenario gave
+    into counts too); ``time_below_range`` / ``time_above_range`` / ``time_in_range``: the target
+    bounds' time outside over the horizon. NaN for failed patients.
     """
     n = int(np.asarray(sums.length).shape[0])
     dose = np.asarray(sums.dose, np.float64)
     efficacy = {f"total_dose_cmt{c}": dose[:, i] for i, c in enumerate(cmts)}
-    for c, amount in scenario_totals(scenario_events, horizon, n).items():
-        efficacy[f"total_dose_cmt{c}"] = efficacy.get(f"total_dose_cmt{c}", 0.0) + amount
+    scenario = np.asarray(sums.scenario_dose, np.float64)
+    for i, c in enumerate(cmts):
+        efficacy[f"total_dose_cmt{c}"] = efficacy[f"total_dose_cmt{c}"] + scenario[:, i]
     if target_bounds:
         outside = np.asarray(sums.outside_target, np.float64)
         below = sum((outside[:, i] for i, b in enumerate(target_bounds) if b.side == "lower"), 0.0)
@@ -195,16 +196,8 @@ def streamed_rollout(
         progress(1.0, 1.0)
     goal = target_range(model, tuple(bounds), target)
     target_bounds = () if goal is None else range_bounds(model, *goal, "target")
-    events = None
-    if scenario is not None:
-        events = scenario.events(np.arange(n, dtype=np.int64), horizon, time_unit=model.time_unit)
-    efficacy = streamed_efficacy(
-        sums,
-        cmts=tuple(sorted(model.dose_targets)),
-        target_bounds=target_bounds,
-        horizon=horizon,
-        scenario_events=events,
-    )
+    cmts = tuple(sorted(model.dose_targets))
+    efficacy = streamed_efficacy(sums, cmts=cmts, target_bounds=target_bounds, horizon=horizon)
     provenance = {**dict(rows.provenance), "statistics": f"streamed; {rows.n_patients} of {n} patients recorded"}
     return StreamedRollout(
         policy=rows.policy,

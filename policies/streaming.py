@@ -65,6 +65,9 @@ class StreamingSums(NamedTuple):
     outside_target : (n, T) float64
         Time outside each bound of the efficacy target range (``T`` target bounds, as the rows'
         ``time_in_range`` counts it); None as ``failed_time``.
+    scenario_dose : (n, C) float64
+        What the scenario's events delivered into each dose compartment before the horizon
+        (:func:`medsim.policies.rollout_assemble.scenario_totals`); None as ``failed_time``.
     """
 
     log_survival: Any
@@ -86,6 +89,7 @@ class StreamingSums(NamedTuple):
     failed_time: Any
     failure_reason: Any
     outside_target: Any = None
+    scenario_dose: Any = None
 
 
 def init_sums(n: int, n_bounds: int, cmts: tuple, observables: tuple) -> StreamingSums:
@@ -178,6 +182,7 @@ def update_sums(s: StreamingSums, specs: tuple, active, k, t0, t1, true, measure
         failed_time=s.failed_time,  # None in the loop (device_loop.run_chunk's carry records failures)
         failure_reason=s.failure_reason,
         outside_target=s.outside_target,
+        scenario_dose=s.scenario_dose,
     )
 
 
