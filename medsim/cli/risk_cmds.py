@@ -182,6 +182,9 @@ def summarise(report: Any, files: Any, console: Any) -> None:
     console.print(table)
     for p in report.policies:
         console.print(f"[{_COLORS.get(p.verdict.decision, 'white')}]{p.policy}: {p.verdict.statement}[/]")
+    for p in report.policies:
+        if getattr(p, "recorded_patients", None) is not None:
+            console.print(f"note: {p.policy}: {p.recorded_note}")
     console.print(f"report: {files.html}  (also {files.markdown.name}, {files.json.name})")
 
 

@@ -112,3 +112,4 @@ def test_streamed_statistics_from_the_command_line(tmp_path):
     name = data["policies"][0]["policy"]
     assert data["provenance"]["settings"]["statistics"] == f"{name}: streamed; 2 of 6 patients recorded"
     assert "come from the first 2 of 6 patients" in (out / "report.md").read_text()
+    assert "note: " in result.output and "first 2 of 6 patients" in " ".join(result.output.split())
