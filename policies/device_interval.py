@@ -67,6 +67,22 @@ def scenario_layout(scen) -> tuple[tuple, tuple]:
 def advance(cfg, inp, c, t1: jax.Array, bolus: dict, rate: dict, dt, trace=None):
     """Plan the interval ``[t, t1)`` as :func:`medsim.simulate.plan.plan_interval` does and advance it
     (``trace``: the kernel's trace input, :class:`medsim.simulate.kernel.TraceSpec`)."""
+    return _advance(cfg, inp, c, t1, bolus, rate, dt, trace, lambda out: out)
+
+
+def advance_checked(cfg, inp, c, t1: jax.Array, bolus: dict, rate: dict, dt, trace=None):
+    """:func:`advance` and :func:`refusal`'s code of the interval: ``(out, code)``.
+
+    The code is computed inside the branch that advanced the interval, so it leaves it as one
+    materialised ``(n,)`` vector; computed after it, XLA fuses the checks (a hundred-odd elementwise
+    operations over every state and statistic) into each pass that reads the code (the frozen
+    state, the clock, the counters, the flags) and runs them once per pass.
+    """
+    (out, code), _ = _advance(cfg, inp, c, t1, bolus, rate, dt, trace, lambda out: (out, refusal(cfg, out, t1)))
+    return out, code
+
+
+def _advance(cfg, inp, c, t1: jax.Array, bolus: dict, rate: dict, dt, trace, finish):
     model = cfg.model
     t0f, t1f = c.t.astype(F32), t1.astype(F32)
     opens = t1f > t0f
@@ -104,8 +120,10 @@ def advance(cfg, inp, c, t1: jax.Array, bolus: dict, rate: dict, dt, trace=None)
         shape = (len(columns), t0f.shape[0])
         event_time = jnp.stack(ev_time).astype(F32) if columns else jnp.zeros(shape, F32)
         event_value = jnp.stack(ev_value).astype(F32) if columns else jnp.zeros(shape, F32)
-        return run_kernel(
-            kernel, c.x, inp.theta, t0f, t1f, start, rates, event_time, event_value, n_inside, proc, dt, trace
+        return finish(
+            run_kernel(
+                kernel, c.x, inp.theta, t0f, t1f, start, rates, event_time, event_value, n_inside, proc, dt, trace
+            )
         )
 
     plain = getattr(cfg, "plain_kernel", None)
