@@ -108,7 +108,7 @@ def _advance(cfg, inp, c, t1: jax.Array, bolus: dict, rate: dict, dt, trace, fin
     n_col = len(cfg.columns)
     count = sum((a.astype(jnp.int32) for a in inside), jnp.zeros(t0f.shape, jnp.int32))
     n_inside = jnp.max(count) if n_col else 0
-    proc = fold_in_data(inp.proc_key, c.k.astype(jnp.uint32))  # fold_in(key, k), unrolled
+    proc = _packed(fold_in_data(inp.proc_key, c.k.astype(jnp.uint32)))  # fold_in(key, k), unrolled
 
     def run(kernel, n_inside, columns=()):
         ev_time, ev_value = [], []
@@ -122,7 +122,19 @@ def _advance(cfg, inp, c, t1: jax.Array, bolus: dict, rate: dict, dt, trace, fin
         event_value = jnp.stack(ev_value).astype(F32) if columns else jnp.zeros(shape, F32)
         return finish(
             run_kernel(
-                kernel, c.x, inp.theta, t0f, t1f, start, rates, event_time, event_value, n_inside, proc, dt, trace
+                kernel,
+                c.x,
+                inp.theta,
+                t0f,
+                t1f,
+                start,
+                rates,
+                event_time,
+                event_value,
+                n_inside,
+                _words(proc),
+                dt,
+                trace,
             )
         )
 
@@ -134,6 +146,26 @@ def _advance(cfg, inp, c, t1: jax.Array, bolus: dict, rate: dict, dt, trace, fin
     # interval (inert columns are exact no-ops, so the numbers are the same; the sub-steps cheaper).
     out = jax.lax.cond(n_inside > 0, lambda: run(cfg.kernel, n_inside, cfg.columns), lambda: run(plain, 0))
     return out, n_inside
+
+
+def _packed(words: jax.Array) -> jax.Array:
+    """``(n, 2)`` uint32 key words as one ``(n,)`` uint64 (where 64-bit types are on; else unchanged).
+
+    The interval's branch (:func:`jax.lax.cond`) takes it as one materialised operand, so the Threefry
+    hash that made the words runs once per patient; two uint32 words would each be computed by a pass
+    of its own, each running the whole hash (XLA's CPU passes have one output).
+    """
+    if jax.dtypes.canonicalize_dtype(jnp.uint64) != jnp.uint64:
+        return words
+    return (words[:, 0].astype(jnp.uint64) << np.uint64(32)) | words[:, 1].astype(jnp.uint64)
+
+
+def _words(packed: jax.Array) -> jax.Array:
+    """:func:`_packed`'s ``(n, 2)`` uint32 key words back."""
+    if packed.ndim == 2:
+        return packed
+    low = np.uint64(0xFFFFFFFF)
+    return jnp.stack([(packed >> np.uint64(32)).astype(jnp.uint32), (packed & low).astype(jnp.uint32)], axis=1)
 
 
 def run_kernel(kernel, x, theta, t0f, t1f, start, rates, event_time, event_value, n_inside, keys, dt, trace=None):
