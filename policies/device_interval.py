@@ -70,16 +70,23 @@ def advance(cfg, inp, c, t1: jax.Array, bolus: dict, rate: dict, dt, trace=None)
     return _advance(cfg, inp, c, t1, bolus, rate, dt, trace, lambda out: out)
 
 
-def advance_checked(cfg, inp, c, t1: jax.Array, bolus: dict, rate: dict, dt, trace=None):
-    """:func:`advance` and :func:`refusal`'s code of the interval: ``(out, code)``.
+def advance_checked(cfg, inp, c, t1: jax.Array, bolus: dict, rate: dict, dt, trace=None, *, code=None, go=None):
+    """:func:`advance` and the refusal code of each patient: ``(out, code)``.
 
-    The code is computed inside the branch that advanced the interval, so it leaves it as one
-    materialised ``(n,)`` vector; computed after it, XLA fuses the checks (a hundred-odd elementwise
-    operations over every state and statistic) into each pass that reads the code (the frozen
-    state, the clock, the counters, the flags) and runs them once per pass.
+    ``code``/``go``: the ``(n,)`` int8 code of refusals found before the interval and where the
+    interval runs; the result is :func:`refusal`'s code where ``go``, ``code`` elsewhere (without
+    them, :func:`refusal`'s code). It is computed inside the branch that advanced the interval, so
+    it leaves it as one materialised vector; computed after it, XLA fuses the checks (a hundred-odd
+    elementwise operations over every state and statistic) into each pass that reads the code (the
+    frozen state, the clock, the counters, the flags) and runs them once per pass.
     """
-    (out, code), _ = _advance(cfg, inp, c, t1, bolus, rate, dt, trace, lambda out: (out, refusal(cfg, out, t1)))
-    return out, code
+
+    def checked(out):
+        found = refusal(cfg, out, t1)
+        return out, found if code is None else jnp.where(go, found, code)
+
+    (out, found), _ = _advance(cfg, inp, c, t1, bolus, rate, dt, trace, checked)
+    return out, found
 
 
 def _advance(cfg, inp, c, t1: jax.Array, bolus: dict, rate: dict, dt, trace, finish):
