@@ -4,8 +4,8 @@
 :func:`medsim.simulate.plan.plan_interval` does on the host (boluses at ``t`` added before the first
 sub-step, scenario boluses inside the interval as event columns whose inert entries are exact
 no-ops) and calls the simulator's compiled kernel; :func:`refused` flags the patients for whom
-:meth:`medsim.simulate.Simulator.advance` would have raised. Split from
-:mod:`medsim.policies.device_loop`, which owns the loop.
+:meth:`medsim.simulate.Simulator.advance` would have raised (:func:`advance_checked`: both, the
+flags computed once). Split from :mod:`medsim.policies.device_loop`, which owns the loop.
 """
 
 from __future__ import annotations
@@ -78,7 +78,9 @@ def advance_checked(cfg, inp, c, t1: jax.Array, bolus: dict, rate: dict, dt, tra
     them, :func:`refusal`'s code). It is computed inside the branch that advanced the interval, so
     it leaves it as one materialised vector; computed after it, XLA fuses the checks (a hundred-odd
     elementwise operations over every state and statistic) into each pass that reads the code (the
-    frozen state, the clock, the counters, the flags) and runs them once per pass.
+    frozen state, the clock, the counters, the flags) and runs them once per pass. (The branch is
+    the choice between the kernels with and without event columns, ``cfg.plain_kernel``; without
+    one the code is computed as :func:`advance` then :func:`refusal` would.)
     """
 
     def checked(out):
@@ -127,23 +129,11 @@ def _advance(cfg, inp, c, t1: jax.Array, bolus: dict, rate: dict, dt, trace, fin
         shape = (len(columns), t0f.shape[0])
         event_time = jnp.stack(ev_time).astype(F32) if columns else jnp.zeros(shape, F32)
         event_value = jnp.stack(ev_value).astype(F32) if columns else jnp.zeros(shape, F32)
-        return finish(
-            run_kernel(
-                kernel,
-                c.x,
-                inp.theta,
-                t0f,
-                t1f,
-                start,
-                rates,
-                event_time,
-                event_value,
-                n_inside,
-                _words(proc),
-                dt,
-                trace,
-            )
+        keys = _words(proc)
+        out = run_kernel(
+            kernel, c.x, inp.theta, t0f, t1f, start, rates, event_time, event_value, n_inside, keys, dt, trace
         )
+        return finish(out)
 
     plain = getattr(cfg, "plain_kernel", None)
     if not n_col or plain is None:
