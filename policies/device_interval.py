@@ -4,8 +4,8 @@
 :func:`medsim.simulate.plan.plan_interval` does on the host (boluses at ``t`` added before the first
 sub-step, scenario boluses inside the interval as event columns whose inert entries are exact
 no-ops) and calls the simulator's compiled kernel; :func:`refused` flags the patients for whom
-:meth:`medsim.simulate.Simulator.advance` would have raised. Split from
-:mod:`medsim.policies.device_loop`, which owns the loop.
+:meth:`medsim.simulate.Simulator.advance` would have raised (:func:`advance_checked`: both, the
+flags computed once). Split from :mod:`medsim.policies.device_loop`, which owns the loop.
 """
 
 from __future__ import annotations
@@ -67,6 +67,31 @@ def scenario_layout(scen) -> tuple[tuple, tuple]:
 def advance(cfg, inp, c, t1: jax.Array, bolus: dict, rate: dict, dt, trace=None):
     """Plan the interval ``[t, t1)`` as :func:`medsim.simulate.plan.plan_interval` does and advance it
     (``trace``: the kernel's trace input, :class:`medsim.simulate.kernel.TraceSpec`)."""
+    return _advance(cfg, inp, c, t1, bolus, rate, dt, trace, lambda out: out)
+
+
+def advance_checked(cfg, inp, c, t1: jax.Array, bolus: dict, rate: dict, dt, trace=None, *, code=None, go=None):
+    """:func:`advance` and the refusal code of each patient: ``(out, code)``.
+
+    ``code``/``go``: the ``(n,)`` int8 code of refusals found before the interval and where the
+    interval runs; the result is :func:`refusal`'s code where ``go``, ``code`` elsewhere (without
+    them, :func:`refusal`'s code). It is computed inside the branch that advanced the interval, so
+    it leaves it as one materialised vector; computed after it, XLA fuses the checks (a hundred-odd
+    elementwise operations over every state and statistic) into each pass that reads the code (the
+    frozen state, the clock, the counters, the flags) and runs them once per pass. (The branch is
+    the choice between the kernels with and without event columns, ``cfg.plain_kernel``; without
+    one the code is computed as :func:`advance` then :func:`refusal` would.)
+    """
+
+    def checked(out):
+        found = refusal(cfg, out, t1)
+        return out, found if code is None else jnp.where(go, found, code)
+
+    (out, found), _ = _advance(cfg, inp, c, t1, bolus, rate, dt, trace, checked)
+    return out, found
+
+
+def _advance(cfg, inp, c, t1: jax.Array, bolus: dict, rate: dict, dt, trace, finish):
     model = cfg.model
     t0f, t1f = c.t.astype(F32), t1.astype(F32)
     opens = t1f > t0f
@@ -92,7 +117,7 @@ def advance(cfg, inp, c, t1: jax.Array, bolus: dict, rate: dict, dt, trace=None)
     n_col = len(cfg.columns)
     count = sum((a.astype(jnp.int32) for a in inside), jnp.zeros(t0f.shape, jnp.int32))
     n_inside = jnp.max(count) if n_col else 0
-    proc = fold_in_data(inp.proc_key, c.k.astype(jnp.uint32))  # fold_in(key, k), unrolled
+    proc = _packed(fold_in_data(inp.proc_key, c.k.astype(jnp.uint32)))  # fold_in(key, k), unrolled
 
     def run(kernel, n_inside, columns=()):
         ev_time, ev_value = [], []
@@ -104,9 +129,11 @@ def advance(cfg, inp, c, t1: jax.Array, bolus: dict, rate: dict, dt, trace=None)
         shape = (len(columns), t0f.shape[0])
         event_time = jnp.stack(ev_time).astype(F32) if columns else jnp.zeros(shape, F32)
         event_value = jnp.stack(ev_value).astype(F32) if columns else jnp.zeros(shape, F32)
-        return run_kernel(
-            kernel, c.x, inp.theta, t0f, t1f, start, rates, event_time, event_value, n_inside, proc, dt, trace
+        keys = _words(proc)
+        out = run_kernel(
+            kernel, c.x, inp.theta, t0f, t1f, start, rates, event_time, event_value, n_inside, keys, dt, trace
         )
+        return finish(out)
 
     plain = getattr(cfg, "plain_kernel", None)
     if not n_col or plain is None:
@@ -116,6 +143,26 @@ def advance(cfg, inp, c, t1: jax.Array, bolus: dict, rate: dict, dt, trace=None)
     # interval (inert columns are exact no-ops, so the numbers are the same; the sub-steps cheaper).
     out = jax.lax.cond(n_inside > 0, lambda: run(cfg.kernel, n_inside, cfg.columns), lambda: run(plain, 0))
     return out, n_inside
+
+
+def _packed(words: jax.Array) -> jax.Array:
+    """``(n, 2)`` uint32 key words as one ``(n,)`` uint64 (where 64-bit types are on; else unchanged).
+
+    The interval's branch (:func:`jax.lax.cond`) takes it as one materialised operand, so the Threefry
+    hash that made the words runs once per patient; two uint32 words would each be computed by a pass
+    of its own, each running the whole hash (XLA's CPU passes have one output).
+    """
+    if jax.dtypes.canonicalize_dtype(jnp.uint64) != jnp.uint64:
+        return words
+    return (words[:, 0].astype(jnp.uint64) << np.uint64(32)) | words[:, 1].astype(jnp.uint64)
+
+
+def _words(packed: jax.Array) -> jax.Array:
+    """:func:`_packed`'s ``(n, 2)`` uint32 key words back."""
+    if packed.ndim == 2:
+        return packed
+    low = np.uint64(0xFFFFFFFF)
+    return jnp.stack([(packed >> np.uint64(32)).astype(jnp.uint32), (packed & low).astype(jnp.uint32)], axis=1)
 
 
 def run_kernel(kernel, x, theta, t0f, t1f, start, rates, event_time, event_value, n_inside, keys, dt, trace=None):

@@ -52,7 +52,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from medsim.policies.array_step import isolated, measure_expr, prepare_state, step_expr
-from medsim.policies.device_interval import advance, refusal, scenario_layout
+from medsim.policies.device_interval import advance_checked, scenario_layout
 from medsim.policies.device_streams import first_draws, measurement_draws, stream_ids, stream_roots
 from medsim.policies.failures import Failures
 from medsim.policies.interaction import Interaction
@@ -184,9 +184,8 @@ def _body(cfg: _Config, inp: _Inputs, c: _Carry, dt, horizon, tol):
     if c.trace is not None:  # the kernel writes this interval's grid points into the whole trace
         first, stop = window(c.t, t1, inp.trace_step, cfg.trace_points)
         trace = (first, stop, jnp.zeros_like(first), c.trace)
-    out, _n_inside = advance(cfg, inp, c, t1, bolus, rate, dt, trace)
+    out, code = advance_checked(cfg, inp, c, t1, bolus, rate, dt, trace, code=code, go=go)
     st = out.stats
-    code = jnp.where(go, refusal(cfg, out, t1), code)
     # A refused patient is frozen where its interval started (on_failure="count"; with "stop" the
     # host loop re-runs the chunk to name it): its state is not kept. Its refused interval is
     # recorded under the mask ``go`` and taken out on the host (run_chunk): records and sums that

@@ -219,6 +219,18 @@ def make_chunk_fn(
         c, out_odd = substep(inp, dt, c, {s: jnp.imag(d) for s, d in zip(noisy, draws, strict=True)})
         return c._replace(draws=draw(inp, i + 1)), (out_even, out_odd)
 
+    def last_pair(inp: ChunkInputs, dt: jax.Array, c: _Carry, n_pairs) -> _Carry:
+        # The last pair without the work that changes nothing: no draws for a next pair, and no odd
+        # sub-step once every patient of the block has reached t1 (an exact no-op then: h = 0, state
+        # and statistics selected unchanged). A planned step count carries one sub-step of margin, so
+        # an interval of five 1-minute sub-steps (a 5-minute interaction) ends on such a step.
+        def half(cc, part):
+            return substep(inp, dt, cc, {s: part(d) for s, d in zip(noisy, cc.draws, strict=True)})[0]
+
+        c = jax.lax.cond(n_pairs > 0, lambda cc: half(cc, jnp.real), lambda cc: cc, c)
+        runs = (n_pairs > 0) & jnp.any(c.t < clock(inp)[1])
+        return jax.lax.cond(runs, lambda cc: half(cc, jnp.imag), lambda cc: cc, c)
+
     def run(inp: ChunkInputs, dt: jax.Array, n_pairs) -> ChunkOutputs:
         on_trace()
         x = {s: v + inp.start[s] if s in inp.start else v for s, v in inp.x.items()}
@@ -240,7 +252,8 @@ def make_chunk_fn(
             path_time = jnp.broadcast_to(times.reshape(times.shape[0], -1), (times.shape[0], inp.t0.shape[0]))
             path_values = {o: jnp.concatenate([y0[o][None], interleave(even[1][o], odd[1][o])]) for o in y0}
         else:
-            c = jax.lax.fori_loop(0, n_pairs, lambda i, cc: pair(inp, dt, cc, i)[0], c)
+            c = jax.lax.fori_loop(0, jnp.maximum(n_pairs - 1, 0), lambda i, cc: pair(inp, dt, cc, i)[0], c)
+            c = last_pair(inp, dt, c, n_pairs)
         y_end = model.observe(c.x, inp.theta)
         stats = bridge.finish_stats(specs, c.stats, y0, y_end, inp.t1 > inp.t0)
         t_end = jnp.broadcast_to(c.t, inp.t0.shape)
