@@ -29,7 +29,10 @@ class WorkerOptions:
     ----------
     threads : int, optional
         CPU threads of each worker's BLAS / OpenMP pools (default: theirs). With several workers
-        per machine, ``cores / workers`` avoids oversubscription.
+        per machine, ``cores / workers`` avoids oversubscription. Workers of the embedded local
+        cluster (:func:`dask_client`) are also pinned to ``threads`` cores each, disjoint while the
+        machine has enough (:func:`pin_workers`): XLA's own CPU thread pool, which no variable
+        outside its compiler flags limits, then stays on the worker's cores.
     memory_fraction : float, optional
         Fraction of an accelerator's memory each worker's JAX may take (``0 < f <= 1``), e.g.
         ``0.45`` for two workers sharing one GPU; also turns JAX's preallocation off.
@@ -124,4 +127,31 @@ def dask_client(
             ) as cluster,
             Client(cluster) as client,
         ):
+            if options.threads is not None:
+                pin_workers(client, int(options.threads))
             yield client
+
+
+def pin_workers(client: Any, cores_per_worker: int) -> dict[str, list[int]]:
+    """Pin each worker of ``client`` (processes on this machine) to ``cores_per_worker`` cores of
+    this process's CPU set, the i-th worker to the i-th block while blocks last (then from the
+    start again); returns the cores per worker address. A no-op where the platform has no CPU
+    affinity (``os.sched_setaffinity``)."""
+    if not hasattr(os, "sched_setaffinity"):
+        return {}
+    cores = sorted(os.sched_getaffinity(0))
+    k = max(1, min(int(cores_per_worker), len(cores)))
+    blocks = [cores[i : i + k] for i in range(0, len(cores) - k + 1, k)] or [cores]
+    plan = {addr: blocks[i % len(blocks)] for i, addr in enumerate(sorted(client.scheduler_info()["workers"]))}
+    for addr, block in plan.items():
+        client.run(_pin_process, block, workers=[addr])
+    return plan
+
+
+def _pin_process(cores: list[int]) -> None:
+    """Run in a worker: every thread of this process (threads started later inherit it) on ``cores``."""
+    for tid in os.listdir("/proc/self/task") if os.path.isdir("/proc/self/task") else [0]:
+        try:
+            os.sched_setaffinity(int(tid), cores)
+        except OSError:  # a thread that ended meanwhile
+            pass

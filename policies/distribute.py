@@ -417,7 +417,10 @@ def _run_shards(
     from medsim.simulate.cache import model_key
 
     model = population.model
-    draws_data = None if draws is None else client.scatter(_draws_data(draws), broadcast=True)
+    # hash=False: a key of its own per call. With content-hashed keys a second call with the same
+    # draws reuses the first call's key, and the release of the first call's future can delete the
+    # data under the second call's tasks ("lost dependencies").
+    draws_data = None if draws is None else client.scatter(_draws_data(draws), broadcast=True, hash=False)
     description = model_key(model)[1]
     tasks = [
         ShardTask(

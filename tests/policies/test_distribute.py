@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import itertools
 import json
+import os
 import pickle
 
 import numpy as np
@@ -273,3 +274,23 @@ def test_shard_arguments_of_the_streaming_loop_are_checked(draws):
         streaming_rollout(MODEL, pop, PID(), **run, first_patient=-1)
     with pytest.raises(ValueError, match="pad_to must be >= 1"):
         streaming_rollout(MODEL, pop, PID(), **run, pad_to=0)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(
+    not hasattr(os, "sched_getaffinity") or len(os.sched_getaffinity(0)) < 2, reason="needs CPU affinity, 2 cores"
+)
+def test_local_workers_are_pinned_to_disjoint_cores():
+    """``--worker-threads 1`` on two workers: each spawned worker runs on one core of its own, so
+    XLA's CPU thread pool (which no environment variable limits) cannot spread over the other's."""
+    from medsim.policies.distribute import WorkerOptions, dask_client
+
+    with dask_client(workers=2, options=WorkerOptions(threads=1)) as client:
+        cores = client.run(lambda: sorted(os.sched_getaffinity(0)))
+        threads = client.run(
+            lambda: {tuple(sorted(os.sched_getaffinity(int(t)))) for t in os.listdir("/proc/self/task")}
+        )
+    assert sorted(len(c) for c in cores.values()) == [1, 1]
+    assert len({c[0] for c in cores.values()}) == 2  # disjoint
+    for addr, per_thread in threads.items():
+        assert per_thread == {tuple(cores[addr])}  # every thread of the worker, not only the caller
