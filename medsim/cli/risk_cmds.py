@@ -297,7 +297,11 @@ def risk_command(
         "dask-jobqueue, see docs/scale.md).",
     ),
     worker_threads: int = typer.Option(
-        None, "--worker-threads", min=1, help="CPU threads per worker (default: the machine's cores / --workers)."
+        None,
+        "--worker-threads",
+        min=1,
+        help="CPU threads per worker (default: the machine's cores / --workers); local workers are pinned to that "
+        "many cores each.",
     ),
     worker_memory: float = typer.Option(
         None,
