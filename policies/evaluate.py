@@ -308,6 +308,7 @@ def run_policies(
         max_interactions=max_interactions,
         max_memory=max_memory,
         on_failure=on_failure,
+        support=dict(support) if support else None,
     )
     out: list[RolloutResult | StreamedRollout] = []
     for i, policy in enumerate(policies):
@@ -317,10 +318,7 @@ def run_policies(
                 progress(i + (done / total if total > 0 else 1.0), float(len(policies)))
 
         def streamed(policy: Policy = policy, each: Progress = each) -> StreamedRollout:
-            return streamed_rollout(
-                model, population, policy, **options, support=dict(support) if support else None,
-                recorded=recorded, progress=each,
-            )  # fmt: skip
+            return streamed_rollout(model, population, policy, **options, recorded=recorded, progress=each)
 
         if statistics == "stream":
             out.append(streamed())
@@ -332,7 +330,6 @@ def run_policies(
                     population,
                     [policy],
                     **options,
-                    support=dict(support) if support else None,
                     progress=each,
                     first_patient=first_patient,
                     pad_to=pad_to,
@@ -341,18 +338,27 @@ def run_policies(
                 )[0]
             )
         except budget.WorkLimitError as err:
-            why = None if statistics == "rows" or err.what != "memory" else unstreamable(model, policy, spec)
-            if why is not None:
-                if statistics == "auto" and err.what == "memory":
-                    raise budget.WorkLimitError(
-                        f"{err}; keeping per-patient sums instead (statistics='stream') is not possible here: {why}",
-                        what=err.what,
-                        estimate=err.estimate,
-                        limit=err.limit,
-                    ) from None
+            if statistics == "rows":
                 raise
+            stream_instead(err, model, policy, spec)
             out.append(streamed())
     return out
+
+
+def stream_instead(refusal: budget.WorkLimitError, model, policy: Policy, spec: SafetySpec) -> None:
+    """``statistics="auto"``: return when ``policy`` can stream per-patient sums instead of the rows
+    ``refusal`` refused; otherwise raise ``refusal`` (a limit other than memory), or a
+    :class:`~medsim.simulate.budget.WorkLimitError` that adds why it cannot stream."""
+    if refusal.what != "memory":
+        raise refusal
+    why = unstreamable(model, policy, spec)
+    if why is not None:
+        raise budget.WorkLimitError(
+            f"{refusal}; keeping per-patient sums instead (statistics='stream') is not possible here: {why}",
+            what=refusal.what,
+            estimate=refusal.estimate,
+            limit=refusal.limit,
+        ) from None
 
 
 def unstreamable(model, policy: Policy, spec: SafetySpec) -> str | None:
@@ -396,13 +402,7 @@ def _on_cluster(
             # Decided here for the whole population: a worker checks only its shard.
             refusal = rows_refusal(model, population, policy, **options, target=spec.target, max_memory=max_memory)
             if refusal is not None:
-                why = unstreamable(model, policy, spec) if refusal.what == "memory" else None
-                if refusal.what != "memory" or why is not None:
-                    raise budget.WorkLimitError(
-                        str(refusal) + ("" if why is None else f"; keeping per-patient sums instead is not possible "
-                                        f"here: {why}"),
-                        what=refusal.what, estimate=refusal.estimate, limit=refusal.limit,
-                    )  # fmt: skip
+                stream_instead(refusal, model, policy, spec)
                 kind = "stream"
         kinds.append(kind)
     out: list[RolloutResult | StreamedRollout | None] = [None] * len(policies)
