@@ -62,6 +62,17 @@ def scenario_totals(events: DoseEvents | None, horizon: float, n_real: int) -> d
     return {int(c): np.where(cmt == c, delivered, 0.0).sum(axis=1) for c in np.unique(cmt[given])}
 
 
+def target_shares(outside_target: np.ndarray, target_bounds: tuple, horizon: float) -> dict[str, np.ndarray]:
+    """``time_below_range``, ``time_above_range`` and ``time_in_range`` (fractions of the horizon) from
+    each patient's time outside each target bound (``(n, len(target_bounds))``)."""
+    n = outside_target.shape[0]
+    below = sum((outside_target[:, i] for i, b in enumerate(target_bounds) if b.side == "lower"), 0.0)
+    above = sum((outside_target[:, i] for i, b in enumerate(target_bounds) if b.side == "upper"), 0.0)
+    shares = {"time_below_range": np.zeros(n) + below / horizon, "time_above_range": np.zeros(n) + above / horizon}
+    shares["time_in_range"] = 1.0 - shares["time_below_range"] - shares["time_above_range"]
+    return shares
+
+
 def assemble(
     setup: _Setup,
     pop: VirtualPopulation,
@@ -110,11 +121,7 @@ def assemble(
     for c, amount in scenario_totals(scenario_events, setup.horizon, n_real).items():
         efficacy[f"total_dose_cmt{c}"] = efficacy.get(f"total_dose_cmt{c}", 0.0) + amount
     if setup.target is not None:
-        below = sum((outside_target[:, i] for i, b in enumerate(setup.target_bounds) if b.side == "lower"), 0.0)
-        above = sum((outside_target[:, i] for i, b in enumerate(setup.target_bounds) if b.side == "upper"), 0.0)
-        efficacy["time_below_range"] = np.zeros(mask.shape[0]) + below / setup.horizon
-        efficacy["time_above_range"] = np.zeros(mask.shape[0]) + above / setup.horizon
-        efficacy["time_in_range"] = 1.0 - efficacy["time_below_range"] - efficacy["time_above_range"]
+        efficacy |= target_shares(outside_target, setup.target_bounds, setup.horizon)
     path_time, path = compress_segments(paths)
     extra = {}
     if failures is not None:

@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from medsim.policies.result import RolloutResult
+from medsim.policies.rollout_assemble import target_shares
 from medsim.policies.streaming import StreamingSums, sums_events
 from medsim.simulate.types import Bound
 
@@ -96,23 +97,14 @@ def streamed_efficacy(
     """The efficacy metrics of :func:`medsim.policies.rollout_assemble.assemble`, from the sums.
 
     ``total_dose_cmt<c>``: what the policy gave (the sums' ``dose``) plus what the scenario's
-    events delivered before the horizon (``scenario_dose``; a compartment only the scenario gave
-    into counts too); ``time_below_range`` / ``time_above_range`` / ``time_in_range``: the target
+    events delivered before the horizon (``scenario_dose``), per dose compartment;
+    ``time_below_range`` / ``time_above_range`` / ``time_in_range``: the target
     bounds' time outside over the horizon. NaN for failed patients.
     """
-    n = int(np.asarray(sums.length).shape[0])
-    dose = np.asarray(sums.dose, np.float64)
-    efficacy = {f"total_dose_cmt{c}": dose[:, i] for i, c in enumerate(cmts)}
-    scenario = np.asarray(sums.scenario_dose, np.float64)
-    for i, c in enumerate(cmts):
-        efficacy[f"total_dose_cmt{c}"] = efficacy[f"total_dose_cmt{c}"] + scenario[:, i]
+    given = np.asarray(sums.dose, np.float64) + np.asarray(sums.scenario_dose, np.float64)
+    efficacy = {f"total_dose_cmt{c}": given[:, i] for i, c in enumerate(cmts)}
     if target_bounds:
-        outside = np.asarray(sums.outside_target, np.float64)
-        below = sum((outside[:, i] for i, b in enumerate(target_bounds) if b.side == "lower"), 0.0)
-        above = sum((outside[:, i] for i, b in enumerate(target_bounds) if b.side == "upper"), 0.0)
-        efficacy["time_below_range"] = np.zeros(n) + below / horizon
-        efficacy["time_above_range"] = np.zeros(n) + above / horizon
-        efficacy["time_in_range"] = 1.0 - efficacy["time_below_range"] - efficacy["time_above_range"]
+        efficacy |= target_shares(np.asarray(sums.outside_target, np.float64), target_bounds, horizon)
     failed = np.asarray(sums.failure_reason) > 0
     return {key: np.where(failed, np.nan, v) for key, v in efficacy.items()}
 
