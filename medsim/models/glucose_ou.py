@@ -15,9 +15,9 @@ readings are not mistaken for plasma glucose::
     d insulin_p  = (1e6 * insulin_sc / (tau_1 * C_I) - insulin_p) / tau_2 dt      (uU/mL)
     d action     = p_2 * (S_I * insulin_p - action) dt                            (1/min)
     d glucose    = (-(GEZI + exp(si_log) * action) * glucose + EGP * exp(egp_log) + R_a) dt
-                   + sigma_glucose * glucose dW_G                                 (mg/dL)
-    d si_log     = -si_log / T_SI dt + sigma_SI dW_SI                             (log-multiplier)
-    d egp_log    = -egp_log / T_EGP dt + sigma_EGP dW_EGP                         (log-multiplier)
+                   + lability * sigma_glucose * glucose dW_G                      (mg/dL)
+    d si_log     = -si_log / T_SI dt + lability * sigma_SI dW_SI                  (log-multiplier)
+    d egp_log    = -egp_log / T_EGP dt + lability * sigma_EGP dW_EGP              (log-multiplier)
     d glucose_ig = (glucose - glucose_ig) / tau_ig dt                             (mg/dL)
     d cgm_error  = -cgm_error / T_CGM dt + sigma_CGM dW_CGM                       (mg/dL)
     R_a          = 1000 * gut2 / (V_G * tau_m)                                    (mg/dL/min)
@@ -30,6 +30,14 @@ which is ``S_I * exp(si_log)`` for a disturbance slower than the action's own ti
 ``1 / p_2`` (about 1.5 h, against ``T_SI`` of 5 h). Placed there rather than inside the ``action``
 equation it leaves ``action`` a deterministic function of the insulin inputs, so the filter's
 covariance block (the states noise can reach) has 5 states instead of 6.
+
+Patients differ in how labile their glucose is (Ryan et al. 2004's lability index; Kovatchev et
+al. 2005 on glucose variability measured by CGM): a child's glucose wanders far more than most
+adults'. One structural parameter, ``lability`` (typical value 1, fixed by a tight prior;
+log-normal between-subject SD 0.5), multiplies the three physiological diffusion scales
+``sigma_glucose``, ``sigma_SI`` and ``sigma_EGP`` for each subject. With population-level scales
+only, the fitted noise is an average that makes every stable patient's forecast too wide and every
+labile patient's too narrow. The sensor's ``sigma_CGM`` is the device's and is not scaled.
 
 An OU state ``dz = -z / T dt + s dW`` has stationary SD ``s * sqrt(T / 2)`` and autocorrelation
 ``exp(-lag / T)``; the disturbances are log-multipliers, so insulin sensitivity and endogenous
@@ -54,6 +62,10 @@ Values and sources
   17:1), and hepatic output rises over the night (the dawn phenomenon). The time constants
   (5 h and 3 h) and the stationary SDs they imply (0.3 on log S_I, 0.2 on log EGP) are modelling
   choices within those scales, not fitted values; their priors are wide and the data inform them.
+* ``lability``: typical value 1 with a prior log-SD of 0.05 (the population scales carry the
+  level); between-subject SD 0.5, the order of the spread of glycaemic variability indices
+  between type-1 patients (Kovatchev et al. 2005, DTT 7:849; Ryan et al. 2004, Diabetes 53:955).
+  On 12 simulated patients (benchmarks/README.md) the fitted SD is about 0.26, children highest.
 * ``sigma_glucose``: kept small (half the ``glucose_insulin`` default) for what the disturbances
   do not explain; it also keeps the filter's glucose variance away from 0.
 * Residual errors: CGM white error 3 mg/dL on top of the OU error (modelling choice);
@@ -85,7 +97,7 @@ class GlucoseOU(GlucoseInsulin):
     """IVP model + OU disturbances on S_I and EGP + CGM sensor (see module docstring)."""
 
     name: str = "t1d_ou"
-    version: str = "1"
+    version: str = "2"
     citation: str = (
         "Kanderian SS et al. (2009) J Diabetes Sci Technol 3:1047; Duun-Henriksen AK et al. (2013) "
         "J Diabetes Sci Technol 7:431; Breton M & Kovatchev B (2008) J Diabetes Sci Technol 2:853"
@@ -134,6 +146,15 @@ class GlucoseOU(GlucoseInsulin):
             prior_log_sd=0.5,
             description="time constant of the CGM sensor error",
             source=_SENSOR + " (AR(1) coefficient 0.7 per 15 min)",
+        ),
+        Parameter(
+            "lability",
+            "1",
+            1.0,
+            bsv=0.5,
+            prior_log_sd=0.05,
+            description="individual multiplier of sigma_glucose, sigma_SI and sigma_EGP (glucose lability)",
+            source=_CHOICE + "; Ryan et al. 2004, Diabetes 53:955; Kovatchev et al. 2005, DTT 7:849",
         ),
         Parameter(
             "sigma_glucose",
@@ -216,9 +237,9 @@ class GlucoseOU(GlucoseInsulin):
     def diffusion(self, t, x, theta):
         # additive noise on the OU states (unbounded, log-scale or signed): zero-free by design
         return {
-            "glucose": theta["sigma_glucose"] * x["glucose"],
-            "si_log": theta["sigma_SI"] + 0.0 * x["si_log"],
-            "egp_log": theta["sigma_EGP"] + 0.0 * x["egp_log"],
+            "glucose": theta["lability"] * theta["sigma_glucose"] * x["glucose"],
+            "si_log": theta["lability"] * theta["sigma_SI"] + 0.0 * x["si_log"],
+            "egp_log": theta["lability"] * theta["sigma_EGP"] + 0.0 * x["egp_log"],
             "cgm_error": theta["sigma_CGM"] + 0.0 * x["cgm_error"],
         }
 

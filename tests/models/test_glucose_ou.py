@@ -132,19 +132,21 @@ def test_ou_states_have_their_stationary_variance(model):
     stationary variance is ``s^2 h / (1 - (1 - h/T)^2)`` (exact for the recursion; ``s^2 T / 2``
     up to a factor ``1 + h / (2T)``). With ``n`` patients the sample variance has relative
     standard error ``sqrt(2 / (n - 1))``; the test allows 4 of them (false alarm ~6e-5 per state).
+    The patients have ``lability`` 1.5: the physiological scales are 1.5 times the population's,
+    the sensor's is not.
     """
-    n, h = 4000, 2.0
-    theta = {k: jnp.broadcast_to(v, (n,)) for k, v in subject(model).items()}
+    n, h, lability = 4000, 2.0, 1.5
+    theta = {k: jnp.broadcast_to(v, (n,)) for k, v in subject(model, lability=jnp.float32(lability)).items()}
     sim = Simulator(model, dt=h, bounds=(), scheme="euler")
     horizon = 8.0 * max(float(theta[t][0]) for t in ("T_SI", "T_EGP", "T_CGM"))
     out = sim.advance(model.initial_state(theta), theta, 0.0, horizon, key=jax.random.key(2), rates={1: 1 / 60})
     rse = np.sqrt(2.0 / (n - 1))
-    for state, sigma, tau in (
-        ("si_log", "sigma_SI", "T_SI"),
-        ("egp_log", "sigma_EGP", "T_EGP"),
-        ("cgm_error", "sigma_CGM", "T_CGM"),
+    for state, sigma, tau, scale in (
+        ("si_log", "sigma_SI", "T_SI", lability),
+        ("egp_log", "sigma_EGP", "T_EGP", lability),
+        ("cgm_error", "sigma_CGM", "T_CGM", 1.0),
     ):
-        s, t = float(theta[sigma][0]), float(theta[tau][0])
+        s, t = scale * float(theta[sigma][0]), float(theta[tau][0])
         expected = s**2 * h / (1.0 - (1.0 - h / t) ** 2)
         z = np.asarray(out.state[state], np.float64)
         assert abs(z.var(ddof=1) / expected - 1.0) < 4 * rse, (state, z.var(ddof=1), expected)
