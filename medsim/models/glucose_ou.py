@@ -14,13 +14,15 @@ readings are not mistaken for plasma glucose::
     d insulin_sc = (-insulin_sc / tau_1) dt + insulin delivery                    (U)
     d insulin_p  = (1e6 * insulin_sc / (tau_1 * C_I) - insulin_p) / tau_2 dt      (uU/mL)
     d action     = p_2 * (S_I * insulin_p - action) dt                            (1/min)
-    d glucose    = (-(GEZI + exp(si_log) * action) * glucose + EGP * exp(egp_log) + R_a) dt
+    d glucose    = (-(GEZI + exp(si_log) * action) * glucose + EGP_t + R_a) dt
                    + lability * sigma_glucose * glucose dW_G                      (mg/dL)
+    d insulin_h  = (insulin_p - insulin_h) / tau_h dt                             (uU/mL)
     d si_log     = -si_log / T_SI dt + lability * sigma_SI dW_SI                  (log-multiplier)
     d egp_log    = -egp_log / T_EGP dt + lability * sigma_EGP dW_EGP              (log-multiplier)
     d glucose_ig = (glucose - glucose_ig) / tau_ig dt                             (mg/dL)
     d cgm_error  = -cgm_error / T_CGM dt + sigma_CGM dW_CGM                       (mg/dL)
     R_a          = 1000 * gut2 / (V_G * tau_m)                                    (mg/dL/min)
+    EGP_t        = EGP * exp(egp_log) * exp(-S_H * (insulin_h - I_REF))           (mg/dL/min)
 
     cgm_mg_dL     = glucose_ig + cgm_error      (+ white residual error)
     glucose_mg_dL = glucose                     (+ fingerstick / SMBG residual error)
@@ -30,6 +32,16 @@ which is ``S_I * exp(si_log)`` for a disturbance slower than the action's own ti
 ``1 / p_2`` (about 1.5 h, against ``T_SI`` of 5 h). Placed there rather than inside the ``action``
 equation it leaves ``action`` a deterministic function of the insulin inputs, so the filter's
 covariance block (the states noise can reach) has 5 states instead of 6.
+
+Insulin lowers glucose by two routes with different shapes (Dalla Man et al. 2007): it raises
+utilisation in proportion to glucose, and it suppresses hepatic production, which does not
+scale with glucose and follows plasma insulin with a delay of hours. The minimal model lumps
+both into ``S_I * action * glucose``, whose effect fades as glucose falls, so it cannot follow the
+long, deep lows that come after too much insulin, and the misfit shows up as a wandering
+glucose-production disturbance. Here production is suppressed by ``insulin_h``, plasma insulin
+delayed by ``tau_h``, as ``exp(-S_H (insulin_h - I_REF))``: 1 at the reference insulin ``I_REF =
+10 uU/mL`` (so ``EGP`` keeps its meaning of production at a typical basal insulin level) and
+always positive. ``S_H = 0`` gives the minimal model's constant production back.
 
 Patients differ in how labile their glucose is (Ryan et al. 2004's lability index; Kovatchev et
 al. 2005 on glucose variability measured by CGM): a child's glucose wanders far more than most
@@ -41,13 +53,20 @@ labile patient's too narrow. The sensor's ``sigma_CGM`` is the device's and is n
 
 An OU state ``dz = -z / T dt + s dW`` has stationary SD ``s * sqrt(T / 2)`` and autocorrelation
 ``exp(-lag / T)``; the disturbances are log-multipliers, so insulin sensitivity and endogenous
-production stay positive. With every diffusion scale at 0 (the ODE limit) the disturbances stay
-at 0 and the model is ``glucose_insulin`` with a sensor delay.
+production stay positive. With every diffusion scale and ``S_H`` at 0 the disturbances stay at 0
+and the model is ``glucose_insulin`` with a sensor delay.
 
 Values and sources
 ------------------
 * Glucose-insulin parameters and their between-subject SDs: those of ``glucose_insulin``
   (Kanderian et al. 2009, JDST 3:1047, Table 2).
+* ``tau_h`` and ``S_H``: the UVA/Padova model's delayed insulin action on production, ``EGP =
+  kp1 - kp2 Gp - kp3 Id``, ``Id`` plasma insulin through two compartments of rate ``ki``
+  (Dalla Man et al. 2007, IEEE TBME 54:1740: ``ki`` 0.0079 /min, ``kp3`` 0.009 mg/kg/min per
+  pmol/L against a basal production of about 2 mg/kg/min). ``S_H = kp3 * 6 / EGPb = 0.027``
+  per uU/mL (6 pmol/L per uU/mL), the linear suppression's slope at basal; ``tau_h = 120`` min,
+  about ``1 / ki``, one compartment where the simulator has two (their mean delay is ``2 / ki``,
+  250 min, inside the prior: log-SD 0.5). ``S_H`` prior log-SD 0.7. No between-subject variation.
 * ``tau_ig``: the blood-to-interstitium transport of Breton & Kovatchev (2008, JDST 2:853, their
   Eq. 1, one first-order lag for physiology and sensor, estimated at about 5 min); other sensor
   studies (Facchinetti et al. 2014, IEEE TBME 61:620) put it between about 5 and 15 min. Typical
@@ -88,6 +107,8 @@ import jax.numpy as jnp
 from medsim.models.base import Observable, Parameter, ResidualError, State
 from medsim.models.glucose_insulin import GlucoseInsulin
 
+#: Plasma insulin (uU/mL) at which ``EGP`` is the hepatic production (a typical basal level).
+I_REF = 10.0
 _CHOICE = "modelling choice (see module docstring)"
 _SENSOR = "Breton & Kovatchev 2008, JDST 2:853"
 
@@ -112,6 +133,7 @@ class GlucoseOU(GlucoseInsulin):
         State("egp_log", "1", "log-multiplier on endogenous glucose production (OU disturbance)"),
         State("glucose_ig", "mg/dL", "interstitial glucose seen by the CGM"),
         State("cgm_error", "mg/dL", "autocorrelated CGM sensor error (OU)"),
+        State("insulin_h", "uU/mL", "plasma insulin as the liver sees it (delayed)"),
     )
     parameters: tuple[Parameter, ...] = (
         *tuple(p for p in GlucoseInsulin.parameters if p.name != "sigma_glucose"),
@@ -122,6 +144,22 @@ class GlucoseOU(GlucoseInsulin):
             prior_log_sd=0.5,
             description="plasma-to-interstitial glucose time constant (sensor delay)",
             source=_SENSOR + "; Facchinetti et al. 2014, IEEE TBME 61:620",
+        ),
+        Parameter(
+            "tau_h",
+            "min",
+            120.0,
+            prior_log_sd=0.5,
+            description="delay of insulin's action on hepatic glucose production",
+            source="Dalla Man et al. 2007, IEEE TBME 54:1740 (ki 0.0079 /min)",
+        ),
+        Parameter(
+            "S_H",
+            "mL/uU",
+            0.027,
+            prior_log_sd=0.7,
+            description="suppression of hepatic glucose production per uU/mL of delayed insulin (log scale)",
+            source="Dalla Man et al. 2007 (kp3 / EGPb, pmol/L converted at 6 pmol/L per uU/mL)",
         ),
         Parameter(
             "T_SI",
@@ -215,12 +253,26 @@ class GlucoseOU(GlucoseInsulin):
         """Steady state under a constant basal rate (U/min), no meal and every disturbance at 0."""
         x = super().steady_state(theta, basal_u_per_min)
         zero = x["gut1"]
-        return {**x, "si_log": zero, "egp_log": zero, "glucose_ig": x["glucose"], "cgm_error": zero}
+        glucose = theta["EGP"] * self.hepatic(theta, x["insulin_p"]) / (theta["GEZI"] + x["action"])
+        return {
+            **x,
+            "glucose": glucose,
+            "si_log": zero,
+            "egp_log": zero,
+            "glucose_ig": glucose,
+            "cgm_error": zero,
+            "insulin_h": x["insulin_p"],
+        }
+
+    @staticmethod
+    def hepatic(theta, insulin_h):
+        """Multiplier of hepatic production by delayed insulin, 1 at the reference insulin ``I_REF``."""
+        return jnp.exp(-theta["S_H"] * (insulin_h - I_REF))
 
     def drift(self, t, x, theta, rate):
         ra = 1000.0 * x["gut2"] / (theta["V_G"] * theta["tau_m"])
         action = jnp.exp(x["si_log"]) * x["action"]
-        egp = theta["EGP"] * jnp.exp(x["egp_log"])
+        egp = theta["EGP"] * jnp.exp(x["egp_log"]) * self.hepatic(theta, x["insulin_h"])
         return {
             "gut1": -x["gut1"] / theta["tau_m"] + rate.get("gut1", 0.0),
             "gut2": (x["gut1"] - x["gut2"]) / theta["tau_m"],
@@ -232,6 +284,7 @@ class GlucoseOU(GlucoseInsulin):
             "egp_log": -x["egp_log"] / theta["T_EGP"],
             "glucose_ig": (x["glucose"] - x["glucose_ig"]) / theta["tau_ig"],
             "cgm_error": -x["cgm_error"] / theta["T_CGM"],
+            "insulin_h": (x["insulin_p"] - x["insulin_h"]) / theta["tau_h"],
         }
 
     def diffusion(self, t, x, theta):
