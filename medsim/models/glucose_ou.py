@@ -84,7 +84,7 @@ Values and sources
 * ``lability``: typical value 1 with a prior log-SD of 0.05 (the population scales carry the
   level); between-subject SD 0.5, the order of the spread of glycaemic variability indices
   between type-1 patients (Kovatchev et al. 2005, DTT 7:849; Ryan et al. 2004, Diabetes 53:955).
-  On 12 simulated patients (benchmarks/README.md) the fitted SD is about 0.26, children highest.
+  On 12 simulated patients (benchmarks/README.md) the fitted SD is about 0.25, most children highest.
 * ``sigma_glucose``: kept small (half the ``glucose_insulin`` default) for what the disturbances
   do not explain; it also keeps the filter's glucose variance away from 0.
 * Residual errors: CGM white error 3 mg/dL on top of the OU error (modelling choice);
