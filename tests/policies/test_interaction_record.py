@@ -9,7 +9,7 @@ import numpy as np
 
 import medsim.models as registry
 import medsim.policies
-from medsim.policies import device_loop, rollout_assemble
+from medsim.policies import device_program, rollout_assemble
 from medsim.policies.builtin import FixedDose
 from medsim.policies.interaction import INTERACTION_FIELDS, Interaction
 from medsim.policies.result import PER_BOUND, PER_BOUND_FILL, RolloutResult
@@ -29,7 +29,7 @@ def test_per_bound_names_are_the_simulators_per_bound_statistics():
 def test_per_bound_names_are_declared_once():
     # The assembly and the compiled loop read the result's list; no module spells the names as strings.
     assert rollout_assemble.PER_BOUND_FILL is PER_BOUND_FILL
-    assert device_loop.PER_BOUND is PER_BOUND
+    assert device_program.PER_BOUND is PER_BOUND
     root = Path(medsim.policies.__file__).parent
     spelled = [p.relative_to(root).as_posix() for p in root.rglob("*.py") if '"end_violation"' in p.read_text()]
     assert spelled == ["result.py"]

@@ -17,7 +17,7 @@ Every estimator returns a frozen :class:`RareEstimate` around the package's
 :class:`~medsim.policies.risk.estimate.Estimate`; :func:`rare_epistemic` runs one per posterior draw.
 Pure JAX/numpy; may import ``medsim``, the rest of ``medsim.policies.risk``, ``medsim.policies.protocol`` and
 (for the closed loop only) the option loop's modules (``medsim.policies.rollout``, ``rollout_setup``,
-``rollout_device``, ``device_loop``, ``device_interval``, ``array_step``, ``noise_index``); never
+``rollout_device``, ``device_loop``, ``device_program``, ``device_interval``, ``array_step``, ``noise_index``); never
 rendering code.
 """
 
