@@ -174,7 +174,7 @@ def run_chunk(setup, pop: VirtualPopulation, policy: Policy, offset: int, n_real
         failures = Failures(np.asarray(carry.failed_at), np.asarray(carry.reason))
         sums = None if carry.sums is None else jax.tree_util.tree_map(np.asarray, carry.sums)
         trace = {} if carry.trace is None else {o: np.asarray(v) for o, v in carry.trace.items()}
-        if failures.any:  # the refused intervals out of the records and sums (see :func:`medsim.policies.device_program.body`)
+        if failures.any:  # the refused intervals out of the records and sums (see device_program.body)
             rows, sums = _without_refused(rows, sums, failures, np.asarray(carry.k))
         return rows, np.asarray(carry.outside_target), sums, failures, trace
 

@@ -92,7 +92,7 @@ class Config(NamedTuple):
 
 
 def body(cfg: Config, inp: Inputs, c: Carry, dt, horizon, tol):
-    """One interaction of every patient: the host loop's ``_run_chunk`` iteration on arrays."""
+    """One interaction of every patient: an iteration of the host loop (:mod:`medsim.policies.host_loop`) on arrays."""
     model, n = cfg.model, c.t.shape[0]
     given = inp
     if inp.noise_table is not None:  # this interaction's process stream: (seed, PROCESS, table[i, k])

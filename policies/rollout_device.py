@@ -135,7 +135,7 @@ def device_chunk(
     *,
     host: Callable[..., RolloutResult],
 ) -> RolloutResult:
-    """One chunk in the compiled loop, as :func:`medsim.policies.rollout._run_chunk` would return it.
+    """One chunk in the compiled loop, as :func:`medsim.policies.host_loop.run_chunk` would return it.
 
     ``host`` is the host loop's chunk function: with ``on_failure="stop"`` it re-runs a chunk in
     which the compiled loop flagged something to refuse (so the error names the patient), and it
@@ -296,7 +296,7 @@ def streaming_rollout(
 
     def run(offset: int):
         from medsim.policies.failures import hinted
-        from medsim.policies.rollout import _run_chunk
+        from medsim.policies.host_loop import run_chunk as host_chunk
 
         with jax.default_device(devices[(offset // width) % len(devices)]):
             n_real = min(width, n - offset)
@@ -314,7 +314,7 @@ def streaming_rollout(
             _, target, sums, failures, _ = run_chunk(setup, chunk, policy, first, n_real, scen, False, hooks)
             if failures.any and setup.on_failure == "stop":  # the host loop names the patient and what went wrong
                 with hinted():
-                    _run_chunk(setup, chunk, policy, first, n_real, 0, None, None, 0.0, 1.0)
+                    host_chunk(setup, chunk, policy, first, n_real, 0, None, None, 0.0, 1.0)
             given = scenario_totals(scen, setup.horizon, width)
             scenario_dose = np.stack([given.get(c, np.zeros(width)) for c in setup.cmts], axis=1)
             failed = dict(failed_time=failures.time, failure_reason=failures.reason)
