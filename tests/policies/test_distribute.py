@@ -19,8 +19,8 @@ from medsim.policies.distribute import (  # noqa: E402
     DistributionError,
     ShardTask,
     WorkerOptions,
-    _draws_data,
-    _population_data,
+    draws_data,
+    population_data,
     shard_bounds,
 )
 from medsim.policies.evaluate import evaluate_policies  # noqa: E402
@@ -86,7 +86,7 @@ def _task_fields(pop) -> dict:
     return dict(
         model=MODEL.name,
         model_description="{}",
-        population=_population_data(pop.take(slice(0, 8))),
+        population=population_data(pop.take(slice(0, 8))),
         first_patient=0,
         chunk_size=8,
         pad_to=16,
@@ -115,7 +115,7 @@ def test_tasks_carry_no_code_and_no_model_objects(draws):
             found.add(f"{module}.{name}")
             return super().find_class(module, name)
 
-    Recorder(io.BytesIO(pickle.dumps((task, _draws_data(draws))))).load()
+    Recorder(io.BytesIO(pickle.dumps((task, draws_data(draws))))).load()
     # Only numpy arrays, builtins and medsim's plain specification types: no jax, no model class,
     # no policy object, no function.
     assert not any("jax" in c or ".models." in c or ".builtin." in c or "function" in c for c in found), found
