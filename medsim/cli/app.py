@@ -28,6 +28,12 @@ app = typer.Typer(
 GC_THRESHOLDS = (50_000, 20, 10)
 
 
+def fail(message: str, code: int = 2) -> None:
+    """Print ``error: message`` on stderr and exit with ``code`` (2: bad input, the commands' convention)."""
+    typer.echo(f"error: {message}", err=True)
+    raise typer.Exit(code)
+
+
 def use_all_cores() -> None:
     """One JAX CPU device per core (``jax_num_cpu_devices``; ``MEDSIM_CPU_DEVICES`` overrides the
     count), so that chunks of patients run side by side; a no-op once JAX has initialised (e.g. when a

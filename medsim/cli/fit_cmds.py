@@ -16,12 +16,8 @@ from pathlib import Path
 import typer
 
 from medsim.cli.app import app
+from medsim.cli.app import fail as _fail
 from medsim.cli.outputs import output_dir, output_file
-
-
-def _fail(message: str, code: int = 2) -> None:
-    typer.echo(f"error: {message}", err=True)
-    raise typer.Exit(code)
 
 
 def _load_cohort(cohort: str):

@@ -20,15 +20,11 @@ from typing import TYPE_CHECKING, Any
 import typer
 
 from medsim.cli.app import app
+from medsim.cli.app import fail as _fail
 from medsim.cli.outputs import output_file
 
 if TYPE_CHECKING:
     from medsim.inference.neural.checkpoint import Checkpoint
-
-
-def _fail(message: str, code: int = 2) -> None:
-    typer.echo(f"error: {message}", err=True)
-    raise typer.Exit(code)
 
 
 def load_cohort(source: str) -> Any:

@@ -17,12 +17,8 @@ from typing import Any
 import typer
 
 from medsim.cli.app import app
+from medsim.cli.app import fail as _fail
 from medsim.cli.outputs import output_file
-
-
-def _fail(message: str) -> None:
-    typer.echo(f"error: {message}", err=True)
-    raise typer.Exit(2)
 
 
 @app.command("sample")

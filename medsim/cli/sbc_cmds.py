@@ -22,12 +22,8 @@ from pathlib import Path
 import typer
 
 from medsim.cli.app import app
+from medsim.cli.app import fail as _fail
 from medsim.cli.outputs import output_file
-
-
-def _fail(message: str) -> None:
-    typer.echo(f"error: {message}", err=True)
-    raise typer.Exit(2)
 
 
 def _floats(text: str, option: str) -> tuple[float, ...]:
