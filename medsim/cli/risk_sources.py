@@ -21,22 +21,22 @@ SUPPORT_UNKNOWN = {
 }
 
 
-def load_draws(posterior: Path | None, prior: str | None, prior_draws: int, seed: int) -> tuple[Any, dict]:
-    """Posterior draws and the provenance that goes with them (data hash, fit diagnostics)."""
+def prior_draws(prior: str, n: int, seed: int) -> Any:
+    """``n`` draws from the priors of the registered model ``prior`` (exit 2 naming the known models)."""
     import medsim.models as registry
-    from medsim.models.gate import CalibrationGate
     from medsim.population import PosteriorDraws
 
-    if (posterior is None) == (prior is None):
-        _fail("give either a POSTERIOR file or --prior MODEL (not both)")
-    if prior is not None:
-        try:
-            draws = PosteriorDraws.from_prior(registry.get(prior), prior_draws, seed=seed)
-        except registry.UnknownModelError as err:
-            _fail(str(err))
-        fit = {"ok": None, "problems": (), "summary": {"source": "model priors (no fit)"}}
-        gate = CalibrationGate.unchecked("patients drawn from the model's priors: no fit, no held-out check")
-        return draws, {"posterior_file": f"prior:{prior}", "fit_diagnostics": fit, "calibration": gate}
+    try:
+        return PosteriorDraws.from_prior(registry.get(prior), n, seed=seed)
+    except registry.UnknownModelError as err:
+        _fail(str(err))
+
+
+def read_posterior(posterior: Path) -> tuple[Any, Any, Any]:
+    """``(Posterior, its draws, its calibration gate)`` from a posterior file; a missing, malformed or
+    foreign file exits with status 2 naming it (no traceback)."""
+    from medsim.models.gate import CalibrationGate
+
     if not posterior.exists():
         _fail(f"{posterior}: no such posterior file")
     try:
@@ -47,8 +47,23 @@ def load_draws(posterior: Path | None, prior: str | None, prior_draws: int, seed
         post = Posterior.load(posterior)
         draws = post.draws()
         gate = post.calibration() or CalibrationGate.unchecked(f"{posterior} holds no held-out calibration check")
-    except ValueError as err:
-        _fail(str(err))
+    except (ValueError, OSError, KeyError) as err:
+        _fail(f"{posterior}: {err}")
+    return post, draws, gate
+
+
+def load_draws(posterior: Path | None, prior: str | None, prior_draws_n: int, seed: int) -> tuple[Any, dict]:
+    """Posterior draws and the provenance that goes with them (data hash, fit diagnostics)."""
+    from medsim.models.gate import CalibrationGate
+
+    if (posterior is None) == (prior is None):
+        _fail("give either a POSTERIOR file or --prior MODEL (not both)")
+    if prior is not None:
+        draws = prior_draws(prior, prior_draws_n, seed)
+        fit = {"ok": None, "problems": (), "summary": {"source": "model priors (no fit)"}}
+        gate = CalibrationGate.unchecked("patients drawn from the model's priors: no fit, no held-out check")
+        return draws, {"posterior_file": f"prior:{prior}", "fit_diagnostics": fit, "calibration": gate}
+    post, draws, gate = read_posterior(posterior)
     prov = dict(draws.provenance)
     fit = prov.get("fit_diagnostics", prov.get("diagnostics"))
     diagnostics = getattr(post, "diagnostics", None)
@@ -66,8 +81,8 @@ def fitted_support(posterior: Path | None) -> dict | None:
 
     try:
         return Posterior.load(posterior).support()
-    except ValueError as err:
-        _fail(str(err))
+    except (ValueError, OSError, KeyError) as err:
+        _fail(f"{posterior}: {err}")
 
 
 def coverage_text(prov: Mapping[str, Any]) -> str:

@@ -126,28 +126,14 @@ def _mechanistic(
     """Virtual patients from a posterior file or from a registered model's priors."""
     from dataclasses import replace
 
-    import medsim.models as registry
-    from medsim.models.gate import CalibrationGate
-    from medsim.population import PosteriorDraws, sample_population
+    from medsim.cli.risk_sources import prior_draws as from_prior
+    from medsim.cli.risk_sources import read_posterior
+    from medsim.population import sample_population
 
     if prior is not None:
-        try:
-            draws = PosteriorDraws.from_prior(registry.get(prior), prior_draws, seed=seed)
-        except registry.UnknownModelError as err:
-            _fail(str(err))
+        draws = from_prior(prior, prior_draws, seed)
     else:
-        if not posterior.exists():
-            _fail(f"{posterior}: no such posterior file")
-        try:
-            from medsim.inference.posterior import Posterior
-        except ImportError as err:
-            _fail(f"reading posterior files needs the inference package ({err}); use --prior MODEL meanwhile")
-        try:
-            post = Posterior.load(posterior)
-            draws = post.draws()
-            gate = post.calibration() or CalibrationGate.unchecked(f"{posterior} holds no held-out calibration check")
-        except (ValueError, OSError, KeyError) as err:  # a malformed or foreign file: say so, no traceback
-            _fail(f"{posterior}: {err}")
+        _, draws, gate = read_posterior(posterior)
         draws = replace(
             draws,
             provenance={
