@@ -40,7 +40,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from medsim.inference.calibration_nuts import vectorised_nuts
-from medsim.inference.calibration_svi import svi_fits
+from medsim.inference.calibration_svi import MapTasks, svi_fits
 from medsim.inference.checks.coverage import binomial_interval, rank_uniformity
 from medsim.inference.checks.heldout import heldout_coverage
 from medsim.inference.checks.predictive import default_dt, draws_from_samples
@@ -256,6 +256,7 @@ def run_calibration(
     method: str = "nuts",
     svi_steps: int = 1500,
     max_substep: float | None = None,
+    map_tasks: MapTasks | None = None,
 ) -> CalibrationResult:
     """Simulation-based calibration and held-out coverage over ``n_cohorts`` simulated cohorts.
 
@@ -295,6 +296,12 @@ def run_calibration(
         SVI optimisation steps per cohort.
     max_substep : float, optional
         The filter's longest step (model time unit), as in :func:`medsim.inference.fit`.
+    map_tasks : callable, optional
+        ``method="svi"`` only: runs the cohorts' fits (:func:`medsim.inference.calibration_svi.fit_task`
+        on each :class:`~medsim.inference.calibration_svi.SviFitTask`) and returns their results in
+        order, e.g. on Dask workers (:func:`medsim.policies.dask_workers.map_on_cluster`). The seeds do
+        not depend on where a fit runs; the model must be a registered one (its parameters may be
+        replaced, as :func:`narrowed_priors` does). Default: one after the other, here.
 
     Returns
     -------
@@ -302,6 +309,8 @@ def run_calibration(
     """
     if method not in ("nuts", "svi"):
         raise ValueError(f"method: expected 'nuts' or 'svi', got {method!r}")
+    if map_tasks is not None and method != "svi":
+        raise ValueError("map_tasks (fits on workers) applies to method='svi'; NUTS fits every cohort in one program")
     if method == "svi":
         chains, warmup = 1, 0
     if n_cohorts < 1 or draws * chains < n_rank_draws or svi_steps < 1:
@@ -322,7 +331,9 @@ def run_calibration(
     if method == "svi":
         samples, stats = svi_fits(
             data,
-            [design.cohort(measured[c]) for c in range(n_cohorts)],
+            design,
+            measured,
+            map_tasks=map_tasks,
             seed=seed,
             draws=draws,
             svi_steps=svi_steps,

@@ -3,14 +3,16 @@
 :class:`WorkerOptions` are applied in each worker process before JAX starts (CPU threads, the
 fraction of an accelerator's memory, the compilation cache folder; :func:`configure_worker`).
 :func:`dask_client` connects to a scheduler or starts a local cluster whose workers are spawned,
-never forked (JAX is multithreaded). What the workers run is :mod:`medsim.policies.distribute`.
+never forked (JAX is multithreaded). What the workers run is :mod:`medsim.policies.distribute`
+(closed-loop shards) or any medsim function over plain-data items (:func:`map_on_cluster`: the SVI
+fits of simulation-based calibration).
 """
 
 from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -130,6 +132,26 @@ def dask_client(
             if options.threads is not None:
                 pin_workers(client, int(options.threads))
             yield client
+
+
+def map_on_cluster(
+    client: Any, fn: Callable[[Any], Any], items: Sequence[Any], options: WorkerOptions | None = None
+) -> list:
+    """``[fn(item) for item in items]`` on ``client``'s workers, results in the order of ``items``.
+
+    ``fn`` must be importable on the workers by name (a module-level function of medsim) and each
+    item plain data (numbers, arrays, names, frozen dataclasses of them), as the shard tasks are;
+    each task first applies ``options`` in its worker (:func:`configure_worker`). Used for the SVI
+    fits of simulation-based calibration (``medsim sbc --workers N``).
+    """
+    options = options or WorkerOptions()
+    futures = [client.submit(_configured, options, fn, item, pure=False) for item in items]
+    return list(client.gather(futures))
+
+
+def _configured(options: WorkerOptions, fn: Callable[[Any], Any], item: Any) -> Any:
+    configure_worker(options)
+    return fn(item)
 
 
 def pin_workers(client: Any, cores_per_worker: int) -> dict[str, list[int]]:

@@ -21,8 +21,7 @@ from __future__ import annotations
 
 import shlex
 import sys
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +29,7 @@ import typer
 
 from medsim.cli.app import app, use_all_cores
 from medsim.cli.app import fail as _fail
+from medsim.cli.cluster import cluster
 from medsim.cli.risk_sources import SUPPORT_UNKNOWN, fitted_support, load_draws, neural_report_context
 
 _COLORS = {"PASS": "green", "FAIL": "red", "UNDECIDED": "yellow"}
@@ -74,28 +74,6 @@ def finish(report: Any, results: Sequence[Any], *, out: Path, fail_on_violation:
     summarise(report, files, console)
     failed = any(p.verdict.decision == "FAIL" for p in report.policies)
     return 1 if (fail_on_violation and failed) else 0
-
-
-@contextmanager
-def _cluster(workers: int | None, scheduler: str | None, threads: int | None, memory: float | None) -> Iterator[Any]:
-    """The Dask client ``--workers`` / ``--scheduler`` ask for, or ``None`` (this process)."""
-    if workers is None and scheduler is None:
-        yield None
-        return
-    import os
-
-    from medsim.policies.distribute import DistributionError, WorkerOptions, dask_client
-
-    if threads is None and workers is not None:
-        threads = max(1, (os.cpu_count() or 1) // workers)
-    try:
-        options = WorkerOptions(threads=threads, memory_fraction=memory)
-        with dask_client(workers=workers, scheduler=scheduler, options=options) as client:
-            yield client
-    except DistributionError as err:
-        _fail(str(err))
-    except OSError as err:  # an unreachable scheduler
-        _fail(f"--scheduler {scheduler}: {err}")
 
 
 @app.command("risk")
@@ -281,7 +259,7 @@ def risk_command(
         _fail("give --workers N (a local cluster) or --scheduler ADDRESS (an existing one), not both")
     columns = (TextColumn("{task.description}"), BarColumn(), TextColumn("{task.percentage:>5.1f}%"))
     with (
-        _cluster(workers, scheduler, worker_threads, worker_memory) as client,
+        cluster(workers, scheduler, worker_threads, worker_memory) as client,
         Progress(*columns, TimeElapsedColumn(), TimeRemainingColumn(), console=console) as bar,
     ):
         task = bar.add_task(f"simulating {len(policy)} policies x {n} patients", total=len(policy))

@@ -7,7 +7,9 @@ NUTS (``--method nuts``, all cohorts in one vectorised program) or SVI (``--meth
 ``medsim.inference.fit`` per cohort) and ranks the true values among the posterior draws
 (:func:`medsim.inference.calibration.run_calibration`; Talts et al. 2018). Uniform ranks and
 nominal interval coverage mean prior, simulator, likelihood and sampler agree. See
-docs/calibration.md, "Simulation-based calibration".
+docs/calibration.md, "Simulation-based calibration". With ``--method svi`` the cohorts' fits can
+run on Dask workers (``--workers N``, or ``--scheduler ADDRESS`` for an existing cluster), each
+with the seed it has in one process, so the summary is the same.
 
 Exit status (either method): 0 when no site's rank histogram is rejected as non-uniform
 (chi-square test at level ``--alpha`` divided by the number of sites, Bonferroni), 1 when one
@@ -149,12 +151,25 @@ def sbc_command(
     ),
     alpha: float = typer.Option(0.01, "--alpha", min=0.0, max=1.0, help="Family-wise level of the rank tests."),
     seed: int = typer.Option(0, "--seed"),
+    workers: int = typer.Option(
+        None,
+        "--workers",
+        min=1,
+        help="--method svi: fit the cohorts on this many local Dask worker processes (needs medsim[dask]); "
+        "same seeds, same summary as one process.",
+    ),
+    scheduler: str = typer.Option(
+        None, "--scheduler", help="--method svi: fit the cohorts on an existing Dask cluster at this address."
+    ),
+    worker_threads: int = typer.Option(
+        None, "--worker-threads", min=1, help="CPU threads per worker (default: the machine's cores / --workers)."
+    ),
     out: Path = typer.Option(None, "--out", help="Write the JSON summary to this file."),
     as_json: bool = typer.Option(False, "--json", help="Print the JSON summary."),
 ) -> None:
     """Simulation-based calibration of MODEL's fit (exit 1 if a rank histogram is not uniform)."""
     import medsim.models as registry
-    from medsim.inference.calibration import narrowed_priors, run_calibration
+    from medsim.inference.calibration import narrowed_priors
     from medsim.io import atomic_write
 
     if out is not None:
@@ -163,6 +178,8 @@ def sbc_command(
         _fail(f"--bins {bins} must divide --rank-draws + 1 = {rank_draws + 1}")
     if method not in ("nuts", "svi"):
         _fail(f"--method: expected nuts or svi, got {method!r}")
+    if (workers is not None or scheduler is not None) and method != "svi":
+        _fail("--workers / --scheduler fit the cohorts on workers with --method svi (NUTS fits them in one program)")
     if max_substep is not None and not max_substep > 0:
         _fail(f"--max-substep: expected a positive step (model time unit), got {max_substep}")
     n_draws = chains * draws if method == "nuts" else draws
@@ -186,7 +203,10 @@ def sbc_command(
             held_out=held_out,
             covariates=_covariates(covariate or []),
         )
-        result = run_calibration(
+        result = _calibrate(
+            workers,
+            scheduler,
+            worker_threads,
             model if full_prior else narrowed_priors(model),
             design,
             n_cohorts=replications,
@@ -215,6 +235,22 @@ def sbc_command(
         _print(summary)
     if rejected:
         raise typer.Exit(1)
+
+
+def _calibrate(workers: int | None, scheduler: str | None, threads: int | None, model, design, **settings):
+    """:func:`~medsim.inference.calibration.run_calibration`, its SVI fits on the cluster the options ask for."""
+    from medsim.cli.cluster import cluster, worker_options
+    from medsim.inference.calibration import run_calibration
+
+    with cluster(workers, scheduler, threads, None) as client:
+        if client is None:
+            return run_calibration(model, design, **settings)
+        from functools import partial
+
+        from medsim.policies.dask_workers import map_on_cluster
+
+        fits_on = partial(map_on_cluster, client, options=worker_options(workers, threads, None))
+        return run_calibration(model, design, map_tasks=fits_on, **settings)
 
 
 def _print(summary: dict) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from typer.testing import CliRunner
 
-import medsim.cli.risk_cmds  # noqa: F401  (registers `medsim risk` on the shared app)
+import medsim.cli.risk_cmds
 import medsim.cli.sample_cmds  # noqa: F401  (registers `medsim sample`)
 from medsim.cli import app
 
