@@ -24,6 +24,7 @@ _EXPORTS = {
     "diagnose": "medsim.inference.diagnostics",
     "FitConfigError": "medsim.inference.fitting",
     "fit": "medsim.inference.fitting",
+    "fit_seeds": "medsim.inference.fit_tasks",
     "Timeline": "medsim.inference.likelihood",
     "TimelineError": "medsim.inference.likelihood",
     "build_timeline": "medsim.inference.likelihood",

@@ -3,108 +3,36 @@
 :func:`medsim.inference.calibration.run_calibration` with ``method="svi"`` fits every simulated
 cohort with the SVI path of :func:`medsim.inference.fit` (a multivariate-normal guide, the
 coordinates and settings ``medsim fit --method svi`` uses) and ranks the truth among draws from
-the fitted guide. Each fit is an :class:`SviFitTask` (the model's registered name and
-parameters, the design, the cohort's simulated values, the seed and settings: numbers and names
-only) run by :func:`fit_task`. By default the fits run one after the other in this process (they
-share the compiled likelihood only through JAX's cache, since each cohort's data are part of the
-fitted model); given ``map_tasks`` (e.g. :func:`medsim.policies.dask_workers.map_on_cluster` on a Dask
-client: ``medsim sbc --workers N``) they run wherever it sends them, with the same seeds, and come
-back in cohort order.
+the fitted guide. Each fit is a :class:`~medsim.inference.fit_tasks.FitTask` (data only) run by
+:func:`calibration_fit`, which sends back only the ranked sites' draws. By default the fits run
+one after the other in this process (they share the compiled likelihood only through JAX's cache,
+since each cohort's data are part of the fitted model); given ``map_tasks`` (e.g.
+:func:`medsim.policies.dask_workers.map_on_cluster` on a Dask client: ``medsim sbc --workers N``) they
+run wherever it sends them, with the same seeds, and come back in cohort order.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import json
-import threading
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Sequence
+from functools import partial
 from typing import Any
 
 import numpy as np
 
+from medsim.inference.fit_tasks import MapTasks, run, task_for
 from medsim.inference.problem import FitData
 
-#: numpyro keeps its effect-handler stack in a module global, so two fits in threads of one process
-#: (a Dask worker with several threads, or in-process workers) would corrupt each other's traces:
-#: fits in one process run one at a time.
-_FIT_LOCK = threading.Lock()
-
-MapTasks = Callable[[Callable[[Any], Any], Sequence[Any]], list]
-"""``map_tasks(fn, tasks) -> [fn(t) for t in tasks]``, in order, wherever it runs them."""
+__all__ = ["MapTasks", "calibration_fit", "svi_fits"]
 
 
-@dataclass(frozen=True)
-class SviFitTask:
-    """One calibration cohort's SVI fit, as data: what a worker needs and nothing it must trust.
-
-    ``model`` is a registered name; ``parameters`` the (possibly narrowed) parameter records that
-    replace the registered ones; ``description`` the client's ``model.describe()`` as JSON, checked
-    on the worker (the same medsim, the same model). ``values`` are the cohort's simulated
-    measurements, ``(S, T)`` numpy.
-    """
-
-    model: str
-    parameters: tuple
-    description: str
-    design: Any  # medsim.inference.calibration.Design (a frozen dataclass of numbers)
-    values: np.ndarray
-    names: tuple[str, ...]
-    seed: int
-    draws: int
-    svi_steps: int
-    max_substep: float | None
-    process_noise: bool
-    guide: str
-    learning_rate: float
-
-
-def describe(model: Any) -> str:
-    """The model's description as canonical JSON (what :class:`SviFitTask` checks on a worker)."""
-    return json.dumps(model.describe(), sort_keys=True, default=str)
-
-
-def task_model(task: SviFitTask) -> Any:
-    """The task's model rebuilt from the registry (ValueError if it differs from the client's)."""
-    import medsim.models as registry
-
-    try:
-        model = dataclasses.replace(registry.get(task.model), parameters=task.parameters)
-    except registry.UnknownModelError as err:
-        raise ValueError(f"calibration fit: {err}") from None
-    if describe(model) != task.description:
-        raise ValueError(
-            f"calibration fit: model {task.model!r} rebuilt here differs from the client's (another medsim "
-            "version, or a model that is not registered); install the same medsim everywhere"
-        )
-    return model
-
-
-def fit_task(task: SviFitTask, model: Any = None) -> dict[str, Any]:
-    """Fit one calibration cohort by SVI: ``{"samples": site -> (draws, ...), "elbo", "ok", "wall"}``.
-
-    ``model``: the model object when it is at hand (this process); else rebuilt by :func:`task_model`.
-    """
-    from medsim.inference.fitting import fit
-
-    model = model if model is not None else task_model(task)
-    with _FIT_LOCK:
-        posterior = fit(
-            task.design.cohort(task.values),
-            model,
-            method="svi",
-            draws=task.draws,
-            seed=task.seed,
-            process_noise=task.process_noise,
-            svi_steps=task.svi_steps,
-            max_substep=task.max_substep,
-            guide=task.guide,
-            svi_learning_rate=task.learning_rate,
-        )
-    return _result(posterior, task.names)
+def calibration_fit(task: Any, names: Sequence[str], model: Any = None) -> dict[str, Any]:
+    """Run one cohort's fit task and keep what calibration ranks: ``{"samples": site -> (draws, ...),
+    "elbo", "ok", "wall"}``."""
+    return _result(run(task, model), names)
 
 
 def _result(posterior: Any, names: Sequence[str]) -> dict[str, Any]:
+    """The ranked sites' draws of a fit, its ELBO, whether its checks passed and its wall time."""
     group = posterior.idata.posterior
     samples = {}
     for name in names:
@@ -149,8 +77,8 @@ def svi_fits(
     svi_steps, max_substep, process_noise, guide, learning_rate
         As in :func:`medsim.inference.fit`.
     map_tasks : callable, optional
-        Runs :func:`fit_task` on the :class:`SviFitTask` of every cohort and returns the results in
-        order (default: one after the other, here).
+        Runs :func:`calibration_fit` on every cohort's :class:`~medsim.inference.fit_tasks.FitTask` and
+        returns the results in order (default: one after the other, here).
 
     Returns
     -------
@@ -163,28 +91,23 @@ def svi_fits(
     for p in data.priors.random_effects:
         names += [f"eta_{p}", f"eta_{p}_decentered"]
     model = data.model
+    settings = dict(
+        method="svi",
+        draws=draws,
+        process_noise=process_noise,
+        svi_steps=svi_steps,
+        max_substep=max_substep,
+        guide=guide,
+        svi_learning_rate=learning_rate,
+    )
     tasks = [
-        SviFitTask(
-            model=model.name,
-            parameters=tuple(model.parameters),
-            description=describe(model),
-            design=design,
-            values=np.asarray(values, float),
-            names=tuple(names),
-            seed=seed * 1000 + c,
-            draws=draws,
-            svi_steps=svi_steps,
-            max_substep=max_substep,
-            process_noise=process_noise,
-            guide=guide,
-            learning_rate=learning_rate,
-        )
+        task_for(model, design.cohort(np.asarray(values, float)), seed * 1000 + c, settings)
         for c, values in enumerate(np.asarray(measured))
     ]
     if map_tasks is None:  # here, one after the other, with the model object at hand
-        results = [fit_task(task, model) for task in tasks]
+        results = [calibration_fit(task, names, model) for task in tasks]
     else:
-        results = list(map_tasks(fit_task, tasks))
+        results = list(map_tasks(partial(calibration_fit, names=tuple(names)), tasks))
     if len(results) != len(tasks):
         raise ValueError(f"calibration fits: {len(tasks)} cohorts sent, {len(results)} results came back")
     samples = {name: np.stack([r["samples"][name] for r in results]) for name in names}
