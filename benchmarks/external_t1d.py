@@ -21,7 +21,9 @@ Cohorts that share their training days (the overdose scenario changes day 3 only
 Scores on the test day (``benchmarks/t1d_metrics.py``):
 
 * coverage and mean width of central 50 % and 90 % intervals for the true glucose (``bg_true``,
-  latent prediction of ``glucose_mg_dL``) and for the CGM readings (the model's CGM observable,
+  latent prediction of ``glucose_mg_dL``; simglucose's ``bg_true`` is its subcutaneous glucose,
+  so for a model with an ``interstitial_mg_dL`` observable, ``t1d_ou``, the same scores of that
+  prediction are added with the suffix ``_interstitial``) and for the CGM readings (the model's CGM observable,
   ``cgm_mg_dL`` for a model with a sensor model such as ``t1d_ou``, ``glucose_mg_dL`` otherwise,
   plus its measurement error), at the CGM times;
 * RMSE of the predictive median for the true glucose against the naive forecast (the last CGM
@@ -65,6 +67,20 @@ RECOMMENDED = {"svi": {"svi_steps": 1500, "max_substep": 10.0}, "nuts": {"max_su
 SVI_STEPS = {"t1d_ou": 3000}
 #: medsim's recommended T1D set-up (the JSON's top-level figures): the first model listed.
 DEFAULT_MODELS = "t1d_ou"
+#: A model's interstitial (subcutaneous) glucose, when it has one, and the scores computed from it too.
+INTERSTITIAL = "interstitial_mg_dL"
+INTERSTITIAL_KEYS = (
+    "coverage50_bg",
+    "width50_bg",
+    "coverage90_bg",
+    "width90_bg",
+    "rmse_median_bg",
+    "brier_hypo",
+    "auc_hypo",
+    "sum_p_hypo",
+    "sum_p_inside_range",
+    "p_hypo",
+)
 
 
 def truncate(cohort, t_end: float):
@@ -220,6 +236,15 @@ def run_one(tidy: pd.DataFrame, model_name: str, method: str, args) -> dict:
         posterior, full, key=k_grid, times=truth["grid"], observable="glucose_mg_dL", **forecast
     )
     scores = score(at_cgm.prediction, cgm_replicate, on_grid.prediction, truth)
+    if INTERSTITIAL in {o.name for o in model.observables}:
+        # simglucose's BG is its subcutaneous glucose: the model's counterpart is its interstitial
+        # glucose, scored the same way (same keys, same paths) beside the plasma figures above
+        latent = {
+            name: posterior_predictive(posterior, full, key=k, times=truth[grid], observable=INTERSTITIAL, **forecast)
+            for name, k, grid in (("cgm", k_cgm, "cgm_time"), ("grid", k_grid, "grid"))
+        }
+        also = score(latent["cgm"].prediction, cgm_replicate, latent["grid"].prediction, truth)
+        scores |= {f"{k}_interstitial": also[k] for k in INTERSTITIAL_KEYS}
     draws = posterior.draws()
     medians = {name: float(np.median(np.asarray(v))) for name, v in draws.population.items()}
     medians |= {f"omega_{name}": float(np.median(np.asarray(v))) for name, v in draws.omega.items()}

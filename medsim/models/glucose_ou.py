@@ -26,6 +26,8 @@ readings are not mistaken for plasma glucose::
 
     cgm_mg_dL     = glucose_ig + cgm_error      (+ white residual error)
     glucose_mg_dL = glucose                     (+ fingerstick / SMBG residual error)
+    interstitial_mg_dL = glucose_ig             (no measurement: for comparing with a simulator's
+                                                 subcutaneous glucose, e.g. simglucose's BG)
 
 The insulin-sensitivity disturbance multiplies the insulin action where it acts on glucose,
 which is ``S_I * exp(si_log)`` for a disturbance slower than the action's own time constant
@@ -235,6 +237,9 @@ class GlucoseOU(GlucoseInsulin):
         Observable("glucose_mg_dL", "mg/dL", "plasma glucose (fingerstick / SMBG)", bridge_scale="log"),
         Observable("cgm_mg_dL", "mg/dL", "CGM reading: interstitial glucose + sensor error"),
         Observable("insulin_uU_mL", "uU/mL", "plasma insulin"),
+        Observable(
+            "interstitial_mg_dL", "mg/dL", "interstitial glucose, what the sensor reads before its error (not measured)"
+        ),
     )
     residual: dict = field(
         default_factory=lambda: {
@@ -301,6 +306,7 @@ class GlucoseOU(GlucoseInsulin):
             "glucose_mg_dL": x["glucose"],
             "cgm_mg_dL": x["glucose_ig"] + x["cgm_error"],
             "insulin_uU_mL": x["insulin_p"],
+            "interstitial_mg_dL": x["glucose_ig"],
         }
 
     @staticmethod

@@ -98,6 +98,9 @@ def test_initial_state_is_a_fixed_point_with_disturbances_at_zero(model):
     assert float(x["glucose_ig"]) == float(x["glucose"])
     y = model.observe(x, theta)
     assert float(y["cgm_mg_dL"]) == float(y["glucose_mg_dL"])
+    # the interstitial glucose (a simulator's subcutaneous glucose) is observable, without error
+    assert float(y["interstitial_mg_dL"]) == float(x["glucose_ig"])
+    assert "interstitial_mg_dL" not in model.residual and "interstitial_mg_dL" not in model.obs_targets.values()
 
 
 def test_zero_noise_plasma_glucose_is_glucose_insulin(model):
