@@ -30,7 +30,7 @@ import typer
 from medsim.cli.app import app, use_all_cores
 from medsim.cli.app import fail as _fail
 from medsim.cli.cluster import cluster
-from medsim.cli.risk_sources import SUPPORT_UNKNOWN, fitted_support, load_draws, neural_report_context
+from medsim.cli.risk_sources import SUPPORT_UNKNOWN, load_draws, neural_report_context
 
 _COLORS = {"PASS": "green", "FAIL": "red", "UNDECIDED": "yellow"}
 
@@ -243,8 +243,8 @@ def risk_command(
         prov["calibration"] = gate_of(population.model, floor=coverage_floor)
         support = {k: tuple(v) for k, v in population.provenance.get("data_support", {}).items()} or None
     else:
-        draws, prov = load_draws(posterior, prior, prior_draws, seed)
-        model, support = draws.model, fitted_support(posterior)
+        draws, prov, support = load_draws(posterior, prior, prior_draws, seed)
+        model = draws.model
     if support is None:  # reported as "not checked" with this reason, never as 0 % outside
         source = "checkpoint" if checkpoint is not None else "prior" if prior is not None else "posterior"
         prov["support_unknown"] = SUPPORT_UNKNOWN[source].format(posterior)

@@ -52,8 +52,12 @@ def read_posterior(posterior: Path) -> tuple[Any, Any, Any]:
     return post, draws, gate
 
 
-def load_draws(posterior: Path | None, prior: str | None, prior_draws_n: int, seed: int) -> tuple[Any, dict]:
-    """Posterior draws and the provenance that goes with them (data hash, fit diagnostics)."""
+def load_draws(
+    posterior: Path | None, prior: str | None, prior_draws_n: int, seed: int
+) -> tuple[Any, dict, dict | None]:
+    """Posterior draws, the provenance that goes with them (data hash, fit diagnostics, calibration)
+    and the fitted cohort's observed ranges for the out-of-support flag (None for priors or a
+    posterior without them); the posterior file is read once."""
     from medsim.models.gate import CalibrationGate
 
     if (posterior is None) == (prior is None):
@@ -62,27 +66,19 @@ def load_draws(posterior: Path | None, prior: str | None, prior_draws_n: int, se
         draws = prior_draws(prior, prior_draws_n, seed)
         fit = {"ok": None, "problems": (), "summary": {"source": "model priors (no fit)"}}
         gate = CalibrationGate.unchecked("patients drawn from the model's priors: no fit, no held-out check")
-        return draws, {"posterior_file": f"prior:{prior}", "fit_diagnostics": fit, "calibration": gate}
+        return draws, {"posterior_file": f"prior:{prior}", "fit_diagnostics": fit, "calibration": gate}, None
     post, draws, gate = read_posterior(posterior)
+    try:
+        support = post.support()
+    except (ValueError, OSError, KeyError) as err:
+        _fail(f"{posterior}: {err}")
     prov = dict(draws.provenance)
     fit = prov.get("fit_diagnostics", prov.get("diagnostics"))
     diagnostics = getattr(post, "diagnostics", None)
     if fit is None and diagnostics is not None:
         fit = diagnostics() if callable(diagnostics) else diagnostics
     out = {"posterior_file": str(posterior), "data_hash": prov.get("data_hash", ""), "fit_diagnostics": fit}
-    return draws, {**out, "calibration": gate}
-
-
-def fitted_support(posterior: Path | None) -> dict | None:
-    """Observed ranges of the fitted cohort (for the out-of-support flag), if the posterior has them."""
-    if posterior is None:
-        return None
-    from medsim.inference.posterior import Posterior
-
-    try:
-        return Posterior.load(posterior).support()
-    except (ValueError, OSError, KeyError) as err:
-        _fail(f"{posterior}: {err}")
+    return draws, {**out, "calibration": gate}, support
 
 
 def coverage_text(prov: Mapping[str, Any]) -> str:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import pickle
 from functools import partial
 
 import numpy as np
@@ -26,7 +25,9 @@ def _task(model=MODEL):
 
 
 def test_a_fit_task_is_plain_data_and_rebuilds_the_narrowed_model():
-    task = pickle.loads(pickle.dumps(_task()))
+    from distributed.protocol import deserialize, serialize
+
+    task = deserialize(*serialize(_task()))  # what Dask does to a task it sends to a worker
     rebuilt = task_model(task)
     assert describe(rebuilt) == describe(MODEL) != describe(get("pk_oral_1cmt"))  # the narrowed priors travel
     # a worker whose registered model differs (another medsim) refuses instead of fitting another model
