@@ -255,8 +255,6 @@ def risk_command(
     except SpecError as err:
         _fail(str(err))
     prov = {**prov, "calibration_forced": force, "command": shlex.join(["medsim", *sys.argv[1:]])}
-    if workers is not None and scheduler is not None:
-        _fail("give --workers N (a local cluster) or --scheduler ADDRESS (an existing one), not both")
     columns = (TextColumn("{task.description}"), BarColumn(), TextColumn("{task.percentage:>5.1f}%"))
     with (
         cluster(workers, scheduler, worker_threads, worker_memory) as client,
