@@ -30,7 +30,9 @@ Scores on the test day (``benchmarks/t1d_metrics.py``):
   reading of the training days, carried forward);
 * P(min true glucose < 70 mg/dL on the test day), from the latent paths on a 3-minute grid:
   Brier score (and the constant forecast's), AUC, and the summed probability against the
-  observed count with its 95 % binomial range.
+  observed count with its 95 % binomial range;
+* ``gate``: medsim's own calibration gate on the test day (:func:`calibration_gate`), the
+  verdict ``medsim risk`` would lead with for the fit.
 
 The JSON (``--json``) holds every run and, at the top level, the figures of medsim's recommended
 T1D set-up (the first model and sampler on the first cohort): ``coverage90_bg``, ``width90_bg``,
@@ -183,6 +185,41 @@ def cgm_observable(model) -> str:
     return "cgm_mg_dL" if "cgm_mg_dL" in model.observable_names else "glucose_mg_dL"
 
 
+def calibration_gate(posterior, full, model, t_train: float, t_end: float, args) -> dict:
+    """medsim's own calibration gate on the test day, as ``medsim check --heldout`` judges it.
+
+    The held-out measurements are the test day's CGM readings (the model's CGM observable), the
+    event a reading below 70 mg/dL; the forecast starts from each twin's filtered state. The gate
+    sees only what a user has (CGM readings, not the simulator's true glucose), so this is the
+    verdict ``medsim risk`` would print for this fit.
+    """
+    import jax
+
+    from medsim.inference.checks.calibration_gate import heldout_check
+    from medsim.inference.checks.heldout import window_mask
+    from medsim.simulate.types import Bound
+
+    cohort = truncate(full, t_end)
+    gate = heldout_check(
+        posterior,
+        cohort,
+        window_mask(cohort, after=t_train),
+        key=jax.random.key(0),
+        bounds=[Bound(cgm_observable(model), HYPO_MG_DL, "lower")],
+        n_draws=args.n_draws,
+    )
+    figures = ("coverage_0.9", "coverage_0.5", "relative_width_0.9", "crps_skill", "brier_skill", "auc")
+    return {
+        "status": gate.status,
+        "summary": gate.summary(),
+        "criteria": [
+            {"name": c.name, "value": c.value, "lower": c.lower, "upper": c.upper, "status": c.status}
+            for c in gate.criteria
+        ],
+        **{k: gate.figure(k) for k in figures},
+    }
+
+
 def run_one(tidy: pd.DataFrame, model_name: str, method: str, args) -> dict:
     """Fit one model with one sampler on the training days and score the test day."""
     import jax
@@ -245,6 +282,7 @@ def run_one(tidy: pd.DataFrame, model_name: str, method: str, args) -> dict:
         }
         also = score(latent["cgm"].prediction, cgm_replicate, latent["grid"].prediction, truth)
         scores |= {f"{k}_interstitial": also[k] for k in INTERSTITIAL_KEYS}
+    scores["gate"] = calibration_gate(posterior, full, model, t_train, t1, args)
     draws = posterior.draws()
     medians = {name: float(np.median(np.asarray(v))) for name, v in draws.population.items()}
     medians |= {f"omega_{name}": float(np.median(np.asarray(v))) for name, v in draws.omega.items()}
@@ -329,7 +367,8 @@ def main(argv: list[str] | None = None) -> int:
                     f"{cohort_name} {result['model']} {result['method']}: 90% cover bg {result['coverage90_bg']:.2f} "
                     f"(width {result['width90_bg']:.0f}), cgm {result['coverage90_cgm']:.2f}; Brier "
                     f"{result['brier_hypo']:.3f} (const {result['brier_constant']:.3f}), AUC {result['auc_hypo']}, "
-                    f"sum p {result['sum_p_hypo']:.1f} vs {result['n_hypo_observed']}; {result['total_seconds']:.0f} s",
+                    f"sum p {result['sum_p_hypo']:.1f} vs {result['n_hypo_observed']}; "
+                    f"gate {result['gate']['status']}; {result['total_seconds']:.0f} s",
                     file=sys.stderr,
                 )
     headline = {
