@@ -122,8 +122,14 @@ def diagnose_posterior_attrs(idata, method: str) -> Diagnostics:
     elbo = attrs.get("elbo")
     trace = json.loads(attrs["elbo_trace"]) if "elbo_trace" in attrs else None
     profile = json.loads(attrs["noise_profile"]) if "noise_profile" in attrs else None
+    spread = json.loads(attrs["spread_check"]) if "spread_check" in attrs else None
     return diagnose(
-        idata, method=method, elbo=None if elbo is None else float(elbo), elbo_trace=trace, noise_profile=profile
+        idata,
+        method=method,
+        elbo=None if elbo is None else float(elbo),
+        elbo_trace=trace,
+        noise_profile=profile,
+        spread_check=spread,
     )
 
 
@@ -134,6 +140,7 @@ def diagnose(
     elbo: float | None = None,
     elbo_trace=None,
     noise_profile: dict | None = None,
+    spread_check: dict | None = None,
 ) -> Diagnostics:
     """Diagnostics of the posterior in ``idata`` (an ArviZ InferenceData).
 
@@ -149,6 +156,8 @@ def diagnose(
         it an SVI fit fails (nothing checked).
     noise_profile : dict, optional
         :func:`medsim.inference.noise_profile.noise_profile` of an SVI fit.
+    spread_check : dict, optional
+        The stored test of an SVI guide's spread (:func:`medsim.inference.svi_spread.spread_problems`).
     """
     from medsim.inference.assemble import import_arviz
 
@@ -158,6 +167,7 @@ def diagnose(
     if method != "nuts":
         from medsim.inference.noise_profile import PROFILE_GAIN_NATS
         from medsim.inference.svi_diagnostics import ELBO_REL_TOL
+        from medsim.inference.svi_spread import TOO_NARROW, TOO_WIDE, spread_problems
 
         checks, problems, _ = elbo_checks(None if elbo_trace is None else np.asarray(elbo_trace, float))
         if noise_profile:
@@ -167,7 +177,15 @@ def diagnose(
                 f"{p['peak']:.3g} ({p['gain']:.1f} nats higher)"
                 for site, p in noise_profile.items()
             ]
-        thresholds = {"elbo_rel_tol": ELBO_REL_TOL, "profile_gain_nats": PROFILE_GAIN_NATS}
+        spread_checks, spread_problems_ = spread_problems(spread_check)
+        checks += spread_checks
+        problems += spread_problems_
+        thresholds = {
+            "elbo_rel_tol": ELBO_REL_TOL,
+            "profile_gain_nats": PROFILE_GAIN_NATS,
+            "spread_too_narrow": TOO_NARROW,
+            "spread_too_wide": TOO_WIDE,
+        }
         return Diagnostics(
             method=method,
             applicable=False,

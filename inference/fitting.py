@@ -171,7 +171,7 @@ def fit(
             particles=svi_particles,
             learning_rate=svi_learning_rate,
         )
-    info = {k: v for k, v in out.info.items() if k != "elbo_trace"}
+    info = {k: v for k, v in out.info.items() if k not in ("elbo_trace", "spread_check")}
     attrs = provenance_attrs(data, backend=backend, method=method, seed=seed, info=info)
     attrs.update(
         chains=chains if method == "nuts" else 1,
@@ -185,6 +185,7 @@ def fit(
         attrs["svi_steps"] = int(svi_steps)
         attrs["elbo_trace"] = json_attr([round(float(v), 2) for v in out.info["elbo_trace"]])
         attrs["noise_profile"] = json_attr(noise_profile(data, out.samples))
+        attrs["spread_check"] = json_attr(out.info["spread_check"])
     idata = build_inference_data(data, out.samples, out.sample_stats or None, attrs)
     diagnostics = diagnose_posterior_attrs(idata, method)
     idata.posterior.attrs["diagnostics"] = json_attr(diagnostics.to_dict())

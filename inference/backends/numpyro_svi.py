@@ -57,6 +57,17 @@ def start_values(data: FitData) -> dict[str, np.ndarray | float]:
     return values
 
 
+def spread_check(data: FitData, auto, params: dict, key: jax.Array) -> dict:
+    """:func:`medsim.inference.svi_spread.spread_gradients` of the fitted guide, with its coordinates' names."""
+    from medsim.inference.hierarchical import potential_fn
+    from medsim.inference.svi_spread import coordinate_names, spread_gradients, spread_record
+
+    names = {s.sampled_site: s.site for s in data.priors.sites}
+    names |= {data.priors.eta_site(p): f"eta_{p}" for p in data.priors.random_effects}
+    mean, se = spread_gradients(potential_fn(data), auto._unpack_latent, params, key)
+    return spread_record(mean, se, coordinate_names(auto, names))
+
+
 def run_svi(
     data: FitData,
     *,
@@ -101,7 +112,8 @@ def run_svi(
     -------
     SamplerOutput
         ``samples`` with shape (1, draws, ...); ``sample_stats`` empty; ``info["elbo"]`` is the
-        mean ELBO (nats) over the last 10 % of steps and ``info["elbo_trace"]`` every step's.
+        mean ELBO (nats) over the last 10 % of steps, ``info["elbo_trace"]`` every step's and
+        ``info["spread_check"]`` the test of the fitted guide's spread (:mod:`medsim.inference.svi_spread`).
     """
     from numpyro.infer import SVI, Trace_ELBO
     from numpyro.optim import Adam
@@ -143,6 +155,7 @@ def run_svi(
         counter.add(n)
     params = svi.get_params(state)
     constrained = auto.sample_posterior(key_draws, params, sample_shape=(draws,))
+    spread = spread_check(data, auto, params, jax.random.fold_in(key_draws, 1))
     samples = with_random_effects(data, {k: np.asarray(v)[None] for k, v in constrained.items()})
     wall = time.perf_counter() - start
     counter.finish()
@@ -158,5 +171,6 @@ def run_svi(
         "steps": steps,
         "elbo": float(np.mean(tail)),
         "elbo_trace": trace,
+        "spread_check": spread,
     }
     return SamplerOutput(samples=samples, sample_stats={}, wall_time_s=wall, info=info)

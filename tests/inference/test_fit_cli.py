@@ -33,12 +33,13 @@ def table(tmp_path_factory):
 
 def test_fit_an_event_table_with_svi_and_check_it(table, tmp_path):
     out = tmp_path / "post.nc"
-    args = ["fit", str(table), "--model", "pk_oral_1cmt", "--method", "svi", "--svi-steps", "300"]
+    # 3000 steps: at 300 the guide's spread has not converged and the spread test fails the fit
+    args = ["fit", str(table), "--model", "pk_oral_1cmt", "--method", "svi", "--svi-steps", "3000"]
     result = CliRunner().invoke(app, [*args, "--draws", "100", "--out", str(out)])
     assert result.exit_code == 0, result.output
     assert "not applicable" in result.output and out.exists()
     posterior = Posterior.load(out)
-    assert posterior.attrs["method"] == "svi" and posterior.attrs["svi_steps"] == 300
+    assert posterior.attrs["method"] == "svi" and posterior.attrs["svi_steps"] == 3000
     d = posterior.diagnostics()
     assert not d.applicable and d.ok and d.elbo == pytest.approx(posterior.attrs["elbo"])
     assert "sample_stats" not in posterior.idata.groups()

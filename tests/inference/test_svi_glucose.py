@@ -52,3 +52,8 @@ def test_svi_fit_stores_its_elbo_trace_and_checks(fitted):
     assert len(json.loads(posterior.attrs["elbo_trace"])) == 800
     profile = json.loads(posterior.attrs["noise_profile"])["sigma_glucose"]
     assert len(profile["grid"]) == len(profile["loglik"]) and profile["gain"] >= 0.0
+    # the guide's spread was tested: every latent coordinate has a gradient and a standard error
+    spread = json.loads(posterior.attrs["spread_check"])
+    assert len(spread["names"]) == len(spread["gradient"]) == len(spread["se"]) > 0
+    assert any(n.startswith("eta_S_I[") for n in spread["names"]) and "C_I" in spread["names"]
+    assert any(c.startswith("guide spread:") for c in d.checks)
