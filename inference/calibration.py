@@ -48,6 +48,7 @@ from medsim.inference.hierarchical import split_sites
 from medsim.inference.problem import FitData, prepare
 from medsim.models.base import PhysiologyModel, residual_key
 from medsim.simulate import DoseEvents, simulate_schedule
+from medsim.simulate.checks import SimulationError
 
 
 @dataclass(frozen=True)
@@ -157,6 +158,10 @@ class CalibrationResult:
         Truth inside the central credible interval of mass ``level`` (all draws).
     heldout_covered : (C, S, H) bool
         Held-out measurement inside its central 90 % posterior predictive interval.
+    heldout_simulated : (C,) bool
+        Whether the cohort's predictions could be simulated; a cohort whose posterior draws the
+        simulator could not follow (``settings["heldout_unsimulated"]`` says why) is left out of
+        the held-out coverage.
     divergences : (C,) int
     settings : dict
         Design, sampler settings, seed, wall time.
@@ -170,6 +175,7 @@ class CalibrationResult:
     heldout_covered: np.ndarray
     divergences: np.ndarray
     settings: dict[str, Any]
+    heldout_simulated: np.ndarray | None = None
 
     @property
     def n_cohorts(self) -> int:
@@ -189,11 +195,18 @@ class CalibrationResult:
                 )
             per_site[site] = entry
         held = self.heldout_covered
+        if self.heldout_simulated is not None:
+            held = held[np.asarray(self.heldout_simulated, bool)]
         return {
             "n_cohorts": self.n_cohorts,
             "n_rank_draws": self.n_rank_draws,
             "sites": per_site,
-            "heldout_coverage_90": binomial_interval(int(held.sum()), held.size, confidence=confidence),
+            "heldout_coverage_90": (
+                binomial_interval(int(held.sum()), held.size, confidence=confidence)
+                if held.size
+                else {"hits": 0, "n": 0, "rate": None, "lower": None, "upper": None, "confidence": confidence}
+            ),
+            "heldout_cohorts_unsimulated": len(self.settings.get("heldout_unsimulated", [])),
             "divergences": int(self.divergences.sum()),
             "settings": self.settings,
         }
@@ -366,15 +379,24 @@ def run_calibration(
             lo, hi = np.quantile(post, [(1 - level) / 2, (1 + level) / 2], axis=1)
             covered[level][label] = (lo <= true) & (true <= hi)
     held = np.zeros((n_cohorts, design.n_subjects, design.held_out), bool)
+    simulated = np.ones(n_cohorts, bool)
+    unsimulated = []
     for c in range(n_cohorts):
-        coverage = heldout_coverage(
-            draws_from_samples(data, {k: v[c] for k, v in samples.items()}),
-            design.cohort(measured[c], fitted_only=False),
-            design.held_out,
-            key=jax.random.fold_in(k_pred, c),
-            n_draws=n_predictive_draws,
-            dt=dt,
-        )
+        try:
+            coverage = heldout_coverage(
+                draws_from_samples(data, {k: v[c] for k, v in samples.items()}),
+                design.cohort(measured[c], fitted_only=False),
+                design.held_out,
+                key=jax.random.fold_in(k_pred, c),
+                n_draws=n_predictive_draws,
+                dt=dt,
+            )
+        except SimulationError as err:
+            # A posterior draw the simulator cannot follow (a runaway state): this cohort's
+            # held-out coverage is unknown; it is left out of the count and reported, not guessed.
+            simulated[c] = False
+            unsimulated.append({"cohort": c, "why": str(err)[:500]})
+            continue
         held[c] = coverage.inside[:, n_fit:]
     settings = {
         "model": model.name,
@@ -387,6 +409,7 @@ def run_calibration(
         "seed": seed,
         "simulator_dt": dt,
         "wall_time_s": time.perf_counter() - start,
+        "heldout_unsimulated": unsimulated,
     }
     if method == "svi":
         settings.update(
@@ -411,6 +434,7 @@ def run_calibration(
         n_rank_draws=n_rank_draws,
         covered=covered,
         heldout_covered=held,
+        heldout_simulated=simulated,
         divergences=stats["divergences"],
         settings=settings,
     )

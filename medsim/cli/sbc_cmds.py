@@ -275,7 +275,16 @@ def _print(summary: dict) -> None:
         table.add_row(site, f"{e['rank_test']['p_value']:.3f}", *shown)
     console.print(table)
     held = summary["heldout_coverage_90"]
-    console.print(f"held-out 90% predictive coverage {held['rate']:.2f} [{held['lower']:.2f}, {held['upper']:.2f}]")
+    if held["n"]:
+        console.print(f"held-out 90% predictive coverage {held['rate']:.2f} [{held['lower']:.2f}, {held['upper']:.2f}]")
+    else:
+        console.print("held-out 90% predictive coverage: unknown (no cohort's predictions could be simulated)")
+    if summary.get("heldout_cohorts_unsimulated"):
+        console.print(
+            f"[yellow]{summary['heldout_cohorts_unsimulated']} cohorts' held-out predictions could not be simulated[/] "
+            "(a posterior draw the simulator cannot follow; left out of the coverage; reasons under "
+            "settings.heldout_unsimulated in the JSON)"
+        )
     if summary["rejected"]:
         console.print(f"[bold red]non-uniform ranks[/] (p < {summary['rank_test_level']:.2g}): {summary['rejected']}")
     else:

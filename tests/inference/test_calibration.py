@@ -157,3 +157,25 @@ def test_design_with_several_doses_gives_every_subject_all_of_them():
     assert Design().events == ((0.0, 1, 320.0),)  # no doses: the single bolus, as before
     with pytest.raises(ValueError, match="amount >= 0"):
         Design(doses=((0.0, 1, -5.0),))
+
+
+def test_calibration_summary_leaves_out_cohorts_whose_predictions_could_not_be_simulated():
+    from medsim.inference.calibration import CalibrationResult
+
+    held = np.array([[[True]], [[False]], [[True]]])  # 3 cohorts x 1 subject x 1 held-out point
+    result = CalibrationResult(
+        sites=("a",),
+        truth={"a": np.zeros(3)},
+        ranks={"a": np.array([1, 50, 98])},
+        n_rank_draws=99,
+        covered={0.9: {"a": np.array([True, True, False])}},
+        heldout_covered=held,
+        divergences=np.zeros(3, int),
+        settings={"heldout_unsimulated": [{"cohort": 1, "why": "runaway state"}]},
+        heldout_simulated=np.array([True, False, True]),
+    )
+    summary = result.summary(n_bins=2)
+    assert summary["heldout_coverage_90"]["n"] == 2 and summary["heldout_coverage_90"]["hits"] == 2
+    assert summary["heldout_cohorts_unsimulated"] == 1
+    none = CalibrationResult(**{**result.__dict__, "heldout_simulated": np.zeros(3, bool)})
+    assert none.summary(n_bins=2)["heldout_coverage_90"]["rate"] is None  # unknown, not 0
