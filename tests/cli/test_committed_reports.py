@@ -28,8 +28,9 @@ What is compared, and why the tolerance is what it is:
 
 Runtime: ``medsim demo`` took 225 CPU-seconds (measured stage by stage with ``run_example``'s
 stage callback): theoph 44 s NUTS fit (4 x 2000 iterations) + 68 s for three policies on 1000
-patients (safe timing's particle predictions dominate); glucose 85 s SVI fit (1500 steps) + 16 s
-for four policies; about 5 s writing reports. Hence ``slow``, one example per test.
+patients (safe timing's particle predictions dominate); glucose 85 s SVI fit (1500 steps; 6000
+since 2026-12-06, about 2x the time) + 16 s for four policies; about 5 s writing reports.
+Hence ``slow``, one example per test.
 """
 
 from __future__ import annotations
