@@ -294,6 +294,8 @@ def run_one(tidy: pd.DataFrame, model_name: str, method: str, args) -> dict:
         "total_seconds": time.perf_counter() - start,
         "posterior_medians": medians,
         "diagnostics_ok": getattr(posterior.diagnostics(), "ok", None),
+        "diagnostics_problems": list(getattr(posterior.diagnostics(), "problems", ())),
+        "elbo": None if posterior.attrs.get("elbo") is None else float(posterior.attrs["elbo"]),
         **scores,
     }
 
