@@ -283,6 +283,7 @@ def run_one(tidy: pd.DataFrame, model_name: str, method: str, args) -> dict:
         also = score(latent["cgm"].prediction, cgm_replicate, latent["grid"].prediction, truth)
         scores |= {f"{k}_interstitial": also[k] for k in INTERSTITIAL_KEYS}
     scores["gate"] = calibration_gate(posterior, full, model, t_train, t1, args)
+    diagnostics = posterior.diagnostics()
     draws = posterior.draws()
     medians = {name: float(np.median(np.asarray(v))) for name, v in draws.population.items()}
     medians |= {f"omega_{name}": float(np.median(np.asarray(v))) for name, v in draws.omega.items()}
@@ -293,8 +294,8 @@ def run_one(tidy: pd.DataFrame, model_name: str, method: str, args) -> dict:
         "fit_seconds": fit_s,
         "total_seconds": time.perf_counter() - start,
         "posterior_medians": medians,
-        "diagnostics_ok": getattr(posterior.diagnostics(), "ok", None),
-        "diagnostics_problems": list(getattr(posterior.diagnostics(), "problems", ())),
+        "diagnostics_ok": getattr(diagnostics, "ok", None),
+        "diagnostics_problems": list(getattr(diagnostics, "problems", ())),
         "elbo": None if posterior.attrs.get("elbo") is None else float(posterior.attrs["elbo"]),
         **scores,
     }

@@ -158,13 +158,11 @@ class CalibrationResult:
         Truth inside the central credible interval of mass ``level`` (all draws).
     heldout_covered : (C, S, H) bool
         Held-out measurement inside its central 90 % posterior predictive interval.
-    heldout_simulated : (C,) bool
-        Whether the cohort's predictions could be simulated; a cohort whose posterior draws the
-        simulator could not follow (``settings["heldout_unsimulated"]`` says why) is left out of
-        the held-out coverage.
     divergences : (C,) int
     settings : dict
-        Design, sampler settings, seed, wall time.
+        Design, sampler settings, seed, wall time, and ``heldout_unsimulated``: the cohorts whose
+        posterior draws the simulator could not follow, and why; they are left out of the held-out
+        coverage.
     """
 
     sites: tuple[str, ...]
@@ -175,7 +173,6 @@ class CalibrationResult:
     heldout_covered: np.ndarray
     divergences: np.ndarray
     settings: dict[str, Any]
-    heldout_simulated: np.ndarray | None = None
 
     @property
     def n_cohorts(self) -> int:
@@ -194,9 +191,8 @@ class CalibrationResult:
                     int(hits[site].sum()), hits[site].size, confidence=confidence
                 )
             per_site[site] = entry
-        held = self.heldout_covered
-        if self.heldout_simulated is not None:
-            held = held[np.asarray(self.heldout_simulated, bool)]
+        unsimulated = [u["cohort"] for u in self.settings.get("heldout_unsimulated", [])]
+        held = np.delete(self.heldout_covered, unsimulated, axis=0)
         return {
             "n_cohorts": self.n_cohorts,
             "n_rank_draws": self.n_rank_draws,
@@ -206,7 +202,7 @@ class CalibrationResult:
                 if held.size
                 else {"hits": 0, "n": 0, "rate": None, "lower": None, "upper": None, "confidence": confidence}
             ),
-            "heldout_cohorts_unsimulated": len(self.settings.get("heldout_unsimulated", [])),
+            "heldout_cohorts_unsimulated": len(unsimulated),
             "divergences": int(self.divergences.sum()),
             "settings": self.settings,
         }
@@ -379,7 +375,6 @@ def run_calibration(
             lo, hi = np.quantile(post, [(1 - level) / 2, (1 + level) / 2], axis=1)
             covered[level][label] = (lo <= true) & (true <= hi)
     held = np.zeros((n_cohorts, design.n_subjects, design.held_out), bool)
-    simulated = np.ones(n_cohorts, bool)
     unsimulated = []
     for c in range(n_cohorts):
         try:
@@ -394,7 +389,6 @@ def run_calibration(
         except SimulationError as err:
             # A posterior draw the simulator cannot follow (a runaway state): this cohort's
             # held-out coverage is unknown; it is left out of the count and reported, not guessed.
-            simulated[c] = False
             unsimulated.append({"cohort": c, "why": str(err)[:500]})
             continue
         held[c] = coverage.inside[:, n_fit:]
@@ -434,7 +428,6 @@ def run_calibration(
         n_rank_draws=n_rank_draws,
         covered=covered,
         heldout_covered=held,
-        heldout_simulated=simulated,
         divergences=stats["divergences"],
         settings=settings,
     )

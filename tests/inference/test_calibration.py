@@ -172,10 +172,10 @@ def test_calibration_summary_leaves_out_cohorts_whose_predictions_could_not_be_s
         heldout_covered=held,
         divergences=np.zeros(3, int),
         settings={"heldout_unsimulated": [{"cohort": 1, "why": "runaway state"}]},
-        heldout_simulated=np.array([True, False, True]),
     )
     summary = result.summary(n_bins=2)
     assert summary["heldout_coverage_90"]["n"] == 2 and summary["heldout_coverage_90"]["hits"] == 2
     assert summary["heldout_cohorts_unsimulated"] == 1
-    none = CalibrationResult(**{**result.__dict__, "heldout_simulated": np.zeros(3, bool)})
+    all_failed = {"heldout_unsimulated": [{"cohort": c, "why": "runaway state"} for c in range(3)]}
+    none = CalibrationResult(**{**result.__dict__, "settings": all_failed})
     assert none.summary(n_bins=2)["heldout_coverage_90"]["rate"] is None  # unknown, not 0
