@@ -263,7 +263,7 @@ def run_calibration(
     n_predictive_draws: int = 200,
     dt: float | None = None,
     method: str = "nuts",
-    svi_steps: int = 1500,
+    svi_steps: int = 5000,
     max_substep: float | None = None,
     map_tasks: MapTasks | None = None,
 ) -> CalibrationResult:
@@ -302,7 +302,7 @@ def run_calibration(
         ``"nuts"``: all cohorts in one vectorised NUTS program; ``"svi"``: one
         ``medsim.inference.fit(..., method="svi")`` per cohort (:mod:`medsim.inference.calibration_svi`).
     svi_steps : int
-        SVI optimisation steps per cohort.
+        SVI optimisation steps per cohort (as :func:`medsim.inference.fit`'s default).
     max_substep : float, optional
         The filter's longest step (model time unit), as in :func:`medsim.inference.fit`.
     map_tasks : callable, optional

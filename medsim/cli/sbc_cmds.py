@@ -139,7 +139,9 @@ def sbc_command(
     chains: int = typer.Option(2, "--chains", min=1, help="NUTS chains (svi: not used)."),
     warmup: int = typer.Option(300, "--warmup", min=1, help="NUTS warmup per chain (svi: not used)."),
     draws: int = typer.Option(300, "--draws", min=1, help="Posterior draws per chain (svi: from the fitted guide)."),
-    svi_steps: int = typer.Option(1500, "--svi-steps", min=1, help="SVI optimisation steps per cohort."),
+    svi_steps: int = typer.Option(
+        5000, "--svi-steps", min=1, help="SVI optimisation steps per cohort (as `medsim fit`'s default)."
+    ),
     max_substep: float = typer.Option(
         None, "--max-substep", help="The filter's longest step, model time unit (as in `medsim fit`)."
     ),
