@@ -95,6 +95,14 @@ class Provenance:
                 f"{gate.summary()}. Nothing shows that this model predicts new measurements honestly; run "
                 "`medsim check POSTERIOR --cohort COHORT --heldout-fraction 0.25` before relying on these figures."
             )
+        population = str(self.settings.get("population", ""))
+        if str(self.fit.summary.get("method", "")).startswith("svi") and population.startswith("population"):
+            out.append(
+                "NEW PATIENTS FROM A VARIATIONAL (SVI) FIT: how these patients differ from one another comes from "
+                "SVI's posterior of the between-subject SDs, which medsim's simulation-based calibration found too "
+                "narrow on the glucose model (docs/fitting.md); risks that depend on that spread may be understated. "
+                "Refit with --method nuts for figures that rest on it."
+            )
         if self.fit.ok is False:
             detail = "; ".join(self.fit.problems) or "see the fit's diagnostics"
             out.append(
@@ -115,6 +123,40 @@ def package_versions() -> dict[str, str]:
     return out
 
 
+#: What a report says of a variational fit's posterior (docs/fitting.md, "Simulation-based calibration").
+SVI_CAVEAT = (
+    "approximate (multivariate-normal guide). In medsim's simulation-based calibration of the glucose "
+    "model, SVI's between-subject SD posteriors were too narrow, so the spread between new patients, and "
+    "every risk that depends on it, may be understated; refit with --method nuts for figures that rest on it"
+)
+
+
+def sampler_summary(diagnostics: Any) -> dict[str, Any]:
+    """The headline figures of a fit's diagnostics (an object with ``method``, as
+    :class:`medsim.inference.diagnostics.Diagnostics`): how it was fitted and what was checked."""
+    method = getattr(diagnostics, "method", None)
+    if method is None:
+        return {}
+    get = lambda k: getattr(diagnostics, k, None)  # noqa: E731
+    if get("applicable") is False:
+        elbo = get("elbo")
+        return {
+            "method": f"{method} (variational)",
+            "final ELBO (nats)": "unknown" if elbo is None else f"{elbo:.2f}",
+            "checked": "; ".join(get("checks") or ()) or "nothing",
+            "posterior": SVI_CAVEAT if method == "svi" else "approximate (variational)",
+        }
+    shown = lambda k, fmt: "unknown" if get(k) is None else format(get(k), fmt)  # noqa: E731
+    return {
+        "method": method,
+        "chains x draws": f"{get('chains')} x {get('draws')}",
+        "max R-hat": shown("rhat_max", ".3f"),
+        "min bulk ESS": shown("ess_bulk_min", ".0f"),
+        "divergences": shown("divergences", "d"),
+        "min E-BFMI": shown("ebfmi_min", ".2f"),
+    }
+
+
 def _fit(raw: Any) -> FitDiagnostics:
     if raw is None:
         return FitDiagnostics()
@@ -126,6 +168,8 @@ def _fit(raw: Any) -> FitDiagnostics:
     summary_raw = get("summary", None)
     if summary_raw is None and isinstance(raw, Mapping):
         summary_raw = {k: v for k, v in raw.items() if k not in ("ok", "problems")}
+    elif summary_raw is None:
+        summary_raw = sampler_summary(raw)
     summary = {
         str(k): (v if v is None or isinstance(v, bool | int | float | str) else str(v))
         for k, v in dict(summary_raw or {}).items()

@@ -111,6 +111,12 @@ def report_differences(committed: dict, produced: dict) -> list[str]:
     gates = [p.pop("calibration", None) or {} for p in (prov_a, prov_b)]
     decisions = [(g.get("status"), [(c["name"], c["status"]) for c in g.get("criteria", [])]) for g in gates]
     _walk("provenance.calibration", *decisions, problems, exact=True)
+    # The fit's headline figures (R-hat, ESS, ELBO, what its checks measured) are sampler output
+    # with no standard error stored: which sampler ran, and which figures are shown, are compared.
+    fits = [dict(p.pop("fit", None) or {}) for p in (prov_a, prov_b)]
+    summaries = [{k: v if k == "method" else None for k, v in (f.pop("summary", None) or {}).items()} for f in fits]
+    _walk("provenance.fit.summary", *summaries, problems, exact=True)
+    _walk("provenance.fit", *fits, problems, exact=True)
     _walk("provenance", prov_a, prov_b, problems, exact=True)
     policies_a, policies_b = committed.get("policies", []), produced.get("policies", [])
     if [p["policy"] for p in policies_a] != [p["policy"] for p in policies_b]:
@@ -195,3 +201,18 @@ def test_committed_report_matches_the_code(name, tmp_path):
         f"reports/{name} no longer matches what `medsim demo --out reports` produces; regenerate the committed "
         "reports with `make reports`:\n  " + "\n  ".join(problems[:40])
     )
+
+
+def test_comparison_sees_the_sampler_but_not_its_monte_carlo_figures():
+    def with_fit(method: str, rhat: str) -> dict:
+        report = _report("PASS", 0.0086, 0.003)
+        report["provenance"]["fit"] = {"ok": True, "problems": [], "summary": {"method": method, "max R-hat": rhat}}
+        return report
+
+    assert report_differences(with_fit("nuts", "1.004"), with_fit("nuts", "1.006")) == []
+    assert any(
+        "fit.summary.method" in p for p in report_differences(with_fit("nuts", "1.004"), with_fit("svi", "1.004"))
+    )
+    failed = with_fit("nuts", "1.004")
+    failed["provenance"]["fit"]["ok"] = False
+    assert any("fit.ok" in p for p in report_differences(with_fit("nuts", "1.004"), failed))
