@@ -96,7 +96,11 @@ class Diagnostics:
                 f"fit; final ELBO {elbo} nats"
             )
             verdict = [f"PROBLEM: {p}" for p in self.problems] or ["all SVI checks passed"]
-            return [head, *(f"checked: {c}" for c in self.checks), *verdict]
+            note = (
+                "note: the posterior is a Gaussian approximation; on glucose cohorts its between-subject SDs were "
+                "too narrow in simulation-based calibration (docs/fitting.md): use NUTS for risks that rest on them"
+            )
+            return [head, *(f"checked: {c}" for c in self.checks), *verdict, note]
         head = (
             f"{self.chains} chains x {self.draws} draws: max R-hat {self.rhat_max:.3f}, min bulk ESS "
             f"{self.ess_bulk_min:.0f}, min tail ESS {self.ess_tail_min:.0f}, {self.divergences} divergences, "
