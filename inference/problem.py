@@ -93,6 +93,7 @@ def prepare(
     max_substep: float | None = None,
     dtype: Any = np.float32,
     layout: str = "auto",
+    gradient: str = "auto",
 ) -> FitData:
     """Check ``cohort`` against ``model`` and build everything a fit needs.
 
@@ -107,6 +108,10 @@ def prepare(
     layout : {"auto", "entries", "matrix"}
         Storage of the filter's mean and covariance (see :mod:`medsim.inference.likelihood.ekf`);
         ``"auto"`` picks by the number of states. Kept in ``FitData.timeline.layout``.
+    gradient : {"auto", "forward", "reverse"}
+        How samplers differentiate the likelihood
+        (:func:`~medsim.inference.likelihood.filtering.resolve_gradient`); same derivatives either
+        way. Kept in ``FitData.timeline.gradient``.
 
     Raises
     ------
@@ -136,7 +141,9 @@ def prepare(
         if bad:
             raise FitDataError(f"covariate {c.name!r} is missing or not finite for subjects {bad[:10]}")
         covariates[c.name] = values
-    timeline = build_timeline(model, padded, substeps=substeps, max_substep=max_substep, dtype=dtype, layout=layout)
+    timeline = build_timeline(
+        model, padded, substeps=substeps, max_substep=max_substep, dtype=dtype, layout=layout, gradient=gradient
+    )
     obs_observable = np.zeros(obs_mask.shape, np.int32)
     for s in range(len(ids)):
         obs_observable[s] = np.asarray(timeline.obs_observable)[s, np.asarray(timeline.obs_slot)[s]]

@@ -40,9 +40,11 @@ Layouts: the same algorithm is stored in one of two ways (``layout``; shared par
   :data:`~medsim.inference.likelihood.filtering.MATRIX_FROM_STATES` states or more, and
   ``"entries"`` for smaller blocks and the ODE limit.
 
-Gradients: :func:`cohort_loglik` differentiates each subject's filter in forward mode (one pass
-carrying a tangent per subject parameter) behind a ``custom_vjp``, so reverse-mode callers
-(samplers) never walk back through the time steps.
+Gradients: in the entries layout :func:`cohort_loglik` differentiates each subject's filter in
+forward mode (one pass carrying a tangent per subject parameter) behind a ``custom_vjp``, so
+reverse-mode callers (samplers) never walk back through the time steps; in the matrix layout
+(large covariance blocks, many subject parameters) plain reverse mode through the scan is
+faster and is used instead (:func:`~medsim.inference.likelihood.filtering.resolve_gradient`).
 
 Precision: the filter runs in the dtype of its inputs. The covariance is symmetric by
 construction and ``S`` has a floor of ``1e-6 R`` against round-off in float32; tests that compare
@@ -58,7 +60,13 @@ import jax.numpy as jnp
 
 from medsim.inference.likelihood import filtering
 from medsim.inference.likelihood.ekf_matrix import matrix_loglik
-from medsim.inference.likelihood.filtering import SLOT_FIELDS, covariance_block, filter_layout, forward_jacobian_vjp
+from medsim.inference.likelihood.filtering import (
+    SLOT_FIELDS,
+    covariance_block,
+    filter_layout,
+    forward_jacobian_vjp,
+    resolve_gradient,
+)
 from medsim.inference.likelihood.timeline import Timeline
 from medsim.models.base import PhysiologyModel
 
@@ -257,6 +265,7 @@ def cohort_loglik(
     *,
     layout: str | None = None,
     covariance_states: str = "reachable",
+    gradient: str | None = None,
 ) -> Array:
     """Pointwise log-likelihood of every observation of every subject (vmapped over subjects).
 
@@ -278,6 +287,10 @@ def cohort_loglik(
         ``timeline.layout``. Both layouts give the same numbers to round-off.
     covariance_states : {"reachable", "all"}
         See :func:`subject_loglik`; same numbers either way.
+    gradient : {"auto", "forward", "reverse"}, optional
+        How reverse-mode callers differentiate it (:func:`~medsim.inference.likelihood.filtering.resolve_gradient`;
+        ``"auto"``: reverse in the matrix layout, forward otherwise); default ``timeline.gradient``.
+        Same derivatives either way.
 
     Returns
     -------
@@ -292,9 +305,10 @@ def cohort_loglik(
 
     Notes
     -----
-    Differentiable in reverse mode (``jax.grad``, ``jax.vjp``): each subject's Jacobian is
-    computed in forward mode behind a ``custom_vjp``. Forward-mode transformations of the result
-    (``jax.jvp``, ``jax.jacfwd``, ``jax.hessian``) are therefore not available through it.
+    Differentiable in reverse mode (``jax.grad``, ``jax.vjp``). With ``gradient="forward"`` each
+    subject's Jacobian is computed in forward mode behind a ``custom_vjp``, so forward-mode
+    transformations of the result (``jax.jvp``, ``jax.jacfwd``, ``jax.hessian``) are not
+    available through it; with ``"reverse"`` they are.
     """
     dtype = timeline.time.dtype
     covariance = noise is not None
@@ -325,6 +339,8 @@ def cohort_loglik(
         + [jnp.broadcast_to(jnp.asarray(residual[k], dtype), (n_subjects,)) for k in sorted(residual)],
         axis=-1,
     )
-    per_slot = jax.vmap(forward_jacobian_vjp(one))(vec, slots)
+    mode = resolve_gradient(timeline.gradient if gradient is None else gradient, layout)
+    per_subject = forward_jacobian_vjp(one) if mode == "forward" else one
+    per_slot = jax.vmap(per_subject)(vec, slots)
     pointwise = per_slot[jnp.arange(n_subjects)[:, None], jnp.asarray(timeline.obs_slot)]
     return jnp.where(jnp.asarray(timeline.obs_mask), pointwise, 0.0)

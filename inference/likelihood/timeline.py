@@ -31,7 +31,7 @@ from typing import Any
 import jax
 import numpy as np
 
-from medsim.inference.likelihood.filtering import check_layout
+from medsim.inference.likelihood.filtering import check_layout, resolve_gradient
 from medsim.models.base import PhysiologyModel
 
 # Slot kinds at equal times are processed in this order (see the module docstring).
@@ -79,6 +79,9 @@ class Timeline:
         RK4 steps the filter takes per interval.
     layout : {"auto", "entries", "matrix"}
         Storage of the filter's mean and covariance (see :mod:`medsim.inference.likelihood.ekf`).
+    gradient : {"auto", "forward", "reverse"}
+        How reverse-mode callers differentiate the filter
+        (:func:`~medsim.inference.likelihood.filtering.resolve_gradient`).
     """
 
     time: Any
@@ -94,6 +97,7 @@ class Timeline:
     observables: tuple[str, ...] = field(metadata={"static": True}, default=())
     substeps: int = field(metadata={"static": True}, default=4)
     layout: str = field(metadata={"static": True}, default="auto")
+    gradient: str = field(metadata={"static": True}, default="auto")
 
     @property
     def n_subjects(self) -> int:
@@ -143,6 +147,7 @@ def build_timeline(
     max_substep: float | None = None,
     dtype: Any = np.float32,
     layout: str = "auto",
+    gradient: str = "auto",
 ) -> Timeline:
     """Merge each subject's observations and doses into one padded timeline (numpy, done once).
 
@@ -164,6 +169,10 @@ def build_timeline(
         Storage of the filter's mean and covariance, the default of every filter run on this
         timeline (see :mod:`medsim.inference.likelihood.ekf`; ``"auto"`` decides per run from the
         number of states and whether the covariance is propagated).
+    gradient : {"auto", "forward", "reverse"}
+        How reverse-mode callers (samplers) differentiate the filter on this timeline
+        (:func:`~medsim.inference.likelihood.filtering.resolve_gradient`; ``"auto"``: reverse mode
+        in the matrix layout, forward mode otherwise).
 
     Returns
     -------
@@ -174,10 +183,11 @@ def build_timeline(
     TimelineError
         Negative or non-finite times, a CMT the model neither observes nor doses, a non-finite
         observation or dose amount, or a negative infusion rate; the message names the subject
-        and record; an unknown ``layout``.
+        and record; an unknown ``layout`` or ``gradient``.
     """
     try:
         check_layout(layout)
+        resolve_gradient(gradient, "entries")
     except ValueError as err:
         raise TimelineError(str(err)) from None
     if substeps < 1:
@@ -226,6 +236,7 @@ def build_timeline(
         observables=observables,
         substeps=int(substeps),
         layout=layout,
+        gradient=gradient,
     )
 
 
