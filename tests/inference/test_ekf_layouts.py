@@ -118,6 +118,10 @@ def test_auto_gradient_is_reverse_in_the_matrix_layout_and_bad_modes_are_named()
     assert resolve_gradient("forward", "matrix") == "forward" and resolve_gradient("reverse", "entries") == "reverse"
     with pytest.raises(ValueError, match=r"EKF gradient must be one of .*'sideways'"):
         resolve_gradient("sideways", "matrix")
+    cohort = medsim.data.load("theoph").subset(("1",))
+    with pytest.raises(TimelineError, match=r"EKF gradient must be one of .*'sideways'"):
+        prepare(cohort, get("pk_oral_1cmt"), gradient="sideways")
+    assert prepare(cohort, get("pk_oral_1cmt"), gradient="reverse").timeline.gradient == "reverse"
 
 
 def test_noise_reachable_states_follow_the_couplings():
