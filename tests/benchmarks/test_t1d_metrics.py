@@ -89,3 +89,37 @@ def test_cgm_readings_are_predicted_on_the_models_sensor_observable():
 
     assert cgm_observable(medsim.models.get("t1d_ou")) == "cgm_mg_dL"
     assert cgm_observable(medsim.models.get("glucose_insulin")) == "glucose_mg_dL"
+
+
+def test_screen_cohort_leaves_out_a_collapsed_patient_and_names_missing_columns():
+    import pandas as pd
+
+    from benchmarks.external_t1d import screen_cohort
+
+    rows = []
+    for patient, bg in (
+        ("adult#001", [120.0, 110.0, 95.0]),
+        ("child#008", [60.0, 0.0, -0.4]),
+        ("child#009", [80, None, 70]),
+    ):
+        for i, g in enumerate(bg):
+            rows.append(
+                {
+                    "patient": patient,
+                    "time_min": 3.0 * i,
+                    "bg_true": g,
+                    "cgm": 100.0,
+                    "cho_g_per_min": 0.0,
+                    "insulin_U_per_min": 0.01,
+                }
+            )
+    tidy = pd.DataFrame(rows)
+    kept, excluded = screen_cohort(tidy, "c")
+    assert kept["patient"].unique().tolist() == ["adult#001"]
+    assert set(excluded) == {"child#008", "child#009"}
+    assert "2 of 3 rows, first at t = 3 min" in excluded["child#008"]
+    assert "1 of 3 rows, first at t = 3 min" in excluded["child#009"]
+    with pytest.raises(ValueError, match=r"cohort 'c': missing columns \['bg_true'\]"):
+        screen_cohort(tidy.drop(columns=["bg_true"]), "c")
+    with pytest.raises(ValueError, match="no patient left"):
+        screen_cohort(tidy[tidy["patient"] == "child#008"], "c")
