@@ -59,6 +59,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # run as a script from a clone: benchmarks/ is importable as a package
     sys.path.insert(0, str(ROOT))
 
+from benchmarks.t1d_cohort import TIDY_COLUMNS  # noqa: E402
 from benchmarks.t1d_metrics import auc, brier, brier_constant, count_check, event_probability, interval_scores, rmse  # noqa: E402
 
 HYPO_MG_DL = 70.0
@@ -86,10 +87,6 @@ INTERSTITIAL_KEYS = (
     "sum_p_inside_range",
     "p_hypo",
 )
-
-
-#: Columns of the tidy table (simglucose's result columns).
-TIDY_COLUMNS = ("patient", "time_min", "bg_true", "cgm", "cho_g_per_min", "insulin_U_per_min")
 
 
 def screen_cohort(tidy: pd.DataFrame, name: str) -> tuple[pd.DataFrame, dict[str, str]]:

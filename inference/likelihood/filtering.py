@@ -43,6 +43,19 @@ MATRIX_FROM_STATES = 4
 GRADIENTS = ("auto", "forward", "reverse")
 
 
+def check_gradient(gradient: str) -> str:
+    """``gradient`` if it is one of :data:`GRADIENTS`.
+
+    Raises
+    ------
+    ValueError
+        Any other value, named.
+    """
+    if gradient not in GRADIENTS:
+        raise ValueError(f"EKF gradient must be one of {', '.join(map(repr, GRADIENTS))}; got {gradient!r}")
+    return gradient
+
+
 def resolve_gradient(gradient: str, layout: str) -> str:
     """How a reverse-mode caller's derivative of the likelihood is computed.
 
@@ -66,9 +79,7 @@ def resolve_gradient(gradient: str, layout: str) -> str:
     ValueError
         ``gradient`` is not one of :data:`GRADIENTS`.
     """
-    if gradient not in GRADIENTS:
-        raise ValueError(f"EKF gradient must be one of {', '.join(map(repr, GRADIENTS))}; got {gradient!r}")
-    if gradient == "auto":
+    if check_gradient(gradient) == "auto":
         return "reverse" if layout == "matrix" else "forward"
     return gradient
 

@@ -31,7 +31,7 @@ from typing import Any
 import jax
 import numpy as np
 
-from medsim.inference.likelihood.filtering import check_layout, resolve_gradient
+from medsim.inference.likelihood.filtering import check_gradient, check_layout
 from medsim.models.base import PhysiologyModel
 
 # Slot kinds at equal times are processed in this order (see the module docstring).
@@ -187,7 +187,7 @@ def build_timeline(
     """
     try:
         check_layout(layout)
-        resolve_gradient(gradient, "entries")
+        check_gradient(gradient)
     except ValueError as err:
         raise TimelineError(str(err)) from None
     if substeps < 1:
