@@ -29,6 +29,9 @@ Scores on the test day (``benchmarks/t1d_metrics.py``):
   prediction are added with the suffix ``_interstitial``) and for the CGM readings (the model's CGM observable,
   ``cgm_mg_dL`` for a model with a sensor model such as ``t1d_ou``, ``glucose_mg_dL`` otherwise,
   plus its measurement error), at the CGM times;
+* ``coverage90_bg_by_range``: the 90 % coverage of the true glucose split by the range it fell in
+  (the consensus CGM ranges <54, 54-69, 70-180, 181-250, >250 mg/dL), with the shares that fell
+  below and above the interval: where the misses are, not only how many;
 * RMSE of the predictive median for the true glucose against the naive forecast (the last CGM
   reading of the training days, carried forward);
 * P(min true glucose < 70 mg/dL on the test day), from the latent paths on a 3-minute grid:
@@ -60,7 +63,16 @@ if str(ROOT) not in sys.path:  # run as a script from a clone: benchmarks/ is im
     sys.path.insert(0, str(ROOT))
 
 from benchmarks.t1d_cohort import TIDY_COLUMNS  # noqa: E402
-from benchmarks.t1d_metrics import auc, brier, brier_constant, count_check, event_probability, interval_scores, rmse  # noqa: E402
+from benchmarks.t1d_metrics import (  # noqa: E402
+    auc,
+    brier,
+    brier_constant,
+    count_check,
+    coverage_by_range,
+    event_probability,
+    interval_scores,
+    rmse,
+)
 
 HYPO_MG_DL = 70.0
 MINUTES_PER_DAY = 1440.0
@@ -189,6 +201,8 @@ def score(pred_cgm_latent, pred_cgm_replicate, paths_grid, truth: dict) -> dict:
         cg = interval_scores(pred_cgm_replicate.reshape(r, -1), truth["cgm"].reshape(-1), level)
         out |= {f"coverage{tag}_bg": bg["coverage"], f"width{tag}_bg": bg["width"]}
         out |= {f"coverage{tag}_cgm": cg["coverage"], f"width{tag}_cgm": cg["width"]}
+    r = pred_cgm_latent.shape[0]
+    out["coverage90_bg_by_range"] = coverage_by_range(pred_cgm_latent.reshape(r, -1), truth["bg_cgm"].reshape(-1), 0.9)
     median = np.median(pred_cgm_latent, axis=0)
     naive = np.broadcast_to(truth["naive"][:, None], truth["bg_cgm"].shape)
     out["rmse_median_bg"] = rmse(median, truth["bg_cgm"])
@@ -337,6 +351,24 @@ def run_one(tidy: pd.DataFrame, model_name: str, method: str, args) -> dict:
     }
 
 
+def summary_lines(cohort_name: str, result: dict) -> list[str]:
+    """The progress lines printed for one run: the headline scores, then the coverage by glucose range."""
+    headline = (
+        f"{cohort_name} {result['model']} {result['method']}: 90% cover bg {result['coverage90_bg']:.2f} "
+        f"(width {result['width90_bg']:.0f}), cgm {result['coverage90_cgm']:.2f}; Brier "
+        f"{result['brier_hypo']:.3f} (const {result['brier_constant']:.3f}), AUC {result['auc_hypo']}, "
+        f"sum p {result['sum_p_hypo']:.1f} vs {result['n_hypo_observed']}; "
+        f"gate {result['gate']['status']}; {result['total_seconds']:.0f} s"
+    )
+    ranges = [
+        f"{r['range']} {r['coverage']:.2f} of {r['n']} ({r['below']:.2f} below, {r['above']:.2f} above)"
+        if r["n"]
+        else f"{r['range']} none"
+        for r in result["coverage90_bg_by_range"]
+    ]
+    return [headline, "  90% cover bg by true glucose (mg/dL): " + ", ".join(ranges)]
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cohort", type=Path, action="append", help="tidy CSV (repeatable); default: simglucose")
@@ -414,14 +446,8 @@ def main(argv: list[str] | None = None) -> int:
                     "excluded_patients": excluded,
                 }
                 runs.append(result)
-                print(
-                    f"{cohort_name} {result['model']} {result['method']}: 90% cover bg {result['coverage90_bg']:.2f} "
-                    f"(width {result['width90_bg']:.0f}), cgm {result['coverage90_cgm']:.2f}; Brier "
-                    f"{result['brier_hypo']:.3f} (const {result['brier_constant']:.3f}), AUC {result['auc_hypo']}, "
-                    f"sum p {result['sum_p_hypo']:.1f} vs {result['n_hypo_observed']}; "
-                    f"gate {result['gate']['status']}; {result['total_seconds']:.0f} s",
-                    file=sys.stderr,
-                )
+                for line in summary_lines(cohort_name, result):
+                    print(line, file=sys.stderr)
     headline = {
         k: runs[0][k]
         for k in (

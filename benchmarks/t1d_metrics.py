@@ -36,6 +36,48 @@ def interval_scores(draws: np.ndarray, truth: np.ndarray, level: float) -> dict[
     return {"coverage": float(inside.mean()), "width": float((upper - lower).mean()), "n": int(truth.size)}
 
 
+#: The glucose ranges of the international consensus on CGM metrics (Battelino et al. 2019,
+#: Diabetes Care 42:1593), mg/dL, as half-open ``[low, high)``: level 2 and level 1 hypoglycaemia,
+#: target (70 and 180 included), level 1 hyperglycaemia (above 180 up to 250 included), level 2.
+_ABOVE_180, _ABOVE_250 = float(np.nextafter(180.0, np.inf)), float(np.nextafter(250.0, np.inf))
+CONSENSUS_RANGES = (
+    ("<54", 0.0, 54.0),
+    ("54-69", 54.0, 70.0),
+    ("70-180", 70.0, _ABOVE_180),
+    ("181-250", _ABOVE_180, _ABOVE_250),
+    (">250", _ABOVE_250, np.inf),
+)
+
+
+def coverage_by_range(
+    draws: np.ndarray, truth: np.ndarray, level: float, ranges=CONSENSUS_RANGES
+) -> list[dict[str, float | int | str | None]]:
+    """Coverage of central ``level`` intervals split by the range the true value fell in.
+
+    Where a forecast fails matters as much as how often: an interval that misses the deep lows
+    but covers the target range can show a fair overall coverage. Each range reports ``n`` (true
+    values in ``[low, high)``), ``coverage``, ``below`` and ``above`` (shares of those values under
+    and over the interval). A range with no true value has ``None`` for all three (unknown, not 0).
+    """
+    draws = np.asarray(draws, float)
+    truth = np.asarray(truth, float)
+    lower, upper = np.quantile(draws, [(1 - level) / 2, (1 + level) / 2], axis=0)
+    out = []
+    for name, low, high in ranges:
+        here = (truth >= low) & (truth < high)
+        n = int(here.sum())
+        shares = {"coverage": None, "below": None, "above": None}
+        if n:
+            below, above = truth[here] < lower[here], truth[here] > upper[here]
+            shares = {
+                "coverage": float(1.0 - (below | above).mean()),
+                "below": float(below.mean()),
+                "above": float(above.mean()),
+            }
+        out.append({"range": name, "n": n, **shares})
+    return out
+
+
 def rmse(forecast: np.ndarray, truth: np.ndarray) -> float:
     """Root mean squared error."""
     return float(np.sqrt(np.mean((np.asarray(forecast, float) - np.asarray(truth, float)) ** 2)))

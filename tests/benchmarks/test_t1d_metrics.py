@@ -5,8 +5,17 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from benchmarks.external_t1d import score, truncate
-from benchmarks.t1d_metrics import auc, brier, brier_constant, count_check, event_probability, interval_scores, rmse
+from benchmarks.external_t1d import score, summary_lines, truncate
+from benchmarks.t1d_metrics import (
+    auc,
+    brier,
+    brier_constant,
+    count_check,
+    coverage_by_range,
+    event_probability,
+    interval_scores,
+    rmse,
+)
 
 
 def test_interval_scores_by_hand():
@@ -16,6 +25,23 @@ def test_interval_scores_by_hand():
     assert out == {"coverage": 0.5, "width": 2.0, "n": 2}  # 2.5 in [1, 3]; 14.5 not in [11, 13]
     out90 = interval_scores(draws, np.array([0.1, 14.5]), 0.9)  # [0.2, 3.8] and [10.2, 13.8]
     assert out90["coverage"] == 0.0 and out90["width"] == pytest.approx(3.6)
+
+
+def test_coverage_by_range_by_hand():
+    # draws 0..100 (101 values) for each of 5 truths: the 90 % interval is [5, 95] for every one
+    draws = np.repeat(np.arange(101.0)[:, None], 5, axis=1)
+    truth = np.array([2.0, 40.0, 60.0, 96.0, 75.0])
+    out = {r["range"]: r for r in coverage_by_range(draws, truth, 0.9)}
+    assert out["<54"] == {"range": "<54", "n": 2, "coverage": 0.5, "below": 0.5, "above": 0.0}
+    assert out["54-69"] == {"range": "54-69", "n": 1, "coverage": 1.0, "below": 0.0, "above": 0.0}
+    assert out["70-180"] == {"range": "70-180", "n": 2, "coverage": 0.5, "below": 0.0, "above": 0.5}
+    # a range without a true value is unknown, never 0 % or 100 %
+    assert out[">250"] == {"range": ">250", "n": 0, "coverage": None, "below": None, "above": None}
+    # the edges follow the consensus: 54 is level 1, 70 and 180 in range, anything above 180 high,
+    # 250 level 1, above it level 2
+    values = np.array([53.9, 54.0, 70.0, 180.0, 180.01, 250.0, 250.01])
+    edges = {r["range"]: r["n"] for r in coverage_by_range(np.zeros((3, values.size)), values, 0.9)}
+    assert edges == {"<54": 1, "54-69": 1, "70-180": 2, "181-250": 2, ">250": 1}
 
 
 def test_rmse_brier_and_the_constant_forecast_by_hand():
@@ -62,6 +88,16 @@ def test_score_puts_the_pieces_together():
     assert out["rmse_median_bg"] == 0.0 and out["rmse_naive_bg"] == pytest.approx(np.sqrt((100 + 45**2) / 2))
     assert out["p_hypo"] == [1.0] and out["n_hypo_observed"] == 1 and out["brier_hypo"] == 0.0
     assert out["brier_constant"] == 0.0 and out["auc_hypo"] is None and out["n_patients"] == 1
+    by_range = {r["range"]: r["n"] for r in out["coverage90_bg_by_range"]}
+    assert by_range == {"<54": 0, "54-69": 1, "70-180": 1, "181-250": 0, ">250": 0}
+    # the printed summary names every range, an empty one as "none" (not as 0 % covered)
+    result = {**out, "model": "m", "method": "svi", "gate": {"status": "passed"}, "total_seconds": 1.0}
+    head, ranges = summary_lines("c", result)
+    assert head.startswith("c m svi: 90% cover bg 1.00 (width 0)")
+    assert ranges.endswith(
+        "<54 none, 54-69 1.00 of 1 (0.00 below, 0.00 above), "
+        "70-180 1.00 of 1 (0.00 below, 0.00 above), 181-250 none, >250 none"
+    )
 
 
 def test_truncate_cuts_a_running_infusion_at_the_end_of_training():
