@@ -258,7 +258,15 @@ def calibration_gate(posterior, full, model, t_train: float, t_end: float, args)
         bounds=[Bound(cgm_observable(model), HYPO_MG_DL, "lower")],
         n_draws=args.n_draws,
     )
-    figures = ("coverage_0.9", "coverage_0.5", "relative_width_0.9", "crps_skill", "brier_skill", "auc")
+    figures = (
+        "coverage_0.9",
+        "coverage_0.5",
+        "relative_width_0.9",
+        "crps_skill",
+        "brier_skill",
+        "auc",
+        "coverage_0.9_unsafe",
+    )
     return {
         "status": gate.status,
         "summary": gate.summary(),

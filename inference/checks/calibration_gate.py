@@ -16,6 +16,8 @@ predictive draws are scored (:mod:`medsim.inference.checks.scores`) for calibrat
   Monte Carlo log predictive density with the residual error integrated exactly (for model
   comparison on the same held-out points);
 * PIT histogram;
+* for event bounds, the 90 % coverage of the held-out measurements outside the safe range (where
+  a risk is decided; :func:`unsafe_side_figures`);
 * for event bounds (a subject's held-out measurements leaving the safe range): the predicted
   probability (share of replicate data sets with an event), Brier score against the constant
   forecast at the cohort's event rate, AUC and a reliability curve.
@@ -89,6 +91,28 @@ def interval_figures(draws: np.ndarray, y: np.ndarray, subject: np.ndarray) -> d
     out["crps_skill"] = 1.0 - out["crps"] / clim if clim > 0 else float("nan")
     out["rmse"] = float(np.sqrt(((draws.mean(axis=0) - y) ** 2).mean()))
     return out
+
+
+def unsafe_side_figures(draws: np.ndarray, y: np.ndarray, subject: np.ndarray) -> dict[str, float | None]:
+    """90 % coverage of the held-out measurements that fell outside the safe range.
+
+    A risk is decided where the measurements leave the safe range, and a model can cover the
+    bulk of the data while missing exactly those (a forecast that cannot go as low as a deep
+    hypoglycaemia does). ``n_unsafe`` points, their coverage and its design effect (subjects as
+    clusters); coverage None when there is no such point.
+    """
+    n = int(y.size)
+    if n == 0:
+        return {"n_unsafe": 0.0, "coverage_0.9_unsafe": None, "below_0.9_unsafe": None, "above_0.9_unsafe": None}
+    lo, hi = scores.central_intervals(draws, 0.9)
+    inside = (lo <= y) & (y <= hi)
+    return {
+        "n_unsafe": float(n),
+        "coverage_0.9_unsafe": float(inside.mean()),
+        "below_0.9_unsafe": float((y < lo).mean()),
+        "above_0.9_unsafe": float((y > hi).mean()),
+        "design_effect_0.9_unsafe": design_effect(inside, subject),
+    }
 
 
 def log_score(prediction: np.ndarray, sd: np.ndarray, y: np.ndarray) -> float | None:
@@ -212,6 +236,13 @@ def heldout_check(
             outside |= at & b.outside(sample.replicate)
             observed_out |= at & b.outside(np.asarray(sample.observed, float))
         has = measured.any(axis=1)
+        figures.update(
+            unsafe_side_figures(
+                sample.replicate[:, observed_out],
+                np.asarray(sample.observed, float)[observed_out],
+                np.broadcast_to(np.arange(held.shape[0])[:, None], held.shape)[observed_out],
+            )
+        )
         event = observed_out.any(axis=1)[has]
         probability = outside.any(axis=2).mean(axis=0)[has]
         event_figs, reliability = event_figures(probability, event)

@@ -45,6 +45,8 @@ SHOWN = (
     "brier",
     "brier_constant",
     "auc",
+    "n_unsafe",
+    "below_0.9_unsafe",
 )
 
 

@@ -20,6 +20,13 @@ The rule (thresholds below; ``docs/calibration.md`` explains them):
   even though its coverage is high.
 * **CRPS skill** over the cohort's own held-out distribution (climatology) above 0. Sharpness
   and CRPS skill need at least 20 held-out points (else *not checked*).
+* **coverage where the risk is decided**: with event bounds, the 90 % intervals of the held-out
+  measurements outside the safe range must cover at least ``0.9 - tolerance`` of them (the same
+  tolerance, from their own count and design effect; one-sided, since an interval too wide there
+  errs on the safe side). A model can cover the bulk of the data and miss exactly the excursions
+  a risk counts. Too few such points (binomial half-width above 0.15) to confirm it: *not
+  checked*, unless the coverage falls short even of that wider tolerance (few points can still
+  show a gross shortfall).
 * **events** (leaving the safe range in the held-out window): Brier skill over the constant
   forecast at the cohort's event rate above 0, checked only when at least two subjects had
   an event and two had none.
@@ -80,7 +87,8 @@ class Criterion:
     Attributes
     ----------
     name : str
-        ``coverage_0.9``, ``coverage_0.5``, ``relative_width_0.9``, ``crps_skill``, ``brier_skill``.
+        ``coverage_0.9``, ``coverage_0.5``, ``relative_width_0.9``, ``crps_skill``, ``brier_skill``,
+        and with event bounds ``coverage_0.9_unsafe``.
     value : float or None
         The measured figure (None when it could not be measured).
     lower, upper : float or None
@@ -111,7 +119,9 @@ class CalibrationGate:
         ``spread_5_95``, ``interval_score_0.9`` (and ``_climatology``), ``crps``,
         ``crps_climatology``, ``crps_skill``, ``log_score`` (mean log predictive density per
         held-out point), ``rmse``, ``n_events`` and ``n_no_events`` (subjects with and without
-        an event), ``event_rate``, ``brier``, ``brier_constant``, ``brier_skill``, ``auc``.
+        an event), ``event_rate``, ``brier``, ``brier_constant``, ``brier_skill``, ``auc``; with
+        event bounds ``n_unsafe``, ``coverage_0.9_unsafe``, ``below_0.9_unsafe``, ``above_0.9_unsafe``
+        and ``design_effect_0.9_unsafe`` (held-out measurements outside the safe range).
     reliability : tuple of ReliabilityBin
         Event forecasts (empty when no events were defined).
     pit_counts : tuple of int
@@ -218,6 +228,35 @@ def _coverage(figures: Mapping[str, float | None], level: float, n: int, floor: 
     return Criterion(name, value, lo, hi, "passed" if ok else "failed", why)
 
 
+def _unsafe_coverage(figures: Mapping[str, float | None]) -> Criterion:
+    name, value, n = "coverage_0.9_unsafe", figures.get("coverage_0.9_unsafe"), figures.get("n_unsafe")
+    if value is None:
+        why = "no held-out measurement fell outside the safe range: coverage there not measured"
+        return Criterion(name, None, None, None, "not_checked", why)
+    n = int(n or 0)
+    deff = figures.get("design_effect_0.9_unsafe") or 1.0
+    binomial, tol = coverage_tolerance(0.9, n, deff)
+    below = figures.get("below_0.9_unsafe")
+    missed = (
+        ""
+        if below is None
+        else f"; {below:.3f} fell below the interval, {figures.get('above_0.9_unsafe') or 0.0:.3f} above"
+    )
+    floor = 0.9 - tol
+    if binomial > MAX_BINOMIAL_TOLERANCE and value >= floor:
+        # too few points to confirm the coverage; a shortfall beyond even this tolerance is still a failure
+        why = (
+            f"90% intervals covered {value:.3f} of the {n} held-out measurements outside the safe range{missed}, "
+            f"too few to judge (design effect {deff:.2g}, binomial tolerance +-{binomial:.2f})"
+        )
+        return Criterion(name, value, None, None, "not_checked", why)
+    why = (
+        f"90% intervals covered {value:.3f} of the {n} held-out measurements outside the safe range "
+        f"(floor {floor:.2f}){missed}"
+    )
+    return Criterion(name, value, floor, None, "passed" if value >= floor else "failed", why)
+
+
 def _width(figures: Mapping[str, float | None], unit: str, n: int) -> Criterion:
     ratio, width, spread = (figures.get(k) for k in ("relative_width_0.9", "width_0.9", "spread_5_95"))
     if ratio is not None and n < MIN_SPREAD_POINTS:
@@ -294,6 +333,8 @@ def judge(
         ),
         _skill(figures, "brier_skill", "Brier skill over the constant forecast", enough, events_short),
     )
+    if "n_unsafe" in figures:  # event bounds were given: judge the coverage where the risk is decided
+        criteria = (*criteria, _unsafe_coverage(figures))
     if coverage_floor is not None:
         # The floor replaces the two-sided rule for the 90 % intervals only; the 50 % figure is
         # reported, not judged, as the neural gate always did.

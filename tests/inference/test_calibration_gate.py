@@ -8,7 +8,7 @@ import pytest
 from inference_synthetic import oral_cohort
 
 import medsim.models as registry
-from medsim.inference.checks.calibration_gate import heldout_check, interval_figures
+from medsim.inference.checks.calibration_gate import heldout_check, interval_figures, unsafe_side_figures
 from medsim.inference.checks.heldout import heldout_mask, split_after, split_last, window_mask
 from medsim.inference.checks.predictive import PredictiveError
 from medsim.models.gate import CalibrationGate, coverage_tolerance, judge
@@ -86,6 +86,45 @@ def test_events_need_both_outcomes_to_be_judged():
     worse = {**figures, "n_events": 8.0, "n_no_events": 22.0, "brier_skill": -0.2}
     gate = judge(worse, n_points=n, n_subjects=s)
     assert gate.status == "failed" and _status(gate)["brier_skill"] == "failed"
+
+
+def test_a_forecast_that_misses_the_excursions_fails_where_the_risk_is_decided():
+    """Calibrated in the bulk, but the points beyond the safe limit fall below their intervals."""
+    figures, n, s = _forecast("calibrated")
+    rng = np.random.default_rng(1)
+    subject = np.repeat(np.arange(30), 8)
+    # 240 points outside the safe range, spread over 30 subjects; truth N(-3, 1) against draws N(-1, 1):
+    # 90 % intervals [-2.64, 0.64] cover P(y >= -2.64) = 0.36 of them, every miss below
+    y = -3.0 + rng.standard_normal(240)
+    deep = unsafe_side_figures(-1.0 + rng.standard_normal((400, 240)), y, subject)
+    assert deep["coverage_0.9_unsafe"] == pytest.approx(0.36, abs=0.08)  # binomial SE 0.03 at 240 points
+    assert deep["above_0.9_unsafe"] == 0.0 and deep["n_unsafe"] == 240.0
+    gate = judge({**figures, **deep}, n_points=n, n_subjects=s)
+    assert _status(gate)["coverage_0.9"] == "passed" and _status(gate)["coverage_0.9_unsafe"] == "failed"
+    assert gate.status == "failed" and "outside the safe range" in gate.summary()
+    # the same points predicted by the truth's own distribution pass (one-sided: too wide there is safe)
+    right = unsafe_side_figures(-3.0 + rng.standard_normal((400, 240)), y, subject)
+    assert _status(judge({**figures, **right}, n_points=n, n_subjects=s))["coverage_0.9_unsafe"] == "passed"
+    wide = unsafe_side_figures(-3.0 + 5.0 * rng.standard_normal((400, 240)), y, subject)
+    assert _status(judge({**figures, **wide}, n_points=n, n_subjects=s))["coverage_0.9_unsafe"] == "passed"
+
+    # few excursions: a coverage inside the wide tolerance is reported, not judged; a shortfall
+    # beyond it fails all the same (6 points: binomial term 2.576 sqrt(0.09 / 6) = 0.32, floor 0.58)
+    def unsafe(draws, truth):
+        gate = judge({**figures, **unsafe_side_figures(draws, truth, subject[:6])}, n_points=n, n_subjects=s)
+        return {c.name: c for c in gate.criteria}["coverage_0.9_unsafe"]
+
+    crit = unsafe(-3.0 + rng.standard_normal((400, 6)), np.full(6, -3.0))  # every point inside
+    assert crit.status == "not_checked" and crit.value == 1.0 and "too few to judge" in crit.why
+    crit = unsafe(-1.0 + 0.1 * rng.standard_normal((400, 6)), np.array([-3.0] * 5 + [-1.0]))  # 1 of 6 inside
+    assert (
+        crit.status == "failed" and crit.value == pytest.approx(1 / 6) and crit.lower == pytest.approx(0.58, abs=0.01)
+    )
+    none = unsafe_side_figures(np.zeros((400, 0)), np.zeros(0), np.zeros(0, int))
+    crit = {c.name: c for c in judge({**figures, **none}, n_points=n, n_subjects=s).criteria}["coverage_0.9_unsafe"]
+    assert crit.status == "not_checked" and crit.value is None
+    # without event bounds there is no such criterion at all
+    assert "coverage_0.9_unsafe" not in _status(judge(figures, n_points=n, n_subjects=s))
 
 
 def test_the_record_round_trips_through_json():
