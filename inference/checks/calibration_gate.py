@@ -60,7 +60,25 @@ def design_effect(inside: np.ndarray, subject: np.ndarray) -> float:
     return float(max(1.0, var_cluster / (p * (1 - p) / n)))
 
 
-def interval_figures(draws: np.ndarray, y: np.ndarray, subject: np.ndarray) -> dict[str, float]:
+def misses(lo: np.ndarray, hi: np.ndarray, y: np.ndarray, cens: np.ndarray | None = None) -> tuple:
+    """``(below, above)``: points under and over their interval ``[lo, hi]``.
+
+    A censored reading (``cens`` 1: the true value is at or below the limit ``y``, a CGM floor or
+    a quantification limit; -1: at or above ``y``, a sensor ceiling) is a miss only when the
+    interval cannot hold any value on its side of the limit: a floor reading of 39 mg/dL is a miss
+    below an interval starting at 45 (the truth is at most 39), but not a miss above one ending at
+    35 (the truth may be lower still).
+    """
+    below, above = y < lo, y > hi
+    if cens is not None:
+        below = below & (cens != -1)
+        above = above & (cens != 1)
+    return below, above
+
+
+def interval_figures(
+    draws: np.ndarray, y: np.ndarray, subject: np.ndarray, cens: np.ndarray | None = None
+) -> dict[str, float]:
     """Coverage, width, interval score, CRPS and PIT figures of held-out points.
 
     Parameters
@@ -68,11 +86,16 @@ def interval_figures(draws: np.ndarray, y: np.ndarray, subject: np.ndarray) -> d
     draws : (R, n) predictive draws of the ``n`` held-out measurements
     y : (n,) measurements
     subject : (n,) subject index of each point (clusters of the design effect)
+    cens : (n,) int, optional
+        Censoring codes of the points (:func:`misses`); coverage counts a censored point as
+        covered when its interval reaches its side of the limit. The other scores take the
+        limit as the value.
     """
     out: dict[str, float] = {}
     for level in LEVELS:
         lo, hi = scores.central_intervals(draws, level)
-        inside = (lo <= y) & (y <= hi)
+        below, above = misses(lo, hi, y, cens)
+        inside = ~(below | above)
         out[f"coverage_{level:g}"] = float(inside.mean())
         out[f"width_{level:g}"] = float((hi - lo).mean())
         out[f"design_effect_{level:g}"] = design_effect(inside, subject)
@@ -93,24 +116,27 @@ def interval_figures(draws: np.ndarray, y: np.ndarray, subject: np.ndarray) -> d
     return out
 
 
-def unsafe_side_figures(draws: np.ndarray, y: np.ndarray, subject: np.ndarray) -> dict[str, float | None]:
+def unsafe_side_figures(
+    draws: np.ndarray, y: np.ndarray, subject: np.ndarray, cens: np.ndarray | None = None
+) -> dict[str, float | None]:
     """90 % coverage of the held-out measurements that fell outside the safe range.
 
     A risk is decided where the measurements leave the safe range, and a model can cover the
     bulk of the data while missing exactly those (a forecast that cannot go as low as a deep
     hypoglycaemia does). ``n_unsafe`` points, their coverage and its design effect (subjects as
-    clusters); coverage None when there is no such point.
+    clusters); coverage None when there is no such point. Censored readings as in :func:`misses`.
     """
     n = int(y.size)
     if n == 0:
         return {"n_unsafe": 0.0, "coverage_0.9_unsafe": None, "below_0.9_unsafe": None, "above_0.9_unsafe": None}
     lo, hi = scores.central_intervals(draws, 0.9)
-    inside = (lo <= y) & (y <= hi)
+    below, above = misses(lo, hi, y, cens)
+    inside = ~(below | above)
     return {
         "n_unsafe": float(n),
         "coverage_0.9_unsafe": float(inside.mean()),
-        "below_0.9_unsafe": float((y < lo).mean()),
-        "above_0.9_unsafe": float((y > hi).mean()),
+        "below_0.9_unsafe": float(below.mean()),
+        "above_0.9_unsafe": float(above.mean()),
         "design_effect_0.9_unsafe": design_effect(inside, subject),
     }
 
@@ -142,6 +168,17 @@ def event_figures(probability: np.ndarray, event: np.ndarray) -> tuple[dict[str,
         "auc": scores.auc(probability, event),
     }
     return figures, scores.reliability(probability, event)
+
+
+def censoring(cohort: Any, shape: tuple[int, int]) -> np.ndarray:
+    """The padded layout's censoring codes (0 everywhere for a cohort that records none)."""
+    padded = cohort.padded() if hasattr(cohort, "padded") else cohort
+    cens = getattr(padded, "obs_cens", None)
+    if cens is None:
+        return np.zeros(shape, np.int64)
+    if np.shape(cens) != tuple(shape):
+        raise PredictiveError(f"censoring codes of shape {np.shape(cens)} do not match the held-out layout {shape}")
+    return np.asarray(cens, np.int64)
 
 
 def forecast_start(posterior: Any, cohort: Any, heldout: np.ndarray) -> str:
@@ -216,7 +253,8 @@ def heldout_check(
     y = np.asarray(sample.observed, float)[held]
     draws = sample.replicate[:, held]
     subject = np.broadcast_to(np.arange(held.shape[0])[:, None], held.shape)[held]
-    figures: dict[str, float | None] = dict(interval_figures(draws, y, subject))
+    cens_all = censoring(cohort, held.shape)
+    figures: dict[str, float | None] = dict(interval_figures(draws, y, subject, cens_all[held]))
     sd = sample.residual_sd[:, held] if sample.residual_sd is not None else np.zeros_like(draws)
     figures["log_score"] = log_score(sample.prediction[:, held], sd, y)
     pit_counts = np.histogram(scores.pit(draws, y), bins=10, range=(0.0, 1.0))[0]
@@ -241,6 +279,7 @@ def heldout_check(
                 sample.replicate[:, observed_out],
                 np.asarray(sample.observed, float)[observed_out],
                 np.broadcast_to(np.arange(held.shape[0])[:, None], held.shape)[observed_out],
+                cens_all[observed_out],
             )
         )
         event = observed_out.any(axis=1)[has]

@@ -8,7 +8,7 @@ import pytest
 from inference_synthetic import oral_cohort
 
 import medsim.models as registry
-from medsim.inference.checks.calibration_gate import heldout_check, interval_figures, unsafe_side_figures
+from medsim.inference.checks.calibration_gate import heldout_check, interval_figures, misses, unsafe_side_figures
 from medsim.inference.checks.heldout import heldout_mask, split_after, split_last, window_mask
 from medsim.inference.checks.predictive import PredictiveError
 from medsim.models.gate import CalibrationGate, coverage_tolerance, judge
@@ -125,6 +125,27 @@ def test_a_forecast_that_misses_the_excursions_fails_where_the_risk_is_decided()
     assert crit.status == "not_checked" and crit.value is None
     # without event bounds there is no such criterion at all
     assert "coverage_0.9_unsafe" not in _status(judge(figures, n_points=n, n_subjects=s))
+
+
+def test_a_censored_reading_is_covered_when_its_interval_reaches_its_side_of_the_limit():
+    lo, hi = np.array([30.0, 45.0, 20.0, 100.0, 380.0, 420.0]), np.array([60.0, 80.0, 35.0, 300.0, 410.0, 500.0])
+    y = np.array([39.0, 39.0, 39.0, 400.0, 400.0, 400.0])
+    cens = np.array([1, 1, 1, -1, -1, -1])  # a CGM floor of 39 and a ceiling of 400 mg/dL
+    below, above = misses(lo, hi, y, cens)
+    # floor: [30, 60] holds 39 (covered); [45, 80] starts above it (a miss below: the truth is <= 39);
+    # [20, 35] lies below 39, which a true value <= 39 can be (covered, not a miss above)
+    assert below.tolist() == [False, True, False, False, False, False]
+    # ceiling: [100, 300] ends under 400 (a miss above: the truth is at least 400); [380, 410] holds it,
+    # and [420, 500] lies above 400, which a true value >= 400 can be
+    assert above.tolist() == [False, False, False, True, False, False]
+    assert misses(lo, hi, y)[1].tolist() == [False, False, True, True, False, False]  # read as exact values
+    subject = np.arange(6)
+    draws = np.linspace(lo, hi, 101)  # central 90 % interval of these draws: inside [lo, hi]
+    figures = interval_figures(draws, y, subject, cens)
+    exact = interval_figures(draws, y, subject)
+    assert figures["coverage_0.9"] > exact["coverage_0.9"]
+    unsafe = unsafe_side_figures(draws[:, :3], y[:3], subject[:3], cens[:3])
+    assert unsafe["coverage_0.9_unsafe"] == pytest.approx(2 / 3) and unsafe["above_0.9_unsafe"] == 0.0
 
 
 def test_the_record_round_trips_through_json():
