@@ -37,6 +37,7 @@ Scores on the test day (``benchmarks/t1d_metrics.py``):
 * P(min true glucose < 70 mg/dL on the test day), from the latent paths on a 3-minute grid:
   Brier score (and the constant forecast's), AUC, and the summed probability against the
   observed count with its 95 % binomial range;
+* the same for P(min true glucose < 54 mg/dL), level-2 hypoglycaemia (``*_hypo54``);
 * ``gate``: medsim's own calibration gate on the test day (:func:`calibration_gate`), the
   verdict ``medsim risk`` would lead with for the fit.
 
@@ -75,6 +76,8 @@ from benchmarks.t1d_metrics import (  # noqa: E402
 )
 
 HYPO_MG_DL = 70.0
+#: Level-2 hypoglycaemia (Battelino et al. 2019), scored beside the 70 mg/dL event.
+LEVEL2_MG_DL = 54.0
 MINUTES_PER_DAY = 1440.0
 #: Fits of (training data hash, model, sampler), shared by cohorts with the same training days.
 _FITS: dict[tuple, object] = {}
@@ -223,6 +226,20 @@ def score(pred_cgm_latent, pred_cgm_replicate, paths_grid, truth: dict) -> dict:
         "hypo_observed": [bool(x) for x in event],
         "min_bg_true": [float(x) for x in truth["bg_grid"].min(axis=1)],
     }
+    # level-2 hypoglycaemia (< 54 mg/dL), scored the same way: the range where the intervals miss most
+    p2 = event_probability(paths_grid, LEVEL2_MG_DL)
+    event2 = truth["bg_grid"].min(axis=1) < LEVEL2_MG_DL
+    counts2 = count_check(p2, event2)
+    out |= {
+        "brier_hypo54": brier(p2, event2),
+        "brier_constant_hypo54": brier_constant(event2),
+        "auc_hypo54": auc(p2, event2),
+        "sum_p_hypo54": counts2["sum_p"],
+        "n_hypo54_observed": counts2["observed"],
+        "hypo54_count_range95": [counts2["low"], counts2["high"]],
+        "sum_p_hypo54_inside_range": counts2["inside"],
+        "p_hypo54": [float(x) for x in p2],
+    }
     return out
 
 
@@ -360,7 +377,7 @@ def run_one(tidy: pd.DataFrame, model_name: str, method: str, args) -> dict:
 
 
 def summary_lines(cohort_name: str, result: dict) -> list[str]:
-    """The progress lines printed for one run: the headline scores, then the coverage by glucose range."""
+    """The progress lines printed for one run: the headline scores, level-2 events, the coverage by range."""
     headline = (
         f"{cohort_name} {result['model']} {result['method']}: 90% cover bg {result['coverage90_bg']:.2f} "
         f"(width {result['width90_bg']:.0f}), cgm {result['coverage90_cgm']:.2f}; Brier "
@@ -368,13 +385,17 @@ def summary_lines(cohort_name: str, result: dict) -> list[str]:
         f"sum p {result['sum_p_hypo']:.1f} vs {result['n_hypo_observed']}; "
         f"gate {result['gate']['status']}; {result['total_seconds']:.0f} s"
     )
+    level2 = (
+        f"  P(< 54 mg/dL): Brier {result['brier_hypo54']:.3f} (const {result['brier_constant_hypo54']:.3f}), "
+        f"AUC {result['auc_hypo54']}, sum p {result['sum_p_hypo54']:.1f} vs {result['n_hypo54_observed']}"
+    )
     ranges = [
         f"{r['range']} {r['coverage']:.2f} of {r['n']} ({r['below']:.2f} below, {r['above']:.2f} above)"
         if r["n"]
         else f"{r['range']} none"
         for r in result["coverage90_bg_by_range"]
     ]
-    return [headline, "  90% cover bg by true glucose (mg/dL): " + ", ".join(ranges)]
+    return [headline, level2, "  90% cover bg by true glucose (mg/dL): " + ", ".join(ranges)]
 
 
 def main(argv: list[str] | None = None) -> int:

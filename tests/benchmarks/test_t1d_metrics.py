@@ -88,11 +88,15 @@ def test_score_puts_the_pieces_together():
     assert out["rmse_median_bg"] == 0.0 and out["rmse_naive_bg"] == pytest.approx(np.sqrt((100 + 45**2) / 2))
     assert out["p_hypo"] == [1.0] and out["n_hypo_observed"] == 1 and out["brier_hypo"] == 0.0
     assert out["brier_constant"] == 0.0 and out["auc_hypo"] is None and out["n_patients"] == 1
+    # the true minimum 65 is below 70 but not below 54: no level-2 event, and every path agrees
+    assert out["p_hypo54"] == [0.0] and out["n_hypo54_observed"] == 0 and out["brier_hypo54"] == 0.0
+    assert out["sum_p_hypo54"] == 0.0 and out["auc_hypo54"] is None
     by_range = {r["range"]: r["n"] for r in out["coverage90_bg_by_range"]}
     assert by_range == {"<54": 0, "54-69": 1, "70-180": 1, "181-250": 0, ">250": 0}
     # the printed summary names every range, an empty one as "none" (not as 0 % covered)
     result = {**out, "model": "m", "method": "svi", "gate": {"status": "passed"}, "total_seconds": 1.0}
-    head, ranges = summary_lines("c", result)
+    head, level2, ranges = summary_lines("c", result)
+    assert level2 == "  P(< 54 mg/dL): Brier 0.000 (const 0.000), AUC None, sum p 0.0 vs 0"
     assert head.startswith("c m svi: 90% cover bg 1.00 (width 0)")
     assert ranges.endswith(
         "<54 none, 54-69 1.00 of 1 (0.00 below, 0.00 above), "
