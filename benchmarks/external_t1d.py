@@ -197,50 +197,62 @@ def test_day_truth(tidy: pd.DataFrame, ids: tuple[str, ...], t0: float, t1: floa
 def score(pred_cgm_latent, pred_cgm_replicate, paths_grid, truth: dict) -> dict:
     """The test-day scores from predictive draws ``(R, S, T)`` (see the module docstring)."""
     out = {}
+    r = pred_cgm_latent.shape[0]
     for level in (0.5, 0.9):
         tag = int(level * 100)
-        r = pred_cgm_latent.shape[0]
         bg = interval_scores(pred_cgm_latent.reshape(r, -1), truth["bg_cgm"].reshape(-1), level)
         cg = interval_scores(pred_cgm_replicate.reshape(r, -1), truth["cgm"].reshape(-1), level)
         out |= {f"coverage{tag}_bg": bg["coverage"], f"width{tag}_bg": bg["width"]}
         out |= {f"coverage{tag}_cgm": cg["coverage"], f"width{tag}_cgm": cg["width"]}
-    r = pred_cgm_latent.shape[0]
     out["coverage90_bg_by_range"] = coverage_by_range(pred_cgm_latent.reshape(r, -1), truth["bg_cgm"].reshape(-1), 0.9)
     median = np.median(pred_cgm_latent, axis=0)
     naive = np.broadcast_to(truth["naive"][:, None], truth["bg_cgm"].shape)
     out["rmse_median_bg"] = rmse(median, truth["bg_cgm"])
     out["rmse_naive_bg"] = rmse(naive, truth["bg_cgm"])
-    p = event_probability(paths_grid, HYPO_MG_DL)
-    event = truth["bg_grid"].min(axis=1) < HYPO_MG_DL
-    counts = count_check(p, event)
+    p, event, ev = event_scores(paths_grid, truth["bg_grid"], HYPO_MG_DL)
     out |= {
-        "brier_hypo": brier(p, event),
-        "brier_constant": brier_constant(event),
-        "auc_hypo": auc(p, event),
-        "sum_p_hypo": counts["sum_p"],
-        "n_hypo_observed": counts["observed"],
-        "hypo_count_range95": [counts["low"], counts["high"]],
-        "sum_p_inside_range": counts["inside"],
+        "brier_hypo": ev["brier"],
+        "brier_constant": ev["brier_constant"],
+        "auc_hypo": ev["auc"],
+        "sum_p_hypo": ev["sum_p"],
+        "n_hypo_observed": ev["observed"],
+        "hypo_count_range95": ev["range95"],
+        "sum_p_inside_range": ev["inside"],
         "n_patients": int(event.size),
         "p_hypo": [float(x) for x in p],
         "hypo_observed": [bool(x) for x in event],
         "min_bg_true": [float(x) for x in truth["bg_grid"].min(axis=1)],
     }
     # level-2 hypoglycaemia (< 54 mg/dL), scored the same way: the range where the intervals miss most
-    p2 = event_probability(paths_grid, LEVEL2_MG_DL)
-    event2 = truth["bg_grid"].min(axis=1) < LEVEL2_MG_DL
-    counts2 = count_check(p2, event2)
+    p2, _, ev2 = event_scores(paths_grid, truth["bg_grid"], LEVEL2_MG_DL)
     out |= {
-        "brier_hypo54": brier(p2, event2),
-        "brier_constant_hypo54": brier_constant(event2),
-        "auc_hypo54": auc(p2, event2),
-        "sum_p_hypo54": counts2["sum_p"],
-        "n_hypo54_observed": counts2["observed"],
-        "hypo54_count_range95": [counts2["low"], counts2["high"]],
-        "sum_p_hypo54_inside_range": counts2["inside"],
+        "brier_hypo54": ev2["brier"],
+        "brier_constant_hypo54": ev2["brier_constant"],
+        "auc_hypo54": ev2["auc"],
+        "sum_p_hypo54": ev2["sum_p"],
+        "n_hypo54_observed": ev2["observed"],
+        "hypo54_count_range95": ev2["range95"],
+        "sum_p_hypo54_inside_range": ev2["inside"],
         "p_hypo54": [float(x) for x in p2],
     }
     return out
+
+
+def event_scores(paths_grid, bg_grid: np.ndarray, threshold: float) -> tuple[np.ndarray, np.ndarray, dict]:
+    """P(min glucose < ``threshold``) per patient, the observed events, and their scores."""
+    p = event_probability(paths_grid, threshold)
+    event = bg_grid.min(axis=1) < threshold
+    counts = count_check(p, event)
+    scores = {
+        "brier": brier(p, event),
+        "brier_constant": brier_constant(event),
+        "auc": auc(p, event),
+        "sum_p": counts["sum_p"],
+        "observed": counts["observed"],
+        "range95": [counts["low"], counts["high"]],
+        "inside": counts["inside"],
+    }
+    return p, event, scores
 
 
 def cgm_observable(model) -> str:

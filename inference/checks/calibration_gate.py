@@ -252,7 +252,8 @@ def heldout_check(
         raise PredictiveError("start='filtered': some held-out measurements precede their subject's filtered state")
     y = np.asarray(sample.observed, float)[held]
     draws = sample.replicate[:, held]
-    subject = np.broadcast_to(np.arange(held.shape[0])[:, None], held.shape)[held]
+    subject_all = np.broadcast_to(np.arange(held.shape[0])[:, None], held.shape)
+    subject = subject_all[held]
     cens_all = censoring(cohort, held.shape)
     figures: dict[str, float | None] = dict(interval_figures(draws, y, subject, cens_all[held]))
     sd = sample.residual_sd[:, held] if sample.residual_sd is not None else np.zeros_like(draws)
@@ -278,7 +279,7 @@ def heldout_check(
             unsafe_side_figures(
                 sample.replicate[:, observed_out],
                 np.asarray(sample.observed, float)[observed_out],
-                np.broadcast_to(np.arange(held.shape[0])[:, None], held.shape)[observed_out],
+                subject_all[observed_out],
                 cens_all[observed_out],
             )
         )

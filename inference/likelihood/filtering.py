@@ -43,6 +43,12 @@ MATRIX_FROM_STATES = 4
 GRADIENTS = ("auto", "forward", "reverse")
 
 
+def _one_of(value: str, choices: tuple[str, ...], what: str) -> str:
+    if value not in choices:
+        raise ValueError(f"EKF {what} must be one of {', '.join(map(repr, choices))}; got {value!r}")
+    return value
+
+
 def check_gradient(gradient: str) -> str:
     """``gradient`` if it is one of :data:`GRADIENTS`.
 
@@ -51,9 +57,7 @@ def check_gradient(gradient: str) -> str:
     ValueError
         Any other value, named.
     """
-    if gradient not in GRADIENTS:
-        raise ValueError(f"EKF gradient must be one of {', '.join(map(repr, GRADIENTS))}; got {gradient!r}")
-    return gradient
+    return _one_of(gradient, GRADIENTS, "gradient")
 
 
 def resolve_gradient(gradient: str, layout: str) -> str:
@@ -92,9 +96,7 @@ def check_layout(layout: str) -> str:
     ValueError
         Any other value, named.
     """
-    if layout not in LAYOUTS:
-        raise ValueError(f"EKF layout must be one of {', '.join(map(repr, LAYOUTS))}; got {layout!r}")
-    return layout
+    return _one_of(layout, LAYOUTS, "layout")
 
 
 def resolve_layout(layout: str, n_states: int, *, covariance: bool = True) -> str:
