@@ -162,6 +162,7 @@ def truncate(cohort, t_end: float):
                 amount[start],
                 s.dose_rate[start],
                 dict(s.covariates),
+                obs_cens=None if s.obs_cens is None else s.obs_cens[keep_obs],
             )
         )
     return Cohort(tuple(subjects), cohort.name, cohort.units, cohort.covariate_names, cohort.source)

@@ -150,7 +150,8 @@ def without(cohort: Any, held: np.ndarray, description: str) -> Any:
     rate = np.asarray(padded.dose_rate, float)
     dose = np.asarray(padded.dose_mask, bool) & (time < cut[:, None])
     amount = np.asarray(padded.dose_amount, float)
-    amount = np.where(rate > 0, np.minimum(amount, rate * (cut[:, None] - time)), amount)
+    with np.errstate(invalid="ignore"):  # padding slots (time inf) of a subject with no cut: inf - inf, not kept
+        amount = np.where(rate > 0, np.minimum(amount, rate * (cut[:, None] - time)), amount)
 
     def rows(values: Any, mask: np.ndarray) -> list[np.ndarray]:
         return [np.asarray(v)[m] for v, m in zip(values, mask, strict=True)]
@@ -165,6 +166,7 @@ def without(cohort: Any, held: np.ndarray, description: str) -> Any:
         dose_cmt=rows(padded.dose_cmt, dose),
         dose_rate=rows(rate, dose),
         covariates=dict(padded.covariates),
+        obs_cens=None if padded.obs_cens is None else rows(padded.obs_cens, keep),
         units=dict(getattr(cohort, "units", {}) or {}),
         name=f"{getattr(cohort, 'name', '')} {description}".strip(),
     )

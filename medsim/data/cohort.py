@@ -147,8 +147,9 @@ class Cohort:
     def data_hash(self) -> str:
         """SHA-256 (hex) of a canonical serialisation of the data.
 
-        Covers units, covariate names and every subject's records and covariates, with subjects
-        in natural ID order and records in canonical order; not ``name`` or ``source``. So the
+        Covers units, covariate names and every subject's records (with their censoring flags,
+        when any is set) and covariates, with subjects in natural ID order and records in
+        canonical order; not ``name`` or ``source``. So the
         hash is the same after a CSV or Parquet round trip and whatever the row order of the file.
         """
         h = hashlib.sha256(_HASH_VERSION)
@@ -160,6 +161,10 @@ class Cohort:
             for name in ("obs_time", "obs_value", "obs_cmt", "dose_time", "dose_cmt", "dose_amount", "dose_rate"):
                 array = getattr(s, name)
                 h.update(array.size.to_bytes(8, "little") + array.astype(array.dtype.newbyteorder("<")).tobytes())
+            cens = s.obs_cens
+            if cens is not None and np.any(cens):
+                # only when used, so that an uncensored cohort keeps the hash it always had
+                h.update(b"CENS" + np.asarray(cens, np.int64).astype("<i8").tobytes())
             for name in sorted(s.covariates):
                 h.update(name.encode() + b"=" + np.float64(s.covariates[name]).astype("<f8").tobytes())
         return h.hexdigest()

@@ -13,7 +13,10 @@ The rule (thresholds below; ``docs/calibration.md`` explains them):
   90 % interval covering 85–95 % is acceptable), the second term the binomial noise of ``n``
   held-out points at 99 % confidence, inflated by the design effect ``deff`` of points within a
   subject (their misses are correlated). When the binomial term alone exceeds 0.15 there are
-  too few points to judge: *not checked*.
+  too few points to confirm a coverage: *not checked*, unless the coverage lies outside the
+  central 99 % range of an exact binomial count of ``n / deff`` effective points (few points
+  cannot confirm a coverage, but they can refute one; the normal approximation above fails at
+  such counts).
 * **sharpness**: the mean width of the 90 % intervals divided by the 5–95 % range of the
   held-out measurements at most 0.8. A ratio of 1 is the interval anyone gets from the
   cohort's spread alone (no skill); an interval wide enough to cover everything fails here
@@ -25,8 +28,8 @@ The rule (thresholds below; ``docs/calibration.md`` explains them):
   tolerance, from their own count and design effect; one-sided, since an interval too wide there
   errs on the safe side). A model can cover the bulk of the data and miss exactly the excursions
   a risk counts. Too few such points (binomial half-width above 0.15) to confirm it: *not
-  checked*, unless the coverage falls short even of that wider tolerance (few points can still
-  show a gross shortfall).
+  checked*, unless the coverage falls below the exact binomial range as above (few points can
+  still show a gross shortfall).
 * **events** (leaving the safe range in the held-out window): Brier skill over the constant
   forecast at the cohort's event rate above 0, checked only when at least two subjects had
   an event and two had none.
@@ -205,6 +208,36 @@ def coverage_tolerance(level: float, n: int, design_effect: float = 1.0) -> tupl
     return binomial, max(PRACTICAL_TOLERANCE, binomial)
 
 
+def exact_coverage_range(level: float, n: int, design_effect: float = 1.0) -> tuple[float, float]:
+    """Central ``CONFIDENCE`` range of the coverage of ``n`` points by calibrated ``level`` intervals.
+
+    The count of covered points is Binomial(``n_eff``, ``level``) with ``n_eff = n / deff`` effective
+    points (misses clustered within subjects carry less information), continued to non-integer
+    counts through the regularized incomplete beta function, ``P(X <= k) = I_{1-p}(n - k, k + 1)``.
+    Returns the coverages ``k / n_eff`` below and above which each tail holds ``(1 - CONFIDENCE) / 2``;
+    a side that no count reaches (e.g. the upper side of 90 % intervals with few points) is 0 or 1.
+    This is the rule for few points, where the normal half-width of :func:`coverage_tolerance`
+    is wrong: for one point it puts the 90 % floor at 0.9 - 0.77 = 0.13, so a single miss would
+    fail, though a calibrated interval misses one time in ten; six points of which only one was
+    covered is a 1-in-18,000 event.
+    """
+    from scipy.optimize import brentq
+    from scipy.special import betainc
+
+    n_eff = max(n, 1) / max(1.0, design_effect)
+    tail = (1.0 - CONFIDENCE) / 2
+
+    def cdf(k: float) -> float:  # P(X <= k), continuous in k on [0, n_eff)
+        return 1.0 if k >= n_eff else float(betainc(n_eff - k, k + 1.0, 1.0 - level))
+
+    def sf(k: float) -> float:  # P(X >= k), continuous in k on (0, n_eff]
+        return 1.0 if k <= 0 else float(betainc(k, n_eff - k + 1.0, level))
+
+    lo = 0.0 if cdf(0.0) >= tail else brentq(lambda k: cdf(k) - tail, 0.0, n_eff) / n_eff
+    hi = 1.0 if sf(n_eff) >= tail else brentq(lambda k: sf(k) - tail, 0.0, n_eff) / n_eff
+    return lo, hi
+
+
 def _coverage(figures: Mapping[str, float | None], level: float, n: int, floor: float | None) -> Criterion:
     name = f"coverage_{level:g}"
     value = figures.get(name)
@@ -217,11 +250,18 @@ def _coverage(figures: Mapping[str, float | None], level: float, n: int, floor: 
     deff = figures.get(f"design_effect_{level:g}") or 1.0
     binomial, tol = coverage_tolerance(level, n, deff)
     if binomial > MAX_BINOMIAL_TOLERANCE:
+        lo, hi = exact_coverage_range(level, n, deff)
+        if lo <= value <= hi:
+            why = (
+                f"{level:.0%} intervals covered {value:.3f}, but {n} held-out points (design effect {deff:.2g}) "
+                f"give a binomial tolerance of +-{binomial:.2f}, too wide to judge"
+            )
+            return Criterion(name, value, None, None, "not_checked", why)
         why = (
-            f"{level:.0%} intervals covered {value:.3f}, but {n} held-out points (design effect {deff:.2g}) "
-            f"give a binomial tolerance of +-{binomial:.2f}, too wide to judge"
+            f"{level:.0%} intervals covered {value:.3f} of {n} held-out points (design effect {deff:.2g}): too few "
+            f"to confirm a coverage, but outside even their exact binomial range {lo:.2f}-{hi:.2f}"
         )
-        return Criterion(name, value, None, None, "not_checked", why)
+        return Criterion(name, value, lo, hi, "failed", why)
     lo, hi = level - tol, min(1.0, level + tol)
     ok = lo <= value <= hi
     why = f"{level:.0%} intervals covered {value:.3f} (accepted {lo:.2f}-{hi:.2f})"
@@ -243,8 +283,10 @@ def _unsafe_coverage(figures: Mapping[str, float | None]) -> Criterion:
         else f"; {below:.3f} fell below the interval, {figures.get('above_0.9_unsafe') or 0.0:.3f} above"
     )
     floor = 0.9 - tol
+    if binomial > MAX_BINOMIAL_TOLERANCE:
+        # too few points to confirm the coverage; a shortfall beyond their exact binomial range still fails
+        floor = exact_coverage_range(0.9, n, deff)[0]
     if binomial > MAX_BINOMIAL_TOLERANCE and value >= floor:
-        # too few points to confirm the coverage; a shortfall beyond even this tolerance is still a failure
         why = (
             f"90% intervals covered {value:.3f} of the {n} held-out measurements outside the safe range{missed}, "
             f"too few to judge (design effect {deff:.2g}, binomial tolerance +-{binomial:.2f})"

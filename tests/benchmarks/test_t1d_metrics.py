@@ -114,9 +114,11 @@ def test_truncate_cuts_a_running_infusion_at_the_end_of_training():
         dose_time=[np.array([0.0, 50.0, 150.0])],
         dose_amount=[np.array([3.0, 5.0, 7.0])],
         dose_rate=[np.array([0.01, 0.0, 0.0])],
+        obs_cens=[np.array([0, 1, 0])],
     )
     s = truncate(cohort, 120.0).subjects[0]
     np.testing.assert_allclose(s.obs_time, [0.0, 100.0])
+    assert s.obs_cens.tolist() == [0, 1]  # a reading at the CGM floor stays censored (--cgm-limits)
     np.testing.assert_allclose(s.dose_time, [0.0, 50.0])
     np.testing.assert_allclose(s.dose_amount, [1.2, 5.0])  # 0.01 U/min for 120 min; the bolus at 150 dropped
 

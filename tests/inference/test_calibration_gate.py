@@ -11,7 +11,7 @@ import medsim.models as registry
 from medsim.inference.checks.calibration_gate import heldout_check, interval_figures, misses, unsafe_side_figures
 from medsim.inference.checks.heldout import heldout_mask, split_after, split_last, window_mask
 from medsim.inference.checks.predictive import PredictiveError
-from medsim.models.gate import CalibrationGate, coverage_tolerance, judge
+from medsim.models.gate import CalibrationGate, coverage_tolerance, exact_coverage_range, judge
 from medsim.population import PosteriorDraws
 from medsim.simulate.types import Bound
 
@@ -79,6 +79,51 @@ def test_coverage_tolerance_is_the_binomial_half_width_or_the_practical_band():
     assert coverage_tolerance(0.9, 100, 4.0)[0] == pytest.approx(2 * 0.0773, abs=1e-4)
 
 
+def test_the_exact_range_agrees_with_the_binomial_counts():
+    """At integer counts the continued CDF is the binomial one: counts beyond the range have tail
+    probability below 0.005, counts inside it above (scipy's binomial as the reference)."""
+    from scipy.stats import binom
+
+    for level in (0.5, 0.8, 0.9, 0.95):
+        for n in (1, 2, 6, 13, 27, 60):
+            lo, hi = exact_coverage_range(level, n)
+            for k in range(n + 1):
+                below, above = binom.cdf(k, n, level), binom.sf(k - 1, n, level)
+                if k / n < lo:
+                    assert below < 0.005, (level, n, k)
+                if k / n > hi:
+                    assert above < 0.005, (level, n, k)
+                if below < 0.005 and k + 1 <= n and binom.cdf(k + 1, n, level) < 0.005:
+                    assert k / n < lo, (level, n, k)  # a count well inside the lower tail is outside the range
+    # the design effect divides the count: 24 points at design effect 4 are 6 effective points
+    assert exact_coverage_range(0.9, 24, 4.0) == pytest.approx(exact_coverage_range(0.9, 6))
+
+
+def test_few_points_cannot_confirm_a_coverage_but_can_refute_one():
+    """With too few points for the tolerance (binomial term > 0.15) the coverage is not checked,
+    unless it lies outside the exact binomial range of those points."""
+    figures, n, s = _forecast("calibrated", n_subjects=3, per_subject=3)
+    one = {**figures, "coverage_0.9": 0.0, "design_effect_0.9": 1.0}
+    # one point missed by a 90 % interval happens one time in ten: no refutation
+    assert _status(judge(one, n_points=1, n_subjects=1))["coverage_0.9"] == "not_checked"
+    # 9 points of which 2 were covered: P(X <= 2 | 9, 0.9) = 4e-6, refuted
+    gross = {**figures, "coverage_0.9": 2 / 9, "design_effect_0.9": 1.0}
+    gate = judge(gross, n_points=9, n_subjects=3)
+    crit = {c.name: c for c in gate.criteria}["coverage_0.9"]
+    assert crit.status == "failed" and gate.status == "failed" and "exact binomial range" in crit.why
+    assert crit.lower == pytest.approx(exact_coverage_range(0.9, 9)[0])
+    # the same shortfall over 3 subjects whose misses cluster completely (design effect 3) is 3 effective points
+    clustered = {**gross, "design_effect_0.9": 3.0}
+    assert _status(judge(clustered, n_points=9, n_subjects=3))["coverage_0.9"] == "not_checked"
+    # 50 % intervals covering 10 of 10 points: P = 0.5^10 = 0.001, too wide, refuted
+    wide = {**figures, "coverage_0.5": 1.0, "design_effect_0.5": 1.0}
+    assert _status(judge(wide, n_points=10, n_subjects=10))["coverage_0.5"] == "failed"
+    # an overconfident forecast on few subjects is refuted, not merely unjudged
+    over, n, s = _forecast("overconfident", n_subjects=3, per_subject=4)
+    assert over["coverage_0.9"] < 0.5
+    assert judge(over, n_points=n, n_subjects=s).status == "failed"
+
+
 def test_events_need_both_outcomes_to_be_judged():
     figures, n, s = _forecast("calibrated")
     some = {**figures, "n_events": 1.0, "n_no_events": 29.0, "brier_skill": 0.4}
@@ -109,7 +154,8 @@ def test_a_forecast_that_misses_the_excursions_fails_where_the_risk_is_decided()
     assert _status(judge({**figures, **wide}, n_points=n, n_subjects=s))["coverage_0.9_unsafe"] == "passed"
 
     # few excursions: a coverage inside the wide tolerance is reported, not judged; a shortfall
-    # beyond it fails all the same (6 points: binomial term 2.576 sqrt(0.09 / 6) = 0.32, floor 0.58)
+    # beyond the exact binomial range fails all the same (6 points: binomial term 2.576 sqrt(0.09 / 6)
+    # = 0.32, too wide to confirm; P(X <= 2 | 6, 0.9) = 0.0013, P(X <= 3) = 0.016: floor 0.42)
     def unsafe(draws, truth):
         gate = judge({**figures, **unsafe_side_figures(draws, truth, subject[:6])}, n_points=n, n_subjects=s)
         return {c.name: c for c in gate.criteria}["coverage_0.9_unsafe"]
@@ -118,7 +164,7 @@ def test_a_forecast_that_misses_the_excursions_fails_where_the_risk_is_decided()
     assert crit.status == "not_checked" and crit.value == 1.0 and "too few to judge" in crit.why
     crit = unsafe(-1.0 + 0.1 * rng.standard_normal((400, 6)), np.array([-3.0] * 5 + [-1.0]))  # 1 of 6 inside
     assert (
-        crit.status == "failed" and crit.value == pytest.approx(1 / 6) and crit.lower == pytest.approx(0.58, abs=0.01)
+        crit.status == "failed" and crit.value == pytest.approx(1 / 6) and crit.lower == pytest.approx(0.42, abs=0.01)
     )
     none = unsafe_side_figures(np.zeros((400, 0)), np.zeros(0), np.zeros(0, int))
     crit = {c.name: c for c in judge({**figures, **none}, n_points=n, n_subjects=s).criteria}["coverage_0.9_unsafe"]
@@ -276,10 +322,14 @@ def test_the_training_record_ends_where_the_held_out_window_starts():
         dose_amount=[np.array([100.0, 10.0, 20.0, 30.0]), np.array([50.0, 60.0])],
         dose_cmt=[np.ones(4, int), np.ones(2, int)],
         dose_rate=[np.array([0.0, 4.0, 0.0, 0.0]), np.array([0.0, 0.0])],
+        obs_cens=[np.array([1, 0, -1, 0]), np.array([0, -1])],
     )
     held = np.zeros((2, 4), bool)
     held[0, 2:] = True  # subject a: 3 h and 4 h held out; subject b keeps everything
     training = without(cohort, held, "test").padded()
+    # readings at a limit stay censored in the training record (they were read as exact values before)
+    assert training.obs_cens[0][training.obs_mask[0]].tolist() == [1, 0]
+    assert training.obs_cens[1][training.obs_mask[1]].tolist() == [0, -1]
     a = training.dose_mask[0]
     assert training.dose_time[0][a].tolist() == [0.0, 2.5]  # the bolus at 3 h is the window's
     # the infusion at 4 units/h from 2.5 h ran 0.5 h before the window: 2 of its 10 units
