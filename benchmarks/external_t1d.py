@@ -14,7 +14,11 @@ out of the fit and the scores and listed in each run's ``excluded_patients``
 (:func:`screen_cohort`).
 
 For each cohort, glucose model and sampler: the cohort is read with
-:func:`medsim.data.t1d.read_t1d_table` (CGM every ``--cgm-every`` minutes), the model is fitted
+:func:`medsim.data.t1d.read_t1d_table` (CGM every ``--cgm-every`` minutes; readings at or beyond
+the sensor's limits, ``--cgm-limits``, default 39 and 400 mg/dL as simglucose's Dexcom reports
+them, are censored observations fitted by the M3 method: a reading of 39 says "39 or lower"; for
+any sensor whose limits lie outside these this discards resolution, never asserts a false value;
+``--cgm-limits 0 inf`` reads every reading as exact), the model is fitted
 to the CGM readings of the training days (inputs up to their end), and each patient's twin
 (individual posterior predictive, :func:`medsim.inference.checks.predictive.posterior_predictive`)
 forecasts the test day with its recorded meals and insulin. ``--start filtered`` (default) starts
@@ -86,6 +90,8 @@ _FITS: dict[tuple, object] = {}
 #: narrow on these cohorts (t1d_ou, 12 patients: 1 of 151 coordinates at 3000 steps); at 6000 every
 #: check passes (benchmarks/README.md, "External T1D check").
 RECOMMENDED = {"svi": {"svi_steps": 6000, "max_substep": 10.0}, "nuts": {"max_substep": 10.0}}
+#: The CGM's reporting limits (mg/dL): simglucose's Dexcom sensor clips its readings to 39-400.
+CGM_LIMITS = (39.0, 400.0)
 #: medsim's recommended T1D set-up (the JSON's top-level figures): the first model listed.
 DEFAULT_MODELS = "t1d_ou"
 #: A model's interstitial (subcutaneous) glucose, when it has one, and the scores computed from it too.
@@ -193,6 +199,17 @@ def test_day_truth(tidy: pd.DataFrame, ids: tuple[str, ...], t0: float, t1: floa
         "bg_cgm": np.stack([b[:cw] for b in bg_at_cgm]),
         "naive": np.asarray(last_cgm),
     }
+
+
+def as_reported(readings, limits: tuple[float, float] | None) -> np.ndarray:
+    """Predicted CGM readings as the sensor reports them: beyond its limits, the limit.
+
+    simglucose's sensor (and a real CGM's "LOW" / "HIGH") reports 39 for any glucose below 39
+    mg/dL, so a reading of 39 is covered by an interval whose lower end is 39, i.e. when at least
+    the interval's lower tail of predicted readings lies at or below the floor.
+    """
+    readings = np.asarray(readings, float)
+    return readings if limits is None else np.clip(readings, *limits)
 
 
 def score(pred_cgm_latent, pred_cgm_replicate, paths_grid, truth: dict) -> dict:
@@ -318,7 +335,8 @@ def run_one(tidy: pd.DataFrame, model_name: str, method: str, args) -> dict:
     from medsim.inference.checks.predictive import posterior_predictive
 
     model = medsim.models.get(model_name)
-    limits = tuple(args.cgm_limits) if args.cgm_limits else None
+    floor, ceiling = args.cgm_limits
+    limits = None if floor <= 0 and ceiling == float("inf") else (floor, ceiling)
     full = read_t1d_table(tidy.drop(columns=["bg_true"]), cgm_every=args.cgm_every, model=model, cgm_limits=limits)
     t_train = args.train_days * MINUTES_PER_DAY
     t0, t1 = (args.test_day - 1) * MINUTES_PER_DAY, args.test_day * MINUTES_PER_DAY
@@ -360,6 +378,7 @@ def run_one(tidy: pd.DataFrame, model_name: str, method: str, args) -> dict:
     on_grid = posterior_predictive(
         posterior, full, key=k_grid, times=truth["grid"], observable="glucose_mg_dL", **forecast
     )
+    cgm_replicate = as_reported(cgm_replicate, limits)
     scores = score(at_cgm.prediction, cgm_replicate, on_grid.prediction, truth)
     if INTERSTITIAL in {o.name for o in model.observables}:
         # simglucose's BG is its subcutaneous glucose: the model's counterpart is its interstitial
@@ -433,8 +452,10 @@ def main(argv: list[str] | None = None) -> int:
         "--cgm-limits",
         type=float,
         nargs=2,
+        default=list(CGM_LIMITS),
         metavar=("FLOOR", "CEILING"),
-        help="fit CGM readings at the sensor's floor/ceiling (mg/dL; simglucose's Dexcom: 39 400) as censored (M3)",
+        help="fit CGM readings at or beyond the sensor's floor/ceiling as censored (M3); default: simglucose's "
+        "Dexcom, 39 400 mg/dL; 0 inf: every reading exact",
     )
     parser.add_argument(
         "--start",

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from benchmarks.external_t1d import score, summary_lines, truncate
+from benchmarks.external_t1d import as_reported, score, summary_lines, truncate
 from benchmarks.t1d_metrics import (
     auc,
     brier,
@@ -165,3 +165,20 @@ def test_screen_cohort_leaves_out_a_collapsed_patient_and_names_missing_columns(
         screen_cohort(tidy.drop(columns=["bg_true"]), "c")
     with pytest.raises(ValueError, match="no patient left"):
         screen_cohort(tidy[tidy["patient"] == "child#008"], "c")
+
+
+def test_a_reading_at_the_cgm_floor_is_covered_when_the_sensor_would_report_it():
+    # predicted glucose 20-60 mg/dL: 10 % of the draws below 39, so the sensor reports 39 for them
+    draws = np.linspace(20.0, 60.0, 201)[:, None]
+    floor_reading = np.array([39.0])
+    raw = interval_scores(draws, floor_reading, 0.9)
+    reported = interval_scores(as_reported(draws, (39.0, 400.0)), floor_reading, 0.9)
+    assert raw["coverage"] == 1.0 and reported["coverage"] == 1.0  # 39 inside [22, 58] either way
+    # truth at the floor, forecast well above it: a miss however it is read
+    high = np.linspace(60.0, 100.0, 201)[:, None]
+    assert interval_scores(as_reported(high, (39.0, 400.0)), floor_reading, 0.9)["coverage"] == 0.0
+    # forecast mostly below the floor: as raw draws the interval [2, 38] misses 39, as readings it is [39, 39]
+    low = np.linspace(0.0, 40.0, 201)[:, None]
+    assert interval_scores(low, floor_reading, 0.9)["coverage"] == 0.0
+    assert interval_scores(as_reported(low, (39.0, 400.0)), floor_reading, 0.9)["coverage"] == 1.0
+    assert as_reported(low, None) is not None and np.array_equal(as_reported(low, None), low)
