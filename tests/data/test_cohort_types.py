@@ -128,37 +128,18 @@ def test_data_hash_ignores_provenance_and_order_but_not_values(small_cohort):
     assert changed.data_hash() != h
     assert Cohort(c.subjects, units={**c.units, "DV": "ug/L"}).data_hash() != h
     assert copy.deepcopy(c) == c and copy.deepcopy(c).data_hash() == h
-    # a reading marked censored (at a limit) is other data than the same value read as exact
+
+    # a reading marked censored (at a limit) is other data than the same value read as exact;
+    # flags all 0 are no censoring, so an uncensored cohort keeps the hash it always had
+    def with_flags(cens: np.ndarray) -> Cohort:
+        fields = (s.obs_time, s.obs_value, s.obs_cmt, s.dose_time, s.dose_cmt, s.dose_amount, s.dose_rate)
+        flagged = Subject(s.id, *fields, s.covariates, obs_cens=cens)
+        return Cohort((c.subjects[0], flagged, c.subjects[2]), units=c.units)
+
     cens = np.zeros(s.obs_time.shape, np.int64)
     cens[0] = 1
-    censored = Subject(
-        s.id,
-        s.obs_time,
-        s.obs_value,
-        s.obs_cmt,
-        s.dose_time,
-        s.dose_cmt,
-        s.dose_amount,
-        s.dose_rate,
-        s.covariates,
-        obs_cens=cens,
-    )
-    with_cens = Cohort((c.subjects[0], censored, c.subjects[2]), units=c.units)
-    assert with_cens.data_hash() != h
-    # flags all 0 are no censoring: the hash of an uncensored cohort is the one it always had
-    zeros = Subject(
-        s.id,
-        s.obs_time,
-        s.obs_value,
-        s.obs_cmt,
-        s.dose_time,
-        s.dose_cmt,
-        s.dose_amount,
-        s.dose_rate,
-        s.covariates,
-        obs_cens=np.zeros_like(cens),
-    )
-    assert Cohort((c.subjects[0], zeros, c.subjects[2]), units=c.units).data_hash() == h
+    assert with_flags(cens).data_hash() != h
+    assert with_flags(np.zeros_like(cens)).data_hash() == h
 
 
 def test_to_event_table_puts_observations_before_doses_at_equal_times(small_cohort):
