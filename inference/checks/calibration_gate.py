@@ -36,7 +36,7 @@ import jax
 import numpy as np
 
 from medsim.inference.checks import scores
-from medsim.inference.checks.predictive import PredictiveError, posterior_predictive
+from medsim.inference.checks.predictive import PredictiveError, padded_of, posterior_predictive
 from medsim.models.gate import LEVELS, CalibrationGate, judge
 from medsim.simulate.types import Bound
 
@@ -172,8 +172,7 @@ def event_figures(probability: np.ndarray, event: np.ndarray) -> tuple[dict[str,
 
 def censoring(cohort: Any, shape: tuple[int, int]) -> np.ndarray:
     """The padded layout's censoring codes (0 everywhere for a cohort that records none)."""
-    padded = cohort.padded() if hasattr(cohort, "padded") else cohort
-    cens = getattr(padded, "obs_cens", None)
+    cens = getattr(padded_of(cohort), "obs_cens", None)
     if cens is None:
         return np.zeros(shape, np.int64)
     if np.shape(cens) != tuple(shape):
@@ -183,7 +182,7 @@ def censoring(cohort: Any, shape: tuple[int, int]) -> np.ndarray:
 
 def forecast_start(posterior: Any, cohort: Any, heldout: np.ndarray) -> str:
     """Where a held-out forecast starts: ``"filtered"`` or ``"initial"`` (see :func:`heldout_check`)."""
-    from medsim.inference.checks.predictive import draws_of, padded_of
+    from medsim.inference.checks.predictive import draws_of
 
     draws = draws_of(posterior)
     if not draws.state or draws.state_time is None:
