@@ -134,6 +134,29 @@ def test_insulin_suppresses_production_whatever_the_glucose(model):
     assert float(x["glucose"]) == pytest.approx(production / (float(theta["GEZI"]) + float(x["action"])), rel=1e-5)
 
 
+@pytest.mark.parametrize("s_h", [0.0, 0.027, 0.08])
+def test_basal_titration_inverts_the_steady_state_with_hepatic_suppression(model, s_h):
+    """The titrated rate gives the target fasting glucose, the suppression of production included."""
+    theta = {k: np.asarray(v, np.float64) for k, v in subject(model, S_H=jnp.float32(s_h)).items()}
+    for target in (80.0, 120.0, 200.0):
+        rate = model.basal_for_fasting_glucose(theta, target)
+        assert isinstance(rate, np.ndarray) and 0.2 < float(rate) < 4.0, (target, rate)
+        fasting = float(model.fasting_glucose({**theta, "BASAL": np.asarray(rate)}))
+        # bisection to 4e-12 U/h; the steady state in float32 (jax's default): relative ~1e-6
+        assert fasting == pytest.approx(target, rel=1e-4), (s_h, target)
+    # outside the pump range the rate is clipped: below the lowest fasting glucose any rate gives
+    # (at 4 U/h), or above the highest (at 0.2 U/h)
+    lowest = float(model.fasting_glucose({**theta, "BASAL": np.asarray(4.0)}))
+    highest = float(model.fasting_glucose({**theta, "BASAL": np.asarray(0.2)}))
+    assert float(model.basal_for_fasting_glucose(theta, 0.5 * lowest)) == pytest.approx(4.0)
+    assert float(model.basal_for_fasting_glucose(theta, 2.0 * highest)) == pytest.approx(0.2)
+    # jax arrays, traced under jit included, stay in jax
+    traced = jax.jit(lambda th: model.basal_for_fasting_glucose(th, 120.0))(
+        {k: jnp.asarray(v) for k, v in theta.items()}
+    )
+    assert float(traced) == pytest.approx(float(model.basal_for_fasting_glucose(theta, 120.0)), rel=1e-5)
+
+
 @pytest.mark.parametrize("scheme", ["milstein", "euler", pytest.param("exponential", marks=pytest.mark.slow)])
 def test_simulator_runs_with_each_scheme(model, scheme):
     n = 64
