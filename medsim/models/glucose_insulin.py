@@ -198,11 +198,16 @@ class GlucoseInsulin(PhysiologyModel):
         (a patient whose endogenous production needs no insulin to reach the target still gets
         the smallest rate a pump delivers).
         """
-        # numpy in, numpy out (float64 stays float64); traced or jax arrays go through jnp.
-        xp = np if all(isinstance(theta[k], np.ndarray | float) for k in ("EGP", "GEZI", "S_I", "C_I")) else jnp
+        xp = np if self.numpy_parameters(theta) else jnp
         action = theta["EGP"] / target_mg_dl - theta["GEZI"]
         insulin_p = xp.maximum(action, 1e-4) / theta["S_I"]
         return xp.clip(60.0 * insulin_p * theta["C_I"] / 1e6, 0.2, 4.0)
+
+    @staticmethod
+    def numpy_parameters(theta) -> bool:
+        """Whether the basal titration gets numpy parameters: numpy in, numpy out (float64 stays
+        float64); traced or jax arrays go through jnp."""
+        return all(isinstance(theta[k], np.ndarray | float) for k in ("EGP", "GEZI", "S_I", "C_I"))
 
     def titrated_covariates(self, theta, donor_theta):
         """``BASAL`` is titrated: the new patient gets the basal rate that gives it the donor's fasting glucose.

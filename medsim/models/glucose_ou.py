@@ -275,24 +275,19 @@ class GlucoseOU(GlucoseInsulin):
         """Basal rate (U/h, 0.2-4) whose steady state puts fasting glucose at ``target_mg_dl``.
 
         ``glucose_insulin``'s closed-form inverse ignores the suppression of production by basal
-        insulin, which moves fasting glucose by a factor ``exp(-S_H (insulin - I_REF))``. Here the
-        steady state is solved as it is: glucose falls monotonically as the rate rises, so 40
-        bisection steps on the pump range 0.2-4 U/h (to 4e-12 U/h) find the rate and clip it there.
+        insulin, which moves fasting glucose by a factor ``exp(-S_H (insulin - I_REF))``. Here
+        :meth:`steady_state` itself is inverted: its glucose falls monotonically as the rate rises,
+        so 40 bisection steps on the pump range 0.2-4 U/h (to 4e-12 U/h) find the rate and clip it there.
         """
-        as_numpy = all(isinstance(theta[k], np.ndarray | float) for k in ("EGP", "GEZI", "S_I", "C_I"))
-        theta = {k: jnp.asarray(theta[k]) for k in ("EGP", "GEZI", "S_I", "C_I", "S_H")}
+        as_numpy = self.numpy_parameters(theta)
+        theta = {k: jnp.asarray(v) for k, v in theta.items()}
         target = jnp.asarray(target_mg_dl)
-
-        def excess_uptake(basal_u_per_h):  # rises with the rate; its root is the wanted rate
-            insulin_p = 1e6 * basal_u_per_h / 60.0 / theta["C_I"]
-            production = theta["EGP"] * self.hepatic(theta, insulin_p)
-            return (theta["GEZI"] + theta["S_I"] * insulin_p) * target - production
 
         def halve(_, bracket):
             low, high = bracket
             mid = 0.5 * (low + high)
-            above = excess_uptake(mid) > 0.0
-            return jnp.where(above, low, mid), jnp.where(above, mid, high)
+            too_high = self.steady_state(theta, mid / 60.0)["glucose"] < target
+            return jnp.where(too_high, low, mid), jnp.where(too_high, mid, high)
 
         shape = jnp.broadcast_shapes(*(jnp.shape(v) for v in (*theta.values(), target)))
         low, high = jax.lax.fori_loop(0, 40, halve, (jnp.full(shape, 0.2), jnp.full(shape, 4.0)))
