@@ -344,6 +344,8 @@ def run_one(tidy: pd.DataFrame, model_name: str, method: str, args) -> dict:
     options = dict(RECOMMENDED[method])
     if method == "svi":
         options["svi_steps"] = args.svi_steps or RECOMMENDED["svi"]["svi_steps"]
+        if args.svi_learning_rate is not None:
+            options["svi_learning_rate"] = args.svi_learning_rate
     start = time.perf_counter()
     cache_key = (train.data_hash(), model_name, method)
     if cache_key not in _FITS:
@@ -444,6 +446,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="3 patients, 300 SVI steps, 50 draws")
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--svi-steps", type=int, default=None, help="default: 6000")
+    parser.add_argument(
+        "--svi-learning-rate", type=float, default=None, help="Adam's first step size (default: medsim's, 0.01)"
+    )
     parser.add_argument("--chains", type=int, default=2)
     parser.add_argument("--draws", type=int, default=None)
     parser.add_argument("--warmup", type=int, default=None)

@@ -264,6 +264,7 @@ def run_calibration(
     dt: float | None = None,
     method: str = "nuts",
     svi_steps: int = 5000,
+    svi_learning_rate: float = 0.01,
     max_substep: float | None = None,
     map_tasks: MapTasks | None = None,
 ) -> CalibrationResult:
@@ -303,6 +304,8 @@ def run_calibration(
         ``medsim.inference.fit(..., method="svi")`` per cohort (:mod:`medsim.inference.calibration_svi`).
     svi_steps : int
         SVI optimisation steps per cohort (as :func:`medsim.inference.fit`'s default).
+    svi_learning_rate : float
+        Adam's first step size for each SVI fit (:func:`medsim.inference.fit`'s ``svi_learning_rate``).
     max_substep : float, optional
         The filter's longest step (model time unit), as in :func:`medsim.inference.fit`.
     map_tasks : callable, optional
@@ -322,10 +325,10 @@ def run_calibration(
         raise ValueError("map_tasks (fits on workers) applies to method='svi'; NUTS fits every cohort in one program")
     if method == "svi":
         chains, warmup = 1, 0
-    if n_cohorts < 1 or draws * chains < n_rank_draws or svi_steps < 1:
+    if n_cohorts < 1 or draws * chains < n_rank_draws or svi_steps < 1 or not svi_learning_rate > 0:
         raise ValueError(
-            "need n_cohorts >= 1, chains * draws >= n_rank_draws and svi_steps >= 1, got "
-            f"{n_cohorts}, {chains} x {draws}, {n_rank_draws}, {svi_steps}"
+            "need n_cohorts >= 1, chains * draws >= n_rank_draws, svi_steps >= 1 and svi_learning_rate > 0, got "
+            f"{n_cohorts}, {chains} x {draws}, {n_rank_draws}, {svi_steps}, {svi_learning_rate}"
         )
     start = time.perf_counter()
     dt = default_dt(model, rate_dt=0.004) if dt is None else float(dt)
@@ -348,6 +351,7 @@ def run_calibration(
             svi_steps=svi_steps,
             max_substep=max_substep,
             process_noise=process_noise,
+            learning_rate=svi_learning_rate,
         )
         stats["divergences"] = np.zeros(n_cohorts, int)
     else:
@@ -408,6 +412,7 @@ def run_calibration(
     if method == "svi":
         settings.update(
             svi_steps=svi_steps,
+            svi_learning_rate=svi_learning_rate,
             elbo=stats["elbo"].tolist(),
             fits_diagnostics_ok=int(stats["diagnostics_ok"].sum()),
             fit_diagnostics_ok=stats["diagnostics_ok"].tolist(),

@@ -142,6 +142,9 @@ def sbc_command(
     svi_steps: int = typer.Option(
         5000, "--svi-steps", min=1, help="SVI optimisation steps per cohort (as `medsim fit`'s default)."
     ),
+    svi_learning_rate: float = typer.Option(
+        0.01, "--svi-learning-rate", min=1e-6, help="Adam's first step size per cohort (as in `medsim fit`)."
+    ),
     max_substep: float = typer.Option(
         None, "--max-substep", help="The filter's longest step, model time unit (as in `medsim fit`)."
     ),
@@ -220,6 +223,7 @@ def sbc_command(
             process_noise=process_noise,
             method=method,
             svi_steps=svi_steps,
+            svi_learning_rate=svi_learning_rate,
             max_substep=max_substep,
         )
     except ValueError as err:

@@ -59,6 +59,8 @@ def test_design_validation_and_heldout_split():
     with pytest.raises(ValueError, match="held_out"):
         Design(obs_time=(1.0,), held_out=1)
     design = Design(n_subjects=3, obs_time=(1.0, 2.0, 4.0), held_out=1)
+    with pytest.raises(ValueError, match="svi_learning_rate > 0"):  # refused before any prior draw or fit
+        run_calibration(MODEL, design, n_cohorts=2, seed=0, method="svi", svi_learning_rate=0.0)
     full = design.cohort(np.arange(9.0).reshape(3, 3), fitted_only=False)
     mask = heldout_mask(full, 1)
     assert mask.tolist() == [[False, False, True]] * 3

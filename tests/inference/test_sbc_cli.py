@@ -61,12 +61,13 @@ def test_sbc_with_svi_fits_every_cohort_and_ranks_the_truth(tmp_path):
     out = tmp_path / "sbc.json"
     args = ["sbc", "pk_iv_1cmt", "--method", "svi", "--svi-steps", "30", "--replications", "2", "--subjects", "2"]
     args += ["--times", "0.5,2,6,12", "--dose", "0:1:30", "--dose", "6:1:15", "--ode"]
-    args += ["--draws", "19", "--rank-draws", "19", "--bins", "5", "--max-substep", "2"]
+    args += ["--draws", "19", "--rank-draws", "19", "--bins", "5", "--max-substep", "2", "--svi-learning-rate", "0.02"]
     result = RUNNER.invoke(app, [*args, "--json", "--out", str(out)])
     assert result.exit_code in (0, 1), result.output
     summary = json.loads(out.read_text())
     settings = summary["settings"]
     assert settings["method"] == "svi" and settings["svi_steps"] == 30 and settings["max_substep"] == 2.0
+    assert settings["svi_learning_rate"] == 0.02
     assert len(settings["elbo"]) == 2 and settings["fits_diagnostics_ok"] == sum(settings["fit_diagnostics_ok"])
     assert settings["design"]["doses"] == [[0.0, 1, 30.0], [6.0, 1, 15.0]]
     assert summary["n_rank_draws"] == 19 and summary["divergences"] == 0
