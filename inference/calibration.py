@@ -353,8 +353,17 @@ def run_calibration(
             process_noise=process_noise,
             learning_rate=svi_learning_rate,
         )
+        failed = stats.pop("failed")
+        kept = np.asarray(sorted(set(range(n_cohorts)) - {f["cohort"] for f in failed}), int)
+        if not kept.size:
+            raise ValueError(f"calibration: every one of the {n_cohorts} SVI fits diverged, e.g. {failed[0]['why']}")
+        # A diverged fit has no posterior to rank the truth in: its cohort is left out (and listed),
+        # so the ranks describe the fits that converged to a guide, a selection the summary states.
+        truth = {k: np.asarray(v)[kept] for k, v in truth.items()}
+        measured, n_cohorts = measured[kept], int(kept.size)
         stats["divergences"] = np.zeros(n_cohorts, int)
     else:
+        kept, failed = np.arange(n_cohorts), []
         samples, stats = vectorised_nuts(
             data,
             slots,
@@ -386,14 +395,14 @@ def run_calibration(
                 draws_from_samples(data, {k: v[c] for k, v in samples.items()}),
                 design.cohort(measured[c], fitted_only=False),
                 design.held_out,
-                key=jax.random.fold_in(k_pred, c),
+                key=jax.random.fold_in(k_pred, int(kept[c])),  # the simulated cohort's own key
                 n_draws=n_predictive_draws,
                 dt=dt,
             )
         except SimulationError as err:
             # A posterior draw the simulator cannot follow (a runaway state): this cohort's
             # held-out coverage is unknown; it is left out of the count and reported, not guessed.
-            unsimulated.append({"cohort": c, "why": str(err)[:500]})
+            unsimulated.append({"cohort": int(kept[c]), "why": str(err)[:500]})
             continue
         held[c] = coverage.inside[:, n_fit:]
     settings = {
@@ -413,6 +422,7 @@ def run_calibration(
         settings.update(
             svi_steps=svi_steps,
             svi_learning_rate=svi_learning_rate,
+            fits_diverged=failed,
             elbo=stats["elbo"].tolist(),
             fits_diagnostics_ok=int(stats["diagnostics_ok"].sum()),
             fit_diagnostics_ok=stats["diagnostics_ok"].tolist(),

@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from medsim.inference.backends.numpyro_svi import SviDivergedError
 from medsim.inference.fit_tasks import MapTasks, run, task_for
 from medsim.inference.problem import FitData
 
@@ -27,8 +28,12 @@ __all__ = ["MapTasks", "calibration_fit", "svi_fits"]
 
 def calibration_fit(task: Any, names: Sequence[str], model: Any = None) -> dict[str, Any]:
     """Run one cohort's fit task and keep what calibration ranks: ``{"samples": site -> (draws, ...),
-    "elbo", "ok", "wall"}``."""
-    return _result(run(task, model), names)
+    "elbo", "ok", "wall"}``, or ``{"diverged": why}`` when the fit left no valid guide (one such
+    cohort must not stop the others' fits)."""
+    try:
+        return _result(run(task, model), names)
+    except SviDivergedError as err:
+        return {"diverged": str(err)[:500]}
 
 
 def _result(posterior: Any, names: Sequence[str]) -> dict[str, Any]:
@@ -85,7 +90,9 @@ def svi_fits(
     samples : dict site -> (C, draws, ...)
         Population sites, ``eta_<p>`` (C, draws, S) and ``eta_<p>_decentered``.
     stats : dict
-        ``elbo`` (C,) and ``diagnostics_ok`` (C,) bool of each fit, and its wall time ``fit_time_s`` (C,).
+        ``elbo`` (C,) and ``diagnostics_ok`` (C,) bool of each fit, and its wall time ``fit_time_s`` (C,);
+        ``failed``: ``{"cohort", "why"}`` of each fit that diverged (no valid guide), left out of
+        ``samples`` and the arrays above (C counts the others).
     """
     names = [s.site for s in data.priors.sites]
     for p in data.priors.random_effects:
@@ -110,10 +117,15 @@ def svi_fits(
         results = list(map_tasks(partial(calibration_fit, names=tuple(names)), tasks))
     if len(results) != len(tasks):
         raise ValueError(f"calibration fits: {len(tasks)} cohorts sent, {len(results)} results came back")
+    failed = [{"cohort": c, "why": r["diverged"]} for c, r in enumerate(results) if "diverged" in r]
+    results = [r for r in results if "diverged" not in r]
+    if not results:
+        return {}, {"failed": failed}
     samples = {name: np.stack([r["samples"][name] for r in results]) for name in names}
     stats = {
         "elbo": np.asarray([r["elbo"] for r in results]),
         "diagnostics_ok": np.asarray([r["ok"] for r in results]),
         "fit_time_s": np.asarray([r["wall"] for r in results]),
+        "failed": failed,
     }
     return samples, stats

@@ -183,7 +183,9 @@ def fit(
     if method == "svi":
         attrs["elbo"] = float(out.info["elbo"])
         attrs["svi_steps"] = int(svi_steps)
-        attrs["elbo_trace"] = json_attr([round(float(v), 2) for v in out.info["elbo_trace"]])
+        attrs["elbo_trace"] = json_attr(  # a rejected step (not finite) as null: the file stays strict JSON
+            [round(float(v), 2) if np.isfinite(v) else None for v in out.info["elbo_trace"]]
+        )
         attrs["noise_profile"] = json_attr(noise_profile(data, out.samples))
         attrs["spread_check"] = json_attr(out.info["spread_check"])
     idata = build_inference_data(data, out.samples, out.sample_stats or None, attrs)

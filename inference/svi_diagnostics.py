@@ -14,6 +14,13 @@ the ELBO estimate:
 
 A trace too short to split (fewer than ``2 * WINDOWS`` steps) or missing is itself reported as
 a problem: a fit nothing was checked on is never reported as passing.
+
+Steps whose ELBO or gradient was not finite (a particle drawn where the model cannot be
+evaluated, e.g. a simulation that ran away) are rejected by the optimiser, which keeps its state
+(:func:`medsim.inference.backends.numpyro_svi.run_svi`); they appear in the trace as NaN. The
+window means skip them, the count is reported, and any in the last window is a problem: the
+fitted guide still puts mass where the model cannot be evaluated, so its draws may not simulate.
+A whole window of rejected steps means the optimiser diverged.
 """
 
 from __future__ import annotations
@@ -42,12 +49,19 @@ def elbo_checks(trace: np.ndarray | None) -> tuple[list[str], list[str], dict[st
     if trace is None:
         return [], ["no ELBO trace stored with this SVI fit: its convergence cannot be checked"], {}
     trace = np.asarray(trace, np.float64)
-    if trace.size < 2 * WINDOWS or not np.all(np.isfinite(trace[-(trace.size // WINDOWS) :])):
-        return [], [f"ELBO trace of {trace.size} steps is too short or not finite to check convergence"], {}
+    if trace.size < 2 * WINDOWS:
+        return [], [f"ELBO trace of {trace.size} steps is too short to check convergence"], {}
     size = trace.size // WINDOWS
     blocks = trace[trace.size - size * WINDOWS :].reshape(WINDOWS, size)
-    means = blocks.mean(axis=1)
-    ses = blocks.std(axis=1, ddof=1) / np.sqrt(size)
+    finite = np.isfinite(blocks)
+    if (finite.sum(axis=1) < 2).any():
+        first = int(np.argmax(finite.sum(axis=1) < 2))
+        return [], [
+            f"ELBO not finite in almost every step of steps {first * size + 1}-{(first + 1) * size} (of "
+            f"{trace.size}): the optimiser diverged; lower the learning rate (--svi-learning-rate) or check the priors"
+        ], {}
+    means = np.nanmean(blocks, axis=1)
+    ses = np.nanstd(blocks, axis=1, ddof=1) / np.sqrt(finite.sum(axis=1))
     last, se_last = means[-1], ses[-1]
 
     def margin(k: int) -> float:
@@ -63,6 +77,19 @@ def elbo_checks(trace: np.ndarray | None) -> tuple[list[str], list[str], dict[st
         f"best earlier window {means[best]:.1f} nats (steps {best * size + 1}-{(best + 1) * size})",
     ]
     problems = []
+    rejected = np.flatnonzero(~np.isfinite(trace))
+    if rejected.size:
+        checks.append(
+            f"{rejected.size} of {trace.size} steps rejected (ELBO or gradient not finite; the optimiser kept its "
+            f"state), the last at step {rejected[-1] + 1}"
+        )
+        figures["rejected_steps"] = int(rejected.size)
+    if not finite[-1].all():
+        problems.append(
+            f"{int((~finite[-1]).sum())} of the last {size} steps had a non-finite ELBO or gradient: the fitted guide "
+            "still puts mass where the model cannot be evaluated (a runaway simulation or an extreme parameter), so "
+            "its draws may not simulate; lower the learning rate (--svi-learning-rate) or check the priors"
+        )
     if rise > margin(WINDOWS - 2):
         problems.append(
             f"ELBO still rising at the end of the run ({rise:+.2f} nats between the last two windows of {size} "

@@ -12,7 +12,9 @@ to ``learning_rate * decay`` over the run: the late small steps average out the 
 of the ELBO estimate, which otherwise leaves the guide's location jittering by about one step's
 worth around the optimum. The guide starts at the prior medians (random effects at 0) with a
 small scale. Draws come from the fitted guide. The whole ELBO trace is returned; the checks on
-it are in :mod:`medsim.inference.diagnostics`.
+it are in :mod:`medsim.inference.diagnostics`. A step whose ELBO or gradient is not finite (a
+particle drawn where the model cannot be evaluated) is rejected: the optimiser keeps its state,
+the trace records NaN, and the checks count such steps (numpyro's ``SVI.stable_update``).
 
 Coordinates: SVI is meant to run on the non-centred random effects and the log process-noise
 scales (:func:`medsim.inference.fitting.fit` sets them; ``docs/fitting.md``, "SVI").
@@ -35,6 +37,12 @@ from medsim.inference.problem import FitData
 
 GUIDES = ("mvn", "lowrank")
 INIT_SCALE = 0.05
+_ADVICE = "lower the learning rate (--svi-learning-rate) or check the priors"
+
+
+class SviDivergedError(ValueError):
+    """The optimiser left the guide without a valid distribution (parameters not finite or degenerate)."""
+
 
 
 def make_guide(model, kind: str, init_values: dict, *, rank: int | None = None):
@@ -141,7 +149,11 @@ def run_svi(
         loss = jax.eval_shape(svi.update, state)[1]
 
         def step(s, i):
-            return jax.lax.cond(i < n, svi.update, lambda s: (s, jnp.full(loss.shape, jnp.nan, loss.dtype)), s)
+            # stable_update rejects a step whose ELBO or gradient is not finite (loss NaN, state kept):
+            # one particle drawn where the model cannot be evaluated must not poison the guide.
+            return jax.lax.cond(
+                i < n, svi.stable_update, lambda s: (s, jnp.full(loss.shape, jnp.nan, loss.dtype)), s
+            )
 
         return jax.lax.scan(step, state, jnp.arange(length))
 
@@ -154,12 +166,20 @@ def run_svi(
         done += n
         counter.add(n)
     params = svi.get_params(state)
-    constrained = auto.sample_posterior(key_draws, params, sample_shape=(draws,))
+    diverged = (
+        f"SVI diverged: after {steps} steps at learning rate {learning_rate:g} the guide is not a valid distribution"
+    )
+    if not all(bool(jnp.all(jnp.isfinite(v))) for v in jax.tree_util.tree_leaves(params)):
+        raise SviDivergedError(f"{diverged} (parameters not finite); {_ADVICE}")
+    try:
+        constrained = auto.sample_posterior(key_draws, params, sample_shape=(draws,))
+    except ValueError as err:  # e.g. a Cholesky factor whose diagonal underflowed to 0
+        raise SviDivergedError(f"{diverged} ({err}); {_ADVICE}") from err
     spread = spread_check(data, auto, params, jax.random.fold_in(key_draws, 1))
     samples = with_random_effects(data, {k: np.asarray(v)[None] for k, v in constrained.items()})
     wall = time.perf_counter() - start
     counter.finish()
-    trace = -np.concatenate(losses)
+    trace = -np.concatenate(losses)  # NaN where a step was rejected
     tail = trace[-max(1, steps // 10) :]
     info = {
         "guide": type(auto).__name__ + (f"(rank={rank})" if guide == "lowrank" and rank else ""),
@@ -169,7 +189,8 @@ def run_svi(
         "learning_rate": learning_rate,
         "particles": particles,
         "steps": steps,
-        "elbo": float(np.mean(tail)),
+        "elbo": float(np.nanmean(tail)) if np.isfinite(tail).any() else float("nan"),
+        "rejected_steps": int(np.isnan(trace).sum()),
         "elbo_trace": trace,
         "spread_check": spread,
     }

@@ -140,6 +140,7 @@ def fit_command(
 
     import medsim.models as registry
     from medsim.inference import FitConfigError, FitDataError, TimelineError, fit
+    from medsim.inference.backends.numpyro_svi import SviDivergedError
 
     try:
         physiology = registry.get(model)
@@ -187,7 +188,7 @@ def fit_command(
                 substeps=substeps,
                 max_substep=max_substep,
             )
-        except (FitConfigError, FitDataError, TimelineError) as err:
+        except (FitConfigError, FitDataError, TimelineError, SviDivergedError) as err:
             _fail(str(err))
     path = posterior.save(out)
     diagnostics = posterior.diagnostics()

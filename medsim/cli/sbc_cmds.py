@@ -269,6 +269,11 @@ def _print(summary: dict) -> None:
         f"{summary['divergences']} divergences"
         if settings.get("method", "nuts") == "nuts"
         else f"SVI, {settings['fits_diagnostics_ok']} of {summary['n_cohorts']} fits passed their checks"
+        + (
+            f"; {len(settings['fits_diverged'])} more diverged (no valid guide) and are left out of the ranks"
+            if settings.get("fits_diverged")
+            else ""
+        )
     )
     console.print(
         f"simulation-based calibration: {summary['n_cohorts']} cohorts, ranks among {summary['n_rank_draws']} draws, "

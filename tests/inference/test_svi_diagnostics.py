@@ -73,3 +73,45 @@ def test_a_noise_posterior_away_from_its_likelihood_peak_is_flagged():
     assert len(problems) == 1 and "sigma_glucose" in problems[0] and "0.02" in problems[0]
     assert profile_problems(profile(0.07, 660.0)) == []  # peak inside the 90 % interval
     assert profile_problems(profile(0.02, PROFILE_GAIN_NATS - 1)) == []  # a flat profile
+
+
+def test_rejected_steps_are_counted_and_flagged_only_near_the_end():
+    # Steps whose ELBO or gradient was not finite are rejected by the optimiser (NaN in the trace).
+    t = np.arange(STEPS)
+    trace = noisy(-1600.0 - 400.0 * np.exp(-t / 150.0))
+    early = trace.copy()
+    early[[3, 40, 41]] = np.nan  # rejected while the guide was still far from the optimum
+    checks, problems, figures = elbo_checks(early)
+    assert problems == [] and figures["rejected_steps"] == 3
+    assert any("3 of 2000 steps rejected" in c and "step 42" in c for c in checks)
+    late = trace.copy()
+    late[-5] = np.nan  # the fitted guide still draws where the model cannot be evaluated
+    problems = elbo_checks(late)[1]
+    assert len(problems) == 1 and "1 of the last 200 steps had a non-finite ELBO" in problems[0]
+    diverged = trace.copy()
+    diverged[400:] = np.nan  # every step from 401 on rejected: windows 3-10 hold no ELBO at all
+    checks, problems, _ = elbo_checks(diverged)
+    assert checks == [] and len(problems) == 1 and "steps 401-600" in problems[0] and "diverged" in problems[0]
+
+
+@pytest.mark.slow
+def test_an_svi_fit_survives_rejected_steps_and_a_diverged_one_says_so():
+    # A step size far too large: single steps with a non-finite ELBO are rejected (not written into
+    # the guide) and flagged; one that leaves no valid guide is a clear error, not numpyro's
+    # "invalid loc/scale_tril" from inside the draws.
+    import json
+
+    from inference_synthetic import oral_cohort
+
+    import medsim.models as registry
+    from medsim.inference import fit
+    from medsim.inference.backends.numpyro_svi import SviDivergedError
+
+    model, cohort = registry.get("pk_oral_1cmt"), oral_cohort(3)
+    post = fit(cohort, model, method="svi", svi_steps=200, draws=10, seed=0, svi_learning_rate=1.0)
+    trace = np.asarray(json.loads(post.idata.posterior.attrs["elbo_trace"]), float)  # null -> NaN
+    assert np.isnan(trace).any() and np.isfinite(trace).any()
+    assert all(np.isfinite(np.asarray(v)).all() for v in post.draws().population.values())
+    assert not post.diagnostics().ok and any("non-finite ELBO" in p for p in post.diagnostics().problems)
+    with pytest.raises(SviDivergedError, match=r"SVI diverged.*--svi-learning-rate"):
+        fit(cohort, model, method="svi", svi_steps=200, draws=10, seed=0, svi_learning_rate=100.0)
