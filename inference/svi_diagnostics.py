@@ -56,10 +56,15 @@ def elbo_checks(trace: np.ndarray | None) -> tuple[list[str], list[str], dict[st
     finite = np.isfinite(blocks)
     if (finite.sum(axis=1) < 2).any():
         first = int(np.argmax(finite.sum(axis=1) < 2))
-        return [], [
-            f"ELBO not finite in almost every step of steps {first * size + 1}-{(first + 1) * size} (of "
-            f"{trace.size}): the optimiser diverged; lower the learning rate (--svi-learning-rate) or check the priors"
-        ], {}
+        return (
+            [],
+            [
+                f"ELBO not finite in all but at most one of steps {first * size + 1}-{(first + 1) * size} (of "
+                f"{trace.size}): the optimiser diverged; lower the learning rate (--svi-learning-rate) or check "
+                "the priors"
+            ],
+            {},
+        )
     means = np.nanmean(blocks, axis=1)
     ses = np.nanstd(blocks, axis=1, ddof=1) / np.sqrt(finite.sum(axis=1))
     last, se_last = means[-1], ses[-1]

@@ -44,7 +44,6 @@ class SviDivergedError(ValueError):
     """The optimiser left the guide without a valid distribution (parameters not finite or degenerate)."""
 
 
-
 def make_guide(model, kind: str, init_values: dict, *, rank: int | None = None):
     """The numpyro autoguide ``kind`` (one of :data:`GUIDES`) started at ``init_values``."""
     from numpyro.infer import init_to_value
@@ -151,9 +150,7 @@ def run_svi(
         def step(s, i):
             # stable_update rejects a step whose ELBO or gradient is not finite (loss NaN, state kept):
             # one particle drawn where the model cannot be evaluated must not poison the guide.
-            return jax.lax.cond(
-                i < n, svi.stable_update, lambda s: (s, jnp.full(loss.shape, jnp.nan, loss.dtype)), s
-            )
+            return jax.lax.cond(i < n, svi.stable_update, lambda s: (s, jnp.full(loss.shape, jnp.nan, loss.dtype)), s)
 
         return jax.lax.scan(step, state, jnp.arange(length))
 
