@@ -183,12 +183,12 @@ def test_calibration_summary_leaves_out_cohorts_whose_predictions_could_not_be_s
     assert none.summary(n_bins=2)["heldout_coverage_90"]["rate"] is None  # unknown, not 0
 
 
-@pytest.mark.slow  # five small SVI fits
+@pytest.mark.slow  # three small SVI fits
 def test_a_diverged_svi_fit_leaves_its_cohort_out_listed_and_the_others_unchanged():
     # One cohort whose fit left no valid guide (SviDivergedError on a worker) must not stop the
     # others' fits or shift their seeds: its cohort is left out of the ranks and listed.
     design = Design(n_subjects=4, obs_time=(0.5, 1.0, 2.0, 4.0, 8.0, 12.0, 24.0))
-    settings = dict(n_cohorts=3, seed=5, draws=50, n_rank_draws=49, method="svi", svi_steps=100, n_predictive_draws=50)
+    settings = dict(n_cohorts=2, seed=5, draws=50, n_rank_draws=49, method="svi", svi_steps=100, n_predictive_draws=50)
     full = run_calibration(MODEL, design, **settings)
 
     def first_diverges(fn, tasks):
@@ -196,11 +196,11 @@ def test_a_diverged_svi_fit_leaves_its_cohort_out_listed_and_the_others_unchange
 
     part = run_calibration(MODEL, design, map_tasks=first_diverges, **settings)
     assert part.settings["fits_diverged"] == [{"cohort": 0, "why": "SVI diverged (as a test)"}]
-    assert full.settings["fits_diverged"] == [] and part.n_cohorts == 2
+    assert full.settings["fits_diverged"] == [] and part.n_cohorts == 1
     for site in full.sites:
         np.testing.assert_array_equal(part.ranks[site], full.ranks[site][1:], err_msg=site)
         np.testing.assert_array_equal(part.truth[site], full.truth[site][1:], err_msg=site)
     np.testing.assert_array_equal(part.heldout_covered, full.heldout_covered[1:])
     assert part.settings["elbo"] == full.settings["elbo"][1:]
-    with pytest.raises(ValueError, match="every one of the 3 SVI fits diverged"):
+    with pytest.raises(ValueError, match="every one of the 2 SVI fits diverged"):
         run_calibration(MODEL, design, map_tasks=lambda fn, tasks: [{"diverged": "x"} for _ in tasks], **settings)
