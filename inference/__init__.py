@@ -37,6 +37,7 @@ _EXPORTS = {
     "FitData": "medsim.inference.problem",
     "FitDataError": "medsim.inference.problem",
     "prepare": "medsim.inference.problem",
+    "SviDivergedError": "medsim.inference.backends.numpyro_svi",
 }
 
 __all__ = sorted(_EXPORTS)

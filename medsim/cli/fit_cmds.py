@@ -139,8 +139,7 @@ def fit_command(
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     import medsim.models as registry
-    from medsim.inference import FitConfigError, FitDataError, TimelineError, fit
-    from medsim.inference.backends.numpyro_svi import SviDivergedError
+    from medsim.inference import FitConfigError, FitDataError, SviDivergedError, TimelineError, fit
 
     try:
         physiology = registry.get(model)

@@ -90,3 +90,16 @@ def test_fit_passes_the_filter_step_and_svi_options(monkeypatch, tmp_path):
     assert result.exit_code == 2 and "stopped after reading the options" in result.output
     assert seen["max_substep"] == 10.0 and seen["substeps"] == 2 and seen["guide"] == "lowrank"
     assert seen["svi_particles"] == 4 and seen["svi_learning_rate"] == 0.02 and seen["method"] == "svi"
+
+
+def test_a_diverged_svi_fit_is_a_clear_error_and_writes_nothing(monkeypatch, tmp_path):
+    from medsim import inference
+
+    def diverging_fit(cohort, model, **options):
+        raise inference.SviDivergedError("SVI diverged: after 10 steps at learning rate 100 the guide is not valid")
+
+    monkeypatch.setattr(inference, "fit", diverging_fit)
+    out = tmp_path / "x.nc"
+    args = ["fit", "theoph", "--model", "pk_oral_1cmt", "--method", "svi", "--out", str(out)]
+    result = CliRunner().invoke(app, [*args, "--svi-learning-rate", "100"])
+    assert result.exit_code == 2 and "SVI diverged" in result.output and not out.exists()
