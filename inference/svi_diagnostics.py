@@ -28,6 +28,8 @@ from __future__ import annotations
 import numpy as np
 
 WINDOWS = 10
+ADVICE = "lower the learning rate (--svi-learning-rate) or check the priors"
+"""What to do about a fit with non-finite steps or one that diverged."""
 ELBO_REL_TOL = 1e-3
 """Relative change of the smoothed ELBO treated as real: 1e-3 of a 1600-nat ELBO (an 8-subject
 glucose cohort) is 1.6 nats, about the standard error of a 150-step window mean there."""
@@ -60,8 +62,7 @@ def elbo_checks(trace: np.ndarray | None) -> tuple[list[str], list[str], dict[st
             [],
             [
                 f"ELBO not finite in all but at most one of steps {first * size + 1}-{(first + 1) * size} (of "
-                f"{trace.size}): the optimiser diverged; lower the learning rate (--svi-learning-rate) or check "
-                "the priors"
+                f"{trace.size}): the optimiser diverged; {ADVICE}"
             ],
             {},
         )
@@ -93,7 +94,7 @@ def elbo_checks(trace: np.ndarray | None) -> tuple[list[str], list[str], dict[st
         problems.append(
             f"{int((~finite[-1]).sum())} of the last {size} steps had a non-finite ELBO or gradient: the fitted guide "
             "still puts mass where the model cannot be evaluated (a runaway simulation or an extreme parameter), so "
-            "its draws may not simulate; lower the learning rate (--svi-learning-rate) or check the priors"
+            f"its draws may not simulate; {ADVICE}"
         )
     if rise > margin(WINDOWS - 2):
         problems.append(

@@ -34,10 +34,10 @@ from medsim.inference.backends.numpyro_nuts import SamplerOutput
 from medsim.inference.backends.progress import Progress, ProgressCounter
 from medsim.inference.hierarchical import hierarchical_model, with_random_effects
 from medsim.inference.problem import FitData
+from medsim.inference.svi_diagnostics import ADVICE
 
 GUIDES = ("mvn", "lowrank")
 INIT_SCALE = 0.05
-_ADVICE = "lower the learning rate (--svi-learning-rate) or check the priors"
 
 
 class SviDivergedError(ValueError):
@@ -167,11 +167,11 @@ def run_svi(
         f"SVI diverged: after {steps} steps at learning rate {learning_rate:g} the guide is not a valid distribution"
     )
     if not all(bool(jnp.all(jnp.isfinite(v))) for v in jax.tree_util.tree_leaves(params)):
-        raise SviDivergedError(f"{diverged} (parameters not finite); {_ADVICE}")
+        raise SviDivergedError(f"{diverged} (parameters not finite); {ADVICE}")
     try:
         constrained = auto.sample_posterior(key_draws, params, sample_shape=(draws,))
     except ValueError as err:  # e.g. a Cholesky factor whose diagonal underflowed to 0
-        raise SviDivergedError(f"{diverged} ({err}); {_ADVICE}") from err
+        raise SviDivergedError(f"{diverged} ({err}); {ADVICE}") from err
     spread = spread_check(data, auto, params, jax.random.fold_in(key_draws, 1))
     samples = with_random_effects(data, {k: np.asarray(v)[None] for k, v in constrained.items()})
     wall = time.perf_counter() - start
