@@ -2,7 +2,7 @@
 
 Run: ``.venv/bin/python benchmarks/external_t1d.py [--quick] [--cohort CSV] [--train-days 2]
 [--test-day 3] [--cgm-every 15] [--cgm-limits 39 400] [--json OUT] [--models glucose_insulin]
-[--methods svi,nuts]``.
+[--methods svi,nuts] [--svi-steps 6000] [--svi-learning-rate 0.01]``.
 
 Without ``--cohort`` two cohorts are generated with simglucose (``benchmarks/t1d_cohort.py``):
 12 patients (4 adults, 4 adolescents, 4 children), 3 days, random meals, and the same patients

@@ -77,6 +77,7 @@ def test_check_rejects_a_file_that_is_not_a_posterior(tmp_path):
 
 def test_fit_passes_the_filter_step_and_svi_options(monkeypatch, tmp_path):
     from medsim import inference
+
     seen = {}
 
     def fake_fit(cohort, model, **options):
