@@ -353,10 +353,9 @@ def run_calibration(
             process_noise=process_noise,
             learning_rate=svi_learning_rate,
         )
-        failed = stats.pop("failed")
-        kept = np.asarray(sorted(set(range(n_cohorts)) - {f["cohort"] for f in failed}), int)
-        if not kept.size:
-            raise ValueError(f"calibration: every one of the {n_cohorts} SVI fits diverged, e.g. {failed[0]['why']}")
+        failed = stats.pop("failed")  # svi_fits raises if every fit diverged
+        diverged = {f["cohort"] for f in failed}
+        kept = np.asarray([c for c in range(n_cohorts) if c not in diverged], int)
         # A diverged fit has no posterior to rank the truth in: its cohort is left out (and listed),
         # so the ranks describe the fits that converged to a guide, a selection the summary states.
         truth = {k: np.asarray(v)[kept] for k, v in truth.items()}

@@ -92,7 +92,7 @@ def svi_fits(
     stats : dict
         ``elbo`` (C,) and ``diagnostics_ok`` (C,) bool of each fit, and its wall time ``fit_time_s`` (C,);
         ``failed``: ``{"cohort", "why"}`` of each fit that diverged (no valid guide), left out of
-        ``samples`` and the arrays above (C counts the others).
+        ``samples`` and the arrays above (C counts the others). Every fit diverged: ValueError.
     """
     names = [s.site for s in data.priors.sites]
     for p in data.priors.random_effects:
@@ -120,7 +120,7 @@ def svi_fits(
     failed = [{"cohort": c, "why": r["diverged"]} for c, r in enumerate(results) if "diverged" in r]
     results = [r for r in results if "diverged" not in r]
     if not results:
-        return {}, {"failed": failed}
+        raise ValueError(f"calibration: every one of the {len(tasks)} SVI fits diverged, e.g. {failed[0]['why']}")
     samples = {name: np.stack([r["samples"][name] for r in results]) for name in names}
     stats = {
         "elbo": np.asarray([r["elbo"] for r in results]),
