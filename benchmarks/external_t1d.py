@@ -2,7 +2,8 @@
 
 Run: ``.venv/bin/python benchmarks/external_t1d.py [--quick] [--cohort CSV] [--train-days 2]
 [--test-day 3] [--cgm-every 15] [--cgm-limits 39 400] [--json OUT] [--models glucose_insulin]
-[--methods svi,nuts] [--svi-steps 6000] [--svi-learning-rate 0.01]``.
+[--methods svi,nuts] [--svi-steps 6000] [--svi-learning-rate 0.01] [--fix NAME[=VALUE] ...]
+[--max-substep 10]``.
 
 Without ``--cohort`` two cohorts are generated with simglucose (``benchmarks/t1d_cohort.py``):
 12 patients (4 adults, 4 adolescents, 4 children), 3 days, random meals, and the same patients
@@ -94,8 +95,9 @@ RECOMMENDED = {"svi": {"svi_steps": 6000, "max_substep": 10.0}, "nuts": {"max_su
 CGM_LIMITS = (39.0, 400.0)
 #: medsim's recommended T1D set-up (the JSON's top-level figures): the first model listed.
 DEFAULT_MODELS = "t1d_ou"
-#: A model's interstitial (subcutaneous) glucose, when it has one, and the scores computed from it too.
-INTERSTITIAL = "interstitial_mg_dL"
+#: A model's interstitial (subcutaneous) glucose, when it has one (``t1d_ou``: ``interstitial_mg_dL``;
+#: ``uva_padova``: ``glucose_ig_mg_dL``), and the scores computed from it too.
+INTERSTITIAL = ("interstitial_mg_dL", "glucose_ig_mg_dL")
 INTERSTITIAL_KEYS = (
     "coverage50_bg",
     "width50_bg",
@@ -333,6 +335,7 @@ def run_one(tidy: pd.DataFrame, model_name: str, method: str, args) -> dict:
     from medsim import inference
     from medsim.data.t1d import read_t1d_table
     from medsim.inference.checks.predictive import posterior_predictive
+    from medsim.inference.priors import parse_fix
 
     model = medsim.models.get(model_name)
     floor, ceiling = args.cgm_limits
@@ -346,8 +349,12 @@ def run_one(tidy: pd.DataFrame, model_name: str, method: str, args) -> dict:
         options["svi_steps"] = args.svi_steps or RECOMMENDED["svi"]["svi_steps"]
         if args.svi_learning_rate is not None:
             options["svi_learning_rate"] = args.svi_learning_rate
+    if args.max_substep is not None:
+        options["max_substep"] = args.max_substep
+    if args.fix:
+        options["fix"] = parse_fix(args.fix)
     start = time.perf_counter()
-    cache_key = (train.data_hash(), model_name, method)
+    cache_key = (train.data_hash(), model_name, method, tuple(args.fix or ()))
     if cache_key not in _FITS:
         _FITS[cache_key] = inference.fit(
             train,
@@ -382,11 +389,12 @@ def run_one(tidy: pd.DataFrame, model_name: str, method: str, args) -> dict:
     )
     cgm_replicate = as_reported(cgm_replicate, limits)
     scores = score(at_cgm.prediction, cgm_replicate, on_grid.prediction, truth)
-    if INTERSTITIAL in {o.name for o in model.observables}:
+    interstitial = next((name for name in INTERSTITIAL if name in model.observable_names), None)
+    if interstitial is not None:
         # simglucose's BG is its subcutaneous glucose: the model's counterpart is its interstitial
         # glucose, scored the same way (same keys, same paths) beside the plasma figures above
         latent = {
-            name: posterior_predictive(posterior, full, key=k, times=truth[grid], observable=INTERSTITIAL, **forecast)
+            name: posterior_predictive(posterior, full, key=k, times=truth[grid], observable=interstitial, **forecast)
             for name, k, grid in (("cgm", k_cgm, "cgm_time"), ("grid", k_grid, "grid"))
         }
         also = score(latent["cgm"].prediction, cgm_replicate, latent["grid"].prediction, truth)
@@ -449,6 +457,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--svi-learning-rate", type=float, default=None, help="Adam's first step size (default: medsim's, 0.01)"
     )
+    parser.add_argument(
+        "--fix",
+        action="append",
+        metavar="NAME[=VALUE]",
+        help="hold a structural parameter fixed in every fit, as `medsim fit --fix` (repeatable)",
+    )
+    parser.add_argument(
+        "--max-substep", type=float, default=None, help="largest filter step, min (default: the recommended 10)"
+    )
     parser.add_argument("--chains", type=int, default=2)
     parser.add_argument("--draws", type=int, default=None)
     parser.add_argument("--warmup", type=int, default=None)
@@ -476,6 +493,18 @@ def main(argv: list[str] | None = None) -> int:
     args.n_draws = args.n_draws or (50 if args.quick else 200)
     if args.test_day <= args.train_days:
         parser.error("--test-day must come after the training days")
+    if args.fix:  # checked against every model before any work
+        import medsim.models
+        from medsim.inference.priors import PriorError, build_priors, parse_fix
+        from medsim.inference.problem import fix_values
+
+        try:
+            for name in args.models.split(","):
+                model = medsim.models.get(name.strip())
+                observed = [o.name for o in model.observables if o.name in model.residual]
+                build_priors(model, observed).fix(fix_values(model, parse_fix(args.fix)))
+        except (PriorError, medsim.models.UnknownModelError) as err:
+            parser.error(str(err))
 
     cohorts: dict[str, pd.DataFrame] = {}
     generation_s = 0.0

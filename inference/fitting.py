@@ -48,6 +48,7 @@ def fit(
     guide: Literal["mvn", "lowrank"] = "mvn",
     svi_particles: int = 1,
     svi_learning_rate: float = 0.01,
+    fix: Mapping[str, float | None] | Sequence[str] | None = None,
 ) -> Posterior:
     """Fit the hierarchical SDE model ``model`` to ``cohort``.
 
@@ -99,6 +100,11 @@ def fit(
         [0, 1] instead (partially non-centred); a mapping sets the weights; a sequence names the
         fully centred effects (``()`` or ``"none"``: all non-centred). Recorded in the
         posterior's ``priors``.
+    fix : mapping structural parameter -> value (None: the model's typical value), or names
+        Structural parameters held fixed, NONMEM's ``FIX``: no typical-value site and no
+        between-subject variability (:meth:`~medsim.inference.priors.PriorSpec.fix`). Recorded in
+        the posterior's ``priors`` (``fixed``). For parameters the data cannot inform (they would
+        trade off against those they do), at a literature value.
 
     Returns
     -------
@@ -135,6 +141,7 @@ def fit(
             metric=backend == "numpyro" and method == "nuts",
             substeps=substeps,
             max_substep=max_substep,
+            fix=_fix_map(fix),
         )
     except PriorError as err:
         raise FitConfigError(str(err)) from None
@@ -204,6 +211,7 @@ def prepare_fit(
     metric: bool = True,
     substeps: int = 4,
     max_substep: float | None = None,
+    fix: Mapping[str, float | None] | None = None,
 ) -> tuple[FitData, dict[str, np.ndarray] | None]:
     """What :func:`fit` samples: the prepared cohort with its random effects' coordinates set
     (``centered`` as in :func:`fit`), and each subject's information about its random effects
@@ -215,14 +223,32 @@ def prepare_fit(
     Raises
     ------
     PriorError
-        ``centered`` names something that is not a random effect, or a weight outside [0, 1].
+        ``centered`` names something that is not a random effect, or a weight outside [0, 1];
+        ``fix`` names something that cannot be fixed (:meth:`~medsim.inference.priors.PriorSpec.fix`).
     FitDataError, TimelineError
         A cohort the model cannot be fitted to.
     """
-    data = prepare(cohort, model, process_noise=process_noise, substeps=substeps, max_substep=max_substep)
+    data = prepare(
+        cohort, model, process_noise=process_noise, substeps=substeps, max_substep=max_substep, fix=fix
+    )
     rule = isinstance(centered, str) and centered.strip() in ("auto", "scaled", "rule", "partial", "")
     information = data_information(data) if rule or metric else None
     return with_centering(data, centered, information=information), information
+
+
+def _fix_map(fix: Mapping[str, float | None] | Sequence[str] | None) -> dict[str, float | None]:
+    """``fit(fix=...)`` as a mapping (a sequence of names: each at the model's typical value)."""
+    if fix is None:
+        return {}
+    if isinstance(fix, str):
+        raise PriorError(f"fix: expected a mapping or a sequence of names, got the string {fix!r}")
+    if isinstance(fix, Mapping):
+        return dict(fix)
+    names = [str(n) for n in fix]
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:
+        raise PriorError(f"fix names {twice} more than once")
+    return dict.fromkeys(names)
 
 
 def provenance_attrs(data: FitData, *, backend: str, method: str, seed: int, info: dict) -> dict[str, Any]:

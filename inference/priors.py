@@ -61,7 +61,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from typing import Literal
 
@@ -264,6 +264,49 @@ class PriorSpec:
         sites = tuple(replace(s, log_coordinate=True) if s.role == "process_noise" else s for s in self.sites)
         return replace(self, sites=sites)
 
+    def fix(self, values: Mapping[str, float]) -> PriorSpec:
+        """The same prior with the structural parameters in ``values`` held at those values
+        (NONMEM's ``FIX``): their typical-value sites go, and so does their between-subject
+        variability (``omega_<p>`` and the subjects' ``eta_<p>``; every subject takes the typical
+        value times its covariate effect). Fix what the data cannot inform, at a value from the
+        literature, rather than letting it trade off against what they do inform.
+
+        Raises
+        ------
+        PriorError
+            A name that is not a sampled structural parameter of this prior (a process-noise scale,
+            a covariate effect, one already fixed, or an unknown name), or a value that is not
+            finite and positive.
+        """
+        typical = {s.target: s for s in self.by_role("typical")}
+        problems = []
+        for name, value in values.items():
+            if name not in typical:
+                why = "already fixed" if name in self.fixed else "not a structural parameter of this prior"
+                problems.append(f"{name!r} ({why}; structural: {', '.join(sorted(typical)) or 'none'})")
+            elif not _positive(value):
+                problems.append(f"{name!r} = {value!r} (a structural parameter's value must be finite and > 0)")
+        if problems:
+            raise PriorError(f"cannot fix {'; '.join(problems)}")
+        if not values:
+            return self
+        held = set(values)
+        sites = tuple(s for s in self.sites if not (s.role in ("typical", "omega") and s.target in held))
+        return replace(
+            self,
+            sites=sites,
+            random_effects=tuple(p for p in self.random_effects if p not in held),
+            fixed={**self.fixed, **{k: float(v) for k, v in values.items()}},
+            centering={k: w for k, w in self.centering.items() if k not in held},
+            scaling={k: i for k, i in self.scaling.items() if k not in held},
+        )
+
+    @property
+    def held(self) -> dict[str, float]:
+        """Structural parameters held fixed (:meth:`fix`; always > 0), without the ODE limit's
+        process-noise scales (always 0)."""
+        return {k: v for k, v in self.fixed.items() if v > 0}
+
     def ode_limit(self) -> PriorSpec:
         """The same prior with every process-noise scale fixed at 0 (as
         ``build_priors(..., process_noise=False)`` builds it)."""
@@ -362,3 +405,41 @@ def build_priors(model: PhysiologyModel, observed: Sequence[str], *, process_noi
         for kind, prior in residual_priors(spec).items():
             sites.append(site(f"res_{kind}_{o}", prior, f"residual_{kind}", o, units[kind]))
     return PriorSpec(model.name, model.version, tuple(sites), random_effects, fixed)
+
+
+def _positive(value) -> bool:
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return False
+    return math.isfinite(number) and number > 0
+
+
+def parse_fix(entries: Sequence[str]) -> dict[str, float | None]:
+    """``NAME`` or ``NAME=VALUE`` entries (``medsim fit --fix``) as ``{name: value or None}``
+    (``None``: the model's typical value). Checks the form only; :meth:`PriorSpec.fix` checks the
+    names and values against the model.
+
+    Raises
+    ------
+    PriorError
+        An empty name, a value that is not a finite positive number, or a name given twice.
+    """
+    out: dict[str, float | None] = {}
+    for entry in entries:
+        name, sep, text = str(entry).partition("=")
+        name = name.strip()
+        if not name or any(c.isspace() for c in name):
+            raise PriorError(f"--fix expects NAME or NAME=VALUE (e.g. kp2 or kp2=0.004), got {entry!r}")
+        value = None
+        if sep:
+            try:
+                value = float(text)
+            except ValueError:
+                value = math.nan
+            if not (math.isfinite(value) and value > 0):
+                raise PriorError(f"--fix {name}: expected a finite value > 0, got {text.strip()!r}")
+        if name in out:
+            raise PriorError(f"--fix names {name!r} twice")
+        out[name] = value
+    return out

@@ -9,7 +9,7 @@ specification and the observation arrays the posterior file keeps.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from functools import cached_property
 from typing import Any
@@ -94,6 +94,7 @@ def prepare(
     dtype: Any = np.float32,
     layout: str = "auto",
     gradient: str = "auto",
+    fix: Mapping[str, float | None] | None = None,
 ) -> FitData:
     """Check ``cohort`` against ``model`` and build everything a fit needs.
 
@@ -112,6 +113,9 @@ def prepare(
         How samplers differentiate the likelihood
         (:func:`~medsim.inference.likelihood.filtering.resolve_gradient`); same derivatives either
         way. Kept in ``FitData.timeline.gradient``.
+    fix : mapping structural parameter -> value or None, optional
+        Parameters held fixed (:meth:`~medsim.inference.priors.PriorSpec.fix`), ``None`` at the
+        model's typical value.
 
     Raises
     ------
@@ -119,6 +123,8 @@ def prepare(
         No subjects or observations, a covariate the model needs is missing or not finite.
     TimelineError
         Records the model cannot represent, or an unknown ``layout`` (see :func:`build_timeline`).
+    PriorError
+        ``fix`` names something that cannot be fixed, or a value that is not positive.
     """
     padded = cohort.padded() if hasattr(cohort, "padded") else cohort
     ids = tuple(str(i) for i in padded.ids)
@@ -149,6 +155,8 @@ def prepare(
         obs_observable[s] = np.asarray(timeline.obs_observable)[s, np.asarray(timeline.obs_slot)[s]]
     observed = timeline.observed_observables()
     priors = build_priors(model, observed, process_noise=process_noise)
+    if fix:
+        priors = priors.fix(fix_values(model, fix))
     return FitData(
         model=model,
         priors=priors,
@@ -163,6 +171,13 @@ def prepare(
         cohort_name=str(getattr(cohort, "name", "") or ""),
         data_hash=cohort.data_hash() if hasattr(cohort, "data_hash") else padded_hash(padded),
     )
+
+
+def fix_values(model: PhysiologyModel, fix: Mapping[str, float | None]) -> dict[str, float]:
+    """``fix`` with each ``None`` replaced by the model's typical value of that parameter (names
+    the model lacks are kept for :meth:`~medsim.inference.priors.PriorSpec.fix` to report)."""
+    known = {p.name: p.typical for p in model.parameters}
+    return {k: known[k] if v is None and k in known else v for k, v in fix.items()}
 
 
 def padded_hash(padded: Any) -> str:

@@ -71,6 +71,8 @@ def refit_settings(posterior: Any) -> dict[str, Any]:
         "process_noise": bool(int(attrs.get("process_noise", 1))),
         "centered": centered,
     }
+    if priors.held:  # structural parameters the fit held fixed (--fix)
+        settings["fix"] = dict(priors.held)
     if "svi_steps" in attrs:
         settings["svi_steps"] = int(attrs["svi_steps"])
     if "guide_kind" in sampler:  # SVI fits since the guide became a choice

@@ -109,6 +109,12 @@ def fit_command(
     target_accept: float = typer.Option(
         0.9, "--target-accept", min=0.5, max=0.99, help="NUTS adaptation target; raise it if a fit diverges."
     ),
+    fix: list[str] = typer.Option(
+        None,
+        "--fix",
+        help="Hold a structural parameter fixed (NONMEM's FIX), with no between-subject variability: NAME (at the "
+        "model's typical value) or NAME=VALUE, in the parameter's unit (repeatable), e.g. --fix kp2 --fix Vg=1.9.",
+    ),
     template: str = typer.Option(
         None, "--template", help="With --model neural: name observables and doses after this mechanistic model."
     ),
@@ -140,10 +146,12 @@ def fit_command(
 
     import medsim.models as registry
     from medsim.inference import FitConfigError, FitDataError, SviDivergedError, TimelineError, fit
+    from medsim.inference.priors import PriorError, parse_fix
 
     try:
         physiology = registry.get(model)
-    except registry.UnknownModelError as err:
+        held = parse_fix(fix or [])
+    except (registry.UnknownModelError, PriorError) as err:
         _fail(str(err))
     data = _load_cohort(cohort)
     import jax
@@ -186,6 +194,7 @@ def fit_command(
                 svi_learning_rate=svi_learning_rate,
                 substeps=substeps,
                 max_substep=max_substep,
+                fix=held,
             )
         except (FitConfigError, FitDataError, TimelineError, SviDivergedError) as err:
             _fail(str(err))
@@ -197,6 +206,8 @@ def fit_command(
         f"wrote {path} ({posterior.attrs['wall_time_s']:.1f} s sampling, chain method {chain_method}; "
         f"random effects: {priors.describe_coordinates()})"
     )
+    if priors.held:
+        console.print("held fixed: " + ", ".join(f"{k} = {v:.4g}" for k, v in priors.held.items()))
     _print_diagnostics(console, posterior, diagnostics)
     if not diagnostics.ok:
         _announce_failure(console, diagnostics, path)

@@ -96,3 +96,50 @@ def test_prepare_rejects_subjects_without_observations():
     broken = dataclasses.replace(cohort, arrays=dataclasses.replace(padded, obs_mask=mask))
     with pytest.raises(FitDataError, match="subjects without observations cannot be fitted: \\['S2'\\]"):
         prepare(broken, get("pk_oral_1cmt"))
+
+
+def test_fix_holds_a_structural_parameter_without_between_subject_variability():
+    spec = build_priors(get("pk_oral_1cmt"), ["conc"])
+    spec = dataclasses.replace(spec, scaling={"ka": 3.0, "CL": 1.0}, centering={"V": 1.0})
+    held = spec.fix({"ka": 1.2, "V": 30.0})
+    sites = {s.site for s in held.sites}
+    assert {"ka", "omega_ka", "V", "omega_V"}.isdisjoint(sites) and {"CL", "omega_CL", "sigma_central"} <= sites
+    assert held.random_effects == ("CL",) and held.fixed == {"ka": 1.2, "V": 30.0}
+    assert held.scaling == {"CL": 1.0} and held.centering == {}
+    assert held.held == {"ka": 1.2, "V": 30.0}
+    assert PriorSpec.from_json(held.to_json()) == held
+    # the ODE limit's zero noise scales are fixed too, but they are not "held" structural values
+    both = build_priors(get("pk_oral_1cmt"), ["conc"], process_noise=False).fix({"CL": 2.0})
+    assert both.fixed == {"sigma_central": 0.0, "CL": 2.0} and both.held == {"CL": 2.0}
+    assert spec.fix({}) is spec
+
+
+@pytest.mark.parametrize(
+    ("values", "message"),
+    [
+        ({"Q": 1.0}, "'Q' \\(not a structural parameter of this prior; structural: CL, V, ka\\)"),
+        ({"sigma_central": 0.1}, "'sigma_central' \\(not a structural"),
+        ({"ka": 0.0}, "'ka' = 0.0 \\(a structural parameter's value must be finite and > 0\\)"),
+        ({"ka": float("nan")}, "'ka' = nan"),
+        ({"ka": "fast"}, "'ka' = 'fast'"),
+    ],
+)
+def test_fix_names_what_cannot_be_fixed(values, message):
+    from medsim.inference.priors import PriorError
+
+    with pytest.raises(PriorError, match=message):
+        build_priors(get("pk_oral_1cmt"), ["conc"]).fix(values)
+    with pytest.raises(PriorError, match="'ka' \\(already fixed"):
+        build_priors(get("pk_oral_1cmt"), ["conc"]).fix({"ka": 1.0}).fix({"ka": 2.0})
+
+
+def test_prepare_fixes_at_the_typical_value_and_the_likelihood_uses_it():
+    model = get("pk_oral_1cmt")
+    data = prepare(oral_cohort(3), model, fix={"ka": None, "V": 25.0})
+    assert data.priors.fixed == {"ka": model.parameter("ka").typical, "V": 25.0}
+    values = {s.site: np.asarray(s.median(), np.float32) for s in data.priors.sites}
+    values.update({f"eta_{p}": np.zeros(3, np.float32) for p in data.priors.random_effects})
+    population, eta, _, _ = split_sites(data.priors, values)
+    assert float(population["V"]) == 25.0 and set(eta) == {"CL"}
+    theta = model.individual_parameters(population, eta, {})
+    np.testing.assert_allclose(np.asarray(theta["V"]), 25.0)
