@@ -211,6 +211,17 @@ def build_fit_report(
         site = sites.get(name)
         kind = "" if site is None else site.role
         parameters[name] = {**row, "kind": kind, "description": _meaning(posterior.model, site)}
+    for name, value in posterior.priors.held.items():  # held fixed in the fit (--fix): not estimated
+        p = posterior.model.parameter(name)
+        parameters[name] = {
+            **dict.fromkeys(("mean", "median", "hdi_low", "hdi_high"), value),
+            "sd": 0.0,
+            "hdi_prob": None,
+            **dict.fromkeys(("r_hat", "ess_bulk", "ess_tail")),
+            "unit": p.unit,
+            "kind": "fixed",
+            "description": p.description,
+        }
     try:
         loo, problem = loo_summary(posterior), ""
     except LooError as err:

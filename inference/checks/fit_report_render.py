@@ -80,6 +80,9 @@ def _parameters(report: Any) -> list[Block]:
         if r["kind"] == "omega":
             shrink = percent(report.eta_shrinkage.get(name.removeprefix("omega_")))
         na = "not applicable (SVI)"
+        if r["kind"] == "fixed":
+            rows.append([name, r["description"], _unit(unit), number(r["median"]), "held fixed (--fix)", *["-"] * 4])
+            continue
         rows.append(
             [
                 name,

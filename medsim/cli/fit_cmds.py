@@ -62,6 +62,9 @@ def _print_diagnostics(console, posterior, diagnostics) -> None:
             "-" if r["ess_tail"] is None else f"{r['ess_tail']:.0f}",
         )
     console.print(table)
+    held = posterior.priors.held
+    if held:
+        console.print("held fixed (not estimated): " + ", ".join(f"{k} = {v:.4g}" for k, v in held.items()))
     for line in diagnostics.lines():
         console.print(line)
 
@@ -206,8 +209,6 @@ def fit_command(
         f"wrote {path} ({posterior.attrs['wall_time_s']:.1f} s sampling, chain method {chain_method}; "
         f"random effects: {priors.describe_coordinates()})"
     )
-    if priors.held:
-        console.print("held fixed: " + ", ".join(f"{k} = {v:.4g}" for k, v in priors.held.items()))
     _print_diagnostics(console, posterior, diagnostics)
     if not diagnostics.ok:
         _announce_failure(console, diagnostics, path)
@@ -312,6 +313,7 @@ def check_command(
             "divergences": diagnostics.divergences,
             "diagnostics": diagnostics.to_dict(),
             "parameters": summarize(posterior),
+            "held_fixed": posterior.priors.held,
             "calibration": None if gate is None else json.loads(gate.to_json()),
         }
         typer.echo(json.dumps(report, indent=2, default=float))

@@ -118,7 +118,7 @@ def test_a_fit_with_a_fixed_parameter_keeps_it_fixed_downstream(table, tmp_path)
     args = ["fit", str(table), "--model", "pk_oral_1cmt", "--method", "svi", "--svi-steps", "1000", "--fix", "ka=1.5"]
     result = CliRunner().invoke(app, [*args, "--draws", "50", "--out", str(out)])
     assert result.exit_code in (0, 1), result.output  # 1: the short fit's own checks may flag it
-    assert "held fixed: ka = 1.5" in result.output
+    assert "held fixed (not estimated): ka = 1.5" in result.output
     posterior = Posterior.load(out)
     assert posterior.priors.fixed == {"ka": 1.5} and posterior.priors.random_effects == ("CL", "V")
     assert "ka" not in posterior.idata.posterior and "omega_ka" not in posterior.idata.posterior
@@ -126,6 +126,8 @@ def test_a_fit_with_a_fixed_parameter_keeps_it_fixed_downstream(table, tmp_path)
     assert set(draws.omega) == {"CL", "V"} and (draws.population["ka"] == 1.5).all()
     # the held-out gate refits the training part with the same parameter held
     assert refit_settings(posterior)["fix"] == {"ka": 1.5}
+    checked = CliRunner().invoke(app, ["check", str(out), "--json"])
+    assert json.loads(checked.output)["held_fixed"] == {"ka": 1.5}
     # new patients and twins take the fixed value, without between-subject variability
     new = sample_population(draws, 20, seed=0)
     assert (new.params["ka"] == 1.5).all() and new.params["CL"].std() > 0

@@ -208,6 +208,11 @@ def test_check_writes_the_fit_report_and_its_figures(fitted, tmp_path):
     text = render_markdown(replace(built, diagnostics=svi), {})
     assert "| not applicable (SVI) | not applicable (SVI) | not applicable (SVI) |" in text
     assert "Checked: ELBO flat" in text and not re.search(r"\b(nan|None)\b", text)
+    # A parameter held fixed in the fit (--fix) is listed as such, with no interval or diagnostics.
+    held = dict(built.parameters)
+    held["ka"] = {**held["ka"], "kind": "fixed", "median": 1.5, "r_hat": None, "ess_bulk": None, "ess_tail": None}
+    text = render_markdown(replace(built, parameters=held), {})
+    assert re.search(r"\| ka \| [^|]+ \| 1/h \| 1\.5 \| held fixed \(--fix\) \| - \| - \| - \| - \|", text)
 
     # Refused before any work: a file as --report, a cohort the posterior was not fitted to.
     (tmp_path / "file").write_text("x")
