@@ -187,6 +187,8 @@ def fit(
         wall_time_s=float(out.wall_time_s),
     )
     attrs[SUPPORT_ATTR] = json_attr(cohort_support(cohort, model))
+    if max_substep is not None:  # a refit (the held-out gate's) must use the same filter step
+        attrs["max_substep"] = float(max_substep)
     if method == "svi":
         attrs["elbo"] = float(out.info["elbo"])
         attrs["svi_steps"] = int(svi_steps)

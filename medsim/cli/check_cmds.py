@@ -84,6 +84,8 @@ def refit_settings(posterior: Any) -> dict[str, Any]:
     substeps = json.loads(attrs.get("filter", "{}") or "{}").get("substeps")
     if substeps:
         settings["substeps"] = int(substeps)
+    if "max_substep" in attrs:  # recorded since fits keep their filter step
+        settings["max_substep"] = float(attrs["max_substep"])
     return settings
 
 

@@ -116,6 +116,7 @@ def test_a_fit_with_a_fixed_parameter_keeps_it_fixed_downstream(table, tmp_path)
 
     out = tmp_path / "post.nc"
     args = ["fit", str(table), "--model", "pk_oral_1cmt", "--method", "svi", "--svi-steps", "1000", "--fix", "ka=1.5"]
+    args += ["--max-substep", "0.5"]
     result = CliRunner().invoke(app, [*args, "--draws", "50", "--out", str(out)])
     assert result.exit_code in (0, 1), result.output  # 1: the short fit's own checks may flag it
     assert "held fixed (not estimated): ka = 1.5" in result.output
@@ -124,8 +125,8 @@ def test_a_fit_with_a_fixed_parameter_keeps_it_fixed_downstream(table, tmp_path)
     assert "ka" not in posterior.idata.posterior and "omega_ka" not in posterior.idata.posterior
     draws = posterior.draws()
     assert set(draws.omega) == {"CL", "V"} and (draws.population["ka"] == 1.5).all()
-    # the held-out gate refits the training part with the same parameter held
-    assert refit_settings(posterior)["fix"] == {"ka": 1.5}
+    # the held-out gate refits the training part with the same parameter held and the same filter step
+    assert refit_settings(posterior)["fix"] == {"ka": 1.5} and refit_settings(posterior)["max_substep"] == 0.5
     checked = CliRunner().invoke(app, ["check", str(out), "--json"])
     assert json.loads(checked.output)["held_fixed"] == {"ka": 1.5}
     # new patients and twins take the fixed value, without between-subject variability
