@@ -9,7 +9,8 @@ Without ``--cohort`` two cohorts are generated with simglucose (``benchmarks/t1d
 12 patients (4 adults, 4 adolescents, 4 children), 3 days, random meals, and the same patients
 with every bolus of day 3 1.5x too large (hypoglycaemia common). With ``--cohort`` the given
 tidy table is used (``patient, time_min, bg_true, cgm, cho_g_per_min, insulin_U_per_min``,
-3-minute rows), so the check can be repeated on other patients. A patient whose true glucose
+3-minute rows; an optional ``weight_kg`` column, constant per patient, gives the body weight that
+``uva_padova`` needs), so the check can be repeated on other patients. A patient whose true glucose
 reaches 0 mg/dL or below (a simulator failure: simglucose carries on with glucose at 0) is left
 out of the fit and the scores and listed in each run's ``excluded_patients``
 (:func:`screen_cohort`).
