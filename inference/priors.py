@@ -416,9 +416,10 @@ def _positive(value) -> bool:
 
 
 def parse_fix(entries: Sequence[str]) -> dict[str, float | None]:
-    """``NAME`` or ``NAME=VALUE`` entries (``medsim fit --fix``) as ``{name: value or None}``
-    (``None``: the model's typical value). Checks the form only; :meth:`PriorSpec.fix` checks the
-    names and values against the model.
+    """``NAME`` or ``NAME=VALUE`` entries (``medsim fit --fix``; an entry may hold several,
+    comma-separated: ``Vg,k1,kp2=0.004``) as ``{name: value or None}`` (``None``: the model's
+    typical value). Checks the form only; :meth:`PriorSpec.fix` checks the names and values
+    against the model.
 
     Raises
     ------
@@ -426,11 +427,11 @@ def parse_fix(entries: Sequence[str]) -> dict[str, float | None]:
         An empty name, a value that is not a finite positive number, or a name given twice.
     """
     out: dict[str, float | None] = {}
-    for entry in entries:
-        name, sep, text = str(entry).partition("=")
+    for entry in (part for given in entries for part in str(given).split(",")):
+        name, sep, text = entry.partition("=")
         name = name.strip()
         if not name or any(c.isspace() for c in name):
-            raise PriorError(f"--fix expects NAME or NAME=VALUE (e.g. kp2 or kp2=0.004), got {entry!r}")
+            raise PriorError(f"--fix expects NAME or NAME=VALUE, comma-separated (e.g. Vg,kp2=0.004), got {entry!r}")
         value = None
         if sep:
             try:

@@ -116,7 +116,8 @@ def fit_command(
         None,
         "--fix",
         help="Hold a structural parameter fixed (NONMEM's FIX), with no between-subject variability: NAME (at the "
-        "model's typical value) or NAME=VALUE, in the parameter's unit (repeatable), e.g. --fix kp2 --fix Vg=1.9.",
+        "model's typical value) or NAME=VALUE, in the parameter's unit; repeatable or comma-separated, e.g. "
+        "--fix kp2,Vg=1.9.",
     ),
     template: str = typer.Option(
         None, "--template", help="With --model neural: name observables and doses after this mechanistic model."

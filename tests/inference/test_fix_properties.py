@@ -20,7 +20,7 @@ def test_any_text_is_parsed_or_refused_with_a_prior_error(entries):
     except PriorError as err:
         assert "--fix" in str(err)
         return
-    assert len(parsed) == len(entries)
+    assert len(parsed) == sum(len(e.split(",")) for e in entries)
     for name, value in parsed.items():
         assert name and name == name.strip() and "=" not in name
         assert value is None or (math.isfinite(value) and value > 0)
@@ -32,7 +32,13 @@ def test_well_formed_entries_round_trip(fixed):
     assert parse_fix(entries) == fixed
 
 
-@given(NAMES, st.sampled_from(["0", "-1", "nan", "inf", "-inf", "", "1e400", "x", "1,5"]))
+@given(st.dictionaries(NAMES, st.one_of(st.none(), VALUES), min_size=1, max_size=6))
+def test_comma_separated_entries_are_the_same_as_separate_ones(fixed):
+    entries = [name if value is None else f"{name}={value!r}" for name, value in fixed.items()]
+    assert parse_fix([",".join(entries)]) == parse_fix(entries) == fixed
+
+
+@given(NAMES, st.sampled_from(["0", "-1", "nan", "inf", "-inf", "", "1e400", "x", "1e", "0x1"]))
 def test_a_value_that_is_not_finite_and_positive_is_refused(name, text):
     try:
         parse_fix([f"{name}={text}"])
