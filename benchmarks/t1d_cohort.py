@@ -17,7 +17,8 @@ hypoglycaemia common on those days).
 The result is simglucose's own tidy shape: ``patient, time_min, bg_true, cgm, cho_g_per_min,
 insulin_U_per_min`` with 3-minute rows, rates over the row's 3 minutes (the last row's rates
 are empty), ``bg_true`` the simulator's subcutaneous-site glucose (what the sensor measures
-before its error). ``python benchmarks/t1d_cohort.py OUT.csv`` writes one; the bundled
+before its error); ``--weight`` adds ``weight_kg``, the patient's body weight from simglucose's
+patient table. ``python benchmarks/t1d_cohort.py OUT.csv`` writes one; the bundled
 ``t1d_sim`` dataset was made with :func:`bundled_cohort`.
 """
 
@@ -107,10 +108,23 @@ def simulate_patient(name: str, seed: int, scenario: Scenario) -> pd.DataFrame:
     )
 
 
-def generate_cohort(patients: tuple[str, ...], scenario: Scenario) -> pd.DataFrame:
-    """The tidy table of ``patients`` under ``scenario`` (patients one after the other)."""
+def generate_cohort(patients: tuple[str, ...], scenario: Scenario, *, weight: bool = False) -> pd.DataFrame:
+    """The tidy table of ``patients`` under ``scenario`` (patients one after the other); with
+    ``weight``, a ``weight_kg`` column (each patient's body weight in simglucose's patient table),
+    which models with a weight covariate (``uva_padova``) need."""
     frames = [simulate_patient(name, scenario.patient_seed(i), scenario) for i, name in enumerate(patients)]
-    return pd.concat(frames, ignore_index=True)
+    table = pd.concat(frames, ignore_index=True)
+    if weight:
+        table["weight_kg"] = table["patient"].map(body_weights()).round(1)
+    return table
+
+
+def body_weights() -> dict[str, float]:
+    """Body weight (kg) of every simglucose virtual patient, from its patient table."""
+    from importlib.resources import files
+
+    table = pd.read_csv(files("simglucose") / "params" / "vpatient_params.csv")
+    return dict(zip(table["Name"], table["BW"].astype(float), strict=True))
 
 
 def provenance(patients: tuple[str, ...], scenario: Scenario) -> dict:
@@ -164,6 +178,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--bolus-factor", type=float, default=1.0)
     parser.add_argument("--factor-from-day", type=int, default=3)
+    parser.add_argument(
+        "--weight", action="store_true", help="add a weight_kg column (body weight; uva_padova needs it)"
+    )
     args = parser.parse_args(argv)
     if args.bundled:
         tidy = pd.read_csv(args.from_tidy) if args.from_tidy else bundled_cohort()[0]
@@ -174,7 +191,7 @@ def main(argv: list[str] | None = None) -> int:
     scenario = Scenario(args.days, args.seed, args.bolus_factor, args.factor_from_day)
     from medsim.data.tablefile import atomic_write
 
-    table = generate_cohort(tuple(args.patients), scenario)
+    table = generate_cohort(tuple(args.patients), scenario, weight=args.weight)
     atomic_write(args.out, lambda tmp: table.to_csv(tmp, index=False, float_format="%.6g"))
     print(f"{args.out}: {len(table)} rows, {table['patient'].nunique()} patients", file=sys.stderr)
     return 0

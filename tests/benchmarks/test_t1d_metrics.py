@@ -182,3 +182,24 @@ def test_a_reading_at_the_cgm_floor_is_covered_when_the_sensor_would_report_it()
     assert interval_scores(low, floor_reading, 0.9)["coverage"] == 0.0
     assert interval_scores(as_reported(low, (39.0, 400.0)), floor_reading, 0.9)["coverage"] == 1.0
     assert as_reported(low, None) is not None and np.array_equal(as_reported(low, None), low)
+
+
+def test_fix_is_checked_against_every_model_before_any_work(capsys):
+    from benchmarks.external_t1d import main
+
+    for bad in (["--fix", "nope"], ["--fix", "Vg=0"], ["--fix", "Vg,Vg"]):
+        with pytest.raises(SystemExit) as stop:
+            main(["--models", "uva_padova", *bad])  # no cohort given: any work would start simglucose
+        assert stop.value.code == 2
+    assert "cannot fix 'nope'" in capsys.readouterr().err
+    with pytest.raises(SystemExit):  # held in uva_padova, but t1d_ou has no such parameter
+        main(["--models", "uva_padova,t1d_ou", "--fix", "Vg"])
+    assert "cannot fix 'Vg'" in capsys.readouterr().err
+
+
+def test_each_t1d_model_has_an_interstitial_observable_the_script_scores():
+    import medsim.models
+    from benchmarks.external_t1d import INTERSTITIAL
+
+    for name in ("t1d_ou", "uva_padova"):
+        assert any(o in medsim.models.get(name).observable_names for o in INTERSTITIAL)
