@@ -496,14 +496,12 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--test-day must come after the training days")
     if args.fix:  # checked against every model before any work
         import medsim.models
-        from medsim.inference.priors import PriorError, build_priors, parse_fix
-        from medsim.inference.problem import fix_values
+        from medsim.inference.priors import PriorError, parse_fix
+        from medsim.inference.problem import check_fix
 
         try:
             for name in args.models.split(","):
-                model = medsim.models.get(name.strip())
-                observed = [o.name for o in model.observables if o.name in model.residual]
-                build_priors(model, observed).fix(fix_values(model, parse_fix(args.fix)))
+                check_fix(medsim.models.get(name.strip()), parse_fix(args.fix))
         except (PriorError, medsim.models.UnknownModelError) as err:
             parser.error(str(err))
 

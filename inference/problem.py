@@ -180,6 +180,15 @@ def fix_values(model: PhysiologyModel, fix: Mapping[str, float | None]) -> dict[
     return {k: known[k] if v is None and k in known else v for k, v in fix.items()}
 
 
+def check_fix(model: PhysiologyModel, fix: Mapping[str, float | None]) -> dict[str, float]:
+    """:func:`fix_values`, checked against ``model`` before any data is read: raises
+    :class:`~medsim.inference.priors.PriorError` as :meth:`~medsim.inference.priors.PriorSpec.fix`
+    would in the fit."""
+    values = fix_values(model, fix)
+    build_priors(model, ()).fix(values)
+    return values
+
+
 def padded_hash(padded: Any) -> str:
     """sha256 of the padded arrays (for cohorts given without their own ``data_hash``)."""
     digest = hashlib.sha256()

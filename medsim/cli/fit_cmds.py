@@ -136,6 +136,8 @@ def fit_command(
     calibrated on held-out subjects; exit status 1 when its 90% coverage is below the floor).
     """
     if model == "neural":
+        if fix:
+            _fail("--fix holds parameters of a mechanistic model; the neural model has none to hold")
         from medsim.cli.neural_cmds import fit_neural_cli
         from medsim.inference.neural.checkpoint import checkpoint_paths
 
@@ -151,10 +153,12 @@ def fit_command(
     import medsim.models as registry
     from medsim.inference import FitConfigError, FitDataError, SviDivergedError, TimelineError, fit
     from medsim.inference.priors import PriorError, parse_fix
+    from medsim.inference.problem import check_fix
 
     try:
         physiology = registry.get(model)
         held = parse_fix(fix or [])
+        check_fix(physiology, held)  # before the cohort is read
     except (registry.UnknownModelError, PriorError) as err:
         _fail(str(err))
     data = _load_cohort(cohort)

@@ -61,6 +61,8 @@ def test_fit_an_event_table_with_svi_and_check_it(table, tmp_path):
         (["fit", "theoph", "--model", "pk_oral_1cmt", "--backend", "stan"], "unknown backend 'stan'"),
         (["fit", "theoph", "--model", "pk_oral_1cmt", "--fix", "ka=-1"], "--fix ka: expected a finite value > 0"),
         (["fit", "theoph", "--model", "pk_oral_1cmt", "--fix", "Q"], "cannot fix 'Q' (not a structural parameter"),
+        (["fit", "no_such_file.csv", "--model", "pk_oral_1cmt", "--fix", "Q"], "cannot fix 'Q'"),  # before reading
+        (["fit", "theoph", "--model", "neural", "--fix", "ka"], "the neural model has none to hold"),
     ],
 )
 def test_usage_errors_exit_2_with_a_message(args, message, tmp_path):
