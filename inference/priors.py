@@ -432,14 +432,9 @@ def parse_fix(entries: Sequence[str]) -> dict[str, float | None]:
         name = name.strip()
         if not name or any(c.isspace() for c in name):
             raise PriorError(f"--fix expects NAME or NAME=VALUE, comma-separated (e.g. Vg,kp2=0.004), got {entry!r}")
-        value = None
-        if sep:
-            try:
-                value = float(text)
-            except ValueError:
-                value = math.nan
-            if not (math.isfinite(value) and value > 0):
-                raise PriorError(f"--fix {name}: expected a finite value > 0, got {text.strip()!r}")
+        if sep and not _positive(text):
+            raise PriorError(f"--fix {name}: expected a finite value > 0, got {text.strip()!r}")
+        value = float(text) if sep else None
         if name in out:
             raise PriorError(f"--fix names {name!r} twice")
         out[name] = value
