@@ -187,6 +187,8 @@ def fit(
         wall_time_s=float(out.wall_time_s),
     )
     attrs[SUPPORT_ATTR] = json_attr(cohort_support(cohort, model))
+    if data.assumed_covariates:  # optional covariates the cohort lacks, at the model's reference value
+        attrs["assumed_covariates"] = json_attr({n: float(data.covariates[n][0]) for n in data.assumed_covariates})
     if max_substep is not None:  # a refit (the held-out gate's) must use the same filter step
         attrs["max_substep"] = float(max_substep)
     if method == "svi":

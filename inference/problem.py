@@ -41,6 +41,8 @@ class FitData:
         The model's covariates, per subject.
     extra_covariates : dict name -> (S,) float
         The cohort's other covariates (kept in the posterior file for reference).
+    assumed_covariates : tuple of str
+        Optional covariates the cohort lacks, set to the model's reference value for every subject.
     obs_time, obs_value : (S, N) float
         Observation times (model time unit) and values (observable unit).
     obs_observable : (S, N) int
@@ -61,6 +63,7 @@ class FitData:
     obs_mask: np.ndarray
     cohort_name: str
     data_hash: str
+    assumed_covariates: tuple[str, ...] = ()
 
     @property
     def n_subjects(self) -> int:
@@ -135,8 +138,12 @@ def prepare(
     if empty:
         raise FitDataError(f"subjects without observations cannot be fitted: {empty[:10]}")
     available = {k: np.asarray(v, float) for k, v in dict(padded.covariates).items()}
-    covariates = {}
+    covariates, assumed = {}, []
     for c in model.covariates:
+        if c.name not in available and c.optional:
+            covariates[c.name] = np.full(len(ids), float(c.reference))
+            assumed.append(c.name)
+            continue
         if c.name not in available:
             raise FitDataError(
                 f"model {model.name!r} needs covariate {c.name!r} [{c.unit}], which the cohort lacks "
@@ -170,6 +177,7 @@ def prepare(
         obs_mask=obs_mask,
         cohort_name=str(getattr(cohort, "name", "") or ""),
         data_hash=cohort.data_hash() if hasattr(cohort, "data_hash") else padded_hash(padded),
+        assumed_covariates=tuple(assumed),
     )
 
 

@@ -253,6 +253,13 @@ def sections(report: Any) -> tuple[str, list[str], list[tuple[str, list[Block]]]
         f"Data hash {str(p.get('data_hash', ''))[:16]}; simulations below: {report.n_draws} posterior draws, "
         f"seed {report.seed}.",
     ]
+    assumed = p.get("assumed_covariates") or {}
+    if assumed:
+        lines.append(
+            "Covariates not in the cohort, every subject at the model's reference: "
+            + ", ".join(f"{k} = {v:g}" for k, v in assumed.items())
+            + "."
+        )
     d = report.diagnostics
     gate = report.gate
     status = "not checked" if gate is None else gate.status.replace("_", " ")

@@ -65,6 +65,12 @@ def _print_diagnostics(console, posterior, diagnostics) -> None:
     held = posterior.priors.held
     if held:
         console.print("held fixed (not estimated): " + ", ".join(f"{k} = {v:.4g}" for k, v in held.items()))
+    assumed = json.loads(posterior.attrs.get("assumed_covariates", "{}"))
+    if assumed:
+        console.print(
+            "[yellow]covariates not in the cohort, every subject at the model's reference:[/] "
+            + ", ".join(f"{k} = {v:g}" for k, v in assumed.items())
+        )
     for line in diagnostics.lines():
         console.print(line)
 

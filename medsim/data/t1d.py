@@ -137,7 +137,8 @@ def check_t1d_table(
     event_units = {"TIME": "min", "DV": "mg/dL", "AMT": "U insulin / g carbohydrate", "RATE": "U/min", "BASAL": "U/h"}
     event_units.update({c: "kg" for c in covariates if c != "BASAL"})
     report, cohort = check_table(read_raw(frame), model=model, units=event_units, covariates=covariates)
-    notices += list(report.notices)
+    # the event table's "no WT column" repeats the weight notice above, in the event table's terms
+    notices += [n for n in report.notices if not n.message.startswith("no WT column")]
     if cohort is not None:
         name = raw.name or "t1d"
         cohort = Cohort(cohort.subjects, name, cohort.units, cohort.covariate_names, raw.source)
@@ -224,11 +225,21 @@ def _event_frame(
     # A model with a sensor observable reads CGM there; otherwise CGM stands for plasma glucose.
     glucose_cmt = _cmt(model.obs_targets, ("cgm_mg_dL", "glucose_mg_dL"), model)
     cov_names = {c.name for c in model.covariates}
-    weight_cov = next((c.name for c in model.covariates if c.unit == "kg"), None)
+    weight_cov = next((c for c in model.covariates if c.unit == "kg"), None)
     if weight is not None and weight_cov is None:
         notices.append(
             Notice(f"body weight not used: model {model.name!r} has no covariate in kg", (), cols.weight.header)
         )
+    if weight is None and weight_cov is not None and weight_cov.optional:
+        notices.append(
+            Notice(
+                f"no body weight column: model {model.name!r} takes every subject at its reference "
+                f"{weight_cov.name} = {weight_cov.reference:g} kg (give a weight_kg column to scale by size)",
+                (),
+                None,
+            )
+        )
+        weight_cov = None
     records: list[dict] = []
     codes, uniques = pd.factorize(ids, sort=False)
     for s, sid in enumerate(uniques):
@@ -377,7 +388,7 @@ def _event_frame(
                     )
                 )
                 continue
-            cov[weight_cov] = float(w[0])
+            cov[weight_cov.name] = float(w[0])
         base = {"ID": sid, **cov}
         for start, amount, r in infusions(t, dt, basal):
             records.append(base | {"TIME": start, "AMT": amount, "EVID": 1, "CMT": insulin_cmt, "RATE": r})

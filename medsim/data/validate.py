@@ -105,7 +105,20 @@ def check_table(
     cohort = None
     table_units = _resolve_units(p, units)
     kinds = check_records(p, table_units.get("TIME", ""))
-    required = tuple(c.name for c in model.covariates) if model is not None else ()
+    # an optional covariate the table lacks takes the model's reference value (noted); given, it is checked
+    required = tuple(
+        c.name for c in (model.covariates if model is not None else ()) if not c.optional or p.columns.has(c.name)
+    )
+    for c in model.covariates if model is not None else ():
+        if c.name not in required:
+            p.notices.append(
+                Notice(
+                    f"no {c.name} column: model {model.name!r} takes every subject at its reference "
+                    f"{c.name} = {c.reference:g} {c.unit} ({c.description})",
+                    (),
+                    None,
+                )
+            )
     covs = select_covariates(
         p,
         kinds.subject,

@@ -136,12 +136,18 @@ class ResidualError:
 
 @dataclass(frozen=True)
 class Covariate:
-    """A time-constant subject covariate the model uses."""
+    """A time-constant subject covariate the model uses.
+
+    A cohort must give every covariate for every subject, unless it is ``optional``: a cohort
+    without that column then fits every subject at ``reference``, and the fit says so (a cohort
+    that has the column must give it for every subject).
+    """
 
     name: str
     unit: str
     reference: float
     description: str = ""
+    optional: bool = False
 
 
 @dataclass(frozen=True)

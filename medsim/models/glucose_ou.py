@@ -53,6 +53,15 @@ log-normal between-subject SD 0.5), multiplies the three physiological diffusion
 only, the fitted noise is an average that makes every stable patient's forecast too wide and every
 labile patient's too narrow. The sensor's ``sigma_CGM`` is the device's and is not scaled.
 
+Patients differ in size, and a child's glucose and insulin move far more per gram and per unit
+than an adult's. With body weight known (covariate ``WT``, kg), the glucose volume and the
+insulin clearance scale by theory-based allometry (Anderson & Holford 2008, Annu Rev Pharmacol
+Toxicol 48:303): ``V_G * (WT / 70) ** 1`` and ``C_I * (WT / 70) ** 0.75``, the exponents fixed, as
+is usual when a cohort is too small to estimate them. The between-subject variability is then
+around each patient's expected size rather than around a 70-kg adult. ``WT`` is optional: a
+cohort without it takes every subject at 70 kg, which is version 2 of this model, and the reader
+and ``medsim fit`` say so.
+
 An OU state ``dz = -z / T dt + s dW`` has stationary SD ``s * sqrt(T / 2)`` and autocorrelation
 ``exp(-lag / T)``; the disturbances are log-multipliers, so insulin sensitivity and endogenous
 production stay positive. With every diffusion scale and ``S_H`` at 0 the disturbances stay at 0
@@ -89,6 +98,9 @@ Values and sources
   On 12 simulated patients (benchmarks/README.md) the fitted SD is about 0.25, most children highest.
 * ``sigma_glucose``: kept small (half the ``glucose_insulin`` default) for what the disturbances
   do not explain; it also keeps the filter's glucose variance away from 0.
+* ``WT``: reference 70 kg, the standard adult of allometric scaling; the exponents 1 (volumes) and
+  0.75 (clearances) of Anderson & Holford (2008). The Kanderian et al. typical values are taken to
+  be those of that reference adult.
 * Residual errors: CGM white error 3 mg/dL on top of the OU error (modelling choice);
   fingerstick 5 mg/dL + 5 % (within the ISO 15197:2013 accuracy of ±15 mg/dL / ±15 % for 95 %
   of readings).
@@ -108,11 +120,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from medsim.models.base import Observable, Parameter, ResidualError, State
+from medsim.models.base import Covariate, Observable, Parameter, ResidualError, State
 from medsim.models.glucose_insulin import GlucoseInsulin
 
 #: Plasma insulin (uU/mL) at which ``EGP`` is the hepatic production (a typical basal level).
 I_REF = 10.0
+#: Body weight (kg) at which the typical values hold, and the allometric exponents on it.
+WT_REF = 70.0
+ALLOMETRY = {"V_G": 1.0, "C_I": 0.75}
 _CHOICE = "modelling choice (see module docstring)"
 _SENSOR = "Breton & Kovatchev 2008, JDST 2:853"
 
@@ -122,7 +137,7 @@ class GlucoseOU(GlucoseInsulin):
     """IVP model + OU disturbances on S_I and EGP + CGM sensor (see module docstring)."""
 
     name: str = "t1d_ou"
-    version: str = "2"
+    version: str = "3"
     citation: str = (
         "Kanderian SS et al. (2009) J Diabetes Sci Technol 3:1047; Duun-Henriksen AK et al. (2013) "
         "J Diabetes Sci Technol 7:431; Breton M & Kovatchev B (2008) J Diabetes Sci Technol 2:853"
@@ -235,6 +250,10 @@ class GlucoseOU(GlucoseInsulin):
             source=_SENSOR + " (Johnson-SU error SD about 12 mg/dL)",
         ),
     )
+    covariates: tuple[Covariate, ...] = (
+        *GlucoseInsulin.covariates,
+        Covariate("WT", "kg", WT_REF, "body weight (allometric scaling of V_G and C_I)", optional=True),
+    )
     observables: tuple[Observable, ...] = (
         Observable("glucose_mg_dL", "mg/dL", "plasma glucose (fingerstick / SMBG)", bridge_scale="log"),
         Observable("cgm_mg_dL", "mg/dL", "CGM reading: interstitial glucose + sensor error"),
@@ -293,6 +312,13 @@ class GlucoseOU(GlucoseInsulin):
         low, high = jax.lax.fori_loop(0, 40, halve, (jnp.full(shape, 0.2), jnp.full(shape, 4.0)))
         rate = 0.5 * (low + high)
         return np.asarray(rate, np.float64) if as_numpy else rate
+
+    def covariate_effect(self, parameter, population, covariates):
+        """Allometric size: ``(WT / 70 kg) ** k`` with ``k`` 1 for ``V_G`` and 0.75 for ``C_I``."""
+        exponent = ALLOMETRY.get(parameter)
+        if exponent is None:
+            return jnp.asarray(1.0)
+        return (jnp.asarray(covariates["WT"]) / WT_REF) ** exponent
 
     @staticmethod
     def hepatic(theta, insulin_h):

@@ -198,6 +198,23 @@ def test_body_weight_is_checked_and_noted_when_the_model_has_no_weight_covariate
         read_quietly(table)
 
 
+def test_an_optional_weight_covariate_is_read_when_given_and_noted_when_not():
+    """t1d_ou scales by body weight when the table has it; without the column every subject is at
+    the reference weight and the reader says so; a column with a gap for one subject is refused."""
+    table = tidy(patients=("a", "b"))
+    report, cohort = check_t1d_table(table, model="t1d_ou")
+    assert cohort is not None and "WT" not in cohort.covariate_names
+    assert any("no body weight column" in n.message and "70 kg" in n.message for n in report.notices)
+    table["weight_kg"] = np.where(table["patient"] == "a", 35.0, 80.0)
+    report, cohort = check_t1d_table(table, model="t1d_ou")
+    assert cohort is not None and not any("body weight" in n.message for n in report.notices)
+    weights = dict(zip(cohort.ids, (s.covariates["WT"] for s in cohort.subjects), strict=True))
+    assert weights == {"a": 35.0, "b": 80.0}
+    table.loc[table["patient"] == "b", "weight_kg"] = np.nan
+    with pytest.raises(CohortFormatError, match="subject b: body weight"):
+        read_quietly(table, model="t1d_ou")
+
+
 def test_the_cohort_fits_the_glucose_model(tmp_path):
     from medsim.data import read_event_table, validate_event_table, write_event_table
 

@@ -213,6 +213,11 @@ def test_check_writes_the_fit_report_and_its_figures(fitted, tmp_path):
     held["ka"] = {**held["ka"], "kind": "fixed", "median": 1.5, "r_hat": None, "ess_bulk": None, "ess_tail": None}
     text = render_markdown(replace(built, parameters=held), {})
     assert re.search(r"\| ka \| [^|]+ \| 1/h \| 1\.5 \| held fixed \(--fix\) \| - \| - \| - \| - \|", text)
+    # An optional covariate the cohort lacked is stated with the value every subject was fitted at.
+    assert "Covariates not in the cohort" not in text
+    assumed = {**built.provenance, "assumed_covariates": {"WT": 70.0}}
+    text = render_markdown(replace(built, provenance=assumed), {})
+    assert "Covariates not in the cohort, every subject at the model's reference: WT = 70." in text
 
     # Refused before any work: a file as --report, a cohort the posterior was not fitted to.
     (tmp_path / "file").write_text("x")

@@ -234,3 +234,29 @@ def test_ekf_loglik_and_gradient_are_finite(model, tiny_cohort):
         assert np.isfinite(np.asarray(g)).all(), name
     # the disturbances are informed by the readings: their scales get a non-zero gradient
     assert all(float(jnp.abs(g_noise[n])) > 0 for n in ("sigma_SI", "sigma_EGP", "sigma_CGM"))
+
+
+def test_body_weight_scales_volume_and_clearance_allometrically(model):
+    """Exponents 1 (volume) and 0.75 (clearance) on WT / 70 kg; the reference weight changes nothing."""
+    typical = model.typical_parameters()
+    plain = model.individual_parameters(typical, {}, {"BASAL": 1.0})
+    at_reference = model.individual_parameters(typical, {}, {"BASAL": 1.0, "WT": 70.0})
+    child = model.individual_parameters(typical, {}, {"BASAL": 1.0, "WT": 35.0})
+    for name in plain:
+        assert float(at_reference[name]) == pytest.approx(float(plain[name]), rel=1e-6), name
+    assert float(child["V_G"]) == pytest.approx(0.5 * float(plain["V_G"]), rel=1e-6)
+    assert float(child["C_I"]) == pytest.approx(0.5**0.75 * float(plain["C_I"]), rel=1e-6)
+    unchanged = set(plain) - {"V_G", "C_I"}
+    assert all(float(child[n]) == pytest.approx(float(plain[n]), rel=1e-6) for n in unchanged)
+    # a smaller patient on the same basal rate: higher plasma insulin in proportion to 1 / C_I
+    ss_plain = model.steady_state(plain, 1.0 / 60.0)
+    ss_child = model.steady_state(child, 1.0 / 60.0)
+    assert float(ss_child["insulin_p"]) == pytest.approx(float(ss_plain["insulin_p"]) * 2**0.75, rel=1e-5)
+
+
+def test_a_cohort_without_body_weight_is_fitted_at_the_reference_and_says_so(model, tiny_cohort):
+    from medsim.inference.problem import prepare
+
+    data = prepare(tiny_cohort, model)
+    assert data.assumed_covariates == ("WT",)
+    np.testing.assert_array_equal(data.covariates["WT"], np.full(data.n_subjects, 70.0))
