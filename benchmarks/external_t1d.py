@@ -10,10 +10,10 @@ Without ``--cohort`` two cohorts are generated with simglucose (``benchmarks/t1d
 with every bolus of day 3 1.5x too large (hypoglycaemia common). With ``--cohort`` the given
 tidy table is used (``patient, time_min, bg_true, cgm, cho_g_per_min, insulin_U_per_min``,
 3-minute rows; an optional ``weight_kg`` column, constant per patient, gives the body weight that
-``uva_padova`` needs), so the check can be repeated on other patients. A patient whose true glucose
-reaches 0 mg/dL or below (a simulator failure: simglucose carries on with glucose at 0) is left
-out of the fit and the scores and listed in each run's ``excluded_patients``
-(:func:`screen_cohort`).
+``uva_padova`` needs and ``t1d_ou`` scales by), so the check can be repeated on other patients.
+A patient whose true glucose reaches 0 mg/dL or below (a simulator failure: simglucose carries
+on with glucose at 0) is left out of the fit and the scores and listed in each run's
+``excluded_patients`` (:func:`screen_cohort`). Without ``--cohort`` the cohorts carry body weight.
 
 For each cohort, glucose model and sampler: the cohort is read with
 :func:`medsim.data.t1d.read_t1d_table` (CGM every ``--cgm-every`` minutes; readings at or beyond
@@ -517,7 +517,7 @@ def main(argv: list[str] | None = None) -> int:
         start = time.perf_counter()
         for name, factor in (("meals", 1.0), ("overdose_day3", 1.5)):
             scenario = Scenario(days=args.test_day, seed=args.seed, bolus_factor=factor, factor_from_day=args.test_day)
-            cohorts[name] = generate_cohort(patients, scenario)
+            cohorts[name] = generate_cohort(patients, scenario, weight=True)
             if args.write_cohorts:
                 from medsim.data.tablefile import atomic_write
 

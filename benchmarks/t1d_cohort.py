@@ -111,7 +111,7 @@ def simulate_patient(name: str, seed: int, scenario: Scenario) -> pd.DataFrame:
 def generate_cohort(patients: tuple[str, ...], scenario: Scenario, *, weight: bool = False) -> pd.DataFrame:
     """The tidy table of ``patients`` under ``scenario`` (patients one after the other); with
     ``weight``, a ``weight_kg`` column (each patient's body weight in simglucose's patient table),
-    which models with a weight covariate (``uva_padova``) need."""
+    which ``uva_padova`` needs and ``t1d_ou`` scales by."""
     frames = [simulate_patient(name, scenario.patient_seed(i), scenario) for i, name in enumerate(patients)]
     table = pd.concat(frames, ignore_index=True)
     if weight:
@@ -179,7 +179,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--bolus-factor", type=float, default=1.0)
     parser.add_argument("--factor-from-day", type=int, default=3)
     parser.add_argument(
-        "--weight", action="store_true", help="add a weight_kg column (body weight; uva_padova needs it)"
+        "--weight",
+        action="store_true",
+        help="add a weight_kg column (body weight: uva_padova needs it, t1d_ou scales by it)",
     )
     args = parser.parse_args(argv)
     if args.bundled:
