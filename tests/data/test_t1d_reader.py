@@ -259,8 +259,9 @@ _headers = st.lists(
     n=st.integers(min_value=1, max_value=12),
     data=st.data(),
     two_patients=st.booleans(),
+    model=st.sampled_from(["glucose_insulin", "t1d_ou"]),
 )
-def test_random_tidy_tables_give_a_cohort_or_a_typed_error_naming_row_or_column(headers, n, data, two_patients):
+def test_random_tidy_tables_give_a_cohort_or_a_typed_error_naming_row_or_column(headers, n, data, two_patients, model):
     times = data.draw(st.lists(st.sampled_from([0.0, 3.0, 6.0, 9.0, 15.0, -3.0]), min_size=n, max_size=n))
     frame = pd.DataFrame(
         {
@@ -273,7 +274,9 @@ def test_random_tidy_tables_give_a_cohort_or_a_typed_error_naming_row_or_column(
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            cohort = read_t1d_table(frame.astype(object), cgm_every=data.draw(st.sampled_from([None, 3.0, 15.0])))
+            cohort = read_t1d_table(
+                frame.astype(object), cgm_every=data.draw(st.sampled_from([None, 3.0, 15.0])), model=model
+            )
     except CohortFormatError as err:
         assert err.problems
         for problem in err.problems:
@@ -282,6 +285,10 @@ def test_random_tidy_tables_give_a_cohort_or_a_typed_error_naming_row_or_column(
     else:
         assert cohort.n_subjects >= 1
         assert all(s.covariates["BASAL"] > 0 for s in cohort.subjects)
+        # t1d_ou's optional body weight: every subject has one when the column is there, none otherwise
+        weighted = model == "t1d_ou" and "weight_kg" in headers
+        assert all(("WT" in s.covariates) == weighted for s in cohort.subjects)
+        assert all(2.0 <= s.covariates["WT"] <= 250.0 for s in cohort.subjects if weighted)
 
 
 def test_cgm_goes_to_the_sensor_observable_of_a_model_that_has_one():
