@@ -325,6 +325,7 @@ def check_command(
             "diagnostics": diagnostics.to_dict(),
             "parameters": summarize(posterior),
             "held_fixed": posterior.priors.held,
+            "assumed_covariates": json.loads(attrs.get("assumed_covariates", "{}")),
             "calibration": None if gate is None else json.loads(gate.to_json()),
         }
         typer.echo(json.dumps(report, indent=2, default=float))

@@ -51,7 +51,7 @@ from medsim.data.t1d_rows import (
     weighted_median,
 )
 from medsim.data.tablefile import RawTable, read_raw
-from medsim.data.validate import check_table
+from medsim.data.validate import assumed_covariate_notice, check_table
 
 MG_DL_PER_MMOL_L = 18.016
 #: CGM readings outside this range (mg/dL) are not glucose concentrations (sensors report 40-400).
@@ -137,8 +137,9 @@ def check_t1d_table(
     event_units = {"TIME": "min", "DV": "mg/dL", "AMT": "U insulin / g carbohydrate", "RATE": "U/min", "BASAL": "U/h"}
     event_units.update({c: "kg" for c in covariates if c != "BASAL"})
     report, cohort = check_table(read_raw(frame), model=model, units=event_units, covariates=covariates)
-    # the event table's "no WT column" repeats the weight notice above, in the event table's terms
-    notices += [n for n in report.notices if not n.message.startswith("no WT column")]
+    # the event table's notice of a missing weight repeats the one above, in the event table's terms
+    repeated = {assumed_covariate_notice(model, c) for c in model.covariates if c.optional and c.unit == "kg"}
+    notices += [n for n in report.notices if n not in repeated]
     if cohort is not None:
         name = raw.name or "t1d"
         cohort = Cohort(cohort.subjects, name, cohort.units, cohort.covariate_names, raw.source)

@@ -39,7 +39,7 @@ from medsim.data.report import CohortFormatError, Notice, Problem, ValidationRep
 from medsim.data.tablefile import RawTable, read_raw
 
 if TYPE_CHECKING:
-    from medsim.models.base import PhysiologyModel
+    from medsim.models.base import Covariate, PhysiologyModel
 
 
 def _resolve_units(p: Parsed, given: Mapping[str, str] | None) -> dict[str, str]:
@@ -82,6 +82,17 @@ def _check_model(p: Parsed, kinds: RecordKinds, model: PhysiologyModel, units: M
         )
 
 
+def assumed_covariate_notice(model: PhysiologyModel, covariate: Covariate) -> Notice:
+    """The notice for an optional ``covariate`` of ``model`` that a table lacks (set to its reference)."""
+    c = covariate
+    return Notice(
+        f"no {c.name} column: model {model.name!r} takes every subject at its reference "
+        f"{c.name} = {c.reference:g} {c.unit} ({c.description})",
+        (),
+        None,
+    )
+
+
 def check_table(
     raw: RawTable,
     *,
@@ -111,14 +122,7 @@ def check_table(
     )
     for c in model.covariates if model is not None else ():
         if c.name not in required:
-            p.notices.append(
-                Notice(
-                    f"no {c.name} column: model {model.name!r} takes every subject at its reference "
-                    f"{c.name} = {c.reference:g} {c.unit} ({c.description})",
-                    (),
-                    None,
-                )
-            )
+            p.notices.append(assumed_covariate_notice(model, c))
     covs = select_covariates(
         p,
         kinds.subject,

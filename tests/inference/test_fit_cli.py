@@ -160,3 +160,5 @@ def test_an_optional_covariate_the_cohort_lacks_is_fitted_at_its_reference_and_s
     posterior = Posterior.load(out)
     assert json.loads(posterior.attrs["assumed_covariates"]) == {"WT": 70.0}
     assert posterior.draws().covariates["WT"].tolist() == [70.0, 70.0, 70.0]
+    checked = CliRunner().invoke(app, ["check", str(out), "--json"])
+    assert json.loads(checked.output)["assumed_covariates"] == {"WT": 70.0}
