@@ -85,6 +85,11 @@ class Posterior:
         return str(self.attrs["method"])
 
     @property
+    def assumed_covariates(self) -> dict[str, float]:
+        """Optional covariates the fitted cohort lacked, with the reference value every subject took."""
+        return json.loads(self.attrs.get("assumed_covariates", "{}"))
+
+    @property
     def subject_ids(self) -> tuple[str, ...]:
         return tuple(str(s) for s in self.idata.posterior["subject"].values)
 

@@ -229,8 +229,8 @@ def build_fit_report(
     attrs = posterior.attrs
     keys = ("model_name", "model_version", "cohort_name", "data_hash", "backend", "method", "chains", "draws")
     provenance = {k: attrs[k] for k in (*keys, "warmup", "seed", "wall_time_s", "created") if k in attrs}
-    if "assumed_covariates" in attrs:  # optional covariates the cohort lacked, at the model's reference
-        provenance["assumed_covariates"] = json.loads(attrs["assumed_covariates"])
+    if posterior.assumed_covariates:  # optional covariates the cohort lacked, at the model's reference
+        provenance["assumed_covariates"] = posterior.assumed_covariates
     return FitReport(
         source=source,
         provenance=_finite({k: v.item() if hasattr(v, "item") else v for k, v in provenance.items()}),

@@ -65,7 +65,7 @@ def _print_diagnostics(console, posterior, diagnostics) -> None:
     held = posterior.priors.held
     if held:
         console.print("held fixed (not estimated): " + ", ".join(f"{k} = {v:.4g}" for k, v in held.items()))
-    assumed = json.loads(posterior.attrs.get("assumed_covariates", "{}"))
+    assumed = posterior.assumed_covariates
     if assumed:
         console.print(
             "[yellow]covariates not in the cohort, every subject at the model's reference:[/] "
@@ -325,7 +325,7 @@ def check_command(
             "diagnostics": diagnostics.to_dict(),
             "parameters": summarize(posterior),
             "held_fixed": posterior.priors.held,
-            "assumed_covariates": json.loads(attrs.get("assumed_covariates", "{}")),
+            "assumed_covariates": posterior.assumed_covariates,
             "calibration": None if gate is None else json.loads(gate.to_json()),
         }
         typer.echo(json.dumps(report, indent=2, default=float))
