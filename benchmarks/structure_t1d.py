@@ -1,0 +1,316 @@
+"""Structural extrapolation check: can a glucose model's equations reach a test day's glucose?
+
+``external_t1d.py`` judges a whole fit (SVI, process noise, sensor model, twin forecast) in
+20-30 minutes per cohort. Before that, a candidate structure can be screened in a few minutes:
+for each patient, the model's noise-free equations (every process-noise scale 0, so the
+disturbances stay at 0) are fitted to the simulator's true plasma glucose (``bg_true``) on the
+training days by maximum a posteriori, and then run through the test day of each cohort from
+the recorded meals and insulin. What is left on the test day is error of the structure (and of
+its parameters as the training days identify them), not of the noise model or of the inference.
+A dose scenario (``--cohort`` with boluses 1.5x too large on day 3, ``t1d_cohort.py
+--bolus-factor 1.5``) asks whether the structure extrapolates to doses it was not fitted on.
+
+    python benchmarks/structure_t1d.py --cohort meals.csv --cohort over.csv [--models t1d_ou,uva_padova]
+        [--fix Vg,k1] [--train-days 2] [--test-day 3] [--json OUT]
+
+Every cohort must hold the same patients with the same training days (a scenario differs from
+the first cohort only from the test day on; checked). Tidy columns as ``external_t1d.py``:
+``patient, time_min, bg_true, cgm, cho_g_per_min, insulin_U_per_min`` in 3-minute rows, optional
+``weight_kg``.
+
+The fit, per patient and model: the structural parameters (those ``--fix`` does not hold) as
+``typical * exp(z)``, ``z`` with a normal prior of SD ``bsv`` (between-subject SD), or the
+parameter's ``prior_log_sd`` where it has no between-subject variability; glucose every 15 min
+with a log-normal error of SD 0.1 (10 %, the order of the fits' residuals); L-BFGS-B within
++-3 prior SDs. Integration: classical Runge-Kutta, 1-min steps, inputs constant over each 3-min
+row (simglucose's sample time). Insulin enters the model's insulin compartment (CMT 1);
+carbohydrate as eaten enters CMT 6 where the model has it (``uva_padova``: carbohydrate eaten)
+and CMT 2 otherwise. ``BASAL`` is the median insulin rate of the first day (the pump's basal
+rate; boluses are a few rows a day) in U/h; ``WT`` the ``weight_kg`` column where there is one.
+
+Scores per cohort's test day: RMSE and mean error (bias) of the noise-free forecast against the
+true glucose, the mean error where the true glucose is below 90 mg/dL (``low_bias``: positive
+means the forecast does not go as low as the patient did), and the forecast's minimum against
+the true minimum.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pandas as pd
+import scipy.optimize
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks.external_t1d import screen_cohort
+from benchmarks.t1d_cohort import TIDY_COLUMNS
+from medsim.models import get
+
+ROW_MIN = 3.0
+SUBSTEPS = 3
+FIT_EVERY_MIN = 15.0
+LOG_ERROR_SD = 0.1
+LOW_MG_DL = 90.0
+COLUMNS = TIDY_COLUMNS  # the CGM column is read by the screening, not by this check
+
+
+def read_cohort(path: str) -> tuple[dict[str, pd.DataFrame], dict[str, str]]:
+    """(patient -> rows sorted by time, patients left out and why).
+
+    Missing columns and a step other than 3 min are errors. A patient whose true glucose leaves
+    the physiological domain (missing, or at or below 0 mg/dL: ``external_t1d.screen_cohort``) is
+    left out and listed, as ``external_t1d.py`` leaves it out.
+    """
+    tidy = pd.read_csv(path)
+    missing = [c for c in COLUMNS if c not in tidy.columns]
+    if missing:
+        raise SystemExit(f"{path}: missing column(s) {missing}; expected {list(COLUMNS)} (+ optional weight_kg)")
+    tidy, excluded = screen_cohort(tidy, path)
+    out = {}
+    for patient, rows in tidy.groupby("patient", sort=False):
+        rows = rows.sort_values("time_min").reset_index(drop=True)
+        step = np.diff(rows["time_min"].to_numpy(float))
+        if step.size == 0 or not np.allclose(step, ROW_MIN):
+            raise SystemExit(
+                f"{path}: patient {patient}: rows must be {ROW_MIN:g} min apart (simglucose's sample time)"
+            )
+        out[str(patient)] = rows
+    return out, excluded
+
+
+def check_same_training(cohorts: list[dict[str, pd.DataFrame]], names: list[str], n_train: int) -> None:
+    """Every cohort has the first one's patients and, on the training rows, its data exactly."""
+    first = cohorts[0]
+    for cohort, name in zip(cohorts[1:], names[1:], strict=True):
+        if set(cohort) != set(first):
+            raise SystemExit(
+                f"{name}: patients {sorted(set(cohort) ^ set(first))} are not in both {names[0]} and {name}"
+            )
+        for patient, rows in cohort.items():
+            a, b = first[patient].iloc[:n_train], rows.iloc[:n_train]
+            for column in ("bg_true", "cho_g_per_min", "insulin_U_per_min"):
+                if len(b) < n_train or not np.allclose(a[column].to_numpy(float), b[column].to_numpy(float)):
+                    raise SystemExit(
+                        f"{name}: patient {patient}: column {column} differs from {names[0]} on the training days; "
+                        "a scenario must share them"
+                    )
+
+
+def input_states(model) -> tuple[str, str]:
+    """(insulin state, carbohydrate-as-eaten state) of ``model``'s compartments."""
+    carbohydrate = 6 if 6 in model.dose_targets else 2
+    return model.dose_targets[1], model.dose_targets[carbohydrate]
+
+
+def simulate(model, theta, insulin, carbohydrate):
+    """Noise-free glucose (mg/dL) at the start of each 3-min row; RK4 with 1-min steps."""
+    x0 = model.initial_state(theta)
+    names = tuple(x0)
+    insulin_state, carb_state = input_states(model)
+    h = ROW_MIN / SUBSTEPS
+
+    def f(x, u_insulin, u_carb):
+        rate = {insulin_state: u_insulin, carb_state: u_carb}
+        dx = model.drift(0.0, dict(zip(names, x, strict=True)), theta, rate)
+        return tuple(dx[n] for n in names)
+
+    def row(x, u):
+        glucose = model.observe(dict(zip(names, x, strict=True)), theta)["glucose_mg_dL"]
+        for _ in range(SUBSTEPS):
+            k1 = f(x, *u)
+            k2 = f(tuple(a + 0.5 * h * b for a, b in zip(x, k1, strict=True)), *u)
+            k3 = f(tuple(a + 0.5 * h * b for a, b in zip(x, k2, strict=True)), *u)
+            k4 = f(tuple(a + h * b for a, b in zip(x, k3, strict=True)), *u)
+            x = tuple(
+                a + h / 6.0 * (b1 + 2.0 * b2 + 2.0 * b3 + b4)
+                for a, b1, b2, b3, b4 in zip(x, k1, k2, k3, k4, strict=True)
+            )
+        return x, glucose
+
+    _, glucose = jax.lax.scan(row, tuple(x0[n] for n in names), (insulin, carbohydrate))
+    return glucose
+
+
+def free_parameters(model, fix: set[str]) -> tuple[list[str], np.ndarray]:
+    """Structural parameters fitted, and their prior SDs on the log scale."""
+    names, scales = [], []
+    for p in model.structural:
+        scale = p.bsv if p.bsv > 0 else p.prior_log_sd
+        if p.name in fix or not scale:
+            continue
+        names.append(p.name)
+        scales.append(scale)
+    return names, np.asarray(scales, float)
+
+
+def covariates(model, rows: pd.DataFrame) -> dict[str, float]:
+    out = {"BASAL": float(np.median(rows["insulin_U_per_min"].to_numpy(float)[: int(1440 / ROW_MIN)])) * 60.0}
+    if "weight_kg" in rows and any(c.name == "WT" for c in model.covariates):
+        out["WT"] = float(rows["weight_kg"].iloc[0])
+    return out
+
+
+def fit_patient(model, rows: pd.DataFrame, n_train: int, fix: set[str]):
+    """MAP parameters of the noise-free equations on the training rows; (theta, fitted names, result)."""
+    typical = {k: jnp.asarray(float(v), jnp.float64) for k, v in model.typical_parameters().items()}
+    for p in model.parameters:
+        if p.kind == "process_noise":
+            typical[p.name] = jnp.asarray(0.0, jnp.float64)
+    free, scale = free_parameters(model, fix)
+    cov = {k: jnp.asarray(v, jnp.float64) for k, v in covariates(model, rows).items()}
+    insulin = jnp.asarray(rows["insulin_U_per_min"].to_numpy(float)[:n_train])
+    carbohydrate = jnp.asarray(rows["cho_g_per_min"].to_numpy(float)[:n_train])
+    every = round(FIT_EVERY_MIN / ROW_MIN)
+    truth = jnp.asarray(rows["bg_true"].to_numpy(float)[:n_train:every])
+
+    def theta_of(z):
+        return model.individual_parameters(typical, {n: z[i] for i, n in enumerate(free)}, cov)
+
+    def loss(z):
+        glucose = simulate(model, theta_of(z), insulin, carbohydrate)[::every]
+        residual = (jnp.log(jnp.maximum(glucose, 1.0)) - jnp.log(jnp.maximum(truth, 1.0))) / LOG_ERROR_SD
+        return 0.5 * jnp.sum(residual**2) + 0.5 * jnp.sum((z / scale) ** 2)
+
+    value_and_grad = jax.jit(jax.value_and_grad(loss))
+
+    def objective(z):
+        value, grad = value_and_grad(jnp.asarray(z))
+        if not np.isfinite(float(value)):
+            return 1e12, np.zeros_like(z)
+        return float(value), np.asarray(grad, float)
+
+    bounds = [(-3.0 * s, 3.0 * s) for s in scale]
+    result = scipy.optimize.minimize(
+        objective, np.zeros(len(free)), jac=True, method="L-BFGS-B", bounds=bounds, options={"maxiter": 300}
+    )
+    return theta_of(jnp.asarray(result.x)), free, result
+
+
+def day_scores(forecast: np.ndarray, truth: np.ndarray) -> dict[str, float | None]:
+    error = forecast - truth
+    low = truth < LOW_MG_DL
+    return {
+        "rmse": float(np.sqrt(np.mean(error**2))),
+        "bias": float(np.mean(error)),
+        "low_bias": float(np.mean(error[low])) if low.any() else None,
+        "n_low": int(low.sum()),
+        "min_forecast": float(forecast.min()),
+        "min_true": float(truth.min()),
+    }
+
+
+def run_model(model_name: str, cohorts, names, args) -> dict:
+    model = get(model_name)
+    day = int(1440 / ROW_MIN)
+    n_train, test = args.train_days * day, slice((args.test_day - 1) * day, args.test_day * day)
+    patients, started = [], time.perf_counter()
+    for patient, rows in cohorts[0].items():
+        theta, free, result = fit_patient(model, rows, n_train, set(args.fix))
+        entry = {"patient": patient, "converged": bool(result.success), "iterations": int(result.nit)}
+        for cohort, name in zip(cohorts, names, strict=True):
+            r = cohort[patient]
+            forecast = np.asarray(
+                simulate(
+                    model,
+                    theta,
+                    jnp.asarray(r["insulin_U_per_min"].to_numpy(float)),
+                    jnp.asarray(r["cho_g_per_min"].to_numpy(float)),
+                )
+            )
+            truth = r["bg_true"].to_numpy(float)
+            if "train_rmse" not in entry:
+                entry["train_rmse"] = float(np.sqrt(np.mean((forecast[:n_train] - truth[:n_train]) ** 2)))
+            entry[name] = day_scores(forecast[test], truth[test])
+        entry["parameters"] = {n: float(theta[n]) for n in free}
+        patients.append(entry)
+        print(f"  {model_name} {patient}: train RMSE {entry['train_rmse']:.1f}", flush=True)
+    summary = {"train_rmse": float(np.mean([p["train_rmse"] for p in patients]))}
+    for name in names:
+        lows = [p[name]["low_bias"] for p in patients if p[name]["low_bias"] is not None]
+        summary[name] = {
+            "rmse": float(np.mean([p[name]["rmse"] for p in patients])),
+            "bias": float(np.mean([p[name]["bias"] for p in patients])),
+            "low_bias": float(np.mean(lows)) if lows else None,
+        }
+    return {
+        "model": model_name,
+        "version": model.version,
+        "fixed": sorted(args.fix),
+        "summary": summary,
+        "patients": patients,
+        "seconds": time.perf_counter() - started,
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--cohort", action="append", required=True, help="tidy CSV (repeat: scenarios of one cohort)")
+    parser.add_argument("--models", default="t1d_ou", help="comma-separated model names")
+    parser.add_argument("--fix", default="", help="comma-separated parameters held at their typical values")
+    parser.add_argument("--train-days", type=int, default=2)
+    parser.add_argument("--test-day", type=int, default=3)
+    parser.add_argument("--json", help="write the results here")
+    args = parser.parse_args(argv)
+    args.fix = [f for f in args.fix.split(",") if f]
+    if args.test_day <= args.train_days:
+        parser.error("--test-day must come after the training days")
+    models = [m for m in args.models.split(",") if m]
+    for name in models:
+        model = get(name)  # an unknown model fails here, before any work
+        unknown = sorted(set(args.fix) - {p.name for p in model.parameters})
+        if unknown:
+            parser.error(f"--fix: model {name} has no parameter(s) {unknown}")
+    names = [Path(c).stem for c in args.cohort]
+    if len(set(names)) != len(names):
+        parser.error(f"--cohort: file names must differ (they name the scenarios): {names}")
+    read = [read_cohort(c) for c in args.cohort]
+    cohorts = [r[0] for r in read]
+    excluded = {p: why for _, left_out in read for p, why in left_out.items()}
+    for patient, why in excluded.items():
+        print(f"{patient} left out: {why}")
+    cohorts = [{p: r for p, r in c.items() if p not in excluded} for c in cohorts]
+    day = int(1440 / ROW_MIN)
+    for cohort, name in zip(cohorts, names, strict=True):
+        short = [p for p, r in cohort.items() if len(r) < args.test_day * day]
+        if short:
+            raise SystemExit(f"{name}: patient(s) {short} have fewer than {args.test_day} days of rows")
+    check_same_training(cohorts, names, args.train_days * day)
+    results = []
+    for name in models:
+        with jax.enable_x64(True):  # float64 for the fit, without changing the caller's default
+            out = run_model(name, cohorts, names, args)
+        results.append(out)
+        train = out["summary"]["train_rmse"]
+        print(f"{name} (version {out['version']}), {out['seconds']:.0f} s: training RMSE {train:.1f}")
+        for cohort in names:
+            s = out["summary"][cohort]
+            low = "-" if s["low_bias"] is None else f"{s['low_bias']:+.1f}"
+            print(f"  {cohort}: test-day RMSE {s['rmse']:.1f}, bias {s['bias']:+.1f}, below {LOW_MG_DL:g}: {low} mg/dL")
+    if args.json:
+        from benchmarks.machine import machine_info
+        from medsim.data.tablefile import atomic_write
+        from medsim.inference.provenance import package_versions
+
+        record = {
+            "command": "python benchmarks/structure_t1d.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+            "cohorts": args.cohort,
+            "excluded_patients": excluded,
+            "machine": machine_info(cores=1),
+            "versions": package_versions(),
+            "runs": results,
+        }
+        text = json.dumps(record, indent=1) + "\n"
+        atomic_write(Path(args.json), lambda tmp: tmp.write_text(text))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
