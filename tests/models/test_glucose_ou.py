@@ -27,14 +27,19 @@ def subject(model, **overrides):
     return {k: jnp.asarray(v, jnp.float32) for k, v in {**theta, **overrides}.items()}
 
 
+def floor(u):
+    """The hepatic suppression's smooth floor at 0: ``0.05 ln(1 + exp(u / 0.05))``."""
+    return 0.05 * np.logaddexp(0.0, u / 0.05)
+
+
 def reference_rhs(theta, basal_u_per_min):
     """The module docstring's noise-free equations, written again in numpy (independent of the model's code)."""
     p = {k: float(v) for k, v in theta.items()}
 
     def rhs(t, y):
-        gut1, gut2, isc, ip, act, g, si, egp, ig, err, ih = y
+        gut1, gut2, isc, ip, act, g, si, egp, ig, err, ih, ih1 = y
         ra = 1000.0 * gut2 / (p["V_G"] * p["tau_m"])
-        production = p["EGP"] * np.exp(egp) * np.exp(-p["S_H"] * (ih - 10.0))
+        production = p["EGP"] * np.exp(egp) * floor(1.0 - p["S_H"] * (ih - 10.0))
         return [
             -gut1 / p["tau_m"],
             (gut1 - gut2) / p["tau_m"],
@@ -46,7 +51,8 @@ def reference_rhs(theta, basal_u_per_min):
             -egp / p["T_EGP"],
             (g - ig) / p["tau_ig"],
             -err / p["T_CGM"],
-            (ip - ih) / p["tau_h"],
+            (ih1 - ih) / (p["tau_h"] / 2),
+            (ip - ih1) / (p["tau_h"] / 2),
         ]
 
     return rhs
@@ -116,21 +122,27 @@ def test_zero_noise_plasma_glucose_is_glucose_insulin(model):
     assert set(model.diffusion(0.0, x, theta)) == {"glucose", "si_log", "egp_log", "cgm_error"}
 
 
-def test_insulin_suppresses_production_whatever_the_glucose(model):
-    """Delayed insulin ``dI`` above the reference scales production by ``exp(-S_H dI)``, at 50 mg/dL as at 200."""
+@pytest.mark.parametrize("d_insulin", [20.0, 60.0])
+def test_insulin_suppresses_production_whatever_the_glucose(model, d_insulin):
+    """Delayed insulin ``dI`` above the reference scales production by ``1 - S_H dI``, floored
+    smoothly at 0 (UVA/Padova's linear ``kp3 Id``): the same at 50 mg/dL as at 200."""
     theta = subject(model, **{n: 0.0 for n in NOISE})
     x = model.initial_state(theta)
-    egp, s_h, d_insulin = float(theta["EGP"]), float(theta["S_H"]), 20.0
+    egp, s_h = float(theta["EGP"]), float(theta["S_H"])
     for glucose in (50.0, 200.0):
         at = {**x, "glucose": jnp.float32(glucose), "insulin_h": jnp.float32(10.0)}
         raised = {**at, "insulin_h": jnp.float32(10.0 + d_insulin)}
         change = float(model.drift(0.0, raised, theta, {})["glucose"]) - float(
             model.drift(0.0, at, theta, {})["glucose"]
         )
-        assert change == pytest.approx(egp * (np.exp(-s_h * d_insulin) - 1.0), rel=1e-4), glucose
+        # at the reference the floor adds 0.05 ln(1 + exp(-20)) ~ 1e-10 to 1
+        expected = egp * (floor(1.0 - s_h * d_insulin) - 1.0)
+        assert change == pytest.approx(expected, rel=1e-4), glucose
+    if d_insulin == 60.0:  # S_H dI = 1.6: production is off (within the floor's 0.05 exp(-12) = 3e-7)
+        assert floor(1.0 - s_h * d_insulin) < 1e-6
     # at steady state the liver sees plasma insulin, and basal glucose includes the suppression
-    assert float(x["insulin_h"]) == float(x["insulin_p"])
-    production = egp * np.exp(-s_h * (float(x["insulin_p"]) - 10.0))
+    assert float(x["insulin_h"]) == float(x["insulin_h1"]) == float(x["insulin_p"])
+    production = egp * floor(1.0 - s_h * (float(x["insulin_p"]) - 10.0))
     assert float(x["glucose"]) == pytest.approx(production / (float(theta["GEZI"]) + float(x["action"])), rel=1e-5)
 
 
