@@ -51,7 +51,6 @@ import scipy.optimize
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.external_t1d import screen_cohort
-from benchmarks.t1d_cohort import TIDY_COLUMNS
 from medsim.models import get
 
 ROW_MIN = 3.0
@@ -59,21 +58,20 @@ SUBSTEPS = 3
 FIT_EVERY_MIN = 15.0
 LOG_ERROR_SD = 0.1
 LOW_MG_DL = 90.0
-COLUMNS = TIDY_COLUMNS  # the CGM column is read by the screening, not by this check
+ROWS_PER_DAY = round(1440 / ROW_MIN)
 
 
 def read_cohort(path: str) -> tuple[dict[str, pd.DataFrame], dict[str, str]]:
     """(patient -> rows sorted by time, patients left out and why).
 
-    Missing columns and a step other than 3 min are errors. A patient whose true glucose leaves
-    the physiological domain (missing, or at or below 0 mg/dL: ``external_t1d.screen_cohort``) is
-    left out and listed, as ``external_t1d.py`` leaves it out.
+    Missing columns (``external_t1d.screen_cohort`` names them) and a step other than 3 min are
+    errors. A patient whose true glucose leaves the physiological domain (missing, or at or below
+    0 mg/dL) is left out and listed, as ``external_t1d.py`` leaves it out.
     """
-    tidy = pd.read_csv(path)
-    missing = [c for c in COLUMNS if c not in tidy.columns]
-    if missing:
-        raise SystemExit(f"{path}: missing column(s) {missing}; expected {list(COLUMNS)} (+ optional weight_kg)")
-    tidy, excluded = screen_cohort(tidy, path)
+    try:
+        tidy, excluded = screen_cohort(pd.read_csv(path), path)
+    except ValueError as error:
+        raise SystemExit(str(error)) from None
     out = {}
     for patient, rows in tidy.groupby("patient", sort=False):
         rows = rows.sort_values("time_min").reset_index(drop=True)
@@ -152,46 +150,58 @@ def free_parameters(model, fix: set[str]) -> tuple[list[str], np.ndarray]:
 
 
 def covariates(model, rows: pd.DataFrame) -> dict[str, float]:
-    out = {"BASAL": float(np.median(rows["insulin_U_per_min"].to_numpy(float)[: int(1440 / ROW_MIN)])) * 60.0}
+    out = {"BASAL": float(np.median(rows["insulin_U_per_min"].to_numpy(float)[:ROWS_PER_DAY])) * 60.0}
     if "weight_kg" in rows and any(c.name == "WT" for c in model.covariates):
         out["WT"] = float(rows["weight_kg"].iloc[0])
     return out
 
 
-def fit_patient(model, rows: pd.DataFrame, n_train: int, fix: set[str]):
-    """MAP parameters of the noise-free equations on the training rows; (theta, fitted names, result)."""
-    typical = {k: jnp.asarray(float(v), jnp.float64) for k, v in model.typical_parameters().items()}
-    for p in model.parameters:
-        if p.kind == "process_noise":
-            typical[p.name] = jnp.asarray(0.0, jnp.float64)
-    free, scale = free_parameters(model, fix)
-    cov = {k: jnp.asarray(v, jnp.float64) for k, v in covariates(model, rows).items()}
-    insulin = jnp.asarray(rows["insulin_U_per_min"].to_numpy(float)[:n_train])
-    carbohydrate = jnp.asarray(rows["cho_g_per_min"].to_numpy(float)[:n_train])
-    every = round(FIT_EVERY_MIN / ROW_MIN)
-    truth = jnp.asarray(rows["bg_true"].to_numpy(float)[:n_train:every])
+class Fitter:
+    """MAP fits of ``model``'s noise-free equations; the objective and the forecast are compiled
+    once per model (every patient has the same number of rows) and take a patient's data as arguments."""
 
-    def theta_of(z):
-        return model.individual_parameters(typical, {n: z[i] for i, n in enumerate(free)}, cov)
+    def __init__(self, model, fix: set[str]):
+        self.model = model
+        self.typical = {k: jnp.asarray(float(v), jnp.float64) for k, v in model.typical_parameters().items()}
+        for p in model.parameters:
+            if p.kind == "process_noise":
+                self.typical[p.name] = jnp.asarray(0.0, jnp.float64)
+        self.free, self.scale = free_parameters(model, fix)
+        self.every = round(FIT_EVERY_MIN / ROW_MIN)
+        self.value_and_grad = jax.jit(jax.value_and_grad(self.loss))
+        self.forecast = jax.jit(
+            lambda z, cov, insulin, carbohydrate: simulate(model, self.theta(z, cov), insulin, carbohydrate)
+        )
 
-    def loss(z):
-        glucose = simulate(model, theta_of(z), insulin, carbohydrate)[::every]
+    def theta(self, z, cov):
+        return self.model.individual_parameters(self.typical, {n: z[i] for i, n in enumerate(self.free)}, cov)
+
+    def loss(self, z, cov, insulin, carbohydrate, truth):
+        glucose = simulate(self.model, self.theta(z, cov), insulin, carbohydrate)[:: self.every]
         residual = (jnp.log(jnp.maximum(glucose, 1.0)) - jnp.log(jnp.maximum(truth, 1.0))) / LOG_ERROR_SD
-        return 0.5 * jnp.sum(residual**2) + 0.5 * jnp.sum((z / scale) ** 2)
+        return 0.5 * jnp.sum(residual**2) + 0.5 * jnp.sum((z / self.scale) ** 2)
 
-    value_and_grad = jax.jit(jax.value_and_grad(loss))
+    def fit(self, rows: pd.DataFrame, n_train: int):
+        """(MAP ``z`` of the patient, covariates, optimiser result) on the training rows."""
+        cov = {k: jnp.asarray(v, jnp.float64) for k, v in covariates(self.model, rows).items()}
+        data = (
+            cov,
+            jnp.asarray(rows["insulin_U_per_min"].to_numpy(float)[:n_train]),
+            jnp.asarray(rows["cho_g_per_min"].to_numpy(float)[:n_train]),
+            jnp.asarray(rows["bg_true"].to_numpy(float)[: n_train : self.every]),
+        )
 
-    def objective(z):
-        value, grad = value_and_grad(jnp.asarray(z))
-        if not np.isfinite(float(value)):
-            return 1e12, np.zeros_like(z)
-        return float(value), np.asarray(grad, float)
+        def objective(z):
+            value, grad = self.value_and_grad(jnp.asarray(z), *data)
+            if not np.isfinite(float(value)):
+                return 1e12, np.zeros_like(z)
+            return float(value), np.asarray(grad, float)
 
-    bounds = [(-3.0 * s, 3.0 * s) for s in scale]
-    result = scipy.optimize.minimize(
-        objective, np.zeros(len(free)), jac=True, method="L-BFGS-B", bounds=bounds, options={"maxiter": 300}
-    )
-    return theta_of(jnp.asarray(result.x)), free, result
+        bounds = [(-3.0 * s, 3.0 * s) for s in self.scale]
+        result = scipy.optimize.minimize(
+            objective, np.zeros(len(self.free)), jac=True, method="L-BFGS-B", bounds=bounds, options={"maxiter": 300}
+        )
+        return jnp.asarray(result.x), cov, result
 
 
 def day_scores(forecast: np.ndarray, truth: np.ndarray) -> dict[str, float | None]:
@@ -209,18 +219,20 @@ def day_scores(forecast: np.ndarray, truth: np.ndarray) -> dict[str, float | Non
 
 def run_model(model_name: str, cohorts, names, args) -> dict:
     model = get(model_name)
-    day = int(1440 / ROW_MIN)
+    day = ROWS_PER_DAY
     n_train, test = args.train_days * day, slice((args.test_day - 1) * day, args.test_day * day)
+    fitter = Fitter(model, set(args.fix))
     patients, started = [], time.perf_counter()
     for patient, rows in cohorts[0].items():
-        theta, free, result = fit_patient(model, rows, n_train, set(args.fix))
+        z, cov, result = fitter.fit(rows, n_train)
+        theta = fitter.theta(z, cov)
         entry = {"patient": patient, "converged": bool(result.success), "iterations": int(result.nit)}
         for cohort, name in zip(cohorts, names, strict=True):
-            r = cohort[patient]
+            r = cohort[patient].iloc[: args.test_day * day]
             forecast = np.asarray(
-                simulate(
-                    model,
-                    theta,
+                fitter.forecast(
+                    z,
+                    cov,
                     jnp.asarray(r["insulin_U_per_min"].to_numpy(float)),
                     jnp.asarray(r["cho_g_per_min"].to_numpy(float)),
                 )
@@ -229,7 +241,7 @@ def run_model(model_name: str, cohorts, names, args) -> dict:
             if "train_rmse" not in entry:
                 entry["train_rmse"] = float(np.sqrt(np.mean((forecast[:n_train] - truth[:n_train]) ** 2)))
             entry[name] = day_scores(forecast[test], truth[test])
-        entry["parameters"] = {n: float(theta[n]) for n in free}
+        entry["parameters"] = {n: float(theta[n]) for n in fitter.free}
         patients.append(entry)
         print(f"  {model_name} {patient}: train RMSE {entry['train_rmse']:.1f}", flush=True)
     summary = {"train_rmse": float(np.mean([p["train_rmse"] for p in patients]))}
@@ -272,12 +284,11 @@ def main(argv: list[str] | None = None) -> int:
     if len(set(names)) != len(names):
         parser.error(f"--cohort: file names must differ (they name the scenarios): {names}")
     read = [read_cohort(c) for c in args.cohort]
-    cohorts = [r[0] for r in read]
     excluded = {p: why for _, left_out in read for p, why in left_out.items()}
     for patient, why in excluded.items():
         print(f"{patient} left out: {why}")
-    cohorts = [{p: r for p, r in c.items() if p not in excluded} for c in cohorts]
-    day = int(1440 / ROW_MIN)
+    cohorts = [{p: r for p, r in cohort.items() if p not in excluded} for cohort, _ in read]
+    day = ROWS_PER_DAY
     for cohort, name in zip(cohorts, names, strict=True):
         short = [p for p, r in cohort.items() if len(r) < args.test_day * day]
         if short:
