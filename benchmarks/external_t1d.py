@@ -3,7 +3,7 @@
 Run: ``.venv/bin/python benchmarks/external_t1d.py [--quick] [--cohort CSV] [--train-days 2]
 [--test-day 3] [--cgm-every 15] [--cgm-limits 39 400] [--json OUT] [--models glucose_insulin]
 [--methods svi,nuts] [--svi-steps 6000] [--svi-learning-rate 0.01] [--fix NAME[=VALUE] ...]
-[--max-substep 10]``.
+[--max-substep 10] [--write-cohorts DIR] [--save-posteriors DIR]``.
 
 Without ``--cohort`` two cohorts are generated with simglucose (``benchmarks/t1d_cohort.py``):
 12 patients (4 adults, 4 adolescents, 4 children), 3 days, random meals, and the same patients
@@ -369,6 +369,12 @@ def run_one(tidy: pd.DataFrame, model_name: str, method: str, args) -> dict:
         )
     posterior = _FITS[cache_key]
     fit_s = time.perf_counter() - start
+    saved = None
+    if args.save_posteriors is not None:
+        # one file per fit (scenarios that share the training days share it), for inspecting the fit later
+        saved = args.save_posteriors / f"{model_name}_{method}_{train.data_hash()[:12]}.nc"
+        if not saved.exists():
+            posterior.save(saved)
     truth = test_day_truth(tidy, full.ids, t0, t1, args.cgm_every)
     key = jax.random.key(args.seed)
     k_cgm, k_grid = jax.random.split(key)
@@ -415,6 +421,7 @@ def run_one(tidy: pd.DataFrame, model_name: str, method: str, args) -> dict:
         "diagnostics_ok": getattr(diagnostics, "ok", None),
         "diagnostics_problems": list(getattr(diagnostics, "problems", ())),
         "elbo": None if posterior.attrs.get("elbo") is None else float(posterior.attrs["elbo"]),
+        "posterior_file": None if saved is None else str(saved),
         **scores,
     }
 
@@ -487,6 +494,11 @@ def main(argv: list[str] | None = None) -> int:
         help="twin forecast from the filtered state at the end of training (default) or from time 0",
     )
     parser.add_argument("--write-cohorts", type=Path, help="folder to keep the generated tidy CSVs in")
+    parser.add_argument(
+        "--save-posteriors",
+        type=Path,
+        help="folder to keep each fit in (medsim's posterior netCDF, `medsim check` reads it)",
+    )
     args = parser.parse_args(argv)
     args.svi_steps = args.svi_steps or (300 if args.quick else None)
     args.draws = args.draws or (100 if args.quick else 500)
@@ -494,6 +506,11 @@ def main(argv: list[str] | None = None) -> int:
     args.n_draws = args.n_draws or (50 if args.quick else 200)
     if args.test_day <= args.train_days:
         parser.error("--test-day must come after the training days")
+    for folder in (args.save_posteriors, args.write_cohorts):
+        if folder is not None:
+            if folder.exists() and not folder.is_dir():
+                parser.error(f"{folder} exists and is not a folder")
+            folder.mkdir(parents=True, exist_ok=True)  # before any work: a bad location fails now
     if args.fix:  # checked against every model before any work
         import medsim.models
         from medsim.inference.priors import PriorError, parse_fix

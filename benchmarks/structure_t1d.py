@@ -11,7 +11,7 @@ A dose scenario (``--cohort`` with boluses 1.5x too large on day 3, ``t1d_cohort
 --bolus-factor 1.5``) asks whether the structure extrapolates to doses it was not fitted on.
 
     python benchmarks/structure_t1d.py --cohort meals.csv --cohort over.csv [--models t1d_ou,uva_padova]
-        [--fix Vg,k1] [--train-days 2] [--test-day 3] [--json OUT]
+        [--fix Vg,k1] [--train-days 2] [--test-day 3] [--fit-to bg_true|cgm] [--json OUT]
 
 Every cohort must hold the same patients with the same training days (a scenario differs from
 the first cohort only from the test day on; checked). Tidy columns as ``external_t1d.py``:
@@ -27,6 +27,11 @@ row (simglucose's sample time). Insulin enters the model's insulin compartment (
 carbohydrate as eaten enters CMT 6 where the model has it (``uva_padova``: carbohydrate eaten)
 and CMT 2 otherwise. ``BASAL`` is the median insulin rate of the first day (the pump's basal
 rate; boluses are a few rows a day) in U/h; ``WT`` the ``weight_kg`` column where there is one.
+
+``--fit-to cgm`` fits the model's noise-free interstitial glucose to the CGM readings instead
+(every 15 min, the same error model), as a whole fit sees the patient: the gap between the two
+runs is what the sensor's delay and error cost the structure's parameters, before any process
+noise or hierarchical inference. The forecast is scored against the true plasma glucose either way.
 
 Scores per cohort's test day: RMSE and mean error (bias) of the noise-free forecast against the
 true glucose, the mean error where the true glucose is below 90 mg/dL (``low_bias``: positive
@@ -108,8 +113,23 @@ def input_states(model) -> tuple[str, str]:
     return model.dose_targets[1], model.dose_targets[carbohydrate]
 
 
-def simulate(model, theta, insulin, carbohydrate):
-    """Noise-free glucose (mg/dL) at the start of each 3-min row; RK4 with 1-min steps."""
+#: The column each ``--fit-to`` choice fits, and the model observable it is compared with there
+#: (``None``: the model's noise-free interstitial glucose, see ``interstitial_observable``).
+FIT_TO = {"bg_true": "glucose_mg_dL", "cgm": None}
+INTERSTITIAL = ("interstitial_mg_dL", "glucose_ig_mg_dL")
+
+
+def interstitial_observable(model) -> str:
+    """The name of ``model``'s interstitial glucose without sensor error (what a CGM reads, noise aside)."""
+    names = {o.name for o in model.observables}
+    for name in INTERSTITIAL:
+        if name in names:
+            return name
+    raise SystemExit(f"--fit-to cgm: model {model.name} has no interstitial glucose observable ({INTERSTITIAL})")
+
+
+def simulate(model, theta, insulin, carbohydrate, observable: str = "glucose_mg_dL"):
+    """Noise-free ``observable`` (mg/dL) at the start of each 3-min row; RK4 with 1-min steps."""
     x0 = model.initial_state(theta)
     names = tuple(x0)
     insulin_state, carb_state = input_states(model)
@@ -121,7 +141,7 @@ def simulate(model, theta, insulin, carbohydrate):
         return tuple(dx[n] for n in names)
 
     def row(x, u):
-        glucose = model.observe(dict(zip(names, x, strict=True)), theta)["glucose_mg_dL"]
+        glucose = model.observe(dict(zip(names, x, strict=True)), theta)[observable]
         for _ in range(SUBSTEPS):
             k1 = f(x, *u)
             k2 = f(tuple(a + 0.5 * h * b for a, b in zip(x, k1, strict=True)), *u)
@@ -160,8 +180,9 @@ class Fitter:
     """MAP fits of ``model``'s noise-free equations; the objective and the forecast are compiled
     once per model (every patient has the same number of rows) and take a patient's data as arguments."""
 
-    def __init__(self, model, fix: set[str]):
-        self.model = model
+    def __init__(self, model, fix: set[str], fit_to: str = "bg_true"):
+        self.model, self.column = model, fit_to
+        self.observable = FIT_TO[fit_to] or interstitial_observable(model)
         self.typical = {k: jnp.asarray(float(v), jnp.float64) for k, v in model.typical_parameters().items()}
         for p in model.parameters:
             if p.kind == "process_noise":
@@ -177,8 +198,11 @@ class Fitter:
         return self.model.individual_parameters(self.typical, {n: z[i] for i, n in enumerate(self.free)}, cov)
 
     def loss(self, z, cov, insulin, carbohydrate, truth):
-        glucose = simulate(self.model, self.theta(z, cov), insulin, carbohydrate)[:: self.every]
+        glucose = simulate(self.model, self.theta(z, cov), insulin, carbohydrate, self.observable)[:: self.every]
+        seen = jnp.isfinite(truth)  # a missing CGM reading carries nothing
+        truth = jnp.where(seen, truth, 1.0)
         residual = (jnp.log(jnp.maximum(glucose, 1.0)) - jnp.log(jnp.maximum(truth, 1.0))) / LOG_ERROR_SD
+        residual = jnp.where(seen, residual, 0.0)
         return 0.5 * jnp.sum(residual**2) + 0.5 * jnp.sum((z / self.scale) ** 2)
 
     def fit(self, rows: pd.DataFrame, n_train: int):
@@ -188,7 +212,7 @@ class Fitter:
             cov,
             jnp.asarray(rows["insulin_U_per_min"].to_numpy(float)[:n_train]),
             jnp.asarray(rows["cho_g_per_min"].to_numpy(float)[:n_train]),
-            jnp.asarray(rows["bg_true"].to_numpy(float)[: n_train : self.every]),
+            jnp.asarray(rows[self.column].to_numpy(float)[: n_train : self.every]),
         )
 
         def objective(z):
@@ -221,7 +245,7 @@ def run_model(model_name: str, cohorts, names, args) -> dict:
     model = get(model_name)
     day = ROWS_PER_DAY
     n_train, test = args.train_days * day, slice((args.test_day - 1) * day, args.test_day * day)
-    fitter = Fitter(model, set(args.fix))
+    fitter = Fitter(model, set(args.fix), args.fit_to)
     patients, started = [], time.perf_counter()
     for patient, rows in cohorts[0].items():
         z, cov, result = fitter.fit(rows, n_train)
@@ -256,6 +280,7 @@ def run_model(model_name: str, cohorts, names, args) -> dict:
         "model": model_name,
         "version": model.version,
         "fixed": sorted(args.fix),
+        "fit_to": args.fit_to,
         "summary": summary,
         "patients": patients,
         "seconds": time.perf_counter() - started,
@@ -269,6 +294,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--fix", default="", help="comma-separated parameters held at their typical values")
     parser.add_argument("--train-days", type=int, default=2)
     parser.add_argument("--test-day", type=int, default=3)
+    parser.add_argument(
+        "--fit-to", choices=sorted(FIT_TO), default="bg_true", help="fit true plasma glucose or the CGM readings"
+    )
     parser.add_argument("--json", help="write the results here")
     args = parser.parse_args(argv)
     args.fix = [f for f in args.fix.split(",") if f]
@@ -277,6 +305,8 @@ def main(argv: list[str] | None = None) -> int:
     models = [m for m in args.models.split(",") if m]
     for name in models:
         model = get(name)  # an unknown model fails here, before any work
+        if args.fit_to == "cgm":
+            interstitial_observable(model)
         unknown = sorted(set(args.fix) - {p.name for p in model.parameters})
         if unknown:
             parser.error(f"--fix: model {name} has no parameter(s) {unknown}")

@@ -197,6 +197,19 @@ def test_fix_is_checked_against_every_model_before_any_work(capsys):
     assert "cannot fix 'Vg'" in capsys.readouterr().err
 
 
+def test_output_folders_are_checked_before_any_work(tmp_path, capsys):
+    from benchmarks.external_t1d import main
+
+    taken = tmp_path / "a_file"
+    taken.write_text("keep me")
+    for option in ("--save-posteriors", "--write-cohorts"):
+        with pytest.raises(SystemExit) as stop:
+            main([option, str(taken)])  # no cohort given: any work would start simglucose
+        assert stop.value.code == 2
+        assert f"{taken} exists and is not a folder" in capsys.readouterr().err
+    assert taken.read_text() == "keep me"
+
+
 def test_each_t1d_model_has_an_interstitial_observable_the_script_scores():
     import medsim.models
     from benchmarks.external_t1d import INTERSTITIAL
