@@ -78,9 +78,8 @@ def test_shell_tour(tmp_path):
     script.write_text(readme_blocks("bash")[0], encoding="utf-8")
     done = _run(["bash", "-e", "-o", "pipefail", str(script)], folder)
     assert re.search(r"^\d+\.\d+\.\d+", done.stdout, re.MULTILINE)  # medsim --version
-    for written in ("tour.png", "theoph.nc", "vp.nc", "theoph-report/report.json", "theoph-report/report.html") + (
-        "theoph-fit/fit_report.html",
-    ):
+    report = ("theoph-report/report.json", "theoph-report/report.html", "theoph-fit/fit_report.html")
+    for written in ("tour.png", "theoph.nc", "vp.nc", *report):
         assert (folder / written).is_file(), written
     assert any((folder / "theoph-checks").glob("*.png"))
     _agrees_with_nlmixr2(folder / "theoph.nc")
