@@ -55,7 +55,7 @@ import scipy.optimize
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.external_t1d import screen_cohort
+from benchmarks.external_t1d import INTERSTITIAL, screen_cohort
 from medsim.models import get
 
 ROW_MIN = 3.0
@@ -116,7 +116,6 @@ def input_states(model) -> tuple[str, str]:
 #: The column each ``--fit-to`` choice fits, and the model observable it is compared with there
 #: (``None``: the model's noise-free interstitial glucose, see ``interstitial_observable``).
 FIT_TO = {"bg_true": "glucose_mg_dL", "cgm": None}
-INTERSTITIAL = ("interstitial_mg_dL", "glucose_ig_mg_dL")
 
 
 def interstitial_observable(model) -> str:
