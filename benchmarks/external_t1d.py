@@ -57,6 +57,7 @@ T1D set-up (the first model and sampler on the first cohort): ``coverage90_bg``,
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import sys
 import time
@@ -356,6 +357,11 @@ def run_one(tidy: pd.DataFrame, model_name: str, method: str, args) -> dict:
         options["fix"] = parse_fix(args.fix)
     start = time.perf_counter()
     cache_key = (train.data_hash(), model_name, method, tuple(args.fix or ()))
+    saved = None
+    if args.save_posteriors is not None:
+        # one file per fit (scenarios that share the training days share it), named by what the fit depends on
+        digest = hashlib.sha1(repr(cache_key).encode()).hexdigest()[:12]
+        saved = args.save_posteriors / f"{model_name}_{method}_{digest}.nc"
     if cache_key not in _FITS:
         _FITS[cache_key] = inference.fit(
             train,
@@ -367,14 +373,10 @@ def run_one(tidy: pd.DataFrame, model_name: str, method: str, args) -> dict:
             warmup=args.warmup,
             **options,
         )
+        if saved is not None:
+            _FITS[cache_key].save(saved)  # when fitted, so a file from an earlier run is replaced, not reused
     posterior = _FITS[cache_key]
     fit_s = time.perf_counter() - start
-    saved = None
-    if args.save_posteriors is not None:
-        # one file per fit (scenarios that share the training days share it), for inspecting the fit later
-        saved = args.save_posteriors / f"{model_name}_{method}_{train.data_hash()[:12]}.nc"
-        if not saved.exists():
-            posterior.save(saved)
     truth = test_day_truth(tidy, full.ids, t0, t1, args.cgm_every)
     key = jax.random.key(args.seed)
     k_cgm, k_grid = jax.random.split(key)
