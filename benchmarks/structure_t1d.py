@@ -11,7 +11,7 @@ A dose scenario (``--cohort`` with boluses 1.5x too large on day 3, ``t1d_cohort
 --bolus-factor 1.5``) asks whether the structure extrapolates to doses it was not fitted on.
 
     python benchmarks/structure_t1d.py --cohort meals.csv --cohort over.csv [--models t1d_ou,uva_padova]
-        [--fix Vg,k1] [--train-days 2] [--test-day 3] [--fit-to bg_true|cgm] [--json OUT]
+        [--fix Vg,k1] [--train-days 2] [--test-day 3] [--fit-to bg_true|cgm] [--posterior FIT.nc] [--json OUT]
 
 Every cohort must hold the same patients with the same training days (a scenario differs from
 the first cohort only from the test day on; checked). Tidy columns as ``external_t1d.py``:
@@ -32,6 +32,13 @@ rate; boluses are a few rows a day) in U/h; ``WT`` the ``weight_kg`` column wher
 (every 15 min, the same error model), as a whole fit sees the patient: the gap between the two
 runs is what the sensor's delay and error cost the structure's parameters, before any process
 noise or hierarchical inference. The forecast is scored against the true plasma glucose either way.
+
+``--posterior FIT.nc`` (repeatable) scores a whole fit of the same patients kept by
+``external_t1d.py --save-posteriors`` the same way: 40 of its draws per subject run the noise-free
+equations from time 0 (disturbances at 0: what the fit's parameters explain) and from each draw's
+filtered state at the end of training (what a twin's forecast starts from), and the median path
+is scored. Set beside the MAP fit it says how much of a whole fit's forecast error is its
+parameters and how much the filtered disturbances carry. ``--models ''`` skips the MAP fits.
 
 Scores per cohort's test day: RMSE and mean error (bias) of the noise-free forecast against the
 true glucose, the mean error where the true glucose is below 90 mg/dL (``low_bias``: positive
@@ -127,10 +134,15 @@ def interstitial_observable(model) -> str:
     raise SystemExit(f"--fit-to cgm: model {model.name} has no interstitial glucose observable ({INTERSTITIAL})")
 
 
-def simulate(model, theta, insulin, carbohydrate, observable: str = "glucose_mg_dL"):
-    """Noise-free ``observable`` (mg/dL) at the start of each 3-min row; RK4 with 1-min steps."""
+def simulate(model, theta, insulin, carbohydrate, observable: str = "glucose_mg_dL", start=None, final=False):
+    """Noise-free ``observable`` (mg/dL) at the start of each 3-min row; RK4 with 1-min steps.
+
+    From the model's initial state (disturbances at 0), or from ``start`` (state name -> value)
+    at the start of the first row given. With ``final``: also the state at the end of the last row."""
     x0 = model.initial_state(theta)
     names = tuple(x0)
+    if start is not None:
+        x0 = {n: start[n] for n in names}
     insulin_state, carb_state = input_states(model)
     h = ROW_MIN / SUBSTEPS
 
@@ -152,8 +164,8 @@ def simulate(model, theta, insulin, carbohydrate, observable: str = "glucose_mg_
             )
         return x, glucose
 
-    _, glucose = jax.lax.scan(row, tuple(x0[n] for n in names), (insulin, carbohydrate))
-    return glucose
+    end, glucose = jax.lax.scan(row, tuple(x0[n] for n in names), (insulin, carbohydrate))
+    return (glucose, dict(zip(names, end, strict=True))) if final else glucose
 
 
 def free_parameters(model, fix: set[str]) -> tuple[list[str], np.ndarray]:
@@ -286,6 +298,100 @@ def run_model(model_name: str, cohorts, names, args) -> dict:
     }
 
 
+def kept_fit_forecasts(path: str, cohorts, names, args, n_draws: int = 40) -> dict:
+    """The noise-free forecasts of a whole fit kept by ``external_t1d.py --save-posteriors``.
+
+    For each fitted subject, ``n_draws`` draws spread evenly over the posterior give individual
+    parameters (population values, the subject's fitted random effects, its covariates as the fit
+    saw them); each runs the noise-free equations (a) from time 0 with every disturbance at 0, and
+    (b) from that draw's filtered state at the end of the subject's training record, which holds
+    the disturbances and the sensor's state as the filter left them. Each path's median over the
+    draws is scored as a MAP fit's forecast is. Set beside a MAP fit of the same structure, (a) says
+    what the whole fit's parameters explain without disturbances and (b) what a twin's forecast
+    owes to the filtered state.
+    """
+    from inference.posterior import Posterior
+
+    posterior = Posterior.load(path)
+    out = draws_forecasts(posterior.model, posterior.draws(), cohorts, names, args, n_draws, f"--posterior {path}")
+    return {"posterior": str(path), "method": posterior.method, "fixed": sorted(posterior.priors.fixed), **out}
+
+
+def draws_forecasts(model, draws, cohorts, names, args, n_draws: int = 40, label: str = "posterior") -> dict:
+    """``kept_fit_forecasts`` on :class:`medsim.population.PosteriorDraws` (``label`` names them in errors)."""
+    from medsim.population.individuals import individual_values
+
+    ids = [str(s) for s in draws.subject_ids]
+    if set(ids) != set(cohorts[0]):
+        raise SystemExit(
+            f"{label}: its subjects and the cohort's patients differ: {sorted(set(ids) ^ set(cohorts[0]))}"
+        )
+    if not draws.state or draws.state_time is None:
+        raise SystemExit(f"{label}: it holds no filtered state (saved by an older medsim)")
+    day = ROWS_PER_DAY
+    n_train, test = args.train_days * day, slice((args.test_day - 1) * day, args.test_day * day)
+    pick = np.unique(np.linspace(0, draws.n_draws - 1, min(n_draws, draws.n_draws)).round().astype(int))
+    # one compiled path per start, mapped over the draws (the inputs are the patient's, shared)
+    run = jax.jit(
+        jax.vmap(
+            lambda theta, start, insulin, carbohydrate: simulate(model, theta, insulin, carbohydrate, start=start),
+            in_axes=(0, 0, None, None),
+        )
+    )
+    from_zero = jax.jit(
+        jax.vmap(
+            lambda theta, insulin, carbohydrate: simulate(model, theta, insulin, carbohydrate), in_axes=(0, None, None)
+        )
+    )
+    patients = []
+    for s, patient in enumerate(ids):
+        population = {k: np.asarray(v, float)[pick] for k, v in draws.population.items()}
+        eta = {k: np.asarray(v, float)[pick, s] for k, v in draws.eta.items()}
+        cov = {k: np.full(pick.size, float(np.asarray(v)[s])) for k, v in draws.covariates.items()}
+        theta = {k: jnp.asarray(v) for k, v in individual_values(model, population, eta, cov, pick.size).items()}
+        # the filtered state is at the subject's last training event; the forecast resumes at that 3-min row
+        first = round(float(draws.state_time[s]) / ROW_MIN)
+        if not 0 < first <= n_train:
+            raise SystemExit(
+                f"{label}: subject {patient}'s filtered state is at {draws.state_time[s]:g} min, "
+                f"not within the {args.train_days} training days"
+            )
+        start = {k: jnp.asarray(np.asarray(v, float)[pick, s]) for k, v in draws.state.items()}
+        entry = {"patient": patient}
+        for cohort, name in zip(cohorts, names, strict=True):
+            r = cohort[patient].iloc[: args.test_day * day]
+            insulin = jnp.asarray(r["insulin_U_per_min"].to_numpy(float))
+            carbohydrate = jnp.asarray(r["cho_g_per_min"].to_numpy(float))
+            truth = r["bg_true"].to_numpy(float)
+            from_t0 = np.median(np.asarray(from_zero(theta, insulin, carbohydrate)), axis=0)
+            resumed = np.median(np.asarray(run(theta, start, insulin[first:], carbohydrate[first:])), axis=0)
+            from_filtered = np.concatenate([np.full(first, np.nan), resumed])
+            if "train_rmse" not in entry:
+                entry["train_rmse"] = float(np.sqrt(np.mean((from_t0[:n_train] - truth[:n_train]) ** 2)))
+            entry[name] = {
+                "from_t0": day_scores(from_t0[test], truth[test]),
+                "from_filtered": day_scores(from_filtered[test], truth[test]),
+            }
+        patients.append(entry)
+    summary = {"train_rmse": float(np.mean([p["train_rmse"] for p in patients]))}
+    for name in names:
+        summary[name] = {}
+        for start_from in ("from_t0", "from_filtered"):
+            lows = [p[name][start_from]["low_bias"] for p in patients if p[name][start_from]["low_bias"] is not None]
+            summary[name][start_from] = {
+                "rmse": float(np.mean([p[name][start_from]["rmse"] for p in patients])),
+                "bias": float(np.mean([p[name][start_from]["bias"] for p in patients])),
+                "low_bias": float(np.mean(lows)) if lows else None,
+            }
+    return {
+        "model": model.name,
+        "version": model.version,
+        "n_draws": int(pick.size),
+        "summary": summary,
+        "patients": patients,
+    }
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--cohort", action="append", required=True, help="tidy CSV (repeat: scenarios of one cohort)")
@@ -295,6 +401,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--test-day", type=int, default=3)
     parser.add_argument(
         "--fit-to", choices=sorted(FIT_TO), default="bg_true", help="fit true plasma glucose or the CGM readings"
+    )
+    parser.add_argument(
+        "--posterior",
+        action="append",
+        default=[],
+        help="a whole fit of these patients kept by external_t1d.py --save-posteriors: score its noise-free "
+        "forecasts from time 0 and from the filtered state (repeatable; with --models '' no MAP fit is run)",
     )
     parser.add_argument("--json", help="write the results here")
     args = parser.parse_args(argv)
@@ -323,7 +436,10 @@ def main(argv: list[str] | None = None) -> int:
         if short:
             raise SystemExit(f"{name}: patient(s) {short} have fewer than {args.test_day} days of rows")
     check_same_training(cohorts, names, args.train_days * day)
-    results = []
+    for path in args.posterior:
+        if not Path(path).is_file():
+            raise SystemExit(f"--posterior {path}: no such file")
+    results, kept = [], []
     for name in models:
         with jax.enable_x64(True):  # float64 for the fit, without changing the caller's default
             out = run_model(name, cohorts, names, args)
@@ -334,6 +450,20 @@ def main(argv: list[str] | None = None) -> int:
             s = out["summary"][cohort]
             low = "-" if s["low_bias"] is None else f"{s['low_bias']:+.1f}"
             print(f"  {cohort}: test-day RMSE {s['rmse']:.1f}, bias {s['bias']:+.1f}, below {LOW_MG_DL:g}: {low} mg/dL")
+    for path in args.posterior:
+        with jax.enable_x64(True):
+            out = kept_fit_forecasts(path, cohorts, names, args)
+        kept.append(out)
+        print(f"{path} ({out['model']} version {out['version']}, {out['method']}, {out['n_draws']} draws):")
+        print(f"  from time 0: training RMSE {out['summary']['train_rmse']:.1f}")
+        for cohort in names:
+            for start_from in ("from_t0", "from_filtered"):
+                s = out["summary"][cohort][start_from]
+                low = "-" if s["low_bias"] is None else f"{s['low_bias']:+.1f}"
+                print(
+                    f"  {cohort} {start_from}: test-day RMSE {s['rmse']:.1f}, bias {s['bias']:+.1f}, "
+                    f"below {LOW_MG_DL:g}: {low} mg/dL"
+                )
     if args.json:
         from benchmarks.machine import machine_info
         from medsim.data.tablefile import atomic_write
@@ -346,6 +476,7 @@ def main(argv: list[str] | None = None) -> int:
             "machine": machine_info(cores=1),
             "versions": package_versions(),
             "runs": results,
+            "kept_fits": kept,
         }
         text = json.dumps(record, indent=1) + "\n"
         atomic_write(Path(args.json), lambda tmp: tmp.write_text(text))
