@@ -310,7 +310,7 @@ def kept_fit_forecasts(path: str, cohorts, names, args, n_draws: int = 40) -> di
     what the whole fit's parameters explain without disturbances and (b) what a twin's forecast
     owes to the filtered state.
     """
-    from inference.posterior import Posterior
+    from medsim.inference.posterior import Posterior
 
     posterior = Posterior.load(path)
     out = draws_forecasts(posterior.model, posterior.draws(), cohorts, names, args, n_draws, f"--posterior {path}")
