@@ -349,7 +349,8 @@ def draws_forecasts(model, draws, cohorts, names, args, n_draws: int = 40, label
         eta = {k: np.asarray(v, float)[pick, s] for k, v in draws.eta.items()}
         cov = {k: np.full(pick.size, float(np.asarray(v)[s])) for k, v in draws.covariates.items()}
         theta = {k: jnp.asarray(v) for k, v in individual_values(model, population, eta, cov, pick.size).items()}
-        # the filtered state is at the subject's last training event; the forecast resumes at that 3-min row
+        # the filtered state is at the subject's last training event; the forecast resumes at the nearest
+        # 3-min row (exact for external_t1d.py's fits, whose training records end at a day boundary)
         first = round(float(draws.state_time[s]) / ROW_MIN)
         if not 0 < first <= n_train:
             raise SystemExit(
