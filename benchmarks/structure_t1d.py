@@ -252,6 +252,16 @@ def day_scores(forecast: np.ndarray, truth: np.ndarray) -> dict[str, float | Non
     }
 
 
+def mean_scores(scores: list[dict]) -> dict[str, float | None]:
+    """The patients' mean RMSE and bias, and mean ``low_bias`` over the patients who went below 90."""
+    lows = [s["low_bias"] for s in scores if s["low_bias"] is not None]
+    return {
+        "rmse": float(np.mean([s["rmse"] for s in scores])),
+        "bias": float(np.mean([s["bias"] for s in scores])),
+        "low_bias": float(np.mean(lows)) if lows else None,
+    }
+
+
 def run_model(model_name: str, cohorts, names, args) -> dict:
     model = get(model_name)
     day = ROWS_PER_DAY
@@ -280,13 +290,7 @@ def run_model(model_name: str, cohorts, names, args) -> dict:
         patients.append(entry)
         print(f"  {model_name} {patient}: train RMSE {entry['train_rmse']:.1f}", flush=True)
     summary = {"train_rmse": float(np.mean([p["train_rmse"] for p in patients]))}
-    for name in names:
-        lows = [p[name]["low_bias"] for p in patients if p[name]["low_bias"] is not None]
-        summary[name] = {
-            "rmse": float(np.mean([p[name]["rmse"] for p in patients])),
-            "bias": float(np.mean([p[name]["bias"] for p in patients])),
-            "low_bias": float(np.mean(lows)) if lows else None,
-        }
+    summary |= {name: mean_scores([p[name] for p in patients]) for name in names}
     return {
         "model": model_name,
         "version": model.version,
@@ -343,9 +347,9 @@ def draws_forecasts(model, draws, cohorts, names, args, n_draws: int = 40, label
             lambda theta, insulin, carbohydrate: simulate(model, theta, insulin, carbohydrate), in_axes=(0, None, None)
         )
     )
+    population = {k: np.asarray(v, float)[pick] for k, v in draws.population.items()}
     patients = []
     for s, patient in enumerate(ids):
-        population = {k: np.asarray(v, float)[pick] for k, v in draws.population.items()}
         eta = {k: np.asarray(v, float)[pick, s] for k, v in draws.eta.items()}
         cov = {k: np.full(pick.size, float(np.asarray(v)[s])) for k, v in draws.covariates.items()}
         theta = {k: jnp.asarray(v) for k, v in individual_values(model, population, eta, cov, pick.size).items()}
@@ -376,14 +380,7 @@ def draws_forecasts(model, draws, cohorts, names, args, n_draws: int = 40, label
         patients.append(entry)
     summary = {"train_rmse": float(np.mean([p["train_rmse"] for p in patients]))}
     for name in names:
-        summary[name] = {}
-        for start_from in ("from_t0", "from_filtered"):
-            lows = [p[name][start_from]["low_bias"] for p in patients if p[name][start_from]["low_bias"] is not None]
-            summary[name][start_from] = {
-                "rmse": float(np.mean([p[name][start_from]["rmse"] for p in patients])),
-                "bias": float(np.mean([p[name][start_from]["bias"] for p in patients])),
-                "low_bias": float(np.mean(lows)) if lows else None,
-            }
+        summary[name] = {k: mean_scores([p[name][k] for p in patients]) for k in ("from_t0", "from_filtered")}
     return {
         "model": model.name,
         "version": model.version,
