@@ -3,7 +3,7 @@
 Run: ``.venv/bin/python benchmarks/external_t1d.py [--quick] [--cohort CSV] [--train-days 2]
 [--test-day 3] [--cgm-every 15] [--cgm-limits 39 400] [--json OUT] [--models glucose_insulin]
 [--methods svi,nuts] [--svi-steps 6000] [--svi-learning-rate 0.01] [--fix NAME[=VALUE] ...]
-[--max-substep 10] [--write-cohorts DIR] [--save-posteriors DIR]``.
+[--max-substep 10] [--svi-start prior|ode|prior,ode] [--write-cohorts DIR] [--save-posteriors DIR]``.
 
 Without ``--cohort`` two cohorts are generated with simglucose (``benchmarks/t1d_cohort.py``):
 12 patients (4 adults, 4 adolescents, 4 children), 3 days, random meals, and the same patients
@@ -351,12 +351,13 @@ def run_one(tidy: pd.DataFrame, model_name: str, method: str, args) -> dict:
         options["svi_steps"] = args.svi_steps or RECOMMENDED["svi"]["svi_steps"]
         if args.svi_learning_rate is not None:
             options["svi_learning_rate"] = args.svi_learning_rate
+        options["svi_start"] = args.svi_start
     if args.max_substep is not None:
         options["max_substep"] = args.max_substep
     if args.fix:
         options["fix"] = parse_fix(args.fix)
     start = time.perf_counter()
-    cache_key = (train.data_hash(), model_name, method, tuple(args.fix or ()))
+    cache_key = (train.data_hash(), model_name, method, tuple(args.fix or ()), args.svi_start)
     saved = None
     if args.save_posteriors is not None:
         # one file per fit (scenarios that share the training days share it), named by what the fit depends on
@@ -423,6 +424,7 @@ def run_one(tidy: pd.DataFrame, model_name: str, method: str, args) -> dict:
         "diagnostics_ok": getattr(diagnostics, "ok", None),
         "diagnostics_problems": list(getattr(diagnostics, "problems", ())),
         "elbo": None if posterior.attrs.get("elbo") is None else float(posterior.attrs["elbo"]),
+        "svi_starts": json.loads(posterior.attrs["svi_starts"]) if "svi_starts" in posterior.attrs else None,
         "posterior_file": None if saved is None else str(saved),
         **scores,
     }
@@ -474,6 +476,11 @@ def main(argv: list[str] | None = None) -> int:
         help="hold a structural parameter fixed in every fit, as `medsim fit --fix` (repeatable)",
     )
     parser.add_argument(
+        "--svi-start",
+        default="prior",
+        help="where SVI starts, as `medsim fit --svi-start`: prior, ode, or prior,ode (both; the best ELBO kept)",
+    )
+    parser.add_argument(
         "--max-substep", type=float, default=None, help="largest filter step, min (default: the recommended 10)"
     )
     parser.add_argument("--chains", type=int, default=2)
@@ -513,6 +520,12 @@ def main(argv: list[str] | None = None) -> int:
             if folder.exists() and not folder.is_dir():
                 parser.error(f"{folder} exists and is not a folder")
             folder.mkdir(parents=True, exist_ok=True)  # before any work: a bad location fails now
+    from medsim.inference.backends.numpyro_svi import parse_starts
+
+    try:
+        args.svi_start = ",".join(parse_starts(args.svi_start))
+    except ValueError as err:
+        parser.error(f"--svi-start: {err}")
     if args.fix:  # checked against every model before any work
         import medsim.models
         from medsim.inference.priors import PriorError, parse_fix

@@ -127,6 +127,7 @@ def diagnose_posterior_attrs(idata, method: str) -> Diagnostics:
     trace = json.loads(attrs["elbo_trace"]) if "elbo_trace" in attrs else None
     profile = json.loads(attrs["noise_profile"]) if "noise_profile" in attrs else None
     spread = json.loads(attrs["spread_check"]) if "spread_check" in attrs else None
+    starts = json.loads(attrs["svi_starts"]) if "svi_starts" in attrs else None
     return diagnose(
         idata,
         method=method,
@@ -134,6 +135,7 @@ def diagnose_posterior_attrs(idata, method: str) -> Diagnostics:
         elbo_trace=trace,
         noise_profile=profile,
         spread_check=spread,
+        starts=starts,
     )
 
 
@@ -145,6 +147,7 @@ def diagnose(
     elbo_trace=None,
     noise_profile: dict | None = None,
     spread_check: dict | None = None,
+    starts: list[dict] | None = None,
 ) -> Diagnostics:
     """Diagnostics of the posterior in ``idata`` (an ArviZ InferenceData).
 
@@ -162,6 +165,9 @@ def diagnose(
         :func:`medsim.inference.noise_profile.noise_profile` of an SVI fit.
     spread_check : dict, optional
         The stored test of an SVI guide's spread (:func:`medsim.inference.svi_spread.spread_problems`).
+    starts : list of dict, optional
+        Every start of a multi-start SVI fit, the kept one first
+        (:func:`medsim.inference.svi_diagnostics.start_checks`).
     """
     from medsim.inference.assemble import import_arviz
 
@@ -170,7 +176,7 @@ def diagnose(
     thresholds = {"rhat_max": RHAT_MAX, "ess_min": float(ESS_PER_CHAIN_MIN * chains), "ebfmi_min": EBFMI_MIN}
     if method != "nuts":
         from medsim.inference.noise_profile import PROFILE_GAIN_NATS
-        from medsim.inference.svi_diagnostics import ELBO_REL_TOL
+        from medsim.inference.svi_diagnostics import ELBO_REL_TOL, START_SEPARATION, start_checks
         from medsim.inference.svi_spread import TOO_NARROW, TOO_WIDE, spread_problems
 
         checks, problems, _ = elbo_checks(None if elbo_trace is None else np.asarray(elbo_trace, float))
@@ -184,11 +190,15 @@ def diagnose(
         spread_checks, spread_problems_ = spread_problems(spread_check)
         checks += spread_checks
         problems += spread_problems_
+        start_lines, start_problems = start_checks(starts)
+        checks += start_lines
+        problems += start_problems
         thresholds = {
             "elbo_rel_tol": ELBO_REL_TOL,
             "profile_gain_nats": PROFILE_GAIN_NATS,
             "spread_too_narrow": TOO_NARROW,
             "spread_too_wide": TOO_WIDE,
+            "start_separation_sds": START_SEPARATION,
         }
         return Diagnostics(
             method=method,

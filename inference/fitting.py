@@ -9,8 +9,8 @@ from typing import Any, Literal
 import numpy as np
 
 from medsim.inference.assemble import build_inference_data
-from medsim.inference.backends import BACKENDS, Progress, run_nuts, run_svi
-from medsim.inference.backends.numpyro_svi import GUIDES
+from medsim.inference.backends import BACKENDS, Progress, run_nuts
+from medsim.inference.backends.numpyro_svi import GUIDES, parse_starts, run_svi_starts
 from medsim.inference.cohort_support import SUPPORT_ATTR, cohort_support
 from medsim.inference.diagnostics import diagnose_posterior_attrs
 from medsim.inference.hierarchical import data_information, with_centering
@@ -48,6 +48,7 @@ def fit(
     guide: Literal["mvn", "lowrank"] = "mvn",
     svi_particles: int = 1,
     svi_learning_rate: float = 0.01,
+    svi_start: str | Sequence[str] = "prior",
     fix: Mapping[str, float | None] | Sequence[str] | None = None,
 ) -> Posterior:
     """Fit the hierarchical SDE model ``model`` to ``cohort``.
@@ -81,6 +82,14 @@ def fit(
         Monte Carlo draws per ELBO gradient.
     svi_learning_rate : float
         Adam's first step size (it decays tenfold over the run).
+    svi_start : "prior", "ode", or several of them (a sequence or "prior,ode")
+        Where SVI's guide starts: the prior medians, or the median of a first SVI fit of the ODE
+        limit (process-noise scales at 0; the random effects then carry the differences between
+        subjects). Several: each is fitted, the highest ELBO kept, and the diagnostics flag
+        optima of equal ELBO that disagree (:func:`medsim.inference.svi_diagnostics.start_checks`);
+        an SDE fit whose slow disturbances can stand in for between-subject variability
+        (``docs/fitting.md``) should be run from both. Recorded in the posterior (``svi_start``,
+        ``svi_starts``).
     target_accept : float
         NUTS step-size adaptation target. 0.9: with the scaled random-effect coordinates and the
         signed process-noise scale the theophylline SDE fit has no funnel left to need smaller
@@ -130,6 +139,11 @@ def fit(
             f"need svi_steps >= 1, svi_particles >= 1 and guide in {GUIDES}; "
             f"got {svi_steps}, {svi_particles}, {guide!r}"
         )
+    starts = _starts(svi_start)
+    if starts != ("prior",) and method != "svi":
+        raise FitConfigError(f"svi_start {','.join(starts)!r} applies to method 'svi', not {method!r}")
+    if "ode" in starts and not process_noise:
+        raise FitConfigError("svi_start 'ode' starts an SDE fit at its ODE limit; this fit is the ODE limit")
     if method == "svi" and isinstance(centered, str) and centered.strip() in ("auto", ""):
         centered = "none"  # SVI's coordinates (docstring)
     try:
@@ -168,8 +182,9 @@ def fit(
             progress=progress,
         )
     else:
-        out = run_svi(
+        out = run_svi_starts(
             data,
+            starts,
             draws=draws,
             steps=svi_steps,
             seed=seed,
@@ -178,7 +193,7 @@ def fit(
             particles=svi_particles,
             learning_rate=svi_learning_rate,
         )
-    info = {k: v for k, v in out.info.items() if k not in ("elbo_trace", "spread_check")}
+    info = {k: v for k, v in out.info.items() if k not in ("elbo_trace", "spread_check", "median", "sites", "starts")}
     attrs = provenance_attrs(data, backend=backend, method=method, seed=seed, info=info)
     attrs.update(
         chains=chains if method == "nuts" else 1,
@@ -199,6 +214,9 @@ def fit(
         )
         attrs["noise_profile"] = json_attr(noise_profile(data, out.samples))
         attrs["spread_check"] = json_attr(out.info["spread_check"])
+        attrs["svi_start"] = ",".join(starts)
+        if "starts" in out.info:  # every start's ELBO and population sites, the kept one first
+            attrs["svi_starts"] = json_attr(out.info["starts"])
     idata = build_inference_data(data, out.samples, out.sample_stats or None, attrs)
     diagnostics = diagnose_posterior_attrs(idata, method)
     idata.posterior.attrs["diagnostics"] = json_attr(diagnostics.to_dict())
@@ -238,6 +256,14 @@ def prepare_fit(
     rule = isinstance(centered, str) and centered.strip() in ("auto", "scaled", "rule", "partial", "")
     information = data_information(data) if rule or metric else None
     return with_centering(data, centered, information=information), information
+
+
+def _starts(svi_start: str | Sequence[str]) -> tuple[str, ...]:
+    """``fit(svi_start=...)`` as a tuple of distinct names from :data:`STARTS`."""
+    try:
+        return parse_starts(svi_start)
+    except ValueError as err:
+        raise FitConfigError(f"svi_start: {err}") from None
 
 
 def _fix_map(fix: Mapping[str, float | None] | Sequence[str] | None) -> dict[str, float | None]:

@@ -11,10 +11,20 @@ The ELBO is maximised with Adam, whose step size decays exponentially from ``lea
 to ``learning_rate * decay`` over the run: the late small steps average out the gradient noise
 of the ELBO estimate, which otherwise leaves the guide's location jittering by about one step's
 worth around the optimum. The guide starts at the prior medians (random effects at 0) with a
-small scale. Draws come from the fitted guide. The whole ELBO trace is returned; the checks on
+small scale, or where :func:`ode_start` puts it (:func:`run_svi_starts`). Draws come from the
+fitted guide. The whole ELBO trace is returned; the checks on
 it are in :mod:`medsim.inference.diagnostics`. A step whose ELBO or gradient is not finite (a
 particle drawn where the model cannot be evaluated) is rejected: the optimiser keeps its state,
 the trace records NaN, and the checks count such steps (numpyro's ``SVI.stable_update``).
+
+Starts (:data:`STARTS`): ``"prior"`` is the prior medians; ``"ode"`` first fits the ODE limit
+(every process-noise scale at 0, the same prior otherwise) and starts at that guide's median. In the
+ODE limit the random effects alone must explain how subjects differ, so the start carries their
+spread; from the prior medians an SDE fit can instead explain each subject by a slow disturbance
+held in the filter and let a between-subject SD shrink (``docs/fitting.md``, "Slow disturbances and
+between-subject SDs"). Several starts: each is fitted, the highest ELBO is kept, and every start's
+ELBO and population sites are recorded, so the diagnostics can say when equally good optima
+disagree (:func:`medsim.inference.svi_diagnostics.start_checks`).
 
 Coordinates: SVI is meant to run on the non-centred random effects and the log process-noise
 scales (:func:`medsim.inference.fitting.fit` sets them; ``docs/fitting.md``, "SVI").
@@ -37,7 +47,10 @@ from medsim.inference.problem import FitData
 from medsim.inference.svi_diagnostics import ADVICE
 
 GUIDES = ("mvn", "lowrank")
+STARTS = ("prior", "ode")
 INIT_SCALE = 0.05
+ODE_START_DRAWS = 200
+"""Draws taken from the ODE-limit guide of an ``"ode"`` start (only its median is used)."""
 
 
 class SviDivergedError(ValueError):
@@ -64,6 +77,22 @@ def start_values(data: FitData) -> dict[str, np.ndarray | float]:
     return values
 
 
+def site_summary(data: FitData, constrained: dict) -> dict[str, list]:
+    """Each population site's draws (any leading shape) as ``[median, sd, log]``: median and SD on
+    the log scale where every draw is positive (``log`` true), else on the site's own scale; the
+    scale on which two fits' sites are compared (:func:`medsim.inference.svi_diagnostics.start_checks`)."""
+    out = {}
+    for s in data.priors.sites:
+        if s.sampled_site not in constrained:
+            continue
+        x = np.asarray(constrained[s.sampled_site], np.float64).ravel()
+        x = np.abs(x) if s.signed else x
+        log = bool(np.all(x > 0))
+        z = np.log(x) if log else x
+        out[s.site] = [float(np.median(z)), float(np.std(z)), log]
+    return out
+
+
 def spread_check(data: FitData, auto, params: dict, key: jax.Array) -> dict:
     """:func:`medsim.inference.svi_spread.spread_gradients` of the fitted guide, with its coordinates' names."""
     from medsim.inference.hierarchical import potential_fn
@@ -88,6 +117,7 @@ def run_svi(
     seed: int = 0,
     progress: Progress | None = None,
     chunk: int = 250,
+    init_values: dict | None = None,
 ) -> SamplerOutput:
     """Fit a multivariate-normal guide and draw from it.
 
@@ -114,13 +144,18 @@ def run_svi(
         Receives optimisation steps completed.
     chunk : int
         Steps per compiled ``lax.scan`` call (progress is reported between chunks).
+    init_values : dict sampled site -> value, optional
+        Where the guide starts (constrained values of the sampled sites); default
+        :func:`start_values`, the prior medians.
 
     Returns
     -------
     SamplerOutput
         ``samples`` with shape (1, draws, ...); ``sample_stats`` empty; ``info["elbo"]`` is the
-        mean ELBO (nats) over the last 10 % of steps, ``info["elbo_trace"]`` every step's and
-        ``info["spread_check"]`` the test of the fitted guide's spread (:mod:`medsim.inference.svi_spread`).
+        mean ELBO (nats) over the last 10 % of steps, ``info["elbo_trace"]`` every step's,
+        ``info["spread_check"]`` the test of the fitted guide's spread (:mod:`medsim.inference.svi_spread`),
+        ``info["median"]`` the guide's median of every sampled site and ``info["sites"]`` the
+        population sites' :func:`site_summary`.
     """
     from numpyro.infer import SVI, Trace_ELBO
     from numpyro.optim import Adam
@@ -130,7 +165,7 @@ def run_svi(
     if not 0.0 < decay <= 1.0 or not learning_rate > 0.0:
         raise ValueError(f"need learning_rate > 0 and 0 < decay <= 1; got {learning_rate}, {decay}")
     model = partial(hierarchical_model, data)
-    auto = make_guide(model, guide, start_values(data), rank=rank)
+    auto = make_guide(model, guide, start_values(data) if init_values is None else init_values, rank=rank)
     schedule = lambda i: learning_rate * decay ** (i / steps)  # noqa: E731
     svi = SVI(model, auto, Adam(schedule), Trace_ELBO(num_particles=particles))
     # The SVI state carries its own key (split from key_init) for the ELBO particles.
@@ -173,6 +208,8 @@ def run_svi(
     except ValueError as err:  # e.g. a Cholesky factor whose diagonal underflowed to 0
         raise SviDivergedError(f"{diverged} ({err}); {ADVICE}") from err
     spread = spread_check(data, auto, params, jax.random.fold_in(key_draws, 1))
+    median = {k: np.asarray(v) for k, v in auto.median(params).items()}
+    sites = site_summary(data, constrained)
     samples = with_random_effects(data, {k: np.asarray(v)[None] for k, v in constrained.items()})
     wall = time.perf_counter() - start
     counter.finish()
@@ -187,8 +224,137 @@ def run_svi(
         "particles": particles,
         "steps": steps,
         "elbo": float(np.nanmean(tail)) if np.isfinite(tail).any() else float("nan"),
+        # standard error of that mean (each step's estimate draws its own particles)
+        "elbo_se": float(np.nanstd(tail.astype(np.float64)) / np.sqrt(max(1, np.isfinite(tail).sum()))),
         "rejected_steps": int(np.isnan(trace).sum()),
         "elbo_trace": trace,
         "spread_check": spread,
+        "median": median,
+        "sites": sites,
     }
     return SamplerOutput(samples=samples, sample_stats={}, wall_time_s=wall, info=info)
+
+
+def parse_starts(value) -> tuple[str, ...]:
+    """SVI starts given as ``"prior,ode"`` or a sequence of names: distinct names from :data:`STARTS`.
+
+    Raises
+    ------
+    ValueError
+        Naming the value and what was expected.
+    """
+    names = value.split(",") if isinstance(value, str) else list(value)
+    names = [str(n).strip() for n in names]
+    if not names or any(n not in STARTS for n in names) or len(set(names)) != len(names):
+        raise ValueError(f"SVI start: expected distinct names from {', '.join(STARTS)} (e.g. prior,ode); got {value!r}")
+    return tuple(names)
+
+
+def ode_start(data: FitData, *, seed: int = 0, progress: Progress | None = None, **options) -> tuple[dict, dict]:
+    """Start values for an SVI fit of ``data`` from an SVI fit of its ODE limit.
+
+    The ODE limit has the same prior with every process-noise scale at 0
+    (:meth:`~medsim.inference.priors.PriorSpec.ode_limit`) and the same random-effect coordinates;
+    its guide's median gives every site the two share, the process-noise scales start at their
+    prior medians. ``options`` go to :func:`run_svi` (steps, learning rate, guide, ...).
+
+    Returns
+    -------
+    values : dict
+        For ``run_svi(init_values=...)``.
+    record : dict
+        The ODE-limit fit's ELBO, steps, wall time and ELBO-trace problems (a start that did not
+        converge is still a start; the record says so).
+    """
+    import dataclasses
+
+    from medsim.inference.svi_diagnostics import elbo_checks
+
+    if not data.priors.process_noise:
+        raise ValueError("an 'ode' start needs a fit with process noise: this one is the ODE limit already")
+    ode = dataclasses.replace(data, priors=data.priors.ode_limit())
+    options = {k: v for k, v in options.items() if k != "draws"}
+    out = run_svi(ode, draws=ODE_START_DRAWS, seed=seed, progress=progress, **options)
+    values = start_values(data)
+    values.update({k: v for k, v in out.info["median"].items() if k in values})
+    _, problems, _ = elbo_checks(out.info["elbo_trace"])
+    record = {
+        "elbo_ode_limit": out.info["elbo"] if np.isfinite(out.info["elbo"]) else None,
+        "steps": out.info["steps"],
+        "wall_time_s": float(out.wall_time_s),
+        "problems": problems,
+    }
+    return values, record
+
+
+def run_svi_starts(
+    data: FitData,
+    starts: tuple[str, ...] = ("prior",),
+    *,
+    seed: int = 0,
+    progress: Progress | None = None,
+    **options,
+) -> SamplerOutput:
+    """:func:`run_svi` from each of ``starts`` (:data:`STARTS`), keeping the highest ELBO.
+
+    Every start's fit uses ``seed`` and ``options``. With more than one start (or an ``"ode"``
+    start) ``info["starts"]`` lists, per start, its ELBO, population sites (:func:`site_summary`)
+    and wall time, the kept one first; the kept fit's wall time includes every start's. A start
+    whose fit diverged is recorded with its error while another succeeds.
+
+    Raises
+    ------
+    ValueError
+        An unknown or repeated start, or ``"ode"`` for a fit without process noise.
+    SviDivergedError
+        Every start diverged.
+    """
+    starts = parse_starts(starts)
+    steps = int(options.get("steps", 5000))
+    sizes = [2 if s == "ode" else 1 for s in starts]  # an "ode" start fits twice: its ODE limit, then the SDE
+    stages, offsets = sum(sizes), np.cumsum([0, *sizes])[:-1]
+
+    def stage_progress(stage: int):
+        if progress is None:
+            return None
+        return lambda n, total: progress(int(stage) * steps + n, stages * steps)
+
+    fits, records = {}, []
+    wall = 0.0
+    for start, stage in zip(starts, offsets, strict=True):
+        record: dict = {"start": start}
+        try:
+            init = None
+            if start == "ode":
+                init, record["ode_limit"] = ode_start(data, seed=seed, progress=stage_progress(stage), **options)
+                wall += record["ode_limit"]["wall_time_s"]
+                stage += 1
+            out = run_svi(data, seed=seed, progress=stage_progress(stage), init_values=init, **options)
+        except SviDivergedError as err:
+            if len(starts) == 1:
+                raise
+            records.append({**record, "elbo": None, "error": str(err)})  # another start may still succeed
+            continue
+        wall += out.wall_time_s
+        elbo = out.info["elbo"]  # None when no step of the tail was finite: the record stays strict JSON
+        finite = bool(np.isfinite(elbo))
+        record.update(
+            elbo=elbo if finite else None,
+            elbo_se=out.info["elbo_se"] if finite else None,
+            sites=out.info["sites"],
+            wall_time_s=float(out.wall_time_s),
+        )
+        fits[len(records)] = out
+        records.append(record)
+    if not fits:
+        raise SviDivergedError(
+            "SVI diverged from every start: " + "; ".join(f"{r['start']}: {r['error']}" for r in records)
+        )
+    elbos = np.array([np.nan if r["elbo"] is None else r["elbo"] for r in records], float)
+    best = int(np.nanargmax(elbos)) if np.isfinite(elbos).any() else min(fits)
+    kept = fits[best]
+    info = dict(kept.info)
+    info["start"] = starts[best]
+    if starts != ("prior",):
+        info["starts"] = [records[best]] + [r for i, r in enumerate(records) if i != best]
+    return SamplerOutput(samples=kept.samples, sample_stats={}, wall_time_s=wall, info=info)

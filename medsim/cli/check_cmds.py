@@ -79,6 +79,8 @@ def refit_settings(posterior: Any) -> dict[str, Any]:
         settings["guide"] = str(sampler["guide_kind"])
         settings["svi_particles"] = int(sampler["particles"])
         settings["svi_learning_rate"] = float(sampler["learning_rate"])
+    if "svi_start" in attrs:  # where SVI started (recorded since it became a choice)
+        settings["svi_start"] = str(attrs["svi_start"])
     if "target_accept" in sampler:
         settings["target_accept"] = float(sampler["target_accept"])
     substeps = json.loads(attrs.get("filter", "{}") or "{}").get("substeps")

@@ -106,6 +106,13 @@ def fit_command(
     svi_learning_rate: float = typer.Option(
         0.01, "--svi-learning-rate", min=1e-6, help="Adam's first step size (decays tenfold over the run)."
     ),
+    svi_start: str = typer.Option(
+        "prior",
+        "--svi-start",
+        help="Where SVI starts: prior (the prior medians), ode (a first fit of the ODE limit, whose random effects "
+        "carry the differences between subjects), or prior,ode (both; the best ELBO is kept and optima of equal "
+        "ELBO that disagree fail the diagnostics).",
+    ),
     max_substep: float = typer.Option(
         None,
         "--max-substep",
@@ -206,6 +213,7 @@ def fit_command(
                 guide=guide,
                 svi_particles=svi_particles,
                 svi_learning_rate=svi_learning_rate,
+                svi_start=svi_start,
                 substeps=substeps,
                 max_substep=max_substep,
                 fix=held,
