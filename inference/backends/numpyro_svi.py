@@ -263,8 +263,8 @@ def ode_start(data: FitData, *, seed: int = 0, progress: Progress | None = None,
     values : dict
         For ``run_svi(init_values=...)``.
     record : dict
-        The ODE-limit fit's ELBO, steps, wall time and ELBO-trace problems (a start that did not
-        converge is still a start; the record says so).
+        The ODE-limit fit's ELBO, steps, wall time, ELBO-trace problems (a start that did not
+        converge is still a start; the record says so) and population sites (:func:`site_summary`).
     """
     import dataclasses
 
@@ -283,6 +283,7 @@ def ode_start(data: FitData, *, seed: int = 0, progress: Progress | None = None,
         "steps": out.info["steps"],
         "wall_time_s": float(out.wall_time_s),
         "problems": problems,
+        "sites": out.info["sites"],
     }
     return values, record
 

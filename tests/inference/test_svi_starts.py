@@ -123,6 +123,7 @@ def test_bad_starts_are_refused_before_any_work(options, message):
 # --- the ODE-limit start and a real two-start fit -------------------------------------------------
 
 
+@pytest.mark.slow
 def test_the_ode_start_is_the_ode_limit_fits_median_with_noise_at_its_prior_median():
     data = prepare(oral_cohort(3), get("pk_oral_1cmt"))
     data = dataclasses.replace(data, priors=data.priors.with_log_noise())
@@ -137,10 +138,12 @@ def test_the_ode_start_is_the_ode_limit_fits_median_with_noise_at_its_prior_medi
     for name in shared:  # same seed, same steps: the same ODE-limit fit, bit for bit
         np.testing.assert_array_equal(values[name], ode.info["median"][name])
     assert info["elbo_ode_limit"] == ode.info["elbo"] and info["steps"] == 300
+    assert info["sites"] == ode.info["sites"] and "sigma_central" not in info["sites"]
     with pytest.raises(ValueError, match="ODE limit already"):
         ode_start(dataclasses.replace(data, priors=data.priors.ode_limit()), steps=10)
 
 
+@pytest.mark.slow
 def test_a_two_start_fit_keeps_the_best_elbo_and_records_both(posterior):
     attrs = posterior.idata.posterior.attrs
     starts = json.loads(attrs["svi_starts"])
@@ -159,6 +162,7 @@ def test_a_two_start_fit_keeps_the_best_elbo_and_records_both(posterior):
     assert refit_settings(posterior)["svi_start"] == "prior,ode"  # the held-out gate refits the same way
 
 
+@pytest.mark.slow
 def test_the_stored_starts_are_judged_when_the_file_is_read(posterior):
     idata = posterior.idata.copy()
     starts = json.loads(idata.posterior.attrs["svi_starts"])
@@ -170,6 +174,7 @@ def test_the_stored_starts_are_judged_when_the_file_is_read(posterior):
     assert not diagnostics.ok and any("omega_CL" in p and "cannot tell apart" in p for p in diagnostics.problems)
 
 
+@pytest.mark.slow
 def test_progress_runs_once_over_every_stage_and_a_diverged_start_is_recorded(monkeypatch):
     from medsim.inference.backends import numpyro_svi
 
