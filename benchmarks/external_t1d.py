@@ -3,7 +3,8 @@
 Run: ``.venv/bin/python benchmarks/external_t1d.py [--quick] [--cohort CSV] [--train-days 2]
 [--test-day 3] [--cgm-every 15] [--cgm-limits 39 400] [--json OUT] [--models glucose_insulin]
 [--methods svi,nuts] [--svi-steps 6000] [--svi-learning-rate 0.01] [--fix NAME[=VALUE] ...]
-[--max-substep 10] [--svi-start prior|ode|prior,ode] [--write-cohorts DIR] [--save-posteriors DIR]``.
+[--max-substep 10] [--svi-start prior|ode|prior,ode] [--write-cohorts DIR] [--workers N]
+[--save-posteriors DIR]``.
 
 Without ``--cohort`` two cohorts are generated with simglucose (``benchmarks/t1d_cohort.py``):
 12 patients (4 adults, 4 adolescents, 4 children), 3 days, random meals, and the same patients
@@ -59,6 +60,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -504,6 +506,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--write-cohorts", type=Path, help="folder to keep the generated tidy CSVs in")
     parser.add_argument(
+        "--workers",
+        type=int,
+        default=os.cpu_count() or 1,
+        help="processes generating the simglucose cohorts (default: one per core; the cohorts do not depend on it)",
+    )
+    parser.add_argument(
         "--save-posteriors",
         type=Path,
         help="folder to keep each fit in (medsim's posterior netCDF, `medsim check` reads it)",
@@ -515,6 +523,8 @@ def main(argv: list[str] | None = None) -> int:
     args.n_draws = args.n_draws or (50 if args.quick else 200)
     if args.test_day <= args.train_days:
         parser.error("--test-day must come after the training days")
+    if args.workers < 1:
+        parser.error(f"--workers must be >= 1; got {args.workers}")
     for folder in (args.save_posteriors, args.write_cohorts):
         if folder is not None:
             if folder.exists() and not folder.is_dir():
@@ -543,13 +553,18 @@ def main(argv: list[str] | None = None) -> int:
         for path in args.cohort:
             cohorts[path.stem] = pd.read_csv(path)
     else:
-        from benchmarks.t1d_cohort import PATIENTS_12, Scenario, generate_cohort
+        from benchmarks.t1d_cohort import PATIENTS_12, Scenario, generate_cohorts
 
         patients = ("adult#001", "adolescent#001", "child#001") if args.quick else PATIENTS_12
         start = time.perf_counter()
-        for name, factor in (("meals", 1.0), ("overdose_day3", 1.5)):
-            scenario = Scenario(days=args.test_day, seed=args.seed, bolus_factor=factor, factor_from_day=args.test_day)
-            cohorts[name] = generate_cohort(patients, scenario, weight=True)
+        scenarios = {
+            name: Scenario(days=args.test_day, seed=args.seed, bolus_factor=factor, factor_from_day=args.test_day)
+            for name, factor in (("meals", 1.0), ("overdose_day3", 1.5))
+        }
+        # both scenarios share the days before the test day (simulated once), patients side by side
+        tables = generate_cohorts(patients, tuple(scenarios.values()), weight=True, workers=args.workers)
+        for name, table in zip(scenarios, tables, strict=True):
+            cohorts[name] = table
             if args.write_cohorts:
                 from medsim.data.tablefile import atomic_write
 
