@@ -331,6 +331,19 @@ def calibration_gate(posterior, full, model, t_train: float, t_end: float, args)
     }
 
 
+def progress_printer(what: str, start: float, every_s: float = 60.0):
+    """A fit's progress callback: one line on stderr at most every ``every_s`` seconds, and at the end."""
+    last = [start]
+
+    def progress(done: int, total: int) -> None:
+        now = time.perf_counter()
+        if now - last[0] >= every_s or done == total:
+            last[0] = now
+            print(f"{what}: {done} of {total} ({now - start:.0f} s)", file=sys.stderr, flush=True)
+
+    return progress
+
+
 def run_one(tidy: pd.DataFrame, model_name: str, method: str, args) -> dict:
     """Fit one model with one sampler on the training days and score the test day."""
     import jax
@@ -374,6 +387,7 @@ def run_one(tidy: pd.DataFrame, model_name: str, method: str, args) -> dict:
             chains=args.chains,
             draws=args.draws,
             warmup=args.warmup,
+            progress=progress_printer(f"{model_name} {method} fit", time.perf_counter()),
             **options,
         )
         if saved is not None:
@@ -557,6 +571,7 @@ def main(argv: list[str] | None = None) -> int:
 
         patients = ("adult#001", "adolescent#001", "child#001") if args.quick else PATIENTS_12
         start = time.perf_counter()
+        print(f"generating {len(patients)} simglucose patients x 2 scenarios ...", file=sys.stderr, flush=True)
         scenarios = {
             name: Scenario(days=args.test_day, seed=args.seed, bolus_factor=factor, factor_from_day=args.test_day)
             for name, factor in (("meals", 1.0), ("overdose_day3", 1.5))
@@ -571,6 +586,7 @@ def main(argv: list[str] | None = None) -> int:
                 path = args.write_cohorts / f"{name}.csv"
                 atomic_write(path, lambda tmp, t=cohorts[name]: t.to_csv(tmp, index=False, float_format="%.6g"))
         generation_s = time.perf_counter() - start
+        print(f"generated in {generation_s:.0f} s", file=sys.stderr, flush=True)
     screened = {}
     for cohort_name, tidy in cohorts.items():
         try:

@@ -210,9 +210,29 @@ def test_output_folders_are_checked_before_any_work(tmp_path, capsys):
     assert taken.read_text() == "keep me"
 
 
+def test_generation_workers_are_checked_before_any_work(capsys):
+    from benchmarks.external_t1d import main
+
+    with pytest.raises(SystemExit) as stop:
+        main(["--workers", "0"])  # no cohort given: any work would start simglucose
+    assert stop.value.code == 2 and "--workers must be >= 1; got 0" in capsys.readouterr().err
+
+
 def test_each_t1d_model_has_an_interstitial_observable_the_script_scores():
     import medsim.models
     from benchmarks.external_t1d import INTERSTITIAL
 
     for name in ("t1d_ou", "uva_padova"):
         assert any(o in medsim.models.get(name).observable_names for o in INTERSTITIAL)
+
+
+def test_a_fit_shows_its_progress_at_most_once_a_minute_and_at_its_end(capsys, monkeypatch):
+    import benchmarks.external_t1d as script
+
+    clock = iter([30.0, 61.0, 62.0, 62.4])
+    monkeypatch.setattr(script.time, "perf_counter", lambda: next(clock))
+    progress = script.progress_printer("t1d_ou svi fit", start=0.0)
+    for done in (250, 500, 750, 1000):  # at 30 s (quiet), 61 s, 62 s (quiet), the end
+        progress(done, 1000)
+    lines = capsys.readouterr().err.splitlines()
+    assert lines == ["t1d_ou svi fit: 500 of 1000 (61 s)", "t1d_ou svi fit: 1000 of 1000 (62 s)"]

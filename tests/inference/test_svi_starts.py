@@ -163,6 +163,25 @@ def test_a_two_start_fit_keeps_the_best_elbo_and_records_both(posterior):
 
 
 @pytest.mark.slow
+def test_the_prior_stage_of_two_starts_is_the_default_fit_bit_for_bit(posterior):
+    """``prior,ode`` runs the default fit (same seed, same steps) as its "prior" stage: its ELBO,
+    the ELBO's standard error and its population sites are the default fit's exactly, and where the
+    prior start is kept, so are the draws. A user comparing the two files sees one fit, not two."""
+    default = inference.fit(oral_cohort(3), get("pk_oral_1cmt"), method="svi", svi_steps=STEPS, draws=100, seed=3)
+    prior = next(s for s in json.loads(posterior.attrs["svi_starts"]) if s["start"] == "prior")
+    assert prior["elbo"] == default.attrs["elbo"]
+    assert prior["elbo_se"] == json.loads(default.attrs["sampler"])["elbo_se"]
+    draws = default.idata.posterior
+    for site, (median, sd, log) in prior["sites"].items():
+        x = np.asarray(draws[site], np.float64).ravel()
+        z = np.log(np.abs(x)) if log else x
+        assert (median, sd) == (float(np.median(z)), float(np.std(z))), site
+    if posterior.attrs["svi_start"] and json.loads(posterior.attrs["sampler"])["start"] == "prior":
+        for name in draws.data_vars:
+            np.testing.assert_array_equal(posterior.idata.posterior[name], draws[name])
+
+
+@pytest.mark.slow
 def test_the_stored_starts_are_judged_when_the_file_is_read(posterior):
     idata = posterior.idata.copy()
     starts = json.loads(idata.posterior.attrs["svi_starts"])
