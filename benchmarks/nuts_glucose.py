@@ -42,18 +42,13 @@ def main(argv: list[str] | None = None) -> int:
 
     import medsim.models
     from benchmarks.ekf_gradient import load_cohort
+    from benchmarks.external_t1d import progress_printer
     from medsim import inference
 
     model = medsim.models.get(args.model)
     cohort = load_cohort(args.cohort, model)
     start = time.perf_counter()
-    last = [0.0]
-
-    def progress(done: int, total: int) -> None:
-        now = time.perf_counter() - start
-        if now - last[0] > 30 or done == total:  # a line every 30 s, for long fits
-            last[0] = now
-            print(f"{now:7.0f} s: iteration {done} of {total}", file=sys.stderr, flush=True)
+    progress = progress_printer(f"{args.model} nuts fit", start, every_s=30.0)  # a line every 30 s, for long fits
 
     posterior = inference.fit(
         cohort,

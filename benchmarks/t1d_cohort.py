@@ -207,20 +207,21 @@ def generate_cohorts(
     for k, s in enumerate(scenarios):
         groups.setdefault((s.days, s.seed, s.factor_from_day), []).append(k)
     tasks, where = [], []
-    for (days, seed, factor_from_day), members in groups.items():
-        factors = tuple(scenarios[k].bolus_factor for k in members)
+    for members in groups.values():
+        first, factors = scenarios[members[0]], tuple(scenarios[k].bolus_factor for k in members)
         for i, name in enumerate(patients):
-            tasks.append((name, Scenario(days, seed).patient_seed(i), days, factor_from_day, factors))
+            tasks.append((name, first.patient_seed(i), first.days, first.factor_from_day, factors))
             where.append(members)
     frames: list[list[pd.DataFrame]] = [[] for _ in scenarios]
     for members, tables in zip(where, run_tasks(_scenario_task, tasks, workers), strict=True):
         for k, table in zip(members, tables, strict=True):
             frames[k].append(table)
+    weights = body_weights() if weight else None  # simglucose's patient table, read once
     out = []
     for tables in frames:
         table = pd.concat(tables, ignore_index=True)
-        if weight:
-            table["weight_kg"] = table["patient"].map(body_weights()).round(1)
+        if weights is not None:
+            table["weight_kg"] = table["patient"].map(weights).round(1)
         out.append(table)
     return out
 
