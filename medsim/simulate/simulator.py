@@ -27,7 +27,7 @@ import math
 import numbers
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from functools import cached_property
+from functools import cached_property, partial
 
 import jax
 import jax.numpy as jnp
@@ -347,27 +347,23 @@ class Simulator:
         outs = []
         for c in range(n_chunks):
             lo, hi = c * chunk, min((c + 1) * chunk, batch)
-            inp = kernel.ChunkInputs(
-                **jax.tree_util.tree_map(lambda a, lo=lo, hi=hi: _rows(a, lo, hi, chunk, axis=0), per_patient),
-                **jax.tree_util.tree_map(lambda a, lo=lo, hi=hi: _rows(a, lo, hi, chunk, axis=1), per_event),
-            )
+            if lo == 0 and hi == batch == chunk:
+                inp = kernel.ChunkInputs(**per_patient, **per_event)
+            else:
+                inp = kernel.ChunkInputs(**_rows(per_patient, lo, hi, chunk, 0), **_rows(per_event, lo, hi, chunk, 1))
             out = fn(inp, jnp.float32(self.dt), n_pairs)
             if len(devices) > 1:  # hand back arrays on one device, as a single-device run would
                 out = jax.device_put(out, devices[0])
             outs.append(out)
-        out = jax.tree_util.tree_map(
-            lambda *a: _join(a, batch, axis=0), *[o._replace(path_time=None, path_values=None) for o in outs]
-        )
+        paths = [(o.path_time, o.path_values) for o in outs]
+        out = _join([o._replace(path_time=None, path_values=None) for o in outs], batch, 0)
         if not bool(jnp.all(out.t_end == jnp.asarray(p.t1))):
             raise RuntimeError("simulator step budget exhausted before t1 (please report this as a medsim bug)")
         self._check_result(out, theta, p, patients)
         path = None
         if saving:
-            times = _join([o.path_time for o in outs], batch, axis=1)[::save_every].T
-            values = {
-                o: _join([r.path_values[o] for r in outs], batch, axis=1)[::save_every].T for o in outs[0].path_values
-            }
-            path = SavedPath(time=times, values=values)
+            times, values = _join(paths, batch, 1)
+            path = SavedPath(time=times[::save_every].T, values={o: v[::save_every].T for o, v in values.items()})
         return AdvanceResult(state=out.x, stats=out.stats, path=path, trace=out.trace)
 
     def _check_result(self, out: kernel.ChunkOutputs, theta: Mapping, p: plan.IntervalPlan, patients) -> None:
@@ -382,21 +378,30 @@ class Simulator:
         checks.check_physical(self.model, out.x, theta, p.t0, p.t1, patients=patients, dt=self.dt, scheme=self.scheme)
 
 
-def _rows(a: jax.Array, lo: int, hi: int, size: int, axis: int) -> jax.Array:
-    """Patients ``lo:hi`` along ``axis``, padded to ``size`` by repeating the last patient."""
-    if lo == 0 and hi == a.shape[axis] == size:
-        return a
-    part = jax.lax.slice_in_dim(a, lo, hi, axis=axis)
-    if hi - lo < size:
-        widths = [(0, 0)] * a.ndim
-        widths[axis] = (0, size - (hi - lo))
-        part = jnp.pad(part, widths, mode="edge")
-    return part
+@partial(jax.jit, static_argnums=(1, 2, 3, 4))
+def _rows(tree, lo: int, hi: int, size: int, axis: int):
+    """Patients ``lo:hi`` along ``axis`` of every array in ``tree``, padded to ``size`` by repeating
+    the last patient. One compiled call per chunk: the same slices dispatched op by op cost more
+    than a short interval's simulation (dozens of arrays per call, thousands of calls in a schedule)."""
+
+    def rows(a):
+        part = jax.lax.slice_in_dim(a, lo, hi, axis=axis)
+        if hi - lo < size:
+            widths = [(0, 0)] * a.ndim
+            widths[axis] = (0, size - (hi - lo))
+            part = jnp.pad(part, widths, mode="edge")
+        return part
+
+    return jax.tree_util.tree_map(rows, tree)
 
 
-def _join(parts, batch: int, axis: int) -> jax.Array:
-    if len(parts) == 1:
-        a = parts[0]
-    else:
-        a = jnp.concatenate(parts, axis=axis)
-    return jax.lax.slice_in_dim(a, 0, batch, axis=axis) if a.shape[axis] != batch else a
+@partial(jax.jit, static_argnums=(1, 2))
+def _join(parts, batch: int, axis: int):
+    """The chunks' results (a list of pytrees of one structure) joined along ``axis`` and cut to
+    ``batch`` patients, in one compiled call (see :func:`_rows`)."""
+
+    def join(*a):
+        a = a[0] if len(a) == 1 else jnp.concatenate(a, axis=axis)
+        return jax.lax.slice_in_dim(a, 0, batch, axis=axis) if a.shape[axis] != batch else a
+
+    return jax.tree_util.tree_map(join, *parts)
