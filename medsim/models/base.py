@@ -225,6 +225,13 @@ class PhysiologyModel(ABC):
     #: models whose Jacobian at "one unit of every state" overstates their rates. A model that
     #: declares a step states the filter's error at it against a fine-step reference.
     filter_max_substep: float | None = None
+    #: Step (model time unit) of the simulator behind medsim's predictive checks (held-out gate,
+    #: VPC, fit report, twin forecasts) when a call names none. ``None``: ``0.02`` over the drift's
+    #: fastest typical rate (``medsim.inference.checks.predictive.default_dt``), which, like the
+    #: filter's default step, is far too fine for models whose Jacobian at "one unit of every
+    #: state" overstates their rates. A model that declares a step states the simulator's error at
+    #: it against a fine-step reference.
+    predictive_dt: float | None = None
 
     # ------------------------------------------------------------------ metadata helpers
     @property
