@@ -355,14 +355,13 @@ class Simulator:
             if len(devices) > 1:  # hand back arrays on one device, as a single-device run would
                 out = jax.device_put(out, devices[0])
             outs.append(out)
-        paths = [(o.path_time, o.path_values) for o in outs]
         out = _join([o._replace(path_time=None, path_values=None) for o in outs], batch, 0)
         if not bool(jnp.all(out.t_end == jnp.asarray(p.t1))):
             raise RuntimeError("simulator step budget exhausted before t1 (please report this as a medsim bug)")
         self._check_result(out, theta, p, patients)
         path = None
         if saving:
-            times, values = _join(paths, batch, 1)
+            times, values = _join([(o.path_time, o.path_values) for o in outs], batch, 1)
             path = SavedPath(time=times[::save_every].T, values={o: v[::save_every].T for o, v in values.items()})
         return AdvanceResult(state=out.x, stats=out.stats, path=path, trace=out.trace)
 
