@@ -375,8 +375,10 @@ def run_one(tidy: pd.DataFrame, model_name: str, method: str, args) -> dict:
     cache_key = (train.data_hash(), model_name, method, tuple(args.fix or ()), args.svi_start)
     saved = None
     if args.save_posteriors is not None:
-        # one file per fit (scenarios that share the training days share it), named by what the fit depends on
-        digest = hashlib.sha1(repr(cache_key).encode()).hexdigest()[:12]
+        # one file per fit (scenarios that share the training days share it), named by what the fit depends on:
+        # the data, the model, the sampler and every setting of it (steps, step size, seed, draws, filter step)
+        sampler = (sorted(options.items()), args.seed, args.chains, args.draws, args.warmup)
+        digest = hashlib.sha1(repr((cache_key, sampler)).encode()).hexdigest()[:12]
         saved = args.save_posteriors / f"{model_name}_{method}_{digest}.nc"
     if cache_key not in _FITS:
         _FITS[cache_key] = inference.fit(
