@@ -39,6 +39,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from medsim.inference.backends.numpyro_svi import parse_starts
 from medsim.inference.calibration_nuts import vectorised_nuts
 from medsim.inference.calibration_svi import MapTasks, svi_fits
 from medsim.inference.checks.coverage import binomial_interval, rank_uniformity
@@ -265,6 +266,7 @@ def run_calibration(
     method: str = "nuts",
     svi_steps: int = 5000,
     svi_learning_rate: float = 0.01,
+    svi_start: str = "prior",
     max_substep: float | None = None,
     map_tasks: MapTasks | None = None,
 ) -> CalibrationResult:
@@ -306,6 +308,10 @@ def run_calibration(
         SVI optimisation steps per cohort (as :func:`medsim.inference.fit`'s default).
     svi_learning_rate : float
         Adam's first step size for each SVI fit (:func:`medsim.inference.fit`'s ``svi_learning_rate``).
+    svi_start : str
+        Where each SVI fit starts, as :func:`medsim.inference.fit`'s ``svi_start``: ``"prior"``,
+        ``"ode"`` (from a fit of the ODE limit; needs ``process_noise``) or ``"prior,ode"`` (both, the
+        better ELBO kept). Checked before any work; ``method="nuts"`` takes only the default.
     max_substep : float, optional
         The filter's longest step (model time unit), as in :func:`medsim.inference.fit`.
     map_tasks : callable, optional
@@ -330,6 +336,11 @@ def run_calibration(
             "need n_cohorts >= 1, chains * draws >= n_rank_draws, svi_steps >= 1 and svi_learning_rate > 0, got "
             f"{n_cohorts}, {chains} x {draws}, {n_rank_draws}, {svi_steps}, {svi_learning_rate}"
         )
+    starts = parse_starts(svi_start)  # ValueError naming the value
+    if method != "svi" and starts != ("prior",):
+        raise ValueError(f"svi_start {','.join(starts)!r} applies to method 'svi', not {method!r}")
+    if "ode" in starts and not process_noise:
+        raise ValueError("svi_start 'ode' starts an SDE fit at its ODE limit; these fits are the ODE limit")
     start = time.perf_counter()
     dt = default_dt(model, rate_dt=0.004) if dt is None else float(dt)
     data = prepare(design.cohort(), model, process_noise=process_noise, max_substep=max_substep)
@@ -352,6 +363,7 @@ def run_calibration(
             max_substep=max_substep,
             process_noise=process_noise,
             learning_rate=svi_learning_rate,
+            svi_start=",".join(starts),
         )
         failed = stats.pop("failed")  # svi_fits raises if every fit diverged
         diverged = {f["cohort"] for f in failed}
@@ -421,6 +433,7 @@ def run_calibration(
         settings.update(
             svi_steps=svi_steps,
             svi_learning_rate=svi_learning_rate,
+            svi_start=",".join(starts),
             fits_diverged=failed,
             elbo=stats["elbo"].tolist(),
             fits_diagnostics_ok=int(stats["diagnostics_ok"].sum()),

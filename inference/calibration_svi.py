@@ -63,6 +63,7 @@ def svi_fits(
     process_noise: bool,
     guide: str = "mvn",
     learning_rate: float = 0.01,
+    svi_start: str = "prior",
     map_tasks: MapTasks | None = None,
 ) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
     """Fit every cohort by SVI and stack the guide's draws.
@@ -79,8 +80,8 @@ def svi_fits(
         Cohort ``c`` is fitted with seed ``seed * 1000 + c`` (same seed, same draws).
     draws : int
         Draws from each fitted guide.
-    svi_steps, max_substep, process_noise, guide, learning_rate
-        As in :func:`medsim.inference.fit`.
+    svi_steps, max_substep, process_noise, guide, learning_rate, svi_start
+        As in :func:`medsim.inference.fit` (``svi_start``: ``"prior"``, ``"ode"`` or ``"prior,ode"``).
     map_tasks : callable, optional
         Runs :func:`calibration_fit` on every cohort's :class:`~medsim.inference.fit_tasks.FitTask` and
         returns the results in order (default: one after the other, here).
@@ -106,6 +107,7 @@ def svi_fits(
         max_substep=max_substep,
         guide=guide,
         svi_learning_rate=learning_rate,
+        svi_start=svi_start,
     )
     tasks = [
         task_for(model, design.cohort(np.asarray(values, float)), seed * 1000 + c, settings)

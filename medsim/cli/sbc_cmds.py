@@ -145,6 +145,12 @@ def sbc_command(
     svi_learning_rate: float = typer.Option(
         0.01, "--svi-learning-rate", min=1e-6, help="Adam's first step size per cohort (as in `medsim fit`)."
     ),
+    svi_start: str = typer.Option(
+        "prior",
+        "--svi-start",
+        help="Where each SVI fit starts, as in `medsim fit`: prior, ode (needs --process-noise), or prior,ode "
+        "(both; the better ELBO kept).",
+    ),
     max_substep: float = typer.Option(
         None, "--max-substep", help="The filter's longest step, model time unit (as in `medsim fit`)."
     ),
@@ -187,6 +193,19 @@ def sbc_command(
         _fail("--workers / --scheduler fit the cohorts on workers with --method svi (NUTS fits them in one program)")
     if max_substep is not None and not max_substep > 0:
         _fail(f"--max-substep: expected a positive step (model time unit), got {max_substep}")
+    from medsim.inference.backends.numpyro_svi import parse_starts
+
+    try:
+        starts = parse_starts(svi_start)
+    except ValueError as err:
+        _fail(f"--svi-start: {err}")
+    if starts != ("prior",) and method != "svi":
+        _fail(f"--svi-start {svi_start} applies to --method svi (NUTS starts its chains itself)")
+    if "ode" in starts and not process_noise:
+        _fail(
+            "--svi-start ode starts an SDE fit at its ODE limit; with --ode the fits are the ODE limit "
+            "(add --process-noise)"
+        )
     n_draws = chains * draws if method == "nuts" else draws
     if n_draws < rank_draws:
         shown = "--chains x --draws" if method == "nuts" else "--draws"
@@ -224,6 +243,7 @@ def sbc_command(
             method=method,
             svi_steps=svi_steps,
             svi_learning_rate=svi_learning_rate,
+            svi_start=",".join(starts),
             max_substep=max_substep,
         )
     except ValueError as err:

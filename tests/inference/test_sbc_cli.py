@@ -67,7 +67,7 @@ def test_sbc_with_svi_fits_every_cohort_and_ranks_the_truth(tmp_path):
     summary = json.loads(out.read_text())
     settings = summary["settings"]
     assert settings["method"] == "svi" and settings["svi_steps"] == 30 and settings["max_substep"] == 2.0
-    assert settings["svi_learning_rate"] == 0.02
+    assert settings["svi_learning_rate"] == 0.02 and settings["svi_start"] == "prior"  # the default, recorded
     assert len(settings["elbo"]) == 2 and settings["fits_diagnostics_ok"] == sum(settings["fit_diagnostics_ok"])
     assert settings["design"]["doses"] == [[0.0, 1, 30.0], [6.0, 1, 15.0]]
     assert summary["n_rank_draws"] == 19 and summary["divergences"] == 0
@@ -89,6 +89,9 @@ def test_sbc_with_svi_fits_every_cohort_and_ranks_the_truth(tmp_path):
         (["--dose", "30", "--dose", "0:1:5"], "--dose: expected one AMOUNT or repeated TIME:CMT:AMOUNT"),
         (["--dose", "0:7:5"], "--dose CMT 7: model 'pk_iv_1cmt' is dosed in CMT"),
         (["--dose", "-1:1:5"], "doses need a time >= 0 and an amount >= 0"),
+        (["--method", "svi", "--svi-start", "map"], "--svi-start: SVI start: expected distinct names from prior, ode"),
+        (["--method", "svi", "--svi-start", "ode"], "--svi-start ode starts an SDE fit at its ODE limit; with --ode"),
+        (["--svi-start", "prior,ode", "--process-noise"], "--svi-start prior,ode applies to --method svi"),
     ],
 )
 def test_sbc_rejects_bad_method_and_dose_options(extra, message):
