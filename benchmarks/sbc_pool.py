@@ -32,12 +32,32 @@ class PoolError(ValueError):
     """Summaries that cannot be pooled (names the file and what differs)."""
 
 
+#: Settings that must agree for runs to pool, with the value a summary written before the setting
+#: was recorded ran with.
+POOLED_SETTINGS = {
+    "model": None,
+    "design": None,
+    "method": None,
+    "svi_steps": None,
+    "svi_learning_rate": 0.01,
+    "svi_start": "prior",
+    "max_substep": None,
+    "draws": None,
+    "process_noise": None,
+}
+
+
+def _settings(run: dict) -> dict:
+    recorded = run["settings"]
+    svi = recorded.get("method") == "svi"
+    return {k: recorded.get(k, default if svi else None) for k, default in POOLED_SETTINGS.items()}
+
+
 def _load(paths: list[Path]) -> list[dict]:
     runs = [json.loads(p.read_text()) for p in paths]
-    keys = ("model", "design", "method", "svi_steps", "max_substep", "draws", "process_noise")
-    first = {k: runs[0]["settings"].get(k) for k in keys}
+    first = _settings(runs[0])
     for path, run in zip(paths, runs, strict=True):
-        other = {k: run["settings"].get(k) for k in keys}
+        other = _settings(run)
         if other != first or run["n_rank_draws"] != runs[0]["n_rank_draws"]:
             raise PoolError(f"{path}: settings {other} differ from {paths[0]}'s {first}")
         if set(run["sites"]) != set(runs[0]["sites"]):
