@@ -128,6 +128,9 @@ def diagnose_posterior_attrs(idata, method: str) -> Diagnostics:
     profile = json.loads(attrs["noise_profile"]) if "noise_profile" in attrs else None
     spread = json.loads(attrs["spread_check"]) if "spread_check" in attrs else None
     starts = json.loads(attrs["svi_starts"]) if "svi_starts" in attrs else None
+    coarse = int(attrs.get("svi_coarse_steps", 0))
+    if coarse and trace is not None:
+        trace = trace[coarse:]  # the steps on the fit's own filter: the ones the checks judge
     return diagnose(
         idata,
         method=method,
@@ -136,6 +139,8 @@ def diagnose_posterior_attrs(idata, method: str) -> Diagnostics:
         noise_profile=profile,
         spread_check=spread,
         starts=starts,
+        coarse_steps=coarse,
+        coarse_offset=json.loads(attrs["svi_coarse_offset"]) if "svi_coarse_offset" in attrs else None,
     )
 
 
@@ -148,6 +153,8 @@ def diagnose(
     noise_profile: dict | None = None,
     spread_check: dict | None = None,
     starts: list[dict] | None = None,
+    coarse_steps: int = 0,
+    coarse_offset: dict | None = None,
 ) -> Diagnostics:
     """Diagnostics of the posterior in ``idata`` (an ArviZ InferenceData).
 
@@ -168,6 +175,11 @@ def diagnose(
     starts : list of dict, optional
         Every start of a multi-start SVI fit, the kept one first
         (:func:`medsim.inference.svi_diagnostics.start_checks`).
+    coarse_steps : int
+        Steps the SVI fit took on a coarser filter before ``elbo_trace`` (``fit(svi_coarse_steps=)``):
+        said in the checks; the trace passed is the rest.
+    coarse_offset : dict, optional
+        Their optimum's estimated offset (:func:`medsim.inference.svi_diagnostics.coarse_checks`).
     """
     from medsim.inference.assemble import import_arviz
 
@@ -176,10 +188,23 @@ def diagnose(
     thresholds = {"rhat_max": RHAT_MAX, "ess_min": float(ESS_PER_CHAIN_MIN * chains), "ebfmi_min": EBFMI_MIN}
     if method != "nuts":
         from medsim.inference.noise_profile import PROFILE_GAIN_NATS
-        from medsim.inference.svi_diagnostics import ELBO_REL_TOL, START_SEPARATION, start_checks
+        from medsim.inference.svi_diagnostics import (
+            COARSE_OFFSET_MAX,
+            ELBO_REL_TOL,
+            START_SEPARATION,
+            coarse_checks,
+            start_checks,
+        )
         from medsim.inference.svi_spread import TOO_NARROW, TOO_WIDE, spread_problems
 
         checks, problems, _ = elbo_checks(None if elbo_trace is None else np.asarray(elbo_trace, float))
+        if coarse_steps:
+            judged = 0 if elbo_trace is None else len(elbo_trace)
+            checks.insert(
+                0,
+                f"ELBO trace checked over the fit's last {judged} steps, on its own filter (the first {coarse_steps} "
+                "ran on a coarser one: a start, not judged)",
+            )
         if noise_profile:
             problems += profile_problems(noise_profile)
             checks += [
@@ -190,6 +215,9 @@ def diagnose(
         spread_checks, spread_problems_ = spread_problems(spread_check)
         checks += spread_checks
         problems += spread_problems_
+        coarse_lines, coarse_problems = coarse_checks(coarse_offset, coarse_steps)
+        checks += coarse_lines
+        problems += coarse_problems
         start_lines, start_problems = start_checks(starts)
         checks += start_lines
         problems += start_problems
@@ -199,6 +227,7 @@ def diagnose(
             "spread_too_narrow": TOO_NARROW,
             "spread_too_wide": TOO_WIDE,
             "start_separation_sds": START_SEPARATION,
+            "coarse_offset_max_sds": COARSE_OFFSET_MAX,
         }
         return Diagnostics(
             method=method,

@@ -10,11 +10,12 @@ import numpy as np
 
 from medsim.inference.assemble import build_inference_data
 from medsim.inference.backends import BACKENDS, Progress, run_nuts
-from medsim.inference.backends.numpyro_svi import GUIDES, parse_starts, run_svi_starts
+from medsim.inference.backends.numpyro_svi import GUIDES, max_coarse_steps, parse_starts, run_svi_starts
 from medsim.inference.cohort_support import SUPPORT_ATTR, cohort_support
 from medsim.inference.diagnostics import diagnose_posterior_attrs
 from medsim.inference.hierarchical import data_information, with_centering
 from medsim.inference.likelihood.filtering import filter_layout
+from medsim.inference.likelihood.timeline import build_timeline
 from medsim.inference.noise_profile import noise_profile
 from medsim.inference.posterior import FORMAT_VERSION, Posterior, json_attr
 from medsim.inference.priors import PriorError
@@ -49,6 +50,8 @@ def fit(
     svi_particles: int = 1,
     svi_learning_rate: float = 0.01,
     svi_start: str | Sequence[str] = "prior",
+    svi_coarse_steps: int = 0,
+    svi_coarse_substeps: int | None = None,
     fix: Mapping[str, float | None] | Sequence[str] | None = None,
 ) -> Posterior:
     """Fit the hierarchical SDE model ``model`` to ``cohort``.
@@ -90,6 +93,14 @@ def fit(
         an SDE fit whose slow disturbances can stand in for between-subject variability
         (``docs/fitting.md``) should be run from both. Recorded in the posterior (``svi_start``,
         ``svi_starts``).
+    svi_coarse_steps : int
+        The first ``svi_coarse_steps`` of the ``svi_steps`` run on the cohort prepared with
+        ``svi_coarse_substeps`` filter steps per interval (fewer than ``substeps``: a cheaper
+        gradient); the rest, and the reported ELBO, checks and draws, on the fit's own filter
+        (:mod:`medsim.inference.backends.numpyro_svi`, "Coarse first steps"). 0: none. Recorded in
+        the posterior (``svi_coarse_steps``, ``svi_coarse_substeps``).
+    svi_coarse_substeps : int, optional
+        Default ``substeps // 2``.
     target_accept : float
         NUTS step-size adaptation target. 0.9: with the scaled random-effect coordinates and the
         signed process-noise scale the theophylline SDE fit has no funnel left to need smaller
@@ -144,6 +155,7 @@ def fit(
         raise FitConfigError(f"svi_start {','.join(starts)!r} applies to method 'svi', not {method!r}")
     if "ode" in starts and not process_noise:
         raise FitConfigError("svi_start 'ode' starts an SDE fit at its ODE limit; this fit is the ODE limit")
+    coarse_substeps = check_svi_coarse(method, svi_steps, substeps, svi_coarse_steps, svi_coarse_substeps)
     if method == "svi" and isinstance(centered, str) and centered.strip() in ("auto", ""):
         centered = "none"  # SVI's coordinates (docstring)
     try:
@@ -182,6 +194,21 @@ def fit(
             progress=progress,
         )
     else:
+        coarse = None
+        if svi_coarse_steps:  # the same cohort and priors on a filter with fewer steps per interval
+            timeline = data.timeline
+            coarse = dataclasses.replace(
+                data,
+                timeline=build_timeline(
+                    model,
+                    cohort.padded() if hasattr(cohort, "padded") else cohort,
+                    substeps=coarse_substeps,
+                    max_substep=max_substep,
+                    dtype=timeline.time.dtype,
+                    layout=timeline.layout,
+                    gradient=timeline.gradient,
+                ),
+            )
         out = run_svi_starts(
             data,
             starts,
@@ -192,8 +219,11 @@ def fit(
             guide=guide,
             particles=svi_particles,
             learning_rate=svi_learning_rate,
+            coarse=coarse,
+            coarse_steps=svi_coarse_steps,
         )
-    info = {k: v for k, v in out.info.items() if k not in ("elbo_trace", "spread_check", "median", "sites", "starts")}
+    stored_apart = ("elbo_trace", "spread_check", "median", "sites", "starts", "coarse_offset")
+    info = {k: v for k, v in out.info.items() if k not in stored_apart}
     attrs = provenance_attrs(data, backend=backend, method=method, seed=seed, info=info)
     attrs.update(
         chains=chains if method == "nuts" else 1,
@@ -215,6 +245,10 @@ def fit(
         attrs["noise_profile"] = json_attr(noise_profile(data, out.samples))
         attrs["spread_check"] = json_attr(out.info["spread_check"])
         attrs["svi_start"] = ",".join(starts)
+        if svi_coarse_steps:
+            attrs["svi_coarse_steps"] = int(svi_coarse_steps)
+            attrs["svi_coarse_substeps"] = int(coarse_substeps)
+            attrs["svi_coarse_offset"] = json_attr(out.info["coarse_offset"])
         if "starts" in out.info:  # every start's ELBO and population sites, the kept one first
             attrs["svi_starts"] = json_attr(out.info["starts"])
     idata = build_inference_data(data, out.samples, out.sample_stats or None, attrs)
@@ -264,6 +298,31 @@ def _starts(svi_start: str | Sequence[str]) -> tuple[str, ...]:
         return parse_starts(svi_start)
     except ValueError as err:
         raise FitConfigError(f"svi_start: {err}") from None
+
+
+def check_svi_coarse(
+    method: str, steps: int, substeps: int, coarse_steps: int, coarse_substeps: int | None
+) -> int | None:
+    """``fit``'s coarse first steps checked before any work: their filter's steps per interval."""
+    if not coarse_steps and coarse_substeps is None:
+        return None
+    if method != "svi":
+        raise FitConfigError(f"svi_coarse_steps and svi_coarse_substeps apply to method 'svi', not {method!r}")
+    most = max_coarse_steps(steps)
+    if not 0 < coarse_steps <= most:
+        raise FitConfigError(
+            f"svi_coarse_steps must be in [1, {most}] for svi_steps {steps} (at least {steps - most} steps end the "
+            f"fit on its own filter); got {coarse_steps}"
+        )
+    if substeps < 2:
+        raise FitConfigError(f"substeps {substeps}: a filter with one step per interval has no coarser one")
+    chosen = substeps // 2 if coarse_substeps is None else int(coarse_substeps)
+    if not 1 <= chosen < substeps:
+        raise FitConfigError(
+            f"svi_coarse_substeps must be in [1, {substeps - 1}] (fewer filter steps per interval than substeps "
+            f"{substeps}); got {chosen}"
+        )
+    return chosen
 
 
 def _fix_map(fix: Mapping[str, float | None] | Sequence[str] | None) -> dict[str, float | None]:

@@ -15,6 +15,9 @@ them)::
     elbo               final ELBO (SVI only)
     elbo_trace         the ELBO at every optimisation step (JSON list, SVI only)
     noise_profile      process-noise posterior against its likelihood profile (JSON, SVI only)
+    svi_coarse_steps, svi_coarse_substeps, svi_coarse_offset
+                       SVI's first steps on a coarser filter and their optimum's estimated
+                       offset (JSON); absent when the fit took none
     wall_time_s        sampling wall time, seconds
     created            UTC timestamp (ISO 8601)
     versions           package versions (JSON)

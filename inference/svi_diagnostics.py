@@ -52,6 +52,35 @@ START_SEPARATION = 3.0
 two guides') are different optima: at 3 their central 99.7 % intervals barely touch."""
 
 
+COARSE_OFFSET_MAX = 0.25
+"""Largest shift of the optimum, in posterior SDs of any coordinate, that coarse first steps may
+leave for the fit's own filter to make up (``fit(svi_coarse_steps=)``): a quarter of an SD is
+about how far two seeds of the same fit land apart, and the last steps' small learning rate
+cannot be relied on to travel much further. The estimate is a linearisation, good to a factor of
+about 2 (``tests/inference/test_svi_coarse.py``), which is enough to tell a thousandth of an SD
+(the glucose fits) from several."""
+
+
+def coarse_checks(offset: dict | None, coarse_steps: int) -> tuple[list[str], list[str]]:
+    """Judge coarse first steps by their optimum's estimated offset from the exact one
+    (:func:`medsim.inference.backends.numpyro_svi.coarse_offset`). Returns (checks, problems)."""
+    if not coarse_steps:
+        return [], []
+    if not offset:
+        return [], [f"the fit's first {coarse_steps} steps ran on a coarser filter and its offset was not recorded"]
+    line = (
+        f"coarse first steps: their filter's optimum lies {offset['max_sd']:.3g} posterior SDs from the exact one at "
+        f"most ({offset['coordinate']}; median {offset['median_sd']:.2g}, tolerance {COARSE_OFFSET_MAX:g}); log "
+        f"densities {offset['log_density_difference']:+.2f} nats apart"
+    )
+    if offset["max_sd"] <= COARSE_OFFSET_MAX:
+        return [line], []
+    return [], [
+        f"{line}: the coarse filter is too coarse to be a start, and the last steps may not have made up the "
+        "difference; fit without --svi-coarse-steps or with more --svi-coarse-substeps"
+    ]
+
+
 def start_checks(starts: list[dict] | None) -> tuple[list[str], list[str]]:
     """Compare the kept start of a multi-start SVI fit (first in ``starts``) with the others.
 

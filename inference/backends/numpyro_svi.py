@@ -26,6 +26,15 @@ between-subject SDs"). Several starts: each is fitted, the highest ELBO is kept,
 ELBO and population sites are recorded, so the diagnostics can say when equally good optima
 disagree (:func:`medsim.inference.svi_diagnostics.start_checks`).
 
+Coarse first steps (``coarse``, ``coarse_steps``): the early steps of a long fit only move the
+guide towards the optimum, far from it, where the likelihood's discretisation error (a few tenths
+of a nat on a 12-patient glucose cohort at half the filter's RK4 steps) is small against how far
+the guide still has to go. They can run on the same cohort prepared with fewer filter steps per
+interval (half the gradient's cost), and the run ends on the fit's own filter, so the guide it
+returns, its ELBO and every check are those of the exact likelihood. The Adam state and its
+step-size schedule carry on across the switch as in one run. ``docs/fitting.md``, "Coarse first
+steps", has the measurements.
+
 Coordinates: SVI is meant to run on the non-centred random effects and the log process-noise
 scales (:func:`medsim.inference.fitting.fit` sets them; ``docs/fitting.md``, "SVI").
 """
@@ -51,6 +60,8 @@ STARTS = ("prior", "ode")
 INIT_SCALE = 0.05
 ODE_START_DRAWS = 200
 """Draws taken from the ODE-limit guide of an ``"ode"`` start (only its median is used)."""
+MIN_FINAL_STEPS = 20
+"""Fewest steps a fit with coarse first steps takes on its own filter (the trace checks need 2 per window)."""
 
 
 class SviDivergedError(ValueError):
@@ -118,6 +129,8 @@ def run_svi(
     progress: Progress | None = None,
     chunk: int = 250,
     init_values: dict | None = None,
+    coarse: FitData | None = None,
+    coarse_steps: int = 0,
 ) -> SamplerOutput:
     """Fit a multivariate-normal guide and draw from it.
 
@@ -152,7 +165,8 @@ def run_svi(
     -------
     SamplerOutput
         ``samples`` with shape (1, draws, ...); ``sample_stats`` empty; ``info["elbo"]`` is the
-        mean ELBO (nats) over the last 10 % of steps, ``info["elbo_trace"]`` every step's,
+        mean ELBO (nats) over the last 10 % of steps, ``info["elbo_trace"]`` every step's (the
+        first ``info["coarse_steps"]`` of them the coarse filter's),
         ``info["spread_check"]`` the test of the fitted guide's spread (:mod:`medsim.inference.svi_spread`),
         ``info["median"]`` the guide's median of every sampled site and ``info["sites"]`` the
         population sites' :func:`site_summary`.
@@ -164,39 +178,34 @@ def run_svi(
         raise ValueError(f"need draws, steps and particles >= 1; got {draws}, {steps}, {particles}")
     if not 0.0 < decay <= 1.0 or not learning_rate > 0.0:
         raise ValueError(f"need learning_rate > 0 and 0 < decay <= 1; got {learning_rate}, {decay}")
+    coarse_steps = int(coarse_steps) if coarse is not None else 0
+    if not 0 <= coarse_steps <= max_coarse_steps(steps):
+        raise ValueError(
+            f"coarse_steps must be in [0, {max_coarse_steps(steps)}] for {steps} steps (at least "
+            f"{steps - max_coarse_steps(steps)} must remain on the fit's own filter); got {coarse_steps}"
+        )
     model = partial(hierarchical_model, data)
     auto = make_guide(model, guide, start_values(data) if init_values is None else init_values, rank=rank)
     schedule = lambda i: learning_rate * decay ** (i / steps)  # noqa: E731
-    svi = SVI(model, auto, Adam(schedule), Trace_ELBO(num_particles=particles))
+    optimizer, elbo = Adam(schedule), Trace_ELBO(num_particles=particles)
+    svi = SVI(model, auto, optimizer, elbo)
+    # One guide, optimiser and schedule for both phases: the state passes from one SVI to the other.
+    phases = [(svi, steps)]
+    if coarse_steps:
+        phases = [
+            (SVI(partial(hierarchical_model, coarse), auto, optimizer, elbo), coarse_steps),
+            (svi, steps - coarse_steps),
+        ]
     # The SVI state carries its own key (split from key_init) for the ELBO particles.
     key_init, key_draws = jax.random.split(jax.random.key(seed))
     counter = ProgressCounter(progress, steps, every=chunk)
     start = time.perf_counter()
-    state = svi.init(key_init)
-
-    length = min(chunk, steps)
-
-    @jax.jit
-    def run_chunk(state, n):
-        # Every call has the same length, so the update compiles once whatever ``steps`` is; the
-        # last call's steps from ``n`` on leave the state as it is (their losses are dropped).
-        loss = jax.eval_shape(svi.update, state)[1]
-
-        def step(s, i):
-            # stable_update rejects a step whose ELBO or gradient is not finite (loss NaN, state kept):
-            # one particle drawn where the model cannot be evaluated must not poison the guide.
-            return jax.lax.cond(i < n, svi.stable_update, lambda s: (s, jnp.full(loss.shape, jnp.nan, loss.dtype)), s)
-
-        return jax.lax.scan(step, state, jnp.arange(length))
-
+    state = phases[0][0].init(key_init)
+    if coarse_steps:
+        svi.init(key_init)  # sets up its own parameter transforms; the state is the coarse phase's
     losses = []
-    done = 0
-    while done < steps:
-        n = min(length, steps - done)
-        state, loss = run_chunk(state, np.int32(n))
-        losses.append(np.asarray(loss)[:n])
-        done += n
-        counter.add(n)
+    for phase, phase_steps in phases:
+        state = _run_steps(phase, state, phase_steps, chunk, losses, counter)
     params = svi.get_params(state)
     diverged = (
         f"SVI diverged: after {steps} steps at learning rate {learning_rate:g} the guide is not a valid distribution"
@@ -208,6 +217,7 @@ def run_svi(
     except ValueError as err:  # e.g. a Cholesky factor whose diagonal underflowed to 0
         raise SviDivergedError(f"{diverged} ({err}); {ADVICE}") from err
     spread = spread_check(data, auto, params, jax.random.fold_in(key_draws, 1))
+    offset = coarse_offset(data, coarse, auto, params) if coarse_steps else None
     median = {k: np.asarray(v) for k, v in auto.median(params).items()}
     sites = site_summary(data, constrained)
     samples = with_random_effects(data, {k: np.asarray(v)[None] for k, v in constrained.items()})
@@ -223,6 +233,9 @@ def run_svi(
         "learning_rate": learning_rate,
         "particles": particles,
         "steps": steps,
+        "coarse_steps": coarse_steps,
+        "coarse_substeps": int(coarse.timeline.substeps) if coarse_steps else None,
+        "coarse_offset": offset,
         "elbo": float(np.nanmean(tail)) if np.isfinite(tail).any() else float("nan"),
         # standard error of that mean (each step's estimate draws its own particles)
         "elbo_se": float(np.nanstd(tail.astype(np.float64)) / np.sqrt(max(1, np.isfinite(tail).sum()))),
@@ -233,6 +246,81 @@ def run_svi(
         "sites": sites,
     }
     return SamplerOutput(samples=samples, sample_stats={}, wall_time_s=wall, info=info)
+
+
+def max_coarse_steps(steps: int) -> int:
+    """Most of ``steps`` that may run on a coarse filter: at least ``max(MIN_FINAL_STEPS, steps // 10)``
+    end the run on the fit's own, so the reported ELBO (the last 10 %) and the trace checks are its."""
+    return max(0, steps - max(MIN_FINAL_STEPS, steps // 10))
+
+
+def coarse_offset(data: FitData, coarse: FitData, auto, params: dict) -> dict:
+    """How far the optimum on the ``coarse`` filter lies from the one on ``data``'s, in the fitted
+    guide's posterior SDs: the check that coarse first steps were a start near the answer.
+
+    At a Gaussian guide's optimum ``E_q[grad log p] = 0``, so moving from one log density to
+    another shifts the optimum's location by about ``Sigma (grad log p_coarse - grad log p)``,
+    ``Sigma`` the guide's covariance; both gradients are taken at the guide's location (on the
+    unconstrained scale). Returns the largest shift over the coordinates in their own SDs
+    (``max_sd``, its ``coordinate``, the median over coordinates) and the two filters' log
+    densities' difference there (``log_density_difference``, nats; coarse minus exact). One
+    Newton step on a posterior that is not Gaussian: an estimate good to a factor of about 2,
+    which is what :func:`medsim.inference.svi_diagnostics.coarse_checks` needs of it.
+    """
+    from medsim.inference.hierarchical import potential_fn
+    from medsim.inference.svi_spread import coordinate_names
+
+    loc = params["auto_loc"]
+    if "auto_scale_tril" in params:
+        cov = params["auto_scale_tril"] @ params["auto_scale_tril"].T
+    else:
+        factor, scale = params["auto_cov_factor"], params["auto_scale"]
+        cov = factor @ factor.T + jnp.diag(jnp.square(scale))
+
+    def value_and_grad(d):
+        potential = potential_fn(d)
+        return jax.jit(jax.value_and_grad(lambda z: potential(auto._unpack_latent(z))))(loc)
+
+    (u_exact, g_exact), (u_coarse, g_coarse) = value_and_grad(data), value_and_grad(coarse)
+    cov, diff = np.asarray(cov, float), np.asarray(g_exact, float) - np.asarray(g_coarse, float)  # U = -log p
+    shift = np.abs(cov @ diff) / np.sqrt(np.diagonal(cov))
+    names = {s.sampled_site: s.site for s in data.priors.sites}
+    names |= {data.priors.eta_site(p): f"eta_{p}" for p in data.priors.random_effects}
+    worst = int(np.argmax(shift))
+    return {
+        "max_sd": round(float(shift[worst]), 4),
+        "coordinate": coordinate_names(auto, names)[worst],
+        "median_sd": round(float(np.median(shift)), 4),
+        "log_density_difference": round(float(u_exact - u_coarse), 3),
+    }
+
+
+def _run_steps(svi, state, steps: int, chunk: int, losses: list, counter: ProgressCounter):
+    """``steps`` optimisation steps of ``svi`` from ``state``, in compiled chunks of ``chunk``
+    (progress reported between them); each step's loss is appended to ``losses``."""
+    length = min(chunk, steps)
+
+    @jax.jit
+    def run_chunk(state, n):
+        # Every call has the same length, so the update compiles once whatever ``steps`` is; the
+        # last call's steps from ``n`` on leave the state as it is (their losses are dropped).
+        loss = jax.eval_shape(svi.update, state)[1]
+
+        def step(s, i):
+            # stable_update rejects a step whose ELBO or gradient is not finite (loss NaN, state kept):
+            # one particle drawn where the model cannot be evaluated must not poison the guide.
+            return jax.lax.cond(i < n, svi.stable_update, lambda s: (s, jnp.full(loss.shape, jnp.nan, loss.dtype)), s)
+
+        return jax.lax.scan(step, state, jnp.arange(length))
+
+    done = 0
+    while done < steps:
+        n = min(length, steps - done)
+        state, loss = run_chunk(state, np.int32(n))
+        losses.append(np.asarray(loss)[:n])
+        done += n
+        counter.add(n)
+    return state
 
 
 def parse_starts(value) -> tuple[str, ...]:
@@ -274,10 +362,12 @@ def ode_start(data: FitData, *, seed: int = 0, progress: Progress | None = None,
         raise ValueError("an 'ode' start needs a fit with process noise: this one is the ODE limit already")
     ode = dataclasses.replace(data, priors=data.priors.ode_limit())
     options = {k: v for k, v in options.items() if k != "draws"}
+    if options.get("coarse") is not None:  # the coarse filter on the same ODE-limit prior
+        options["coarse"] = dataclasses.replace(options["coarse"], priors=ode.priors)
     out = run_svi(ode, draws=ODE_START_DRAWS, seed=seed, progress=progress, **options)
     values = start_values(data)
     values.update({k: v for k, v in out.info["median"].items() if k in values})
-    _, problems, _ = elbo_checks(out.info["elbo_trace"])
+    _, problems, _ = elbo_checks(out.info["elbo_trace"][out.info["coarse_steps"] :])
     record = {
         "elbo_ode_limit": out.info["elbo"] if np.isfinite(out.info["elbo"]) else None,
         "steps": out.info["steps"],

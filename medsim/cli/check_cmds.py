@@ -81,6 +81,9 @@ def refit_settings(posterior: Any) -> dict[str, Any]:
         settings["svi_learning_rate"] = float(sampler["learning_rate"])
     if "svi_start" in attrs:  # where SVI started (recorded since it became a choice)
         settings["svi_start"] = str(attrs["svi_start"])
+    if "svi_coarse_steps" in attrs:  # coarse first steps (recorded when used)
+        settings["svi_coarse_steps"] = int(attrs["svi_coarse_steps"])
+        settings["svi_coarse_substeps"] = int(attrs["svi_coarse_substeps"])
     if "target_accept" in sampler:
         settings["target_accept"] = float(sampler["target_accept"])
     substeps = json.loads(attrs.get("filter", "{}") or "{}").get("substeps")

@@ -113,6 +113,16 @@ def fit_command(
         "carry the differences between subjects), or prior,ode (both; the best ELBO is kept and optima of equal "
         "ELBO that disagree fail the diagnostics).",
     ),
+    svi_coarse_steps: int = typer.Option(
+        0,
+        "--svi-coarse-steps",
+        min=0,
+        help="Run the first N of the --svi-steps on a filter with fewer steps per interval (--svi-coarse-substeps; "
+        "about half the cost per step); the fit ends, and is judged, on its own filter. 0: none.",
+    ),
+    svi_coarse_substeps: int = typer.Option(
+        None, "--svi-coarse-substeps", min=1, help="Filter steps per interval of --svi-coarse-steps (default: half)."
+    ),
     max_substep: float = typer.Option(
         None,
         "--max-substep",
@@ -214,6 +224,8 @@ def fit_command(
                 svi_particles=svi_particles,
                 svi_learning_rate=svi_learning_rate,
                 svi_start=svi_start,
+                svi_coarse_steps=svi_coarse_steps,
+                svi_coarse_substeps=svi_coarse_substeps,
                 substeps=substeps,
                 max_substep=max_substep,
                 fix=held,

@@ -91,13 +91,14 @@ def test_fit_passes_the_filter_step_and_svi_options(monkeypatch, tmp_path):
     monkeypatch.setattr(inference, "fit", fake_fit)
     args = ["fit", "theoph", "--model", "pk_oral_1cmt", "--method", "svi", "--out", str(tmp_path / "x.nc")]
     options = ["--max-substep", "10", "--substeps", "2", "--guide", "lowrank", "--svi-particles", "4"]
-    options += ["--fix", "ka", "--fix", "V=30", "--svi-start", "prior,ode"]
+    options += ["--fix", "ka", "--fix", "V=30", "--svi-start", "prior,ode", "--svi-coarse-steps", "300"]
     result = CliRunner().invoke(app, [*args, *options, "--svi-learning-rate", "0.02", "--chain-method", "vectorized"])
     assert result.exit_code == 2 and "stopped after reading the options" in result.output
     assert seen["fix"] == {"ka": None, "V": 30.0}
     assert seen["max_substep"] == 10.0 and seen["substeps"] == 2 and seen["guide"] == "lowrank"
     assert seen["svi_particles"] == 4 and seen["svi_learning_rate"] == 0.02 and seen["method"] == "svi"
     assert seen["svi_start"] == "prior,ode"
+    assert seen["svi_coarse_steps"] == 300 and seen["svi_coarse_substeps"] is None
 
 
 def test_a_diverged_svi_fit_is_a_clear_error_and_writes_nothing(monkeypatch, tmp_path):
