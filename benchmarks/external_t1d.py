@@ -2,8 +2,8 @@
 
 Run: ``.venv/bin/python benchmarks/external_t1d.py [--quick] [--cohort CSV] [--train-days 2]
 [--test-day 3] [--cgm-every 15] [--cgm-limits 39 400] [--json OUT] [--models glucose_insulin]
-[--methods svi,nuts] [--svi-steps 6000] [--svi-learning-rate 0.01] [--fix NAME[=VALUE] ...]
-[--max-substep 10] [--svi-start prior|ode|prior,ode] [--write-cohorts DIR] [--workers N]
+[--methods svi,nuts] [--svi-steps 6000] [--svi-learning-rate 0.01] [--svi-coarse-steps 4000]
+[--fix NAME[=VALUE] ...] [--max-substep 10] [--svi-start prior|ode|prior,ode] [--write-cohorts DIR] [--workers N]
 [--save-posteriors DIR]``.
 
 Without ``--cohort`` two cohorts are generated with simglucose (``benchmarks/t1d_cohort.py``):
@@ -93,8 +93,13 @@ _FITS: dict[tuple, object] = {}
 #: Fit settings: SVI with 6000 steps and the filter step at most 10 min, as the glucose example fits
 #: (policies/examples.py, GLUCOSE). At 1500-3000 steps medsim's spread test finds the guide still too
 #: narrow on these cohorts (t1d_ou, 12 patients: 1 of 151 coordinates at 3000 steps); at 6000 every
-#: check passes (benchmarks/README.md, "External T1D check").
+#: check passes (benchmarks/README.md, "External T1D check"). The first two thirds of the steps run on
+#: a filter with 2 RK4 steps per interval instead of 4 (``fit(svi_coarse_steps=)``): the same ELBO,
+#: medians and scores on the seed-1 and seed-2 cohorts, 1.8x cheaper steps (docs/fitting.md, "Coarse
+#: first steps").
 RECOMMENDED = {"svi": {"svi_steps": 6000, "max_substep": 10.0}, "nuts": {"max_substep": 10.0}}
+#: Share of the SVI steps taken on the coarse filter when ``--svi-coarse-steps`` is not given.
+COARSE_SHARE = 2 / 3
 #: The CGM's reporting limits (mg/dL): simglucose's Dexcom sensor clips its readings to 39-400.
 CGM_LIMITS = (39.0, 400.0)
 #: medsim's recommended T1D set-up (the JSON's top-level figures): the first model listed.
@@ -366,6 +371,7 @@ def run_one(tidy: pd.DataFrame, model_name: str, method: str, args) -> dict:
         options["svi_steps"] = args.svi_steps or RECOMMENDED["svi"]["svi_steps"]
         if args.svi_learning_rate is not None:
             options["svi_learning_rate"] = args.svi_learning_rate
+        options["svi_coarse_steps"] = args.svi_coarse_steps  # set and checked by main()
         options["svi_start"] = args.svi_start
     if args.max_substep is not None:
         options["max_substep"] = args.max_substep
@@ -488,6 +494,13 @@ def main(argv: list[str] | None = None) -> int:
         "--svi-learning-rate", type=float, default=None, help="Adam's first step size (default: medsim's, 0.01)"
     )
     parser.add_argument(
+        "--svi-coarse-steps",
+        type=int,
+        default=None,
+        help="SVI steps on the coarse filter first, as `medsim fit --svi-coarse-steps` (default: two thirds of "
+        "--svi-steps; 0: none)",
+    )
+    parser.add_argument(
         "--fix",
         action="append",
         metavar="NAME[=VALUE]",
@@ -547,11 +560,19 @@ def main(argv: list[str] | None = None) -> int:
                 parser.error(f"{folder} exists and is not a folder")
             folder.mkdir(parents=True, exist_ok=True)  # before any work: a bad location fails now
     from medsim.inference.backends.numpyro_svi import parse_starts
+    from medsim.inference.fitting import FitConfigError, check_svi_coarse
 
     try:
         args.svi_start = ",".join(parse_starts(args.svi_start))
     except ValueError as err:
         parser.error(f"--svi-start: {err}")
+    steps = args.svi_steps or RECOMMENDED["svi"]["svi_steps"]
+    if args.svi_coarse_steps is None:
+        args.svi_coarse_steps = round(COARSE_SHARE * steps)
+    try:  # the fits' filter takes medsim's default 4 steps per interval
+        check_svi_coarse("svi", steps, 4, args.svi_coarse_steps, None)
+    except FitConfigError as err:
+        parser.error(f"--svi-coarse-steps: {err}")
     if args.fix:  # checked against every model before any work
         import medsim.models
         from medsim.inference.priors import PriorError, parse_fix

@@ -197,6 +197,19 @@ def test_fix_is_checked_against_every_model_before_any_work(capsys):
     assert "cannot fix 'Vg'" in capsys.readouterr().err
 
 
+def test_coarse_svi_steps_are_checked_before_any_work(capsys):
+    from benchmarks.external_t1d import main
+
+    for bad, message in (
+        (["--svi-coarse-steps", "5500"], "[1, 5400] for svi_steps 6000"),
+        (["--quick", "--svi-coarse-steps", "290"], "[1, 270]"),
+    ):
+        with pytest.raises(SystemExit) as stop:
+            main(bad)  # no cohort given: any work would start simglucose
+        assert stop.value.code == 2
+        assert message in capsys.readouterr().err
+
+
 def test_output_folders_are_checked_before_any_work(tmp_path, capsys):
     from benchmarks.external_t1d import main
 
